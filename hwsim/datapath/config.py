@@ -1,0 +1,177 @@
+"""Datapath configuration (operands, accumulators, reduction order) and its counters."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from hwsim.numerics import IntFormat, Overflow, check_bits
+
+OPERAND_BITS = (2, 16)
+ACCUMULATOR_BITS = (8, 64)
+
+
+class ReductionOrder(enum.Enum):
+    """The order in which a saturating accumulator adds the K products of one output.
+
+    (Wrapping accumulators are order-free: the result is the exact sum wrapped once.)
+    """
+
+    SEQUENTIAL = "sequential"
+    """``acc <- ovf(acc + p_k)`` for ``k = 0 .. K-1``, one product at a time (an output-stationary
+    PE, or a CPU loop)."""
+    TILED = "tiled"
+    """K split into consecutive tiles of ``tile_rows`` products (the rows of a weight-stationary
+    systolic column). Each tile's partial sum flows down the column in a register of the
+    accumulator's width and overflow mode, ``t <- ovf(t + p_k)``; at the bottom it is added to
+    the accumulator, ``acc <- ovf(acc + t)``, tile after tile."""
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A GEMM/conv operand: integer ``format`` (2..16 bits) and zero point(s).
+
+    The MAC array multiplies ``(q - zero_point)``, one bit wider than ``q`` (ONNX / onnxruntime
+    semantics); padding in a convolution holds the zero point, so it contributes 0.
+    ``zero_point`` is a scalar, or for weights a 1-D vector with one entry per output channel.
+    """
+
+    format: IntFormat = IntFormat(8, True)
+    zero_point: object = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.format, IntFormat):
+            raise ValueError(f"Operand.format must be an IntFormat, got {self.format!r}")
+        check_bits(self.format.bits, "Operand.format.bits", *OPERAND_BITS)
+        zp = np.asarray(self.zero_point)
+        if zp.ndim > 1:
+            raise ValueError("Operand.zero_point must be a scalar or a 1-D per-channel vector")
+        self.format.check(zp, "Operand.zero_point")
+        object.__setattr__(self, "zero_point", zp.astype(np.int64) if zp.ndim else int(zp))
+
+    @property
+    def max_abs(self) -> int:
+        """Largest ``|q - zero_point|`` any value of the format can give."""
+        zp = np.asarray(self.zero_point)
+        return int(max(np.max(np.abs(self.format.max - zp)), np.max(np.abs(self.format.min - zp))))
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    """An accumulator register: ``bits`` in [8, 64], ``overflow`` rule, ``signed`` (default),
+    and, for saturating accumulators, the ``order`` of the reduction (``tile_rows`` > 0 for
+    ``TILED``). ``track_partials`` asks for the extreme partial sums in that order (costs a
+    pass in reduction order; see :class:`Counters`)."""
+
+    bits: int = 32
+    overflow: Overflow = Overflow.WRAP
+    signed: bool = True
+    order: ReductionOrder = ReductionOrder.SEQUENTIAL
+    tile_rows: int = 0
+    track_partials: bool = False
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits, "Accumulator.bits", *ACCUMULATOR_BITS)
+        object.__setattr__(self, "overflow", _enum(Overflow, self.overflow, "Accumulator.overflow"))
+        object.__setattr__(self, "order", _enum(ReductionOrder, self.order, "Accumulator.order"))
+        if self.order is ReductionOrder.TILED and not (
+            isinstance(self.tile_rows, int) and self.tile_rows > 0
+        ):
+            raise ValueError(f"Accumulator.tile_rows must be > 0 for a tiled order, got "
+                             f"{self.tile_rows!r}")
+        if self.order is ReductionOrder.SEQUENTIAL and self.tile_rows:
+            raise ValueError("Accumulator.tile_rows is only meaningful with order=TILED")
+
+    @property
+    def format(self) -> IntFormat:
+        return IntFormat(self.bits, self.signed)
+
+    @property
+    def tile(self) -> int:
+        """Products per tile in reduction order (0: one tile of all K)."""
+        return self.tile_rows if self.order is ReductionOrder.TILED else 0
+
+
+def _enum(cls, value, name):
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in cls)
+        raise ValueError(f"{name} must be one of {allowed}; got {value!r}") from None
+
+
+@dataclass
+class Counters:
+    """What the datapath observed while producing one result.
+
+    * ``macs``: multiply-accumulates performed (``outputs * K``).
+    * ``overflow_events``: SATURATE -- additions whose exact result left the accumulator's
+      range and was clamped (tile-level and accumulator-level additions both count);
+      WRAP -- net wrap-arounds, ``sum |exact - wrapped| / 2^bits`` (a wrapping accumulator is
+      order-free, so only the final value's wraps are observable).
+    * ``outputs_overflowed``: outputs with at least one event.
+    * ``final_min`` / ``final_max``: extremes of the exact (unbounded) final sums; a wrapping
+      accumulator is exact iff they fit.
+    * ``partial_min`` / ``partial_max``: extremes of every exact partial sum in reduction order
+      (tile partials and accumulator values); a saturating accumulator is exact iff they fit.
+      ``None`` unless ``Accumulator.track_partials``.
+    Extremes are ``None`` when there are no outputs (or no products, for partials).
+    """
+
+    macs: int = 0
+    overflow_events: int = 0
+    outputs_overflowed: int = 0
+    final_min: int | None = None
+    final_max: int | None = None
+    partial_min: int | None = None
+    partial_max: int | None = None
+
+    def merge(self, other: "Counters") -> "Counters":
+        """Counters of two disjoint sets of outputs taken together."""
+
+        def ext(f, a, b):
+            return b if a is None else a if b is None else f(a, b)
+
+        return Counters(
+            self.macs + other.macs,
+            self.overflow_events + other.overflow_events,
+            self.outputs_overflowed + other.outputs_overflowed,
+            ext(min, self.final_min, other.final_min),
+            ext(max, self.final_max, other.final_max),
+            ext(min, self.partial_min, other.partial_min),
+            ext(max, self.partial_max, other.partial_max),
+        )
+
+    @property
+    def bits_needed(self) -> int | None:
+        """Signed accumulator bits that would have held every value the configuration needed
+        exact: the partial-sum extremes if tracked, else the final-sum extremes."""
+        lo = self.partial_min if self.partial_min is not None else self.final_min
+        hi = self.partial_max if self.partial_max is not None else self.final_max
+        if lo is None:
+            return None
+        return max(signed_bits(lo), signed_bits(hi))
+
+    def as_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["bits_needed"] = self.bits_needed
+        return d
+
+
+def signed_bits(v: int) -> int:
+    """Bits of the narrowest two's-complement format holding ``v`` (at least 1)."""
+    v = int(v)
+    return (v.bit_length() if v >= 0 else (-v - 1).bit_length()) + 1
+
+
+@dataclass
+class AccResult:
+    """Accumulator values (in the accumulator's format, int64, or uint64 for unsigned 64-bit)
+    and the counters of the run that produced them."""
+
+    values: np.ndarray
+    counters: Counters = field(default_factory=Counters)

@@ -1,0 +1,228 @@
+"""Integer GEMM on an emulated accumulator, and the per-sample-shift accumulation.
+
+Dispatch (eq. 10-12 of ``docs/numerics.md``): the exact sums come from the fastest exact engine
+(:mod:`hwsim.datapath.engines`). A wrapping accumulator's result is the exact sum wrapped once.
+A saturating accumulator equals the exact sum for every output row whose prefix bound
+``sum_k |x_k - zx| * max|w - zw|`` fits its range (no prefix can reach the rails); the other rows
+run the ordered kernel in the configured reduction order. Tracking partial sums runs the ordered
+kernel on every row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwsim.datapath.config import Accumulator, AccResult, Counters, Operand, ReductionOrder
+from hwsim.datapath.engines import exact_sums
+from hwsim.datapath.kernels import ordered_reduce
+from hwsim.numerics import (
+    IntFormat,
+    Overflow,
+    RoundingMode,
+    as_mode,
+    check_in_range,
+    check_integer_array,
+    round_shift,
+    wrap,
+)
+
+EXACT_LIMIT = 1 << 62  # |exact sum| bound that keeps every int64 intermediate exact
+
+
+def check_operand(q, op: Operand, name: str, ndim: int) -> np.ndarray:
+    """Validate an operand array: integer dtype, ``ndim`` dimensions, values within its format."""
+    arr = check_integer_array(q, name)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+    op.format.check(arr, name)
+    return arr
+
+
+def check_accumulable(K: int, xop: Operand, wop: Operand, name: str = "K") -> None:
+    """Reject reductions whose exact sum could reach 2^62 (the emulator's int64 headroom)."""
+    if K * xop.max_abs * wop.max_abs >= EXACT_LIMIT:
+        raise ValueError(
+            f"{name}={K} products of {xop.format} x {wop.format} can reach 2^62; split the "
+            "reduction"
+        )
+
+
+def _extremes(a: np.ndarray):
+    return (int(a.min()), int(a.max())) if a.size else (None, None)
+
+
+def _wrap_counts(exact: np.ndarray, fmt: IntFormat) -> np.ndarray:
+    """Net wrap-arounds per output, ``|floor((exact - min) / 2^bits)|``."""
+    if fmt.bits == 64:
+        return (exact < 0).astype(np.int64) if not fmt.signed else np.zeros_like(exact)
+    return np.abs((exact - fmt.min) >> fmt.bits)
+
+
+def reduce_batched(x3, w3, xop: Operand, wop: Operand, w_zp, acc: Accumulator,
+                   engine: str = "auto"):
+    """Accumulate ``(x3 - zx) @ (w3 - w_zp)`` per batch on accumulator ``acc``.
+
+    ``x3`` (G, M, K) and ``w3`` (G, K, N) are validated operands; ``w_zp`` is a scalar or
+    (G, 1, N). Returns ``(values (G, M, N), Counters)``.
+    """
+    G, M, K = x3.shape
+    N = w3.shape[2]
+    fmt = acc.format
+    exact = exact_sums(x3, w3, xop.zero_point, w_zp, xop.format, wop.format, engine)
+    counters = Counters(macs=G * M * N * K)
+    counters.final_min, counters.final_max = _extremes(exact)
+    saturating = acc.overflow is Overflow.SATURATE
+    rows = np.zeros(0, np.int64)
+    if acc.track_partials and K:
+        rows = np.arange(G * M, dtype=np.int64)
+    elif saturating and exact.size and K:
+        xabs = np.abs(x3.astype(np.int64) - xop.zero_point).sum(axis=2)  # (G, M)
+        wmax = np.abs(w3.astype(np.int64) - np.asarray(w_zp, np.int64)).max(axis=(1, 2))  # (G,)
+        bound = xabs * wmax[:, None]  # >= |every partial sum| of the row, in any order
+        safe = (bound <= fmt.max) & (-bound >= fmt.min)
+        rows = np.flatnonzero(~safe.ravel()).astype(np.int64)
+    values = exact
+    if rows.size:
+        xe = x3.astype(np.int64) - xop.zero_point
+        we = w3.astype(np.int64) - np.asarray(w_zp, np.int64)
+        vals = np.empty((G, M, N), np.int64)
+        events = np.zeros((G, M, N), np.int64)
+        track = acc.track_partials
+        pmin = np.empty((G, M, N) if track else (0, 0, 0), np.int64)
+        pmax = np.empty_like(pmin)
+        hi = min(fmt.max, (1 << 63) - 1)
+        ordered_reduce(xe, we, rows, fmt.min, hi, saturating, acc.tile, track, vals, events,
+                       pmin, pmax)
+        if track:
+            counters.partial_min = _extremes(pmin)[0]
+            counters.partial_max = _extremes(pmax)[1]
+        if saturating:
+            if rows.size == G * M:
+                values = vals
+            else:
+                sel = np.zeros(G * M, bool)
+                sel[rows] = True
+                values = np.where(sel.reshape(G, M, 1), vals, exact)
+            counters.overflow_events = int(events.sum())
+            counters.outputs_overflowed = int(np.count_nonzero(events))
+    if saturating:
+        return values, counters
+    wraps = _wrap_counts(exact, fmt)
+    counters.overflow_events = int(wraps.sum())
+    counters.outputs_overflowed = int(np.count_nonzero(wraps))
+    return wrap(exact, fmt), counters
+
+
+def _weight_zero_point(wop: Operand, G: int, N: int, name: str):
+    """The weight zero point as a scalar or (G, 1, N) from a per-output-channel vector."""
+    zp = wop.zero_point
+    if np.ndim(zp) == 0:
+        return zp
+    if zp.shape != (G * N,):
+        raise ValueError(f"{name} zero_point has {zp.shape[0]} entries, expected {G * N} "
+                         "(one per output channel)")
+    return zp.reshape(G, 1, N)
+
+
+def gemm(x, w, *, x_operand: Operand = Operand(), w_operand: Operand = Operand(),
+         acc: Accumulator = Accumulator(), engine: str = "auto") -> AccResult:
+    """Integer GEMM ``acc[m, n] = sum_k (x[m, k] - zx) * (w[k, n] - zw[n])`` on ``acc``.
+
+    ``x``: (M, K) in ``x_operand.format``; ``w``: (K, N) in ``w_operand.format``, whose zero
+    point is a scalar or a length-N vector. Any of M, K, N may be 0. ``engine`` forces an exact
+    engine (``auto``, ``ort``, ``float32``, ``float64``, ``numba``); results never depend on it.
+    """
+    x = check_operand(x, x_operand, "x", 2)
+    w = check_operand(w, w_operand, "w", 2)
+    if x.shape[1] != w.shape[0]:
+        raise ValueError(f"x is (M, K) = {x.shape} but w is (K, N) = {w.shape}: K differs")
+    check_accumulable(x.shape[1], x_operand, w_operand)
+    wzp = _weight_zero_point(w_operand, 1, w.shape[1], "w_operand")
+    values, counters = reduce_batched(x[None], w[None], x_operand, w_operand, wzp, acc, engine)
+    return AccResult(values[0], counters)
+
+
+@dataclass
+class PerSampleShiftResult:
+    """Final accumulator values (M, N), the group stage's counters (all groups together) and
+    the final stage's counters (``macs`` there counts the G additions per output)."""
+
+    values: np.ndarray
+    group_counters: Counters
+    final_counters: Counters
+
+
+def gemm_per_sample_shift(
+    x, w, groups: int, shifts, *, x_operand: Operand = Operand(),
+    w_operand: Operand = Operand(), group_acc: Accumulator = Accumulator(),
+    final_acc: Accumulator = Accumulator(), rounding=RoundingMode.HALF_AWAY, s_max: int = 4,
+    rng: np.random.Generator | None = None, engine: str = "auto",
+) -> PerSampleShiftResult:
+    """Per-sample-shift accumulation (the FQT paper's proposed hardware), eq. 13-14.
+
+    K is split into ``groups`` equal consecutive groups (the samples of the batch, which is the
+    reduction dimension of a weight-gradient GEMM). Group g is accumulated on its own
+    ``group_acc``, ``P_g = acc_g(sum_{k in g} (x - zx)(w - zw))``; shifted right by
+    ``shifts[g]`` in ``[0, s_max]`` with ``rounding``, ``R_g = round(P_g / 2^shifts[g])``; and the
+    R_g are summed in group order on ``final_acc`` (sequential). Both stages count overflows.
+    Stochastic rounding needs ``rng`` (draws in (g, m, n) C order).
+    """
+    x = check_operand(x, x_operand, "x", 2)
+    w = check_operand(w, w_operand, "w", 2)
+    M, K = x.shape
+    if K != w.shape[0]:
+        raise ValueError(f"x is (M, K) = {x.shape} but w is (K, N) = {w.shape}: K differs")
+    N = w.shape[1]
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if K % groups:
+        raise ValueError(f"K={K} is not divisible into groups={groups} equal groups")
+    if not isinstance(s_max, (int, np.integer)) or not 0 <= s_max <= 62:
+        raise ValueError(f"s_max must be an int in [0, 62], got {s_max!r}")
+    shifts = check_integer_array(shifts, "shifts")
+    if shifts.shape != (groups,):
+        raise ValueError(f"shifts must have shape ({groups},), one per group; got {shifts.shape}")
+    check_in_range(shifts, 0, s_max, "shifts", "[0, s_max]")
+    if final_acc.order is not ReductionOrder.SEQUENTIAL:
+        raise ValueError("final_acc sums the groups in group order; use order=SEQUENTIAL")
+    if groups * (1 << (group_acc.bits - 1)) >= EXACT_LIMIT:
+        raise ValueError(f"{groups} groups of {group_acc.bits}-bit partial sums can reach 2^62")
+    mode = as_mode(rounding)
+    Kg = K // groups
+    check_accumulable(Kg, x_operand, w_operand, "K/groups")
+    x3 = np.ascontiguousarray(x.reshape(M, groups, Kg).transpose(1, 0, 2))
+    w3 = w.reshape(groups, Kg, N)
+    wzp = _weight_zero_point(w_operand, 1, N, "w_operand")
+    partial, group_counters = reduce_batched(x3, w3, x_operand, w_operand, wzp, group_acc, engine)
+    shifted = round_shift(partial.astype(np.int64), shifts[:, None, None], mode, rng)
+    values, final_counters = accumulate_sequence(shifted, final_acc)
+    return PerSampleShiftResult(values, group_counters, final_counters)
+
+
+def accumulate_sequence(terms: np.ndarray, acc: Accumulator):
+    """Sum ``terms`` (T, ...) over axis 0, in order, on ``acc`` (vectorised over the rest)."""
+    fmt = acc.format
+    T = terms.shape[0]
+    counters = Counters(macs=int(terms.size))
+    exact = terms.sum(axis=0, dtype=np.int64) if T else np.zeros(terms.shape[1:], np.int64)
+    counters.final_min, counters.final_max = _extremes(exact)
+    if acc.track_partials and T and exact.size:
+        prefix = np.cumsum(terms, axis=0, dtype=np.int64)
+        counters.partial_min, counters.partial_max = _extremes(prefix)
+    if acc.overflow is Overflow.WRAP:
+        wraps = _wrap_counts(exact, fmt)
+        counters.overflow_events = int(wraps.sum())
+        counters.outputs_overflowed = int(np.count_nonzero(wraps))
+        return wrap(exact, fmt), counters
+    s = np.zeros(terms.shape[1:], np.int64)
+    events = np.zeros(terms.shape[1:], np.int64)
+    hi = min(fmt.max, (1 << 63) - 1)
+    for t in terms:
+        v = s + t
+        s = np.clip(v, fmt.min, hi)
+        events += v != s
+    counters.overflow_events = int(events.sum())
+    counters.outputs_overflowed = int(np.count_nonzero(events))
+    return s, counters

@@ -1,0 +1,56 @@
+"""Numerics contracts: integer formats, overflow, rounding and scale registers.
+
+Each contract is a named enum member or function whose docstring gives its exact integer
+formula; :mod:`hwsim.numerics.reference` is the plain-Python-int specification that every
+vectorised function and kernel must equal. ``docs/numerics.md`` derives them in numbered
+equations.
+"""
+
+from hwsim.numerics.formats import (
+    IntFormat,
+    Overflow,
+    check_bits,
+    check_in_range,
+    check_integer_array,
+    overflows,
+    saturate,
+    wrap,
+)
+from hwsim.numerics.rounding import RoundingMode, as_mode, round_shift, stochastic_draws
+from hwsim.numerics.scale import (
+    ScaleKind,
+    ScaleRegister,
+    as_kind,
+    multiply_by_quantized_multiplier,
+    ort_combined_scale,
+    ort_requantize,
+    pow2_requantize,
+    quantize_multiplier,
+    rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul,
+)
+
+__all__ = [
+    "IntFormat",
+    "Overflow",
+    "RoundingMode",
+    "ScaleKind",
+    "ScaleRegister",
+    "as_kind",
+    "as_mode",
+    "check_bits",
+    "check_in_range",
+    "check_integer_array",
+    "multiply_by_quantized_multiplier",
+    "ort_combined_scale",
+    "ort_requantize",
+    "overflows",
+    "pow2_requantize",
+    "quantize_multiplier",
+    "round_shift",
+    "rounding_divide_by_pot",
+    "saturate",
+    "saturating_rounding_doubling_high_mul",
+    "stochastic_draws",
+    "wrap",
+]

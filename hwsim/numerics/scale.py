@@ -1,0 +1,282 @@
+"""Scale registers: the stage that turns an accumulator value into an output-scale integer.
+
+Three hardware families, selectable by name (``ScaleKind``):
+
+* ``tflite`` / ``tflite-single`` -- TFLite's fixed-point multiplier: a Q0.31 int32 multiplier and
+  a power-of-two exponent, applied by ``MultiplyByQuantizedMultiplier`` in the default
+  ("double rounding") or the ``TFLITE_SINGLE_ROUNDING`` build
+  (``tensorflow/lite/kernels/internal/common.{h,cc}``, ``gemmlowp/fixedpoint/fixedpoint.h``).
+* ``ort`` -- onnxruntime's float32 combined scale: ``round_half_even(f32(f32(acc) * scale))``
+  (``onnxruntime/core/mlas/lib/quantize.cpp``, ``MlasRequantizeOutput``).
+* ``pow2`` -- a shift-only register: ``round(acc / 2^shift)`` with a chosen ``RoundingMode``.
+
+A register's output is the rescaled integer *before* the output zero point and clamp, which the
+output stage (:func:`hwsim.datapath.output_stage`) adds. Values the ``ort`` and ``pow2`` registers
+produce beyond ``+-2^62`` are held at ``+-2^62`` (far outside any output format, so the final
+clamp gives the same answer as an unbounded register).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from hwsim.numerics import reference as ref
+from hwsim.numerics.formats import IntFormat, check_in_range, check_integer_array, wrap
+from hwsim.numerics.rounding import RoundingMode, as_mode, round_shift
+
+INT32 = IntFormat(32, True)
+REGISTER_LIMIT = 1 << 62
+TFLITE_SHIFT_RANGE = (-31, 30)
+POW2_SHIFT_RANGE = (-62, 63)
+
+
+def _scalar(*values) -> bool:
+    return all(np.ndim(v) == 0 for v in values)
+
+
+# --- TFLite / gemmlowp ---------------------------------------------------------------------------
+def quantize_multiplier(real: float, rounding: str = "double") -> tuple[int, int]:
+    """TFLite ``QuantizeMultiplier(double)``: ``real ~= multiplier * 2^(shift - 31)``.
+
+    ``multiplier`` is ``round_half_away(q * 2^31)`` for ``real = q * 2^shift``, ``q`` in
+    ``[0.5, 1)`` (``std::frexp``); ``2^31`` is halved with ``shift + 1``; ``shift < -31`` flushes
+    to ``(0, 0)``. ``rounding="single"`` (the ``TFLITE_SINGLE_ROUNDING`` build) also clamps
+    ``shift > 30`` to ``(2^31 - 1, 30)``. ``real`` must be finite.
+    """
+    if rounding not in ("double", "single"):
+        raise ValueError(f"rounding must be 'double' or 'single', got {rounding!r}")
+    real = float(real)
+    if not math.isfinite(real):
+        raise ValueError(f"real multiplier must be finite, got {real}")
+    return ref.quantize_multiplier(real, single_rounding=rounding == "single")
+
+
+def saturating_rounding_doubling_high_mul(a, b):
+    """gemmlowp ``SaturatingRoundingDoublingHighMul`` on int32 ``a``, ``b`` (eq. 5)."""
+    INT32.check(a, "a")
+    INT32.check(b, "b")
+    if _scalar(a, b):
+        return ref.saturating_rounding_doubling_high_mul(int(a), int(b))
+    a64 = np.asarray(a, np.int64)
+    b64 = np.asarray(b, np.int64)
+    ab = a64 * b64
+    v = ab + np.where(ab >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
+    hi = np.where(v >= 0, v >> 31, -((-v) >> 31))
+    return np.where((a64 == INT32.min) & (b64 == INT32.min), np.int64(INT32.max), hi)
+
+
+def rounding_divide_by_pot(x, exponent):
+    """gemmlowp ``RoundingDivideByPOT``: ``x / 2^exponent`` rounded half away from zero
+    (eq. 6); ``x`` int32, ``exponent`` in ``[0, 31]``."""
+    INT32.check(x, "x")
+    check_in_range(exponent, 0, 31, "exponent")
+    return round_shift(x, exponent, RoundingMode.HALF_AWAY)
+
+
+def multiply_by_quantized_multiplier(x, multiplier, shift, rounding: str = "double"):
+    """TFLite ``MultiplyByQuantizedMultiplier(int32 x, int32 multiplier, int shift)`` (eq. 7).
+
+    ``double`` (default build): ``RDBPOT(SRDHM(x * 2^max(shift,0), multiplier), max(-shift,0))``,
+    the left shift in int32 arithmetic (wraps, as the reference kernel's ``x * (1 << s)`` does).
+    ``single`` (``TFLITE_SINGLE_ROUNDING``): ``(x * multiplier + 2^(30-shift)) >> (31-shift)``
+    (one rounding, ties toward +inf), wrapped to int32.
+    ``x`` int32; ``multiplier`` int32 (``>= 0`` for single); ``shift`` in ``[-31, 30]``.
+    Scalars give a Python int, arrays (broadcast) an int64 array.
+    """
+    if rounding not in ("double", "single"):
+        raise ValueError(f"rounding must be 'double' or 'single', got {rounding!r}")
+    INT32.check(x, "x")
+    check_in_range(multiplier, 0 if rounding == "single" else INT32.min, INT32.max, "multiplier")
+    check_in_range(shift, *TFLITE_SHIFT_RANGE, "shift")
+    if _scalar(x, multiplier, shift):
+        return ref.multiply_by_quantized_multiplier(int(x), int(multiplier), int(shift), rounding)
+    x64 = np.asarray(x, np.int64)
+    m64 = np.asarray(multiplier, np.int64)
+    s64 = np.asarray(shift, np.int64)
+    if rounding == "double":
+        left = np.maximum(s64, 0).astype(np.uint64)
+        shifted = wrap(x64.astype(np.uint64) << left, INT32)
+        return round_shift(
+            saturating_rounding_doubling_high_mul(shifted, m64), np.maximum(-s64, 0),
+            RoundingMode.HALF_AWAY,
+        )
+    return wrap(round_shift(x64 * m64, 31 - s64, RoundingMode.HALF_UP), INT32)
+
+
+# --- onnxruntime ---------------------------------------------------------------------------------
+def ort_requantize(acc, scale):
+    """onnxruntime float32 requantization (eq. 8): ``round_half_even(f32(f32(acc) * scale))``.
+
+    ``acc`` int64-range integers; ``scale`` float32 (a float64 is first rounded to float32).
+    The conversion ``f32(acc)`` itself rounds (ties to even) once ``|acc| > 2^24``.
+    """
+    acc_arr = check_integer_array(acc, "acc")
+    scale32 = np.asarray(scale, np.float32)
+    if not np.all(np.isfinite(scale32)):
+        raise ValueError("ort scale must be finite float32")
+    if _scalar(acc, scale):
+        out = ref.ort_requantize(int(acc_arr), Fraction(float(scale32)))
+        return max(-REGISTER_LIMIT, min(REGISTER_LIMIT, out))
+    prod = acc_arr.astype(np.float32) * scale32
+    prod = np.clip(prod, np.float32(-REGISTER_LIMIT), np.float32(REGISTER_LIMIT))
+    return np.rint(prod).astype(np.int64)
+
+
+def ort_combined_scale(x_scale, w_scale, y_scale) -> np.ndarray:
+    """QLinearConv's combined output scale ``f32(f32(x_scale * w_scale) / y_scale)``."""
+    xs = np.float32(x_scale)
+    ws = np.asarray(w_scale, np.float32)
+    ys = np.float32(y_scale)
+    return (xs * ws) / ys
+
+
+# --- power of two -----------------------------------------------------------------------------------
+def pow2_requantize(acc, shift, mode=RoundingMode.HALF_AWAY, rng=None):
+    """Shift-only register (eq. 9): ``round(acc / 2^shift)`` by ``mode`` for ``shift`` in
+    ``[0, 63]``; ``acc * 2^-shift`` for ``shift`` in ``[-62, -1]``; held at ``+-2^62``."""
+    mode = as_mode(mode)
+    acc_arr = check_integer_array(acc, "acc")
+    check_in_range(shift, *POW2_SHIFT_RANGE, "shift")
+    if _scalar(acc, shift) and mode is not RoundingMode.STOCHASTIC:
+        out = ref.pow2_requantize(int(acc_arr), int(shift), mode.value)
+        return max(-REGISTER_LIMIT, min(REGISTER_LIMIT, out))
+    a64 = acc_arr.astype(np.int64)
+    s64 = np.asarray(shift, np.int64)
+    right = round_shift(a64, np.maximum(s64, 0), mode, rng)
+    left_bits = np.maximum(-s64, 0)
+    lim = np.int64(REGISTER_LIMIT) >> left_bits
+    left = np.clip(a64, -lim, lim) << left_bits
+    out = np.where(s64 < 0, left, right)
+    return int(out) if _scalar(acc, shift) else out
+
+
+# --- registers as data ---------------------------------------------------------------------------
+class ScaleKind(enum.Enum):
+    """The scale-register families, by the name users select them with."""
+
+    TFLITE = "tflite"
+    """TFLite fixed-point multiplier + shift, default (double) rounding."""
+    TFLITE_SINGLE = "tflite-single"
+    """TFLite fixed-point multiplier + shift, ``TFLITE_SINGLE_ROUNDING`` build."""
+    ORT = "ort"
+    """onnxruntime float32 combined scale, round half to even."""
+    POW2 = "pow2"
+    """Power-of-two shift, chosen rounding mode."""
+
+
+@dataclass(frozen=True, eq=False)
+class ScaleRegister:
+    """One scale register (per-tensor) or a vector of them (per-channel / per-sample).
+
+    ``multiplier``: Q0.31 int32 (``tflite*``), float32 scale (``ort``), unused (``pow2``).
+    ``shift``: TFLite exponent, ``real = multiplier * 2^(shift-31)`` (``tflite*``); right shift,
+    ``real = 2^-shift`` (``pow2``); unused (``ort``). ``rounding``: ``pow2`` only.
+    Build one from real multipliers with :meth:`from_real`.
+    """
+
+    kind: ScaleKind
+    multiplier: np.ndarray
+    shift: np.ndarray
+    rounding: RoundingMode = RoundingMode.HALF_AWAY
+
+    def __post_init__(self) -> None:
+        kind = self.kind if isinstance(self.kind, ScaleKind) else as_kind(self.kind)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "rounding", as_mode(self.rounding))
+        mult = np.asarray(self.multiplier)
+        shift = np.asarray(self.shift)
+        if mult.ndim > 1 or shift.ndim > 1:
+            raise ValueError("ScaleRegister multiplier/shift must be scalars or 1-D vectors")
+        if kind is ScaleKind.ORT:
+            mult = mult.astype(np.float32)
+            if not np.all(np.isfinite(mult)) or np.any(mult < 0):
+                raise ValueError("ScaleRegister(ort).multiplier must be finite and >= 0")
+        else:
+            single = kind is ScaleKind.TFLITE_SINGLE
+            check_in_range(mult, 0 if single else INT32.min, INT32.max, "multiplier")
+            mult = mult.astype(np.int64)
+        rng = POW2_SHIFT_RANGE if kind is ScaleKind.POW2 else TFLITE_SHIFT_RANGE
+        check_in_range(shift, *rng, "shift")
+        object.__setattr__(self, "multiplier", mult)
+        object.__setattr__(self, "shift", shift.astype(np.int64))
+
+    @classmethod
+    def from_real(cls, kind, real, rounding=RoundingMode.HALF_AWAY) -> "ScaleRegister":
+        """Registers approximating positive real multipliers ``real`` (scalar or 1-D).
+
+        ``tflite*`` by :func:`quantize_multiplier`; ``ort`` by rounding to float32; ``pow2`` by the
+        nearest power of two in the log domain, ``shift = round(-log2(real))``.
+        """
+        kind = as_kind(kind)
+        reals = np.asarray(real, np.float64)
+        if reals.ndim > 1:
+            raise ValueError("real multipliers must be a scalar or a 1-D vector")
+        if not np.all(np.isfinite(reals)) or np.any(reals <= 0):
+            raise ValueError(f"real multipliers must be finite and > 0, got {real!r}")
+        if kind is ScaleKind.ORT:
+            return cls(kind, reals.astype(np.float32), np.zeros(reals.shape, np.int64))
+        if kind is ScaleKind.POW2:
+            return cls(kind, np.ones(reals.shape, np.int64),
+                       np.round(-np.log2(reals)).astype(np.int64), rounding)
+        single = "single" if kind is ScaleKind.TFLITE_SINGLE else "double"
+        pairs = [quantize_multiplier(r, single) for r in reals.ravel()]
+        if any(s > TFLITE_SHIFT_RANGE[1] for _, s in pairs):
+            raise ValueError(f"real multipliers must be < 2^30 for {kind.value}, got {real!r}")
+        mult = np.array([m for m, _ in pairs], np.int64).reshape(reals.shape)
+        shift = np.array([s for _, s in pairs], np.int64).reshape(reals.shape)
+        return cls(kind, mult, shift)
+
+    @property
+    def size(self) -> int:
+        """Number of registers (1 for per-tensor)."""
+        return int(np.broadcast(self.multiplier, self.shift).size)
+
+    @property
+    def real(self) -> np.ndarray:
+        """The real multiplier(s) the register applies, as float64."""
+        if self.kind is ScaleKind.ORT:
+            return self.multiplier.astype(np.float64)
+        if self.kind is ScaleKind.POW2:
+            return np.ldexp(1.0, -self.shift)
+        return np.ldexp(self.multiplier.astype(np.float64), self.shift - 31)
+
+    def apply(self, acc, axis: int | None = None, rng: np.random.Generator | None = None):
+        """Rescale ``acc``. A vector register is aligned with ``acc``'s axis ``axis``
+        (e.g. 1 for per-channel NCHW / (M, N) GEMM columns, 0 for per-sample rows)."""
+        mult, shift = self.multiplier, self.shift
+        if self.size > 1 or np.ndim(mult) == 1:
+            acc = np.asarray(acc)
+            if axis is None or not -acc.ndim <= axis < acc.ndim:
+                raise ValueError(f"a vector scale register needs a valid axis for acc {acc.shape}")
+            axis %= acc.ndim
+            if acc.shape[axis] != self.size:
+                raise ValueError(
+                    f"scale register has {self.size} entries but acc axis {axis} has "
+                    f"{acc.shape[axis]}"
+                )
+            bshape = [1] * acc.ndim
+            bshape[axis] = self.size
+            mult = np.broadcast_to(mult, (self.size,)).reshape(bshape)
+            shift = np.broadcast_to(shift, (self.size,)).reshape(bshape)
+        if self.kind is ScaleKind.ORT:
+            return ort_requantize(acc, mult)
+        if self.kind is ScaleKind.POW2:
+            return pow2_requantize(acc, shift, self.rounding, rng)
+        single = "single" if self.kind is ScaleKind.TFLITE_SINGLE else "double"
+        return multiply_by_quantized_multiplier(acc, mult, shift, single)
+
+
+def as_kind(kind) -> ScaleKind:
+    """Accept a ``ScaleKind`` or its name; anything else is a ValueError listing the names."""
+    if isinstance(kind, ScaleKind):
+        return kind
+    try:
+        return ScaleKind(kind)
+    except ValueError:
+        allowed = ", ".join(k.value for k in ScaleKind)
+        raise ValueError(f"scale register must be one of {allowed}; got {kind!r}") from None
