@@ -1,0 +1,96 @@
+"""Convolution (im2col + grouped GEMM) against the direct plain-int convolution."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hwsim.datapath import Accumulator, Operand, conv2d
+from hwsim.datapath import reference as dref
+from hwsim.numerics import IntFormat, Overflow
+from tests.datapath.test_gemm import accumulators, operands
+from tests.strategies import ints_in, operand_arrays
+
+
+@st.composite
+def conv_cases(draw):
+    groups = draw(st.integers(1, 3))
+    cg = draw(st.integers(1, 2))
+    fg = draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    H = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[2]), 6))
+    W = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[1] - pads[3]), 6))
+    N = draw(st.integers(0, 2))
+    return dict(N=N, C=groups * cg, H=H, W=W, F=groups * fg, cg=cg, kh=kh, kw=kw,
+                stride=(sh, sw), padding=pads, dilation=(dh, dw), groups=groups)
+
+
+@given(conv_cases(), operands(), operands(), accumulators(), st.booleans(),
+       st.sampled_from([None, None, "max"]), st.data())
+def test_conv_equals_direct_reference(case, xo, wo, acc, per_channel, extreme, data):
+    (xf, xzp), (wf, wzp) = xo, wo
+    if per_channel:
+        wzp = np.array(data.draw(st.lists(ints_in(wf.min, wf.max), min_size=case["F"],
+                                          max_size=case["F"])))
+    x = operand_arrays(data.draw, xf, (case["N"], case["C"], case["H"], case["W"]), extreme)
+    w = operand_arrays(data.draw, wf, (case["F"], case["cg"], case["kh"], case["kw"]), extreme)
+    xop, wop = Operand(xf, xzp), Operand(wf, wzp)
+    got = conv2d(x, w, stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                 groups=case["groups"], x_operand=xop, w_operand=wop, acc=acc)
+    wz = wop.zero_point
+    want, want_c = dref.conv2d(x.tolist(), w.tolist(), case["stride"], case["padding"],
+                               case["dilation"], case["groups"], xop.zero_point,
+                               wz.tolist() if np.ndim(wz) else wz, acc, x.shape, w.shape)
+    assert got.values.tolist() == want
+    assert got.counters == want_c
+
+
+def test_depthwise_conv_matches_a_per_channel_loop():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (2, 8, 9, 9)).astype(np.uint8)
+    w = rng.integers(-128, 128, (8, 1, 3, 3)).astype(np.int8)
+    xop = Operand(IntFormat(8, False), 128)
+    got = conv2d(x, w, padding=1, groups=8, x_operand=xop).values
+    for c in range(8):
+        one = conv2d(x[:, c : c + 1], w[c : c + 1], padding=1, x_operand=xop).values
+        assert np.array_equal(got[:, c : c + 1], one)
+
+
+def test_conv_on_the_benchmark_shape_is_exact_against_int64():
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 128, (1, 16, 12, 12)).astype(np.int8)
+    w = rng.integers(-128, 128, (8, 16, 3, 3)).astype(np.int8)
+    got = conv2d(x, w, padding=1).values
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.zeros((1, 8, 12, 12), np.int64)
+    for i in range(3):
+        for j in range(3):
+            want += np.einsum("nchw,fc->nfhw", xp[:, :, i : i + 12, j : j + 12], w[:, :, i, j])
+    assert np.array_equal(got, want)
+    sat = conv2d(x, w, padding=1, acc=Accumulator(16, Overflow.SATURATE))
+    assert sat.counters.overflow_events > 0 and sat.counters.macs == 8 * 144 * 16 * 9
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(x=np.zeros((1, 4, 5, 5), np.int8), w=np.zeros((2, 3, 3, 3), np.int8)),
+         "expected 4"),
+        (dict(x=np.zeros((1, 4, 5, 5), np.int8), w=np.zeros((3, 2, 3, 3), np.int8), groups=2),
+         "must divide"),
+        (dict(x=np.zeros((1, 4, 2, 2), np.int8), w=np.zeros((2, 4, 3, 3), np.int8)),
+         "larger than the padded input"),
+        (dict(x=np.zeros((1, 4, 5, 5), np.int8), w=np.zeros((2, 4, 3, 3), np.int8), stride=0),
+         "stride must be"),
+        (dict(x=np.zeros((1, 4, 5, 5), np.int8), w=np.zeros((2, 4, 3, 3), np.int8),
+              padding=(1, 2, 3)), "padding must be"),
+        (dict(x=np.zeros((4, 5, 5), np.int8), w=np.zeros((2, 4, 3, 3), np.int8)),
+         "x must have 4 dimensions"),
+    ],
+)
+def test_bad_conv_input_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        conv2d(**kwargs)

@@ -1,0 +1,158 @@
+"""Every GEMM path (each exact engine x wrap / saturate x orders) against the plain-int spec."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hwsim.datapath import Accumulator, Operand, ReductionOrder, gemm, ort_available
+from hwsim.datapath import reference as dref
+from hwsim.numerics import IntFormat, Overflow
+from tests.strategies import ints_in, operand_arrays
+
+
+@st.composite
+def operands(draw, max_bits=16):
+    fmt = IntFormat(draw(st.integers(2, max_bits)), draw(st.booleans()))
+    zp = draw(ints_in(fmt.min, fmt.max))
+    return fmt, zp
+
+
+@st.composite
+def accumulators(draw):
+    overflow = draw(st.sampled_from(list(Overflow)))
+    order = draw(st.sampled_from(list(ReductionOrder)))
+    return Accumulator(
+        bits=draw(st.sampled_from([8, 9, 12, 16, 17, 24, 31, 32, 33, 48, 63, 64])),
+        overflow=overflow,
+        signed=draw(st.booleans()),
+        order=order,
+        tile_rows=draw(st.integers(1, 4)) if order is ReductionOrder.TILED else 0,
+        track_partials=draw(st.booleans()),
+    )
+
+
+def engines_for(xf, wf, K, x, w, xzp, wzp):
+    """Engines whose exactness condition holds for this data (forcing another one raises)."""
+    mx = int(np.max(np.abs(x.astype(np.int64) - xzp))) if x.size else 0
+    mw = int(np.max(np.abs(w.astype(np.int64) - np.asarray(wzp)))) if w.size else 0
+    out = ["auto", "numba", "float64"]
+    if mx * mw <= 2**24:
+        out.append("float32")
+    if xf.bits <= 8 and wf.bits <= 8 and K * mx * mw < 2**31 and ort_available():
+        out.append("ort")
+    return out
+
+
+def assert_matches_reference(x, w, xop, wop, acc, engine):
+    wzp = wop.zero_point
+    want, want_c = dref.gemm(x.tolist(), w.tolist(), xop.zero_point,
+                             wzp.tolist() if np.ndim(wzp) else wzp, acc, n_cols=w.shape[1])
+    got = gemm(x, w, x_operand=xop, w_operand=wop, acc=acc, engine=engine)
+    assert got.values.shape == (x.shape[0], w.shape[1])
+    assert [[int(v) for v in row] for row in got.values] == want, engine
+    assert got.counters == want_c, engine
+
+
+@given(operands(), operands(), accumulators(), st.integers(0, 5), st.integers(0, 9),
+       st.integers(0, 5), st.booleans(), st.sampled_from([None, None, "max", "min"]), st.data())
+def test_gemm_equals_reference_on_every_engine(xo, wo, acc, M, K, N, per_channel, extreme, data):
+    (xf, xzp), (wf, wzp) = xo, wo
+    if per_channel and N:
+        wzp = np.array(data.draw(st.lists(ints_in(wf.min, wf.max), min_size=N, max_size=N)))
+    x = operand_arrays(data.draw, xf, (M, K), extreme)
+    w = operand_arrays(data.draw, wf, (K, N), extreme)
+    xop, wop = Operand(xf, xzp), Operand(wf, wzp)
+    for engine in engines_for(xf, wf, K, x, w, xzp, wop.zero_point):
+        assert_matches_reference(x, w, xop, wop, acc, engine)
+
+
+@given(accumulators(), st.integers(1, 4), st.integers(1, 40), st.integers(1, 4), st.data())
+def test_int8_gemm_with_narrow_accumulators(acc, M, K, N, data):
+    """int8 operands and 8..17-bit accumulators: overflow is common, the order matters."""
+    acc = Accumulator(min(acc.bits, 17), acc.overflow, acc.signed, acc.order, acc.tile_rows,
+                      acc.track_partials)
+    xf, wf = IntFormat(8, data.draw(st.booleans())), IntFormat(8, True)
+    x = operand_arrays(data.draw, xf, (M, K))
+    w = operand_arrays(data.draw, wf, (K, N))
+    assert_matches_reference(x, w, Operand(xf, 0), Operand(wf, 0), acc, "auto")
+
+
+def test_all_max_operands_saturate_in_order():
+    # 255 * 127 = 32385: the second and third MACs of every output saturate (64770, 97155)
+    x = np.full((2, 3), 255, np.uint8)
+    w = np.full((3, 2), 127, np.int8)
+    acc = Accumulator(16, Overflow.SATURATE, track_partials=True)
+    r = gemm(x, w, x_operand=Operand(IntFormat(8, False)), acc=acc)
+    assert (r.values == 2**15 - 1).all()
+    assert r.counters.overflow_events == 8 and r.counters.outputs_overflowed == 4
+    assert r.counters.partial_max == 97155 and r.counters.bits_needed == 18
+    wrapped = gemm(x, w, x_operand=Operand(IntFormat(8, False)), acc=Accumulator(16))
+    assert (wrapped.values == 97155 - 2**16).all() and wrapped.counters.overflow_events == 4
+
+
+def test_tiled_order_can_avoid_a_saturation_that_sequential_order_hits():
+    # products 100, 100, -100, -100 on an 8-bit accumulator (max 127):
+    # sequential: 100, 127 (sat), 27, -73; tiled by 2: tile sums 127 (sat), -128 (sat) -> -1
+    x = np.array([[10, 10, -10, -10]], np.int8)
+    w = np.array([[10], [10], [10], [10]], np.int8)
+    seq = gemm(x, w, acc=Accumulator(8, Overflow.SATURATE))
+    tiled = gemm(x, w, acc=Accumulator(8, Overflow.SATURATE, order="tiled", tile_rows=2))
+    assert seq.values[0, 0] == -73 and seq.counters.overflow_events == 1
+    assert tiled.values[0, 0] == -1 and tiled.counters.overflow_events == 2
+
+
+def test_empty_dimensions():
+    for M, K, N in [(0, 3, 2), (2, 0, 3), (2, 3, 0), (0, 0, 0)]:
+        r = gemm(np.zeros((M, K), np.int8), np.zeros((K, N), np.int8))
+        assert r.values.shape == (M, N) and not r.values.any()
+        assert r.counters.macs == 0
+
+
+def test_large_random_int8_gemm_is_exact_and_fast_paths_agree():
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 128, (300, 700)).astype(np.int8)
+    w = rng.integers(-128, 128, (700, 40)).astype(np.int8)
+    exact = x.astype(np.int64) @ w.astype(np.int64)
+    results = {e: gemm(x, w, engine=e).values for e in ("auto", "float32", "float64", "numba")}
+    for e, v in results.items():
+        assert np.array_equal(v, exact), e
+    sat = gemm(x, w, acc=Accumulator(16, Overflow.SATURATE))
+    sat_tracked = gemm(x, w, acc=Accumulator(16, Overflow.SATURATE, track_partials=True))
+    assert np.array_equal(sat.values, sat_tracked.values)
+    assert sat.counters.overflow_events == sat_tracked.counters.overflow_events > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(x=np.zeros((2, 3), np.int8), w=np.zeros((4, 2), np.int8)), "K differs"),
+        (dict(x=np.zeros((2, 3), np.float32), w=np.zeros((3, 2), np.int8)), "x must have an integer"),
+        (dict(x=np.full((2, 3), 200, np.int16), w=np.zeros((3, 2), np.int8)),
+         "x holds 200, outside the range of int8"),
+        (dict(x=np.zeros((2, 3, 1), np.int8), w=np.zeros((3, 2), np.int8)), "x must have 2 dim"),
+        (dict(x=np.zeros((2, 3), np.int8), w=np.zeros((3, 2), np.int8), engine="gpu"),
+         "engine must be one of"),
+        (dict(x=np.zeros((2, 3), np.int8), w=np.zeros((3, 2), np.int8),
+              w_operand=Operand(IntFormat(8), np.array([1, 2, 3]))), "3 entries, expected 2"),
+    ],
+)
+def test_bad_input_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gemm(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Accumulator(bits=7), "Accumulator.bits must be in \\[8, 64\\]"),
+        (lambda: Accumulator(bits=65), "Accumulator.bits"),
+        (lambda: Accumulator(overflow="clip"), "Accumulator.overflow must be one of wrap"),
+        (lambda: Accumulator(order="tiled"), "tile_rows must be > 0"),
+        (lambda: Operand(IntFormat(17)), "Operand.format.bits must be in \\[2, 16\\]"),
+        (lambda: Operand(IntFormat(8), 128), "Operand.zero_point holds 128"),
+    ],
+)
+def test_bad_configuration_is_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
