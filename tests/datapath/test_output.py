@@ -1,0 +1,122 @@
+"""The output stage, and the whole datapath against onnxruntime's QLinearMatMul / QLinearConv."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hwsim.datapath import Accumulator, Operand, conv2d, gemm, output_stage
+from hwsim.numerics import IntFormat, Overflow, ScaleRegister, ort_combined_scale, reference
+from tests.strategies import ints_in
+
+
+@given(st.lists(ints_in(-(2**31), 2**31 - 1), min_size=1, max_size=12),
+       st.sampled_from(["tflite", "tflite-single", "ort", "pow2"]),
+       st.floats(2.0**-20, 0.9), ints_in(-128, 127), st.sampled_from(list(Overflow)),
+       ints_in(-(2**31), 2**31 - 1))
+def test_output_stage_equals_scalar_composition(accs, kind, real, zp, overflow, bias):
+    acc = Accumulator(32, overflow)
+    reg = ScaleRegister.from_real(kind, real)
+    out = output_stage(np.array(accs)[None, :], reg, acc=acc, bias=bias, out_zero_point=zp)
+    for a, y in zip(accs, out.values[0]):
+        t = overflow.apply(a + bias, IntFormat(32))
+        want = reference.saturate(int(reg.apply(t)) + zp, 8, True)
+        assert int(y) == want
+    assert out.values.dtype == np.int8
+
+
+def test_per_channel_and_per_sample_registers_align_with_their_axis():
+    acc = np.array([[100, 100, 100], [200, 200, 200]])
+    per_channel = ScaleRegister.from_real("ort", [0.5, 0.25, 0.125])
+    per_sample = ScaleRegister.from_real("ort", [0.5, 0.25])
+    assert output_stage(acc, per_channel).values.tolist() == [[50, 25, 12], [100, 50, 25]]
+    assert output_stage(acc, per_sample, scale_axis=0).values.tolist() == [[50] * 3, [50] * 3]
+
+
+def test_bias_overflow_and_output_clamp_are_counted():
+    acc = Accumulator(16, Overflow.SATURATE)
+    out = output_stage(np.array([32000, -5, 0]), ScaleRegister.from_real("pow2", 1.0), acc=acc,
+                       bias=np.array([1000, 0, 0]), bias_axis=0,
+                       out_format=IntFormat(8, False), out_zero_point=3)
+    assert out.values.tolist() == [255, 0, 3]
+    assert out.bias_overflows == 1 and out.clamped == 2
+
+
+def test_tflite_register_rejects_a_wide_accumulator():
+    with pytest.raises(ValueError, match="takes int32 input"):
+        output_stage(np.zeros(3, np.int64), ScaleRegister.from_real("tflite", 0.5),
+                     acc=Accumulator(48))
+
+
+def _qlinear_matmul_model(per_channel: bool, N: int):
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    wzs = [N] if per_channel else []
+    inputs = [
+        helper.make_tensor_value_info("a", T.UINT8, ["M", "K"]),
+        helper.make_tensor_value_info("a_s", T.FLOAT, []),
+        helper.make_tensor_value_info("a_z", T.UINT8, []),
+        helper.make_tensor_value_info("b", T.INT8, ["K", N]),
+        helper.make_tensor_value_info("b_s", T.FLOAT, wzs),
+        helper.make_tensor_value_info("b_z", T.INT8, wzs),
+        helper.make_tensor_value_info("y_s", T.FLOAT, []),
+        helper.make_tensor_value_info("y_z", T.UINT8, []),
+    ]
+    node = helper.make_node("QLinearMatMul", [i.name for i in inputs], ["y"])
+    out = helper.make_tensor_value_info("y", T.UINT8, ["M", N])
+    m = helper.make_model(helper.make_graph([node], "q", inputs, [out]),
+                          opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_datapath_with_ort_register_equals_onnxruntime_qlinearmatmul(seed):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    M, K, N = 37, 300, 16
+    a = rng.integers(0, 256, (M, K)).astype(np.uint8)
+    b = rng.integers(-128, 128, (K, N)).astype(np.int8)
+    a_s, y_s = np.float32(rng.uniform(0.001, 0.05)), np.float32(rng.uniform(0.5, 8))
+    b_s = np.float32(rng.uniform(0.001, 0.05))
+    a_z, y_z = np.uint8(rng.integers(0, 256)), np.uint8(rng.integers(0, 256))
+    sess = ort.InferenceSession(_qlinear_matmul_model(False, N).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    feeds = dict(a=a, a_s=a_s, a_z=a_z, b=b, b_s=b_s, b_z=np.int8(0), y_s=y_s, y_z=y_z)
+    want = sess.run(None, {k: np.asarray(v) for k, v in feeds.items()})[0]
+    acc = gemm(a, b, x_operand=Operand(IntFormat(8, False), int(a_z)))
+    reg = ScaleRegister("ort", ort_combined_scale(a_s, b_s, y_s), 0)
+    got = output_stage(acc.values, reg, out_format=IntFormat(8, False), out_zero_point=int(y_z))
+    assert np.array_equal(got.values, want)
+
+
+def test_datapath_with_ort_register_equals_onnxruntime_qlinearconv_per_channel():
+    import onnxruntime as ort
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (2, 6, 9, 9)).astype(np.uint8)
+    w = rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, 4).astype(np.int32)
+    x_s, x_z = np.float32(0.02), np.uint8(120)
+    w_s = rng.uniform(0.001, 0.02, 4).astype(np.float32)
+    y_s, y_z = np.float32(0.3), np.uint8(100)
+    inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in [
+        ("x_s", x_s), ("x_z", x_z), ("w", w), ("w_s", w_s), ("w_z", np.zeros(4, np.int8)),
+        ("y_s", y_s), ("y_z", y_z), ("B", bias)]]
+    node = helper.make_node("QLinearConv", ["x", "x_s", "x_z", "w", "w_s", "w_z", "y_s", "y_z",
+                                            "B"], ["y"], pads=[1, 1, 1, 1], group=2)
+    g = helper.make_graph([node], "c", [helper.make_tensor_value_info("x", T.UINT8, x.shape)],
+                          [helper.make_tensor_value_info("y", T.UINT8, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    want = ort.InferenceSession(m.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    acc = conv2d(x, w, padding=1, groups=2, x_operand=Operand(IntFormat(8, False), int(x_z)))
+    reg = ScaleRegister("ort", ort_combined_scale(x_s, w_s, y_s), np.zeros(4, np.int64))
+    got = output_stage(acc.values, reg, bias=bias, out_format=IntFormat(8, False),
+                       out_zero_point=int(y_z))
+    assert np.array_equal(got.values, want)
