@@ -92,6 +92,16 @@ def _effective(q: np.ndarray, zp) -> np.ndarray:
     return q.astype(np.int64) - np.asarray(zp, np.int64)
 
 
+def max_abs_effective(q: np.ndarray, zp) -> int:
+    """``max |q - zp|`` over the array (0 when empty), without an int64 copy for scalar zp."""
+    if q.size == 0:
+        return 0
+    if np.ndim(zp) == 0:
+        zp = int(zp)
+        return max(abs(int(q.max()) - zp), abs(int(q.min()) - zp))
+    return int(np.max(np.abs(_effective(q, zp))))
+
+
 def _blas_chunked(xe, we, exact_limit, dtype, max_prod):
     K = xe.shape[2]
     if max_prod > exact_limit:
@@ -125,8 +135,8 @@ def exact_sums(x, w, x_zp, w_zp, x_fmt, w_fmt, engine: str = "auto") -> np.ndarr
     N = w.shape[2]
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
-    max_x = int(np.max(np.abs(_effective(x, x_zp)))) if x.size else 0
-    max_w = int(np.max(np.abs(_effective(w, w_zp)))) if w.size else 0
+    max_x = max_abs_effective(x, x_zp)
+    max_w = max_abs_effective(w, w_zp)
     if engine == "auto":
         engine = choose_engine(x_fmt.bits, w_fmt.bits, K, max_x, max_w)
     if G * M * N == 0 or K == 0:

@@ -16,7 +16,7 @@ import numpy as np
 
 from hwsim.datapath.config import Accumulator, AccResult, Counters, Operand, ReductionOrder
 from hwsim.datapath.engines import exact_sums
-from hwsim.datapath.kernels import ordered_reduce
+from hwsim.datapath.kernels import ordered_reduce, row_abs_sums
 from hwsim.numerics import (
     IntFormat,
     Overflow,
@@ -78,7 +78,8 @@ def reduce_batched(x3, w3, xop: Operand, wop: Operand, w_zp, acc: Accumulator,
     if acc.track_partials and K:
         rows = np.arange(G * M, dtype=np.int64)
     elif saturating and exact.size and K:
-        xabs = np.abs(x3.astype(np.int64) - xop.zero_point).sum(axis=2)  # (G, M)
+        xabs = np.empty((G, M), np.int64)
+        row_abs_sums(x3, np.int64(xop.zero_point), xabs)
         wmax = np.abs(w3.astype(np.int64) - np.asarray(w_zp, np.int64)).max(axis=(1, 2))  # (G,)
         bound = xabs * wmax[:, None]  # >= |every partial sum| of the row, in any order
         safe = (bound <= fmt.max) & (-bound >= fmt.min)
@@ -109,6 +110,8 @@ def reduce_batched(x3, w3, xop: Operand, wop: Operand, w_zp, acc: Accumulator,
             counters.outputs_overflowed = int(np.count_nonzero(events))
     if saturating:
         return values, counters
+    if exact.size == 0 or (fmt.min <= counters.final_min and counters.final_max <= fmt.max):
+        return (exact if fmt.dtype != np.uint64 else exact.astype(np.uint64)), counters
     wraps = _wrap_counts(exact, fmt)
     counters.overflow_events = int(wraps.sum())
     counters.outputs_overflowed = int(np.count_nonzero(wraps))

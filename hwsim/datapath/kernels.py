@@ -115,24 +115,40 @@ def im2col(x, groups, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, pad_value, out):
     """Unfold NCHW ``x`` into ``out`` of shape (groups, N*ho*wo, Cg*kh*kw).
 
     Column index ``(c * kh + i) * kw + j`` (channel-major, the flattening order of an OIHW
-    weight); positions outside the input hold ``pad_value`` (the input zero point).
+    weight); positions outside the input hold ``pad_value`` (the input zero point). One output
+    row block (n, oh) per task: reads run along a contiguous input row, writes stay in a
+    wo x K block that fits in cache.
     """
     N, C, H, W = x.shape
     cg = C // groups
     for nh in prange(N * ho):
         n = nh // ho
         oh = nh - n * ho
-        for ow in range(wo):
-            row = (n * ho + oh) * wo + ow
-            for g in range(groups):
-                col = 0
-                for c in range(cg):
-                    for i in range(kh):
-                        ih = oh * sh - pt + i * dh
-                        for j in range(kw):
-                            iw = ow * sw - pl + j * dw
-                            if 0 <= ih < H and 0 <= iw < W:
-                                out[g, row, col] = x[n, g * cg + c, ih, iw]
+        base = nh * wo
+        for g in range(groups):
+            for c in range(cg):
+                for i in range(kh):
+                    ih = oh * sh - pt + i * dh
+                    inside_h = 0 <= ih < H
+                    for j in range(kw):
+                        col = (c * kh + i) * kw + j
+                        off = j * dw - pl
+                        for ow in range(wo):
+                            iw = ow * sw + off
+                            if inside_h and 0 <= iw < W:
+                                out[g, base + ow, col] = x[n, g * cg + c, ih, iw]
                             else:
-                                out[g, row, col] = pad_value
-                            col += 1
+                                out[g, base + ow, col] = pad_value
+
+
+@njit(cache=True, parallel=True)
+def row_abs_sums(x, zp, out):
+    """``out[g, m] = sum_k |x[g, m, k] - zp|`` in int64."""
+    G, M, K = x.shape
+    for r in prange(G * M):
+        g = r // M
+        m = r - g * M
+        s = 0
+        for k in range(K):
+            s += abs(np.int64(x[g, m, k]) - zp)
+        out[g, m] = s
