@@ -130,7 +130,7 @@ class Counters:
     partial_min: int | None = None
     partial_max: int | None = None
 
-    def merge(self, other: "Counters") -> "Counters":
+    def merge(self, other: Counters) -> Counters:
         """Counters of two disjoint sets of outputs taken together."""
 
         def ext(f, a, b):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hwsim.datapath.config import Accumulator, AccResult, Operand
+from hwsim.datapath.config import AccResult, Accumulator, Operand
 from hwsim.datapath.gemm import _weight_zero_point, check_accumulable, check_operand, reduce_batched
 from hwsim.datapath.kernels import im2col
 

@@ -27,7 +27,7 @@ _F64_EXACT = 1 << 53
 _MIN_CHUNK = 256
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ort_session(b_dtype: str):
     import numba
     import onnxruntime as ort
@@ -62,7 +62,7 @@ def _ort_run(a_u8, az, b, bz):
     return sess.run(None, feeds)[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ort_available() -> bool:
     """True if onnxruntime is installed and its integer matmul is exact on all-max operands."""
     try:

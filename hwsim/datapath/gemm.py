@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwsim.datapath.config import Accumulator, AccResult, Counters, Operand, ReductionOrder
+from hwsim.datapath.config import AccResult, Accumulator, Counters, Operand, ReductionOrder
 from hwsim.datapath.engines import exact_sums
 from hwsim.datapath.kernels import ordered_reduce, row_abs_sums
 from hwsim.numerics import (

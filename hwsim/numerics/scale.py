@@ -206,7 +206,7 @@ class ScaleRegister:
         object.__setattr__(self, "shift", shift.astype(np.int64))
 
     @classmethod
-    def from_real(cls, kind, real, rounding=RoundingMode.HALF_AWAY) -> "ScaleRegister":
+    def from_real(cls, kind, real, rounding=RoundingMode.HALF_AWAY) -> ScaleRegister:
         """Registers approximating positive real multipliers ``real`` (scalar or 1-D).
 
         ``tflite*`` by :func:`quantize_multiplier`; ``ort`` by rounding to float32; ``pow2`` by the

@@ -18,7 +18,7 @@ def test_output_stage_equals_scalar_composition(accs, kind, real, zp, overflow, 
     acc = Accumulator(32, overflow)
     reg = ScaleRegister.from_real(kind, real)
     out = output_stage(np.array(accs)[None, :], reg, acc=acc, bias=bias, out_zero_point=zp)
-    for a, y in zip(accs, out.values[0]):
+    for a, y in zip(accs, out.values[0], strict=True):
         t = overflow.apply(a + bias, IntFormat(32))
         want = reference.saturate(int(reg.apply(t)) + zp, 8, True)
         assert int(y) == want

@@ -37,7 +37,7 @@ def test_vectorised_equals_reference(mode, xs, ss):
     n = min(len(xs), len(ss))
     xs, ss = xs[:n], ss[:n]
     got = round_shift(np.array(xs, np.int64), np.array(ss), mode)
-    assert got.tolist() == [reference.round_shift(x, s, mode.value) for x, s in zip(xs, ss)]
+    assert got.tolist() == [reference.round_shift(x, s, mode.value) for x, s in zip(xs, ss, strict=True)]
     assert round_shift(xs[0], ss[0], mode) == got[0]
 
 
@@ -48,7 +48,7 @@ def test_stochastic_equals_reference_with_the_same_draws(xs, s, seed):
     words = np.random.default_rng(seed).integers(0, 2**64 - 1, size=len(xs), dtype=np.uint64,
                                                  endpoint=True)
     draws = [int(w) & ((1 << s) - 1) for w in words]
-    assert got.tolist() == [reference.round_shift(x, s, "stochastic", u) for x, u in zip(xs, draws)]
+    assert got.tolist() == [reference.round_shift(x, s, "stochastic", u) for x, u in zip(xs, draws, strict=True)]
     scalar = round_shift(xs[0], s, "stochastic", np.random.default_rng(seed))
     assert scalar == got[0]
 
