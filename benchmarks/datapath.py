@@ -67,13 +67,28 @@ def main(argv=None) -> int:
     def qlinearconv(x_dtype):
         xt = T.UINT8 if x_dtype == np.uint8 else T.INT8
         zx = np.array(128 if x_dtype == np.uint8 else 0, x_dtype)
-        inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in [
-            ("xs", np.float32(0.02)), ("xz", zx), ("w", w), ("ws", np.float32(0.01)),
-            ("wz", np.int8(0)), ("ys", np.float32(4.0)), ("yz", zx)]]
-        node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"],
-                                ["y"], pads=[1, 1, 1, 1])
-        g = helper.make_graph([node], "c", [helper.make_tensor_value_info("x", xt, [N, C, H, W])],
-                              [helper.make_tensor_value_info("y", xt, None)], inits)
+        inits = [
+            numpy_helper.from_array(np.asarray(v), n)
+            for n, v in [
+                ("xs", np.float32(0.02)),
+                ("xz", zx),
+                ("w", w),
+                ("ws", np.float32(0.01)),
+                ("wz", np.int8(0)),
+                ("ys", np.float32(4.0)),
+                ("yz", zx),
+            ]
+        ]
+        node = helper.make_node(
+            "QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], pads=[1, 1, 1, 1]
+        )
+        g = helper.make_graph(
+            [node],
+            "c",
+            [helper.make_tensor_value_info("x", xt, [N, C, H, W])],
+            [helper.make_tensor_value_info("y", xt, None)],
+            inits,
+        )
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
         m.ir_version = 8
         so = ort.SessionOptions()
@@ -96,23 +111,32 @@ def main(argv=None) -> int:
 
     sat16 = Accumulator(16, Overflow.SATURATE)
     hw = {}
-    hw["conv int32 (uint8 x int8)"] = gmacs(timed(
-        lambda x: conv2d(x, w, padding=1, x_operand=U8), xs_u8))
-    hw["conv int32 (int8 x int8)"] = gmacs(timed(
-        lambda x: conv2d(x, w, padding=1, x_operand=S8), xs_s8))
+    hw["conv int32 (uint8 x int8)"] = gmacs(
+        timed(lambda x: conv2d(x, w, padding=1, x_operand=U8), xs_u8)
+    )
+    hw["conv int32 (int8 x int8)"] = gmacs(
+        timed(lambda x: conv2d(x, w, padding=1, x_operand=S8), xs_s8)
+    )
     hw["gemm int32 (int8 x int8)"] = gmacs(timed(lambda c: gemm(c, w2, x_operand=S8), cols_s8))
-    hw["conv int16 saturating, sequential"] = gmacs(timed(
-        lambda x: conv2d(x, w, padding=1, x_operand=U8, acc=sat16), xs_u8))
-    hw["gemm int16 saturating, sequential"] = gmacs(timed(
-        lambda c: gemm(c, w2, x_operand=S8, acc=sat16), cols_s8))
+    hw["conv int16 saturating, sequential"] = gmacs(
+        timed(lambda x: conv2d(x, w, padding=1, x_operand=U8, acc=sat16), xs_u8)
+    )
+    hw["gemm int16 saturating, sequential"] = gmacs(
+        timed(lambda c: gemm(c, w2, x_operand=S8, acc=sat16), cols_s8)
+    )
     # per-sample shift on the layer's weight-gradient GEMM: dW (K x F) = cols^T (K x M) dY (M x F),
     # the batch (N samples of H*W positions) being the reduction dimension
     dy = rng.integers(-128, 128, (M, F)).astype(np.int8)
     cols_t = [np.ascontiguousarray(c.T) for c in cols_s8]
     shifts = np.array([i % 5 for i in range(N)])
-    hw["per-sample shift (wgrad GEMM)"] = gmacs(timed(
-        lambda c: gemm_per_sample_shift(c, dy, N, shifts, x_operand=S8,
-                                        final_acc=Accumulator(24, Overflow.SATURATE)), cols_t))
+    hw["per-sample shift (wgrad GEMM)"] = gmacs(
+        timed(
+            lambda c: gemm_per_sample_shift(
+                c, dy, N, shifts, x_operand=S8, final_acc=Accumulator(24, Overflow.SATURATE)
+            ),
+            cols_t,
+        )
+    )
 
     pairs = [
         ("conv int32 (int8 x int8)", "ort QLinearConv int8 x int8"),
@@ -128,15 +152,24 @@ def main(argv=None) -> int:
     ]
     entries = []
     both = {**ref, **hw}
-    print(f"conv ({N},{C},{H},{W}) x ({F},{C},{k},{k}) pad 1 = {macs / 1e6:.0f} M MACs; "
-          f"{args.threads} threads; median of {args.repeat}; fresh input each call\n")
+    print(
+        f"conv ({N},{C},{H},{W}) x ({F},{C},{k},{k}) pad 1 = {macs / 1e6:.0f} M MACs; "
+        f"{args.threads} threads; median of {args.repeat}; fresh input each call\n"
+    )
     print(f"{'hwsim case':<36}{'GMAC/s':>9}   {'reference':<32}{'GMAC/s':>9}{'ratio':>9}")
     for name, refname in pairs:
-        e = {"name": name, "hwsim_gmacs": round(hw[name], 2), "reference": refname,
-             "reference_gmacs": round(both[refname], 2), "ratio": round(hw[name] / both[refname], 3)}
+        e = {
+            "name": name,
+            "hwsim_gmacs": round(hw[name], 2),
+            "reference": refname,
+            "reference_gmacs": round(both[refname], 2),
+            "ratio": round(hw[name] / both[refname], 3),
+        }
         entries.append(e)
-        print(f"{name:<36}{e['hwsim_gmacs']:>9.1f}   {refname:<32}{e['reference_gmacs']:>9.1f}"
-              f"{e['ratio']:>9.2f}")
+        print(
+            f"{name:<36}{e['hwsim_gmacs']:>9.1f}   {refname:<32}{e['reference_gmacs']:>9.1f}"
+            f"{e['ratio']:>9.2f}"
+        )
     if args.json_path:
         atomic_write_text(args.json_path, json.dumps(entries, indent=2) + "\n")
     return 0

@@ -19,8 +19,9 @@ X_OPERAND = Operand(IntFormat(8, False), 0)
 W_OPERAND = Operand(IntFormat(8, True), 0)
 
 
-def demo_layer(seed: int = 0, batch: int = 4, channels: int = 32, size: int = 28,
-               filters: int = 32):
+def demo_layer(
+    seed: int = 0, batch: int = 4, channels: int = 32, size: int = 28, filters: int = 32
+):
     """A seeded layer: activations uint8 (half zeros, as after ReLU), weights int8 ~ N(0, 30)."""
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (batch, channels, size, size))
@@ -29,17 +30,26 @@ def demo_layer(seed: int = 0, batch: int = 4, channels: int = 32, size: int = 28
     return x.astype(np.uint8), w.astype(np.int8)
 
 
-def run_demo(seed: int = 0, batch: int = 4, channels: int = 32, size: int = 28,
-             filters: int = 32, acc_bits: int = 16, tile_rows: int = 16) -> dict:
+def run_demo(
+    seed: int = 0,
+    batch: int = 4,
+    channels: int = 32,
+    size: int = 28,
+    filters: int = 32,
+    acc_bits: int = 16,
+    tile_rows: int = 16,
+) -> dict:
     """Run the demo layer on every design; returns rows of counters and agreement."""
     x, w = demo_layer(seed, batch, channels, size, filters)
     designs = {
         "int32 wrap (exact)": Accumulator(32),
         f"int{acc_bits} wrap": Accumulator(acc_bits),
-        f"int{acc_bits} saturate, sequential": Accumulator(acc_bits, Overflow.SATURATE,
-                                                          track_partials=True),
+        f"int{acc_bits} saturate, sequential": Accumulator(
+            acc_bits, Overflow.SATURATE, track_partials=True
+        ),
         f"int{acc_bits} saturate, tiles of {tile_rows}": Accumulator(
-            acc_bits, Overflow.SATURATE, order="tiled", tile_rows=tile_rows, track_partials=True),
+            acc_bits, Overflow.SATURATE, order="tiled", tile_rows=tile_rows, track_partials=True
+        ),
     }
     rows = []
     exact = None
@@ -58,19 +68,34 @@ def run_demo(seed: int = 0, batch: int = 4, channels: int = 32, size: int = 28,
     ex = gemm_per_sample_shift(cols, dy, batch, np.zeros(batch, int), x_operand=X_OPERAND)
     shifts = np.full(batch, 4)
     t0 = time.perf_counter()
-    pss = gemm_per_sample_shift(cols, dy, batch, shifts, x_operand=X_OPERAND,
-                                group_acc=Accumulator(32), final_acc=Accumulator(acc_bits,
-                                                                                 Overflow.SATURATE))
+    pss = gemm_per_sample_shift(
+        cols,
+        dy,
+        batch,
+        shifts,
+        x_operand=X_OPERAND,
+        group_acc=Accumulator(32),
+        final_acc=Accumulator(acc_bits, Overflow.SATURATE),
+    )
     dt = time.perf_counter() - t0
-    row = _row(f"per-sample shift 4, int{acc_bits} final", pss.values << 4, ex.values,
-               pss.final_counters, dt)
+    row = _row(
+        f"per-sample shift 4, int{acc_bits} final",
+        pss.values << 4,
+        ex.values,
+        pss.final_counters,
+        dt,
+    )
     rows.append(row)
     scale = 255.0 / max(1, int(np.abs(exact).max()))
     registers = []
     ort_out = None
     for kind in ScaleKind:
-        out = output_stage(exact, ScaleRegister.from_real(kind, scale), acc=Accumulator(32),
-                           out_format=IntFormat(8, True))
+        out = output_stage(
+            exact,
+            ScaleRegister.from_real(kind, scale),
+            acc=Accumulator(32),
+            out_format=IntFormat(8, True),
+        )
         if ort_out is None or kind is ScaleKind.ORT:
             ort_out = out.values if kind is ScaleKind.ORT else ort_out
         registers.append({"register": kind.value, "clamped": out.clamped, "values": out.values})
@@ -78,8 +103,13 @@ def run_demo(seed: int = 0, batch: int = 4, channels: int = 32, size: int = 28,
         vals = reg.pop("values")
         reg["differs_from_ort"] = int(np.count_nonzero(vals != ort_out))
     return {
-        "layer": {"x": list(x.shape), "w": list(w.shape), "padding": 1, "seed": seed,
-                  "macs": int(exact.size * channels * 9)},
+        "layer": {
+            "x": list(x.shape),
+            "w": list(w.shape),
+            "padding": 1,
+            "seed": seed,
+            "macs": int(exact.size * channels * 9),
+        },
         "accumulators": rows,
         "registers": registers,
         "real_scale": scale,
@@ -93,7 +123,8 @@ def _row(name, values, exact, counters, seconds) -> dict:
         "outputs_overflowed": counters.outputs_overflowed,
         "bits_needed": counters.bits_needed,
         "exact_outputs": float(np.mean(values == exact)) if exact.size else 1.0,
-        "relative_error": float(np.abs(values.astype(np.int64) - exact).sum()
-                                / max(1, np.abs(exact).sum())),
+        "relative_error": float(
+            np.abs(values.astype(np.int64) - exact).sum() / max(1, np.abs(exact).sum())
+        ),
         "seconds": seconds,
     }

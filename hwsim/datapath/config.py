@@ -79,8 +79,9 @@ class Accumulator:
         if self.order is ReductionOrder.TILED and not (
             isinstance(self.tile_rows, int) and self.tile_rows > 0
         ):
-            raise ValueError(f"Accumulator.tile_rows must be > 0 for a tiled order, got "
-                             f"{self.tile_rows!r}")
+            raise ValueError(
+                f"Accumulator.tile_rows must be > 0 for a tiled order, got {self.tile_rows!r}"
+            )
         if self.order is ReductionOrder.SEQUENTIAL and self.tile_rows:
             raise ValueError("Accumulator.tile_rows is only meaningful with order=TILED")
 

@@ -24,20 +24,32 @@ def _pads(padding) -> tuple[int, int, int, int]:
     if len(p) == 2:
         p = (p[0], p[1], p[0], p[1])
     if len(p) != 4 or not all(isinstance(i, (int, np.integer)) and i >= 0 for i in p):
-        raise ValueError(f"padding must be an int >= 0, (ph, pw) or (top, left, bottom, right); "
-                         f"got {padding!r}")
+        raise ValueError(
+            f"padding must be an int >= 0, (ph, pw) or (top, left, bottom, right); got {padding!r}"
+        )
     return tuple(int(i) for i in p)
 
 
-def conv_output_size(size: int, kernel: int, stride: int, pad_a: int, pad_b: int,
-                     dilation: int) -> int:
+def conv_output_size(
+    size: int, kernel: int, stride: int, pad_a: int, pad_b: int, dilation: int
+) -> int:
     """``floor((size + pad_a + pad_b - dilation*(kernel-1) - 1) / stride) + 1``."""
     return (size + pad_a + pad_b - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups: int = 1,
-           x_operand: Operand = Operand(), w_operand: Operand = Operand(),
-           acc: Accumulator = Accumulator(), engine: str = "auto") -> AccResult:
+def conv2d(
+    x,
+    w,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    x_operand: Operand = Operand(),
+    w_operand: Operand = Operand(),
+    acc: Accumulator = Accumulator(),
+    engine: str = "auto",
+) -> AccResult:
     """Integer convolution ``acc[n, f, oh, ow] = sum_{c,i,j} (x[n, g*Cg + c, ih, iw] - zx) *
     (w[f, c, i, j] - zw[f])`` with ``ih = oh*sh - pad_top + i*dh`` (same for w), ``g = f // Fg``.
 
@@ -57,21 +69,26 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups: int = 1,
     if C % groups or F % groups:
         raise ValueError(f"groups={groups} must divide both input channels C={C} and filters F={F}")
     if Cg != C // groups:
-        raise ValueError(f"w has {Cg} input channels per group; x has C={C}, groups={groups}: "
-                         f"expected {C // groups}")
+        raise ValueError(
+            f"w has {Cg} input channels per group; x has C={C}, groups={groups}: "
+            f"expected {C // groups}"
+        )
     if kh < 1 or kw < 1:
         raise ValueError(f"w kernel must be at least 1x1, got {kh}x{kw}")
     ho = conv_output_size(H, kh, sh, pt, pb, dh)
     wo = conv_output_size(W, kw, sw, pl, pr, dw)
     if ho < 1 or wo < 1:
-        raise ValueError(f"kernel {kh}x{kw} (dilation {dh}x{dw}) is larger than the padded input "
-                         f"{H + pt + pb}x{W + pl + pr}")
+        raise ValueError(
+            f"kernel {kh}x{kw} (dilation {dh}x{dw}) is larger than the padded input "
+            f"{H + pt + pb}x{W + pl + pr}"
+        )
     K = Cg * kh * kw
     check_accumulable(K, x_operand, w_operand)
     Fg = F // groups
     cols = np.empty((groups, N * ho * wo, K), x.dtype)
-    im2col(x, groups, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, x.dtype.type(x_operand.zero_point),
-           cols)
+    im2col(
+        x, groups, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, x.dtype.type(x_operand.zero_point), cols
+    )
     w3 = np.ascontiguousarray(w.reshape(groups, Fg, K).transpose(0, 2, 1))
     wzp = _weight_zero_point(w_operand, groups, Fg, "w_operand")
     values, counters = reduce_batched(cols, w3, x_operand, w_operand, wzp, acc, engine)

@@ -51,9 +51,7 @@ def _ort_session(b_dtype: str):
     so.intra_op_num_threads = numba.config.NUMBA_NUM_THREADS
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), so, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def _ort_run(a_u8, az, b, bz):
@@ -71,7 +69,10 @@ def ort_available() -> bool:
         return False
     rng = np.random.default_rng(0)
     K = 1024
-    for b_dtype, b_vals, bz in (("int8", (-128, 127), (0, -128, 127)), ("uint8", (0, 255), (0, 255))):
+    for b_dtype, b_vals, bz in (
+        ("int8", (-128, 127), (0, -128, 127)),
+        ("uint8", (0, 255), (0, 255)),
+    ):
         for av in (0, 255):
             for bv in b_vals:
                 for zb in bz:
@@ -105,11 +106,15 @@ def max_abs_effective(q: np.ndarray, zp) -> int:
 def _blas_chunked(xe, we, exact_limit, dtype, max_prod):
     K = xe.shape[2]
     if max_prod > exact_limit:
-        raise ValueError(f"engine '{np.dtype(dtype).name}' cannot hold a single product of {max_prod}")
+        raise ValueError(
+            f"engine '{np.dtype(dtype).name}' cannot hold a single product of {max_prod}"
+        )
     chunk = K if max_prod == 0 else max(1, min(K, exact_limit // max_prod))
     out = None
     for k0 in range(0, max(K, 1), chunk):
-        part = np.matmul(xe[:, :, k0 : k0 + chunk].astype(dtype), we[:, k0 : k0 + chunk].astype(dtype))
+        part = np.matmul(
+            xe[:, :, k0 : k0 + chunk].astype(dtype), we[:, k0 : k0 + chunk].astype(dtype)
+        )
         part = part.astype(np.int64)
         out = part if out is None else out + part
     return out
@@ -147,15 +152,16 @@ def exact_sums(x, w, x_zp, w_zp, x_fmt, w_fmt, engine: str = "auto") -> np.ndarr
         if not ort_available():
             raise ValueError("engine 'ort' is unavailable (onnxruntime missing or not exact here)")
         if x_fmt.signed:
-            a = (x.astype(np.int8, copy=False).view(np.uint8) ^ np.uint8(0x80))
+            a = x.astype(np.int8, copy=False).view(np.uint8) ^ np.uint8(0x80)
             az = int(x_zp) + 128
         else:
             a, az = x.astype(np.uint8, copy=False), int(x_zp)
         bdt = np.int8 if w_fmt.signed else np.uint8
         b = w.astype(bdt, copy=False)
         bz = np.broadcast_to(np.asarray(w_zp, bdt), (G, 1, N))
-        return _ort_run(np.ascontiguousarray(a), az, np.ascontiguousarray(b),
-                        np.ascontiguousarray(bz)).astype(np.int64)
+        return _ort_run(
+            np.ascontiguousarray(a), az, np.ascontiguousarray(b), np.ascontiguousarray(bz)
+        ).astype(np.int64)
     xe = _effective(x, x_zp)
     we = _effective(w, w_zp)
     if engine == "float32":

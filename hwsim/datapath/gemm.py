@@ -60,8 +60,9 @@ def _wrap_counts(exact: np.ndarray, fmt: IntFormat) -> np.ndarray:
     return np.abs((exact - fmt.min) >> fmt.bits)
 
 
-def reduce_batched(x3, w3, xop: Operand, wop: Operand, w_zp, acc: Accumulator,
-                   engine: str = "auto"):
+def reduce_batched(
+    x3, w3, xop: Operand, wop: Operand, w_zp, acc: Accumulator, engine: str = "auto"
+):
     """Accumulate ``(x3 - zx) @ (w3 - w_zp)`` per batch on accumulator ``acc``.
 
     ``x3`` (G, M, K) and ``w3`` (G, K, N) are validated operands; ``w_zp`` is a scalar or
@@ -94,8 +95,9 @@ def reduce_batched(x3, w3, xop: Operand, wop: Operand, w_zp, acc: Accumulator,
         pmin = np.empty((G, M, N) if track else (0, 0, 0), np.int64)
         pmax = np.empty_like(pmin)
         hi = min(fmt.max, (1 << 63) - 1)
-        ordered_reduce(xe, we, rows, fmt.min, hi, saturating, acc.tile, track, vals, events,
-                       pmin, pmax)
+        ordered_reduce(
+            xe, we, rows, fmt.min, hi, saturating, acc.tile, track, vals, events, pmin, pmax
+        )
         if track:
             counters.partial_min = _extremes(pmin)[0]
             counters.partial_max = _extremes(pmax)[1]
@@ -124,13 +126,22 @@ def _weight_zero_point(wop: Operand, G: int, N: int, name: str):
     if np.ndim(zp) == 0:
         return zp
     if zp.shape != (G * N,):
-        raise ValueError(f"{name} zero_point has {zp.shape[0]} entries, expected {G * N} "
-                         "(one per output channel)")
+        raise ValueError(
+            f"{name} zero_point has {zp.shape[0]} entries, expected {G * N} "
+            "(one per output channel)"
+        )
     return zp.reshape(G, 1, N)
 
 
-def gemm(x, w, *, x_operand: Operand = Operand(), w_operand: Operand = Operand(),
-         acc: Accumulator = Accumulator(), engine: str = "auto") -> AccResult:
+def gemm(
+    x,
+    w,
+    *,
+    x_operand: Operand = Operand(),
+    w_operand: Operand = Operand(),
+    acc: Accumulator = Accumulator(),
+    engine: str = "auto",
+) -> AccResult:
     """Integer GEMM ``acc[m, n] = sum_k (x[m, k] - zx) * (w[k, n] - zw[n])`` on ``acc``.
 
     ``x``: (M, K) in ``x_operand.format``; ``w``: (K, N) in ``w_operand.format``, whose zero
@@ -158,10 +169,19 @@ class PerSampleShiftResult:
 
 
 def gemm_per_sample_shift(
-    x, w, groups: int, shifts, *, x_operand: Operand = Operand(),
-    w_operand: Operand = Operand(), group_acc: Accumulator = Accumulator(),
-    final_acc: Accumulator = Accumulator(), rounding=RoundingMode.HALF_AWAY, s_max: int = 4,
-    rng: np.random.Generator | None = None, engine: str = "auto",
+    x,
+    w,
+    groups: int,
+    shifts,
+    *,
+    x_operand: Operand = Operand(),
+    w_operand: Operand = Operand(),
+    group_acc: Accumulator = Accumulator(),
+    final_acc: Accumulator = Accumulator(),
+    rounding=RoundingMode.HALF_AWAY,
+    s_max: int = 4,
+    rng: np.random.Generator | None = None,
+    engine: str = "auto",
 ) -> PerSampleShiftResult:
     """Per-sample-shift accumulation (the FQT paper's proposed hardware), eq. 13-14.
 

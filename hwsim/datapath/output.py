@@ -26,17 +26,26 @@ def _along(v, ndim: int, axis: int, length: int, name: str) -> np.ndarray:
     if arr.ndim == 0:
         return arr
     if arr.ndim != 1 or arr.shape[0] != length:
-        raise ValueError(f"{name} must be a scalar or have {length} entries (axis {axis}); "
-                         f"got shape {arr.shape}")
+        raise ValueError(
+            f"{name} must be a scalar or have {length} entries (axis {axis}); got shape {arr.shape}"
+        )
     shape = [1] * ndim
     shape[axis] = length
     return arr.reshape(shape)
 
 
-def output_stage(acc_values, register: ScaleRegister, *, acc: Accumulator = Accumulator(),
-                 bias=None, bias_axis: int = 1, scale_axis: int = 1,
-                 out_format: IntFormat = IntFormat(8, True), out_zero_point: int = 0,
-                 rng: np.random.Generator | None = None) -> OutputResult:
+def output_stage(
+    acc_values,
+    register: ScaleRegister,
+    *,
+    acc: Accumulator = Accumulator(),
+    bias=None,
+    bias_axis: int = 1,
+    scale_axis: int = 1,
+    out_format: IntFormat = IntFormat(8, True),
+    out_zero_point: int = 0,
+    rng: np.random.Generator | None = None,
+) -> OutputResult:
     """Requantize accumulator values to the output format (eq. 15):
 
     ``t = acc.overflow(acc_values + bias)`` in the accumulator's format (the bias is added in the
@@ -51,8 +60,9 @@ def output_stage(acc_values, register: ScaleRegister, *, acc: Accumulator = Accu
     if register.kind in (ScaleKind.TFLITE, ScaleKind.TFLITE_SINGLE) and (
         fmt.bits > 32 or not fmt.signed
     ):
-        raise ValueError(f"a {register.kind.value} register takes int32 input; the accumulator "
-                         f"is {fmt}")
+        raise ValueError(
+            f"a {register.kind.value} register takes int32 input; the accumulator is {fmt}"
+        )
     a = check_integer_array(acc_values, "acc_values")
     fmt.check(a, "acc_values")
     out_format.check(out_zero_point, "out_zero_point")
@@ -61,8 +71,9 @@ def output_stage(acc_values, register: ScaleRegister, *, acc: Accumulator = Accu
     if bias is not None:
         b = check_integer_array(bias, "bias")
         fmt.check(b, "bias")
-        b = _along(b.astype(np.int64), t.ndim, bias_axis, t.shape[bias_axis] if t.ndim else 1,
-                   "bias")
+        b = _along(
+            b.astype(np.int64), t.ndim, bias_axis, t.shape[bias_axis] if t.ndim else 1, "bias"
+        )
         exact = t + b
         t = acc.overflow.apply(exact, fmt)
         bias_overflows = int(np.count_nonzero(exact != t))
@@ -71,6 +82,3 @@ def output_stage(acc_values, register: ScaleRegister, *, acc: Accumulator = Accu
     out = saturate_to(y, out_format)
     clamped = int(np.count_nonzero(out != y))
     return OutputResult(np.asarray(out).astype(out_format.dtype), bias_overflows, clamped)
-
-
-

@@ -94,8 +94,19 @@ def gemm(x, w, x_zp: int, w_zp, acc: Accumulator, n_cols: int | None = None):
     return values, _counters(results, M * N * K, acc.track_partials)
 
 
-def conv2d(x, w, stride, pads, dilation, groups: int, x_zp: int, w_zp, acc: Accumulator,
-           x_shape: tuple[int, int, int, int], w_shape: tuple[int, int, int, int]):
+def conv2d(
+    x,
+    w,
+    stride,
+    pads,
+    dilation,
+    groups: int,
+    x_zp: int,
+    w_zp,
+    acc: Accumulator,
+    x_shape: tuple[int, int, int, int],
+    w_shape: tuple[int, int, int, int],
+):
     """(12) Direct convolution, no im2col: for each output, products in ``(c, i, j)`` order;
     positions outside the input read ``x_zp``. ``pads`` = (top, left, bottom, right)."""
     N, C, H, W = x_shape
@@ -133,8 +144,19 @@ def conv2d(x, w, stride, pads, dilation, groups: int, x_zp: int, w_zp, acc: Accu
     return out, _counters(results, N * F * ho * wo * Cg * kh * kw, acc.track_partials)
 
 
-def gemm_per_sample_shift(x, w, groups: int, shifts, x_zp: int, w_zp, group_acc: Accumulator,
-                          final_acc: Accumulator, mode: str, draws=None, n_cols: int | None = None):
+def gemm_per_sample_shift(
+    x,
+    w,
+    groups: int,
+    shifts,
+    x_zp: int,
+    w_zp,
+    group_acc: Accumulator,
+    final_acc: Accumulator,
+    mode: str,
+    draws=None,
+    n_cols: int | None = None,
+):
     """(13)-(14) Per-sample-shift accumulation: group g's products ``k in [g*Kg, (g+1)*Kg)``
     are reduced on ``group_acc``, the result shifted by ``shifts[g]`` with ``mode`` (stochastic
     draws ``draws[g][m][n]``), and the shifted values summed in group order on ``final_acc``.
@@ -159,5 +181,8 @@ def gemm_per_sample_shift(x, w, groups: int, shifts, x_zp: int, w_zp, group_acc:
             final_results.append(r)
             row.append(r[0])
         values.append(row)
-    return (values, _counters(group_results, M * N * K, group_acc.track_partials),
-            _counters(final_results, M * N * groups, final_acc.track_partials))
+    return (
+        values,
+        _counters(group_results, M * N * K, group_acc.track_partials),
+        _counters(final_results, M * N * groups, final_acc.track_partials),
+    )

@@ -27,7 +27,7 @@ MAX_BITS = 64
 
 
 def check_bits(bits: int, name: str, lo: int = MIN_BITS, hi: int = MAX_BITS) -> int:
-    """Return ``bits`` if it is an int in ``[lo, hi]``, else raise ``ValueError`` naming ``name``."""
+    """Return ``bits`` if it is an int in ``[lo, hi]``; else a ``ValueError`` naming ``name``."""
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
         raise ValueError(f"{name} must be an integer number of bits, got {bits!r}")
     if not lo <= int(bits) <= hi:
@@ -69,7 +69,7 @@ class IntFormat:
         return f"{'int' if self.signed else 'uint'}{self.bits}"
 
     def check(self, value, name: str) -> None:
-        """Raise ``ValueError`` naming ``name`` if any element of ``value`` lies outside the format."""
+        """Raise ``ValueError`` naming ``name`` if any element of ``value`` is outside the format."""
         check_in_range(value, self.min, self.max, name, f"the range of {self}")
 
 
@@ -79,8 +79,9 @@ def check_integer_array(value, name: str) -> np.ndarray:
     if arr.dtype == object and all(isinstance(v, int) for v in arr.flat):
         if arr.size and (min(arr.flat) < -(1 << 63) or max(arr.flat) >= 1 << 64):
             raise ValueError(f"{name} holds integers beyond 64 bits")
-        arr = arr.astype(np.uint64 if arr.size and min(arr.flat) >= 0 and max(arr.flat) >= 1 << 63
-                         else np.int64)
+        arr = arr.astype(
+            np.uint64 if arr.size and min(arr.flat) >= 0 and max(arr.flat) >= 1 << 63 else np.int64
+        )
     if arr.dtype.kind not in "iu":
         raise ValueError(f"{name} must have an integer dtype, got {arr.dtype}")
     return arr
@@ -94,9 +95,7 @@ def check_in_range(value, lo: int, hi: int, name: str, what: str | None = None) 
     vmin, vmax = int(arr.min()), int(arr.max())
     if vmin < lo or vmax > hi:
         bad = vmin if vmin < lo else vmax
-        raise ValueError(
-            f"{name} holds {bad}, outside {what or 'the allowed range'} [{lo}, {hi}]"
-        )
+        raise ValueError(f"{name} holds {bad}, outside {what or 'the allowed range'} [{lo}, {hi}]")
 
 
 class Overflow(enum.Enum):

@@ -26,7 +26,8 @@ class RoundingMode(enum.Enum):
     HALF_AWAY = "half_away"
     """Nearest, ties away from zero (gemmlowp ``RoundingDivideByPOT``, C ``round``)."""
     HALF_UP = "half_up"
-    """Nearest, ties toward +inf: ``floor(v + 1/2) = (x + 2^(s-1)) >> s`` (TFLite single rounding)."""
+    """Nearest, ties toward +inf: ``floor(v + 1/2) = (x + 2^(s-1)) >> s`` (TFLite single
+    rounding)."""
     HALF_DOWN = "half_down"
     """Nearest, ties toward -inf: ``ceil(v - 1/2)``."""
     FLOOR = "floor"

@@ -102,7 +102,8 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, rounding: str = "doub
         left = np.maximum(s64, 0).astype(np.uint64)
         shifted = wrap(x64.astype(np.uint64) << left, INT32)
         return round_shift(
-            saturating_rounding_doubling_high_mul(shifted, m64), np.maximum(-s64, 0),
+            saturating_rounding_doubling_high_mul(shifted, m64),
+            np.maximum(-s64, 0),
             RoundingMode.HALF_AWAY,
         )
     return wrap(round_shift(x64 * m64, 31 - s64, RoundingMode.HALF_UP), INT32)
@@ -135,7 +136,7 @@ def ort_combined_scale(x_scale, w_scale, y_scale) -> np.ndarray:
     return (xs * ws) / ys
 
 
-# --- power of two -----------------------------------------------------------------------------------
+# --- power of two ------------------------------------------------------------------------------
 def pow2_requantize(acc, shift, mode=RoundingMode.HALF_AWAY, rng=None):
     """Shift-only register (eq. 9): ``round(acc / 2^shift)`` by ``mode`` for ``shift`` in
     ``[0, 63]``; ``acc * 2^-shift`` for ``shift`` in ``[-62, -1]``; held at ``+-2^62``."""
@@ -221,8 +222,12 @@ class ScaleRegister:
         if kind is ScaleKind.ORT:
             return cls(kind, reals.astype(np.float32), np.zeros(reals.shape, np.int64))
         if kind is ScaleKind.POW2:
-            return cls(kind, np.ones(reals.shape, np.int64),
-                       np.round(-np.log2(reals)).astype(np.int64), rounding)
+            return cls(
+                kind,
+                np.ones(reals.shape, np.int64),
+                np.round(-np.log2(reals)).astype(np.int64),
+                rounding,
+            )
         single = "single" if kind is ScaleKind.TFLITE_SINGLE else "double"
         pairs = [quantize_multiplier(r, single) for r in reals.ravel()]
         if any(s > TFLITE_SHIFT_RANGE[1] for _, s in pairs):

@@ -24,26 +24,65 @@ def conv_cases(draw):
     H = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[2]), 6))
     W = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[1] - pads[3]), 6))
     N = draw(st.integers(0, 2))
-    return dict(N=N, C=groups * cg, H=H, W=W, F=groups * fg, cg=cg, kh=kh, kw=kw,
-                stride=(sh, sw), padding=pads, dilation=(dh, dw), groups=groups)
+    return dict(
+        N=N,
+        C=groups * cg,
+        H=H,
+        W=W,
+        F=groups * fg,
+        cg=cg,
+        kh=kh,
+        kw=kw,
+        stride=(sh, sw),
+        padding=pads,
+        dilation=(dh, dw),
+        groups=groups,
+    )
 
 
-@given(conv_cases(), operands(), operands(), accumulators(), st.booleans(),
-       st.sampled_from([None, None, "max"]), st.data())
+@given(
+    conv_cases(),
+    operands(),
+    operands(),
+    accumulators(),
+    st.booleans(),
+    st.sampled_from([None, None, "max"]),
+    st.data(),
+)
 def test_conv_equals_direct_reference(case, xo, wo, acc, per_channel, extreme, data):
     (xf, xzp), (wf, wzp) = xo, wo
     if per_channel:
-        wzp = np.array(data.draw(st.lists(ints_in(wf.min, wf.max), min_size=case["F"],
-                                          max_size=case["F"])))
+        wzp = np.array(
+            data.draw(st.lists(ints_in(wf.min, wf.max), min_size=case["F"], max_size=case["F"]))
+        )
     x = operand_arrays(data.draw, xf, (case["N"], case["C"], case["H"], case["W"]), extreme)
     w = operand_arrays(data.draw, wf, (case["F"], case["cg"], case["kh"], case["kw"]), extreme)
     xop, wop = Operand(xf, xzp), Operand(wf, wzp)
-    got = conv2d(x, w, stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
-                 groups=case["groups"], x_operand=xop, w_operand=wop, acc=acc)
+    got = conv2d(
+        x,
+        w,
+        stride=case["stride"],
+        padding=case["padding"],
+        dilation=case["dilation"],
+        groups=case["groups"],
+        x_operand=xop,
+        w_operand=wop,
+        acc=acc,
+    )
     wz = wop.zero_point
-    want, want_c = dref.conv2d(x.tolist(), w.tolist(), case["stride"], case["padding"],
-                               case["dilation"], case["groups"], xop.zero_point,
-                               wz.tolist() if np.ndim(wz) else wz, acc, x.shape, w.shape)
+    want, want_c = dref.conv2d(
+        x.tolist(),
+        w.tolist(),
+        case["stride"],
+        case["padding"],
+        case["dilation"],
+        case["groups"],
+        xop.zero_point,
+        wz.tolist() if np.ndim(wz) else wz,
+        acc,
+        x.shape,
+        w.shape,
+    )
     assert got.values.tolist() == want
     assert got.counters == want_c
 
@@ -77,18 +116,31 @@ def test_conv_on_the_benchmark_shape_is_exact_against_int64():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(x=np.zeros((1, 4, 5, 5), np.int8), w=np.zeros((2, 3, 3, 3), np.int8)),
-         "expected 4"),
-        (dict(x=np.zeros((1, 4, 5, 5), np.int8), w=np.zeros((3, 2, 3, 3), np.int8), groups=2),
-         "must divide"),
-        (dict(x=np.zeros((1, 4, 2, 2), np.int8), w=np.zeros((2, 4, 3, 3), np.int8)),
-         "larger than the padded input"),
-        (dict(x=np.zeros((1, 4, 5, 5), np.int8), w=np.zeros((2, 4, 3, 3), np.int8), stride=0),
-         "stride must be"),
-        (dict(x=np.zeros((1, 4, 5, 5), np.int8), w=np.zeros((2, 4, 3, 3), np.int8),
-              padding=(1, 2, 3)), "padding must be"),
-        (dict(x=np.zeros((4, 5, 5), np.int8), w=np.zeros((2, 4, 3, 3), np.int8)),
-         "x must have 4 dimensions"),
+        (dict(x=np.zeros((1, 4, 5, 5), np.int8), w=np.zeros((2, 3, 3, 3), np.int8)), "expected 4"),
+        (
+            dict(x=np.zeros((1, 4, 5, 5), np.int8), w=np.zeros((3, 2, 3, 3), np.int8), groups=2),
+            "must divide",
+        ),
+        (
+            dict(x=np.zeros((1, 4, 2, 2), np.int8), w=np.zeros((2, 4, 3, 3), np.int8)),
+            "larger than the padded input",
+        ),
+        (
+            dict(x=np.zeros((1, 4, 5, 5), np.int8), w=np.zeros((2, 4, 3, 3), np.int8), stride=0),
+            "stride must be",
+        ),
+        (
+            dict(
+                x=np.zeros((1, 4, 5, 5), np.int8),
+                w=np.zeros((2, 4, 3, 3), np.int8),
+                padding=(1, 2, 3),
+            ),
+            "padding must be",
+        ),
+        (
+            dict(x=np.zeros((4, 5, 5), np.int8), w=np.zeros((2, 4, 3, 3), np.int8)),
+            "x must have 4 dimensions",
+        ),
     ],
 )
 def test_bad_conv_input_is_named(kwargs, match):

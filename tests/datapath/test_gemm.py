@@ -46,16 +46,31 @@ def engines_for(xf, wf, K, x, w, xzp, wzp):
 
 def assert_matches_reference(x, w, xop, wop, acc, engine):
     wzp = wop.zero_point
-    want, want_c = dref.gemm(x.tolist(), w.tolist(), xop.zero_point,
-                             wzp.tolist() if np.ndim(wzp) else wzp, acc, n_cols=w.shape[1])
+    want, want_c = dref.gemm(
+        x.tolist(),
+        w.tolist(),
+        xop.zero_point,
+        wzp.tolist() if np.ndim(wzp) else wzp,
+        acc,
+        n_cols=w.shape[1],
+    )
     got = gemm(x, w, x_operand=xop, w_operand=wop, acc=acc, engine=engine)
     assert got.values.shape == (x.shape[0], w.shape[1])
     assert [[int(v) for v in row] for row in got.values] == want, engine
     assert got.counters == want_c, engine
 
 
-@given(operands(), operands(), accumulators(), st.integers(0, 5), st.integers(0, 9),
-       st.integers(0, 5), st.booleans(), st.sampled_from([None, None, "max", "min"]), st.data())
+@given(
+    operands(),
+    operands(),
+    accumulators(),
+    st.integers(0, 5),
+    st.integers(0, 9),
+    st.integers(0, 5),
+    st.booleans(),
+    st.sampled_from([None, None, "max", "min"]),
+    st.data(),
+)
 def test_gemm_equals_reference_on_every_engine(xo, wo, acc, M, K, N, per_channel, extreme, data):
     (xf, xzp), (wf, wzp) = xo, wo
     if per_channel and N:
@@ -70,8 +85,9 @@ def test_gemm_equals_reference_on_every_engine(xo, wo, acc, M, K, N, per_channel
 @given(accumulators(), st.integers(1, 4), st.integers(1, 40), st.integers(1, 4), st.data())
 def test_int8_gemm_with_narrow_accumulators(acc, M, K, N, data):
     """int8 operands and 8..17-bit accumulators: overflow is common, the order matters."""
-    acc = Accumulator(min(acc.bits, 17), acc.overflow, acc.signed, acc.order, acc.tile_rows,
-                      acc.track_partials)
+    acc = Accumulator(
+        min(acc.bits, 17), acc.overflow, acc.signed, acc.order, acc.tile_rows, acc.track_partials
+    )
     xf, wf = IntFormat(8, data.draw(st.booleans())), IntFormat(8, True)
     x = operand_arrays(data.draw, xf, (M, K))
     w = operand_arrays(data.draw, wf, (K, N))
@@ -127,14 +143,27 @@ def test_large_random_int8_gemm_is_exact_and_fast_paths_agree():
     "kwargs, match",
     [
         (dict(x=np.zeros((2, 3), np.int8), w=np.zeros((4, 2), np.int8)), "K differs"),
-        (dict(x=np.zeros((2, 3), np.float32), w=np.zeros((3, 2), np.int8)), "x must have an integer"),
-        (dict(x=np.full((2, 3), 200, np.int16), w=np.zeros((3, 2), np.int8)),
-         "x holds 200, outside the range of int8"),
+        (
+            dict(x=np.zeros((2, 3), np.float32), w=np.zeros((3, 2), np.int8)),
+            "x must have an integer",
+        ),
+        (
+            dict(x=np.full((2, 3), 200, np.int16), w=np.zeros((3, 2), np.int8)),
+            "x holds 200, outside the range of int8",
+        ),
         (dict(x=np.zeros((2, 3, 1), np.int8), w=np.zeros((3, 2), np.int8)), "x must have 2 dim"),
-        (dict(x=np.zeros((2, 3), np.int8), w=np.zeros((3, 2), np.int8), engine="gpu"),
-         "engine must be one of"),
-        (dict(x=np.zeros((2, 3), np.int8), w=np.zeros((3, 2), np.int8),
-              w_operand=Operand(IntFormat(8), np.array([1, 2, 3]))), "3 entries, expected 2"),
+        (
+            dict(x=np.zeros((2, 3), np.int8), w=np.zeros((3, 2), np.int8), engine="gpu"),
+            "engine must be one of",
+        ),
+        (
+            dict(
+                x=np.zeros((2, 3), np.int8),
+                w=np.zeros((3, 2), np.int8),
+                w_operand=Operand(IntFormat(8), np.array([1, 2, 3])),
+            ),
+            "3 entries, expected 2",
+        ),
     ],
 )
 def test_bad_input_is_named(kwargs, match):

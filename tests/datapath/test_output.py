@@ -10,10 +10,14 @@ from hwsim.numerics import IntFormat, Overflow, ScaleRegister, ort_combined_scal
 from tests.strategies import ints_in
 
 
-@given(st.lists(ints_in(-(2**31), 2**31 - 1), min_size=1, max_size=12),
-       st.sampled_from(["tflite", "tflite-single", "ort", "pow2"]),
-       st.floats(2.0**-20, 0.9), ints_in(-128, 127), st.sampled_from(list(Overflow)),
-       ints_in(-(2**31), 2**31 - 1))
+@given(
+    st.lists(ints_in(-(2**31), 2**31 - 1), min_size=1, max_size=12),
+    st.sampled_from(["tflite", "tflite-single", "ort", "pow2"]),
+    st.floats(2.0**-20, 0.9),
+    ints_in(-128, 127),
+    st.sampled_from(list(Overflow)),
+    ints_in(-(2**31), 2**31 - 1),
+)
 def test_output_stage_equals_scalar_composition(accs, kind, real, zp, overflow, bias):
     acc = Accumulator(32, overflow)
     reg = ScaleRegister.from_real(kind, real)
@@ -35,17 +39,24 @@ def test_per_channel_and_per_sample_registers_align_with_their_axis():
 
 def test_bias_overflow_and_output_clamp_are_counted():
     acc = Accumulator(16, Overflow.SATURATE)
-    out = output_stage(np.array([32000, -5, 0]), ScaleRegister.from_real("pow2", 1.0), acc=acc,
-                       bias=np.array([1000, 0, 0]), bias_axis=0,
-                       out_format=IntFormat(8, False), out_zero_point=3)
+    out = output_stage(
+        np.array([32000, -5, 0]),
+        ScaleRegister.from_real("pow2", 1.0),
+        acc=acc,
+        bias=np.array([1000, 0, 0]),
+        bias_axis=0,
+        out_format=IntFormat(8, False),
+        out_zero_point=3,
+    )
     assert out.values.tolist() == [255, 0, 3]
     assert out.bias_overflows == 1 and out.clamped == 2
 
 
 def test_tflite_register_rejects_a_wide_accumulator():
     with pytest.raises(ValueError, match="takes int32 input"):
-        output_stage(np.zeros(3, np.int64), ScaleRegister.from_real("tflite", 0.5),
-                     acc=Accumulator(48))
+        output_stage(
+            np.zeros(3, np.int64), ScaleRegister.from_real("tflite", 0.5), acc=Accumulator(48)
+        )
 
 
 def _qlinear_matmul_model(per_channel: bool, N: int):
@@ -65,8 +76,9 @@ def _qlinear_matmul_model(per_channel: bool, N: int):
     ]
     node = helper.make_node("QLinearMatMul", [i.name for i in inputs], ["y"])
     out = helper.make_tensor_value_info("y", T.UINT8, ["M", N])
-    m = helper.make_model(helper.make_graph([node], "q", inputs, [out]),
-                          opset_imports=[helper.make_opsetid("", 13)])
+    m = helper.make_model(
+        helper.make_graph([node], "q", inputs, [out]), opset_imports=[helper.make_opsetid("", 13)]
+    )
     m.ir_version = 8
     return m
 
@@ -82,8 +94,9 @@ def test_datapath_with_ort_register_equals_onnxruntime_qlinearmatmul(seed):
     a_s, y_s = np.float32(rng.uniform(0.001, 0.05)), np.float32(rng.uniform(0.5, 8))
     b_s = np.float32(rng.uniform(0.001, 0.05))
     a_z, y_z = np.uint8(rng.integers(0, 256)), np.uint8(rng.integers(0, 256))
-    sess = ort.InferenceSession(_qlinear_matmul_model(False, N).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        _qlinear_matmul_model(False, N).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     feeds = dict(a=a, a_s=a_s, a_z=a_z, b=b, b_s=b_s, b_z=np.int8(0), y_s=y_s, y_z=y_z)
     want = sess.run(None, {k: np.asarray(v) for k, v in feeds.items()})[0]
     acc = gemm(a, b, x_operand=Operand(IntFormat(8, False), int(a_z)))
@@ -104,19 +117,41 @@ def test_datapath_with_ort_register_equals_onnxruntime_qlinearconv_per_channel()
     x_s, x_z = np.float32(0.02), np.uint8(120)
     w_s = rng.uniform(0.001, 0.02, 4).astype(np.float32)
     y_s, y_z = np.float32(0.3), np.uint8(100)
-    inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in [
-        ("x_s", x_s), ("x_z", x_z), ("w", w), ("w_s", w_s), ("w_z", np.zeros(4, np.int8)),
-        ("y_s", y_s), ("y_z", y_z), ("B", bias)]]
-    node = helper.make_node("QLinearConv", ["x", "x_s", "x_z", "w", "w_s", "w_z", "y_s", "y_z",
-                                            "B"], ["y"], pads=[1, 1, 1, 1], group=2)
-    g = helper.make_graph([node], "c", [helper.make_tensor_value_info("x", T.UINT8, x.shape)],
-                          [helper.make_tensor_value_info("y", T.UINT8, None)], inits)
+    inits = [
+        numpy_helper.from_array(np.asarray(v), n)
+        for n, v in [
+            ("x_s", x_s),
+            ("x_z", x_z),
+            ("w", w),
+            ("w_s", w_s),
+            ("w_z", np.zeros(4, np.int8)),
+            ("y_s", y_s),
+            ("y_z", y_z),
+            ("B", bias),
+        ]
+    ]
+    node = helper.make_node(
+        "QLinearConv",
+        ["x", "x_s", "x_z", "w", "w_s", "w_z", "y_s", "y_z", "B"],
+        ["y"],
+        pads=[1, 1, 1, 1],
+        group=2,
+    )
+    g = helper.make_graph(
+        [node],
+        "c",
+        [helper.make_tensor_value_info("x", T.UINT8, x.shape)],
+        [helper.make_tensor_value_info("y", T.UINT8, None)],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
-    want = ort.InferenceSession(m.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
     acc = conv2d(x, w, padding=1, groups=2, x_operand=Operand(IntFormat(8, False), int(x_z)))
     reg = ScaleRegister("ort", ort_combined_scale(x_s, w_s, y_s), np.zeros(4, np.int64))
-    got = output_stage(acc.values, reg, bias=bias, out_format=IntFormat(8, False),
-                       out_zero_point=int(y_z))
+    got = output_stage(
+        acc.values, reg, bias=bias, out_format=IntFormat(8, False), out_zero_point=int(y_z)
+    )
     assert np.array_equal(got.values, want)

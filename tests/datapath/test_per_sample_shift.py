@@ -12,32 +12,64 @@ from tests.datapath.test_gemm import accumulators, operands
 from tests.strategies import operand_arrays
 
 
-@given(operands(8), operands(8), accumulators(), accumulators(), st.integers(1, 4),
-       st.integers(0, 3), st.integers(0, 3), st.integers(0, 4),
-       st.sampled_from(list(RoundingMode)), st.data())
+@given(
+    operands(8),
+    operands(8),
+    accumulators(),
+    accumulators(),
+    st.integers(1, 4),
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.integers(0, 4),
+    st.sampled_from(list(RoundingMode)),
+    st.data(),
+)
 def test_per_sample_shift_equals_reference(xo, wo, gacc, facc, G, M, N, Kg, mode, data):
     (xf, xzp), (wf, wzp) = xo, wo
     facc = Accumulator(facc.bits, facc.overflow, facc.signed, track_partials=facc.track_partials)
     if G * 2 ** (gacc.bits - 1) >= 2**62:
-        gacc = Accumulator(32, gacc.overflow, gacc.signed, gacc.order, gacc.tile_rows,
-                           gacc.track_partials)
+        gacc = Accumulator(
+            32, gacc.overflow, gacc.signed, gacc.order, gacc.tile_rows, gacc.track_partials
+        )
     s_max = 4
     shifts = np.array(data.draw(st.lists(st.integers(0, s_max), min_size=G, max_size=G)))
     x = operand_arrays(data.draw, xf, (M, G * Kg))
     w = operand_arrays(data.draw, wf, (G * Kg, N))
     seed = data.draw(st.integers(0, 1000))
     got = gemm_per_sample_shift(
-        x, w, G, shifts, x_operand=Operand(xf, xzp), w_operand=Operand(wf, wzp), group_acc=gacc,
-        final_acc=facc, rounding=mode, s_max=s_max, rng=np.random.default_rng(seed),
+        x,
+        w,
+        G,
+        shifts,
+        x_operand=Operand(xf, xzp),
+        w_operand=Operand(wf, wzp),
+        group_acc=gacc,
+        final_acc=facc,
+        rounding=mode,
+        s_max=s_max,
+        rng=np.random.default_rng(seed),
     )
     draws = None
     if mode is RoundingMode.STOCHASTIC:
-        words = np.random.default_rng(seed).integers(0, 2**64 - 1, size=(G, M, N),
-                                                     dtype=np.uint64, endpoint=True)
-        draws = (words & ((np.uint64(1) << shifts.astype(np.uint64)) - np.uint64(1))[:, None, None]
-                 ).tolist()
-    want, gc, fc = dref.gemm_per_sample_shift(x.tolist(), w.tolist(), G, shifts.tolist(), xzp, wzp,
-                                              gacc, facc, mode.value, draws, n_cols=N)
+        words = np.random.default_rng(seed).integers(
+            0, 2**64 - 1, size=(G, M, N), dtype=np.uint64, endpoint=True
+        )
+        draws = (
+            words & ((np.uint64(1) << shifts.astype(np.uint64)) - np.uint64(1))[:, None, None]
+        ).tolist()
+    want, gc, fc = dref.gemm_per_sample_shift(
+        x.tolist(),
+        w.tolist(),
+        G,
+        shifts.tolist(),
+        xzp,
+        wzp,
+        gacc,
+        facc,
+        mode.value,
+        draws,
+        n_cols=N,
+    )
     assert [[int(v) for v in r] for r in got.values] == want
     assert got.group_counters == gc
     assert got.final_counters == fc
@@ -71,8 +103,10 @@ def test_shifting_before_the_sum_keeps_a_narrow_final_accumulator_in_range():
         (dict(groups=2, shifts=[0, 5]), "shifts holds 5, outside \\[0, s_max\\]"),
         (dict(groups=2, shifts=[0, -1]), "shifts holds -1"),
         (dict(groups=2, shifts=[0]), "one per group"),
-        (dict(groups=2, shifts=[0, 0], final_acc=Accumulator(order="tiled", tile_rows=2)),
-         "SEQUENTIAL"),
+        (
+            dict(groups=2, shifts=[0, 0], final_acc=Accumulator(order="tiled", tile_rows=2)),
+            "SEQUENTIAL",
+        ),
     ],
 )
 def test_bad_shift_configuration_is_named(kwargs, match):

@@ -22,15 +22,18 @@ def test_quantize_multiplier_goldens(case):
         assert quantize_multiplier(_real(case["real"]), b) == (case["multiplier"], case["shift"])
 
 
-INT32_CASES = [c for c in GOLDEN["multiply_by_quantized_multiplier"]
-               if c.get("x_type", "int32") == "int32"]
+INT32_CASES = [
+    c for c in GOLDEN["multiply_by_quantized_multiplier"] if c.get("x_type", "int32") == "int32"
+]
 
 
-@pytest.mark.parametrize("case", INT32_CASES,
-                         ids=lambda c: f"{c['x']},{c['multiplier']},{c['shift']},{c['rounding']}")
+@pytest.mark.parametrize(
+    "case", INT32_CASES, ids=lambda c: f"{c['x']},{c['multiplier']},{c['shift']},{c['rounding']}"
+)
 def test_multiply_by_quantized_multiplier_goldens(case):
-    got = multiply_by_quantized_multiplier(case["x"], case["multiplier"], case["shift"],
-                                           case["rounding"])
+    got = multiply_by_quantized_multiplier(
+        case["x"], case["multiplier"], case["shift"], case["rounding"]
+    )
     assert got == case["expected"]
 
 

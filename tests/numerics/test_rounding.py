@@ -37,18 +37,26 @@ def test_vectorised_equals_reference(mode, xs, ss):
     n = min(len(xs), len(ss))
     xs, ss = xs[:n], ss[:n]
     got = round_shift(np.array(xs, np.int64), np.array(ss), mode)
-    assert got.tolist() == [reference.round_shift(x, s, mode.value) for x, s in zip(xs, ss, strict=True)]
+    assert got.tolist() == [
+        reference.round_shift(x, s, mode.value) for x, s in zip(xs, ss, strict=True)
+    ]
     assert round_shift(xs[0], ss[0], mode) == got[0]
 
 
-@given(st.lists(ints_in(-(2**63), 2**63 - 1), min_size=1, max_size=16), st.integers(0, 63),
-       st.integers(0, 2**32))
+@given(
+    st.lists(ints_in(-(2**63), 2**63 - 1), min_size=1, max_size=16),
+    st.integers(0, 63),
+    st.integers(0, 2**32),
+)
 def test_stochastic_equals_reference_with_the_same_draws(xs, s, seed):
     got = round_shift(np.array(xs, np.int64), s, "stochastic", np.random.default_rng(seed))
-    words = np.random.default_rng(seed).integers(0, 2**64 - 1, size=len(xs), dtype=np.uint64,
-                                                 endpoint=True)
+    words = np.random.default_rng(seed).integers(
+        0, 2**64 - 1, size=len(xs), dtype=np.uint64, endpoint=True
+    )
     draws = [int(w) & ((1 << s) - 1) for w in words]
-    assert got.tolist() == [reference.round_shift(x, s, "stochastic", u) for x, u in zip(xs, draws, strict=True)]
+    assert got.tolist() == [
+        reference.round_shift(x, s, "stochastic", u) for x, u in zip(xs, draws, strict=True)
+    ]
     scalar = round_shift(xs[0], s, "stochastic", np.random.default_rng(seed))
     assert scalar == got[0]
 

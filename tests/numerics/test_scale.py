@@ -50,7 +50,9 @@ def test_quantize_multiplier_is_within_half_an_ulp(real):
     m, s = quantize_multiplier(real)
     if m:
         assert 2**30 <= m < 2**31
-        assert abs(Fraction(m) * Fraction(2) ** (s - 31) - Fraction(real)) <= Fraction(2) ** (s - 32)
+        assert abs(Fraction(m) * Fraction(2) ** (s - 31) - Fraction(real)) <= Fraction(2) ** (
+            s - 32
+        )
 
 
 def test_srdhm_pins():
@@ -100,7 +102,9 @@ def _tflite_single(x: int, m: int, shift: int) -> int:
     return (x * m + (1 << (total - 1))) >> total
 
 
-@given(ints_in(*I32), ints_in(0, I32[1]), st.integers(-31, 30), st.sampled_from(["double", "single"]))
+@given(
+    ints_in(*I32), ints_in(0, I32[1]), st.integers(-31, 30), st.sampled_from(["double", "single"])
+)
 def test_mbqm_vectorised_equals_reference(x, m, shift, rounding):
     want = reference.multiply_by_quantized_multiplier(x, m, shift, rounding)
     got = multiply_by_quantized_multiplier(np.array([x, x]), np.array([m, m]), shift, rounding)
@@ -152,8 +156,11 @@ def test_ort_conversion_rounds_large_accumulators_first():
     assert ort_requantize(7, np.float32(0.5)) == 4  # 3.5 -> 4
 
 
-@given(ints_in(-(2**62), 2**62), st.integers(-62, 63),
-       st.sampled_from([m for m in RoundingMode if m is not RoundingMode.STOCHASTIC]))
+@given(
+    ints_in(-(2**62), 2**62),
+    st.integers(-62, 63),
+    st.sampled_from([m for m in RoundingMode if m is not RoundingMode.STOCHASTIC]),
+)
 def test_pow2_equals_reference(acc, shift, mode):
     want = max(-(2**62), min(2**62, reference.pow2_requantize(acc, shift, mode.value)))
     assert pow2_requantize(np.array([acc]), shift, mode).tolist() == [want]
