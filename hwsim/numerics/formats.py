@@ -69,7 +69,7 @@ class IntFormat:
         return f"{'int' if self.signed else 'uint'}{self.bits}"
 
     def check(self, value, name: str) -> None:
-        """Raise ``ValueError`` naming ``name`` if any element of ``value`` is outside the format."""
+        """Raise ``ValueError`` naming ``name`` if an element of ``value`` is outside the format."""
         check_in_range(value, self.min, self.max, name, f"the range of {self}")
 
 
