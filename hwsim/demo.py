@@ -87,21 +87,20 @@ def run_demo(
     )
     rows.append(row)
     scale = 255.0 / max(1, int(np.abs(exact).max()))
-    registers = []
-    ort_out = None
-    for kind in ScaleKind:
-        out = output_stage(
-            exact,
-            ScaleRegister.from_real(kind, scale),
-            acc=Accumulator(32),
-            out_format=IntFormat(8, True),
+    outputs = {
+        kind.value: output_stage(
+            exact, ScaleRegister.from_real(kind, scale), out_format=IntFormat(8, True)
         )
-        if ort_out is None or kind is ScaleKind.ORT:
-            ort_out = out.values if kind is ScaleKind.ORT else ort_out
-        registers.append({"register": kind.value, "clamped": out.clamped, "values": out.values})
-    for reg in registers:
-        vals = reg.pop("values")
-        reg["differs_from_ort"] = int(np.count_nonzero(vals != ort_out))
+        for kind in ScaleKind
+    }
+    registers = [
+        {
+            "register": name,
+            "clamped": out.clamped,
+            "differs_from_ort": int(np.count_nonzero(out.values != outputs["ort"].values)),
+        }
+        for name, out in outputs.items()
+    ]
     return {
         "layer": {
             "x": list(x.shape),

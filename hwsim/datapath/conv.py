@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwsim.datapath.config import AccResult, Accumulator, Operand
-from hwsim.datapath.gemm import _weight_zero_point, check_accumulable, check_operand, reduce_batched
+from hwsim.datapath.gemm import check_accumulable, check_operand, reduce_batched, weight_zero_point
 from hwsim.datapath.kernels import im2col
 
 
@@ -90,7 +90,7 @@ def conv2d(
         x, groups, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, x.dtype.type(x_operand.zero_point), cols
     )
     w3 = np.ascontiguousarray(w.reshape(groups, Fg, K).transpose(0, 2, 1))
-    wzp = _weight_zero_point(w_operand, groups, Fg, "w_operand")
+    wzp = weight_zero_point(w_operand, groups, Fg, "w_operand")
     values, counters = reduce_batched(cols, w3, x_operand, w_operand, wzp, acc, engine)
     out = values.reshape(groups, N, ho * wo, Fg).transpose(1, 0, 3, 2).reshape(N, F, ho, wo)
     return AccResult(np.ascontiguousarray(out), counters)

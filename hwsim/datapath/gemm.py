@@ -120,7 +120,7 @@ def reduce_batched(
     return wrap(exact, fmt), counters
 
 
-def _weight_zero_point(wop: Operand, G: int, N: int, name: str):
+def weight_zero_point(wop: Operand, G: int, N: int, name: str):
     """The weight zero point as a scalar or (G, 1, N) from a per-output-channel vector."""
     zp = wop.zero_point
     if np.ndim(zp) == 0:
@@ -153,7 +153,7 @@ def gemm(
     if x.shape[1] != w.shape[0]:
         raise ValueError(f"x is (M, K) = {x.shape} but w is (K, N) = {w.shape}: K differs")
     check_accumulable(x.shape[1], x_operand, w_operand)
-    wzp = _weight_zero_point(w_operand, 1, w.shape[1], "w_operand")
+    wzp = weight_zero_point(w_operand, 1, w.shape[1], "w_operand")
     values, counters = reduce_batched(x[None], w[None], x_operand, w_operand, wzp, acc, engine)
     return AccResult(values[0], counters)
 
@@ -217,7 +217,7 @@ def gemm_per_sample_shift(
     check_accumulable(Kg, x_operand, w_operand, "K/groups")
     x3 = np.ascontiguousarray(x.reshape(M, groups, Kg).transpose(1, 0, 2))
     w3 = w.reshape(groups, Kg, N)
-    wzp = _weight_zero_point(w_operand, 1, N, "w_operand")
+    wzp = weight_zero_point(w_operand, 1, N, "w_operand")
     partial, group_counters = reduce_batched(x3, w3, x_operand, w_operand, wzp, group_acc, engine)
     shifted = round_shift(partial.astype(np.int64), shifts[:, None, None], mode, rng)
     values, final_counters = accumulate_sequence(shifted, final_acc)
