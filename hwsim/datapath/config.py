@@ -131,22 +131,6 @@ class Counters:
     partial_min: int | None = None
     partial_max: int | None = None
 
-    def merge(self, other: Counters) -> Counters:
-        """Counters of two disjoint sets of outputs taken together."""
-
-        def ext(f, a, b):
-            return b if a is None else a if b is None else f(a, b)
-
-        return Counters(
-            self.macs + other.macs,
-            self.overflow_events + other.overflow_events,
-            self.outputs_overflowed + other.outputs_overflowed,
-            ext(min, self.final_min, other.final_min),
-            ext(max, self.final_max, other.final_max),
-            ext(min, self.partial_min, other.partial_min),
-            ext(max, self.partial_max, other.partial_max),
-        )
-
     @property
     def bits_needed(self) -> int | None:
         """Signed accumulator bits that would have held every value the configuration needed

@@ -60,6 +60,17 @@ def _wrap_counts(exact: np.ndarray, fmt: IntFormat) -> np.ndarray:
     return np.abs((exact - fmt.min) >> fmt.bits)
 
 
+def _wrapped(exact: np.ndarray, fmt: IntFormat, counters: Counters) -> np.ndarray:
+    """A wrapping accumulator's values from the exact sums; records the net wraps in
+    ``counters`` (whose final extremes are already set)."""
+    if exact.size == 0 or (fmt.min <= counters.final_min and counters.final_max <= fmt.max):
+        return exact if fmt.dtype != np.uint64 else exact.astype(np.uint64)
+    wraps = _wrap_counts(exact, fmt)
+    counters.overflow_events = int(wraps.sum())
+    counters.outputs_overflowed = int(np.count_nonzero(wraps))
+    return wrap(exact, fmt)
+
+
 def reduce_batched(
     x3, w3, xop: Operand, wop: Operand, w_zp, acc: Accumulator, engine: str = "auto"
 ):
@@ -112,12 +123,7 @@ def reduce_batched(
             counters.outputs_overflowed = int(np.count_nonzero(events))
     if saturating:
         return values, counters
-    if exact.size == 0 or (fmt.min <= counters.final_min and counters.final_max <= fmt.max):
-        return (exact if fmt.dtype != np.uint64 else exact.astype(np.uint64)), counters
-    wraps = _wrap_counts(exact, fmt)
-    counters.overflow_events = int(wraps.sum())
-    counters.outputs_overflowed = int(np.count_nonzero(wraps))
-    return wrap(exact, fmt), counters
+    return _wrapped(exact, fmt, counters), counters
 
 
 def weight_zero_point(wop: Operand, G: int, N: int, name: str):
@@ -235,10 +241,7 @@ def accumulate_sequence(terms: np.ndarray, acc: Accumulator):
         prefix = np.cumsum(terms, axis=0, dtype=np.int64)
         counters.partial_min, counters.partial_max = _extremes(prefix)
     if acc.overflow is Overflow.WRAP:
-        wraps = _wrap_counts(exact, fmt)
-        counters.overflow_events = int(wraps.sum())
-        counters.outputs_overflowed = int(np.count_nonzero(wraps))
-        return wrap(exact, fmt), counters
+        return _wrapped(exact, fmt, counters), counters
     s = np.zeros(terms.shape[1:], np.int64)
     events = np.zeros(terms.shape[1:], np.int64)
     hi = min(fmt.max, (1 << 63) - 1)
