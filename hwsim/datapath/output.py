@@ -25,6 +25,8 @@ def _along(v, ndim: int, axis: int, length: int, name: str) -> np.ndarray:
     arr = np.asarray(v)
     if arr.ndim == 0:
         return arr
+    if arr.ndim == ndim and ndim > 1:  # a full broadcastable array (e.g. per-sample x channel)
+        return arr
     if arr.ndim != 1 or arr.shape[0] != length:
         raise ValueError(
             f"{name} must be a scalar or have {length} entries (axis {axis}); got shape {arr.shape}"
@@ -41,17 +43,19 @@ def output_stage(
     acc: Accumulator = Accumulator(),
     bias=None,
     bias_axis: int = 1,
-    scale_axis: int = 1,
+    scale_axis: int | None = 1,
     out_format: IntFormat = IntFormat(8, True),
     out_zero_point: int = 0,
     rng: np.random.Generator | None = None,
 ) -> OutputResult:
     """Requantize accumulator values to the output format (eq. 15):
 
-    ``t = acc.overflow(acc_values + bias)`` in the accumulator's format (the bias is added in the
+    ``t = acc.overflow(acc_values + bias)`` in the accumulator's format (``bias`` a scalar, a
+    vector along ``bias_axis`` or an array of the values' rank that broadcasts; it is added in the
     accumulator, as TFLite and onnxruntime add their int32 bias), ``y = register(t)``
     (per-tensor, per-channel along ``scale_axis`` = 1, or per-sample rows with ``scale_axis`` =
-    0), ``out = saturate(y + out_zero_point, out_format)``. A ``tflite*`` register takes int32
+    0, or a register array broadcasting against the values with ``scale_axis=None``),
+    ``out = saturate(y + out_zero_point, out_format)``. A ``tflite*`` register takes int32
     input, so it needs an accumulator of at most 32 signed bits.
     """
     if not isinstance(register, ScaleRegister):
@@ -78,7 +82,8 @@ def output_stage(
         t = acc.overflow.apply(exact, fmt)
         bias_overflows = int(np.count_nonzero(exact != t))
         t = np.asarray(t, np.int64)
-    y = np.asarray(register.apply(t, axis=scale_axis, rng=rng), np.int64) + int(out_zero_point)
+    axis = None if np.ndim(register.multiplier) > 1 else scale_axis
+    y = np.asarray(register.apply(t, axis=axis, rng=rng), np.int64) + int(out_zero_point)
     out = saturate_to(y, out_format)
     clamped = int(np.count_nonzero(out != y))
     return OutputResult(np.asarray(out).astype(out_format.dtype), bias_overflows, clamped)

@@ -191,8 +191,6 @@ class ScaleRegister:
         object.__setattr__(self, "rounding", as_mode(self.rounding))
         mult = np.asarray(self.multiplier)
         shift = np.asarray(self.shift)
-        if mult.ndim > 1 or shift.ndim > 1:
-            raise ValueError("ScaleRegister multiplier/shift must be scalars or 1-D vectors")
         if kind is ScaleKind.ORT:
             mult = mult.astype(np.float32)
             if not np.all(np.isfinite(mult)) or np.any(mult < 0):
@@ -208,15 +206,13 @@ class ScaleRegister:
 
     @classmethod
     def from_real(cls, kind, real, rounding=RoundingMode.HALF_AWAY) -> ScaleRegister:
-        """Registers approximating positive real multipliers ``real`` (scalar or 1-D).
+        """Registers approximating positive real multipliers ``real`` (any shape).
 
         ``tflite*`` by :func:`quantize_multiplier`; ``ort`` by rounding to float32; ``pow2`` by the
         nearest power of two in the log domain, ``shift = round(-log2(real))``.
         """
         kind = as_kind(kind)
         reals = np.asarray(real, np.float64)
-        if reals.ndim > 1:
-            raise ValueError("real multipliers must be a scalar or a 1-D vector")
         if not np.all(np.isfinite(reals)) or np.any(reals <= 0):
             raise ValueError(f"real multipliers must be finite and > 0, got {real!r}")
         if kind is ScaleKind.ORT:
@@ -252,9 +248,15 @@ class ScaleRegister:
 
     def apply(self, acc, axis: int | None = None, rng: np.random.Generator | None = None):
         """Rescale ``acc``. A vector register is aligned with ``acc``'s axis ``axis``
-        (e.g. 1 for per-channel NCHW / (M, N) GEMM columns, 0 for per-sample rows)."""
+        (e.g. 1 for per-channel NCHW / (M, N) GEMM columns, 0 for per-sample rows). A register
+        array of 2 or more dimensions (e.g. per-sample x per-channel, shape ``(N, C, 1, 1)``)
+        broadcasts against ``acc`` by numpy's rules and takes no ``axis``."""
         mult, shift = self.multiplier, self.shift
-        if self.size > 1 or np.ndim(mult) == 1:
+        if np.ndim(mult) > 1 or np.ndim(shift) > 1:
+            if axis is not None:
+                raise ValueError("a register array of ndim >= 2 broadcasts; pass axis=None")
+            np.broadcast_shapes(np.shape(acc), np.shape(mult), np.shape(shift))
+        elif self.size > 1 or np.ndim(mult) == 1:
             acc = np.asarray(acc)
             if axis is None or not -acc.ndim <= axis < acc.ndim:
                 raise ValueError(f"a vector scale register needs a valid axis for acc {acc.shape}")

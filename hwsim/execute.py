@@ -1,0 +1,530 @@
+"""The two executors over one graph: the float reference and the integer datapath.
+
+``run_float(graph, x)`` evaluates the IR in float32 (numpy) and returns every tensor.
+``IntegerExecutor(program).run(x)`` evaluates the quantized program on the emulated datapath:
+MAC layers through :func:`hwsim.datapath.conv2d` / :func:`~hwsim.datapath.gemm` on the
+layer's accumulator, then the output stage with the layer's scale register; the other ops by the
+integer contracts below. Both return ``{tensor name: value}``; integer tensors are
+:class:`QTensor` (integers plus their scale), so a per-layer comparison is a zip over names.
+
+Integer op contracts (``R(r)`` = the layer's scale register built for real multiplier ``r``;
+``s``/``z`` = scale/zero point; per-sample scales broadcast over the sample axis):
+
+* conv/dense: ``acc = sum (x - zx)(w - zw)`` on the accumulator; ``bias_q = round_half_even(b /
+  (sx*sw))`` (or the model's int32 bias); ``y = sat(R(sx*sw/sy)(acc + bias_q) + zy)``. With the
+  ``ort`` register the multiplier is ``f32(f32(sx*sw)/sy)``, as QLinearConv computes it.
+* add: ``ort`` register -- onnxruntime's QLinearAdd (:func:`hwsim.qops.qlinear_add`); other
+  registers -- TFLite's integer Add: inputs shifted left by ``L = min(20, 30 - bits)``, each
+  rescaled by ``R(s_i / (2 max(sa, sb)))``, summed, rescaled by ``R(2 max(sa, sb) / (2^L sy))``.
+* global average pool / average pool: exact integer window sum of ``q - zx``, then
+  ``R(sx / (sy * count))``; max pool: integer max (padding never wins), scale unchanged;
+  relu/clip: clamp in the integer domain at the quantized bounds; flatten/reshape/identity:
+  the integers unchanged; concat: each input rescaled by ``R(s_i/sy)``; mul by a constant c:
+  ``R(|c| sx/sy)(sign(c) (q - zx))``; softmax (last layer): float32 on the dequantized input.
+* an op whose output is quantized differently from what its integer rule gives (an imported QDQ
+  model may do that) runs as ``QuantizeLinear(op(DequantizeLinear(inputs)))``, as onnxruntime
+  runs a Q/DQ chain it does not fuse.
+
+Activations enter as ``QuantizeLinear`` (``sat(round_half_even(f32(x) / s) + z)``, float32) and
+the model's output leaves as ``DequantizeLinear`` (``f32(q - z) * s``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from hwsim.datapath import Counters, Operand, conv2d, gemm, output_stage
+from hwsim.datapath.conv import conv_output_size
+from hwsim.graph.ir import Graph, Node, Op
+from hwsim.numerics import IntFormat, ScaleKind, ScaleRegister, saturate
+from hwsim.quant.scheme import ActSpec, LayerSpec, QuantProgram
+
+# --------------------------------------------------------------------------------------------
+# float reference
+# --------------------------------------------------------------------------------------------
+
+
+def _windows(x: np.ndarray, kernel, strides, dilations=(1, 1)) -> np.ndarray:
+    """(N, C, H, W) -> (N, C, Ho, Wo, kh, kw) strided view (x already padded)."""
+    kh, kw = kernel
+    dh, dw = dilations
+    v = sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+    return v[:, :, :: strides[0], :: strides[1], ::dh, ::dw]
+
+
+def _pad(x: np.ndarray, pads, value) -> np.ndarray:
+    t, l, b, r = pads
+    if not any(pads):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=value)
+
+
+def float_conv(x: np.ndarray, w: np.ndarray, b, attrs: dict) -> np.ndarray:
+    """Float32 convolution (NCHW), the reference for ``Op.CONV``."""
+    g = attrs["group"]
+    win = _windows(_pad(x, attrs["pads"], 0.0), w.shape[2:], attrs["strides"], attrs["dilations"])
+    N, C, Ho, Wo = win.shape[:4]
+    F, Cg = w.shape[:2]
+    out = np.empty((N, F, Ho, Wo), np.float32)
+    Fg = F // g
+    for gi in range(g):
+        cols = win[:, gi * Cg : (gi + 1) * Cg].transpose(0, 2, 3, 1, 4, 5).reshape(N * Ho * Wo, -1)
+        wg = w[gi * Fg : (gi + 1) * Fg].reshape(Fg, -1)
+        out[:, gi * Fg : (gi + 1) * Fg] = (cols @ wg.T).reshape(N, Ho, Wo, Fg).transpose(0, 3, 1, 2)
+    if b is not None:
+        out += b.reshape(1, -1, 1, 1)
+    return out
+
+
+def _pool_count(x_shape, attrs) -> np.ndarray:
+    """Number of averaged elements per output position, (Ho, Wo)."""
+    ones = np.ones((1, 1) + tuple(x_shape[2:]), np.float32)
+    padded = _pad(ones, attrs["pads"], 1.0 if attrs["count_include_pad"] else 0.0)
+    return _windows(padded, attrs["kernel"], attrs["strides"]).sum(axis=(-1, -2))[0, 0]
+
+
+def _reshape(x: np.ndarray, shape: tuple) -> np.ndarray:
+    tgt = [x.shape[i] if (s == 0 and i < x.ndim) else s for i, s in enumerate(shape)]
+    tgt[0] = x.shape[0]
+    return x.reshape(tgt)
+
+
+def float_op(node: Node, xs: list) -> np.ndarray:
+    """Evaluate one node in float32."""
+    op, a = node.op, node.attrs
+    x = xs[0]
+    if op is Op.CONV:
+        return float_conv(x, node.weight, node.bias, a)
+    if op is Op.DENSE:
+        y = x.reshape(x.shape[0], -1) @ node.weight.T
+        return (y + node.bias if node.bias is not None else y).astype(np.float32)
+    if op is Op.RELU:
+        return np.maximum(x, np.float32(0))
+    if op is Op.CLIP:
+        return np.clip(x, np.float32(a["min"]), np.float32(a["max"])).astype(np.float32)
+    if op is Op.ADD:
+        return (xs[0] + xs[1]).astype(np.float32)
+    if op is Op.MUL:
+        c = node.weight
+        return (x * (c.reshape(1, -1, *([1] * (x.ndim - 2))) if c.ndim == 1 else c)).astype(
+            np.float32)
+    if op is Op.MAXPOOL:
+        return _windows(_pad(x, a["pads"], -np.inf), a["kernel"], a["strides"]).max(axis=(-1, -2))
+    if op is Op.AVGPOOL:
+        s = _windows(_pad(x, a["pads"], 0.0), a["kernel"], a["strides"]).sum(axis=(-1, -2))
+        return (s / _pool_count(x.shape, a)).astype(np.float32)
+    if op is Op.GAP:
+        return x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
+    if op is Op.FLATTEN:
+        return x.reshape(x.shape[0], -1)
+    if op is Op.RESHAPE:
+        return _reshape(x, a["shape"])
+    if op is Op.CONCAT:
+        return np.concatenate(xs, axis=1)
+    if op is Op.SOFTMAX:
+        e = np.exp(x - x.max(axis=a["axis"], keepdims=True))
+        return (e / e.sum(axis=a["axis"], keepdims=True)).astype(np.float32)
+    if op is Op.IDENTITY:
+        return x
+    raise ValueError(f"node {node.name!r}: no float implementation of {op}")
+
+
+def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Float32 reference run of one batch; returns every tensor by name."""
+    env = {graph.input: np.asarray(x, np.float32)}
+    for n in graph.nodes:
+        env[n.output] = float_op(n, [env[t] for t in n.inputs])
+    return env
+
+
+# --------------------------------------------------------------------------------------------
+# integer tensors
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QTensor:
+    """Integers ``q`` (int64) with ``real = scale * (q - zero_point)``; ``scale`` is a float32
+    scalar or a per-sample (N,) float32 vector."""
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero_point: int
+    fmt: IntFormat
+
+    def scale_b(self) -> np.ndarray:
+        """The scale broadcastable against ``q`` (per-sample scales on axis 0)."""
+        s = np.asarray(self.scale, np.float32)
+        return s.reshape((-1,) + (1,) * (self.q.ndim - 1)) if s.ndim == 1 else s
+
+    def dequantize(self) -> np.ndarray:
+        """ONNX DequantizeLinear: ``f32(q - zp) * scale`` in float32."""
+        return ((self.q - self.zero_point).astype(np.float32) * self.scale_b()).astype(np.float32)
+
+
+def quantize_linear(x: np.ndarray, scale, zero_point: int, fmt: IntFormat) -> np.ndarray:
+    """ONNX/onnxruntime QuantizeLinear: ``sat(round_half_even(f32(x) / f32(scale)) + zp)``."""
+    s = np.asarray(scale, np.float32)
+    if s.ndim == 1:
+        s = s.reshape((-1,) + (1,) * (x.ndim - 1))
+    r = np.rint(np.asarray(x, np.float32) / s).astype(np.float64) + zero_point
+    return np.asarray(saturate(np.clip(r, -(2.0**62), 2.0**62).astype(np.int64), fmt))
+
+
+def _qmax(fmt: IntFormat) -> int:
+    return fmt.max
+
+
+def sample_scale(spec: ActSpec, absmax: np.ndarray) -> np.ndarray:
+    """Per-sample scale of a ``dynamic``/``shift`` tensor from each sample's range ``absmax``
+    (float64, (N,)): dynamic ``f32(absmax / qmax)`` (1 where absmax is 0); shift
+    ``scale * 2^k`` with the smallest ``k`` in ``[0, s_max]`` such that
+    ``absmax <= qmax * scale * 2^k``."""
+    qmax = _qmax(spec.fmt)
+    if spec.mode == "dynamic":
+        s = (absmax / qmax).astype(np.float32)
+        return np.where(s > 0, s, np.float32(1.0)).astype(np.float32)
+    base = np.float64(np.float32(spec.scale))
+    k = np.zeros(absmax.shape, np.int64)
+    for _ in range(spec.s_max):
+        k = np.where(absmax > qmax * base * np.exp2(k), k + 1, k)
+    k = np.minimum(k, spec.s_max)
+    return (base * np.exp2(k)).astype(np.float32)
+
+
+def quantize_input(x: np.ndarray, spec: ActSpec) -> QTensor:
+    """Quantize a float tensor by its ActSpec (static: one scale; dynamic/shift: per sample)."""
+    if spec.mode == "static":
+        s = np.float32(spec.scale)
+    else:
+        flat = np.asarray(x, np.float64).reshape(x.shape[0], -1)
+        absmax = (np.maximum(flat, 0) if not spec.fmt.signed else np.abs(flat)).max(axis=1)
+        s = sample_scale(spec, absmax)
+    return QTensor(quantize_linear(x, s, spec.zero_point, spec.fmt), np.asarray(s, np.float32),
+                   spec.zero_point, spec.fmt)
+
+
+# --------------------------------------------------------------------------------------------
+# integer executor
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerStats:
+    """Counters of one node accumulated over batches."""
+
+    counters: Counters = field(default_factory=Counters)
+    bias_overflows: int = 0
+    clamped: int = 0
+    outputs: int = 0
+
+    def add(self, c: Counters | None, bias_overflows=0, clamped=0, outputs=0):
+        if c is not None:
+            m = self.counters
+            m.macs += c.macs
+            m.overflow_events += c.overflow_events
+            m.outputs_overflowed += c.outputs_overflowed
+            for name, f in (("final_min", min), ("final_max", max), ("partial_min", min),
+                            ("partial_max", max)):
+                v = getattr(c, name)
+                old = getattr(m, name)
+                if v is not None:
+                    setattr(m, name, v if old is None else f(old, v))
+        self.bias_overflows += bias_overflows
+        self.clamped += clamped
+        self.outputs += outputs
+
+
+def _register(kind: ScaleKind, real: np.ndarray, rounding, ort_scale=None) -> ScaleRegister:
+    if kind is ScaleKind.ORT and ort_scale is not None:
+        return ScaleRegister(kind, np.asarray(ort_scale, np.float32), np.zeros((), np.int64))
+    return ScaleRegister.from_real(kind, np.asarray(real, np.float64), rounding)
+
+
+class IntegerExecutor:
+    """Runs a :class:`QuantProgram` batch by batch, accumulating per-node :class:`LayerStats`."""
+
+    def __init__(self, program: QuantProgram, track_partials: bool = False):
+        self.p = program
+        self.g = program.graph
+        self.stats: dict[str, LayerStats] = {n.name: LayerStats() for n in self.g.nodes}
+        self.track_partials = track_partials
+        self.float_ops: set[str] = set()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _spec(self, t: str) -> ActSpec | None:
+        return self.p.acts.get(t)
+
+    def _out_scale(self, spec: ActSpec, absmax_fn) -> np.ndarray:
+        if spec.mode == "static":
+            return np.asarray(np.float32(spec.scale))
+        return sample_scale(spec, absmax_fn())
+
+    def _requant_float(self, node: Node, ins: list, spec: ActSpec | None):
+        """QuantizeLinear(op(DequantizeLinear(inputs))) -- onnxruntime's unfused Q/DQ chain."""
+        self.float_ops.add(node.name)
+        y = float_op(node, [i.dequantize() if isinstance(i, QTensor) else i for i in ins])
+        if spec is None:
+            return y
+        return quantize_input(y, spec)
+
+    def _rescale(self, qt: QTensor, spec: ActSpec, kind: ScaleKind, rounding,
+                 real_extra=1.0, sign=None) -> QTensor:
+        """``sat(R(s_in * real_extra / s_out)(sign * (q - z_in)) + z_out)``."""
+        t = qt.q - qt.zero_point
+        if sign is not None:
+            t = t * sign
+        sin = qt.scale_b().astype(np.float64)
+
+        def absmax():
+            v = np.abs(t * sin * real_extra) if spec.fmt.signed else np.maximum(t * sin * real_extra, 0)
+            return v.reshape(t.shape[0], -1).max(axis=1)
+
+        so = self._out_scale(spec, absmax)
+        so_b = so.reshape((-1,) + (1,) * (t.ndim - 1)) if so.ndim == 1 else so
+        real = sin * real_extra / so_b.astype(np.float64)
+        ort = None
+        if kind is ScaleKind.ORT:
+            ort = (np.asarray(qt.scale_b(), np.float32) * np.float32(real_extra)) / so_b
+        reg = _register(kind, np.broadcast_to(real, np.broadcast_shapes(real.shape, (1,) * t.ndim))
+                        if real.ndim else real, rounding, ort)
+        y = np.asarray(reg.apply(t, axis=None if reg.multiplier.ndim != 1 else 1), np.int64)
+        out = saturate(y + spec.zero_point, spec.fmt)
+        return QTensor(np.asarray(out, np.int64), so.astype(np.float32), spec.zero_point, spec.fmt)
+
+    # -- MAC layers ----------------------------------------------------------------------------
+    def _mac(self, node: Node, x: QTensor, spec: ActSpec | None) -> QTensor | np.ndarray:
+        layer: LayerSpec = self.p.layer(node.name)
+        wq = node.wq
+        acc_cfg = layer.acc
+        if self.track_partials and not acc_cfg.track_partials:
+            from dataclasses import replace
+            acc_cfg = replace(acc_cfg, track_partials=True)
+        xop = Operand(x.fmt, zero_point=int(x.zero_point))
+        zw = np.asarray(wq.zero_point)
+        wop = Operand(wq.fmt, zero_point=zw if zw.ndim == 1 else int(zw))
+        if node.op is Op.CONV:
+            a = node.attrs
+            res = conv2d(x.q, wq.q, stride=a["strides"], padding=a["pads"],
+                         dilation=a["dilations"], groups=a["group"], x_operand=xop,
+                         w_operand=wop, acc=acc_cfg)
+        else:
+            res = gemm(x.q.reshape(x.q.shape[0], -1), wq.q.T, x_operand=xop, w_operand=wop,
+                       acc=acc_cfg)
+        vals = res.values
+        nd = vals.ndim
+        O = vals.shape[1]
+        sx = np.asarray(x.scale, np.float32)
+        sw = np.asarray(wq.scale, np.float32)
+        sx_b = sx.reshape(-1, 1) if sx.ndim == 1 else sx  # (N,1) or ()
+        sxw64 = sx_b.astype(np.float64) * sw.astype(np.float64)  # (N,O) / (O,) / ()
+        # bias in accumulator units
+        if node.bias_q is not None and sx.ndim == 0:
+            bias = node.bias_q.astype(np.int64)
+        elif node.bias is not None:
+            bias = np.rint(node.bias.astype(np.float64) / sxw64)
+            bias = np.clip(bias, acc_cfg.format.min, acc_cfg.format.max).astype(np.int64)
+        else:
+            bias = None
+        tail = (1,) * (nd - 2)
+        if bias is not None and np.ndim(bias) == 2:
+            bias = bias.reshape(bias.shape + tail)
+        if spec is None:  # integer output (ConvInteger-like): return dequantized float
+            raise ValueError(f"node {node.name!r}: output tensor {node.output!r} has no "
+                             "quantization spec")
+
+        def absmax():
+            t = vals.astype(np.float64)
+            if bias is not None:
+                t = t + (bias if np.ndim(bias) != 1 else bias.reshape((1, O) + tail))
+            sc = sxw64.reshape(sxw64.shape + tail) if np.ndim(sxw64) == 2 else (
+                sxw64.reshape((1, O) + tail) if np.ndim(sxw64) == 1 else sxw64)
+            v = t * sc
+            v = np.abs(v) if spec.fmt.signed else np.maximum(v, 0)
+            return v.reshape(v.shape[0], -1).max(axis=1)
+
+        so = self._out_scale(spec, absmax)
+        so64 = so.astype(np.float64)
+        so_b = so64.reshape(-1, 1) if so.ndim == 1 else so64
+        real = sxw64 / so_b
+        ort = None
+        if layer.register is ScaleKind.ORT:
+            so32 = so.reshape(-1, 1) if so.ndim == 1 else so
+            ort = (sx_b * sw) / so32  # f32(f32(sx*sw)/sy), QLinearConv's combined scale
+        if np.ndim(real) == 2:
+            reg = _register(layer.register, real.reshape(real.shape + tail), layer.rounding,
+                            None if ort is None else np.asarray(ort).reshape(real.shape + tail))
+            axis = None
+        else:
+            reg = _register(layer.register, real, layer.rounding, ort)
+            axis = 1
+        out = output_stage(vals, reg, acc=acc_cfg, bias=bias, bias_axis=1, scale_axis=axis,
+                           out_format=spec.fmt, out_zero_point=spec.zero_point)
+        self.stats[node.name].add(res.counters, out.bias_overflows, out.clamped, vals.size)
+        return QTensor(out.values.astype(np.int64), so.astype(np.float32), spec.zero_point,
+                       spec.fmt)
+
+    # -- other ops -----------------------------------------------------------------------------
+    def _add(self, node: Node, a: QTensor, b: QTensor, spec: ActSpec) -> QTensor:
+        layer = self.p.layer(node.name)
+        fa = a.dequantize().astype(np.float64)
+        fb = b.dequantize().astype(np.float64)
+
+        def absmax():
+            v = fa + fb
+            v = np.abs(v) if spec.fmt.signed else np.maximum(v, 0)
+            return v.reshape(v.shape[0], -1).max(axis=1)
+
+        so = self._out_scale(spec, absmax)
+        if layer.register is ScaleKind.ORT and np.ndim(a.scale) == 0 and np.ndim(b.scale) == 0 \
+                and so.ndim == 0:
+            from hwsim import qops
+            y = qops.qlinear_add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point,
+                                 so, spec.zero_point, spec.fmt)
+            return QTensor(np.asarray(y, np.int64), so, spec.zero_point, spec.fmt)
+        L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))
+        nd = a.q.ndim
+        sa = a.scale_b().astype(np.float64)
+        sb = b.scale_b().astype(np.float64)
+        so_b = (so.reshape((-1,) + (1,) * (nd - 1)) if so.ndim == 1 else so).astype(np.float64)
+        twice = 2 * np.maximum(sa, sb)
+        kind, rnd = layer.register, layer.rounding
+
+        def reg(real):
+            return _register(kind, np.broadcast_to(real, (a.q.shape[0],) + (1,) * (nd - 1))
+                             if np.ndim(real) else real, rnd)
+
+        def ap(r, t):
+            return np.asarray(r.apply(t, axis=None if np.ndim(r.multiplier) > 1 else 0), np.int64)
+
+        ta = ap(reg(sa / twice), (a.q - a.zero_point) << L)
+        tb = ap(reg(sb / twice), (b.q - b.zero_point) << L)
+        y = ap(reg(twice / (2.0**L * so_b)), ta + tb) + spec.zero_point
+        return QTensor(np.asarray(saturate(y, spec.fmt), np.int64), so, spec.zero_point, spec.fmt)
+
+    def _pool_sum(self, node: Node, x: QTensor):
+        t = x.q - x.zero_point
+        if node.op is Op.GAP:
+            return t.sum(axis=(2, 3), keepdims=True), np.float64(t.shape[2] * t.shape[3])
+        a = node.attrs
+        s = _windows(_pad(t, a["pads"], 0), a["kernel"], a["strides"]).sum(axis=(-1, -2))
+        return s, _pool_count(t.shape, a).astype(np.float64)
+
+    def _avg(self, node: Node, x: QTensor, spec: ActSpec) -> QTensor:
+        layer = self.p.layer(node.name)
+        s, count = self._pool_sum(node, x)
+        if layer.register is ScaleKind.ORT and node.op is Op.GAP and np.ndim(x.scale) == 0 \
+                and spec.mode == "static":
+            from hwsim import qops
+            y = qops.qlinear_global_average_pool(x.q, x.scale, x.zero_point, spec.scale,
+                                                 spec.zero_point, spec.fmt)
+            return QTensor(np.asarray(y, np.int64), np.asarray(np.float32(spec.scale)),
+                           spec.zero_point, spec.fmt)
+        tmp = QTensor(s, x.scale, 0, x.fmt)
+        return self._rescale(tmp, spec, layer.register, layer.rounding, real_extra=1.0 / count)
+
+    def _node(self, node: Node, ins: list):
+        op = node.op
+        spec = self._spec(node.output)
+        qins = [i for i in ins if isinstance(i, QTensor)]
+        if len(qins) != len(ins) or op is Op.SOFTMAX:
+            return self._requant_float(node, ins, spec)
+        x = ins[0]
+        if op in (Op.CONV, Op.DENSE):
+            return self._mac(node, x, spec)
+        if spec is None:
+            return self._requant_float(node, ins, None)
+        layer = self.p.layer(node.name)
+        same = spec.mode == "static" and np.ndim(x.scale) == 0 and (
+            np.float32(spec.scale) == np.float32(x.scale) and spec.zero_point == x.zero_point
+            and spec.fmt == x.fmt)
+        passthrough = spec.mode != "static" or same
+        if op is Op.ADD:
+            return self._add(node, ins[0], ins[1], spec)
+        if op in (Op.GAP, Op.AVGPOOL):
+            return self._avg(node, x, spec)
+        if op is Op.CONCAT:
+            parts = [self._rescale(i, spec, layer.register, layer.rounding) if not (
+                spec.mode == "static" and np.ndim(i.scale) == 0
+                and np.float32(i.scale) == np.float32(spec.scale)
+                and i.zero_point == spec.zero_point) else i for i in ins]
+            if spec.mode != "static":
+                return self._requant_float(node, ins, spec)
+            return QTensor(np.concatenate([p.q for p in parts], axis=1), parts[0].scale,
+                           spec.zero_point, spec.fmt)
+        if op is Op.MUL:
+            c = node.weight.astype(np.float64)
+            cb = c.reshape((1, -1) + (1,) * (x.q.ndim - 2)) if c.ndim == 1 else c
+            sign = np.where(cb < 0, -1, 1).astype(np.int64)
+            if np.ndim(cb) and spec.mode == "static" and np.ndim(x.scale) == 0:
+                return self._rescale(x, spec, layer.register, layer.rounding,
+                                     real_extra=np.abs(cb), sign=sign)
+            if np.ndim(cb) == 0:
+                return self._rescale(x, spec, layer.register, layer.rounding,
+                                     real_extra=float(abs(c)), sign=sign)
+            return self._requant_float(node, ins, spec)
+        if not passthrough:
+            return self._requant_float(node, ins, spec)
+        if op is Op.MAXPOOL:
+            a = node.attrs
+            q = _windows(_pad(x.q, a["pads"], x.fmt.min), a["kernel"], a["strides"]).max(
+                axis=(-1, -2))
+            return QTensor(q, x.scale, x.zero_point, x.fmt)
+        if op is Op.RELU:
+            return QTensor(np.maximum(x.q, x.zero_point), x.scale, x.zero_point, x.fmt)
+        if op is Op.CLIP:
+            s = x.scale_b()
+            lo = quantize_linear(np.full((1,) * x.q.ndim, node.attrs["min"], np.float32)
+                                 if np.isfinite(node.attrs["min"]) else
+                                 np.full((1,) * x.q.ndim, -3e38, np.float32), s,
+                                 x.zero_point, x.fmt)
+            hi = quantize_linear(np.full((1,) * x.q.ndim, node.attrs["max"], np.float32)
+                                 if np.isfinite(node.attrs["max"]) else
+                                 np.full((1,) * x.q.ndim, 3e38, np.float32), s,
+                                 x.zero_point, x.fmt)
+            return QTensor(np.clip(x.q, lo, hi), x.scale, x.zero_point, x.fmt)
+        if op is Op.FLATTEN:
+            return QTensor(x.q.reshape(x.q.shape[0], -1), x.scale, x.zero_point, x.fmt)
+        if op is Op.RESHAPE:
+            return QTensor(_reshape(x.q, node.attrs["shape"]), x.scale, x.zero_point, x.fmt)
+        if op is Op.IDENTITY:
+            return x
+        return self._requant_float(node, ins, spec)
+
+    def run(self, x: np.ndarray, keep_all: bool = True) -> dict:
+        """Integer run of one batch. Returns tensors by name (QTensor for integer tensors, float
+        arrays otherwise); with ``keep_all=False`` only the output is kept."""
+        g = self.g
+        spec = self._spec(g.input)
+        if spec is None:
+            raise ValueError(f"{g.source}: the input {g.input!r} has no quantization spec")
+        env = {g.input: quantize_input(np.asarray(x, np.float32), spec)}
+        last_use = {}
+        for i, n in enumerate(g.nodes):
+            for t in n.inputs:
+                last_use[t] = i
+        for i, n in enumerate(g.nodes):
+            env[n.output] = self._node(n, [env[t] for t in n.inputs])
+            if not keep_all:
+                for t in n.inputs:
+                    if last_use.get(t) == i and t != g.output:
+                        env.pop(t, None)
+        return env
+
+    def output(self, env: dict) -> np.ndarray:
+        """The model output as float32 (DequantizeLinear of an integer output)."""
+        y = env[self.g.output]
+        return y.dequantize() if isinstance(y, QTensor) else np.asarray(y, np.float32)
+
+
+def conv_out_shape(node: Node, in_shape: tuple) -> tuple:
+    """Output shape of a conv node for an input shape (N, C, H, W)."""
+    a = node.attrs
+    kh, kw = node.weight.shape[2:]
+    pt, pl, pb, pr = a["pads"]
+    ho = conv_output_size(in_shape[2], kh, a["strides"][0], pt, pb, a["dilations"][0])
+    wo = conv_output_size(in_shape[3], kw, a["strides"][1], pl, pr, a["dilations"][1])
+    return (in_shape[0], node.weight.shape[0], ho, wo)

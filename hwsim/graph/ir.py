@@ -1,0 +1,144 @@
+"""The graph IR: a model as an ordered list of op nodes over named tensors.
+
+One IR serves both executors: the float reference run and the integer run walk the same nodes,
+so a per-layer comparison is a zip over tensor names.
+
+Conventions: activations are float32 NCHW (or ``(N, F)`` after Flatten/Reshape/Dense); the batch
+axis is always axis 0 and is never reshaped away. ``Node.weight`` is float32: conv ``(O, C/g, kh,
+kw)``, dense ``(O, K)`` (``y = x @ W.T + b``). BatchNormalization is folded into the conv before
+it at import; the folded BN's ``gamma``/``beta`` stay in ``Node.attrs`` because data-free
+activation ranges are derived from them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwsim.numerics import IntFormat
+
+
+class Op(enum.Enum):
+    """Operations the executors implement (ONNX ops map onto these at import)."""
+
+    CONV = "conv"
+    DENSE = "dense"
+    RELU = "relu"
+    CLIP = "clip"
+    ADD = "add"
+    MUL = "mul"  # by a constant (scalar or per-channel), held in Node.weight
+    MAXPOOL = "maxpool"
+    AVGPOOL = "avgpool"
+    GAP = "gap"
+    FLATTEN = "flatten"
+    RESHAPE = "reshape"
+    CONCAT = "concat"
+    SOFTMAX = "softmax"
+    IDENTITY = "identity"
+
+
+MAC_OPS = (Op.CONV, Op.DENSE)
+
+
+@dataclass(frozen=True)
+class TensorQuant:
+    """Static per-tensor affine quantization ``real = scale * (q - zero_point)``, ``q`` in
+    ``fmt``. As in ONNX QuantizeLinear, ``scale`` is float32."""
+
+    scale: float
+    zero_point: int
+    fmt: IntFormat
+
+    def __post_init__(self):
+        s = float(np.float32(self.scale))
+        if not (np.isfinite(s) and s > 0):
+            raise ValueError(f"quantization scale must be finite and > 0, got {self.scale!r}")
+        object.__setattr__(self, "scale", s)
+        self.fmt.check(int(self.zero_point), "zero_point")
+        object.__setattr__(self, "zero_point", int(self.zero_point))
+
+
+@dataclass
+class WeightQuant:
+    """Integer weights ``q`` (int64 array, weight layout) with float32 ``scale`` and integer
+    ``zero_point``, each a scalar (per-tensor) or a vector along output channels (axis 0)."""
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray
+    fmt: IntFormat
+
+    @property
+    def per_channel(self) -> bool:
+        return np.ndim(self.scale) == 1
+
+    def dequantize(self) -> np.ndarray:
+        """``float32(q - zp) * float32(scale)``, as ONNX DequantizeLinear computes it."""
+        shape = (-1,) + (1,) * (self.q.ndim - 1) if self.per_channel else ()
+        s = np.asarray(self.scale, np.float32).reshape(shape)
+        z = np.asarray(self.zero_point, np.int64).reshape(shape)
+        return ((self.q - z).astype(np.float32) * s).astype(np.float32)
+
+
+@dataclass
+class Node:
+    """One op. ``inputs``/``output`` are tensor names; ``attrs`` hold op attributes (strides,
+    pads, kernel, axis, bounds, ...); ``weight``/``bias`` are float32 parameters; ``wq`` and
+    ``bias_q`` are the integer weights and int32 bias of an imported quantized model."""
+
+    name: str
+    op: Op
+    inputs: tuple[str, ...]
+    output: str
+    attrs: dict = field(default_factory=dict)
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    wq: WeightQuant | None = None
+    bias_q: np.ndarray | None = None
+
+    def macs_per_sample(self, in_shape: tuple, out_shape: tuple) -> int:
+        """Multiply-accumulates per sample (conv: ``O*Ho*Wo * C/g*kh*kw``; dense: ``O*K``)."""
+        if self.op is Op.CONV:
+            return int(np.prod(out_shape[1:])) * int(np.prod(self.weight.shape[1:]))
+        if self.op is Op.DENSE:
+            return int(self.weight.shape[0] * self.weight.shape[1])
+        return 0
+
+
+@dataclass
+class Graph:
+    """A single-input, single-output model. ``act_quant`` holds the static quantization of
+    activation tensors found in a QDQ model (tensor name -> TensorQuant); ``meta`` holds model
+    metadata (e.g. hwsim's quantization settings)."""
+
+    name: str
+    source: str
+    input: str
+    input_shape: tuple
+    output: str
+    nodes: list[Node]
+    act_quant: dict[str, TensorQuant] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def quantized(self) -> bool:
+        return any(n.wq is not None for n in self.nodes)
+
+    def producer(self) -> dict[str, Node]:
+        return {n.output: n for n in self.nodes}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        out: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            for t in n.inputs:
+                out.setdefault(t, []).append(n)
+        return out
+
+    def summary(self) -> str:
+        ops: dict[str, int] = {}
+        for n in self.nodes:
+            ops[n.op.value] = ops.get(n.op.value, 0) + 1
+        body = ", ".join(f"{k} x{v}" for k, v in ops.items())
+        return f"{self.name}: input {self.input} {self.input_shape}, {len(self.nodes)} nodes ({body})"

@@ -1,0 +1,480 @@
+"""ONNX -> IR import: float models, QDQ models, and hwsim-quantized models.
+
+Float models: the ops in ``SUPPORTED``; BatchNormalization is folded into the Conv before it;
+Gemm/MatMul with a constant weight become ``Op.DENSE``; Add/Mul by a constant fold into the
+conv/dense before them where that layer has no other consumer. An op or attribute outside this
+set is an :class:`ImportError_` naming the file, the node, its op type and the supported list.
+
+QDQ models (``onnxruntime.quantization.quantize_static`` with ``QuantFormat.QDQ``):
+``DequantizeLinear`` of a constant becomes a layer's integer weights (``Node.wq``) or int32 bias
+(``Node.bias_q``); a ``QuantizeLinear -> DequantizeLinear`` pair on an activation becomes
+``Graph.act_quant[tensor]``; the Q/DQ nodes themselves disappear. hwsim-quantized models are QDQ
+models with hwsim's settings in the ``hwsim`` metadata entry (see :mod:`hwsim.quant.store`).
+
+Models made of QOperator ops (QLinearConv, ConvInteger, ...) are not turned into the IR; they are
+run node by node by :func:`hwsim.execute.run_qoperator` -- :func:`is_qoperator` tells them apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from hwsim.graph.ir import Graph, Node, Op, TensorQuant, WeightQuant
+from hwsim.numerics import IntFormat
+
+SUPPORTED = (
+    "Conv", "Gemm", "MatMul", "Relu", "Clip", "Add", "Mul", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "Flatten", "Reshape", "Concat", "BatchNormalization", "Softmax",
+    "Identity", "Constant", "QuantizeLinear", "DequantizeLinear",
+)
+QOPERATOR = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
+
+_ONNX_INT = {
+    onnx.TensorProto.INT8: IntFormat(8, True),
+    onnx.TensorProto.UINT8: IntFormat(8, False),
+    onnx.TensorProto.INT16: IntFormat(16, True),
+    onnx.TensorProto.UINT16: IntFormat(16, False),
+    onnx.TensorProto.INT4: IntFormat(4, True),
+    onnx.TensorProto.UINT4: IntFormat(4, False),
+}
+
+
+class ImportError_(ValueError):
+    """A model hwsim cannot import; the message names the file, node and what was expected."""
+
+
+def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read and check an ONNX file; a missing, truncated or invalid file is an ImportError_."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImportError_(f"{path}: no such model file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError and friends
+        raise ImportError_(f"{path}: not a readable ONNX model (truncated or corrupt?): {e}") from e
+    if not model.graph.node:
+        raise ImportError_(f"{path}: not an ONNX model (the graph has no nodes)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise ImportError_(f"{path}: invalid ONNX model: {e}") from e
+    return model
+
+
+def is_qoperator(model: onnx.ModelProto) -> bool:
+    """True if the graph uses QOperator ops (run by the node interpreter, not the IR)."""
+    return any(n.op_type in QOPERATOR or n.domain == "com.microsoft" for n in model.graph.node)
+
+
+def _attrs(node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _shape(vi) -> tuple:
+    dims = vi.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims)
+
+
+class _Importer:
+    def __init__(self, model: onnx.ModelProto, source: str):
+        self.model = model
+        self.src = source
+        g = model.graph
+        self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        self.qconst: dict[str, tuple] = {}  # DQ(const) output -> (q, scale, zp, fmt, axis)
+        self.alias: dict[str, str] = {}  # DQ(Q(t)) output -> t
+        self.act_quant: dict[str, TensorQuant] = {}
+        self.nodes: list[Node] = []
+        self.uses: dict[str, int] = {}
+        for n in g.node:
+            for t in n.input:
+                self.uses[t] = self.uses.get(t, 0) + 1
+
+    def fail(self, node, msg: str):
+        raise ImportError_(f"{self.src}: node {node.name or '?'!r} ({node.op_type}): {msg}")
+
+    def name(self, t: str) -> str:
+        while t in self.alias:
+            t = self.alias[t]
+        return t
+
+    def const(self, node, t: str, what: str) -> np.ndarray:
+        if t in self.consts:
+            return self.consts[t]
+        if t in self.qconst:
+            q, s, z, _, axis = self.qconst[t]
+            return _dequant(q, s, z, axis)
+        self.fail(node, f"{what} {t!r} must be a constant (initializer or Constant)")
+
+    # -- Q/DQ ---------------------------------------------------------------------------------
+    def quantize_linear(self, node, a):
+        x = node.input[0]
+        if x in self.consts or x in self.qconst:
+            self.fail(node, "QuantizeLinear of a constant is not supported (store int weights)")
+        s, z, fmt = self._qparams(node, a, node.input[1], node.input[2] if len(node.input) > 2 else "")
+        if np.ndim(s) != 0:
+            self.fail(node, "activation quantization must be per-tensor (scalar scale)")
+        tq = TensorQuant(float(s), int(z), fmt)
+        t = self.name(x)
+        old = self.act_quant.get(t)
+        if old is not None and old != tq:
+            self.fail(node, f"tensor {t!r} is quantized twice with different parameters")
+        self.act_quant[t] = tq
+        self.alias[node.output[0]] = t
+        self.q_outputs = getattr(self, "q_outputs", set()) | {node.output[0]}
+
+    def dequantize_linear(self, node, a):
+        x = node.input[0]
+        if x in self.consts:
+            q = self.consts[x]
+            if not np.issubdtype(q.dtype, np.integer):
+                self.fail(node, f"expected an integer tensor, got {q.dtype}")
+            s = self.const(node, node.input[1], "scale").astype(np.float32)
+            z = (
+                self.const(node, node.input[2], "zero point")
+                if len(node.input) > 2 and node.input[2]
+                else np.zeros_like(s, dtype=q.dtype)
+            )
+            elem = next((i.data_type for i in self.model.graph.initializer if i.name == x), None)
+            fmt = _ONNX_INT.get(elem) if elem is not None else None
+            if fmt is None:
+                fmt = IntFormat(32, True) if q.dtype == np.int32 else None
+            if fmt is None:
+                self.fail(node, f"unsupported quantized constant type {q.dtype}")
+            axis = int(a.get("axis", 1))
+            if np.ndim(s) == 1 and axis != 0 and q.ndim > 1:
+                self.fail(node, f"per-channel weight scales must be on axis 0, got axis {axis}")
+            self.qconst[node.output[0]] = (q.astype(np.int64), s, np.asarray(z, np.int64), fmt, axis)
+            return
+        src = self.name(x)
+        if src not in self.act_quant:
+            self.fail(node, f"DequantizeLinear input {x!r} is not produced by a QuantizeLinear")
+        tq = self.act_quant[src]
+        s, z, _ = self._qparams(node, a, node.input[1], node.input[2] if len(node.input) > 2 else "")
+        if float(np.float32(s)) != tq.scale or int(z) != tq.zero_point:
+            self.fail(node, "DequantizeLinear parameters differ from its QuantizeLinear's")
+        self.alias[node.output[0]] = src
+
+    def _qparams(self, node, a, s_name, z_name):
+        s = self.const(node, s_name, "scale")
+        if z_name:
+            zarr = self.consts.get(z_name)
+            if zarr is None:
+                self.fail(node, f"zero point {z_name!r} must be a constant")
+            elem = next(i.data_type for i in self.model.graph.initializer if i.name == z_name)
+            fmt = _ONNX_INT.get(elem)
+            if fmt is None:
+                self.fail(node, f"zero point type {onnx.TensorProto.DataType.Name(elem)} is not "
+                                "an integer format hwsim emulates (int/uint 4, 8, 16)")
+            z = zarr
+        else:
+            to = a.get("output_dtype", onnx.TensorProto.UINT8)
+            fmt = _ONNX_INT.get(to)
+            if fmt is None:
+                self.fail(node, "unsupported output_dtype")
+            z = np.zeros((), np.int64)
+        if not np.all(np.isfinite(s)) or np.any(s <= 0):
+            self.fail(node, f"scale must be finite and > 0, got {s}")
+        return s, np.asarray(z, np.int64), fmt
+
+    # -- layers -----------------------------------------------------------------------------
+    def add(self, node, op: Op, inputs, attrs=None, **kw) -> Node:
+        n = Node(node.name or f"{op.value}_{len(self.nodes)}", op, tuple(inputs), node.output[0],
+                 attrs or {}, **kw)
+        self.nodes.append(n)
+        return n
+
+    def weight_of(self, node, t: str, transpose: bool = False):
+        """Float weight and optional WeightQuant for input ``t``."""
+        if t in self.qconst:
+            q, s, z, fmt, axis = self.qconst[t]
+            if transpose:
+                if np.ndim(s) == 1 and axis != 1:
+                    self.fail(node, "per-channel MatMul weight scales must be on axis 1")
+                q = q.T
+            elif np.ndim(s) == 1 and axis != 0:
+                self.fail(node, "per-channel weight scales must be on axis 0 (output channels)")
+            wq = WeightQuant(np.ascontiguousarray(q), s, z, fmt)
+            return wq.dequantize(), wq
+        w = self.const(node, t, "weight").astype(np.float32)
+        return (np.ascontiguousarray(w.T) if transpose else w), None
+
+    def bias_of(self, node, t: str | None, n_out: int):
+        if not t:
+            return None, None
+        if t in self.qconst:
+            q, s, z, fmt, _ = self.qconst[t]
+            if np.any(z != 0) or fmt.bits != 32:
+                self.fail(node, "a quantized bias must be int32 with zero point 0")
+            return _dequant(q, s, z, 0).reshape(n_out), q.reshape(n_out).astype(np.int64)
+        b = self.const(node, t, "bias").astype(np.float32)
+        if b.size != n_out:
+            self.fail(node, f"bias has {b.size} entries, expected {n_out}")
+        return b.reshape(n_out), None
+
+    def conv(self, node, a):
+        x = self.name(node.input[0])
+        w, wq = self.weight_of(node, node.input[1])
+        if w.ndim != 4:
+            self.fail(node, f"only 2-D convolution is supported (weight rank 4), got rank {w.ndim}")
+        b, bq = self.bias_of(node, node.input[2] if len(node.input) > 2 else None, w.shape[0])
+        ks = tuple(a.get("kernel_shape", w.shape[2:]))
+        if ks != tuple(w.shape[2:]):
+            self.fail(node, f"kernel_shape {ks} does not match the weight {w.shape}")
+        auto_pad = a.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        if auto_pad not in ("NOTSET", "VALID"):
+            self.fail(node, f"auto_pad={auto_pad} is not supported (use explicit pads)")
+        pads = tuple(a.get("pads", (0, 0, 0, 0)))
+        attrs = {
+            "strides": tuple(a.get("strides", (1, 1))),
+            "pads": (pads[0], pads[1], pads[2], pads[3]),
+            "dilations": tuple(a.get("dilations", (1, 1))),
+            "group": int(a.get("group", 1)),
+        }
+        self.add(node, Op.CONV, [x], attrs, weight=w, bias=b, wq=wq, bias_q=bq)
+
+    def gemm(self, node, a):
+        if a.get("transA", 0):
+            self.fail(node, "transA=1 is not supported")
+        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        w, wq = self.weight_of(node, node.input[1], transpose=not a.get("transB", 0))
+        if wq is not None and alpha != 1.0:
+            self.fail(node, "alpha != 1 on a quantized weight is not supported")
+        w = (w * np.float32(alpha)).astype(np.float32)
+        b, bq = self.bias_of(node, node.input[2] if len(node.input) > 2 else None, w.shape[0])
+        if b is not None and beta != 1.0:
+            if bq is not None:
+                self.fail(node, "beta != 1 on a quantized bias is not supported")
+            b = (b * np.float32(beta)).astype(np.float32)
+        self.add(node, Op.DENSE, [self.name(node.input[0])], {}, weight=w, bias=b, wq=wq, bias_q=bq)
+
+    def matmul(self, node, a):
+        if node.input[0] in self.consts or node.input[1] not in (*self.consts, *self.qconst):
+            self.fail(node, "MatMul needs a dynamic first input and a constant 2-D weight")
+        w, wq = self.weight_of(node, node.input[1], transpose=True)
+        if w.ndim != 2:
+            self.fail(node, f"MatMul weight must be 2-D, got shape {w.shape}")
+        self.add(node, Op.DENSE, [self.name(node.input[0])], {}, weight=w, wq=wq)
+
+    def batchnorm(self, node, a):
+        x = self.name(node.input[0])
+        prev = self.nodes[-1] if self.nodes else None
+        if prev is None or prev.op is not Op.CONV or prev.output != x or self.uses.get(
+            node.input[0], 0
+        ) != 1 or prev.wq is not None:
+            self.fail(node, "BatchNormalization must directly follow a float Conv whose output it "
+                            "alone consumes (it is folded into that Conv)")
+        gamma, beta, mean, var = (self.const(node, t, n) for t, n in zip(
+            node.input[1:5], ("scale", "B", "mean", "var"), strict=True))
+        eps = np.float32(a.get("epsilon", 1e-5))
+        k = (gamma.astype(np.float32) / np.sqrt(var.astype(np.float32) + eps)).astype(np.float32)
+        prev.weight = (prev.weight * k[:, None, None, None]).astype(np.float32)
+        b0 = prev.bias if prev.bias is not None else np.zeros(k.shape, np.float32)
+        prev.bias = ((b0 - mean) * k + beta).astype(np.float32)
+        prev.attrs["bn_gamma"] = gamma.astype(np.float32)
+        prev.attrs["bn_beta"] = beta.astype(np.float32)
+        prev.output = node.output[0]
+
+    def fold_const(self, node, op_type: str, x: str, c: np.ndarray) -> bool:
+        """Fold ``x + c`` / ``x * c`` into the float conv/dense producing ``x`` if possible."""
+        prev = self.nodes[-1] if self.nodes else None
+        if prev is None or prev.output != x or prev.op not in (Op.CONV, Op.DENSE):
+            return False
+        if self.uses.get(x, 0) != 1 or prev.wq is not None:
+            return False
+        O = prev.weight.shape[0]
+        cv = np.asarray(c, np.float32)
+        if prev.op is Op.CONV:
+            ok = cv.size == 1 or cv.shape in ((O, 1, 1), (1, O, 1, 1))
+        else:
+            ok = cv.size == 1 or cv.shape in ((O,), (1, O))
+        if not ok:
+            return False
+        vec = np.broadcast_to(cv.reshape(-1), (O,)).astype(np.float32)
+        b0 = prev.bias if prev.bias is not None else np.zeros(O, np.float32)
+        if op_type == "Add":
+            prev.bias = (b0 + vec).astype(np.float32)
+        else:
+            shape = (O,) + (1,) * (prev.weight.ndim - 1)
+            prev.weight = (prev.weight * vec.reshape(shape)).astype(np.float32)
+            prev.bias = (b0 * vec).astype(np.float32)
+        prev.output = node.output[0]
+        return True
+
+    def binary(self, node, a):
+        op_type = node.op_type
+        ins = list(node.input)
+        cidx = [i for i, t in enumerate(ins) if t in self.consts or t in self.qconst]
+        if not cidx:
+            if op_type == "Mul":
+                self.fail(node, "Mul of two activations is not supported (Mul by a constant is)")
+            self.add(node, Op.ADD, [self.name(t) for t in ins])
+            return
+        if len(cidx) == 2:
+            self.fail(node, "both inputs are constants")
+        c = self.const(node, ins[cidx[0]], "constant")
+        x = self.name(ins[1 - cidx[0]])
+        if self.fold_const(node, op_type, x, c):
+            return
+        if op_type == "Add":
+            self.fail(node, "Add of a constant is supported only right after a Conv/Gemm/MatMul "
+                            "(it folds into the bias)")
+        cv = np.asarray(c, np.float32)
+        if cv.size != 1 and cv.ndim not in (1, 3, 4):
+            self.fail(node, f"Mul constant must be a scalar or per-channel, got shape {cv.shape}")
+        self.add(node, Op.MUL, [x], {}, weight=cv.reshape(-1) if cv.size > 1 else cv.reshape(()))
+
+    def pool(self, node, a, op: Op):
+        ks = tuple(a["kernel_shape"])
+        if len(ks) != 2:
+            self.fail(node, "only 2-D pooling is supported")
+        if a.get("ceil_mode", 0):
+            self.fail(node, "ceil_mode=1 is not supported")
+        if tuple(a.get("dilations", (1, 1))) != (1, 1):
+            self.fail(node, "dilated pooling is not supported")
+        if a.get("storage_order", 0):
+            self.fail(node, "storage_order=1 is not supported")
+        ap = a.get("auto_pad", b"NOTSET")
+        ap = ap.decode() if isinstance(ap, bytes) else ap
+        if ap not in ("NOTSET", "VALID"):
+            self.fail(node, f"auto_pad={ap} is not supported")
+        if len(node.output) > 1 and node.output[1]:
+            self.fail(node, "the Indices output is not supported")
+        attrs = {
+            "kernel": ks,
+            "strides": tuple(a.get("strides", (1, 1))),
+            "pads": tuple(a.get("pads", (0, 0, 0, 0))),
+            "count_include_pad": int(a.get("count_include_pad", 0)),
+        }
+        self.add(node, op, [self.name(node.input[0])], attrs)
+
+    def run(self) -> Graph:
+        g = self.model.graph
+        for node in g.node:
+            a = _attrs(node)
+            t = node.op_type
+            if node.domain not in ("", "ai.onnx"):
+                self.fail(node, f"op domain {node.domain!r} is not supported; supported ops: "
+                                f"{', '.join(SUPPORTED)}")
+            if t == "Constant":
+                if "value" not in a:
+                    self.fail(node, "only Constant with a tensor 'value' is supported")
+                self.consts[node.output[0]] = numpy_helper.to_array(a["value"])
+            elif t == "QuantizeLinear":
+                self.quantize_linear(node, a)
+            elif t == "DequantizeLinear":
+                self.dequantize_linear(node, a)
+            elif t == "Conv":
+                self.conv(node, a)
+            elif t == "Gemm":
+                self.gemm(node, a)
+            elif t == "MatMul":
+                self.matmul(node, a)
+            elif t == "BatchNormalization":
+                if len(node.output) > 1 and any(node.output[1:]):
+                    self.fail(node, "training-mode BatchNormalization outputs are not supported")
+                self.batchnorm(node, a)
+            elif t in ("Add", "Mul"):
+                self.binary(node, a)
+            elif t == "Relu":
+                self.add(node, Op.RELU, [self.name(node.input[0])])
+            elif t == "Clip":
+                lo, hi = a.get("min", -np.inf), a.get("max", np.inf)
+                if len(node.input) > 1 and node.input[1]:
+                    lo = float(self.const(node, node.input[1], "min"))
+                if len(node.input) > 2 and node.input[2]:
+                    hi = float(self.const(node, node.input[2], "max"))
+                self.add(node, Op.CLIP, [self.name(node.input[0])], {"min": lo, "max": hi})
+            elif t == "MaxPool":
+                self.pool(node, a, Op.MAXPOOL)
+            elif t == "AveragePool":
+                self.pool(node, a, Op.AVGPOOL)
+            elif t == "GlobalAveragePool":
+                self.add(node, Op.GAP, [self.name(node.input[0])])
+            elif t == "Flatten":
+                if int(a.get("axis", 1)) != 1:
+                    self.fail(node, "only Flatten with axis=1 is supported")
+                self.add(node, Op.FLATTEN, [self.name(node.input[0])])
+            elif t == "Reshape":
+                shape = [int(v) for v in self.const(node, node.input[1], "shape")]
+                if a.get("allowzero", 0):
+                    self.fail(node, "allowzero=1 is not supported")
+                self.add(node, Op.RESHAPE, [self.name(node.input[0])], {"shape": tuple(shape)})
+            elif t == "Concat":
+                axis = int(a["axis"])
+                if axis not in (1, -3) and axis != 1:
+                    self.fail(node, f"only Concat along channels (axis=1) is supported, got {axis}")
+                self.add(node, Op.CONCAT, [self.name(i) for i in node.input], {"axis": 1})
+            elif t == "Softmax":
+                self.add(node, Op.SOFTMAX, [self.name(node.input[0])],
+                         {"axis": int(a.get("axis", -1))})
+            elif t in ("Identity", "Dropout"):
+                self.add(node, Op.IDENTITY, [self.name(node.input[0])])
+            else:
+                self.fail(node, f"unsupported op type {t!r}; supported ops: {', '.join(SUPPORTED)}"
+                                + (" (QOperator models are run by the node interpreter)"
+                                   if t in QOPERATOR else ""))
+        return self.finish()
+
+    def finish(self) -> Graph:
+        g = self.model.graph
+        inits = set(self.consts) | {i.name for i in g.initializer}
+        inputs = [i for i in g.input if i.name not in inits]
+        if len(inputs) != 1 or len(g.output) != 1:
+            raise ImportError_(f"{self.src}: hwsim runs single-input single-output models; this "
+                               f"one has inputs {[i.name for i in inputs]} and outputs "
+                               f"{[o.name for o in g.output]}")
+        out = self.name(g.output[0].name)
+        for i, n in enumerate(self.nodes):
+            if n.op is Op.SOFTMAX and i != len(self.nodes) - 1:
+                raise ImportError_(f"{self.src}: node {n.name!r} (Softmax): Softmax is supported "
+                                   "only as the last layer")
+        produced = {n.output for n in self.nodes} | {inputs[0].name}
+        for n in self.nodes:
+            for t in n.inputs:
+                if t not in produced:
+                    raise ImportError_(f"{self.src}: node {n.name!r}: input {t!r} is not produced "
+                                       "by any supported node")
+        if out not in produced:
+            raise ImportError_(f"{self.src}: output {g.output[0].name!r} is not computed")
+        meta = {p.key: p.value for p in self.model.metadata_props}
+        if "hwsim" in meta:
+            try:
+                meta["hwsim"] = json.loads(meta["hwsim"])
+            except json.JSONDecodeError as e:
+                raise ImportError_(f"{self.src}: metadata 'hwsim' is not valid JSON: {e}") from e
+        name = self.model.graph.name or Path(self.src).stem
+        return Graph(name, self.src, inputs[0].name, _shape(inputs[0])[1:], out, self.nodes,
+                     self.act_quant, meta)
+
+
+def _dequant(q, s, z, axis):
+    s = np.asarray(s, np.float32)
+    z = np.asarray(z, np.int64)
+    if s.ndim == 1 and q.ndim > 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        s, z = s.reshape(shape), z.reshape(shape)
+    return ((q.astype(np.int64) - z).astype(np.float32) * s).astype(np.float32)
+
+
+def import_model(path_or_model, source: str | None = None) -> Graph:
+    """Import a float, QDQ or hwsim-quantized ONNX model into the IR."""
+    if isinstance(path_or_model, onnx.ModelProto):
+        model, src = path_or_model, source or "<model>"
+    else:
+        src = str(path_or_model)
+        model = load_onnx(path_or_model)
+    if is_qoperator(model):
+        ops = sorted({n.op_type for n in model.graph.node if n.op_type in QOPERATOR
+                      or n.domain == "com.microsoft"})
+        raise ImportError_(f"{src}: QOperator model ({', '.join(ops)}); run it with "
+                           "hwsim.execute.run_qoperator / `hwsim run`")
+    return _Importer(model, src).run()

@@ -1,0 +1,245 @@
+"""Quantization schemes (what the user chooses) and the quantized program (what runs).
+
+A :class:`Scheme` is a frozen description: weight granularity and mode, activation mode, bit
+widths, accumulator, scale-register kind, first/last-layer precision and per-layer overrides.
+:func:`hwsim.quant.quantize` turns a float graph plus a scheme (plus calibration data when the
+activation mode needs it) into a :class:`QuantProgram`: the graph with integer weights, an
+:class:`ActSpec` per quantized activation tensor and a :class:`LayerSpec` per MAC layer.
+
+Weight modes (scale/zero-point formulas of onnxruntime's ``compute_scale_zp``,
+``onnxruntime/python/tools/quantization/quant_utils.py``), with ``r = max|w|`` over the tensor
+or the output channel:
+
+* ``symmetric`` (restricted range): levels ``-(2^(b-1)-1) .. 2^(b-1)-1``, ``scale = r/(2^(b-1)-1)``,
+  zero point 0 -- the PSGD paper's grid;
+* ``symmetric-full``: levels ``-2^(b-1) .. 2^(b-1)-1``, ``scale = 2r/(2^b-1)``, zero point 0;
+* ``asymmetric``: unsigned levels ``0 .. 2^b-1`` over ``[min(w,0), max(w,0)]``,
+  ``scale = (max-min)/(2^b-1)``, ``zp = round_half_even(-min/scale)``.
+
+Activation modes:
+
+* ``static`` -- per-tensor scale and zero point from calibration data (``calib = minmax`` or
+  ``percentile``: the range clipped at the ``percentile``-th percentile of ``|x|`` per sign);
+* ``data-free`` -- per-tensor, ranges without data: after a BatchNorm (folded into a conv) the
+  ReLU output range is ``[0, max_c(beta_c + n*|gamma_c|)]`` with ``n = bn_sigmas``; elsewhere
+  interval arithmetic through the layers from the input range;
+* ``dynamic`` -- per sample: a range unit finds each sample's ``max|x|`` at run time and the
+  sample's scale is ``max|x| / qmax`` (zero point 0);
+* ``shift`` -- per-sample shift: a static per-tensor base scale ``s`` (calibrated like
+  ``static``, symmetric) and per sample the smallest shift ``k`` in ``[0, s_max]`` with
+  ``max|x| <= qmax * s * 2^k``; the sample's scale is ``s * 2^k``.
+
+Activations whose range is non-negative (after ReLU, input images) use an unsigned format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from hwsim.datapath import Accumulator
+from hwsim.graph.ir import Graph
+from hwsim.numerics import (
+    IntFormat,
+    Overflow,
+    RoundingMode,
+    ScaleKind,
+    as_kind,
+    as_mode,
+    check_bits,
+)
+
+WEIGHT_MODES = ("symmetric", "symmetric-full", "asymmetric")
+GRANULARITIES = ("tensor", "channel")
+ACT_MODES = ("static", "data-free", "dynamic", "shift")
+CALIB_METHODS = ("minmax", "percentile")
+
+PRESETS = {
+    "per-tensor": dict(granularity="tensor", act_mode="static"),
+    "per-channel": dict(granularity="channel", act_mode="static"),
+    "per-sample": dict(granularity="tensor", act_mode="dynamic"),
+    "per-sample-shift": dict(granularity="tensor", act_mode="shift"),
+    "data-free": dict(granularity="tensor", act_mode="data-free"),
+}
+"""Named schemes: weight granularity and activation mode; everything else from the flags."""
+
+
+class SchemeError(ValueError):
+    """A scheme setting out of range, named with the field and the allowed values."""
+
+
+def _choice(value, allowed, name):
+    if value not in allowed:
+        raise SchemeError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class LayerScheme:
+    """Settings of one MAC layer (conv/dense) and of the activation tensor it produces."""
+
+    wbits: int = 8
+    abits: int = 8
+    granularity: str = "tensor"
+    weight_mode: str = "symmetric"
+    act_mode: str = "static"
+    calib: str = "minmax"
+    percentile: float = 99.99
+    s_max: int = 4
+    bn_sigmas: float = 6.0
+    acc_bits: int = 32
+    overflow: str = "wrap"
+    register: str = "ort"
+    rounding: str = "half_away"
+
+    def __post_init__(self):
+        for name, lo, hi in (("wbits", 2, 16), ("abits", 2, 16), ("acc_bits", 8, 64)):
+            v = getattr(self, name)
+            try:
+                check_bits(v, name, lo, hi)
+            except (ValueError, TypeError) as e:
+                raise SchemeError(str(e)) from None
+        _choice(self.granularity, GRANULARITIES, "granularity")
+        _choice(self.weight_mode, WEIGHT_MODES, "weight_mode")
+        _choice(self.act_mode, ACT_MODES, "act_mode")
+        _choice(self.calib, CALIB_METHODS, "calib")
+        _choice(self.overflow, tuple(o.value for o in Overflow), "overflow")
+        try:
+            as_kind(self.register)
+            as_mode(self.rounding)
+        except ValueError as e:
+            raise SchemeError(f"register/rounding: {e}") from None
+        if not 50.0 < self.percentile <= 100.0:
+            raise SchemeError(f"percentile must be in (50, 100], got {self.percentile}")
+        if not (isinstance(self.s_max, int) and 0 <= self.s_max <= 16):
+            raise SchemeError(f"s_max must be an int in [0, 16], got {self.s_max!r}")
+        if not self.bn_sigmas > 0:
+            raise SchemeError(f"bn_sigmas must be > 0, got {self.bn_sigmas}")
+        if as_kind(self.register) in (ScaleKind.TFLITE, ScaleKind.TFLITE_SINGLE) and (
+            self.acc_bits > 32
+        ):
+            raise SchemeError(f"a {self.register} register takes int32 input: acc_bits must be "
+                              f"<= 32, got {self.acc_bits}")
+
+    @property
+    def accumulator(self) -> Accumulator:
+        return Accumulator(bits=self.acc_bits, overflow=Overflow(self.overflow))
+
+    def replace(self, **kw) -> LayerScheme:
+        return dataclasses.replace(self, **kw)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A model-wide scheme: ``default`` for every MAC layer, ``first_last_bits`` (if set) for
+    the weights and input activation of the first MAC layer and the weights of the last, and
+    ``overrides`` (layer name -> dict of LayerScheme fields)."""
+
+    name: str
+    default: LayerScheme
+    first_last_bits: int | None = None
+    overrides: dict = field(default_factory=dict)
+
+    @classmethod
+    def preset(cls, name: str, **kw) -> Scheme:
+        """A named scheme from ``PRESETS`` with LayerScheme fields ``kw`` (e.g. wbits=4)."""
+        if name not in PRESETS:
+            raise SchemeError(f"scheme must be one of {', '.join(PRESETS)}; got {name!r}")
+        first_last = kw.pop("first_last_bits", None)
+        overrides = kw.pop("overrides", None) or {}
+        return cls(name, LayerScheme(**{**PRESETS[name], **kw}), first_last, overrides)
+
+    def for_layer(self, name: str, index: int, n_layers: int) -> LayerScheme:
+        ls = self.default
+        if self.first_last_bits is not None:
+            check_bits(self.first_last_bits, "first_last_bits", 2, 16)
+            if index == 0:
+                ls = ls.replace(wbits=self.first_last_bits)
+            if index == n_layers - 1:
+                ls = ls.replace(wbits=self.first_last_bits)
+        if name in self.overrides:
+            try:
+                ls = ls.replace(**self.overrides[name])
+            except TypeError as e:
+                raise SchemeError(f"override for layer {name!r}: {e}") from None
+        return ls
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "default": dataclasses.asdict(self.default),
+            "first_last_bits": self.first_last_bits,
+            "overrides": self.overrides,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scheme:
+        return cls(d["name"], LayerScheme(**d["default"]), d.get("first_last_bits"),
+                   d.get("overrides") or {})
+
+
+@dataclass(frozen=True)
+class ActSpec:
+    """How one activation tensor is held as integers.
+
+    ``mode`` ``static``: ``real = scale * (q - zero_point)``; ``dynamic``: per-sample scale
+    from a range unit, zero point 0; ``shift``: per-sample ``scale * 2^k``, ``k`` in
+    ``[0, s_max]``, zero point 0. ``fmt`` is the integer format of ``q``.
+    """
+
+    mode: str
+    fmt: IntFormat
+    scale: float = 1.0
+    zero_point: int = 0
+    s_max: int = 0
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "bits": self.fmt.bits, "signed": self.fmt.signed,
+                "scale": self.scale, "zero_point": self.zero_point, "s_max": self.s_max}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ActSpec:
+        return cls(d["mode"], IntFormat(d["bits"], d["signed"]), float(d["scale"]),
+                   int(d["zero_point"]), int(d["s_max"]))
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Datapath settings of one layer: accumulator, scale-register kind, pow2 rounding."""
+
+    acc: Accumulator = Accumulator()
+    register: ScaleKind = ScaleKind.ORT
+    rounding: RoundingMode = RoundingMode.HALF_AWAY
+
+    def as_dict(self) -> dict:
+        return {"acc_bits": self.acc.bits, "overflow": self.acc.overflow.value,
+                "register": self.register.value, "rounding": self.rounding.value}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LayerSpec:
+        return cls(Accumulator(bits=int(d["acc_bits"]), overflow=Overflow(d["overflow"])),
+                   as_kind(d["register"]), as_mode(d["rounding"]))
+
+
+@dataclass
+class QuantProgram:
+    """A graph ready for the integer executor: integer weights on its MAC nodes
+    (``Node.wq``, ``Node.bias_q`` may be None: then the bias is quantized at run time with the
+    input's scale), ``acts`` for every quantized tensor, ``layers`` by node name (absent: the
+    default LayerSpec, onnxruntime's semantics), and the scheme it came from (None for an
+    imported QDQ model)."""
+
+    graph: Graph
+    acts: dict[str, ActSpec]
+    layers: dict[str, LayerSpec]
+    scheme: Scheme | None = None
+    default_layer: LayerSpec = LayerSpec()
+
+    def layer(self, name: str) -> LayerSpec:
+        return self.layers.get(name, self.default_layer)
+
+    def describe(self) -> dict:
+        """The settings a report shows: scheme and per-layer widths/register/accumulator."""
+        return {
+            "scheme": self.scheme.as_dict() if self.scheme else {"name": "imported-qdq"},
+            "layers": {k: v.as_dict() for k, v in self.layers.items()},
+        }
