@@ -186,6 +186,8 @@ def sample_scale(spec: ActSpec, absmax: np.ndarray) -> np.ndarray:
     qmax = _qmax(spec.fmt)
     if spec.mode == "dynamic":
         s = (absmax / qmax).astype(np.float32)
+        if spec.pow2:  # pow2 registers: per-sample scales are powers of two
+            s = np.exp2(np.ceil(np.log2(np.where(s > 0, s, 1.0)))).astype(np.float32)
         return np.where(s > 0, s, np.float32(1.0)).astype(np.float32)
     base = np.float64(np.float32(spec.scale))
     k = np.zeros(absmax.shape, np.int64)

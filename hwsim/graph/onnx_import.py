@@ -31,7 +31,7 @@ from hwsim.numerics import IntFormat
 SUPPORTED = (
     "Conv", "Gemm", "MatMul", "Relu", "Clip", "Add", "Mul", "MaxPool", "AveragePool",
     "GlobalAveragePool", "Flatten", "Reshape", "Concat", "BatchNormalization", "Softmax",
-    "Identity", "Constant", "QuantizeLinear", "DequantizeLinear",
+    "Identity", "Constant", "QuantizeLinear", "DequantizeLinear", "Quant (QONNX)",
 )
 QOPERATOR = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
 
@@ -160,6 +160,22 @@ class _Importer:
         if float(np.float32(s)) != tq.scale or int(z) != tq.zero_point:
             self.fail(node, "DequantizeLinear parameters differ from its QuantizeLinear's")
         self.alias[node.output[0]] = src
+
+    def qonnx_quant(self, node, a):
+        """QONNX ``Quant`` (x, scale, zero point, bit width) on an activation: a Q/DQ pair of
+        any width (round half to even, ``narrow=0``)."""
+        if a.get("narrow", 0) or (a.get("rounding_mode", b"ROUND") not in (b"ROUND", "ROUND")):
+            self.fail(node, "only Quant with narrow=0 and rounding_mode=ROUND is supported")
+        s = float(self.const(node, node.input[1], "scale"))
+        z = float(self.const(node, node.input[2], "zero point"))
+        bits = float(self.const(node, node.input[3], "bit width"))
+        if bits != int(bits) or not 2 <= bits <= 16 or z != int(z):
+            self.fail(node, f"bit width must be an integer in [2, 16] and zero point an integer, "
+                            f"got {bits}, {z}")
+        tq = TensorQuant(s, int(z), IntFormat(int(bits), bool(a.get("signed", 1))))
+        t = self.name(node.input[0])
+        self.act_quant[t] = tq
+        self.alias[node.output[0]] = t
 
     def _qparams(self, node, a, s_name, z_name):
         s = self.const(node, s_name, "scale")
@@ -360,6 +376,9 @@ class _Importer:
         for node in g.node:
             a = _attrs(node)
             t = node.op_type
+            if node.domain == "qonnx.custom_op.general" and t == "Quant":
+                self.qonnx_quant(node, a)
+                continue
             if node.domain not in ("", "ai.onnx"):
                 self.fail(node, f"op domain {node.domain!r} is not supported; supported ops: "
                                 f"{', '.join(SUPPORTED)}")

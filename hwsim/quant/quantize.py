@@ -45,6 +45,8 @@ def quantize_weights(w: np.ndarray, ls: LayerScheme) -> WeightQuant:
             scale = (2 * r / (2**b - 1)).astype(np.float32)
         scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
         zp = np.zeros(scale.shape, np.int64)
+    if ls.register == "pow2":
+        scale = _pow2_ceil(scale)
     lo_q = -(2 ** (b - 1) - 1) if ls.weight_mode == "symmetric" else fmt.min
     shape = (-1,) + (1,) * (w.ndim - 1)
     s_b = scale.reshape(shape) if per_ch else scale.reshape(())
@@ -54,6 +56,12 @@ def quantize_weights(w: np.ndarray, ls: LayerScheme) -> WeightQuant:
     if per_ch:
         return WeightQuant(q, scale, zp, fmt)
     return WeightQuant(q, scale.reshape(()), zp.reshape(()), fmt)
+
+
+def _pow2_ceil(scale):
+    """The next power of two >= scale (a ``pow2`` register is exact only between such scales)."""
+    s = np.asarray(scale, np.float64)
+    return np.exp2(np.ceil(np.log2(s))).astype(np.float32)
 
 
 # --- activation ranges -------------------------------------------------------------------------
@@ -153,9 +161,17 @@ def datafree_ranges(graph: Graph, ls_of, input_range) -> dict[str, tuple[float, 
     return rng
 
 
-def act_spec(lo: float, hi: float, bits: int, mode: str, s_max: int) -> ActSpec:
-    """ActSpec for a range: unsigned if ``lo >= 0``; static = asymmetric min/max (range widened
-    to include 0, onnxruntime's ``compute_scale_zp``); dynamic/shift = symmetric, zero point 0."""
+def act_spec(lo: float, hi: float, bits: int, mode: str, s_max: int, pow2: bool = False) -> ActSpec:
+    """ActSpec for a range: unsigned ``[0, hi]`` if ``lo >= 0``, else signed symmetric
+    ``[-r, r]``; zero point 0 in every mode. With ``pow2`` registers every scale is rounded up
+    to a power of two, so that each requantization is an exact shift."""
+    spec = _act_spec(lo, hi, bits, mode, s_max)
+    if pow2:
+        spec = ActSpec(spec.mode, spec.fmt, float(_pow2_ceil(spec.scale)), 0, spec.s_max, True)
+    return spec
+
+
+def _act_spec(lo: float, hi: float, bits: int, mode: str, s_max: int) -> ActSpec:
     signed = lo < 0
     fmt = IntFormat(bits, signed)
     lo, hi = min(lo, 0.0), max(hi, 0.0)
@@ -244,7 +260,7 @@ def quantize(graph: Graph, scheme: Scheme, calib: Dataset | None = None,
     for t in owners:
         ls = ls_of_tensor(t)
         lo, hi = ranges[t]
-        acts[t] = act_spec(lo, hi, ls.abits, ls.act_mode, ls.s_max)
+        acts[t] = act_spec(lo, hi, ls.abits, ls.act_mode, ls.s_max, ls.register == "pow2")
         if t in fused:
             acts[fused[t]] = acts[t]
     # pass-through ops share their input's spec

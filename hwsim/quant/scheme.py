@@ -183,7 +183,8 @@ class ActSpec:
 
     ``mode`` ``static``: ``real = scale * (q - zero_point)``; ``dynamic``: per-sample scale
     from a range unit, zero point 0; ``shift``: per-sample ``scale * 2^k``, ``k`` in
-    ``[0, s_max]``, zero point 0. ``fmt`` is the integer format of ``q``.
+    ``[0, s_max]``, zero point 0. ``fmt`` is the integer format of ``q``. ``pow2``: every scale
+    of the tensor is a power of two (for ``pow2`` registers; dynamic scales are rounded up).
     """
 
     mode: str
@@ -191,15 +192,17 @@ class ActSpec:
     scale: float = 1.0
     zero_point: int = 0
     s_max: int = 0
+    pow2: bool = False
 
     def as_dict(self) -> dict:
         return {"mode": self.mode, "bits": self.fmt.bits, "signed": self.fmt.signed,
-                "scale": self.scale, "zero_point": self.zero_point, "s_max": self.s_max}
+                "scale": self.scale, "zero_point": self.zero_point, "s_max": self.s_max,
+                "pow2": self.pow2}
 
     @classmethod
     def from_dict(cls, d: dict) -> ActSpec:
         return cls(d["mode"], IntFormat(d["bits"], d["signed"]), float(d["scale"]),
-                   int(d["zero_point"]), int(d["s_max"]))
+                   int(d["zero_point"]), int(d["s_max"]), bool(d.get("pow2", False)))
 
 
 @dataclass(frozen=True)

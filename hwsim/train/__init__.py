@@ -1,0 +1,11 @@
+"""PyTorch training code for the shipped float models: an optional extra.
+
+This subpackage needs PyTorch (``pip install torch==2.13.0``); the rest of hwsim does not, and
+hwsim's core never imports ``hwsim.train``. Importing ``hwsim.train`` itself does not import torch
+either: torch is imported when :mod:`hwsim.train.archs` or :mod:`hwsim.train.fit` is imported.
+
+* :mod:`hwsim.train.archs` -- the model builders, selected by name (``build("mlp")``).
+* :mod:`hwsim.train.fit` -- deterministic training (``train``) and ONNX export (``export_onnx``).
+
+``models/train.py`` at the repository root uses both to produce ``models/*.onnx``.
+"""
