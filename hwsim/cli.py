@@ -16,7 +16,7 @@ def main() -> None:
     """hwsim: bit-exact quantized inference on emulated integer hardware."""
 
 
-@main.command()
+@main.command("datapath")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the demo layer.")
 @click.option("--batch", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option(
@@ -39,8 +39,8 @@ def main() -> None:
     type=click.Path(dir_okay=False, writable=True),
     help="Also write the results as JSON (atomically).",
 )
-def demo(seed: int, batch: int, acc_bits: int, tile_rows: int, json_path: str | None) -> None:
-    """Run one conv layer on several accumulator and scale-register designs."""
+def datapath(seed: int, batch: int, acc_bits: int, tile_rows: int, json_path: str | None) -> None:
+    """Datapath demo: one conv layer on several accumulator and scale-register designs."""
     from hwsim.demo import run_demo
 
     res = run_demo(seed=seed, batch=batch, acc_bits=acc_bits, tile_rows=tile_rows)
@@ -70,6 +70,217 @@ def demo(seed: int, batch: int, acc_bits: int, tile_rows: int, json_path: str | 
     if json_path:
         atomic_write_text(json_path, json.dumps(res, indent=2) + "\n")
         click.echo(f"\nwrote {json_path}")
+
+
+
+# ------------------------------------------------------------------------------------------------
+# network commands
+# ------------------------------------------------------------------------------------------------
+class HwsimError(click.ClickException):
+    """A user-facing error: printed as 'Error: ...' with exit code 1, no traceback."""
+
+
+def _guard(fn):
+    """Turn hwsim's input errors into clean CLI errors."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        from hwsim.data import DataError
+        from hwsim.graph import ImportError_
+        from hwsim.quant import SchemeError
+
+        try:
+            return fn(*a, **kw)
+        except (DataError, ImportError_, SchemeError, FileNotFoundError) as e:
+            raise HwsimError(str(e)) from None
+        except ValueError as e:
+            raise HwsimError(f"{type(e).__name__}: {e}") from None
+
+    return wrapper
+
+
+def _bits_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        out = tuple(int(v) for v in str(value).split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    for b in out:
+        if not 2 <= b <= 16:
+            raise click.BadParameter(f"bit widths must be in [2, 16], got {b}")
+    return out
+
+
+def _scheme_options(f):
+    from hwsim.numerics import Overflow, RoundingMode, ScaleKind
+    from hwsim.quant.scheme import CALIB_METHODS, GRANULARITIES, WEIGHT_MODES
+
+    opts = [
+        click.option("--acc-bits", type=click.IntRange(8, 64), default=32, show_default=True,
+                     help="Accumulator width (bits)."),
+        click.option("--overflow", type=click.Choice([o.value for o in Overflow]),
+                     default="wrap", show_default=True, help="Accumulator overflow mode."),
+        click.option("--register", type=click.Choice([k.value for k in ScaleKind]),
+                     default="ort", show_default=True,
+                     help="Requantization semantics (scale register)."),
+        click.option("--rounding", type=click.Choice([m.value for m in RoundingMode]),
+                     default="half_away", show_default=True, help="pow2 register rounding."),
+        click.option("--weight-mode", type=click.Choice(WEIGHT_MODES), default="symmetric",
+                     show_default=True),
+        click.option("--granularity", type=click.Choice(GRANULARITIES), default=None,
+                     help="Override the scheme's weight granularity."),
+        click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax",
+                     show_default=True, help="Static activation range method."),
+        click.option("--percentile", type=float, default=99.99, show_default=True),
+        click.option("--s-max", type=click.IntRange(0, 16), default=4, show_default=True,
+                     help="Largest per-sample shift (per-sample-shift scheme)."),
+        click.option("--first-last-bits", type=click.IntRange(2, 16), default=None,
+                     help="Weight/input width of the first and last layers."),
+        click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=256,
+                     show_default=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _scheme_kw(kw: dict) -> dict:
+    out = dict(acc_bits=kw.pop("acc_bits"), overflow=kw.pop("overflow"),
+               register=kw.pop("register"), rounding=kw.pop("rounding"),
+               weight_mode=kw.pop("weight_mode"), calib=kw.pop("calib_method"),
+               percentile=kw.pop("percentile"), s_max=kw.pop("s_max"),
+               first_last_bits=kw.pop("first_last_bits"))
+    g = kw.pop("granularity")
+    if g is not None:
+        out["granularity"] = g
+    return out
+
+
+SCHEMES_HELP = "per-tensor, per-channel, per-sample, per-sample-shift, data-free"
+
+
+@main.command()
+@click.option("--model", default="rescnn", show_default=True, help="Shipped model or ONNX path.")
+@click.option("--data", default="digits", show_default=True)
+@click.option("--calib", default="digits-train", show_default=True)
+@click.option("--wbits", default="8,4", callback=_bits_list, show_default=True)
+@click.option("--abits", default="8,4", callback=_bits_list, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@_guard
+def demo(model, data, calib, wbits, abits, json_path):
+    """The main job: the shipped CNN on digits, four schemes, float vs integer."""
+    from hwsim import api
+
+    schemes = ("per-tensor", "per-channel", "per-sample", "per-sample-shift")
+    click.echo(f"hwsim demo: {model} on {data} (calibrated on {calib}); per-tensor / "
+               "per-channel / per-sample / per-sample-shift (S_max=4) quantization, int32 "
+               "wrapping accumulators, ort scale registers\n")
+    rows = []
+    for wb, ab in zip(wbits, abits, strict=False) if len(wbits) == len(abits) else [
+            (w, a) for w in wbits for a in abits]:
+        rows += api.compare(model, data, schemes, (wb,), (ab,), calib=calib, report=None)
+    click.echo(api.compare_table(rows))
+    if json_path:
+        atomic_write_text(json_path, json.dumps({"model": model, "data": data, "calib": calib,
+                                                 "rows": rows}, indent=2, default=str) + "\n")
+        click.echo(f"\nwrote {json_path}")
+
+
+@main.command("quantize")
+@click.argument("model")
+@click.option("--scheme", default="per-tensor", show_default=True, help=SCHEMES_HELP)
+@click.option("--wbits", type=click.IntRange(2, 16), default=8, show_default=True)
+@click.option("--abits", type=click.IntRange(2, 16), default=8, show_default=True)
+@click.option("--calib", default=None, help="Calibration data: built-in name or .npz.")
+@click.option("--input-range", default=None, help="LO,HI of the input (data-free scheme).")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False))
+@_scheme_options
+@_guard
+def quantize_cmd(model, scheme, wbits, abits, calib, input_range, out, **kw):
+    """Quantize a float ONNX MODEL with a scheme and write the quantized ONNX file."""
+    from hwsim import api
+
+    batch = kw.pop("batch_size")
+    skw = _scheme_kw(kw)
+    rng = None
+    if input_range:
+        try:
+            lo, hi = (float(v) for v in input_range.split(","))
+        except ValueError:
+            raise click.BadParameter("--input-range must be LO,HI") from None
+        rng = (lo, hi)
+    program = api.quantize_model(model, scheme, calib=calib, out=out, input_range=rng,
+                                 batch_size=batch, wbits=wbits, abits=abits, **skw)
+    n = sum(1 for nd in program.graph.nodes if nd.wq is not None)
+    click.echo(f"quantized {n} layers of {model} ({scheme}, W{wbits}A{abits}, "
+               f"acc {skw['acc_bits']}-bit {skw['overflow']}, {skw['register']}) -> {out}")
+
+
+@main.command("run")
+@click.argument("model")
+@click.option("--data", required=True, help="Built-in data set name or .npz with x (and y).")
+@click.option("--report", type=click.Path(dir_okay=False), default=None, help="JSON report.")
+@click.option("--save-outputs", type=click.Path(dir_okay=False), default=None,
+              help="Write the model's final outputs (.npz, float32, under the output name).")
+@click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
+@_guard
+def run_cmd(model, data, report, save_outputs, batch_size, progress):
+    """Run a quantized MODEL (hwsim, QDQ or QOperator ONNX) on DATA; float vs integer."""
+    import sys
+
+    from hwsim import api
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    rep = api.run(model, data, batch_size=batch_size, report=report, save_outputs=save_outputs,
+                  progress=progress)
+    click.echo(rep.table())
+    for path in (report, save_outputs):
+        if path:
+            click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--data", required=True)
+@click.option("--calib", default=None, help="Calibration data (default: DATA itself).")
+@click.option("--schemes", default="per-tensor,per-channel,per-sample,per-sample-shift",
+              show_default=True, help=SCHEMES_HELP)
+@click.option("--wbits", default="8,6,4", callback=_bits_list, show_default=True)
+@click.option("--abits", default="8", callback=_bits_list, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG plot path.")
+@_scheme_options
+@_guard
+def compare(model, data, calib, schemes, wbits, abits, json_path, plot, **kw):
+    """Sweep schemes x bit widths on a float MODEL: table, JSON, plot."""
+    from hwsim import api
+
+    batch = kw.pop("batch_size")
+    skw = _scheme_kw(kw)
+    fl = skw.pop("first_last_bits")
+    names = tuple(s.strip() for s in schemes.split(",") if s.strip())
+    rows = api.compare(model, data, names, wbits, abits, calib=calib, report=json_path,
+                       plot=plot, batch_size=batch, first_last_bits=fl, **skw)
+    click.echo(api.compare_table(rows))
+    if calib is None:
+        click.echo("note: calibrated on the evaluation data itself (pass --calib to separate)")
+    for path in (json_path, plot):
+        if path:
+            click.echo(f"wrote {path}")
+
+
+@main.command()
+def models():
+    """List the shipped models."""
+    from hwsim import api
+
+    for m in api.shipped_models():
+        click.echo(f"{m['name']:<8} {m['file']:<12} float top-1 {100 * m['float_accuracy']:.2f}% "
+                   f"on {m['dataset']}  {m['params']} params  {m['description']}")
 
 
 if __name__ == "__main__":

@@ -501,9 +501,9 @@ class IntegerExecutor:
         arrays otherwise); with ``keep_all=False`` only the output is kept."""
         g = self.g
         spec = self._spec(g.input)
-        if spec is None:
-            raise ValueError(f"{g.source}: the input {g.input!r} has no quantization spec")
-        env = {g.input: quantize_input(np.asarray(x, np.float32), spec)}
+        x = np.asarray(x, np.float32)
+        # an unquantized input stays float until the first QuantizeLinear (as in QDQ models)
+        env = {g.input: quantize_input(x, spec) if spec is not None else x}
         last_use = {}
         for i, n in enumerate(g.nodes):
             for t in n.inputs:

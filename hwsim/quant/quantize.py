@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 from hwsim.data import Dataset
-from hwsim.execute import run_float
 from hwsim.graph.ir import MAC_OPS, Graph, Node, Op, WeightQuant
 from hwsim.numerics import IntFormat, as_kind, as_mode
 from hwsim.quant.scheme import ActSpec, LayerScheme, LayerSpec, QuantProgram, Scheme, SchemeError
@@ -194,6 +193,8 @@ def _act_spec(lo: float, hi: float, bits: int, mode: str, s_max: int) -> ActSpec
 def quantize(graph: Graph, scheme: Scheme, calib: Dataset | None = None,
              batch_size: int = 256, input_range=None, progress=None) -> QuantProgram:
     """Quantize ``graph`` with ``scheme``; ``calib`` is needed for ``static`` and ``shift``."""
+    from hwsim.execute import run_float  # the float executor calibrates (late: no cycle)
+
     if graph.quantized:
         raise SchemeError(f"{graph.source}: the model is already quantized; run it directly")
     macs = [n for n in graph.nodes if n.op in MAC_OPS]

@@ -1,0 +1,257 @@
+"""The Python API: one call per CLI command.
+
+* :func:`quantize_model` -- float ONNX + scheme (+ calibration data) -> QuantProgram (and file);
+* :func:`run` -- a quantized model (hwsim, QDQ or QOperator ONNX) on a data set -> RunReport;
+* :func:`compare` -- a sweep of schemes x widths on one float model -> rows, table, plot;
+* :func:`demo` -- the shipped default model, four schemes, one table.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hwsim.data import Dataset, load_data
+from hwsim.execute import IntegerExecutor, QTensor, run_float
+from hwsim.graph import import_model, is_qoperator, load_onnx
+from hwsim.graph.ir import MAC_OPS, Graph
+from hwsim.quant import QuantProgram, Scheme, SchemeError, quantize
+from hwsim.quant.store import program_from_graph, save
+from hwsim.report import LayerRow, RunReport, compare_plot, compare_table, sqnr_db, write_npz
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL = "rescnn"
+DEFAULT_BATCH = 256
+
+
+def shipped_models() -> list[dict]:
+    """The shipped models' records (``models/models.json``)."""
+    import json
+
+    f = MODELS_DIR / "models.json"
+    if not f.is_file():
+        return []
+    return json.loads(f.read_text())
+
+
+def resolve_model(spec: str | os.PathLike) -> Path:
+    """A path, or the name of a shipped model (``mlp``, ``rescnn``)."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    for m in shipped_models():
+        if m["name"] == str(spec):
+            return MODELS_DIR / m["file"]
+    if p.suffix == ".onnx" or os.sep in str(spec):
+        return p  # let the importer report the missing file
+    names = ", ".join(m["name"] for m in shipped_models())
+    raise FileNotFoundError(f"no model file or shipped model named {spec!r} (shipped: {names})")
+
+
+def _data(data, input_shape) -> Dataset:
+    if isinstance(data, Dataset):
+        from hwsim.data import _check
+
+        x, _ = _check(data.name, data.x, data.y)
+        ds = data
+    else:
+        ds = load_data(data, input_shape)
+        return ds
+    got, want = ds.x.shape[1:], tuple(input_shape)
+    if len(got) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(
+            got, want, strict=True)):
+        from hwsim.data import DataError
+
+        raise DataError(f"{ds.name}: sample shape {got} does not match the model input {want}")
+    return ds
+
+
+def make_scheme(scheme: str = "per-tensor", **kw) -> Scheme:
+    """A named scheme (``hwsim.quant.PRESETS``) with LayerScheme fields ``kw``."""
+    return Scheme.preset(scheme, **kw)
+
+
+def quantize_model(model, scheme: Scheme | str = "per-tensor", calib=None, out=None,
+                   input_range=None, batch_size: int = DEFAULT_BATCH, **kw) -> QuantProgram:
+    """Quantize a float ONNX model; write it to ``out`` (ONNX, atomically) if given.
+
+    ``scheme`` is a Scheme or a preset name whose LayerScheme fields come from ``kw``
+    (``wbits``, ``abits``, ``acc_bits``, ``overflow``, ``register``, ...).
+    """
+    graph = import_model(resolve_model(model)) if not isinstance(model, Graph) else model
+    if isinstance(scheme, str):
+        scheme = make_scheme(scheme, **kw)
+    elif kw:
+        raise SchemeError("pass scheme settings either as a Scheme or as keywords, not both")
+    ds = _data(calib, graph.input_shape) if calib is not None else None
+    program = quantize(graph, scheme, ds, batch_size, input_range)
+    if out is not None:
+        save(program, out)
+    return program
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", leave=False, mininterval=0.5)
+
+
+def run_program(program: QuantProgram, ds: Dataset, batch_size: int = DEFAULT_BATCH,
+                progress: bool = False, with_float: bool = True, collect_outputs: bool = False):
+    """Run float and integer executors side by side in batches; returns (report, outputs)."""
+    t0 = time.perf_counter()
+    g = program.graph
+    ex = IntegerExecutor(program, track_partials=True)
+    sig: dict[str, float] = {}
+    noise: dict[str, float] = {}
+    int_pred, float_pred, outs = [], [], []
+    bar = _progress(len(ds), "hwsim run", progress)
+    for _, xb in ds.batches(batch_size):
+        env = ex.run(xb, keep_all=with_float)
+        y = ex.output(env)
+        int_pred.append(np.argmax(y.reshape(len(y), -1), axis=1))
+        if collect_outputs:
+            outs.append(y)
+        if with_float:
+            fenv = run_float(g, xb)
+            float_pred.append(np.argmax(fenv[g.output].reshape(len(y), -1), axis=1))
+            for n in g.nodes:
+                v = env.get(n.output)
+                if isinstance(v, QTensor):
+                    f = fenv[n.output].astype(np.float64)
+                    d = v.dequantize().astype(np.float64)
+                    sig[n.output] = sig.get(n.output, 0.0) + float(np.sum(f * f))
+                    noise[n.output] = noise.get(n.output, 0.0) + float(np.sum((f - d) ** 2))
+        del env
+        if bar is not None:
+            bar.update(len(xb))
+    if bar is not None:
+        bar.close()
+    ip = np.concatenate(int_pred)
+    fp = np.concatenate(float_pred) if float_pred else None
+    rep = RunReport(str(g.source), ds.name, len(ds), program.describe())
+    if ds.y is not None:
+        rep.int_accuracy = float(np.mean(ip == ds.y))
+        if fp is not None:
+            rep.float_accuracy = float(np.mean(fp == ds.y))
+    else:
+        rep.notes.append("the data has no labels ('y'): accuracy omitted, agreement only")
+    if fp is not None:
+        rep.agreement = float(np.mean(ip == fp))
+    for n in g.nodes:
+        st = ex.stats[n.name]
+        spec = program.acts.get(n.output)
+        act = "float" if spec is None else f"{spec.mode}/{'s' if spec.fmt.signed else 'u'}" \
+                                           f"{spec.fmt.bits}"
+        row = LayerRow(n.name, n.op.value, n.output, act, float_op=n.name in ex.float_ops)
+        if n.op in MAC_OPS:
+            c = st.counters
+            layer = program.layer(n.name)
+            row.macs = c.macs
+            row.overflow_events = c.overflow_events
+            row.outputs_overflowed = c.outputs_overflowed
+            row.acc_bits = layer.acc.bits
+            row.bits_needed = c.bits_needed
+            ext = [v for v in (c.partial_min, c.partial_max, c.final_min, c.final_max)
+                   if v is not None]
+            row.max_abs_acc = max((abs(v) for v in ext), default=None)
+            row.bias_overflows = st.bias_overflows
+            row.clamped = st.clamped
+        if n.output in sig:
+            row.sqnr_db = sqnr_db(sig[n.output], noise[n.output])
+        rep.layers.append(row)
+    if not with_float:
+        rep.notes.append("no float reference for this model (QOperator ops)")
+    rep.seconds = time.perf_counter() - t0
+    return rep, (np.concatenate(outs) if collect_outputs else None)
+
+
+def load_quantized(model) -> QuantProgram:
+    """An hwsim-quantized or QDQ ONNX model as a program (a float model is an error)."""
+    path = resolve_model(model)
+    graph = import_model(path)
+    if not graph.quantized:
+        raise SchemeError(f"{path}: a float model (no quantized weights); quantize it first "
+                          "with `hwsim quantize` (or use `hwsim compare` for a sweep)")
+    return program_from_graph(graph)
+
+
+def run(model, data, batch_size: int = DEFAULT_BATCH, report=None, save_outputs=None,
+        progress: bool = False) -> RunReport:
+    """Run a quantized model on ``data`` (name or .npz or Dataset) and report.
+
+    ``report``: JSON path (written atomically); ``save_outputs``: .npz path receiving the
+    model's final outputs (float32, as the model's last op produces them) under its output name.
+    """
+    if isinstance(model, QuantProgram):
+        program = model
+    else:
+        path = resolve_model(model)
+        onnx_model = load_onnx(path)
+        if is_qoperator(onnx_model):
+            from hwsim.execute import run_qoperator
+
+            return run_qoperator(onnx_model, str(path), data, batch_size, report, save_outputs,
+                                 progress)
+        program = load_quantized(path)
+    ds = _data(data, program.graph.input_shape)
+    rep, outs = run_program(program, ds, batch_size, progress,
+                            collect_outputs=save_outputs is not None)
+    if save_outputs is not None:
+        write_npz(save_outputs, {program.graph.meta.get("output_name", program.graph.output):
+                                 outs.astype(np.float32)})
+    if report is not None:
+        rep.write_json(report)
+    return rep
+
+
+def compare(model, data, schemes=("per-tensor", "per-channel", "per-sample",
+                                  "per-sample-shift"),
+            wbits=(8, 4), abits=(8,), calib=None, report=None, plot=None,
+            batch_size: int = DEFAULT_BATCH, progress: bool = False, **kw) -> list[dict]:
+    """Sweep schemes x weight bits x activation bits on a float model; one row per run.
+
+    ``calib`` defaults to ``data`` (say so in reports; pass a separate set to avoid it).
+    """
+    import json
+
+    from hwsim.io import atomic_write_text
+
+    path = resolve_model(model)
+    base = import_model(path)
+    ds = _data(data, base.input_shape)
+    cal = _data(calib, base.input_shape) if calib is not None else ds
+    rows = []
+    for scheme in schemes:
+        for wb in wbits:
+            for ab in abits:
+                graph = import_model(path)
+                sch = make_scheme(scheme, wbits=wb, abits=ab, **kw)
+                program = quantize(graph, sch, cal, batch_size)
+                rep, _ = run_program(program, ds, batch_size, progress)
+                rows.append({
+                    "scheme": scheme, "wbits": wb, "abits": ab,
+                    "float_accuracy": rep.float_accuracy, "int_accuracy": rep.int_accuracy,
+                    "agreement": rep.agreement,
+                    "overflow_events": sum(r.overflow_events for r in rep.layers),
+                    "min_sqnr_db": min((r.sqnr_db for r in rep.layers if r.sqnr_db is not None),
+                                       default=None),
+                    "settings": program.describe()["scheme"],
+                })
+    if report is not None:
+        doc = {"model": str(path), "data": ds.name,
+               "calib": cal.name if calib is not None else f"{ds.name} (same as data)",
+               "rows": rows}
+        atomic_write_text(report, json.dumps(doc, indent=2, default=str) + "\n")
+    if plot is not None:
+        compare_plot(rows, plot, f"{Path(path).stem} on {ds.name}")
+    return rows
+
+
+__all__ = ["compare", "compare_table", "load_quantized", "quantize_model", "run",
+           "run_program", "shipped_models"]

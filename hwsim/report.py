@@ -1,0 +1,180 @@
+"""Run reports: accuracy, agreement, per-layer error and datapath counters; table, JSON, plot.
+
+SQNR of a tensor is ``10 log10(sum f^2 / sum (f - d)^2)`` in dB over every element of the
+data set, ``f`` the float-run value and ``d`` the dequantized integer-run value (``inf`` when
+they are equal everywhere). Agreement is the fraction of samples whose integer-run argmax equals
+the float run's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwsim.io import atomic_write_bytes, atomic_write_text
+
+
+@dataclass
+class LayerRow:
+    name: str
+    op: str
+    output: str
+    act: str
+    macs: int = 0
+    sqnr_db: float | None = None
+    overflow_events: int = 0
+    outputs_overflowed: int = 0
+    acc_bits: int | None = None
+    bits_needed: int | None = None
+    max_abs_acc: int | None = None
+    bias_overflows: int = 0
+    clamped: int = 0
+    float_op: bool = False
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        if d["sqnr_db"] is not None and not math.isfinite(d["sqnr_db"]):
+            d["sqnr_db"] = "inf"
+        return d
+
+
+@dataclass
+class RunReport:
+    model: str
+    data: str
+    samples: int
+    settings: dict
+    float_accuracy: float | None = None
+    int_accuracy: float | None = None
+    agreement: float | None = None
+    layers: list[LayerRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "data": self.data,
+            "samples": self.samples,
+            "float_accuracy": self.float_accuracy,
+            "int_accuracy": self.int_accuracy,
+            "agreement": self.agreement,
+            "totals": {
+                "macs": sum(r.macs for r in self.layers),
+                "overflow_events": sum(r.overflow_events for r in self.layers),
+                "outputs_overflowed": sum(r.outputs_overflowed for r in self.layers),
+            },
+            "settings": self.settings,
+            "layers": [r.as_dict() for r in self.layers],
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def table(self) -> str:
+        """A human table: headline figures, then one row per layer."""
+        def pct(v):
+            return "n/a" if v is None else f"{100 * v:.2f}%"
+
+        sch = self.settings.get("scheme", {})
+        lines = [
+            f"model {self.model}  data {self.data} ({self.samples} samples)  "
+            f"scheme {sch.get('name', '?')}",
+            f"top-1 float {pct(self.float_accuracy)}  integer {pct(self.int_accuracy)}  "
+            f"agreement {pct(self.agreement)}",
+        ]
+        hdr = (f"{'layer':<28} {'op':<8} {'act':<14} {'MACs':>10} {'SQNR dB':>8} "
+               f"{'ovf':>6} {'acc':>4} {'need':>4}")
+        lines += [hdr, "-" * len(hdr)]
+        for r in self.layers:
+            sq = "" if r.sqnr_db is None else ("inf" if not math.isfinite(r.sqnr_db)
+                                               else f"{r.sqnr_db:.1f}")
+            lines.append(
+                f"{r.name[-28:]:<28} {r.op + ('*' if r.float_op else ''):<8} {r.act:<14} "
+                f"{r.macs:>10} {sq:>8} {r.overflow_events:>6} "
+                f"{'' if r.acc_bits is None else r.acc_bits:>4} "
+                f"{'' if r.bits_needed is None else r.bits_needed:>4}"
+            )
+        if any(r.float_op for r in self.layers):
+            lines.append("* run as float between DequantizeLinear and QuantizeLinear")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, json.dumps(self.as_dict(), indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    if noise == 0:
+        return math.inf
+    if signal == 0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays to an .npz atomically."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def compare_table(rows: list[dict]) -> str:
+    """The sweep table of ``hwsim compare``."""
+    hdr = f"{'scheme':<18} {'W':>3} {'A':>3} {'float':>8} {'integer':>8} {'agree':>8} {'ovf':>6}"
+    lines = [hdr, "-" * len(hdr)]
+    for r in rows:
+        def pct(v):
+            return "n/a" if v is None else f"{100 * v:.2f}"
+        lines.append(f"{r['scheme']:<18} {r['wbits']:>3} {r['abits']:>3} "
+                     f"{pct(r['float_accuracy']):>8} {pct(r['int_accuracy']):>8} "
+                     f"{pct(r['agreement']):>8} {r['overflow_events']:>6}")
+    return "\n".join(lines)
+
+
+def compare_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
+    """Accuracy (or agreement, without labels) vs weight bits, one line per scheme and
+    activation width; PNG written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "int_accuracy" if rows and rows[0]["int_accuracy"] is not None else "agreement"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["scheme"], r["abits"]), []).append(r)
+    for (scheme, abits), rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: r["wbits"])
+        ax.plot([r["wbits"] for r in rs], [100 * r[key] for r in rs], marker="o",
+                label=f"{scheme} A{abits}")
+    if rows and rows[0]["float_accuracy"] is not None and key == "int_accuracy":
+        ax.axhline(100 * rows[0]["float_accuracy"], color="k", ls="--", lw=1, label="float")
+    ax.set_xlabel("weight bits")
+    ax.set_ylabel("top-1 accuracy (%)" if key == "int_accuracy" else "agreement with float (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
