@@ -530,3 +530,120 @@ def conv_out_shape(node: Node, in_shape: tuple) -> tuple:
     ho = conv_output_size(in_shape[2], kh, a["strides"][0], pt, pb, a["dilations"][0])
     wo = conv_output_size(in_shape[3], kw, a["strides"][1], pl, pr, a["dilations"][1])
     return (in_shape[0], node.weight.shape[0], ho, wo)
+
+
+# --------------------------------------------------------------------------------------------
+# QOperator models: a node interpreter
+# --------------------------------------------------------------------------------------------
+_NP_FLOAT_OPS = ("Flatten", "Reshape", "Relu", "Cast", "Add", "Mul", "Sub", "Softmax",
+                 "MaxPool", "Identity", "Transpose", "Squeeze", "Unsqueeze", "Concat")
+
+
+def _onnx_np_op(node, a: dict, ins: list) -> np.ndarray:
+    """The few plain ONNX ops that sit between QOperator nodes, by their ONNX definition."""
+    from onnx import helper as oh
+
+    t = node.op_type
+    x = ins[0]
+    if t == "Flatten":
+        ax = int(a.get("axis", 1))
+        return x.reshape(int(np.prod(x.shape[:ax])), -1)
+    if t == "Reshape":
+        shape = [x.shape[i] if (s == 0 and not a.get("allowzero", 0)) else int(s)
+                 for i, s in enumerate(ins[1])]
+        return x.reshape(shape)
+    if t == "Relu":
+        return np.maximum(x, 0).astype(x.dtype)
+    if t == "Cast":
+        return x.astype(oh.tensor_dtype_to_np_dtype(a["to"]))
+    if t in ("Add", "Mul", "Sub"):
+        f = {"Add": np.add, "Mul": np.multiply, "Sub": np.subtract}[t]
+        return f(ins[0], ins[1]).astype(np.result_type(ins[0], ins[1]))
+    if t == "Softmax":
+        ax = int(a.get("axis", -1))
+        e = np.exp(x - x.max(axis=ax, keepdims=True))
+        return (e / e.sum(axis=ax, keepdims=True)).astype(x.dtype)
+    if t == "MaxPool":
+        pads = tuple(a.get("pads", (0, 0, 0, 0)))
+        lo = np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.integer) else -np.inf
+        return _windows(_pad(x, pads, lo), tuple(a["kernel_shape"]),
+                        tuple(a.get("strides", (1, 1)))).max(axis=(-1, -2))
+    if t == "Identity":
+        return x
+    if t == "Transpose":
+        return np.transpose(x, a.get("perm"))
+    if t == "Squeeze":
+        axes = tuple(int(v) for v in ins[1]) if len(ins) > 1 and ins[1] is not None else None
+        return np.squeeze(x, axis=axes)
+    if t == "Unsqueeze":
+        return np.expand_dims(x, tuple(int(v) for v in ins[1]))
+    if t == "Concat":
+        return np.concatenate(ins, axis=int(a["axis"]))
+    raise ValueError(t)
+
+
+def run_qoperator_batch(model, x: np.ndarray, source: str = "<model>") -> np.ndarray:
+    """Run a QOperator ONNX model on one batch, node by node: quantized ops by
+    :func:`hwsim.qops.run_node` (the datapath underneath), plain ops by their ONNX definition."""
+    from onnx import helper as oh
+    from onnx import numpy_helper
+
+    from hwsim import qops
+
+    g = model.graph
+    env = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    inits = set(env)
+    inputs = [i for i in g.input if i.name not in inits]
+    if len(inputs) != 1 or len(g.output) != 1:
+        raise ValueError(f"{source}: hwsim runs single-input single-output models")
+    env[inputs[0].name] = np.asarray(x, np.float32)
+    supported = {op for _, op in qops.SUPPORTED}
+    for node in g.node:
+        a = {at.name: oh.get_attribute_value(at) for at in node.attribute}
+        if node.op_type == "Constant":
+            env[node.output[0]] = numpy_helper.to_array(a["value"])
+            continue
+        ins = [env[t] if t else None for t in node.input]
+        if node.op_type in supported:
+            outs = qops.run_node(node.op_type, node.domain, a, ins)
+        elif node.domain in ("", "ai.onnx") and node.op_type in _NP_FLOAT_OPS:
+            outs = [_onnx_np_op(node, a, ins)]
+        else:
+            raise ValueError(
+                f"{source}: node {node.name!r} ({node.domain + '.' if node.domain else ''}"
+                f"{node.op_type}) is not supported in QOperator models; supported: "
+                f"{', '.join(sorted(supported | set(_NP_FLOAT_OPS)))}")
+        for name, v in zip(node.output, outs, strict=False):
+            if name:
+                env[name] = v
+    return np.asarray(env[g.output[0].name])
+
+
+def run_qoperator(model, source: str, data, batch_size: int, report, save_outputs, progress):
+    """``hwsim run`` of a QOperator model: integer outputs and accuracy (no float reference)."""
+    import time
+
+    from hwsim.data import load_data
+    from hwsim.report import RunReport, write_npz
+
+    t0 = time.perf_counter()
+    inp = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    dims = inp[0].type.tensor_type.shape.dim
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)[1:]
+    ds = load_data(data, shape) if not hasattr(data, "x") else data
+    outs = [run_qoperator_batch(model, xb, source) for _, xb in ds.batches(batch_size)]
+    y = np.concatenate(outs)
+    rep = RunReport(source, ds.name, len(ds), {"scheme": {"name": "qoperator"}})
+    pred = np.argmax(y.reshape(len(y), -1), axis=1)
+    if ds.y is not None:
+        rep.int_accuracy = float(np.mean(pred == ds.y))
+    else:
+        rep.notes.append("the data has no labels ('y'): accuracy omitted")
+    rep.notes.append("QOperator model: run node by node (hwsim.qops); no float reference, "
+                     "no per-layer table")
+    rep.seconds = time.perf_counter() - t0
+    if save_outputs is not None:
+        write_npz(save_outputs, {model.graph.output[0].name: y})
+    if report is not None:
+        rep.write_json(report)
+    return rep

@@ -1,0 +1,180 @@
+"""The integer executor against a plain-Python-int reference of the same program, and the float
+executor against onnxruntime."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from hwsim.data import Dataset, load_data
+from hwsim.datapath import Accumulator
+from hwsim.datapath import reference as dref
+from hwsim.execute import IntegerExecutor, run_float
+from hwsim.graph import import_model
+from hwsim.numerics import Overflow
+from hwsim.numerics import reference as nref
+from hwsim.quant import Scheme, quantize
+
+MODELS = ["models/mlp.onnx", "models/rescnn.onnx"]
+
+
+def _mlp_model(seed: int, k: int, h: int, o: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 0.5, (h, k)).astype(np.float32)
+    b1 = rng.normal(0, 0.2, h).astype(np.float32)
+    w2 = rng.normal(0, 0.5, (o, h)).astype(np.float32)
+    b2 = rng.normal(0, 0.2, o).astype(np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1),
+    ]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"),
+                                                          (b2, "b2"))]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                          ["N", k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", o])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _ref_quantize_linear(x: float, scale: float, zp: int, bits: int, signed: bool) -> int:
+    q = np.float32(x) / np.float32(scale)  # float32 division, as QuantizeLinear
+    return nref.saturate(int(np.rint(q)) + zp, bits, signed)
+
+
+def _ref_register(kind: str, acc: int, sx, sw, sy, rounding: str) -> int:
+    real = float(np.float64(np.float32(sx)) * np.float64(np.float32(sw))
+                 / np.float64(np.float32(sy)))
+    if kind == "ort":
+        return nref.ort_requantize(acc, nref.ort_combined_scale(float(sx), float(sw), float(sy)))
+    if kind == "pow2":
+        shift = int(np.round(-np.log2(real)))
+        return nref.pow2_requantize(acc, shift, rounding)
+    m, s = nref.quantize_multiplier(real, kind == "tflite-single")
+    return nref.multiply_by_quantized_multiplier(acc, m, s, "single" if kind == "tflite-single"
+                                                 else "double")
+
+
+def _ref_dense(xq, x_spec, node, out_spec, acc: Accumulator, kind, rounding):
+    """Plain-int reference of one quantized dense layer (executor contract, module docstring)."""
+    wq = node.wq
+    W = wq.q.T.tolist()  # (K, O)
+    zw = np.broadcast_to(wq.zero_point, (wq.q.shape[0],)).tolist()
+    vals, _ = dref.gemm(xq, W, x_spec.zero_point, [int(v) for v in zw], acc, len(zw))
+    sw = np.broadcast_to(wq.scale, (wq.q.shape[0],))
+    out = []
+    for row in vals:
+        r = []
+        for o, a in enumerate(row):
+            b = node.bias[o]
+            bq = int(np.rint(float(b) / (float(np.float32(x_spec.scale)) * float(sw[o]))))
+            lo, hi = nref.format_range(acc.bits, True)
+            bq = min(max(bq, lo), hi)
+            t = a + bq
+            t = nref.wrap(t, acc.bits, True) if acc.overflow is Overflow.WRAP else nref.saturate(
+                t, acc.bits, True)
+            y = _ref_register(kind, t, x_spec.scale, sw[o], out_spec.scale, rounding)
+            r.append(nref.saturate(y + out_spec.zero_point, out_spec.fmt.bits,
+                                   out_spec.fmt.signed))
+        out.append(r)
+    return out
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(1, 4),
+    k=st.integers(1, 12),
+    wbits=st.integers(2, 8),
+    abits=st.integers(2, 8),
+    acc_bits=st.integers(10, 32),
+    overflow=st.sampled_from(["wrap", "saturate"]),
+    register=st.sampled_from(["ort", "tflite", "tflite-single", "pow2"]),
+    granularity=st.sampled_from(["tensor", "channel"]),
+    weight_mode=st.sampled_from(["symmetric", "symmetric-full", "asymmetric"]),
+)
+def test_integer_executor_matches_plain_int_reference(seed, n, k, wbits, abits, acc_bits,
+                                                       overflow, register, granularity,
+                                                       weight_mode):
+    model = _mlp_model(seed, k, 5, 3)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.normal(0, 1, (max(n, 8), k)).astype(np.float32)
+    calib = Dataset("calib", x, None)
+    scheme = Scheme.preset("per-tensor", wbits=wbits, abits=abits, acc_bits=acc_bits,
+                           overflow=overflow, register=register, granularity=granularity,
+                           weight_mode=weight_mode)
+    program = quantize(import_model(model), scheme, calib)
+    ex = IntegerExecutor(program)
+    env = ex.run(x[:n])
+    g = program.graph
+    fc1, _, fc2 = g.nodes
+    xs = program.acts["x"]
+    xq = [[_ref_quantize_linear(v, xs.scale, xs.zero_point, xs.fmt.bits, xs.fmt.signed)
+           for v in row] for row in x[:n].tolist()]
+    assert env["x"].q.tolist() == xq
+    hs = program.acts["h"]
+    ls = program.layer("fc1")
+    h = _ref_dense(xq, xs, fc1, hs, ls.acc, register, ls.rounding.value)
+    assert env["h"].q.tolist() == h
+    # relu is fused into fc1's requantization: unsigned output, so relu is the identity
+    assert env["r"].q.tolist() == [[max(v, hs.zero_point) for v in row] for row in h]
+    ys = program.acts["y"]
+    y = _ref_dense(env["r"].q.tolist(), hs, fc2, ys, program.layer("fc2").acc, register,
+                   ls.rounding.value)
+    assert env["y"].q.tolist() == y
+
+
+@pytest.mark.parametrize("path", MODELS)
+def test_float_executor_matches_onnxruntime(path):
+    d = load_data("digits")
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"input": d.x})[0]
+    g = import_model(path)
+    got = run_float(g, d.x)[g.output]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(got.argmax(1), want.argmax(1))
+
+
+def test_per_sample_shift_scales_are_powers_of_two_of_the_base():
+    d = load_data("digits")
+    g = import_model("models/mlp.onnx")
+    program = quantize(g, Scheme.preset("per-sample-shift", s_max=3), load_data("digits-train"))
+    env = IntegerExecutor(program).run(d.x[:64])
+    for name, spec in program.acts.items():
+        if spec.mode != "shift" or name not in env:
+            continue
+        k = np.log2(env[name].scale.astype(np.float64) / np.float64(np.float32(spec.scale)))
+        assert np.all(k == np.round(k)) and k.min() >= 0 and k.max() <= 3
+
+
+def test_shift_choice_is_smallest_that_fits():
+    from hwsim.execute import sample_scale
+    from hwsim.numerics import IntFormat
+    from hwsim.quant.scheme import ActSpec
+
+    spec = ActSpec("shift", IntFormat(8, True), 1.0, 0, 4)
+    absmax = np.array([0.0, 127.0, 127.5, 254.0, 254.01, 5000.0])
+    assert sample_scale(spec, absmax).tolist() == [1, 1, 2, 2, 4, 16]
+
+
+def test_dynamic_scale_per_sample():
+    from hwsim.execute import sample_scale
+    from hwsim.numerics import IntFormat
+    from hwsim.quant.scheme import ActSpec
+
+    spec = ActSpec("dynamic", IntFormat(4, False))
+    got = sample_scale(spec, np.array([15.0, 0.0, 1.5]))
+    assert got.dtype == np.float32
+    assert got.tolist() == [1.0, 1.0, float(np.float32(0.1))]  # qmax = 15; empty range -> 1
+
+
+def test_fraction_reference_helpers_agree():
+    # guard: the reference ort scale is exactly the float32 QLinearConv computes
+    assert nref.ort_combined_scale(0.1, 0.2, 0.3) == Fraction(
+        float((np.float32(0.1) * np.float32(0.2)) / np.float32(0.3)))
