@@ -110,6 +110,16 @@ def run_program(program: QuantProgram, ds: Dataset, batch_size: int = DEFAULT_BA
     sig: dict[str, float] = {}
     noise: dict[str, float] = {}
     int_pred, float_pred, outs = [], [], []
+    # a layer whose ReLU/Clip is fused into its requantization is compared after that activation
+    from hwsim.graph.ir import Op
+
+    cons = g.consumers()
+    compare_to = {}
+    for n in g.nodes:
+        c = cons.get(n.output, [])
+        if len(c) == 1 and c[0].op in (Op.RELU, Op.CLIP) and n.output in program.acts \
+                and program.acts.get(c[0].output) == program.acts[n.output]:
+            compare_to[n.output] = c[0].output
     bar = _progress(len(ds), "hwsim run", progress)
     for _, xb in ds.batches(batch_size):
         env = ex.run(xb, keep_all=with_float)
@@ -123,7 +133,7 @@ def run_program(program: QuantProgram, ds: Dataset, batch_size: int = DEFAULT_BA
             for n in g.nodes:
                 v = env.get(n.output)
                 if isinstance(v, QTensor):
-                    f = fenv[n.output].astype(np.float64)
+                    f = fenv[compare_to.get(n.output, n.output)].astype(np.float64)
                     d = v.dequantize().astype(np.float64)
                     sig[n.output] = sig.get(n.output, 0.0) + float(np.sum(f * f))
                     noise[n.output] = noise.get(n.output, 0.0) + float(np.sum((f - d) ** 2))

@@ -149,7 +149,7 @@ def _scheme_options(f):
 def _scheme_kw(kw: dict) -> dict:
     out = dict(acc_bits=kw.pop("acc_bits"), overflow=kw.pop("overflow"),
                register=kw.pop("register"), rounding=kw.pop("rounding"),
-               weight_mode=kw.pop("weight_mode"), calib=kw.pop("calib_method"),
+               weight_mode=kw.pop("weight_mode"), calib_method=kw.pop("calib_method"),
                percentile=kw.pop("percentile"), s_max=kw.pop("s_max"),
                first_last_bits=kw.pop("first_last_bits"))
     g = kw.pop("granularity")

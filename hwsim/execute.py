@@ -240,6 +240,16 @@ class LayerStats:
         self.outputs += outputs
 
 
+def _ort_holder(*fmts: IntFormat):
+    """The 8-bit numpy type onnxruntime's QLinear kernels take for these formats (all signed or
+    all unsigned, at most 8 bits), else None (then hwsim's generic contract applies)."""
+    if all(f.bits <= 8 and f.signed for f in fmts):
+        return np.int8
+    if all(f.bits <= 8 and not f.signed for f in fmts):
+        return np.uint8
+    return None
+
+
 def _register(kind: ScaleKind, real: np.ndarray, rounding, ort_scale=None) -> ScaleRegister:
     if kind is ScaleKind.ORT and ort_scale is not None:
         return ScaleRegister(kind, np.asarray(ort_scale, np.float32), np.zeros((), np.int64))
@@ -381,11 +391,15 @@ class IntegerExecutor:
             return v.reshape(v.shape[0], -1).max(axis=1)
 
         so = self._out_scale(spec, absmax)
+        holder = _ort_holder(a.fmt, b.fmt, spec.fmt)
         if layer.register is ScaleKind.ORT and np.ndim(a.scale) == 0 and np.ndim(b.scale) == 0 \
-                and so.ndim == 0:
+                and so.ndim == 0 and holder is not None:
             from hwsim import qops
-            y = qops.qlinear_add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point,
-                                 so, spec.zero_point, spec.fmt)
+
+            y = qops.qlinear_add(a.q.astype(holder), np.float32(a.scale), holder(a.zero_point),
+                                 b.q.astype(holder), np.float32(b.scale), holder(b.zero_point),
+                                 np.float32(so), holder(spec.zero_point))
+            y = saturate(np.asarray(y, np.int64), spec.fmt)  # narrower widths: clamp again
             return QTensor(np.asarray(y, np.int64), so, spec.zero_point, spec.fmt)
         L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))
         nd = a.q.ndim
@@ -418,11 +432,15 @@ class IntegerExecutor:
     def _avg(self, node: Node, x: QTensor, spec: ActSpec) -> QTensor:
         layer = self.p.layer(node.name)
         s, count = self._pool_sum(node, x)
+        holder = _ort_holder(x.fmt, spec.fmt)
         if layer.register is ScaleKind.ORT and node.op is Op.GAP and np.ndim(x.scale) == 0 \
-                and spec.mode == "static":
+                and spec.mode == "static" and holder is not None:
             from hwsim import qops
-            y = qops.qlinear_global_average_pool(x.q, x.scale, x.zero_point, spec.scale,
-                                                 spec.zero_point, spec.fmt)
+
+            y = qops.qlinear_global_average_pool(
+                x.q.astype(holder), np.float32(x.scale), holder(x.zero_point),
+                np.float32(spec.scale), holder(spec.zero_point))
+            y = saturate(np.asarray(y, np.int64), spec.fmt)
             return QTensor(np.asarray(y, np.int64), np.asarray(np.float32(spec.scale)),
                            spec.zero_point, spec.fmt)
         tmp = QTensor(s, x.scale, 0, x.fmt)

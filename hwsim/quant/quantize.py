@@ -110,7 +110,7 @@ class RangeCollector:
             med = float(np.median(np.concatenate(self.sample_max[t])))
             r = max(med, max(-lo, hi) / 2.0**ls.s_max)
             return (-r if lo < 0 else 0.0), r
-        if ls.calib == "percentile":
+        if ls.calib_method == "percentile":
             v = np.concatenate(self.samples[t])
             p = ls.percentile
             neg, pos = v[v < 0], v[v > 0]

@@ -18,7 +18,7 @@ or the output channel:
 
 Activation modes:
 
-* ``static`` -- per-tensor scale and zero point from calibration data (``calib = minmax`` or
+* ``static`` -- per-tensor scale and zero point from calibration data (``calib_method = minmax`` or
   ``percentile``: the range clipped at the ``percentile``-th percentile of ``|x|`` per sign);
 * ``data-free`` -- per-tensor, ranges without data: after a BatchNorm (folded into a conv) the
   ReLU output range is ``[0, max_c(beta_c + n*|gamma_c|)]`` with ``n = bn_sigmas``; elsewhere
@@ -82,7 +82,7 @@ class LayerScheme:
     granularity: str = "tensor"
     weight_mode: str = "symmetric"
     act_mode: str = "static"
-    calib: str = "minmax"
+    calib_method: str = "minmax"
     percentile: float = 99.99
     s_max: int = 4
     bn_sigmas: float = 6.0
@@ -101,7 +101,7 @@ class LayerScheme:
         _choice(self.granularity, GRANULARITIES, "granularity")
         _choice(self.weight_mode, WEIGHT_MODES, "weight_mode")
         _choice(self.act_mode, ACT_MODES, "act_mode")
-        _choice(self.calib, CALIB_METHODS, "calib")
+        _choice(self.calib_method, CALIB_METHODS, "calib_method")
         _choice(self.overflow, tuple(o.value for o in Overflow), "overflow")
         try:
             as_kind(self.register)
