@@ -213,8 +213,8 @@ def run(model, data, batch_size: int = DEFAULT_BATCH, report=None, save_outputs=
     rep, outs = run_program(program, ds, batch_size, progress,
                             collect_outputs=save_outputs is not None)
     if save_outputs is not None:
-        write_npz(save_outputs, {program.graph.meta.get("output_name", program.graph.output):
-                                 outs.astype(np.float32)})
+        g = program.graph
+        write_npz(save_outputs, {g.output_name or g.output: outs.astype(np.float32)})
     if report is not None:
         rep.write_json(report)
     return rep

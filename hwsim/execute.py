@@ -129,7 +129,19 @@ def float_op(node: Node, xs: list) -> np.ndarray:
         return (e / e.sum(axis=a["axis"], keepdims=True)).astype(np.float32)
     if op is Op.IDENTITY:
         return x
+    if op is Op.BATCHNORM:
+        return batchnorm_f32(x, a)
     raise ValueError(f"node {node.name!r}: no float implementation of {op}")
+
+
+def batchnorm_f32(x: np.ndarray, a: dict) -> np.ndarray:
+    """Inference BatchNormalization in float32 as onnxruntime's CPU kernel orders it:
+    ``k = gamma / sqrt(var + eps)``, ``c = beta - mean * k``, ``y = x * k + c``."""
+    f32 = np.float32
+    k = (a["gamma"] / np.sqrt(a["var"] + f32(a["epsilon"]))).astype(f32)
+    c = (a["beta"] - a["mean"] * k).astype(f32)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return (x * k.reshape(shape) + c.reshape(shape)).astype(f32)
 
 
 def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:

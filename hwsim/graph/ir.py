@@ -37,6 +37,7 @@ class Op(enum.Enum):
     CONCAT = "concat"
     SOFTMAX = "softmax"
     IDENTITY = "identity"
+    BATCHNORM = "batchnorm"  # only where it cannot fold: between Q/DQ pairs of a QDQ model
 
 
 MAC_OPS = (Op.CONV, Op.DENSE)
@@ -121,6 +122,8 @@ class Graph:
     nodes: list[Node]
     act_quant: dict[str, TensorQuant] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    output_name: str = ""
+    """The output's name in the ONNX file (``output`` may be an internal name behind a DQ)."""
 
     @property
     def quantized(self) -> bool:

@@ -285,6 +285,13 @@ class _Importer:
         if prev is None or prev.op is not Op.CONV or prev.output != x or self.uses.get(
             node.input[0], 0
         ) != 1 or prev.wq is not None:
+            if x in self.act_quant:  # a QDQ model quantized without BN folding: keep it
+                gamma, beta, mean, var = (self.const(node, t, n).astype(np.float32) for t, n in zip(
+                    node.input[1:5], ("scale", "B", "mean", "var"), strict=True))
+                self.add(node, Op.BATCHNORM, [x], {"gamma": gamma, "beta": beta, "mean": mean,
+                                                   "var": var,
+                                                   "epsilon": np.float32(a.get("epsilon", 1e-5))})
+                return
             self.fail(node, "BatchNormalization must directly follow a float Conv whose output it "
                             "alone consumes (it is folded into that Conv)")
         gamma, beta, mean, var = (self.const(node, t, n) for t, n in zip(
@@ -471,7 +478,7 @@ class _Importer:
                 raise ImportError_(f"{self.src}: metadata 'hwsim' is not valid JSON: {e}") from e
         name = self.model.graph.name or Path(self.src).stem
         return Graph(name, self.src, inputs[0].name, _shape(inputs[0])[1:], out, self.nodes,
-                     self.act_quant, meta)
+                     self.act_quant, meta, g.output[0].name)
 
 
 def _dequant(q, s, z, axis):

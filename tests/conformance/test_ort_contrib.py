@@ -328,6 +328,99 @@ def test_qgemm(types, case, kind):
     check("QGemm", inputs, attrs, const=("B", "b_scale", "b_zero_point"))
 
 
+# --- many parameter draws through one session: the rare float32 rounding differences ------------
+def _draw_scale(rng):
+    kind = rng.integers(3)
+    if kind == 0:
+        return np.float32(np.exp(rng.uniform(np.log(1e-3), np.log(1.0))))
+    if kind == 1:  # small odd multiples of powers of two: exact ratios, many ties
+        return np.float32(int(rng.choice([1, 3, 5, 7])) * 2.0 ** int(rng.integers(-10, -1)))
+    return np.float32(rng.choice([0.1, 0.3, 0.7, 0.05, 0.2, 0.9, 0.01, 0.03]))
+
+
+def _stress(op_type, draw, n, attrs=None, domain=MS):
+    """Compare ``n`` parameter draws ``draw(i) -> inputs`` through one ORT session (every
+    input a graph input); return the total number of differing elements."""
+    attrs = attrs or {}
+    first = draw(0)
+    got0 = qops.run_node(op_type, domain, attrs, [v for _, v in first])[0]
+    sess = _session(op_type, first, attrs, got0.dtype, domain)
+    bad = 0
+    for i in range(n):
+        inputs = first if i == 0 else draw(i)
+        got = qops.run_node(op_type, domain, attrs, [v for _, v in inputs])[0]
+        want = sess.run(None, {k: np.asarray(v) for k, v in inputs if v is not None})[0]
+        bad += _same(got, want)
+    return bad
+
+
+STRESS_BINARY = [((256,), (256,)), ((), (256,)), ((256,), ()), ((16, 1), (16, 16)),
+                 ((16, 16), (1, 16))]  # fmt: skip
+
+
+@pytest.mark.parametrize("op", ["QLinearAdd", "QLinearMul"])
+@pytest.mark.parametrize("dtype", INT8)
+@pytest.mark.parametrize("shapes", STRESS_BINARY, ids=str)
+def test_qlinear_binary_many_parameters(op, dtype, shapes):
+    rng = np.random.default_rng(len(shapes[0]) * 10 + len(shapes[1]) + (op == "QLinearMul"))
+    v = np.arange(np.iinfo(dtype).min, np.iinfo(dtype).max + 1).astype(dtype)
+
+    def values(shape):
+        return v.reshape(shape) if int(np.prod(shape)) == 256 else _q(rng, dtype, shape)
+
+    def draw(i):
+        return [("A", values(shapes[0])), ("A_scale", _draw_scale(rng)),
+                ("A_zero_point", _zp(rng, dtype, "random")), ("B", values(shapes[1])),
+                ("B_scale", _draw_scale(rng)), ("B_zero_point", _zp(rng, dtype, "random")),
+                ("C_scale", _draw_scale(rng)), ("C_zero_point", _zp(rng, dtype, "random"))]  # fmt: skip
+
+    assert _stress(op, draw, 400) == 0
+
+
+@pytest.mark.parametrize("dtype", INT8)
+def test_qlinear_global_average_pool_many_parameters(dtype):
+    rng = np.random.default_rng(7)
+
+    def draw(i):
+        ys = _draw_scale(rng)
+        xs = np.float32(ys * 49 * np.float32(rng.choice([0.5, 1.5, 0.37, 2.0, 0.1, 1 / 3])))
+        return [("X", _q(rng, dtype, (2, 32, 7, 7))), ("x_scale", xs),
+                ("x_zero_point", _zp(rng, dtype, "random")), ("y_scale", ys),
+                ("y_zero_point", _zp(rng, dtype, "random"))]  # fmt: skip
+
+    assert _stress("QLinearGlobalAveragePool", draw, 400) == 0
+
+
+@pytest.mark.parametrize("dtype", INT8)
+@pytest.mark.parametrize("op", ["QLinearLeakyRelu", "QLinearAveragePool"])
+def test_lookup_and_pool_many_parameters(dtype, op):
+    rng = np.random.default_rng(11 + (op == "QLinearAveragePool"))
+    v = np.arange(np.iinfo(dtype).min, np.iinfo(dtype).max + 1).astype(dtype).reshape(1, 4, 8, 8)
+    attrs = {"alpha": 0.1} if op == "QLinearLeakyRelu" else {
+        "kernel_shape": [2, 3], "pads": [1, 1, 0, 1], "strides": [1, 2]}
+
+    def draw(i):
+        return [("X", v), ("X_scale", _draw_scale(rng)), ("X_zero_point", _zp(rng, dtype, "random")),
+                ("Y_scale", _draw_scale(rng)), ("Y_zero_point", _zp(rng, dtype, "random"))]
+
+    assert _stress(op, draw, 400, attrs) == 0
+
+
+@pytest.mark.parametrize("dtype", INT8)
+def test_qgemm_many_parameters(dtype):
+    rng = np.random.default_rng(13)
+
+    def draw(i):
+        return [("A", _q(rng, dtype, (8, 40))), ("a_scale", _draw_scale(rng)),
+                ("a_zero_point", _zp(rng, dtype, "random")), ("B", _q(rng, np.int8, (40, 16))),
+                ("b_scale", np.array([_draw_scale(rng) for _ in range(16)], np.float32)),
+                ("b_zero_point", np.zeros(16, np.int8)),
+                ("C", rng.integers(-5000, 5000, 16).astype(np.int32)),
+                ("y_scale", _draw_scale(rng)), ("y_zero_point", _zp(rng, dtype, "random"))]  # fmt: skip
+
+    assert _stress("QGemm", draw, 200, {"alpha": 0.3}) == 0
+
+
 # --- QDQ chains as ORT optimises them ----------------------------------------------------------
 def _init(name, value):
     return numpy_helper.from_array(np.asarray(value), name)
