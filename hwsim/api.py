@@ -61,8 +61,9 @@ def _data(data, input_shape) -> Dataset:
         ds = load_data(data, input_shape)
         return ds
     got, want = ds.x.shape[1:], tuple(input_shape)
-    if len(got) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(
-            got, want, strict=True)):
+    if len(got) != len(want) or any(
+        isinstance(w, int) and w != g for w, g in zip(got, want, strict=True)
+    ):
         from hwsim.data import DataError
 
         raise DataError(f"{ds.name}: sample shape {got} does not match the model input {want}")
@@ -74,8 +75,15 @@ def make_scheme(scheme: str = "per-tensor", **kw) -> Scheme:
     return Scheme.preset(scheme, **kw)
 
 
-def quantize_model(model, scheme: Scheme | str = "per-tensor", calib=None, out=None,
-                   input_range=None, batch_size: int = DEFAULT_BATCH, **kw) -> QuantProgram:
+def quantize_model(
+    model,
+    scheme: Scheme | str = "per-tensor",
+    calib=None,
+    out=None,
+    input_range=None,
+    batch_size: int = DEFAULT_BATCH,
+    **kw,
+) -> QuantProgram:
     """Quantize a float ONNX model; write it to ``out`` (ONNX, atomically) if given.
 
     ``scheme`` is a Scheme or a preset name whose LayerScheme fields come from ``kw``
@@ -101,8 +109,14 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="sample", leave=False, mininterval=0.5)
 
 
-def run_program(program: QuantProgram, ds: Dataset, batch_size: int = DEFAULT_BATCH,
-                progress: bool = False, with_float: bool = True, collect_outputs: bool = False):
+def run_program(
+    program: QuantProgram,
+    ds: Dataset,
+    batch_size: int = DEFAULT_BATCH,
+    progress: bool = False,
+    with_float: bool = True,
+    collect_outputs: bool = False,
+):
     """Run float and integer executors side by side in batches; returns (report, outputs)."""
     t0 = time.perf_counter()
     g = program.graph
@@ -117,8 +131,12 @@ def run_program(program: QuantProgram, ds: Dataset, batch_size: int = DEFAULT_BA
     compare_to = {}
     for n in g.nodes:
         c = cons.get(n.output, [])
-        if len(c) == 1 and c[0].op in (Op.RELU, Op.CLIP) and n.output in program.acts \
-                and program.acts.get(c[0].output) == program.acts[n.output]:
+        if (
+            len(c) == 1
+            and c[0].op in (Op.RELU, Op.CLIP)
+            and n.output in program.acts
+            and program.acts.get(c[0].output) == program.acts[n.output]
+        ):
             compare_to[n.output] = c[0].output
     bar = _progress(len(ds), "hwsim run", progress)
     for _, xb in ds.batches(batch_size):
@@ -156,8 +174,11 @@ def run_program(program: QuantProgram, ds: Dataset, batch_size: int = DEFAULT_BA
     for n in g.nodes:
         st = ex.stats[n.name]
         spec = program.acts.get(n.output)
-        act = "float" if spec is None else f"{spec.mode}/{'s' if spec.fmt.signed else 'u'}" \
-                                           f"{spec.fmt.bits}"
+        act = (
+            "float"
+            if spec is None
+            else f"{spec.mode}/{'s' if spec.fmt.signed else 'u'}{spec.fmt.bits}"
+        )
         row = LayerRow(n.name, n.op.value, n.output, act, float_op=n.name in ex.float_ops)
         if n.op in MAC_OPS:
             c = st.counters
@@ -167,8 +188,9 @@ def run_program(program: QuantProgram, ds: Dataset, batch_size: int = DEFAULT_BA
             row.outputs_overflowed = c.outputs_overflowed
             row.acc_bits = layer.acc.bits
             row.bits_needed = c.bits_needed
-            ext = [v for v in (c.partial_min, c.partial_max, c.final_min, c.final_max)
-                   if v is not None]
+            ext = [
+                v for v in (c.partial_min, c.partial_max, c.final_min, c.final_max) if v is not None
+            ]
             row.max_abs_acc = max((abs(v) for v in ext), default=None)
             row.bias_overflows = st.bias_overflows
             row.clamped = st.clamped
@@ -181,18 +203,33 @@ def run_program(program: QuantProgram, ds: Dataset, batch_size: int = DEFAULT_BA
     return rep, (np.concatenate(outs) if collect_outputs else None)
 
 
+def _finite(v):
+    """JSON-safe float: inf/-inf become strings."""
+    if v is None or np.isfinite(v):
+        return v
+    return "inf" if v > 0 else "-inf"
+
+
 def load_quantized(model) -> QuantProgram:
     """An hwsim-quantized or QDQ ONNX model as a program (a float model is an error)."""
     path = resolve_model(model)
     graph = import_model(path)
     if not graph.quantized:
-        raise SchemeError(f"{path}: a float model (no quantized weights); quantize it first "
-                          "with `hwsim quantize` (or use `hwsim compare` for a sweep)")
+        raise SchemeError(
+            f"{path}: a float model (no quantized weights); quantize it first "
+            "with `hwsim quantize` (or use `hwsim compare` for a sweep)"
+        )
     return program_from_graph(graph)
 
 
-def run(model, data, batch_size: int = DEFAULT_BATCH, report=None, save_outputs=None,
-        progress: bool = False) -> RunReport:
+def run(
+    model,
+    data,
+    batch_size: int = DEFAULT_BATCH,
+    report=None,
+    save_outputs=None,
+    progress: bool = False,
+) -> RunReport:
     """Run a quantized model on ``data`` (name or .npz or Dataset) and report.
 
     ``report``: JSON path (written atomically); ``save_outputs``: .npz path receiving the
@@ -206,12 +243,14 @@ def run(model, data, batch_size: int = DEFAULT_BATCH, report=None, save_outputs=
         if is_qoperator(onnx_model):
             from hwsim.execute import run_qoperator
 
-            return run_qoperator(onnx_model, str(path), data, batch_size, report, save_outputs,
-                                 progress)
+            return run_qoperator(
+                onnx_model, str(path), data, batch_size, report, save_outputs, progress
+            )
         program = load_quantized(path)
     ds = _data(data, program.graph.input_shape)
-    rep, outs = run_program(program, ds, batch_size, progress,
-                            collect_outputs=save_outputs is not None)
+    rep, outs = run_program(
+        program, ds, batch_size, progress, collect_outputs=save_outputs is not None
+    )
     if save_outputs is not None:
         g = program.graph
         write_npz(save_outputs, {g.output_name or g.output: outs.astype(np.float32)})
@@ -220,10 +259,19 @@ def run(model, data, batch_size: int = DEFAULT_BATCH, report=None, save_outputs=
     return rep
 
 
-def compare(model, data, schemes=("per-tensor", "per-channel", "per-sample",
-                                  "per-sample-shift"),
-            wbits=(8, 4), abits=(8,), calib=None, report=None, plot=None,
-            batch_size: int = DEFAULT_BATCH, progress: bool = False, **kw) -> list[dict]:
+def compare(
+    model,
+    data,
+    schemes=("per-tensor", "per-channel", "per-sample", "per-sample-shift"),
+    wbits=(8, 4),
+    abits=(8,),
+    calib=None,
+    report=None,
+    plot=None,
+    batch_size: int = DEFAULT_BATCH,
+    progress: bool = False,
+    **kw,
+) -> list[dict]:
     """Sweep schemes x weight bits x activation bits on a float model; one row per run.
 
     ``calib`` defaults to ``data`` (say so in reports; pass a separate set to avoid it).
@@ -244,24 +292,43 @@ def compare(model, data, schemes=("per-tensor", "per-channel", "per-sample",
                 sch = make_scheme(scheme, wbits=wb, abits=ab, **kw)
                 program = quantize(graph, sch, cal, batch_size)
                 rep, _ = run_program(program, ds, batch_size, progress)
-                rows.append({
-                    "scheme": scheme, "wbits": wb, "abits": ab,
-                    "float_accuracy": rep.float_accuracy, "int_accuracy": rep.int_accuracy,
-                    "agreement": rep.agreement,
-                    "overflow_events": sum(r.overflow_events for r in rep.layers),
-                    "min_sqnr_db": min((r.sqnr_db for r in rep.layers if r.sqnr_db is not None),
-                                       default=None),
-                    "settings": program.describe()["scheme"],
-                })
+                rows.append(
+                    {
+                        "scheme": scheme,
+                        "wbits": wb,
+                        "abits": ab,
+                        "float_accuracy": rep.float_accuracy,
+                        "int_accuracy": rep.int_accuracy,
+                        "agreement": rep.agreement,
+                        "overflow_events": sum(r.overflow_events for r in rep.layers),
+                        "min_sqnr_db": _finite(
+                            min(
+                                (r.sqnr_db for r in rep.layers if r.sqnr_db is not None),
+                                default=None,
+                            )
+                        ),
+                        "settings": program.describe()["scheme"],
+                    }
+                )
     if report is not None:
-        doc = {"model": str(path), "data": ds.name,
-               "calib": cal.name if calib is not None else f"{ds.name} (same as data)",
-               "rows": rows}
+        doc = {
+            "model": str(path),
+            "data": ds.name,
+            "calib": cal.name if calib is not None else f"{ds.name} (same as data)",
+            "rows": rows,
+        }
         atomic_write_text(report, json.dumps(doc, indent=2, default=str) + "\n")
     if plot is not None:
         compare_plot(rows, plot, f"{Path(path).stem} on {ds.name}")
     return rows
 
 
-__all__ = ["compare", "compare_table", "load_quantized", "quantize_model", "run",
-           "run_program", "shipped_models"]
+__all__ = [
+    "compare",
+    "compare_table",
+    "load_quantized",
+    "quantize_model",
+    "run",
+    "run_program",
+    "shipped_models",
+]

@@ -72,7 +72,6 @@ def datapath(seed: int, batch: int, acc_bits: int, tile_rows: int, json_path: st
         click.echo(f"\nwrote {json_path}")
 
 
-
 # ------------------------------------------------------------------------------------------------
 # network commands
 # ------------------------------------------------------------------------------------------------
@@ -118,28 +117,67 @@ def _scheme_options(f):
     from hwsim.quant.scheme import CALIB_METHODS, GRANULARITIES, WEIGHT_MODES
 
     opts = [
-        click.option("--acc-bits", type=click.IntRange(8, 64), default=32, show_default=True,
-                     help="Accumulator width (bits)."),
-        click.option("--overflow", type=click.Choice([o.value for o in Overflow]),
-                     default="wrap", show_default=True, help="Accumulator overflow mode."),
-        click.option("--register", type=click.Choice([k.value for k in ScaleKind]),
-                     default="ort", show_default=True,
-                     help="Requantization semantics (scale register)."),
-        click.option("--rounding", type=click.Choice([m.value for m in RoundingMode]),
-                     default="half_away", show_default=True, help="pow2 register rounding."),
-        click.option("--weight-mode", type=click.Choice(WEIGHT_MODES), default="symmetric",
-                     show_default=True),
-        click.option("--granularity", type=click.Choice(GRANULARITIES), default=None,
-                     help="Override the scheme's weight granularity."),
-        click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax",
-                     show_default=True, help="Static activation range method."),
+        click.option(
+            "--acc-bits",
+            type=click.IntRange(8, 64),
+            default=32,
+            show_default=True,
+            help="Accumulator width (bits).",
+        ),
+        click.option(
+            "--overflow",
+            type=click.Choice([o.value for o in Overflow]),
+            default="wrap",
+            show_default=True,
+            help="Accumulator overflow mode.",
+        ),
+        click.option(
+            "--register",
+            type=click.Choice([k.value for k in ScaleKind]),
+            default="ort",
+            show_default=True,
+            help="Requantization semantics (scale register).",
+        ),
+        click.option(
+            "--rounding",
+            type=click.Choice([m.value for m in RoundingMode]),
+            default="half_away",
+            show_default=True,
+            help="pow2 register rounding.",
+        ),
+        click.option(
+            "--weight-mode", type=click.Choice(WEIGHT_MODES), default="symmetric", show_default=True
+        ),
+        click.option(
+            "--granularity",
+            type=click.Choice(GRANULARITIES),
+            default=None,
+            help="Override the scheme's weight granularity.",
+        ),
+        click.option(
+            "--calib-method",
+            type=click.Choice(CALIB_METHODS),
+            default="minmax",
+            show_default=True,
+            help="Static activation range method.",
+        ),
         click.option("--percentile", type=float, default=99.99, show_default=True),
-        click.option("--s-max", type=click.IntRange(0, 16), default=4, show_default=True,
-                     help="Largest per-sample shift (per-sample-shift scheme)."),
-        click.option("--first-last-bits", type=click.IntRange(2, 16), default=None,
-                     help="Weight/input width of the first and last layers."),
-        click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=256,
-                     show_default=True),
+        click.option(
+            "--s-max",
+            type=click.IntRange(0, 16),
+            default=4,
+            show_default=True,
+            help="Largest per-sample shift (per-sample-shift scheme).",
+        ),
+        click.option(
+            "--first-last-bits",
+            type=click.IntRange(2, 16),
+            default=None,
+            help="Weight/input width of the first and last layers.",
+        ),
+        click.option(
+            "--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -147,11 +185,17 @@ def _scheme_options(f):
 
 
 def _scheme_kw(kw: dict) -> dict:
-    out = dict(acc_bits=kw.pop("acc_bits"), overflow=kw.pop("overflow"),
-               register=kw.pop("register"), rounding=kw.pop("rounding"),
-               weight_mode=kw.pop("weight_mode"), calib_method=kw.pop("calib_method"),
-               percentile=kw.pop("percentile"), s_max=kw.pop("s_max"),
-               first_last_bits=kw.pop("first_last_bits"))
+    out = dict(
+        acc_bits=kw.pop("acc_bits"),
+        overflow=kw.pop("overflow"),
+        register=kw.pop("register"),
+        rounding=kw.pop("rounding"),
+        weight_mode=kw.pop("weight_mode"),
+        calib_method=kw.pop("calib_method"),
+        percentile=kw.pop("percentile"),
+        s_max=kw.pop("s_max"),
+        first_last_bits=kw.pop("first_last_bits"),
+    )
     g = kw.pop("granularity")
     if g is not None:
         out["granularity"] = g
@@ -170,21 +214,44 @@ SCHEMES_HELP = "per-tensor, per-channel, per-sample, per-sample-shift, data-free
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @_guard
 def demo(model, data, calib, wbits, abits, json_path):
-    """The main job: the shipped CNN on digits, four schemes, float vs integer."""
+    """The main job: the shipped CNN on digits, four schemes, float vs integer, and narrow
+    accumulators."""
     from hwsim import api
 
     schemes = ("per-tensor", "per-channel", "per-sample", "per-sample-shift")
-    click.echo(f"hwsim demo: {model} on {data} (calibrated on {calib}); per-tensor / "
-               "per-channel / per-sample / per-sample-shift (S_max=4) quantization, int32 "
-               "wrapping accumulators, ort scale registers\n")
+    click.echo(
+        f"hwsim demo: {model} on {data} (calibrated on {calib}); per-tensor / "
+        "per-channel / per-sample / per-sample-shift (S_max=4) quantization, int32 "
+        "wrapping accumulators, ort scale registers\n"
+    )
     rows = []
-    for wb, ab in zip(wbits, abits, strict=False) if len(wbits) == len(abits) else [
-            (w, a) for w in wbits for a in abits]:
+    for wb, ab in (
+        zip(wbits, abits, strict=False)
+        if len(wbits) == len(abits)
+        else [(w, a) for w in wbits for a in abits]
+    ):
         rows += api.compare(model, data, schemes, (wb,), (ab,), calib=calib, report=None)
+    # the same network on narrow accumulators, in hardware order: where do they overflow?
+    for bits, ovf in ((16, "saturate"), (14, "saturate"), (14, "wrap")):
+        rows += api.compare(
+            model,
+            data,
+            ("per-tensor",),
+            (wbits[0],),
+            (abits[0],),
+            calib=calib,
+            acc_bits=bits,
+            overflow=ovf,
+        )
     click.echo(api.compare_table(rows))
     if json_path:
-        atomic_write_text(json_path, json.dumps({"model": model, "data": data, "calib": calib,
-                                                 "rows": rows}, indent=2, default=str) + "\n")
+        atomic_write_text(
+            json_path,
+            json.dumps(
+                {"model": model, "data": data, "calib": calib, "rows": rows}, indent=2, default=str
+            )
+            + "\n",
+        )
         click.echo(f"\nwrote {json_path}")
 
 
@@ -211,19 +278,34 @@ def quantize_cmd(model, scheme, wbits, abits, calib, input_range, out, **kw):
         except ValueError:
             raise click.BadParameter("--input-range must be LO,HI") from None
         rng = (lo, hi)
-    program = api.quantize_model(model, scheme, calib=calib, out=out, input_range=rng,
-                                 batch_size=batch, wbits=wbits, abits=abits, **skw)
+    program = api.quantize_model(
+        model,
+        scheme,
+        calib=calib,
+        out=out,
+        input_range=rng,
+        batch_size=batch,
+        wbits=wbits,
+        abits=abits,
+        **skw,
+    )
     n = sum(1 for nd in program.graph.nodes if nd.wq is not None)
-    click.echo(f"quantized {n} layers of {model} ({scheme}, W{wbits}A{abits}, "
-               f"acc {skw['acc_bits']}-bit {skw['overflow']}, {skw['register']}) -> {out}")
+    click.echo(
+        f"quantized {n} layers of {model} ({scheme}, W{wbits}A{abits}, "
+        f"acc {skw['acc_bits']}-bit {skw['overflow']}, {skw['register']}) -> {out}"
+    )
 
 
 @main.command("run")
 @click.argument("model")
 @click.option("--data", required=True, help="Built-in data set name or .npz with x (and y).")
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="JSON report.")
-@click.option("--save-outputs", type=click.Path(dir_okay=False), default=None,
-              help="Write the model's final outputs (.npz, float32, under the output name).")
+@click.option(
+    "--save-outputs",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the model's final outputs (.npz, float32, under the output name).",
+)
 @click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
 @_guard
@@ -235,8 +317,14 @@ def run_cmd(model, data, report, save_outputs, batch_size, progress):
 
     if progress is None:
         progress = sys.stderr.isatty()
-    rep = api.run(model, data, batch_size=batch_size, report=report, save_outputs=save_outputs,
-                  progress=progress)
+    rep = api.run(
+        model,
+        data,
+        batch_size=batch_size,
+        report=report,
+        save_outputs=save_outputs,
+        progress=progress,
+    )
     click.echo(rep.table())
     for path in (report, save_outputs):
         if path:
@@ -247,8 +335,12 @@ def run_cmd(model, data, report, save_outputs, batch_size, progress):
 @click.argument("model")
 @click.option("--data", required=True)
 @click.option("--calib", default=None, help="Calibration data (default: DATA itself).")
-@click.option("--schemes", default="per-tensor,per-channel,per-sample,per-sample-shift",
-              show_default=True, help=SCHEMES_HELP)
+@click.option(
+    "--schemes",
+    default="per-tensor,per-channel,per-sample,per-sample-shift",
+    show_default=True,
+    help=SCHEMES_HELP,
+)
 @click.option("--wbits", default="8,6,4", callback=_bits_list, show_default=True)
 @click.option("--abits", default="8", callback=_bits_list, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
@@ -263,8 +355,19 @@ def compare(model, data, calib, schemes, wbits, abits, json_path, plot, **kw):
     skw = _scheme_kw(kw)
     fl = skw.pop("first_last_bits")
     names = tuple(s.strip() for s in schemes.split(",") if s.strip())
-    rows = api.compare(model, data, names, wbits, abits, calib=calib, report=json_path,
-                       plot=plot, batch_size=batch, first_last_bits=fl, **skw)
+    rows = api.compare(
+        model,
+        data,
+        names,
+        wbits,
+        abits,
+        calib=calib,
+        report=json_path,
+        plot=plot,
+        batch_size=batch,
+        first_last_bits=fl,
+        **skw,
+    )
     click.echo(api.compare_table(rows))
     if calib is None:
         click.echo("note: calibrated on the evaluation data itself (pass --calib to separate)")
@@ -279,8 +382,10 @@ def models():
     from hwsim import api
 
     for m in api.shipped_models():
-        click.echo(f"{m['name']:<8} {m['file']:<12} float top-1 {100 * m['float_accuracy']:.2f}% "
-                   f"on {m['dataset']}  {m['params']} params  {m['description']}")
+        click.echo(
+            f"{m['name']:<8} {m['file']:<12} float top-1 {100 * m['float_accuracy']:.2f}% "
+            f"on {m['dataset']}  {m['params']} params  {m['description']}"
+        )
 
 
 if __name__ == "__main__":

@@ -81,8 +81,11 @@ def _check(name: str, x, y) -> tuple[np.ndarray, np.ndarray | None]:
         if y.shape != (x.shape[0],):
             raise DataError(f"{name}: 'y' must have shape ({x.shape[0]},), got {y.shape}")
         if not np.issubdtype(y.dtype, np.integer):
-            if not (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y))
-                    and np.all(y == np.round(y))):
+            if not (
+                np.issubdtype(y.dtype, np.floating)
+                and np.all(np.isfinite(y))
+                and np.all(y == np.round(y))
+            ):
                 raise DataError(f"{name}: 'y' must hold integer class labels, got {y.dtype}")
         y = y.astype(np.int64)
     return np.ascontiguousarray(x), y

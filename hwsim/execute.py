@@ -56,10 +56,10 @@ def _windows(x: np.ndarray, kernel, strides, dilations=(1, 1)) -> np.ndarray:
 
 
 def _pad(x: np.ndarray, pads, value) -> np.ndarray:
-    t, l, b, r = pads
+    top, left, bottom, right = pads
     if not any(pads):
         return x
-    return np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=value)
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
 
 
 def float_conv(x: np.ndarray, w: np.ndarray, b, attrs: dict) -> np.ndarray:
@@ -110,7 +110,8 @@ def float_op(node: Node, xs: list) -> np.ndarray:
     if op is Op.MUL:
         c = node.weight
         return (x * (c.reshape(1, -1, *([1] * (x.ndim - 2))) if c.ndim == 1 else c)).astype(
-            np.float32)
+            np.float32
+        )
     if op is Op.MAXPOOL:
         return _windows(_pad(x, a["pads"], -np.inf), a["kernel"], a["strides"]).max(axis=(-1, -2))
     if op is Op.AVGPOOL:
@@ -217,8 +218,12 @@ def quantize_input(x: np.ndarray, spec: ActSpec) -> QTensor:
         flat = np.asarray(x, np.float64).reshape(x.shape[0], -1)
         absmax = (np.maximum(flat, 0) if not spec.fmt.signed else np.abs(flat)).max(axis=1)
         s = sample_scale(spec, absmax)
-    return QTensor(quantize_linear(x, s, spec.zero_point, spec.fmt), np.asarray(s, np.float32),
-                   spec.zero_point, spec.fmt)
+    return QTensor(
+        quantize_linear(x, s, spec.zero_point, spec.fmt),
+        np.asarray(s, np.float32),
+        spec.zero_point,
+        spec.fmt,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,8 +246,12 @@ class LayerStats:
             m.macs += c.macs
             m.overflow_events += c.overflow_events
             m.outputs_overflowed += c.outputs_overflowed
-            for name, f in (("final_min", min), ("final_max", max), ("partial_min", min),
-                            ("partial_max", max)):
+            for name, f in (
+                ("final_min", min),
+                ("final_max", max),
+                ("partial_min", min),
+                ("partial_max", max),
+            ):
                 v = getattr(c, name)
                 old = getattr(m, name)
                 if v is not None:
@@ -295,8 +304,9 @@ class IntegerExecutor:
             return y
         return quantize_input(y, spec)
 
-    def _rescale(self, qt: QTensor, spec: ActSpec, kind: ScaleKind, rounding,
-                 real_extra=1.0, sign=None) -> QTensor:
+    def _rescale(
+        self, qt: QTensor, spec: ActSpec, kind: ScaleKind, rounding, real_extra=1.0, sign=None
+    ) -> QTensor:
         """``sat(R(s_in * real_extra / s_out)(sign * (q - z_in)) + z_out)``."""
         t = qt.q - qt.zero_point
         if sign is not None:
@@ -304,7 +314,8 @@ class IntegerExecutor:
         sin = qt.scale_b().astype(np.float64)
 
         def absmax():
-            v = np.abs(t * sin * real_extra) if spec.fmt.signed else np.maximum(t * sin * real_extra, 0)
+            v = t * sin * real_extra
+            v = np.abs(v) if spec.fmt.signed else np.maximum(v, 0)
             return v.reshape(t.shape[0], -1).max(axis=1)
 
         so = self._out_scale(spec, absmax)
@@ -313,8 +324,14 @@ class IntegerExecutor:
         ort = None
         if kind is ScaleKind.ORT:
             ort = (np.asarray(qt.scale_b(), np.float32) * np.float32(real_extra)) / so_b
-        reg = _register(kind, np.broadcast_to(real, np.broadcast_shapes(real.shape, (1,) * t.ndim))
-                        if real.ndim else real, rounding, ort)
+        reg = _register(
+            kind,
+            np.broadcast_to(real, np.broadcast_shapes(real.shape, (1,) * t.ndim))
+            if real.ndim
+            else real,
+            rounding,
+            ort,
+        )
         y = np.asarray(reg.apply(t, axis=None if reg.multiplier.ndim != 1 else 1), np.int64)
         out = saturate(y + spec.zero_point, spec.fmt)
         return QTensor(np.asarray(out, np.int64), so.astype(np.float32), spec.zero_point, spec.fmt)
@@ -326,21 +343,31 @@ class IntegerExecutor:
         acc_cfg = layer.acc
         if self.track_partials and not acc_cfg.track_partials:
             from dataclasses import replace
+
             acc_cfg = replace(acc_cfg, track_partials=True)
         xop = Operand(x.fmt, zero_point=int(x.zero_point))
         zw = np.asarray(wq.zero_point)
         wop = Operand(wq.fmt, zero_point=zw if zw.ndim == 1 else int(zw))
         if node.op is Op.CONV:
             a = node.attrs
-            res = conv2d(x.q, wq.q, stride=a["strides"], padding=a["pads"],
-                         dilation=a["dilations"], groups=a["group"], x_operand=xop,
-                         w_operand=wop, acc=acc_cfg)
+            res = conv2d(
+                x.q,
+                wq.q,
+                stride=a["strides"],
+                padding=a["pads"],
+                dilation=a["dilations"],
+                groups=a["group"],
+                x_operand=xop,
+                w_operand=wop,
+                acc=acc_cfg,
+            )
         else:
-            res = gemm(x.q.reshape(x.q.shape[0], -1), wq.q.T, x_operand=xop, w_operand=wop,
-                       acc=acc_cfg)
+            res = gemm(
+                x.q.reshape(x.q.shape[0], -1), wq.q.T, x_operand=xop, w_operand=wop, acc=acc_cfg
+            )
         vals = res.values
         nd = vals.ndim
-        O = vals.shape[1]
+        n_out = vals.shape[1]
         sx = np.asarray(x.scale, np.float32)
         sw = np.asarray(wq.scale, np.float32)
         sx_b = sx.reshape(-1, 1) if sx.ndim == 1 else sx  # (N,1) or ()
@@ -357,15 +384,19 @@ class IntegerExecutor:
         if bias is not None and np.ndim(bias) == 2:
             bias = bias.reshape(bias.shape + tail)
         if spec is None:  # integer output (ConvInteger-like): return dequantized float
-            raise ValueError(f"node {node.name!r}: output tensor {node.output!r} has no "
-                             "quantization spec")
+            raise ValueError(
+                f"node {node.name!r}: output tensor {node.output!r} has no quantization spec"
+            )
 
         def absmax():
             t = vals.astype(np.float64)
             if bias is not None:
-                t = t + (bias if np.ndim(bias) != 1 else bias.reshape((1, O) + tail))
-            sc = sxw64.reshape(sxw64.shape + tail) if np.ndim(sxw64) == 2 else (
-                sxw64.reshape((1, O) + tail) if np.ndim(sxw64) == 1 else sxw64)
+                t = t + (bias if np.ndim(bias) != 1 else bias.reshape((1, n_out) + tail))
+            sc = (
+                sxw64.reshape(sxw64.shape + tail)
+                if np.ndim(sxw64) == 2
+                else (sxw64.reshape((1, n_out) + tail) if np.ndim(sxw64) == 1 else sxw64)
+            )
             v = t * sc
             v = np.abs(v) if spec.fmt.signed else np.maximum(v, 0)
             return v.reshape(v.shape[0], -1).max(axis=1)
@@ -379,17 +410,30 @@ class IntegerExecutor:
             so32 = so.reshape(-1, 1) if so.ndim == 1 else so
             ort = (sx_b * sw) / so32  # f32(f32(sx*sw)/sy), QLinearConv's combined scale
         if np.ndim(real) == 2:
-            reg = _register(layer.register, real.reshape(real.shape + tail), layer.rounding,
-                            None if ort is None else np.asarray(ort).reshape(real.shape + tail))
+            reg = _register(
+                layer.register,
+                real.reshape(real.shape + tail),
+                layer.rounding,
+                None if ort is None else np.asarray(ort).reshape(real.shape + tail),
+            )
             axis = None
         else:
             reg = _register(layer.register, real, layer.rounding, ort)
             axis = 1
-        out = output_stage(vals, reg, acc=acc_cfg, bias=bias, bias_axis=1, scale_axis=axis,
-                           out_format=spec.fmt, out_zero_point=spec.zero_point)
+        out = output_stage(
+            vals,
+            reg,
+            acc=acc_cfg,
+            bias=bias,
+            bias_axis=1,
+            scale_axis=axis,
+            out_format=spec.fmt,
+            out_zero_point=spec.zero_point,
+        )
         self.stats[node.name].add(res.counters, out.bias_overflows, out.clamped, vals.size)
-        return QTensor(out.values.astype(np.int64), so.astype(np.float32), spec.zero_point,
-                       spec.fmt)
+        return QTensor(
+            out.values.astype(np.int64), so.astype(np.float32), spec.zero_point, spec.fmt
+        )
 
     # -- other ops -----------------------------------------------------------------------------
     def _add(self, node: Node, a: QTensor, b: QTensor, spec: ActSpec) -> QTensor:
@@ -404,13 +448,25 @@ class IntegerExecutor:
 
         so = self._out_scale(spec, absmax)
         holder = _ort_holder(a.fmt, b.fmt, spec.fmt)
-        if layer.register is ScaleKind.ORT and np.ndim(a.scale) == 0 and np.ndim(b.scale) == 0 \
-                and so.ndim == 0 and holder is not None:
+        if (
+            layer.register is ScaleKind.ORT
+            and np.ndim(a.scale) == 0
+            and np.ndim(b.scale) == 0
+            and so.ndim == 0
+            and holder is not None
+        ):
             from hwsim import qops
 
-            y = qops.qlinear_add(a.q.astype(holder), np.float32(a.scale), holder(a.zero_point),
-                                 b.q.astype(holder), np.float32(b.scale), holder(b.zero_point),
-                                 np.float32(so), holder(spec.zero_point))
+            y = qops.qlinear_add(
+                a.q.astype(holder),
+                np.float32(a.scale),
+                holder(a.zero_point),
+                b.q.astype(holder),
+                np.float32(b.scale),
+                holder(b.zero_point),
+                np.float32(so),
+                holder(spec.zero_point),
+            )
             y = saturate(np.asarray(y, np.int64), spec.fmt)  # narrower widths: clamp again
             return QTensor(np.asarray(y, np.int64), so, spec.zero_point, spec.fmt)
         L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))
@@ -422,8 +478,11 @@ class IntegerExecutor:
         kind, rnd = layer.register, layer.rounding
 
         def reg(real):
-            return _register(kind, np.broadcast_to(real, (a.q.shape[0],) + (1,) * (nd - 1))
-                             if np.ndim(real) else real, rnd)
+            return _register(
+                kind,
+                np.broadcast_to(real, (a.q.shape[0],) + (1,) * (nd - 1)) if np.ndim(real) else real,
+                rnd,
+            )
 
         def ap(r, t):
             return np.asarray(r.apply(t, axis=None if np.ndim(r.multiplier) > 1 else 0), np.int64)
@@ -445,16 +504,29 @@ class IntegerExecutor:
         layer = self.p.layer(node.name)
         s, count = self._pool_sum(node, x)
         holder = _ort_holder(x.fmt, spec.fmt)
-        if layer.register is ScaleKind.ORT and node.op is Op.GAP and np.ndim(x.scale) == 0 \
-                and spec.mode == "static" and holder is not None:
+        if (
+            layer.register is ScaleKind.ORT
+            and node.op is Op.GAP
+            and np.ndim(x.scale) == 0
+            and spec.mode == "static"
+            and holder is not None
+        ):
             from hwsim import qops
 
             y = qops.qlinear_global_average_pool(
-                x.q.astype(holder), np.float32(x.scale), holder(x.zero_point),
-                np.float32(spec.scale), holder(spec.zero_point))
+                x.q.astype(holder),
+                np.float32(x.scale),
+                holder(x.zero_point),
+                np.float32(spec.scale),
+                holder(spec.zero_point),
+            )
             y = saturate(np.asarray(y, np.int64), spec.fmt)
-            return QTensor(np.asarray(y, np.int64), np.asarray(np.float32(spec.scale)),
-                           spec.zero_point, spec.fmt)
+            return QTensor(
+                np.asarray(y, np.int64),
+                np.asarray(np.float32(spec.scale)),
+                spec.zero_point,
+                spec.fmt,
+            )
         tmp = QTensor(s, x.scale, 0, x.fmt)
         return self._rescale(tmp, spec, layer.register, layer.rounding, real_extra=1.0 / count)
 
@@ -470,53 +542,81 @@ class IntegerExecutor:
         if spec is None:
             return self._requant_float(node, ins, None)
         layer = self.p.layer(node.name)
-        same = spec.mode == "static" and np.ndim(x.scale) == 0 and (
-            np.float32(spec.scale) == np.float32(x.scale) and spec.zero_point == x.zero_point
-            and spec.fmt == x.fmt)
+        same = (
+            spec.mode == "static"
+            and np.ndim(x.scale) == 0
+            and (
+                np.float32(spec.scale) == np.float32(x.scale)
+                and spec.zero_point == x.zero_point
+                and spec.fmt == x.fmt
+            )
+        )
         passthrough = spec.mode != "static" or same
         if op is Op.ADD:
             return self._add(node, ins[0], ins[1], spec)
         if op in (Op.GAP, Op.AVGPOOL):
             return self._avg(node, x, spec)
         if op is Op.CONCAT:
-            parts = [self._rescale(i, spec, layer.register, layer.rounding) if not (
-                spec.mode == "static" and np.ndim(i.scale) == 0
-                and np.float32(i.scale) == np.float32(spec.scale)
-                and i.zero_point == spec.zero_point) else i for i in ins]
+            parts = [
+                self._rescale(i, spec, layer.register, layer.rounding)
+                if not (
+                    spec.mode == "static"
+                    and np.ndim(i.scale) == 0
+                    and np.float32(i.scale) == np.float32(spec.scale)
+                    and i.zero_point == spec.zero_point
+                )
+                else i
+                for i in ins
+            ]
             if spec.mode != "static":
                 return self._requant_float(node, ins, spec)
-            return QTensor(np.concatenate([p.q for p in parts], axis=1), parts[0].scale,
-                           spec.zero_point, spec.fmt)
+            return QTensor(
+                np.concatenate([p.q for p in parts], axis=1),
+                parts[0].scale,
+                spec.zero_point,
+                spec.fmt,
+            )
         if op is Op.MUL:
             c = node.weight.astype(np.float64)
             cb = c.reshape((1, -1) + (1,) * (x.q.ndim - 2)) if c.ndim == 1 else c
             sign = np.where(cb < 0, -1, 1).astype(np.int64)
             if np.ndim(cb) and spec.mode == "static" and np.ndim(x.scale) == 0:
-                return self._rescale(x, spec, layer.register, layer.rounding,
-                                     real_extra=np.abs(cb), sign=sign)
+                return self._rescale(
+                    x, spec, layer.register, layer.rounding, real_extra=np.abs(cb), sign=sign
+                )
             if np.ndim(cb) == 0:
-                return self._rescale(x, spec, layer.register, layer.rounding,
-                                     real_extra=float(abs(c)), sign=sign)
+                return self._rescale(
+                    x, spec, layer.register, layer.rounding, real_extra=float(abs(c)), sign=sign
+                )
             return self._requant_float(node, ins, spec)
         if not passthrough:
             return self._requant_float(node, ins, spec)
         if op is Op.MAXPOOL:
             a = node.attrs
             q = _windows(_pad(x.q, a["pads"], x.fmt.min), a["kernel"], a["strides"]).max(
-                axis=(-1, -2))
+                axis=(-1, -2)
+            )
             return QTensor(q, x.scale, x.zero_point, x.fmt)
         if op is Op.RELU:
             return QTensor(np.maximum(x.q, x.zero_point), x.scale, x.zero_point, x.fmt)
         if op is Op.CLIP:
             s = x.scale_b()
-            lo = quantize_linear(np.full((1,) * x.q.ndim, node.attrs["min"], np.float32)
-                                 if np.isfinite(node.attrs["min"]) else
-                                 np.full((1,) * x.q.ndim, -3e38, np.float32), s,
-                                 x.zero_point, x.fmt)
-            hi = quantize_linear(np.full((1,) * x.q.ndim, node.attrs["max"], np.float32)
-                                 if np.isfinite(node.attrs["max"]) else
-                                 np.full((1,) * x.q.ndim, 3e38, np.float32), s,
-                                 x.zero_point, x.fmt)
+            lo = quantize_linear(
+                np.full((1,) * x.q.ndim, node.attrs["min"], np.float32)
+                if np.isfinite(node.attrs["min"])
+                else np.full((1,) * x.q.ndim, -3e38, np.float32),
+                s,
+                x.zero_point,
+                x.fmt,
+            )
+            hi = quantize_linear(
+                np.full((1,) * x.q.ndim, node.attrs["max"], np.float32)
+                if np.isfinite(node.attrs["max"])
+                else np.full((1,) * x.q.ndim, 3e38, np.float32),
+                s,
+                x.zero_point,
+                x.fmt,
+            )
             return QTensor(np.clip(x.q, lo, hi), x.scale, x.zero_point, x.fmt)
         if op is Op.FLATTEN:
             return QTensor(x.q.reshape(x.q.shape[0], -1), x.scale, x.zero_point, x.fmt)
@@ -565,8 +665,22 @@ def conv_out_shape(node: Node, in_shape: tuple) -> tuple:
 # --------------------------------------------------------------------------------------------
 # QOperator models: a node interpreter
 # --------------------------------------------------------------------------------------------
-_NP_FLOAT_OPS = ("Flatten", "Reshape", "Relu", "Cast", "Add", "Mul", "Sub", "Softmax",
-                 "MaxPool", "Identity", "Transpose", "Squeeze", "Unsqueeze", "Concat")
+_NP_FLOAT_OPS = (
+    "Flatten",
+    "Reshape",
+    "Relu",
+    "Cast",
+    "Add",
+    "Mul",
+    "Sub",
+    "Softmax",
+    "MaxPool",
+    "Identity",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Concat",
+)
 
 
 def _onnx_np_op(node, a: dict, ins: list) -> np.ndarray:
@@ -579,8 +693,10 @@ def _onnx_np_op(node, a: dict, ins: list) -> np.ndarray:
         ax = int(a.get("axis", 1))
         return x.reshape(int(np.prod(x.shape[:ax])), -1)
     if t == "Reshape":
-        shape = [x.shape[i] if (s == 0 and not a.get("allowzero", 0)) else int(s)
-                 for i, s in enumerate(ins[1])]
+        shape = [
+            x.shape[i] if (s == 0 and not a.get("allowzero", 0)) else int(s)
+            for i, s in enumerate(ins[1])
+        ]
         return x.reshape(shape)
     if t == "Relu":
         return np.maximum(x, 0).astype(x.dtype)
@@ -596,8 +712,9 @@ def _onnx_np_op(node, a: dict, ins: list) -> np.ndarray:
     if t == "MaxPool":
         pads = tuple(a.get("pads", (0, 0, 0, 0)))
         lo = np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.integer) else -np.inf
-        return _windows(_pad(x, pads, lo), tuple(a["kernel_shape"]),
-                        tuple(a.get("strides", (1, 1)))).max(axis=(-1, -2))
+        return _windows(
+            _pad(x, pads, lo), tuple(a["kernel_shape"]), tuple(a.get("strides", (1, 1)))
+        ).max(axis=(-1, -2))
     if t == "Identity":
         return x
     if t == "Transpose":
@@ -642,7 +759,8 @@ def run_qoperator_batch(model, x: np.ndarray, source: str = "<model>") -> np.nda
             raise ValueError(
                 f"{source}: node {node.name!r} ({node.domain + '.' if node.domain else ''}"
                 f"{node.op_type}) is not supported in QOperator models; supported: "
-                f"{', '.join(sorted(supported | set(_NP_FLOAT_OPS)))}")
+                f"{', '.join(sorted(supported | set(_NP_FLOAT_OPS)))}"
+            )
         for name, v in zip(node.output, outs, strict=False):
             if name:
                 env[name] = v
@@ -669,8 +787,9 @@ def run_qoperator(model, source: str, data, batch_size: int, report, save_output
         rep.int_accuracy = float(np.mean(pred == ds.y))
     else:
         rep.notes.append("the data has no labels ('y'): accuracy omitted")
-    rep.notes.append("QOperator model: run node by node (hwsim.qops); no float reference, "
-                     "no per-layer table")
+    rep.notes.append(
+        "QOperator model: run node by node (hwsim.qops); no float reference, no per-layer table"
+    )
     rep.seconds = time.perf_counter() - t0
     if save_outputs is not None:
         write_npz(save_outputs, {model.graph.output[0].name: y})

@@ -103,12 +103,11 @@ def _operand_array(value, fmt: IntFormat) -> np.ndarray:
     return np.asarray(value).astype(_holder(fmt))
 
 
-def _scalar(value, name: str, dtype=None):
+def _scalar(value, name: str) -> np.ndarray:
     arr = np.asarray(value)
     if arr.size != 1:
         raise QOpError(f"{name} must be a scalar or a 1-element tensor, got shape {arr.shape}")
-    arr = arr.reshape(())
-    return arr if dtype is None else arr.astype(dtype)
+    return arr.reshape(())
 
 
 def _zero_point(value, fmt: IntFormat, name: str) -> int:
@@ -392,8 +391,14 @@ def conv_integer(
     adds 0), accumulated on an int32 wrapping accumulator (onnxruntime
     ``core/providers/cpu/quantization/conv_integer.cc``). x, w: int8 / uint8; ``w_zero_point``
     per-tensor or per output channel. 1-D and 2-D convolutions."""
-    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group,
-                 kernel_shape=kernel_shape, pads=pads, strides=strides)  # fmt: skip
+    attrs = dict(
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
+    )
     return _conv_acc(x, x_zero_point, w, w_zero_point, attrs).astype(np.int32)
 
 
@@ -458,17 +463,29 @@ def qlinear_conv(
     x / w / y: int8 or uint8 (any integer format of 2..16 bits works); ``w_scale`` /
     ``w_zero_point`` per-tensor or per output channel. 1-D and 2-D convolutions.
     """
-    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group,
-                 kernel_shape=kernel_shape, pads=pads, strides=strides)  # fmt: skip
+    attrs = dict(
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
+    )
     acc = _conv_acc(x, x_zero_point, w, w_zero_point, attrs)
     M = acc.shape[1]
     ws = _per_channel_scale(w_scale, M, "w_scale")
     scale = ort_combined_scale(_f32_scale(x_scale, "x_scale"), ws, _f32_scale(y_scale, "y_scale"))
     fmt, yz = _out_format(y_zero_point)
     return output_stage(
-        acc, _ort_register(scale), acc=ACC32, bias=_bias(B, M), bias_axis=1, scale_axis=1,
-        out_format=fmt, out_zero_point=yz,
-    ).values  # fmt: skip
+        acc,
+        _ort_register(scale),
+        acc=ACC32,
+        bias=_bias(B, M),
+        bias_axis=1,
+        scale_axis=1,
+        out_format=fmt,
+        out_zero_point=yz,
+    ).values
 
 
 def _matmul_acc(a, b, a_zero_point, b_zero_point) -> np.ndarray:
@@ -522,14 +539,16 @@ def _matmul_acc(a, b, a_zero_point, b_zero_point) -> np.ndarray:
             bz = int(col[0]) if np.all(col == col[0]) else np.asarray(col, np.int64)
         w_op = Operand(bf, bz)
         if za.ndim == 0:
-            out[idx] = gemm(A[idx], Bm[idx], x_operand=Operand(af, int(za)), w_operand=w_op,
-                            acc=ACC32).values  # fmt: skip
+            out[idx] = gemm(
+                A[idx], Bm[idx], x_operand=Operand(af, int(za)), w_operand=w_op, acc=ACC32
+            ).values
             continue
         rows = za[idx][:, 0]
         for v in np.unique(rows):
             sel = rows == v
-            out[idx + (sel,)] = gemm(A[idx][sel], Bm[idx], x_operand=Operand(af, int(v)),
-                                     w_operand=w_op, acc=ACC32).values  # fmt: skip
+            out[idx + (sel,)] = gemm(
+                A[idx][sel], Bm[idx], x_operand=Operand(af, int(v)), w_operand=w_op, acc=ACC32
+            ).values
     if a_row:
         out = out[..., 0, :]
     if b_col:
@@ -566,9 +585,13 @@ def qlinear_matmul(
     fmt, yz = _out_format(y_zero_point)
     axis = acc.ndim - 1 if acc.ndim else None
     return output_stage(
-        acc, _ort_register(scale), acc=ACC32, scale_axis=axis if scale.size > 1 else 1,
-        out_format=fmt, out_zero_point=yz,
-    ).values  # fmt: skip
+        acc,
+        _ort_register(scale),
+        acc=ACC32,
+        scale_axis=axis if scale.size > 1 else 1,
+        out_format=fmt,
+        out_zero_point=yz,
+    ).values
 
 
 # --- onnxruntime contrib: element-wise ---------------------------------------------------------
@@ -626,22 +649,16 @@ def qlinear_add(
     prologue ``F + Q*rQ``); ``C = saturate(cvtps(y))`` (``cvtps`` rounds half to even, out of
     int32 range -> INT32_MIN; packs saturate).
 
-    16-bit (``MlasQLinearAddKernelRawHelper`` in ``core/mlas/lib/qladd.cpp``, plain float32):
-    ``v = f32(f32(sA*(A - zA)) + f32(sB*(B - zB))) / sC``, clamped to ``[min - zC, max - zC]``,
-    ``C = (int)nearbyintf(f32(v + zC))``.
+    ``int16`` / ``uint16`` are not accepted (onnxruntime 1.32's schema takes 8-bit only).
     """
     A, B, fmt, za, zb, zc = _binary_formats(A, B, A_zero_point, B_zero_point, C_zero_point)
     sa = _f32_scale(A_scale, "A_scale")
     sb = _f32_scale(B_scale, "B_scale")
     sc = _f32_scale(C_scale, "C_scale")
+    if fmt.bits > 8:
+        raise QOpError(f"QLinearAdd takes int8 / uint8, got {fmt}")
     Ab, Bb = np.broadcast_arrays(A.astype(np.int64), B.astype(np.int64))
     f32 = np.float32
-    if fmt.bits > 8:
-        va = sa * (Ab - za).astype(f32)
-        vb = sb * (Bb - zb).astype(f32)
-        v = (va + vb) / sc
-        v = np.minimum(np.maximum(v, f32(fmt.min - zc)), f32(fmt.max - zc))
-        return _saturate(cvtps_epi32(v + f32(zc)), fmt)
     ra, rb = f32(sa / sc), f32(sb / sc)
     if ort_broadcast_mode(A.shape, B.shape) == "input0_scalar":
         (P, rp, zp), (Q, rq, zq) = (Bb, rb, zb), (Ab, ra, za)
@@ -697,8 +714,9 @@ def qlinear_leaky_relu(
     """onnxruntime ``QLinearLeakyRelu`` (com.microsoft, ``qlinear_lookup_table.cc``): the
     lookup-table contract of :func:`_lookup` with ``t = v if v >= 0 else f32(alpha * v)``."""
     a = np.float32(alpha)
-    return _lookup(X, X_scale, X_zero_point, Y_scale, Y_zero_point,
-                   lambda v: np.where(v >= 0, v, a * v))  # fmt: skip
+    return _lookup(
+        X, X_scale, X_zero_point, Y_scale, Y_zero_point, lambda v: np.where(v >= 0, v, a * v)
+    )
 
 
 def qlinear_concat(y_scale, y_zero_point, *inputs, axis: int) -> np.ndarray:
@@ -760,12 +778,13 @@ def _pool_windows(x, fill, kernel, strides, dilations, heads, outs):
     spatial = x.shape[2:]
     before = [max(0, h) for h in heads]
     after = [
-        max(0, (outs[i] - 1) * strides[i] - heads[i] + dilations[i] * (kernel[i] - 1) + 1
-            - spatial[i])
+        max(
+            0,
+            (outs[i] - 1) * strides[i] - heads[i] + dilations[i] * (kernel[i] - 1) + 1 - spatial[i],
+        )
         for i in range(n)
-    ]  # fmt: skip
-    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(before, after, strict=True)),
-                constant_values=fill)  # fmt: skip
+    ]
+    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(before, after, strict=True)), constant_values=fill)
     for off in np.ndindex(*kernel):
         sl = [slice(None), slice(None)]
         for i in range(n):
@@ -805,8 +824,13 @@ def qlinear_global_average_pool(
     if not (2.0**-32 <= scale < 256.0):
         raise QOpError("QLinearGlobalAveragePool parameter out of computation range")
     ones = np.ones((S, 1), np.int8)
-    acc = gemm(x.reshape(N * C, S).astype(_holder(fmt)), ones, x_operand=Operand(fmt, zx),
-               w_operand=Operand(IntFormat(8, True), 0), acc=ACC32).values  # fmt: skip
+    acc = gemm(
+        x.reshape(N * C, S).astype(_holder(fmt)),
+        ones,
+        x_operand=Operand(fmt, zx),
+        w_operand=Operand(IntFormat(8, True), 0),
+        acc=ACC32,
+    ).values
     y = output_stage(acc, _ort_register(scale), acc=ACC32, out_format=yfmt, out_zero_point=zy)
     y = y.values.reshape((N, C) + (1,) * (x.ndim - 2))
     return np.moveaxis(y, 1, -1) if channels_last else y
@@ -983,15 +1007,21 @@ def qgemm(
             return np.full((M, N), zy, _holder(yfmt))
         v = _gemm_bias(C, M, N).astype(f32) * a_s * b_s.reshape(-1)[0]
         return _mlas_quantize(v, _f32_scale(y_scale, "y_scale"), zy, yfmt)
-    acc = gemm(_operand_array(A2, af), _operand_array(B2, bf), x_operand=Operand(af, za),
-               w_operand=Operand(bf, zb), acc=ACC32).values  # fmt: skip
+    acc = gemm(
+        _operand_array(A2, af),
+        _operand_array(B2, bf),
+        x_operand=Operand(af, za),
+        w_operand=Operand(bf, zb),
+        acc=ACC32,
+    ).values
     if C is not None:
         acc = wrap_to(acc + _gemm_bias(C, M, N), INT32)
     if y_zero_point is None:
         return acc.astype(f32) * np.asarray(scale, f32)
     yfmt, zy = _out_format(y_zero_point)
-    return output_stage(acc, _ort_register(scale), acc=ACC32, scale_axis=1, out_format=yfmt,
-                        out_zero_point=zy).values  # fmt: skip
+    return output_stage(
+        acc, _ort_register(scale), acc=ACC32, scale_axis=1, out_format=yfmt, out_zero_point=zy
+    ).values
 
 
 # --- dispatcher ----------------------------------------------------------------------------------

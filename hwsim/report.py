@@ -76,6 +76,7 @@ class RunReport:
 
     def table(self) -> str:
         """A human table: headline figures, then one row per layer."""
+
         def pct(v):
             return "n/a" if v is None else f"{100 * v:.2f}%"
 
@@ -86,12 +87,17 @@ class RunReport:
             f"top-1 float {pct(self.float_accuracy)}  integer {pct(self.int_accuracy)}  "
             f"agreement {pct(self.agreement)}",
         ]
-        hdr = (f"{'layer':<28} {'op':<8} {'act':<14} {'MACs':>10} {'SQNR dB':>8} "
-               f"{'ovf':>6} {'acc':>4} {'need':>4}")
+        hdr = (
+            f"{'layer':<28} {'op':<8} {'act':<14} {'MACs':>10} {'SQNR dB':>8} "
+            f"{'ovf':>6} {'acc':>4} {'need':>4}"
+        )
         lines += [hdr, "-" * len(hdr)]
         for r in self.layers:
-            sq = "" if r.sqnr_db is None else ("inf" if not math.isfinite(r.sqnr_db)
-                                               else f"{r.sqnr_db:.1f}")
+            sq = (
+                ""
+                if r.sqnr_db is None
+                else ("inf" if not math.isfinite(r.sqnr_db) else f"{r.sqnr_db:.1f}")
+            )
             lines.append(
                 f"{r.name[-28:]:<28} {r.op + ('*' if r.float_op else ''):<8} {r.act:<14} "
                 f"{r.macs:>10} {sq:>8} {r.overflow_events:>6} "
@@ -136,14 +142,26 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
 
 def compare_table(rows: list[dict]) -> str:
     """The sweep table of ``hwsim compare``."""
-    hdr = f"{'scheme':<18} {'W':>3} {'A':>3} {'float':>8} {'integer':>8} {'agree':>8} {'ovf':>6}"
+    hdr = (
+        f"{'scheme':<18} {'W':>3} {'A':>3} {'acc':>5} {'float':>8} {'integer':>8} "
+        f"{'agree':>8} {'ovf':>8} {'SQNR min':>9}"
+    )
     lines = [hdr, "-" * len(hdr)]
     for r in rows:
+
         def pct(v):
             return "n/a" if v is None else f"{100 * v:.2f}"
-        lines.append(f"{r['scheme']:<18} {r['wbits']:>3} {r['abits']:>3} "
-                     f"{pct(r['float_accuracy']):>8} {pct(r['int_accuracy']):>8} "
-                     f"{pct(r['agreement']):>8} {r['overflow_events']:>6}")
+
+        d = r["settings"]["default"]
+        acc = f"{d['acc_bits']}{d['overflow'][0]}"
+        sq = r.get("min_sqnr_db")
+        sq = "" if sq is None else (f"{sq:.1f}" if isinstance(sq, float) else str(sq))
+        lines.append(
+            f"{r['scheme']:<18} {r['wbits']:>3} {r['abits']:>3} {acc:>5} "
+            f"{pct(r['float_accuracy']):>8} {pct(r['int_accuracy']):>8} "
+            f"{pct(r['agreement']):>8} {r['overflow_events']:>8} {sq:>9}"
+        )
+    lines.append("acc: accumulator bits + w(rap)/s(aturate); SQNR min: worst layer, dB")
     return "\n".join(lines)
 
 
@@ -164,8 +182,12 @@ def compare_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
         groups.setdefault((r["scheme"], r["abits"]), []).append(r)
     for (scheme, abits), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["wbits"])
-        ax.plot([r["wbits"] for r in rs], [100 * r[key] for r in rs], marker="o",
-                label=f"{scheme} A{abits}")
+        ax.plot(
+            [r["wbits"] for r in rs],
+            [100 * r[key] for r in rs],
+            marker="o",
+            label=f"{scheme} A{abits}",
+        )
     if rows and rows[0]["float_accuracy"] is not None and key == "int_accuracy":
         ax.axhline(100 * rows[0]["float_accuracy"], color="k", ls="--", lw=1, label="float")
     ax.set_xlabel("weight bits")

@@ -144,4 +144,6 @@ class Graph:
         for n in self.nodes:
             ops[n.op.value] = ops.get(n.op.value, 0) + 1
         body = ", ".join(f"{k} x{v}" for k, v in ops.items())
-        return f"{self.name}: input {self.input} {self.input_shape}, {len(self.nodes)} nodes ({body})"
+        return (
+            f"{self.name}: input {self.input} {self.input_shape}, {len(self.nodes)} nodes ({body})"
+        )

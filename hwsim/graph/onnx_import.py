@@ -29,9 +29,26 @@ from hwsim.graph.ir import Graph, Node, Op, TensorQuant, WeightQuant
 from hwsim.numerics import IntFormat
 
 SUPPORTED = (
-    "Conv", "Gemm", "MatMul", "Relu", "Clip", "Add", "Mul", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "Flatten", "Reshape", "Concat", "BatchNormalization", "Softmax",
-    "Identity", "Constant", "QuantizeLinear", "DequantizeLinear", "Quant (QONNX)",
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "Relu",
+    "Clip",
+    "Add",
+    "Mul",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Flatten",
+    "Reshape",
+    "Concat",
+    "BatchNormalization",
+    "Softmax",
+    "Identity",
+    "Constant",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Quant (QONNX)",
 )
 QOPERATOR = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
 
@@ -86,7 +103,9 @@ class _Importer:
         self.model = model
         self.src = source
         g = model.graph
-        self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        self.consts: dict[str, np.ndarray] = {
+            i.name: numpy_helper.to_array(i) for i in g.initializer
+        }
         self.qconst: dict[str, tuple] = {}  # DQ(const) output -> (q, scale, zp, fmt, axis)
         self.alias: dict[str, str] = {}  # DQ(Q(t)) output -> t
         self.act_quant: dict[str, TensorQuant] = {}
@@ -117,7 +136,9 @@ class _Importer:
         x = node.input[0]
         if x in self.consts or x in self.qconst:
             self.fail(node, "QuantizeLinear of a constant is not supported (store int weights)")
-        s, z, fmt = self._qparams(node, a, node.input[1], node.input[2] if len(node.input) > 2 else "")
+        s, z, fmt = self._qparams(
+            node, a, node.input[1], node.input[2] if len(node.input) > 2 else ""
+        )
         if np.ndim(s) != 0:
             self.fail(node, "activation quantization must be per-tensor (scalar scale)")
         tq = TensorQuant(float(s), int(z), fmt)
@@ -150,13 +171,21 @@ class _Importer:
             axis = int(a.get("axis", 1))
             if np.ndim(s) == 1 and axis != 0 and q.ndim > 1:
                 self.fail(node, f"per-channel weight scales must be on axis 0, got axis {axis}")
-            self.qconst[node.output[0]] = (q.astype(np.int64), s, np.asarray(z, np.int64), fmt, axis)
+            self.qconst[node.output[0]] = (
+                q.astype(np.int64),
+                s,
+                np.asarray(z, np.int64),
+                fmt,
+                axis,
+            )
             return
         src = self.name(x)
         if src not in self.act_quant:
             self.fail(node, f"DequantizeLinear input {x!r} is not produced by a QuantizeLinear")
         tq = self.act_quant[src]
-        s, z, _ = self._qparams(node, a, node.input[1], node.input[2] if len(node.input) > 2 else "")
+        s, z, _ = self._qparams(
+            node, a, node.input[1], node.input[2] if len(node.input) > 2 else ""
+        )
         if float(np.float32(s)) != tq.scale or int(z) != tq.zero_point:
             self.fail(node, "DequantizeLinear parameters differ from its QuantizeLinear's")
         self.alias[node.output[0]] = src
@@ -170,8 +199,11 @@ class _Importer:
         z = float(self.const(node, node.input[2], "zero point"))
         bits = float(self.const(node, node.input[3], "bit width"))
         if bits != int(bits) or not 2 <= bits <= 16 or z != int(z):
-            self.fail(node, f"bit width must be an integer in [2, 16] and zero point an integer, "
-                            f"got {bits}, {z}")
+            self.fail(
+                node,
+                f"bit width must be an integer in [2, 16] and zero point an integer, "
+                f"got {bits}, {z}",
+            )
         tq = TensorQuant(s, int(z), IntFormat(int(bits), bool(a.get("signed", 1))))
         t = self.name(node.input[0])
         self.act_quant[t] = tq
@@ -186,8 +218,11 @@ class _Importer:
             elem = next(i.data_type for i in self.model.graph.initializer if i.name == z_name)
             fmt = _ONNX_INT.get(elem)
             if fmt is None:
-                self.fail(node, f"zero point type {onnx.TensorProto.DataType.Name(elem)} is not "
-                                "an integer format hwsim emulates (int/uint 4, 8, 16)")
+                self.fail(
+                    node,
+                    f"zero point type {onnx.TensorProto.DataType.Name(elem)} is not "
+                    "an integer format hwsim emulates (int/uint 4, 8, 16)",
+                )
             z = zarr
         else:
             to = a.get("output_dtype", onnx.TensorProto.UINT8)
@@ -201,8 +236,14 @@ class _Importer:
 
     # -- layers -----------------------------------------------------------------------------
     def add(self, node, op: Op, inputs, attrs=None, **kw) -> Node:
-        n = Node(node.name or f"{op.value}_{len(self.nodes)}", op, tuple(inputs), node.output[0],
-                 attrs or {}, **kw)
+        n = Node(
+            node.name or f"{op.value}_{len(self.nodes)}",
+            op,
+            tuple(inputs),
+            node.output[0],
+            attrs or {},
+            **kw,
+        )
         self.nodes.append(n)
         return n
 
@@ -282,20 +323,40 @@ class _Importer:
     def batchnorm(self, node, a):
         x = self.name(node.input[0])
         prev = self.nodes[-1] if self.nodes else None
-        if prev is None or prev.op is not Op.CONV or prev.output != x or self.uses.get(
-            node.input[0], 0
-        ) != 1 or prev.wq is not None:
+        if (
+            prev is None
+            or prev.op is not Op.CONV
+            or prev.output != x
+            or self.uses.get(node.input[0], 0) != 1
+            or prev.wq is not None
+        ):
             if x in self.act_quant:  # a QDQ model quantized without BN folding: keep it
-                gamma, beta, mean, var = (self.const(node, t, n).astype(np.float32) for t, n in zip(
-                    node.input[1:5], ("scale", "B", "mean", "var"), strict=True))
-                self.add(node, Op.BATCHNORM, [x], {"gamma": gamma, "beta": beta, "mean": mean,
-                                                   "var": var,
-                                                   "epsilon": np.float32(a.get("epsilon", 1e-5))})
+                gamma, beta, mean, var = (
+                    self.const(node, t, n).astype(np.float32)
+                    for t, n in zip(node.input[1:5], ("scale", "B", "mean", "var"), strict=True)
+                )
+                self.add(
+                    node,
+                    Op.BATCHNORM,
+                    [x],
+                    {
+                        "gamma": gamma,
+                        "beta": beta,
+                        "mean": mean,
+                        "var": var,
+                        "epsilon": np.float32(a.get("epsilon", 1e-5)),
+                    },
+                )
                 return
-            self.fail(node, "BatchNormalization must directly follow a float Conv whose output it "
-                            "alone consumes (it is folded into that Conv)")
-        gamma, beta, mean, var = (self.const(node, t, n) for t, n in zip(
-            node.input[1:5], ("scale", "B", "mean", "var"), strict=True))
+            self.fail(
+                node,
+                "BatchNormalization must directly follow a float Conv whose output it "
+                "alone consumes (it is folded into that Conv)",
+            )
+        gamma, beta, mean, var = (
+            self.const(node, t, n)
+            for t, n in zip(node.input[1:5], ("scale", "B", "mean", "var"), strict=True)
+        )
         eps = np.float32(a.get("epsilon", 1e-5))
         k = (gamma.astype(np.float32) / np.sqrt(var.astype(np.float32) + eps)).astype(np.float32)
         prev.weight = (prev.weight * k[:, None, None, None]).astype(np.float32)
@@ -312,20 +373,20 @@ class _Importer:
             return False
         if self.uses.get(x, 0) != 1 or prev.wq is not None:
             return False
-        O = prev.weight.shape[0]
+        n_out = prev.weight.shape[0]
         cv = np.asarray(c, np.float32)
         if prev.op is Op.CONV:
-            ok = cv.size == 1 or cv.shape in ((O, 1, 1), (1, O, 1, 1))
+            ok = cv.size == 1 or cv.shape in ((n_out, 1, 1), (1, n_out, 1, 1))
         else:
-            ok = cv.size == 1 or cv.shape in ((O,), (1, O))
+            ok = cv.size == 1 or cv.shape in ((n_out,), (1, n_out))
         if not ok:
             return False
-        vec = np.broadcast_to(cv.reshape(-1), (O,)).astype(np.float32)
-        b0 = prev.bias if prev.bias is not None else np.zeros(O, np.float32)
+        vec = np.broadcast_to(cv.reshape(-1), (n_out,)).astype(np.float32)
+        b0 = prev.bias if prev.bias is not None else np.zeros(n_out, np.float32)
         if op_type == "Add":
             prev.bias = (b0 + vec).astype(np.float32)
         else:
-            shape = (O,) + (1,) * (prev.weight.ndim - 1)
+            shape = (n_out,) + (1,) * (prev.weight.ndim - 1)
             prev.weight = (prev.weight * vec.reshape(shape)).astype(np.float32)
             prev.bias = (b0 * vec).astype(np.float32)
         prev.output = node.output[0]
@@ -347,8 +408,11 @@ class _Importer:
         if self.fold_const(node, op_type, x, c):
             return
         if op_type == "Add":
-            self.fail(node, "Add of a constant is supported only right after a Conv/Gemm/MatMul "
-                            "(it folds into the bias)")
+            self.fail(
+                node,
+                "Add of a constant is supported only right after a Conv/Gemm/MatMul "
+                "(it folds into the bias)",
+            )
         cv = np.asarray(c, np.float32)
         if cv.size != 1 and cv.ndim not in (1, 3, 4):
             self.fail(node, f"Mul constant must be a scalar or per-channel, got shape {cv.shape}")
@@ -387,8 +451,11 @@ class _Importer:
                 self.qonnx_quant(node, a)
                 continue
             if node.domain not in ("", "ai.onnx"):
-                self.fail(node, f"op domain {node.domain!r} is not supported; supported ops: "
-                                f"{', '.join(SUPPORTED)}")
+                self.fail(
+                    node,
+                    f"op domain {node.domain!r} is not supported; supported ops: "
+                    f"{', '.join(SUPPORTED)}",
+                )
             if t == "Constant":
                 if "value" not in a:
                     self.fail(node, "only Constant with a tensor 'value' is supported")
@@ -439,14 +506,21 @@ class _Importer:
                     self.fail(node, f"only Concat along channels (axis=1) is supported, got {axis}")
                 self.add(node, Op.CONCAT, [self.name(i) for i in node.input], {"axis": 1})
             elif t == "Softmax":
-                self.add(node, Op.SOFTMAX, [self.name(node.input[0])],
-                         {"axis": int(a.get("axis", -1))})
+                self.add(
+                    node, Op.SOFTMAX, [self.name(node.input[0])], {"axis": int(a.get("axis", -1))}
+                )
             elif t in ("Identity", "Dropout"):
                 self.add(node, Op.IDENTITY, [self.name(node.input[0])])
             else:
-                self.fail(node, f"unsupported op type {t!r}; supported ops: {', '.join(SUPPORTED)}"
-                                + (" (QOperator models are run by the node interpreter)"
-                                   if t in QOPERATOR else ""))
+                self.fail(
+                    node,
+                    f"unsupported op type {t!r}; supported ops: {', '.join(SUPPORTED)}"
+                    + (
+                        " (QOperator models are run by the node interpreter)"
+                        if t in QOPERATOR
+                        else ""
+                    ),
+                )
         return self.finish()
 
     def finish(self) -> Graph:
@@ -454,20 +528,26 @@ class _Importer:
         inits = set(self.consts) | {i.name for i in g.initializer}
         inputs = [i for i in g.input if i.name not in inits]
         if len(inputs) != 1 or len(g.output) != 1:
-            raise ImportError_(f"{self.src}: hwsim runs single-input single-output models; this "
-                               f"one has inputs {[i.name for i in inputs]} and outputs "
-                               f"{[o.name for o in g.output]}")
+            raise ImportError_(
+                f"{self.src}: hwsim runs single-input single-output models; this "
+                f"one has inputs {[i.name for i in inputs]} and outputs "
+                f"{[o.name for o in g.output]}"
+            )
         out = self.name(g.output[0].name)
         for i, n in enumerate(self.nodes):
             if n.op is Op.SOFTMAX and i != len(self.nodes) - 1:
-                raise ImportError_(f"{self.src}: node {n.name!r} (Softmax): Softmax is supported "
-                                   "only as the last layer")
+                raise ImportError_(
+                    f"{self.src}: node {n.name!r} (Softmax): Softmax is supported "
+                    "only as the last layer"
+                )
         produced = {n.output for n in self.nodes} | {inputs[0].name}
         for n in self.nodes:
             for t in n.inputs:
                 if t not in produced:
-                    raise ImportError_(f"{self.src}: node {n.name!r}: input {t!r} is not produced "
-                                       "by any supported node")
+                    raise ImportError_(
+                        f"{self.src}: node {n.name!r}: input {t!r} is not produced "
+                        "by any supported node"
+                    )
         if out not in produced:
             raise ImportError_(f"{self.src}: output {g.output[0].name!r} is not computed")
         meta = {p.key: p.value for p in self.model.metadata_props}
@@ -477,8 +557,17 @@ class _Importer:
             except json.JSONDecodeError as e:
                 raise ImportError_(f"{self.src}: metadata 'hwsim' is not valid JSON: {e}") from e
         name = self.model.graph.name or Path(self.src).stem
-        return Graph(name, self.src, inputs[0].name, _shape(inputs[0])[1:], out, self.nodes,
-                     self.act_quant, meta, g.output[0].name)
+        return Graph(
+            name,
+            self.src,
+            inputs[0].name,
+            _shape(inputs[0])[1:],
+            out,
+            self.nodes,
+            self.act_quant,
+            meta,
+            g.output[0].name,
+        )
 
 
 def _dequant(q, s, z, axis):
@@ -499,8 +588,15 @@ def import_model(path_or_model, source: str | None = None) -> Graph:
         src = str(path_or_model)
         model = load_onnx(path_or_model)
     if is_qoperator(model):
-        ops = sorted({n.op_type for n in model.graph.node if n.op_type in QOPERATOR
-                      or n.domain == "com.microsoft"})
-        raise ImportError_(f"{src}: QOperator model ({', '.join(ops)}); run it with "
-                           "hwsim.execute.run_qoperator / `hwsim run`")
+        ops = sorted(
+            {
+                n.op_type
+                for n in model.graph.node
+                if n.op_type in QOPERATOR or n.domain == "com.microsoft"
+            }
+        )
+        raise ImportError_(
+            f"{src}: QOperator model ({', '.join(ops)}); run it with "
+            "hwsim.execute.run_qoperator / `hwsim run`"
+        )
     return _Importer(model, src).run()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwsim.data import Dataset
-from hwsim.graph.ir import MAC_OPS, Graph, Node, Op, WeightQuant
+from hwsim.graph.ir import MAC_OPS, Graph, Op, WeightQuant
 from hwsim.numerics import IntFormat, as_kind, as_mode
 from hwsim.quant.scheme import ActSpec, LayerScheme, LayerSpec, QuantProgram, Scheme, SchemeError
 
@@ -26,8 +26,11 @@ def quantize_weights(w: np.ndarray, ls: LayerScheme) -> WeightQuant:
     """Quantize a float weight (output channels on axis 0) by the layer's weight mode."""
     b = ls.wbits
     per_ch = ls.granularity == "channel"
-    flat = w.reshape(w.shape[0], -1).astype(np.float64) if per_ch else w.reshape(1, -1).astype(
-        np.float64)
+    flat = (
+        w.reshape(w.shape[0], -1).astype(np.float64)
+        if per_ch
+        else w.reshape(1, -1).astype(np.float64)
+    )
     if ls.weight_mode == "asymmetric":
         fmt = IntFormat(b, signed=False)
         lo = np.minimum(flat.min(axis=1), 0.0)
@@ -122,10 +125,11 @@ class RangeCollector:
 def datafree_ranges(graph: Graph, ls_of, input_range) -> dict[str, tuple[float, float]]:
     """Ranges without data: BN-derived after a folded BN (+ReLU), interval arithmetic elsewhere."""
     if input_range is None:
-        raise SchemeError("data-free quantization needs the input range (the data set's "
-                          "input_range, or --input-range LO,HI)")
+        raise SchemeError(
+            "data-free quantization needs the input range (the data set's "
+            "input_range, or --input-range LO,HI)"
+        )
     rng: dict[str, tuple[float, float]] = {graph.input: tuple(map(float, input_range))}
-    fused = _fused_targets(graph)
     for n in graph.nodes:
         lo, hi = rng[n.inputs[0]]
         if n.op in MAC_OPS:
@@ -190,8 +194,14 @@ def _act_spec(lo: float, hi: float, bits: int, mode: str, s_max: int) -> ActSpec
     return ActSpec("shift", fmt, float(np.float32(scale)), 0, s_max)
 
 
-def quantize(graph: Graph, scheme: Scheme, calib: Dataset | None = None,
-             batch_size: int = 256, input_range=None, progress=None) -> QuantProgram:
+def quantize(
+    graph: Graph,
+    scheme: Scheme,
+    calib: Dataset | None = None,
+    batch_size: int = 256,
+    input_range=None,
+    progress=None,
+) -> QuantProgram:
     """Quantize ``graph`` with ``scheme``; ``calib`` is needed for ``static`` and ``shift``."""
     from hwsim.execute import run_float  # the float executor calibrates (late: no cycle)
 
@@ -204,8 +214,9 @@ def quantize(graph: Graph, scheme: Scheme, calib: Dataset | None = None,
     default = scheme.default
     for name in scheme.overrides:
         if name not in {n.name for n in graph.nodes}:
-            raise SchemeError(f"override for unknown layer {name!r}; layers: "
-                              f"{', '.join(n.name for n in macs)}")
+            raise SchemeError(
+                f"override for unknown layer {name!r}; layers: {', '.join(n.name for n in macs)}"
+            )
 
     producer = graph.producer()
     cons = graph.consumers()
@@ -221,8 +232,11 @@ def quantize(graph: Graph, scheme: Scheme, calib: Dataset | None = None,
             return first
         if n.op in MAC_OPS:
             return layer_scheme[n.name]
-        return default if n.name not in scheme.overrides else default.replace(
-            **scheme.overrides[n.name])
+        return (
+            default
+            if n.name not in scheme.overrides
+            else default.replace(**scheme.overrides[n.name])
+        )
 
     fused = _fused_targets(graph)
     owners = [graph.input] + [n.output for n in graph.nodes if n.op in REQUANT]
@@ -234,8 +248,10 @@ def quantize(graph: Graph, scheme: Scheme, calib: Dataset | None = None,
     need_data = {t for t in owners if modes[t] in ("static", "shift")}
     if need_data:
         if calib is None:
-            raise SchemeError(f"scheme {scheme.name!r} ({default.act_mode} activations) needs "
-                              "calibration data (--calib DATA)")
+            raise SchemeError(
+                f"scheme {scheme.name!r} ({default.act_mode} activations) needs "
+                "calibration data (--calib DATA)"
+            )
         col = RangeCollector(sorted({calib_of[t] for t in need_data}))
         for _, xb in calib.batches(batch_size):
             col.update(run_float(graph, xb))
@@ -244,9 +260,13 @@ def quantize(graph: Graph, scheme: Scheme, calib: Dataset | None = None,
         for t in need_data:
             ranges[t] = col.range(calib_of[t], ls_of_tensor(t))
     if any(m == "data-free" for m in modes.values()):
-        df = datafree_ranges(graph, lambda n: layer_scheme[n.name],
-                             input_range if input_range is not None
-                             else (calib.input_range if calib is not None else None))
+        df = datafree_ranges(
+            graph,
+            lambda n: layer_scheme[n.name],
+            input_range
+            if input_range is not None
+            else (calib.input_range if calib is not None else None),
+        )
         for t in owners:
             if modes[t] == "data-free":
                 ranges[t] = df[calib_of[t]]

@@ -117,8 +117,10 @@ class LayerScheme:
         if as_kind(self.register) in (ScaleKind.TFLITE, ScaleKind.TFLITE_SINGLE) and (
             self.acc_bits > 32
         ):
-            raise SchemeError(f"a {self.register} register takes int32 input: acc_bits must be "
-                              f"<= 32, got {self.acc_bits}")
+            raise SchemeError(
+                f"a {self.register} register takes int32 input: acc_bits must be "
+                f"<= 32, got {self.acc_bits}"
+            )
 
     @property
     def accumulator(self) -> Accumulator:
@@ -173,8 +175,12 @@ class Scheme:
 
     @classmethod
     def from_dict(cls, d: dict) -> Scheme:
-        return cls(d["name"], LayerScheme(**d["default"]), d.get("first_last_bits"),
-                   d.get("overrides") or {})
+        return cls(
+            d["name"],
+            LayerScheme(**d["default"]),
+            d.get("first_last_bits"),
+            d.get("overrides") or {},
+        )
 
 
 @dataclass(frozen=True)
@@ -195,14 +201,26 @@ class ActSpec:
     pow2: bool = False
 
     def as_dict(self) -> dict:
-        return {"mode": self.mode, "bits": self.fmt.bits, "signed": self.fmt.signed,
-                "scale": self.scale, "zero_point": self.zero_point, "s_max": self.s_max,
-                "pow2": self.pow2}
+        return {
+            "mode": self.mode,
+            "bits": self.fmt.bits,
+            "signed": self.fmt.signed,
+            "scale": self.scale,
+            "zero_point": self.zero_point,
+            "s_max": self.s_max,
+            "pow2": self.pow2,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> ActSpec:
-        return cls(d["mode"], IntFormat(d["bits"], d["signed"]), float(d["scale"]),
-                   int(d["zero_point"]), int(d["s_max"]), bool(d.get("pow2", False)))
+        return cls(
+            d["mode"],
+            IntFormat(d["bits"], d["signed"]),
+            float(d["scale"]),
+            int(d["zero_point"]),
+            int(d["s_max"]),
+            bool(d.get("pow2", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -214,13 +232,20 @@ class LayerSpec:
     rounding: RoundingMode = RoundingMode.HALF_AWAY
 
     def as_dict(self) -> dict:
-        return {"acc_bits": self.acc.bits, "overflow": self.acc.overflow.value,
-                "register": self.register.value, "rounding": self.rounding.value}
+        return {
+            "acc_bits": self.acc.bits,
+            "overflow": self.acc.overflow.value,
+            "register": self.register.value,
+            "rounding": self.rounding.value,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerSpec:
-        return cls(Accumulator(bits=int(d["acc_bits"]), overflow=Overflow(d["overflow"])),
-                   as_kind(d["register"]), as_mode(d["rounding"]))
+        return cls(
+            Accumulator(bits=int(d["acc_bits"]), overflow=Overflow(d["overflow"])),
+            as_kind(d["register"]),
+            as_mode(d["rounding"]),
+        )
 
 
 @dataclass

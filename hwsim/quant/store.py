@@ -45,8 +45,12 @@ def _container(fmt: IntFormat):
 
 def _zp_tensor(name: str, fmt: IntFormat, value) -> TensorProto:
     if fmt.bits == 4:
-        return helper.make_tensor(name, TensorProto.INT4 if fmt.signed else TensorProto.UINT4,
-                                  np.shape(value), np.ravel(value).tolist())
+        return helper.make_tensor(
+            name,
+            TensorProto.INT4 if fmt.signed else TensorProto.UINT4,
+            np.shape(value),
+            np.ravel(value).tolist(),
+        )
     dt, _ = _container(fmt)
     return numpy_helper.from_array(np.asarray(value).astype(dt), name)
 
@@ -59,8 +63,9 @@ def to_onnx(program: QuantProgram) -> onnx.ModelProto:
     rename: dict[str, str] = {}
     out_spec = program.acts.get(g.output)
     # a quantized output: the layer writes '<out>_raw', the final DequantizeLinear writes '<out>'
-    raw = {g.output: f"{g.output}_raw"} if out_spec is not None and out_spec.mode == "static" \
-        else {}
+    raw = (
+        {g.output: f"{g.output}_raw"} if out_spec is not None and out_spec.mode == "static" else {}
+    )
 
     def tn(t: str) -> str:
         return raw.get(t, t)
@@ -79,16 +84,27 @@ def to_onnx(program: QuantProgram) -> onnx.ModelProto:
         s = const(f"{t}_scale", np.float32(spec.scale))
         if spec.fmt.bits in (4, 8, 16):
             inits.append(_zp_tensor(f"{t}_zp", spec.fmt, spec.zero_point))
-            nodes.append(helper.make_node("QuantizeLinear", [t, s, f"{t}_zp"], [f"{t}_q"],
-                                          name=f"{t}_Q"))
-            nodes.append(helper.make_node("DequantizeLinear", [f"{t}_q", s, f"{t}_zp"],
-                                          [dq], name=f"{t}_DQ"))
+            nodes.append(
+                helper.make_node("QuantizeLinear", [t, s, f"{t}_zp"], [f"{t}_q"], name=f"{t}_Q")
+            )
+            nodes.append(
+                helper.make_node("DequantizeLinear", [f"{t}_q", s, f"{t}_zp"], [dq], name=f"{t}_DQ")
+            )
         else:
             z = const(f"{t}_zp", np.float32(spec.zero_point))
             bw = const(f"{t}_bits", np.float32(spec.fmt.bits))
-            nodes.append(helper.make_node("Quant", [t, s, z, bw], [dq], name=f"{t}_Quant",
-                                          domain=QONNX_DOMAIN, signed=int(spec.fmt.signed),
-                                          narrow=0, rounding_mode="ROUND"))
+            nodes.append(
+                helper.make_node(
+                    "Quant",
+                    [t, s, z, bw],
+                    [dq],
+                    name=f"{t}_Quant",
+                    domain=QONNX_DOMAIN,
+                    signed=int(spec.fmt.signed),
+                    narrow=0,
+                    rounding_mode="ROUND",
+                )
+            )
         rename[t] = dq
 
     def src(t: str) -> str:
@@ -104,20 +120,40 @@ def to_onnx(program: QuantProgram) -> onnx.ModelProto:
             dt, _ = _container(wq.fmt)
             wname = const(f"{n.name}_wq", wq.q.astype(dt))
             sname = const(f"{n.name}_wscale", np.asarray(wq.scale, np.float32))
-            inits.append(_zp_tensor(f"{n.name}_wzp", IntFormat(max(wq.fmt.bits, 8), wq.fmt.signed)
-                                    if wq.fmt.bits != 4 else wq.fmt,
-                                    np.asarray(wq.zero_point)))
-            nodes.append(helper.make_node("DequantizeLinear", [wname, sname, f"{n.name}_wzp"],
-                                          [f"{n.name}_w"], name=f"{n.name}_wDQ", axis=0))
+            inits.append(
+                _zp_tensor(
+                    f"{n.name}_wzp",
+                    IntFormat(max(wq.fmt.bits, 8), wq.fmt.signed) if wq.fmt.bits != 4 else wq.fmt,
+                    np.asarray(wq.zero_point),
+                )
+            )
+            nodes.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [wname, sname, f"{n.name}_wzp"],
+                    [f"{n.name}_w"],
+                    name=f"{n.name}_wDQ",
+                    axis=0,
+                )
+            )
             weights_meta[n.name] = {"bits": wq.fmt.bits, "signed": wq.fmt.signed}
             args = [ins[0], f"{n.name}_w"]
             if n.bias is not None:
                 args.append(const(f"{n.name}_b", n.bias.astype(np.float32)))
             if n.op is Op.CONV:
                 a = n.attrs
-                nodes.append(helper.make_node("Conv", args, [out], name=n.name,
-                                              strides=list(a["strides"]), pads=list(a["pads"]),
-                                              dilations=list(a["dilations"]), group=a["group"]))
+                nodes.append(
+                    helper.make_node(
+                        "Conv",
+                        args,
+                        [out],
+                        name=n.name,
+                        strides=list(a["strides"]),
+                        pads=list(a["pads"]),
+                        dilations=list(a["dilations"]),
+                        group=a["group"],
+                    )
+                )
             else:
                 nodes.append(helper.make_node("Gemm", args, [out], name=n.name, transB=1))
         elif n.op is Op.RELU:
@@ -131,16 +167,25 @@ def to_onnx(program: QuantProgram) -> onnx.ModelProto:
         elif n.op is Op.MUL:
             c = n.weight.astype(np.float32)
             c = c.reshape(1, -1, 1, 1) if c.ndim == 1 else c
-            nodes.append(helper.make_node("Mul", [ins[0], const(f"{n.name}_c", c)], [out],
-                                          name=n.name))
+            nodes.append(
+                helper.make_node("Mul", [ins[0], const(f"{n.name}_c", c)], [out], name=n.name)
+            )
         elif n.op in (Op.MAXPOOL, Op.AVGPOOL):
             a = n.attrs
-            kw = dict(kernel_shape=list(a["kernel"]), strides=list(a["strides"]),
-                      pads=list(a["pads"]))
+            kw = dict(
+                kernel_shape=list(a["kernel"]), strides=list(a["strides"]), pads=list(a["pads"])
+            )
             if n.op is Op.AVGPOOL:
                 kw["count_include_pad"] = a["count_include_pad"]
-            nodes.append(helper.make_node("MaxPool" if n.op is Op.MAXPOOL else "AveragePool",
-                                          ins, [out], name=n.name, **kw))
+            nodes.append(
+                helper.make_node(
+                    "MaxPool" if n.op is Op.MAXPOOL else "AveragePool",
+                    ins,
+                    [out],
+                    name=n.name,
+                    **kw,
+                )
+            )
         elif n.op is Op.GAP:
             nodes.append(helper.make_node("GlobalAveragePool", ins, [out], name=n.name))
         elif n.op is Op.FLATTEN:
@@ -151,8 +196,7 @@ def to_onnx(program: QuantProgram) -> onnx.ModelProto:
         elif n.op is Op.CONCAT:
             nodes.append(helper.make_node("Concat", ins, [out], name=n.name, axis=1))
         elif n.op is Op.SOFTMAX:
-            nodes.append(helper.make_node("Softmax", ins, [out], name=n.name,
-                                          axis=n.attrs["axis"]))
+            nodes.append(helper.make_node("Softmax", ins, [out], name=n.name, axis=n.attrs["axis"]))
         elif n.op is Op.IDENTITY:
             nodes.append(helper.make_node("Identity", ins, [out], name=n.name))
         else:  # pragma: no cover - every Op is handled above
@@ -191,12 +235,15 @@ def program_from_graph(graph: Graph) -> QuantProgram:
     ``ort`` registers)."""
     meta = graph.meta.get("hwsim")
     if not isinstance(meta, dict):
-        acts = {t: ActSpec("static", q.fmt, q.scale, q.zero_point) for t, q in
-                graph.act_quant.items()}
+        acts = {
+            t: ActSpec("static", q.fmt, q.scale, q.zero_point) for t, q in graph.act_quant.items()
+        }
         return QuantProgram(graph, acts, {}, None)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ImportError_(f"{graph.source}: hwsim metadata format_version "
-                           f"{meta.get('format_version')!r}, this hwsim reads {FORMAT_VERSION}")
+        raise ImportError_(
+            f"{graph.source}: hwsim metadata format_version "
+            f"{meta.get('format_version')!r}, this hwsim reads {FORMAT_VERSION}"
+        )
     try:
         # the file's tensor names: the output may have been renamed by the DQ alias
         acts = {t: ActSpec.from_dict(d) for t, d in meta["acts"].items()}

@@ -28,8 +28,14 @@ PREFIXES = (
     "test_convinteger",
     "test_matmulinteger",
 )
-MODULES = ("quantizelinear", "dequantizelinear", "qlinearconv", "qlinearmatmul",
-           "convinteger", "matmulinteger")  # fmt: skip
+MODULES = (
+    "quantizelinear",
+    "dequantizelinear",
+    "qlinearconv",
+    "qlinearmatmul",
+    "convinteger",
+    "matmulinteger",
+)
 FLOAT_QUANT = {
     onnx.TensorProto.FLOAT8E4M3FN,
     onnx.TensorProto.FLOAT8E4M3FNUZ,
@@ -61,8 +67,10 @@ CASES = _collect()
 
 
 def _write_tensor(path: Path, value, name: str) -> None:
-    proto = value if isinstance(value, onnx.TensorProto) else numpy_helper.from_array(
-        np.asarray(value), name
+    proto = (
+        value
+        if isinstance(value, onnx.TensorProto)
+        else numpy_helper.from_array(np.asarray(value), name)
     )
     path.write_bytes(proto.SerializeToString())
 
@@ -100,8 +108,9 @@ def _load_case(root: Path, name: str):
 
 def _node_inputs(model: onnx.ModelProto, inputs: list) -> list:
     """The node's inputs in node order; an empty name is an omitted optional input."""
-    by_name = {vi.name: numpy_helper.to_array(t) for vi, t in zip(model.graph.input, inputs,
-                                                                   strict=True)}  # fmt: skip
+    by_name = {
+        vi.name: numpy_helper.to_array(t) for vi, t in zip(model.graph.input, inputs, strict=True)
+    }
     return [by_name[n] if n else None for n in model.graph.node[0].input]
 
 

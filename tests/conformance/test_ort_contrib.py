@@ -28,6 +28,7 @@ Findings with onnxruntime 1.32 on x86-64 (AVX-512):
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import numpy as np
 import onnx
@@ -109,6 +110,119 @@ def _scales(rng, kind, n):
     return [np.float32(np.exp(rng.uniform(np.log(1e-3), np.log(1.0)))) for _ in range(n)]
 
 
+# --- QuantizeLinear / DequantizeLinear: the ends of every QDQ chain ----------------------------
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "uint4", "int4"])
+@pytest.mark.parametrize("per_axis", [False, True])
+def test_quantize_dequantize_linear_equal_onnxruntime(dtype, per_axis):
+    """x -> QuantizeLinear -> (Cast to int32, DequantizeLinear): exact ties (k + 1/2) * scale,
+    values beyond the range, +-inf and NaN, per-tensor and per-axis (axis 0)."""
+    import ml_dtypes
+
+    dt = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
+    fmt = qops.int_format(dt)
+    k = np.arange(fmt.min - 3, fmt.max + 4, dtype=np.float64)
+    k = k[:: max(1, len(k) // 300)]
+    special = [np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, -0.0]
+    rows = [np.concatenate([k, k + 0.5, special]) * m for m in (0.25, 0.1, 3.0)]
+    x = np.stack(rows).astype(np.float32)
+    if per_axis:
+        scale = np.array([0.25, 0.1, 3.0], np.float32)
+        zp = np.array([fmt.min + 1, 0, fmt.max // 2 + 1]).astype(dt)
+    else:
+        scale, zp = np.float32(0.25), np.array(fmt.min + 1).astype(dt)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=0),
+        helper.make_node("Cast", ["q"], ["q32"], to=TensorProto.INT32),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qdq",
+        [_vi("x", x)],
+        [
+            helper.make_tensor_value_info("q32", TensorProto.INT32, None),
+            helper.make_tensor_value_info("d", TensorProto.FLOAT, None),
+        ],
+        [numpy_helper.from_array(np.asarray(scale), "s"), numpy_helper.from_array(zp, "z")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    q32, d = sess.run(None, {"x": x})
+    q = qops.run_node("QuantizeLinear", "", {"axis": 0}, [x, scale, zp])[0]
+    assert _same(q.astype(np.int32), q32) == 0
+    deq = qops.run_node("DequantizeLinear", "", {"axis": 0}, [q.astype(dt), scale, zp])[0]
+    assert _same(deq, d) == 0
+
+
+# --- standard integer ops beyond the backend tests: geometry and broadcasting ---------------------
+CONV_CASES = [
+    # (x shape, w shape, attrs, per-channel weights)
+    ((2, 6, 9, 9), (4, 3, 3, 3), {"pads": [1, 1, 1, 1], "group": 2}, True),
+    ((1, 3, 10, 8), (5, 3, 3, 2), {"strides": [2, 1], "dilations": [1, 2]}, True),
+    ((1, 4, 7, 7), (4, 1, 3, 3), {"group": 4, "auto_pad": "SAME_UPPER", "strides": [2, 2]}, True),
+    ((1, 2, 6, 5), (3, 2, 2, 3), {"auto_pad": "SAME_LOWER"}, False),
+    ((2, 3, 17), (4, 3, 5), {"pads": [2, 1], "strides": [3]}, True),
+    ((1, 8, 5, 5), (16, 8, 1, 1), {}, False),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+@pytest.mark.parametrize("x_type", INT8)
+def test_qlinear_conv_and_conv_integer_geometry(case, x_type):
+    x_shape, w_shape, attrs, per_channel = CONV_CASES[case]
+    rng = np.random.default_rng(case)
+    M = w_shape[0]
+    x, w = _q(rng, x_type, x_shape), _q(rng, np.int8, w_shape)
+    w_s = rng.uniform(0.001, 0.02, M if per_channel else 1).astype(np.float32)
+    inputs = [("x", x), ("x_scale", _draw_scale(rng)), ("x_zero_point", _zp(rng, x_type, "random")),
+              ("w", w), ("w_scale", w_s), ("w_zero_point", np.zeros(w_s.size, np.int8)),
+              ("y_scale", np.float32(rng.uniform(0.05, 0.5))),
+              ("y_zero_point", _zp(rng, x_type, "random")),
+              ("B", rng.integers(-20000, 20000, M).astype(np.int32))]  # fmt: skip
+    check("QLinearConv", inputs, attrs, domain="", const=("w", "w_scale", "w_zero_point", "B"))
+    if x_type == np.uint8:  # ORT's ConvInteger takes uint8 activations
+        u = _q(rng, np.uint8, w_shape)
+        check("ConvInteger", [("x", x), ("w", u), ("x_zero_point", _zp(rng, x_type, "random")),
+                              ("w_zero_point", np.uint8(7))], attrs, domain="")  # fmt: skip
+
+
+MATMUL_CASES = [
+    ((2, 1, 5, 12), (3, 12, 4)),
+    ((7, 12), (12,)),
+    ((12,), (2, 12, 6)),
+    ((4, 9, 33), (33, 5)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(MATMUL_CASES)))
+@pytest.mark.parametrize("types", [(np.uint8, np.int8), (np.uint8, np.uint8), (np.int8, np.int8)],
+                         ids=lambda t: f"{t[0].__name__}x{t[1].__name__}")  # fmt: skip
+def test_qlinear_matmul_and_matmul_integer_broadcasting(case, types):
+    a_shape, b_shape = MATMUL_CASES[case]
+    ta, tb = types
+    rng = np.random.default_rng(case)
+    a, b = _q(rng, ta, a_shape), _q(rng, tb, b_shape)
+    inputs = [("a", a), ("a_scale", _draw_scale(rng)), ("a_zero_point", _zp(rng, ta, "random")),
+              ("b", b), ("b_scale", _draw_scale(rng)), ("b_zero_point", _zp(rng, tb, "random")),
+              ("y_scale", np.float32(rng.uniform(0.05, 0.5))),
+              ("y_zero_point", _zp(rng, ta, "random"))]  # fmt: skip
+    check("QLinearMatMul", inputs, domain="")
+    check("MatMulInteger", [("A", a), ("B", b), ("a_zero_point", _zp(rng, ta, "random")),
+                            ("b_zero_point", _zp(rng, tb, "random"))], domain="")  # fmt: skip
+
+
+def test_matmul_integer_per_row_and_per_column_zero_points():
+    """Per-row A / per-column B zero points (allowed by ONNX) against plain int64 arithmetic."""
+    rng = np.random.default_rng(0)
+    a, b = _q(rng, np.uint8, (2, 6, 10)), _q(rng, np.int8, (10, 5))
+    za = _q(rng, np.uint8, (2, 6, 1))
+    zb = _q(rng, np.int8, (5,))
+    got = qops.run_node("MatMulInteger", "", {}, [a, b, za, zb])[0]
+    want = (a.astype(np.int64) - za) @ (b.astype(np.int64) - zb)
+    assert got.dtype == np.int32 and np.array_equal(got, want)
+
+
 # --- QLinearAdd / QLinearMul ---------------------------------------------------------------------
 BINARY_SHAPES = [
     ((3, 77), (3, 77)),
@@ -131,10 +245,15 @@ def test_qlinear_binary(op, dtype, shapes, kind):
     rng = np.random.default_rng(hash((op, dtype.__name__, shapes, kind)) % 2**32)
     sa, sb, sc = _scales(rng, kind, 3)
     inputs = [
-        ("A", _q(rng, dtype, shapes[0])), ("A_scale", sa), ("A_zero_point", _zp(rng, dtype, kind)),
-        ("B", _q(rng, dtype, shapes[1])), ("B_scale", sb), ("B_zero_point", _zp(rng, dtype, kind)),
-        ("C_scale", sc), ("C_zero_point", _zp(rng, dtype, kind)),
-    ]  # fmt: skip
+        ("A", _q(rng, dtype, shapes[0])),
+        ("A_scale", sa),
+        ("A_zero_point", _zp(rng, dtype, kind)),
+        ("B", _q(rng, dtype, shapes[1])),
+        ("B_scale", sb),
+        ("B_zero_point", _zp(rng, dtype, kind)),
+        ("C_scale", sc),
+        ("C_zero_point", _zp(rng, dtype, kind)),
+    ]
     check(op, inputs)
 
 
@@ -145,11 +264,23 @@ def test_qlinear_add_every_pair_of_values_with_tied_ratios(dtype):
     info = np.iinfo(dtype)
     v = np.arange(info.min, info.max + 1).astype(dtype)
     for sa, sb, sc in [(0.5, 0.25, 1.0), (0.375, 0.125, 0.25), (1.5, 0.5, 2.0)]:
-        for a, b in [(v[:, None], v[None, :]), (np.broadcast_to(v[:, None], (256, 256)).copy(),
-                                                 np.broadcast_to(v[None, :], (256, 256)).copy())]:
-            inputs = [("A", a), ("A_scale", np.float32(sa)), ("A_zero_point", dtype(3)),
-                      ("B", b), ("B_scale", np.float32(sb)), ("B_zero_point", dtype(7)),
-                      ("C_scale", np.float32(sc)), ("C_zero_point", dtype(5))]  # fmt: skip
+        for a, b in [
+            (v[:, None], v[None, :]),
+            (
+                np.broadcast_to(v[:, None], (256, 256)).copy(),
+                np.broadcast_to(v[None, :], (256, 256)).copy(),
+            ),
+        ]:
+            inputs = [
+                ("A", a),
+                ("A_scale", np.float32(sa)),
+                ("A_zero_point", dtype(3)),
+                ("B", b),
+                ("B_scale", np.float32(sb)),
+                ("B_zero_point", dtype(7)),
+                ("C_scale", np.float32(sc)),
+                ("C_zero_point", dtype(5)),
+            ]
             check("QLinearAdd", inputs)
             check("QLinearMul", inputs)
 
@@ -159,9 +290,16 @@ def test_qlinear_add_beyond_int32_gives_the_type_minimum(dtype):
     """A sum beyond int32 converts to INT32_MIN (x86 ``cvtps2dq``), which saturates to the
     type's minimum -- even for a huge positive sum. hwsim reproduces it."""
     a = np.array([1, 100, -3], dtype) if dtype == np.int8 else np.array([1, 100, 250], dtype)
-    inputs = [("A", a), ("A_scale", np.float32(1e6)), ("A_zero_point", dtype(0)),
-              ("B", a), ("B_scale", np.float32(1e6)), ("B_zero_point", dtype(0)),
-              ("C_scale", np.float32(1e-6)), ("C_zero_point", dtype(0))]  # fmt: skip
+    inputs = [
+        ("A", a),
+        ("A_scale", np.float32(1e6)),
+        ("A_zero_point", dtype(0)),
+        ("B", a),
+        ("B_scale", np.float32(1e6)),
+        ("B_zero_point", dtype(0)),
+        ("C_scale", np.float32(1e-6)),
+        ("C_zero_point", dtype(0)),
+    ]
     got = check("QLinearAdd", inputs)
     assert int(got[1]) == np.iinfo(dtype).min
 
@@ -181,10 +319,19 @@ def test_qlinear_leaky_relu(dtype, alpha, kind):
     rng = np.random.default_rng(int(alpha * 1e4) + SCALE_KINDS.index(kind))
     xs, ys = _scales(rng, kind, 2)
     x = np.arange(np.iinfo(dtype).min, np.iinfo(dtype).max + 1).astype(dtype).reshape(16, 16)
-    inputs = [("X", x), ("X_scale", xs), ("X_zero_point", _zp(rng, dtype, kind)),
-              ("Y_scale", ys), ("Y_zero_point", _zp(rng, dtype, kind))]  # fmt: skip
-    check("QLinearLeakyRelu", inputs, {"alpha": alpha}, const=("X_scale", "X_zero_point",
-                                                                "Y_scale", "Y_zero_point"))
+    inputs = [
+        ("X", x),
+        ("X_scale", xs),
+        ("X_zero_point", _zp(rng, dtype, kind)),
+        ("Y_scale", ys),
+        ("Y_zero_point", _zp(rng, dtype, kind)),
+    ]
+    check(
+        "QLinearLeakyRelu",
+        inputs,
+        {"alpha": alpha},
+        const=("X_scale", "X_zero_point", "Y_scale", "Y_zero_point"),
+    )
 
 
 CONCAT_CASES = [
@@ -226,17 +373,22 @@ def test_qlinear_global_average_pool(dtype, shape, channels_last, kind):
     ratio = 2.0 ** int(rng.integers(-4, 3)) if kind == "ties" else rng.uniform(0.05, 20)
     xs = np.float32(ys * S * ratio / S) if kind != "ties" else np.float32(ys * ratio)
     x_shape = (shape[0], *shape[2:], shape[1]) if channels_last else shape
-    inputs = [("X", _q(rng, dtype, x_shape)), ("x_scale", xs),
-              ("x_zero_point", _zp(rng, dtype, kind)), ("y_scale", ys),
-              ("y_zero_point", _zp(rng, dtype, kind))]  # fmt: skip
+    inputs = [
+        ("X", _q(rng, dtype, x_shape)),
+        ("x_scale", xs),
+        ("x_zero_point", _zp(rng, dtype, kind)),
+        ("y_scale", ys),
+        ("y_zero_point", _zp(rng, dtype, kind)),
+    ]
     check("QLinearGlobalAveragePool", inputs, {"channels_last": channels_last})
 
 
 def test_qlinear_global_average_pool_rejects_what_mlas_rejects():
     x = np.zeros((1, 1, 4, 4), np.uint8)
     with pytest.raises(qops.QOpError, match="computation range"):
-        qops.qlinear_global_average_pool(x, np.float32(1), np.uint8(0), np.float32(1e-6),
-                                         np.uint8(0))  # fmt: skip
+        qops.qlinear_global_average_pool(
+            x, np.float32(1), np.uint8(0), np.float32(1e-6), np.uint8(0)
+        )
 
 
 AVGPOOL_CASES = [
@@ -246,8 +398,15 @@ AVGPOOL_CASES = [
     ((2, 3, 7, 5), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
     ((1, 4, 9, 9), {"kernel_shape": [3, 2], "strides": [2, 3], "ceil_mode": 1}),
     ((1, 4, 8, 8), {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
-    ((1, 4, 8, 8), {"kernel_shape": [2, 2], "strides": [1, 1], "auto_pad": "SAME_LOWER",
-                    "count_include_pad": 1}),  # fmt: skip
+    (
+        (1, 4, 8, 8),
+        {
+            "kernel_shape": [2, 2],
+            "strides": [1, 1],
+            "auto_pad": "SAME_LOWER",
+            "count_include_pad": 1,
+        },
+    ),
     ((2, 3, 11), {"kernel_shape": [4], "strides": [2], "pads": [1, 2]}),
     ((1, 2, 4, 5, 6), {"kernel_shape": [2, 2, 3], "pads": [0, 1, 1, 1, 0, 1]}),
     ((2, 3, 5, 5), {"kernel_shape": [5, 5]}),  # the global-average fallback
@@ -265,9 +424,13 @@ def test_qlinear_average_pool(dtype, case, kind):
     if attrs.get("channels_last"):
         shape = (shape[0], *shape[2:], shape[1])
     xs, ys = _scales(rng, kind, 2)
-    inputs = [("X", _q(rng, dtype, shape)), ("x_scale", xs),
-              ("x_zero_point", _zp(rng, dtype, kind)), ("y_scale", ys),
-              ("y_zero_point", _zp(rng, dtype, kind))]  # fmt: skip
+    inputs = [
+        ("X", _q(rng, dtype, shape)),
+        ("x_scale", xs),
+        ("x_zero_point", _zp(rng, dtype, kind)),
+        ("y_scale", ys),
+        ("y_zero_point", _zp(rng, dtype, kind)),
+    ]
     check("QLinearAveragePool", inputs, attrs)
 
 
@@ -304,8 +467,11 @@ QGEMM_CASES = [
 ]
 
 
-@pytest.mark.parametrize("types", [(np.uint8, np.int8), (np.int8, np.int8), (np.uint8, np.uint8)],
-                         ids=lambda t: f"{t[0].__name__}x{t[1].__name__}")  # fmt: skip
+@pytest.mark.parametrize(
+    "types",
+    [(np.uint8, np.int8), (np.int8, np.int8), (np.uint8, np.uint8)],
+    ids=lambda t: f"{t[0].__name__}x{t[1].__name__}",
+)
 @pytest.mark.parametrize("case", range(len(QGEMM_CASES)))
 @pytest.mark.parametrize("kind", SCALE_KINDS)
 def test_qgemm(types, case, kind):
@@ -322,9 +488,17 @@ def test_qgemm(types, case, kind):
         b_s, b_z = _scales(rng, kind, 1)[0], _zp(rng, tb, kind)
     c = None if bias is None else rng.integers(-(2**20), 2**20, bias).astype(np.int32)
     y_s, y_z = (y_s, _zp(rng, ta, kind)) if requant else (None, None)
-    inputs = [("A", a), ("a_scale", a_s), ("a_zero_point", _zp(rng, ta, kind)), ("B", b),
-              ("b_scale", b_s), ("b_zero_point", b_z), ("C", c), ("y_scale", y_s),
-              ("y_zero_point", y_z)]  # fmt: skip
+    inputs = [
+        ("A", a),
+        ("a_scale", a_s),
+        ("a_zero_point", _zp(rng, ta, kind)),
+        ("B", b),
+        ("b_scale", b_s),
+        ("b_zero_point", b_z),
+        ("C", c),
+        ("y_scale", y_s),
+        ("y_zero_point", y_z),
+    ]
     check("QGemm", inputs, attrs, const=("B", "b_scale", "b_zero_point"))
 
 
@@ -354,8 +528,13 @@ def _stress(op_type, draw, n, attrs=None, domain=MS):
     return bad
 
 
-STRESS_BINARY = [((256,), (256,)), ((), (256,)), ((256,), ()), ((16, 1), (16, 16)),
-                 ((16, 16), (1, 16))]  # fmt: skip
+STRESS_BINARY = [
+    ((256,), (256,)),
+    ((), (256,)),
+    ((256,), ()),
+    ((16, 1), (16, 16)),
+    ((16, 16), (1, 16)),
+]
 
 
 @pytest.mark.parametrize("op", ["QLinearAdd", "QLinearMul"])
@@ -369,10 +548,16 @@ def test_qlinear_binary_many_parameters(op, dtype, shapes):
         return v.reshape(shape) if int(np.prod(shape)) == 256 else _q(rng, dtype, shape)
 
     def draw(i):
-        return [("A", values(shapes[0])), ("A_scale", _draw_scale(rng)),
-                ("A_zero_point", _zp(rng, dtype, "random")), ("B", values(shapes[1])),
-                ("B_scale", _draw_scale(rng)), ("B_zero_point", _zp(rng, dtype, "random")),
-                ("C_scale", _draw_scale(rng)), ("C_zero_point", _zp(rng, dtype, "random"))]  # fmt: skip
+        return [
+            ("A", values(shapes[0])),
+            ("A_scale", _draw_scale(rng)),
+            ("A_zero_point", _zp(rng, dtype, "random")),
+            ("B", values(shapes[1])),
+            ("B_scale", _draw_scale(rng)),
+            ("B_zero_point", _zp(rng, dtype, "random")),
+            ("C_scale", _draw_scale(rng)),
+            ("C_zero_point", _zp(rng, dtype, "random")),
+        ]
 
     assert _stress(op, draw, 400) == 0
 
@@ -384,9 +569,13 @@ def test_qlinear_global_average_pool_many_parameters(dtype):
     def draw(i):
         ys = _draw_scale(rng)
         xs = np.float32(ys * 49 * np.float32(rng.choice([0.5, 1.5, 0.37, 2.0, 0.1, 1 / 3])))
-        return [("X", _q(rng, dtype, (2, 32, 7, 7))), ("x_scale", xs),
-                ("x_zero_point", _zp(rng, dtype, "random")), ("y_scale", ys),
-                ("y_zero_point", _zp(rng, dtype, "random"))]  # fmt: skip
+        return [
+            ("X", _q(rng, dtype, (2, 32, 7, 7))),
+            ("x_scale", xs),
+            ("x_zero_point", _zp(rng, dtype, "random")),
+            ("y_scale", ys),
+            ("y_zero_point", _zp(rng, dtype, "random")),
+        ]
 
     assert _stress("QLinearGlobalAveragePool", draw, 400) == 0
 
@@ -396,12 +585,20 @@ def test_qlinear_global_average_pool_many_parameters(dtype):
 def test_lookup_and_pool_many_parameters(dtype, op):
     rng = np.random.default_rng(11 + (op == "QLinearAveragePool"))
     v = np.arange(np.iinfo(dtype).min, np.iinfo(dtype).max + 1).astype(dtype).reshape(1, 4, 8, 8)
-    attrs = {"alpha": 0.1} if op == "QLinearLeakyRelu" else {
-        "kernel_shape": [2, 3], "pads": [1, 1, 0, 1], "strides": [1, 2]}
+    attrs = (
+        {"alpha": 0.1}
+        if op == "QLinearLeakyRelu"
+        else {"kernel_shape": [2, 3], "pads": [1, 1, 0, 1], "strides": [1, 2]}
+    )
 
     def draw(i):
-        return [("X", v), ("X_scale", _draw_scale(rng)), ("X_zero_point", _zp(rng, dtype, "random")),
-                ("Y_scale", _draw_scale(rng)), ("Y_zero_point", _zp(rng, dtype, "random"))]
+        return [
+            ("X", v),
+            ("X_scale", _draw_scale(rng)),
+            ("X_zero_point", _zp(rng, dtype, "random")),
+            ("Y_scale", _draw_scale(rng)),
+            ("Y_zero_point", _zp(rng, dtype, "random")),
+        ]
 
     assert _stress(op, draw, 400, attrs) == 0
 
@@ -411,12 +608,17 @@ def test_qgemm_many_parameters(dtype):
     rng = np.random.default_rng(13)
 
     def draw(i):
-        return [("A", _q(rng, dtype, (8, 40))), ("a_scale", _draw_scale(rng)),
-                ("a_zero_point", _zp(rng, dtype, "random")), ("B", _q(rng, np.int8, (40, 16))),
-                ("b_scale", np.array([_draw_scale(rng) for _ in range(16)], np.float32)),
-                ("b_zero_point", np.zeros(16, np.int8)),
-                ("C", rng.integers(-5000, 5000, 16).astype(np.int32)),
-                ("y_scale", _draw_scale(rng)), ("y_zero_point", _zp(rng, dtype, "random"))]  # fmt: skip
+        return [
+            ("A", _q(rng, dtype, (8, 40))),
+            ("a_scale", _draw_scale(rng)),
+            ("a_zero_point", _zp(rng, dtype, "random")),
+            ("B", _q(rng, np.int8, (40, 16))),
+            ("b_scale", np.array([_draw_scale(rng) for _ in range(16)], np.float32)),
+            ("b_zero_point", np.zeros(16, np.int8)),
+            ("C", rng.integers(-5000, 5000, 16).astype(np.int32)),
+            ("y_scale", _draw_scale(rng)),
+            ("y_zero_point", _zp(rng, dtype, "random")),
+        ]
 
     assert _stress("QGemm", draw, 200, {"alpha": 0.3}) == 0
 
@@ -427,95 +629,96 @@ def _init(name, value):
 
 
 def _chain(op, dtype, rng):
-    """(float QDQ graph pieces, the quantized feeds, the qops call giving the expected output,
-    the op types ORT's optimised graph must consist of)."""
+    """A float QDQ graph ``DequantizeLinear -> op -> QuantizeLinear``: (nodes, initializers,
+    quantized feeds, the qops call that must equal ORT's output or None, the op types ORT's
+    optimised graph must consist of)."""
     xs, ws, ys = (np.float32(v) for v in rng.uniform(0.005, 0.05, 3))
     xz, yz = _zp(rng, dtype, "random"), _zp(rng, dtype, "random")
-    tt = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xf"])]
     inits = [_init("xs", xs), _init("xz", xz), _init("ys", ys), _init("yz", yz)]
-    shape = (2, 4, 6, 6)
-    feeds = {"x": _q(rng, dtype, shape)}
-    x = feeds["x"]
+    x = _q(rng, dtype, (6, 24) if op in ("Gemm", "MatMul") else (2, 4, 6, 6))
+    feeds = {"x": x}
+    q_out = ["yf", "ys", "yz"]
     if op in ("Add", "Mul", "Concat"):
-        feeds["b"] = _q(rng, dtype, shape)
-        bz = _zp(rng, dtype, "random")
+        b, bz = _q(rng, dtype, x.shape), _zp(rng, dtype, "random")
+        feeds["b"] = b
         nodes.append(helper.make_node("DequantizeLinear", ["b", "ws", "bz"], ["bf"]))
         inits += [_init("ws", ws), _init("bz", bz)]
-        extra = {"axis": 1} if op == "Concat" else {}
-        nodes.append(helper.make_node(op, ["xf", "bf"], ["yf"], **extra))
-        args = [x, xs, xz, feeds["b"], ws, bz, ys, yz]
         if op == "Concat":
-            expected = lambda: qops.qlinear_concat(ys, yz, x, xs, xz, feeds["b"], ws, bz, axis=1)  # noqa: E731
+            nodes.append(helper.make_node(op, ["xf", "bf"], ["yf"], axis=1))
+            expected = partial(qops.qlinear_concat, ys, yz, x, xs, xz, b, ws, bz, axis=1)
         else:
+            nodes.append(helper.make_node(op, ["xf", "bf"], ["yf"]))
             fn = qops.qlinear_add if op == "Add" else qops.qlinear_mul
-            expected = lambda: fn(*args)  # noqa: E731
-        kernels = {("com.microsoft", f"QLinear{op}")}
+            expected = partial(fn, x, xs, xz, b, ws, bz, ys, yz)
+        kernels = {(MS, f"QLinear{op}")}
     elif op in ("GlobalAveragePool", "AveragePool", "LeakyRelu"):
-        attrs = {"AveragePool": {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
-                 "LeakyRelu": {"alpha": 0.2}}.get(op, {})  # fmt: skip
+        attrs = {
+            "AveragePool": {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+            "LeakyRelu": {"alpha": 0.2},
+        }.get(op, {})
         nodes.append(helper.make_node(op, ["xf"], ["yf"], **attrs))
-        fn = {"GlobalAveragePool": qops.qlinear_global_average_pool,
-              "AveragePool": qops.qlinear_average_pool,
-              "LeakyRelu": qops.qlinear_leaky_relu}[op]  # fmt: skip
-        expected = lambda: fn(x, xs, xz, ys, yz, **attrs)  # noqa: E731
-        kernels = {("com.microsoft", f"QLinear{op}")}
-    elif op in ("MaxPool", "MaxPool-rescaled"):
-        same = op == "MaxPool"
-        if same:
-            nodes.append(helper.make_node("MaxPool", ["xf"], ["yf"], kernel_shape=[3, 3],
-                                          strides=[2, 2], pads=[1, 1, 1, 1]))  # fmt: skip
-            nodes.append(helper.make_node("QuantizeLinear", ["yf", "xs", "xz"], ["y"]))
-            expected = lambda: qops.max_pool(x, kernel_shape=[3, 3], strides=[2, 2],  # noqa: E731
-                                             pads=[1, 1, 1, 1])  # fmt: skip
-            return nodes, inits, feeds, expected, {("", "MaxPool")}
+        fn = {
+            "GlobalAveragePool": qops.qlinear_global_average_pool,
+            "AveragePool": qops.qlinear_average_pool,
+            "LeakyRelu": qops.qlinear_leaky_relu,
+        }[op]
+        expected = partial(fn, x, xs, xz, ys, yz, **attrs)
+        kernels = {(MS, f"QLinear{op}")}
+    elif op == "MaxPool":  # Q with the DQ's parameters: ORT drops the pair
+        attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+        nodes.append(helper.make_node("MaxPool", ["xf"], ["yf"], **attrs))
+        q_out = ["yf", "xs", "xz"]
+        expected = partial(qops.max_pool, x, **attrs)
+        kernels = {("", "MaxPool")}
+    elif op == "MaxPool-rescaled":  # different Q parameters: ORT keeps the float MaxPool
         nodes.append(helper.make_node("MaxPool", ["xf"], ["yf"], kernel_shape=[2, 2]))
         expected = None
         kernels = {("", "DequantizeLinear"), ("", "MaxPool"), ("", "QuantizeLinear")}
-    elif op in ("Gemm", "MatMul", "Conv"):
-        if op == "Conv":
-            w = _q(rng, np.int8, (5, 4, 3, 3))
-            axis, n_out = 0, 5
-        else:
-            feeds["x"] = x = _q(rng, dtype, (6, 24))
-            w = _q(rng, np.int8, (24, 5))
-            axis, n_out = 1, 5
-        w_s = rng.uniform(0.002, 0.02, n_out).astype(np.float32)
-        w_z = np.zeros(n_out, np.int8)
-        bias = rng.integers(-3000, 3000, n_out).astype(np.int32)
-        inits += [_init("w", w), _init("w_s", w_s), _init("w_z", w_z), _init("bias", bias),
-                  _init("bias_s", (xs * w_s).astype(np.float32))]  # fmt: skip
+    else:  # Gemm, MatMul, Conv with per-channel int8 weights (and an int32 bias)
+        w = _q(rng, np.int8, (5, 4, 3, 3) if op == "Conv" else (24, 5))
+        w_s = rng.uniform(0.002, 0.02, 5).astype(np.float32)
+        w_z = np.zeros(5, np.int8)
+        bias = rng.integers(-3000, 3000, 5).astype(np.int32)
+        inits += [_init("w", w), _init("w_s", w_s), _init("w_z", w_z), _init("bias", bias)]
+        inits.append(_init("bias_s", (xs * w_s).astype(np.float32)))
+        axis = 0 if op == "Conv" else 1
         nodes.append(helper.make_node("DequantizeLinear", ["w", "w_s", "w_z"], ["wf"], axis=axis))
+        if op != "MatMul":
+            nodes.append(helper.make_node("DequantizeLinear", ["bias", "bias_s"], ["bf"], axis=0))
         if op == "MatMul":
             nodes.append(helper.make_node("MatMul", ["xf", "wf"], ["yf"]))
-            expected = lambda: qops.qlinear_matmul(x, xs, xz, w, w_s, w_z, ys, yz)  # noqa: E731
+            expected = partial(qops.qlinear_matmul, x, xs, xz, w, w_s, w_z, ys, yz)
             kernels = {("", "QLinearMatMul")}
-        else:
-            nodes.append(helper.make_node("DequantizeLinear", ["bias", "bias_s"], ["bf"], axis=0))
-            if op == "Gemm":
-                nodes.append(helper.make_node("Gemm", ["xf", "wf", "bf"], ["yf"]))
-                expected = lambda: qops.qgemm(x, xs, xz, w, w_s, w_z, bias, ys, yz)  # noqa: E731
-                kernels = {("com.microsoft", "QGemm")}
-            else:
-                nodes.append(helper.make_node("Conv", ["xf", "wf", "bf"], ["yf"], pads=[1] * 4))
-                expected = lambda: qops.qlinear_conv(  # noqa: E731
-                    x, xs, xz, w, w_s, w_z, ys, yz, bias, pads=[1, 1, 1, 1]
-                )
-                kernels = {("", "QLinearConv")}
-        if dtype == np.int8 and op != "Gemm":  # x86: int8 activations are not fused into QLinearConv/MatMul
+        elif op == "Gemm":
+            nodes.append(helper.make_node("Gemm", ["xf", "wf", "bf"], ["yf"]))
+            expected = partial(qops.qgemm, x, xs, xz, w, w_s, w_z, bias, ys, yz)
+            kernels = {(MS, "QGemm")}
+        else:  # ORT moves QLinearConv to NHWC: com.microsoft QLinearConv between Transposes
+            nodes.append(helper.make_node("Conv", ["xf", "wf", "bf"], ["yf"], pads=[1] * 4))
+            conv = partial(qops.qlinear_conv, x, xs, xz, w, w_s, w_z, ys, yz, bias)
+            expected = partial(conv, pads=[1, 1, 1, 1])
+            kernels = {("", "Transpose"), (MS, "QLinearConv")}
+        if dtype == np.int8 and op != "Gemm":  # x86: int8 activations stay unfused
             expected = None
             kernels = {("", "DequantizeLinear"), ("", op), ("", "QuantizeLinear")}
-        elif op == "Conv":  # ORT moves QLinearConv to NHWC (com.microsoft) with Transposes
-            kernels = {("", "Transpose"), (MS, "QLinearConv")}
-    else:  # pragma: no cover
-        raise AssertionError(op)
-    nodes.append(helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"]))
-    del tt
+    nodes.append(helper.make_node("QuantizeLinear", q_out, ["y"]))
     return nodes, inits, feeds, expected, kernels
 
 
-CHAINS = ["Add", "Mul", "GlobalAveragePool", "AveragePool", "Concat", "LeakyRelu", "MaxPool",
-          "MaxPool-rescaled", "Gemm", "MatMul", "Conv"]  # fmt: skip
+CHAINS = [
+    "Add",
+    "Mul",
+    "GlobalAveragePool",
+    "AveragePool",
+    "Concat",
+    "LeakyRelu",
+    "MaxPool",
+    "MaxPool-rescaled",
+    "Gemm",
+    "MatMul",
+    "Conv",
+]
 
 
 @pytest.mark.parametrize("op", CHAINS)
@@ -524,15 +727,17 @@ def test_qdq_chain_is_fused_into_the_emulated_kernel(op, dtype, tmp_path):
     rng = np.random.default_rng(CHAINS.index(op) + 100 * (dtype == np.int8))
     nodes, inits, feeds, expected, kernels = _chain(op, dtype, rng)
     graph_inputs = [_vi(n, v) for n, v in feeds.items()]
-    out = [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(dtype)),
-                                         None)]  # fmt: skip
-    model = helper.make_model(helper.make_graph(nodes, "qdq", graph_inputs, out, inits),
-                              opset_imports=[helper.make_opsetid("", 21)])  # fmt: skip
+    out = [
+        helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None)
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "qdq", graph_inputs, out, inits),
+        opset_imports=[helper.make_opsetid("", 21)],
+    )
     model.ir_version = 9
     opts = ort.SessionOptions()  # default: ORT_ENABLE_ALL
     opts.optimized_model_filepath = os.fspath(tmp_path / "optimized.onnx")
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])  # fmt: skip
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     want = sess.run(None, feeds)[0]
     optimized = onnx.load(opts.optimized_model_filepath)
     assert {(n.domain, n.op_type) for n in optimized.graph.node} == kernels

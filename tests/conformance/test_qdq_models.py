@@ -56,10 +56,15 @@ def _make(qdq_dir, model, pre, per_channel, act):
             quant_pre_process(src, str(src_pre))
         src = str(src_pre)
     out = qdq_dir / f"{model}_{int(pre)}_{int(per_channel)}_{act}.onnx"
-    quantize_static(src, str(out), _Reader(load_data("digits-train").x),
-                    quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QInt8 if act == "s8" else QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)
+    quantize_static(
+        src,
+        str(out),
+        _Reader(load_data("digits-train").x),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QInt8 if act == "s8" else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     return out
 
 
@@ -70,9 +75,21 @@ def test_hwsim_run_equals_onnxruntime(qdq_dir, tmp_path, model, pre, per_channel
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     want = sess.run(None, {"input": d.x})[0]
     outs = tmp_path / "o.npz"
-    r = CliRunner().invoke(main, ["run", str(path), "--data", "digits", "--save-outputs",
-                                  str(outs), "--report", str(tmp_path / "r.json"),
-                                  "--batch-size", "100"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(path),
+            "--data",
+            "digits",
+            "--save-outputs",
+            str(outs),
+            "--report",
+            str(tmp_path / "r.json"),
+            "--batch-size",
+            "100",
+        ],
+    )
     assert r.exit_code == 0, r.output
     with np.load(outs) as f:
         got = f[sess.get_outputs()[0].name]

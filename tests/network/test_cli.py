@@ -20,9 +20,23 @@ def runner():
 @pytest.fixture(scope="module")
 def qmodel(tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "rescnn_w8a8.onnx"
-    r = CliRunner().invoke(main, ["quantize", "models/rescnn.onnx", "--scheme", "per-channel",
-                                  "--wbits", "8", "--abits", "8", "--calib", "digits-train",
-                                  "-o", str(out)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "quantize",
+            "models/rescnn.onnx",
+            "--scheme",
+            "per-channel",
+            "--wbits",
+            "8",
+            "--abits",
+            "8",
+            "--calib",
+            "digits-train",
+            "-o",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     return out
 
@@ -35,8 +49,10 @@ def test_models_lists_shipped(runner):
 
 def test_run_report_and_outputs(runner, qmodel, tmp_path):
     rep, outs = tmp_path / "r.json", tmp_path / "o.npz"
-    r = runner.invoke(main, ["run", str(qmodel), "--data", "digits", "--report", str(rep),
-                             "--save-outputs", str(outs)])
+    r = runner.invoke(
+        main,
+        ["run", str(qmodel), "--data", "digits", "--report", str(rep), "--save-outputs", str(outs)],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(rep.read_text())
     assert doc["samples"] == 599 and doc["int_accuracy"] > 0.95
@@ -82,24 +98,38 @@ def test_run_without_labels_notes_it(runner, qmodel, tmp_path):
 
 def test_report_not_written_on_error(runner, tmp_path):
     rep = tmp_path / "r.json"
-    r = runner.invoke(main, ["run", "models/rescnn.onnx", "--data", "digits", "--report",
-                             str(rep)])
+    r = runner.invoke(main, ["run", "models/rescnn.onnx", "--data", "digits", "--report", str(rep)])
     assert r.exit_code == 1 and "float model" in r.output
     assert not rep.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_bad_bits_and_unknown_data(runner, tmp_path):
-    r = runner.invoke(main, ["quantize", "models/mlp.onnx", "--wbits", "17", "-o",
-                             str(tmp_path / "q.onnx")])
+    r = runner.invoke(
+        main, ["quantize", "models/mlp.onnx", "--wbits", "17", "-o", str(tmp_path / "q.onnx")]
+    )
     assert r.exit_code == 2 and "17" in r.output
-    r = runner.invoke(main, ["quantize", "models/mlp.onnx", "--calib", "nosuchdata", "-o",
-                             str(tmp_path / "q.onnx")])
+    r = runner.invoke(
+        main,
+        ["quantize", "models/mlp.onnx", "--calib", "nosuchdata", "-o", str(tmp_path / "q.onnx")],
+    )
     assert r.exit_code == 1 and "unknown data set 'nosuchdata'" in r.output
     r = runner.invoke(main, ["quantize", "models/mlp.onnx", "-o", str(tmp_path / "q.onnx")])
     assert r.exit_code == 1 and "needs calibration data" in r.output
-    r = runner.invoke(main, ["quantize", "models/mlp.onnx", "--register", "tflite",
-                             "--acc-bits", "40", "--calib", "digits", "-o",
-                             str(tmp_path / "q.onnx")])
+    r = runner.invoke(
+        main,
+        [
+            "quantize",
+            "models/mlp.onnx",
+            "--register",
+            "tflite",
+            "--acc-bits",
+            "40",
+            "--calib",
+            "digits",
+            "-o",
+            str(tmp_path / "q.onnx"),
+        ],
+    )
     assert r.exit_code == 1 and "acc_bits must be <= 32" in r.output
     assert list(tmp_path.iterdir()) == []
 
@@ -113,21 +143,53 @@ def test_truncated_model_cli(runner, tmp_path):
 
 def test_compare_sweep_json_and_plot(runner, tmp_path):
     js, png = tmp_path / "c.json", tmp_path / "c.png"
-    r = runner.invoke(main, ["compare", "models/mlp.onnx", "--data", "digits", "--calib",
-                             "digits-train", "--schemes", "per-tensor,per-sample",
-                             "--wbits", "8,4", "--abits", "8", "--json", str(js), "--plot",
-                             str(png)])
+    r = runner.invoke(
+        main,
+        [
+            "compare",
+            "models/mlp.onnx",
+            "--data",
+            "digits",
+            "--calib",
+            "digits-train",
+            "--schemes",
+            "per-tensor,per-sample",
+            "--wbits",
+            "8,4",
+            "--abits",
+            "8",
+            "--json",
+            str(js),
+            "--plot",
+            str(png),
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = json.loads(js.read_text())["rows"]
     assert [(x["scheme"], x["wbits"]) for x in rows] == [
-        ("per-tensor", 8), ("per-tensor", 4), ("per-sample", 8), ("per-sample", 4)]
+        ("per-tensor", 8),
+        ("per-tensor", 4),
+        ("per-sample", 8),
+        ("per-sample", 4),
+    ]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_data_free_needs_no_data(runner, tmp_path):
     out = tmp_path / "df.onnx"
-    r = runner.invoke(main, ["quantize", "models/rescnn.onnx", "--scheme", "data-free",
-                             "--input-range", "0,1", "-o", str(out)])
+    r = runner.invoke(
+        main,
+        [
+            "quantize",
+            "models/rescnn.onnx",
+            "--scheme",
+            "data-free",
+            "--input-range",
+            "0,1",
+            "-o",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(main, ["run", str(out), "--data", "digits"])
     assert r.exit_code == 0, r.output

@@ -36,11 +36,16 @@ def _mlp_model(seed: int, k: int, h: int, o: int) -> onnx.ModelProto:
         helper.make_node("Relu", ["h"], ["r"], name="relu"),
         helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1),
     ]
-    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"),
-                                                          (b2, "b2"))]
-    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                          ["N", k])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", o])], inits)
+    inits = [
+        numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))
+    ]
+    g = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", o])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -50,16 +55,18 @@ def _ref_quantize_linear(x: float, scale: float, zp: int, bits: int, signed: boo
 
 
 def _ref_register(kind: str, acc: int, sx, sw, sy, rounding: str) -> int:
-    real = float(np.float64(np.float32(sx)) * np.float64(np.float32(sw))
-                 / np.float64(np.float32(sy)))
+    real = float(
+        np.float64(np.float32(sx)) * np.float64(np.float32(sw)) / np.float64(np.float32(sy))
+    )
     if kind == "ort":
         return nref.ort_requantize(acc, nref.ort_combined_scale(float(sx), float(sw), float(sy)))
     if kind == "pow2":
         shift = int(np.round(-np.log2(real)))
         return nref.pow2_requantize(acc, shift, rounding)
     m, s = nref.quantize_multiplier(real, kind == "tflite-single")
-    return nref.multiply_by_quantized_multiplier(acc, m, s, "single" if kind == "tflite-single"
-                                                 else "double")
+    return nref.multiply_by_quantized_multiplier(
+        acc, m, s, "single" if kind == "tflite-single" else "double"
+    )
 
 
 def _ref_dense(xq, x_spec, node, out_spec, acc: Accumulator, kind, rounding):
@@ -78,11 +85,13 @@ def _ref_dense(xq, x_spec, node, out_spec, acc: Accumulator, kind, rounding):
             lo, hi = nref.format_range(acc.bits, True)
             bq = min(max(bq, lo), hi)
             t = a + bq
-            t = nref.wrap(t, acc.bits, True) if acc.overflow is Overflow.WRAP else nref.saturate(
-                t, acc.bits, True)
+            t = (
+                nref.wrap(t, acc.bits, True)
+                if acc.overflow is Overflow.WRAP
+                else nref.saturate(t, acc.bits, True)
+            )
             y = _ref_register(kind, t, x_spec.scale, sw[o], out_spec.scale, rounding)
-            r.append(nref.saturate(y + out_spec.zero_point, out_spec.fmt.bits,
-                                   out_spec.fmt.signed))
+            r.append(nref.saturate(y + out_spec.zero_point, out_spec.fmt.bits, out_spec.fmt.signed))
         out.append(r)
     return out
 
@@ -99,24 +108,33 @@ def _ref_dense(xq, x_spec, node, out_spec, acc: Accumulator, kind, rounding):
     granularity=st.sampled_from(["tensor", "channel"]),
     weight_mode=st.sampled_from(["symmetric", "symmetric-full", "asymmetric"]),
 )
-def test_integer_executor_matches_plain_int_reference(seed, n, k, wbits, abits, acc_bits,
-                                                       overflow, register, granularity,
-                                                       weight_mode):
+def test_integer_executor_matches_plain_int_reference(
+    seed, n, k, wbits, abits, acc_bits, overflow, register, granularity, weight_mode
+):
     model = _mlp_model(seed, k, 5, 3)
     rng = np.random.default_rng(seed + 1)
     x = rng.normal(0, 1, (max(n, 8), k)).astype(np.float32)
     calib = Dataset("calib", x, None)
-    scheme = Scheme.preset("per-tensor", wbits=wbits, abits=abits, acc_bits=acc_bits,
-                           overflow=overflow, register=register, granularity=granularity,
-                           weight_mode=weight_mode)
+    scheme = Scheme.preset(
+        "per-tensor",
+        wbits=wbits,
+        abits=abits,
+        acc_bits=acc_bits,
+        overflow=overflow,
+        register=register,
+        granularity=granularity,
+        weight_mode=weight_mode,
+    )
     program = quantize(import_model(model), scheme, calib)
     ex = IntegerExecutor(program)
     env = ex.run(x[:n])
     g = program.graph
     fc1, _, fc2 = g.nodes
     xs = program.acts["x"]
-    xq = [[_ref_quantize_linear(v, xs.scale, xs.zero_point, xs.fmt.bits, xs.fmt.signed)
-           for v in row] for row in x[:n].tolist()]
+    xq = [
+        [_ref_quantize_linear(v, xs.scale, xs.zero_point, xs.fmt.bits, xs.fmt.signed) for v in row]
+        for row in x[:n].tolist()
+    ]
     assert env["x"].q.tolist() == xq
     hs = program.acts["h"]
     ls = program.layer("fc1")
@@ -125,8 +143,9 @@ def test_integer_executor_matches_plain_int_reference(seed, n, k, wbits, abits, 
     # relu is fused into fc1's requantization: unsigned output, so relu is the identity
     assert env["r"].q.tolist() == [[max(v, hs.zero_point) for v in row] for row in h]
     ys = program.acts["y"]
-    y = _ref_dense(env["r"].q.tolist(), hs, fc2, ys, program.layer("fc2").acc, register,
-                   ls.rounding.value)
+    y = _ref_dense(
+        env["r"].q.tolist(), hs, fc2, ys, program.layer("fc2").acc, register, ls.rounding.value
+    )
     assert env["y"].q.tolist() == y
 
 
@@ -177,4 +196,5 @@ def test_dynamic_scale_per_sample():
 def test_fraction_reference_helpers_agree():
     # guard: the reference ort scale is exactly the float32 QLinearConv computes
     assert nref.ort_combined_scale(0.1, 0.2, 0.3) == Fraction(
-        float((np.float32(0.1) * np.float32(0.2)) / np.float32(0.3)))
+        float((np.float32(0.1) * np.float32(0.2)) / np.float32(0.3))
+    )

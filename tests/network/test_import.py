@@ -13,10 +13,13 @@ from hwsim.graph import ImportError_, Op, import_model
 
 
 def _model(nodes, inits, in_shape=("N", 2, 5, 5), out="y", opset=17):
-    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                        list(in_shape))],
-                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", None])],
-                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    g = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", None])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -29,15 +32,20 @@ def test_all_float_ops_match_onnxruntime():
     rng = np.random.default_rng(0)
     f = np.float32
     inits = {
-        "w1": rng.normal(0, 0.5, (4, 2, 3, 3)).astype(f), "b1": rng.normal(0, 0.1, 4).astype(f),
-        "g": rng.uniform(0.5, 1.5, 4).astype(f), "be": rng.normal(0, 0.1, 4).astype(f),
-        "m": rng.normal(0, 0.1, 4).astype(f), "v": rng.uniform(0.5, 1.5, 4).astype(f),
+        "w1": rng.normal(0, 0.5, (4, 2, 3, 3)).astype(f),
+        "b1": rng.normal(0, 0.1, 4).astype(f),
+        "g": rng.uniform(0.5, 1.5, 4).astype(f),
+        "be": rng.normal(0, 0.1, 4).astype(f),
+        "m": rng.normal(0, 0.1, 4).astype(f),
+        "v": rng.uniform(0.5, 1.5, 4).astype(f),
         "wd": rng.normal(0, 0.5, (4, 1, 3, 3)).astype(f),
         "c": rng.uniform(0.5, 2, (1, 4, 1, 1)).astype(f),
-        "lo": np.array(0.0, f), "hi": np.array(1.5, f),
+        "lo": np.array(0.0, f),
+        "hi": np.array(1.5, f),
         "shape": np.array([0, -1], np.int64),
         "wm": rng.normal(0, 0.5, (16, 3)).astype(f),
-        "wg": rng.normal(0, 0.5, (5, 3)).astype(f), "bg": rng.normal(0, 0.1, 5).astype(f),
+        "wg": rng.normal(0, 0.5, (5, 3)).astype(f),
+        "bg": rng.normal(0, 0.1, 5).astype(f),
     }
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
@@ -47,10 +55,16 @@ def test_all_float_ops_match_onnxruntime():
         helper.make_node("Clip", ["dw", "lo", "hi"], ["cl"], name="clip"),
         helper.make_node("Add", ["cl", "r"], ["a"], name="add"),
         helper.make_node("Mul", ["a", "c"], ["mu"], name="mul"),
-        helper.make_node("MaxPool", ["mu"], ["mp"], kernel_shape=[2, 2], strides=[2, 2],
-                         name="mp"),
-        helper.make_node("AveragePool", ["r"], ["ap"], kernel_shape=[3, 3], strides=[2, 2],
-                         pads=[0, 0, 1, 1], name="ap"),
+        helper.make_node("MaxPool", ["mu"], ["mp"], kernel_shape=[2, 2], strides=[2, 2], name="mp"),
+        helper.make_node(
+            "AveragePool",
+            ["r"],
+            ["ap"],
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            pads=[0, 0, 1, 1],
+            name="ap",
+        ),
         helper.make_node("Concat", ["mp", "ap"], ["cat"], axis=1, name="cat"),
         helper.make_node("GlobalAveragePool", ["cat"], ["gap"], name="gap"),
         helper.make_node("Reshape", ["gap", "shape"], ["rs"], name="rs"),
@@ -99,14 +113,18 @@ def test_truncated_and_missing_files(tmp_path):
 def test_bn_not_after_conv_is_an_error():
     f = np.float32
     inits = {k: np.ones(2, f) for k in ("g", "b", "m", "v")}
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="r"),
-             helper.make_node("BatchNormalization", ["r", "g", "b", "m", "v"], ["y"], name="bn")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="r"),
+        helper.make_node("BatchNormalization", ["r", "g", "b", "m", "v"], ["y"], name="bn"),
+    ]
     with pytest.raises(ImportError_, match=r"'bn' \(BatchNormalization\): .*follow a float Conv"):
         import_model(_model(nodes, inits))
 
 
 def test_softmax_must_be_last():
-    nodes = [helper.make_node("Softmax", ["x"], ["s"], name="sm"),
-             helper.make_node("Relu", ["s"], ["y"], name="r")]
+    nodes = [
+        helper.make_node("Softmax", ["x"], ["s"], name="sm"),
+        helper.make_node("Relu", ["s"], ["y"], name="r"),
+    ]
     with pytest.raises(ImportError_, match="Softmax is supported only as the last layer"):
         import_model(_model(nodes, {}))
