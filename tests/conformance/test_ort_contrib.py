@@ -19,10 +19,13 @@ Findings with onnxruntime 1.32 on x86-64 (AVX-512):
 * DQ -> Concat -> Q                  => com.microsoft QLinearConcat
 * DQ -> LeakyRelu -> Q               => com.microsoft QLinearLeakyRelu
 * DQ -> Gemm(+bias) -> Q, per-channel weight DQ => com.microsoft QGemm
-* DQ -> MatMul -> Q                  => QLinearMatMul
-* DQ -> Conv(+bias) -> Q, per-channel weight DQ => QLinearConv
+* DQ -> MatMul -> Q                  => QLinearMatMul             (uint8 activations)
+* DQ -> Conv(+bias) -> Q, per-channel weight DQ => Transpose -> com.microsoft QLinearConv (NHWC)
+  -> Transpose                                                    (uint8 activations)
+* int8 activations: DQ -> MatMul / Conv stay unfused (float MatMul / Conv between DQ and Q)
 * DQ -> MaxPool -> Q, same Q/DQ parameters => MaxPool on the int8/uint8 tensor (QDQ dropped);
   with different parameters ORT keeps DQ -> MaxPool (float) -> Q.
+Every fused chain's output equals the corresponding qops function bit for bit.
 """
 
 from __future__ import annotations
