@@ -160,7 +160,7 @@ def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
 
 @dataclass
 class QTensor:
-    """Integers ``q`` (int64) with ``real = scale * (q - zero_point)``; ``scale`` is a float32
+    """Integers ``q`` (held in the format's narrowest numpy dtype, ``fmt.dtype``) with ``real = scale * (q - zero_point)``; ``scale`` is a float32
     scalar or a per-sample (N,) float32 vector."""
 
     q: np.ndarray
@@ -175,7 +175,8 @@ class QTensor:
 
     def dequantize(self) -> np.ndarray:
         """ONNX DequantizeLinear: ``f32(q - zp) * scale`` in float32."""
-        return ((self.q - self.zero_point).astype(np.float32) * self.scale_b()).astype(np.float32)
+        d = self.q.astype(np.float32) - np.float32(self.zero_point)  # exact: |q - z| < 2^17
+        return (d * self.scale_b()).astype(np.float32)
 
 
 def quantize_linear(x: np.ndarray, scale, zero_point: int, fmt: IntFormat) -> np.ndarray:
@@ -308,7 +309,7 @@ class IntegerExecutor:
         self, qt: QTensor, spec: ActSpec, kind: ScaleKind, rounding, real_extra=1.0, sign=None
     ) -> QTensor:
         """``sat(R(s_in * real_extra / s_out)(sign * (q - z_in)) + z_out)``."""
-        t = qt.q - qt.zero_point
+        t = qt.q.astype(np.int64) - qt.zero_point
         if sign is not None:
             t = t * sign
         sin = qt.scale_b().astype(np.float64)
@@ -334,7 +335,9 @@ class IntegerExecutor:
         )
         y = np.asarray(reg.apply(t, axis=None if reg.multiplier.ndim != 1 else 1), np.int64)
         out = saturate(y + spec.zero_point, spec.fmt)
-        return QTensor(np.asarray(out, np.int64), so.astype(np.float32), spec.zero_point, spec.fmt)
+        return QTensor(
+            np.asarray(out).astype(spec.fmt.dtype), so.astype(np.float32), spec.zero_point, spec.fmt
+        )
 
     # -- MAC layers ----------------------------------------------------------------------------
     def _mac(self, node: Node, x: QTensor, spec: ActSpec | None) -> QTensor | np.ndarray:
@@ -431,9 +434,7 @@ class IntegerExecutor:
             out_zero_point=spec.zero_point,
         )
         self.stats[node.name].add(res.counters, out.bias_overflows, out.clamped, vals.size)
-        return QTensor(
-            out.values.astype(np.int64), so.astype(np.float32), spec.zero_point, spec.fmt
-        )
+        return QTensor(out.values, so.astype(np.float32), spec.zero_point, spec.fmt)
 
     # -- other ops -----------------------------------------------------------------------------
     def _add(self, node: Node, a: QTensor, b: QTensor, spec: ActSpec) -> QTensor:
@@ -468,7 +469,7 @@ class IntegerExecutor:
                 holder(spec.zero_point),
             )
             y = saturate(np.asarray(y, np.int64), spec.fmt)  # narrower widths: clamp again
-            return QTensor(np.asarray(y, np.int64), so, spec.zero_point, spec.fmt)
+            return QTensor(np.asarray(y).astype(spec.fmt.dtype), so, spec.zero_point, spec.fmt)
         L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))
         nd = a.q.ndim
         sa = a.scale_b().astype(np.float64)
@@ -487,13 +488,15 @@ class IntegerExecutor:
         def ap(r, t):
             return np.asarray(r.apply(t, axis=None if np.ndim(r.multiplier) > 1 else 0), np.int64)
 
-        ta = ap(reg(sa / twice), (a.q - a.zero_point) << L)
-        tb = ap(reg(sb / twice), (b.q - b.zero_point) << L)
+        ta = ap(reg(sa / twice), (a.q.astype(np.int64) - a.zero_point) << L)
+        tb = ap(reg(sb / twice), (b.q.astype(np.int64) - b.zero_point) << L)
         y = ap(reg(twice / (2.0**L * so_b)), ta + tb) + spec.zero_point
-        return QTensor(np.asarray(saturate(y, spec.fmt), np.int64), so, spec.zero_point, spec.fmt)
+        return QTensor(
+            np.asarray(saturate(y, spec.fmt)).astype(spec.fmt.dtype), so, spec.zero_point, spec.fmt
+        )
 
     def _pool_sum(self, node: Node, x: QTensor):
-        t = x.q - x.zero_point
+        t = x.q.astype(np.int64) - x.zero_point
         if node.op is Op.GAP:
             return t.sum(axis=(2, 3), keepdims=True), np.float64(t.shape[2] * t.shape[3])
         a = node.attrs
@@ -522,7 +525,7 @@ class IntegerExecutor:
             )
             y = saturate(np.asarray(y, np.int64), spec.fmt)
             return QTensor(
-                np.asarray(y, np.int64),
+                np.asarray(y).astype(spec.fmt.dtype),
                 np.asarray(np.float32(spec.scale)),
                 spec.zero_point,
                 spec.fmt,
@@ -617,7 +620,7 @@ class IntegerExecutor:
                 x.zero_point,
                 x.fmt,
             )
-            return QTensor(np.clip(x.q, lo, hi), x.scale, x.zero_point, x.fmt)
+            return QTensor(np.clip(x.q, lo, hi).astype(x.q.dtype), x.scale, x.zero_point, x.fmt)
         if op is Op.FLATTEN:
             return QTensor(x.q.reshape(x.q.shape[0], -1), x.scale, x.zero_point, x.fmt)
         if op is Op.RESHAPE:
