@@ -160,8 +160,9 @@ def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
 
 @dataclass
 class QTensor:
-    """Integers ``q`` (held in the format's narrowest numpy dtype, ``fmt.dtype``) with ``real = scale * (q - zero_point)``; ``scale`` is a float32
-    scalar or a per-sample (N,) float32 vector."""
+    """Integers ``q`` (held in the format's narrowest numpy dtype, ``fmt.dtype``) with
+    ``real = scale * (q - zero_point)``; ``scale`` is a float32 scalar or a per-sample (N,)
+    float32 vector."""
 
     q: np.ndarray
     scale: np.ndarray
