@@ -53,7 +53,7 @@ def _make(qdq_dir, model, pre, per_channel, act):
     if pre:  # onnxruntime's recommended pre-processing (folds BN into Conv)
         src_pre = qdq_dir / f"{model}_pre.onnx"
         if not src_pre.exists():
-            quant_pre_process(src, str(src_pre))
+            quant_pre_process(src, str(src_pre), skip_symbolic_shape=True)
         src = str(src_pre)
     out = qdq_dir / f"{model}_{int(pre)}_{int(per_channel)}_{act}.onnx"
     quantize_static(
