@@ -109,3 +109,36 @@ def test_program_uses_ort_semantics(qdq_dir):
     assert program.layer("anything").acc.bits == 32
     convs = [n for n in program.graph.nodes if n.wq is not None]
     assert convs and all(n.wq.per_channel for n in convs if n.op.value == "conv")
+
+
+@pytest.mark.parametrize("model", ["mlp", "rescnn"])
+def test_qoperator_model_equals_onnxruntime(tmp_path, model):
+    """QOperator models (QLinearConv / QLinearMatMul / contrib QLinear ops) run node by node."""
+    src = tmp_path / "pre.onnx"
+    quant_pre_process(f"models/{model}.onnx", str(src), skip_symbolic_shape=True)
+    path = tmp_path / "qop.onnx"
+    quantize_static(
+        str(src),
+        str(path),
+        _Reader(load_data("digits-train").x),
+        quant_format=QuantFormat.QOperator,
+        per_channel=False,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert ops & {"QLinearConv", "QLinearMatMul", "QGemm"}, ops
+    d = load_data("digits")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"input": d.x})[0]
+    outs = tmp_path / "o.npz"
+    r = CliRunner().invoke(
+        main, ["run", str(path), "--data", "digits", "--save-outputs", str(outs)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "QOperator model" in r.output
+    with np.load(outs) as f:
+        got = f[sess.get_outputs()[0].name]
+    assert np.array_equal(got, want), f"{int((got != want).sum())} of {got.size} differ"
