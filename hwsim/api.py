@@ -163,6 +163,14 @@ def run_program(
     ip = np.concatenate(int_pred)
     fp = np.concatenate(float_pred) if float_pred else None
     rep = RunReport(str(g.source), ds.name, len(ds), program.describe())
+    macs_nodes = [n for n in g.nodes if n.op in MAC_OPS and n.wq is not None]
+    if macs_nodes and all(np.array_equal(n.weight, n.wq.dequantize()) for n in macs_nodes):
+        rep.float_reference = "dequantized weights"
+        rep.notes.append(
+            "float reference = this file's dequantized weights in float32 (the "
+            "original float weights are not in a quantized file): the comparison "
+            "isolates activation quantization and integer arithmetic"
+        )
     if ds.y is not None:
         rep.int_accuracy = float(np.mean(ip == ds.y))
         if fp is not None:

@@ -178,14 +178,54 @@ def _scheme_options(f):
         click.option(
             "--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True
         ),
+        click.option(
+            "--layer",
+            "layers",
+            multiple=True,
+            metavar="NAME:FIELD=V[,FIELD=V]",
+            help="Per-layer override, e.g. '/0/Conv:wbits=8,acc_bits=24' (repeatable).",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
 
 
+_INT_FIELDS = ("wbits", "abits", "acc_bits", "s_max")
+_FLOAT_FIELDS = ("percentile", "bn_sigmas")
+
+
+def parse_overrides(specs) -> dict:
+    """``NAME:field=value[,field=value]`` -> {NAME: {field: value}} (the layer name may itself
+    contain ':'; the last ':' separates it)."""
+    out: dict = {}
+    for spec in specs:
+        name, sep, body = spec.rpartition(":")
+        if not sep or not name or not body:
+            raise click.BadParameter(
+                f"expected NAME:FIELD=VALUE[,...], got {spec!r}", param_hint="--layer"
+            )
+        fields = out.setdefault(name, {})
+        for item in body.split(","):
+            k, eq, v = item.partition("=")
+            if not eq:
+                raise click.BadParameter(f"expected FIELD=VALUE in {spec!r}", param_hint="--layer")
+            k = k.strip().replace("-", "_")
+            try:
+                fields[k] = (
+                    int(v) if k in _INT_FIELDS else float(v) if k in _FLOAT_FIELDS else v.strip()
+                )
+            except ValueError:
+                raise click.BadParameter(
+                    f"{k} must be a number in {spec!r}", param_hint="--layer"
+                ) from None
+    return out
+
+
 def _scheme_kw(kw: dict) -> dict:
+    overrides = parse_overrides(kw.pop("layers"))
     out = dict(
+        overrides=overrides,
         acc_bits=kw.pop("acc_bits"),
         overflow=kw.pop("overflow"),
         register=kw.pop("register"),

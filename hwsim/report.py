@@ -54,6 +54,7 @@ class RunReport:
     layers: list[LayerRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    float_reference: str = "float weights"
 
     def as_dict(self) -> dict:
         return {
@@ -63,6 +64,7 @@ class RunReport:
             "float_accuracy": self.float_accuracy,
             "int_accuracy": self.int_accuracy,
             "agreement": self.agreement,
+            "float_reference": self.float_reference,
             "totals": {
                 "macs": sum(r.macs for r in self.layers),
                 "overflow_events": sum(r.overflow_events for r in self.layers),

@@ -161,8 +161,12 @@ class Scheme:
         if name in self.overrides:
             try:
                 ls = ls.replace(**self.overrides[name])
-            except TypeError as e:
-                raise SchemeError(f"override for layer {name!r}: {e}") from None
+            except TypeError:
+                known = ", ".join(f.name for f in dataclasses.fields(LayerScheme))
+                raise SchemeError(
+                    f"override for layer {name!r}: unknown field in "
+                    f"{sorted(self.overrides[name])}; fields: {known}"
+                ) from None
         return ls
 
     def as_dict(self) -> dict:

@@ -193,3 +193,60 @@ def test_data_free_needs_no_data(runner, tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(main, ["run", str(out), "--data", "digits"])
     assert r.exit_code == 0, r.output
+
+
+def test_per_layer_overrides(runner, tmp_path):
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    r = runner.invoke(
+        main,
+        [
+            "quantize",
+            "models/rescnn.onnx",
+            "--calib",
+            "digits-train",
+            "--wbits",
+            "4",
+            "--layer",
+            "/0/Conv:wbits=8,acc_bits=24",
+            "-o",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["run", str(out), "--data", "digits", "--report", str(rep)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(rep.read_text())
+    assert doc["settings"]["layers"]["/0/Conv"]["acc_bits"] == 24
+    assert doc["settings"]["layers"]["/4/Conv"]["acc_bits"] == 32
+    from hwsim.quant.store import load
+
+    widths = {n.name: n.wq.fmt.bits for n in load(out).graph.nodes if n.wq is not None}
+    assert widths["/0/Conv"] == 8 and widths["/4/Conv"] == 4
+    r = runner.invoke(
+        main,
+        [
+            "quantize",
+            "models/rescnn.onnx",
+            "--calib",
+            "digits-train",
+            "--layer",
+            "/0/Conv:wbit=8",
+            "-o",
+            str(tmp_path / "x.onnx"),
+        ],
+    )
+    assert r.exit_code == 1 and "unknown field" in r.output and "wbits" in r.output
+    r = runner.invoke(
+        main,
+        [
+            "quantize",
+            "models/rescnn.onnx",
+            "--calib",
+            "digits-train",
+            "--layer",
+            "nolayer:wbits=8",
+            "-o",
+            str(tmp_path / "x.onnx"),
+        ],
+    )
+    assert r.exit_code == 1 and "unknown layer 'nolayer'" in r.output
