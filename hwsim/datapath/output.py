@@ -70,7 +70,7 @@ def output_stage(
     a = check_integer_array(acc_values, "acc_values")
     fmt.check(a, "acc_values")
     out_format.check(out_zero_point, "out_zero_point")
-    t = a.astype(np.int64)
+    t = a if a.dtype == np.int64 else a.astype(np.int64)
     bias_overflows = 0
     if bias is not None:
         b = check_integer_array(bias, "bias")
@@ -79,9 +79,12 @@ def output_stage(
             b.astype(np.int64), t.ndim, bias_axis, t.shape[bias_axis] if t.ndim else 1, "bias"
         )
         exact = t + b
-        t = acc.overflow.apply(exact, fmt)
-        bias_overflows = int(np.count_nonzero(exact != t))
-        t = np.asarray(t, np.int64)
+        if exact.size and fmt.min <= int(exact.min()) and int(exact.max()) <= fmt.max:
+            t = exact  # nothing left the accumulator's range: wrap/saturate is the identity
+        else:
+            t = acc.overflow.apply(exact, fmt)
+            bias_overflows = int(np.count_nonzero(exact != t))
+            t = np.asarray(t, np.int64)
     axis = None if np.ndim(register.multiplier) > 1 else scale_axis
     y = np.asarray(register.apply(t, axis=axis, rng=rng), np.int64) + int(out_zero_point)
     out = saturate_to(y, out_format)
