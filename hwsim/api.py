@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hwsim.data import Dataset, load_data
+from hwsim.data import Dataset, conform, load_data
 from hwsim.execute import IntegerExecutor, QTensor, run_float
 from hwsim.graph import import_model, is_qoperator, load_onnx
 from hwsim.graph.ir import MAC_OPS, Graph
@@ -52,22 +52,8 @@ def resolve_model(spec: str | os.PathLike) -> Path:
 
 
 def _data(data, input_shape) -> Dataset:
-    if isinstance(data, Dataset):
-        from hwsim.data import _check
-
-        x, _ = _check(data.name, data.x, data.y)
-        ds = data
-    else:
-        ds = load_data(data, input_shape)
-        return ds
-    got, want = ds.x.shape[1:], tuple(input_shape)
-    if len(got) != len(want) or any(
-        isinstance(w, int) and w != g for w, g in zip(got, want, strict=True)
-    ):
-        from hwsim.data import DataError
-
-        raise DataError(f"{ds.name}: sample shape {got} does not match the model input {want}")
-    return ds
+    """A data set (built-in name, .npz path or Dataset), validated against the model input."""
+    return conform(data, input_shape) if isinstance(data, Dataset) else load_data(data, input_shape)
 
 
 def make_scheme(scheme: str = "per-tensor", **kw) -> Scheme:
@@ -125,19 +111,13 @@ def run_program(
     noise: dict[str, float] = {}
     int_pred, float_pred, outs = [], [], []
     # a layer whose ReLU/Clip is fused into its requantization is compared after that activation
-    from hwsim.graph.ir import Op
+    from hwsim.quant.quantize import fused_targets
 
-    cons = g.consumers()
-    compare_to = {}
-    for n in g.nodes:
-        c = cons.get(n.output, [])
-        if (
-            len(c) == 1
-            and c[0].op in (Op.RELU, Op.CLIP)
-            and n.output in program.acts
-            and program.acts.get(c[0].output) == program.acts[n.output]
-        ):
-            compare_to[n.output] = c[0].output
+    compare_to = {
+        src: dst
+        for src, dst in fused_targets(g).items()
+        if src in program.acts and program.acts.get(dst) == program.acts[src]
+    }
     bar = _progress(len(ds), "hwsim run", progress)
     for _, xb in ds.batches(batch_size):
         env = ex.run(xb, keep_all=with_float)

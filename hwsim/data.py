@@ -124,15 +124,25 @@ def load_data(spec: str | os.PathLike, input_shape: tuple | None = None) -> Data
             f"unknown data set {spec_s!r}: give a built-in name ({', '.join(BUILTIN)}) "
             "or a path to an .npz file with 'x' (and optionally 'y')"
         )
-    if input_shape is not None:
-        got = ds.x.shape[1:]
-        want = tuple(input_shape)
-        ok = len(got) == len(want) and all(
-            (not isinstance(w, int)) or w == g for w, g in zip(got, want, strict=True)
+    return conform(ds, input_shape) if input_shape is not None else ds
+
+
+def conform(ds: Dataset, input_shape: tuple | None) -> Dataset:
+    """Validate a Dataset's values (finite ``x``, integer ``y``) and, if ``input_shape`` is
+    given, its sample shape against the model input (symbolic entries match anything)."""
+    x, y = _check(ds.name, ds.x, ds.y)
+    if x is not ds.x or y is not ds.y:
+        ds = Dataset(ds.name, x, y, ds.input_range)
+    if input_shape is None:
+        return ds
+    got = ds.x.shape[1:]
+    want = tuple(input_shape)
+    ok = len(got) == len(want) and all(
+        (not isinstance(w, int)) or w == g for w, g in zip(got, want, strict=True)
+    )
+    if not ok:
+        raise DataError(
+            f"{ds.name}: sample shape {got} does not match the model input "
+            f"{tuple(d if isinstance(d, int) else '?' for d in want)} (batch axis excluded)"
         )
-        if not ok:
-            raise DataError(
-                f"{ds.name}: sample shape {got} does not match the model input "
-                f"{tuple(d if isinstance(d, int) else '?' for d in want)} (batch axis excluded)"
-            )
     return ds

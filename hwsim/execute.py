@@ -37,7 +37,6 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from hwsim.datapath import Counters, Operand, conv2d, gemm, output_stage
-from hwsim.datapath.conv import conv_output_size
 from hwsim.graph.ir import Graph, Node, Op
 from hwsim.numerics import IntFormat, ScaleKind, ScaleRegister, saturate
 from hwsim.quant.scheme import ActSpec, LayerSpec, QuantProgram
@@ -189,16 +188,12 @@ def quantize_linear(x: np.ndarray, scale, zero_point: int, fmt: IntFormat) -> np
     return np.asarray(saturate(np.clip(r, -(2.0**62), 2.0**62).astype(np.int64), fmt))
 
 
-def _qmax(fmt: IntFormat) -> int:
-    return fmt.max
-
-
 def sample_scale(spec: ActSpec, absmax: np.ndarray) -> np.ndarray:
     """Per-sample scale of a ``dynamic``/``shift`` tensor from each sample's range ``absmax``
     (float64, (N,)): dynamic ``f32(absmax / qmax)`` (1 where absmax is 0); shift
     ``scale * 2^k`` with the smallest ``k`` in ``[0, s_max]`` such that
     ``absmax <= qmax * scale * 2^k``."""
-    qmax = _qmax(spec.fmt)
+    qmax = spec.fmt.max
     if spec.mode == "dynamic":
         s = (absmax / qmax).astype(np.float32)
         if spec.pow2:  # pow2 registers: per-sample scales are powers of two
@@ -654,16 +649,6 @@ class IntegerExecutor:
         """The model output as float32 (DequantizeLinear of an integer output)."""
         y = env[self.g.output]
         return y.dequantize() if isinstance(y, QTensor) else np.asarray(y, np.float32)
-
-
-def conv_out_shape(node: Node, in_shape: tuple) -> tuple:
-    """Output shape of a conv node for an input shape (N, C, H, W)."""
-    a = node.attrs
-    kh, kw = node.weight.shape[2:]
-    pt, pl, pb, pr = a["pads"]
-    ho = conv_output_size(in_shape[2], kh, a["strides"][0], pt, pb, a["dilations"][0])
-    wo = conv_output_size(in_shape[3], kw, a["strides"][1], pl, pr, a["dilations"][1])
-    return (in_shape[0], node.weight.shape[0], ho, wo)
 
 
 # --------------------------------------------------------------------------------------------

@@ -148,7 +148,6 @@ class _Importer:
             self.fail(node, f"tensor {t!r} is quantized twice with different parameters")
         self.act_quant[t] = tq
         self.alias[node.output[0]] = t
-        self.q_outputs = getattr(self, "q_outputs", set()) | {node.output[0]}
 
     def dequantize_linear(self, node, a):
         x = node.input[0]

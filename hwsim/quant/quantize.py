@@ -67,7 +67,7 @@ def _pow2_ceil(scale):
 
 
 # --- activation ranges -------------------------------------------------------------------------
-def _fused_targets(graph: Graph) -> dict[str, str]:
+def fused_targets(graph: Graph) -> dict[str, str]:
     """Map a MAC/Add output tensor to the ReLU/Clip output whose quantization it takes."""
     cons = graph.consumers()
     out = {}
@@ -219,7 +219,6 @@ def quantize(
             )
 
     producer = graph.producer()
-    cons = graph.consumers()
 
     def ls_of_tensor(t: str) -> LayerScheme:
         n = producer.get(t)
@@ -238,7 +237,7 @@ def quantize(
             else default.replace(**scheme.overrides[n.name])
         )
 
-    fused = _fused_targets(graph)
+    fused = fused_targets(graph)
     owners = [graph.input] + [n.output for n in graph.nodes if n.op in REQUANT]
     # the tensor whose values calibrate each owner (the fused activation's output, if any)
     calib_of = {t: fused.get(t, t) for t in owners}
@@ -300,7 +299,6 @@ def quantize(
         else:
             continue
         layers[n.name] = LayerSpec(ls.accumulator, as_kind(ls.register), as_mode(ls.rounding))
-    del cons
     return QuantProgram(graph, acts, layers, scheme)
 
 
