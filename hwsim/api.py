@@ -320,3 +320,69 @@ __all__ = [
     "run_program",
     "shipped_models",
 ]
+
+
+def cost_model(model_or_topology, config=None, array=None, dataflow=None, batch: int = 1,
+               json_path=None, plot=None, **widths):
+    """Cost a shipped model / ONNX file (float: widths from the config or ``widths``;
+    quantized: widths from the model) or a SCALE-Sim topology CSV on an accelerator."""
+    from hwsim.cost import cost, layers_from_program, load_config, parse_array, read_topology
+    from hwsim.io import atomic_write_text
+
+    over = dict(widths)
+    if array is not None:
+        over["rows"], over["cols"] = parse_array(array)
+    if dataflow is not None:
+        over["dataflow"] = dataflow
+    acc = load_config(config, **over)
+    spec = str(model_or_topology)
+    if spec.endswith(".csv"):
+        layers = read_topology(spec)
+    else:
+        path = resolve_model(spec)
+        graph = import_model(path)
+        layers = layers_from_program(program_from_graph(graph) if graph.quantized else graph,
+                                     batch=batch)
+    rep = cost(layers, acc)
+    if json_path is not None:
+        import json
+
+        atomic_write_text(json_path, json.dumps(rep.as_dict(), indent=2) + "\n")
+    if plot is not None:
+        cost_plot(rep, plot, Path(spec).stem)
+    return rep
+
+
+def cost_plot(rep, path, title: str) -> None:
+    """Stacked per-layer energy (MAC / SRAM / DRAM / scheme) and cycles; PNG, atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hwsim.io import atomic_write_bytes
+
+    names = [r.name for r in rep.layers]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, len(names) * 0.5), 6), sharex=True)
+    bottom = np.zeros(len(names))
+    for part in ("mac", "sram", "dram", "scheme"):
+        v = np.array([r.energy_breakdown[part] / 1e6 for r in rep.layers])
+        ax1.bar(names, v, bottom=bottom, label=part)
+        bottom += v
+    ax1.set_ylabel("energy (uJ)")
+    ax1.legend(fontsize=7)
+    ax1.set_title(f"{title}: {rep.accelerator.rows}x{rep.accelerator.cols} "
+                  f"{rep.accelerator.dataflow.value}")
+    ax2.bar(names, [r.compute_cycles for r in rep.layers], label="compute")
+    ax2.bar(names, [r.stall_cycles for r in rep.layers],
+            bottom=[r.compute_cycles for r in rep.layers], label="stall")
+    ax2.set_ylabel("cycles")
+    ax2.legend(fontsize=7)
+    ax2.tick_params(axis="x", rotation=90, labelsize=6)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -85,13 +85,15 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
+        from hwsim.cost import ConfigError, TopologyError
         from hwsim.data import DataError
         from hwsim.graph import ImportError_
         from hwsim.quant import SchemeError
 
         try:
             return fn(*a, **kw)
-        except (DataError, ImportError_, SchemeError, FileNotFoundError) as e:
+        except (DataError, ImportError_, SchemeError, FileNotFoundError, ConfigError,
+                TopologyError) as e:
             raise HwsimError(str(e)) from None
         except ValueError as e:
             raise HwsimError(f"{type(e).__name__}: {e}") from None
@@ -411,6 +413,34 @@ def compare(model, data, calib, schemes, wbits, abits, json_path, plot, **kw):
     click.echo(api.compare_table(rows))
     if calib is None:
         click.echo("note: calibrated on the evaluation data itself (pass --calib to separate)")
+    for path in (json_path, plot):
+        if path:
+            click.echo(f"wrote {path}")
+
+
+@main.command("cost")
+@click.argument("model_or_topology")
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="Accelerator config (INI/TOML; SCALE-Sim .cfg fields are read too).")
+@click.option("--array", default=None, help="Array size ROWSxCOLS, e.g. 32x32.")
+@click.option("--dataflow", type=click.Choice(["os", "ws", "is"]), default=None)
+@click.option("--batch", type=click.IntRange(1, 1 << 20), default=1, show_default=True,
+              help="Samples per inference (models only).")
+@click.option("--wbits", type=click.IntRange(1, 32), default=None,
+              help="Weight width for float models and topologies.")
+@click.option("--abits", type=click.IntRange(1, 32), default=None)
+@click.option("--acc-bits", type=click.IntRange(8, 64), default=None)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG plot path.")
+@_guard
+def cost_cmd(model_or_topology, config, array, dataflow, batch, wbits, abits, acc_bits,
+             json_path, plot):
+    """Cycles, traffic and energy of a model or SCALE-Sim topology CSV on an accelerator."""
+    from hwsim import api
+
+    rep = api.cost_model(model_or_topology, config, array, dataflow, batch, json_path, plot,
+                         weight_bits=wbits, act_bits=abits, acc_bits=acc_bits)
+    click.echo(rep.table())
     for path in (json_path, plot):
         if path:
             click.echo(f"wrote {path}")

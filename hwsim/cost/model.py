@@ -1,0 +1,222 @@
+"""Per-layer cost: cycles, SRAM and DRAM traffic, stalls, energy and scheme overheads.
+
+Compute cycles and SRAM operand traffic are SCALE-Sim v2's (:mod:`hwsim.cost.dataflow`), per
+group of a grouped convolution (``groups`` times). The memory model (hwsim's, anchored to
+SCALE-Sim's double-buffered scratchpads; bytes = elements x bits / 8, rounded up):
+
+* **DRAM reads** of an operand: its unique bytes once if they fit in half its SRAM (the other
+  half is the double buffer), else every SRAM read of it comes from DRAM (no reuse across
+  folds);
+* **DRAM writes** of the outputs: the ofmap once at ``out_bits``; for ``ws``/``is`` with more
+  than one K-fold, partial sums live in the ofmap SRAM at ``acc_bits``; if they do not fit in
+  half of it they spill: each extra fold writes and re-reads them (``2 * (ceil(K/R) - 1) *
+  Np * Mf`` accumulator words);
+* **stall cycles**: transfers overlap compute (double buffering) except the first fill:
+  ``stall = fill + max(0, dram_cycles - compute_cycles)``, ``dram_cycles = dram_bytes /
+  bandwidth`` (SCALE-Sim's word is one byte), ``fill`` = the first buffers' bytes / bandwidth.
+
+Energy (pJ, :class:`hwsim.cost.energy.EnergyTable`): ``mac`` = MACs x ``mac_pj(abits, wbits,
+acc_bits)``; ``sram`` = every SRAM read/write bit x ``sram_pj_per_bit(size)``; ``dram`` = DRAM
+bits x ``dram_pj_per_bit``; ``scheme`` = the scheme's extra operations:
+
+* requantization, per output: a ``32 x 32`` multiply and an ``acc_bits`` rounding add
+  (``tflite*``, ``ort``), or only the rounding shift-add (``pow2``);
+* per-sample range finding (``dynamic`` and ``shift`` activations): one ``acc_bits``
+  compare per output, and per sample one ``32 x 32`` multiply to set its register;
+* per-sample shift (``shift``): one ``acc_bits`` barrel shift (costed as an add) per output.
+
+Scale-register storage (bits): ``(32 + 8)`` per multiplier+shift register (``8`` for a
+``pow2`` shift), one per tensor or per output channel, plus ``ceil(log2(s_max + 1))`` bits per
+sample for per-sample shifts or a full register per sample for dynamic scales.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from hwsim.cost.config import Accelerator
+from hwsim.cost.dataflow import Dataflow, gemm_counts, utilization
+from hwsim.cost.topology import Layer
+
+
+def _bytes(elems: int, bits: int) -> int:
+    return math.ceil(elems * bits / 8)
+
+
+@dataclass
+class LayerCost:
+    name: str
+    macs: int
+    compute_cycles: int
+    stall_cycles: int
+    total_cycles: int
+    utilization: float
+    sram_reads: int
+    sram_writes: int
+    dram_bytes: int
+    energy_pj: float
+    energy_breakdown: dict
+    scheme_ops: dict
+    register_bits: int
+    widths: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
+    """Cost of one layer on the accelerator (module docstring)."""
+    wb = layer.wbits or acc.weight_bits
+    ab = layer.abits or acc.act_bits
+    cb = layer.acc_bits or acc.acc_bits
+    ob = layer.out_bits or acc.out_bits
+    g = layer.groups
+    c = gemm_counts(acc.dataflow, acc.rows, acc.cols, layer.Np, layer.Mf, layer.K)
+    compute = c.compute_cycles * g
+    if_reads, fl_reads, of_writes = c.ifmap_reads * g, c.filter_reads * g, c.ofmap_writes * g
+    kfolds = math.ceil(layer.K / acc.rows)
+    partial = acc.dataflow is not Dataflow.OS and kfolds > 1
+    # DRAM
+    half = {k: getattr(acc, f"{k}_sram_kb") * 1024 / 2 for k in ("ifmap", "filter", "ofmap")}
+    if_bytes = _bytes(layer.ifmap_elems or layer.Np * layer.K, ab)
+    fl_bytes = _bytes(layer.filter_elems, wb)
+    of_bytes = _bytes(layer.ofmap_elems, ob)
+    dram_if = if_bytes if if_bytes <= half["ifmap"] else _bytes(if_reads, ab)
+    dram_fl = fl_bytes if fl_bytes <= half["filter"] else _bytes(fl_reads, wb)
+    dram_of = of_bytes
+    if partial and _bytes(layer.ofmap_elems, cb) > half["ofmap"]:
+        dram_of += 2 * _bytes((kfolds - 1) * layer.ofmap_elems, cb)
+    dram = dram_if + dram_fl + dram_of
+    bw = acc.dram_words_per_cycle
+    fill = (min(if_bytes, half["ifmap"]) + min(fl_bytes, half["filter"])) / bw
+    stall = math.ceil(fill + max(0.0, dram / bw - compute))
+    # energy
+    e = acc.energy
+    of_bits = cb if partial else ob
+    sram_bits_if = if_reads * ab
+    sram_bits_fl = fl_reads * wb
+    sram_bits_of = of_writes * of_bits
+    mac_pj = layer.macs * e.mac_pj(ab, wb, cb)
+    sram_pj = (
+        sram_bits_if * e.sram_pj_per_bit(acc.ifmap_sram_kb)
+        + sram_bits_fl * e.sram_pj_per_bit(acc.filter_sram_kb)
+        + sram_bits_of * e.sram_pj_per_bit(acc.ofmap_sram_kb)
+    )
+    dram_pj = dram * 8 * e.dram_pj_per_bit
+    outputs = layer.ofmap_elems
+    ops = {
+        "requant_multiplies": 0 if layer.register == "pow2" else outputs,
+        "requant_shift_adds": outputs,
+        "range_compares": 0,
+        "range_register_updates": 0,
+        "sample_shifts": 0,
+    }
+    if layer.act_mode in ("dynamic", "shift"):
+        ops["range_compares"] = outputs
+        ops["range_register_updates"] = layer.samples
+    if layer.act_mode == "shift":
+        ops["sample_shifts"] = outputs
+    mul32 = e.mul_pj(32, 32)
+    scheme_pj = (ops["requant_multiplies"] + ops["range_register_updates"]) * mul32 + (
+        ops["requant_shift_adds"] + ops["range_compares"] + ops["sample_shifts"]
+    ) * e.add_pj(cb)
+    reg_bits = layer.scale_registers * (8 if layer.register == "pow2" else 40)
+    if layer.act_mode == "shift":
+        reg_bits += layer.samples * max(1, math.ceil(math.log2(layer.s_max + 1)))
+    elif layer.act_mode == "dynamic":
+        reg_bits += layer.samples * 40
+    breakdown = {"mac": mac_pj, "sram": sram_pj, "dram": dram_pj, "scheme": scheme_pj}
+    return LayerCost(
+        name=layer.name,
+        macs=layer.macs,
+        compute_cycles=compute,
+        stall_cycles=stall,
+        total_cycles=compute + stall,
+        utilization=utilization(layer.macs, acc.rows, acc.cols, compute),
+        sram_reads=if_reads + fl_reads,
+        sram_writes=of_writes,
+        dram_bytes=dram,
+        energy_pj=sum(breakdown.values()),
+        energy_breakdown=breakdown,
+        scheme_ops=ops,
+        register_bits=reg_bits,
+        widths={"weight": wb, "act": ab, "acc": cb, "out": ob},
+    )
+
+
+@dataclass
+class CostReport:
+    accelerator: Accelerator
+    layers: list[LayerCost]
+
+    @property
+    def totals(self) -> dict:
+        keys = (
+            "macs",
+            "compute_cycles",
+            "stall_cycles",
+            "total_cycles",
+            "sram_reads",
+            "sram_writes",
+            "dram_bytes",
+            "energy_pj",
+            "register_bits",
+        )
+        t = {k: sum(getattr(r, k) for r in self.layers) for k in keys}
+        t["energy_breakdown"] = {
+            k: sum(r.energy_breakdown[k] for r in self.layers)
+            for k in ("mac", "sram", "dram", "scheme")
+        }
+        t["seconds"] = t["total_cycles"] / (self.accelerator.clock_mhz * 1e6)
+        return t
+
+    def as_dict(self) -> dict:
+        return {
+            "accelerator": self.accelerator.as_dict(),
+            "layers": [r.as_dict() for r in self.layers],
+            "totals": self.totals,
+        }
+
+    def table(self) -> str:
+        a = self.accelerator
+        lines = [
+            f"array {a.rows}x{a.cols} {a.dataflow.value}, SRAM {a.ifmap_sram_kb:g}/"
+            f"{a.filter_sram_kb:g}/{a.ofmap_sram_kb:g} KiB, DRAM {a.dram_words_per_cycle:g} "
+            f"B/cycle, {a.clock_mhz:g} MHz"
+        ]
+        hdr = (
+            f"{'layer':<24} {'MACs':>11} {'compute':>10} {'stall':>8} {'util':>6} "
+            f"{'SRAM rd':>11} {'DRAM B':>10} {'MAC uJ':>8} {'SRAM uJ':>8} {'DRAM uJ':>8} "
+            f"{'sch uJ':>7}"
+        )
+        lines += [hdr, "-" * len(hdr)]
+        for r in self.layers + [None]:
+            if r is None:
+                t = self.totals
+                lines.append("-" * len(hdr))
+                eb = t["energy_breakdown"]
+                lines.append(
+                    f"{'total':<24} {t['macs']:>11} {t['compute_cycles']:>10} "
+                    f"{t['stall_cycles']:>8} {'':>6} {t['sram_reads']:>11} {t['dram_bytes']:>10} "
+                    f"{eb['mac'] / 1e6:>8.3f} {eb['sram'] / 1e6:>8.3f} {eb['dram'] / 1e6:>8.3f} "
+                    f"{eb['scheme'] / 1e6:>7.3f}"
+                )
+                lines.append(
+                    f"total {t['total_cycles']} cycles = {t['seconds'] * 1e3:.3f} ms, "
+                    f"{t['energy_pj'] / 1e6:.3f} uJ"
+                )
+                break
+            eb = r.energy_breakdown
+            lines.append(
+                f"{r.name[-24:]:<24} {r.macs:>11} {r.compute_cycles:>10} {r.stall_cycles:>8} "
+                f"{r.utilization:>6.1%} {r.sram_reads:>11} {r.dram_bytes:>10} "
+                f"{eb['mac'] / 1e6:>8.3f} {eb['sram'] / 1e6:>8.3f} {eb['dram'] / 1e6:>8.3f} "
+                f"{eb['scheme'] / 1e6:>7.3f}"
+            )
+        return "\n".join(lines)
+
+
+def cost(layers: list[Layer], accelerator: Accelerator) -> CostReport:
+    """Cost every layer."""
+    return CostReport(accelerator, [cost_layer(layer, accelerator) for layer in layers])

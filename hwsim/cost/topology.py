@@ -1,0 +1,204 @@
+"""Layers to cost, from SCALE-Sim topology CSVs or from an hwsim graph / quantized program.
+
+A :class:`Layer` is one GEMM of ``Np`` rows (output pixels x batch), ``K`` reduction and
+``Mf`` columns (filters), repeated ``groups`` times (grouped / depthwise convolution), with the
+operand widths it runs at (``None``: the accelerator's defaults) and what its quantization
+scheme adds (scale registers, per-sample range finding and shifts).
+
+SCALE-Sim topology formats (``../shared/REFERENCES.md``): convolution rows
+``Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter,
+Strides,`` (padding already in the IFMAP size; ``ofmap = ceil((ifmap - filt + stride)/stride)``)
+and GEMM rows ``Layer Name, M, N, K,`` (``Np = M``, ``Mf = N``). The first line is a header; the
+format is told by its number of fields. Errors name the file, line and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class TopologyError(ValueError):
+    """A malformed topology row or a layer that cannot exist."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One MAC layer as the array sees it (per-group GEMM ``Np x K`` by ``K x Mf``)."""
+
+    name: str
+    Np: int
+    K: int
+    Mf: int
+    groups: int = 1
+    ifmap_elems: int = 0  # unique input elements the layer reads (for DRAM traffic)
+    samples: int = 1
+    wbits: int | None = None
+    abits: int | None = None
+    acc_bits: int | None = None
+    out_bits: int | None = None
+    register: str = "tflite"  # tflite | tflite-single | ort | pow2
+    scale_registers: int = 1  # 1 per tensor, or one per output channel
+    act_mode: str = "static"  # static | data-free | dynamic | shift
+    s_max: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for k in ("Np", "K", "Mf", "groups", "samples"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise TopologyError(
+                    f"layer {self.name!r}: {k} must be a positive integer, got {v!r}"
+                )
+
+    @property
+    def macs(self) -> int:
+        return self.Np * self.K * self.Mf * self.groups
+
+    @property
+    def filter_elems(self) -> int:
+        return self.K * self.Mf * self.groups
+
+    @property
+    def ofmap_elems(self) -> int:
+        return self.Np * self.Mf * self.groups
+
+
+def _int(path, line, col, name, raw) -> int:
+    try:
+        f = float(raw)
+    except ValueError:
+        raise TopologyError(
+            f"{path}:{line}: column {col} ({name}) must be an integer, got {raw!r}"
+        ) from None
+    if f != int(f) or f < 1:
+        raise TopologyError(
+            f"{path}:{line}: column {col} ({name}) must be a positive integer, got {raw!r}"
+        )
+    return int(f)
+
+
+CONV_FIELDS = (
+    "IFMAP Height",
+    "IFMAP Width",
+    "Filter Height",
+    "Filter Width",
+    "Channels",
+    "Num Filter",
+    "Strides",
+)
+GEMM_FIELDS = ("M", "N", "K")
+
+
+def conv_layer(
+    name, ifmap_h, ifmap_w, filt_h, filt_w, channels, num_filter, stride, where: str = ""
+) -> Layer:
+    """A SCALE-Sim convolution row as a Layer (padding already in the ifmap size)."""
+    if filt_h > ifmap_h or filt_w > ifmap_w:
+        raise TopologyError(
+            f"{where}layer {name!r}: filter {filt_h}x{filt_w} is larger than "
+            f"the (padded) ifmap {ifmap_h}x{ifmap_w}"
+        )
+    oh = math.ceil((ifmap_h - filt_h + stride) / stride)
+    ow = math.ceil((ifmap_w - filt_w + stride) / stride)
+    return Layer(
+        name,
+        oh * ow,
+        filt_h * filt_w * channels,
+        num_filter,
+        ifmap_elems=ifmap_h * ifmap_w * channels,
+    )
+
+
+def read_topology(path: str | os.PathLike) -> list[Layer]:
+    """Layers of a SCALE-Sim topology CSV (conv or GEMM format)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TopologyError(f"{path}: no such topology file")
+    with open(path, newline="") as f:
+        rows = [[c.strip() for c in r] for r in csv.reader(f)]
+    numbered = [(i + 1, [c for c in r if c != ""]) for i, r in enumerate(rows)]
+    numbered = [(i, r) for i, r in numbered if r]
+    if len(numbered) < 2:
+        raise TopologyError(f"{path}: expected a header line and at least one layer row")
+    (_, header), body = numbered[0], numbered[1:]
+    if len(header) == 1 + len(CONV_FIELDS):
+        fields, kind = CONV_FIELDS, "conv"
+    elif len(header) == 1 + len(GEMM_FIELDS):
+        fields, kind = GEMM_FIELDS, "gemm"
+    else:
+        raise TopologyError(
+            f"{path}:{numbered[0][0]}: header has {len(header)} fields; a conv topology has 8 "
+            f"(Layer name, {', '.join(CONV_FIELDS)}) and a GEMM topology 4 (Layer Name, M, N, K)"
+        )
+    layers = []
+    for line, r in body:
+        if len(r) != 1 + len(fields):
+            raise TopologyError(
+                f"{path}:{line}: expected {1 + len(fields)} fields "
+                f"(Layer name, {', '.join(fields)}), got {len(r)}"
+            )
+        vals = [_int(path, line, j + 2, fields[j], r[j + 1]) for j in range(len(fields))]
+        if kind == "conv":
+            layers.append(conv_layer(r[0], *vals, where=f"{path}:{line}: "))
+        else:
+            M, N, K = vals
+            layers.append(Layer(r[0], M, K, N, ifmap_elems=M * K))
+    return layers
+
+
+def layers_from_program(program, batch: int = 1, defaults=None) -> list[Layer]:
+    """The MAC layers of a QuantProgram (or a float Graph: widths from ``defaults``)."""
+    import numpy as np
+
+    from hwsim.execute import run_float
+    from hwsim.graph.ir import MAC_OPS, Graph, Op
+
+    graph: Graph = program if isinstance(program, Graph) else program.graph
+    shape = tuple(d if isinstance(d, int) else 1 for d in graph.input_shape)
+    env = run_float(graph, np.zeros((1,) + shape, np.float32))
+    quant = not isinstance(program, Graph)
+    layers = []
+    for n in graph.nodes:
+        if n.op not in MAC_OPS:
+            continue
+        x = env[n.inputs[0]]
+        y = env[n.output]
+        if n.op is Op.CONV:
+            g = n.attrs["group"]
+            Np = int(np.prod(y.shape[2:])) * batch
+            K = int(np.prod(n.weight.shape[1:]))
+            Mf = n.weight.shape[0] // g
+        else:
+            g, Np, K, Mf = 1, batch, n.weight.shape[1], n.weight.shape[0]
+        kw = {}
+        if quant:
+            spec_in = program.acts.get(n.inputs[0])
+            spec_out = program.acts.get(n.output)
+            ls = program.layer(n.name)
+            kw = dict(
+                wbits=n.wq.fmt.bits if n.wq is not None else None,
+                abits=spec_in.fmt.bits if spec_in else None,
+                acc_bits=ls.acc.bits,
+                out_bits=spec_out.fmt.bits if spec_out else None,
+                register=ls.register.value,
+                scale_registers=n.weight.shape[0] if (n.wq is not None and n.wq.per_channel) else 1,
+                act_mode=spec_out.mode if spec_out else "static",
+                s_max=spec_out.s_max if spec_out else 0,
+            )
+        layers.append(
+            Layer(
+                n.name,
+                Np,
+                K,
+                Mf,
+                groups=g,
+                ifmap_elems=int(np.prod(x.shape[1:])) * batch,
+                samples=batch,
+                **kw,
+            )
+        )
+    return layers

@@ -1,0 +1,232 @@
+"""The cost model: formulas, config and topology reading, model layers, memory model, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hwsim.cli import main
+from hwsim.cost import (
+    Accelerator,
+    ConfigError,
+    EnergyTable,
+    Layer,
+    TopologyError,
+    compute_cycles,
+    cost,
+    cost_layer,
+    gemm_counts,
+    layers_from_program,
+    load_config,
+    read_topology,
+)
+from hwsim.cost.topology import conv_layer
+
+CONV_HEADER = (
+    "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, "
+    "Num Filter, Strides,\n"
+)
+
+
+@pytest.mark.parametrize(
+    "dims,want", [((64, 48, 40), (839, 989, 1127)), ((16, 16, 16), (45, 61, 61))]
+)
+def test_scalesim_reference_cycles(dims, want):
+    # REFERENCES.md: SCALE-Sim on a 16x16 array, (Np, Mf, K) -> OS / WS / IS
+    assert tuple(compute_cycles(d, 16, 16, *dims) for d in ("os", "ws", "is")) == want
+
+
+def test_scalesim_reference_layer():
+    # REFERENCES.md: 56x56 output, 64->64, 3x3 on 32x32 OS: 125,047 compute cycles
+    layer = conv_layer("c", 58, 58, 3, 3, 64, 64, 1)
+    assert (layer.Np, layer.K, layer.Mf) == (56 * 56, 576, 64)
+    assert compute_cycles("os", 32, 32, layer.Np, layer.Mf, layer.K) == 125047
+
+
+@given(
+    st.sampled_from(["os", "ws", "is"]),
+    st.integers(1, 64),
+    st.integers(1, 64),
+    st.integers(1, 300),
+    st.integers(1, 300),
+    st.integers(1, 300),
+)
+def test_counts_are_consistent(df, R, C, Np, Mf, K):
+    c = gemm_counts(df, R, C, Np, Mf, K)
+    assert c.macs == Np * Mf * K
+    assert 0 < c.utilization <= 1.0
+    # every operand element is read at least once, every output written at least once
+    assert c.ifmap_reads >= Np * K and c.filter_reads >= K * Mf and c.ofmap_writes >= Np * Mf
+    # no dataflow beats a perfectly used array (SCALE-Sim counts end with "- 1")
+    assert c.compute_cycles + 1 >= math.ceil(c.macs / (R * C))
+
+
+def test_energy_fits_reproduce_horowitz():
+    e = EnergyTable()
+    assert e.mul_pj(8, 8) == pytest.approx(0.2, abs=1e-4)
+    assert e.mul_pj(32, 32) == pytest.approx(3.1, abs=1e-3)
+    assert e.add_pj(32) == pytest.approx(0.1)
+    assert [round(e.sram_pj_per_bit(k) * 64, 6) for k in (8, 32, 1024)] == [10.0, 20.0, 100.0]
+    assert e.sram_pj_per_bit(16) < e.sram_pj_per_bit(64) < e.sram_pj_per_bit(512)
+
+
+def test_topology_conv_and_gemm(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text(CONV_HEADER + "a, 10, 12, 3, 3, 4, 8, 2,\n\nb, 5, 5, 1, 1, 16, 32, 1,\n")
+    a, b = read_topology(f)
+    assert (a.Np, a.K, a.Mf) == (5 * 6, 36, 8) and a.ifmap_elems == 10 * 12 * 4  # ceil(9/2)
+    assert (b.Np, b.K, b.Mf) == (25, 16, 32)
+    g = tmp_path / "g.csv"
+    g.write_text("Layer Name, M, N, K,\nfc, 128, 64, 256,\n")
+    (fc,) = read_topology(g)
+    assert (fc.Np, fc.Mf, fc.K) == (128, 64, 256)
+
+
+@pytest.mark.parametrize(
+    "row,msg",
+    [
+        ("a, 10, x, 3, 3, 4, 8, 1,", r"t.csv:2: column 3 \(IFMAP Width\) must be an integer"),
+        ("a, 10, 10, 3, 3, 4, 0, 1,", r"t.csv:2: column 7 \(Num Filter\) must be a positive"),
+        ("a, 10, 10, 3, 3, 4, 8,", r"t.csv:2: expected 8 fields"),
+        ("a, 2, 10, 3, 3, 4, 8, 1,", r"filter 3x3 is larger than the \(padded\) ifmap 2x10"),
+    ],
+)
+def test_topology_errors_name_line_and_column(tmp_path, row, msg):
+    f = tmp_path / "t.csv"
+    f.write_text(CONV_HEADER + row + "\n")
+    with pytest.raises(TopologyError, match=msg):
+        read_topology(f)
+
+
+def test_config_reads_scalesim_cfg_and_hwsim_sections(tmp_path):
+    f = tmp_path / "a.cfg"
+    f.write_text(
+        "[general]\nrun_name = x\n[architecture_presets]\nArrayHeight : 16\n"
+        "ArrayWidth : 8\nIfmapSramSzkB : 256\nFilterSramSzkB: 128\nOfmapSramSzkB: 64\n"
+        "IfmapOffset: 0\nDataflow : ws\nBandwidth : 4\n[hwsim]\nacc_bits = 24\n"
+        "[energy]\ndram_pj_per_bit = 10\n"
+    )
+    acc = load_config(f)
+    assert (acc.rows, acc.cols, acc.dataflow.value, acc.ifmap_sram_kb) == (16, 8, "ws", 256)
+    assert acc.dram_words_per_cycle == 4 and acc.acc_bits == 24
+    assert acc.energy.dram_pj_per_bit == 10
+    assert load_config(f, rows=4).rows == 4
+    bad = tmp_path / "b.cfg"
+    bad.write_text("[hwsim]\nclok_mhz = 5\n")
+    with pytest.raises(ConfigError, match=r"b.cfg: \[hwsim\] unknown key 'clok_mhz'"):
+        load_config(bad)
+    bad.write_text("[architecture_presets]\nArrayHeight = 0\n")
+    with pytest.raises(ConfigError, match="rows must be a positive integer"):
+        load_config(bad)
+    bad.write_text("[architecture_presets]\nDataflow = diagonal\n")
+    with pytest.raises(ConfigError, match="dataflow must be one of os, ws, is"):
+        load_config(bad)
+
+
+def test_model_layers_match_executor_macs():
+    from hwsim import api
+    from hwsim.data import load_data
+
+    program = api.quantize_model("models/rescnn.onnx", "per-channel", calib="digits-train")
+    d = load_data("digits")
+    rep, _ = api.run_program(program, d)
+    layers = layers_from_program(program, batch=len(d))
+    by_name = {r.name: r.macs for r in rep.layers if r.macs}
+    assert {la.name: la.macs for la in layers} == by_name
+    assert all(la.scale_registers > 1 for la in layers)  # per-channel registers
+
+
+def test_memory_model_monotone_in_sram():
+    layer = conv_layer("c", 58, 58, 3, 3, 64, 64, 1)
+    small = cost_layer(layer, Accelerator(ifmap_sram_kb=16, filter_sram_kb=16, ofmap_sram_kb=16))
+    big = cost_layer(
+        layer, Accelerator(ifmap_sram_kb=4096, filter_sram_kb=4096, ofmap_sram_kb=4096)
+    )
+    assert big.dram_bytes <= small.dram_bytes
+    unique = math.ceil(58 * 58 * 64) + 576 * 64 + 56 * 56 * 64
+    assert big.dram_bytes == unique
+    assert big.stall_cycles <= small.stall_cycles
+    assert big.compute_cycles == small.compute_cycles == 125047
+
+
+def test_scheme_overheads():
+    base = dict(name="l", Np=100, K=64, Mf=32, samples=4)
+    acc = Accelerator()
+    st_ = cost_layer(Layer(**base), acc)
+    sh = cost_layer(Layer(**base, act_mode="shift", s_max=4), acc)
+    dyn = cost_layer(Layer(**base, act_mode="dynamic"), acc)
+    p2 = cost_layer(Layer(**base, register="pow2"), acc)
+    pc = cost_layer(Layer(**base, scale_registers=32), acc)
+    assert st_.scheme_ops["range_compares"] == 0 and sh.scheme_ops["sample_shifts"] == 3200
+    assert sh.energy_breakdown["scheme"] > st_.energy_breakdown["scheme"]
+    assert p2.scheme_ops["requant_multiplies"] == 0
+    assert p2.energy_breakdown["scheme"] < st_.energy_breakdown["scheme"]
+    assert (st_.register_bits, pc.register_bits, sh.register_bits, dyn.register_bits) == (
+        40,
+        32 * 40,
+        40 + 4 * 3,
+        40 + 4 * 40,
+    )
+
+
+def test_cli_cost_model_and_topology(tmp_path):
+    r = CliRunner().invoke(
+        main,
+        [
+            "cost",
+            "rescnn",
+            "--array",
+            "16x16",
+            "--dataflow",
+            "ws",
+            "--json",
+            str(tmp_path / "c.json"),
+            "--plot",
+            str(tmp_path / "c.png"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "c.json").read_text())
+    keys = {
+        "name",
+        "compute_cycles",
+        "stall_cycles",
+        "total_cycles",
+        "macs",
+        "sram_reads",
+        "sram_writes",
+        "dram_bytes",
+        "energy_pj",
+        "energy_breakdown",
+    }
+    assert len(doc["layers"]) == 5 and all(keys <= set(la) for la in doc["layers"])
+    assert doc["totals"]["macs"] == sum(la["macs"] for la in doc["layers"])
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    t = tmp_path / "t.csv"
+    t.write_text(CONV_HEADER + "c, 58, 58, 3, 3, 64, 64, 1,\n")
+    r = CliRunner().invoke(main, ["cost", str(t)])
+    assert r.exit_code == 0 and "125047" in r.output
+
+
+def test_cli_cost_errors(tmp_path):
+    t = tmp_path / "t.csv"
+    t.write_text(CONV_HEADER + "c, 58, 58, 3, 3, 64, -2, 1,\n")
+    r = CliRunner().invoke(main, ["cost", str(t)])
+    assert r.exit_code == 1 and "t.csv:2: column 7" in r.output
+    r = CliRunner().invoke(main, ["cost", "rescnn", "--array", "0x4"])
+    assert r.exit_code == 1 and "--array" in r.output
+    r = CliRunner().invoke(main, ["cost", "rescnn", "--array", "banana"])
+    assert r.exit_code == 1 and "ROWSxCOLS" in r.output
+
+
+def test_totals_add_up():
+    layers = [conv_layer("a", 10, 10, 3, 3, 8, 16, 1), conv_layer("b", 8, 8, 3, 3, 16, 16, 2)]
+    rep = cost(layers, Accelerator(rows=8, cols=8))
+    t = rep.totals
+    assert t["total_cycles"] == sum(r.total_cycles for r in rep.layers)
+    assert t["energy_pj"] == pytest.approx(sum(t["energy_breakdown"].values()))
