@@ -20,7 +20,15 @@ from hwsim.graph import import_model, is_qoperator, load_onnx
 from hwsim.graph.ir import MAC_OPS, Graph
 from hwsim.quant import QuantProgram, Scheme, SchemeError, quantize
 from hwsim.quant.store import program_from_graph, save
-from hwsim.report import LayerRow, RunReport, compare_plot, compare_table, sqnr_db, write_npz
+from hwsim.report import (
+    LayerRow,
+    RunReport,
+    compare_plot,
+    compare_table,
+    pareto_plot,
+    sqnr_db,
+    write_npz,
+)
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = "rescnn"
@@ -217,11 +225,14 @@ def run(
     report=None,
     save_outputs=None,
     progress: bool = False,
+    accelerator=None,
 ) -> RunReport:
     """Run a quantized model on ``data`` (name or .npz or Dataset) and report.
 
     ``report``: JSON path (written atomically); ``save_outputs``: .npz path receiving the
     model's final outputs (float32, as the model's last op produces them) under its output name.
+    ``accelerator``: an :class:`hwsim.cost.Accelerator` (default: the default one); the report
+    carries its cycles and energy for one batch of ``batch_size`` samples.
     """
     if isinstance(model, QuantProgram):
         program = model
@@ -239,6 +250,7 @@ def run(
     rep, outs = run_program(
         program, ds, batch_size, progress, collect_outputs=save_outputs is not None
     )
+    attach_cost(rep, program, accelerator, min(batch_size, len(ds)))
     if save_outputs is not None:
         g = program.graph
         write_npz(save_outputs, {g.output_name or g.output: outs.astype(np.float32)})
@@ -258,6 +270,8 @@ def compare(
     plot=None,
     batch_size: int = DEFAULT_BATCH,
     progress: bool = False,
+    accelerator=None,
+    pareto=None,
     **kw,
 ) -> list[dict]:
     """Sweep schemes x weight bits x activation bits on a float model; one row per run.
@@ -280,6 +294,7 @@ def compare(
                 sch = make_scheme(scheme, wbits=wb, abits=ab, **kw)
                 program = quantize(graph, sch, cal, batch_size)
                 rep, _ = run_program(program, ds, batch_size, progress)
+                c = attach_cost(rep, program, accelerator, 1)
                 rows.append(
                     {
                         "scheme": scheme,
@@ -295,6 +310,8 @@ def compare(
                                 default=None,
                             )
                         ),
+                        "energy_pj_per_sample": c["energy_pj"],
+                        "cycles_per_sample": c["total_cycles"],
                         "settings": program.describe()["scheme"],
                     }
                 )
@@ -308,7 +325,27 @@ def compare(
         atomic_write_text(report, json.dumps(doc, indent=2, default=str) + "\n")
     if plot is not None:
         compare_plot(rows, plot, f"{Path(path).stem} on {ds.name}")
+    if pareto is not None:
+        pareto_plot(rows, pareto, f"{Path(path).stem} on {ds.name}")
     return rows
+
+
+def attach_cost(rep: RunReport, program: QuantProgram, accelerator=None, batch: int = 1) -> dict:
+    """Cost ``program`` on ``accelerator`` for one batch of ``batch`` samples and put the
+    totals (and per-layer cycles / energy) into the run report; returns the totals."""
+    from hwsim.cost import Accelerator, cost, layers_from_program
+
+    acc = accelerator if accelerator is not None else Accelerator()
+    crep = cost(layers_from_program(program, batch=batch), acc)
+    totals = crep.totals
+    rep.cost = {"accelerator": acc.as_dict(), "batch": batch, "totals": totals}
+    by_name = {c.name: c for c in crep.layers}
+    for row in rep.layers:
+        c = by_name.get(row.name)
+        if c is not None:
+            row.cycles = c.total_cycles
+            row.energy_pj = c.energy_pj
+    return totals
 
 
 __all__ = [
@@ -322,8 +359,16 @@ __all__ = [
 ]
 
 
-def cost_model(model_or_topology, config=None, array=None, dataflow=None, batch: int = 1,
-               json_path=None, plot=None, **widths):
+def cost_model(
+    model_or_topology,
+    config=None,
+    array=None,
+    dataflow=None,
+    batch: int = 1,
+    json_path=None,
+    plot=None,
+    **widths,
+):
     """Cost a shipped model / ONNX file (float: widths from the config or ``widths``;
     quantized: widths from the model) or a SCALE-Sim topology CSV on an accelerator."""
     from hwsim.cost import cost, layers_from_program, load_config, parse_array, read_topology
@@ -341,8 +386,9 @@ def cost_model(model_or_topology, config=None, array=None, dataflow=None, batch:
     else:
         path = resolve_model(spec)
         graph = import_model(path)
-        layers = layers_from_program(program_from_graph(graph) if graph.quantized else graph,
-                                     batch=batch)
+        layers = layers_from_program(
+            program_from_graph(graph) if graph.quantized else graph, batch=batch
+        )
     rep = cost(layers, acc)
     if json_path is not None:
         import json
@@ -373,11 +419,16 @@ def cost_plot(rep, path, title: str) -> None:
         bottom += v
     ax1.set_ylabel("energy (uJ)")
     ax1.legend(fontsize=7)
-    ax1.set_title(f"{title}: {rep.accelerator.rows}x{rep.accelerator.cols} "
-                  f"{rep.accelerator.dataflow.value}")
+    ax1.set_title(
+        f"{title}: {rep.accelerator.rows}x{rep.accelerator.cols} {rep.accelerator.dataflow.value}"
+    )
     ax2.bar(names, [r.compute_cycles for r in rep.layers], label="compute")
-    ax2.bar(names, [r.stall_cycles for r in rep.layers],
-            bottom=[r.compute_cycles for r in rep.layers], label="stall")
+    ax2.bar(
+        names,
+        [r.stall_cycles for r in rep.layers],
+        bottom=[r.compute_cycles for r in rep.layers],
+        label="stall",
+    )
     ax2.set_ylabel("cycles")
     ax2.legend(fontsize=7)
     ax2.tick_params(axis="x", rotation=90, labelsize=6)

@@ -92,8 +92,14 @@ def _guard(fn):
 
         try:
             return fn(*a, **kw)
-        except (DataError, ImportError_, SchemeError, FileNotFoundError, ConfigError,
-                TopologyError) as e:
+        except (
+            DataError,
+            ImportError_,
+            SchemeError,
+            FileNotFoundError,
+            ConfigError,
+            TopologyError,
+        ) as e:
             raise HwsimError(str(e)) from None
         except ValueError as e:
             raise HwsimError(f"{type(e).__name__}: {e}") from None
@@ -244,6 +250,34 @@ def _scheme_kw(kw: dict) -> dict:
     return out
 
 
+def _accel_options(f):
+    """--config / --array / --dataflow: the accelerator the run is costed on."""
+    opts = [
+        click.option(
+            "--config",
+            "accel_config",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Accelerator config for the cost figures (see `hwsim cost`).",
+        ),
+        click.option("--array", default=None, help="Array size ROWSxCOLS (default 32x32)."),
+        click.option("--dataflow", type=click.Choice(["os", "ws", "is"]), default=None),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _accelerator(kw: dict):
+    from hwsim.cost import load_config, parse_array
+
+    cfg, array, df = kw.pop("accel_config"), kw.pop("array"), kw.pop("dataflow")
+    over = {"dataflow": df}
+    if array is not None:
+        over["rows"], over["cols"] = parse_array(array)
+    return load_config(cfg, **over)
+
+
 SCHEMES_HELP = "per-tensor, per-channel, per-sample, per-sample-shift, data-free"
 
 
@@ -350,8 +384,9 @@ def quantize_cmd(model, scheme, wbits, abits, calib, input_range, out, **kw):
 )
 @click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
+@_accel_options
 @_guard
-def run_cmd(model, data, report, save_outputs, batch_size, progress):
+def run_cmd(model, data, report, save_outputs, batch_size, progress, **kw):
     """Run a quantized MODEL (hwsim, QDQ or QOperator ONNX) on DATA; float vs integer."""
     import sys
 
@@ -366,6 +401,7 @@ def run_cmd(model, data, report, save_outputs, batch_size, progress):
         report=report,
         save_outputs=save_outputs,
         progress=progress,
+        accelerator=_accelerator(kw),
     )
     click.echo(rep.table())
     for path in (report, save_outputs):
@@ -387,12 +423,20 @@ def run_cmd(model, data, report, save_outputs, batch_size, progress):
 @click.option("--abits", default="8", callback=_bits_list, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG plot path.")
+@click.option(
+    "--pareto",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="PNG plot of accuracy vs energy per sample, with the Pareto front.",
+)
 @_scheme_options
+@_accel_options
 @_guard
-def compare(model, data, calib, schemes, wbits, abits, json_path, plot, **kw):
-    """Sweep schemes x bit widths on a float MODEL: table, JSON, plot."""
+def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, **kw):
+    """Sweep schemes x bit widths on a float MODEL: table (with energy), JSON, plots."""
     from hwsim import api
 
+    accel = _accelerator(kw)
     batch = kw.pop("batch_size")
     skw = _scheme_kw(kw)
     fl = skw.pop("first_last_bits")
@@ -408,38 +452,64 @@ def compare(model, data, calib, schemes, wbits, abits, json_path, plot, **kw):
         plot=plot,
         batch_size=batch,
         first_last_bits=fl,
+        accelerator=accel,
+        pareto=pareto,
         **skw,
     )
     click.echo(api.compare_table(rows))
     if calib is None:
         click.echo("note: calibrated on the evaluation data itself (pass --calib to separate)")
-    for path in (json_path, plot):
+    for path in (json_path, plot, pareto):
         if path:
             click.echo(f"wrote {path}")
 
 
 @main.command("cost")
 @click.argument("model_or_topology")
-@click.option("--config", type=click.Path(dir_okay=False), default=None,
-              help="Accelerator config (INI/TOML; SCALE-Sim .cfg fields are read too).")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Accelerator config (INI/TOML; SCALE-Sim .cfg fields are read too).",
+)
 @click.option("--array", default=None, help="Array size ROWSxCOLS, e.g. 32x32.")
 @click.option("--dataflow", type=click.Choice(["os", "ws", "is"]), default=None)
-@click.option("--batch", type=click.IntRange(1, 1 << 20), default=1, show_default=True,
-              help="Samples per inference (models only).")
-@click.option("--wbits", type=click.IntRange(1, 32), default=None,
-              help="Weight width for float models and topologies.")
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 1 << 20),
+    default=1,
+    show_default=True,
+    help="Samples per inference (models only).",
+)
+@click.option(
+    "--wbits",
+    type=click.IntRange(1, 32),
+    default=None,
+    help="Weight width for float models and topologies.",
+)
 @click.option("--abits", type=click.IntRange(1, 32), default=None)
 @click.option("--acc-bits", type=click.IntRange(8, 64), default=None)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG plot path.")
 @_guard
-def cost_cmd(model_or_topology, config, array, dataflow, batch, wbits, abits, acc_bits,
-             json_path, plot):
+def cost_cmd(
+    model_or_topology, config, array, dataflow, batch, wbits, abits, acc_bits, json_path, plot
+):
     """Cycles, traffic and energy of a model or SCALE-Sim topology CSV on an accelerator."""
     from hwsim import api
 
-    rep = api.cost_model(model_or_topology, config, array, dataflow, batch, json_path, plot,
-                         weight_bits=wbits, act_bits=abits, acc_bits=acc_bits)
+    rep = api.cost_model(
+        model_or_topology,
+        config,
+        array,
+        dataflow,
+        batch,
+        json_path,
+        plot,
+        weight_bits=wbits,
+        act_bits=abits,
+        acc_bits=acc_bits,
+    )
     click.echo(rep.table())
     for path in (json_path, plot):
         if path:

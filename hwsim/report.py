@@ -34,6 +34,8 @@ class LayerRow:
     bias_overflows: int = 0
     clamped: int = 0
     float_op: bool = False
+    cycles: int | None = None
+    energy_pj: float | None = None
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -55,6 +57,7 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     float_reference: str = "float weights"
+    cost: dict | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -71,6 +74,7 @@ class RunReport:
                 "outputs_overflowed": sum(r.outputs_overflowed for r in self.layers),
             },
             "settings": self.settings,
+            "cost": self.cost,
             "layers": [r.as_dict() for r in self.layers],
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
@@ -108,6 +112,19 @@ class RunReport:
             )
         if any(r.float_op for r in self.layers):
             lines.append("* run as float between DequantizeLinear and QuantizeLinear")
+        if self.cost is not None:
+            a, t = self.cost["accelerator"], self.cost["totals"]
+            b = self.cost["batch"]
+            lines.append(
+                f"accelerator {a['rows']}x{a['cols']} {a['dataflow']}: batch of {b}: "
+                f"{t['total_cycles']} cycles ({t['stall_cycles']} stall) = "
+                f"{t['seconds'] * 1e3:.3f} ms at {a['clock_mhz']:g} MHz, "
+                f"{t['energy_pj'] / 1e6 / b:.3f} uJ/sample "
+                f"(MAC {t['energy_breakdown']['mac'] / t['energy_pj']:.0%}, "
+                f"SRAM {t['energy_breakdown']['sram'] / t['energy_pj']:.0%}, "
+                f"DRAM {t['energy_breakdown']['dram'] / t['energy_pj']:.0%}, "
+                f"scheme {t['energy_breakdown']['scheme'] / t['energy_pj']:.0%})"
+            )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -146,7 +163,7 @@ def compare_table(rows: list[dict]) -> str:
     """The sweep table of ``hwsim compare``."""
     hdr = (
         f"{'scheme':<18} {'W':>3} {'A':>3} {'acc':>5} {'float':>8} {'integer':>8} "
-        f"{'agree':>8} {'ovf':>8} {'SQNR min':>9}"
+        f"{'agree':>8} {'ovf':>8} {'SQNR min':>9} {'uJ/smp':>8}"
     )
     lines = [hdr, "-" * len(hdr)]
     for r in rows:
@@ -161,10 +178,61 @@ def compare_table(rows: list[dict]) -> str:
         lines.append(
             f"{r['scheme']:<18} {r['wbits']:>3} {r['abits']:>3} {acc:>5} "
             f"{pct(r['float_accuracy']):>8} {pct(r['int_accuracy']):>8} "
-            f"{pct(r['agreement']):>8} {r['overflow_events']:>8} {sq:>9}"
+            f"{pct(r['agreement']):>8} {r['overflow_events']:>8} {sq:>9} "
+            f"{r.get('energy_pj_per_sample', 0) / 1e6:>8.3f}"
         )
-    lines.append("acc: accumulator bits + w(rap)/s(aturate); SQNR min: worst layer, dB")
+    lines.append(
+        "acc: accumulator bits + w(rap)/s(aturate); SQNR min: worst layer, dB; "
+        "uJ/smp: energy per sample on the accelerator (hwsim cost)"
+    )
     return "\n".join(lines)
+
+
+def pareto_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
+    """Accuracy (or agreement) vs energy per sample, one marker per run, the Pareto front
+    (lowest energy for at least that accuracy) drawn; PNG written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "int_accuracy" if rows and rows[0]["int_accuracy"] is not None else "agreement"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for scheme in sorted({r["scheme"] for r in rows}):
+        rs = [r for r in rows if r["scheme"] == scheme]
+        ax.scatter(
+            [r["energy_pj_per_sample"] / 1e6 for r in rs], [100 * r[key] for r in rs], label=scheme
+        )
+        for r in rs:
+            ax.annotate(
+                f"W{r['wbits']}A{r['abits']}",
+                (r["energy_pj_per_sample"] / 1e6, 100 * r[key]),
+                fontsize=6,
+            )
+    front, best = [], -1.0
+    for r in sorted(rows, key=lambda r: (r["energy_pj_per_sample"], -r[key])):
+        if r[key] > best:
+            front.append(r)
+            best = r[key]
+    ax.plot(
+        [r["energy_pj_per_sample"] / 1e6 for r in front],
+        [100 * r[key] for r in front],
+        "k--",
+        lw=1,
+        label="Pareto front",
+    )
+    ax.set_xlabel("energy per sample (uJ)")
+    ax.set_ylabel("top-1 accuracy (%)" if key == "int_accuracy" else "agreement (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def compare_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:

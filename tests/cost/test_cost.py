@@ -230,3 +230,58 @@ def test_totals_add_up():
     t = rep.totals
     assert t["total_cycles"] == sum(r.total_cycles for r in rep.layers)
     assert t["energy_pj"] == pytest.approx(sum(t["energy_breakdown"].values()))
+
+
+def test_run_and_compare_carry_cost(tmp_path):
+    from hwsim import api
+
+    q = tmp_path / "q.onnx"
+    api.quantize_model("models/mlp.onnx", "per-tensor", calib="digits-train", out=q)
+    r = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(q),
+            "--data",
+            "digits",
+            "--array",
+            "8x8",
+            "--dataflow",
+            "is",
+            "--batch-size",
+            "64",
+            "--report",
+            str(tmp_path / "r.json"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "accelerator 8x8 is: batch of 64" in r.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["cost"]["accelerator"]["rows"] == 8 and doc["cost"]["batch"] == 64
+    dense = [la for la in doc["layers"] if la["op"] == "dense"]
+    assert all(la["cycles"] > 0 and la["energy_pj"] > 0 for la in dense)
+    assert doc["cost"]["totals"]["total_cycles"] == sum(la["cycles"] for la in dense)
+    png, js = tmp_path / "p.png", tmp_path / "c.json"
+    r = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "models/mlp.onnx",
+            "--data",
+            "digits",
+            "--calib",
+            "digits-train",
+            "--schemes",
+            "per-tensor",
+            "--wbits",
+            "8,4",
+            "--pareto",
+            str(png),
+            "--json",
+            str(js),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    rows = json.loads(js.read_text())["rows"]
+    assert rows[0]["energy_pj_per_sample"] > rows[1]["energy_pj_per_sample"] > 0  # W8 > W4
+    assert png.read_bytes()[:4] == b"\x89PNG"
