@@ -285,3 +285,18 @@ def test_run_and_compare_carry_cost(tmp_path):
     rows = json.loads(js.read_text())["rows"]
     assert rows[0]["energy_pj_per_sample"] > rows[1]["energy_pj_per_sample"] > 0  # W8 > W4
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_config_toml(tmp_path):
+    f = tmp_path / "a.toml"
+    f.write_text(
+        '[architecture_presets]\nArrayHeight = 8\nDataflow = "is"\n'
+        "[hwsim]\nclock_mhz = 500\n[energy]\nsram_scale = 2.0\n"
+    )
+    acc = load_config(f)
+    assert (acc.rows, acc.dataflow.value, acc.clock_mhz, acc.energy.sram_scale) == (
+        8,
+        "is",
+        500.0,
+        2.0,
+    )
