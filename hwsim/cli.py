@@ -187,6 +187,13 @@ def _scheme_options(f):
             "--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True
         ),
         click.option(
+            "--bn-fold",
+            type=click.Choice(["weights", "register"]),
+            default="weights",
+            show_default=True,
+            help="Fold BatchNorm into the weights, or into the per-channel scale register.",
+        ),
+        click.option(
             "--layer",
             "layers",
             multiple=True,
@@ -234,6 +241,7 @@ def _scheme_kw(kw: dict) -> dict:
     overrides = parse_overrides(kw.pop("layers"))
     out = dict(
         overrides=overrides,
+        bn_fold=kw.pop("bn_fold"),
         acc_bits=kw.pop("acc_bits"),
         overflow=kw.pop("overflow"),
         register=kw.pop("register"),
@@ -512,6 +520,134 @@ def cost_cmd(
     )
     click.echo(rep.table())
     for path in (json_path, plot):
+        if path:
+            click.echo(f"wrote {path}")
+
+
+@main.command("train")
+@click.argument("arch")
+@click.option(
+    "--data",
+    default="digits-train",
+    show_default=True,
+    help="Training data: built-in name or .npz with x and y.",
+)
+@click.option("--optimizer", type=click.Choice(["sgd", "psgd"]), default="sgd", show_default=True)
+@click.option(
+    "--target-bits",
+    type=click.IntRange(2, 8),
+    default=4,
+    show_default=True,
+    help="PSGD: the weight grid the gradients are scaled toward.",
+)
+@click.option("--lambda-s", type=float, default=None, help="PSGD scale (default: the official).")
+@click.option(
+    "--scaling",
+    type=click.Choice(["official", "normalized"]),
+    default="official",
+    show_default=True,
+)
+@click.option("--epochs", type=click.IntRange(1, 100000), default=30, show_default=True)
+@click.option("--lr", type=float, default=0.05, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False))
+@_guard
+def train_cmd(arch, data, optimizer, target_bits, lambda_s, scaling, epochs, lr, seed, out):
+    """Train a shipped ARCH (mlp, rescnn) with SGD or PSGD and export float ONNX (needs the
+    'train' extra: pip install -e '.[train]', which pins torch==2.13.0)."""
+    try:
+        from hwsim.train.fit import train_model
+    except ImportError as e:
+        raise HwsimError(
+            f"hwsim train needs PyTorch: pip install -e '.[train]' (torch==2.13.0) ({e})"
+        ) from None
+    kw = {} if lambda_s is None else {"lambda_s": lambda_s}
+    rec = train_model(
+        arch,
+        data=data,
+        optimizer=optimizer,
+        target_bits=target_bits,
+        scaling=scaling,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        out=out,
+        **kw,
+    )
+    click.echo(
+        f"trained {arch} with {optimizer} on {data}: train top-1 "
+        f"{100 * rec['train_accuracy']:.2f}% in {rec['seconds']:.1f} s -> {out}"
+    )
+
+
+@main.group()
+def study():
+    """Reproduction studies of the papers behind hwsim."""
+
+
+@study.command("psgd")
+@click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="Built-in set with a '-train' split: digits or mnist5k.",
+)
+@click.option("--seeds", type=click.IntRange(1, 100), default=3, show_default=True)
+@click.option("--arch", default="rescnn", show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 100000), default=30, show_default=True)
+@click.option("--lr", type=float, default=0.05, show_default=True)
+@click.option("--lambda-s", type=float, default=None)
+@click.option("--target-bits", type=click.IntRange(2, 8), default=4, show_default=True)
+@click.option(
+    "--scaling",
+    type=click.Choice(["official", "normalized"]),
+    default="official",
+    show_default=True,
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Models and per-run results (reused on rerun). Default hwsim-study-psgd-DATA.",
+)
+@click.option("--report", type=click.Path(dir_okay=False), default=None)
+@click.option(
+    "--plot",
+    "plot_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory for accuracy_vs_bits.png and weight_histogram.png.",
+)
+@_guard
+def study_psgd_cmd(
+    data, seeds, arch, epochs, lr, lambda_s, target_bits, scaling, workdir, report, plot_dir
+):
+    """SGD vs PSGD models under layer-wise (data-free and calibrated) and channel-wise
+    quantization on the emulated datapath; mean ± std over seeds."""
+    try:
+        import hwsim.train.fit  # noqa: F401
+    except ImportError as e:
+        raise HwsimError(
+            f"hwsim study psgd needs PyTorch: pip install -e '.[train]' ({e})"
+        ) from None
+    from hwsim.study import study_psgd, table
+
+    doc = study_psgd(
+        data,
+        seeds,
+        arch,
+        epochs,
+        lr,
+        lambda_s,
+        target_bits,
+        scaling,
+        workdir,
+        report,
+        plot_dir,
+        log=click.echo,
+    )
+    click.echo(table(doc))
+    for path in (report, plot_dir):
         if path:
             click.echo(f"wrote {path}")
 

@@ -358,6 +358,8 @@ class _Importer:
         )
         eps = np.float32(a.get("epsilon", 1e-5))
         k = (gamma.astype(np.float32) / np.sqrt(var.astype(np.float32) + eps)).astype(np.float32)
+        prev.attrs["bn_k"] = k  # the per-channel factor, for folding into the scale register
+        prev.attrs["weight_unfolded"] = prev.weight
         prev.weight = (prev.weight * k[:, None, None, None]).astype(np.float32)
         b0 = prev.bias if prev.bias is not None else np.zeros(k.shape, np.float32)
         prev.bias = ((b0 - mean) * k + beta).astype(np.float32)

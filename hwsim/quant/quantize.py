@@ -66,6 +66,26 @@ def _pow2_ceil(scale):
     return np.exp2(np.ceil(np.log2(s))).astype(np.float32)
 
 
+def _layer_weights(n, ls: LayerScheme) -> WeightQuant:
+    """A layer's integer weights; with ``bn_fold="register"`` the folded BatchNorm factor goes
+    into the (per-channel) scale instead of the weights (scheme.py docstring)."""
+    if ls.bn_fold != "register" or "bn_k" not in n.attrs:
+        return quantize_weights(n.weight, ls)
+    if ls.weight_mode == "asymmetric":
+        raise SchemeError(f"layer {n.name!r}: bn_fold=register needs symmetric weights")
+    k = n.attrs["bn_k"].astype(np.float64)
+    wq = quantize_weights(n.attrs["weight_unfolded"], ls)
+    sign = np.where(k < 0, -1, 1).astype(np.int64)
+    q = wq.q * sign.reshape((-1,) + (1,) * (wq.q.ndim - 1))
+    if ls.weight_mode == "symmetric-full":  # -2^(b-1) has no positive twin
+        q = np.clip(q, wq.fmt.min, wq.fmt.max)
+    scale = (np.broadcast_to(np.asarray(wq.scale, np.float64), k.shape) * np.abs(k)).astype(
+        np.float32
+    )
+    scale = np.where(scale > 0, scale, np.float32(1e-30)).astype(np.float32)
+    return WeightQuant(q, scale, np.zeros(k.shape, np.int64), wq.fmt)
+
+
 # --- activation ranges -------------------------------------------------------------------------
 def fused_targets(graph: Graph) -> dict[str, str]:
     """Map a MAC/Add output tensor to the ReLU/Clip output whose quantization it takes."""
@@ -292,7 +312,7 @@ def quantize(
     for n in graph.nodes:
         if n.op in MAC_OPS:
             ls = layer_scheme[n.name]
-            n.wq = quantize_weights(n.weight, ls)
+            n.wq = _layer_weights(n, ls)
             n.bias_q = None
         elif n.op in REQUANT:
             ls = ls_of_tensor(n.output)

@@ -30,6 +30,13 @@ Activation modes:
   ``max|x| <= qmax * s * 2^k``; the sample's scale is ``s * 2^k``.
 
 Activations whose range is non-negative (after ReLU, input images) use an unsigned format.
+
+BatchNorm folding (``bn_fold``): ``weights`` quantizes the folded weights ``w * k`` (``k =
+gamma / sqrt(var + eps)`` per output channel; the usual deployment); ``register`` quantizes the
+conv's own weights ``w`` on the scheme's grid and moves ``k`` into the per-channel scale
+register (effective weight scale ``s_w * k``), so a layer-wise grid stays layer-wise -- what a
+model trained for layer-wise weights (PSGD) expects. ``register`` needs symmetric weights (a
+negative ``k`` flips the channel's integers).
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ WEIGHT_MODES = ("symmetric", "symmetric-full", "asymmetric")
 GRANULARITIES = ("tensor", "channel")
 ACT_MODES = ("static", "data-free", "dynamic", "shift")
 CALIB_METHODS = ("minmax", "percentile")
+BN_FOLDS = ("weights", "register")
 
 PRESETS = {
     "per-tensor": dict(granularity="tensor", act_mode="static"),
@@ -90,6 +98,7 @@ class LayerScheme:
     overflow: str = "wrap"
     register: str = "ort"
     rounding: str = "half_away"
+    bn_fold: str = "weights"
 
     def __post_init__(self):
         for name, lo, hi in (("wbits", 2, 16), ("abits", 2, 16), ("acc_bits", 8, 64)):
@@ -102,6 +111,7 @@ class LayerScheme:
         _choice(self.weight_mode, WEIGHT_MODES, "weight_mode")
         _choice(self.act_mode, ACT_MODES, "act_mode")
         _choice(self.calib_method, CALIB_METHODS, "calib_method")
+        _choice(self.bn_fold, BN_FOLDS, "bn_fold")
         _choice(self.overflow, tuple(o.value for o in Overflow), "overflow")
         try:
             as_kind(self.register)

@@ -198,3 +198,21 @@ def test_fraction_reference_helpers_agree():
     assert nref.ort_combined_scale(0.1, 0.2, 0.3) == Fraction(
         float((np.float32(0.1) * np.float32(0.2)) / np.float32(0.3))
     )
+
+
+def test_bn_fold_register_keeps_the_layerwise_grid():
+    """bn_fold=register: integer weights on the unfolded conv's per-tensor grid, the BN factor
+    in the per-channel scale; the dequantized weights approximate the folded float ones."""
+    from hwsim.quant import quantize_weights
+
+    g = import_model("models/rescnn.onnx")
+    scheme = Scheme.preset("data-free", wbits=4, bn_fold="register")
+    program = quantize(g, scheme, input_range=(0.0, 1.0))
+    conv = next(n for n in program.graph.nodes if "bn_k" in n.attrs)
+    k = conv.attrs["bn_k"].astype(np.float64)
+    plain = quantize_weights(conv.attrs["weight_unfolded"], scheme.default)
+    sign = np.where(k < 0, -1, 1).reshape(-1, 1, 1, 1)
+    assert np.array_equal(conv.wq.q, plain.q * sign)
+    np.testing.assert_allclose(conv.wq.scale, np.float32(plain.scale) * np.abs(k), rtol=1e-6)
+    err = np.abs(conv.wq.dequantize() - conv.weight).max()
+    assert err <= 0.5 * float(np.max(conv.wq.scale)) + 1e-6
