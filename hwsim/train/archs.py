@@ -1,10 +1,12 @@
-"""Small float models for the 8x8 ``digits`` data set, built by name.
+"""Small float models for the 8x8 ``digits`` (and 28x28 ``mnist5k``) data sets, built by name.
 
-* ``mlp`` -- Flatten -> Linear(64, 64) -> ReLU -> Linear(64, 32) -> ReLU -> Linear(32, 10).
-* ``rescnn`` -- a small residual CNN: a 3x3 stem conv (1 -> 16) with BatchNorm and ReLU; one
+* ``mlp`` -- Flatten -> Linear(C*H*W, 64) -> ReLU -> Linear(64, 32) -> ReLU -> Linear(32, 10)
+  (``Linear(64, 64)`` for the 8x8 digits).
+* ``rescnn`` -- a small residual CNN: a 3x3 stem conv (C -> 16) with BatchNorm and ReLU; one
   residual block (two 3x3 convs 16 -> 16 with BatchNorm, added to the block input, then ReLU);
   a stride-2 3x3 conv (16 -> 32) with BatchNorm and ReLU; global average pooling; Flatten;
-  Linear(32, 10).
+  Linear(32, 10). For inputs taller than 16 pixels (28x28 MNIST) the stem conv has stride 2;
+  for the 8x8 digits the model is exactly the shipped one (same modules, same initialization).
 
 The output is the logits (no softmax). Convolutions have no bias: the BatchNorm that follows
 carries the shift.
@@ -12,14 +14,17 @@ carries the shift.
 
 from __future__ import annotations
 
+import math
+import operator
+
 import torch
 from torch import nn
 
 
-def _mlp() -> nn.Module:
+def _mlp(input_shape: tuple[int, ...]) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(),
-        nn.Linear(64, 64),
+        nn.Linear(math.prod(input_shape), 64),
         nn.ReLU(),
         nn.Linear(64, 32),
         nn.ReLU(),
@@ -48,9 +53,12 @@ class ResidualBlock(nn.Module):
         return self.relu(x + self.body(x))
 
 
-def _rescnn() -> nn.Module:
+def _rescnn(input_shape: tuple[int, ...]) -> nn.Module:
+    if len(input_shape) != 3:
+        raise ValueError(f"rescnn needs a (C, H, W) input shape, got {tuple(input_shape)}")
+    c, h, _ = input_shape
     return nn.Sequential(
-        *_conv_bn(1, 16),
+        *_conv_bn(c, 16, stride=2 if h > 16 else 1),
         nn.ReLU(),
         ResidualBlock(16),
         *_conv_bn(16, 32, stride=2),
@@ -75,8 +83,9 @@ DESCRIPTIONS = {
 }
 
 
-def build(arch: str) -> nn.Module:
-    """A freshly initialized model of architecture ``arch`` (one of :data:`ARCHS`).
+def build(arch: str, input_shape: tuple[int, ...] = (1, 8, 8)) -> nn.Module:
+    """A freshly initialized model of architecture ``arch`` (one of :data:`ARCHS`) for inputs of
+    shape ``input_shape`` (without the batch axis; ``(1, 8, 8)``: the digits).
 
     Initialization draws from torch's global RNG: seed it first for a reproducible model.
     """
@@ -86,7 +95,13 @@ def build(arch: str) -> nn.Module:
         raise ValueError(
             f"unknown architecture {arch!r}: known ones are {', '.join(ARCHS)}"
         ) from None
-    return builder()
+    try:
+        shape = tuple(operator.index(d) for d in input_shape)
+    except TypeError:
+        shape = ()
+    if not shape or min(shape) < 1 or any(isinstance(d, bool) for d in input_shape):
+        raise ValueError(f"input_shape must be a tuple of positive ints, got {input_shape!r}")
+    return builder(shape)
 
 
 def count_params(model: nn.Module) -> int:

@@ -15,6 +15,7 @@ import io
 import math
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from hwsim.train.archs import build
+from hwsim.train.psgd import DEFAULT_LAMBDA_S, RANGE_MOMENTUM
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -67,6 +69,36 @@ def _deterministic(threads: int):
         torch.set_num_threads(old_threads)
 
 
+OPTIMIZERS = ("sgd", "psgd", "adam")
+#: Bit widths PSGD can target (``target_bits``).
+TARGET_BITS = (2, 8)
+
+
+def _check_train_args(arch, optimizer, target_bits, lambda_s, scaling, epochs, lr) -> None:
+    from hwsim.train.archs import ARCHS
+    from hwsim.train.psgd import SCALINGS
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}: known ones are {', '.join(ARCHS)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown PSGD scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
+    lo, hi = TARGET_BITS
+    if (
+        isinstance(target_bits, bool)
+        or not isinstance(target_bits, int)
+        or not (lo <= target_bits <= hi)
+    ):
+        raise ValueError(f"target_bits must be an int in [{lo}, {hi}], got {target_bits!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be finite and > 0, got {lr!r}")
+    if not (isinstance(lambda_s, (int, float)) and math.isfinite(lambda_s) and lambda_s > 0):
+        raise ValueError(f"lambda_s must be finite and > 0, got {lambda_s!r}")
+
+
 def train(
     arch: str,
     dataset_train,
@@ -74,42 +106,99 @@ def train(
     lr: float,
     seed: int,
     optimizer: str = "sgd",
+    target_bits: int = 4,
+    lambda_s: float = DEFAULT_LAMBDA_S,
+    scaling: str = "official",
+    input_shape: Sequence[int] | None = None,
+    progress=None,
     *,
     batch_size: int = 64,
-    weight_decay: float = 5e-4,
+    weight_decay: float | None = None,
     threads: int = 1,
     log=None,
+    psgd_warmup: float = 0.5,
+    range_momentum: float | None = RANGE_MOMENTUM,
+    fold_bn: bool = False,
+    first_last_bits: int | None = None,
 ) -> nn.Module:
     """Train a fresh ``arch`` model on ``dataset_train`` (a :class:`hwsim.data.Dataset`).
 
-    Cross-entropy loss; ``optimizer`` is ``"sgd"`` (momentum 0.9, Nesterov) or ``"adam"``
-    (AdamW); the learning rate follows a per-step cosine schedule from ``lr`` to 0. Batches of
+    Cross-entropy loss; the learning rate follows a per-step cosine schedule from ``lr`` to 0.
+    ``optimizer``:
+
+    * ``"sgd"`` -- momentum 0.9, Nesterov, weight decay 5e-4 (the shipped models);
+    * ``"psgd"`` -- :class:`hwsim.train.psgd.PSGD` targeting ``target_bits``-bit per-tensor
+      weights: the loss gradients of every conv/linear weight and linear bias are multiplied by
+      ``psgd_scale(w, target_bits, lambda_s, scaling)`` before an SGD step with the official
+      code's settings (momentum 0.9, no Nesterov, weight decay 1e-4, 0 at 2 bits). The official
+      recipe fine-tunes a model pre-trained with plain SGD (82 of 150 epochs); here the first
+      ``int(psgd_warmup * epochs)`` epochs (default half) are those plain SGD steps, with the
+      same optimizer and schedule, and the scaling acts from then on (``psgd_warmup=0``: from the
+      first step, which diverges at lr 0.05 with lambda_s 150 on the mlp; ``1``: never, the
+      control run without scaling);
+    * ``"adam"`` -- AdamW, weight decay 5e-4.
+
+    ``weight_decay`` overrides the optimizer's default. ``target_bits``, ``lambda_s``,
+    ``scaling``, ``psgd_warmup``, ``range_momentum`` (the official running range, see
+    :class:`~hwsim.train.psgd.PSGD`), ``first_last_bits`` (another grid for the first and last
+    layer, as the official code's 8 bits below 4; :func:`~hwsim.train.psgd.psgd_param_groups`)
+    and ``fold_bn`` only matter for ``"psgd"``. ``fold_bn=True`` (an hwsim extension, off by
+    default) puts the grid on the BatchNorm-folded conv weight that hwsim actually quantizes
+    (:func:`~hwsim.train.psgd.bn_fold_map`, ``psgd_scale(..., fold=)``); without it PSGD pulls
+    the raw conv weights onto a grid that the per-channel folding then scatters.
+
+    ``input_shape`` (without the batch axis) defaults to the data's sample shape. Batches of
     ``batch_size`` are drawn from a permutation made by a ``torch.Generator`` seeded with
-    ``seed``; model initialization uses ``torch.manual_seed(seed)``. Returns the model in eval
-    mode. ``log``, if given, is called with one line of text per epoch.
+    ``seed``; model initialization uses ``torch.manual_seed(seed)``; training runs on
+    ``threads`` threads with deterministic algorithms, so equal arguments give bit-identical
+    weights on one machine (conv kernels may differ across CPUs). Returns the model in eval
+    mode. ``progress``, if given, is called as ``progress(epoch, loss)`` after each epoch
+    (1-based epoch, mean training loss); ``log`` with one line of text per epoch. A non-finite
+    epoch loss raises ``FloatingPointError`` (lower ``lr`` or ``lambda_s``).
     """
+    from hwsim.train.psgd import PSGD, bn_fold_map, psgd_param_groups
+
+    _check_train_args(arch, optimizer, target_bits, lambda_s, scaling, epochs, lr)
     if dataset_train.y is None:
         raise ValueError(f"{dataset_train.name}: training needs labels ('y')")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if input_shape is None:
+        input_shape = tuple(dataset_train.x.shape[1:])
     x = torch.from_numpy(np.ascontiguousarray(dataset_train.x, dtype=np.float32))
     y = torch.from_numpy(np.ascontiguousarray(dataset_train.y, dtype=np.int64))
     n = x.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
+    if not 0.0 <= psgd_warmup <= 1.0:
+        raise ValueError(f"psgd_warmup must be in [0, 1], got {psgd_warmup!r}")
+    psgd_start = int(psgd_warmup * epochs)
 
     with _deterministic(threads):
         torch.manual_seed(seed)
-        model = build(arch)
+        model = build(arch, tuple(input_shape))
         gen = torch.Generator().manual_seed(seed)
         if optimizer == "sgd":
+            wd = 5e-4 if weight_decay is None else weight_decay
             opt = torch.optim.SGD(
-                model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+                model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=wd
             )
-        elif optimizer == "adam":
-            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        elif optimizer == "psgd":
+            # train.py of the official code: weight decay 1e-4, and 0 for 2-bit weights
+            wd = (0.0 if target_bits == 2 else 1e-4) if weight_decay is None else weight_decay
+            opt = PSGD(
+                psgd_param_groups(model, target_bits, first_last_bits=first_last_bits),
+                lr=lr,
+                bits=target_bits,
+                lambda_s=lambda_s,
+                scaling=scaling,
+                momentum=0.9,
+                nesterov=False,
+                weight_decay=wd,
+                range_momentum=range_momentum,
+                fold=bn_fold_map(model) if fold_bn else None,
+            )
         else:
-            raise ValueError(f"unknown optimizer {optimizer!r}: use 'sgd' or 'adam'")
+            wd = 5e-4 if weight_decay is None else weight_decay
+            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
         )
@@ -118,6 +207,8 @@ def train(
         for epoch in range(epochs):
             perm = torch.randperm(n, generator=gen)
             total, correct = 0.0, 0
+            if optimizer == "psgd":
+                opt.enabled = epoch >= psgd_start
             for start in range(0, n, batch_size):
                 idx = perm[start : start + batch_size]
                 xb, yb = x[idx], y[idx]
@@ -129,13 +220,83 @@ def train(
                 sched.step()
                 total += float(loss.detach()) * len(idx)
                 correct += int((logits.detach().argmax(1) == yb).sum())
+            if not math.isfinite(total):
+                raise FloatingPointError(
+                    f"{arch}/{optimizer}: training diverged in epoch {epoch + 1} (loss {total}); "
+                    "lower lr" + (" or lambda_s" if optimizer == "psgd" else "")
+                )
             if log is not None:
                 log(
                     f"{arch} epoch {epoch + 1}/{epochs}: loss {total / n:.4f}, "
                     f"train acc (running) {correct / n:.4f}"
                 )
+            if progress is not None:
+                progress(epoch + 1, total / n)
         model.eval()
     return model
+
+
+def accuracy(model: nn.Module, ds, batch_size: int = 512) -> float:
+    """Top-1 accuracy of the torch ``model`` (eval mode) on the labelled data set ``ds``."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start, xb in ds.batches(batch_size):
+            pred = model(torch.from_numpy(np.ascontiguousarray(xb, np.float32))).argmax(1)
+            correct += int((pred.numpy() == ds.y[start : start + len(xb)]).sum())
+    return correct / len(ds)
+
+
+def train_model(
+    arch: str,
+    data="digits-train",
+    optimizer: str = "sgd",
+    target_bits: int = 4,
+    lambda_s: float = DEFAULT_LAMBDA_S,
+    scaling: str = "official",
+    epochs: int = 30,
+    lr: float = 0.05,
+    seed: int = 0,
+    out: str | os.PathLike = "model.onnx",
+    progress=None,
+    **train_kw,
+) -> dict:
+    """Train ``arch`` on ``data`` (a built-in name, an ``.npz`` path or a Dataset), export the
+    float model to ONNX at ``out`` (:func:`export_onnx`: input ``input``, output ``logits``,
+    BatchNormalization kept; what ``hwsim quantize``/``hwsim run`` take) and return a record:
+    ``arch, data, optimizer, target_bits, lambda_s, scaling, epochs, lr, seed, input_shape,
+    train_accuracy`` (of the trained float model on the training data), ``seconds`` (training
+    and export) and ``path``. Arguments as for :func:`train` (``train_kw``: its keyword-only
+    ones); they are checked before the data is loaded.
+    """
+    from hwsim.data import Dataset, load_data
+
+    _check_train_args(arch, optimizer, target_bits, lambda_s, scaling, epochs, lr)
+    t0 = time.perf_counter()
+    ds = data if isinstance(data, Dataset) else load_data(data)
+    if ds.y is None:
+        raise ValueError(f"{ds.name}: training needs labels ('y')")
+    shape = tuple(int(d) for d in ds.x.shape[1:])
+    model = train(
+        arch, ds, epochs, lr, seed, optimizer, target_bits, lambda_s, scaling, shape,
+        progress, **train_kw,
+    )  # fmt: skip
+    path = export_onnx(model, out, shape)
+    return {
+        "arch": arch,
+        "data": ds.name,
+        "optimizer": optimizer,
+        "target_bits": target_bits,
+        "lambda_s": float(lambda_s),
+        "scaling": scaling,
+        "epochs": epochs,
+        "lr": float(lr),
+        "seed": seed,
+        "input_shape": list(shape),
+        "train_accuracy": accuracy(model, ds),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "path": str(path),
+    }
 
 
 def _inline_identity_initializers(model_proto) -> int:

@@ -1,0 +1,218 @@
+"""PSGD (position-based scaled gradient) training: the scaling, determinism, and its effect on
+hwsim's emulated W4A4 datapath.
+
+Needs the optional torch extra; skipped without it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hwsim import api  # noqa: E402
+from hwsim.data import load_data  # noqa: E402
+from hwsim.train.archs import build  # noqa: E402
+from hwsim.train.fit import export_onnx, train, train_model  # noqa: E402
+from hwsim.train.psgd import (  # noqa: E402
+    DEFAULT_LAMBDA_S,
+    PSGD,
+    bn_fold_map,
+    psgd_param_groups,
+    psgd_scale,
+    quantize_symmetric,
+    zero_fraction,
+)
+
+W = [0.5, -0.25, 0.1, 0.0]
+
+
+def _t(values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+# --- (a) the scaling on hand-checked tensors ----------------------------------------------------
+# 4 bits: qmax = 7, delta = 0.5/7. w/delta = [7, -3.5, 1.4, 0] -> levels [7, -4 (half to even),
+# 1, 0] -> Q = [0.5, -2/7, 1/14, 0]; |w - Q| = [0, 1/28, 0.1 - 1/14 = 1/35, 0]; max 1/28.
+# 2 bits: qmax = 1, delta = 0.5. w/delta = [1, -0.5, 0.2, 0] -> levels [1, -0 (half to even), 0,
+# 0] -> Q = [0.5, 0, 0, 0]; |w - Q| = [0, 0.25, 0.1, 0]; max 0.25.
+Q4 = [0.5, -2 / 7, 1 / 14, 0.0]
+D4 = [0.0, 1 / 28, 1 / 35, 0.0]
+Q2 = [0.5, 0.0, 0.0, 0.0]
+D2 = [0.0, 0.25, 0.1, 0.0]
+
+
+@pytest.mark.parametrize("bits, q", [(4, Q4), (2, Q2)])
+def test_quantize_symmetric_by_hand(bits, q):
+    np.testing.assert_allclose(quantize_symmetric(_t(W), bits).numpy(), q, rtol=0, atol=1e-15)
+
+
+def test_quantize_symmetric_range_and_edge_cases():
+    # a given (running) range: delta = 1/7 at 4 bits; 2.0 clips to the top level 1.0;
+    # 0.2 * 7 = 1.4 -> 1, -0.08 * 7 = -0.56 -> -1
+    q = quantize_symmetric(_t([2.0, 0.2, -0.08]), 4, absmax=1.0)
+    np.testing.assert_allclose(q.numpy(), [1.0, 1 / 7, -1 / 7], atol=1e-15)
+    assert torch.equal(quantize_symmetric(torch.zeros(3), 4), torch.zeros(3))
+    # 8 bits: 127 levels a side; every level reachable and the top one exact
+    w = torch.linspace(-1, 1, 1001, dtype=torch.float64)
+    q = quantize_symmetric(w, 8)
+    assert len(torch.unique(q)) == 255 and float(q.max()) == 1.0
+    for bad in (1, 17, 4.0, True):
+        with pytest.raises(ValueError, match="bits"):
+            quantize_symmetric(_t(W), bad)
+
+
+@pytest.mark.parametrize("bits, d", [(4, D4), (2, D2)])
+def test_psgd_scale_official_by_hand(bits, d):
+    s = psgd_scale(_t(W), bits, lambda_s=150.0, mode="official")
+    np.testing.assert_allclose(s.numpy(), [150.0 * x for x in d], rtol=1e-12, atol=1e-12)
+    # 4 bits: [0, 150/28, 150/35, 0] = [0, 5.357142857..., 4.285714285..., 0]
+    if bits == 4:
+        np.testing.assert_allclose(s.numpy(), [0.0, 5.357142857142857, 30 / 7, 0.0], rtol=1e-12)
+    assert DEFAULT_LAMBDA_S == 150.0  # train.py --lambda_s default of the official code
+
+
+@pytest.mark.parametrize("bits, d", [(4, D4), (2, D2)])
+def test_psgd_scale_normalized_by_hand(bits, d):
+    eps = 1e-3
+    s = psgd_scale(_t(W), bits, mode="normalized", eps=eps, lambda_s=99.0)  # lambda unused
+    dmax = max(d)
+    np.testing.assert_allclose(s.numpy(), [(x + eps) / (dmax + eps) for x in d], rtol=1e-12)
+    # 4 bits: [(0+e)/(1/28+e), 1, (1/35+e)/(1/28+e), (0+e)/(1/28+e)]
+    if bits == 4:
+        np.testing.assert_allclose(
+            s.numpy(), [0.027237354, 1.0, 0.80544747, 0.027237354], rtol=1e-7
+        )
+    assert float(s.min()) > 0 and float(s.max()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="scaling"):
+        psgd_scale(_t(W), 4, mode="bogus")
+
+
+def test_psgd_scale_folded_grid():
+    # fold factor k = 2: folded w*k = [1, -0.5, 0.2, 0], delta = 1/7; Q = [1, -4/7, 1/7, 0];
+    # |wk - Q| / k = [0, 1/14, 0.2 - 1/7, 0] / 2 = [0, 1/28, 1/35, 0]: a uniform k changes nothing
+    s = psgd_scale(_t(W), 4, 1.0, fold=_t([2.0, 2.0, 2.0, 2.0]))
+    np.testing.assert_allclose(s.numpy(), D4, atol=1e-15)
+    m = build("rescnn")
+    assert len(bn_fold_map(m)) == 4  # every conv of rescnn is followed by its BatchNorm
+
+
+def test_psgd_optimizer_step_matches_definition():
+    """One PSGD step = SGD on grad * lambda * |w - Q(w)| (weight decay unscaled, momentum after);
+    BatchNorm parameters and unscaled groups untouched by the scaling."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 3)
+    bn = torch.nn.BatchNorm1d(3)
+    model = torch.nn.Sequential(lin, bn)
+    groups = psgd_param_groups(model, 4)
+    assert sorted(g["psg_bits"] is None for g in groups) == [False, True]
+    scaled = next(g for g in groups if g["psg_bits"] == 4)["params"]
+    assert {id(p) for p in scaled} == {id(lin.weight), id(lin.bias)}  # Linear_minmax: w and b
+    w0 = lin.weight.detach().clone()
+    g0 = bn.weight.detach().clone()
+    loss = model(torch.randn(8, 4)).square().sum()
+    loss.backward()
+    grad_w, grad_g = lin.weight.grad.clone(), bn.weight.grad.clone()
+    opt = PSGD(groups, lr=0.01, bits=4, lambda_s=150.0, weight_decay=1e-4, range_momentum=None)
+    opt.step()
+    expect_w = w0 - 0.01 * (grad_w * psgd_scale(w0, 4, 150.0) + 1e-4 * w0)
+    torch.testing.assert_close(lin.weight.detach(), expect_w, rtol=0, atol=1e-7)
+    torch.testing.assert_close(bn.weight.detach(), g0 - 0.01 * (grad_g + 1e-4 * g0))
+
+
+def test_running_range_follows_official_update():
+    p = torch.nn.Parameter(torch.tensor([0.5, -1.0]))
+    opt = PSGD([p], lr=0.0, weight_decay=0.0)
+    p.grad = torch.ones(2)
+    opt.step()  # first call stores (min(0, -1), max(0, 0.5)) as they are
+    assert opt.state[p]["psg_range"] == (-1.0, 0.5)
+    with torch.no_grad():
+        p.copy_(torch.tensor([2.0, -0.5]))
+    p.grad = torch.ones(2)
+    opt.step()  # 0.1 * new + 0.9 * old
+    lo, hi = opt.state[p]["psg_range"]
+    assert lo == pytest.approx(0.1 * -0.5 + 0.9 * -1.0) and hi == pytest.approx(0.1 * 2 + 0.9 * 0.5)
+
+
+# --- (b) determinism -----------------------------------------------------------------------------
+def test_psgd_training_is_deterministic():
+    ds = load_data("digits-train")
+    a = train("mlp", ds, 2, 0.05, 3, "psgd", psgd_warmup=0.5)
+    b = train("mlp", ds, 2, 0.05, 3, "psgd", psgd_warmup=0.5)
+    c = train("mlp", ds, 2, 0.05, 4, "psgd", psgd_warmup=0.5)
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert na == nb and torch.equal(pa, pb), na
+    pairs = zip(a.parameters(), c.parameters(), strict=True)
+    assert any(not torch.equal(pa, pc) for pa, pc in pairs)  # another seed, other weights
+
+
+def test_argument_errors(tmp_path):
+    ds = load_data("digits-train")
+    cases = [
+        (dict(arch="vgg"), "architecture"),
+        (dict(optimizer="rmsprop"), "optimizer"),
+        (dict(scaling="clipped"), "scaling"),
+        (dict(target_bits=1), "target_bits"),
+        (dict(target_bits=9), "target_bits"),
+        (dict(epochs=0), "epochs"),
+        (dict(lambda_s=-1.0), "lambda_s"),
+    ]
+    for kw, msg in cases:
+        args = {"arch": "mlp", "data": "digits-train", "epochs": 1, "out": tmp_path / "m.onnx"}
+        args.update(kw)
+        with pytest.raises(ValueError, match=msg):
+            train_model(**args)
+    with pytest.raises(ValueError, match="optimizer"):
+        train("mlp", ds, 1, 0.05, 0, "rmsprop")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_train_model_record_and_28x28(tmp_path):
+    rec = train_model("rescnn", "mnist5k-train", "psgd", epochs=1, lr=0.05, out=tmp_path / "r.onnx")
+    assert rec["input_shape"] == [1, 28, 28] and rec["path"] == str(tmp_path / "r.onnx")
+    keys = "arch data optimizer target_bits lambda_s scaling epochs lr seed train_accuracy seconds"
+    assert set(keys.split()) <= set(rec)
+    assert rec["lambda_s"] == DEFAULT_LAMBDA_S and 0.1 < rec["train_accuracy"] <= 1.0
+    program = api.quantize_model(rec["path"], "data-free", wbits=8, abits=8, input_range=(0, 1))
+    assert program.graph.input_shape[-2:] == (28, 28)
+    assert build("mlp", (1, 28, 28))[1].in_features == 784
+    m8 = build("rescnn")  # 8x8: stride-1 stem, as shipped
+    m28 = build("rescnn", (1, 28, 28))
+    assert m8[0].stride == (1, 1) and m28[0].stride == (2, 2)
+
+
+# --- (c) PSGD beats SGD on hwsim's W4A4 datapath -------------------------------------------------
+def _w4a4(path: str, scheme: str) -> float:
+    if scheme == "data-free":
+        program = api.quantize_model(path, "data-free", wbits=4, abits=4, input_range=(0, 1))
+    else:
+        program = api.quantize_model(path, "per-tensor", calib="digits-train", wbits=4, abits=4)
+    return api.run(program, "digits").int_accuracy
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """rescnn on digits-train, 30 epochs at lr 0.05, SGD vs PSGD (defaults: lambda_s 150, W4,
+    official scaling, first half plain SGD), seeds 2 and 3."""
+    ds = load_data("digits-train")
+    out = tmp_path_factory.mktemp("psgd")
+    paths, zeros = {}, {}
+    for seed in (2, 3):
+        for opt in ("sgd", "psgd"):
+            model = train("rescnn", ds, 30, 0.05, seed, opt)
+            weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+            zeros[opt, seed] = zero_fraction(weights, 4)
+            paths[opt, seed] = str(export_onnx(model, out / f"{opt}{seed}.onnx", (1, 8, 8)))
+    return paths, zeros
+
+
+@pytest.mark.parametrize("scheme", ["data-free", "per-tensor"])
+def test_psgd_beats_sgd_w4a4(trained, scheme):
+    paths, _ = trained
+    for seed in (2, 3):
+        sgd, psgd = _w4a4(paths["sgd", seed], scheme), _w4a4(paths["psgd", seed], scheme)
+        assert psgd > sgd, (scheme, seed, sgd, psgd)
+        assert math.isfinite(sgd)
