@@ -154,7 +154,8 @@ def train(
     weights on one machine (conv kernels may differ across CPUs). Returns the model in eval
     mode. ``progress``, if given, is called as ``progress(epoch, loss)`` after each epoch
     (1-based epoch, mean training loss); ``log`` with one line of text per epoch. A non-finite
-    epoch loss raises ``FloatingPointError`` (lower ``lr`` or ``lambda_s``).
+    epoch loss, weight or BatchNorm statistic raises ``FloatingPointError`` (lower ``lr`` or
+    ``lambda_s``).
     """
     from hwsim.train.psgd import PSGD, bn_fold_map, psgd_param_groups
 
@@ -220,9 +221,13 @@ def train(
                 sched.step()
                 total += float(loss.detach()) * len(idx)
                 correct += int((logits.detach().argmax(1) == yb).sum())
-            if not math.isfinite(total):
+            state = model.state_dict().values()  # weights and BatchNorm statistics
+            if not math.isfinite(total) or not all(
+                bool(torch.isfinite(t).all()) for t in state if t.is_floating_point()
+            ):
                 raise FloatingPointError(
-                    f"{arch}/{optimizer}: training diverged in epoch {epoch + 1} (loss {total}); "
+                    f"{arch}/{optimizer}: training diverged in epoch {epoch + 1} (loss {total}, "
+                    "or a non-finite weight); "
                     "lower lr" + (" or lambda_s" if optimizer == "psgd" else "")
                 )
             if log is not None:

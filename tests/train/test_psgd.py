@@ -123,6 +123,18 @@ def test_psgd_optimizer_step_matches_definition():
     torch.testing.assert_close(bn.weight.detach(), g0 - 0.01 * (grad_g + 1e-4 * g0))
 
 
+def test_param_groups_first_last_bits():
+    m = build("rescnn")
+    groups = psgd_param_groups(m, 2, first_last_bits=8, scale_bias=False)
+    bits = {id(p): g["psg_bits"] for g in groups for p in g["params"]}
+    convs = [x for x in m.modules() if isinstance(x, torch.nn.Conv2d)]
+    fc = m[-1]
+    assert bits[id(convs[0].weight)] == 8 and bits[id(fc.weight)] == 8
+    assert all(bits[id(c.weight)] == 2 for c in convs[1:])
+    assert bits[id(fc.bias)] is None  # scale_bias=False
+    assert all(bits[id(p)] is None for p in m[1].parameters())  # BatchNorm
+
+
 def test_running_range_follows_official_update():
     p = torch.nn.Parameter(torch.tensor([0.5, -1.0]))
     opt = PSGD([p], lr=0.0, weight_decay=0.0)
@@ -171,7 +183,12 @@ def test_argument_errors(tmp_path):
 
 
 def test_train_model_record_and_28x28(tmp_path):
-    rec = train_model("rescnn", "mnist5k-train", "psgd", epochs=1, lr=0.05, out=tmp_path / "r.onnx")
+    seen = []
+    rec = train_model(
+        "rescnn", "mnist5k-train", "psgd", epochs=2, lr=0.05, out=tmp_path / "r.onnx",
+        progress=lambda epoch, loss: seen.append((epoch, loss)),
+    )  # fmt: skip
+    assert [e for e, _ in seen] == [1, 2] and seen[1][1] < seen[0][1]
     assert rec["input_shape"] == [1, 28, 28] and rec["path"] == str(tmp_path / "r.onnx")
     keys = "arch data optimizer target_bits lambda_s scaling epochs lr seed train_accuracy seconds"
     assert set(keys.split()) <= set(rec)
@@ -182,6 +199,27 @@ def test_train_model_record_and_28x28(tmp_path):
     m8 = build("rescnn")  # 8x8: stride-1 stem, as shipped
     m28 = build("rescnn", (1, 28, 28))
     assert m8[0].stride == (1, 1) and m28[0].stride == (2, 2)
+
+
+def _grid_distance(model) -> list[float]:
+    """Per layer, mean |w - Q_4(w)| / delta: 0 on the grid, 0.25 for weights spread uniformly."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            w = m.weight.detach()
+            delta = float(w.abs().max()) / 7
+            out.append(float((w - quantize_symmetric(w, 4)).abs().mean()) / delta)
+    return out
+
+
+def test_psgd_pulls_weights_onto_the_grid():
+    """The mechanism, isolated: the same run with and without the scaling (psgd_warmup=1 is the
+    identical optimizer with the scaling never switched on)."""
+    ds = load_data("digits-train")
+    psgd = _grid_distance(train("mlp", ds, 30, 0.05, 0, "psgd"))
+    plain = _grid_distance(train("mlp", ds, 30, 0.05, 0, "psgd", psgd_warmup=1.0))
+    assert all(d > 0.22 for d in plain), plain
+    assert all(d < 0.19 for d in psgd), psgd
 
 
 # --- (c) PSGD beats SGD on hwsim's W4A4 datapath -------------------------------------------------
