@@ -1,12 +1,22 @@
-"""2-D convolution (NCHW) as grouped GEMMs on the emulated accumulator."""
+"""2-D convolution (NCHW) as grouped GEMMs on the emulated accumulator.
+
+The input is padded and turned NHWC once, then unfolded window-major (each kernel tap is one
+contiguous run of channels) into a reused scratch buffer; exact sums are order-free, and the
+ordered kernels visit those columns in the documented channel-major order.
+"""
 
 from __future__ import annotations
+
+import functools
+import threading
 
 import numpy as np
 
 from hwsim.datapath.config import AccResult, Accumulator, Operand
+from hwsim.datapath.engines import max_abs_effective
 from hwsim.datapath.gemm import check_accumulable, check_operand, reduce_batched, weight_zero_point
-from hwsim.datapath.kernels import im2col
+from hwsim.datapath.kernels import gmn_to_nchw, im2col_nhwc, pad_nhwc
+from hwsim.numerics import IntFormat
 
 
 def _pair(v, name: str, lo: int) -> tuple[int, int]:
@@ -85,12 +95,48 @@ def conv2d(
     K = Cg * kh * kw
     check_accumulable(K, x_operand, w_operand)
     Fg = F // groups
-    cols = np.empty((groups, N * ho * wo, K), x.dtype)
-    im2col(
-        x, groups, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, x.dtype.type(x_operand.zero_point), cols
-    )
-    w3 = np.ascontiguousarray(w.reshape(groups, Fg, K).transpose(0, 2, 1))
     wzp = weight_zero_point(w_operand, groups, Fg, "w_operand")
-    values, counters = reduce_batched(cols, w3, x_operand, w_operand, wzp, acc, engine)
-    out = values.reshape(groups, N, ho * wo, Fg).transpose(1, 0, 3, 2).reshape(N, F, ho, wo)
-    return AccResult(np.ascontiguousarray(out), counters)
+    zx = x_operand.zero_point
+    max_x = max_abs_effective(x, zx)  # padding holds zx, so it adds nothing
+    xop = x_operand
+    xin, flip = x, 0
+    if x.dtype == np.int8:  # unfold as uint8 x + 128: the exact engines' fast operand type
+        xin, flip = x.view(np.uint8), 0x80
+        xop = Operand(IntFormat(8, False), int(zx) + 128)
+    xp = _scratch("xp", (N, H + pt + pb, W + pl + pr, C), xin.dtype)
+    pad_nhwc(xin, pt, pl, xin.dtype.type(xop.zero_point), flip, xp)
+    cols = _scratch("cols", (groups, N * ho * wo, K), xin.dtype)
+    im2col_nhwc(xp, groups, kh, kw, sh, sw, dh, dw, ho, wo, cols)
+    # weights in the same window-major column order (i, j, c)
+    w3 = np.ascontiguousarray(w.reshape(groups, Fg, Cg, kh, kw).transpose(0, 3, 4, 2, 1))
+    w3 = w3.reshape(groups, K, Fg)
+    values, counters = reduce_batched(
+        cols, w3, xop, w_operand, wzp, acc, engine, order=_hardware_order(Cg, kh, kw), max_x=max_x
+    )
+    out = np.empty((N, F, ho * wo), np.int64 if values.dtype != np.uint64 else np.uint64)
+    gmn_to_nchw(values, N, out)
+    return AccResult(out.reshape(N, F, ho, wo), counters)
+
+
+_local = threading.local()
+
+
+def _scratch(name: str, shape: tuple, dtype) -> np.ndarray:
+    """A per-thread scratch buffer, reused while the shape and dtype repeat (no page faults on
+    a fresh 10 MB array per call); never returned to the caller."""
+    key = (name, shape, np.dtype(dtype))
+    buf = getattr(_local, name, None)
+    if buf is None or buf[0] != key:
+        buf = (key, np.empty(shape, dtype))
+        setattr(_local, name, buf)
+    return buf[1]
+
+
+@functools.lru_cache(maxsize=64)
+def _hardware_order(cg: int, kh: int, kw: int) -> np.ndarray:
+    """Columns of the window-major unfolding listed in the documented reduction order: product
+    ``t = (c * kh + i) * kw + j`` (channel-major) is column ``(i * kw + j) * cg + c``."""
+    c, i, j = np.meshgrid(np.arange(cg), np.arange(kh), np.arange(kw), indexing="ij")
+    order = ((i * kw + j) * cg + c).ravel().astype(np.int64)
+    order.setflags(write=False)
+    return order

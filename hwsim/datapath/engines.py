@@ -51,6 +51,8 @@ def _ort_session(b_dtype: str):
     so.intra_op_num_threads = numba.config.NUMBA_NUM_THREADS
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    # no spin-waiting after a run: the Numba kernels that follow need those cores
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -132,15 +134,19 @@ def choose_engine(x_bits: int, w_bits: int, K: int, max_x: int, max_w: int) -> s
     return "numba"
 
 
-def exact_sums(x, w, x_zp, w_zp, x_fmt, w_fmt, engine: str = "auto") -> np.ndarray:
-    """Exact ``(x - x_zp) @ (w - w_zp)`` as int64, batched: ``x`` (G, M, K), ``w`` (G, K, N),
-    ``x_zp`` scalar, ``w_zp`` scalar or (G, 1, N). Operands must already be validated against
-    their formats ``x_fmt`` / ``w_fmt``."""
+def exact_sums(
+    x, w, x_zp, w_zp, x_fmt, w_fmt, engine: str = "auto", max_x: int | None = None
+) -> np.ndarray:
+    """Exact ``(x - x_zp) @ (w - w_zp)``, batched: ``x`` (G, M, K), ``w`` (G, K, N), ``x_zp``
+    scalar, ``w_zp`` scalar or (G, 1, N). Operands must already be validated against their
+    formats ``x_fmt`` / ``w_fmt``; ``max_x`` may pass a known ``max |x - x_zp|``. The result is
+    int64, or int32 from the ``ort`` engine (whose sums are proved to fit)."""
     G, M, K = x.shape
     N = w.shape[2]
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
-    max_x = max_abs_effective(x, x_zp)
+    if max_x is None:
+        max_x = max_abs_effective(x, x_zp)
     max_w = max_abs_effective(w, w_zp)
     if engine == "auto":
         engine = choose_engine(x_fmt.bits, w_fmt.bits, K, max_x, max_w)
@@ -161,7 +167,7 @@ def exact_sums(x, w, x_zp, w_zp, x_fmt, w_fmt, engine: str = "auto") -> np.ndarr
         bz = np.broadcast_to(np.asarray(w_zp, bdt), (G, 1, N))
         return _ort_run(
             np.ascontiguousarray(a), az, np.ascontiguousarray(b), np.ascontiguousarray(bz)
-        ).astype(np.int64)
+        )
     xe = _effective(x, x_zp)
     we = _effective(w, w_zp)
     if engine == "float32":

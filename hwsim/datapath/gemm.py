@@ -16,7 +16,7 @@ import numpy as np
 
 from hwsim.datapath.config import AccResult, Accumulator, Counters, Operand, ReductionOrder
 from hwsim.datapath.engines import exact_sums
-from hwsim.datapath.kernels import ordered_reduce, row_abs_sums
+from hwsim.datapath.kernels import ordered_reduce, ordered_sat16, row_abs_sums
 from hwsim.numerics import (
     IntFormat,
     Overflow,
@@ -65,6 +65,7 @@ def _wrapped(exact: np.ndarray, fmt: IntFormat, counters: Counters) -> np.ndarra
     ``counters`` (whose final extremes are already set)."""
     if exact.size == 0 or (fmt.min <= counters.final_min and counters.final_max <= fmt.max):
         return exact if fmt.dtype != np.uint64 else exact.astype(np.uint64)
+    exact = exact.astype(np.int64, copy=False)
     wraps = _wrap_counts(exact, fmt)
     counters.overflow_events = int(wraps.sum())
     counters.outputs_overflowed = int(np.count_nonzero(wraps))
@@ -72,17 +73,28 @@ def _wrapped(exact: np.ndarray, fmt: IntFormat, counters: Counters) -> np.ndarra
 
 
 def reduce_batched(
-    x3, w3, xop: Operand, wop: Operand, w_zp, acc: Accumulator, engine: str = "auto"
+    x3,
+    w3,
+    xop: Operand,
+    wop: Operand,
+    w_zp,
+    acc: Accumulator,
+    engine: str = "auto",
+    order: np.ndarray | None = None,
+    max_x: int | None = None,
 ):
     """Accumulate ``(x3 - zx) @ (w3 - w_zp)`` per batch on accumulator ``acc``.
 
     ``x3`` (G, M, K) and ``w3`` (G, K, N) are validated operands; ``w_zp`` is a scalar or
-    (G, 1, N). Returns ``(values (G, M, N), Counters)``.
+    (G, 1, N). ``order`` (length K) lists the columns in hardware reduction order (identity when
+    None); it matters only to the ordered kernels, since exact sums are order-free. ``max_x``
+    may pass a known ``max |x3 - zx|``. Returns ``(values (G, M, N), Counters)``; values are
+    int64, or the exact engine's int32 when every value is an exact, unchanged sum.
     """
     G, M, K = x3.shape
     N = w3.shape[2]
     fmt = acc.format
-    exact = exact_sums(x3, w3, xop.zero_point, w_zp, xop.format, wop.format, engine)
+    exact = exact_sums(x3, w3, xop.zero_point, w_zp, xop.format, wop.format, engine, max_x)
     counters = Counters(macs=G * M * N * K)
     counters.final_min, counters.final_max = _extremes(exact)
     saturating = acc.overflow is Overflow.SATURATE
@@ -98,18 +110,8 @@ def reduce_batched(
         rows = np.flatnonzero(~safe.ravel()).astype(np.int64)
     values = exact
     if rows.size:
-        xe = x3.astype(np.int64) - xop.zero_point
-        we = w3.astype(np.int64) - np.asarray(w_zp, np.int64)
-        vals = np.empty((G, M, N), np.int64)
-        events = np.zeros((G, M, N), np.int64)
-        track = acc.track_partials
-        pmin = np.empty((G, M, N) if track else (0, 0, 0), np.int64)
-        pmax = np.empty_like(pmin)
-        hi = min(fmt.max, (1 << 63) - 1)
-        ordered_reduce(
-            xe, we, rows, fmt.min, hi, saturating, acc.tile, track, vals, events, pmin, pmax
-        )
-        if track:
+        vals, events, pmin, pmax = _ordered(x3, w3, xop, w_zp, rows, order, acc)
+        if acc.track_partials:
             counters.partial_min = _extremes(pmin)[0]
             counters.partial_max = _extremes(pmax)[1]
         if saturating:
@@ -124,6 +126,54 @@ def reduce_batched(
     if saturating:
         return values, counters
     return _wrapped(exact, fmt, counters), counters
+
+
+def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
+    """Run the ordered kernel on ``rows``: int16 lanes for a 16-bit saturating accumulator whose
+    products fit int16, int64 lanes otherwise. Returns ``(vals, events, pmin, pmax)``."""
+    G, M, K = x3.shape
+    N = w3.shape[2]
+    fmt = acc.format
+    order = np.arange(K, dtype=np.int64) if order is None else order
+    we = w3.astype(np.int64) - np.asarray(w_zp, np.int64)
+    zx = int(xop.zero_point)
+    vals = np.empty((G, M, N), np.int64)
+    events = np.zeros((G, M, N), np.int64)
+    saturating = acc.overflow is Overflow.SATURATE
+    max_we = int(np.abs(we).max()) if we.size else 0
+    max_xe = max(abs(xop.format.max - zx), abs(xop.format.min - zx))
+    if (
+        saturating
+        and not acc.track_partials
+        and fmt.bits == 16
+        and fmt.signed
+        and x3.dtype in (np.int8, np.uint8, np.int16)
+        and K < (1 << 14)
+        and max_xe * max_we <= (1 << 15) - 1
+    ):
+        ordered_sat16(x3, np.int16(zx), we.astype(np.int16), rows, order, acc.tile, vals, events)
+        return vals, events, None, None
+    track = acc.track_partials
+    pmin = np.empty((G, M, N) if track else (0, 0, 0), np.int64)
+    pmax = np.empty_like(pmin)
+    hi = min(fmt.max, (1 << 63) - 1)
+    ordered_reduce(
+        x3,
+        np.int64(zx),
+        we,
+        rows,
+        order,
+        fmt.min,
+        hi,
+        saturating,
+        acc.tile,
+        track,
+        vals,
+        events,
+        pmin,
+        pmax,
+    )
+    return vals, events, pmin, pmax
 
 
 def weight_zero_point(wop: Operand, G: int, N: int, name: str):
@@ -161,7 +211,7 @@ def gemm(
     check_accumulable(x.shape[1], x_operand, w_operand)
     wzp = weight_zero_point(w_operand, 1, w.shape[1], "w_operand")
     values, counters = reduce_batched(x[None], w[None], x_operand, w_operand, wzp, acc, engine)
-    return AccResult(values[0], counters)
+    return AccResult(values[0].astype(np.int64, copy=False), counters)
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """Numba kernels: the ordered (hardware-order) accumulator, an exact int64 GEMM, im2col.
 
-All arithmetic is int64 (Numba promotes scalars to 64 bits); the accumulator contracts are the
-ones of :mod:`hwsim.numerics.formats`: a value ``v`` that leaves ``[lo, hi]`` is clamped
-(``saturate_i64``) and counted. Wrapping accumulators never need this kernel except to track
-partial sums, since wrapping is order-free.
+The accumulator contracts are the ones of :mod:`hwsim.numerics.formats`: a value ``v`` that
+leaves ``[lo, hi]`` is clamped (``saturate_i64``) and counted. Wrapping accumulators never need
+the ordered kernels except to track partial sums, since wrapping is order-free.
+
+Operands reach the kernels in their own narrow dtypes (``q``) with their zero points; the
+effective value ``q - zp`` is formed per product, so no int64 copy of an operand is made.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from hwsim.numerics.formats import saturate_i64
 
 INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min
+ROW_BLOCK = 4  # rows reduced together by the int16 kernel (independent chains per weight load)
 
 
 @njit(cache=True, inline="always")
@@ -42,15 +45,16 @@ def _track_row(a, wrow, ecur, mn, mx):
 
 
 @njit(cache=True, parallel=True)
-def ordered_reduce(xe, we, rows, lo, hi, saturate, tile, track, vals, events, pmin, pmax):
-    """Reduce rows ``rows`` (flat indices into G*M) of ``xe @ we`` in hardware order.
+def ordered_reduce(x, zx, we, rows, order, lo, hi, saturate, tile, track, vals, events, pmin, pmax):
+    """Reduce rows ``rows`` (flat indices into G*M) of ``(x - zx) @ we`` in hardware order.
 
-    ``xe``: (G, M, K) int64 effective operands ``q - zp``; ``we``: (G, K, N). ``tile`` = 0 is
-    sequential order; ``tile`` = R adds each tile of R products in a tile register first.
-    Writes ``vals`` (saturated, or exact when ``saturate`` is False), ``events``, and with
-    ``track`` the extremes ``pmin``/``pmax`` of every exact partial sum.
+    ``x``: (G, M, K) operand in its own dtype, ``zx`` its zero point; ``we``: (G, K, N) int64
+    effective weights ``w - zw``. Product ``t`` of the hardware order is column ``order[t]``.
+    ``tile`` = 0 is sequential order; ``tile`` = R adds each tile of R products in a tile
+    register first. Writes ``vals`` (saturated, or exact when ``saturate`` is False),
+    ``events``, and with ``track`` the extremes ``pmin``/``pmax`` of every exact partial sum.
     """
-    G, M, K = xe.shape
+    G, M, K = x.shape
     N = we.shape[2]
     step = tile if tile > 0 else max(K, 1)
     for i in prange(rows.shape[0]):
@@ -71,8 +75,9 @@ def ordered_reduce(xe, we, rows, lo, hi, saturate, tile, track, vals, events, pm
             if tile > 0:
                 t[:] = 0
                 et[:] = 0
-            for k in range(k0, k1):
-                a = xe[g, m, k]
+            for kk in range(k0, k1):
+                k = order[kk]
+                a = np.int64(x[g, m, k]) - zx
                 if a == 0:
                     if track:  # the running value is unchanged but is still a partial sum
                         for n in range(N):
@@ -93,6 +98,91 @@ def ordered_reduce(xe, we, rows, lo, hi, saturate, tile, track, vals, events, pm
             pmax[g, m] = mx
 
 
+@njit(cache=True, inline="always")
+def _sat16_add(s, p):
+    """int16 saturating ``s + p`` without leaving 16-bit lanes: the wrapped sum, replaced by the
+    rail of ``s``'s sign where the signs of ``s`` and ``p`` agree and the sum's differs."""
+    wv = np.int16(s + p)
+    ovf = np.int16((s ^ wv) & (p ^ wv)) < 0
+    return (np.int16(32767 ^ (s >> 15)) if ovf else wv), ovf
+
+
+@njit(cache=True)
+def _sat16_block(x, zx, we, g, rows, order, i0, i1, tile, vals, events):
+    K = x.shape[2]
+    M = x.shape[1]
+    N = we.shape[2]
+    s = np.zeros((ROW_BLOCK, N), np.int16)
+    t = np.zeros((ROW_BLOCK, N), np.int16)
+    ev = np.zeros((ROW_BLOCK, N), np.int16)  # at most 2K events per output: K < 2^14
+    a = np.zeros(ROW_BLOCK, np.int16)
+    ms = np.zeros(ROW_BLOCK, np.int64)
+    step = tile if tile > 0 else max(K, 1)
+    for b0 in range(i0, i1, ROW_BLOCK):
+        nb = min(ROW_BLOCK, i1 - b0)
+        for r in range(ROW_BLOCK):
+            ms[r] = rows[b0 + min(r, nb - 1)] - g * M
+        s[:] = 0
+        ev[:] = 0
+        for k0 in range(0, K, step):
+            k1 = min(k0 + step, K)
+            t[:] = 0
+            for kk in range(k0, k1):
+                k = order[kk]
+                for r in range(ROW_BLOCK):
+                    a[r] = np.int16(np.int16(x[g, ms[r], k]) - zx)
+                wr = we[g, k]
+                for r in range(ROW_BLOCK):
+                    ar = a[r]
+                    if tile > 0:
+                        for n in range(N):
+                            c, o = _sat16_add(t[r, n], np.int16(ar * wr[n]))
+                            t[r, n] = c
+                            ev[r, n] += o
+                    else:
+                        for n in range(N):
+                            c, o = _sat16_add(s[r, n], np.int16(ar * wr[n]))
+                            s[r, n] = c
+                            ev[r, n] += o
+            if tile > 0:
+                for r in range(ROW_BLOCK):
+                    for n in range(N):
+                        c, o = _sat16_add(s[r, n], t[r, n])
+                        s[r, n] = c
+                        ev[r, n] += o
+        for r in range(nb):
+            for n in range(N):
+                vals[g, ms[r], n] = s[r, n]
+                events[g, ms[r], n] = ev[r, n]
+
+
+@njit(cache=True, parallel=True)
+def ordered_sat16(x, zx, we, rows, order, tile, vals, events):
+    """:func:`ordered_reduce` for a signed 16-bit saturating accumulator in 16-bit lanes.
+
+    Preconditions (checked by the caller): ``K`` < 2^14 (int16 event counters), every effective
+    operand and product ``(x - zx) * we`` fits int16, no
+    tracking, and ``rows`` is sorted with each group's rows contiguous. ``we``: (G, K, N) int16.
+    Exactly the ``saturate_i64`` contract with ``[lo, hi] = [-2^15, 2^15 - 1]``: a saturating
+    int16 add equals the clamp of the exact sum of two int16 values.
+    """
+    G, M, K = x.shape
+    nblk = (rows.shape[0] + ROW_BLOCK - 1) // ROW_BLOCK
+    for bi in prange(nblk):
+        i0 = bi * ROW_BLOCK
+        i1 = min(i0 + ROW_BLOCK, rows.shape[0])
+        # a block never straddles two groups: split it at the group boundary
+        g0 = rows[i0] // M
+        split = i1
+        for i in range(i0, i1):
+            if rows[i] // M != g0:
+                split = i
+                break
+        _sat16_block(x, zx, we, g0, rows, order, i0, split, tile, vals, events)
+        if split < i1:
+            _sat16_block(x, zx, we, rows[split] // M, rows, order, split, i1, tile, vals, events)
+
+
 @njit(cache=True, parallel=True)
 def int64_gemm(xe, we, out):
     """Exact ``out[g] = xe[g] @ we[g]`` in int64 (caller guarantees no int64 overflow)."""
@@ -111,34 +201,65 @@ def int64_gemm(xe, we, out):
 
 
 @njit(cache=True, parallel=True)
-def im2col(x, groups, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, pad_value, out):
-    """Unfold NCHW ``x`` into ``out`` of shape (groups, N*ho*wo, Cg*kh*kw).
-
-    Column index ``(c * kh + i) * kw + j`` (channel-major, the flattening order of an OIHW
-    weight); positions outside the input hold ``pad_value`` (the input zero point). One output
-    row block (n, oh) per task: reads run along a contiguous input row, writes stay in a
-    wo x K block that fits in cache.
-    """
+def pad_nhwc(x, pt, pl, pad_value, flip, out):
+    """``out[n, ih + pt, iw + pl, c] = x[n, c, ih, iw] ^ flip`` (NCHW to padded NHWC); the border
+    holds ``pad_value``. ``flip`` = 0x80 turns an int8 input viewed as uint8 into ``x + 128``."""
     N, C, H, W = x.shape
+    _, Hp, Wp, _ = out.shape
+    for nh in prange(N * Hp):
+        n = nh // Hp
+        hp = nh - n * Hp
+        ih = hp - pt
+        if 0 <= ih < H:
+            for wp in range(Wp):
+                iw = wp - pl
+                if 0 <= iw < W:
+                    for c in range(C):
+                        out[n, hp, wp, c] = x[n, c, ih, iw] ^ flip
+                else:
+                    for c in range(C):
+                        out[n, hp, wp, c] = pad_value
+        else:
+            for wp in range(Wp):
+                for c in range(C):
+                    out[n, hp, wp, c] = pad_value
+
+
+@njit(cache=True, parallel=True)
+def im2col_nhwc(xp, groups, kh, kw, sh, sw, dh, dw, ho, wo, out):
+    """Unfold padded NHWC ``xp`` into ``out`` (groups, N*ho*wo, kh*kw*Cg), window-major:
+    column ``(i * kw + j) * Cg + c`` holds ``xp[n, oh*sh + i*dh, ow*sw + j*dw, g*Cg + c]``, so
+    each (i, j) is one contiguous copy of Cg channels."""
+    N, Hp, Wp, C = xp.shape
     cg = C // groups
     for nh in prange(N * ho):
         n = nh // ho
         oh = nh - n * ho
-        base = nh * wo
-        for g in range(groups):
-            for c in range(cg):
+        for ow in range(wo):
+            row = nh * wo + ow
+            for g in range(groups):
                 for i in range(kh):
-                    ih = oh * sh - pt + i * dh
-                    inside_h = 0 <= ih < H
+                    ih = oh * sh + i * dh
                     for j in range(kw):
-                        col = (c * kh + i) * kw + j
-                        off = j * dw - pl
-                        for ow in range(wo):
-                            iw = ow * sw + off
-                            if inside_h and 0 <= iw < W:
-                                out[g, base + ow, col] = x[n, g * cg + c, ih, iw]
-                            else:
-                                out[g, base + ow, col] = pad_value
+                        iw = ow * sw + j * dw
+                        base = (i * kw + j) * cg
+                        c0 = g * cg
+                        for c in range(cg):
+                            out[g, row, base + c] = xp[n, ih, iw, c0 + c]
+
+
+@njit(cache=True, parallel=True)
+def gmn_to_nchw(vals, N, out):
+    """``out[n, g*Fg + f, p] = vals[g, n*P + p, f]`` (grouped GEMM rows back to NCHW), with
+    ``out`` (N, G*Fg, P) of any integer dtype wide enough."""
+    G, M, Fg = vals.shape
+    P = M // N if N else 0
+    for ng in prange(N * G):
+        n = ng // G
+        g = ng - n * G
+        for p in range(P):
+            for f in range(Fg):
+                out[n, g * Fg + f, p] = vals[g, n * P + p, f]
 
 
 @njit(cache=True, parallel=True)

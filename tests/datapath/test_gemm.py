@@ -185,3 +185,58 @@ def test_bad_input_is_named(kwargs, match):
 def test_bad_configuration_is_named(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@st.composite
+def narrow_saturating(draw):
+    """16-bit signed saturating accumulators on operands of at most 8 bits: the int16-lane
+    kernel's domain (every product fits int16), in both reduction orders."""
+    order = draw(st.sampled_from(list(ReductionOrder)))
+    return Accumulator(
+        16,
+        Overflow.SATURATE,
+        order=order,
+        tile_rows=draw(st.integers(1, 9)) if order is ReductionOrder.TILED else 0,
+    )
+
+
+@given(
+    operands(max_bits=8),
+    operands(max_bits=8),
+    narrow_saturating(),
+    st.integers(1, 11),
+    st.integers(1, 48),
+    st.integers(1, 5),
+    st.booleans(),
+    st.sampled_from([None, "max", "max"]),
+    st.data(),
+)
+def test_int16_lane_kernel_equals_reference(xo, wo, acc, M, K, N, per_channel, extreme, data):
+    """Rows that can saturate go to the int16-lane kernel (blocks of 4 rows, ragged last
+    block); all-max operands make every row saturate, repeatedly, on both rails."""
+    (xf, xzp), (wf, wzp) = xo, wo
+    if per_channel:
+        wzp = np.array(data.draw(st.lists(ints_in(wf.min, wf.max), min_size=N, max_size=N)))
+    x = operand_arrays(data.draw, xf, (M, K), extreme)
+    w = operand_arrays(data.draw, wf, (K, N), extreme)
+    assert_matches_reference(x, w, Operand(xf, xzp), Operand(wf, wzp), acc, "auto")
+
+
+def test_int16_lane_kernel_hits_both_rails_and_counts_every_clamp(monkeypatch):
+    import sys
+
+    gemm_mod = sys.modules["hwsim.datapath.gemm"]
+
+    calls = []
+    real = gemm_mod.ordered_sat16
+    monkeypatch.setattr(gemm_mod, "ordered_sat16", lambda *a: calls.append(1) or real(*a))
+    x = np.array([[127] * 40, [-128] * 40, [127, -128] * 20, [-128] * 20 + [127] * 20], np.int8)
+    w = np.full((40, 3), -128, np.int8)
+    w[:, 1] = 127
+    got = gemm(x, w, acc=Accumulator(16, Overflow.SATURATE))
+    want, want_c = dref.gemm(x.tolist(), w.tolist(), 0, 0, Accumulator(16, Overflow.SATURATE), 3)
+    assert got.values.tolist() == want
+    assert got.counters == want_c
+    assert got.values.min() == -32768 and got.values.max() == 32767
+    assert got.counters.overflow_events > 0
+    assert calls, "the int16-lane kernel was not dispatched"
