@@ -251,14 +251,20 @@ def im2col_nhwc(xp, groups, kh, kw, sh, sw, dh, dw, ho, wo, out):
 @njit(cache=True, parallel=True)
 def gmn_to_nchw(vals, N, out):
     """``out[n, g*Fg + f, p] = vals[g, n*P + p, f]`` (grouped GEMM rows back to NCHW), with
-    ``out`` (N, G*Fg, P) of any integer dtype wide enough."""
+    ``out`` (N, G*Fg, P) of any integer dtype wide enough. Tiles of 64 positions keep both the
+    strided reads and the contiguous writes in cache."""
     G, M, Fg = vals.shape
     P = M // N if N else 0
-    for ng in prange(N * G):
+    tile = 64
+    nt = (P + tile - 1) // tile
+    for task in prange(N * G * nt):
+        ng = task // nt
+        p0 = (task - ng * nt) * tile
+        p1 = min(p0 + tile, P)
         n = ng // G
         g = ng - n * G
-        for p in range(P):
-            for f in range(Fg):
+        for f in range(Fg):
+            for p in range(p0, p1):
                 out[n, g * Fg + f, p] = vals[g, n * P + p, f]
 
 

@@ -92,6 +92,9 @@ def check_in_range(value, lo: int, hi: int, name: str, what: str | None = None) 
     arr = check_integer_array(value, name)
     if arr.size == 0:
         return
+    info = np.iinfo(arr.dtype)
+    if lo <= info.min and info.max <= hi:  # every value of the dtype is allowed
+        return
     vmin, vmax = int(arr.min()), int(arr.max())
     if vmin < lo or vmax > hi:
         bad = vmin if vmin < lo else vmax
