@@ -1,8 +1,16 @@
 """``hwsim study psgd``: does PSGD make plain layer-wise quantization work? (PSGD paper, seed 000)
 
-For each seed, one SGD and one PSGD model of the same architecture are trained on
-``<data>-train`` with the same budget and exported to ONNX. Each is then quantized and run on
-the emulated integer datapath on the held-out ``<data>`` set with:
+For each seed, three models of the same architecture are trained on ``<data>-train`` with the
+same budget and exported to ONNX:
+
+* ``sgd`` -- plain SGD (the shipped models' recipe: Nesterov momentum, weight decay 5e-4);
+* ``psgd`` -- PSGD (``hwsim.train.psgd``; official scaling, lambda_s 150, 4-bit target, the
+  first half of the epochs plain SGD with the official optimizer settings, then scaled);
+* ``control`` -- the PSGD run with the scaling never switched on (``psgd_warmup=1``): the same
+  optimizer settings and schedule, so ``psgd`` vs ``control`` isolates the gradient scaling.
+
+Each is then quantized and run on the emulated integer datapath on the held-out ``<data>``
+set with:
 
 * ``layer-wise data-free`` -- per-tensor weights, activation ranges from BatchNorm
   parameters, no data at all (the paper's headline setting);
@@ -12,11 +20,23 @@ the emulated integer datapath on the held-out ``<data>`` set with:
 * ``channel-wise naive`` -- per-channel weights, min/max-calibrated activations (the paper's
   ACIQ-style channel-wise baseline);
 
-at W8A8, W4A8, W4A4 and W2A8 (layer-wise methods keep the trained conv weights on one
-per-tensor grid and move the BatchNorm factor into the scale register, ``bn_fold="register"``,
-as the paper quantizes conv weights with BN kept apart), plus the fraction of weights that
-quantize to zero at 4 bits (symmetric restricted per-tensor grid). Results are mean +- std
-over seeds.
+at W8A8, W4A8, W4A4 and W2A8. Conventions, as in the official code (``Jangho-Kim/PSG-pytorch``):
+
+* layer-wise methods keep the trained conv weights on one per-tensor grid and move the
+  BatchNorm factor into the scale register (``bn_fold="register"``), as the paper quantizes conv
+  weights with BN kept apart, so the grid evaluated is the grid PSGD trains toward;
+* "A4" quantizes the activations that feed a MAC layer; the network output (the last layer's
+  logits) stays at :data:`LOGIT_BITS` bits (the official code quantizes ReLU outputs only and
+  leaves the logits in float). Quantizing the logits to 4 bits with a data-free (interval
+  arithmetic) range, 5-9x the calibrated one on digits, made every model's data-free W4A4
+  accuracy a measure of that one range (docs/psgd.md);
+* W2A8 keeps the first and last layer's weights at 8 bits (the official ``--first_last_quant``
+  uses 8 bits below 4).
+
+Weight metrics at 4 bits, on the weights the layer-wise scheme quantizes (conv weights before
+BatchNorm folding): the fraction that quantizes to zero (sparsity), the SQNR of the 4-bit
+weights in dB, and the mean distance to the 4-bit grid in grid steps (0 on the grid, 0.25 for
+weights spread uniformly) -- what PSGD directly optimizes. Results are mean +- std over seeds.
 
 Every run's result is written (atomically) to ``<workdir>/runs/<optimizer>-seed<k>.json`` as
 soon as it completes; a rerun with the same settings reuses them, so an interrupted study
@@ -34,6 +54,18 @@ import numpy as np
 from hwsim.io import atomic_write_text
 
 WIDTHS = ((8, 8), (4, 8), (4, 4), (2, 8))
+#: Bits of the network output (the last MAC layer's logits) when the activations are narrower.
+LOGIT_BITS = 8
+#: First and last layer weight bits when the weights have fewer than 4 (the official code's 8).
+FIRST_LAST_BITS = 8
+#: Bumped when the evaluation changes, so that saved runs of an older evaluation are not reused.
+EVAL_VERSION = 2
+#: The trained models: optimizer and extra ``train`` arguments.
+OPTIMIZERS = {
+    "sgd": dict(optimizer="sgd"),
+    "control": dict(optimizer="psgd", psgd_warmup=1.0),
+    "psgd": dict(optimizer="psgd"),
+}
 METHODS = {
     "layer-wise data-free": dict(scheme="data-free", bn_fold="register"),
     "layer-wise + min/max": dict(scheme="per-tensor", calib_method="minmax", bn_fold="register"),
@@ -56,46 +88,92 @@ class StudyError(ValueError):
     """A study setting that cannot run (unknown data set, bad seed count, ...)."""
 
 
-def sparsity_at(path, bits: int = 4) -> float:
-    """Fraction of conv/dense weights that the symmetric restricted per-tensor grid at ``bits``
-    maps to zero (round half to even)."""
+def _layerwise_weights(path) -> list:
+    """The weights of every conv/dense layer as the layer-wise scheme quantizes them (a conv's
+    own weights before BatchNorm folding, ``bn_fold="register"``), as float64 arrays."""
     from hwsim.graph import import_model
     from hwsim.graph.ir import MAC_OPS
 
-    zeros = total = 0
+    out = []
     for n in import_model(path).nodes:
         if n.op in MAC_OPS:
-            w = n.weight.astype(np.float64)
-            step = np.abs(w).max() / (2 ** (bits - 1) - 1)
-            q = np.rint(w / step) if step > 0 else np.zeros_like(w)
-            zeros += int(np.count_nonzero(q == 0))
+            out.append((n.name, np.asarray(n.attrs.get("weight_unfolded", n.weight), np.float64)))
+    return out
+
+
+def weight_stats(path, bits: int = 4) -> dict:
+    """On the symmetric restricted per-tensor grid at ``bits`` (round half to even), over every
+    conv/dense weight the layer-wise scheme quantizes: ``sparsity`` (fraction mapped to zero),
+    ``sqnr_db`` (10 log10 of sum w^2 / sum (w - Q(w))^2 over all those weights) and
+    ``grid_distance`` (mean |w - Q(w)| / step: 0 on the grid, 0.25 for weights spread
+    uniformly)."""
+    zeros = total = 0
+    sig = err = dist = 0.0
+    for _, w in _layerwise_weights(path):
+        step = np.abs(w).max() / (2 ** (bits - 1) - 1)
+        if step == 0:
+            zeros += w.size
             total += w.size
-    return zeros / total
+            continue
+        q = np.rint(w / step)
+        zeros += int(np.count_nonzero(q == 0))
+        total += w.size
+        e = w - q * step
+        sig += float(np.sum(w * w))
+        err += float(np.sum(e * e))
+        dist += float(np.sum(np.abs(e))) / step
+    return {
+        "sparsity": zeros / total,
+        "sqnr_db": float(10 * np.log10(sig / err)) if err > 0 else float("inf"),
+        "grid_distance": dist / total,
+    }
+
+
+def sparsity_at(path, bits: int = 4) -> float:
+    """Fraction of conv/dense weights (before BatchNorm folding) that the symmetric restricted
+    per-tensor grid at ``bits`` maps to zero (round half to even)."""
+    return weight_stats(path, bits)["sparsity"]
+
+
+def _scheme_kw(method: str, wb: int, ab: int, last: str) -> dict:
+    kw = dict(METHODS[method], wbits=wb, abits=ab)
+    if ab < LOGIT_BITS:
+        kw["overrides"] = {last: {"abits": LOGIT_BITS}}
+    if wb < 4:
+        kw["first_last_bits"] = FIRST_LAST_BITS
+    return kw
 
 
 def evaluate(path, data: str, calib: str) -> dict:
-    """Every method x width on one model: {method: {"W8A8": accuracy, ...}} and float accuracy."""
+    """Every method x width on one model: {method: {"W8A8": accuracy, ...}}, float accuracy and
+    the 4-bit weight metrics (:func:`weight_stats`)."""
     from hwsim import api
 
+    ds = api.load_data(data)
+    last = _layerwise_weights(path)[-1][0]
     out: dict = {}
     float_acc = None
-    for method, kw in METHODS.items():
+    for method in METHODS:
         res = {}
         for wb, ab in WIDTHS:
-            skw = {k: v for k, v in kw.items() if k != "scheme"}
-            if kw["scheme"] == "data-free":
-                program = api.quantize_model(
-                    path, "data-free", wbits=wb, abits=ab, input_range=(0.0, 1.0), **skw
-                )
+            kw = _scheme_kw(method, wb, ab, last)
+            scheme = kw.pop("scheme")
+            if scheme == "data-free":
+                program = api.quantize_model(path, scheme, input_range=(0.0, 1.0), **kw)
             else:
-                program = api.quantize_model(
-                    path, kw["scheme"], calib=calib, wbits=wb, abits=ab, **skw
-                )
-            rep, _ = api.run_program(program, api.load_data(data))
+                program = api.quantize_model(path, scheme, calib=calib, **kw)
+            rep, _ = api.run_program(program, ds)
             res[f"W{wb}A{ab}"] = rep.int_accuracy
             float_acc = rep.float_accuracy
         out[method] = res
-    return {"float": float_acc, "methods": out, "sparsity@4": sparsity_at(path, 4)}
+    ws = weight_stats(path, 4)
+    return {
+        "float": float_acc,
+        "methods": out,
+        "sparsity@4": ws["sparsity"],
+        "sqnr@4": ws["sqnr_db"],
+        "grid_distance@4": ws["grid_distance"],
+    }
 
 
 def _run_key(cfg: dict) -> dict:
@@ -116,7 +194,9 @@ def study_psgd(
     plot_dir=None,
     log=print,
 ) -> dict:
-    """Train SGD and PSGD models for ``seeds`` seeds and evaluate them (module docstring)."""
+    """Train SGD, control and PSGD models for ``seeds`` seeds and evaluate them (module
+    docstring). ``lambda_s``, ``target_bits`` and ``scaling`` set the PSGD model's training
+    (``lambda_s=None``: the official 150)."""
     from hwsim.data import BUILTIN
     from hwsim.train.fit import train_model
 
@@ -133,7 +213,7 @@ def study_psgd(
     runs = []
     t0 = time.perf_counter()
     for seed in range(seeds):
-        for opt in ("sgd", "psgd"):
+        for opt, opt_kw in OPTIMIZERS.items():
             cfg = {
                 "data": data,
                 "arch": arch,
@@ -144,6 +224,7 @@ def study_psgd(
                 "target_bits": target_bits,
                 "scaling": scaling,
                 "lambda_s": lambda_s,
+                "eval_version": EVAL_VERSION,
             }
             res_file = work / "runs" / f"{opt}-seed{seed}.json"
             if res_file.is_file():
@@ -157,11 +238,12 @@ def study_psgd(
                     continue
             t = time.perf_counter()
             model_path = work / f"{arch}-{opt}-seed{seed}.onnx"
-            kw = {} if lambda_s is None else {"lambda_s": lambda_s}
+            kw = dict(opt_kw)
+            if lambda_s is not None:
+                kw["lambda_s"] = lambda_s
             rec = train_model(
                 arch,
                 data=f"{data}-train",
-                optimizer=opt,
                 target_bits=target_bits,
                 scaling=scaling,
                 epochs=epochs,
@@ -187,7 +269,8 @@ def study_psgd(
                 f"[{opt} seed {seed}] float {100 * ev['float']:.2f}%  layer-wise data-free "
                 f"W4A4 {100 * m['layer-wise data-free']['W4A4']:.2f}%  W2A8 "
                 f"{100 * m['layer-wise data-free']['W2A8']:.2f}%  sparsity@4 "
-                f"{100 * ev['sparsity@4']:.1f}%  ({result['seconds']:.0f} s)"
+                f"{100 * ev['sparsity@4']:.1f}%  SQNR@4 {ev['sqnr@4']:.1f} dB  "
+                f"grid distance@4 {ev['grid_distance@4']:.3f}  ({result['seconds']:.0f} s)"
             )
     summary = summarize(runs)
     doc = {
@@ -224,13 +307,14 @@ def _ms(values) -> dict:
 
 
 def summarize(runs: list[dict]) -> dict:
-    """Mean/std over seeds: {optimizer: {"float", "sparsity@4", method: {width: ms}}}."""
+    """Mean/std over seeds: {optimizer: {"float", "sparsity@4", "sqnr@4", "grid_distance@4",
+    method: {width: ms}}}."""
     out: dict = {}
-    for opt in ("sgd", "psgd"):
+    for opt in OPTIMIZERS:
         rs = [r for r in runs if r["config"]["optimizer"] == opt]
         if not rs:
             continue
-        d = {"float": _ms(r["float"] for r in rs), "sparsity@4": _ms(r["sparsity@4"] for r in rs)}
+        d = {k: _ms(r[k] for r in rs) for k in ("float",) + WEIGHT_METRICS}
         for method in METHODS:
             d[method] = {
                 f"W{w}A{a}": _ms(r["methods"][method][f"W{w}A{a}"] for r in rs) for w, a in WIDTHS
@@ -239,40 +323,52 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+WEIGHT_METRICS = ("sparsity@4", "sqnr@4", "grid_distance@4")
+_LABEL = {"sgd": "SGD", "control": "control", "psgd": "PSGD"}
+
+
 def table(doc: dict) -> str:
-    """The paper-style table: rows optimizer x method, columns widths, mean +- std (%)."""
+    """The paper-style table: rows optimizer x method, columns widths (accuracy %, mean +- std
+    over seeds), then the 4-bit weight metrics and the paper's ImageNet ResNet-18 figures."""
     s = doc["summary"]
     cols = [f"W{w}A{a}" for w, a in WIDTHS]
 
-    def fmt(ms):
+    def fmt(ms, scale=100.0, digits=1):
         if ms["mean"] is None:
             return "n/a"
-        return f"{100 * ms['mean']:.1f}±{100 * ms['std']:.1f}"
+        return f"{scale * ms['mean']:.{digits}f}±{scale * ms['std']:.{digits}f}"
 
     hdr = (
-        f"{'training / quantization':<36}"
-        + "".join(f"{c:>13}" for c in cols)
-        + f"{'sparsity@4':>13}   paper (ImageNet R18)"
+        f"{'training / quantization':<34}"
+        + "".join(f"{c:>11}" for c in cols)
+        + f"{'zeros@4 %':>11}{'SQNR@4 dB':>11}{'grid d@4':>12}   paper (ImageNet R18)"
     )
     lines = [
         f"PSGD study on {doc['data']} ({doc['arch']}, {doc['seeds']} seeds, "
-        f"{doc['epochs']} epochs; accuracy %, mean ± std)",
+        f"{doc['epochs']} epochs; accuracy %, mean ± std; A<8: logits at {LOGIT_BITS} bits; "
+        f"W2: first/last layer at {FIRST_LAST_BITS} bits)",
         hdr,
         "-" * len(hdr),
     ]
-    for opt in ("sgd", "psgd"):
+    for opt in OPTIMIZERS:
         if opt not in s:
             continue
-        lines.append(f"{opt.upper()} float: {fmt(s[opt]['float'])}")
+        d = s[opt]
+        lines.append(f"{_LABEL[opt]} float: {fmt(d['float'])}")
         for method in METHODS:
             paper = [f"{w} {v}" for (o, m, w), v in PAPER.items() if o == opt and m == method]
-            sp = fmt(s[opt]["sparsity@4"]) if method == "layer-wise data-free" else ""
-            if method == "layer-wise data-free" and (opt, "sparsity@4", "") in PAPER:
-                paper.append(f"sparsity {PAPER[(opt, 'sparsity@4', '')]}")
+            wm = ""
+            if method == "layer-wise data-free":
+                wm = (
+                    f"{fmt(d['sparsity@4']):>11}{fmt(d['sqnr@4'], 1.0):>11}"
+                    f"{fmt(d['grid_distance@4'], 1.0, 3):>12}"
+                )
+                if (opt, "sparsity@4", "") in PAPER:
+                    paper.append(f"sparsity {PAPER[(opt, 'sparsity@4', '')]}")
             lines.append(
-                f"  {opt.upper() + ' ' + method:<34}"
-                + "".join(f"{fmt(s[opt][method][c]):>13}" for c in cols)
-                + f"{sp:>13}   {', '.join(paper)}"
+                f"  {_LABEL[opt] + ' ' + method:<32}"
+                + "".join(f"{fmt(d[method][c]):>11}" for c in cols)
+                + f"{wm:<34}   {', '.join(paper)}".rstrip()
             )
     return "\n".join(lines)
 
@@ -286,8 +382,6 @@ def plots(doc: dict, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hwsim.graph import import_model
-    from hwsim.graph.ir import MAC_OPS
     from hwsim.io import atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -302,36 +396,45 @@ def plots(doc: dict, out_dir: Path) -> list[Path]:
 
     s = doc["summary"]
     cols = [f"W{w}A{a}" for w, a in WIDTHS]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for opt, ls in (("sgd", "--"), ("psgd", "-")):
-        for method in METHODS:
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    styles = {"sgd": ("--", "s"), "control": (":", "^"), "psgd": ("-", "o")}
+    for i, method in enumerate(METHODS):
+        for opt, (ls, mk) in styles.items():
             if opt not in s:
                 continue
             m = [100 * (s[opt][method][c]["mean"] or 0) for c in cols]
             e = [100 * (s[opt][method][c]["std"] or 0) for c in cols]
             ax.errorbar(
-                cols, m, yerr=e, ls=ls, marker="o", capsize=3, label=f"{opt.upper()} {method}"
-            )
+                cols, m, yerr=e, ls=ls, marker=mk, capsize=3, color=f"C{i}",
+                label=f"{_LABEL[opt]} {method}",
+            )  # fmt: skip
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"PSGD vs SGD on {doc['data']} ({doc['arch']}), emulated integer datapath")
+    ax.set_title(
+        f"SGD / control / PSGD on {doc['data']} ({doc['arch']}), emulated integer datapath",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=5.5, ncol=2)
     fig.tight_layout()
     save(fig, "accuracy_vs_bits.png")
 
     first = {r["config"]["optimizer"]: r for r in doc["runs"] if r["config"]["seed"] == 0}
-    if {"sgd", "psgd"} <= set(first):
-        bits = doc["target_bits"]
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        for ax, opt in zip(axes, ("sgd", "psgd"), strict=True):
-            nodes = [n for n in import_model(first[opt]["model"]).nodes if n.op in MAC_OPS]
-            n = max(nodes, key=lambda n: n.weight.size)
-            w = n.weight.ravel().astype(np.float64)
+    shown = [o for o in OPTIMIZERS if o in first]
+    if {"sgd", "psgd"} <= set(shown):
+        bits = 4
+        fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.5))
+        for ax, opt in zip(axes, shown, strict=True):
+            name, w = max(_layerwise_weights(first[opt]["model"]), key=lambda nw: nw[1].size)
+            w = w.ravel()
             step = np.abs(w).max() / (2 ** (bits - 1) - 1)
-            ax.hist(w, bins=150, color="C0" if opt == "sgd" else "C1")
+            ax.hist(w, bins=150, color={"sgd": "C0", "control": "C2", "psgd": "C1"}[opt])
             for k in range(-(2 ** (bits - 1) - 1), 2 ** (bits - 1)):
                 ax.axvline(k * step, color="k", lw=0.5, alpha=0.5)
-            ax.set_title(f"{opt.upper()}: {n.name} ({w.size} weights), {bits}-bit grid", fontsize=8)
+            ax.set_title(
+                f"{_LABEL[opt]} seed 0: {name} ({w.size} weights, before BN folding), "
+                f"{bits}-bit grid",
+                fontsize=7,
+            )
             ax.set_yscale("log")
         fig.tight_layout()
         save(fig, "weight_histogram.png")
@@ -339,7 +442,10 @@ def plots(doc: dict, out_dir: Path) -> list[Path]:
 
 
 __all__ = [
+    "FIRST_LAST_BITS",
+    "LOGIT_BITS",
     "METHODS",
+    "OPTIMIZERS",
     "PAPER",
     "WIDTHS",
     "StudyError",
@@ -349,4 +455,5 @@ __all__ = [
     "study_psgd",
     "summarize",
     "table",
+    "weight_stats",
 ]

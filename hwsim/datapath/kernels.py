@@ -279,3 +279,55 @@ def row_abs_sums(x, zp, out):
         for k in range(K):
             s += abs(np.int64(x[g, m, k]) - zp)
         out[g, m] = s
+
+
+@njit(cache=True, parallel=True)
+def output_ort_fused(a, bias, lo, hi, saturate, bits, signed, scale, limit, zp, olo, ohi, out):
+    """The output stage (eq. 15) with the ``ort`` register, one pass per element:
+    ``e = a + bias[c]``, ``t = ovf(e)`` into ``[lo, hi]`` (wrap to ``bits``/``signed`` or
+    clamp), ``y = rint(clamp(f32(t) * scale[c], -limit, limit)) + zp``, ``out = clamp(y, olo,
+    ohi)``. ``a`` (N, C, S); ``bias`` (C,) int64; ``scale`` (C,) float32 (products and the
+    conversion ``f32(t)`` round to nearest even, as numpy's float32 arithmetic does).
+    Returns ``(min a, max a, bias overflows, clamped)``; ``a``'s extremes let the caller
+    reject values outside the accumulator's format."""
+    N, C, S = a.shape
+    n_tasks = N * C
+    amin = np.full(n_tasks, INT64_MAX, np.int64)
+    amax = np.full(n_tasks, INT64_MIN, np.int64)
+    bovf = np.zeros(n_tasks, np.int64)
+    clamped = np.zeros(n_tasks, np.int64)
+    shift = 64 - bits
+    for task in prange(n_tasks):
+        n = task // C
+        c = task - n * C
+        b = bias[c]
+        sc = scale[c]
+        lo_t = INT64_MAX
+        hi_t = INT64_MIN
+        nb = 0
+        ncl = 0
+        for s in range(S):
+            v = np.int64(a[n, c, s])
+            lo_t = min(lo_t, v)
+            hi_t = max(hi_t, v)
+            e = v + b
+            t = e
+            if e < lo or e > hi:
+                nb += 1
+                if saturate:
+                    t = min(max(e, lo), hi)
+                elif signed:
+                    t = (e << shift) >> shift
+                else:
+                    t = e & ((1 << bits) - 1)
+            p = np.float32(t) * sc
+            p = min(max(p, -limit), limit)
+            y = np.int64(np.rint(p)) + zp
+            o = min(max(y, olo), ohi)
+            ncl += o != y
+            out[n, c, s] = o
+        amin[task] = lo_t
+        amax[task] = hi_t
+        bovf[task] = nb
+        clamped[task] = ncl
+    return amin.min(), amax.max(), bovf.sum(), clamped.sum()

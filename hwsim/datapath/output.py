@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from hwsim.datapath.config import Accumulator
-from hwsim.numerics import IntFormat, ScaleKind, ScaleRegister, check_integer_array
+from hwsim.datapath.kernels import output_ort_fused
+from hwsim.numerics import IntFormat, Overflow, ScaleKind, ScaleRegister, check_integer_array
 from hwsim.numerics import saturate as saturate_to
+from hwsim.numerics.scale import REGISTER_LIMIT
 
 
 @dataclass
@@ -47,6 +49,7 @@ def output_stage(
     out_format: IntFormat = IntFormat(8, True),
     out_zero_point: int = 0,
     rng: np.random.Generator | None = None,
+    fused: bool = True,
 ) -> OutputResult:
     """Requantize accumulator values to the output format (eq. 15):
 
@@ -57,6 +60,11 @@ def output_stage(
     0, or a register array broadcasting against the values with ``scale_axis=None``),
     ``out = saturate(y + out_zero_point, out_format)``. A ``tflite*`` register takes int32
     input, so it needs an accumulator of at most 32 signed bits.
+
+    An ``ort`` register that is per-tensor or per-channel along axis 1, with no bias or a
+    per-channel one, on an accumulator of at most 62 bits, runs as one fused Numba pass
+    (:func:`hwsim.datapath.kernels.output_ort_fused`); ``fused=False`` forces the numpy
+    composition, which is its reference.
     """
     if not isinstance(register, ScaleRegister):
         raise ValueError(f"register must be a ScaleRegister, got {type(register).__name__}")
@@ -68,8 +76,12 @@ def output_stage(
             f"a {register.kind.value} register takes int32 input; the accumulator is {fmt}"
         )
     a = check_integer_array(acc_values, "acc_values")
-    fmt.check(a, "acc_values")
     out_format.check(out_zero_point, "out_zero_point")
+    if fused:
+        res = _fused_ort(a, register, acc, bias, bias_axis, scale_axis, out_format, out_zero_point)
+        if res is not None:
+            return res
+    fmt.check(a, "acc_values")
     t = a if a.dtype == np.int64 else a.astype(np.int64)
     bias_overflows = 0
     if bias is not None:
@@ -90,3 +102,51 @@ def output_stage(
     out = saturate_to(y, out_format)
     clamped = int(np.count_nonzero(out != y))
     return OutputResult(np.asarray(out).astype(out_format.dtype), bias_overflows, clamped)
+
+
+def _fused_ort(a, register, acc, bias, bias_axis, scale_axis, out_format, out_zero_point):
+    """The fused pass for the common case, or None when the case is not covered."""
+    fmt = acc.format
+    if register.kind is not ScaleKind.ORT or fmt.bits > 62 or a.ndim < 2 or a.size == 0:
+        return None
+    C = a.shape[1]
+    mult = np.asarray(register.multiplier)
+    if mult.ndim == 0:
+        scale = np.full(C, mult, np.float32)
+    elif mult.ndim == 1 and scale_axis == 1 and mult.shape[0] == C:
+        scale = mult.astype(np.float32)
+    else:
+        return None
+    if not np.all(np.isfinite(scale)):
+        return None  # the numpy path raises the documented error
+    if bias is None:
+        b = np.zeros(C, np.int64)
+    else:
+        b = check_integer_array(bias, "bias")
+        fmt.check(b, "bias")
+        if b.ndim == 0:
+            b = np.full(C, int(b), np.int64)
+        elif b.ndim == 1 and bias_axis == 1 and b.shape[0] == C:
+            b = b.astype(np.int64)
+        else:
+            return None
+    a3 = np.ascontiguousarray(a.reshape(a.shape[0], C, -1))
+    out = np.empty(a3.shape, out_format.dtype)
+    amin, amax, bovf, clamped = output_ort_fused(
+        a3,
+        b,
+        fmt.min,
+        fmt.max,
+        acc.overflow is Overflow.SATURATE,
+        fmt.bits,
+        fmt.signed,
+        scale,
+        np.float32(REGISTER_LIMIT),
+        int(out_zero_point),
+        out_format.min,
+        out_format.max,
+        out,
+    )
+    if amin < fmt.min or amax > fmt.max:
+        fmt.check(a, "acc_values")  # raises, naming the offending value
+    return OutputResult(out.reshape(a.shape), int(bovf), int(clamped))

@@ -123,7 +123,8 @@ def ort_requantize(acc, scale):
     if _scalar(acc, scale):
         out = ref.ort_requantize(int(acc_arr), Fraction(float(scale32)))
         return max(-REGISTER_LIMIT, min(REGISTER_LIMIT, out))
-    prod = acc_arr.astype(np.float32) * scale32
+    with np.errstate(over="ignore"):  # a product beyond float32 is +-inf, then held at the limit
+        prod = acc_arr.astype(np.float32) * scale32
     prod = np.clip(prod, np.float32(-REGISTER_LIMIT), np.float32(REGISTER_LIMIT))
     return np.rint(prod).astype(np.int64)
 

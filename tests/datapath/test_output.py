@@ -155,3 +155,77 @@ def test_datapath_with_ort_register_equals_onnxruntime_qlinearconv_per_channel()
         acc.values, reg, bias=bias, out_format=IntFormat(8, False), out_zero_point=int(y_z)
     )
     assert np.array_equal(got.values, want)
+
+
+@st.composite
+def fused_cases(draw):
+    bits = draw(st.sampled_from([8, 12, 16, 24, 31, 32, 33, 48, 62, 63, 64]))
+    signed = draw(st.booleans())
+    acc = Accumulator(bits, draw(st.sampled_from(list(Overflow))), signed=signed)
+    fmt = acc.format
+    ndim = draw(st.sampled_from([2, 3, 4]))
+    shape = tuple(draw(st.integers(1, 3)) for _ in range(2)) + tuple(
+        draw(st.integers(0, 3)) for _ in range(ndim - 2)
+    )
+    edges = [fmt.min, fmt.max, 0, fmt.min + 1, fmt.max - 1]
+    vals = draw(
+        st.lists(
+            st.one_of(st.sampled_from(edges), ints_in(fmt.min, fmt.max)),
+            min_size=int(np.prod(shape)),
+            max_size=int(np.prod(shape)),
+        )
+    )
+    a = np.array(vals, dtype=fmt.dtype).reshape(shape)
+    C = shape[1]
+    scales = st.one_of(
+        st.floats(2.0**-30, 4.0),
+        st.sampled_from([0.5, 1.0, 2.0**-24, 3.0e38]),  # ties, identity, tiny, overflow to inf
+    )
+    per_channel = draw(st.booleans())
+    real = draw(st.lists(scales, min_size=C, max_size=C)) if per_channel else draw(scales)
+    bias_kind = draw(st.sampled_from(["none", "scalar", "channel"]))
+    bias = {
+        "none": None,
+        "scalar": draw(ints_in(fmt.min, fmt.max)),
+        "channel": np.array(
+            draw(
+                st.lists(
+                    st.one_of(st.sampled_from(edges), ints_in(fmt.min, fmt.max)),
+                    min_size=C,
+                    max_size=C,
+                )
+            ),
+            dtype=fmt.dtype,
+        ),
+    }[bias_kind]
+    out_fmt = IntFormat(draw(st.integers(2, 16)), draw(st.booleans()))
+    zp = draw(ints_in(out_fmt.min, out_fmt.max))
+    return a, ScaleRegister.from_real("ort", real), acc, bias, out_fmt, zp
+
+
+@given(fused_cases())
+def test_fused_ort_output_stage_equals_the_numpy_composition(case):
+    """The fused one-pass kernel against the numpy composition (its reference): wrap and
+    saturate at every width (63/64 bits fall back), bias and scale per tensor and per channel,
+    rails, ties, scales that overflow float32 to inf, empty trailing dimensions."""
+    a, reg, acc, bias, out_fmt, zp = case
+    kw = dict(acc=acc, bias=bias, out_format=out_fmt, out_zero_point=zp)
+    fast = output_stage(a, reg, **kw)
+    slow = output_stage(a, reg, fused=False, **kw)
+    assert fast.values.dtype == slow.values.dtype
+    assert np.array_equal(fast.values, slow.values)
+    assert (fast.bias_overflows, fast.clamped) == (slow.bias_overflows, slow.clamped)
+
+
+def test_fused_output_stage_rejects_values_outside_the_accumulator(monkeypatch):
+    import sys
+
+    out_mod = sys.modules["hwsim.datapath.output"]
+    calls = []
+    real = out_mod.output_ort_fused
+    monkeypatch.setattr(out_mod, "output_ort_fused", lambda *a: calls.append(1) or real(*a))
+    ok = output_stage(np.array([[1, 2]]), ScaleRegister.from_real("ort", [0.5, 0.25]), bias=[1, 2])
+    assert calls and ok.values.tolist() == [[1, 1]]
+    reg = ScaleRegister.from_real("ort", 0.5)
+    with pytest.raises(ValueError, match="acc_values holds 40000"):
+        output_stage(np.array([[1, 40000]]), reg, acc=Accumulator(16))
