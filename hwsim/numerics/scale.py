@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+from numba import vectorize
 
 from hwsim.numerics import reference as ref
 from hwsim.numerics.formats import IntFormat, check_in_range, check_integer_array, wrap
@@ -123,10 +124,28 @@ def ort_requantize(acc, scale):
     if _scalar(acc, scale):
         out = ref.ort_requantize(int(acc_arr), Fraction(float(scale32)))
         return max(-REGISTER_LIMIT, min(REGISTER_LIMIT, out))
+    if acc_arr.dtype != np.uint64:  # one pass, the same float32 operations as below
+        with np.errstate(over="ignore"):
+            return _ort_rq(acc_arr, scale32)
     with np.errstate(over="ignore"):  # a product beyond float32 is +-inf, then held at the limit
         prod = acc_arr.astype(np.float32) * scale32
     prod = np.clip(prod, np.float32(-REGISTER_LIMIT), np.float32(REGISTER_LIMIT))
     return np.rint(prod).astype(np.int64)
+
+
+_LIMIT32 = np.float32(REGISTER_LIMIT)
+
+
+@vectorize(
+    [f"int64({t}, float32)" for t in ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64")],
+    cache=True,
+)
+def _ort_rq(a, s):
+    """Elementwise ``rint(clamp(f32(a) * s, -2^62, 2^62))``: the int-to-float32 conversion and
+    the float32 product round to nearest even, as numpy's ``astype``/``*`` do; +-inf clamps."""
+    p = np.float32(a) * s
+    p = min(max(p, -_LIMIT32), _LIMIT32)
+    return np.int64(np.rint(p))
 
 
 def ort_combined_scale(x_scale, w_scale, y_scale) -> np.ndarray:

@@ -197,3 +197,30 @@ def test_mbqm_rejects_out_of_range_operands():
     with pytest.raises(ValueError, match="multiplier holds -1"):
         multiply_by_quantized_multiplier(1, -1, 0, "single")
     assert math.isclose(ScaleRegister.from_real("tflite", 0.5).real, 0.5)
+
+
+@given(
+    st.sampled_from([np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64]),
+    st.data(),
+    st.one_of(
+        st.floats(2.0**-30, 4.0, width=32),
+        st.sampled_from([0.5, 1.0, 2.0**-149, 3.0e38]),  # ties, identity, subnormal, -> inf
+    ),
+)
+def test_ort_requantize_vectorized_kernel_over_every_dtype_and_extreme(dtype, data, scale):
+    """The one-pass Numba ufunc against the exact reference, held at +-2^62 (the register
+    limit), for every input dtype, including INT64_MIN/MAX and the dtype's own rails."""
+    info = np.iinfo(dtype)
+    vals = data.draw(
+        st.lists(
+            st.one_of(st.sampled_from([info.min, info.max, 0]), ints_in(info.min, info.max)),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    s32 = np.float32(scale)
+    got = ort_requantize(np.array(vals, dtype), s32)
+    want = [
+        max(-(2**62), min(2**62, reference.ort_requantize(v, Fraction(float(s32))))) for v in vals
+    ]
+    assert got.dtype == np.int64 and got.tolist() == want
