@@ -136,10 +136,10 @@ def ort_requantize(acc, scale):
 _LIMIT32 = np.float32(REGISTER_LIMIT)
 
 
-@vectorize(
-    [f"int64({t}, float32)" for t in ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64")],
-    cache=True,
-)
+_RQ_INPUTS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64")
+
+
+@vectorize([f"int64({t}, float32)" for t in _RQ_INPUTS], cache=True)
 def _ort_rq(a, s):
     """Elementwise ``rint(clamp(f32(a) * s, -2^62, 2^62))``: the int-to-float32 conversion and
     the float32 product round to nearest even, as numpy's ``astype``/``*`` do; +-inf clamps."""
