@@ -37,6 +37,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from hwsim.datapath import Counters, Operand, conv2d, gemm, output_stage
+from hwsim.datapath.kernels import add_ort_fused
 from hwsim.graph.ir import Graph, Node, Op
 from hwsim.numerics import IntFormat, ScaleKind, ScaleRegister, saturate
 from hwsim.quant.scheme import ActSpec, LayerSpec, QuantProgram
@@ -435,11 +436,9 @@ class IntegerExecutor:
     # -- other ops -----------------------------------------------------------------------------
     def _add(self, node: Node, a: QTensor, b: QTensor, spec: ActSpec) -> QTensor:
         layer = self.p.layer(node.name)
-        fa = a.dequantize().astype(np.float64)
-        fb = b.dequantize().astype(np.float64)
 
-        def absmax():
-            v = fa + fb
+        def absmax():  # only a dynamic (per-sample) output scale needs the float sum
+            v = a.dequantize().astype(np.float64) + b.dequantize().astype(np.float64)
             v = np.abs(v) if spec.fmt.signed else np.maximum(v, 0)
             return v.reshape(v.shape[0], -1).max(axis=1)
 
@@ -484,6 +483,27 @@ class IntegerExecutor:
         def ap(r, t):
             return np.asarray(r.apply(t, axis=None if np.ndim(r.multiplier) > 1 else 0), np.int64)
 
+        if kind is ScaleKind.ORT and a.q.shape == b.q.shape and a.q.ndim >= 1 and a.q.size:
+            # the same three ort registers and clamp as below, in one fused pass
+            n = a.q.shape[0]
+            m = [
+                np.broadcast_to(reg(r).multiplier.reshape(-1), (n,)).astype(np.float32)
+                for r in (sa / twice, sb / twice, twice / (2.0**L * so_b))
+            ]
+            out = np.empty(a.q.shape, spec.fmt.dtype)
+            add_ort_fused(
+                a.q.reshape(n, -1),
+                a.zero_point,
+                b.q.reshape(n, -1),
+                b.zero_point,
+                L,
+                *m,
+                spec.zero_point,
+                spec.fmt.min,
+                spec.fmt.max,
+                out.reshape(n, -1),
+            )
+            return QTensor(out, so, spec.zero_point, spec.fmt)
         ta = ap(reg(sa / twice), (a.q.astype(np.int64) - a.zero_point) << L)
         tb = ap(reg(sb / twice), (b.q.astype(np.int64) - b.zero_point) << L)
         y = ap(reg(twice / (2.0**L * so_b)), ta + tb) + spec.zero_point

@@ -331,3 +331,25 @@ def output_ort_fused(a, bias, lo, hi, saturate, bits, signed, scale, limit, zp, 
         bovf[task] = nb
         clamped[task] = ncl
     return amin.min(), amax.max(), bovf.sum(), clamped.sum()
+
+
+@njit(cache=True, inline="always")
+def _ort_rq(t, m, limit):
+    """The ``ort`` register on one value: ``rint(clamp(f32(t) * m, -limit, limit))``."""
+    p = np.float32(t) * m
+    return np.int64(np.rint(min(max(p, -limit), limit)))
+
+
+@njit(cache=True, parallel=True)
+def add_ort_fused(aq, za, bq, zb, L, ma, mb, mo, zo, olo, ohi, out):
+    """The integer Add with ``ort`` registers (``docs/networks.md``), one pass: ``ta =
+    ort(((a - za) << L), ma[n])``, ``tb`` likewise, ``y = ort(ta + tb, mo[n]) + zo``, ``out =
+    clamp(y, olo, ohi)``. ``aq``, ``bq``, ``out``: (N, S); registers per sample (N,) float32."""
+    N, S = aq.shape
+    limit = np.float32(1 << 62)
+    for n in prange(N):
+        for s in range(S):
+            ta = _ort_rq((np.int64(aq[n, s]) - za) << L, ma[n], limit)
+            tb = _ort_rq((np.int64(bq[n, s]) - zb) << L, mb[n], limit)
+            y = _ort_rq(ta + tb, mo[n], limit) + zo
+            out[n, s] = min(max(y, olo), ohi)
