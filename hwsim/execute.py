@@ -37,7 +37,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from hwsim.datapath import Counters, Operand, conv2d, gemm, output_stage
-from hwsim.datapath.kernels import add_ort_fused
+from hwsim.datapath.kernels import add_ort_fused, gmn_to_nchw, im2col_nhwc
 from hwsim.graph.ir import Graph, Node, Op
 from hwsim.numerics import IntFormat, ScaleKind, ScaleRegister, saturate
 from hwsim.quant.scheme import ActSpec, LayerSpec, QuantProgram
@@ -63,17 +63,23 @@ def _pad(x: np.ndarray, pads, value) -> np.ndarray:
 
 
 def float_conv(x: np.ndarray, w: np.ndarray, b, attrs: dict) -> np.ndarray:
-    """Float32 convolution (NCHW), the reference for ``Op.CONV``."""
+    """Float32 convolution (NCHW), the reference for ``Op.CONV``: the padded input turned NHWC,
+    unfolded window-major by the datapath's Numba kernel, one float32 BLAS GEMM per group."""
     g = attrs["group"]
-    win = _windows(_pad(x, attrs["pads"], 0.0), w.shape[2:], attrs["strides"], attrs["dilations"])
-    N, C, Ho, Wo = win.shape[:4]
-    F, Cg = w.shape[:2]
-    out = np.empty((N, F, Ho, Wo), np.float32)
+    xp = np.ascontiguousarray(_pad(x, attrs["pads"], 0.0).transpose(0, 2, 3, 1), np.float32)
+    N, Hp, Wp, C = xp.shape
+    F, Cg, kh, kw = w.shape
+    (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
+    ho = (Hp - dh * (kh - 1) - 1) // sh + 1
+    wo = (Wp - dw * (kw - 1) - 1) // sw + 1
+    K = Cg * kh * kw
+    cols = np.empty((g, N * ho * wo, K), np.float32)
+    im2col_nhwc(xp, g, kh, kw, sh, sw, dh, dw, ho, wo, cols)
     Fg = F // g
-    for gi in range(g):
-        cols = win[:, gi * Cg : (gi + 1) * Cg].transpose(0, 2, 3, 1, 4, 5).reshape(N * Ho * Wo, -1)
-        wg = w[gi * Fg : (gi + 1) * Fg].reshape(Fg, -1)
-        out[:, gi * Fg : (gi + 1) * Fg] = (cols @ wg.T).reshape(N, Ho, Wo, Fg).transpose(0, 3, 1, 2)
+    w3 = w.astype(np.float32).reshape(g, Fg, Cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, K, Fg)
+    out = np.empty((N, F, ho * wo), np.float32)
+    gmn_to_nchw(np.matmul(cols, w3), N, out)
+    out = out.reshape(N, F, ho, wo)
     if b is not None:
         out += b.reshape(1, -1, 1, 1)
     return out

@@ -16,7 +16,7 @@ import numpy as np
 
 from hwsim.datapath.config import AccResult, Accumulator, Counters, Operand, ReductionOrder
 from hwsim.datapath.engines import exact_sums
-from hwsim.datapath.kernels import ordered_reduce, ordered_sat16, row_abs_sums
+from hwsim.datapath.kernels import ordered_reduce, ordered_sat16, ordered_track32, row_abs_sums
 from hwsim.numerics import (
     IntFormat,
     Overflow,
@@ -130,7 +130,9 @@ def reduce_batched(
 
 def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
     """Run the ordered kernel on ``rows``: int16 lanes for a 16-bit saturating accumulator whose
-    products fit int16, int64 lanes otherwise. Returns ``(vals, events, pmin, pmax)``."""
+    products fit int16; int32 lanes to track the partial sums of a wrapping accumulator whose
+    partial sums fit int32 (``vals`` is then None: the exact sums are the values); int64 lanes
+    otherwise. Returns ``(vals, events, pmin, pmax)``."""
     G, M, K = x3.shape
     N = w3.shape[2]
     fmt = acc.format
@@ -156,6 +158,11 @@ def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
     track = acc.track_partials
     pmin = np.empty((G, M, N) if track else (0, 0, 0), np.int64)
     pmax = np.empty_like(pmin)
+    if (
+        track and not saturating and x3.dtype.itemsize <= 2 and K * max_xe * max_we < (1 << 31)
+    ):  # wrap: the values are the exact sums; only the partial-sum extremes need the order
+        ordered_track32(x3, np.int32(zx), we.astype(np.int32), rows, order, acc.tile, pmin, pmax)
+        return None, events, pmin, pmax
     hi = min(fmt.max, (1 << 63) - 1)
     ordered_reduce(
         x3,

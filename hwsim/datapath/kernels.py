@@ -183,6 +183,77 @@ def ordered_sat16(x, zx, we, rows, order, tile, vals, events):
             _sat16_block(x, zx, we, rows[split] // M, rows, order, split, i1, tile, vals, events)
 
 
+@njit(cache=True)
+def _track32_block(x, zx, we, g, rows, order, i0, i1, tile, pmin, pmax):
+    M = x.shape[1]
+    K = x.shape[2]
+    N = we.shape[2]
+    s = np.zeros((ROW_BLOCK, N), np.int32)
+    t = np.zeros((ROW_BLOCK, N), np.int32)
+    mn = np.full((ROW_BLOCK, N), np.iinfo(np.int32).max, np.int32)
+    mx = np.full((ROW_BLOCK, N), np.iinfo(np.int32).min, np.int32)
+    a = np.zeros(ROW_BLOCK, np.int32)
+    ms = np.zeros(ROW_BLOCK, np.int64)
+    nb = i1 - i0
+    for r in range(ROW_BLOCK):
+        ms[r] = rows[i0 + min(r, nb - 1)] - g * M
+    step = tile if tile > 0 else max(K, 1)
+    for k0 in range(0, K, step):
+        k1 = min(k0 + step, K)
+        t[:] = 0
+        for kk in range(k0, k1):
+            k = order[kk]
+            for r in range(ROW_BLOCK):
+                a[r] = np.int32(np.int32(x[g, ms[r], k]) - zx)
+            wr = we[g, k]
+            for r in range(ROW_BLOCK):
+                ar = a[r]
+                cur = t[r] if tile > 0 else s[r]
+                mnr = mn[r]
+                mxr = mx[r]
+                for n in range(N):
+                    v = np.int32(cur[n] + ar * wr[n])
+                    cur[n] = v
+                    mnr[n] = min(mnr[n], v)
+                    mxr[n] = max(mxr[n], v)
+        if tile > 0:
+            for r in range(ROW_BLOCK):
+                for n in range(N):
+                    v = np.int32(s[r, n] + t[r, n])
+                    s[r, n] = v
+                    mn[r, n] = min(mn[r, n], v)
+                    mx[r, n] = max(mx[r, n], v)
+    for r in range(nb):
+        for n in range(N):
+            pmin[g, ms[r], n] = mn[r, n]
+            pmax[g, ms[r], n] = mx[r, n]
+
+
+@njit(cache=True, parallel=True)
+def ordered_track32(x, zx, we, rows, order, tile, pmin, pmax):
+    """The partial-sum extremes of :func:`ordered_reduce` (``track``, no saturation) in int32
+    lanes: every exact partial sum of the configured order -- after each product, and each tile
+    register added to the accumulator -- with its running min/max.
+
+    Preconditions (checked by the caller): ``K * max|x - zx| * max|we| < 2^31``, so every
+    partial sum, tile sums included, is an exact int32; ``we`` (G, K, N) int32; ``rows`` sorted.
+    """
+    M = x.shape[1]
+    nblk = (rows.shape[0] + ROW_BLOCK - 1) // ROW_BLOCK
+    for bi in prange(nblk):
+        i0 = bi * ROW_BLOCK
+        i1 = min(i0 + ROW_BLOCK, rows.shape[0])
+        g0 = rows[i0] // M
+        split = i1
+        for i in range(i0, i1):
+            if rows[i] // M != g0:
+                split = i
+                break
+        _track32_block(x, zx, we, g0, rows, order, i0, split, tile, pmin, pmax)
+        if split < i1:
+            _track32_block(x, zx, we, rows[split] // M, rows, order, split, i1, tile, pmin, pmax)
+
+
 @njit(cache=True, parallel=True)
 def int64_gemm(xe, we, out):
     """Exact ``out[g] = xe[g] @ we[g]`` in int64 (caller guarantees no int64 overflow)."""
