@@ -223,7 +223,7 @@ def quantize_input(x: np.ndarray, spec: ActSpec) -> QTensor:
         absmax = (np.maximum(flat, 0) if not spec.fmt.signed else np.abs(flat)).max(axis=1)
         s = sample_scale(spec, absmax)
     return QTensor(
-        quantize_linear(x, s, spec.zero_point, spec.fmt),
+        quantize_linear(x, s, spec.zero_point, spec.fmt).astype(spec.fmt.dtype),
         np.asarray(s, np.float32),
         spec.zero_point,
         spec.fmt,
