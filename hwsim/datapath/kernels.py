@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from hwsim.numerics.formats import saturate_i64
+from hwsim.numerics.formats import saturate_i64, wrap_i64
+from hwsim.numerics.scale import ort_rq
 
 INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min
@@ -107,6 +108,17 @@ def _sat16_add(s, p):
     return (np.int16(32767 ^ (s >> 15)) if ovf else wv), ovf
 
 
+@njit(cache=True, inline="always")
+def _group_split(rows, i0, i1, M):
+    """(group of ``rows[i0]``, first index in ``[i0, i1)`` whose row is in another group, else
+    ``i1``): a row block of the row-blocked kernels never straddles two groups."""
+    g0 = rows[i0] // M
+    for i in range(i0, i1):
+        if rows[i] // M != g0:
+            return g0, i
+    return g0, i1
+
+
 @njit(cache=True)
 def _sat16_block(x, zx, we, g, rows, order, i0, i1, tile, vals, events):
     K = x.shape[2]
@@ -171,13 +183,7 @@ def ordered_sat16(x, zx, we, rows, order, tile, vals, events):
     for bi in prange(nblk):
         i0 = bi * ROW_BLOCK
         i1 = min(i0 + ROW_BLOCK, rows.shape[0])
-        # a block never straddles two groups: split it at the group boundary
-        g0 = rows[i0] // M
-        split = i1
-        for i in range(i0, i1):
-            if rows[i] // M != g0:
-                split = i
-                break
+        g0, split = _group_split(rows, i0, i1, M)
         _sat16_block(x, zx, we, g0, rows, order, i0, split, tile, vals, events)
         if split < i1:
             _sat16_block(x, zx, we, rows[split] // M, rows, order, split, i1, tile, vals, events)
@@ -243,12 +249,7 @@ def ordered_track32(x, zx, we, rows, order, tile, pmin, pmax):
     for bi in prange(nblk):
         i0 = bi * ROW_BLOCK
         i1 = min(i0 + ROW_BLOCK, rows.shape[0])
-        g0 = rows[i0] // M
-        split = i1
-        for i in range(i0, i1):
-            if rows[i] // M != g0:
-                split = i
-                break
+        g0, split = _group_split(rows, i0, i1, M)
         _track32_block(x, zx, we, g0, rows, order, i0, split, tile, pmin, pmax)
         if split < i1:
             _track32_block(x, zx, we, rows[split] // M, rows, order, split, i1, tile, pmin, pmax)
@@ -353,10 +354,10 @@ def row_abs_sums(x, zp, out):
 
 
 @njit(cache=True, parallel=True)
-def output_ort_fused(a, bias, lo, hi, saturate, bits, signed, scale, limit, zp, olo, ohi, out):
+def output_ort_fused(a, bias, lo, hi, saturate, bits, signed, scale, zp, olo, ohi, out):
     """The output stage (eq. 15) with the ``ort`` register, one pass per element:
     ``e = a + bias[c]``, ``t = ovf(e)`` into ``[lo, hi]`` (wrap to ``bits``/``signed`` or
-    clamp), ``y = rint(clamp(f32(t) * scale[c], -limit, limit)) + zp``, ``out = clamp(y, olo,
+    clamp), ``y = ort_rq(t, scale[c]) + zp`` (the ``ort`` register), ``out = clamp(y, olo,
     ohi)``. ``a`` (N, C, S); ``bias`` (C,) int64; ``scale`` (C,) float32 (products and the
     conversion ``f32(t)`` round to nearest even, as numpy's float32 arithmetic does).
     Returns ``(min a, max a, bias overflows, clamped)``; ``a``'s extremes let the caller
@@ -367,7 +368,6 @@ def output_ort_fused(a, bias, lo, hi, saturate, bits, signed, scale, limit, zp, 
     amax = np.full(n_tasks, INT64_MIN, np.int64)
     bovf = np.zeros(n_tasks, np.int64)
     clamped = np.zeros(n_tasks, np.int64)
-    shift = 64 - bits
     for task in prange(n_tasks):
         n = task // C
         c = task - n * C
@@ -385,15 +385,8 @@ def output_ort_fused(a, bias, lo, hi, saturate, bits, signed, scale, limit, zp, 
             t = e
             if e < lo or e > hi:
                 nb += 1
-                if saturate:
-                    t = min(max(e, lo), hi)
-                elif signed:
-                    t = (e << shift) >> shift
-                else:
-                    t = e & ((1 << bits) - 1)
-            p = np.float32(t) * sc
-            p = min(max(p, -limit), limit)
-            y = np.int64(np.rint(p)) + zp
+                t = saturate_i64(e, lo, hi) if saturate else wrap_i64(e, bits, signed)
+            y = ort_rq(t, sc) + zp
             o = min(max(y, olo), ohi)
             ncl += o != y
             out[n, c, s] = o
@@ -404,23 +397,15 @@ def output_ort_fused(a, bias, lo, hi, saturate, bits, signed, scale, limit, zp, 
     return amin.min(), amax.max(), bovf.sum(), clamped.sum()
 
 
-@njit(cache=True, inline="always")
-def _ort_rq(t, m, limit):
-    """The ``ort`` register on one value: ``rint(clamp(f32(t) * m, -limit, limit))``."""
-    p = np.float32(t) * m
-    return np.int64(np.rint(min(max(p, -limit), limit)))
-
-
 @njit(cache=True, parallel=True)
 def add_ort_fused(aq, za, bq, zb, L, ma, mb, mo, zo, olo, ohi, out):
     """The integer Add with ``ort`` registers (``docs/networks.md``), one pass: ``ta =
     ort(((a - za) << L), ma[n])``, ``tb`` likewise, ``y = ort(ta + tb, mo[n]) + zo``, ``out =
     clamp(y, olo, ohi)``. ``aq``, ``bq``, ``out``: (N, S); registers per sample (N,) float32."""
     N, S = aq.shape
-    limit = np.float32(1 << 62)
     for n in prange(N):
         for s in range(S):
-            ta = _ort_rq((np.int64(aq[n, s]) - za) << L, ma[n], limit)
-            tb = _ort_rq((np.int64(bq[n, s]) - zb) << L, mb[n], limit)
-            y = _ort_rq(ta + tb, mo[n], limit) + zo
+            ta = ort_rq((np.int64(aq[n, s]) - za) << L, ma[n])
+            tb = ort_rq((np.int64(bq[n, s]) - zb) << L, mb[n])
+            y = ort_rq(ta + tb, mo[n]) + zo
             out[n, s] = min(max(y, olo), ohi)

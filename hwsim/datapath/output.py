@@ -10,7 +10,6 @@ from hwsim.datapath.config import Accumulator
 from hwsim.datapath.kernels import output_ort_fused
 from hwsim.numerics import IntFormat, Overflow, ScaleKind, ScaleRegister, check_integer_array
 from hwsim.numerics import saturate as saturate_to
-from hwsim.numerics.scale import REGISTER_LIMIT
 
 
 @dataclass
@@ -141,7 +140,6 @@ def _fused_ort(a, register, acc, bias, bias_axis, scale_axis, out_format, out_ze
         fmt.bits,
         fmt.signed,
         scale,
-        np.float32(REGISTER_LIMIT),
         int(out_zero_point),
         out_format.min,
         out_format.max,

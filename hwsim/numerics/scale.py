@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from numba import vectorize
+from numba import njit, vectorize
 
 from hwsim.numerics import reference as ref
 from hwsim.numerics.formats import IntFormat, check_in_range, check_integer_array, wrap
@@ -136,16 +136,22 @@ def ort_requantize(acc, scale):
 _LIMIT32 = np.float32(REGISTER_LIMIT)
 
 
+@njit(cache=True, inline="always")
+def ort_rq(t, m):
+    """The ``ort`` register (eq. 8) on one integer ``t`` and float32 ``m``, for Numba kernels:
+    ``rint(clamp(f32(t) * m, -2^62, 2^62))``. The int-to-float32 conversion and the float32
+    product round to nearest even, as numpy's ``astype``/``*`` do; +-inf is held at the limit."""
+    p = np.float32(t) * m
+    return np.int64(np.rint(min(max(p, -_LIMIT32), _LIMIT32)))
+
+
 _RQ_INPUTS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64")
 
 
 @vectorize([f"int64({t}, float32)" for t in _RQ_INPUTS], cache=True)
 def _ort_rq(a, s):
-    """Elementwise ``rint(clamp(f32(a) * s, -2^62, 2^62))``: the int-to-float32 conversion and
-    the float32 product round to nearest even, as numpy's ``astype``/``*`` do; +-inf clamps."""
-    p = np.float32(a) * s
-    p = min(max(p, -_LIMIT32), _LIMIT32)
-    return np.int64(np.rint(p))
+    """:func:`ort_rq` as a broadcasting one-pass ufunc."""
+    return ort_rq(a, s)
 
 
 def ort_combined_scale(x_scale, w_scale, y_scale) -> np.ndarray:
