@@ -218,7 +218,8 @@ def gemm(
     check_accumulable(x.shape[1], x_operand, w_operand)
     wzp = weight_zero_point(w_operand, 1, w.shape[1], "w_operand")
     values, counters = reduce_batched(x[None], w[None], x_operand, w_operand, wzp, acc, engine)
-    return AccResult(values[0].astype(np.int64, copy=False), counters)
+    v = values[0]
+    return AccResult(v.astype(np.int64) if v.dtype == np.int32 else v, counters)
 
 
 @dataclass

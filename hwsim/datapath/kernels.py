@@ -111,7 +111,8 @@ def _sat16_add(s, p):
 @njit(cache=True, inline="always")
 def _group_split(rows, i0, i1, M):
     """(group of ``rows[i0]``, first index in ``[i0, i1)`` whose row is in another group, else
-    ``i1``): a row block of the row-blocked kernels never straddles two groups."""
+    ``i1``): the row-blocked kernels run a block group by group (a block of 4 rows can span up
+    to 4 groups when groups have few rows, or few rows that need the ordered kernel)."""
     g0 = rows[i0] // M
     for i in range(i0, i1):
         if rows[i] // M != g0:
@@ -183,10 +184,11 @@ def ordered_sat16(x, zx, we, rows, order, tile, vals, events):
     for bi in prange(nblk):
         i0 = bi * ROW_BLOCK
         i1 = min(i0 + ROW_BLOCK, rows.shape[0])
-        g0, split = _group_split(rows, i0, i1, M)
-        _sat16_block(x, zx, we, g0, rows, order, i0, split, tile, vals, events)
-        if split < i1:
-            _sat16_block(x, zx, we, rows[split] // M, rows, order, split, i1, tile, vals, events)
+        i = i0
+        while i < i1:  # one call per group the block's rows belong to
+            g, j = _group_split(rows, i, i1, M)
+            _sat16_block(x, zx, we, g, rows, order, i, j, tile, vals, events)
+            i = j
 
 
 @njit(cache=True)
@@ -249,10 +251,11 @@ def ordered_track32(x, zx, we, rows, order, tile, pmin, pmax):
     for bi in prange(nblk):
         i0 = bi * ROW_BLOCK
         i1 = min(i0 + ROW_BLOCK, rows.shape[0])
-        g0, split = _group_split(rows, i0, i1, M)
-        _track32_block(x, zx, we, g0, rows, order, i0, split, tile, pmin, pmax)
-        if split < i1:
-            _track32_block(x, zx, we, rows[split] // M, rows, order, split, i1, tile, pmin, pmax)
+        i = i0
+        while i < i1:  # one call per group the block's rows belong to
+            g, j = _group_split(rows, i, i1, M)
+            _track32_block(x, zx, we, g, rows, order, i, j, tile, pmin, pmax)
+            i = j
 
 
 @njit(cache=True, parallel=True)

@@ -240,3 +240,13 @@ def test_int16_lane_kernel_hits_both_rails_and_counts_every_clamp(monkeypatch):
     assert got.values.min() == -32768 and got.values.max() == 32767
     assert got.counters.overflow_events > 0
     assert calls, "the int16-lane kernel was not dispatched"
+
+
+def test_unsigned_64_bit_accumulator_keeps_uint64_values():
+    """A 64-bit unsigned wrapping accumulator returns uint64 (a regression: the int32 fast-path
+    conversion once reinterpreted these values as int64)."""
+    acc = Accumulator(64, Overflow.WRAP, signed=False)
+    got = gemm(np.array([[-1]], np.int8), np.array([[1]], np.int8), acc=acc)
+    want, _ = dref.gemm([[-1]], [[1]], 0, 0, acc)
+    assert got.values.dtype == np.uint64
+    assert got.values.tolist() == want == [[2**64 - 1]]

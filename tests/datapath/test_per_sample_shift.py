@@ -114,3 +114,39 @@ def test_bad_shift_configuration_is_named(kwargs, match):
     w = np.zeros((4, 2), np.int8)
     with pytest.raises(ValueError, match=match):
         gemm_per_sample_shift(x, w, **kwargs)
+
+
+@given(
+    st.sampled_from(
+        [
+            Accumulator(16, Overflow.SATURATE),
+            Accumulator(16, Overflow.SATURATE, order="tiled", tile_rows=3),
+            Accumulator(32, Overflow.WRAP, track_partials=True),
+            Accumulator(20, Overflow.WRAP, track_partials=True, order="tiled", tile_rows=5),
+        ]
+    ),
+    st.integers(2, 6),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(8, 40),
+    st.sampled_from([None, "max"]),
+    st.data(),
+)
+def test_row_blocks_spanning_many_groups(gacc, G, M, N, Kg, extreme, data):
+    """With few rows per group, one block of 4 rows of the int16 / int32 lane kernels spans up
+    to 4 groups; every row must still use its own group's weights (a regression: the blocks
+    were once split at a single group boundary only)."""
+    from hwsim.numerics import IntFormat
+
+    xf = wf = IntFormat(8, True)
+    x = operand_arrays(data.draw, xf, (M, G * Kg), extreme)
+    w = operand_arrays(data.draw, wf, (G * Kg, N), extreme)
+    shifts = np.zeros(G, np.int64)
+    fin = Accumulator(64, Overflow.SATURATE)
+    got = gemm_per_sample_shift(x, w, G, shifts, group_acc=gacc, final_acc=fin)
+    want, want_g, want_f = dref.gemm_per_sample_shift(
+        x.tolist(), w.tolist(), G, shifts.tolist(), 0, 0, gacc, fin, "half_away"
+    )
+    assert got.values.tolist() == want
+    assert got.group_counters == want_g
+    assert got.final_counters == want_f
