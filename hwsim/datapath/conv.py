@@ -100,9 +100,11 @@ def conv2d(
     max_x = max_abs_effective(x, zx)  # padding holds zx, so it adds nothing
     xop = x_operand
     xin, flip = x, 0
-    if x.dtype == np.int8:  # unfold as uint8 x + 128: the exact engines' fast operand type
-        xin, flip = x.view(np.uint8), 0x80
+    if x.dtype == np.int8 and x_operand.format.signed:  # unfold as uint8 x + 128: the exact
+        xin, flip = x.view(np.uint8), 0x80  # engines' fast operand type
         xop = Operand(IntFormat(8, False), int(zx) + 128)
+    elif not np.iinfo(x.dtype).min <= zx <= np.iinfo(x.dtype).max:
+        xin = x.astype(np.int64)  # the padding holds the zero point, which x's dtype cannot
     xp = _scratch("xp", (N, H + pt + pb, W + pl + pr, C), xin.dtype)
     pad_nhwc(xin, pt, pl, xin.dtype.type(xop.zero_point), flip, xp)
     cols = _scratch("cols", (groups, N * ho * wo, K), xin.dtype)

@@ -188,3 +188,28 @@ def test_saturating_conv_in_int16_lanes_follows_channel_major_order(
     )
     assert got.values.tolist() == want
     assert got.counters == want_c
+
+
+def test_zero_point_outside_the_input_dtype_pads_correctly():
+    """An unsigned 8-bit operand held in an int8 array (values 0..127) with zero point 200: the
+    padding must hold 200, which int8 cannot."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 128, (1, 2, 3, 3)).astype(np.int8)
+    w = rng.integers(-8, 8, (2, 2, 3, 3)).astype(np.int8)
+    xop = Operand(IntFormat(8, False), 200)
+    got = conv2d(x, w, padding=1, x_operand=xop)
+    want, want_c = dref.conv2d(
+        x.tolist(),
+        w.tolist(),
+        (1, 1),
+        (1, 1, 1, 1),
+        (1, 1),
+        1,
+        200,
+        0,
+        Accumulator(),
+        x.shape,
+        w.shape,
+    )
+    assert got.values.tolist() == want
+    assert got.counters == want_c
