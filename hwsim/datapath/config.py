@@ -53,8 +53,11 @@ class Operand:
 
     @property
     def max_abs(self) -> int:
-        """Largest ``|q - zero_point|`` any value of the format can give."""
+        """Largest ``|q - zero_point|`` any value of the format can give (0 for an empty
+        per-channel zero point: no channels, no products)."""
         zp = np.asarray(self.zero_point)
+        if zp.size == 0:
+            return 0
         return int(max(np.max(np.abs(self.format.max - zp)), np.max(np.abs(self.format.min - zp))))
 
 

@@ -250,3 +250,9 @@ def test_unsigned_64_bit_accumulator_keeps_uint64_values():
     want, _ = dref.gemm([[-1]], [[1]], 0, 0, acc)
     assert got.values.dtype == np.uint64
     assert got.values.tolist() == want == [[2**64 - 1]]
+
+
+def test_empty_per_channel_zero_point_with_no_output_channels():
+    wop = Operand(IntFormat(8, True), np.zeros(0, np.int64))
+    got = gemm(np.ones((2, 3), np.int8), np.zeros((3, 0), np.int8), w_operand=wop)
+    assert got.values.shape == (2, 0) and got.counters.macs == 0
