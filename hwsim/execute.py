@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from hwsim.datapath import Counters, Operand, conv2d, gemm, output_stage
+from hwsim.datapath import Counters, Operand, conv2d, conv_output_size, gemm, output_stage
 from hwsim.datapath.kernels import add_ort_fused, gmn_to_nchw, im2col_nhwc
 from hwsim.graph.ir import Graph, Node, Op
 from hwsim.numerics import IntFormat, ScaleKind, ScaleRegister, saturate
@@ -70,8 +70,8 @@ def float_conv(x: np.ndarray, w: np.ndarray, b, attrs: dict) -> np.ndarray:
     N, Hp, Wp, C = xp.shape
     F, Cg, kh, kw = w.shape
     (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
-    ho = (Hp - dh * (kh - 1) - 1) // sh + 1
-    wo = (Wp - dw * (kw - 1) - 1) // sw + 1
+    ho = conv_output_size(Hp, kh, sh, 0, 0, dh)  # xp is already padded
+    wo = conv_output_size(Wp, kw, sw, 0, 0, dw)
     K = Cg * kh * kw
     cols = np.empty((g, N * ho * wo, K), np.float32)
     im2col_nhwc(xp, g, kh, kw, sh, sw, dh, dw, ho, wo, cols)

@@ -139,7 +139,6 @@ def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
     order = np.arange(K, dtype=np.int64) if order is None else order
     we = w3.astype(np.int64) - np.asarray(w_zp, np.int64)
     zx = int(xop.zero_point)
-    vals = np.empty((G, M, N), np.int64)
     events = np.zeros((G, M, N), np.int64)
     saturating = acc.overflow is Overflow.SATURATE
     max_we = int(np.abs(we).max()) if we.size else 0
@@ -153,6 +152,7 @@ def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
         and K < (1 << 14)
         and max_xe * max_we <= (1 << 15) - 1
     ):
+        vals = np.empty((G, M, N), np.int64)
         ordered_sat16(x3, np.int16(zx), we.astype(np.int16), rows, order, acc.tile, vals, events)
         return vals, events, None, None
     track = acc.track_partials
@@ -164,6 +164,7 @@ def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
         ordered_track32(x3, np.int32(zx), we.astype(np.int32), rows, order, acc.tile, pmin, pmax)
         return None, events, pmin, pmax
     hi = min(fmt.max, (1 << 63) - 1)
+    vals = np.empty((G, M, N), np.int64)
     ordered_reduce(
         x3,
         np.int64(zx),
