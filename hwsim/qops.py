@@ -35,6 +35,8 @@ import math
 import numpy as np
 
 from hwsim.datapath import Accumulator, Operand, conv2d, gemm, output_stage
+from hwsim.datapath.gemm import _pair_correction
+from hwsim.datapath.isa import Isa, resolve
 from hwsim.numerics import IntFormat, ScaleRegister, ort_combined_scale
 from hwsim.numerics import wrap as wrap_to
 
@@ -316,9 +318,10 @@ def _auto_pad(mode) -> str:
     return mode
 
 
-def _conv_acc(x, x_zero_point, w, w_zero_point, attrs: dict) -> np.ndarray:
+def _conv_acc(x, x_zero_point, w, w_zero_point, attrs: dict, isa=Isa.EXACT) -> np.ndarray:
     """int32 (wrapping) accumulators of an ONNX ``Conv``-geometry integer convolution
-    ``sum (x - zx)(w - zw[m])``, 1-D or 2-D, on :func:`hwsim.datapath.conv2d`."""
+    ``sum (x - zx)(w - zw[m])``, 1-D or 2-D, on :func:`hwsim.datapath.conv2d` (``isa``: its
+    ``QLinearConv`` semantics, eq. 16)."""
     x = np.asarray(x)
     w = np.asarray(w)
     xf = int_format(x.dtype, "x")
@@ -368,6 +371,7 @@ def _conv_acc(x, x_zero_point, w, w_zero_point, attrs: dict) -> np.ndarray:
         x_operand=Operand(xf, xz),
         w_operand=Operand(wf, wz),
         acc=ACC32,
+        isa=isa,
     )
     out = res.values
     return out[:, :, 0, :] if nsp == 1 else out
@@ -385,12 +389,17 @@ def conv_integer(
     kernel_shape=None,
     pads=None,
     strides=None,
+    isa="exact",
 ) -> np.ndarray:
     """ONNX ``ConvInteger`` (opset 10): int32 ``y[n, m, ...] = sum_{c,k} (x - x_zero_point) *
     (w[m] - w_zero_point[m])`` in ONNX ``Conv`` geometry (padding holds the zero point, so it
     adds 0), accumulated on an int32 wrapping accumulator (onnxruntime
     ``core/providers/cpu/quantization/conv_integer.cc``). x, w: int8 / uint8; ``w_zero_point``
-    per-tensor or per output channel. 1-D and 2-D convolutions."""
+    per-tensor or per output channel. 1-D and 2-D convolutions.
+
+    ``isa="avx2"``: onnxruntime computes ``W @ im2col(x)`` in NCHW order, so the *weight* is
+    MLAS's A operand: a uint8 x uint8 or x int8 is exact; an int8 x with uint8 weights pairs
+    raw ``w * x`` products along ``(c, i, j)`` in saturating int16 (eq. 16)."""
     attrs = dict(
         auto_pad=auto_pad,
         dilations=dilations,
@@ -399,7 +408,59 @@ def conv_integer(
         pads=pads,
         strides=strides,
     )
-    return _conv_acc(x, x_zero_point, w, w_zero_point, attrs).astype(np.int32)
+    acc = _conv_acc(x, x_zero_point, w, w_zero_point, attrs).astype(np.int64)
+    xa, wa = np.asarray(x), np.asarray(w)
+    if resolve(isa) is Isa.AVX2 and xa.dtype == np.int8 and wa.dtype == np.uint8 and acc.size:
+        acc = acc + _conv_integer_pairs(xa, x_zero_point, wa, attrs, acc.shape)
+    return wrap_to(acc, INT32).astype(np.int32)
+
+
+def _conv_integer_pairs(x, x_zero_point, w, attrs: dict, out_shape) -> np.ndarray:
+    """eq. 16 for ConvInteger with int8 x and uint8 w: the int16 pair corrections of the raw
+    products ``w[m, (c, i, j)] * col[(c, i, j), p]`` (NCHW im2col, padding = raw x zero point)."""
+    nsp = x.ndim - 2
+    if nsp == 1:
+        x, w = x[:, :, None, :], w[:, :, None, :]
+    N, C, H, W = x.shape
+    F, Cg, kh, kw = w.shape
+    G = int(attrs.get("group") or 1)
+    Ho, Wo = out_shape[2], out_shape[-1]
+    strides = _ints_attr(attrs.get("strides"), nsp, 1, "strides")
+    dil = _ints_attr(attrs.get("dilations"), nsp, 1, "dilations")
+    # padding reproduced from the output size of _conv_acc (auto_pad included)
+    pads = _ints_attr(attrs.get("pads"), 2 * nsp, 0, "pads")
+    if nsp == 1:
+        strides, dil, pads = [1, *strides], [1, *dil], [0, pads[0], 0, pads[1]]
+    mode = _auto_pad(attrs.get("auto_pad", "NOTSET"))
+    if mode != "NOTSET":
+        for i in range(2):
+            size = (H, W)[i]
+            k = (kh, kw)[i]
+            need = max(0, ((Ho, Wo)[i] - 1) * strides[i] + dil[i] * (k - 1) + 1 - size)
+            head = (need + 1) // 2 if mode == "SAME_LOWER" else need // 2
+            pads[i], pads[2 + i] = (0, 0) if mode == "VALID" else (head, need - head)
+    zx = 0 if x_zero_point is None else int(np.asarray(x_zero_point).reshape(-1)[0])
+    xp = np.full((N, C, H + pads[0] + pads[2], W + pads[1] + pads[3]), zx, np.int8)
+    xp[:, :, pads[0] : pads[0] + H, pads[1] : pads[1] + W] = x
+    cols = np.empty((N, C, kh, kw, Ho, Wo), np.int8)
+    for i in range(kh):
+        for j in range(kw):
+            h0, w0 = i * dil[0], j * dil[1]
+            cols[:, :, i, j] = xp[
+                :, :, h0 : h0 + strides[0] * (Ho - 1) + 1 : strides[0],
+                w0 : w0 + strides[1] * (Wo - 1) + 1 : strides[1],
+            ]
+    Fg = F // G
+    # A = weights (G, Fg, K) uint8, B = columns (G, K, N*Ho*Wo) int8, K in (c, i, j) order
+    a3 = np.ascontiguousarray(w.reshape(G, Fg, Cg * kh * kw))
+    b3 = np.ascontiguousarray(
+        cols.reshape(N, G, Cg * kh * kw, Ho * Wo).transpose(1, 2, 0, 3).reshape(G, -1, N * Ho * Wo)
+    )
+    from hwsim.datapath.config import Counters
+
+    corr = _pair_correction(a3, b3, Counters())  # (G, Fg, N*Ho*Wo)
+    corr = corr.reshape(F, N, Ho * Wo).transpose(1, 0, 2)
+    return corr.reshape(out_shape)
 
 
 def _bias(B, M: int):
@@ -451,6 +512,7 @@ def qlinear_conv(
     kernel_shape=None,
     pads=None,
     strides=None,
+    isa="exact",
 ) -> np.ndarray:
     """ONNX ``QLinearConv`` (opset 10) as onnxruntime computes it
     (``core/providers/cpu/quantization/qlinearconv.cc``, ``MlasRequantizeOutput`` in
@@ -461,7 +523,9 @@ def qlinear_conv(
     ``y = saturate(round_half_even(f32(f32(acc) * scale[m])) + y_zero_point)``.
 
     x / w / y: int8 or uint8 (any integer format of 2..16 bits works); ``w_scale`` /
-    ``w_zero_point`` per-tensor or per output channel. 1-D and 2-D convolutions.
+    ``w_zero_point`` per-tensor or per output channel. 1-D and 2-D convolutions. ``isa="avx2"``:
+    onnxruntime's sums on x86 without VNNI (eq. 16; uint8 x int8, NHWC im2col pairs, depthwise
+    exact).
     """
     attrs = dict(
         auto_pad=auto_pad,
@@ -471,7 +535,7 @@ def qlinear_conv(
         pads=pads,
         strides=strides,
     )
-    acc = _conv_acc(x, x_zero_point, w, w_zero_point, attrs)
+    acc = _conv_acc(x, x_zero_point, w, w_zero_point, attrs, resolve(isa))
     M = acc.shape[1]
     ws = _per_channel_scale(w_scale, M, "w_scale")
     scale = ort_combined_scale(_f32_scale(x_scale, "x_scale"), ws, _f32_scale(y_scale, "y_scale"))
@@ -488,7 +552,7 @@ def qlinear_conv(
     ).values
 
 
-def _matmul_acc(a, b, a_zero_point, b_zero_point) -> np.ndarray:
+def _matmul_acc(a, b, a_zero_point, b_zero_point, isa=Isa.EXACT) -> np.ndarray:
     """int32 (wrapping) accumulators of ONNX ``MatMul``-semantics integer products
     ``sum_k (a[..., m, k] - za) * (b[..., k, n] - zb)`` on :func:`hwsim.datapath.gemm`.
 
@@ -540,14 +604,19 @@ def _matmul_acc(a, b, a_zero_point, b_zero_point) -> np.ndarray:
         w_op = Operand(bf, bz)
         if za.ndim == 0:
             out[idx] = gemm(
-                A[idx], Bm[idx], x_operand=Operand(af, int(za)), w_operand=w_op, acc=ACC32
+                A[idx], Bm[idx], x_operand=Operand(af, int(za)), w_operand=w_op, acc=ACC32, isa=isa
             ).values
             continue
         rows = za[idx][:, 0]
         for v in np.unique(rows):
             sel = rows == v
             out[idx + (sel,)] = gemm(
-                A[idx][sel], Bm[idx], x_operand=Operand(af, int(v)), w_operand=w_op, acc=ACC32
+                A[idx][sel],
+                Bm[idx],
+                x_operand=Operand(af, int(v)),
+                w_operand=w_op,
+                acc=ACC32,
+                isa=isa,
             ).values
     if a_row:
         out = out[..., 0, :]
@@ -556,16 +625,17 @@ def _matmul_acc(a, b, a_zero_point, b_zero_point) -> np.ndarray:
     return out
 
 
-def matmul_integer(A, B, a_zero_point=None, b_zero_point=None) -> np.ndarray:
+def matmul_integer(A, B, a_zero_point=None, b_zero_point=None, *, isa="exact") -> np.ndarray:
     """ONNX ``MatMulInteger`` (opset 10): int32 ``Y = (A - a_zero_point) @ (B - b_zero_point)``
     with NumPy matmul broadcasting, on an int32 wrapping accumulator (onnxruntime
     ``core/providers/cpu/quantization/matmul_integer.cc``). A, B: int8 / uint8;
-    ``a_zero_point`` per-tensor or per-row, ``b_zero_point`` per-tensor or per-column."""
-    return _matmul_acc(A, B, a_zero_point, b_zero_point).astype(np.int32)
+    ``a_zero_point`` per-tensor or per-row, ``b_zero_point`` per-tensor or per-column.
+    ``isa="avx2"``: uint8 A x int8 B pairs adjacent ``k`` in saturating int16 (eq. 16)."""
+    return _matmul_acc(A, B, a_zero_point, b_zero_point, resolve(isa)).astype(np.int32)
 
 
 def qlinear_matmul(
-    a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point
+    a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, *, isa="exact"
 ) -> np.ndarray:
     """ONNX ``QLinearMatMul`` (opsets 10, 21) as onnxruntime computes it
     (``core/providers/cpu/quantization/quantize_linear_matmul.cc``, ``MlasRequantizeOutput``):
@@ -576,8 +646,9 @@ def qlinear_matmul(
 
     Scales may be float16 / bfloat16 (opset 21): they are widened to float32 exactly and the
     combination is done in float32. ``b_scale`` / ``b_zero_point``: per-tensor or per-column.
+    ``isa="avx2"``: uint8 a x int8 b pairs adjacent ``k`` in saturating int16 (eq. 16).
     """
-    acc = _matmul_acc(a, b, a_zero_point, b_zero_point)
+    acc = _matmul_acc(a, b, a_zero_point, b_zero_point, resolve(isa))
     b = np.asarray(b)
     N = b.shape[-1] if b.ndim > 1 else 1
     bs = _per_channel_scale(b_scale, N, "b_scale")
@@ -963,6 +1034,7 @@ def qgemm(
     alpha: float = 1.0,
     transA: int = 0,
     transB: int = 0,
+    isa="exact",
 ) -> np.ndarray:
     """onnxruntime ``QGemm`` (com.microsoft, ``contrib_ops/cpu/quantization/quant_gemm.cc``):
 
@@ -973,7 +1045,8 @@ def qgemm(
     f32(f32(acc) * scale[n])) + zy)`` (``MlasRequantizeOutput``); without: float32
     ``y = f32(f32(acc) * scale[n])``. ``K = 0`` follows ORT's ``HandleZeroKCase``:
     ``MlasQuantizeLinear(f32(f32(f32(C) * a_scale) * b_scale[0]), y_scale, zy)`` (no alpha), or
-    ``zy`` everywhere without C.
+    ``zy`` everywhere without C. ``isa="avx2"``: uint8 A' x int8 B' pairs adjacent ``k`` in
+    saturating int16 (eq. 16).
     """
     A = np.asarray(A)
     B = np.asarray(B)
@@ -1013,6 +1086,7 @@ def qgemm(
         x_operand=Operand(af, za),
         w_operand=Operand(bf, zb),
         acc=ACC32,
+        isa=isa,
     ).values
     if C is not None:
         acc = wrap_to(acc + _gemm_bias(C, M, N), INT32)
@@ -1056,11 +1130,14 @@ def _attr_value(v):
     return v
 
 
-def run_node(op_type: str, domain: str, attrs: dict, inputs: list) -> list[np.ndarray]:
+def run_node(
+    op_type: str, domain: str, attrs: dict, inputs: list, isa="exact"
+) -> list[np.ndarray]:
     """Run one quantized node: ``inputs`` in the node's input order (``None`` for an omitted
     optional input), ``attrs`` by ONNX attribute name (bytes strings are decoded). Returns the
-    outputs as a list. An op outside :data:`SUPPORTED` is a ValueError naming it and listing
-    the supported ones."""
+    outputs as a list. ``isa`` (``exact``, ``avx2``, ``auto``) selects the dot-product semantics
+    of the ops that take one (eq. 16). An op outside :data:`SUPPORTED` is a ValueError naming
+    it and listing the supported ones."""
     dom = "" if domain in ("", "ai.onnx", None) else domain
     fn = _OPS.get((dom, op_type))
     if fn is None:
@@ -1069,11 +1146,12 @@ def run_node(op_type: str, domain: str, attrs: dict, inputs: list) -> list[np.nd
             f"hwsim.qops does not emulate {domain or 'ai.onnx'}::{op_type}; supported: {listed}"
         )
     params = inspect.signature(fn).parameters
-    kw = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    kw = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY} - {"isa"}
     unknown = sorted(set(attrs) - kw)
     if unknown:
         raise QOpError(f"{op_type} does not take attribute(s) {unknown}; it takes {sorted(kw)}")
     args = list(inputs)
     while args and args[-1] is None:
         args.pop()
-    return [fn(*args, **{k: _attr_value(v) for k, v in attrs.items()})]
+    extra = {"isa": resolve(isa)} if "isa" in params else {}
+    return [fn(*args, **{k: _attr_value(v) for k, v in attrs.items()}, **extra)]

@@ -122,7 +122,10 @@ class Counters:
       accumulator is exact iff they fit.
     * ``partial_min`` / ``partial_max``: extremes of every exact partial sum in reduction order
       (tile partials and accumulator values); a saturating accumulator is exact iff they fit.
-      ``None`` unless ``Accumulator.track_partials``.
+      ``None`` unless ``Accumulator.track_partials`` (and ``None`` under ``Isa.AVX2`` pairs,
+      whose kernel has no per-product partial sums).
+    * ``pair_saturations`` / ``outputs_pair_saturated``: under ``Isa.AVX2`` (eq. 16), the raw
+      int16 product pairs that left int16 and were clamped, and the outputs with at least one.
     Extremes are ``None`` when there are no outputs (or no products, for partials).
     """
 
@@ -133,6 +136,8 @@ class Counters:
     final_max: int | None = None
     partial_min: int | None = None
     partial_max: int | None = None
+    pair_saturations: int = 0
+    outputs_pair_saturated: int = 0
 
     @property
     def bits_needed(self) -> int | None:

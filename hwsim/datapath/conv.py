@@ -15,6 +15,7 @@ import numpy as np
 from hwsim.datapath.config import AccResult, Accumulator, Operand
 from hwsim.datapath.engines import max_abs_effective
 from hwsim.datapath.gemm import check_accumulable, check_operand, reduce_batched, weight_zero_point
+from hwsim.datapath.isa import Isa, pairs_saturate, resolve
 from hwsim.datapath.kernels import gmn_to_nchw, im2col_nhwc, pad_nhwc
 from hwsim.numerics import IntFormat
 
@@ -59,6 +60,7 @@ def conv2d(
     w_operand: Operand = Operand(),
     acc: Accumulator = Accumulator(),
     engine: str = "auto",
+    isa="exact",
 ) -> AccResult:
     """Integer convolution ``acc[n, f, oh, ow] = sum_{c,i,j} (x[n, g*Cg + c, ih, iw] - zx) *
     (w[f, c, i, j] - zw[f])`` with ``ih = oh*sh - pad_top + i*dh`` (same for w), ``g = f // Fg``.
@@ -66,6 +68,13 @@ def conv2d(
     ``x``: (N, C, H, W); ``w``: (F, C/groups, kh, kw); padding positions hold the input zero
     point (they contribute 0 but are counted as MACs, as an im2col array performs them). The
     reduction order over K = Cg*kh*kw is channel-major ``(c, i, j)``. Returns (N, F, Ho, Wo).
+
+    ``isa`` (``exact``, ``avx2``, ``auto``): ``avx2`` computes what onnxruntime's
+    ``QLinearConv`` computes on x86 without VNNI (eq. 16): for a uint8 input and int8 weights,
+    raw products are paired along the NHWC unfolding ``(i, j, c)`` of each group (column
+    ``(i*kw + j)*Cg + c``, pairs ``(2t, 2t+1)``, crossing kernel taps when Cg is odd, padding
+    holding the raw zero point) and each pair is clamped to int16. A depthwise convolution
+    (one input and one output channel per group) runs MLAS's exact depthwise kernel.
     """
     x = check_operand(x, x_operand, "x", 4)
     w = check_operand(w, w_operand, "w", 4)
@@ -112,8 +121,20 @@ def conv2d(
     # weights in the same window-major column order (i, j, c)
     w3 = np.ascontiguousarray(w.reshape(groups, Fg, Cg, kh, kw).transpose(0, 3, 4, 2, 1))
     w3 = w3.reshape(groups, K, Fg)
+    isa = resolve(isa)
+    if (Cg == 1 and Fg == 1) or not pairs_saturate(isa, x_operand.format, w_operand.format):
+        isa = Isa.EXACT  # MlasConvDepthwise is exact; so is every pair but u8 x s8 (eq. 16)
     values, counters = reduce_batched(
-        cols, w3, xop, w_operand, wzp, acc, engine, order=_hardware_order(Cg, kh, kw), max_x=max_x
+        cols,
+        w3,
+        xop,
+        w_operand,
+        wzp,
+        acc,
+        engine,
+        order=_hardware_order(Cg, kh, kw),
+        max_x=max_x,
+        isa=isa,
     )
     out = np.empty((N, F, ho * wo), np.int64 if values.dtype != np.uint64 else np.uint64)
     gmn_to_nchw(values, N, out)

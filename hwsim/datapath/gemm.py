@@ -16,7 +16,14 @@ import numpy as np
 
 from hwsim.datapath.config import AccResult, Accumulator, Counters, Operand, ReductionOrder
 from hwsim.datapath.engines import exact_sums
-from hwsim.datapath.kernels import ordered_reduce, ordered_sat16, ordered_track32, row_abs_sums
+from hwsim.datapath.isa import Isa, pairs_saturate, resolve
+from hwsim.datapath.kernels import (
+    ordered_reduce,
+    ordered_sat16,
+    ordered_track32,
+    pair_sat16,
+    row_abs_sums,
+)
 from hwsim.numerics import (
     IntFormat,
     Overflow,
@@ -82,6 +89,7 @@ def reduce_batched(
     engine: str = "auto",
     order: np.ndarray | None = None,
     max_x: int | None = None,
+    isa: Isa = Isa.EXACT,
 ):
     """Accumulate ``(x3 - zx) @ (w3 - w_zp)`` per batch on accumulator ``acc``.
 
@@ -90,16 +98,32 @@ def reduce_batched(
     None); it matters only to the ordered kernels, since exact sums are order-free. ``max_x``
     may pass a known ``max |x3 - zx|``. Returns ``(values (G, M, N), Counters)``; values are
     int64, or the exact engine's int32 when every value is an exact, unchanged sum.
+
+    ``isa``: with :attr:`Isa.AVX2` and uint8 x int8 operands (:func:`pairs_saturate`), the sums
+    are those of onnxruntime's ``vpmaddubsw`` kernels (eq. 16): adjacent *columns* of ``x3`` /
+    rows of ``w3`` (the packed K order, which for a convolution is the window-major unfolding)
+    are raw product pairs clamped to int16. That kernel accumulates in a wrapping register, so
+    the accumulator must wrap; partial sums are not tracked.
     """
     G, M, K = x3.shape
     N = w3.shape[2]
     fmt = acc.format
+    pairs = pairs_saturate(resolve(isa), xop.format, wop.format)
+    if pairs and acc.overflow is not Overflow.WRAP:
+        raise ValueError(
+            "isa 'avx2' emulates onnxruntime's vpmaddubsw kernels, which accumulate in a "
+            f"wrapping register; got a saturating {acc.bits}-bit accumulator"
+        )
     exact = exact_sums(x3, w3, xop.zero_point, w_zp, xop.format, wop.format, engine, max_x)
     counters = Counters(macs=G * M * N * K)
+    if pairs and exact.size and K > 1:
+        exact = exact.astype(np.int64) + _pair_correction(x3, w3, counters)
     counters.final_min, counters.final_max = _extremes(exact)
     saturating = acc.overflow is Overflow.SATURATE
     rows = np.zeros(0, np.int64)
-    if acc.track_partials and K:
+    if pairs:
+        pass  # the vpmaddubsw kernel has no per-product partial sums to track
+    elif acc.track_partials and K:
         rows = np.arange(G * M, dtype=np.int64)
     elif saturating and exact.size and K:
         xabs = np.empty((G, M), np.int64)
@@ -126,6 +150,23 @@ def reduce_batched(
     if saturating:
         return values, counters
     return _wrapped(exact, fmt, counters), counters
+
+
+def _pair_correction(x3, w3, counters: Counters) -> np.ndarray:
+    """``sum_j sat16(p_j) - p_j`` over the raw pairs of eq. 16 (int64, (G, M, N)); records the
+    pair saturations in ``counters``."""
+    G, M, K = x3.shape
+    N = w3.shape[2]
+    xu = x3.astype(np.uint8, copy=False)
+    ws = w3.astype(np.int8, copy=False)
+    wmax = np.abs(ws.astype(np.int32)).max(axis=(1, 2))  # (G,)
+    lim = np.where(wmax == 0, 1 << 20, 32767 // np.maximum(wmax, 1)).astype(np.int32)
+    corr = np.zeros((G, M, N), np.int64)
+    sats = np.zeros((G, M, N), np.int64)
+    pair_sat16(xu, ws, lim, corr, sats)
+    counters.pair_saturations = int(sats.sum())
+    counters.outputs_pair_saturated = int(np.count_nonzero(sats))
+    return corr
 
 
 def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
@@ -205,12 +246,16 @@ def gemm(
     w_operand: Operand = Operand(),
     acc: Accumulator = Accumulator(),
     engine: str = "auto",
+    isa="exact",
 ) -> AccResult:
     """Integer GEMM ``acc[m, n] = sum_k (x[m, k] - zx) * (w[k, n] - zw[n])`` on ``acc``.
 
     ``x``: (M, K) in ``x_operand.format``; ``w``: (K, N) in ``w_operand.format``, whose zero
     point is a scalar or a length-N vector. Any of M, K, N may be 0. ``engine`` forces an exact
     engine (``auto``, ``ort``, ``float32``, ``float64``, ``numba``); results never depend on it.
+    ``isa`` (``exact``, ``avx2``, ``auto``; :mod:`hwsim.datapath.isa`): ``avx2`` sums uint8 x
+    int8 operands as onnxruntime's x86 kernels without VNNI do, adjacent ``k`` pairs clamped
+    to int16 (eq. 16), and counts those clamps.
     """
     x = check_operand(x, x_operand, "x", 2)
     w = check_operand(w, w_operand, "w", 2)
@@ -218,7 +263,9 @@ def gemm(
         raise ValueError(f"x is (M, K) = {x.shape} but w is (K, N) = {w.shape}: K differs")
     check_accumulable(x.shape[1], x_operand, w_operand)
     wzp = weight_zero_point(w_operand, 1, w.shape[1], "w_operand")
-    values, counters = reduce_batched(x[None], w[None], x_operand, w_operand, wzp, acc, engine)
+    values, counters = reduce_batched(
+        x[None], w[None], x_operand, w_operand, wzp, acc, engine, isa=resolve(isa)
+    )
     v = values[0]
     return AccResult(v.astype(np.int64) if v.dtype == np.int32 else v, counters)
 

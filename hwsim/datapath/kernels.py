@@ -276,6 +276,38 @@ def int64_gemm(xe, we, out):
 
 
 @njit(cache=True, parallel=True)
+def pair_sat16(x, w, lim, corr, sats):
+    """The int16 pair saturation of x86 ``vpmaddubsw`` (eq. 16), as a correction to exact sums.
+
+    ``x`` (G, M, K) uint8 and ``w`` (G, K, N) int8 hold *raw* operands (no zero point), K in
+    the kernel's packed order. For each pair ``j`` of adjacent columns ``(2j, 2j+1)`` the raw
+    pair sum ``p = x[2j] w[2j] + x[2j+1] w[2j+1]`` is clamped to int16; ``corr[g, m, n] +=
+    sat16(p) - p`` and ``sats[g, m, n] += (sat16(p) != p)``. An odd last column is a pair with
+    a zero partner (a single u8 x s8 product always fits int16). Pairs with ``x[2j] + x[2j+1]
+    <= lim[g]`` (``lim = 32767 // max|w|`` of group g) cannot leave int16 and are skipped."""
+    G, M, K = x.shape
+    N = w.shape[2]
+    for r in prange(G * M):
+        g = r // M
+        m = r - g * M
+        lm = lim[g]
+        c = corr[g, m]
+        s = sats[g, m]
+        for j in range(0, K - 1, 2):
+            a0 = np.int32(x[g, m, j])
+            a1 = np.int32(x[g, m, j + 1])
+            if a0 + a1 <= lm:
+                continue
+            w0 = w[g, j]
+            w1 = w[g, j + 1]
+            for n in range(N):
+                p = a0 * np.int32(w0[n]) + a1 * np.int32(w1[n])
+                q = min(max(p, -32768), 32767)
+                c[n] += q - p
+                s[n] += q != p
+
+
+@njit(cache=True, parallel=True)
 def pad_nhwc(x, pt, pl, pad_value, flip, out):
     """``out[n, ih + pt, iw + pl, c] = x[n, c, ih, iw] ^ flip`` (NCHW to padded NHWC); the border
     holds ``pad_value``. ``flip`` = 0x80 turns an int8 input viewed as uint8 into ``x + 128``."""
