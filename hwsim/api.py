@@ -110,13 +110,23 @@ def run_program(
     progress: bool = False,
     with_float: bool = True,
     collect_outputs: bool = False,
+    isa="exact",
 ):
-    """Run float and integer executors side by side in batches; returns (report, outputs)."""
+    """Run float and integer executors side by side in batches; returns (report, outputs).
+
+    ``isa`` (``exact``, ``avx2``, ``auto``; :mod:`hwsim.datapath.isa`): the MAC layers' dot
+    products. Under ``avx2`` an exact executor runs alongside, so every layer also reports its
+    SQNR with exact sums (``sqnr_exact_db``) and its int16 pair saturations."""
+    from hwsim.datapath.isa import Isa, resolve
+
     t0 = time.perf_counter()
     g = program.graph
-    ex = IntegerExecutor(program, track_partials=True)
+    isa = resolve(isa)
+    ex = IntegerExecutor(program, track_partials=True, isa=isa)
+    ex_exact = IntegerExecutor(program, isa=Isa.EXACT) if isa is not Isa.EXACT else None
     sig: dict[str, float] = {}
     noise: dict[str, float] = {}
+    noise_exact: dict[str, float] = {}
     int_pred, float_pred, outs = [], [], []
     # a layer whose ReLU/Clip is fused into its requantization is compared after that activation
     from hwsim.quant.quantize import fused_targets
@@ -129,6 +139,7 @@ def run_program(
     bar = _progress(len(ds), "hwsim run", progress)
     for _, xb in ds.batches(batch_size):
         env = ex.run(xb, keep_all=with_float)
+        env_exact = ex_exact.run(xb, keep_all=True) if ex_exact is not None else None
         y = ex.output(env)
         int_pred.append(np.argmax(y.reshape(len(y), -1), axis=1))
         if collect_outputs:
@@ -143,7 +154,13 @@ def run_program(
                     d = v.dequantize().astype(np.float64)
                     sig[n.output] = sig.get(n.output, 0.0) + float(np.sum(f * f))
                     noise[n.output] = noise.get(n.output, 0.0) + float(np.sum((f - d) ** 2))
-        del env
+                    ve = env_exact.get(n.output) if env_exact is not None else None
+                    if isinstance(ve, QTensor):
+                        de = ve.dequantize().astype(np.float64)
+                        noise_exact[n.output] = noise_exact.get(n.output, 0.0) + float(
+                            np.sum((f - de) ** 2)
+                        )
+        del env, env_exact
         if bar is not None:
             bar.update(len(xb))
     if bar is not None:
@@ -190,9 +207,32 @@ def run_program(
             row.max_abs_acc = max((abs(v) for v in ext), default=None)
             row.bias_overflows = st.bias_overflows
             row.clamped = st.clamped
+            if isa is not Isa.EXACT:
+                row.pair_saturations = c.pair_saturations
+                row.outputs_pair_saturated = c.outputs_pair_saturated
         if n.output in sig:
             row.sqnr_db = sqnr_db(sig[n.output], noise[n.output])
+            if n.output in noise_exact:
+                row.sqnr_exact_db = sqnr_db(sig[n.output], noise_exact[n.output])
         rep.layers.append(row)
+    rep.settings["isa"] = isa.value
+    if isa is not Isa.EXACT:
+        skipped = sorted(
+            n.name
+            for n in g.nodes
+            if n.op in MAC_OPS and n.wq is not None and n.name not in ex.isa_layers
+        )
+        rep.notes.append(
+            f"isa {isa.value}: {len(ex.isa_layers)} MAC layer(s) sum uint8 x int8 pairs in "
+            "saturating int16 as onnxruntime's x86 kernels without VNNI do (docs/numerics.md "
+            "eq. 16)"
+            + (
+                f"; exact in {len(skipped)} (depthwise, not uint8 x int8, or not a 32-bit "
+                f"wrapping accumulator): {', '.join(skipped)}"
+                if skipped
+                else ""
+            )
+        )
     if not with_float:
         rep.notes.append("no float reference for this model (QOperator ops)")
     rep.seconds = time.perf_counter() - t0
@@ -226,11 +266,17 @@ def run(
     save_outputs=None,
     progress: bool = False,
     accelerator=None,
+    isa="exact",
 ) -> RunReport:
     """Run a quantized model on ``data`` (name or .npz or Dataset) and report.
 
+    ``isa``: ``exact`` (true integer math: VNNI/AMX, ARM, accelerators), ``avx2``
+    (onnxruntime's x86 results without VNNI, bit for bit, with int16 pair-saturation counters)
+    or ``auto`` (what onnxruntime does on this CPU); see :mod:`hwsim.datapath.isa`.
+
     ``report``: JSON path (written atomically); ``save_outputs``: .npz path receiving the
-    model's final outputs (float32, as the model's last op produces them) under its output name.
+    model's final outputs (float32, as the model's last op produces them; a QOperator model's
+    in their own dtype, e.g. int32 / uint8) under its output name.
     ``accelerator``: an :class:`hwsim.cost.Accelerator` (default: the default one); the report
     carries its cycles and energy for one batch of ``batch_size`` samples.
     """
@@ -243,12 +289,12 @@ def run(
             from hwsim.execute import run_qoperator
 
             return run_qoperator(
-                onnx_model, str(path), data, batch_size, report, save_outputs, progress
+                onnx_model, str(path), data, batch_size, report, save_outputs, progress, isa
             )
         program = load_quantized(path)
     ds = _data(data, program.graph.input_shape)
     rep, outs = run_program(
-        program, ds, batch_size, progress, collect_outputs=save_outputs is not None
+        program, ds, batch_size, progress, collect_outputs=save_outputs is not None, isa=isa
     )
     attach_cost(rep, program, accelerator, min(batch_size, len(ds)))
     if save_outputs is not None:
@@ -272,11 +318,13 @@ def compare(
     progress: bool = False,
     accelerator=None,
     pareto=None,
+    isa="exact",
     **kw,
 ) -> list[dict]:
     """Sweep schemes x weight bits x activation bits on a float model; one row per run.
 
     ``calib`` defaults to ``data`` (say so in reports; pass a separate set to avoid it).
+    ``isa``: the dot product of the integer runs (see :func:`run`).
     """
     import json
 
@@ -293,7 +341,7 @@ def compare(
                 graph = import_model(path)
                 sch = make_scheme(scheme, wbits=wb, abits=ab, **kw)
                 program = quantize(graph, sch, cal, batch_size)
-                rep, _ = run_program(program, ds, batch_size, progress)
+                rep, _ = run_program(program, ds, batch_size, progress, isa=isa)
                 c = attach_cost(rep, program, accelerator, 1)
                 rows.append(
                     {
@@ -304,6 +352,8 @@ def compare(
                         "int_accuracy": rep.int_accuracy,
                         "agreement": rep.agreement,
                         "overflow_events": sum(r.overflow_events for r in rep.layers),
+                        "pair_saturations": sum(r.pair_saturations or 0 for r in rep.layers),
+                        "isa": rep.settings["isa"],
                         "min_sqnr_db": _finite(
                             min(
                                 (r.sqnr_db for r in rep.layers if r.sqnr_db is not None),

@@ -380,6 +380,18 @@ def quantize_cmd(model, scheme, wbits, abits, calib, input_range, out, **kw):
     )
 
 
+def _isa_option(f):
+    return click.option(
+        "--isa",
+        type=click.Choice(["exact", "avx2", "auto"]),
+        default="exact",
+        show_default=True,
+        help="Dot-product semantics: exact integer math (VNNI/AMX, ARM, accelerators); avx2: "
+        "onnxruntime on x86 without VNNI, uint8 x int8 pairs saturated to int16, bit for bit; "
+        "auto: what onnxruntime does on this CPU.",
+    )(f)
+
+
 @main.command("run")
 @click.argument("model")
 @click.option("--data", required=True, help="Built-in data set name or .npz with x (and y).")
@@ -388,13 +400,15 @@ def quantize_cmd(model, scheme, wbits, abits, calib, input_range, out, **kw):
     "--save-outputs",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Write the model's final outputs (.npz, float32, under the output name).",
+    help="Write the model's final outputs (.npz, under the output name; float32, or the "
+    "output's own dtype, e.g. int32/uint8, for QOperator models).",
 )
 @click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
+@_isa_option
 @_accel_options
 @_guard
-def run_cmd(model, data, report, save_outputs, batch_size, progress, **kw):
+def run_cmd(model, data, report, save_outputs, batch_size, progress, isa, **kw):
     """Run a quantized MODEL (hwsim, QDQ or QOperator ONNX) on DATA; float vs integer."""
     import sys
 
@@ -410,6 +424,7 @@ def run_cmd(model, data, report, save_outputs, batch_size, progress, **kw):
         save_outputs=save_outputs,
         progress=progress,
         accelerator=_accelerator(kw),
+        isa=isa,
     )
     click.echo(rep.table())
     for path in (report, save_outputs):
@@ -438,9 +453,10 @@ def run_cmd(model, data, report, save_outputs, batch_size, progress, **kw):
     help="PNG plot of accuracy vs energy per sample, with the Pareto front.",
 )
 @_scheme_options
+@_isa_option
 @_accel_options
 @_guard
-def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, **kw):
+def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, isa, **kw):
     """Sweep schemes x bit widths on a float MODEL: table (with energy), JSON, plots."""
     from hwsim import api
 
@@ -462,6 +478,7 @@ def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, 
         first_last_bits=fl,
         accelerator=accel,
         pareto=pareto,
+        isa=isa,
         **skw,
     )
     click.echo(api.compare_table(rows))

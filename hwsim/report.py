@@ -34,14 +34,26 @@ class LayerRow:
     bias_overflows: int = 0
     clamped: int = 0
     float_op: bool = False
+    pair_saturations: int | None = None  # isa avx2: raw int16 pairs clamped (eq. 16)
+    outputs_pair_saturated: int | None = None
+    sqnr_exact_db: float | None = None  # isa avx2: the same layer's SQNR with exact sums
     cycles: int | None = None
     energy_pj: float | None = None
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
-        if d["sqnr_db"] is not None and not math.isfinite(d["sqnr_db"]):
-            d["sqnr_db"] = "inf"
+        for k in ("sqnr_db", "sqnr_exact_db"):
+            if d[k] is not None and not math.isfinite(d[k]):
+                d[k] = "inf"
         return d
+
+
+def _blank(v) -> str:
+    return "" if v is None else str(v)
+
+
+def _db(v) -> str:
+    return "" if v is None else ("inf" if not math.isfinite(v) else f"{v:.1f}")
 
 
 @dataclass
@@ -58,6 +70,7 @@ class RunReport:
     seconds: float = 0.0
     float_reference: str = "float weights"
     cost: dict | None = None
+    outputs: dict | None = None  # name -> {"dtype", "shape", "min", "max"} (QOperator runs)
 
     def as_dict(self) -> dict:
         return {
@@ -72,9 +85,11 @@ class RunReport:
                 "macs": sum(r.macs for r in self.layers),
                 "overflow_events": sum(r.overflow_events for r in self.layers),
                 "outputs_overflowed": sum(r.outputs_overflowed for r in self.layers),
+                "pair_saturations": sum(r.pair_saturations or 0 for r in self.layers),
             },
             "settings": self.settings,
             "cost": self.cost,
+            "outputs": self.outputs,
             "layers": [r.as_dict() for r in self.layers],
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
@@ -90,14 +105,25 @@ class RunReport:
         lines = [
             f"model {self.model}  data {self.data} ({self.samples} samples)  "
             f"scheme {sch.get('name', '?')}",
-            f"top-1 float {pct(self.float_accuracy)}  integer {pct(self.int_accuracy)}  "
-            f"agreement {pct(self.agreement)}",
         ]
+        if (self.float_accuracy, self.int_accuracy, self.agreement) != (None, None, None):
+            lines.append(
+                f"top-1 float {pct(self.float_accuracy)}  integer {pct(self.int_accuracy)}  "
+                f"agreement {pct(self.agreement)}"
+            )
+        for name, o in (self.outputs or {}).items():
+            shape = "x".join(str(d) for d in o["shape"])
+            rng = "" if o["min"] is None else f", min {o['min']:g} max {o['max']:g}"
+            lines.append(f"output {name}: {o['dtype']} {shape}{rng}")
+        pairs = any(r.pair_saturations is not None for r in self.layers)
         hdr = (
             f"{'layer':<28} {'op':<8} {'act':<14} {'MACs':>10} {'SQNR dB':>8} "
             f"{'ovf':>6} {'acc':>4} {'need':>4}"
         )
-        lines += [hdr, "-" * len(hdr)]
+        if pairs:
+            hdr += f" {'i16 sat':>9} {'outs':>7} {'exact dB':>8}"
+        if self.layers:
+            lines += [hdr, "-" * len(hdr)]
         for r in self.layers:
             sq = (
                 ""
@@ -109,9 +135,21 @@ class RunReport:
                 f"{r.macs:>10} {sq:>8} {r.overflow_events:>6} "
                 f"{'' if r.acc_bits is None else r.acc_bits:>4} "
                 f"{'' if r.bits_needed is None else r.bits_needed:>4}"
+                + (
+                    ""
+                    if not pairs
+                    else f" {_blank(r.pair_saturations):>9} {_blank(r.outputs_pair_saturated):>7}"
+                    f" {_db(r.sqnr_exact_db):>8}"
+                )
             )
         if any(r.float_op for r in self.layers):
             lines.append("* run as float between DequantizeLinear and QuantizeLinear")
+        if pairs:
+            lines.append(
+                "i16 sat: uint8 x int8 product pairs clamped to int16 by onnxruntime's x86 "
+                "vpmaddubsw kernels (isa avx2, docs/numerics.md eq. 16); outs: outputs with one "
+                "or more; exact dB: the layer's SQNR with exact sums"
+            )
         if self.cost is not None:
             a, t = self.cost["accelerator"], self.cost["totals"]
             b = self.cost["batch"]

@@ -70,6 +70,7 @@ class WeightQuant:
     scale: np.ndarray
     zero_point: np.ndarray
     fmt: IntFormat
+    source: str | None = None  # the quantized initializer of an imported model, by name
 
     @property
     def per_channel(self) -> bool:

@@ -127,7 +127,7 @@ class _Importer:
         if t in self.consts:
             return self.consts[t]
         if t in self.qconst:
-            q, s, z, _, axis = self.qconst[t]
+            q, s, z, _, axis, _ = self.qconst[t]
             return _dequant(q, s, z, axis)
         self.fail(node, f"{what} {t!r} must be a constant (initializer or Constant)")
 
@@ -176,6 +176,7 @@ class _Importer:
                 np.asarray(z, np.int64),
                 fmt,
                 axis,
+                x,
             )
             return
         src = self.name(x)
@@ -249,14 +250,14 @@ class _Importer:
     def weight_of(self, node, t: str, transpose: bool = False):
         """Float weight and optional WeightQuant for input ``t``."""
         if t in self.qconst:
-            q, s, z, fmt, axis = self.qconst[t]
+            q, s, z, fmt, axis, src = self.qconst[t]
             if transpose:
                 if np.ndim(s) == 1 and axis != 1:
                     self.fail(node, "per-channel MatMul weight scales must be on axis 1")
                 q = q.T
             elif np.ndim(s) == 1 and axis != 0:
                 self.fail(node, "per-channel weight scales must be on axis 0 (output channels)")
-            wq = WeightQuant(np.ascontiguousarray(q), s, z, fmt)
+            wq = WeightQuant(np.ascontiguousarray(q), s, z, fmt, src)
             return wq.dequantize(), wq
         w = self.const(node, t, "weight").astype(np.float32)
         return (np.ascontiguousarray(w.T) if transpose else w), None
@@ -265,7 +266,7 @@ class _Importer:
         if not t:
             return None, None
         if t in self.qconst:
-            q, s, z, fmt, _ = self.qconst[t]
+            q, s, z, fmt, _, _ = self.qconst[t]
             if np.any(z != 0) or fmt.bits != 32:
                 self.fail(node, "a quantized bias must be int32 with zero point 0")
             return _dequant(q, s, z, 0).reshape(n_out), q.reshape(n_out).astype(np.int64)
