@@ -37,9 +37,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from hwsim.datapath import Counters, Operand, conv2d, conv_output_size, gemm, output_stage
+from hwsim.datapath.isa import Isa, pairs_saturate
 from hwsim.datapath.kernels import add_ort_fused, gmn_to_nchw, im2col_nhwc
 from hwsim.graph.ir import Graph, Node, Op
-from hwsim.numerics import IntFormat, ScaleKind, ScaleRegister, saturate
+from hwsim.numerics import IntFormat, Overflow, ScaleKind, ScaleRegister, saturate
 from hwsim.quant.scheme import ActSpec, LayerSpec, QuantProgram
 
 # --------------------------------------------------------------------------------------------
@@ -250,6 +251,8 @@ class LayerStats:
             m.macs += c.macs
             m.overflow_events += c.overflow_events
             m.outputs_overflowed += c.outputs_overflowed
+            m.pair_saturations += c.pair_saturations
+            m.outputs_pair_saturated += c.outputs_pair_saturated
             for name, f in (
                 ("final_min", min),
                 ("final_max", max),
@@ -281,15 +284,23 @@ def _register(kind: ScaleKind, real: np.ndarray, rounding, ort_scale=None) -> Sc
     return ScaleRegister.from_real(kind, np.asarray(real, np.float64), rounding)
 
 
+_S8, _U8 = IntFormat(8, True), IntFormat(8, False)
+
+
 class IntegerExecutor:
     """Runs a :class:`QuantProgram` batch by batch, accumulating per-node :class:`LayerStats`."""
 
-    def __init__(self, program: QuantProgram, track_partials: bool = False):
+    def __init__(self, program: QuantProgram, track_partials: bool = False, isa="exact"):
+        from hwsim.datapath.isa import resolve
+
         self.p = program
         self.g = program.graph
         self.stats: dict[str, LayerStats] = {n.name: LayerStats() for n in self.g.nodes}
         self.track_partials = track_partials
         self.float_ops: set[str] = set()
+        self.isa = resolve(isa)
+        self.isa_layers: set[str] = set()  # MAC layers whose sums follow eq. 16 (isa avx2)
+        self._ort_fused = False  # onnxruntime's fused weights (hwsim.graph.ort_plan), lazily
 
     # -- helpers -------------------------------------------------------------------------------
     def _spec(self, t: str) -> ActSpec | None:
@@ -343,6 +354,28 @@ class IntegerExecutor:
         )
 
     # -- MAC layers ----------------------------------------------------------------------------
+    def _layer_isa(self, node: Node, acc_cfg, xop: Operand, wop: Operand) -> Isa:
+        """The dot product of this layer: ``self.isa`` where onnxruntime would run the layer
+        (uint8 x int8 on a 32-bit wrapping accumulator, eq. 16), else exact -- a layer with
+        another accumulator is hardware onnxruntime does not have, computed as configured."""
+        if self.isa is Isa.EXACT or not pairs_saturate(self.isa, xop.format, wop.format):
+            return Isa.EXACT
+        if acc_cfg.bits != 32 or not acc_cfg.signed or acc_cfg.overflow is not Overflow.WRAP:
+            return Isa.EXACT
+        a = node.attrs
+        if node.op is Op.CONV and a["group"] > 1 and node.wq.q.shape[:2] == (a["group"], 1):
+            return Isa.EXACT  # depthwise: MLAS's exact depthwise kernel
+        if self.p.layer(node.name).register is ScaleKind.ORT and node.wq.source is not None:
+            # an imported model: only the layers onnxruntime fuses run its integer kernels
+            if self._ort_fused is False:
+                from hwsim.graph.ort_plan import ort_integer_weights
+
+                self._ort_fused = ort_integer_weights(self.g.source)
+            if self._ort_fused is not None and node.wq.source not in self._ort_fused:
+                return Isa.EXACT  # a float op on dequantized values in onnxruntime
+        self.isa_layers.add(node.name)
+        return self.isa
+
     def _mac(self, node: Node, x: QTensor, spec: ActSpec | None) -> QTensor | np.ndarray:
         layer: LayerSpec = self.p.layer(node.name)
         wq = node.wq
@@ -354,10 +387,26 @@ class IntegerExecutor:
         xop = Operand(x.fmt, zero_point=int(x.zero_point))
         zw = np.asarray(wq.zero_point)
         wop = Operand(wq.fmt, zero_point=zw if zw.ndim == 1 else int(zw))
+        xq = x.q
+        if (
+            self.isa is not Isa.EXACT
+            and layer.register is ScaleKind.ORT
+            and x.fmt == _S8
+            and xq.dtype == np.int8
+        ):
+            # onnxruntime's QDQS8ToU8Transformer feeds its fused x86 kernels uint8 = int8 + 128
+            # (zero point + 128): the same exact sums, but eq. 16 pairs the shifted bytes
+            xq = xq.view(np.uint8) ^ np.uint8(0x80)
+            xop = Operand(_U8, zero_point=int(x.zero_point) + 128)
+        isa = self._layer_isa(node, acc_cfg, xop, wop)
+        if isa is not Isa.EXACT:
+            from dataclasses import replace
+
+            acc_cfg = replace(acc_cfg, track_partials=False)
         if node.op is Op.CONV:
             a = node.attrs
             res = conv2d(
-                x.q,
+                xq,
                 wq.q,
                 stride=a["strides"],
                 padding=a["pads"],
@@ -366,10 +415,16 @@ class IntegerExecutor:
                 x_operand=xop,
                 w_operand=wop,
                 acc=acc_cfg,
+                isa=isa,
             )
         else:
             res = gemm(
-                x.q.reshape(x.q.shape[0], -1), wq.q.T, x_operand=xop, w_operand=wop, acc=acc_cfg
+                xq.reshape(xq.shape[0], -1),
+                wq.q.T,
+                x_operand=xop,
+                w_operand=wop,
+                acc=acc_cfg,
+                isa=isa,
             )
         vals = res.values
         nd = vals.ndim
@@ -744,9 +799,12 @@ def _onnx_np_op(node, a: dict, ins: list) -> np.ndarray:
     raise ValueError(t)
 
 
-def run_qoperator_batch(model, x: np.ndarray, source: str = "<model>") -> np.ndarray:
+def run_qoperator_batch(
+    model, x: np.ndarray, source: str = "<model>", isa="exact"
+) -> np.ndarray:
     """Run a QOperator ONNX model on one batch, node by node: quantized ops by
-    :func:`hwsim.qops.run_node` (the datapath underneath), plain ops by their ONNX definition."""
+    :func:`hwsim.qops.run_node` (the datapath underneath, dot products per ``isa``), plain ops
+    by their ONNX definition."""
     from onnx import helper as oh
     from onnx import numpy_helper
 
@@ -758,7 +816,9 @@ def run_qoperator_batch(model, x: np.ndarray, source: str = "<model>") -> np.nda
     inputs = [i for i in g.input if i.name not in inits]
     if len(inputs) != 1 or len(g.output) != 1:
         raise ValueError(f"{source}: hwsim runs single-input single-output models")
-    env[inputs[0].name] = np.asarray(x, np.float32)
+    from hwsim.data import input_dtype
+
+    env[inputs[0].name] = np.asarray(x, input_dtype(inputs[0]))  # uint8 input: uint8 data
     supported = {op for _, op in qops.SUPPORTED}
     for node in g.node:
         a = {at.name: oh.get_attribute_value(at) for at in node.attribute}
@@ -767,7 +827,7 @@ def run_qoperator_batch(model, x: np.ndarray, source: str = "<model>") -> np.nda
             continue
         ins = [env[t] if t else None for t in node.input]
         if node.op_type in supported:
-            outs = qops.run_node(node.op_type, node.domain, a, ins)
+            outs = qops.run_node(node.op_type, node.domain, a, ins, isa=isa)
         elif node.domain in ("", "ai.onnx") and node.op_type in _NP_FLOAT_OPS:
             outs = [_onnx_np_op(node, a, ins)]
         else:
@@ -782,26 +842,47 @@ def run_qoperator_batch(model, x: np.ndarray, source: str = "<model>") -> np.nda
     return np.asarray(env[g.output[0].name])
 
 
-def run_qoperator(model, source: str, data, batch_size: int, report, save_outputs, progress):
+def run_qoperator(
+    model, source: str, data, batch_size: int, report, save_outputs, progress, isa="exact"
+):
     """``hwsim run`` of a QOperator model: integer outputs and accuracy (no float reference)."""
     import time
 
-    from hwsim.data import load_data
+    from hwsim.data import conform, input_dtype, load_data
     from hwsim.report import RunReport, write_npz
 
     t0 = time.perf_counter()
     inp = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     dims = inp[0].type.tensor_type.shape.dim
     shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)[1:]
-    ds = load_data(data, shape) if not hasattr(data, "x") else data
-    outs = [run_qoperator_batch(model, xb, source) for _, xb in ds.batches(batch_size)]
+    dt = input_dtype(inp[0])  # an integer input keeps integer data (hwsim.data)
+    if hasattr(data, "x"):
+        ds = conform(data, shape, dt, inp[0].name)
+    else:
+        ds = load_data(data, shape, dt, inp[0].name)
+    outs = [run_qoperator_batch(model, xb, source, isa) for _, xb in ds.batches(batch_size)]
     y = np.concatenate(outs)
     rep = RunReport(source, ds.name, len(ds), {"scheme": {"name": "qoperator"}})
-    pred = np.argmax(y.reshape(len(y), -1), axis=1)
-    if ds.y is not None:
-        rep.int_accuracy = float(np.mean(pred == ds.y))
-    else:
+    out_name = model.graph.output[0].name
+    rep.outputs = {
+        out_name: {
+            "dtype": str(y.dtype),
+            "shape": list(y.shape),
+            "min": y.min().item() if y.size else None,
+            "max": y.max().item() if y.size else None,
+        }
+    }
+    # top-1 only for per-sample class scores: (N, classes); a conv map or a scalar is not
+    scores = y.ndim == 2 and y.shape[0] == len(ds) and y.shape[1] > 1
+    if ds.y is None:
         rep.notes.append("the data has no labels ('y'): accuracy omitted")
+    elif not scores:
+        rep.notes.append(
+            f"output {out_name!r} of shape {tuple(y.shape)} is not per-sample class scores "
+            f"(N={len(ds)}, classes): accuracy omitted"
+        )
+    else:
+        rep.int_accuracy = float(np.mean(np.argmax(y, axis=1) == ds.y))
     rep.notes.append(
         "QOperator model: run node by node (hwsim.qops); no float reference, no per-layer table"
     )

@@ -2,11 +2,14 @@
 
 Every engine returns the exact int64 sums, so the choice never changes a result, only its speed.
 
-* ``ort``: onnxruntime ``MatMulInteger`` (uint8 x int8/uint8, int32 accumulation; AMX/VNNI
-  kernels). Exact when both operands are at most 8 bits and ``K * max|x-zx| * max|w-zw| <
-  2^31``; a signed 8-bit ``x`` is fed as ``x + 128`` with zero point ``zx + 128``. On first use
-  the engine checks itself against int64 on all-max operands (the int16 saturation of AVX2
-  ``vpmaddubsw`` would show there) and stays off if it differs.
+* ``ort``: onnxruntime ``MatMulInteger`` (uint8 x int8/uint8, int32 accumulation). Exact when
+  both operands are at most 8 bits and ``K * max|x-zx| * max|w-zw| < 2^31``; a signed 8-bit
+  ``x`` is fed as ``x + 128`` with zero point ``zx + 128``. On first use each weight type is
+  checked against int64 on all-max operands: uint8 x int8 is exact with AVX-512 VNNI /
+  AVX-VNNI / AMX but not with plain AVX2 (``vpmaddubsw`` int16 pair saturation, eq. 16), where
+  int8 weights are fed to the exact uint8 x uint8 kernels (``vpmaddwd``) as ``w + 128`` with
+  zero point ``zw + 128``. If neither type is exact the engine is off, and hwsim says so once
+  on stderr.
 * ``float32`` / ``float64``: BLAS on K-chunks small enough that every partial sum of a chunk is
   at most ``2^24`` / ``2^53`` in magnitude, where every float operation is exact whatever order
   BLAS sums in; chunk results are added in int64.
@@ -63,32 +66,52 @@ def _ort_run(a_u8, az, b, bz):
 
 
 @functools.cache
-def ort_available() -> bool:
-    """True if onnxruntime is installed and its integer matmul is exact on all-max operands."""
+def ort_exact(b_dtype: str) -> bool:
+    """True if onnxruntime is installed and its uint8 x ``b_dtype`` matmul is exact on all-max
+    operands on this CPU (checked once per weight type)."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return False
     rng = np.random.default_rng(0)
     K = 1024
-    for b_dtype, b_vals, bz in (
-        ("int8", (-128, 127), (0, -128, 127)),
-        ("uint8", (0, 255), (0, 255)),
-    ):
-        for av in (0, 255):
-            for bv in b_vals:
-                for zb in bz:
-                    a = np.full((1, 3, K), av, np.uint8)
-                    a[0, 2] = rng.integers(0, 256, K)
-                    b = np.full((1, K, 4), bv, b_dtype)
-                    b[0, :, 3] = rng.integers(b_vals[0], b_vals[1] + 1, K)
-                    for az in (0, 255):
-                        bzv = np.full((1, 1, 4), zb, b_dtype)
-                        got = _ort_run(a, az, b, bzv)
-                        want = (a.astype(np.int64) - az) @ (b.astype(np.int64) - zb)
-                        if not np.array_equal(got, want):
-                            return False
+    b_vals, bz = {"int8": ((-128, 127), (0, -128, 127)), "uint8": ((0, 255), (0, 255))}[b_dtype]
+    for av in (0, 255):
+        for bv in b_vals:
+            for zb in bz:
+                a = np.full((1, 3, K), av, np.uint8)
+                a[0, 2] = rng.integers(0, 256, K)
+                b = np.full((1, K, 4), bv, b_dtype)
+                b[0, :, 3] = rng.integers(b_vals[0], b_vals[1] + 1, K)
+                for az in (0, 255):
+                    bzv = np.full((1, 1, 4), zb, b_dtype)
+                    got = _ort_run(a, az, b, bzv)
+                    want = (a.astype(np.int64) - az) @ (b.astype(np.int64) - zb)
+                    if not np.array_equal(got, want):
+                        return False
     return True
+
+
+@functools.cache
+def ort_available() -> bool:
+    """True if onnxruntime gives exact integer matmuls on this CPU for some weight type (int8
+    weights can always go through the uint8 kernels, shifted by 128)."""
+    ok = ort_exact("uint8") or ort_exact("int8")
+    if not ok:
+        import sys
+
+        try:
+            import onnxruntime  # noqa: F401
+
+            why = "its integer matmul is not exact on this CPU"
+        except ImportError:
+            why = "onnxruntime is not installed"
+        print(
+            f"hwsim: no fast exact 8-bit engine ({why}); exact sums use chunked float BLAS "
+            "and Numba, several times slower",
+            file=sys.stderr,
+        )
+    return ok
 
 
 def _effective(q: np.ndarray, zp) -> np.ndarray:
@@ -162,9 +185,13 @@ def exact_sums(
             az = int(x_zp) + 128
         else:
             a, az = x.astype(np.uint8, copy=False), int(x_zp)
-        bdt = np.int8 if w_fmt.signed else np.uint8
-        b = w.astype(bdt, copy=False)
-        bz = np.broadcast_to(np.asarray(w_zp, bdt), (G, 1, N))
+        if w_fmt.signed and not ort_exact("int8"):  # AVX2: the exact u8 x u8 kernels
+            b = w.astype(np.int8, copy=False).view(np.uint8) ^ np.uint8(0x80)
+            bz = np.broadcast_to((np.asarray(w_zp, np.int64) + 128).astype(np.uint8), (G, 1, N))
+        else:
+            bdt = np.int8 if w_fmt.signed else np.uint8
+            b = w.astype(bdt, copy=False)
+            bz = np.broadcast_to(np.asarray(w_zp, bdt), (G, 1, N))
         return _ort_run(
             np.ascontiguousarray(a), az, np.ascontiguousarray(b), np.ascontiguousarray(bz)
         )

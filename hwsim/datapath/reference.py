@@ -186,3 +186,48 @@ def gemm_per_sample_shift(
         _counters(group_results, M * N * K, group_acc.track_partials),
         _counters(final_results, M * N * groups, final_acc.track_partials),
     )
+
+
+def dot_pairs_sat16(x, w, x_zp: int, w_zp: int) -> tuple[int, int]:
+    """(16) One output of ``Isa.AVX2`` (onnxruntime's ``vpmaddubsw`` kernels): raw uint8
+    ``x[k]`` and int8 ``w[k]`` in the kernel's packed K order. Returns ``(D, saturations)``:
+
+    ``D = sum_j sat16(x[2j] w[2j] + x[2j+1] w[2j+1]) - w_zp * sum_k x[k] - x_zp * sum_k w[k]
+    + K x_zp w_zp`` (an odd K pairs the last product with 0), the value the int32 accumulator
+    receives, and the number of pairs that left int16."""
+    x, w = [int(v) for v in x], [int(v) for v in w]
+    K = len(x)
+    total = sats = 0
+    for j in range(0, K, 2):
+        p = x[j] * w[j] + (x[j + 1] * w[j + 1] if j + 1 < K else 0)
+        q = ref.saturate(p, 16, True)
+        sats += q != p
+        total += q
+    return total - w_zp * sum(x) - x_zp * sum(w) + K * x_zp * w_zp, sats
+
+
+def gemm_pairs_sat16(x, w, x_zp: int, w_zp, acc: Accumulator, n_cols: int | None = None):
+    """(16) ``Isa.AVX2`` GEMM on a wrapping accumulator: ``acc[m][n] = wrap(D[m][n])`` with
+    ``D`` from :func:`dot_pairs_sat16` over row ``m`` of ``x`` and column ``n`` of ``w``.
+    Returns ``(values, Counters)`` (final extremes of ``D``, wraps, pair saturations)."""
+    if acc.overflow is not Overflow.WRAP:
+        raise ValueError("eq. 16 is defined on a wrapping accumulator")
+    N = n_cols if n_cols is not None else (len(w[0]) if len(w) else 0)
+    zps = list(w_zp) if isinstance(w_zp, (list, tuple)) else [w_zp] * N
+    lo, _ = ref.format_range(acc.bits, acc.signed)
+    values, ds, c = [], [], Counters(macs=len(x) * N * (len(w)))
+    for row in x:
+        out = []
+        for n in range(N):
+            d, s = dot_pairs_sat16(row, [w[k][n] for k in range(len(w))], x_zp, zps[n])
+            ds.append(d)
+            c.pair_saturations += s
+            c.outputs_pair_saturated += s > 0
+            wraps = abs((d - lo) // (1 << acc.bits))
+            c.overflow_events += wraps
+            c.outputs_overflowed += wraps > 0
+            out.append(ref.wrap(d, acc.bits, acc.signed))
+        values.append(out)
+    if ds:
+        c.final_min, c.final_max = min(ds), max(ds)
+    return values, c

@@ -85,7 +85,7 @@ def _same(got: np.ndarray, want: np.ndarray) -> int:
 def check(op_type, inputs, attrs=None, domain=MS, const=()):
     """Run ``op_type`` through hwsim and onnxruntime; assert identical outputs."""
     attrs = attrs or {}
-    got = qops.run_node(op_type, domain, attrs, [v for _, v in inputs])[0]
+    got = qops.run_node(op_type, domain, attrs, [v for _, v in inputs], isa="auto")[0]
     sess = _session(op_type, inputs, attrs, got.dtype, domain, const)
     feeds = {n: np.asarray(v) for n, v in inputs if v is not None and n not in const}
     want = sess.run(None, feeds)[0]
@@ -520,12 +520,12 @@ def _stress(op_type, draw, n, attrs=None, domain=MS):
     input a graph input); return the total number of differing elements."""
     attrs = attrs or {}
     first = draw(0)
-    got0 = qops.run_node(op_type, domain, attrs, [v for _, v in first])[0]
+    got0 = qops.run_node(op_type, domain, attrs, [v for _, v in first], isa="auto")[0]
     sess = _session(op_type, first, attrs, got0.dtype, domain)
     bad = 0
     for i in range(n):
         inputs = first if i == 0 else draw(i)
-        got = qops.run_node(op_type, domain, attrs, [v for _, v in inputs])[0]
+        got = qops.run_node(op_type, domain, attrs, [v for _, v in inputs], isa="auto")[0]
         want = sess.run(None, {k: np.asarray(v) for k, v in inputs if v is not None})[0]
         bad += _same(got, want)
     return bad
@@ -691,16 +691,16 @@ def _chain(op, dtype, rng):
             nodes.append(helper.make_node("DequantizeLinear", ["bias", "bias_s"], ["bf"], axis=0))
         if op == "MatMul":
             nodes.append(helper.make_node("MatMul", ["xf", "wf"], ["yf"]))
-            expected = partial(qops.qlinear_matmul, x, xs, xz, w, w_s, w_z, ys, yz)
+            expected = partial(qops.qlinear_matmul, x, xs, xz, w, w_s, w_z, ys, yz, isa="auto")
             kernels = {("", "QLinearMatMul")}
         elif op == "Gemm":
             nodes.append(helper.make_node("Gemm", ["xf", "wf", "bf"], ["yf"]))
-            expected = partial(qops.qgemm, x, xs, xz, w, w_s, w_z, bias, ys, yz)
+            expected = partial(qops.qgemm, x, xs, xz, w, w_s, w_z, bias, ys, yz, isa="auto")
             kernels = {(MS, "QGemm")}
         else:  # ORT moves QLinearConv to NHWC: com.microsoft QLinearConv between Transposes
             nodes.append(helper.make_node("Conv", ["xf", "wf", "bf"], ["yf"], pads=[1] * 4))
             conv = partial(qops.qlinear_conv, x, xs, xz, w, w_s, w_z, ys, yz, bias)
-            expected = partial(conv, pads=[1, 1, 1, 1])
+            expected = partial(conv, pads=[1, 1, 1, 1], isa="auto")
             kernels = {("", "Transpose"), (MS, "QLinearConv")}
         if dtype == np.int8 and op != "Gemm":  # x86: int8 activations stay unfused
             expected = None

@@ -88,6 +88,8 @@ def test_hwsim_run_equals_onnxruntime(qdq_dir, tmp_path, model, pre, per_channel
             str(tmp_path / "r.json"),
             "--batch-size",
             "100",
+            "--isa",
+            "auto",
         ],
     )
     assert r.exit_code == 0, r.output
@@ -135,7 +137,7 @@ def test_qoperator_model_equals_onnxruntime(tmp_path, model):
     want = sess.run(None, {"input": d.x})[0]
     outs = tmp_path / "o.npz"
     r = CliRunner().invoke(
-        main, ["run", str(path), "--data", "digits", "--save-outputs", str(outs)]
+        main, ["run", str(path), "--data", "digits", "--save-outputs", str(outs), "--isa", "auto"]
     )
     assert r.exit_code == 0, r.output
     assert "QOperator model" in r.output

@@ -99,7 +99,7 @@ def test_datapath_with_ort_register_equals_onnxruntime_qlinearmatmul(seed):
     )
     feeds = dict(a=a, a_s=a_s, a_z=a_z, b=b, b_s=b_s, b_z=np.int8(0), y_s=y_s, y_z=y_z)
     want = sess.run(None, {k: np.asarray(v) for k, v in feeds.items()})[0]
-    acc = gemm(a, b, x_operand=Operand(IntFormat(8, False), int(a_z)))
+    acc = gemm(a, b, x_operand=Operand(IntFormat(8, False), int(a_z)), isa="auto")
     reg = ScaleRegister("ort", ort_combined_scale(a_s, b_s, y_s), 0)
     got = output_stage(acc.values, reg, out_format=IntFormat(8, False), out_zero_point=int(y_z))
     assert np.array_equal(got.values, want)
@@ -149,7 +149,9 @@ def test_datapath_with_ort_register_equals_onnxruntime_qlinearconv_per_channel()
     want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": x}
     )[0]
-    acc = conv2d(x, w, padding=1, groups=2, x_operand=Operand(IntFormat(8, False), int(x_z)))
+    acc = conv2d(
+        x, w, padding=1, groups=2, x_operand=Operand(IntFormat(8, False), int(x_z)), isa="auto"
+    )
     reg = ScaleRegister("ort", ort_combined_scale(x_s, w_s, y_s), np.zeros(4, np.int64))
     got = output_stage(
         acc.values, reg, bias=bias, out_format=IntFormat(8, False), out_zero_point=int(y_z)

@@ -250,3 +250,167 @@ def test_per_layer_overrides(runner, tmp_path):
         ],
     )
     assert r.exit_code == 1 and "unknown layer 'nolayer'" in r.output
+
+
+# --------------------------------------------------------------------------------------------
+# Integer model inputs: single-op QOperator models fed uint8 data, outputs keep their dtype
+# --------------------------------------------------------------------------------------------
+def _single_op_model(path, op: str, n: int = 3):
+    """A one-node ONNX model with a uint8 graph input 'x' (symbolic batch 'N'); returns
+    (path, x uint8, numpy reference output or None). Values are kept small (x <= 100,
+    |w| <= 50) so no u8*s8 pair sum nears int16: the result is the same on every ISA."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    rng = np.random.default_rng(7)
+    ini, ref = [], None
+
+    def c(name, a):
+        ini.append(numpy_helper.from_array(np.asarray(a), name))
+        return name
+
+    if op in ("MatMulInteger", "QLinearMatMul"):
+        x = rng.integers(0, 101, (n, 16)).astype(np.uint8)
+        w = rng.integers(-50, 51, (16, 6)).astype(np.int8)
+        xshape = ["N", 16]
+    else:
+        x = rng.integers(0, 101, (n, 3, 6, 6)).astype(np.uint8)
+        w = rng.integers(-50, 51, (4, 3, 3, 3)).astype(np.int8)
+        xshape = ["N", 3, 6, 6]
+    if op == "MatMulInteger":
+        node = helper.make_node(op, ["x", c("w", w), c("xz", np.uint8(7))], ["y"])
+        out_t = TensorProto.INT32
+        ref = (x.astype(np.int64) - 7) @ w.astype(np.int64)
+    elif op == "ConvInteger":
+        node = helper.make_node(
+            op, ["x", c("w", w), c("xz", np.uint8(5))], ["y"], pads=[1, 1, 1, 1]
+        )
+        out_t = TensorProto.INT32
+        xp = np.pad(x.astype(np.int64) - 5, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
+        ref = np.einsum("nchwij,fcij->nfhw", win, w.astype(np.int64))
+    elif op == "QLinearConv":
+        ins = [
+            "x",
+            c("xs", np.float32(0.02)),
+            c("xz", np.uint8(5)),
+            c("w", w),
+            c("ws", np.array([0.01, 0.012, 0.009, 0.011], np.float32)),
+            c("wz", np.zeros(4, np.int8)),
+            c("ys", np.float32(0.4)),
+            c("yz", np.uint8(128)),
+            c("b", rng.integers(-500, 500, 4).astype(np.int32)),
+        ]
+        node = helper.make_node(op, ins, ["y"], pads=[1, 1, 1, 1])
+        out_t = TensorProto.UINT8
+    else:  # QLinearMatMul
+        ins = [
+            "x",
+            c("xs", np.float32(0.02)),
+            c("xz", np.uint8(7)),
+            c("w", w),
+            c("ws", np.float32(0.01)),
+            c("wz", np.int8(0)),
+            c("ys", np.float32(0.3)),
+            c("yz", np.uint8(120)),
+        ]
+        node = helper.make_node(op, ins, ["y"])
+        out_t = TensorProto.UINT8
+    n_dims = len(xshape)
+    graph = helper.make_graph(
+        [node],
+        op.lower(),
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, xshape)],
+        [helper.make_tensor_value_info("y", out_t, ["N", 6] if n_dims == 2 else ["N", 4, 6, 6])],
+        ini,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    save(model, str(path))
+    return path, x, ref
+
+
+@pytest.mark.parametrize("op", ["MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul"])
+def test_run_integer_input_model_keeps_dtypes(runner, tmp_path, op):
+    path, x, ref = _single_op_model(tmp_path / "m.onnx", op)
+    data, outs, rep = tmp_path / "x.npz", tmp_path / "o.npz", tmp_path / "r.json"
+    np.savez(data, x=x)
+    r = runner.invoke(
+        main,
+        ["run", str(path), "--data", str(data), "--save-outputs", str(outs), "--report", str(rep)],
+    )
+    assert r.exit_code == 0, r.output
+    with np.load(outs) as f:
+        got = f["y"]
+    want_dtype = np.int32 if op in ("MatMulInteger", "ConvInteger") else np.uint8
+    assert got.dtype == want_dtype and got.shape[0] == len(x)
+    if ref is not None:  # the op's definition, in int64
+        assert np.array_equal(got, ref)
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": x})[0]
+    assert want.dtype == got.dtype and np.array_equal(got, want), f"{(got != want).sum()} differ"
+    # the report: no labels and no class scores -> no top-1 line, the output described instead
+    doc = json.loads(rep.read_text())
+    assert doc["int_accuracy"] is None and doc["layers"] == []
+    assert doc["outputs"]["y"]["dtype"] == np.dtype(want_dtype).name
+    assert doc["outputs"]["y"]["shape"] == list(got.shape)
+    assert doc["outputs"]["y"]["min"] == got.min() and doc["outputs"]["y"]["max"] == got.max()
+    assert "top-1" not in r.output and "Traceback" not in r.output
+    assert f"output y: {np.dtype(want_dtype).name} {'x'.join(map(str, got.shape))}" in r.output
+    assert "no labels" in r.output
+
+
+def test_run_integer_input_lossless_integer_cast_accepted(runner, tmp_path):
+    """Integer data of another dtype is accepted when every value fits the input type."""
+    path, x, ref = _single_op_model(tmp_path / "m.onnx", "MatMulInteger")
+    data, outs = tmp_path / "x64.npz", tmp_path / "o.npz"
+    np.savez(data, x=x.astype(np.int64))
+    r = runner.invoke(main, ["run", str(path), "--data", str(data), "--save-outputs", str(outs)])
+    assert r.exit_code == 0, r.output
+    with np.load(outs) as f:
+        assert f["y"].dtype == np.int32 and np.array_equal(f["y"], ref)
+
+
+@pytest.mark.parametrize(
+    "x, words",
+    [
+        (np.full((2, 16), 3.0, np.float32), ["float32", "uint8", "does not round"]),
+        (np.full((2, 16), 3.7, np.float64), ["float64", "uint8", "does not round"]),
+        (np.full((2, 16), 256, np.int64), ["int64", "uint8", "outside", "[0, 255]"]),
+        (np.full((2, 16), -1, np.int16), ["int16", "uint8", "outside"]),
+    ],
+)
+def test_run_integer_input_dtype_mismatch_is_an_error(runner, tmp_path, x, words):
+    path, _, _ = _single_op_model(tmp_path / "m.onnx", "MatMulInteger")
+    data = tmp_path / "bad.npz"
+    np.savez(data, x=x)
+    r = runner.invoke(main, ["run", str(path), "--data", str(data)])
+    assert r.exit_code == 1, r.output
+    assert "bad.npz" in r.output and "'x'" in r.output and "Traceback" not in r.output
+    assert "model input 'x'" in r.output
+    for w in words:
+        assert w in r.output, (w, r.output)
+
+
+def test_run_integer_input_builtin_float_data_is_an_error(runner, tmp_path):
+    path, _, _ = _single_op_model(tmp_path / "m.onnx", "ConvInteger")
+    r = runner.invoke(main, ["run", str(path), "--data", "digits"])
+    assert r.exit_code == 1 and "float32" in r.output and "uint8" in r.output
+
+
+def test_run_integer_input_labels_on_non_scores_output(runner, tmp_path):
+    """Labels with a conv-map output: accuracy omitted with a note (not a meaningless argmax);
+    labels with (N, classes) outputs: top-1 as usual."""
+    path, x, _ = _single_op_model(tmp_path / "conv.onnx", "QLinearConv")
+    data, rep = tmp_path / "x.npz", tmp_path / "r.json"
+    np.savez(data, x=x, y=np.zeros(len(x), np.int64))
+    r = runner.invoke(main, ["run", str(path), "--data", str(data), "--report", str(rep)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(rep.read_text())
+    assert doc["int_accuracy"] is None
+    assert any("not per-sample class scores" in n for n in doc["notes"])
+    path, x, ref = _single_op_model(tmp_path / "mm.onnx", "MatMulInteger")
+    np.savez(data, x=x, y=np.argmax(ref, axis=1))
+    r = runner.invoke(main, ["run", str(path), "--data", str(data), "--report", str(rep)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(rep.read_text())["int_accuracy"] == 1.0 and "top-1" in r.output
