@@ -18,6 +18,13 @@ import sys
 import time
 
 
+# (hwsim case, reference, minimum ratio hwsim / reference) on this benchmark's machine
+TARGETS = (
+    ("conv int32 (uint8 x int8)", "ort QLinearConv int8 x int8", 1.0),
+    ("conv int32 (uint8 x int8)", "ort QLinearConv uint8 x int8", 0.5),
+)
+
+
 def _set_threads(n: int) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(n)
@@ -39,6 +46,7 @@ def main(argv=None) -> int:
     from onnx import helper, numpy_helper
 
     from hwsim.datapath import Accumulator, Operand, conv2d, gemm, gemm_per_sample_shift
+    from hwsim.datapath.isa import cpu_summary
     from hwsim.io import atomic_write_text
     from hwsim.numerics import IntFormat, Overflow
 
@@ -152,6 +160,12 @@ def main(argv=None) -> int:
     ]
     entries = []
     both = {**ref, **hw}
+    cpu = cpu_summary()
+    print(
+        f"cpu: {cpu['processor']} ({cpu['machine']}); features: "
+        f"{', '.join(cpu['features']) or 'none'}; onnxruntime dot product: "
+        f"{cpu['onnxruntime_isa']}; {args.threads} threads"
+    )
     print(
         f"conv ({N},{C},{H},{W}) x ({F},{C},{k},{k}) pad 1 = {macs / 1e6:.0f} M MACs; "
         f"{args.threads} threads; median of {args.repeat}; fresh input each call\n"
@@ -170,8 +184,30 @@ def main(argv=None) -> int:
             f"{name:<36}{e['hwsim_gmacs']:>9.1f}   {refname:<32}{e['reference_gmacs']:>9.1f}"
             f"{e['ratio']:>9.2f}"
         )
+    targets = []
+    print("\ntargets")
+    for name, refname, want in TARGETS:
+        ratio = hw[name] / both[refname]
+        met = ratio >= want
+        targets.append(
+            {
+                "name": name,
+                "reference": refname,
+                "target_ratio": want,
+                "ratio": round(ratio, 3),
+                "met": met,
+            }
+        )
+        print(
+            f"  {name} >= {want:g}x {refname}: {ratio:.2f}x  {'met' if met else 'missed'}"
+        )
     if args.json_path:
-        atomic_write_text(args.json_path, json.dumps(entries, indent=2) + "\n")
+        report = {
+            "cpu": {**cpu, "threads": args.threads},
+            "results": entries,
+            "targets": targets,
+        }
+        atomic_write_text(args.json_path, json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -376,8 +376,40 @@ class IntegerExecutor:
         self.isa_layers.add(node.name)
         return self.isa
 
+    def _ort_runs_float(self, node: Node, layer: LayerSpec) -> bool:
+        """An imported layer that onnxruntime leaves unfused: a float op on dequantized values
+        (:mod:`hwsim.graph.ort_plan`; False when onnxruntime is not installed)."""
+        if layer.register is not ScaleKind.ORT or node.wq is None or node.wq.source is None:
+            return False
+        if self._ort_fused is False:
+            from hwsim.graph.ort_plan import ort_integer_weights
+
+            self._ort_fused = ort_integer_weights(self.g.source)
+        return self._ort_fused is not None and node.wq.source not in self._ort_fused
+
+    def _mlas_conv(self, node: Node, x: QTensor, spec: ActSpec | None):
+        """onnxruntime's unfused ``DequantizeLinear -> Conv -> QuantizeLinear``: a float32
+        conv of the dequantized input and weights in MLAS's rounding order (:mod:`hwsim.mlas`)."""
+        from hwsim import mlas
+
+        self.float_ops.add(node.name)
+        a = node.attrs
+        y = mlas.conv2d(
+            x.dequantize(),
+            node.weight,
+            node.bias,
+            a["pads"],
+            a["strides"],
+            a["dilations"],
+            a["group"],
+            fma=mlas.host_fma(),
+        )
+        return quantize_input(y, spec) if spec is not None else y
+
     def _mac(self, node: Node, x: QTensor, spec: ActSpec | None) -> QTensor | np.ndarray:
         layer: LayerSpec = self.p.layer(node.name)
+        if node.op is Op.CONV and self._ort_runs_float(node, layer):
+            return self._mlas_conv(node, x, spec)
         wq = node.wq
         acc_cfg = layer.acc
         if self.track_partials and not acc_cfg.track_partials:

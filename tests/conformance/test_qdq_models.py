@@ -25,14 +25,18 @@ CASES = [
 ]
 
 
-# Pinned mismatches (onnxruntime 1.32.0, this machine class). In the rescnn graph quantized
-# *without* onnxruntime's pre-processing, the DequantizeLinear feeding the residual block's first
-# Conv also feeds the residual Add; onnxruntime's QDQ fusion then leaves that Conv unfused and runs
-# it in float32 (MLAS) on dequantized values, whose rounding order hwsim does not reproduce:
-# hwsim computes the layer as the integer hardware would (exact int32 accumulation, float32
-# requantization). In the other variants the same unfused float Conv happens to round the same.
-# See docs/networks.md, "Conformance".
-EXPECTED_DIFFS = {("rescnn", False, False, "s8"): 23}
+# Every case must match exactly. Where onnxruntime leaves a Conv unfused (the int8 rescnn
+# variants: the DequantizeLinear feeding the residual block's first Conv also feeds the residual
+# Add, so its int8 -> uint8 conversion and the QLinearConv fusion do not happen; with
+# pre-processing, the first two Convs), it runs a float32 Conv on dequantized values, and hwsim
+# runs that layer the same way in MLAS's rounding order (hwsim.mlas; docs/networks.md,
+# "Conformance"). Computed as integer hardware would, 23 logits of rescnn_0_0_s8 differed.
+FLOAT_CONV_CASES = {
+    ("rescnn", False, False, "s8"),
+    ("rescnn", False, True, "s8"),
+    ("rescnn", True, False, "s8"),
+    ("rescnn", True, True, "s8"),
+}
 
 
 class _Reader(CalibrationDataReader):
@@ -97,11 +101,13 @@ def test_hwsim_run_equals_onnxruntime(qdq_dir, tmp_path, model, pre, per_channel
         got = f[sess.get_outputs()[0].name]
     assert got.dtype == np.float32 and got.shape == want.shape
     differ = int((got != want).sum())
-    assert differ == EXPECTED_DIFFS.get((model, pre, per_channel, act), 0), differ
+    assert differ == 0, differ
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["settings"]["scheme"]["name"] == "imported-qdq"
-    if differ == 0:
-        assert rep["int_accuracy"] == float(np.mean(want.argmax(1) == d.y))
+    assert rep["int_accuracy"] == float(np.mean(want.argmax(1) == d.y))
+    # the layers onnxruntime runs in float are run (and reported) as float convs
+    float_convs = [r["name"] for r in rep["layers"] if r["op"] == "conv" and r["float_op"]]
+    assert bool(float_convs) == ((model, pre, per_channel, act) in FLOAT_CONV_CASES), float_convs
 
 
 def test_program_uses_ort_semantics(qdq_dir):
@@ -143,4 +149,47 @@ def test_qoperator_model_equals_onnxruntime(tmp_path, model):
     assert "QOperator model" in r.output
     with np.load(outs) as f:
         got = f[sess.get_outputs()[0].name]
+    assert np.array_equal(got, want), f"{int((got != want).sum())} of {got.size} differ"
+
+
+@pytest.mark.parametrize(
+    "n, c, h, f, k, stride, pad, group",
+    [
+        (4, 16, 8, 16, 3, 1, 1, 1),  # the rescnn block conv: K = 144, one K block
+        (4, 64, 8, 32, 3, 1, 1, 1),  # K = 576 over 64 pixels: K blocks of 256
+        (2, 64, 32, 32, 3, 1, 1, 1),  # 1,024 pixels: column slices of 128, K blocks of 128
+        (3, 256, 8, 32, 1, 1, 0, 1),  # pointwise: MLAS's direct GEMM, K = 256
+        (3, 64, 4, 64, 3, 1, 1, 1),  # more filters than pixels: expand, then one GEMM
+        (2, 16, 8, 32, 3, 2, 1, 1),  # stride 2
+        (2, 32, 8, 32, 3, 1, 1, 2),  # groups
+    ],
+)
+def test_mlas_float_conv_equals_onnxruntime(n, c, h, f, k, stride, pad, group):
+    """hwsim.mlas.conv2d is onnxruntime's float32 Conv bit for bit (weights as a graph input,
+    as a DequantizeLinear output is: a plain MLAS Conv, not the NCHWc one)."""
+    from onnx import TensorProto, helper
+
+    from hwsim import mlas
+
+    rng = np.random.default_rng(c * h + f)
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    w = (rng.standard_normal((f, c // group, k, k)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(f).astype(np.float32)
+    node = helper.make_node(
+        "Conv", ["x", "w", "b"], ["y"], pads=[pad] * 4, strides=[stride] * 2, group=group
+    )
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [node],
+        "conv",
+        [vi("x", TensorProto.FLOAT, x.shape), vi("w", TensorProto.FLOAT, w.shape)],
+        [vi("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("b", TensorProto.FLOAT, b.shape, b)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": x, "w": w})[0]
+    got = mlas.conv2d(x, w, b, (pad,) * 4, (stride,) * 2, (1, 1), group, fma=mlas.host_fma())
+    assert got.dtype == np.float32 and got.shape == want.shape
     assert np.array_equal(got, want), f"{int((got != want).sum())} of {got.size} differ"
