@@ -29,12 +29,15 @@ float8 / float4 / float6 quantized types are not integer hardware: they raise
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import math
 
 import numpy as np
 
 from hwsim.datapath import Accumulator, Operand, conv2d, gemm, output_stage
+from hwsim.datapath.config import Counters
 from hwsim.datapath.gemm import _pair_correction
 from hwsim.datapath.isa import Isa, resolve
 from hwsim.numerics import IntFormat, ScaleRegister, ort_combined_scale
@@ -318,6 +321,27 @@ def _auto_pad(mode) -> str:
     return mode
 
 
+_SINK: contextvars.ContextVar = contextvars.ContextVar("hwsim_qops_counters", default=None)
+
+
+@contextlib.contextmanager
+def collect_counters():
+    """Collect the datapath :class:`Counters` of every MAC the ops run inside the block (a
+    list, one entry per GEMM / convolution call): MACs, int32 wraps, eq. 16 pair saturations."""
+    sink: list[Counters] = []
+    token = _SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _SINK.reset(token)
+
+
+def _record(c: Counters) -> None:
+    sink = _SINK.get()
+    if sink is not None:
+        sink.append(c)
+
+
 def _conv_acc(x, x_zero_point, w, w_zero_point, attrs: dict, isa=Isa.EXACT) -> np.ndarray:
     """int32 (wrapping) accumulators of an ONNX ``Conv``-geometry integer convolution
     ``sum (x - zx)(w - zw[m])``, 1-D or 2-D, on :func:`hwsim.datapath.conv2d` (``isa``: its
@@ -373,6 +397,7 @@ def _conv_acc(x, x_zero_point, w, w_zero_point, attrs: dict, isa=Isa.EXACT) -> n
         acc=ACC32,
         isa=isa,
     )
+    _record(res.counters)
     out = res.values
     return out[:, :, 0, :] if nsp == 1 else out
 
@@ -458,7 +483,9 @@ def _conv_integer_pairs(x, x_zero_point, w, attrs: dict, out_shape) -> np.ndarra
     )
     from hwsim.datapath.config import Counters
 
-    corr = _pair_correction(a3, b3, Counters())  # (G, Fg, N*Ho*Wo)
+    c = Counters()
+    corr = _pair_correction(a3, b3, c)  # (G, Fg, N*Ho*Wo)
+    _record(c)
     corr = corr.reshape(F, N, Ho * Wo).transpose(1, 0, 2)
     return corr.reshape(out_shape)
 
@@ -603,21 +630,25 @@ def _matmul_acc(a, b, a_zero_point, b_zero_point, isa=Isa.EXACT) -> np.ndarray:
             bz = int(col[0]) if np.all(col == col[0]) else np.asarray(col, np.int64)
         w_op = Operand(bf, bz)
         if za.ndim == 0:
-            out[idx] = gemm(
+            r = gemm(
                 A[idx], Bm[idx], x_operand=Operand(af, int(za)), w_operand=w_op, acc=ACC32, isa=isa
-            ).values
+            )
+            _record(r.counters)
+            out[idx] = r.values
             continue
         rows = za[idx][:, 0]
         for v in np.unique(rows):
             sel = rows == v
-            out[idx + (sel,)] = gemm(
+            r = gemm(
                 A[idx][sel],
                 Bm[idx],
                 x_operand=Operand(af, int(v)),
                 w_operand=w_op,
                 acc=ACC32,
                 isa=isa,
-            ).values
+            )
+            _record(r.counters)
+            out[idx + (sel,)] = r.values
     if a_row:
         out = out[..., 0, :]
     if b_col:
@@ -1080,14 +1111,16 @@ def qgemm(
             return np.full((M, N), zy, _holder(yfmt))
         v = _gemm_bias(C, M, N).astype(f32) * a_s * b_s.reshape(-1)[0]
         return _mlas_quantize(v, _f32_scale(y_scale, "y_scale"), zy, yfmt)
-    acc = gemm(
+    res = gemm(
         _operand_array(A2, af),
         _operand_array(B2, bf),
         x_operand=Operand(af, za),
         w_operand=Operand(bf, zb),
         acc=ACC32,
         isa=isa,
-    ).values
+    )
+    _record(res.counters)
+    acc = res.values
     if C is not None:
         acc = wrap_to(acc + _gemm_bias(C, M, N), INT32)
     if y_zero_point is None:

@@ -233,3 +233,25 @@ def test_auto_equals_live_onnxruntime(name, tmp_path):
     else:
         got = run_qoperator_batch(model, z["in_x"], name, isa="auto")
     assert int(np.count_nonzero(got != want)) == 0
+
+
+@pytest.mark.parametrize("name", ["qlinearconv_allmax_c3_perchannel", "matmulinteger_nearmax_k64"])
+def test_qoperator_run_reports_pair_saturations(name, tmp_path):
+    """``hwsim run MODEL --isa avx2`` on a QOperator model: the golden, and the counters of eq.
+    16 per MAC node, equal to the plain-int spec's count on the same operands."""
+    model, z = _golden(name)
+    np.savez(tmp_path / "x.npz", x=z["in_x"])
+    rep = api.run(GOLDENS / f"{name}.onnx", tmp_path / "x.npz", save_outputs=tmp_path / "o.npz",
+                  isa="avx2")  # fmt: skip
+    with np.load(tmp_path / "o.npz") as o:
+        assert int(np.count_nonzero(o[o.files[0]] != z["out_0"])) == 0
+    (row,) = rep.layers
+    assert rep.settings["isa"] == "avx2" and row.pair_saturations > 0
+    if name.startswith("matmul"):
+        from onnx import numpy_helper
+
+        init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        _, c = reference.gemm_pairs_sat16(z["in_x"].tolist(), init["w"].tolist(),
+                                          int(init["xz"]), 0, Accumulator(32))  # fmt: skip
+        assert row.pair_saturations == c.pair_saturations
+        assert row.outputs_pair_saturated == c.outputs_pair_saturated

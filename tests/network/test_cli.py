@@ -348,10 +348,20 @@ def test_run_integer_input_model_keeps_dtypes(runner, tmp_path, op):
     ort = pytest.importorskip("onnxruntime")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     want = sess.run(None, {"x": x})[0]
-    assert want.dtype == got.dtype and np.array_equal(got, want), f"{(got != want).sum()} differ"
-    # the report: no labels and no class scores -> no top-1 line, the output described instead
+    outs_auto = tmp_path / "o_auto.npz"  # onnxruntime's dot product on this CPU (eq. 16)
+    r2 = runner.invoke(main, ["run", str(path), "--data", str(data), "--save-outputs",
+                              str(outs_auto), "--isa", "auto"])  # fmt: skip
+    assert r2.exit_code == 0, r2.output
+    with np.load(outs_auto) as f:
+        got_auto = f["y"]
+    assert want.dtype == got_auto.dtype and np.array_equal(got_auto, want), (
+        f"{(got_auto != want).sum()} differ"
+    )
+    # the report: no labels and no class scores -> no top-1 line, the output described instead;
+    # one row of datapath counters for the MAC node
     doc = json.loads(rep.read_text())
-    assert doc["int_accuracy"] is None and doc["layers"] == []
+    assert doc["int_accuracy"] is None and [row["op"] for row in doc["layers"]] == [op]
+    assert doc["layers"][0]["macs"] > 0 and doc["settings"]["isa"] == "exact"
     assert doc["outputs"]["y"]["dtype"] == np.dtype(want_dtype).name
     assert doc["outputs"]["y"]["shape"] == list(got.shape)
     assert doc["outputs"]["y"]["min"] == got.min() and doc["outputs"]["y"]["max"] == got.max()
