@@ -2,7 +2,7 @@
 product (eq. 16 of ``docs/numerics.md``), and which one onnxruntime uses on this CPU.
 
 onnxruntime's x86 integer kernels (MLAS) multiply ``uint8 x int8`` with ``vpmaddubsw`` when the
-CPU has AVX2 (or SSE4.1, or AVX-512BW) but neither AVX-512 VNNI, AVX-VNNI nor AMX. That
+CPU has AVX2 (or AVX-512BW) but neither AVX-512 VNNI, AVX-VNNI nor AMX. That
 instruction adds each pair of adjacent byte products into a *saturating int16* before
 ``vpmaddwd`` widens the pairs to int32, so a layer's sums can differ from exact integer math.
 With VNNI (``vpdpbusd``) or AMX (``tdpbusd``) the same op is exact, as is every other operand
@@ -37,9 +37,10 @@ class Isa(enum.Enum):
 # (onnxruntime/core/mlas/lib/platform.cpp: AVX512_VNNI -> *Avx512Vnni, AVX_VNNI -> *AvxVnni,
 # AMX_TILE + AMX_INT8 -> *Amx)
 _EXACT_FEATURES = ("avx512vnni", "avxvnni", "amx-int8")
-# features under which MLAS dispatches a vpmaddubsw / pmaddubsw kernel for u8 x s8
-# (GemmU8S8DispatchAvx2, GemmU8S8DispatchAvx512Core, GemmU8S8DispatchSse41)
-_PMADDUBSW_FEATURES = ("avx2", "sse4.1", "avx512bw")
+# features under which MLAS dispatches a vpmaddubsw kernel for u8 x s8 (GemmU8S8DispatchAvx2
+# with the Avx2 or Avx512Core kernels); below AVX2 it widens to int16 (MlasGemmU8X8DispatchSse,
+# exact), except that MSVC builds pick the pmaddubsw MlasGemmU8S8DispatchSse41 on SSE4.1
+_PMADDUBSW_FEATURES = ("avx2", "avx512bw")
 
 
 @functools.cache
@@ -54,11 +55,12 @@ def host_cpu_features() -> dict[str, bool]:
 
 @functools.cache
 def host_isa() -> Isa:
-    """The dot product onnxruntime computes on this CPU: :attr:`Isa.AVX2` on x86-64 without
-    AVX-512 VNNI, AVX-VNNI and AMX-INT8 (but with SSE4.1 or better), else :attr:`Isa.EXACT`
-    (ARM, VNNI/AMX machines, and x86 CPUs so old that MLAS widens to int16 and multiplies
-    exactly)."""
+    """The dot product onnxruntime computes on this CPU: :attr:`Isa.AVX2` on x86-64 with AVX2
+    (or AVX-512BW) but without AVX-512 VNNI, AVX-VNNI and AMX-INT8 (on Windows also SSE4.1
+    without AVX2), else :attr:`Isa.EXACT` (ARM, VNNI/AMX machines, and older x86 CPUs, where
+    MLAS widens to int16 and multiplies exactly)."""
     import platform
+    import sys
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return Isa.EXACT
@@ -66,6 +68,8 @@ def host_isa() -> Isa:
     if any(f.get(k) for k in _EXACT_FEATURES):
         return Isa.EXACT
     if any(f.get(k) for k in _PMADDUBSW_FEATURES):
+        return Isa.AVX2
+    if sys.platform == "win32" and f.get("sse4.1"):
         return Isa.AVX2
     return Isa.EXACT
 
