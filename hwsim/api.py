@@ -217,11 +217,9 @@ def run_program(
         rep.layers.append(row)
     rep.settings["isa"] = isa.value
     if isa is not Isa.EXACT:
-        skipped = sorted(
-            n.name
-            for n in g.nodes
-            if n.op in MAC_OPS and n.wq is not None and n.name not in ex.isa_layers
-        )
+        macs = [n.name for n in g.nodes if n.op in MAC_OPS and n.wq is not None]
+        floats = sorted(m for m in macs if m in ex.float_ops)
+        skipped = sorted(m for m in macs if m not in ex.isa_layers and m not in ex.float_ops)
         rep.notes.append(
             f"isa {isa.value}: {len(ex.isa_layers)} MAC layer(s) sum uint8 x int8 pairs in "
             "saturating int16 as onnxruntime's x86 kernels without VNNI do (docs/numerics.md "
@@ -232,7 +230,20 @@ def run_program(
                 if skipped
                 else ""
             )
+            + (
+                f"; {len(floats)} run as onnxruntime's float32 ops (unfused): {', '.join(floats)}"
+                if floats
+                else ""
+            )
         )
+        import platform
+
+        if ex._ort_fused and platform.machine().lower() not in ("x86_64", "amd64"):
+            rep.notes.append(
+                "the fused plan comes from this machine's onnxruntime, a non-x86 build: it "
+                "keeps int8 QDQ activations int8, so int8-activation layers may be fused "
+                "differently from x86 (hwsim.graph.ort_plan)"
+            )
     if not with_float:
         rep.notes.append("no float reference for this model (QOperator ops)")
     rep.seconds = time.perf_counter() - t0

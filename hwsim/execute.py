@@ -37,7 +37,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from hwsim.datapath import Counters, Operand, conv2d, conv_output_size, gemm, output_stage
-from hwsim.datapath.isa import Isa, pairs_saturate
+from hwsim.datapath.isa import Isa, depthwise, pairs_saturate
 from hwsim.datapath.kernels import add_ort_fused, gmn_to_nchw, im2col_nhwc
 from hwsim.graph.ir import Graph, Node, Op
 from hwsim.numerics import IntFormat, Overflow, ScaleKind, ScaleRegister, saturate
@@ -301,6 +301,7 @@ class IntegerExecutor:
         self.isa = resolve(isa)
         self.isa_layers: set[str] = set()  # MAC layers whose sums follow eq. 16 (isa avx2)
         self._ort_fused = False  # onnxruntime's fused weights (hwsim.graph.ort_plan), lazily
+        self._plan_error = ""
 
     # -- helpers -------------------------------------------------------------------------------
     def _spec(self, t: str) -> ActSpec | None:
@@ -363,29 +364,41 @@ class IntegerExecutor:
         if acc_cfg.bits != 32 or not acc_cfg.signed or acc_cfg.overflow is not Overflow.WRAP:
             return Isa.EXACT
         a = node.attrs
-        if node.op is Op.CONV and a["group"] > 1 and node.wq.q.shape[:2] == (a["group"], 1):
-            return Isa.EXACT  # depthwise: MLAS's exact depthwise kernel
+        if node.op is Op.CONV and depthwise(a["group"], *node.wq.q.shape[:2]):
+            return Isa.EXACT  # MLAS's exact depthwise kernel
         if self.p.layer(node.name).register is ScaleKind.ORT and node.wq.source is not None:
             # an imported model: only the layers onnxruntime fuses run its integer kernels
-            if self._ort_fused is False:
-                from hwsim.graph.ort_plan import ort_integer_weights
-
-                self._ort_fused = ort_integer_weights(self.g.source)
-            if self._ort_fused is not None and node.wq.source not in self._ort_fused:
+            plan = self._plan()
+            if plan is None:
+                raise ValueError(
+                    f"node {node.name!r}: isa {self.isa.value!r} on an imported model needs "
+                    f"onnxruntime's fused plan (which layers run its integer kernels): "
+                    f"{self._plan_error}"
+                )
+            if node.wq.source not in plan:
                 return Isa.EXACT  # a float op on dequantized values in onnxruntime
         self.isa_layers.add(node.name)
         return self.isa
+
+    def _plan(self) -> frozenset[str] | None:
+        """onnxruntime's fused weights for this model (:mod:`hwsim.graph.ort_plan`), or None
+        (the reason in ``_plan_error``); asked once."""
+        if self._ort_fused is False:
+            from hwsim.graph.ort_plan import NoPlanError, ort_integer_weights
+
+            try:
+                self._ort_fused = ort_integer_weights(self.g.source)
+            except NoPlanError as e:
+                self._ort_fused, self._plan_error = None, str(e)
+        return self._ort_fused
 
     def _ort_runs_float(self, node: Node, layer: LayerSpec) -> bool:
         """An imported layer that onnxruntime leaves unfused: a float op on dequantized values
         (:mod:`hwsim.graph.ort_plan`; False when onnxruntime is not installed)."""
         if layer.register is not ScaleKind.ORT or node.wq is None or node.wq.source is None:
             return False
-        if self._ort_fused is False:
-            from hwsim.graph.ort_plan import ort_integer_weights
-
-            self._ort_fused = ort_integer_weights(self.g.source)
-        return self._ort_fused is not None and node.wq.source not in self._ort_fused
+        plan = self._plan()
+        return plan is not None and node.wq.source not in plan
 
     def _mlas_conv(self, node: Node, x: QTensor, spec: ActSpec | None):
         """onnxruntime's unfused ``DequantizeLinear -> Conv -> QuantizeLinear``: a float32
@@ -420,15 +433,10 @@ class IntegerExecutor:
         zw = np.asarray(wq.zero_point)
         wop = Operand(wq.fmt, zero_point=zw if zw.ndim == 1 else int(zw))
         xq = x.q
-        if (
-            self.isa is not Isa.EXACT
-            and layer.register is ScaleKind.ORT
-            and x.fmt == _S8
-            and xq.dtype == np.int8
-        ):
+        if self.isa is not Isa.EXACT and layer.register is ScaleKind.ORT and x.fmt == _S8:
             # onnxruntime's QDQS8ToU8Transformer feeds its fused x86 kernels uint8 = int8 + 128
             # (zero point + 128): the same exact sums, but eq. 16 pairs the shifted bytes
-            xq = xq.view(np.uint8) ^ np.uint8(0x80)
+            xq = (xq.astype(np.int16) + 128).astype(np.uint8)
             xop = Operand(_U8, zero_point=int(x.zero_point) + 128)
         isa = self._layer_isa(node, acc_cfg, xop, wop)
         if isa is not Isa.EXACT:

@@ -39,7 +39,7 @@ import numpy as np
 from hwsim.datapath import Accumulator, Operand, conv2d, gemm, output_stage
 from hwsim.datapath.config import Counters
 from hwsim.datapath.gemm import _pair_correction
-from hwsim.datapath.isa import Isa, resolve
+from hwsim.datapath.isa import Isa, pairs_saturate, resolve
 from hwsim.numerics import IntFormat, ScaleRegister, ort_combined_scale
 from hwsim.numerics import wrap as wrap_to
 
@@ -433,23 +433,35 @@ def conv_integer(
         pads=pads,
         strides=strides,
     )
-    acc = _conv_acc(x, x_zero_point, w, w_zero_point, attrs).astype(np.int64)
     xa, wa = np.asarray(x), np.asarray(w)
-    if resolve(isa) is Isa.AVX2 and xa.dtype == np.int8 and wa.dtype == np.uint8 and acc.size:
-        acc = acc + _conv_integer_pairs(xa, x_zero_point, wa, attrs, acc.shape)
-    return wrap_to(acc, INT32).astype(np.int32)
+    # the weight is MLAS's A operand here: eq. 16 applies to (w, x) = (uint8, int8)
+    if not pairs_saturate(resolve(isa), int_format(wa.dtype, "w"), int_format(xa.dtype, "x")):
+        return _conv_acc(x, x_zero_point, w, w_zero_point, attrs).astype(np.int32)
+    with collect_counters() as inner:
+        exact = _conv_acc(x, x_zero_point, w, w_zero_point, attrs).astype(np.int64)
+    c = Counters(macs=sum(i.macs for i in inner))
+    d = exact + _conv_integer_pairs(xa, x_zero_point, wa, attrs, exact.shape, c)
+    if d.size:
+        c.final_min, c.final_max = int(d.min()), int(d.max())
+        wraps = np.abs((d - INT32.min) >> 32)
+        c.overflow_events, c.outputs_overflowed = int(wraps.sum()), int(np.count_nonzero(wraps))
+    _record(c)
+    return wrap_to(d, INT32).astype(np.int32)
 
 
-def _conv_integer_pairs(x, x_zero_point, w, attrs: dict, out_shape) -> np.ndarray:
+def _conv_integer_pairs(
+    x, x_zero_point, w, attrs: dict, out_shape, counters: Counters
+) -> np.ndarray:
     """eq. 16 for ConvInteger with int8 x and uint8 w: the int16 pair corrections of the raw
-    products ``w[m, (c, i, j)] * col[(c, i, j), p]`` (NCHW im2col, padding = raw x zero point)."""
+    products ``w[m, (c, i, j)] * col[(c, i, j), p]`` (NCHW im2col, padding = raw x zero point);
+    the pair saturations go to ``counters``."""
     nsp = x.ndim - 2
     if nsp == 1:
         x, w = x[:, :, None, :], w[:, :, None, :]
     N, C, H, W = x.shape
     F, Cg, kh, kw = w.shape
     G = int(attrs.get("group") or 1)
-    Ho, Wo = out_shape[2], out_shape[-1]
+    Ho, Wo = (1, out_shape[-1]) if nsp == 1 else out_shape[2:]
     strides = _ints_attr(attrs.get("strides"), nsp, 1, "strides")
     dil = _ints_attr(attrs.get("dilations"), nsp, 1, "dilations")
     # padding reproduced from the output size of _conv_acc (auto_pad included)
@@ -483,9 +495,7 @@ def _conv_integer_pairs(x, x_zero_point, w, attrs: dict, out_shape) -> np.ndarra
     )
     from hwsim.datapath.config import Counters
 
-    c = Counters()
-    corr = _pair_correction(a3, b3, c)  # (G, Fg, N*Ho*Wo)
-    _record(c)
+    corr = _pair_correction(a3, b3, counters)  # (G, Fg, N*Ho*Wo)
     corr = corr.reshape(F, N, Ho * Wo).transpose(1, 0, 2)
     return corr.reshape(out_shape)
 

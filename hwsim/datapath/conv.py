@@ -15,7 +15,7 @@ import numpy as np
 from hwsim.datapath.config import AccResult, Accumulator, Operand
 from hwsim.datapath.engines import max_abs_effective
 from hwsim.datapath.gemm import check_accumulable, check_operand, reduce_batched, weight_zero_point
-from hwsim.datapath.isa import Isa, pairs_saturate, resolve
+from hwsim.datapath.isa import Isa, depthwise, pairs_saturate, resolve
 from hwsim.datapath.kernels import gmn_to_nchw, im2col_nhwc, pad_nhwc
 from hwsim.numerics import IntFormat
 
@@ -122,7 +122,7 @@ def conv2d(
     w3 = np.ascontiguousarray(w.reshape(groups, Fg, Cg, kh, kw).transpose(0, 3, 4, 2, 1))
     w3 = w3.reshape(groups, K, Fg)
     isa = resolve(isa)
-    if (Cg == 1 and Fg == 1) or not pairs_saturate(isa, x_operand.format, w_operand.format):
+    if depthwise(groups, F, Cg) or not pairs_saturate(isa, x_operand.format, w_operand.format):
         isa = Isa.EXACT  # MlasConvDepthwise is exact; so is every pair but u8 x s8 (eq. 16)
     values, counters = reduce_batched(
         cols,

@@ -169,9 +169,10 @@ def ort_exact(b_dtype: str) -> bool:
 
 @functools.cache
 def ort_available() -> bool:
-    """True if onnxruntime gives exact integer matmuls on this CPU for some weight type (int8
-    weights can always go through the uint8 kernels, shifted by 128)."""
-    ok = ort_exact("uint8") or ort_exact("int8")
+    """True if onnxruntime's uint8 x uint8 matmul is exact on this CPU: then every 8-bit
+    operand pair has an exact path (int8 weights go to the uint8 kernels shifted by 128 where
+    uint8 x int8 is not exact)."""
+    ok = ort_exact("uint8")
     if not ok:
         import sys
 

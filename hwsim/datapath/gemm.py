@@ -109,10 +109,11 @@ def reduce_batched(
     N = w3.shape[2]
     fmt = acc.format
     pairs = pairs_saturate(resolve(isa), xop.format, wop.format)
-    if pairs and acc.overflow is not Overflow.WRAP:
+    if pairs and (acc.overflow is not Overflow.WRAP or acc.track_partials):
         raise ValueError(
-            "isa 'avx2' emulates onnxruntime's vpmaddubsw kernels, which accumulate in a "
-            f"wrapping register; got a saturating {acc.bits}-bit accumulator"
+            "isa 'avx2' emulates onnxruntime's vpmaddubsw kernels: acc.overflow must be 'wrap' "
+            f"and acc.track_partials False (no per-product partial sums); got {acc.bits}-bit "
+            f"'{acc.overflow.value}', track_partials={acc.track_partials}"
         )
     exact = exact_sums(x3, w3, xop.zero_point, w_zp, xop.format, wop.format, engine, max_x)
     counters = Counters(macs=G * M * N * K)
@@ -121,9 +122,7 @@ def reduce_batched(
     counters.final_min, counters.final_max = _extremes(exact)
     saturating = acc.overflow is Overflow.SATURATE
     rows = np.zeros(0, np.int64)
-    if pairs:
-        pass  # the vpmaddubsw kernel has no per-product partial sums to track
-    elif acc.track_partials and K:
+    if acc.track_partials and K:
         rows = np.arange(G * M, dtype=np.int64)
     elif saturating and exact.size and K:
         xabs = np.empty((G, M), np.int64)

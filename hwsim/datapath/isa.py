@@ -113,6 +113,12 @@ def resolve(isa) -> Isa:
         raise ValueError(f"isa must be one of {', '.join(ISA_CHOICES)}; got {isa!r}") from None
 
 
+def depthwise(groups: int, filters: int, channels_per_group: int) -> bool:
+    """A convolution MLAS runs on its depthwise kernels, exact on every x86 CPU: one input and
+    one output channel per group (``filters == groups``, ``channels_per_group == 1``)."""
+    return channels_per_group == 1 and filters == groups
+
+
 def pairs_saturate(isa: Isa, x_format, w_format) -> bool:
     """True if ``isa`` sums adjacent raw products of these operand formats in saturating int16:
     :attr:`Isa.AVX2` with an unsigned activation of at most 8 bits (held in uint8) and a signed

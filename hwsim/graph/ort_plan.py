@@ -26,12 +26,18 @@ _INTEGER_OPS = {
 }
 
 
+class NoPlanError(ValueError):
+    """onnxruntime cannot say which layers it fuses (not installed, or cannot load the model)."""
+
+
 @functools.lru_cache(maxsize=16)
-def _fused(path: str, mtime: float) -> frozenset[str] | None:
+def _fused(path: str, mtime: float) -> frozenset[str]:
     try:
         import onnxruntime as ort
     except ImportError:
-        return None
+        raise NoPlanError("onnxruntime is not installed") from None
+    import onnx
+
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "optimized.onnx")
         so = ort.SessionOptions()
@@ -39,11 +45,9 @@ def _fused(path: str, mtime: float) -> frozenset[str] | None:
         so.optimized_model_filepath = out
         try:
             ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-            import onnx
-
-            m = onnx.load(out)
-        except Exception:  # noqa: BLE001 -- a file onnxruntime cannot run has no fused plan
-            return None
+        except Exception as e:  # noqa: BLE001 -- onnxruntime's own error types vary by build
+            raise NoPlanError(f"onnxruntime cannot load {path}: {e}") from None
+        m = onnx.load(out)
     names = set()
     for n in m.graph.node:
         i = _INTEGER_OPS.get(n.op_type)
@@ -52,11 +56,15 @@ def _fused(path: str, mtime: float) -> frozenset[str] | None:
     return frozenset(names)
 
 
-def ort_integer_weights(path) -> frozenset[str] | None:
+def ort_integer_weights(path) -> frozenset[str]:
     """Names of the weight initializers that onnxruntime (default session options) feeds to
-    its integer kernels when it runs the model file at ``path``; ``None`` if onnxruntime is
-    missing or cannot load the file."""
+    its integer kernels when it runs the model file at ``path``. Raises :class:`NoPlanError`
+    if there is no such file, onnxruntime is missing or cannot load it.
+
+    The plan is this machine's onnxruntime's: x86 builds turn int8 QDQ activations into
+    uint8 (``QDQS8ToU8Transformer``) before fusing, ARM builds keep int8 (``QDQIsInt8Allowed``),
+    so the fused set of an int8-activation model can differ between the two."""
     if path is None or not os.path.isfile(str(path)):
-        return None
+        raise NoPlanError(f"{path!r} is not a model file onnxruntime can load")
     p = os.path.abspath(str(path))
     return _fused(p, os.path.getmtime(p))

@@ -4,7 +4,8 @@ Three independent references:
 * the plain-int specification ``hwsim.datapath.reference.gemm_pairs_sat16`` (hypothesis, with
   all-max operands, both int16 rails, odd K, empty and size-1 dimensions);
 * outputs that onnxruntime 1.32 recorded on an AVX2-only AMD EPYC (``ort_goldens/avx2``, made
-  by ``ort_goldens/make.py``), checked bit for bit on whatever CPU runs the tests;
+  by ``ort_goldens/make.py``) and under ``qemu-x86_64 -cpu Haswell-v4`` (``avx2_extra``, made by
+  ``make_extra_goldens.py``), checked bit for bit on whatever CPU runs the tests;
 * the live onnxruntime of this machine, against hwsim under ``isa="auto"``.
 """
 
@@ -172,7 +173,7 @@ def test_only_uint8_x_int8_pairs_saturate():
 
 def test_avx2_needs_a_wrapping_accumulator():
     x, w = np.zeros((1, 2), np.uint8), np.zeros((2, 1), np.int8)
-    with pytest.raises(ValueError, match="wrapping register"):
+    with pytest.raises(ValueError, match="acc.overflow must be .wrap."):
         gemm(x, w, x_operand=Operand(U8, 0), acc=Accumulator(16, "saturate"), isa="avx2")
 
 
@@ -255,3 +256,39 @@ def test_qoperator_run_reports_pair_saturations(name, tmp_path):
                                           int(init["xz"]), 0, Accumulator(32))  # fmt: skip
         assert row.pair_saturations == c.pair_saturations
         assert row.outputs_pair_saturated == c.outputs_pair_saturated
+
+
+def test_ort_engine_shifts_int8_weights_where_uint8_x_int8_is_not_exact(monkeypatch):
+    """On an AVX2 CPU the engine feeds int8 weights to the exact uint8 x uint8 kernels as
+    ``w + 128``; forced here, against int64 arithmetic (both with and without prepacking)."""
+    from hwsim.datapath import engines
+
+    monkeypatch.setattr(engines, "ort_exact", lambda dt: dt == "uint8")
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (300, 77)).astype(np.uint8)
+    w = rng.choice(np.array([-128, 127, -1, 0, 5], np.int8), (77, 9))
+    zw = rng.integers(-128, 128, 9)
+    want = (x.astype(np.int64) - 200) @ (w.astype(np.int64) - zw)
+    for _ in range(3):  # the second sighting of the same weights builds a prepacked session
+        got = gemm(x, w, x_operand=Operand(U8, 200), w_operand=Operand(S8, zw), engine="ort")
+        assert np.array_equal(got.values, want)
+
+
+EXTRA = Path(__file__).parent / "ort_goldens" / "avx2_extra"
+EXTRA_CASES = [c["name"] for c in json.loads((EXTRA / "manifest.json").read_text())["cases"]]
+
+
+@pytest.mark.parametrize("name", EXTRA_CASES)
+def test_more_eq16_paths_golden_and_live(name):
+    """ConvInteger int8 x uint8 (NCHW pairs, grouped, SAME_LOWER, 1-D), the ConvSym, odd-Cg,
+    depthwise and multiplier-2 QLinearConv paths, QGemm, the GEMV MatMulInteger: recorded by
+    onnxruntime 1.32 under ``qemu-x86_64 -cpu Haswell-v4`` (``make_extra_goldens.py``), and the
+    live onnxruntime of this machine under ``isa="auto"``."""
+    model = onnx.load(EXTRA / f"{name}.onnx")
+    with np.load(EXTRA / f"{name}.npz") as z:
+        x, want = z["in_x"], z["out_0"]
+    got = run_qoperator_batch(model, x, name, isa="avx2")
+    assert got.dtype == want.dtype and int(np.count_nonzero(got != want)) == 0
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    live = sess.run(None, {"x": x})[0]
+    assert int(np.count_nonzero(run_qoperator_batch(model, x, name, isa="auto") != live)) == 0
