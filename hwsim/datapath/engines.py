@@ -18,10 +18,7 @@ Every engine returns the exact int64 sums, so the choice never changes a result,
 
 from __future__ import annotations
 
-import collections
 import functools
-import hashlib
-import threading
 
 import numpy as np
 
@@ -66,78 +63,6 @@ def _ort_run(a_u8, az, b, bz):
     sess = _ort_session(str(b.dtype))
     feeds = {"A": a_u8, "B": b, "az": np.asarray(az, np.uint8), "bz": bz}
     return sess.run(None, feeds)[0]
-
-
-_CONST_SESSIONS: collections.OrderedDict = collections.OrderedDict()
-_CONST_LOCK = threading.Lock()
-_CONST_SEEN: collections.OrderedDict = collections.OrderedDict()
-_CONST_MAX = 8  # sessions kept (one per recent weight tensor)
-
-
-def _ort_const_session(b2, bz1):
-    """A ``MatMulInteger`` session with ``B`` (K, N) and its zero points (N,) as initializers,
-    so onnxruntime packs ``B`` once (``PrePack``) instead of on every call; an LRU keyed by the
-    weights' bytes."""
-    key = (
-        str(b2.dtype),
-        b2.shape,
-        hashlib.blake2b(b2.tobytes(), digest_size=16).digest(),
-        bz1.tobytes(),
-    )
-    with _CONST_LOCK:
-        sess = _CONST_SESSIONS.get(key)
-        if sess is not None:
-            _CONST_SESSIONS.move_to_end(key)
-            return sess
-        if key not in _CONST_SEEN:  # first sighting: not worth a session (weights may change)
-            _CONST_SEEN[key] = None
-            while len(_CONST_SEEN) > 4 * _CONST_MAX:
-                _CONST_SEEN.popitem(last=False)
-            return None
-    import numba
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    K, N = b2.shape
-    inputs = [
-        helper.make_tensor_value_info("A", TensorProto.UINT8, ["M", K]),
-        helper.make_tensor_value_info("az", TensorProto.UINT8, []),
-    ]
-    inits = [numpy_helper.from_array(b2, "B"), numpy_helper.from_array(bz1, "bz")]
-    out = helper.make_tensor_value_info("Y", TensorProto.INT32, ["M", N])
-    node = helper.make_node("MatMulInteger", ["A", "B", "az", "bz"], ["Y"])
-    model = helper.make_model(
-        helper.make_graph([node], "hwsim_matmul_integer_const", inputs, [out], inits),
-        opset_imports=[helper.make_opsetid("", 13)],
-    )
-    model.ir_version = 8
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = numba.config.NUMBA_NUM_THREADS
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    with _CONST_LOCK:
-        _CONST_SESSIONS[key] = sess
-        while len(_CONST_SESSIONS) > _CONST_MAX:
-            _CONST_SESSIONS.popitem(last=False)
-    return sess
-
-
-def _ort_matmul(a_u8, az, b, bz):
-    """``_ort_run`` for validated (G, M, K) / (G, K, N) / (G, 1, N) operands; a single batch
-    runs with ``B`` prepacked (cached per weight tensor)."""
-    G, M, _ = a_u8.shape
-    if G != 1 or M < _CONST_MIN_ROWS:
-        return _ort_run(a_u8, az, b, bz)
-    sess = _ort_const_session(b[0], np.ascontiguousarray(bz[0, 0]))
-    if sess is None:
-        return _ort_run(a_u8, az, b, bz)
-    y = sess.run(None, {"A": a_u8[0], "az": np.asarray(az, np.uint8)})[0]
-    return y.reshape(1, M, -1)
-
-
-_CONST_MIN_ROWS = 256  # below this the per-weight session is not worth building
 
 
 @functools.cache
@@ -268,7 +193,7 @@ def exact_sums(
             bdt = np.int8 if w_fmt.signed else np.uint8
             b = w.astype(bdt, copy=False)
             bz = np.broadcast_to(np.asarray(w_zp, bdt), (G, 1, N))
-        return _ort_matmul(
+        return _ort_run(
             np.ascontiguousarray(a), az, np.ascontiguousarray(b), np.ascontiguousarray(bz)
         )
     xe = _effective(x, x_zp)

@@ -260,7 +260,7 @@ def test_qoperator_run_reports_pair_saturations(name, tmp_path):
 
 def test_ort_engine_shifts_int8_weights_where_uint8_x_int8_is_not_exact(monkeypatch):
     """On an AVX2 CPU the engine feeds int8 weights to the exact uint8 x uint8 kernels as
-    ``w + 128``; forced here, against int64 arithmetic (both with and without prepacking)."""
+    ``w + 128``; forced here, against int64 arithmetic."""
     from hwsim.datapath import engines
 
     monkeypatch.setattr(engines, "ort_exact", lambda dt: dt == "uint8")
@@ -269,7 +269,7 @@ def test_ort_engine_shifts_int8_weights_where_uint8_x_int8_is_not_exact(monkeypa
     w = rng.choice(np.array([-128, 127, -1, 0, 5], np.int8), (77, 9))
     zw = rng.integers(-128, 128, 9)
     want = (x.astype(np.int64) - 200) @ (w.astype(np.int64) - zw)
-    for _ in range(3):  # the second sighting of the same weights builds a prepacked session
+    for _ in range(2):
         got = gemm(x, w, x_operand=Operand(U8, 200), w_operand=Operand(S8, zw), engine="ort")
         assert np.array_equal(got.values, want)
 
