@@ -247,22 +247,7 @@ class LayerStats:
 
     def add(self, c: Counters | None, bias_overflows=0, clamped=0, outputs=0):
         if c is not None:
-            m = self.counters
-            m.macs += c.macs
-            m.overflow_events += c.overflow_events
-            m.outputs_overflowed += c.outputs_overflowed
-            m.pair_saturations += c.pair_saturations
-            m.outputs_pair_saturated += c.outputs_pair_saturated
-            for name, f in (
-                ("final_min", min),
-                ("final_max", max),
-                ("partial_min", min),
-                ("partial_max", max),
-            ):
-                v = getattr(c, name)
-                old = getattr(m, name)
-                if v is not None:
-                    setattr(m, name, v if old is None else f(old, v))
+            self.counters.merge(c)
         self.bias_overflows += bias_overflows
         self.clamped += clamped
         self.outputs += outputs

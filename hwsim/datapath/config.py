@@ -149,6 +149,18 @@ class Counters:
             return None
         return max(signed_bits(lo), signed_bits(hi))
 
+    def merge(self, other: Counters) -> Counters:
+        """These counters and ``other``'s (disjoint outputs of one layer) together, in place:
+        counts add, extremes take the min / max."""
+        for name in ("macs", "overflow_events", "outputs_overflowed", "pair_saturations",
+                     "outputs_pair_saturated"):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name, f in (("final_min", min), ("final_max", max), ("partial_min", min),
+                        ("partial_max", max)):  # fmt: skip
+            a, b = getattr(self, name), getattr(other, name)
+            setattr(self, name, b if a is None else (a if b is None else f(a, b)))
+        return self
+
     def as_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["bits_needed"] = self.bits_needed

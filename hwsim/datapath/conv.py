@@ -116,29 +116,42 @@ def conv2d(
         xin = x.astype(np.int64)  # the padding holds the zero point, which x's dtype cannot
     xp = _scratch("xp", (N, H + pt + pb, W + pl + pr, C), xin.dtype)
     pad_nhwc(xin, pt, pl, xin.dtype.type(xop.zero_point), flip, xp)
-    cols = _scratch("cols", (groups, N * ho * wo, K), xin.dtype)
-    im2col_nhwc(xp, groups, kh, kw, sh, sw, dh, dw, ho, wo, cols)
     # weights in the same window-major column order (i, j, c)
     w3 = np.ascontiguousarray(w.reshape(groups, Fg, Cg, kh, kw).transpose(0, 3, 4, 2, 1))
     w3 = w3.reshape(groups, K, Fg)
     isa = resolve(isa)
     if depthwise(groups, F, Cg) or not pairs_saturate(isa, x_operand.format, w_operand.format):
         isa = Isa.EXACT  # MlasConvDepthwise is exact; so is every pair but u8 x s8 (eq. 16)
-    values, counters = reduce_batched(
-        cols,
-        w3,
-        xop,
-        w_operand,
-        wzp,
-        acc,
-        engine,
-        order=_hardware_order(Cg, kh, kw),
-        max_x=max_x,
-        isa=isa,
-    )
-    out = np.empty((N, F, ho * wo), np.int64 if values.dtype != np.uint64 else np.uint64)
-    gmn_to_nchw(values, N, out)
+    # a few images at a time: the unfolded columns and their sums stay in cache (every output
+    # row is independent, so the chunking changes no value and no counter)
+    per_image = max(1, groups * ho * wo * K * xin.dtype.itemsize)
+    nb = max(1, min(N, CHUNK_BYTES // per_image))
+    cols = _scratch("cols", (groups, nb * ho * wo, K), xin.dtype)
+    unsigned64 = acc.bits == 64 and not acc.signed
+    out = np.empty((N, F, ho * wo), np.uint64 if unsigned64 else np.int64)
+    counters = None
+    for n0 in range(0, max(N, 1), nb):
+        n1 = min(N, n0 + nb)
+        c = cols[:, : (n1 - n0) * ho * wo]
+        im2col_nhwc(xp[n0:n1], groups, kh, kw, sh, sw, dh, dw, ho, wo, c)
+        values, part = reduce_batched(
+            c,
+            w3,
+            xop,
+            w_operand,
+            wzp,
+            acc,
+            engine,
+            order=_hardware_order(Cg, kh, kw),
+            max_x=max_x,
+            isa=isa,
+        )
+        gmn_to_nchw(values, n1 - n0, out[n0:n1])
+        counters = part if counters is None else counters.merge(part)
     return AccResult(out.reshape(N, F, ho, wo), counters)
+
+
+CHUNK_BYTES = 4 << 20  # unfolded columns per chunk
 
 
 _local = threading.local()
