@@ -111,19 +111,24 @@ def run_program(
     with_float: bool = True,
     collect_outputs: bool = False,
     isa="exact",
+    seed: int = 0,
 ):
     """Run float and integer executors side by side in batches; returns (report, outputs).
 
     ``isa`` (``exact``, ``avx2``, ``auto``; :mod:`hwsim.datapath.isa`): the MAC layers' dot
     products. Under ``avx2`` an exact executor runs alongside, so every layer also reports its
-    SQNR with exact sums (``sqnr_exact_db``) and its int16 pair saturations."""
+    SQNR with exact sums (``sqnr_exact_db``) and its int16 pair saturations.
+
+    ``seed``: stochastic rounding's draws (``IntegerExecutor``: one Generator per node and
+    sample, ``default_rng([seed, node_index, sample_index])``), so a run is reproducible and
+    its integers do not depend on ``batch_size``."""
     from hwsim.datapath.isa import Isa, resolve
 
     t0 = time.perf_counter()
     g = program.graph
     isa = resolve(isa)
-    ex = IntegerExecutor(program, track_partials=True, isa=isa)
-    ex_exact = IntegerExecutor(program, isa=Isa.EXACT) if isa is not Isa.EXACT else None
+    ex = IntegerExecutor(program, track_partials=True, isa=isa, seed=seed)
+    ex_exact = IntegerExecutor(program, isa=Isa.EXACT, seed=seed) if isa is not Isa.EXACT else None
     sig: dict[str, float] = {}
     noise: dict[str, float] = {}
     noise_exact: dict[str, float] = {}
@@ -176,6 +181,13 @@ def run_program(
             "original float weights are not in a quantized file): the comparison "
             "isolates activation quantization and integer arithmetic"
         )
+    if with_float and g.float_ranges:
+        rep.notes.append(
+            "float reference of a QDQ model: each quantized activation clamped to its "
+            "QuantizeLinear range, not rounded (the quantizer removed the ReLU/Clip layers "
+            "that range enforces), so SQNR counts rounding and integer arithmetic, not "
+            "clipping at the calibrated range"
+        )
     if ds.y is not None:
         rep.int_accuracy = float(np.mean(ip == ds.y))
         if fp is not None:
@@ -207,6 +219,7 @@ def run_program(
             row.max_abs_acc = max((abs(v) for v in ext), default=None)
             row.bias_overflows = st.bias_overflows
             row.clamped = st.clamped
+            row.bias_clamped = st.bias_clamped
             if isa is not Isa.EXACT:
                 row.pair_saturations = c.pair_saturations
                 row.outputs_pair_saturated = c.outputs_pair_saturated
@@ -278,12 +291,14 @@ def run(
     progress: bool = False,
     accelerator=None,
     isa="exact",
+    seed: int = 0,
 ) -> RunReport:
     """Run a quantized model on ``data`` (name or .npz or Dataset) and report.
 
     ``isa``: ``exact`` (true integer math: VNNI/AMX, ARM, accelerators), ``avx2``
     (onnxruntime's x86 results without VNNI, bit for bit, with int16 pair-saturation counters)
     or ``auto`` (what onnxruntime does on this CPU); see :mod:`hwsim.datapath.isa`.
+    ``seed``: stochastic rounding's draws (see :func:`run_program`).
 
     ``report``: JSON path (written atomically); ``save_outputs``: .npz path receiving the
     model's final outputs (float32, as the model's last op produces them; a QOperator model's
@@ -305,7 +320,13 @@ def run(
         program = load_quantized(path)
     ds = _data(data, program.graph.input_shape)
     rep, outs = run_program(
-        program, ds, batch_size, progress, collect_outputs=save_outputs is not None, isa=isa
+        program,
+        ds,
+        batch_size,
+        progress,
+        collect_outputs=save_outputs is not None,
+        isa=isa,
+        seed=seed,
     )
     attach_cost(rep, program, accelerator, min(batch_size, len(ds)))
     if save_outputs is not None:
@@ -330,12 +351,14 @@ def compare(
     accelerator=None,
     pareto=None,
     isa="exact",
+    seed: int = 0,
     **kw,
 ) -> list[dict]:
     """Sweep schemes x weight bits x activation bits on a float model; one row per run.
 
     ``calib`` defaults to ``data`` (say so in reports; pass a separate set to avoid it).
-    ``isa``: the dot product of the integer runs (see :func:`run`).
+    ``isa``: the dot product of the integer runs (see :func:`run`); ``seed``: stochastic
+    rounding's draws (see :func:`run_program`).
     """
     import json
 
@@ -352,7 +375,7 @@ def compare(
                 graph = import_model(path)
                 sch = make_scheme(scheme, wbits=wb, abits=ab, **kw)
                 program = quantize(graph, sch, cal, batch_size)
-                rep, _ = run_program(program, ds, batch_size, progress, isa=isa)
+                rep, _ = run_program(program, ds, batch_size, progress, isa=isa, seed=seed)
                 c = attach_cost(rep, program, accelerator, 1)
                 rows.append(
                     {

@@ -16,6 +16,39 @@ def main() -> None:
     """hwsim: bit-exact quantized inference on emulated integer hardware."""
 
 
+def _out(ctx, param, value):
+    """An output file path, checked before any work (its directory exists and is writable):
+    a usage error (exit 2) naming the path as given, not a failure after the run."""
+    from hwsim.io import output_path_problem
+
+    if value is not None and (why := output_path_problem(value)):
+        raise click.BadParameter(f"cannot write {why}", ctx=ctx, param=param)
+    return value
+
+
+def _out_parents(ctx, param, value):
+    """An output file whose missing parent directories are created (``train -o``)."""
+    from pathlib import Path
+
+    from hwsim.io import output_path_problem
+
+    if value is None:
+        return value
+    why = "it is a directory" if Path(value).is_dir() else None
+    if why or (why := output_path_problem(Path(value).parent, directory=True)):
+        raise click.BadParameter(f"cannot write {value!r}: {why}", ctx=ctx, param=param)
+    return value
+
+
+def _out_dir(ctx, param, value):
+    """An output directory (created with its parents), checked like :func:`_out`."""
+    from hwsim.io import output_path_problem
+
+    if value is not None and (why := output_path_problem(value, directory=True)):
+        raise click.BadParameter(f"cannot write {why}", ctx=ctx, param=param)
+    return value
+
+
 @main.command("datapath")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the demo layer.")
 @click.option("--batch", type=click.IntRange(1, 64), default=4, show_default=True)
@@ -36,7 +69,8 @@ def main() -> None:
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False, writable=True),
+    type=click.Path(dir_okay=False),
+    callback=_out,
     help="Also write the results as JSON (atomically).",
 )
 def datapath(seed: int, batch: int, acc_bits: int, tile_rows: int, json_path: str | None) -> None:
@@ -99,6 +133,7 @@ def _guard(fn):
             FileNotFoundError,
             ConfigError,
             TopologyError,
+            OSError,  # e.g. an output directory removed during the run: names the user's path
         ) as e:
             raise HwsimError(str(e)) from None
         except ValueError as e:
@@ -194,6 +229,15 @@ def _scheme_options(f):
             help="Fold BatchNorm into the weights, or into the per-channel scale register.",
         ),
         click.option(
+            "--data-free-range",
+            type=click.Choice(["sound", "official"]),
+            default="sound",
+            show_default=True,
+            help="Data-free range after a BatchNorm: sound = [min(beta-n|gamma|), "
+            "max(beta+n|gamma|)] (every channel within n sigma); official = the PSGD code's "
+            "[0, max(beta+n*gamma)] with signed gamma, for BN->ReLU only (docs/networks.md).",
+        ),
+        click.option(
             "--layer",
             "layers",
             multiple=True,
@@ -242,6 +286,7 @@ def _scheme_kw(kw: dict) -> dict:
     out = dict(
         overrides=overrides,
         bn_fold=kw.pop("bn_fold"),
+        data_free_range=kw.pop("data_free_range"),
         acc_bits=kw.pop("acc_bits"),
         overflow=kw.pop("overflow"),
         register=kw.pop("register"),
@@ -295,7 +340,9 @@ SCHEMES_HELP = "per-tensor, per-channel, per-sample, per-sample-shift, data-free
 @click.option("--calib", default="digits-train", show_default=True)
 @click.option("--wbits", default="8,4", callback=_bits_list, show_default=True)
 @click.option("--abits", default="8,4", callback=_bits_list, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), callback=_out, default=None
+)
 @_guard
 def demo(model, data, calib, wbits, abits, json_path):
     """The main job: the shipped CNN on digits, four schemes, float vs integer, and narrow
@@ -346,7 +393,9 @@ def demo(model, data, calib, wbits, abits, json_path):
 @click.option("--abits", type=click.IntRange(2, 16), default=8, show_default=True)
 @click.option("--calib", default=None, help="Calibration data: built-in name or .npz.")
 @click.option("--input-range", default=None, help="LO,HI of the input (data-free scheme).")
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "-o", "--output", "out", required=True, type=click.Path(dir_okay=False), callback=_out
+)
 @_scheme_options
 @_guard
 def quantize_cmd(model, scheme, wbits, abits, calib, input_range, out, **kw):
@@ -392,13 +441,27 @@ def _isa_option(f):
     )(f)
 
 
+def _seed_option(f):
+    return click.option(
+        "--seed",
+        type=click.IntRange(0, None),
+        default=0,
+        show_default=True,
+        help="Seed of stochastic rounding (--rounding stochastic with a pow2 register): one "
+        "generator per layer and sample, so results do not depend on --batch-size.",
+    )(f)
+
+
 @main.command("run")
 @click.argument("model")
 @click.option("--data", required=True, help="Built-in data set name or .npz with x (and y).")
-@click.option("--report", type=click.Path(dir_okay=False), default=None, help="JSON report.")
+@click.option(
+    "--report", type=click.Path(dir_okay=False), callback=_out, default=None, help="JSON report."
+)
 @click.option(
     "--save-outputs",
     type=click.Path(dir_okay=False),
+    callback=_out,
     default=None,
     help="Write the model's final outputs (.npz, under the output name; float32, or the "
     "output's own dtype, e.g. int32/uint8, for QOperator models).",
@@ -406,9 +469,10 @@ def _isa_option(f):
 @click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
 @_isa_option
+@_seed_option
 @_accel_options
 @_guard
-def run_cmd(model, data, report, save_outputs, batch_size, progress, isa, **kw):
+def run_cmd(model, data, report, save_outputs, batch_size, progress, isa, seed, **kw):
     """Run a quantized MODEL (hwsim, QDQ or QOperator ONNX) on DATA; float vs integer."""
     import sys
 
@@ -425,6 +489,7 @@ def run_cmd(model, data, report, save_outputs, batch_size, progress, isa, **kw):
         progress=progress,
         accelerator=_accelerator(kw),
         isa=isa,
+        seed=seed,
     )
     click.echo(rep.table())
     for path in (report, save_outputs):
@@ -444,19 +509,25 @@ def run_cmd(model, data, report, save_outputs, batch_size, progress, isa, **kw):
 )
 @click.option("--wbits", default="8,6,4", callback=_bits_list, show_default=True)
 @click.option("--abits", default="8", callback=_bits_list, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG plot path.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), callback=_out, default=None
+)
+@click.option(
+    "--plot", type=click.Path(dir_okay=False), callback=_out, default=None, help="PNG plot path."
+)
 @click.option(
     "--pareto",
     type=click.Path(dir_okay=False),
+    callback=_out,
     default=None,
     help="PNG plot of accuracy vs energy per sample, with the Pareto front.",
 )
 @_scheme_options
 @_isa_option
+@_seed_option
 @_accel_options
 @_guard
-def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, isa, **kw):
+def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, isa, seed, **kw):
     """Sweep schemes x bit widths on a float MODEL: table (with energy), JSON, plots."""
     from hwsim import api
 
@@ -479,6 +550,7 @@ def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, 
         accelerator=accel,
         pareto=pareto,
         isa=isa,
+        seed=seed,
         **skw,
     )
     click.echo(api.compare_table(rows))
@@ -514,8 +586,12 @@ def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, 
 )
 @click.option("--abits", type=click.IntRange(1, 32), default=None)
 @click.option("--acc-bits", type=click.IntRange(8, 64), default=None)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG plot path.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), callback=_out, default=None
+)
+@click.option(
+    "--plot", type=click.Path(dir_okay=False), callback=_out, default=None, help="PNG plot path."
+)
 @_guard
 def cost_cmd(
     model_or_topology, config, array, dataflow, batch, wbits, abits, acc_bits, json_path, plot
@@ -567,7 +643,9 @@ def cost_cmd(
 @click.option("--epochs", type=click.IntRange(1, 100000), default=30, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "-o", "--output", "out", required=True, type=click.Path(dir_okay=False), callback=_out_parents
+)
 @_guard
 def train_cmd(arch, data, optimizer, target_bits, lambda_s, scaling, epochs, lr, seed, out):
     """Train a shipped ARCH (mlp, rescnn) with SGD or PSGD and export float ONNX (needs the
@@ -624,14 +702,16 @@ def study():
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False),
+    callback=_out_dir,
     default=None,
     help="Models and per-run results (reused on rerun). Default hwsim-study-psgd-DATA.",
 )
-@click.option("--report", type=click.Path(dir_okay=False), default=None)
+@click.option("--report", type=click.Path(dir_okay=False), callback=_out, default=None)
 @click.option(
     "--plot",
     "plot_dir",
     type=click.Path(file_okay=False),
+    callback=_out_dir,
     default=None,
     help="Directory for accuracy_vs_bits.png and weight_histogram.png.",
 )

@@ -40,7 +40,15 @@ from hwsim.datapath import Counters, Operand, conv2d, conv_output_size, gemm, ou
 from hwsim.datapath.isa import Isa, depthwise, pairs_saturate
 from hwsim.datapath.kernels import add_ort_fused, gmn_to_nchw, im2col_nhwc
 from hwsim.graph.ir import Graph, Node, Op
-from hwsim.numerics import IntFormat, Overflow, ScaleKind, ScaleRegister, saturate
+from hwsim.numerics import (
+    IntFormat,
+    Overflow,
+    RoundingMode,
+    ScaleKind,
+    ScaleRegister,
+    saturate,
+)
+from hwsim.numerics.scale import MultiplierRangeError
 from hwsim.quant.scheme import ActSpec, LayerSpec, QuantProgram
 
 # --------------------------------------------------------------------------------------------
@@ -153,10 +161,22 @@ def batchnorm_f32(x: np.ndarray, a: dict) -> np.ndarray:
 
 
 def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Float32 reference run of one batch; returns every tensor by name."""
-    env = {graph.input: np.asarray(x, np.float32)}
+    """Float32 reference run of one batch; returns every tensor by name.
+
+    An imported QDQ model's quantized activations are clamped to their Q/DQ ranges
+    (``graph.float_ranges``), not rounded: the file's network with its dequantized weights and
+    every activation ``QuantizeLinear -> DequantizeLinear`` pair read as ``Clip(DQ(q_min),
+    DQ(q_max))`` -- onnxruntime's quantizer removed the ReLUs / Clips those ranges enforce."""
+    clamp = graph.float_ranges
+
+    def put(t, v):
+        r = clamp.get(t)
+        env[t] = v if r is None else np.clip(v, np.float32(r[0]), np.float32(r[1]))
+
+    env: dict[str, np.ndarray] = {}
+    put(graph.input, np.asarray(x, np.float32))
     for n in graph.nodes:
-        env[n.output] = float_op(n, [env[t] for t in n.inputs])
+        put(n.output, float_op(n, [env[t] for t in n.inputs]))
     return env
 
 
@@ -244,13 +264,17 @@ class LayerStats:
     bias_overflows: int = 0
     clamped: int = 0
     outputs: int = 0
+    bias_clamped: int = 0
+    """(sample, output channel) pairs whose float bias, quantized to accumulator units, lay
+    outside the accumulator format and was clamped to it (0 for an imported int32 bias)."""
 
-    def add(self, c: Counters | None, bias_overflows=0, clamped=0, outputs=0):
+    def add(self, c: Counters | None, bias_overflows=0, clamped=0, outputs=0, bias_clamped=0):
         if c is not None:
             self.counters.merge(c)
         self.bias_overflows += bias_overflows
         self.clamped += clamped
         self.outputs += outputs
+        self.bias_clamped += bias_clamped
 
 
 def _ort_holder(*fmts: IntFormat):
@@ -275,7 +299,13 @@ _S8, _U8 = IntFormat(8, True), IntFormat(8, False)
 class IntegerExecutor:
     """Runs a :class:`QuantProgram` batch by batch, accumulating per-node :class:`LayerStats`."""
 
-    def __init__(self, program: QuantProgram, track_partials: bool = False, isa="exact"):
+    def __init__(
+        self, program: QuantProgram, track_partials: bool = False, isa="exact", seed: int = 0
+    ):
+        """``seed``: stochastic rounding (a ``pow2`` register with ``rounding="stochastic"``)
+        draws for node ``j`` and sample ``i`` from ``numpy.random.default_rng([seed, j, i])``,
+        ``i`` counted over every sample this executor has run (or ``run``'s ``sample_offset``):
+        the same seed gives the same integers whatever the batch partition."""
         from hwsim.datapath.isa import resolve
 
         self.p = program
@@ -287,6 +317,19 @@ class IntegerExecutor:
         self.isa_layers: set[str] = set()  # MAC layers whose sums follow eq. 16 (isa avx2)
         self._ort_fused = False  # onnxruntime's fused weights (hwsim.graph.ort_plan), lazily
         self._plan_error = ""
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.seed = int(seed)
+        self.samples_seen = 0  # the next batch's first sample index (stochastic rounding)
+        self._rng = None  # the current node's per-sample Generators, or None
+
+    def _node_rngs(self, index: int, node: Node, first: int, n: int):
+        """One Generator per sample of the batch for node ``index`` when its requantization
+        rounds stochastically, else None."""
+        layer = self.p.layer(node.name)
+        if layer.rounding is not RoundingMode.STOCHASTIC or layer.register is not ScaleKind.POW2:
+            return None
+        return [np.random.default_rng([self.seed, index, first + i]) for i in range(n)]
 
     # -- helpers -------------------------------------------------------------------------------
     def _spec(self, t: str) -> ActSpec | None:
@@ -333,7 +376,9 @@ class IntegerExecutor:
             rounding,
             ort,
         )
-        y = np.asarray(reg.apply(t, axis=None if reg.multiplier.ndim != 1 else 1), np.int64)
+        y = np.asarray(
+            reg.apply(t, axis=None if reg.multiplier.ndim != 1 else 1, rng=self._rng), np.int64
+        )
         out = saturate(y + spec.zero_point, spec.fmt)
         return QTensor(
             np.asarray(out).astype(spec.fmt.dtype), so.astype(np.float32), spec.zero_point, spec.fmt
@@ -459,10 +504,16 @@ class IntegerExecutor:
         sx_b = sx.reshape(-1, 1) if sx.ndim == 1 else sx  # (N,1) or ()
         sxw64 = sx_b.astype(np.float64) * sw.astype(np.float64)  # (N,O) / (O,) / ()
         # bias in accumulator units
+        bias_clamped = 0
         if node.bias_q is not None and sx.ndim == 0:
             bias = node.bias_q.astype(np.int64)
         elif node.bias is not None:
             bias = np.rint(node.bias.astype(np.float64) / sxw64)
+            outside = (bias < acc_cfg.format.min) | (bias > acc_cfg.format.max)
+            # counted per (sample, channel): a bias shared by the batch counts once per sample
+            bias_clamped = int(np.count_nonzero(outside)) * (
+                vals.shape[0] if np.ndim(bias) < 2 else 1
+            )
             bias = np.clip(bias, acc_cfg.format.min, acc_cfg.format.max).astype(np.int64)
         else:
             bias = None
@@ -515,8 +566,11 @@ class IntegerExecutor:
             scale_axis=axis,
             out_format=spec.fmt,
             out_zero_point=spec.zero_point,
+            rng=self._rng,
         )
-        self.stats[node.name].add(res.counters, out.bias_overflows, out.clamped, vals.size)
+        self.stats[node.name].add(
+            res.counters, out.bias_overflows, out.clamped, vals.size, bias_clamped
+        )
         return QTensor(out.values, so.astype(np.float32), spec.zero_point, spec.fmt)
 
     # -- other ops -----------------------------------------------------------------------------
@@ -567,7 +621,9 @@ class IntegerExecutor:
             )
 
         def ap(r, t):
-            return np.asarray(r.apply(t, axis=None if np.ndim(r.multiplier) > 1 else 0), np.int64)
+            return np.asarray(
+                r.apply(t, axis=None if np.ndim(r.multiplier) > 1 else 0, rng=self._rng), np.int64
+            )
 
         if kind is ScaleKind.ORT and a.q.shape == b.q.shape and a.q.ndim >= 1 and a.q.size:
             # the same three ort registers and clamp as below, in one fused pass
@@ -731,10 +787,14 @@ class IntegerExecutor:
             return x
         return self._requant_float(node, ins, spec)
 
-    def run(self, x: np.ndarray, keep_all: bool = True) -> dict:
+    def run(self, x: np.ndarray, keep_all: bool = True, sample_offset: int | None = None) -> dict:
         """Integer run of one batch. Returns tensors by name (QTensor for integer tensors, float
-        arrays otherwise); with ``keep_all=False`` only the output is kept."""
+        arrays otherwise); with ``keep_all=False`` only the output is kept. ``sample_offset``:
+        the global index of the batch's first sample for stochastic rounding (default: the
+        samples this executor has run so far)."""
         g = self.g
+        first = self.samples_seen if sample_offset is None else int(sample_offset)
+        n_batch = int(np.shape(x)[0]) if np.ndim(x) else 1
         spec = self._spec(g.input)
         x = np.asarray(x, np.float32)
         # an unquantized input stays float until the first QuantizeLinear (as in QDQ models)
@@ -744,11 +804,19 @@ class IntegerExecutor:
             for t in n.inputs:
                 last_use[t] = i
         for i, n in enumerate(g.nodes):
-            env[n.output] = self._node(n, [env[t] for t in n.inputs])
+            self._rng = self._node_rngs(i, n, first, n_batch)
+            try:
+                env[n.output] = self._node(n, [env[t] for t in n.inputs])
+            except MultiplierRangeError as e:  # name the layer whose register is out of range
+                raise MultiplierRangeError(f"node {n.name!r} ({n.op.value}): {e}") from None
+            finally:
+                self._rng = None
             if not keep_all:
                 for t in n.inputs:
                     if last_use.get(t) == i and t != g.output:
                         env.pop(t, None)
+        if sample_offset is None:
+            self.samples_seen += n_batch
         return env
 
     def output(self, env: dict) -> np.ndarray:

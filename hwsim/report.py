@@ -33,6 +33,7 @@ class LayerRow:
     max_abs_acc: int | None = None
     bias_overflows: int = 0
     clamped: int = 0
+    bias_clamped: int = 0  # (sample, channel) biases clamped to the accumulator format
     float_op: bool = False
     pair_saturations: int | None = None  # isa avx2: raw int16 pairs clamped (eq. 16)
     outputs_pair_saturated: int | None = None
@@ -86,6 +87,7 @@ class RunReport:
                 "overflow_events": sum(r.overflow_events for r in self.layers),
                 "outputs_overflowed": sum(r.outputs_overflowed for r in self.layers),
                 "pair_saturations": sum(r.pair_saturations or 0 for r in self.layers),
+                "bias_clamped": sum(r.bias_clamped for r in self.layers),
             },
             "settings": self.settings,
             "cost": self.cost,
@@ -144,6 +146,12 @@ class RunReport:
             )
         if any(r.float_op for r in self.layers):
             lines.append("* run as float between DequantizeLinear and QuantizeLinear")
+        bc = [r for r in self.layers if r.bias_clamped]
+        if bc:
+            lines.append(
+                "bias clamped to the accumulator range (bias_clamped, per sample and channel): "
+                + ", ".join(f"{r.name} {r.bias_clamped}" for r in bc)
+            )
         if pairs:
             lines.append(
                 "i16 sat: uint8 x int8 product pairs clamped to int16 by onnxruntime's x86 "

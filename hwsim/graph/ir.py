@@ -125,6 +125,12 @@ class Graph:
     meta: dict = field(default_factory=dict)
     output_name: str = ""
     """The output's name in the ONNX file (``output`` may be an internal name behind a DQ)."""
+    float_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """The float reference's clamps of an imported (not hwsim-written) QDQ model: tensor name ->
+    ``(DQ(q_min), DQ(q_max))`` of its activation quantization, applied by
+    :func:`hwsim.execute.run_float` after the tensor is computed. onnxruntime's QDQ quantizer
+    deletes a ReLU/Clip whose range its QuantizeLinear already enforces, so those clamps are the
+    only trace of the activations in the file (docs/networks.md, "The float reference")."""
 
     @property
     def quantized(self) -> bool:

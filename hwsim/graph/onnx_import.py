@@ -385,12 +385,23 @@ class _Importer:
             return False
         vec = np.broadcast_to(cv.reshape(-1), (n_out,)).astype(np.float32)
         b0 = prev.bias if prev.bias is not None else np.zeros(n_out, np.float32)
+        bn = "bn_k" in prev.attrs  # a folded BatchNorm: keep its data consistent (issue 12)
         if op_type == "Add":
             prev.bias = (b0 + vec).astype(np.float32)
+            if bn:  # BN then + c is a BN with beta + c
+                prev.attrs["bn_beta"] = (prev.attrs["bn_beta"] + vec).astype(np.float32)
         else:
             shape = (n_out,) + (1,) * (prev.weight.ndim - 1)
             prev.weight = (prev.weight * vec.reshape(shape)).astype(np.float32)
             prev.bias = (b0 * vec).astype(np.float32)
+            if bn:
+                # BN then * c is a BN with gamma * c, beta * c: the factor k (the register's
+                # share, bn_fold=register) takes c, the conv's own weights stay as they are,
+                # so weight == weight_unfolded * bn_k still holds
+                a = prev.attrs
+                a["bn_k"] = (a["bn_k"] * vec).astype(np.float32)
+                a["bn_gamma"] = (a["bn_gamma"] * vec).astype(np.float32)
+                a["bn_beta"] = (a["bn_beta"] * vec).astype(np.float32)
         prev.output = node.output[0]
         return True
 
@@ -569,7 +580,22 @@ class _Importer:
             self.act_quant,
             meta,
             g.output[0].name,
+            float_ranges=(
+                {} if "hwsim" in meta else {t: _range(tq) for t, tq in self.act_quant.items()}
+            ),
         )
+
+
+def _range(tq: TensorQuant) -> tuple[float, float]:
+    """The reals a Q/DQ pair can output: ``(DQ(q_min), DQ(q_max))``, float32 as DequantizeLinear
+    computes them. The float reference of a QDQ model clamps each quantized activation to it:
+    onnxruntime's quantizer removes a ReLU (or ReLU6/Clip) whose output range its QuantizeLinear
+    already enforces (zero point = the type's minimum: DQ(q_min) = 0), so without the clamp the
+    float run would have no activation there."""
+    s = np.float32(tq.scale)
+    lo = np.float32(tq.fmt.min - tq.zero_point) * s
+    hi = np.float32(tq.fmt.max - tq.zero_point) * s
+    return float(lo), float(hi)
 
 
 def _dequant(q, s, z, axis):

@@ -64,13 +64,35 @@ def _round_up_mask(mode: RoundingMode, x, q, r, s, u):
     raise ValueError(f"unknown rounding mode {mode!r}")
 
 
-def stochastic_draws(rng: np.random.Generator, shape, shift) -> np.ndarray:
-    """The stochastic-rounding draws: low ``shift`` bits of uint64 words from ``rng``, C order."""
-    if not isinstance(rng, np.random.Generator):
+def _words(rng: np.random.Generator, shape) -> np.ndarray:
+    return rng.integers(0, np.iinfo(np.uint64).max, size=shape, dtype=np.uint64, endpoint=True)
+
+
+def stochastic_draws(rng, shape, shift) -> np.ndarray:
+    """The stochastic-rounding draws: low ``shift`` bits of uint64 words from ``rng``, C order.
+
+    ``rng`` is a ``numpy.random.Generator``, or a sequence of Generators, one per index of
+    axis 0 of ``shape`` (e.g. one per sample): row ``i`` then takes its words, in C order,
+    from ``rng[i]`` alone, so a row's draws do not depend on the other rows (the executor's
+    per-sample streams, independent of how a data set is split into batches)."""
+    shape = tuple(shape)
+    if isinstance(rng, (list, tuple)):
+        if not all(isinstance(g, np.random.Generator) for g in rng):
+            raise ValueError("stochastic rounding: rng sequence must hold numpy Generators")
+        if not shape or len(rng) != shape[0]:
+            raise ValueError(
+                f"stochastic rounding: {len(rng)} generators for draws of shape {shape} "
+                "(one per index of axis 0)"
+            )
+        words = np.empty(shape, np.uint64)
+        for i, g in enumerate(rng):
+            words[i] = _words(g, shape[1:])
+    elif isinstance(rng, np.random.Generator):
+        words = _words(rng, shape)
+    else:
         raise ValueError(
             "stochastic rounding needs rng=numpy.random.Generator (e.g. np.random.default_rng(0))"
         )
-    words = rng.integers(0, np.iinfo(np.uint64).max, size=shape, dtype=np.uint64, endpoint=True)
     s = np.broadcast_to(np.asarray(shift, np.uint64), shape)
     mask = np.where(s >= 64, np.uint64(2**64 - 1), (np.uint64(1) << s) - np.uint64(1))
     return words & mask

@@ -34,6 +34,12 @@ INT32 = IntFormat(32, True)
 REGISTER_LIMIT = 1 << 62
 TFLITE_SHIFT_RANGE = (-31, 30)
 POW2_SHIFT_RANGE = (-62, 63)
+TFLITE_MAX_REAL = ((1 << 31) - 1) / 2.0
+"""The largest real a ``tflite*`` register applies: ``(2^31 - 1) * 2^(30 - 31)``."""
+
+
+class MultiplierRangeError(ValueError):
+    """A real multiplier no register of the chosen kind can represent."""
 
 
 def _scalar(*values) -> bool:
@@ -47,7 +53,9 @@ def quantize_multiplier(real: float, rounding: str = "double") -> tuple[int, int
     ``multiplier`` is ``round_half_away(q * 2^31)`` for ``real = q * 2^shift``, ``q`` in
     ``[0.5, 1)`` (``std::frexp``); ``2^31`` is halved with ``shift + 1``; ``shift < -31`` flushes
     to ``(0, 0)``. ``rounding="single"`` (the ``TFLITE_SINGLE_ROUNDING`` build) also clamps
-    ``shift > 30`` to ``(2^31 - 1, 30)``. ``real`` must be finite.
+    ``shift > 30`` to ``(2^31 - 1, 30)``, as TFLite's ``quantization_util.cc`` does (reals
+    ``>= 2^30 - 2^-2``; :meth:`ScaleRegister.from_real` refuses them instead, for both builds).
+    ``real`` must be finite.
     """
     if rounding not in ("double", "single"):
         raise ValueError(f"rounding must be 'double' or 'single', got {rounding!r}")
@@ -236,6 +244,9 @@ class ScaleRegister:
 
         ``tflite*`` by :func:`quantize_multiplier`; ``ort`` by rounding to float32; ``pow2`` by the
         nearest power of two in the log domain, ``shift = round(-log2(real))``.
+        A ``tflite*`` real ``>= 2^30 - 2^-2`` (shift > 30) raises :class:`MultiplierRangeError`
+        for both builds: TFLite's single-rounding build would saturate it to ``(2^31 - 1, 30)``,
+        a register applying a different gain (about half of it at ``2^30``).
         """
         kind = as_kind(kind)
         reals = np.asarray(real, np.float64)
@@ -251,9 +262,20 @@ class ScaleRegister:
                 rounding,
             )
         single = "single" if kind is ScaleKind.TFLITE_SINGLE else "double"
-        pairs = [quantize_multiplier(r, single) for r in reals.ravel()]
-        if any(s > TFLITE_SHIFT_RANGE[1] for _, s in pairs):
-            raise ValueError(f"real multipliers must be < 2^30 for {kind.value}, got {real!r}")
+        flat = reals.ravel()
+        # the unclamped exponent: TFLite's single-rounding QuantizeMultiplier saturates
+        # shift > 30 to (2^31 - 1, 30), about half the gain for reals near 2^30 and far less
+        # above; a register is never built from a real it cannot represent (both builds raise)
+        bad = [r for r in flat if ref.quantize_multiplier(float(r))[1] > TFLITE_SHIFT_RANGE[1]]
+        if bad:
+            raise MultiplierRangeError(
+                f"real multiplier {float(bad[0])!r} ({len(bad)} of {flat.size}) cannot be "
+                f"represented by a {kind.value} register: it takes reals < 2^30 - 2^-2 "
+                f"(at most multiplier 2^31 - 1 with shift 30 = {TFLITE_MAX_REAL!r}); TFLite's "
+                f"QuantizeMultiplier would give shift > 30 (default build) or saturate it to "
+                f"(2^31 - 1, 30) (TFLITE_SINGLE_ROUNDING)"
+            )
+        pairs = [quantize_multiplier(r, single) for r in flat]
         mult = np.array([m for m, _ in pairs], np.int64).reshape(reals.shape)
         shift = np.array([s for _, s in pairs], np.int64).reshape(reals.shape)
         return cls(kind, mult, shift)

@@ -150,6 +150,7 @@ def datafree_ranges(graph: Graph, ls_of, input_range) -> dict[str, tuple[float, 
             "input_range, or --input-range LO,HI)"
         )
     rng: dict[str, tuple[float, float]] = {graph.input: tuple(map(float, input_range))}
+    cons = graph.consumers()
     for n in graph.nodes:
         lo, hi = rng[n.inputs[0]]
         if n.op in MAC_OPS:
@@ -157,7 +158,17 @@ def datafree_ranges(graph: Graph, ls_of, input_range) -> dict[str, tuple[float, 
                 ls = ls_of(n)
                 g, b = n.attrs["bn_gamma"].astype(np.float64), n.attrs["bn_beta"].astype(np.float64)
                 k = ls.bn_sigmas
-                r = (float(np.min(b - k * np.abs(g))), float(np.max(b + k * np.abs(g))))
+                readers = cons.get(n.output, [])
+                if (
+                    ls.data_free_range == "official"
+                    and len(readers) == 1
+                    and readers[0].op is Op.RELU
+                ):
+                    # PSG-pytorch quant_utils.save_bn_param (BN -> ReLU only): x_min = 0,
+                    # x_max = max(beta + n * gamma) with gamma signed
+                    r = (0.0, max(float(np.max(b + k * g)), 0.0))
+                else:  # a +-n sigma bound of every channel, whatever gamma's sign
+                    r = (float(np.min(b - k * np.abs(g))), float(np.max(b + k * np.abs(g))))
             else:
                 w = n.weight.reshape(n.weight.shape[0], -1).astype(np.float64)
                 bias = n.bias.astype(np.float64) if n.bias is not None else 0.0

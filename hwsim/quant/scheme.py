@@ -21,8 +21,12 @@ Activation modes:
 * ``static`` -- per-tensor scale and zero point from calibration data (``calib_method = minmax`` or
   ``percentile``: the range clipped at the ``percentile``-th percentile of ``|x|`` per sign);
 * ``data-free`` -- per-tensor, ranges without data: after a BatchNorm (folded into a conv) the
-  ReLU output range is ``[0, max_c(beta_c + n*|gamma_c|)]`` with ``n = bn_sigmas``; elsewhere
-  interval arithmetic through the layers from the input range;
+  range is ``[min_c(beta_c - n*|gamma_c|), max_c(beta_c + n*|gamma_c|)]`` with
+  ``n = bn_sigmas`` (``data_free_range = "sound"``: a +-n sigma bound of every channel, whatever
+  the sign of gamma; a following ReLU clamps it at 0), or with ``data_free_range =
+  "official"`` the PSGD code's ``[0, max_c(beta_c + n*gamma_c)]`` (signed gamma) where a ReLU
+  alone reads the BN output, the sound bound elsewhere; interval arithmetic through the other
+  layers from the input range;
 * ``dynamic`` -- per sample: a range unit finds each sample's ``max|x|`` at run time and the
   sample's scale is ``max|x| / qmax`` (zero point 0);
 * ``shift`` -- per-sample shift: a static per-tensor base scale ``s`` (calibrated like
@@ -61,6 +65,7 @@ GRANULARITIES = ("tensor", "channel")
 ACT_MODES = ("static", "data-free", "dynamic", "shift")
 CALIB_METHODS = ("minmax", "percentile")
 BN_FOLDS = ("weights", "register")
+DATA_FREE_RANGES = ("sound", "official")
 
 PRESETS = {
     "per-tensor": dict(granularity="tensor", act_mode="static"),
@@ -99,6 +104,7 @@ class LayerScheme:
     register: str = "ort"
     rounding: str = "half_away"
     bn_fold: str = "weights"
+    data_free_range: str = "sound"
 
     def __post_init__(self):
         for name, lo, hi in (("wbits", 2, 16), ("abits", 2, 16), ("acc_bits", 8, 64)):
@@ -112,6 +118,7 @@ class LayerScheme:
         _choice(self.act_mode, ACT_MODES, "act_mode")
         _choice(self.calib_method, CALIB_METHODS, "calib_method")
         _choice(self.bn_fold, BN_FOLDS, "bn_fold")
+        _choice(self.data_free_range, DATA_FREE_RANGES, "data_free_range")
         _choice(self.overflow, tuple(o.value for o in Overflow), "overflow")
         try:
             as_kind(self.register)

@@ -424,3 +424,62 @@ def test_run_integer_input_labels_on_non_scores_output(runner, tmp_path):
     r = runner.invoke(main, ["run", str(path), "--data", str(data), "--report", str(rep)])
     assert r.exit_code == 0, r.output
     assert json.loads(rep.read_text())["int_accuracy"] == 1.0 and "top-1" in r.output
+
+
+def _bad_output_cases(qmodel):
+    """(command args before the bad path, option) for every output path the CLI takes."""
+    q = str(qmodel)
+    return [
+        (["run", q, "--data", "digits"], "--report"),
+        (["run", q, "--data", "digits"], "--save-outputs"),
+        (["compare", "mlp", "--data", "digits"], "--json"),
+        (["compare", "mlp", "--data", "digits"], "--plot"),
+        (["compare", "mlp", "--data", "digits"], "--pareto"),
+        (["quantize", "mlp", "--calib", "digits"], "-o"),
+        (["cost", "mlp"], "--json"),
+        (["cost", "mlp"], "--plot"),
+        (["demo"], "--json"),
+        (["datapath", "--batch", "1"], "--json"),
+        (["train", "mlp", "--epochs", "1"], "-o"),
+        (["study", "psgd", "--seeds", "1", "--epochs", "1"], "--report"),
+        (["study", "psgd", "--seeds", "1", "--epochs", "1"], "--workdir"),
+        (["study", "psgd", "--seeds", "1", "--epochs", "1"], "--plot"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(14))
+def test_bad_output_path_fails_before_the_run(runner, qmodel, tmp_path, case):
+    # issue 12 item 9: an unwritable output path is a usage error (exit 2) naming the path the
+    # user gave, raised before any work (not after the run, naming a temporary file)
+    args, opt = _bad_output_cases(qmodel)[case]
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    bad = str(blocker / "sub" / "out.json")
+    r = runner.invoke(main, [*args, opt, bad])
+    assert r.exit_code == 2, r.output
+    assert f"Invalid value for '{opt}" in r.output or f"'{opt}'" in r.output
+    assert bad in r.output or str(blocker) in r.output
+    assert ".tmp" not in r.output
+    assert "wrote" not in r.output and "top-1" not in r.output  # nothing ran
+
+
+def test_missing_report_directory_is_named(runner, qmodel, tmp_path):
+    bad = str(tmp_path / "missing" / "dir" / "r.json")
+    r = runner.invoke(main, ["run", str(qmodel), "--data", "digits", "--report", bad])
+    assert r.exit_code == 2
+    assert f"cannot write {bad!r}: directory" in r.output and "does not exist" in r.output
+    assert ".tmp" not in r.output
+
+
+def test_atomic_write_error_names_the_users_path(tmp_path):
+    from hwsim.io import atomic_write_bytes, atomic_write_text
+
+    bad = tmp_path / "missing" / "r.json"
+    with pytest.raises(FileNotFoundError) as e:
+        atomic_write_text(bad, "{}")
+    assert e.value.filename == str(bad) and ".tmp" not in str(e.value)
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(IsADirectoryError) as e:  # os.replace onto a directory
+        atomic_write_bytes(tmp_path / "adir", b"x")
+    assert e.value.filename == str(tmp_path / "adir") and ".tmp" not in str(e.value)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

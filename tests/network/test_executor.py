@@ -216,3 +216,44 @@ def test_bn_fold_register_keeps_the_layerwise_grid():
     np.testing.assert_allclose(conv.wq.scale, np.float32(plain.scale) * np.abs(k), rtol=1e-6)
     err = np.abs(conv.wq.dequantize() - conv.weight).max()
     assert err <= 0.5 * float(np.max(conv.wq.scale)) + 1e-6
+
+
+@pytest.mark.parametrize("register", ["tflite", "tflite-single"])
+def test_out_of_range_multiplier_names_the_layer(register):
+    # issue 12 item 5: an output scale so small that fc1's real multiplier is >= 2^30 is an
+    # error naming the layer (tflite-single used to saturate it silently to ~half the gain)
+    from dataclasses import replace
+
+    model = _mlp_model(3, 4, 5, 3)
+    x = np.random.default_rng(0).normal(0, 1, (8, 4)).astype(np.float32)
+    scheme = Scheme.preset("per-tensor", register=register)
+    program = quantize(import_model(model), scheme, Dataset("calib", x, None))
+    program.acts["h"] = replace(program.acts["h"], scale=1e-15)
+    with pytest.raises(ValueError, match=r"node 'fc1'.*real multiplier .* 2\^30 - 2\^-2"):
+        IntegerExecutor(program).run(x)
+
+
+def test_clamped_biases_are_counted_and_reported():
+    # issue 12 item 6: a float bias beyond the accumulator range is clamped to it when
+    # quantized; that is counted per layer, per (sample, channel), in the stats and the report
+    import json
+
+    from hwsim.api import run_program
+
+    model = _mlp_model(5, 4, 5, 3)
+    b1 = numpy_helper.to_array(model.graph.initializer[1]).copy()
+    b1[[0, 2]] = [1e6, -1e6]  # two of fc1's five channels
+    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(b1, "b1"))
+    x = np.random.default_rng(0).normal(0, 1, (6, 4)).astype(np.float32)
+    ds = Dataset("calib", x, None)
+    scheme = Scheme.preset("per-tensor", acc_bits=12, overflow="saturate")
+    program = quantize(import_model(model), scheme, ds)
+    rep, _ = run_program(program, ds, batch_size=4)
+    rows = {r.name: r for r in rep.layers}
+    assert rows["fc1"].bias_clamped == 2 * 6  # two channels, six samples, over two batches
+    assert rows["fc2"].bias_clamped == 0
+    d = json.loads(json.dumps(rep.as_dict()))
+    assert {r["name"]: r["bias_clamped"] for r in d["layers"]}["fc1"] == 12
+    assert d["totals"]["bias_clamped"] == 12
+    assert "bias clamped to the accumulator range" in rep.table()
+    assert "fc1 12" in rep.table()

@@ -224,3 +224,30 @@ def test_ort_requantize_vectorized_kernel_over_every_dtype_and_extreme(dtype, da
         max(-(2**62), min(2**62, reference.ort_requantize(v, Fraction(float(s32))))) for v in vals
     ]
     assert got.dtype == np.int64 and got.tolist() == want
+
+
+@pytest.mark.parametrize("kind", ["tflite", "tflite-single"])
+def test_tflite_registers_refuse_reals_they_cannot_represent(kind):
+    # issue 12 item 5: TFLite's single-rounding QuantizeMultiplier saturates shift > 30 to
+    # (2^31 - 1, 30) (quantization_util.cc), about half the gain at 2^30; quantize_multiplier
+    # keeps that contract, but a register is never built from such a real, for either build
+    assert quantize_multiplier(2.0**30, "single") == (2**31 - 1, 30)
+    for real in (2.0**30, 2.0**30 - 0.25, 2.0**40):
+        with pytest.raises(ValueError, match=r"real multiplier .* 2\^30 - 2\^-2"):
+            ScaleRegister.from_real(kind, [0.5, real])
+    reg = ScaleRegister.from_real(kind, 2.0**30 - 0.5)  # the largest representable
+    assert (int(reg.multiplier), int(reg.shift)) == (2**31 - 1, 30)
+
+
+def test_left_shift_overflows_just_below_one():
+    # docs/numerics.md (7): real = 1 - 2^-33 rounds to (2^30, 1), a left shift of 1, so the
+    # default build's int32 x * 2 wraps for x >= 2^30 although the real multiplier is < 1
+    m, s = quantize_multiplier(1 - 2.0**-33)
+    assert (m, s) == (1 << 30, 1)
+    assert quantize_multiplier(1 - 2.0**-32) == (1 << 30, 1)
+    assert quantize_multiplier(np.nextafter(1 - 2.0**-32, 0)) == (2**31 - 1, 0)
+    assert multiply_by_quantized_multiplier(2**30 - 1, m, s) == 2**30 - 1
+    assert multiply_by_quantized_multiplier(2**30, m, s) == -(2**30)  # wrapped
+    assert multiply_by_quantized_multiplier(-(2**30), m, s) == -(2**30)  # -2^31 still fits
+    assert reference.multiply_by_quantized_multiplier(2**30, m, s, "double") == -(2**30)
+    assert multiply_by_quantized_multiplier(np.array([2**30]), m, s).tolist() == [-(2**30)]
