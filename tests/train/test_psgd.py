@@ -283,39 +283,33 @@ def test_psgd_weights_are_closer_to_the_4bit_grid(rescnn_runs):
         assert st["psgd"]["sqnr_db"] > st["sgd"]["sqnr_db"] + 2.0, (seed, st)
 
 
-def test_w4a4_data_free_logits_and_psgd(rescnn_runs):
-    """Data-free W4A4, the issue's setting, over the seeds (W4A4 accuracy on the 300-image
-    validation split):
+def test_w4a4_data_free_psgd(rescnn_runs):
+    """What PSGD must achieve in the study's setting: data-free W4A4 (no calibration data;
+    ranges from the weights and BatchNorm statistics alone), logits at 8 bits, on the 300-image
+    validation split, averaged over the seeds: within 8 points of its own float accuracy, and
+    on par with the same schedule trained without the scaling (mean psgd - control >= -5
+    points).
 
-    * with the logits (the last layer's output) also at 4 bits, their data-free range from
-      interval arithmetic is 5-9x the calibrated one and the PSGD model loses to that alone:
-      on every seed 8-bit logits do better, by more than 10 points on average -- why the study
-      keeps the logits at 8 bits;
-    * with 8-bit logits PSGD is on par with the same schedule without the scaling (mean
-      psgd - control >= -5 points) and stays close to its float accuracy (mean drop <= 8).
+    Why 8-bit logits: with the logits at 4 bits their data-free interval-arithmetic range is
+    5-9x the calibrated one and accuracy drops by 12-62 points (measured, docs/psgd.md); that
+    is a limit of data-free ranges, reported in the study, not something this test asserts.
 
     Margins. Training is float and its rounding depends on the CPU's kernels and the thread
-    count, so a per-seed accuracy moves by a few points from machine to machine: the old
-    per-seed bounds (gap > 20 points, psgd >= control - 3, drop <= 5) failed on an AMD EPYC
-    AVX2 machine (seed 1: 0.923 against float 0.977 - 0.05 = 0.927), which forcing torch's
-    AVX2 kernels here (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) reproduces exactly,
-    and the gap bound failed on this AVX-512 machine too (seed 2: 0.917 vs 0.797). Measured
-    over 24 runs (seeds 0-7 x {1 thread, 2 threads, AVX2 kernels}; the same seed moves by 2-5
-    points across these three): gap 12-62 points (mean 35), psgd - control -4.7..+3.3 (mean
-    -0.7, std 2.5), drop 1.0-8.7 (mean 4.5, std 1.8); means over any 3 seeds of one setting:
-    gap >= 17.7, psgd - control >= -3.6, drop <= 6.3. The bounds on the 3-seed means below sit
-    about 3 standard errors beyond the measured centres.
+    count, so a per-seed accuracy moves by a few points from machine to machine (per-seed
+    bounds failed on an AMD EPYC AVX2 machine: seed 1 at 0.923 against float 0.977 - 0.05;
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 reproduces it here). Measured over 24 runs
+    (seeds 0-7 x {1 thread, 2 threads, AVX2 kernels}): psgd - control -4.7..+3.3 (mean -0.7,
+    std 2.5), drop 1.0-8.7 (mean 4.5, std 1.8); means over any 3 seeds of one setting:
+    psgd - control >= -3.6, drop <= 6.3. The bounds sit about 3 standard errors beyond the
+    measured centres.
     """
     paths, _, val = rescnn_runs
-    gap, vs_ctrl, drop = [], [], []
+    vs_ctrl, drop = [], []
     for seed in SEEDS:
         p, c = paths["psgd", seed], paths["control", seed]
-        (psgd8, flt), (psgd4, _) = _acc(p, val, 4, 4, logit_bits=8), _acc(p, val, 4, 4)
+        psgd8, flt = _acc(p, val, 4, 4, logit_bits=8)
         ctrl8, _ = _acc(c, val, 4, 4, logit_bits=8)
-        assert psgd8 > psgd4, (seed, psgd8, psgd4)
-        gap.append(psgd8 - psgd4)
         vs_ctrl.append(psgd8 - ctrl8)
         drop.append(flt - psgd8)
-    assert np.mean(gap) > 0.10, gap
     assert np.mean(vs_ctrl) >= -0.05, vs_ctrl
     assert np.mean(drop) <= 0.08, drop
