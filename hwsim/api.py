@@ -103,6 +103,33 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="sample", leave=False, mininterval=0.5)
 
 
+def gain_error_note(rows) -> str | None:
+    """The report note listing the layers whose scale registers apply another gain than their
+    scales ask for (``|gain error| > GAIN_TOLERANCE``: a ``pow2`` register of a real that is not
+    a power of two, docs/numerics.md "Gain error"), or None."""
+    from hwsim.numerics.scale import GAIN_TOLERANCE
+
+    bad = [
+        r
+        for r in rows
+        if r.gain_error_min is not None
+        and max(abs(r.gain_error_min), abs(r.gain_error_max)) > GAIN_TOLERANCE
+    ]
+    if not bad:
+        return None
+
+    def rng(r):
+        lo, hi = 100 * r.gain_error_min, 100 * r.gain_error_max
+        return f"{lo:+.2f}%" if abs(hi - lo) < 5e-3 else f"{lo:+.2f}% to {hi:+.2f}%"
+
+    return (
+        "gain error: the scale registers of these layers apply another gain than their scales "
+        "ask for (applied / wanted - 1; a shift-only pow2 register cannot apply a real that is "
+        "not a power of two, docs/numerics.md): "
+        + ", ".join(f"{r.name} ({r.op}) {rng(r)}" for r in bad)
+    )
+
+
 def run_program(
     program: QuantProgram,
     ds: Dataset,
@@ -205,6 +232,7 @@ def run_program(
             else f"{spec.mode}/{'s' if spec.fmt.signed else 'u'}{spec.fmt.bits}"
         )
         row = LayerRow(n.name, n.op.value, n.output, act, float_op=n.name in ex.float_ops)
+        row.gain_error_min, row.gain_error_max = st.gain_error_min, st.gain_error_max
         if n.op in MAC_OPS:
             c = st.counters
             layer = program.layer(n.name)
@@ -228,6 +256,9 @@ def run_program(
             if n.output in noise_exact:
                 row.sqnr_exact_db = sqnr_db(sig[n.output], noise_exact[n.output])
         rep.layers.append(row)
+    gain_note = gain_error_note(rep.layers)
+    if gain_note:
+        rep.notes.append(gain_note)
     rep.settings["isa"] = isa.value
     if isa is not Isa.EXACT:
         macs = [n.name for n in g.nodes if n.op in MAC_OPS and n.wq is not None]

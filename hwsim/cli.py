@@ -175,6 +175,30 @@ def _scheme_options(f):
             help="Accumulator overflow mode.",
         ),
         click.option(
+            "--order",
+            type=click.Choice(["sequential", "tiled"]),
+            default="sequential",
+            show_default=True,
+            help="Reduction order of the accumulator: sequential (output-stationary PE, CPU) or "
+            "tiled (weight-stationary array: tiles of --tile-rows products summed in the array, "
+            "then accumulated).",
+        ),
+        click.option(
+            "--tile-rows",
+            type=click.IntRange(0, 1 << 20),
+            default=0,
+            show_default=True,
+            help="Rows of the weight-stationary array (products per tile) for --order tiled.",
+        ),
+        click.option(
+            "--tile-bits",
+            type=click.IntRange(0, 64),
+            default=0,
+            show_default=True,
+            help="Width of the in-array partial sum for --order tiled, with the accumulator's "
+            "overflow rule (0: --acc-bits; Gemmini: 20 with a 32-bit accumulator).",
+        ),
+        click.option(
             "--register",
             type=click.Choice([k.value for k in ScaleKind]),
             default="ort",
@@ -242,7 +266,8 @@ def _scheme_options(f):
             "layers",
             multiple=True,
             metavar="NAME:FIELD=V[,FIELD=V]",
-            help="Per-layer override, e.g. '/0/Conv:wbits=8,acc_bits=24' (repeatable).",
+            help="Per-layer override, e.g. '/0/Conv:wbits=8,acc_bits=24' or "
+            "'/0/Conv:order=tiled,tile_rows=32,tile_bits=20' (repeatable).",
         ),
     ]
     for o in reversed(opts):
@@ -250,7 +275,7 @@ def _scheme_options(f):
     return f
 
 
-_INT_FIELDS = ("wbits", "abits", "acc_bits", "s_max")
+_INT_FIELDS = ("wbits", "abits", "acc_bits", "s_max", "tile_rows", "tile_bits")
 _FLOAT_FIELDS = ("percentile", "bn_sigmas")
 
 
@@ -289,6 +314,9 @@ def _scheme_kw(kw: dict) -> dict:
         data_free_range=kw.pop("data_free_range"),
         acc_bits=kw.pop("acc_bits"),
         overflow=kw.pop("overflow"),
+        order=kw.pop("order"),
+        tile_rows=kw.pop("tile_rows"),
+        tile_bits=kw.pop("tile_bits"),
         register=kw.pop("register"),
         rounding=kw.pop("rounding"),
         weight_mode=kw.pop("weight_mode"),

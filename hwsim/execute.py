@@ -16,8 +16,9 @@ Integer op contracts (``R(r)`` = the layer's scale register built for real multi
 * add: ``ort`` register -- onnxruntime's QLinearAdd (:func:`hwsim.qops.qlinear_add`); other
   registers -- TFLite's integer Add: inputs shifted left by ``L = min(20, 30 - bits)``, each
   rescaled by ``R(s_i / (2 max(sa, sb)))``, summed, rescaled by ``R(2 max(sa, sb) / (2^L sy))``.
-* global average pool / average pool: exact integer window sum of ``q - zx``, then
-  ``R(sx / (sy * count))``; max pool: integer max (padding never wins), scale unchanged;
+* global average pool / average pool: ``ort`` register, 8-bit, static -- onnxruntime's
+  QLinearGlobalAveragePool / QLinearAveragePool (:mod:`hwsim.qops`); otherwise exact integer
+  window sum of ``q - zx``, then ``R(sx / (sy * count))``; max pool: integer max (padding never wins), scale unchanged;
   relu/clip: clamp in the integer domain at the quantized bounds; flatten/reshape/identity:
   the integers unchanged; concat: each input rescaled by ``R(s_i/sy)``; mul by a constant c:
   ``R(|c| sx/sy)(sign(c) (q - zx))``; softmax (last layer): float32 on the dequantized input.
@@ -267,6 +268,21 @@ class LayerStats:
     bias_clamped: int = 0
     """(sample, output channel) pairs whose float bias, quantized to accumulator units, lay
     outside the accumulator format and was clamped to it (0 for an imported int32 bias)."""
+    gain_error_min: float | None = None
+    gain_error_max: float | None = None
+    """Extremes of ``applied / wanted - 1`` over every scale-register entry the node built
+    (:attr:`hwsim.numerics.scale.ScaleRegister.gain_error`; None: no register). Nonzero where
+    a ``pow2`` register was asked for a real that is not a power of two (average pooling's
+    ``1/count``, a Mul by ``|c|``, ``bn_fold=register``'s per-channel factor)."""
+
+    def add_gain(self, ge: np.ndarray) -> None:
+        """Fold the gain errors of one register into the extremes."""
+        ge = np.asarray(ge, np.float64)
+        if ge.size == 0:
+            return
+        lo, hi = float(ge.min()), float(ge.max())
+        self.gain_error_min = lo if self.gain_error_min is None else min(self.gain_error_min, lo)
+        self.gain_error_max = hi if self.gain_error_max is None else max(self.gain_error_max, hi)
 
     def add(self, c: Counters | None, bias_overflows=0, clamped=0, outputs=0, bias_clamped=0):
         if c is not None:
@@ -288,9 +304,15 @@ def _ort_holder(*fmts: IntFormat):
 
 
 def _register(kind: ScaleKind, real: np.ndarray, rounding, ort_scale=None) -> ScaleRegister:
+    """The register for the real multiplier(s) ``real``; its ``requested`` is ``real``, so its
+    ``gain_error`` is what it applies over what the layer needs (a ``pow2`` register of a real
+    that is not a power of two applies the nearest power of two, docs/numerics.md)."""
+    real = np.asarray(real, np.float64)
     if kind is ScaleKind.ORT and ort_scale is not None:
-        return ScaleRegister(kind, np.asarray(ort_scale, np.float32), np.zeros((), np.int64))
-    return ScaleRegister.from_real(kind, np.asarray(real, np.float64), rounding)
+        return ScaleRegister(
+            kind, np.asarray(ort_scale, np.float32), np.zeros((), np.int64), requested=real
+        )
+    return ScaleRegister.from_real(kind, real, rounding)
 
 
 _S8, _U8 = IntFormat(8, True), IntFormat(8, False)
@@ -322,6 +344,16 @@ class IntegerExecutor:
         self.seed = int(seed)
         self.samples_seen = 0  # the next batch's first sample index (stochastic rounding)
         self._rng = None  # the current node's per-sample Generators, or None
+        self._current: str | None = None  # the node being run (its registers' gain errors)
+
+    def _register(self, kind: ScaleKind, real, rounding, ort_scale=None) -> ScaleRegister:
+        """:func:`_register`, recording the register's gain error in the current node's
+        :class:`LayerStats` -- every register the executor builds goes through here, so no
+        layer applies another gain than its scales ask for without the report saying so."""
+        reg = _register(kind, real, rounding, ort_scale)
+        if self._current is not None and reg.gain_error is not None:
+            self.stats[self._current].add_gain(reg.gain_error)
+        return reg
 
     def _node_rngs(self, index: int, node: Node, first: int, n: int):
         """One Generator per sample of the batch for node ``index`` when its requantization
@@ -368,7 +400,7 @@ class IntegerExecutor:
         ort = None
         if kind is ScaleKind.ORT:
             ort = (np.asarray(qt.scale_b(), np.float32) * np.float32(real_extra)) / so_b
-        reg = _register(
+        reg = self._register(
             kind,
             np.broadcast_to(real, np.broadcast_shapes(real.shape, (1,) * t.ndim))
             if real.ndim
@@ -547,7 +579,7 @@ class IntegerExecutor:
             so32 = so.reshape(-1, 1) if so.ndim == 1 else so
             ort = (sx_b * sw) / so32  # f32(f32(sx*sw)/sy), QLinearConv's combined scale
         if np.ndim(real) == 2:
-            reg = _register(
+            reg = self._register(
                 layer.register,
                 real.reshape(real.shape + tail),
                 layer.rounding,
@@ -555,7 +587,7 @@ class IntegerExecutor:
             )
             axis = None
         else:
-            reg = _register(layer.register, real, layer.rounding, ort)
+            reg = self._register(layer.register, real, layer.rounding, ort)
             axis = 1
         out = output_stage(
             vals,
@@ -614,7 +646,7 @@ class IntegerExecutor:
         kind, rnd = layer.register, layer.rounding
 
         def reg(real):
-            return _register(
+            return self._register(
                 kind,
                 np.broadcast_to(real, (a.q.shape[0],) + (1,) * (nd - 1)) if np.ndim(real) else real,
                 rnd,
@@ -667,20 +699,31 @@ class IntegerExecutor:
         holder = _ort_holder(x.fmt, spec.fmt)
         if (
             layer.register is ScaleKind.ORT
-            and node.op is Op.GAP
             and np.ndim(x.scale) == 0
             and spec.mode == "static"
             and holder is not None
         ):
+            # onnxruntime fuses DQ -> (Global)AveragePool -> Q into its QLinear kernels
             from hwsim import qops
 
-            y = qops.qlinear_global_average_pool(
+            qargs = (
                 x.q.astype(holder),
                 np.float32(x.scale),
                 holder(x.zero_point),
                 np.float32(spec.scale),
                 holder(spec.zero_point),
             )
+            if node.op is Op.GAP:
+                y = qops.qlinear_global_average_pool(*qargs)
+            else:
+                a = node.attrs
+                y = qops.qlinear_average_pool(
+                    *qargs,
+                    kernel_shape=list(a["kernel"]),
+                    strides=list(a["strides"]),
+                    pads=list(a["pads"]),
+                    count_include_pad=int(a["count_include_pad"]),
+                )
             y = saturate(np.asarray(y, np.int64), spec.fmt)
             return QTensor(
                 np.asarray(y).astype(spec.fmt.dtype),
@@ -805,12 +848,14 @@ class IntegerExecutor:
                 last_use[t] = i
         for i, n in enumerate(g.nodes):
             self._rng = self._node_rngs(i, n, first, n_batch)
+            self._current = n.name
             try:
                 env[n.output] = self._node(n, [env[t] for t in n.inputs])
             except MultiplierRangeError as e:  # name the layer whose register is out of range
                 raise MultiplierRangeError(f"node {n.name!r} ({n.op.value}): {e}") from None
             finally:
                 self._rng = None
+                self._current = None
             if not keep_all:
                 for t in n.inputs:
                     if last_use.get(t) == i and t != g.output:

@@ -40,6 +40,10 @@ class LayerRow:
     sqnr_exact_db: float | None = None  # isa avx2: the same layer's SQNR with exact sums
     cycles: int | None = None
     energy_pj: float | None = None
+    # scale registers: extremes of applied / wanted - 1 over the layer's registers (None: no
+    # register); nonzero where a pow2 register was built from a real that is not a power of two
+    gain_error_min: float | None = None
+    gain_error_max: float | None = None
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)

@@ -66,7 +66,12 @@ class Accumulator:
     """An accumulator register: ``bits`` in [8, 64], ``overflow`` rule, ``signed`` (default),
     and, for saturating accumulators, the ``order`` of the reduction (``tile_rows`` > 0 for
     ``TILED``). ``track_partials`` asks for the extreme partial sums in that order (costs a
-    pass in reduction order; see :class:`Counters`)."""
+    pass in reduction order; see :class:`Counters`).
+
+    ``tile_bits`` (``TILED`` only; ``None``: the accumulator's ``bits``) is the width of the
+    in-array tile register, which may differ from the accumulator's (Gemmini keeps 20-bit
+    partial sums in the array and accumulates them in 32 bits). It has the accumulator's
+    signedness and overflow rule (eq. 10 of ``docs/numerics.md``)."""
 
     bits: int = 32
     overflow: Overflow = Overflow.WRAP
@@ -74,9 +79,14 @@ class Accumulator:
     order: ReductionOrder = ReductionOrder.SEQUENTIAL
     tile_rows: int = 0
     track_partials: bool = False
+    tile_bits: int | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.bits, "Accumulator.bits", *ACCUMULATOR_BITS)
+        if self.tile_bits is not None:
+            check_bits(self.tile_bits, "Accumulator.tile_bits", *ACCUMULATOR_BITS)
+            if self.tile_bits == self.bits:
+                object.__setattr__(self, "tile_bits", None)
         object.__setattr__(self, "overflow", _enum(Overflow, self.overflow, "Accumulator.overflow"))
         object.__setattr__(self, "order", _enum(ReductionOrder, self.order, "Accumulator.order"))
         if self.order is ReductionOrder.TILED and not (
@@ -87,10 +97,17 @@ class Accumulator:
             )
         if self.order is ReductionOrder.SEQUENTIAL and self.tile_rows:
             raise ValueError("Accumulator.tile_rows is only meaningful with order=TILED")
+        if self.order is ReductionOrder.SEQUENTIAL and self.tile_bits is not None:
+            raise ValueError("Accumulator.tile_bits is only meaningful with order=TILED")
 
     @property
     def format(self) -> IntFormat:
         return IntFormat(self.bits, self.signed)
+
+    @property
+    def tile_format(self) -> IntFormat:
+        """The tile register's format (``tile_bits``, else ``bits``; the accumulator's sign)."""
+        return IntFormat(self.tile_bits or self.bits, self.signed)
 
     @property
     def tile(self) -> int:
@@ -116,7 +133,11 @@ class Counters:
     * ``overflow_events``: SATURATE -- additions whose exact result left the accumulator's
       range and was clamped (tile-level and accumulator-level additions both count);
       WRAP -- net wrap-arounds, ``sum |exact - wrapped| / 2^bits`` (a wrapping accumulator is
-      order-free, so only the final value's wraps are observable).
+      order-free, so only the final value's wraps are observable); with a ``tile_bits`` other
+      than ``bits``, each tile's net wraps in the tile register plus the accumulator's net
+      wraps of the sum of the wrapped tiles.
+    * ``tile_overflow_events``: the part of ``overflow_events`` that happened in the tile
+      register (saturations of tile additions, or a separate tile register's wraps).
     * ``outputs_overflowed``: outputs with at least one event.
     * ``final_min`` / ``final_max``: extremes of the exact (unbounded) final sums; a wrapping
       accumulator is exact iff they fit.
@@ -131,6 +152,7 @@ class Counters:
 
     macs: int = 0
     overflow_events: int = 0
+    tile_overflow_events: int = 0
     outputs_overflowed: int = 0
     final_min: int | None = None
     final_max: int | None = None
@@ -152,8 +174,8 @@ class Counters:
     def merge(self, other: Counters) -> Counters:
         """These counters and ``other``'s (disjoint outputs of one layer) together, in place:
         counts add, extremes take the min / max."""
-        for name in ("macs", "overflow_events", "outputs_overflowed", "pair_saturations",
-                     "outputs_pair_saturated"):  # fmt: skip
+        for name in ("macs", "overflow_events", "tile_overflow_events", "outputs_overflowed",
+                     "pair_saturations", "outputs_pair_saturated"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name, f in (("final_min", min), ("final_max", max), ("partial_min", min),
                         ("partial_max", max)):  # fmt: skip

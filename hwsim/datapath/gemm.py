@@ -5,7 +5,11 @@ Dispatch (eq. 10-12 of ``docs/numerics.md``): the exact sums come from the faste
 A saturating accumulator equals the exact sum for every output row whose prefix bound
 ``sum_k |x_k - zx| * max|w - zw|`` fits its range (no prefix can reach the rails); the other rows
 run the ordered kernel in the configured reduction order. Tracking partial sums runs the ordered
-kernel on every row.
+kernel on every row. A tile register of its own width (``Accumulator.tile_bits``) narrows the
+bound a row must fit to skip the ordered kernel to both ranges; under WRAP it makes the result
+order-dependent (each tile wraps on its own), and rows whose bound leaves the tile range run the
+int64 ordered kernel (the int16/int32 lane kernels need the tile register as wide as the
+accumulator).
 """
 
 from __future__ import annotations
@@ -115,6 +119,16 @@ def reduce_batched(
             f"and acc.track_partials False (no per-product partial sums); got {acc.bits}-bit "
             f"'{acc.overflow.value}', track_partials={acc.track_partials}"
         )
+    # a wrapping tile register of its own width (eq. 10): the values are the sum of the wrapped
+    # tiles, which the int64 kernel holds exactly while ceil(K / R) * 2^tile_bits < 2^62
+    split = acc.overflow is Overflow.WRAP and acc.tile > 0 and acc.tile_bits is not None
+    if pairs and split:
+        raise ValueError("isa 'avx2' has no tile register: acc.tile_bits must equal acc.bits")
+    if split and -(-K // acc.tile) << acc.tile_bits >= EXACT_LIMIT:
+        raise ValueError(
+            f"{-(-K // acc.tile)} tiles of {acc.tile_bits}-bit wrapped partial sums can reach "
+            "2^62; narrow tile_bits or lengthen the tiles"
+        )
     exact = exact_sums(x3, w3, xop.zero_point, w_zp, xop.format, wop.format, engine, max_x)
     counters = Counters(macs=G * M * N * K)
     if pairs and exact.size and K > 1:
@@ -124,20 +138,26 @@ def reduce_batched(
     rows = np.zeros(0, np.int64)
     if acc.track_partials and K:
         rows = np.arange(G * M, dtype=np.int64)
-    elif saturating and exact.size and K:
+    elif (saturating or split) and exact.size and K:
         xabs = np.empty((G, M), np.int64)
         row_abs_sums(x3, np.int64(xop.zero_point), xabs)
         wmax = np.abs(w3.astype(np.int64) - np.asarray(w_zp, np.int64)).max(axis=(1, 2))  # (G,)
         bound = xabs * wmax[:, None]  # >= |every partial sum| of the row, in any order
-        safe = (bound <= fmt.max) & (-bound >= fmt.min)
+        tfmt = acc.tile_format  # the tile register's range (that of the accumulator by default)
+        safe = (bound <= tfmt.max) & (-bound >= tfmt.min)
+        if saturating:
+            safe &= (bound <= fmt.max) & (-bound >= fmt.min)
         rows = np.flatnonzero(~safe.ravel()).astype(np.int64)
     values = exact
     if rows.size:
-        vals, events, pmin, pmax = _ordered(x3, w3, xop, w_zp, rows, order, acc)
+        vals, events, tevents, pmin, pmax = _ordered(x3, w3, xop, w_zp, rows, order, acc)
         if acc.track_partials:
             counters.partial_min = _extremes(pmin)[0]
             counters.partial_max = _extremes(pmax)[1]
+        if split:
+            return _split_wrapped(exact, vals, events, tevents, rows, fmt, counters)
         if saturating:
+            counters.tile_overflow_events = int(tevents.sum())
             if rows.size == G * M:
                 values = vals
             else:
@@ -149,6 +169,23 @@ def reduce_batched(
     if saturating:
         return values, counters
     return _wrapped(exact, fmt, counters), counters
+
+
+def _split_wrapped(exact, vals, events, tevents, rows, fmt: IntFormat, counters: Counters):
+    """A wrapping accumulator fed by a tile register of its own width (eq. 10): the rows in
+    ``rows`` hold the sums of their wrapped tiles in ``vals`` (their tile wraps in ``tevents``);
+    the others never wrap a tile, so their sum is exact. The accumulator wraps that sum once."""
+    G, M, N = exact.shape
+    sel = np.zeros(G * M, bool)
+    sel[rows] = True
+    sel = sel.reshape(G, M, 1)
+    total = np.where(sel, vals, exact.astype(np.int64, copy=False))
+    acc_wraps = _wrap_counts(total, fmt) if total.size else np.zeros_like(total)
+    per_output = acc_wraps + np.where(sel, tevents, 0)
+    counters.tile_overflow_events = int(tevents.sum())
+    counters.overflow_events = int(per_output.sum())
+    counters.outputs_overflowed = int(np.count_nonzero(per_output))
+    return wrap(total, fmt), counters
 
 
 def _pair_correction(x3, w3, counters: Counters) -> np.ndarray:
@@ -170,9 +207,11 @@ def _pair_correction(x3, w3, counters: Counters) -> np.ndarray:
 
 def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
     """Run the ordered kernel on ``rows``: int16 lanes for a 16-bit saturating accumulator whose
-    products fit int16; int32 lanes to track the partial sums of a wrapping accumulator whose
-    partial sums fit int32 (``vals`` is then None: the exact sums are the values); int64 lanes
-    otherwise. Returns ``(vals, events, pmin, pmax)``."""
+    products fit int16 (and whose tile register is 16-bit too); int32 lanes to track the
+    partial sums of a wrapping accumulator whose partial sums fit int32 and whose tile register
+    has its width (``vals`` is then None: the exact sums are the values); int64 lanes
+    otherwise. Returns ``(vals, events, tevents, pmin, pmax)``; ``tevents`` (the tile
+    register's events) are part of ``events``."""
     G, M, K = x3.shape
     N = w3.shape[2]
     fmt = acc.format
@@ -180,7 +219,9 @@ def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
     we = w3.astype(np.int64) - np.asarray(w_zp, np.int64)
     zx = int(xop.zero_point)
     events = np.zeros((G, M, N), np.int64)
+    tevents = np.zeros((G, M, N), np.int64)
     saturating = acc.overflow is Overflow.SATURATE
+    split = acc.tile > 0 and acc.tile_bits is not None  # a tile register of its own width
     max_we = int(np.abs(we).max()) if we.size else 0
     max_xe = max(abs(xop.format.max - zx), abs(xop.format.min - zx))
     if (
@@ -188,22 +229,30 @@ def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
         and not acc.track_partials
         and fmt.bits == 16
         and fmt.signed
+        and not split
         and x3.dtype in (np.int8, np.uint8, np.int16)
         and K < (1 << 14)
         and max_xe * max_we <= (1 << 15) - 1
     ):
         vals = np.empty((G, M, N), np.int64)
-        ordered_sat16(x3, np.int16(zx), we.astype(np.int16), rows, order, acc.tile, vals, events)
-        return vals, events, None, None
+        ordered_sat16(
+            x3, np.int16(zx), we.astype(np.int16), rows, order, acc.tile, vals, events, tevents
+        )
+        return vals, events, tevents, None, None
     track = acc.track_partials
     pmin = np.empty((G, M, N) if track else (0, 0, 0), np.int64)
     pmax = np.empty_like(pmin)
     if (
-        track and not saturating and x3.dtype.itemsize <= 2 and K * max_xe * max_we < (1 << 31)
+        track
+        and not saturating
+        and not split
+        and x3.dtype.itemsize <= 2
+        and K * max_xe * max_we < (1 << 31)
     ):  # wrap: the values are the exact sums; only the partial-sum extremes need the order
         ordered_track32(x3, np.int32(zx), we.astype(np.int32), rows, order, acc.tile, pmin, pmax)
-        return None, events, pmin, pmax
+        return None, events, tevents, pmin, pmax
     hi = min(fmt.max, (1 << 63) - 1)
+    tfmt = acc.tile_format
     vals = np.empty((G, M, N), np.int64)
     ordered_reduce(
         x3,
@@ -215,13 +264,19 @@ def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
         hi,
         saturating,
         acc.tile,
+        tfmt.min,
+        min(tfmt.max, (1 << 63) - 1),
+        min(tfmt.bits, 63),
+        split and not saturating,
+        fmt.signed,
         track,
         vals,
         events,
+        tevents,
         pmin,
         pmax,
     )
-    return vals, events, pmin, pmax
+    return vals, events, tevents, pmin, pmax
 
 
 def weight_zero_point(wop: Operand, G: int, N: int, name: str):

@@ -46,14 +46,21 @@ def _track_row(a, wrow, ecur, mn, mx):
 
 
 @njit(cache=True, parallel=True)
-def ordered_reduce(x, zx, we, rows, order, lo, hi, saturate, tile, track, vals, events, pmin, pmax):
+def ordered_reduce(
+    x, zx, we, rows, order, lo, hi, saturate, tile, tlo, thi, tbits, tsplit, signed, track, vals,
+    events, tevents, pmin, pmax,
+):
     """Reduce rows ``rows`` (flat indices into G*M) of ``(x - zx) @ we`` in hardware order.
 
     ``x``: (G, M, K) operand in its own dtype, ``zx`` its zero point; ``we``: (G, K, N) int64
     effective weights ``w - zw``. Product ``t`` of the hardware order is column ``order[t]``.
     ``tile`` = 0 is sequential order; ``tile`` = R adds each tile of R products in a tile
-    register first. Writes ``vals`` (saturated, or exact when ``saturate`` is False),
-    ``events``, and with ``track`` the extremes ``pmin``/``pmax`` of every exact partial sum.
+    register first, whose range is ``[tlo, thi]`` (saturating: its additions are clamped
+    there). ``tsplit`` (wrapping only; ``tbits`` <= 61): the tile register wraps to ``tbits``
+    (``signed``) before it is added, and ``vals`` is the exact sum of the wrapped tiles (the
+    caller wraps it to the accumulator). Writes ``vals`` (saturated, or exact / sum of wrapped
+    tiles when ``saturate`` is False), ``events`` (all), ``tevents`` (tile register's), and
+    with ``track`` the extremes ``pmin``/``pmax`` of every exact partial sum.
     """
     G, M, K = x.shape
     N = we.shape[2]
@@ -65,6 +72,7 @@ def ordered_reduce(x, zx, we, rows, order, lo, hi, saturate, tile, track, vals, 
         s = np.zeros(N, np.int64)
         t = np.zeros(N, np.int64)
         ev = np.zeros(N, np.int64)
+        tev = np.zeros(N, np.int64)
         es = np.zeros(N, np.int64)
         et = np.zeros(N, np.int64)
         mn = np.full(N, INT64_MAX, np.int64)
@@ -85,15 +93,24 @@ def ordered_reduce(x, zx, we, rows, order, lo, hi, saturate, tile, track, vals, 
                             mn[n] = min(mn[n], ecur[n])
                             mx[n] = max(mx[n], ecur[n])
                     continue
-                _accumulate_row(a, we[g, k], cur, ev, lo, hi, saturate)
+                if tile > 0:
+                    _accumulate_row(a, we[g, k], cur, tev, tlo, thi, saturate)
+                else:
+                    _accumulate_row(a, we[g, k], cur, ev, lo, hi, saturate)
                 if track:
                     _track_row(a, we[g, k], ecur, mn, mx)
             if tile > 0:
+                if tsplit:
+                    for n in range(N):
+                        wv = wrap_i64(t[n], tbits, signed)
+                        tev[n] += abs((t[n] - wv) >> tbits)
+                        t[n] = wv
                 _accumulate_row(1, t, s, ev, lo, hi, saturate)
                 if track:
                     _track_row(1, et, es, mn, mx)
         vals[g, m] = s
-        events[g, m] = ev
+        events[g, m] = ev + tev
+        tevents[g, m] = tev
         if track:
             pmin[g, m] = mn
             pmax[g, m] = mx
@@ -121,13 +138,14 @@ def _group_split(rows, i0, i1, M):
 
 
 @njit(cache=True)
-def _sat16_block(x, zx, we, g, rows, order, i0, i1, tile, vals, events):
+def _sat16_block(x, zx, we, g, rows, order, i0, i1, tile, vals, events, tevents):
     K = x.shape[2]
     M = x.shape[1]
     N = we.shape[2]
     s = np.zeros((ROW_BLOCK, N), np.int16)
     t = np.zeros((ROW_BLOCK, N), np.int16)
     ev = np.zeros((ROW_BLOCK, N), np.int16)  # at most 2K events per output: K < 2^14
+    tev = np.zeros((ROW_BLOCK, N), np.int16)
     a = np.zeros(ROW_BLOCK, np.int16)
     ms = np.zeros(ROW_BLOCK, np.int64)
     step = tile if tile > 0 else max(K, 1)
@@ -137,6 +155,7 @@ def _sat16_block(x, zx, we, g, rows, order, i0, i1, tile, vals, events):
             ms[r] = rows[b0 + min(r, nb - 1)] - g * M
         s[:] = 0
         ev[:] = 0
+        tev[:] = 0
         for k0 in range(0, K, step):
             k1 = min(k0 + step, K)
             t[:] = 0
@@ -152,6 +171,7 @@ def _sat16_block(x, zx, we, g, rows, order, i0, i1, tile, vals, events):
                             c, o = _sat16_add(t[r, n], np.int16(ar * wr[n]))
                             t[r, n] = c
                             ev[r, n] += o
+                            tev[r, n] += o
                     else:
                         for n in range(N):
                             c, o = _sat16_add(s[r, n], np.int16(ar * wr[n]))
@@ -167,12 +187,14 @@ def _sat16_block(x, zx, we, g, rows, order, i0, i1, tile, vals, events):
             for n in range(N):
                 vals[g, ms[r], n] = s[r, n]
                 events[g, ms[r], n] = ev[r, n]
+                tevents[g, ms[r], n] = tev[r, n]
 
 
 @njit(cache=True, parallel=True)
-def ordered_sat16(x, zx, we, rows, order, tile, vals, events):
+def ordered_sat16(x, zx, we, rows, order, tile, vals, events, tevents):
     """:func:`ordered_reduce` for a signed 16-bit saturating accumulator in 16-bit lanes.
 
+    The tile register (``tile`` > 0) is 16-bit too; its events are also written to ``tevents``.
     Preconditions (checked by the caller): ``K`` < 2^14 (int16 event counters), every effective
     operand and product ``(x - zx) * we`` fits int16, no
     tracking, and ``rows`` is sorted with each group's rows contiguous. ``we``: (G, K, N) int16.
@@ -187,7 +209,7 @@ def ordered_sat16(x, zx, we, rows, order, tile, vals, events):
         i = i0
         while i < i1:  # one call per group the block's rows belong to
             g, j = _group_split(rows, i, i1, M)
-            _sat16_block(x, zx, we, g, rows, order, i, j, tile, vals, events)
+            _sat16_block(x, zx, we, g, rows, order, i, j, tile, vals, events, tevents)
             i = j
 
 
@@ -243,8 +265,10 @@ def ordered_track32(x, zx, we, rows, order, tile, pmin, pmax):
     lanes: every exact partial sum of the configured order -- after each product, and each tile
     register added to the accumulator -- with its running min/max.
 
-    Preconditions (checked by the caller): ``K * max|x - zx| * max|we| < 2^31``, so every
-    partial sum, tile sums included, is an exact int32; ``we`` (G, K, N) int32; ``rows`` sorted.
+    Preconditions (checked by the caller): a wrapping accumulator without a tile register of
+    its own width (``tile_bits``: no separate tile wraps); ``K * max|x - zx| * max|we| < 2^31``,
+    so every partial sum, tile sums included, is an exact int32; ``we`` (G, K, N) int32;
+    ``rows`` sorted.
     """
     M = x.shape[1]
     nblk = (rows.shape[0] + ROW_BLOCK - 1) // ROW_BLOCK

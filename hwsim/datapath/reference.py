@@ -11,28 +11,31 @@ from hwsim.datapath.config import Accumulator, Counters, Overflow
 from hwsim.numerics import reference as ref
 
 
-def _ovf(v: int, acc: Accumulator) -> int:
+def _ovf(v: int, acc: Accumulator, bits: int | None = None) -> int:
+    bits = bits or acc.bits
     if acc.overflow is Overflow.WRAP:
-        return ref.wrap(v, acc.bits, acc.signed)
-    return ref.saturate(v, acc.bits, acc.signed)
+        return ref.wrap(v, bits, acc.signed)
+    return ref.saturate(v, bits, acc.signed)
 
 
-def accumulate(products: list[int], acc: Accumulator):
+def accumulate(products: list[int], acc: Accumulator, detail: bool = False):
     """(10)-(11) One output's reduction on ``acc``.
 
     Returns ``(value, events, exact, partials)``: the register's final value; overflow events
-    (saturations in order; for WRAP the net wraps of the final value); the exact sum; and the
-    list of exact partial sums in reduction order (tile partials, then the accumulator after
-    each tile, for TILED).
+    (saturations in order; for WRAP the net wraps of the final value, plus each tile's net wraps
+    when ``acc.tile_bits`` gives the tile register its own width); the exact sum; and the list
+    of exact partial sums in reduction order (tile partials, then the accumulator after each
+    tile, for TILED). ``detail`` appends the tile-register events (part of ``events``).
     """
     lo, hi = ref.format_range(acc.bits, acc.signed)
+    tb = acc.tile_bits or acc.bits
+    tlo, thi = ref.format_range(tb, acc.signed)
+    wrap = acc.overflow is Overflow.WRAP
+    split = wrap and acc.tile and acc.tile_bits is not None  # tile register wraps on its own
     exact = sum(products)
     partials: list[int] = []
-    if acc.overflow is Overflow.WRAP:
-        value = ref.wrap(exact, acc.bits, acc.signed)
-        events = abs((exact - lo) // (1 << acc.bits))
-    else:
-        value = events = 0
+    value = events = tile_events = 0
+    total = 0  # WRAP with a separate tile register: the sum of the wrapped tiles
     tile = acc.tile or max(len(products), 1)
     es = 0
     for k0 in range(0, len(products), tile):
@@ -40,22 +43,35 @@ def accumulate(products: list[int], acc: Accumulator):
         for p in products[k0 : k0 + tile]:
             et += p
             partials.append(et if acc.tile else es + et)
-            if acc.overflow is Overflow.SATURATE:
-                v = (t if acc.tile else value) + p
-                events += not lo <= v <= hi
+            if not wrap:
                 if acc.tile:
-                    t = _ovf(v, acc)
+                    v = t + p
+                    e = not tlo <= v <= thi
+                    events += e
+                    tile_events += e
+                    t = _ovf(v, acc, tb)
                 else:
+                    v = value + p
+                    events += not lo <= v <= hi
                     value = _ovf(v, acc)
+        es += et
         if acc.tile:
-            es += et
             partials.append(es)
-            if acc.overflow is Overflow.SATURATE:
+            if not wrap:
                 v = value + t
                 events += not lo <= v <= hi
                 value = _ovf(v, acc)
-        else:
-            es += et
+            elif split:
+                e = abs((et - tlo) // (1 << tb))
+                events += e
+                tile_events += e
+                total += ref.wrap(et, tb, acc.signed)
+    if wrap:
+        total = total if split else exact
+        value = ref.wrap(total, acc.bits, acc.signed)
+        events += abs((total - lo) // (1 << acc.bits))
+    if detail:
+        return value, events, exact, partials, tile_events
     return value, events, exact, partials
 
 
@@ -68,6 +84,7 @@ def _counters(results, macs: int, track: bool) -> Counters:
     if track and parts:
         c.partial_min, c.partial_max = min(parts), max(parts)
     c.overflow_events = sum(r[1] for r in results)
+    c.tile_overflow_events = sum(r[4] for r in results if len(r) > 4)
     c.outputs_overflowed = sum(1 for r in results if r[1])
     return c
 
@@ -87,7 +104,7 @@ def gemm(x, w, x_zp: int, w_zp, acc: Accumulator, n_cols: int | None = None):
         row = []
         for n in range(N):
             prods = [(x[m][k] - x_zp) * (w[k][n] - zw[n]) for k in range(K)]
-            r = accumulate(prods, acc)
+            r = accumulate(prods, acc, detail=True)
             results.append(r)
             row.append(r[0])
         values.append(row)
@@ -135,7 +152,7 @@ def conv2d(
                                 inside = 0 <= ih < H and 0 <= iw < W
                                 xv = x[n][g * Cg + c][ih][iw] if inside else x_zp
                                 prods.append((xv - x_zp) * (w[f][c][i][j] - zw[f]))
-                    r = accumulate(prods, acc)
+                    r = accumulate(prods, acc, detail=True)
                     results.append(r)
                     line.append(r[0])
                 plane.append(line)
@@ -173,11 +190,13 @@ def gemm_per_sample_shift(
             shifted = []
             for g in range(groups):
                 ks = range(g * Kg, (g + 1) * Kg)
-                r = accumulate([(x[m][k] - x_zp) * (w[k][n] - zw[n]) for k in ks], group_acc)
+                r = accumulate(
+                    [(x[m][k] - x_zp) * (w[k][n] - zw[n]) for k in ks], group_acc, detail=True
+                )
                 group_results.append(r)
                 u = None if draws is None else int(draws[g][m][n])
                 shifted.append(ref.round_shift(r[0], int(shifts[g]), mode, u))
-            r = accumulate(shifted, final_acc)
+            r = accumulate(shifted, final_acc, detail=True)
             final_results.append(r)
             row.append(r[0])
         values.append(row)

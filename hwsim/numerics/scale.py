@@ -9,6 +9,10 @@ Three hardware families, selectable by name (``ScaleKind``):
 * ``ort`` -- onnxruntime's float32 combined scale: ``round_half_even(f32(f32(acc) * scale))``
   (``onnxruntime/core/mlas/lib/quantize.cpp``, ``MlasRequantizeOutput``).
 * ``pow2`` -- a shift-only register: ``round(acc / 2^shift)`` with a chosen ``RoundingMode``.
+  It applies powers of two only: built from a real that is not one (an average over 36
+  positions, a Mul by 3, a BatchNorm factor in the register) it applies the nearest power of two
+  and the register records the **gain error** ``applied / wanted - 1`` (``gain_error``); the
+  network executor reports it per layer (docs/numerics.md, "Gain error").
 
 A register's output is the rescaled integer *before* the output zero point and clamp, which the
 output stage (:func:`hwsim.datapath.output_stage`) adds. Values the ``ort`` and ``pow2`` registers
@@ -36,6 +40,16 @@ TFLITE_SHIFT_RANGE = (-31, 30)
 POW2_SHIFT_RANGE = (-62, 63)
 TFLITE_MAX_REAL = ((1 << 31) - 1) / 2.0
 """The largest real a ``tflite*`` register applies: ``(2^31 - 1) * 2^(30 - 31)``."""
+GAIN_TOLERANCE = 2.0**-20
+"""A register whose ``|gain_error|`` exceeds this applies another gain than the one asked for
+(the ``ort`` register's float32 rounding, at most ``2^-24``, and the Q0.31 multiplier of
+``tflite*``, at most ``2^-31``, stay below it; a ``pow2`` register built from a real that is
+not a power of two, or a ``tflite*`` real below ``2^-32`` flushed to 0, do not)."""
+
+
+def gain_error(applied, wanted) -> np.ndarray:
+    """``applied / wanted - 1`` (float64, broadcast): the relative gain error of a register."""
+    return np.asarray(applied, np.float64) / np.asarray(wanted, np.float64) - 1.0
 
 
 class MultiplierRangeError(ValueError):
@@ -211,13 +225,22 @@ class ScaleRegister:
     ``multiplier``: Q0.31 int32 (``tflite*``), float32 scale (``ort``), unused (``pow2``).
     ``shift``: TFLite exponent, ``real = multiplier * 2^(shift-31)`` (``tflite*``); right shift,
     ``real = 2^-shift`` (``pow2``); unused (``ort``). ``rounding``: ``pow2`` only.
+    ``requested``: the real multipliers the register was built for (:meth:`from_real` sets it),
+    or None.
     Build one from real multipliers with :meth:`from_real`.
+
+    A ``pow2`` register is **shift only**: it cannot divide by 36 or multiply by 3. Built from a
+    real that is not a power of two it applies ``2^round(log2 real)`` -- what a shift-only
+    datapath does -- and :attr:`gain_error` says by how much that differs (``1/36`` applied as
+    ``1/32``: ``+0.125``). The network executor records every register's gain error per layer
+    and its report lists the layers beyond :data:`GAIN_TOLERANCE` (docs/numerics.md).
     """
 
     kind: ScaleKind
     multiplier: np.ndarray
     shift: np.ndarray
     rounding: RoundingMode = RoundingMode.HALF_AWAY
+    requested: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         kind = self.kind if isinstance(self.kind, ScaleKind) else as_kind(self.kind)
@@ -237,13 +260,18 @@ class ScaleRegister:
         check_in_range(shift, *rng, "shift")
         object.__setattr__(self, "multiplier", mult)
         object.__setattr__(self, "shift", shift.astype(np.int64))
+        if self.requested is not None:
+            object.__setattr__(self, "requested", np.asarray(self.requested, np.float64))
 
     @classmethod
     def from_real(cls, kind, real, rounding=RoundingMode.HALF_AWAY) -> ScaleRegister:
         """Registers approximating positive real multipliers ``real`` (any shape).
 
         ``tflite*`` by :func:`quantize_multiplier`; ``ort`` by rounding to float32; ``pow2`` by the
-        nearest power of two in the log domain, ``shift = round(-log2(real))``.
+        nearest power of two in the log domain, ``shift = round(-log2(real))`` -- a real that is
+        not a power of two is applied with the gain error :attr:`gain_error` (e.g. ``+0.125``
+        for ``1/36``), which the caller must report (the network executor does, per layer).
+        The register keeps ``real`` as :attr:`requested`.
         A ``tflite*`` real ``>= 2^30 - 2^-2`` (shift > 30) raises :class:`MultiplierRangeError`
         for both builds: TFLite's single-rounding build would saturate it to ``(2^31 - 1, 30)``,
         a register applying a different gain (about half of it at ``2^30``).
@@ -253,13 +281,16 @@ class ScaleRegister:
         if not np.all(np.isfinite(reals)) or np.any(reals <= 0):
             raise ValueError(f"real multipliers must be finite and > 0, got {real!r}")
         if kind is ScaleKind.ORT:
-            return cls(kind, reals.astype(np.float32), np.zeros(reals.shape, np.int64))
+            return cls(
+                kind, reals.astype(np.float32), np.zeros(reals.shape, np.int64), requested=reals
+            )
         if kind is ScaleKind.POW2:
             return cls(
                 kind,
                 np.ones(reals.shape, np.int64),
                 np.round(-np.log2(reals)).astype(np.int64),
                 rounding,
+                reals,
             )
         single = "single" if kind is ScaleKind.TFLITE_SINGLE else "double"
         flat = reals.ravel()
@@ -278,7 +309,17 @@ class ScaleRegister:
         pairs = [quantize_multiplier(r, single) for r in flat]
         mult = np.array([m for m, _ in pairs], np.int64).reshape(reals.shape)
         shift = np.array([s for _, s in pairs], np.int64).reshape(reals.shape)
-        return cls(kind, mult, shift)
+        return cls(kind, mult, shift, requested=reals)
+
+    @property
+    def gain_error(self) -> np.ndarray | None:
+        """``real / requested - 1`` per register (float64), None without ``requested``: 0 for a
+        ``pow2`` register of a power of two, ``(1/32) / (1/36) - 1 = 0.125`` for ``1/36``;
+        below :data:`GAIN_TOLERANCE` for ``ort`` and ``tflite*`` (except a ``tflite*`` real
+        ``< 2^-32``, flushed to 0: ``-1``)."""
+        if self.requested is None:
+            return None
+        return gain_error(self.real, self.requested)
 
     @property
     def size(self) -> int:

@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from hwsim.datapath import Accumulator
+from hwsim.datapath import Accumulator, ReductionOrder
 from hwsim.graph.ir import Graph
 from hwsim.numerics import (
     IntFormat,
@@ -101,6 +101,9 @@ class LayerScheme:
     bn_sigmas: float = 6.0
     acc_bits: int = 32
     overflow: str = "wrap"
+    order: str = "sequential"
+    tile_rows: int = 0
+    tile_bits: int = 0
     register: str = "ort"
     rounding: str = "half_away"
     bn_fold: str = "weights"
@@ -120,6 +123,16 @@ class LayerScheme:
         _choice(self.bn_fold, BN_FOLDS, "bn_fold")
         _choice(self.data_free_range, DATA_FREE_RANGES, "data_free_range")
         _choice(self.overflow, tuple(o.value for o in Overflow), "overflow")
+        _choice(self.order, tuple(o.value for o in ReductionOrder), "order")
+        if not (isinstance(self.tile_rows, int) and self.tile_rows >= 0):
+            raise SchemeError(f"tile_rows must be an int >= 0, got {self.tile_rows!r}")
+        if self.order == ReductionOrder.TILED.value and not self.tile_rows:
+            raise SchemeError("order 'tiled' needs tile_rows > 0 (the rows of the array)")
+        if self.tile_bits:
+            try:
+                check_bits(self.tile_bits, "tile_bits", 8, 64)
+            except (ValueError, TypeError) as e:
+                raise SchemeError(str(e)) from None
         try:
             as_kind(self.register)
             as_mode(self.rounding)
@@ -141,7 +154,18 @@ class LayerScheme:
 
     @property
     def accumulator(self) -> Accumulator:
-        return Accumulator(bits=self.acc_bits, overflow=Overflow(self.overflow))
+        """The layer's accumulator. ``tile_rows`` (products per tile: the rows of a
+        weight-stationary array) and ``tile_bits`` (the in-array partial-sum width, 0: the
+        accumulator's) apply to ``order = "tiled"`` only and are ignored for ``sequential``
+        (so a model-wide tiling can leave single layers sequential)."""
+        tiled = self.order == ReductionOrder.TILED.value
+        return Accumulator(
+            bits=self.acc_bits,
+            overflow=Overflow(self.overflow),
+            order=ReductionOrder(self.order),
+            tile_rows=self.tile_rows if tiled else 0,
+            tile_bits=(self.tile_bits or None) if tiled else None,
+        )
 
     def replace(self, **kw) -> LayerScheme:
         return dataclasses.replace(self, **kw)
@@ -256,6 +280,9 @@ class LayerSpec:
         return {
             "acc_bits": self.acc.bits,
             "overflow": self.acc.overflow.value,
+            "order": self.acc.order.value,
+            "tile_rows": self.acc.tile_rows,
+            "tile_bits": self.acc.tile_format.bits,
             "register": self.register.value,
             "rounding": self.rounding.value,
         }
@@ -263,7 +290,13 @@ class LayerSpec:
     @classmethod
     def from_dict(cls, d: dict) -> LayerSpec:
         return cls(
-            Accumulator(bits=int(d["acc_bits"]), overflow=Overflow(d["overflow"])),
+            Accumulator(
+                bits=int(d["acc_bits"]),
+                overflow=Overflow(d["overflow"]),
+                order=ReductionOrder(d.get("order", "sequential")),  # absent before issue 12
+                tile_rows=int(d.get("tile_rows", 0)),
+                tile_bits=int(d.get("tile_bits") or d["acc_bits"]),
+            ),
             as_kind(d["register"]),
             as_mode(d["rounding"]),
         )

@@ -10,8 +10,8 @@
   ``Quant`` node (domain ``qonnx.custom_op.general``; inputs x, scale, zero point, bit width;
   ``signed``, ``narrow=0``, ``rounding_mode="ROUND"``) for other widths;
 * per-sample (``dynamic``/``shift``) activations have no ONNX operator; they and everything
-  the datapath needs (accumulator width and overflow, register kind, rounding, true weight
-  widths, the scheme) are in the ``hwsim`` metadata entry, JSON, ``format_version`` 1, which
+  the datapath needs (accumulator width, overflow, reduction order, tile rows and tile-register
+  width, register kind, rounding, true weight widths, the scheme) are in the ``hwsim`` metadata entry, JSON, ``format_version`` 1, which
   is authoritative when the file is loaded back.
 
 So a per-tensor 8-bit model is a plain QDQ model that onnxruntime runs; other schemes open in

@@ -213,3 +213,25 @@ def test_zero_point_outside_the_input_dtype_pads_correctly():
     )
     assert got.values.tolist() == want
     assert got.counters == want_c
+
+
+@pytest.mark.parametrize("overflow", ["saturate", "wrap"])
+@pytest.mark.parametrize("tile_bits, bits", [(12, 16), (16, 24), (20, 14)])
+def test_conv_with_a_tile_register_of_its_own_width_equals_reference(overflow, tile_bits, bits):
+    """Tiles of 5 products in the channel-major (c, i, j) order, the tile register narrower or
+    wider than the accumulator; all-max and random operands."""
+    rng = np.random.default_rng(tile_bits + bits)
+    acc = Accumulator(bits, overflow, order="tiled", tile_rows=5, tile_bits=tile_bits)
+    for x, w in (
+        (np.full((1, 4, 5, 5), 127, np.int8), np.full((3, 4, 3, 3), -128, np.int8)),
+        (rng.integers(-128, 128, (2, 4, 5, 5)).astype(np.int8),
+         rng.integers(-128, 128, (3, 4, 3, 3)).astype(np.int8)),
+    ):  # fmt: skip
+        got = conv2d(x, w, padding=1, acc=acc)
+        want, want_c = dref.conv2d(
+            x.tolist(), w.tolist(), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0, 0, acc, x.shape, w.shape
+        )
+        assert got.values.tolist() == want
+        assert got.counters == want_c
+        if tile_bits < bits:  # 5 all-max products leave the narrow tile register
+            assert got.counters.tile_overflow_events > 0

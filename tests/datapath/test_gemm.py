@@ -256,3 +256,113 @@ def test_empty_per_channel_zero_point_with_no_output_channels():
     wop = Operand(IntFormat(8, True), np.zeros(0, np.int64))
     got = gemm(np.ones((2, 3), np.int8), np.zeros((3, 0), np.int8), w_operand=wop)
     assert got.values.shape == (2, 0) and got.counters.macs == 0
+
+
+# -- a tile register of its own width (Accumulator.tile_bits, eq. 10) ------------------------
+
+
+@st.composite
+def split_tile_accumulators(draw, max_bits=64):
+    """Tiled accumulators whose in-array tile register has its own width (narrower or wider
+    than the accumulator), saturating or wrapping, signed or not, tracked or not."""
+    widths = [b for b in (8, 9, 12, 16, 17, 20, 24, 32, 33, 48, 63, 64) if b <= max_bits]
+    bits = draw(st.sampled_from(widths))
+    tile_bits = draw(st.sampled_from([b for b in (8, 9, 12, 16, 20, 24, 32, 48) if b != bits]))
+    return Accumulator(
+        bits=bits,
+        overflow=draw(st.sampled_from(list(Overflow))),
+        signed=draw(st.booleans()),
+        order=ReductionOrder.TILED,
+        tile_rows=draw(st.integers(1, 5)),
+        track_partials=draw(st.booleans()),
+        tile_bits=tile_bits,
+    )
+
+
+@given(
+    operands(),
+    operands(),
+    split_tile_accumulators(),
+    st.integers(0, 5),
+    st.integers(0, 12),
+    st.integers(0, 5),
+    st.booleans(),
+    st.sampled_from([None, "max", "max", "min"]),
+    st.data(),
+)
+def test_tile_bits_gemm_equals_reference(xo, wo, acc, M, K, N, per_channel, extreme, data):
+    """Values and counters (tile-register events included) of the fast path equal the plain-int
+    reference for every tile width, rule and engine; all-max operands overflow every tile."""
+    (xf, xzp), (wf, wzp) = xo, wo
+    if per_channel and N:
+        wzp = np.array(data.draw(st.lists(ints_in(wf.min, wf.max), min_size=N, max_size=N)))
+    x = operand_arrays(data.draw, xf, (M, K), extreme)
+    w = operand_arrays(data.draw, wf, (K, N), extreme)
+    xop, wop = Operand(xf, xzp), Operand(wf, wzp)
+    for engine in engines_for(xf, wf, K, x, w, xzp, wop.zero_point):
+        assert_matches_reference(x, w, xop, wop, acc, engine)
+
+
+@given(split_tile_accumulators(max_bits=24), st.integers(1, 6), st.integers(1, 48), st.data())
+def test_tile_bits_with_int8_operands_and_narrow_tiles(acc, M, N, data):
+    """int8 operands, narrow tile registers below (or above) narrow accumulators: tiles overflow
+    often, on the int8 shapes the int16/int32 lane kernels would otherwise take."""
+    K = data.draw(st.integers(1, 40))
+    xf, wf = IntFormat(8, data.draw(st.booleans())), IntFormat(8, True)
+    extreme = data.draw(st.sampled_from([None, "max", "min"]))
+    x = operand_arrays(data.draw, xf, (M, K), extreme)
+    w = operand_arrays(data.draw, wf, (K, min(N, 5)), extreme)
+    assert_matches_reference(x, w, Operand(xf, 0), Operand(wf, 0), acc, "auto")
+
+
+@pytest.mark.parametrize("overflow", list(Overflow))
+def test_narrow_tile_register_on_a_32_bit_accumulator(overflow):
+    """All-max int8 operands: a tile of 32 products is 32 * 127 * 127 = 516128 > 2^17 - 1, so
+    an 18-bit in-array partial sum overflows in every tile while the 32-bit accumulator would
+    hold the exact sum; the tile events are counted apart (Counters.tile_overflow_events)."""
+    x = np.full((3, 64), 127, np.int8)
+    w = np.full((64, 2), 127, np.int8)
+    wide = Accumulator(32, overflow, order="tiled", tile_rows=32)
+    acc = Accumulator(32, overflow, order="tiled", tile_rows=32, tile_bits=18)
+    got, exact = gemm(x, w, acc=acc), gemm(x, w, acc=wide)
+    want, want_c = dref.gemm(x.tolist(), w.tolist(), 0, 0, acc, n_cols=2)
+    assert got.values.tolist() == want and got.counters == want_c
+    assert (exact.values == 64 * 127 * 127).all() and exact.counters.overflow_events == 0
+    if overflow is Overflow.SATURATE:
+        assert (got.values == 2 * (2**17 - 1)).all()
+        # 8 * 16129 = 129032 fits; products 9..32 of each tile saturate
+        assert got.counters.tile_overflow_events == 6 * 2 * 24
+    else:
+        assert (got.values == 2 * (32 * 127 * 127 - 2 * 2**18)).all()  # each tile wraps twice
+        assert got.counters.tile_overflow_events == 6 * 2 * 2
+    assert got.counters.overflow_events == got.counters.tile_overflow_events
+    assert got.counters.outputs_overflowed == 6
+
+
+def test_tile_bits_needs_a_tiled_order_and_normalises():
+    with pytest.raises(ValueError, match="tile_bits is only meaningful with order=TILED"):
+        Accumulator(32, tile_bits=20)
+    with pytest.raises(ValueError, match="Accumulator.tile_bits must be in"):
+        Accumulator(32, order="tiled", tile_rows=4, tile_bits=7)
+    same = Accumulator(32, order="tiled", tile_rows=4, tile_bits=32)
+    assert same == Accumulator(32, order="tiled", tile_rows=4) and same.tile_format.bits == 32
+
+
+def test_tile_bits_lane_kernels_are_bypassed(monkeypatch):
+    """A 16-bit saturating accumulator normally runs the int16-lane kernel; a 12-bit tile
+    register of its own must not (that kernel's tiles are 16-bit): the int64 kernel runs."""
+    import sys
+
+    gemm_mod = sys.modules["hwsim.datapath.gemm"]
+    monkeypatch.setattr(gemm_mod, "ordered_sat16", lambda *a: pytest.fail("int16 lanes used"))
+    monkeypatch.setattr(gemm_mod, "ordered_track32", lambda *a: pytest.fail("int32 lanes used"))
+    x = np.full((2, 16), 100, np.int8)
+    w = np.full((16, 2), 100, np.int8)
+    for acc in (
+        Accumulator(16, Overflow.SATURATE, order="tiled", tile_rows=4, tile_bits=12),
+        Accumulator(16, Overflow.WRAP, order="tiled", tile_rows=4, tile_bits=12,
+                    track_partials=True),  # fmt: skip
+    ):
+        want, want_c = dref.gemm(x.tolist(), w.tolist(), 0, 0, acc, n_cols=2)
+        got = gemm(x, w, acc=acc)
+        assert got.values.tolist() == want and got.counters == want_c
