@@ -273,7 +273,8 @@ class _Ref:
                 real = sx[i] * ex[c] / so[i]
                 ort = None
                 if kind == "ort":
-                    ort = float(np.float32(np.float32(sx[i]) * np.float32(ex[c])) / np.float32(so[i]))
+                    f = np.float32
+                    ort = float(f(f(sx[i]) * f(ex[c])) / f(so[i]))
                 chans.append(_map(t[i][c], lambda v, real=real, ort=ort: _sat(
                     _reg(kind, v, real, rnd, ort) + spec.zero_point, spec)))
             out.append(chans)
@@ -523,7 +524,8 @@ def _check_node(ref: _Ref, node, env, program):
     amp=st.sampled_from([1.0, 4.0]),
 )
 def test_every_op_matches_the_plain_int_spec(
-    seed, n, c, hw, k, stride, pad, grouped, fuse_relu, relu1, mul_c, pool, cip, scheme, wbits, abits,
+    seed, n, c, hw, k, stride, pad, grouped, fuse_relu, relu1, mul_c, pool, cip, scheme, wbits,
+    abits,
     acc_bits, overflow, register, rounding, amp,
 ):
     pk, ps, pp = pool
