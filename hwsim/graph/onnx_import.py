@@ -118,6 +118,47 @@ class _Importer:
     def fail(self, node, msg: str):
         raise ImportError_(f"{self.src}: node {node.name or '?'!r} ({node.op_type}): {msg}")
 
+    def opset(self) -> int:
+        for o in self.model.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                return int(o.version)
+        return 0
+
+    def rank(self, tensor: str) -> int | None:
+        """The rank of ``tensor`` by ONNX shape inference (None if unknown)."""
+        if not hasattr(self, "_ranks"):
+            self._ranks = {}
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.model).graph
+            except Exception:  # inference is best effort; unknown ranks are handled by callers
+                inferred = self.model.graph
+            for vi in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
+                tt = vi.type.tensor_type
+                if tt.HasField("shape"):
+                    self._ranks[vi.name] = len(tt.shape.dim)
+        return self._ranks.get(tensor)
+
+    def softmax_axis(self, node, a: dict) -> int:
+        """Softmax's axis. From opset 13 on, Softmax normalizes along ``axis`` (default -1),
+        as hwsim does. Before opset 13 (default ``axis=1``) it flattens the input to 2-D at
+        ``axis`` and normalizes over all the trailing dims together; that equals hwsim's
+        per-axis Softmax only where ``axis`` is the last axis (e.g. a (N, C) input), so other
+        cases are rejected."""
+        if self.opset() >= 13:
+            return int(a.get("axis", -1))
+        axis = int(a.get("axis", 1))
+        rank = self.rank(node.input[0])
+        if rank is None or (axis % rank if -rank <= axis < rank else None) != rank - 1:
+            shown = "unknown" if rank is None else str(rank)
+            self.fail(
+                node,
+                f"Softmax of opset {self.opset()} (< 13) with axis={axis} on an input of rank "
+                f"{shown} normalizes over the input flattened to 2-D at axis {axis}; hwsim "
+                "supports it only where axis is the last axis (e.g. a (N, C) input). Export "
+                "with opset >= 13, or Flatten before the Softmax",
+            )
+        return -1
+
     def name(self, t: str) -> str:
         while t in self.alias:
             t = self.alias[t]
@@ -512,6 +553,13 @@ class _Importer:
                 shape = [int(v) for v in self.const(node, node.input[1], "shape")]
                 if a.get("allowzero", 0):
                     self.fail(node, "allowzero=1 is not supported")
+                if len(shape) < 2:
+                    self.fail(
+                        node,
+                        f"Reshape to shape {shape} drops the batch axis; hwsim keeps the batch "
+                        "as axis 0, so the target shape must have rank >= 2 (e.g. [1, -1] or "
+                        "[0, -1] for (N, features))",
+                    )
                 self.add(node, Op.RESHAPE, [self.name(node.input[0])], {"shape": tuple(shape)})
             elif t == "Concat":
                 axis = int(a["axis"])
@@ -519,9 +567,8 @@ class _Importer:
                     self.fail(node, f"only Concat along channels (axis=1) is supported, got {axis}")
                 self.add(node, Op.CONCAT, [self.name(i) for i in node.input], {"axis": 1})
             elif t == "Softmax":
-                self.add(
-                    node, Op.SOFTMAX, [self.name(node.input[0])], {"axis": int(a.get("axis", -1))}
-                )
+                axis = self.softmax_axis(node, a)
+                self.add(node, Op.SOFTMAX, [self.name(node.input[0])], {"axis": axis})
             elif t in ("Identity", "Dropout"):
                 self.add(node, Op.IDENTITY, [self.name(node.input[0])])
             else:

@@ -46,7 +46,10 @@ negative ``k`` flips the channel's integers).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from hwsim.datapath import Accumulator, ReductionOrder
 from hwsim.graph.ir import Graph
@@ -63,6 +66,8 @@ from hwsim.numerics import (
 WEIGHT_MODES = ("symmetric", "symmetric-full", "asymmetric")
 GRANULARITIES = ("tensor", "channel")
 ACT_MODES = ("static", "data-free", "dynamic", "shift")
+ACT_SPEC_MODES = ("static", "dynamic", "shift")
+"""ActSpec modes (a ``data-free`` scheme's activations are ``static`` ActSpecs)."""
 CALIB_METHODS = ("minmax", "percentile")
 BN_FOLDS = ("weights", "register")
 DATA_FREE_RANGES = ("sound", "official")
@@ -84,6 +89,52 @@ class SchemeError(ValueError):
 def _choice(value, allowed, name):
     if value not in allowed:
         raise SchemeError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+# Checked readers of one field of a metadata dict (ActSpec/LayerSpec.from_dict): each error
+# names where the dict belongs (``where``), the field and what was expected.
+def _get(d: dict, key: str, where: str):
+    if key not in d:
+        raise SchemeError(f"{where}: missing field {key!r}")
+    return d[key]
+
+
+def _field_choice(value, allowed, name, where):
+    if not isinstance(value, str) or value not in allowed:
+        raise SchemeError(
+            f"{where}: field {name!r} must be one of {', '.join(allowed)}; got {value!r}"
+        )
+
+
+def _field_int(value, name, where, lo=None, hi=None) -> int:
+    ok = not isinstance(value, bool) and (
+        isinstance(value, (int, np.integer))
+        or (isinstance(value, (float, np.floating)) and float(value).is_integer())
+    )
+    rng = f" in [{lo}, {hi}]" if lo is not None and hi is not None else (
+        f" >= {lo}" if lo is not None else ""
+    )
+    if not ok:
+        raise SchemeError(f"{where}: field {name!r} must be an integer{rng}, got {value!r}")
+    v = int(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise SchemeError(f"{where}: field {name!r} must be an integer{rng}, got {v}")
+    return v
+
+
+def _field_float(value, name, where) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise SchemeError(f"{where}: field {name!r} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise SchemeError(f"{where}: field {name!r} must be a finite number, got {value!r}")
+    return v
+
+
+def _field_bool(value, name, where) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise SchemeError(f"{where}: field {name!r} must be true or false, got {value!r}")
+    return bool(value)
 
 
 @dataclass(frozen=True)
@@ -257,15 +308,30 @@ class ActSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> ActSpec:
-        return cls(
-            d["mode"],
-            IntFormat(d["bits"], d["signed"]),
-            float(d["scale"]),
-            int(d["zero_point"]),
-            int(d["s_max"]),
-            bool(d.get("pow2", False)),
-        )
+    def from_dict(cls, d: dict, where: str = "activation") -> ActSpec:
+        """An ActSpec from its ``as_dict`` form (a file's metadata), every field checked:
+        ``mode`` one of ``ACT_SPEC_MODES``, ``bits`` in [2, 16], ``signed``/``pow2`` bools,
+        ``scale`` a finite number > 0, ``zero_point`` an int within the format (0 unless
+        ``static``), ``s_max`` an int in [0, 16] (as LayerScheme). A bad field is a
+        SchemeError naming ``where`` (e.g. ``tensor 'x'``), the field and what was expected."""
+        if not isinstance(d, dict):
+            raise SchemeError(f"{where}: expected an object of fields, got {d!r}")
+        mode = _get(d, "mode", where)
+        _field_choice(mode, ACT_SPEC_MODES, "mode", where)
+        bits = _field_int(_get(d, "bits", where), "bits", where, 2, 16)
+        signed = _field_bool(_get(d, "signed", where), "signed", where)
+        fmt = IntFormat(bits, signed)
+        scale = _field_float(_get(d, "scale", where), "scale", where)
+        if not scale > 0:
+            raise SchemeError(f"{where}: field 'scale' must be a finite number > 0, got {scale!r}")
+        zp = _field_int(_get(d, "zero_point", where), "zero_point", where, fmt.min, fmt.max)
+        if mode != "static" and zp != 0:
+            raise SchemeError(
+                f"{where}: field 'zero_point' must be 0 for mode {mode!r}, got {zp}"
+            )
+        s_max = _field_int(_get(d, "s_max", where), "s_max", where, 0, 16)
+        pow2 = _field_bool(d.get("pow2", False), "pow2", where)
+        return cls(mode, fmt, scale, zp, s_max, pow2)
 
 
 @dataclass(frozen=True)
@@ -288,18 +354,54 @@ class LayerSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> LayerSpec:
-        return cls(
-            Accumulator(
-                bits=int(d["acc_bits"]),
-                overflow=Overflow(d["overflow"]),
-                order=ReductionOrder(d.get("order", "sequential")),  # absent before issue 12
-                tile_rows=int(d.get("tile_rows", 0)),
-                tile_bits=int(d.get("tile_bits") or d["acc_bits"]),
-            ),
-            as_kind(d["register"]),
-            as_mode(d["rounding"]),
-        )
+    def from_dict(cls, d: dict, where: str = "layer") -> LayerSpec:
+        """A LayerSpec from its ``as_dict`` form (a file's metadata), with LayerScheme's rules:
+        ``acc_bits`` an int in [8, 64] (<= 32 for a ``tflite*`` register), ``overflow``,
+        ``order`` (absent: ``sequential``), ``register`` and ``rounding`` from their value
+        lists; ``tile_rows`` (> 0) and ``tile_bits`` (0 or absent: ``acc_bits``; else [8, 64])
+        for ``order = "tiled"``, ignored for ``sequential`` (docs/networks.md). A bad field is
+        a SchemeError naming ``where`` (e.g. ``layer 'conv'``), the field and what was
+        expected."""
+        if not isinstance(d, dict):
+            raise SchemeError(f"{where}: expected an object of fields, got {d!r}")
+        acc_bits = _field_int(_get(d, "acc_bits", where), "acc_bits", where, 8, 64)
+        overflow = _get(d, "overflow", where)
+        _field_choice(overflow, tuple(o.value for o in Overflow), "overflow", where)
+        order = d.get("order", ReductionOrder.SEQUENTIAL.value)  # absent before issue 12
+        _field_choice(order, tuple(o.value for o in ReductionOrder), "order", where)
+        register = _get(d, "register", where)
+        _field_choice(register, tuple(k.value for k in ScaleKind), "register", where)
+        rounding = _get(d, "rounding", where)
+        _field_choice(rounding, tuple(m.value for m in RoundingMode), "rounding", where)
+        if as_kind(register) in (ScaleKind.TFLITE, ScaleKind.TFLITE_SINGLE) and acc_bits > 32:
+            raise SchemeError(
+                f"{where}: field 'acc_bits': a {register} register takes int32 input: "
+                f"acc_bits must be <= 32, got {acc_bits}"
+            )
+        tiled = order == ReductionOrder.TILED.value
+        if tiled:
+            tile_rows = _field_int(d.get("tile_rows", 0), "tile_rows", where, 0, None)
+            if not tile_rows:
+                raise SchemeError(
+                    f"{where}: field 'tile_rows' must be > 0 for order 'tiled' (the rows "
+                    f"of the array), got {tile_rows}"
+                )
+            tile_bits = _field_int(d.get("tile_bits") or 0, "tile_bits", where, 0, 64)
+            if tile_bits and tile_bits < 8:
+                raise SchemeError(
+                    f"{where}: field 'tile_bits' must be 0 (the accumulator's width) or in "
+                    f"[8, 64] bits, got {tile_bits}"
+                )
+            acc = Accumulator(
+                bits=acc_bits,
+                overflow=Overflow(overflow),
+                order=ReductionOrder.TILED,
+                tile_rows=tile_rows,
+                tile_bits=tile_bits or acc_bits,
+            )
+        else:  # tile_rows / tile_bits are ignored where the order is sequential
+            acc = Accumulator(bits=acc_bits, overflow=Overflow(overflow))
+        return cls(acc, as_kind(register), as_mode(rounding))
 
 
 @dataclass

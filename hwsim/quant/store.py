@@ -31,7 +31,7 @@ from hwsim.graph.ir import Graph, Op
 from hwsim.graph.onnx_import import ImportError_, import_model
 from hwsim.io import atomic_write_bytes
 from hwsim.numerics import IntFormat
-from hwsim.quant.scheme import ActSpec, LayerSpec, QuantProgram, Scheme
+from hwsim.quant.scheme import ActSpec, LayerSpec, QuantProgram, Scheme, SchemeError
 
 FORMAT_VERSION = 1
 QONNX_DOMAIN = "qonnx.custom_op.general"
@@ -244,14 +244,46 @@ def program_from_graph(graph: Graph) -> QuantProgram:
             f"{graph.source}: hwsim metadata format_version "
             f"{meta.get('format_version')!r}, this hwsim reads {FORMAT_VERSION}"
         )
+    def section(key: str) -> dict:
+        if key not in meta:
+            raise SchemeError(f"missing section {key!r}")
+        if not isinstance(meta[key], dict):
+            raise SchemeError(f"section {key!r} must be an object, got {meta[key]!r}")
+        return meta[key]
+
     try:
         # the file's tensor names: the output may have been renamed by the DQ alias
-        acts = {t: ActSpec.from_dict(d) for t, d in meta["acts"].items()}
-        layers = {k: LayerSpec.from_dict(d) for k, d in meta["layers"].items()}
+        acts = {
+            t: ActSpec.from_dict(d, f"acts: tensor {t!r}") for t, d in section("acts").items()
+        }
+        layers = {
+            k: LayerSpec.from_dict(d, f"layers: layer {k!r}")
+            for k, d in section("layers").items()
+        }
         scheme = Scheme.from_dict(meta["scheme"]) if meta.get("scheme") else None
+        weights = section("weights")
+        tensors = {graph.input, graph.output} | {n.output for n in graph.nodes}
+        names = {n.name for n in graph.nodes}
+        for what, keys, known, kind in (
+            ("acts", acts, tensors, "activation tensors"),
+            ("layers", layers, names, "nodes"),
+            ("weights", weights, {n.name for n in graph.nodes if n.wq is not None}, "MAC layers"),
+        ):
+            unknown = sorted(set(keys) - known)
+            if unknown:
+                raise SchemeError(
+                    f"section {what!r} names {unknown}, which the model does not have "
+                    f"(expected {kind} of the model)"
+                )
         for n in graph.nodes:
-            w = meta["weights"].get(n.name)
+            w = weights.get(n.name)
             if w is not None and n.wq is not None:
+                where = f"weights: layer {n.name!r}"
+                if not isinstance(w, dict):
+                    raise SchemeError(f"{where}: expected an object of fields, got {w!r}")
+                for k in ("bits", "signed"):
+                    if k not in w:
+                        raise SchemeError(f"{where}: missing field {k!r}")
                 n.wq.fmt = IntFormat(int(w["bits"]), bool(w["signed"]))
                 n.wq.fmt.check(n.wq.q, f"{n.name} weights")
     except (KeyError, TypeError, ValueError) as e:

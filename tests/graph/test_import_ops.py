@@ -647,11 +647,6 @@ def test_reshape_keeps_the_batch_axis():
     assert run_float(g, _x((3, 2, 5, 5)))["y"].shape == (3, 50)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a Reshape to rank 1 (drops the batch axis) is accepted at import; run_float "
-    "then fails with a bare numpy ValueError instead of an ImportError_ naming the node",
-)
 def test_reshape_dropping_the_batch_axis_is_an_import_error():
     m = _model([helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")],
                {"s": np.array([-1], np.int64)}, out_rank=1)
@@ -660,12 +655,6 @@ def test_reshape_dropping_the_batch_axis_is_an_import_error():
         run_float(g, _x((3, 2, 5, 5)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Softmax before opset 13 (default axis=1, input coerced to 2-D) is imported "
-    "with axis -1 / per-axis semantics; on an (N, C, L) input run_float differs from "
-    "onnxruntime (and it is not rejected)",
-)
 def test_softmax_opset11_on_rank3_matches_onnxruntime_or_is_rejected():
     m = _model([helper.make_node("Softmax", ["x"], ["y"], name="sm")], in_shape=("N", 2, 3),
                opset=11)
@@ -674,3 +663,18 @@ def test_softmax_opset11_on_rank3_matches_onnxruntime_or_is_rejected():
     except ImportError_:
         return
     _check_ort(m, _x((2, 2, 3)), graph=g)
+
+
+def test_softmax_opset11_on_rank3_is_rejected_naming_the_node():
+    m = _model([helper.make_node("Softmax", ["x"], ["y"], name="sm")], in_shape=("N", 2, 3),
+               opset=11)
+    with pytest.raises(ImportError_, match=r"'sm' \(Softmax\).*opset 11"):
+        import_model(m)
+
+
+@pytest.mark.parametrize("axis", [None, 1, -1])
+def test_softmax_opset11_on_rank2_matches_onnxruntime(axis):
+    kw = {} if axis is None else {"axis": axis}
+    m = _model([helper.make_node("Softmax", ["x"], ["y"], name="sm", **kw)], in_shape=("N", 5),
+               opset=11)
+    _check_ort(m, _x((3, 5)))

@@ -249,23 +249,10 @@ MALFORMED = [
     (("format_version",), 2, "format_version"),
 ]
 
-# Cases whose error does not name the offending field (see the report of issue 12).
-_UNNAMED = {
-    ("acc_bits", "abc"): "int('abc') ValueError: message names the value, not acc_bits",
-    ("scale", "big"): "float('big') ValueError: message names the value, not scale",
-}
-
-
 @pytest.mark.parametrize(
     "where, value, word",
     [
-        pytest.param(
-            *c,
-            marks=pytest.mark.xfail(strict=True, reason=_UNNAMED[(c[0][-1], c[1])])
-            if (c[0][-1], c[1]) in _UNNAMED
-            else (),
-            id="/".join(c[0]) + ("=del" if c[1] is _DEL else f"={c[1]}"),
-        )
+        pytest.param(*c, id="/".join(c[0]) + ("=del" if c[1] is _DEL else f"={c[1]}"))
         for c in MALFORMED
     ],
 )
@@ -302,8 +289,8 @@ def test_float_model_is_not_a_program(tmp_path):
     assert str(path) in str(ei.value)
 
 
-# Values that are well-typed but out of range: the scheme (LayerScheme / TensorQuant) rejects
-# them when a program is built, but the loader accepts them from a file's metadata.
+# Values that are well-typed but out of range: the loader rejects them as the scheme
+# (LayerScheme / TensorQuant) does when a program is built.
 _BAD_VALUES = [
     (("acts", "x", "mode"), "bogus", "mode"),
     (("acts", "x", "scale"), 0.0, "scale"),
@@ -313,11 +300,6 @@ _BAD_VALUES = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: store.program_from_graph / ActSpec.from_dict do not validate mode, scale > 0, "
-    "zero_point within the format, s_max >= 0",
-)
 @pytest.mark.parametrize(
     "where, value, word", _BAD_VALUES, ids=["/".join(c[0]) + f"={c[1]}" for c in _BAD_VALUES]
 )
@@ -328,11 +310,6 @@ def test_out_of_range_act_metadata_is_rejected(saved, where, value, word):
     assert word in str(ei.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: LayerSpec.from_dict accepts a tflite* register with acc_bits > 32, which "
-    "LayerScheme rejects ('a tflite register takes int32 input')",
-)
 def test_tflite_register_with_wide_accumulator_is_rejected(saved):
     def edit(meta):
         meta["layers"]["fc2"].update(acc_bits=48, tile_bits=48)  # fc2: tflite-single
@@ -342,13 +319,33 @@ def test_tflite_register_with_wide_accumulator_is_rejected(saved):
         load(saved)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docs/networks.md: tile_rows/tile_bits are ignored where the order is sequential; "
-    "LayerSpec.from_dict passes them to Accumulator, which rejects them",
-)
 @pytest.mark.parametrize("key, value", [("tile_rows", 32), ("tile_bits", 20)])
 def test_sequential_layer_ignores_tile_keys(saved, key, value):
     _rewrite(saved, lambda meta: meta["layers"]["conv"].update({key: value}))
     back = load(saved)
     assert back.layers["conv"] == _layers()["conv"]
+
+
+@pytest.mark.parametrize(
+    "where, owner",
+    [(("acts", "x", "scale"), "'x'"), (("layers", "conv", "rounding"), "'conv'"),
+     (("weights", "conv", "signed"), "'conv'")],
+)
+def test_missing_metadata_key_names_its_layer_or_tensor(saved, where, owner):
+    _rewrite(saved, _set(where, _DEL))
+    with pytest.raises(ImportError_) as ei:
+        load(saved)
+    msg = str(ei.value)
+    assert str(saved) in msg and owner in msg and where[-1] in msg, msg
+
+
+@pytest.mark.parametrize("section", ["acts", "layers", "weights"])
+def test_metadata_for_unknown_names_is_an_error(saved, section):
+    def edit(meta):
+        sec = meta[section]
+        sec["ghost"] = dict(next(iter(sec.values())))
+
+    _rewrite(saved, edit)
+    with pytest.raises(ImportError_, match=rf"{section}.*'ghost'") as ei:
+        load(saved)
+    assert str(saved) in str(ei.value)
