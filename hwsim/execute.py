@@ -339,6 +339,7 @@ class IntegerExecutor:
         self.isa_layers: set[str] = set()  # MAC layers whose sums follow eq. 16 (isa avx2)
         self._ort_fused = False  # onnxruntime's fused weights (hwsim.graph.ort_plan), lazily
         self._plan_error = ""
+        self._u8_scales = False  # onnxruntime's uint8-shifted activation scales, lazily
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.seed = int(seed)
@@ -441,6 +442,24 @@ class IntegerExecutor:
                 return Isa.EXACT  # a float op on dequantized values in onnxruntime
         self.isa_layers.add(node.name)
         return self.isa
+
+    def _ort_shift(self, holder, tensors) -> int:
+        """128 if onnxruntime runs these int8 tensors of an imported model as uint8 = int8 + 128
+        (x86's QDQS8ToU8Transformer; :func:`hwsim.graph.ort_plan.ort_uint8_scales`), else 0.
+        The float32 formulas of its QLinear ops then see the shifted zero points."""
+        if holder is not np.int8:
+            return 0
+        if self._u8_scales is False:
+            from hwsim.graph.ort_plan import NoPlanError, ort_uint8_scales
+
+            try:
+                self._u8_scales = ort_uint8_scales(self.g.source)
+            except NoPlanError:
+                self._u8_scales = None
+        if not self._u8_scales:
+            return 0
+        names = [getattr(self.g.act_quant.get(t), "scale_name", None) for t in tensors]
+        return 128 if all(n is not None and n in self._u8_scales for n in names) else 0
 
     def _plan(self) -> frozenset[str] | None:
         """onnxruntime's fused weights for this model (:mod:`hwsim.graph.ort_plan`), or None
@@ -625,17 +644,19 @@ class IntegerExecutor:
         ):
             from hwsim import qops
 
+            d = self._ort_shift(holder, (*node.inputs[:2], node.output))
+            holder = np.uint8 if d else holder
             y = qops.qlinear_add(
-                a.q.astype(holder),
+                (a.q.astype(np.int16) + d).astype(holder),
                 np.float32(a.scale),
-                holder(a.zero_point),
-                b.q.astype(holder),
+                holder(a.zero_point + d),
+                (b.q.astype(np.int16) + d).astype(holder),
                 np.float32(b.scale),
-                holder(b.zero_point),
+                holder(b.zero_point + d),
                 np.float32(so),
-                holder(spec.zero_point),
+                holder(spec.zero_point + d),
             )
-            y = saturate(np.asarray(y, np.int64), spec.fmt)  # narrower widths: clamp again
+            y = saturate(np.asarray(y, np.int64) - d, spec.fmt)  # narrower widths: clamp again
             return QTensor(np.asarray(y).astype(spec.fmt.dtype), so, spec.zero_point, spec.fmt)
         L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))
         nd = a.q.ndim
@@ -706,12 +727,14 @@ class IntegerExecutor:
             # onnxruntime fuses DQ -> (Global)AveragePool -> Q into its QLinear kernels
             from hwsim import qops
 
+            d = self._ort_shift(holder, (node.inputs[0], node.output))
+            holder = np.uint8 if d else holder
             qargs = (
-                x.q.astype(holder),
+                (x.q.astype(np.int16) + d).astype(holder),
                 np.float32(x.scale),
-                holder(x.zero_point),
+                holder(x.zero_point + d),
                 np.float32(spec.scale),
-                holder(spec.zero_point),
+                holder(spec.zero_point + d),
             )
             if node.op is Op.GAP:
                 y = qops.qlinear_global_average_pool(*qargs)
@@ -724,7 +747,7 @@ class IntegerExecutor:
                     pads=list(a["pads"]),
                     count_include_pad=int(a["count_include_pad"]),
                 )
-            y = saturate(np.asarray(y, np.int64), spec.fmt)
+            y = saturate(np.asarray(y, np.int64) - d, spec.fmt)
             return QTensor(
                 np.asarray(y).astype(spec.fmt.dtype),
                 np.asarray(np.float32(spec.scale)),

@@ -51,6 +51,9 @@ class TensorQuant:
     scale: float
     zero_point: int
     fmt: IntFormat
+    scale_name: str | None = field(default=None, compare=False)
+    """the QuantizeLinear's scale initializer in an imported file (to find the tensor in
+    onnxruntime's optimised graph, :mod:`hwsim.graph.ort_plan`)"""
 
     def __post_init__(self):
         s = float(np.float32(self.scale))

@@ -182,7 +182,7 @@ class _Importer:
         )
         if np.ndim(s) != 0:
             self.fail(node, "activation quantization must be per-tensor (scalar scale)")
-        tq = TensorQuant(float(s), int(z), fmt)
+        tq = TensorQuant(float(s), int(z), fmt, scale_name=node.input[1])
         t = self.name(x)
         old = self.act_quant.get(t)
         if old is not None and old != tq:

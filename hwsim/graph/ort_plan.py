@@ -31,7 +31,7 @@ class NoPlanError(ValueError):
 
 
 @functools.lru_cache(maxsize=16)
-def _fused(path: str, mtime: float) -> frozenset[str]:
+def _fused(path: str, mtime: float) -> tuple[frozenset[str], frozenset[str]]:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -53,7 +53,17 @@ def _fused(path: str, mtime: float) -> frozenset[str]:
         i = _INTEGER_OPS.get(n.op_type)
         if i is not None and len(n.input) > i:
             names.add(n.input[i])
-    return frozenset(names)
+    # (scale, zero point) input pairs whose zero point is uint8: QuantizeLinear,
+    # DequantizeLinear and every QLinear* op list an activation's parameters that way
+    inits = {t.name: t for t in m.graph.initializer}
+    u8 = set()
+    for n in m.graph.node:
+        for s, z in zip(n.input, n.input[1:]):
+            zt, st = inits.get(z), inits.get(s)
+            if zt is not None and st is not None and zt.data_type == onnx.TensorProto.UINT8:
+                if st.data_type == onnx.TensorProto.FLOAT:
+                    u8.add(s)
+    return frozenset(names), frozenset(u8)
 
 
 def ort_integer_weights(path) -> frozenset[str]:
@@ -64,6 +74,20 @@ def ort_integer_weights(path) -> frozenset[str]:
     The plan is this machine's onnxruntime's: x86 builds turn int8 QDQ activations into
     uint8 (``QDQS8ToU8Transformer``) before fusing, ARM builds keep int8 (``QDQIsInt8Allowed``),
     so the fused set of an int8-activation model can differ between the two."""
+    return _load(path)[0]
+
+
+def ort_uint8_scales(path) -> frozenset[str]:
+    """Names of the activation scale initializers that onnxruntime pairs with a uint8 zero
+    point in its optimised graph. An int8 activation whose scale is among them runs as
+    ``uint8 = int8 + 128`` (zero point + 128): x86 builds' ``QDQS8ToU8Transformer`` converts
+    int8 Q/DQ pairs before fusing (a no-op for exact integer sums, not for the float32 formulas
+    of QLinearAdd / QLinearAveragePool, whose rounding sees the shifted zero points). Raises
+    :class:`NoPlanError` like :func:`ort_integer_weights`."""
+    return _load(path)[1]
+
+
+def _load(path):
     if path is None or not os.path.isfile(str(path)):
         raise NoPlanError(f"{path!r} is not a model file onnxruntime can load")
     p = os.path.abspath(str(path))

@@ -193,3 +193,51 @@ def test_mlas_float_conv_equals_onnxruntime(n, c, h, f, k, stride, pad, group):
     got = mlas.conv2d(x, w, b, (pad,) * 4, (stride,) * 2, (1, 1), group, fma=mlas.host_fma())
     assert got.dtype == np.float32 and got.shape == want.shape
     assert np.array_equal(got, want), f"{int((got != want).sum())} of {got.size} differ"
+
+
+def test_int8_activations_follow_onnxruntimes_uint8_shift(tmp_path):
+    """x86 onnxruntime runs an int8 QDQ model's fused QLinearAdd on uint8 = int8 + 128 (zero
+    points + 128, QDQS8ToU8Transformer); its float32 formula then rounds differently (5 of
+    2,560 outputs of this model differed when hwsim added the int8 values as they are). hwsim
+    reads which tensors were shifted from onnxruntime's optimised graph."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    r = np.random.default_rng(0)
+
+    def init(n, s, sc=0.5):
+        return numpy_helper.from_array((r.standard_normal(s) * sc).astype(np.float32), n)
+
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["input", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c1", "c2"], ["a"]),
+        helper.make_node("Relu", ["a"], ["ra"]),
+        helper.make_node("GlobalAveragePool", ["ra"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1),
+    ]
+    inits = [init("w1", (8, 3, 3, 3)), init("b1", (8,), 0.1), init("w2", (8, 3, 3, 3)),
+             init("b2", (8,), 0.1), init("wf", (10, 8)), init("bf", (10,), 0.1)]  # fmt: skip
+    g = helper.make_graph(nodes, "add", [helper.make_tensor_value_info("input", T.FLOAT,
+                          ["N", 3, 8, 8])], [helper.make_tensor_value_info("y", T.FLOAT,
+                          ["N", 10])], inits)  # fmt: skip
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "f.onnx")
+    x = r.uniform(-1, 1, (256, 3, 8, 8)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": x[:64]}])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    q = tmp_path / "q.onnx"
+    quantize_static(str(tmp_path / "f.onnx"), str(q), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    want = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    np.savez(tmp_path / "x.npz", x=x)
+    api.run(q, tmp_path / "x.npz", save_outputs=tmp_path / "o.npz", isa="auto")
+    with np.load(tmp_path / "o.npz") as o:
+        assert int(np.count_nonzero(o["y"] != want[0])) == 0

@@ -19,7 +19,6 @@ onnxruntime fuses into ``QLinearAveragePool`` (``hwsim run`` vs live onnxruntime
 from __future__ import annotations
 
 import math
-import platform
 from fractions import Fraction
 
 import numpy as np
@@ -590,26 +589,14 @@ def _conv_avgpool_linear(seed: int = 0) -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize(
-    "act",
-    [
-        "u8",
-        pytest.param(
-            "s8",
-            marks=pytest.mark.xfail(
-                platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"),
-                strict=True,
-                reason="x86 onnxruntime's QDQS8ToU8Transformer runs the fused int8 "
-                "QLinearAveragePool on uint8 = int8 + 128 (zero points + 128), which changes the "
-                "float32 rounding of f32(m/sy) + zy; hwsim pools the int8 values as they are "
-                "(48 of 8,192 pooled values, 37 of 640 outputs differ)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("act", ["u8", "s8"])
 def test_imported_average_pool_equals_onnxruntime(tmp_path, act):
     """onnxruntime fuses DQ -> AveragePool -> Q into QLinearAveragePool (float32 window mean,
-    numerics.md); hwsim used its integer pooling contract on imported models (8 of 80 outputs
+    numerics.md); with int8 activations x86 builds run it on uint8 = int8 + 128 (zero points
+    + 128: QDQS8ToU8Transformer), which changes the float32 rounding of ``f32(m/sy) + zy``
+    (48 of 8,192 pooled values differed when hwsim pooled the int8 values as they are; the
+    optimised graph says which tensors were shifted, hwsim.graph.ort_plan.ort_uint8_scales).
+    hwsim used its integer pooling contract on imported models (8 of 80 outputs
     of this model differed from onnxruntime, the pooled tensor in about 1% of its values)."""
     import onnxruntime as ort
     from click.testing import CliRunner
