@@ -282,7 +282,7 @@ def run_program(
         )
         import platform
 
-        if ex._ort_fused and platform.machine().lower() not in ("x86_64", "amd64"):
+        if ex.ort_plan and platform.machine().lower() not in ("x86_64", "amd64"):
             rep.notes.append(
                 "the fused plan comes from this machine's onnxruntime, a non-x86 build: it "
                 "keeps int8 QDQ activations int8, so int8-activation layers may be fused "

@@ -337,9 +337,8 @@ class IntegerExecutor:
         self.float_ops: set[str] = set()
         self.isa = resolve(isa)
         self.isa_layers: set[str] = set()  # MAC layers whose sums follow eq. 16 (isa avx2)
-        self._ort_fused = False  # onnxruntime's fused weights (hwsim.graph.ort_plan), lazily
+        self.ort_plan = False  # onnxruntime's OrtPlan of the source file, asked once (_plan)
         self._plan_error = ""
-        self._u8_scales = False  # onnxruntime's uint8-shifted activation scales, lazily
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.seed = int(seed)
@@ -438,40 +437,32 @@ class IntegerExecutor:
                     f"onnxruntime's fused plan (which layers run its integer kernels): "
                     f"{self._plan_error}"
                 )
-            if node.wq.source not in plan:
+            if node.wq.source not in plan.integer_weights:
                 return Isa.EXACT  # a float op on dequantized values in onnxruntime
         self.isa_layers.add(node.name)
         return self.isa
 
     def _ort_shift(self, holder, tensors) -> int:
         """128 if onnxruntime runs these int8 tensors of an imported model as uint8 = int8 + 128
-        (x86's QDQS8ToU8Transformer; :func:`hwsim.graph.ort_plan.ort_uint8_scales`), else 0.
-        The float32 formulas of its QLinear ops then see the shifted zero points."""
-        if holder is not np.int8:
-            return 0
-        if self._u8_scales is False:
-            from hwsim.graph.ort_plan import NoPlanError, ort_uint8_scales
-
-            try:
-                self._u8_scales = ort_uint8_scales(self.g.source)
-            except NoPlanError:
-                self._u8_scales = None
-        if not self._u8_scales:
+        (x86's QDQS8ToU8Transformer; :attr:`hwsim.graph.ort_plan.OrtPlan.uint8_scales`), else
+        0. The float32 formulas of its QLinear ops then see the shifted zero points."""
+        plan = self._plan() if holder is np.int8 else None
+        if plan is None:
             return 0
         names = [getattr(self.g.act_quant.get(t), "scale_name", None) for t in tensors]
-        return 128 if all(n is not None and n in self._u8_scales for n in names) else 0
+        return 128 if all(n is not None and n in plan.uint8_scales for n in names) else 0
 
-    def _plan(self) -> frozenset[str] | None:
-        """onnxruntime's fused weights for this model (:mod:`hwsim.graph.ort_plan`), or None
+    def _plan(self):
+        """onnxruntime's :class:`~hwsim.graph.ort_plan.OrtPlan` for this model, or None
         (the reason in ``_plan_error``); asked once."""
-        if self._ort_fused is False:
-            from hwsim.graph.ort_plan import NoPlanError, ort_integer_weights
+        if self.ort_plan is False:
+            from hwsim.graph.ort_plan import NoPlanError, load_plan
 
             try:
-                self._ort_fused = ort_integer_weights(self.g.source)
+                self.ort_plan = load_plan(self.g.source)
             except NoPlanError as e:
-                self._ort_fused, self._plan_error = None, str(e)
-        return self._ort_fused
+                self.ort_plan, self._plan_error = None, str(e)
+        return self.ort_plan
 
     def _ort_runs_float(self, node: Node, layer: LayerSpec) -> bool:
         """An imported layer that onnxruntime leaves unfused: a float op on dequantized values
@@ -479,7 +470,7 @@ class IntegerExecutor:
         if layer.register is not ScaleKind.ORT or node.wq is None or node.wq.source is None:
             return False
         plan = self._plan()
-        return plan is not None and node.wq.source not in plan
+        return plan is not None and node.wq.source not in plan.integer_weights
 
     def _mlas_conv(self, node: Node, x: QTensor, spec: ActSpec | None):
         """onnxruntime's unfused ``DequantizeLinear -> Conv -> QuantizeLinear``: a float32

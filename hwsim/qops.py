@@ -38,7 +38,7 @@ import numpy as np
 
 from hwsim.datapath import Accumulator, Operand, conv2d, gemm, output_stage
 from hwsim.datapath.config import Counters
-from hwsim.datapath.gemm import _pair_correction
+from hwsim.datapath.gemm import pair_correction
 from hwsim.datapath.isa import Isa, pairs_saturate, resolve
 from hwsim.numerics import IntFormat, ScaleRegister, ort_combined_scale
 from hwsim.numerics import wrap as wrap_to
@@ -342,18 +342,10 @@ def _record(c: Counters) -> None:
         sink.append(c)
 
 
-def _conv_acc(x, x_zero_point, w, w_zero_point, attrs: dict, isa=Isa.EXACT) -> np.ndarray:
-    """int32 (wrapping) accumulators of an ONNX ``Conv``-geometry integer convolution
-    ``sum (x - zx)(w - zw[m])``, 1-D or 2-D, on :func:`hwsim.datapath.conv2d` (``isa``: its
-    ``QLinearConv`` semantics, eq. 16)."""
-    x = np.asarray(x)
-    w = np.asarray(w)
-    xf = int_format(x.dtype, "x")
-    wf = int_format(w.dtype, "w")
-    if x.ndim not in (3, 4) or w.ndim != x.ndim:
-        raise QOpError(
-            f"hwsim emulates 1-D and 2-D integer convolutions; got x {x.shape}, w {w.shape}"
-        )
+def _conv_geometry(x, w, attrs: dict):
+    """``(x, w, strides, dilations, pads)`` of an ONNX ``Conv``-geometry op as 2-D: a 1-D conv
+    gets a unit height axis; ``auto_pad`` resolved as onnxruntime's
+    ``ConvAttributes::ComputePadAndOutputShape``; pads (top, left, bottom, right)."""
     nsp = x.ndim - 2
     kernel = list(w.shape[2:])
     if attrs.get("kernel_shape") is not None and list(attrs["kernel_shape"]) != kernel:
@@ -363,7 +355,6 @@ def _conv_acc(x, x_zero_point, w, w_zero_point, attrs: dict, isa=Isa.EXACT) -> n
     pads = _ints_attr(attrs.get("pads"), 2 * nsp, 0, "pads")
     mode = _auto_pad(attrs.get("auto_pad", "NOTSET"))
     if mode != "NOTSET":
-        # onnxruntime ConvAttributes::ComputePadAndOutputShape
         for i in range(nsp):
             size = x.shape[2 + i]
             if mode == "VALID":
@@ -377,6 +368,23 @@ def _conv_acc(x, x_zero_point, w, w_zero_point, attrs: dict, isa=Isa.EXACT) -> n
         x = x[:, :, None, :]
         w = w[:, :, None, :]
         strides, dil, pads = [1, *strides], [1, *dil], [0, pads[0], 0, pads[1]]
+    return x, w, strides, dil, pads
+
+
+def _conv_acc(x, x_zero_point, w, w_zero_point, attrs: dict, isa=Isa.EXACT) -> np.ndarray:
+    """int32 (wrapping) accumulators of an ONNX ``Conv``-geometry integer convolution
+    ``sum (x - zx)(w - zw[m])``, 1-D or 2-D, on :func:`hwsim.datapath.conv2d` (``isa``: its
+    ``QLinearConv`` semantics, eq. 16)."""
+    x = np.asarray(x)
+    w = np.asarray(w)
+    xf = int_format(x.dtype, "x")
+    wf = int_format(w.dtype, "w")
+    if x.ndim not in (3, 4) or w.ndim != x.ndim:
+        raise QOpError(
+            f"hwsim emulates 1-D and 2-D integer convolutions; got x {x.shape}, w {w.shape}"
+        )
+    nsp = x.ndim - 2
+    x, w, strides, dil, pads = _conv_geometry(x, w, attrs)
     xz = _zero_point(x_zero_point, xf, "x_zero_point")
     wz: object = 0
     if w_zero_point is not None:
@@ -455,27 +463,11 @@ def _conv_integer_pairs(
     """eq. 16 for ConvInteger with int8 x and uint8 w: the int16 pair corrections of the raw
     products ``w[m, (c, i, j)] * col[(c, i, j), p]`` (NCHW im2col, padding = raw x zero point);
     the pair saturations go to ``counters``."""
-    nsp = x.ndim - 2
-    if nsp == 1:
-        x, w = x[:, :, None, :], w[:, :, None, :]
+    x, w, strides, dil, pads = _conv_geometry(x, w, attrs)
     N, C, H, W = x.shape
     F, Cg, kh, kw = w.shape
     G = int(attrs.get("group") or 1)
-    Ho, Wo = (1, out_shape[-1]) if nsp == 1 else out_shape[2:]
-    strides = _ints_attr(attrs.get("strides"), nsp, 1, "strides")
-    dil = _ints_attr(attrs.get("dilations"), nsp, 1, "dilations")
-    # padding reproduced from the output size of _conv_acc (auto_pad included)
-    pads = _ints_attr(attrs.get("pads"), 2 * nsp, 0, "pads")
-    if nsp == 1:
-        strides, dil, pads = [1, *strides], [1, *dil], [0, pads[0], 0, pads[1]]
-    mode = _auto_pad(attrs.get("auto_pad", "NOTSET"))
-    if mode != "NOTSET":
-        for i in range(2):
-            size = (H, W)[i]
-            k = (kh, kw)[i]
-            need = max(0, ((Ho, Wo)[i] - 1) * strides[i] + dil[i] * (k - 1) + 1 - size)
-            head = (need + 1) // 2 if mode == "SAME_LOWER" else need // 2
-            pads[i], pads[2 + i] = (0, 0) if mode == "VALID" else (head, need - head)
+    Ho, Wo = out_shape[2] if len(out_shape) == 4 else 1, out_shape[-1]
     zx = 0 if x_zero_point is None else int(np.asarray(x_zero_point).reshape(-1)[0])
     xp = np.full((N, C, H + pads[0] + pads[2], W + pads[1] + pads[3]), zx, np.int8)
     xp[:, :, pads[0] : pads[0] + H, pads[1] : pads[1] + W] = x
@@ -493,9 +485,7 @@ def _conv_integer_pairs(
     b3 = np.ascontiguousarray(
         cols.reshape(N, G, Cg * kh * kw, Ho * Wo).transpose(1, 2, 0, 3).reshape(G, -1, N * Ho * Wo)
     )
-    from hwsim.datapath.config import Counters
-
-    corr = _pair_correction(a3, b3, counters)  # (G, Fg, N*Ho*Wo)
+    corr = pair_correction(a3, b3, counters)  # (G, Fg, N*Ho*Wo)
     corr = corr.reshape(F, N, Ho * Wo).transpose(1, 0, 2)
     return corr.reshape(out_shape)
 

@@ -131,11 +131,7 @@ class RunReport:
         if self.layers:
             lines += [hdr, "-" * len(hdr)]
         for r in self.layers:
-            sq = (
-                ""
-                if r.sqnr_db is None
-                else ("inf" if not math.isfinite(r.sqnr_db) else f"{r.sqnr_db:.1f}")
-            )
+            sq = _db(r.sqnr_db)
             lines.append(
                 f"{r.name[-28:]:<28} {r.op + ('*' if r.float_op else ''):<8} {r.act:<14} "
                 f"{r.macs:>10} {sq:>8} {r.overflow_events:>6} "

@@ -132,7 +132,7 @@ def reduce_batched(
     exact = exact_sums(x3, w3, xop.zero_point, w_zp, xop.format, wop.format, engine, max_x)
     counters = Counters(macs=G * M * N * K)
     if pairs and exact.size and K > 1:
-        exact = exact.astype(np.int64) + _pair_correction(x3, w3, counters)
+        exact = exact.astype(np.int64) + pair_correction(x3, w3, counters)
     counters.final_min, counters.final_max = _extremes(exact)
     saturating = acc.overflow is Overflow.SATURATE
     rows = np.zeros(0, np.int64)
@@ -188,7 +188,7 @@ def _split_wrapped(exact, vals, events, tevents, rows, fmt: IntFormat, counters:
     return wrap(total, fmt), counters
 
 
-def _pair_correction(x3, w3, counters: Counters) -> np.ndarray:
+def pair_correction(x3, w3, counters: Counters) -> np.ndarray:
     """``sum_j sat16(p_j) - p_j`` over the raw pairs of eq. 16 (int64, (G, M, N)); records the
     pair saturations in ``counters``."""
     G, M, K = x3.shape

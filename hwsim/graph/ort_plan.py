@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+from dataclasses import dataclass
 
 # fused integer ops of onnxruntime's CPU provider and the input index of their weight
 _INTEGER_OPS = {
@@ -30,8 +31,35 @@ class NoPlanError(ValueError):
     """onnxruntime cannot say which layers it fuses (not installed, or cannot load the model)."""
 
 
+@dataclass(frozen=True)
+class OrtPlan:
+    """What onnxruntime (default session options, this machine's build) does with a model file.
+
+    * ``integer_weights``: the weight initializers its integer kernels consume (the layers it
+      fuses; other MAC layers run as float ops on dequantized values).
+    * ``uint8_scales``: the activation scale initializers it pairs with a uint8 zero point. An
+      int8 activation whose scale is among them runs as ``uint8 = int8 + 128`` (zero point +
+      128): x86 builds' ``QDQS8ToU8Transformer`` converts int8 Q/DQ pairs before fusing (a
+      no-op for exact integer sums, not for the float32 formulas of QLinearAdd /
+      QLinearAveragePool, whose rounding sees the shifted zero points). ARM builds keep int8
+      (``QDQIsInt8Allowed``), so the plan of an int8-activation model differs between the two.
+    """
+
+    integer_weights: frozenset[str]
+    uint8_scales: frozenset[str]
+
+
+def load_plan(path) -> OrtPlan:
+    """The :class:`OrtPlan` of the model file at ``path`` (cached per path and mtime). Raises
+    :class:`NoPlanError` if there is no such file, onnxruntime is missing or cannot load it."""
+    if path is None or not os.path.isfile(str(path)):
+        raise NoPlanError(f"{path!r} is not a model file onnxruntime can load")
+    p = os.path.abspath(str(path))
+    return _plan(p, os.path.getmtime(p))
+
+
 @functools.lru_cache(maxsize=16)
-def _fused(path: str, mtime: float) -> tuple[frozenset[str], frozenset[str]]:
+def _plan(path: str, mtime: float) -> OrtPlan:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -63,32 +91,4 @@ def _fused(path: str, mtime: float) -> tuple[frozenset[str], frozenset[str]]:
             if zt is not None and st is not None and zt.data_type == onnx.TensorProto.UINT8:
                 if st.data_type == onnx.TensorProto.FLOAT:
                     u8.add(s)
-    return frozenset(names), frozenset(u8)
-
-
-def ort_integer_weights(path) -> frozenset[str]:
-    """Names of the weight initializers that onnxruntime (default session options) feeds to
-    its integer kernels when it runs the model file at ``path``. Raises :class:`NoPlanError`
-    if there is no such file, onnxruntime is missing or cannot load it.
-
-    The plan is this machine's onnxruntime's: x86 builds turn int8 QDQ activations into
-    uint8 (``QDQS8ToU8Transformer``) before fusing, ARM builds keep int8 (``QDQIsInt8Allowed``),
-    so the fused set of an int8-activation model can differ between the two."""
-    return _load(path)[0]
-
-
-def ort_uint8_scales(path) -> frozenset[str]:
-    """Names of the activation scale initializers that onnxruntime pairs with a uint8 zero
-    point in its optimised graph. An int8 activation whose scale is among them runs as
-    ``uint8 = int8 + 128`` (zero point + 128): x86 builds' ``QDQS8ToU8Transformer`` converts
-    int8 Q/DQ pairs before fusing (a no-op for exact integer sums, not for the float32 formulas
-    of QLinearAdd / QLinearAveragePool, whose rounding sees the shifted zero points). Raises
-    :class:`NoPlanError` like :func:`ort_integer_weights`."""
-    return _load(path)[1]
-
-
-def _load(path):
-    if path is None or not os.path.isfile(str(path)):
-        raise NoPlanError(f"{path!r} is not a model file onnxruntime can load")
-    p = os.path.abspath(str(path))
-    return _fused(p, os.path.getmtime(p))
+    return OrtPlan(frozenset(names), frozenset(u8))

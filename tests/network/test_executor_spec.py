@@ -595,7 +595,7 @@ def test_imported_average_pool_equals_onnxruntime(tmp_path, act):
     numerics.md); with int8 activations x86 builds run it on uint8 = int8 + 128 (zero points
     + 128: QDQS8ToU8Transformer), which changes the float32 rounding of ``f32(m/sy) + zy``
     (48 of 8,192 pooled values differed when hwsim pooled the int8 values as they are; the
-    optimised graph says which tensors were shifted, hwsim.graph.ort_plan.ort_uint8_scales).
+    optimised graph says which tensors were shifted, hwsim.graph.ort_plan.OrtPlan.uint8_scales).
     hwsim used its integer pooling contract on imported models (8 of 80 outputs
     of this model differed from onnxruntime, the pooled tensor in about 1% of its values)."""
     import onnxruntime as ort
