@@ -37,7 +37,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from hwsim.datapath import Counters, Operand, conv2d, conv_output_size, gemm, output_stage
+from hwsim.datapath import (
+    Counters,
+    Operand,
+    add_bias,
+    conv2d,
+    conv_output_size,
+    gemm,
+    output_stage,
+)
 from hwsim.datapath.isa import Isa, depthwise, pairs_saturate
 from hwsim.datapath.kernels import add_ort_fused, gmn_to_nchw, im2col_nhwc
 from hwsim.graph.ir import Graph, Node, Op
@@ -190,17 +198,35 @@ def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
 class QTensor:
     """Integers ``q`` (held in the format's narrowest numpy dtype, ``fmt.dtype``) with
     ``real = scale * (q - zero_point)``; ``scale`` is a float32 scalar or a per-sample (N,)
-    float32 vector."""
+    float32 vector. A per-sample-shift tensor also carries its per-tensor ``base`` (float32)
+    and per-sample ``shifts`` (int64 (N,), in ``[0, s_max]``): ``scale = base * 2^-shifts``."""
 
     q: np.ndarray
     scale: np.ndarray
     zero_point: int
     fmt: IntFormat
+    shifts: np.ndarray | None = None
+    base: float | None = None
 
     def scale_b(self) -> np.ndarray:
         """The scale broadcastable against ``q`` (per-sample scales on axis 0)."""
         s = np.asarray(self.scale, np.float32)
         return s.reshape((-1,) + (1,) * (self.q.ndim - 1)) if s.ndim == 1 else s
+
+    def like(self, q: np.ndarray) -> QTensor:
+        """Other integers with this tensor's quantization (max pool, relu, reshape, ...)."""
+        return QTensor(q, self.scale, self.zero_point, self.fmt, self.shifts, self.base)
+
+    def unit(self) -> tuple[np.ndarray, float | None, np.ndarray | None]:
+        """``(u, c, sigma)``: the real value of one integer step of each sample (float64 (N,) or
+        ()); and where every sample's step is a per-tensor ``c`` over a power of two,
+        ``u = c * 2^-sigma`` (a static or shift tensor), ``c`` and ``sigma`` (else None)."""
+        u = np.asarray(self.scale, np.float32).astype(np.float64)
+        if self.shifts is not None:
+            return u, float(np.float32(self.base)), self.shifts
+        if u.ndim == 0:
+            return u, float(u), None
+        return u, None, None
 
     def dequantize(self) -> np.ndarray:
         """ONNX DequantizeLinear: ``f32(q - zp) * scale`` in float32."""
@@ -217,38 +243,56 @@ def quantize_linear(x: np.ndarray, scale, zero_point: int, fmt: IntFormat) -> np
     return np.asarray(saturate(np.clip(r, -(2.0**62), 2.0**62).astype(np.int64), fmt))
 
 
-def sample_scale(spec: ActSpec, absmax: np.ndarray) -> np.ndarray:
-    """Per-sample scale of a ``dynamic``/``shift`` tensor from each sample's range ``absmax``
-    (float64, (N,)): dynamic ``f32(absmax / qmax)`` (1 where absmax is 0); shift
-    ``scale * 2^k`` with the smallest ``k`` in ``[0, s_max]`` such that
-    ``absmax <= qmax * scale * 2^k``."""
+def sample_scale(spec: ActSpec, absmax: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Per-sample scales of a float tensor entering a ``dynamic``/``shift`` program (the graph
+    input: float data, so float range finding) from each sample's range ``absmax`` (float64
+    (N,)). Returns ``(scales float32 (N,), shifts or None, base)``: dynamic ``f32(absmax /
+    qmax)`` (1 where absmax is 0; ``pow2``: rounded up to a power of two); shift: base = the
+    spec's scale (``base="static"``) or ``f32(max(absmax) / qmax)`` (``"runtime"``), and per
+    sample the largest ``s`` in ``[0, s_max]`` with ``absmax <= qmax * base * 2^-s`` (0 if
+    none), scale ``base * 2^-s``."""
     qmax = spec.fmt.max
     if spec.mode == "dynamic":
         s = (absmax / qmax).astype(np.float32)
         if spec.pow2:  # pow2 registers: per-sample scales are powers of two
             s = np.exp2(np.ceil(np.log2(np.where(s > 0, s, 1.0)))).astype(np.float32)
-        return np.where(s > 0, s, np.float32(1.0)).astype(np.float32)
-    base = np.float64(np.float32(spec.scale))
+        return np.where(s > 0, s, np.float32(1.0)).astype(np.float32), None, 1.0
+    if spec.base == "runtime":
+        m = float(absmax.max()) if absmax.size else 0.0
+        base = np.float32(m / qmax) if m > 0 else np.float32(1.0)
+        if spec.pow2:
+            base = np.float32(np.exp2(np.ceil(np.log2(np.float64(base)))))
+    else:
+        base = np.float32(spec.scale)
+    b = np.float64(base)
     k = np.zeros(absmax.shape, np.int64)
-    for _ in range(spec.s_max):
-        k = np.where(absmax > qmax * base * np.exp2(k), k + 1, k)
-    k = np.minimum(k, spec.s_max)
-    return (base * np.exp2(k)).astype(np.float32)
+    for s in range(1, spec.s_max + 1):
+        k = np.where(absmax <= qmax * b * np.exp2(-s), s, k)
+    return (b * np.exp2(-k)).astype(np.float32), k, float(base)
 
 
 def quantize_input(x: np.ndarray, spec: ActSpec) -> QTensor:
     """Quantize a float tensor by its ActSpec (static: one scale; dynamic/shift: per sample)."""
+    shifts = base = None
     if spec.mode == "static":
         s = np.float32(spec.scale)
     else:
         flat = np.asarray(x, np.float64).reshape(x.shape[0], -1)
-        absmax = (np.maximum(flat, 0) if not spec.fmt.signed else np.abs(flat)).max(axis=1)
-        s = sample_scale(spec, absmax)
+        absmax = (
+            (np.maximum(flat, 0) if not spec.fmt.signed else np.abs(flat)).max(axis=1)
+            if flat.shape[1]
+            else np.zeros(flat.shape[0])
+        )
+        s, shifts, base = sample_scale(spec, absmax)
+        if spec.mode != "shift":
+            shifts = base = None
     return QTensor(
         quantize_linear(x, s, spec.zero_point, spec.fmt).astype(spec.fmt.dtype),
         np.asarray(s, np.float32),
         spec.zero_point,
         spec.fmt,
+        shifts,
+        base,
     )
 
 
@@ -274,6 +318,22 @@ class LayerStats:
     (:attr:`hwsim.numerics.scale.ScaleRegister.gain_error`; None: no register). Nonzero where
     a ``pow2`` register was asked for a real that is not a power of two (average pooling's
     ``1/count``, a Mul by ``|c|``, ``bn_fold=register``'s per-channel factor)."""
+
+    ops: dict = field(default_factory=dict)
+    """Operations of the per-sample range hardware this node performed (eq. 17-19, counted
+    over batches): ``range_compares`` (one per output of a dynamic / shift tensor),
+    ``range_registers`` (reciprocal-unit registers: per sample for dynamic, per batch for a
+    runtime shift base), ``shift_selects`` (register evaluations of a sample's range, ``s_max +
+    1`` per sample), ``bias_shifts`` (a bias shifted left by its sample's input shift, per
+    sample and channel), ``bias_registers`` / ``bias_requants`` (a dynamic input's per-sample
+    bias register, and its application per sample and channel), ``align_requants`` (outputs
+    brought to one grid before range finding: per-channel weight scales, Concat, Mul by a
+    per-channel constant, average pools with uneven counts). The cost model charges the same
+    operations (:mod:`hwsim.cost.model`)."""
+
+    def count(self, **ops: int) -> None:
+        for k, v in ops.items():
+            self.ops[k] = self.ops.get(k, 0) + int(v)
 
     def add_gain(self, ge: np.ndarray) -> None:
         """Fold the gain errors of one register into the extremes."""
@@ -367,10 +427,91 @@ class IntegerExecutor:
     def _spec(self, t: str) -> ActSpec | None:
         return self.p.acts.get(t)
 
-    def _out_scale(self, spec: ActSpec, absmax_fn) -> np.ndarray:
-        if spec.mode == "static":
-            return np.asarray(np.float32(spec.scale))
-        return sample_scale(spec, absmax_fn())
+    def _per_sample(self, t, spec: ActSpec, layer: LayerSpec, u, c=None, sigma=None) -> QTensor:
+        """(17)-(19) A ``dynamic`` / ``shift`` output from integers ``t`` (int64 (N, ...)) whose
+        sample ``n`` steps by the real ``u[n]`` (float64 (N,) or ()); ``c``, ``sigma``: where
+        ``u = c * 2^-sigma`` (a static or shift input), which a runtime shift base needs.
+
+        The range unit takes each sample's largest magnitude ``a_n`` (``max(t, 0)`` for an
+        unsigned output). dynamic: register ``M_n`` = the reciprocal register of ``a_n`` (18),
+        scale ``u / M_n``. shift: ``M_n = u[n] / b`` for a static base ``b``; a runtime base
+        first aligns the ranges, ``A = max_n ceil(a_n / 2^sigma_n)``, takes ``M = (18)(A)``,
+        ``b = c / M`` and ``M_n = M * 2^-sigma_n``; then the shift ``s_n`` (19) and register
+        ``M_n * 2^s_n``, scale ``b * 2^-s_n``. Output ``sat(R(t) + 0)``."""
+        from hwsim.numerics.ranges import range_register, select_shift
+
+        N = t.shape[0]
+        fmt, qmax = spec.fmt, spec.fmt.max
+        kind, rnd = layer.register, layer.rounding
+        st = self.stats[self._current]
+        flat = t.reshape(N, -1)
+        a = (
+            (np.abs(flat) if fmt.signed else np.maximum(flat, 0)).max(axis=1)
+            if flat.shape[1]
+            else np.zeros(N, np.int64)
+        )
+        st.count(range_compares=t.size)
+        u = np.broadcast_to(np.asarray(u, np.float64), (N,))
+        bshape = (N,) + (1,) * max(t.ndim - 1, 0)
+        shifts = base = None
+        if spec.mode == "dynamic":
+            reg = range_register(kind, qmax, a, rnd)
+            st.count(range_registers=N)
+            scale = (u / reg.real).astype(np.float32)
+        else:
+            if spec.base == "runtime":
+                if c is None:
+                    raise ValueError(
+                        f"node {self._current!r}: a runtime shift base needs inputs on one "
+                        f"per-tensor grid (static or shift tensors), got per-sample scales"
+                    )
+                sig = np.zeros(N, np.int64) if sigma is None else np.asarray(sigma, np.int64)
+                aligned = -((-a) >> sig)  # ceil(a / 2^sigma)
+                reg_t = range_register(kind, qmax, np.array([aligned.max() if N else 0]), rnd)
+                st.count(range_registers=1)
+                m_t = float(reg_t.real[0])
+                base = np.float32(c / m_t)
+                reals = np.ldexp(m_t, -sig)
+                # the scale the host records: c / M exactly, so the grid is what M applies
+                b64 = c / m_t
+            else:
+                base = np.float32(spec.scale)
+                b64 = np.float64(base)
+                reals = u / b64
+            shifts = select_shift(kind, reals, a, qmax, spec.s_max, rnd)
+            st.count(shift_selects=N * (spec.s_max + 1))
+            reg = self._register(kind, np.ldexp(reals, shifts), rnd)
+            scale = (b64 * np.exp2(-shifts.astype(np.float64))).astype(np.float32)
+        reg = ScaleRegister(
+            reg.kind, reg.multiplier.reshape(bshape), reg.shift.reshape(bshape), reg.rounding
+        )
+        axis = 0 if t.ndim == 1 else None
+        y = np.asarray(reg.apply(t, axis=axis, rng=self._rng), np.int64) + spec.zero_point
+        out = saturate(y, fmt)
+        st.add(None, clamped=int(np.count_nonzero(out != y)))
+        return QTensor(
+            np.asarray(out).astype(fmt.dtype),
+            scale,
+            spec.zero_point,
+            fmt,
+            shifts,
+            None if base is None else float(base),
+        )
+
+    def _align(self, t, factor, layer: LayerSpec, bound: int):
+        """Bring integers ``t`` whose elements step by ``u * factor`` (``factor`` <= 1,
+        broadcastable: per channel, per window, per sample) to one grid of step ``u / 2^F``:
+        ``R(factor * 2^F)(t)`` with the layer's register, ``F = 30 - bitlen(bound)`` so the
+        result stays within int31 for ``|t| <= bound``. Returns ``(t', 2^-F)``."""
+        F = max(0, 30 - int(bound).bit_length())
+        real = np.ldexp(np.asarray(factor, np.float64), F)
+        reg = self._register(layer.register, real, layer.rounding)
+        self.stats[self._current].count(align_requants=t.size)
+        return np.asarray(reg.apply(t, axis=None, rng=self._rng), np.int64), 2.0**-F
+
+    def _out_scale(self, spec: ActSpec) -> np.ndarray:
+        """The output scale of a static tensor (per-sample tensors: :meth:`_per_sample`)."""
+        return np.asarray(np.float32(spec.scale))
 
     def _requant_float(self, node: Node, ins: list, spec: ActSpec | None):
         """QuantizeLinear(op(DequantizeLinear(inputs))) -- onnxruntime's unfused Q/DQ chain."""
@@ -381,20 +522,35 @@ class IntegerExecutor:
         return quantize_input(y, spec)
 
     def _rescale(
-        self, qt: QTensor, spec: ActSpec, kind: ScaleKind, rounding, real_extra=1.0, sign=None
+        self,
+        qt: QTensor,
+        spec: ActSpec,
+        kind: ScaleKind,
+        rounding,
+        real_extra=1.0,
+        sign=None,
+        bound: int = 0,
     ) -> QTensor:
-        """``sat(R(s_in * real_extra / s_out)(sign * (q - z_in)) + z_out)``."""
+        """``sat(R(s_in * real_extra / s_out)(sign * (q - z_in)) + z_out)``; a per-sample
+        output: ``sign * (q - z_in)`` (aligned first where ``real_extra`` varies, with
+        ``bound`` the largest ``|q - z_in|``) through :meth:`_per_sample`."""
         t = qt.q.astype(np.int64) - qt.zero_point
         if sign is not None:
             t = t * sign
+        if spec.mode != "static":
+            layer = self.p.layer(self._current)
+            u, c, sigma = qt.unit()
+            extra = np.asarray(real_extra, np.float64)
+            emax = float(extra.max()) if extra.size else 1.0
+            if extra.ndim and extra.size and np.any(extra != emax):
+                bound = bound or (1 << qt.fmt.bits)
+                t, step = self._align(t, extra / emax, layer, bound)
+                emax *= step
+            return self._per_sample(
+                t, spec, layer, u * emax, None if c is None else c * emax, sigma
+            )
         sin = qt.scale_b().astype(np.float64)
-
-        def absmax():
-            v = t * sin * real_extra
-            v = np.abs(v) if spec.fmt.signed else np.maximum(v, 0)
-            return v.reshape(t.shape[0], -1).max(axis=1)
-
-        so = self._out_scale(spec, absmax)
+        so = self._out_scale(spec)
         so_b = so.reshape((-1,) + (1,) * (t.ndim - 1)) if so.ndim == 1 else so
         real = sin * real_extra / so_b.astype(np.float64)
         ort = None
@@ -491,6 +647,45 @@ class IntegerExecutor:
         )
         return quantize_input(y, spec) if spec is not None else y
 
+    def _mac_bias(self, node: Node, x: QTensor, acc_cfg, n: int, n_out: int):
+        """The bias in accumulator units and how many (sample, channel) values were clamped to
+        the accumulator. A static input: the model's int32 bias, or ``round_half_even(b /
+        (sx*sw))`` once. A shift input: ``round_half_even(b / (base*sw))`` shifted left by
+        each sample's shift (its accumulator steps by ``base * 2^-s * sw``). A dynamic input:
+        ``b_ref = round_half_even(b / (sw * 2^-E))`` (``E``: the largest magnitude near
+        ``2^(acc_bits-3)``) through a per-sample register ``R(2^-E / sx_n)`` of the layer's
+        kind -- the register the host's scale unit sets per sample."""
+        if node.bias is None:
+            return None, 0
+        x_scale = np.asarray(x.scale)
+        if node.bias_q is not None and x_scale.ndim == 0:
+            return node.bias_q.astype(np.int64), 0
+        fmt = acc_cfg.format
+        sw = np.asarray(node.wq.scale, np.float32).astype(np.float64)
+        st = self.stats[self._current]
+        b = node.bias.astype(np.float64)
+        if x_scale.ndim == 0 or x.shifts is not None:
+            sx = np.float64(np.float32(x.base if x.shifts is not None else x_scale))
+            bias = np.rint(b / (sx * sw))
+            if x.shifts is not None:  # exact left shifts; out of range values clamp below
+                bias = bias[None, :] * np.exp2(x.shifts.astype(np.float64))[:, None]
+                st.count(bias_shifts=n * n_out)
+        else:
+            layer = self.p.layer(node.name)
+            r = np.abs(b / sw)
+            e = 0 if not r.max() > 0 else (fmt.bits - 3) - int(np.floor(np.log2(r.max())))
+            ref = np.rint(np.ldexp(b / sw, e)).astype(np.int64)
+            real = np.ldexp(1.0, -e) / x_scale.astype(np.float32).astype(np.float64)
+            reg = self._register(layer.register, real, layer.rounding)
+            bias = np.asarray(
+                reg.apply(np.broadcast_to(ref, (n, n_out)), axis=0), np.int64
+            ).astype(np.float64)
+            st.count(bias_registers=n, bias_requants=n * n_out)
+        outside = (bias < fmt.min) | (bias > fmt.max)
+        # counted per (sample, channel): a bias shared by the batch counts once per sample
+        clamped = int(np.count_nonzero(outside)) * (n if np.ndim(bias) < 2 else 1)
+        return np.clip(bias, fmt.min, fmt.max).astype(np.int64), clamped
+
     def _mac(self, node: Node, x: QTensor, spec: ActSpec | None) -> QTensor | np.ndarray:
         layer: LayerSpec = self.p.layer(node.name)
         if node.op is Op.CONV and self._ort_runs_float(node, layer):
@@ -541,46 +736,37 @@ class IntegerExecutor:
         vals = res.values
         nd = vals.ndim
         n_out = vals.shape[1]
-        sx = np.asarray(x.scale, np.float32)
-        sw = np.asarray(wq.scale, np.float32)
-        sx_b = sx.reshape(-1, 1) if sx.ndim == 1 else sx  # (N,1) or ()
-        sxw64 = sx_b.astype(np.float64) * sw.astype(np.float64)  # (N,O) / (O,) / ()
-        # bias in accumulator units
-        bias_clamped = 0
-        if node.bias_q is not None and sx.ndim == 0:
-            bias = node.bias_q.astype(np.int64)
-        elif node.bias is not None:
-            bias = np.rint(node.bias.astype(np.float64) / sxw64)
-            outside = (bias < acc_cfg.format.min) | (bias > acc_cfg.format.max)
-            # counted per (sample, channel): a bias shared by the batch counts once per sample
-            bias_clamped = int(np.count_nonzero(outside)) * (
-                vals.shape[0] if np.ndim(bias) < 2 else 1
-            )
-            bias = np.clip(bias, acc_cfg.format.min, acc_cfg.format.max).astype(np.int64)
-        else:
-            bias = None
         tail = (1,) * (nd - 2)
-        if bias is not None and np.ndim(bias) == 2:
-            bias = bias.reshape(bias.shape + tail)
         if spec is None:  # integer output (ConvInteger-like): return dequantized float
             raise ValueError(
                 f"node {node.name!r}: output tensor {node.output!r} has no quantization spec"
             )
-
-        def absmax():
-            t = vals.astype(np.float64)
-            if bias is not None:
-                t = t + (bias if np.ndim(bias) != 1 else bias.reshape((1, n_out) + tail))
-            sc = (
-                sxw64.reshape(sxw64.shape + tail)
-                if np.ndim(sxw64) == 2
-                else (sxw64.reshape((1, n_out) + tail) if np.ndim(sxw64) == 1 else sxw64)
+        bias, bias_clamped = self._mac_bias(node, x, acc_cfg, vals.shape[0], n_out)
+        if bias is not None and np.ndim(bias) == 2:
+            bias = bias.reshape(bias.shape + tail)
+        if spec.mode != "static":
+            t, bovf = add_bias(vals, bias, acc=acc_cfg, bias_axis=1)
+            u, c, sigma = x.unit()
+            sw = np.asarray(wq.scale, np.float32).astype(np.float64)
+            if sw.ndim and sw.size and np.any(sw != sw.max()):
+                # per-channel weight scales: one grid before the per-sample range unit
+                smax = float(sw.max())
+                t, step = self._align(
+                    t, (sw / smax).reshape((1, n_out) + tail), layer, 1 << (acc_cfg.bits - 1)
+                )
+                sw_eff = smax * step
+            else:
+                sw_eff = float(sw.max()) if sw.ndim else float(sw)
+            out = self._per_sample(
+                t, spec, layer, u * sw_eff, None if c is None else c * sw_eff, sigma
             )
-            v = t * sc
-            v = np.abs(v) if spec.fmt.signed else np.maximum(v, 0)
-            return v.reshape(v.shape[0], -1).max(axis=1)
-
-        so = self._out_scale(spec, absmax)
+            self.stats[node.name].add(res.counters, bovf, 0, vals.size, bias_clamped)
+            return out
+        sx = np.asarray(x.scale, np.float32)
+        sw = np.asarray(wq.scale, np.float32)
+        sx_b = sx.reshape(-1, 1) if sx.ndim == 1 else sx  # (N,1) or ()
+        sxw64 = sx_b.astype(np.float64) * sw.astype(np.float64)  # (N,O) / (O,) / ()
+        so = self._out_scale(spec)
         so64 = so.astype(np.float64)
         so_b = so64.reshape(-1, 1) if so.ndim == 1 else so64
         real = sxw64 / so_b
@@ -618,13 +804,9 @@ class IntegerExecutor:
     # -- other ops -----------------------------------------------------------------------------
     def _add(self, node: Node, a: QTensor, b: QTensor, spec: ActSpec) -> QTensor:
         layer = self.p.layer(node.name)
-
-        def absmax():  # only a dynamic (per-sample) output scale needs the float sum
-            v = a.dequantize().astype(np.float64) + b.dequantize().astype(np.float64)
-            v = np.abs(v) if spec.fmt.signed else np.maximum(v, 0)
-            return v.reshape(v.shape[0], -1).max(axis=1)
-
-        so = self._out_scale(spec, absmax)
+        if spec.mode != "static":
+            return self._add_per_sample(a, b, spec, layer)
+        so = self._out_scale(spec)
         holder = _ort_holder(a.fmt, b.fmt, spec.fmt)
         if (
             layer.register is ScaleKind.ORT
@@ -697,6 +879,56 @@ class IntegerExecutor:
             np.asarray(saturate(y, spec.fmt)).astype(spec.fmt.dtype), so, spec.zero_point, spec.fmt
         )
 
+    def _add_per_sample(self, a: QTensor, b: QTensor, spec: ActSpec, layer: LayerSpec):
+        """TFLite's integer Add up to the sum, then :meth:`_per_sample`: ``t = R(sa/T)((qa -
+        za) << L) + R(sb/T)((qb - zb) << L)`` with ``T = 2 max(sa, sb)`` -- per tensor from
+        the inputs' bases when both sit on per-tensor grids (static or shift: the registers
+        then differ per sample by the inputs' shifts only), per sample otherwise -- so ``t``
+        steps by ``T / 2^L``."""
+        L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))
+        nd = a.q.ndim
+        n = a.q.shape[0]
+        ua, ca, _ = a.unit()
+        ub, cb, _ = b.unit()
+        if ca is not None and cb is not None:
+            twice = 2 * max(ca, cb)
+        else:
+            twice = 2 * np.maximum(np.broadcast_to(ua, (n,)), np.broadcast_to(ub, (n,)))
+        kind, rnd = layer.register, layer.rounding
+        terms = []
+        for x, ux in ((a, ua), (b, ub)):
+            real = np.broadcast_to(ux / twice, (n,)).reshape((n,) + (1,) * (nd - 1))
+            reg = self._register(kind, real, rnd)
+            t = (x.q.astype(np.int64) - x.zero_point) << L
+            ax = None if reg.multiplier.ndim > 1 else 0
+            terms.append(np.asarray(reg.apply(t, axis=ax, rng=self._rng), np.int64))
+        step = np.asarray(twice, np.float64) / 2.0**L
+        common = float(step) if np.ndim(step) == 0 else None
+        return self._per_sample(terms[0] + terms[1], spec, layer, step, common, None)
+
+    def _concat_per_sample(self, ins: list, spec: ActSpec, layer: LayerSpec) -> QTensor:
+        """Each input's ``q - z`` brought to one grid (:meth:`_align`, factor ``u_i / c`` with
+        ``c`` the largest input step: per tensor from the bases of static / shift inputs, per
+        sample otherwise), concatenated on the channel axis, then :meth:`_per_sample`."""
+        n = ins[0].q.shape[0]
+        units = [i.unit() for i in ins]
+        if all(c is not None for _, c, _ in units):
+            c = max(c for _, c, _ in units)
+            common = True
+        else:
+            c = np.max([np.broadcast_to(u, (n,)) for u, _, _ in units], axis=0)
+            common = False
+        bound = max(1 << i.fmt.bits for i in ins)
+        parts, step = [], 1.0
+        for i, (u, _, _) in zip(ins, units):
+            f = np.broadcast_to(u / c, (n,)).reshape((n,) + (1,) * (i.q.ndim - 1))
+            t, step = self._align(i.q.astype(np.int64) - i.zero_point, f, layer, bound)
+            parts.append(t)
+        unit = np.asarray(c, np.float64) * step
+        return self._per_sample(
+            np.concatenate(parts, axis=1), spec, layer, unit, float(unit) if common else None
+        )
+
     def _pool_sum(self, node: Node, x: QTensor):
         t = x.q.astype(np.int64) - x.zero_point
         if node.op is Op.GAP:
@@ -745,8 +977,20 @@ class IntegerExecutor:
                 spec.zero_point,
                 spec.fmt,
             )
-        tmp = QTensor(s, x.scale, 0, x.fmt)
-        return self._rescale(tmp, spec, layer.register, layer.rounding, real_extra=1.0 / count)
+        tmp = QTensor(s, x.scale, 0, x.fmt, x.shifts, x.base)
+        window = (
+            x.q.shape[2] * x.q.shape[3]
+            if node.op is Op.GAP
+            else int(np.prod(node.attrs["kernel"]))
+        )
+        return self._rescale(
+            tmp,
+            spec,
+            layer.register,
+            layer.rounding,
+            real_extra=1.0 / count,
+            bound=window << x.fmt.bits,
+        )
 
     def _node(self, node: Node, ins: list):
         op = node.op
@@ -774,6 +1018,8 @@ class IntegerExecutor:
             return self._add(node, ins[0], ins[1], spec)
         if op in (Op.GAP, Op.AVGPOOL):
             return self._avg(node, x, spec)
+        if op is Op.CONCAT and spec.mode != "static":
+            return self._concat_per_sample(ins, spec, layer)
         if op is Op.CONCAT:
             parts = [
                 self._rescale(i, spec, layer.register, layer.rounding)
@@ -786,8 +1032,6 @@ class IntegerExecutor:
                 else i
                 for i in ins
             ]
-            if spec.mode != "static":
-                return self._requant_float(node, ins, spec)
             return QTensor(
                 np.concatenate([p.q for p in parts], axis=1),
                 parts[0].scale,
@@ -798,7 +1042,7 @@ class IntegerExecutor:
             c = node.weight.astype(np.float64)
             cb = c.reshape((1, -1) + (1,) * (x.q.ndim - 2)) if c.ndim == 1 else c
             sign = np.where(cb < 0, -1, 1).astype(np.int64)
-            if np.ndim(cb) and spec.mode == "static" and np.ndim(x.scale) == 0:
+            if np.ndim(cb) and (spec.mode != "static" or np.ndim(x.scale) == 0):
                 return self._rescale(
                     x, spec, layer.register, layer.rounding, real_extra=np.abs(cb), sign=sign
                 )
@@ -814,9 +1058,9 @@ class IntegerExecutor:
             q = _windows(_pad(x.q, a["pads"], x.fmt.min), a["kernel"], a["strides"]).max(
                 axis=(-1, -2)
             )
-            return QTensor(q, x.scale, x.zero_point, x.fmt)
+            return x.like(q)
         if op is Op.RELU:
-            return QTensor(np.maximum(x.q, x.zero_point), x.scale, x.zero_point, x.fmt)
+            return x.like(np.maximum(x.q, x.zero_point))
         if op is Op.CLIP:
             s = x.scale_b()
             lo = quantize_linear(
@@ -835,11 +1079,11 @@ class IntegerExecutor:
                 x.zero_point,
                 x.fmt,
             )
-            return QTensor(np.clip(x.q, lo, hi).astype(x.q.dtype), x.scale, x.zero_point, x.fmt)
+            return x.like(np.clip(x.q, lo, hi).astype(x.q.dtype))
         if op is Op.FLATTEN:
-            return QTensor(x.q.reshape(x.q.shape[0], -1), x.scale, x.zero_point, x.fmt)
+            return x.like(x.q.reshape(x.q.shape[0], -1))
         if op is Op.RESHAPE:
-            return QTensor(_reshape(x.q, node.attrs["shape"]), x.scale, x.zero_point, x.fmt)
+            return x.like(_reshape(x.q, node.attrs["shape"]))
         if op is Op.IDENTITY:
             return x
         return self._requant_float(node, ins, spec)

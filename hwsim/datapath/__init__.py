@@ -12,7 +12,7 @@ from hwsim.datapath.config import (
 from hwsim.datapath.conv import conv2d, conv_output_size
 from hwsim.datapath.engines import ENGINES, ort_available
 from hwsim.datapath.gemm import PerSampleShiftResult, gemm, gemm_per_sample_shift
-from hwsim.datapath.output import OutputResult, output_stage
+from hwsim.datapath.output import OutputResult, add_bias, output_stage
 
 __all__ = [
     "ENGINES",
@@ -28,6 +28,7 @@ __all__ = [
     "gemm",
     "gemm_per_sample_shift",
     "ort_available",
+    "add_bias",
     "output_stage",
     "signed_bits",
 ]

@@ -37,6 +37,25 @@ def _along(v, ndim: int, axis: int, length: int, name: str) -> np.ndarray:
     return arr.reshape(shape)
 
 
+def add_bias(acc_values, bias=None, *, acc: Accumulator = Accumulator(), bias_axis: int = 1):
+    """``t = acc.overflow(acc_values + bias)`` in the accumulator's format (the first step of
+    eq. 15). Returns ``(t int64, bias_overflows)``: the additions that left the format."""
+    fmt = acc.format
+    a = check_integer_array(acc_values, "acc_values")
+    fmt.check(a, "acc_values")
+    t = a if a.dtype == np.int64 else a.astype(np.int64)
+    if bias is None:
+        return t, 0
+    b = check_integer_array(bias, "bias")
+    fmt.check(b, "bias")
+    b = _along(b.astype(np.int64), t.ndim, bias_axis, t.shape[bias_axis] if t.ndim else 1, "bias")
+    exact = t + b
+    if exact.size and fmt.min <= int(exact.min()) and int(exact.max()) <= fmt.max:
+        return exact, 0  # nothing left the accumulator's range: wrap/saturate is the identity
+    t = np.asarray(acc.overflow.apply(exact, fmt), np.int64)
+    return t, int(np.count_nonzero(exact != t))
+
+
 def output_stage(
     acc_values,
     register: ScaleRegister,
@@ -80,22 +99,7 @@ def output_stage(
         res = _fused_ort(a, register, acc, bias, bias_axis, scale_axis, out_format, out_zero_point)
         if res is not None:
             return res
-    fmt.check(a, "acc_values")
-    t = a if a.dtype == np.int64 else a.astype(np.int64)
-    bias_overflows = 0
-    if bias is not None:
-        b = check_integer_array(bias, "bias")
-        fmt.check(b, "bias")
-        b = _along(
-            b.astype(np.int64), t.ndim, bias_axis, t.shape[bias_axis] if t.ndim else 1, "bias"
-        )
-        exact = t + b
-        if exact.size and fmt.min <= int(exact.min()) and int(exact.max()) <= fmt.max:
-            t = exact  # nothing left the accumulator's range: wrap/saturate is the identity
-        else:
-            t = acc.overflow.apply(exact, fmt)
-            bias_overflows = int(np.count_nonzero(exact != t))
-            t = np.asarray(t, np.int64)
+    t, bias_overflows = add_bias(a, bias, acc=acc, bias_axis=bias_axis)
     axis = None if np.ndim(register.multiplier) > 1 else scale_axis
     y = np.asarray(register.apply(t, axis=axis, rng=rng), np.int64) + int(out_zero_point)
     out = saturate_to(y, out_format)

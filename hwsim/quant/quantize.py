@@ -126,12 +126,12 @@ class RangeCollector:
 
     def range(self, t: str, ls: LayerScheme) -> tuple[float, float]:
         """The calibrated range: min/max, or percentile-clipped; for ``shift`` tensors the
-        base range ``max(median per-sample max|x|, max|x| / 2^s_max)`` (signed as the data):
-        the typical sample fits at shift 0 and the largest within ``s_max`` shifts."""
+        base (coarsest) range ``max(2^s_max * median per-sample max|x|, max|x|)`` (signed as the
+        data): the largest sample fits at shift 0 and the typical one at the finest shift."""
         lo, hi = self.lo[t], self.hi[t]
         if ls.act_mode == "shift":
             med = float(np.median(np.concatenate(self.sample_max[t])))
-            r = max(med, max(-lo, hi) / 2.0**ls.s_max)
+            r = max(med * 2.0**ls.s_max, max(-lo, hi))
             return (-r if lo < 0 else 0.0), r
         if ls.calib_method == "percentile":
             v = np.concatenate(self.samples[t])
@@ -195,13 +195,26 @@ def datafree_ranges(graph: Graph, ls_of, input_range) -> dict[str, tuple[float, 
     return rng
 
 
-def act_spec(lo: float, hi: float, bits: int, mode: str, s_max: int, pow2: bool = False) -> ActSpec:
+def act_spec(
+    lo: float,
+    hi: float,
+    bits: int,
+    mode: str,
+    s_max: int,
+    pow2: bool = False,
+    base: str = "static",
+) -> ActSpec:
     """ActSpec for a range: unsigned ``[0, hi]`` if ``lo >= 0``, else signed symmetric
     ``[-r, r]``; zero point 0 in every mode. With ``pow2`` registers every scale is rounded up
-    to a power of two, so that each requantization is an exact shift."""
+    to a power of two, so that each requantization is an exact shift. ``base``: a ``shift``
+    tensor's base, ``static`` (from the range) or ``runtime``."""
     spec = _act_spec(lo, hi, bits, mode, s_max)
+    if mode == "shift":
+        spec = ActSpec(spec.mode, spec.fmt, spec.scale, 0, spec.s_max, False, base)
     if pow2:
-        spec = ActSpec(spec.mode, spec.fmt, float(_pow2_ceil(spec.scale)), 0, spec.s_max, True)
+        spec = ActSpec(
+            spec.mode, spec.fmt, float(_pow2_ceil(spec.scale)), 0, spec.s_max, True, spec.base
+        )
     return spec
 
 
@@ -233,7 +246,8 @@ def quantize(
     input_range=None,
     progress=None,
 ) -> QuantProgram:
-    """Quantize ``graph`` with ``scheme``; ``calib`` is needed for ``static`` and ``shift``."""
+    """Quantize ``graph`` with ``scheme``; ``calib`` is needed for ``static`` and ``shift``
+    with a static base."""
     from hwsim.execute import run_float  # the float executor calibrates (late: no cycle)
 
     if graph.quantized:
@@ -274,8 +288,13 @@ def quantize(
     calib_of = {t: fused.get(t, t) for t in owners}
     modes = {t: ls_of_tensor(t).act_mode for t in owners}
 
+    runtime = {
+        t
+        for t in owners
+        if modes[t] == "shift" and ls_of_tensor(t).shift_base == "runtime"
+    }
     ranges: dict[str, tuple[float, float]] = {}
-    need_data = {t for t in owners if modes[t] in ("static", "shift")}
+    need_data = {t for t in owners if modes[t] in ("static", "shift") and t not in runtime}
     if need_data:
         if calib is None:
             raise SchemeError(
@@ -300,18 +319,20 @@ def quantize(
         for t in owners:
             if modes[t] == "data-free":
                 ranges[t] = df[calib_of[t]]
-    if any(m == "dynamic" for m in modes.values()):
+    if any(m == "dynamic" for m in modes.values()) or runtime:
         # only the sign matters: non-negative after ReLU or for the (known) input range
         df_sign = _signs(graph, fused, input_range or (calib.input_range if calib else None))
         for t in owners:
-            if modes[t] == "dynamic":
+            if modes[t] == "dynamic" or t in runtime:
                 ranges[t] = (0.0, 1.0) if df_sign[t] else (-1.0, 1.0)
 
     acts: dict[str, ActSpec] = {}
     for t in owners:
         ls = ls_of_tensor(t)
         lo, hi = ranges[t]
-        acts[t] = act_spec(lo, hi, ls.abits, ls.act_mode, ls.s_max, ls.register == "pow2")
+        acts[t] = act_spec(
+            lo, hi, ls.abits, ls.act_mode, ls.s_max, ls.register == "pow2", ls.shift_base
+        )
         if t in fused:
             acts[fused[t]] = acts[t]
     # pass-through ops share their input's spec

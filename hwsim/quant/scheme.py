@@ -27,11 +27,16 @@ Activation modes:
   "official"`` the PSGD code's ``[0, max_c(beta_c + n*gamma_c)]`` (signed gamma) where a ReLU
   alone reads the BN output, the sound bound elsewhere; interval arithmetic through the other
   layers from the input range;
-* ``dynamic`` -- per sample: a range unit finds each sample's ``max|x|`` at run time and the
-  sample's scale is ``max|x| / qmax`` (zero point 0);
-* ``shift`` -- per-sample shift: a static per-tensor base scale ``s`` (calibrated like
-  ``static``, symmetric) and per sample the smallest shift ``k`` in ``[0, s_max]`` with
-  ``max|x| <= qmax * s * 2^k``; the sample's scale is ``s * 2^k``.
+* ``dynamic`` -- per sample: a range unit finds each sample's largest integer magnitude at run
+  time and the sample's register is the integer reciprocal ``qmax / range`` of eq. 17-18
+  (``docs/numerics.md``; :data:`hwsim.numerics.ranges.RECIP_BITS` bits), zero point 0;
+* ``shift`` -- per-sample shift (the FQT paper's hardware): a per-tensor base scale ``b`` (the
+  coarsest grid) and per sample a shift ``s`` in ``[0, s_max]``, scale ``b * 2^-s`` (``s > 0``
+  is finer); ``s`` is the largest shift whose register keeps the sample's integer range within
+  the format (eq. 19). ``shift_base = "static"``: ``b`` calibrated, ``max(2^s_max * median
+  per-sample max|x|, max|x|) / qmax`` (the typical sample at the finest shift, the largest at
+  shift 0); ``"runtime"``: ``b`` from the batch's per-tensor range at run time through the
+  reciprocal unit (eq. 18), as the FQT paper's per-tensor range (no calibration).
 
 Activations whose range is non-negative (after ReLU, input images) use an unsigned format.
 
@@ -71,6 +76,7 @@ ACT_SPEC_MODES = ("static", "dynamic", "shift")
 CALIB_METHODS = ("minmax", "percentile")
 BN_FOLDS = ("weights", "register")
 DATA_FREE_RANGES = ("sound", "official")
+SHIFT_BASES = ("static", "runtime")
 
 PRESETS = {
     "per-tensor": dict(granularity="tensor", act_mode="static"),
@@ -159,6 +165,7 @@ class LayerScheme:
     rounding: str = "half_away"
     bn_fold: str = "weights"
     data_free_range: str = "sound"
+    shift_base: str = "static"
 
     def __post_init__(self):
         for name, lo, hi in (("wbits", 2, 16), ("abits", 2, 16), ("acc_bits", 8, 64)):
@@ -173,6 +180,7 @@ class LayerScheme:
         _choice(self.calib_method, CALIB_METHODS, "calib_method")
         _choice(self.bn_fold, BN_FOLDS, "bn_fold")
         _choice(self.data_free_range, DATA_FREE_RANGES, "data_free_range")
+        _choice(self.shift_base, SHIFT_BASES, "shift_base")
         _choice(self.overflow, tuple(o.value for o in Overflow), "overflow")
         _choice(self.order, tuple(o.value for o in ReductionOrder), "order")
         if not (isinstance(self.tile_rows, int) and self.tile_rows >= 0):
@@ -284,9 +292,10 @@ class ActSpec:
     """How one activation tensor is held as integers.
 
     ``mode`` ``static``: ``real = scale * (q - zero_point)``; ``dynamic``: per-sample scale
-    from a range unit, zero point 0; ``shift``: per-sample ``scale * 2^k``, ``k`` in
-    ``[0, s_max]``, zero point 0. ``fmt`` is the integer format of ``q``. ``pow2``: every scale
-    of the tensor is a power of two (for ``pow2`` registers; dynamic scales are rounded up).
+    from a range unit (eq. 17-18), zero point 0; ``shift``: per-sample ``b * 2^-s``, ``s`` in
+    ``[0, s_max]`` (eq. 19), zero point 0, with the base ``b = scale`` (``base = "static"``)
+    or found per batch (``"runtime"``; ``scale`` unused). ``fmt`` is the integer format of
+    ``q``. ``pow2``: every scale of the tensor is a power of two (for ``pow2`` registers).
     """
 
     mode: str
@@ -295,6 +304,7 @@ class ActSpec:
     zero_point: int = 0
     s_max: int = 0
     pow2: bool = False
+    base: str = "static"
 
     def as_dict(self) -> dict:
         return {
@@ -305,6 +315,7 @@ class ActSpec:
             "zero_point": self.zero_point,
             "s_max": self.s_max,
             "pow2": self.pow2,
+            "base": self.base,
         }
 
     @classmethod
@@ -331,7 +342,15 @@ class ActSpec:
             )
         s_max = _field_int(_get(d, "s_max", where), "s_max", where, 0, 16)
         pow2 = _field_bool(d.get("pow2", False), "pow2", where)
-        return cls(mode, fmt, scale, zp, s_max, pow2)
+        if mode == "shift" and "base" not in d:
+            # files before issue 12 held the finest grid with shifts k > 0 coarser
+            raise SchemeError(
+                f"{where}: field 'base' is missing: a shift tensor written before the one shift "
+                f"convention (s > 0 finer, scale = the coarsest grid); quantize the model again"
+            )
+        base = d.get("base", "static")
+        _field_choice(base, SHIFT_BASES, "base", where)
+        return cls(mode, fmt, scale, zp, s_max, pow2, base)
 
 
 @dataclass(frozen=True)
