@@ -168,8 +168,10 @@ def test_per_sample_shift_scales_are_powers_of_two_of_the_base():
     for name, spec in program.acts.items():
         if spec.mode != "shift" or name not in env:
             continue
-        k = np.log2(env[name].scale.astype(np.float64) / np.float64(np.float32(spec.scale)))
-        assert np.all(k == np.round(k)) and k.min() >= 0 and k.max() <= 3
+        # one convention (eq. 19): s > 0 is finer, scale = base * 2^-s, s in [0, s_max]
+        s = np.log2(np.float64(np.float32(spec.scale)) / env[name].scale.astype(np.float64))
+        assert np.all(s == np.round(s)) and s.min() >= 0 and s.max() <= 3
+        assert np.array_equal(s, env[name].shifts)
 
 
 def test_shift_choice_is_smallest_that_fits():
@@ -177,9 +179,12 @@ def test_shift_choice_is_smallest_that_fits():
     from hwsim.numerics import IntFormat
     from hwsim.quant.scheme import ActSpec
 
-    spec = ActSpec("shift", IntFormat(8, True), 1.0, 0, 4)
+    # the input quantizer (float data): the largest s with absmax <= qmax * base * 2^-s
+    spec = ActSpec("shift", IntFormat(8, True), 16.0, 0, 4)
     absmax = np.array([0.0, 127.0, 127.5, 254.0, 254.01, 5000.0])
-    assert sample_scale(spec, absmax).tolist() == [1, 1, 2, 2, 4, 16]
+    scales, shifts, base = sample_scale(spec, absmax)
+    assert scales.tolist() == [1, 1, 2, 2, 4, 16]
+    assert shifts.tolist() == [4, 4, 3, 3, 2, 0] and base == 16.0
 
 
 def test_dynamic_scale_per_sample():
@@ -188,7 +193,7 @@ def test_dynamic_scale_per_sample():
     from hwsim.quant.scheme import ActSpec
 
     spec = ActSpec("dynamic", IntFormat(4, False))
-    got = sample_scale(spec, np.array([15.0, 0.0, 1.5]))
+    got, _, _ = sample_scale(spec, np.array([15.0, 0.0, 1.5]))
     assert got.dtype == np.float32
     assert got.tolist() == [1.0, 1.0, float(np.float32(0.1))]  # qmax = 15; empty range -> 1
 

@@ -130,19 +130,54 @@ def _reg(kind: str, t: int, real: float, rounding: str, ort_scale=None) -> int:
     )
 
 
-def _sample_scale(spec, m: float) -> float:
-    """Per-sample scale from the sample's range ``m`` (docs/networks.md, Schemes)."""
+def _input_scales(spec, ms: list) -> tuple[list, list | None]:
+    """Per-sample scales of the (float) graph input from each sample's range (networks.md,
+    Schemes): dynamic ``f32(m / qmax)``; shift ``base * 2^-s`` with the largest ``s`` in
+    ``[0, s_max]`` such that ``m <= qmax * base * 2^-s`` (0 if none), ``base`` the spec's scale
+    or, for a runtime base, ``f32(max m / qmax)``."""
     qmax = spec.fmt.max
     if spec.mode == "dynamic":
-        s = float(np.float32(m / qmax))
-        if spec.pow2 and s > 0:
-            s = 2.0 ** math.ceil(math.log2(s))
-        return s if s > 0 else 1.0
-    base = float(np.float32(spec.scale))
-    k = 0
-    while k < spec.s_max and m > qmax * base * 2.0**k:
-        k += 1
-    return float(np.float32(base * 2.0**k))
+        out = []
+        for m in ms:
+            s = float(np.float32(m / qmax))
+            if spec.pow2 and s > 0:
+                s = 2.0 ** math.ceil(math.log2(s))
+            out.append(s if s > 0 else 1.0)
+        return out, None
+    if spec.base == "runtime":
+        top = max(ms)
+        base = float(np.float32(top / qmax)) if top > 0 else 1.0
+        if spec.pow2:
+            base = 2.0 ** math.ceil(math.log2(base))
+    else:
+        base = float(np.float32(spec.scale))
+    shifts = []
+    for m in ms:
+        k = 0
+        for s in range(1, spec.s_max + 1):
+            if m <= qmax * base * 2.0**-s:
+                k = s
+        shifts.append(k)
+    return [float(np.float32(base * 2.0**-k)) for k in shifts], shifts
+
+
+def _recip_real(kind: str, qmax: int, a: int) -> float:
+    """(18) The range register's real for the integer range ``a``: ``qmax * floor(2^e / a) *
+    2^-e`` with ``e = 15 + bitlen(a) - 1`` (RECIP_BITS = 15), or for pow2 the largest power of
+    two ``2^k`` with ``2^k a <= qmax``; 1 for ``a = 0``."""
+    if a <= 0:
+        return 1.0
+    if kind == "pow2":
+        k = qmax.bit_length() - a.bit_length() + 1
+        while Fraction(a) * Fraction(2) ** k > qmax:
+            k -= 1
+        return 2.0**k
+    e = 15 + a.bit_length() - 1
+    return math.ldexp(qmax * ((1 << e) // a), -e)
+
+
+def _ceil_shift(a: int, s: int) -> int:
+    return -((-a) >> s)
 
 
 def _range(vals, signed: bool) -> float:
@@ -176,23 +211,72 @@ class _Ref:
     def __init__(self, program, env):
         self.p, self.env = program, env
 
-    def out_scales(self, name, spec, n, ranges):
-        """The output's scale per sample: static, or re-derived from each sample's range."""
-        if spec.mode == "static":
-            return [float(np.float32(spec.scale))] * n
-        return [_sample_scale(spec, ranges[i]) for i in range(n)]
-
     def float_requant(self, name, spec, values_f):
         """QuantizeLinear of float32 values (per sample), as ``quantize_input`` (static or
-        per-sample scale from the float values' range)."""
+        per-sample scale from the float values' range). Returns (ints, scales, shifts)."""
         n = len(values_f)
         ranges = [
             _range([float(v) for v in _flat(values_f[i])], spec.fmt.signed) for i in range(n)
         ]
-        so = self.out_scales(name, spec, n, ranges)
+        if spec.mode == "static":
+            so, shifts = [float(np.float32(spec.scale))] * n, None
+        else:
+            so, shifts = _input_scales(spec, ranges)
         q = [_map(values_f[i], lambda v, i=i: _quantize_linear(v, so[i], spec.zero_point, spec))
              for i in range(n)]
-        return q, so
+        return q, so, shifts
+
+    def per_sample(self, node, spec, ts, units, c=None, sigmas=None):
+        """(17)-(19) A dynamic / shift output from integers ``ts[i]`` (sample i) that step by
+        ``units[i]``; ``c``, ``sigmas``: ``units[i] = c * 2^-sigmas[i]``. Returns (ints,
+        scales, shifts)."""
+        layer = self.p.layer(node.name)
+        kind, rnd = layer.register.value, layer.rounding.value
+        qmax, n = spec.fmt.max, len(ts)
+        a = []
+        for t in ts:
+            vals = [abs(v) if spec.fmt.signed else max(v, 0) for v in _flat(t)]
+            a.append(max(vals) if vals else 0)
+        shifts = None
+        if spec.mode == "dynamic":
+            regs = [_recip_real(kind, qmax, a[i]) for i in range(n)]
+            scales = [float(np.float32(units[i] / regs[i])) for i in range(n)]
+        else:
+            if spec.base == "runtime":
+                sig = sigmas or [0] * n
+                m = _recip_real(kind, qmax, max(_ceil_shift(a[i], sig[i]) for i in range(n)))
+                b64 = c / m
+                reals = [math.ldexp(m, -sig[i]) for i in range(n)]
+            else:
+                b64 = float(np.float32(spec.scale))
+                reals = [units[i] / b64 for i in range(n)]
+            sel = "half_away" if rnd == "stochastic" else rnd
+            shifts = []
+            for i in range(n):
+                fits = [s for s in range(spec.s_max + 1)
+                        if _reg(kind, a[i], math.ldexp(reals[i], s), sel) <= qmax]
+                shifts.append(max(fits) if fits else 0)
+            regs = [math.ldexp(reals[i], shifts[i]) for i in range(n)]
+            scales = [float(np.float32(b64 * 2.0 ** -shifts[i])) for i in range(n)]
+        out = [_map(ts[i], lambda v, i=i: _sat(_reg(kind, v, regs[i], rnd) + spec.zero_point,
+                                               spec)) for i in range(n)]
+        return out, scales, shifts
+
+    @staticmethod
+    def unit(qt: QTensor, n: int):
+        """(steps per sample, c, sigmas) of an integer tensor: c for static / shift tensors."""
+        u = _scales(qt, n)
+        if qt.shifts is not None:
+            return u, float(np.float32(qt.base)), [int(v) for v in qt.shifts]
+        if np.ndim(qt.scale) == 0:
+            return u, u[0], [0] * n
+        return u, None, None
+
+    def align(self, node, t: int, factor: float, bound: int) -> int:
+        """``R(factor * 2^F)(t)``, ``F = 30 - bitlen(bound)``: one grid before range finding."""
+        layer = self.p.layer(node.name)
+        F = max(0, 30 - bound.bit_length())
+        return _reg(layer.register.value, t, math.ldexp(factor, F), layer.rounding.value)
 
     # each returns (integers as nested lists, per-sample scales)
     def mac(self, node, x: QTensor, spec):
@@ -211,22 +295,35 @@ class _Ref:
             int(x.zero_point), zw, acc, x.q.shape, wq.q.shape,
         )
         lo, hi = nref.format_range(acc.bits, True)
+        wrap = nref.wrap if acc.overflow is Overflow.WRAP else nref.saturate
         bias = []
         for i in range(n):
             row = []
             for o in range(F):
                 if node.bias_q is not None and np.ndim(x.scale) == 0:
                     row.append(int(node.bias_q[o]))
-                else:
-                    b = int(np.rint(float(node.bias[o]) / (sx[i] * sw[o])))
-                    row.append(min(max(b, lo), hi))
+                    continue
+                bf = float(node.bias[o])
+                if np.ndim(x.scale) == 0:  # static input: once, at the accumulator's step
+                    b = int(np.rint(bf / (sx[i] * sw[o])))
+                elif x.shifts is not None:  # shift input: at the base, shifted by the sample's s
+                    b = int(np.rint(bf / (float(np.float32(x.base)) * sw[o])))
+                    b *= 1 << int(x.shifts[i])
+                else:  # dynamic input: b_ref = b / (sw 2^-E), per-sample register 2^-E / sx
+                    top = max(abs(float(node.bias[j]) / sw[j]) for j in range(F))
+                    e = (acc.bits - 3) - math.floor(math.log2(top)) if top > 0 else 0
+                    ref_b = int(np.rint(math.ldexp(bf / sw[o], e)))
+                    b = _reg(kind, ref_b, math.ldexp(1.0, -e) / sx[i], rnd)
+                row.append(min(max(b, lo), hi))
             bias.append(row)
-        ranges = [
-            _range([(v + bias[i][o]) * (sx[i] * sw[o]) for o in range(F)
-                    for v in _flat(vals[i][o])], spec.fmt.signed)
-            for i in range(n)
-        ]
-        so = self.out_scales(node.output, spec, n, ranges)
+        if spec.mode != "static":
+            assert len(set(sw)) == 1  # the per-sample presets have per-tensor weights
+            ts = [[_map(vals[i][o], lambda v, i=i, o=o: wrap(v + bias[i][o], acc.bits, True))
+                   for o in range(F)] for i in range(n)]
+            u, c, sig = self.unit(x, n)
+            return self.per_sample(node, spec, ts, [u[i] * sw[0] for i in range(n)],
+                                   None if c is None else c * sw[0], sig)
+        so = [float(np.float32(spec.scale))] * n
         out = []
         for i in range(n):
             planes = []
@@ -237,15 +334,12 @@ class _Ref:
                     ort = float(nref.ort_combined_scale(sx[i], sw[o], so[i]))
 
                 def one(v, i=i, o=o, real=real, ort=ort):
-                    t = v + bias[i][o]
-                    t = (nref.wrap if acc.overflow is Overflow.WRAP else nref.saturate)(
-                        t, acc.bits, True
-                    )
+                    t = wrap(v + bias[i][o], acc.bits, True)
                     return _sat(_reg(kind, t, real, rnd, ort) + spec.zero_point, spec)
 
                 planes.append(_map(vals[i][o], one))
             out.append(planes)
-        return out, so
+        return out, so, None
 
     def rescale(self, node, x: QTensor, spec, extra, signs=None):
         """``sat(R(s_in * extra / s_out)(sign * (q - z_in)) + z_out)``; ``extra`` a float or a
@@ -259,12 +353,12 @@ class _Ref:
         sg = signs or [1] * C
         t = [[_map(xs[i][c], lambda v, c=c: sg[c] * (v - x.zero_point)) for c in range(C)]
              for i in range(n)]
-        ranges = [
-            _range([v * sx[i] * ex[c] for c in range(C) for v in _flat(t[i][c])],
-                   spec.fmt.signed)
-            for i in range(n)
-        ]
-        so = self.out_scales(node.output, spec, n, ranges)
+        if spec.mode != "static":
+            assert len(set(ex)) == 1  # a scalar Mul: no alignment
+            u, cc, sig = self.unit(x, n)
+            return self.per_sample(node, spec, t, [u[i] * ex[0] for i in range(n)],
+                                   None if cc is None else cc * ex[0], sig)
+        so = [float(np.float32(spec.scale))] * n
         out = []
         for i in range(n):
             chans = []
@@ -277,7 +371,7 @@ class _Ref:
                 chans.append(_map(t[i][c], lambda v, real=real, ort=ort: _sat(
                     _reg(kind, v, real, rnd, ort) + spec.zero_point, spec)))
             out.append(chans)
-        return out, so
+        return out, so, None
 
     def add(self, node, a: QTensor, b: QTensor, spec):
         layer = self.p.layer(node.name)
@@ -285,12 +379,25 @@ class _Ref:
         qa, qb = _nested(a.q), _nested(b.q)
         n = len(qa)
         sa, sb = _scales(a, n), _scales(b, n)
-        ranges = []
-        for i in range(n):
-            fa = [float(_dequant(v, a.zero_point, sa[i])) for v in _flat(qa[i])]
-            fb = [float(_dequant(v, b.zero_point, sb[i])) for v in _flat(qb[i])]
-            ranges.append(_range([u + v for u, v in zip(fa, fb)], spec.fmt.signed))
-        so = self.out_scales(node.output, spec, n, ranges)
+        if spec.mode != "static":
+            # TFLite's Add up to the sum, T = 2 max(sa, sb) (per tensor from the bases)
+            L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))
+            ua, ca, _ = self.unit(a, n)
+            ub, cb, _ = self.unit(b, n)
+            if ca is not None and cb is not None:
+                tw = [2 * max(ca, cb)] * n
+            else:
+                tw = [2 * max(ua[i], ub[i]) for i in range(n)]
+            ts = []
+            for i in range(n):
+                ys = [_reg(kind, (p - a.zero_point) << L, ua[i] / tw[i], rnd)
+                      + _reg(kind, (q - b.zero_point) << L, ub[i] / tw[i], rnd)
+                      for p, q in zip(_flat(qa[i]), _flat(qb[i]))]
+                ts.append(np.reshape(ys, np.shape(qa[i])).tolist())
+            step = [tw[i] / 2.0**L for i in range(n)]
+            common = step[0] if ca is not None and cb is not None else None
+            return self.per_sample(node, spec, ts, step, common, [0] * n)
+        so = [float(np.float32(spec.scale))] * n
         eight = all(f.bits <= 8 for f in (a.fmt, b.fmt, spec.fmt)) and (
             a.fmt.signed == b.fmt.signed == spec.fmt.signed
         )
@@ -306,7 +413,7 @@ class _Ref:
                 ys = [_sat(_cvtps(_fma(Fraction(p), rp, _fma(Fraction(q), rq, fixed))), spec)
                       for p, q in zip(fa, fb)]
                 out.append(np.reshape(ys, np.shape(qa[i])).tolist())
-            return out, so
+            return out, so, None
         L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))
         for i in range(n):
             twice = 2 * max(sa[i], sb[i])
@@ -317,7 +424,7 @@ class _Ref:
                 tb = _reg(kind, (q - b.zero_point) << L, r2, rnd)
                 ys.append(_sat(_reg(kind, ta + tb, r3, rnd) + spec.zero_point, spec))
             out.append(np.reshape(ys, np.shape(qa[i])).tolist())
-        return out, so
+        return out, so, None
 
     @staticmethod
     def windows(node, H, W):
@@ -358,7 +465,7 @@ class _Ref:
             out = [[[[_sat(nref.ort_requantize(sum(xs[i][c][h][w] - zx for h in range(H)
                                                    for w in range(W)), scale)
                            + spec.zero_point, spec)]] for c in range(C)] for i in range(n)]
-            return out, [float(np.float32(spec.scale))] * n
+            return out, [float(np.float32(spec.scale))] * n, None
         if ort_q:  # QLinearAveragePool, float32 (numerics.md)
             sx, sy = _f32(x.scale), _f32(spec.scale)
             out = []
@@ -378,7 +485,7 @@ class _Ref:
                         rows.append(line)
                     chans.append(rows)
                 out.append(chans)
-            return out, [float(np.float32(spec.scale))] * n
+            return out, [float(np.float32(spec.scale))] * n, None
         # R(sx / (sy * count))(window sum of q - zx), count per output position
         sums = [[[[sum(xs[i][c][h][w] - x.zero_point for h, w in inside) for inside, _ in row]
                   for row in wins] for c in range(C)] for i in range(n)]
@@ -386,13 +493,21 @@ class _Ref:
         # the register is per output position here: rescale each position separately
         layer_kind, rnd = layer.register.value, layer.rounding.value
         sx = _scales(x, n)
-        ranges = [
-            _range([sums[i][c][r][k] * sx[i] * (1.0 / counts[r][k]) for c in range(C)
-                    for r in range(len(counts)) for k in range(len(counts[r]))],
-                   spec.fmt.signed)
-            for i in range(n)
-        ]
-        so = self.out_scales(node.output, spec, n, ranges)
+        if spec.mode != "static":
+            emax = max(1.0 / cnt for row in counts for cnt in row)
+            even = all(1.0 / cnt == emax for row in counts for cnt in row)
+            if not even:  # uneven counts: one grid first, R((1/count)/emax * 2^F)
+                kh, kw = (H, W) if gap else a["kernel"]
+                bound = (kh * kw) << x.fmt.bits
+                sums = [[[[self.align(node, sums[i][c][r][k], (1.0 / counts[r][k]) / emax,
+                                      bound)
+                           for k in range(len(counts[r]))] for r in range(len(counts))]
+                         for c in range(C)] for i in range(n)]
+                emax *= 2.0 ** -max(0, 30 - bound.bit_length())
+            u, cc, sig = self.unit(x, n)
+            return self.per_sample(node, spec, sums, [u[i] * emax for i in range(n)],
+                                   None if cc is None else cc * emax, sig)
+        so = [float(np.float32(spec.scale))] * n
         out = []
         for i in range(n):
             chans = []
@@ -410,7 +525,7 @@ class _Ref:
                     rows.append(line)
                 chans.append(rows)
             out.append(chans)
-        return out, so
+        return out, so, None
 
     def maxpool(self, node, x: QTensor):
         xs = _nested(x.q)
@@ -437,7 +552,7 @@ def _check_node(ref: _Ref, node, env, program):
     x = ins[0]
     n = x.q.shape[0]
     op = node.op.value
-    so = None
+    so = shifts = None
 
     def deq(qt):
         s = _scales(qt, n)
@@ -445,18 +560,31 @@ def _check_node(ref: _Ref, node, env, program):
                 for i in range(n)]
 
     if op == "conv":
-        want, so = ref.mac(node, x, spec)
+        want, so, shifts = ref.mac(node, x, spec)
     elif op == "add":
-        want, so = ref.add(node, ins[0], ins[1], spec)
+        want, so, shifts = ref.add(node, ins[0], ins[1], spec)
     elif op in ("gap", "avgpool"):
-        want, so = ref.pool(node, x, spec)
+        want, so, shifts = ref.pool(node, x, spec)
     elif op == "mul":
         c = float(node.weight)
-        want, so = ref.rescale(node, x, spec, abs(c), None if c >= 0 else [-1] * x.q.shape[1])
+        want, so, shifts = ref.rescale(
+            node, x, spec, abs(c), None if c >= 0 else [-1] * x.q.shape[1])
     elif op == "concat":
-        if spec.mode != "static":  # per-sample output: QuantizeLinear(concat(DQ(inputs)))
-            want, so = ref.float_requant(
-                node.output, spec, [sum((deq(i)[k] for i in ins), []) for k in range(n)])
+        if spec.mode != "static":  # each input aligned to the largest step, then (17)-(19)
+            units = [ref.unit(i, n) for i in ins]
+            if all(c is not None for _, c, _ in units):
+                cs = [max(c for _, c, _ in units)] * n
+            else:
+                cs = [max(u[k] for u, _, _ in units) for k in range(n)]
+            bound = max(1 << i.fmt.bits for i in ins)
+            parts = [[_map(_nested(i.q)[k], lambda v, i=i, u=u, k=k: ref.align(
+                node, v - i.zero_point, u[k] / cs[k], bound)) for k in range(n)]
+                for i, (u, _, _) in zip(ins, units)]
+            step = 2.0 ** -max(0, 30 - bound.bit_length())
+            ts = [sum((p[k] for p in parts), []) for k in range(n)]
+            common = cs[0] * step if all(c is not None for _, c, _ in units) else None
+            want, so, shifts = ref.per_sample(node, spec, ts, [cs[k] * step for k in range(n)],
+                                              common, [0] * n)
         else:
             parts = [
                 _nested(i.q) if _same(i, spec) or (
@@ -478,6 +606,7 @@ def _check_node(ref: _Ref, node, env, program):
             else:
                 want = [list(_flat(r)) for r in _nested(x.q)]
             so = _scales(x, n)
+            shifts = None if x.shifts is None else [int(v) for v in x.shifts]
         else:  # quantized differently: QuantizeLinear(op(DequantizeLinear(x)))
             assert op in ("relu", "maxpool"), node.name
             f = deq(x)
@@ -489,12 +618,13 @@ def _check_node(ref: _Ref, node, env, program):
                 s = _scales(x, n)
                 f = [_map(fq[i], lambda v, i=i: _dequant(v, x.zero_point, s[i]))
                      for i in range(n)]
-            want, so = ref.float_requant(node.output, spec, f)
+            want, so, shifts = ref.float_requant(node.output, spec, f)
     else:
         raise AssertionError(f"no spec for {op}")
     assert _nested(got.q) == want, node.name
     if so is not None:
         assert _scales(got, n) == [float(np.float32(v)) for v in so], node.name
+    assert (None if got.shifts is None else got.shifts.tolist()) == shifts, node.name
 
 
 # --- the spec test -------------------------------------------------------------------------------
@@ -513,7 +643,9 @@ def _check_node(ref: _Ref, node, env, program):
     mul_c=st.sampled_from([-1.7, -0.25, 0.5, 3.0]),
     pool=st.sampled_from([(2, 1, 0), (2, 2, 1), (3, 2, 1), (3, 1, 1), (1, 1, 0)]),
     cip=st.integers(0, 1),
-    scheme=st.sampled_from(["per-tensor", "per-channel", "per-sample", "per-sample-shift"]),
+    scheme=st.sampled_from(
+        ["per-tensor", "per-channel", "per-sample", "per-sample-shift", "shift-runtime"]
+    ),
     wbits=st.sampled_from([2, 4, 8]),
     abits=st.sampled_from([2, 4, 7, 8]),
     acc_bits=st.sampled_from([10, 14, 32]),
@@ -535,7 +667,9 @@ def test_every_op_matches_the_plain_int_spec(
                         pk, ps, pp, cip, relu1)
     rng = np.random.default_rng(seed + 1)
     calib = rng.normal(0, 1, (8, c, hw, hw)).astype(np.float32)
-    kw = {"s_max": 3} if scheme == "per-sample-shift" else {}
+    kw = {"s_max": 3} if scheme in ("per-sample-shift", "shift-runtime") else {}
+    if scheme == "shift-runtime":
+        scheme, kw["shift_base"] = "per-sample-shift", "runtime"
     if register == "pow2":
         kw["rounding"] = rounding
     sch = Scheme.preset(
@@ -549,9 +683,10 @@ def test_every_op_matches_the_plain_int_spec(
     x.flat[-1] = -8.0 * amp
     env = IntegerExecutor(program).run(x)
     ref = _Ref(program, env)
-    want, so = ref.float_requant("x", program.acts["x"], _map(_nested(x), Fraction))
+    want, so, shifts = ref.float_requant("x", program.acts["x"], _map(_nested(x), Fraction))
     assert _nested(env["x"].q) == want
     assert _scales(env["x"], n) == so
+    assert (None if env["x"].shifts is None else env["x"].shifts.tolist()) == shifts
     g = program.graph
     ops = set()
     for node in g.nodes:

@@ -154,7 +154,7 @@ def test_onnx_operators_by_width(tmp_path):
     }
     assert meta["acts"]["y"] == {
         "mode": "shift", "bits": 5, "signed": True, "scale": 0.03125, "zero_point": 0,
-        "s_max": 3, "pow2": True,
+        "s_max": 3, "pow2": True, "base": "static",
     }
     onnx.checker.check_model(model)
 
