@@ -237,6 +237,15 @@ def _scheme_options(f):
             help="Largest per-sample shift (per-sample-shift scheme).",
         ),
         click.option(
+            "--shift-base",
+            type=click.Choice(["static", "runtime"]),
+            default="static",
+            show_default=True,
+            help="per-sample-shift's per-tensor base: calibrated (static), or each batch's "
+            "per-tensor range at run time through the integer reciprocal unit (runtime, the "
+            "FQT paper's hardware; no calibration). docs/numerics.md eq. 17-19.",
+        ),
+        click.option(
             "--first-last-bits",
             type=click.IntRange(2, 16),
             default=None,
@@ -323,6 +332,7 @@ def _scheme_kw(kw: dict) -> dict:
         calib_method=kw.pop("calib_method"),
         percentile=kw.pop("percentile"),
         s_max=kw.pop("s_max"),
+        shift_base=kw.pop("shift_base"),
         first_last_bits=kw.pop("first_last_bits"),
     )
     g = kw.pop("granularity")

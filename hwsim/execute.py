@@ -688,7 +688,13 @@ class IntegerExecutor:
 
     def _mac(self, node: Node, x: QTensor, spec: ActSpec | None) -> QTensor | np.ndarray:
         layer: LayerSpec = self.p.layer(node.name)
-        if node.op is Op.CONV and self._ort_runs_float(node, layer):
+        if (
+            node.op is Op.CONV
+            and spec is not None
+            and spec.mode == "static"
+            and np.ndim(x.scale) == 0
+            and self._ort_runs_float(node, layer)
+        ):  # per-sample tensors have no Q/DQ in the file: onnxruntime's plan does not apply
             return self._mlas_conv(node, x, spec)
         wq = node.wq
         acc_cfg = layer.acc

@@ -21,13 +21,23 @@ bits x ``dram_pj_per_bit``; ``scheme`` = the scheme's extra operations:
 
 * requantization, per output: a ``32 x 32`` multiply and an ``acc_bits`` rounding add
   (``tflite*``, ``ort``), or only the rounding shift-add (``pow2``);
-* per-sample range finding (``dynamic`` and ``shift`` activations): one ``acc_bits``
-  compare per output, and per sample one ``32 x 32`` multiply to set its register;
-* per-sample shift (``shift``): one ``acc_bits`` barrel shift (costed as an add) per output.
+* the per-sample range unit (eq. 17-19, ``docs/numerics.md``), exactly the operations the
+  integer executor performs and counts (``LayerStats.ops``; a test holds the two equal):
+  ``range_compares`` one ``acc_bits`` compare per output of a ``dynamic`` / ``shift`` tensor;
+  ``range_registers`` one reciprocal per sample (``dynamic``) or per batch (a ``runtime``
+  shift base), costed as a ``32 x 32`` multiply (a ``pow2`` one is a leading-one detection,
+  an add); ``shift_selects`` ``s_max + 1`` register evaluations of each sample's range
+  (``shift``); ``bias_shifts`` a bias shifted by its sample's input shift, per sample and
+  channel (an add); ``bias_registers`` + ``bias_requants`` a dynamic input's per-sample bias
+  register and its application per channel; ``align_requants`` per-channel weight scales
+  brought to one grid before range finding, per output. Register evaluations are multiplies
+  except with ``pow2`` registers (shift-adds). No per-output barrel shift: a sample's shift
+  moves its register's shift field.
 
 Scale-register storage (bits): ``(32 + 8)`` per multiplier+shift register (``8`` for a
 ``pow2`` shift), one per tensor or per output channel, plus ``ceil(log2(s_max + 1))`` bits per
-sample for per-sample shifts or a full register per sample for dynamic scales.
+sample for per-sample shifts (and one register for a runtime base) or a full register per
+sample for dynamic scales.
 """
 
 from __future__ import annotations
@@ -63,6 +73,30 @@ class LayerCost:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def scheme_ops(layer: Layer) -> dict:
+    """The scheme's operations of one layer for one batch of ``layer.samples`` (module
+    docstring): requantization per output and the per-sample range unit's operations, named as
+    the integer executor counts them (``LayerStats.ops``)."""
+    outputs = layer.ofmap_elems
+    channels = layer.Mf * layer.groups
+    per_sample = layer.act_mode in ("dynamic", "shift")
+    n = layer.samples
+    bias_in = layer.bias and layer.in_mode in ("dynamic", "shift")
+    return {
+        "requant_multiplies": 0 if layer.register == "pow2" else outputs,
+        "requant_shift_adds": outputs,
+        "range_compares": outputs if per_sample else 0,
+        "range_registers": n
+        if layer.act_mode == "dynamic"
+        else (1 if layer.act_mode == "shift" and layer.shift_base == "runtime" else 0),
+        "shift_selects": n * (layer.s_max + 1) if layer.act_mode == "shift" else 0,
+        "bias_shifts": n * channels if bias_in and layer.in_mode == "shift" else 0,
+        "bias_registers": n if bias_in and layer.in_mode == "dynamic" else 0,
+        "bias_requants": n * channels if bias_in and layer.in_mode == "dynamic" else 0,
+        "align_requants": outputs if per_sample and layer.align else 0,
+    }
 
 
 def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
@@ -104,28 +138,20 @@ def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
         + sram_bits_of * e.sram_pj_per_bit(acc.ofmap_sram_kb)
     )
     dram_pj = dram * 8 * e.dram_pj_per_bit
-    outputs = layer.ofmap_elems
-    ops = {
-        "requant_multiplies": 0 if layer.register == "pow2" else outputs,
-        "requant_shift_adds": outputs,
-        "range_compares": 0,
-        "range_register_updates": 0,
-        "sample_shifts": 0,
-    }
-    if layer.act_mode in ("dynamic", "shift"):
-        ops["range_compares"] = outputs
-        ops["range_register_updates"] = layer.samples
-    if layer.act_mode == "shift":
-        ops["sample_shifts"] = outputs
-    mul32 = e.mul_pj(32, 32)
-    scheme_pj = (ops["requant_multiplies"] + ops["range_register_updates"]) * mul32 + (
-        ops["requant_shift_adds"] + ops["range_compares"] + ops["sample_shifts"]
-    ) * e.add_pj(cb)
-    reg_bits = layer.scale_registers * (8 if layer.register == "pow2" else 40)
+    ops = scheme_ops(layer)
+    pow2 = layer.register == "pow2"
+    evals = ops["shift_selects"] + ops["bias_registers"] + ops["bias_requants"]
+    evals += ops["align_requants"]
+    muls = ops["requant_multiplies"] + (0 if pow2 else evals + ops["range_registers"])
+    adds = ops["requant_shift_adds"] + ops["range_compares"] + ops["bias_shifts"]
+    adds += evals + ops["range_registers"] if pow2 else evals
+    scheme_pj = muls * e.mul_pj(32, 32) + adds * e.add_pj(cb)
+    reg_bits = layer.scale_registers * (8 if pow2 else 40)
     if layer.act_mode == "shift":
         reg_bits += layer.samples * max(1, math.ceil(math.log2(layer.s_max + 1)))
+        reg_bits += 0 if layer.shift_base == "static" else (8 if pow2 else 40)
     elif layer.act_mode == "dynamic":
-        reg_bits += layer.samples * 40
+        reg_bits += layer.samples * (8 if pow2 else 40)
     breakdown = {"mac": mac_pj, "sram": sram_pj, "dram": dram_pj, "scheme": scheme_pj}
     return LayerCost(
         name=layer.name,

@@ -42,8 +42,12 @@ class Layer:
     out_bits: int | None = None
     register: str = "tflite"  # tflite | tflite-single | ort | pow2
     scale_registers: int = 1  # 1 per tensor, or one per output channel
-    act_mode: str = "static"  # static | data-free | dynamic | shift
+    act_mode: str = "static"  # static | data-free | dynamic | shift (of the output)
     s_max: int = 0
+    shift_base: str = "static"  # static | runtime (a shift output's base)
+    in_mode: str = "static"  # the input's act mode (a per-sample input realigns the bias)
+    bias: bool = False
+    align: bool = False  # per-channel weight scales brought to one grid (per-sample output)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -188,6 +192,14 @@ def layers_from_program(program, batch: int = 1, defaults=None) -> list[Layer]:
                 scale_registers=n.weight.shape[0] if (n.wq is not None and n.wq.per_channel) else 1,
                 act_mode=spec_out.mode if spec_out else "static",
                 s_max=spec_out.s_max if spec_out else 0,
+                shift_base=spec_out.base if spec_out else "static",
+                in_mode=spec_in.mode if spec_in else "static",
+                bias=n.bias is not None,
+                align=bool(
+                    n.wq is not None
+                    and np.ndim(n.wq.scale)
+                    and np.any(np.asarray(n.wq.scale) != np.max(n.wq.scale))
+                ),
             )
         layers.append(
             Layer(

@@ -5,7 +5,7 @@ datapath that is done from integers, never by float division:
 
 * (17) :func:`reciprocal` -- an integer reciprocal of stated precision :data:`RECIP_BITS`,
   the quotient of a restoring divider: ``u = floor(2^e / a)`` with ``e = P + bitlen(a) - 1``,
-  so ``1/a ~ u * 2^-e``, ``u`` in ``(2^(P-1), 2^P]``, never above ``1/a``;
+  so ``1/a ~ u * 2^-e``, ``u`` in ``[2^(P-1), 2^P]``, never above ``1/a``;
 * (18) :func:`range_register` -- the register that maps a range ``a`` (the largest magnitude
   of one sample, or of one tensor, in integer units) onto ``qmax``: real ``qmax * u * 2^-e``
   (``tflite*``, ``ort``) or the largest power of two ``2^k`` with ``2^k * a <= qmax``
@@ -34,7 +34,7 @@ exactly; 16-bit outputs (30 bits) are exact in ``tflite*`` registers."""
 
 def reciprocal(a: int, bits: int = RECIP_BITS) -> tuple[int, int]:
     """(17) ``(u, e)`` with ``e = bits + bitlen(a) - 1`` and ``u = floor(2^e / a)`` for an
-    integer ``a >= 1``: ``1/a ~ u * 2^-e``, ``2^(bits-1) < u <= 2^bits``."""
+    integer ``a >= 1``: ``1/a ~ u * 2^-e``, ``2^(bits-1) <= u <= 2^bits``."""
     a = int(a)
     if a < 1:
         raise ValueError(f"reciprocal needs an integer >= 1, got {a}")

@@ -162,7 +162,8 @@ def test_scheme_overheads():
     dyn = cost_layer(Layer(**base, act_mode="dynamic"), acc)
     p2 = cost_layer(Layer(**base, register="pow2"), acc)
     pc = cost_layer(Layer(**base, scale_registers=32), acc)
-    assert st_.scheme_ops["range_compares"] == 0 and sh.scheme_ops["sample_shifts"] == 3200
+    assert st_.scheme_ops["range_compares"] == 0 and sh.scheme_ops["range_compares"] == 3200
+    assert sh.scheme_ops["shift_selects"] == 4 * 5 and dyn.scheme_ops["range_registers"] == 4
     assert sh.energy_breakdown["scheme"] > st_.energy_breakdown["scheme"]
     assert p2.scheme_ops["requant_multiplies"] == 0
     assert p2.energy_breakdown["scheme"] < st_.energy_breakdown["scheme"]
@@ -300,3 +301,41 @@ def test_config_toml(tmp_path):
         500.0,
         2.0,
     )
+
+
+@pytest.mark.parametrize(
+    "preset,kw",
+    [
+        ("per-tensor", {}),
+        ("per-sample", {}),
+        ("per-sample", {"register": "pow2"}),
+        ("per-sample-shift", {"s_max": 3}),
+        ("per-sample-shift", {"shift_base": "runtime", "register": "tflite"}),
+        ("per-sample-shift", {"granularity": "channel"}),
+    ],
+)
+def test_cost_model_charges_what_the_executor_performs(preset, kw):
+    """Issue 12.7: the scheme operations the cost model charges for a batch are the ones the
+    integer executor counted running that batch (per MAC layer, every kind)."""
+    import numpy as np
+
+    from hwsim.cost.topology import layers_from_program
+    from hwsim.cost.model import scheme_ops
+    from hwsim.data import load_data
+    from hwsim.execute import IntegerExecutor
+    from hwsim.graph import import_model
+    from hwsim.quant import Scheme, quantize
+
+    program = quantize(
+        import_model("models/rescnn.onnx"), Scheme.preset(preset, **kw), load_data("digits-train")
+    )
+    batch = 5
+    ex = IntegerExecutor(program)
+    ex.run(load_data("digits").x[:batch])
+    layers = layers_from_program(program, batch=batch)
+    assert layers
+    for layer in layers:
+        charged = {k: v for k, v in scheme_ops(layer).items() if v and not k.startswith("requant")}
+        assert charged == ex.stats[layer.name].ops, layer.name
+    assert any(ex.stats[layer.name].ops for layer in layers) == (preset != "per-tensor")
+    assert np.all([ex.stats[n].ops == {} for n in ex.stats]) == (preset == "per-tensor")

@@ -349,3 +349,46 @@ def test_metadata_for_unknown_names_is_an_error(saved, section):
     with pytest.raises(ImportError_, match=rf"{section}.*'ghost'") as ei:
         load(saved)
     assert str(saved) in str(ei.value)
+
+
+@pytest.mark.parametrize(
+    "preset,kw",
+    [("per-sample", {}), ("per-sample-shift", {}), ("per-sample-shift", {"shift_base": "runtime"})],
+)
+def test_stored_per_sample_program_runs_as_written(tmp_path, preset, kw):
+    """A saved per-sample program runs on the integer datapath like the one in memory: its
+    activations have no Q/DQ in the file, so onnxruntime's fusion plan (which left the convs
+    'unfused') must not turn them into float convs (found with --shift-base runtime)."""
+    from hwsim.data import load_data
+    from hwsim.execute import IntegerExecutor
+    from hwsim.graph import import_model
+
+    program = quantize(
+        import_model("models/rescnn.onnx"), Scheme.preset(preset, **kw), load_data("digits-train")
+    )
+    save(program, tmp_path / "m.onnx")
+    loaded = load(tmp_path / "m.onnx")
+    x = load_data("digits").x[:16]
+    a, b = IntegerExecutor(program), IntegerExecutor(loaded)
+    ea, eb = a.run(x), b.run(x)
+    assert b.float_ops == set() == a.float_ops
+    for name, t in ea.items():
+        if hasattr(t, "q"):
+            assert np.array_equal(t.q, eb[name].q), name
+            assert np.array_equal(t.scale, eb[name].scale), name
+    modes = {(s.mode, s.base) for s in loaded.acts.values()}
+    want = "dynamic" if preset == "per-sample" else "shift"
+    assert {m for m, _ in modes} == {want}
+    if want == "shift":
+        assert {b for _, b in modes} == {kw.get("shift_base", "static")}
+
+
+def test_shift_metadata_of_the_old_convention_is_refused(saved):
+    """Files before the one shift convention held the finest grid (k > 0 coarser): refused by
+    name rather than read 2^s_max off."""
+    from hwsim.quant.scheme import SchemeError
+
+    d = ActSpec("shift", IntFormat(8, True), 0.5, 0, 4).as_dict()
+    del d["base"]
+    with pytest.raises(SchemeError, match="field 'base' is missing.*quantize the model again"):
+        ActSpec.from_dict(d, "tensor 'y'")
