@@ -22,6 +22,13 @@ Integer op contracts (``R(r)`` = the layer's scale register built for real multi
   relu/clip: clamp in the integer domain at the quantized bounds; flatten/reshape/identity:
   the integers unchanged; concat: each input rescaled by ``R(s_i/sy)``; mul by a constant c:
   ``R(|c| sx/sy)(sign(c) (q - zx))``; softmax (last layer): float32 on the dequantized input.
+* a per-sample output (``dynamic`` / ``shift``): the op's integers up to its register (a
+  conv's biased accumulator, TFLite's Add up to the sum, a pool's window sums; per-element
+  steps first brought to one grid) go through the integer range unit of ``docs/numerics.md``
+  eq. 17-19 (:meth:`IntegerExecutor._per_sample`): dynamic -- the reciprocal register of each
+  sample's integer range; shift -- the base register with the largest shift ``s`` that keeps
+  the sample's range in the format, scale ``base * 2^-s``. A shift input's bias is shifted
+  left by its sample's shift; a dynamic input's goes through a per-sample register.
 * an op whose output is quantized differently from what its integer rule gives (an imported QDQ
   model may do that) runs as ``QuantizeLinear(op(DequantizeLinear(inputs)))``, as onnxruntime
   runs a Q/DQ chain it does not fuse.
