@@ -313,6 +313,16 @@ def load_quantized(model) -> QuantProgram:
     return program_from_graph(graph)
 
 
+def check_outputs(**paths) -> None:
+    """Every output path (``name=path``; None skipped) writable before any work: a
+    ValueError naming the field and the path as given (``hwsim.io.output_path_problem``)."""
+    from hwsim.io import output_path_problem
+
+    for name, p in paths.items():
+        if p is not None and (why := output_path_problem(p)):
+            raise ValueError(f"{name}: cannot write {why}")
+
+
 def run(
     model,
     data,
@@ -333,10 +343,12 @@ def run(
 
     ``report``: JSON path (written atomically); ``save_outputs``: .npz path receiving the
     model's final outputs (float32, as the model's last op produces them; a QOperator model's
-    in their own dtype, e.g. int32 / uint8) under its output name.
+    in their own dtype, e.g. int32 / uint8) under its output name. Both paths are checked
+    before the run (a ValueError naming the path), so a bad one does not lose the run.
     ``accelerator``: an :class:`hwsim.cost.Accelerator` (default: the default one); the report
     carries its cycles and energy for one batch of ``batch_size`` samples.
     """
+    check_outputs(report=report, save_outputs=save_outputs)
     if isinstance(model, QuantProgram):
         program = model
     else:
@@ -395,6 +407,7 @@ def compare(
 
     from hwsim.io import atomic_write_text
 
+    check_outputs(report=report, plot=plot, pareto=pareto)
     path = resolve_model(model)
     base = import_model(path)
     ds = _data(data, base.input_shape)

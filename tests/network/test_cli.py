@@ -483,3 +483,20 @@ def test_atomic_write_error_names_the_users_path(tmp_path):
         atomic_write_bytes(tmp_path / "adir", b"x")
     assert e.value.filename == str(tmp_path / "adir") and ".tmp" not in str(e.value)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_api_checks_output_paths_before_running(qmodel, tmp_path, monkeypatch):
+    """The Python API checks its output paths before the run too (not only the CLI): a bad
+    path raises naming the field and the path, and nothing runs."""
+    from hwsim import api
+
+    ran = []
+    monkeypatch.setattr(api, "run_program", lambda *a, **k: ran.append(1))
+    bad = str(tmp_path / "missing" / "r.json")
+    with pytest.raises(ValueError, match=f"report: cannot write {bad!r}: directory"):
+        api.run(str(qmodel), "digits", report=bad)
+    with pytest.raises(ValueError, match="save_outputs: cannot write"):
+        api.run(str(qmodel), "digits", save_outputs=str(tmp_path / "nope" / "o.npz"))
+    with pytest.raises(ValueError, match="plot: cannot write"):
+        api.compare("models/mlp.onnx", "digits", plot=str(tmp_path / "a" / "b.png"))
+    assert ran == []
