@@ -29,6 +29,8 @@ path (finite values only).
 
 from __future__ import annotations
 
+from hwsim.errors import HwsimError
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,7 @@ BUILTIN = {
 }
 
 
-class DataError(ValueError):
+class DataError(HwsimError):
     """A data set that cannot be used: missing arrays, wrong shape, non-finite values."""
 
 

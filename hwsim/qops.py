@@ -29,6 +29,8 @@ float8 / float4 / float6 quantized types are not integer hardware: they raise
 
 from __future__ import annotations
 
+from hwsim.errors import HwsimError
+
 import contextlib
 import contextvars
 import inspect
@@ -50,7 +52,7 @@ INT32 = IntFormat(32, True)
 MS_DOMAIN = "com.microsoft"
 
 
-class QOpError(ValueError):
+class QOpError(HwsimError):
     """Inputs or attributes outside a quantized operator's contract."""
 
 

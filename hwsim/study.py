@@ -45,6 +45,8 @@ keeps what it finished.
 
 from __future__ import annotations
 
+from hwsim.errors import HwsimError
+
 import json
 import time
 from pathlib import Path
@@ -84,7 +86,7 @@ PAPER = {
 }
 
 
-class StudyError(ValueError):
+class StudyError(HwsimError):
     """A study setting that cannot run (unknown data set, bad seed count, ...)."""
 
 

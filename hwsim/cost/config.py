@@ -29,6 +29,8 @@ errors naming the file, section and key.
 
 from __future__ import annotations
 
+from hwsim.errors import HwsimError
+
 import configparser
 import dataclasses
 import os
@@ -39,7 +41,7 @@ from hwsim.cost.dataflow import Dataflow, as_dataflow
 from hwsim.cost.energy import EnergyTable
 
 
-class ConfigError(ValueError):
+class ConfigError(HwsimError):
     """An accelerator setting out of range or a malformed config file."""
 
 

@@ -14,6 +14,8 @@ format is told by its number of fields. Errors name the file, line and column.
 
 from __future__ import annotations
 
+from hwsim.errors import HwsimError
+
 import csv
 import math
 import os
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-class TopologyError(ValueError):
+class TopologyError(HwsimError):
     """A malformed topology row or a layer that cannot exist."""
 
 

@@ -17,6 +17,8 @@ run node by node by :func:`hwsim.execute.run_qoperator` -- :func:`is_qoperator` 
 
 from __future__ import annotations
 
+from hwsim.errors import HwsimError
+
 import json
 import os
 from pathlib import Path
@@ -62,7 +64,7 @@ _ONNX_INT = {
 }
 
 
-class ImportError_(ValueError):
+class ImportError_(HwsimError):
     """A model hwsim cannot import; the message names the file, node and what was expected."""
 
 

@@ -10,6 +10,8 @@ building a session with graph optimisation and reading the optimised graph back.
 
 from __future__ import annotations
 
+from hwsim.errors import HwsimError
+
 import functools
 import os
 import tempfile
@@ -27,7 +29,7 @@ _INTEGER_OPS = {
 }
 
 
-class NoPlanError(ValueError):
+class NoPlanError(HwsimError):
     """onnxruntime cannot say which layers it fuses (not installed, or cannot load the model)."""
 
 

@@ -22,6 +22,8 @@ clamp gives the same answer as an unbounded register).
 
 from __future__ import annotations
 
+from hwsim.errors import HwsimError
+
 import enum
 import math
 from dataclasses import dataclass
@@ -52,7 +54,7 @@ def gain_error(applied, wanted) -> np.ndarray:
     return np.asarray(applied, np.float64) / np.asarray(wanted, np.float64) - 1.0
 
 
-class MultiplierRangeError(ValueError):
+class MultiplierRangeError(HwsimError):
     """A real multiplier no register of the chosen kind can represent."""
 
 

@@ -50,6 +50,8 @@ negative ``k`` flips the channel's integers).
 
 from __future__ import annotations
 
+from hwsim.errors import HwsimError
+
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -88,7 +90,7 @@ PRESETS = {
 """Named schemes: weight granularity and activation mode; everything else from the flags."""
 
 
-class SchemeError(ValueError):
+class SchemeError(HwsimError):
     """A scheme setting out of range, named with the field and the allowed values."""
 
 
