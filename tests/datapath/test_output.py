@@ -238,7 +238,7 @@ def test_fused_ort_add_equals_the_register_composition(data):
     """``add_ort_fused`` (the executor's integer Add with ``ort`` registers, one pass) against
     the numpy composition of the ``ort`` register contract, per-sample registers, operand
     formats up to 16 bits with their rails, output clamps."""
-    from hwsim.datapath.kernels import add_ort_fused
+    from hwsim.execute.kernels import add_ort_fused
     from hwsim.numerics import ort_requantize, saturate
 
     fa = IntFormat(data.draw(st.integers(2, 16)), data.draw(st.booleans()))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import hwsim.execute as ex
+import hwsim.execute.integer as ex
 from hwsim.cli import main
 from hwsim.data import load_data
 from hwsim.datapath import Accumulator, conv2d, gemm

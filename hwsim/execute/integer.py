@@ -1,11 +1,5 @@
-"""The two executors over one graph: the float reference and the integer datapath.
-
-``run_float(graph, x)`` evaluates the IR in float32 (numpy) and returns every tensor.
-``IntegerExecutor(program).run(x)`` evaluates the quantized program on the emulated datapath:
-MAC layers through :func:`hwsim.datapath.conv2d` / :func:`~hwsim.datapath.gemm` on the
-layer's accumulator, then the output stage with the layer's scale register; the other ops by the
-integer contracts below. Both return ``{tensor name: value}``; integer tensors are
-:class:`QTensor` (integers plus their scale), so a per-layer comparison is a zip over names.
+"""The integer executor: a :class:`~hwsim.quant.QuantProgram` on the emulated datapath, one
+method per op (:data:`INTEGER_OPS`), batch by batch, with per-node counters.
 
 Integer op contracts (``R(r)`` = the layer's scale register built for real multiplier ``r``;
 ``s``/``z`` = scale/zero point; per-sample scales broadcast over the sample axis):
@@ -18,10 +12,11 @@ Integer op contracts (``R(r)`` = the layer's scale register built for real multi
   rescaled by ``R(s_i / (2 max(sa, sb)))``, summed, rescaled by ``R(2 max(sa, sb) / (2^L sy))``.
 * global average pool / average pool: ``ort`` register, 8-bit, static -- onnxruntime's
   QLinearGlobalAveragePool / QLinearAveragePool (:mod:`hwsim.qops`); otherwise exact integer
-  window sum of ``q - zx``, then ``R(sx / (sy * count))``; max pool: integer max (padding never wins), scale unchanged;
-  relu/clip: clamp in the integer domain at the quantized bounds; flatten/reshape/identity:
-  the integers unchanged; concat: each input rescaled by ``R(s_i/sy)``; mul by a constant c:
-  ``R(|c| sx/sy)(sign(c) (q - zx))``; softmax (last layer): float32 on the dequantized input.
+  window sum of ``q - zx``, then ``R(sx / (sy * count))``; max pool: integer max (padding never
+  wins), scale unchanged; relu/clip: clamp in the integer domain at the quantized bounds;
+  flatten/reshape/identity: the integers unchanged; concat: each input rescaled by
+  ``R(s_i/sy)``; mul by a constant c: ``R(|c| sx/sy)(sign(c) (q - zx))``; softmax (last
+  layer): float32 on the dequantized input.
 * a per-sample output (``dynamic`` / ``shift``): the op's integers up to its register (a
   conv's biased accumulator, TFLite's Add up to the sum, a pool's window sums; per-element
   steps first brought to one grid) go through the integer range unit of ``docs/numerics.md``
@@ -39,273 +34,22 @@ the model's output leaves as ``DequantizeLinear`` (``f32(q - z) * s``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-from hwsim.datapath import (
-    Counters,
-    Operand,
-    add_bias,
-    conv2d,
-    conv_output_size,
-    gemm,
-    output_stage,
-)
+from hwsim import qops
+from hwsim.datapath import Counters, Operand, add_bias, conv2d, gemm, output_stage
 from hwsim.datapath.isa import Isa, depthwise, pairs_saturate
-from hwsim.datapath.kernels import add_ort_fused, gmn_to_nchw, im2col_nhwc
-from hwsim.graph.ir import Graph, Node, Op
-from hwsim.numerics import (
-    IntFormat,
-    Overflow,
-    RoundingMode,
-    ScaleKind,
-    ScaleRegister,
-    saturate,
-)
+from hwsim.execute.arrays import pad, pool_count, reshape, windows
+from hwsim.execute.float import float_op
+from hwsim.execute.kernels import add_ort_fused
+from hwsim.execute.tensors import QTensor, quantize_input, quantize_linear
+from hwsim.graph.ir import MAC_OPS, Node, Op
+from hwsim.numerics import IntFormat, Overflow, RoundingMode, ScaleKind, ScaleRegister, saturate
 from hwsim.numerics.scale import MultiplierRangeError
 from hwsim.quant.scheme import ActSpec, LayerSpec, QuantProgram
-
-# --------------------------------------------------------------------------------------------
-# float reference
-# --------------------------------------------------------------------------------------------
-
-
-def _windows(x: np.ndarray, kernel, strides, dilations=(1, 1)) -> np.ndarray:
-    """(N, C, H, W) -> (N, C, Ho, Wo, kh, kw) strided view (x already padded)."""
-    kh, kw = kernel
-    dh, dw = dilations
-    v = sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
-    return v[:, :, :: strides[0], :: strides[1], ::dh, ::dw]
-
-
-def _pad(x: np.ndarray, pads, value) -> np.ndarray:
-    top, left, bottom, right = pads
-    if not any(pads):
-        return x
-    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
-
-
-def float_conv(x: np.ndarray, w: np.ndarray, b, attrs: dict) -> np.ndarray:
-    """Float32 convolution (NCHW), the reference for ``Op.CONV``: the padded input turned NHWC,
-    unfolded window-major by the datapath's Numba kernel, one float32 BLAS GEMM per group."""
-    g = attrs["group"]
-    xp = np.ascontiguousarray(_pad(x, attrs["pads"], 0.0).transpose(0, 2, 3, 1), np.float32)
-    N, Hp, Wp, C = xp.shape
-    F, Cg, kh, kw = w.shape
-    (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
-    ho = conv_output_size(Hp, kh, sh, 0, 0, dh)  # xp is already padded
-    wo = conv_output_size(Wp, kw, sw, 0, 0, dw)
-    K = Cg * kh * kw
-    cols = np.empty((g, N * ho * wo, K), np.float32)
-    im2col_nhwc(xp, g, kh, kw, sh, sw, dh, dw, ho, wo, cols)
-    Fg = F // g
-    w3 = w.astype(np.float32).reshape(g, Fg, Cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, K, Fg)
-    out = np.empty((N, F, ho * wo), np.float32)
-    gmn_to_nchw(np.matmul(cols, w3), N, out)
-    out = out.reshape(N, F, ho, wo)
-    if b is not None:
-        out += b.reshape(1, -1, 1, 1)
-    return out
-
-
-def _pool_count(x_shape, attrs) -> np.ndarray:
-    """Number of averaged elements per output position, (Ho, Wo)."""
-    ones = np.ones((1, 1) + tuple(x_shape[2:]), np.float32)
-    padded = _pad(ones, attrs["pads"], 1.0 if attrs["count_include_pad"] else 0.0)
-    return _windows(padded, attrs["kernel"], attrs["strides"]).sum(axis=(-1, -2))[0, 0]
-
-
-def _reshape(x: np.ndarray, shape: tuple) -> np.ndarray:
-    tgt = [x.shape[i] if (s == 0 and i < x.ndim) else s for i, s in enumerate(shape)]
-    tgt[0] = x.shape[0]
-    return x.reshape(tgt)
-
-
-def float_op(node: Node, xs: list) -> np.ndarray:
-    """Evaluate one node in float32."""
-    op, a = node.op, node.attrs
-    x = xs[0]
-    if op is Op.CONV:
-        return float_conv(x, node.weight, node.bias, a)
-    if op is Op.DENSE:
-        y = x.reshape(x.shape[0], -1) @ node.weight.T
-        return (y + node.bias if node.bias is not None else y).astype(np.float32)
-    if op is Op.RELU:
-        return np.maximum(x, np.float32(0))
-    if op is Op.CLIP:
-        return np.clip(x, np.float32(a["min"]), np.float32(a["max"])).astype(np.float32)
-    if op is Op.ADD:
-        return (xs[0] + xs[1]).astype(np.float32)
-    if op is Op.MUL:
-        c = node.weight
-        return (x * (c.reshape(1, -1, *([1] * (x.ndim - 2))) if c.ndim == 1 else c)).astype(
-            np.float32
-        )
-    if op is Op.MAXPOOL:
-        return _windows(_pad(x, a["pads"], -np.inf), a["kernel"], a["strides"]).max(axis=(-1, -2))
-    if op is Op.AVGPOOL:
-        s = _windows(_pad(x, a["pads"], 0.0), a["kernel"], a["strides"]).sum(axis=(-1, -2))
-        return (s / _pool_count(x.shape, a)).astype(np.float32)
-    if op is Op.GAP:
-        return x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
-    if op is Op.FLATTEN:
-        return x.reshape(x.shape[0], -1)
-    if op is Op.RESHAPE:
-        return _reshape(x, a["shape"])
-    if op is Op.CONCAT:
-        return np.concatenate(xs, axis=1)
-    if op is Op.SOFTMAX:
-        e = np.exp(x - x.max(axis=a["axis"], keepdims=True))
-        return (e / e.sum(axis=a["axis"], keepdims=True)).astype(np.float32)
-    if op is Op.IDENTITY:
-        return x
-    if op is Op.BATCHNORM:
-        return batchnorm_f32(x, a)
-    raise ValueError(f"node {node.name!r}: no float implementation of {op}")
-
-
-def batchnorm_f32(x: np.ndarray, a: dict) -> np.ndarray:
-    """Inference BatchNormalization in float32 as onnxruntime's CPU kernel orders it:
-    ``k = gamma / sqrt(var + eps)``, ``c = beta - mean * k``, ``y = x * k + c``."""
-    f32 = np.float32
-    k = (a["gamma"] / np.sqrt(a["var"] + f32(a["epsilon"]))).astype(f32)
-    c = (a["beta"] - a["mean"] * k).astype(f32)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    return (x * k.reshape(shape) + c.reshape(shape)).astype(f32)
-
-
-def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Float32 reference run of one batch; returns every tensor by name.
-
-    An imported QDQ model's quantized activations are clamped to their Q/DQ ranges
-    (``graph.float_ranges``), not rounded: the file's network with its dequantized weights and
-    every activation ``QuantizeLinear -> DequantizeLinear`` pair read as ``Clip(DQ(q_min),
-    DQ(q_max))`` -- onnxruntime's quantizer removed the ReLUs / Clips those ranges enforce."""
-    clamp = graph.float_ranges
-
-    def put(t, v):
-        r = clamp.get(t)
-        env[t] = v if r is None else np.clip(v, np.float32(r[0]), np.float32(r[1]))
-
-    env: dict[str, np.ndarray] = {}
-    put(graph.input, np.asarray(x, np.float32))
-    for n in graph.nodes:
-        put(n.output, float_op(n, [env[t] for t in n.inputs]))
-    return env
-
-
-# --------------------------------------------------------------------------------------------
-# integer tensors
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class QTensor:
-    """Integers ``q`` (held in the format's narrowest numpy dtype, ``fmt.dtype``) with
-    ``real = scale * (q - zero_point)``; ``scale`` is a float32 scalar or a per-sample (N,)
-    float32 vector. A per-sample-shift tensor also carries its per-tensor ``base`` (float32)
-    and per-sample ``shifts`` (int64 (N,), in ``[0, s_max]``): ``scale = base * 2^-shifts``."""
-
-    q: np.ndarray
-    scale: np.ndarray
-    zero_point: int
-    fmt: IntFormat
-    shifts: np.ndarray | None = None
-    base: float | None = None
-
-    def scale_b(self) -> np.ndarray:
-        """The scale broadcastable against ``q`` (per-sample scales on axis 0)."""
-        s = np.asarray(self.scale, np.float32)
-        return s.reshape((-1,) + (1,) * (self.q.ndim - 1)) if s.ndim == 1 else s
-
-    def like(self, q: np.ndarray) -> QTensor:
-        """Other integers with this tensor's quantization (max pool, relu, reshape, ...)."""
-        return QTensor(q, self.scale, self.zero_point, self.fmt, self.shifts, self.base)
-
-    def unit(self) -> tuple[np.ndarray, float | None, np.ndarray | None]:
-        """``(u, c, sigma)``: the real value of one integer step of each sample (float64 (N,) or
-        ()); and where every sample's step is a per-tensor ``c`` over a power of two,
-        ``u = c * 2^-sigma`` (a static or shift tensor), ``c`` and ``sigma`` (else None)."""
-        u = np.asarray(self.scale, np.float32).astype(np.float64)
-        if self.shifts is not None:
-            return u, float(np.float32(self.base)), self.shifts
-        if u.ndim == 0:
-            return u, float(u), None
-        return u, None, None
-
-    def dequantize(self) -> np.ndarray:
-        """ONNX DequantizeLinear: ``f32(q - zp) * scale`` in float32."""
-        d = self.q.astype(np.float32) - np.float32(self.zero_point)  # exact: |q - z| < 2^17
-        return (d * self.scale_b()).astype(np.float32)
-
-
-def quantize_linear(x: np.ndarray, scale, zero_point: int, fmt: IntFormat) -> np.ndarray:
-    """ONNX/onnxruntime QuantizeLinear: ``sat(round_half_even(f32(x) / f32(scale)) + zp)``."""
-    s = np.asarray(scale, np.float32)
-    if s.ndim == 1:
-        s = s.reshape((-1,) + (1,) * (x.ndim - 1))
-    r = np.rint(np.asarray(x, np.float32) / s).astype(np.float64) + zero_point
-    return np.asarray(saturate(np.clip(r, -(2.0**62), 2.0**62).astype(np.int64), fmt))
-
-
-def sample_scale(spec: ActSpec, absmax: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """Per-sample scales of a float tensor entering a ``dynamic``/``shift`` program (the graph
-    input: float data, so float range finding) from each sample's range ``absmax`` (float64
-    (N,)). Returns ``(scales float32 (N,), shifts or None, base)``: dynamic ``f32(absmax /
-    qmax)`` (1 where absmax is 0; ``pow2``: rounded up to a power of two); shift: base = the
-    spec's scale (``base="static"``) or ``f32(max(absmax) / qmax)`` (``"runtime"``), and per
-    sample the largest ``s`` in ``[0, s_max]`` with ``absmax <= qmax * base * 2^-s`` (0 if
-    none), scale ``base * 2^-s``."""
-    qmax = spec.fmt.max
-    if spec.mode == "dynamic":
-        s = (absmax / qmax).astype(np.float32)
-        if spec.pow2:  # pow2 registers: per-sample scales are powers of two
-            s = np.exp2(np.ceil(np.log2(np.where(s > 0, s, 1.0)))).astype(np.float32)
-        return np.where(s > 0, s, np.float32(1.0)).astype(np.float32), None, 1.0
-    if spec.base == "runtime":
-        m = float(absmax.max()) if absmax.size else 0.0
-        base = np.float32(m / qmax) if m > 0 else np.float32(1.0)
-        if spec.pow2:
-            base = np.float32(np.exp2(np.ceil(np.log2(np.float64(base)))))
-    else:
-        base = np.float32(spec.scale)
-    b = np.float64(base)
-    k = np.zeros(absmax.shape, np.int64)
-    for s in range(1, spec.s_max + 1):
-        k = np.where(absmax <= qmax * b * np.exp2(-s), s, k)
-    return (b * np.exp2(-k)).astype(np.float32), k, float(base)
-
-
-def quantize_input(x: np.ndarray, spec: ActSpec) -> QTensor:
-    """Quantize a float tensor by its ActSpec (static: one scale; dynamic/shift: per sample)."""
-    shifts = base = None
-    if spec.mode == "static":
-        s = np.float32(spec.scale)
-    else:
-        flat = np.asarray(x, np.float64).reshape(x.shape[0], -1)
-        absmax = (
-            (np.maximum(flat, 0) if not spec.fmt.signed else np.abs(flat)).max(axis=1)
-            if flat.shape[1]
-            else np.zeros(flat.shape[0])
-        )
-        s, shifts, base = sample_scale(spec, absmax)
-        if spec.mode != "shift":
-            shifts = base = None
-    return QTensor(
-        quantize_linear(x, s, spec.zero_point, spec.fmt).astype(spec.fmt.dtype),
-        np.asarray(s, np.float32),
-        spec.zero_point,
-        spec.fmt,
-        shifts,
-        base,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# integer executor
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -516,6 +260,24 @@ class IntegerExecutor:
         self.stats[self._current].count(align_requants=t.size)
         return np.asarray(reg.apply(t, axis=None, rng=self._rng), np.int64), 2.0**-F
 
+    def _requant_register(self, layer: LayerSpec, s_in, factor, s_out, rank: int = 0):
+        """The one static requantization setup (conv/dense, and Mul, Concat and the pools via
+        :meth:`_rescale`): the register ``R(s_in * factor / s_out)`` of the layer's kind and
+        rounding, built from the real multiplier in float64, and for ``ort`` from onnxruntime's
+        float32 ``f32(f32(s_in * factor) / s_out)`` (QLinearConv's combined scale). ``s_in``:
+        float32, scalar or per sample (shaped to broadcast); ``factor``: weight scales, ``|c|``
+        or ``1/count`` (broadcasting); ``s_out``: float32 scalar. ``rank``: pad the register
+        array's rank to it (leading 1s) so that it broadcasts against the values."""
+        s_in = np.asarray(s_in, np.float32)
+        so = np.asarray(s_out, np.float32)
+        real = s_in.astype(np.float64) * np.asarray(factor, np.float64) / so.astype(np.float64)
+        if rank and real.ndim:
+            real = np.broadcast_to(real, np.broadcast_shapes(real.shape, (1,) * rank))
+        ort = None
+        if layer.register is ScaleKind.ORT:
+            ort = (s_in * np.float32(factor)) / so
+        return self._register(layer.register, real, layer.rounding, ort)
+
     def _out_scale(self, spec: ActSpec) -> np.ndarray:
         """The output scale of a static tensor (per-sample tensors: :meth:`_per_sample`)."""
         return np.asarray(np.float32(spec.scale))
@@ -556,20 +318,9 @@ class IntegerExecutor:
             return self._per_sample(
                 t, spec, layer, u * emax, None if c is None else c * emax, sigma
             )
-        sin = qt.scale_b().astype(np.float64)
         so = self._out_scale(spec)
-        so_b = so.reshape((-1,) + (1,) * (t.ndim - 1)) if so.ndim == 1 else so
-        real = sin * real_extra / so_b.astype(np.float64)
-        ort = None
-        if kind is ScaleKind.ORT:
-            ort = (np.asarray(qt.scale_b(), np.float32) * np.float32(real_extra)) / so_b
-        reg = self._register(
-            kind,
-            np.broadcast_to(real, np.broadcast_shapes(real.shape, (1,) * t.ndim))
-            if real.ndim
-            else real,
-            rounding,
-            ort,
+        reg = self._requant_register(
+            self.p.layer(self._current), qt.scale_b(), real_extra, so, rank=t.ndim
         )
         y = np.asarray(
             reg.apply(t, axis=None if reg.multiplier.ndim != 1 else 1, rng=self._rng), np.int64
@@ -777,27 +528,11 @@ class IntegerExecutor:
             return out
         sx = np.asarray(x.scale, np.float32)
         sw = np.asarray(wq.scale, np.float32)
-        sx_b = sx.reshape(-1, 1) if sx.ndim == 1 else sx  # (N,1) or ()
-        sxw64 = sx_b.astype(np.float64) * sw.astype(np.float64)  # (N,O) / (O,) / ()
+        if sx.ndim:  # per-sample input scales: a (sample, channel) register array
+            sx, sw = sx.reshape((-1, 1) + tail), sw.reshape((1, -1) + tail)
         so = self._out_scale(spec)
-        so64 = so.astype(np.float64)
-        so_b = so64.reshape(-1, 1) if so.ndim == 1 else so64
-        real = sxw64 / so_b
-        ort = None
-        if layer.register is ScaleKind.ORT:
-            so32 = so.reshape(-1, 1) if so.ndim == 1 else so
-            ort = (sx_b * sw) / so32  # f32(f32(sx*sw)/sy), QLinearConv's combined scale
-        if np.ndim(real) == 2:
-            reg = self._register(
-                layer.register,
-                real.reshape(real.shape + tail),
-                layer.rounding,
-                None if ort is None else np.asarray(ort).reshape(real.shape + tail),
-            )
-            axis = None
-        else:
-            reg = self._register(layer.register, real, layer.rounding, ort)
-            axis = 1
+        reg = self._requant_register(layer, sx, sw, so)
+        axis = None if reg.multiplier.ndim > 1 else 1
         out = output_stage(
             vals,
             reg,
@@ -828,8 +563,6 @@ class IntegerExecutor:
             and so.ndim == 0
             and holder is not None
         ):
-            from hwsim import qops
-
             d = self._ort_shift(holder, (*node.inputs[:2], node.output))
             holder = np.uint8 if d else holder
             y = qops.qlinear_add(
@@ -947,8 +680,8 @@ class IntegerExecutor:
         if node.op is Op.GAP:
             return t.sum(axis=(2, 3), keepdims=True), np.float64(t.shape[2] * t.shape[3])
         a = node.attrs
-        s = _windows(_pad(t, a["pads"], 0), a["kernel"], a["strides"]).sum(axis=(-1, -2))
-        return s, _pool_count(t.shape, a).astype(np.float64)
+        s = windows(pad(t, a["pads"], 0), a["kernel"], a["strides"]).sum(axis=(-1, -2))
+        return s, pool_count(t.shape, a).astype(np.float64)
 
     def _avg(self, node: Node, x: QTensor, spec: ActSpec) -> QTensor:
         layer = self.p.layer(node.name)
@@ -961,8 +694,6 @@ class IntegerExecutor:
             and holder is not None
         ):
             # onnxruntime fuses DQ -> (Global)AveragePool -> Q into its QLinear kernels
-            from hwsim import qops
-
             d = self._ort_shift(holder, (node.inputs[0], node.output))
             holder = np.uint8 if d else holder
             qargs = (
@@ -1005,101 +736,88 @@ class IntegerExecutor:
             bound=window << x.fmt.bits,
         )
 
+    # -- the op table ------------------------------------------------------------------------
     def _node(self, node: Node, ins: list):
-        op = node.op
+        """One node: a float input (before the first QuantizeLinear) or the final Softmax runs
+        as ``Q(op(DQ(inputs)))``; otherwise the op's entry in :data:`INTEGER_OPS`."""
         spec = self._spec(node.output)
-        qins = [i for i in ins if isinstance(i, QTensor)]
-        if len(qins) != len(ins) or op is Op.SOFTMAX:
+        if any(not isinstance(i, QTensor) for i in ins) or node.op is Op.SOFTMAX:
             return self._requant_float(node, ins, spec)
-        x = ins[0]
-        if op in (Op.CONV, Op.DENSE):
-            return self._mac(node, x, spec)
-        if spec is None:
+        if spec is None and node.op not in MAC_OPS:
             return self._requant_float(node, ins, None)
+        fn = INTEGER_OPS.get(node.op)
+        if fn is None:
+            return self._requant_float(node, ins, spec)
+        return fn(self, node, ins, spec)
+
+    def _op_mac(self, node: Node, ins: list, spec: ActSpec | None):
+        return self._mac(node, ins[0], spec)
+
+    def _op_add(self, node: Node, ins: list, spec: ActSpec):
+        return self._add(node, ins[0], ins[1], spec)
+
+    def _op_avg(self, node: Node, ins: list, spec: ActSpec):
+        return self._avg(node, ins[0], spec)
+
+    def _op_concat(self, node: Node, ins: list, spec: ActSpec):
         layer = self.p.layer(node.name)
-        same = (
-            spec.mode == "static"
-            and np.ndim(x.scale) == 0
-            and (
-                np.float32(spec.scale) == np.float32(x.scale)
-                and spec.zero_point == x.zero_point
-                and spec.fmt == x.fmt
-            )
-        )
-        passthrough = spec.mode != "static" or same
-        if op is Op.ADD:
-            return self._add(node, ins[0], ins[1], spec)
-        if op in (Op.GAP, Op.AVGPOOL):
-            return self._avg(node, x, spec)
-        if op is Op.CONCAT and spec.mode != "static":
+        if spec.mode != "static":
             return self._concat_per_sample(ins, spec, layer)
-        if op is Op.CONCAT:
-            parts = [
-                self._rescale(i, spec, layer.register, layer.rounding)
-                if not (
-                    spec.mode == "static"
-                    and np.ndim(i.scale) == 0
-                    and np.float32(i.scale) == np.float32(spec.scale)
-                    and i.zero_point == spec.zero_point
-                )
-                else i
-                for i in ins
-            ]
-            return QTensor(
-                np.concatenate([p.q for p in parts], axis=1),
-                parts[0].scale,
-                spec.zero_point,
-                spec.fmt,
+        parts = [
+            i if _same_grid(i, spec) else self._rescale(i, spec, layer.register, layer.rounding)
+            for i in ins
+        ]
+        return QTensor(
+            np.concatenate([p.q for p in parts], axis=1), parts[0].scale, spec.zero_point, spec.fmt
+        )
+
+    def _op_mul(self, node: Node, ins: list, spec: ActSpec):
+        x, layer = ins[0], self.p.layer(node.name)
+        c = node.weight.astype(np.float64)
+        cb = c.reshape((1, -1) + (1,) * (x.q.ndim - 2)) if c.ndim == 1 else c
+        sign = np.where(cb < 0, -1, 1).astype(np.int64)
+        if np.ndim(cb) and (spec.mode != "static" or np.ndim(x.scale) == 0):
+            return self._rescale(
+                x, spec, layer.register, layer.rounding, real_extra=np.abs(cb), sign=sign
             )
-        if op is Op.MUL:
-            c = node.weight.astype(np.float64)
-            cb = c.reshape((1, -1) + (1,) * (x.q.ndim - 2)) if c.ndim == 1 else c
-            sign = np.where(cb < 0, -1, 1).astype(np.int64)
-            if np.ndim(cb) and (spec.mode != "static" or np.ndim(x.scale) == 0):
-                return self._rescale(
-                    x, spec, layer.register, layer.rounding, real_extra=np.abs(cb), sign=sign
-                )
-            if np.ndim(cb) == 0:
-                return self._rescale(
-                    x, spec, layer.register, layer.rounding, real_extra=float(abs(c)), sign=sign
-                )
-            return self._requant_float(node, ins, spec)
-        if not passthrough:
-            return self._requant_float(node, ins, spec)
-        if op is Op.MAXPOOL:
-            a = node.attrs
-            q = _windows(_pad(x.q, a["pads"], x.fmt.min), a["kernel"], a["strides"]).max(
-                axis=(-1, -2)
+        if np.ndim(cb) == 0:
+            return self._rescale(
+                x, spec, layer.register, layer.rounding, real_extra=float(abs(c)), sign=sign
             )
-            return x.like(q)
-        if op is Op.RELU:
-            return x.like(np.maximum(x.q, x.zero_point))
-        if op is Op.CLIP:
-            s = x.scale_b()
-            lo = quantize_linear(
-                np.full((1,) * x.q.ndim, node.attrs["min"], np.float32)
-                if np.isfinite(node.attrs["min"])
-                else np.full((1,) * x.q.ndim, -3e38, np.float32),
-                s,
-                x.zero_point,
-                x.fmt,
-            )
-            hi = quantize_linear(
-                np.full((1,) * x.q.ndim, node.attrs["max"], np.float32)
-                if np.isfinite(node.attrs["max"])
-                else np.full((1,) * x.q.ndim, 3e38, np.float32),
-                s,
-                x.zero_point,
-                x.fmt,
-            )
-            return x.like(np.clip(x.q, lo, hi).astype(x.q.dtype))
-        if op is Op.FLATTEN:
-            return x.like(x.q.reshape(x.q.shape[0], -1))
-        if op is Op.RESHAPE:
-            return x.like(_reshape(x.q, node.attrs["shape"]))
-        if op is Op.IDENTITY:
-            return x
         return self._requant_float(node, ins, spec)
+
+    # ops that keep their input's quantization: the integer rule where the output is
+    # quantized as the input (or per sample), else Q(op(DQ(x)))
+    def _op_maxpool(self, node: Node, x: QTensor):
+        a = node.attrs
+        return x.like(
+            windows(pad(x.q, a["pads"], x.fmt.min), a["kernel"], a["strides"]).max(axis=(-1, -2))
+        )
+
+    def _op_relu(self, node: Node, x: QTensor):
+        return x.like(np.maximum(x.q, x.zero_point))
+
+    def _op_clip(self, node: Node, x: QTensor):
+        s = x.scale_b()
+        bounds = [
+            quantize_linear(
+                np.full((1,) * x.q.ndim, v if np.isfinite(v) else np.sign(v) * 3e38, np.float32),
+                s,
+                x.zero_point,
+                x.fmt,
+            )
+            for v in (node.attrs["min"], node.attrs["max"])
+        ]
+        return x.like(np.clip(x.q, *bounds).astype(x.q.dtype))
+
+    def _op_flatten(self, node: Node, x: QTensor):
+        return x.like(x.q.reshape(x.q.shape[0], -1))
+
+    def _op_reshape(self, node: Node, x: QTensor):
+        return x.like(reshape(x.q, node.attrs["shape"]))
+
+    def _op_identity(self, node: Node, x: QTensor):
+        return x
 
     def run(self, x: np.ndarray, keep_all: bool = True, sample_offset: int | None = None) -> dict:
         """Integer run of one batch. Returns tensors by name (QTensor for integer tensors, float
@@ -1141,188 +859,43 @@ class IntegerExecutor:
         return y.dequantize() if isinstance(y, QTensor) else np.asarray(y, np.float32)
 
 
-# --------------------------------------------------------------------------------------------
-# QOperator models: a node interpreter
-# --------------------------------------------------------------------------------------------
-_NP_FLOAT_OPS = (
-    "Flatten",
-    "Reshape",
-    "Relu",
-    "Cast",
-    "Add",
-    "Mul",
-    "Sub",
-    "Softmax",
-    "MaxPool",
-    "Identity",
-    "Transpose",
-    "Squeeze",
-    "Unsqueeze",
-    "Concat",
-)
-
-
-def _onnx_np_op(node, a: dict, ins: list) -> np.ndarray:
-    """The few plain ONNX ops that sit between QOperator nodes, by their ONNX definition."""
-    from onnx import helper as oh
-
-    t = node.op_type
-    x = ins[0]
-    if t == "Flatten":
-        ax = int(a.get("axis", 1))
-        return x.reshape(int(np.prod(x.shape[:ax])), -1)
-    if t == "Reshape":
-        shape = [
-            x.shape[i] if (s == 0 and not a.get("allowzero", 0)) else int(s)
-            for i, s in enumerate(ins[1])
-        ]
-        return x.reshape(shape)
-    if t == "Relu":
-        return np.maximum(x, 0).astype(x.dtype)
-    if t == "Cast":
-        return x.astype(oh.tensor_dtype_to_np_dtype(a["to"]))
-    if t in ("Add", "Mul", "Sub"):
-        f = {"Add": np.add, "Mul": np.multiply, "Sub": np.subtract}[t]
-        return f(ins[0], ins[1]).astype(np.result_type(ins[0], ins[1]))
-    if t == "Softmax":
-        ax = int(a.get("axis", -1))
-        e = np.exp(x - x.max(axis=ax, keepdims=True))
-        return (e / e.sum(axis=ax, keepdims=True)).astype(x.dtype)
-    if t == "MaxPool":
-        pads = tuple(a.get("pads", (0, 0, 0, 0)))
-        lo = np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.integer) else -np.inf
-        return _windows(
-            _pad(x, pads, lo), tuple(a["kernel_shape"]), tuple(a.get("strides", (1, 1)))
-        ).max(axis=(-1, -2))
-    if t == "Identity":
-        return x
-    if t == "Transpose":
-        return np.transpose(x, a.get("perm"))
-    if t == "Squeeze":
-        axes = tuple(int(v) for v in ins[1]) if len(ins) > 1 and ins[1] is not None else None
-        return np.squeeze(x, axis=axes)
-    if t == "Unsqueeze":
-        return np.expand_dims(x, tuple(int(v) for v in ins[1]))
-    if t == "Concat":
-        return np.concatenate(ins, axis=int(a["axis"]))
-    raise ValueError(t)
-
-
-def run_qoperator_batch(
-    model, x: np.ndarray, source: str = "<model>", isa="exact", stats: dict | None = None
-) -> np.ndarray:
-    """Run a QOperator ONNX model on one batch, node by node: quantized ops by
-    :func:`hwsim.qops.run_node` (the datapath underneath, dot products per ``isa``), plain ops
-    by their ONNX definition. ``stats`` (node name -> :class:`LayerStats`) accumulates the
-    datapath counters of the MAC nodes."""
-    from onnx import helper as oh
-    from onnx import numpy_helper
-
-    from hwsim import qops
-
-    g = model.graph
-    env = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    inits = set(env)
-    inputs = [i for i in g.input if i.name not in inits]
-    if len(inputs) != 1 or len(g.output) != 1:
-        raise ValueError(f"{source}: hwsim runs single-input single-output models")
-    from hwsim.data import input_dtype
-
-    env[inputs[0].name] = np.asarray(x, input_dtype(inputs[0]))  # uint8 input: uint8 data
-    supported = {op for _, op in qops.SUPPORTED}
-    for node in g.node:
-        a = {at.name: oh.get_attribute_value(at) for at in node.attribute}
-        if node.op_type == "Constant":
-            env[node.output[0]] = numpy_helper.to_array(a["value"])
-            continue
-        ins = [env[t] if t else None for t in node.input]
-        if node.op_type in supported:
-            with qops.collect_counters() as sink:
-                outs = qops.run_node(node.op_type, node.domain, a, ins, isa=isa)
-            if stats is not None and sink:
-                st = stats.setdefault(node.name or node.output[0], (node.op_type, LayerStats()))
-                for c in sink:
-                    st[1].add(c)
-        elif node.domain in ("", "ai.onnx") and node.op_type in _NP_FLOAT_OPS:
-            outs = [_onnx_np_op(node, a, ins)]
-        else:
-            raise ValueError(
-                f"{source}: node {node.name!r} ({node.domain + '.' if node.domain else ''}"
-                f"{node.op_type}) is not supported in QOperator models; supported: "
-                f"{', '.join(sorted(supported | set(_NP_FLOAT_OPS)))}"
-            )
-        for name, v in zip(node.output, outs, strict=False):
-            if name:
-                env[name] = v
-    return np.asarray(env[g.output[0].name])
-
-
-def run_qoperator(
-    model, source: str, data, batch_size: int, report, save_outputs, progress, isa="exact"
-):
-    """``hwsim run`` of a QOperator model: integer outputs and accuracy (no float reference)."""
-    import time
-
-    from hwsim.data import conform, input_dtype, load_data
-    from hwsim.report import RunReport, write_npz
-
-    t0 = time.perf_counter()
-    inp = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    dims = inp[0].type.tensor_type.shape.dim
-    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)[1:]
-    dt = input_dtype(inp[0])  # an integer input keeps integer data (hwsim.data)
-    if hasattr(data, "x"):
-        ds = conform(data, shape, dt, inp[0].name)
-    else:
-        ds = load_data(data, shape, dt, inp[0].name)
-    from hwsim.datapath.isa import Isa, resolve
-    from hwsim.report import LayerRow
-
-    isa = resolve(isa)
-    stats: dict = {}
-    outs = [
-        run_qoperator_batch(model, xb, source, isa, stats) for _, xb in ds.batches(batch_size)
-    ]
-    y = np.concatenate(outs)
-    rep = RunReport(
-        source, ds.name, len(ds), {"scheme": {"name": "qoperator"}, "isa": isa.value}
+def _same_grid(x: QTensor, spec: ActSpec) -> bool:
+    """``x`` is already on the static grid of ``spec`` (a scale, zero point and format)."""
+    return (
+        spec.mode == "static"
+        and np.ndim(x.scale) == 0
+        and np.float32(spec.scale) == np.float32(x.scale)
+        and spec.zero_point == x.zero_point
     )
-    for name, (op_type, st) in stats.items():
-        c = st.counters
-        row = LayerRow(name, op_type, "", "", macs=c.macs, acc_bits=32)
-        row.overflow_events, row.outputs_overflowed = c.overflow_events, c.outputs_overflowed
-        row.bits_needed = c.bits_needed
-        if isa is not Isa.EXACT:
-            row.pair_saturations = c.pair_saturations
-            row.outputs_pair_saturated = c.outputs_pair_saturated
-        rep.layers.append(row)
-    out_name = model.graph.output[0].name
-    rep.outputs = {
-        out_name: {
-            "dtype": str(y.dtype),
-            "shape": list(y.shape),
-            "min": y.min().item() if y.size else None,
-            "max": y.max().item() if y.size else None,
-        }
-    }
-    # top-1 only for per-sample class scores: (N, classes); a conv map or a scalar is not
-    scores = y.ndim == 2 and y.shape[0] == len(ds) and y.shape[1] > 1
-    if ds.y is None:
-        rep.notes.append("the data has no labels ('y'): accuracy omitted")
-    elif not scores:
-        rep.notes.append(
-            f"output {out_name!r} of shape {tuple(y.shape)} is not per-sample class scores "
-            f"(N={len(ds)}, classes): accuracy omitted"
-        )
-    else:
-        rep.int_accuracy = float(np.mean(np.argmax(y, axis=1) == ds.y))
-    rep.notes.append(
-        "QOperator model: run node by node (hwsim.qops); no float reference (the table lists "
-        "the MAC nodes' datapath counters)"
-    )
-    rep.seconds = time.perf_counter() - t0
-    if save_outputs is not None:
-        write_npz(save_outputs, {model.graph.output[0].name: y})
-    if report is not None:
-        rep.write_json(report)
-    return rep
+
+
+def _keeps_quantization(rule: Callable) -> Callable:
+    """An op that keeps its input's quantization: ``rule`` where the output is quantized as
+    the input (or per sample), else ``QuantizeLinear(op(DequantizeLinear(x)))``."""
+
+    def op(self: IntegerExecutor, node: Node, ins: list, spec: ActSpec):
+        x = ins[0]
+        if spec.mode != "static" or (_same_grid(x, spec) and spec.fmt == x.fmt):
+            return rule(self, node, x)
+        return self._requant_float(node, ins, spec)
+
+    return op
+
+
+INTEGER_OPS: dict[Op, Callable] = {
+    Op.CONV: IntegerExecutor._op_mac,
+    Op.DENSE: IntegerExecutor._op_mac,
+    Op.ADD: IntegerExecutor._op_add,
+    Op.GAP: IntegerExecutor._op_avg,
+    Op.AVGPOOL: IntegerExecutor._op_avg,
+    Op.CONCAT: IntegerExecutor._op_concat,
+    Op.MUL: IntegerExecutor._op_mul,
+    Op.MAXPOOL: _keeps_quantization(IntegerExecutor._op_maxpool),
+    Op.RELU: _keeps_quantization(IntegerExecutor._op_relu),
+    Op.CLIP: _keeps_quantization(IntegerExecutor._op_clip),
+    Op.FLATTEN: _keeps_quantization(IntegerExecutor._op_flatten),
+    Op.RESHAPE: _keeps_quantization(IntegerExecutor._op_reshape),
+    Op.IDENTITY: _keeps_quantization(IntegerExecutor._op_identity),
+}
+"""Op -> its integer rule ``f(executor, node, inputs, output spec)``; an op not listed runs
+as ``QuantizeLinear(op(DequantizeLinear(inputs)))``."""

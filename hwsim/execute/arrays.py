@@ -1,0 +1,37 @@
+"""Array helpers the executors share: pooling windows, spatial padding, window counts, reshape
+with ONNX's 0 (copy the dimension) and a free batch axis."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def windows(x: np.ndarray, kernel, strides, dilations=(1, 1)) -> np.ndarray:
+    """(N, C, H, W) -> (N, C, Ho, Wo, kh, kw) strided view (x already padded)."""
+    kh, kw = kernel
+    dh, dw = dilations
+    v = sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+    return v[:, :, :: strides[0], :: strides[1], ::dh, ::dw]
+
+
+def pad(x: np.ndarray, pads, value) -> np.ndarray:
+    """Pad the spatial axes of (N, C, H, W) by ``pads = (top, left, bottom, right)``."""
+    top, left, bottom, right = pads
+    if not any(pads):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def pool_count(x_shape, attrs) -> np.ndarray:
+    """Number of averaged elements per output position, (Ho, Wo)."""
+    ones = np.ones((1, 1) + tuple(x_shape[2:]), np.float32)
+    padded = pad(ones, attrs["pads"], 1.0 if attrs["count_include_pad"] else 0.0)
+    return windows(padded, attrs["kernel"], attrs["strides"]).sum(axis=(-1, -2))[0, 0]
+
+
+def reshape(x: np.ndarray, shape: tuple) -> np.ndarray:
+    """ONNX Reshape of a batch: a 0 copies the input's dimension; the batch axis stays."""
+    tgt = [x.shape[i] if (s == 0 and i < x.ndim) else s for i, s in enumerate(shape)]
+    tgt[0] = x.shape[0]
+    return x.reshape(tgt)

@@ -1,0 +1,188 @@
+"""QOperator models (QLinearConv, QLinearMatMul, QGemm, ... as onnxruntime's quantizer writes
+them): a node interpreter. Quantized ops run by :func:`hwsim.qops.run_node` (the datapath
+underneath, dot products per ``isa``); the plain ONNX ops between them by their ONNX
+definition, one function per op type (:data:`ONNX_OPS`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from onnx import helper as oh
+from onnx import numpy_helper
+
+from hwsim import qops
+from hwsim.data import input_dtype
+from hwsim.execute.arrays import pad, windows
+from hwsim.execute.integer import LayerStats
+
+
+def _flatten(a: dict, ins: list) -> np.ndarray:
+    x, ax = ins[0], int(a.get("axis", 1))
+    return x.reshape(int(np.prod(x.shape[:ax])), -1)
+
+
+def _reshape(a: dict, ins: list) -> np.ndarray:
+    x = ins[0]
+    shape = [
+        x.shape[i] if (s == 0 and not a.get("allowzero", 0)) else int(s)
+        for i, s in enumerate(ins[1])
+    ]
+    return x.reshape(shape)
+
+
+def _binary(f) -> Callable:
+    return lambda a, ins: f(ins[0], ins[1]).astype(np.result_type(ins[0], ins[1]))
+
+
+def _softmax(a: dict, ins: list) -> np.ndarray:
+    x, ax = ins[0], int(a.get("axis", -1))
+    e = np.exp(x - x.max(axis=ax, keepdims=True))
+    return (e / e.sum(axis=ax, keepdims=True)).astype(x.dtype)
+
+
+def _maxpool(a: dict, ins: list) -> np.ndarray:
+    x = ins[0]
+    pads = tuple(a.get("pads", (0, 0, 0, 0)))
+    lo = np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.integer) else -np.inf
+    return windows(
+        pad(x, pads, lo), tuple(a["kernel_shape"]), tuple(a.get("strides", (1, 1)))
+    ).max(axis=(-1, -2))
+
+
+def _squeeze(a: dict, ins: list) -> np.ndarray:
+    axes = tuple(int(v) for v in ins[1]) if len(ins) > 1 and ins[1] is not None else None
+    return np.squeeze(ins[0], axis=axes)
+
+
+ONNX_OPS: dict[str, Callable[[dict, list], np.ndarray]] = {
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Relu": lambda a, ins: np.maximum(ins[0], 0).astype(ins[0].dtype),
+    "Cast": lambda a, ins: ins[0].astype(oh.tensor_dtype_to_np_dtype(a["to"])),
+    "Add": _binary(np.add),
+    "Mul": _binary(np.multiply),
+    "Sub": _binary(np.subtract),
+    "Softmax": _softmax,
+    "MaxPool": _maxpool,
+    "Identity": lambda a, ins: ins[0],
+    "Transpose": lambda a, ins: np.transpose(ins[0], a.get("perm")),
+    "Squeeze": _squeeze,
+    "Unsqueeze": lambda a, ins: np.expand_dims(ins[0], tuple(int(v) for v in ins[1])),
+    "Concat": lambda a, ins: np.concatenate(ins, axis=int(a["axis"])),
+}
+"""The plain ONNX ops that sit between QOperator nodes: op type -> ``f(attributes, inputs)``,
+by their ONNX definition."""
+
+
+def run_qoperator_batch(
+    model, x: np.ndarray, source: str = "<model>", isa="exact", stats: dict | None = None
+) -> np.ndarray:
+    """Run a QOperator ONNX model on one batch, node by node: quantized ops by
+    :func:`hwsim.qops.run_node` (the datapath underneath, dot products per ``isa``), plain ops
+    by their ONNX definition. ``stats`` (node name -> :class:`LayerStats`) accumulates the
+    datapath counters of the MAC nodes."""
+    g = model.graph
+    env = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    inits = set(env)
+    inputs = [i for i in g.input if i.name not in inits]
+    if len(inputs) != 1 or len(g.output) != 1:
+        raise ValueError(f"{source}: hwsim runs single-input single-output models")
+    env[inputs[0].name] = np.asarray(x, input_dtype(inputs[0]))  # uint8 input: uint8 data
+    supported = {op for _, op in qops.SUPPORTED}
+    for node in g.node:
+        a = {at.name: oh.get_attribute_value(at) for at in node.attribute}
+        if node.op_type == "Constant":
+            env[node.output[0]] = numpy_helper.to_array(a["value"])
+            continue
+        ins = [env[t] if t else None for t in node.input]
+        if node.op_type in supported:
+            with qops.collect_counters() as sink:
+                outs = qops.run_node(node.op_type, node.domain, a, ins, isa=isa)
+            if stats is not None and sink:
+                st = stats.setdefault(node.name or node.output[0], (node.op_type, LayerStats()))
+                for c in sink:
+                    st[1].add(c)
+        elif node.domain in ("", "ai.onnx") and node.op_type in ONNX_OPS:
+            outs = [ONNX_OPS[node.op_type](a, ins)]
+        else:
+            raise ValueError(
+                f"{source}: node {node.name!r} ({node.domain + '.' if node.domain else ''}"
+                f"{node.op_type}) is not supported in QOperator models; supported: "
+                f"{', '.join(sorted(supported | set(ONNX_OPS)))}"
+            )
+        for name, v in zip(node.output, outs, strict=False):
+            if name:
+                env[name] = v
+    return np.asarray(env[g.output[0].name])
+
+
+def run_qoperator(
+    model, source: str, data, batch_size: int, report, save_outputs, progress, isa="exact"
+):
+    """``hwsim run`` of a QOperator model: integer outputs and accuracy (no float reference)."""
+    import time
+
+    from hwsim.data import conform, input_dtype, load_data
+    from hwsim.report import RunReport, write_npz
+
+    t0 = time.perf_counter()
+    inp = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    dims = inp[0].type.tensor_type.shape.dim
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)[1:]
+    dt = input_dtype(inp[0])  # an integer input keeps integer data (hwsim.data)
+    if hasattr(data, "x"):
+        ds = conform(data, shape, dt, inp[0].name)
+    else:
+        ds = load_data(data, shape, dt, inp[0].name)
+    from hwsim.datapath.isa import Isa, resolve
+    from hwsim.report import LayerRow
+
+    isa = resolve(isa)
+    stats: dict = {}
+    outs = [
+        run_qoperator_batch(model, xb, source, isa, stats) for _, xb in ds.batches(batch_size)
+    ]
+    y = np.concatenate(outs)
+    rep = RunReport(
+        source, ds.name, len(ds), {"scheme": {"name": "qoperator"}, "isa": isa.value}
+    )
+    for name, (op_type, st) in stats.items():
+        c = st.counters
+        row = LayerRow(name, op_type, "", "", macs=c.macs, acc_bits=32)
+        row.overflow_events, row.outputs_overflowed = c.overflow_events, c.outputs_overflowed
+        row.bits_needed = c.bits_needed
+        if isa is not Isa.EXACT:
+            row.pair_saturations = c.pair_saturations
+            row.outputs_pair_saturated = c.outputs_pair_saturated
+        rep.layers.append(row)
+    out_name = model.graph.output[0].name
+    rep.outputs = {
+        out_name: {
+            "dtype": str(y.dtype),
+            "shape": list(y.shape),
+            "min": y.min().item() if y.size else None,
+            "max": y.max().item() if y.size else None,
+        }
+    }
+    # top-1 only for per-sample class scores: (N, classes); a conv map or a scalar is not
+    scores = y.ndim == 2 and y.shape[0] == len(ds) and y.shape[1] > 1
+    if ds.y is None:
+        rep.notes.append("the data has no labels ('y'): accuracy omitted")
+    elif not scores:
+        rep.notes.append(
+            f"output {out_name!r} of shape {tuple(y.shape)} is not per-sample class scores "
+            f"(N={len(ds)}, classes): accuracy omitted"
+        )
+    else:
+        rep.int_accuracy = float(np.mean(np.argmax(y, axis=1) == ds.y))
+    rep.notes.append(
+        "QOperator model: run node by node (hwsim.qops); no float reference (the table lists "
+        "the MAC nodes' datapath counters)"
+    )
+    rep.seconds = time.perf_counter() - t0
+    if save_outputs is not None:
+        write_npz(save_outputs, {model.graph.output[0].name: y})
+    if report is not None:
+        rep.write_json(report)
+    return rep

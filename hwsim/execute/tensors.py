@@ -1,0 +1,112 @@
+"""Integer tensors of the integer executor: :class:`QTensor` (integers + their scale), and the
+float -> integer boundary (``QuantizeLinear``, per-sample scales of a float input)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwsim.numerics import IntFormat, saturate
+from hwsim.quant.scheme import ActSpec
+
+@dataclass
+class QTensor:
+    """Integers ``q`` (held in the format's narrowest numpy dtype, ``fmt.dtype``) with
+    ``real = scale * (q - zero_point)``; ``scale`` is a float32 scalar or a per-sample (N,)
+    float32 vector. A per-sample-shift tensor also carries its per-tensor ``base`` (float32)
+    and per-sample ``shifts`` (int64 (N,), in ``[0, s_max]``): ``scale = base * 2^-shifts``."""
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero_point: int
+    fmt: IntFormat
+    shifts: np.ndarray | None = None
+    base: float | None = None
+
+    def scale_b(self) -> np.ndarray:
+        """The scale broadcastable against ``q`` (per-sample scales on axis 0)."""
+        s = np.asarray(self.scale, np.float32)
+        return s.reshape((-1,) + (1,) * (self.q.ndim - 1)) if s.ndim == 1 else s
+
+    def like(self, q: np.ndarray) -> QTensor:
+        """Other integers with this tensor's quantization (max pool, relu, reshape, ...)."""
+        return QTensor(q, self.scale, self.zero_point, self.fmt, self.shifts, self.base)
+
+    def unit(self) -> tuple[np.ndarray, float | None, np.ndarray | None]:
+        """``(u, c, sigma)``: the real value of one integer step of each sample (float64 (N,) or
+        ()); and where every sample's step is a per-tensor ``c`` over a power of two,
+        ``u = c * 2^-sigma`` (a static or shift tensor), ``c`` and ``sigma`` (else None)."""
+        u = np.asarray(self.scale, np.float32).astype(np.float64)
+        if self.shifts is not None:
+            return u, float(np.float32(self.base)), self.shifts
+        if u.ndim == 0:
+            return u, float(u), None
+        return u, None, None
+
+    def dequantize(self) -> np.ndarray:
+        """ONNX DequantizeLinear: ``f32(q - zp) * scale`` in float32."""
+        d = self.q.astype(np.float32) - np.float32(self.zero_point)  # exact: |q - z| < 2^17
+        return (d * self.scale_b()).astype(np.float32)
+
+
+def quantize_linear(x: np.ndarray, scale, zero_point: int, fmt: IntFormat) -> np.ndarray:
+    """ONNX/onnxruntime QuantizeLinear: ``sat(round_half_even(f32(x) / f32(scale)) + zp)``."""
+    s = np.asarray(scale, np.float32)
+    if s.ndim == 1:
+        s = s.reshape((-1,) + (1,) * (x.ndim - 1))
+    r = np.rint(np.asarray(x, np.float32) / s).astype(np.float64) + zero_point
+    return np.asarray(saturate(np.clip(r, -(2.0**62), 2.0**62).astype(np.int64), fmt))
+
+
+def sample_scale(spec: ActSpec, absmax: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Per-sample scales of a float tensor entering a ``dynamic``/``shift`` program (the graph
+    input: float data, so float range finding) from each sample's range ``absmax`` (float64
+    (N,)). Returns ``(scales float32 (N,), shifts or None, base)``: dynamic ``f32(absmax /
+    qmax)`` (1 where absmax is 0; ``pow2``: rounded up to a power of two); shift: base = the
+    spec's scale (``base="static"``) or ``f32(max(absmax) / qmax)`` (``"runtime"``), and per
+    sample the largest ``s`` in ``[0, s_max]`` with ``absmax <= qmax * base * 2^-s`` (0 if
+    none), scale ``base * 2^-s``."""
+    qmax = spec.fmt.max
+    if spec.mode == "dynamic":
+        s = (absmax / qmax).astype(np.float32)
+        if spec.pow2:  # pow2 registers: per-sample scales are powers of two
+            s = np.exp2(np.ceil(np.log2(np.where(s > 0, s, 1.0)))).astype(np.float32)
+        return np.where(s > 0, s, np.float32(1.0)).astype(np.float32), None, 1.0
+    if spec.base == "runtime":
+        m = float(absmax.max()) if absmax.size else 0.0
+        base = np.float32(m / qmax) if m > 0 else np.float32(1.0)
+        if spec.pow2:
+            base = np.float32(np.exp2(np.ceil(np.log2(np.float64(base)))))
+    else:
+        base = np.float32(spec.scale)
+    b = np.float64(base)
+    k = np.zeros(absmax.shape, np.int64)
+    for s in range(1, spec.s_max + 1):
+        k = np.where(absmax <= qmax * b * np.exp2(-s), s, k)
+    return (b * np.exp2(-k)).astype(np.float32), k, float(base)
+
+
+def quantize_input(x: np.ndarray, spec: ActSpec) -> QTensor:
+    """Quantize a float tensor by its ActSpec (static: one scale; dynamic/shift: per sample)."""
+    shifts = base = None
+    if spec.mode == "static":
+        s = np.float32(spec.scale)
+    else:
+        flat = np.asarray(x, np.float64).reshape(x.shape[0], -1)
+        absmax = (
+            (np.maximum(flat, 0) if not spec.fmt.signed else np.abs(flat)).max(axis=1)
+            if flat.shape[1]
+            else np.zeros(flat.shape[0])
+        )
+        s, shifts, base = sample_scale(spec, absmax)
+        if spec.mode != "shift":
+            shifts = base = None
+    return QTensor(
+        quantize_linear(x, s, spec.zero_point, spec.fmt).astype(spec.fmt.dtype),
+        np.asarray(s, np.float32),
+        spec.zero_point,
+        spec.fmt,
+        shifts,
+        base,
+    )
