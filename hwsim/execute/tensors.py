@@ -10,6 +10,7 @@ import numpy as np
 from hwsim.numerics import IntFormat, saturate
 from hwsim.quant.scheme import ActSpec
 
+
 @dataclass
 class QTensor:
     """Integers ``q`` (held in the format's narrowest numpy dtype, ``fmt.dtype``) with
