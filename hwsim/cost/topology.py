@@ -22,6 +22,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from hwsim.graph.ir import MAC_OPS, Graph, Op
+from hwsim.graph.shapes import infer_shapes
+
 
 class TopologyError(HwsimError):
     """A malformed topology row or a layer that cannot exist."""
@@ -156,26 +161,21 @@ def read_topology(path: str | os.PathLike) -> list[Layer]:
     return layers
 
 
-def layers_from_program(program, batch: int = 1, defaults=None) -> list[Layer]:
-    """The MAC layers of a QuantProgram (or a float Graph: widths from ``defaults``)."""
-    import numpy as np
-
-    from hwsim.execute import run_float
-    from hwsim.graph.ir import MAC_OPS, Graph, Op
-
+def layers_from_program(program, batch: int = 1) -> list[Layer]:
+    """The MAC layers of a QuantProgram (or a float Graph: the accelerator's default widths),
+    with the shapes inferred on the IR (:func:`hwsim.graph.shapes.infer_shapes`)."""
     graph: Graph = program if isinstance(program, Graph) else program.graph
-    shape = tuple(d if isinstance(d, int) else 1 for d in graph.input_shape)
-    env = run_float(graph, np.zeros((1,) + shape, np.float32))
+    shapes = infer_shapes(graph, 1)
     quant = not isinstance(program, Graph)
     layers = []
     for n in graph.nodes:
         if n.op not in MAC_OPS:
             continue
-        x = env[n.inputs[0]]
-        y = env[n.output]
+        x = shapes[n.inputs[0]]
+        y = shapes[n.output]
         if n.op is Op.CONV:
             g = n.attrs["group"]
-            Np = int(np.prod(y.shape[2:])) * batch
+            Np = int(np.prod(y[2:])) * batch
             K = int(np.prod(n.weight.shape[1:]))
             Mf = n.weight.shape[0] // g
         else:
@@ -210,7 +210,7 @@ def layers_from_program(program, batch: int = 1, defaults=None) -> list[Layer]:
                 K,
                 Mf,
                 groups=g,
-                ifmap_elems=int(np.prod(x.shape[1:])) * batch,
+                ifmap_elems=int(np.prod(x[1:])) * batch,
                 samples=batch,
                 **kw,
             )
