@@ -12,6 +12,7 @@ activation ranges are derived from them.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 
@@ -103,13 +104,6 @@ class Node:
     wq: WeightQuant | None = None
     bias_q: np.ndarray | None = None
 
-    def macs_per_sample(self, in_shape: tuple, out_shape: tuple) -> int:
-        """Multiply-accumulates per sample (conv: ``O*Ho*Wo * C/g*kh*kw``; dense: ``O*K``)."""
-        if self.op is Op.CONV:
-            return int(np.prod(out_shape[1:])) * int(np.prod(self.weight.shape[1:]))
-        if self.op is Op.DENSE:
-            return int(self.weight.shape[0] * self.weight.shape[1])
-        return 0
 
 
 @dataclass
@@ -149,11 +143,15 @@ class Graph:
                 out.setdefault(t, []).append(n)
         return out
 
-    def summary(self) -> str:
-        ops: dict[str, int] = {}
-        for n in self.nodes:
-            ops[n.op.value] = ops.get(n.op.value, 0) + 1
-        body = ", ".join(f"{k} x{v}" for k, v in ops.items())
-        return (
-            f"{self.name}: input {self.input} {self.input_shape}, {len(self.nodes)} nodes ({body})"
+    def copy(self) -> Graph:
+        """A graph whose nodes (and their ``attrs`` dicts) are new objects: changing a node of
+        the copy (its weights' quantization, say) leaves this graph as it was. Parameter arrays
+        are shared, never written in place."""
+        nodes = [dataclasses.replace(n, attrs=dict(n.attrs)) for n in self.nodes]
+        return dataclasses.replace(
+            self,
+            nodes=nodes,
+            act_quant=dict(self.act_quant),
+            meta=dict(self.meta),
+            float_ranges=dict(self.float_ranges),
         )

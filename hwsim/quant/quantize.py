@@ -252,6 +252,7 @@ def quantize(
 
     if graph.quantized:
         raise SchemeError(f"{graph.source}: the model is already quantized; run it directly")
+    graph = graph.copy()  # the program's graph: ``graph`` itself is never changed
     macs = [n for n in graph.nodes if n.op in MAC_OPS]
     if not macs:
         raise SchemeError(f"{graph.source}: no Conv/Gemm/MatMul layer to quantize")
