@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwsim.numerics import IntFormat, saturate
+from hwsim.numerics import IntFormat
+from hwsim.numerics.affine import Affine, quantize
 from hwsim.quant.scheme import ActSpec
 
 
@@ -45,19 +46,20 @@ class QTensor:
             return u, float(u), None
         return u, None, None
 
+    @property
+    def affine(self) -> Affine:
+        """The tensor's quantization (per-sample scales along axis 0)."""
+        return Affine(self.scale, self.zero_point, self.fmt, 0 if np.ndim(self.scale) else None)
+
     def dequantize(self) -> np.ndarray:
         """ONNX DequantizeLinear: ``f32(q - zp) * scale`` in float32."""
-        d = self.q.astype(np.float32) - np.float32(self.zero_point)  # exact: |q - z| < 2^17
-        return (d * self.scale_b()).astype(np.float32)
+        return self.affine.dequantize(self.q)
 
 
 def quantize_linear(x: np.ndarray, scale, zero_point: int, fmt: IntFormat) -> np.ndarray:
-    """ONNX/onnxruntime QuantizeLinear: ``sat(round_half_even(f32(x) / f32(scale)) + zp)``."""
-    s = np.asarray(scale, np.float32)
-    if s.ndim == 1:
-        s = s.reshape((-1,) + (1,) * (x.ndim - 1))
-    r = np.rint(np.asarray(x, np.float32) / s).astype(np.float64) + zero_point
-    return np.asarray(saturate(np.clip(r, -(2.0**62), 2.0**62).astype(np.int64), fmt))
+    """ONNX/onnxruntime QuantizeLinear (:func:`hwsim.numerics.affine.quantize`): ``sat(
+    round_half_even(f32(x) / f32(scale)) + zp)``; a per-sample (N,) ``scale`` along axis 0."""
+    return quantize(x, scale, zero_point, fmt, 0 if np.ndim(scale) else None)
 
 
 def sample_scale(spec: ActSpec, absmax: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwsim.numerics import IntFormat
+from hwsim.numerics.affine import Affine
 
 
 class Op(enum.Enum):
@@ -45,13 +46,10 @@ MAC_OPS = (Op.CONV, Op.DENSE)
 
 
 @dataclass(frozen=True)
-class TensorQuant:
-    """Static per-tensor affine quantization ``real = scale * (q - zero_point)``, ``q`` in
-    ``fmt``. As in ONNX QuantizeLinear, ``scale`` is float32."""
+class TensorQuant(Affine):
+    """Static per-tensor quantization of an activation in a QDQ model: an :class:`Affine`
+    with a float32 scalar ``scale`` (as ONNX QuantizeLinear's) and an int ``zero_point``."""
 
-    scale: float
-    zero_point: int
-    fmt: IntFormat
     scale_name: str | None = field(default=None, compare=False)
     """the QuantizeLinear's scale initializer in an imported file (to find the tensor in
     onnxruntime's optimised graph, :mod:`hwsim.graph.ort_plan`)"""
@@ -80,12 +78,14 @@ class WeightQuant:
     def per_channel(self) -> bool:
         return np.ndim(self.scale) == 1
 
+    @property
+    def affine(self) -> Affine:
+        """The weights' quantization (vectors along the output channels, axis 0)."""
+        return Affine(self.scale, self.zero_point, self.fmt, 0 if self.per_channel else None)
+
     def dequantize(self) -> np.ndarray:
         """``float32(q - zp) * float32(scale)``, as ONNX DequantizeLinear computes it."""
-        shape = (-1,) + (1,) * (self.q.ndim - 1) if self.per_channel else ()
-        s = np.asarray(self.scale, np.float32).reshape(shape)
-        z = np.asarray(self.zero_point, np.int64).reshape(shape)
-        return ((self.q - z).astype(np.float32) * s).astype(np.float32)
+        return self.affine.dequantize(self.q)
 
 
 @dataclass
