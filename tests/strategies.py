@@ -1,4 +1,6 @@
-"""Test-input generators: edge values of a width plus hypothesis strategies derived from it."""
+"""Test-input generators: edge values of a width plus hypothesis strategies derived from it, and
+the datapath's operand / accumulator configurations the GEMM, convolution and per-sample-shift
+tests share."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hwsim.numerics import IntFormat
+from hwsim.datapath import Accumulator, ReductionOrder
+from hwsim.numerics import IntFormat, Overflow
 
 
 def edge_values(lo: int, hi: int) -> list[int]:
@@ -40,3 +43,32 @@ def operand_arrays(draw, fmt: IntFormat, shape, extreme: str | None = None) -> n
     if extreme == "min":
         return np.full(shape, fmt.min, fmt.dtype)
     return draw(int_arrays(fmt, shape))
+
+
+def zero_point_lists(fmt: IntFormat, n: int):
+    """``n`` per-channel zero points of ``fmt`` (a list), edges weighted in."""
+    return st.lists(ints_in(fmt.min, fmt.max), min_size=n, max_size=n)
+
+
+@st.composite
+def operands(draw, max_bits=16):
+    """``(fmt, zero_point)`` of an operand: 2..``max_bits`` bits, signed or not."""
+    fmt = IntFormat(draw(st.integers(2, max_bits)), draw(st.booleans()))
+    zp = draw(ints_in(fmt.min, fmt.max))
+    return fmt, zp
+
+
+@st.composite
+def accumulators(draw):
+    """Accumulators of 8..64 bits, wrapping or saturating, signed or not, in every reduction
+    order (tiled with 1-4 rows), tracking partials or not."""
+    overflow = draw(st.sampled_from(list(Overflow)))
+    order = draw(st.sampled_from(list(ReductionOrder)))
+    return Accumulator(
+        bits=draw(st.sampled_from([8, 9, 12, 16, 17, 24, 31, 32, 33, 48, 63, 64])),
+        overflow=overflow,
+        signed=draw(st.booleans()),
+        order=order,
+        tile_rows=draw(st.integers(1, 4)) if order is ReductionOrder.TILED else 0,
+        track_partials=draw(st.booleans()),
+    )

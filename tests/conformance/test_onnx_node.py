@@ -143,18 +143,3 @@ def test_onnx_backend_node_case(node_data, name):
             diff = np.count_nonzero(g.astype(np.int64) != want.astype(np.int64))
         assert diff == PINNED_MISMATCHES.get(name, 0), (name, g, want)
 
-
-def test_run_node_rejects_unknown_ops_listing_the_supported_ones():
-    with pytest.raises(ValueError, match=r"QLinearSoftmax.*supported:.*QLinearConv"):
-        qops.run_node("QLinearSoftmax", "com.microsoft", {}, [])
-    assert ("", "QuantizeLinear") in qops.SUPPORTED
-
-
-def test_float8_outputs_and_inputs_are_not_integer_formats():
-    import ml_dtypes
-
-    x = np.array([1.0, 2.0], np.float32)
-    with pytest.raises(qops.NotIntegerFormatError, match="not an integer format"):
-        qops.quantize_linear(x, np.float32(1), output_dtype=onnx.TensorProto.FLOAT8E4M3FN)
-    with pytest.raises(qops.NotIntegerFormatError, match="not an integer format"):
-        qops.dequantize_linear(x.astype(ml_dtypes.float8_e5m2), np.float32(1))

@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 from hwsim.datapath import Accumulator, Operand, conv2d
 from hwsim.datapath import reference as dref
 from hwsim.numerics import IntFormat, Overflow
-from tests.datapath.test_gemm import accumulators, operands
-from tests.strategies import ints_in, operand_arrays
+from tests.strategies import accumulators, ints_in, operand_arrays, operands, zero_point_lists
 
 
 @st.composite
@@ -52,9 +51,7 @@ def conv_cases(draw):
 def test_conv_equals_direct_reference(case, xo, wo, acc, per_channel, extreme, data):
     (xf, xzp), (wf, wzp) = xo, wo
     if per_channel:
-        wzp = np.array(
-            data.draw(st.lists(ints_in(wf.min, wf.max), min_size=case["F"], max_size=case["F"]))
-        )
+        wzp = np.array(data.draw(zero_point_lists(wf, case["F"])))
     x = operand_arrays(data.draw, xf, (case["N"], case["C"], case["H"], case["W"]), extreme)
     w = operand_arrays(data.draw, wf, (case["F"], case["cg"], case["kh"], case["kw"]), extreme)
     xop, wop = Operand(xf, xzp), Operand(wf, wzp)

@@ -8,28 +8,7 @@ from hypothesis import strategies as st
 from hwsim.datapath import Accumulator, Operand, ReductionOrder, gemm, ort_available
 from hwsim.datapath import reference as dref
 from hwsim.numerics import IntFormat, Overflow
-from tests.strategies import ints_in, operand_arrays
-
-
-@st.composite
-def operands(draw, max_bits=16):
-    fmt = IntFormat(draw(st.integers(2, max_bits)), draw(st.booleans()))
-    zp = draw(ints_in(fmt.min, fmt.max))
-    return fmt, zp
-
-
-@st.composite
-def accumulators(draw):
-    overflow = draw(st.sampled_from(list(Overflow)))
-    order = draw(st.sampled_from(list(ReductionOrder)))
-    return Accumulator(
-        bits=draw(st.sampled_from([8, 9, 12, 16, 17, 24, 31, 32, 33, 48, 63, 64])),
-        overflow=overflow,
-        signed=draw(st.booleans()),
-        order=order,
-        tile_rows=draw(st.integers(1, 4)) if order is ReductionOrder.TILED else 0,
-        track_partials=draw(st.booleans()),
-    )
+from tests.strategies import accumulators, operand_arrays, operands, zero_point_lists
 
 
 def engines_for(xf, wf, K, x, w, xzp, wzp):
@@ -74,7 +53,7 @@ def assert_matches_reference(x, w, xop, wop, acc, engine):
 def test_gemm_equals_reference_on_every_engine(xo, wo, acc, M, K, N, per_channel, extreme, data):
     (xf, xzp), (wf, wzp) = xo, wo
     if per_channel and N:
-        wzp = np.array(data.draw(st.lists(ints_in(wf.min, wf.max), min_size=N, max_size=N)))
+        wzp = np.array(data.draw(zero_point_lists(wf, N)))
     x = operand_arrays(data.draw, xf, (M, K), extreme)
     w = operand_arrays(data.draw, wf, (K, N), extreme)
     xop, wop = Operand(xf, xzp), Operand(wf, wzp)
@@ -216,7 +195,7 @@ def test_int16_lane_kernel_equals_reference(xo, wo, acc, M, K, N, per_channel, e
     block); all-max operands make every row saturate, repeatedly, on both rails."""
     (xf, xzp), (wf, wzp) = xo, wo
     if per_channel:
-        wzp = np.array(data.draw(st.lists(ints_in(wf.min, wf.max), min_size=N, max_size=N)))
+        wzp = np.array(data.draw(zero_point_lists(wf, N)))
     x = operand_arrays(data.draw, xf, (M, K), extreme)
     w = operand_arrays(data.draw, wf, (K, N), extreme)
     assert_matches_reference(x, w, Operand(xf, xzp), Operand(wf, wzp), acc, "auto")
@@ -295,7 +274,7 @@ def test_tile_bits_gemm_equals_reference(xo, wo, acc, M, K, N, per_channel, extr
     reference for every tile width, rule and engine; all-max operands overflow every tile."""
     (xf, xzp), (wf, wzp) = xo, wo
     if per_channel and N:
-        wzp = np.array(data.draw(st.lists(ints_in(wf.min, wf.max), min_size=N, max_size=N)))
+        wzp = np.array(data.draw(zero_point_lists(wf, N)))
     x = operand_arrays(data.draw, xf, (M, K), extreme)
     w = operand_arrays(data.draw, wf, (K, N), extreme)
     xop, wop = Operand(xf, xzp), Operand(wf, wzp)

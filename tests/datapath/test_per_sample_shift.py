@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 from hwsim.datapath import Accumulator, Operand, gemm, gemm_per_sample_shift
 from hwsim.datapath import reference as dref
 from hwsim.numerics import Overflow, RoundingMode
-from tests.datapath.test_gemm import accumulators, operands
-from tests.strategies import operand_arrays
+from tests.strategies import accumulators, operand_arrays, operands
 
 
 @given(
