@@ -35,3 +35,15 @@ def reshape(x: np.ndarray, shape: tuple) -> np.ndarray:
     tgt = [x.shape[i] if (s == 0 and i < x.ndim) else s for i, s in enumerate(shape)]
     tgt[0] = x.shape[0]
     return x.reshape(tgt)
+
+
+def max_pool(x: np.ndarray, kernel, strides, pads, fill) -> np.ndarray:
+    """Max over each window of ``x`` padded with ``fill`` (a value padding never wins with:
+    -inf, or the integer format's minimum)."""
+    return windows(pad(x, pads, fill), kernel, strides).max(axis=(-1, -2))
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    """``exp(x - max) / sum(exp(x - max))`` along ``axis``, in ``x``'s float type."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype)

@@ -12,7 +12,7 @@ import numpy as np
 
 from hwsim.datapath import conv_output_size
 from hwsim.datapath.kernels import gmn_to_nchw, im2col_nhwc
-from hwsim.execute.arrays import pad, pool_count, reshape, windows
+from hwsim.execute.arrays import max_pool, pad, pool_count, reshape, softmax, windows
 from hwsim.graph.ir import Graph, Node, Op
 
 
@@ -66,12 +66,6 @@ def _avgpool(node: Node, xs: list) -> np.ndarray:
     return (s / pool_count(x.shape, a)).astype(np.float32)
 
 
-def _softmax(node: Node, xs: list) -> np.ndarray:
-    x, ax = xs[0], node.attrs["axis"]
-    e = np.exp(x - x.max(axis=ax, keepdims=True))
-    return (e / e.sum(axis=ax, keepdims=True)).astype(np.float32)
-
-
 FLOAT_OPS: dict[Op, Callable[[Node, list], np.ndarray]] = {
     Op.CONV: lambda n, xs: float_conv(xs[0], n.weight, n.bias, n.attrs),
     Op.DENSE: _dense,
@@ -81,15 +75,15 @@ FLOAT_OPS: dict[Op, Callable[[Node, list], np.ndarray]] = {
     ).astype(np.float32),
     Op.ADD: lambda n, xs: (xs[0] + xs[1]).astype(np.float32),
     Op.MUL: _mul,
-    Op.MAXPOOL: lambda n, xs: windows(
-        pad(xs[0], n.attrs["pads"], -np.inf), n.attrs["kernel"], n.attrs["strides"]
-    ).max(axis=(-1, -2)),
+    Op.MAXPOOL: lambda n, xs: max_pool(
+        xs[0], n.attrs["kernel"], n.attrs["strides"], n.attrs["pads"], -np.inf
+    ),
     Op.AVGPOOL: _avgpool,
     Op.GAP: lambda n, xs: xs[0].mean(axis=(2, 3), keepdims=True, dtype=np.float32),
     Op.FLATTEN: lambda n, xs: xs[0].reshape(xs[0].shape[0], -1),
     Op.RESHAPE: lambda n, xs: reshape(xs[0], n.attrs["shape"]),
     Op.CONCAT: lambda n, xs: np.concatenate(xs, axis=1),
-    Op.SOFTMAX: _softmax,
+    Op.SOFTMAX: lambda n, xs: softmax(np.asarray(xs[0], np.float32), n.attrs["axis"]),
     Op.IDENTITY: lambda n, xs: xs[0],
     Op.BATCHNORM: lambda n, xs: batchnorm_f32(xs[0], n.attrs),
 }

@@ -42,7 +42,7 @@ import numpy as np
 from hwsim import qops
 from hwsim.datapath import Counters, Operand, add_bias, conv2d, gemm, output_stage
 from hwsim.datapath.isa import Isa, depthwise, pairs_saturate
-from hwsim.execute.arrays import pad, pool_count, reshape, windows
+from hwsim.execute.arrays import max_pool, pad, pool_count, reshape, windows
 from hwsim.execute.float import float_op
 from hwsim.execute.kernels import add_ort_fused
 from hwsim.execute.tensors import QTensor, quantize_input, quantize_linear
@@ -618,21 +618,34 @@ class IntegerExecutor:
                 out.reshape(n, -1),
             )
             return QTensor(out, so, spec.zero_point, spec.fmt)
-        ta = ap(reg(sa / twice), (a.q.astype(np.int64) - a.zero_point) << L)
-        tb = ap(reg(sb / twice), (b.q.astype(np.int64) - b.zero_point) << L)
-        y = ap(reg(twice / (2.0**L * so_b)), ta + tb) + spec.zero_point
+        t = self._add_terms(a, b, sa / twice, sb / twice, L, layer)
+        y = ap(reg(twice / (2.0**L * so_b)), t) + spec.zero_point
         return QTensor(
             np.asarray(saturate(y, spec.fmt)).astype(spec.fmt.dtype), so, spec.zero_point, spec.fmt
         )
 
+    def _add_terms(self, a: QTensor, b: QTensor, ra, rb, L: int, layer: LayerSpec):
+        """TFLite's integer Add up to the sum: ``R(ra)((qa - za) << L) + R(rb)((qb - zb) <<
+        L)``, registers of the layer's kind for the reals ``ra``, ``rb`` (scalars, or per
+        sample broadcasting over axis 0)."""
+        n, nd = a.q.shape[0], a.q.ndim
+        total = 0
+        for x, real in ((a, ra), (b, rb)):
+            real = np.asarray(real, np.float64)
+            if real.ndim:
+                real = np.broadcast_to(real.reshape(-1), (n,)).reshape((n,) + (1,) * (nd - 1))
+            reg = self._register(layer.register, real, layer.rounding)
+            t = (x.q.astype(np.int64) - x.zero_point) << L
+            axis = None if reg.multiplier.ndim > 1 else 0
+            total = total + np.asarray(reg.apply(t, axis=axis, rng=self._rng), np.int64)
+        return total
+
     def _add_per_sample(self, a: QTensor, b: QTensor, spec: ActSpec, layer: LayerSpec):
-        """TFLite's integer Add up to the sum, then :meth:`_per_sample`: ``t = R(sa/T)((qa -
-        za) << L) + R(sb/T)((qb - zb) << L)`` with ``T = 2 max(sa, sb)`` -- per tensor from
-        the inputs' bases when both sit on per-tensor grids (static or shift: the registers
-        then differ per sample by the inputs' shifts only), per sample otherwise -- so ``t``
-        steps by ``T / 2^L``."""
+        """:meth:`_add_terms`, then :meth:`_per_sample`, with ``T = 2 max(sa, sb)`` -- per
+        tensor from the inputs' bases when both sit on per-tensor grids (static or shift: the
+        registers then differ per sample by the inputs' shifts only), per sample otherwise --
+        so the sum steps by ``T / 2^L``."""
         L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))
-        nd = a.q.ndim
         n = a.q.shape[0]
         ua, ca, _ = a.unit()
         ub, cb, _ = b.unit()
@@ -640,17 +653,10 @@ class IntegerExecutor:
             twice = 2 * max(ca, cb)
         else:
             twice = 2 * np.maximum(np.broadcast_to(ua, (n,)), np.broadcast_to(ub, (n,)))
-        kind, rnd = layer.register, layer.rounding
-        terms = []
-        for x, ux in ((a, ua), (b, ub)):
-            real = np.broadcast_to(ux / twice, (n,)).reshape((n,) + (1,) * (nd - 1))
-            reg = self._register(kind, real, rnd)
-            t = (x.q.astype(np.int64) - x.zero_point) << L
-            ax = None if reg.multiplier.ndim > 1 else 0
-            terms.append(np.asarray(reg.apply(t, axis=ax, rng=self._rng), np.int64))
+        t = self._add_terms(a, b, ua / twice, ub / twice, L, layer)
         step = np.asarray(twice, np.float64) / 2.0**L
         common = float(step) if np.ndim(step) == 0 else None
-        return self._per_sample(terms[0] + terms[1], spec, layer, step, common, None)
+        return self._per_sample(t, spec, layer, step, common, None)
 
     def _concat_per_sample(self, ins: list, spec: ActSpec, layer: LayerSpec) -> QTensor:
         """Each input's ``q - z`` brought to one grid (:meth:`_align`, factor ``u_i / c`` with
@@ -790,9 +796,7 @@ class IntegerExecutor:
     # quantized as the input (or per sample), else Q(op(DQ(x)))
     def _op_maxpool(self, node: Node, x: QTensor):
         a = node.attrs
-        return x.like(
-            windows(pad(x.q, a["pads"], x.fmt.min), a["kernel"], a["strides"]).max(axis=(-1, -2))
-        )
+        return x.like(max_pool(x.q, a["kernel"], a["strides"], a["pads"], x.fmt.min))
 
     def _op_relu(self, node: Node, x: QTensor):
         return x.like(np.maximum(x.q, x.zero_point))

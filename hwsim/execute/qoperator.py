@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from hwsim import qops
 from hwsim.data import input_dtype
-from hwsim.execute.arrays import pad, windows
+from hwsim.execute.arrays import max_pool, softmax
 from hwsim.execute.integer import LayerStats
 
 
@@ -35,19 +35,16 @@ def _binary(f) -> Callable:
     return lambda a, ins: f(ins[0], ins[1]).astype(np.result_type(ins[0], ins[1]))
 
 
-def _softmax(a: dict, ins: list) -> np.ndarray:
-    x, ax = ins[0], int(a.get("axis", -1))
-    e = np.exp(x - x.max(axis=ax, keepdims=True))
-    return (e / e.sum(axis=ax, keepdims=True)).astype(x.dtype)
-
-
 def _maxpool(a: dict, ins: list) -> np.ndarray:
     x = ins[0]
-    pads = tuple(a.get("pads", (0, 0, 0, 0)))
     lo = np.iinfo(x.dtype).min if np.issubdtype(x.dtype, np.integer) else -np.inf
-    return windows(
-        pad(x, pads, lo), tuple(a["kernel_shape"]), tuple(a.get("strides", (1, 1)))
-    ).max(axis=(-1, -2))
+    return max_pool(
+        x,
+        tuple(a["kernel_shape"]),
+        tuple(a.get("strides", (1, 1))),
+        tuple(a.get("pads", (0, 0, 0, 0))),
+        lo,
+    )
 
 
 def _squeeze(a: dict, ins: list) -> np.ndarray:
@@ -63,7 +60,7 @@ ONNX_OPS: dict[str, Callable[[dict, list], np.ndarray]] = {
     "Add": _binary(np.add),
     "Mul": _binary(np.multiply),
     "Sub": _binary(np.subtract),
-    "Softmax": _softmax,
+    "Softmax": lambda a, ins: softmax(ins[0], int(a.get("axis", -1))),
     "MaxPool": _maxpool,
     "Identity": lambda a, ins: ins[0],
     "Transpose": lambda a, ins: np.transpose(ins[0], a.get("perm")),
