@@ -29,6 +29,7 @@ from hwsim.datapath import Accumulator
 from hwsim.datapath.config import Counters
 from hwsim.errors import HwsimError
 from hwsim.numerics import IntFormat, ScaleRegister
+from hwsim.numerics.affine import quantize_quotient
 
 ACC32 = Accumulator(32)
 """The accumulator of every ONNX / onnxruntime integer kernel: int32, wrapping."""
@@ -171,13 +172,8 @@ def _mlas_quantize(v, scale: np.float32, zp: int, fmt: IntFormat) -> np.ndarray:
 
 
 def _quantize_divided(t, zp, fmt: IntFormat) -> np.ndarray:
-    zp = np.asarray(zp, np.int64)
-    lo = (fmt.min - zp).astype(np.float64)
-    hi = (fmt.max - zp).astype(np.float64)
-    t = np.asarray(t).astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        t = np.where(np.isnan(t), lo, np.minimum(np.maximum(t, lo), hi))
-    return (np.rint(t).astype(np.int64) + zp).astype(_holder(fmt))
+    """:func:`hwsim.numerics.affine.quantize_quotient` in the format's holder dtype."""
+    return quantize_quotient(t, zp, fmt).astype(_holder(fmt))
 
 
 # --- attributes ------------------------------------------------------------------------------

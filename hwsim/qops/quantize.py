@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwsim.numerics import IntFormat
+from hwsim.numerics.affine import dequantize
 from hwsim.qops.common import QOpError, _ints, _onnx_dtype, _quantize_divided, int_format
 
 
@@ -127,4 +128,4 @@ def dequantize_linear(
     scale = np.asarray(x_scale)
     out = _onnx_dtype(output_dtype) if output_dtype else scale.dtype
     s32 = _qparam(scale, x.shape, axis, block_size, "x_scale").astype(np.float32)
-    return (d.astype(np.float32) * s32).astype(out)
+    return dequantize(d, s32, 0).astype(out)
