@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from hwsim.numerics import IntFormat, Overflow, check_bits
+from hwsim.numerics import IntFormat, Overflow, check_bits, coerce
 
 OPERAND_BITS = (2, 16)
 ACCUMULATOR_BITS = (8, 64)
@@ -87,8 +87,9 @@ class Accumulator:
             check_bits(self.tile_bits, "Accumulator.tile_bits", *ACCUMULATOR_BITS)
             if self.tile_bits == self.bits:
                 object.__setattr__(self, "tile_bits", None)
-        object.__setattr__(self, "overflow", _enum(Overflow, self.overflow, "Accumulator.overflow"))
-        object.__setattr__(self, "order", _enum(ReductionOrder, self.order, "Accumulator.order"))
+        for name, enum_cls in (("overflow", Overflow), ("order", ReductionOrder)):
+            value = coerce(getattr(self, name), enum_cls, f"Accumulator.{name}")
+            object.__setattr__(self, name, value)
         if self.order is ReductionOrder.TILED and not (
             isinstance(self.tile_rows, int) and self.tile_rows > 0
         ):
@@ -113,16 +114,6 @@ class Accumulator:
     def tile(self) -> int:
         """Products per tile in reduction order (0: one tile of all K)."""
         return self.tile_rows if self.order is ReductionOrder.TILED else 0
-
-
-def _enum(cls, value, name):
-    if isinstance(value, cls):
-        return value
-    try:
-        return cls(value)
-    except ValueError:
-        allowed = ", ".join(m.value for m in cls)
-        raise ValueError(f"{name} must be one of {allowed}; got {value!r}") from None
 
 
 @dataclass

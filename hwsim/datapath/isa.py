@@ -19,6 +19,8 @@ from __future__ import annotations
 import enum
 import functools
 
+from hwsim.numerics.enums import coerce
+
 ISA_CHOICES = ("exact", "avx2", "auto")
 
 
@@ -107,10 +109,7 @@ def resolve(isa) -> Isa:
         return isa
     if isa == "auto":
         return host_isa()
-    try:
-        return Isa(isa)
-    except ValueError:
-        raise ValueError(f"isa must be one of {', '.join(ISA_CHOICES)}; got {isa!r}") from None
+    return coerce(isa, Isa, "isa", allowed=ISA_CHOICES)
 
 
 def depthwise(groups: int, filters: int, channels_per_group: int) -> bool:

@@ -3,7 +3,8 @@
 Float models: the ops in ``SUPPORTED``; BatchNormalization is folded into the Conv before it;
 Gemm/MatMul with a constant weight become ``Op.DENSE``; Add/Mul by a constant fold into the
 conv/dense before them where that layer has no other consumer. An op or attribute outside this
-set is an :class:`ImportError_` naming the file, the node, its op type and the supported list.
+set is a :class:`ModelImportError` naming the file, the node, its op type and the supported
+list. Ops are dispatched through one table, ``_OPS``: (domain, op type) -> handler.
 
 QDQ models (``onnxruntime.quantization.quantize_static`` with ``QuantFormat.QDQ``):
 ``DequantizeLinear`` of a constant becomes a layer's integer weights (``Node.wq``) or int32 bias
@@ -17,41 +18,23 @@ run node by node by :func:`hwsim.execute.run_qoperator` -- :func:`is_qoperator` 
 
 from __future__ import annotations
 
-from hwsim.errors import HwsimError
-
+import functools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from hwsim.errors import HwsimError
 from hwsim.graph.ir import Graph, Node, Op, TensorQuant, WeightQuant
 from hwsim.numerics import IntFormat
 
-SUPPORTED = (
-    "Conv",
-    "Gemm",
-    "MatMul",
-    "Relu",
-    "Clip",
-    "Add",
-    "Mul",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "Flatten",
-    "Reshape",
-    "Concat",
-    "BatchNormalization",
-    "Softmax",
-    "Identity",
-    "Constant",
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "Quant (QONNX)",
-)
+ONNX_DOMAINS = ("", "ai.onnx")
+"""The default ONNX operator domain's two spellings (``_OPS`` keys use ``""``)."""
+QONNX_DOMAIN = "qonnx.custom_op.general"
 QOPERATOR = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
 
 _ONNX_INT = {
@@ -64,25 +47,32 @@ _ONNX_INT = {
 }
 
 
-class ImportError_(HwsimError):
+class ModelImportError(HwsimError):
     """A model hwsim cannot import; the message names the file, node and what was expected."""
 
 
+ImportError_ = ModelImportError
+"""The former name of :class:`ModelImportError`, kept for existing callers."""
+
+
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read and check an ONNX file; a missing, truncated or invalid file is an ImportError_."""
+    """Read and check an ONNX file; a missing, truncated or invalid file is a
+    ModelImportError."""
     path = Path(path)
     if not path.is_file():
-        raise ImportError_(f"{path}: no such model file")
+        raise ModelImportError(f"{path}: no such model file")
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError and friends
-        raise ImportError_(f"{path}: not a readable ONNX model (truncated or corrupt?): {e}") from e
+        raise ModelImportError(
+            f"{path}: not a readable ONNX model (truncated or corrupt?): {e}"
+        ) from e
     if not model.graph.node:
-        raise ImportError_(f"{path}: not an ONNX model (the graph has no nodes)")
+        raise ModelImportError(f"{path}: not an ONNX model (the graph has no nodes)")
     try:
         onnx.checker.check_model(model)
     except Exception as e:
-        raise ImportError_(f"{path}: invalid ONNX model: {e}") from e
+        raise ModelImportError(f"{path}: invalid ONNX model: {e}") from e
     return model
 
 
@@ -93,6 +83,16 @@ def is_qoperator(model: onnx.ModelProto) -> bool:
 
 def _attrs(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _input(node, i: int) -> str:
+    """The name of ``node``'s ``i``-th input; "" if it has none (an omitted optional input)."""
+    return node.input[i] if len(node.input) > i else ""
+
+
+def _auto_pad(a: dict) -> str:
+    v = a.get("auto_pad", b"NOTSET")
+    return v.decode() if isinstance(v, bytes) else v
 
 
 def _shape(vi) -> tuple:
@@ -118,7 +118,7 @@ class _Importer:
                 self.uses[t] = self.uses.get(t, 0) + 1
 
     def fail(self, node, msg: str):
-        raise ImportError_(f"{self.src}: node {node.name or '?'!r} ({node.op_type}): {msg}")
+        raise ModelImportError(f"{self.src}: node {node.name or '?'!r} ({node.op_type}): {msg}")
 
     def opset(self) -> int:
         for o in self.model.opset_import:
@@ -179,9 +179,7 @@ class _Importer:
         x = node.input[0]
         if x in self.consts or x in self.qconst:
             self.fail(node, "QuantizeLinear of a constant is not supported (store int weights)")
-        s, z, fmt = self._qparams(
-            node, a, node.input[1], node.input[2] if len(node.input) > 2 else ""
-        )
+        s, z, fmt = self._qparams(node, a, node.input[1], _input(node, 2))
         if np.ndim(s) != 0:
             self.fail(node, "activation quantization must be per-tensor (scalar scale)")
         tq = TensorQuant(float(s), int(z), fmt, scale_name=node.input[1])
@@ -201,7 +199,7 @@ class _Importer:
             s = self.const(node, node.input[1], "scale").astype(np.float32)
             z = (
                 self.const(node, node.input[2], "zero point")
-                if len(node.input) > 2 and node.input[2]
+                if _input(node, 2)
                 else np.zeros_like(s, dtype=q.dtype)
             )
             elem = next((i.data_type for i in self.model.graph.initializer if i.name == x), None)
@@ -226,9 +224,7 @@ class _Importer:
         if src not in self.act_quant:
             self.fail(node, f"DequantizeLinear input {x!r} is not produced by a QuantizeLinear")
         tq = self.act_quant[src]
-        s, z, _ = self._qparams(
-            node, a, node.input[1], node.input[2] if len(node.input) > 2 else ""
-        )
+        s, z, _ = self._qparams(node, a, node.input[1], _input(node, 2))
         if float(np.float32(s)) != tq.scale or int(z) != tq.zero_point:
             self.fail(node, "DequantizeLinear parameters differ from its QuantizeLinear's")
         self.alias[node.output[0]] = src
@@ -305,7 +301,7 @@ class _Importer:
         w = self.const(node, t, "weight").astype(np.float32)
         return (np.ascontiguousarray(w.T) if transpose else w), None
 
-    def bias_of(self, node, t: str | None, n_out: int):
+    def bias_of(self, node, t: str, n_out: int):
         if not t:
             return None, None
         if t in self.qconst:
@@ -323,12 +319,11 @@ class _Importer:
         w, wq = self.weight_of(node, node.input[1])
         if w.ndim != 4:
             self.fail(node, f"only 2-D convolution is supported (weight rank 4), got rank {w.ndim}")
-        b, bq = self.bias_of(node, node.input[2] if len(node.input) > 2 else None, w.shape[0])
+        b, bq = self.bias_of(node, _input(node, 2), w.shape[0])
         ks = tuple(a.get("kernel_shape", w.shape[2:]))
         if ks != tuple(w.shape[2:]):
             self.fail(node, f"kernel_shape {ks} does not match the weight {w.shape}")
-        auto_pad = a.get("auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        auto_pad = _auto_pad(a)
         if auto_pad not in ("NOTSET", "VALID"):
             self.fail(node, f"auto_pad={auto_pad} is not supported (use explicit pads)")
         pads = tuple(a.get("pads", (0, 0, 0, 0)))
@@ -348,7 +343,7 @@ class _Importer:
         if wq is not None and alpha != 1.0:
             self.fail(node, "alpha != 1 on a quantized weight is not supported")
         w = (w * np.float32(alpha)).astype(np.float32)
-        b, bq = self.bias_of(node, node.input[2] if len(node.input) > 2 else None, w.shape[0])
+        b, bq = self.bias_of(node, _input(node, 2), w.shape[0])
         if b is not None and beta != 1.0:
             if bq is not None:
                 self.fail(node, "beta != 1 on a quantized bias is not supported")
@@ -364,6 +359,8 @@ class _Importer:
         self.add(node, Op.DENSE, [self.name(node.input[0])], {}, weight=w, wq=wq)
 
     def batchnorm(self, node, a):
+        if len(node.output) > 1 and any(node.output[1:]):
+            self.fail(node, "training-mode BatchNormalization outputs are not supported")
         x = self.name(node.input[0])
         prev = self.nodes[-1] if self.nodes else None
         if (
@@ -484,8 +481,7 @@ class _Importer:
             self.fail(node, "dilated pooling is not supported")
         if a.get("storage_order", 0):
             self.fail(node, "storage_order=1 is not supported")
-        ap = a.get("auto_pad", b"NOTSET")
-        ap = ap.decode() if isinstance(ap, bytes) else ap
+        ap = _auto_pad(a)
         if ap not in ("NOTSET", "VALID"):
             self.fail(node, f"auto_pad={ap} is not supported")
         if len(node.output) > 1 and node.output[1]:
@@ -498,91 +494,69 @@ class _Importer:
         }
         self.add(node, op, [self.name(node.input[0])], attrs)
 
+    # -- ops without a section of their own -------------------------------------------------
+    def constant(self, node, a):
+        if "value" not in a:
+            self.fail(node, "only Constant with a tensor 'value' is supported")
+        self.consts[node.output[0]] = numpy_helper.to_array(a["value"])
+
+    def clip(self, node, a):
+        lo, hi = a.get("min", -np.inf), a.get("max", np.inf)
+        if _input(node, 1):
+            lo = float(self.const(node, node.input[1], "min"))
+        if _input(node, 2):
+            hi = float(self.const(node, node.input[2], "max"))
+        self.add(node, Op.CLIP, [self.name(node.input[0])], {"min": lo, "max": hi})
+
+    def flatten(self, node, a):
+        if int(a.get("axis", 1)) != 1:
+            self.fail(node, "only Flatten with axis=1 is supported")
+        self.add(node, Op.FLATTEN, [self.name(node.input[0])])
+
+    def reshape(self, node, a):
+        shape = [int(v) for v in self.const(node, node.input[1], "shape")]
+        if a.get("allowzero", 0):
+            self.fail(node, "allowzero=1 is not supported")
+        if len(shape) < 2:
+            self.fail(
+                node,
+                f"Reshape to shape {shape} drops the batch axis; hwsim keeps the batch "
+                "as axis 0, so the target shape must have rank >= 2 (e.g. [1, -1] or "
+                "[0, -1] for (N, features))",
+            )
+        self.add(node, Op.RESHAPE, [self.name(node.input[0])], {"shape": tuple(shape)})
+
+    def concat(self, node, a):
+        axis = int(a["axis"])
+        if axis not in (1, -3) and axis != 1:
+            self.fail(node, f"only Concat along channels (axis=1) is supported, got {axis}")
+        self.add(node, Op.CONCAT, [self.name(i) for i in node.input], {"axis": 1})
+
+    def softmax(self, node, a):
+        axis = self.softmax_axis(node, a)
+        self.add(node, Op.SOFTMAX, [self.name(node.input[0])], {"axis": axis})
+
+    def unsupported(self, node):
+        """Fail on a node outside ``_OPS``, naming its domain or op type and the supported
+        list."""
+        if node.domain not in ONNX_DOMAINS:
+            self.fail(
+                node, f"op domain {node.domain!r} is not supported; supported ops: {SUPPORTED_TEXT}"
+            )
+        qop = " (QOperator models are run by the node interpreter)"
+        self.fail(
+            node,
+            f"unsupported op type {node.op_type!r}; supported ops: {SUPPORTED_TEXT}"
+            + (qop if node.op_type in QOPERATOR else ""),
+        )
+
     def run(self) -> Graph:
-        g = self.model.graph
-        for node in g.node:
-            a = _attrs(node)
-            t = node.op_type
-            if node.domain == "qonnx.custom_op.general" and t == "Quant":
-                self.qonnx_quant(node, a)
-                continue
-            if node.domain not in ("", "ai.onnx"):
-                self.fail(
-                    node,
-                    f"op domain {node.domain!r} is not supported; supported ops: "
-                    f"{', '.join(SUPPORTED)}",
-                )
-            if t == "Constant":
-                if "value" not in a:
-                    self.fail(node, "only Constant with a tensor 'value' is supported")
-                self.consts[node.output[0]] = numpy_helper.to_array(a["value"])
-            elif t == "QuantizeLinear":
-                self.quantize_linear(node, a)
-            elif t == "DequantizeLinear":
-                self.dequantize_linear(node, a)
-            elif t == "Conv":
-                self.conv(node, a)
-            elif t == "Gemm":
-                self.gemm(node, a)
-            elif t == "MatMul":
-                self.matmul(node, a)
-            elif t == "BatchNormalization":
-                if len(node.output) > 1 and any(node.output[1:]):
-                    self.fail(node, "training-mode BatchNormalization outputs are not supported")
-                self.batchnorm(node, a)
-            elif t in ("Add", "Mul"):
-                self.binary(node, a)
-            elif t == "Relu":
-                self.add(node, Op.RELU, [self.name(node.input[0])])
-            elif t == "Clip":
-                lo, hi = a.get("min", -np.inf), a.get("max", np.inf)
-                if len(node.input) > 1 and node.input[1]:
-                    lo = float(self.const(node, node.input[1], "min"))
-                if len(node.input) > 2 and node.input[2]:
-                    hi = float(self.const(node, node.input[2], "max"))
-                self.add(node, Op.CLIP, [self.name(node.input[0])], {"min": lo, "max": hi})
-            elif t == "MaxPool":
-                self.pool(node, a, Op.MAXPOOL)
-            elif t == "AveragePool":
-                self.pool(node, a, Op.AVGPOOL)
-            elif t == "GlobalAveragePool":
-                self.add(node, Op.GAP, [self.name(node.input[0])])
-            elif t == "Flatten":
-                if int(a.get("axis", 1)) != 1:
-                    self.fail(node, "only Flatten with axis=1 is supported")
-                self.add(node, Op.FLATTEN, [self.name(node.input[0])])
-            elif t == "Reshape":
-                shape = [int(v) for v in self.const(node, node.input[1], "shape")]
-                if a.get("allowzero", 0):
-                    self.fail(node, "allowzero=1 is not supported")
-                if len(shape) < 2:
-                    self.fail(
-                        node,
-                        f"Reshape to shape {shape} drops the batch axis; hwsim keeps the batch "
-                        "as axis 0, so the target shape must have rank >= 2 (e.g. [1, -1] or "
-                        "[0, -1] for (N, features))",
-                    )
-                self.add(node, Op.RESHAPE, [self.name(node.input[0])], {"shape": tuple(shape)})
-            elif t == "Concat":
-                axis = int(a["axis"])
-                if axis not in (1, -3) and axis != 1:
-                    self.fail(node, f"only Concat along channels (axis=1) is supported, got {axis}")
-                self.add(node, Op.CONCAT, [self.name(i) for i in node.input], {"axis": 1})
-            elif t == "Softmax":
-                axis = self.softmax_axis(node, a)
-                self.add(node, Op.SOFTMAX, [self.name(node.input[0])], {"axis": axis})
-            elif t in ("Identity", "Dropout"):
-                self.add(node, Op.IDENTITY, [self.name(node.input[0])])
-            else:
-                self.fail(
-                    node,
-                    f"unsupported op type {t!r}; supported ops: {', '.join(SUPPORTED)}"
-                    + (
-                        " (QOperator models are run by the node interpreter)"
-                        if t in QOPERATOR
-                        else ""
-                    ),
-                )
+        for node in self.model.graph.node:
+            domain = "" if node.domain in ONNX_DOMAINS else node.domain
+            handler = _OPS.get((domain, node.op_type))
+            if handler is None:
+                self.unsupported(node)
+            handler(self, node, _attrs(node))
         return self.finish()
 
     def finish(self) -> Graph:
@@ -590,7 +564,7 @@ class _Importer:
         inits = set(self.consts) | {i.name for i in g.initializer}
         inputs = [i for i in g.input if i.name not in inits]
         if len(inputs) != 1 or len(g.output) != 1:
-            raise ImportError_(
+            raise ModelImportError(
                 f"{self.src}: hwsim runs single-input single-output models; this "
                 f"one has inputs {[i.name for i in inputs]} and outputs "
                 f"{[o.name for o in g.output]}"
@@ -598,7 +572,7 @@ class _Importer:
         out = self.name(g.output[0].name)
         for i, n in enumerate(self.nodes):
             if n.op is Op.SOFTMAX and i != len(self.nodes) - 1:
-                raise ImportError_(
+                raise ModelImportError(
                     f"{self.src}: node {n.name!r} (Softmax): Softmax is supported "
                     "only as the last layer"
                 )
@@ -606,18 +580,20 @@ class _Importer:
         for n in self.nodes:
             for t in n.inputs:
                 if t not in produced:
-                    raise ImportError_(
+                    raise ModelImportError(
                         f"{self.src}: node {n.name!r}: input {t!r} is not produced "
                         "by any supported node"
                     )
         if out not in produced:
-            raise ImportError_(f"{self.src}: output {g.output[0].name!r} is not computed")
+            raise ModelImportError(f"{self.src}: output {g.output[0].name!r} is not computed")
         meta = {p.key: p.value for p in self.model.metadata_props}
         if "hwsim" in meta:
             try:
                 meta["hwsim"] = json.loads(meta["hwsim"])
             except json.JSONDecodeError as e:
-                raise ImportError_(f"{self.src}: metadata 'hwsim' is not valid JSON: {e}") from e
+                raise ModelImportError(
+                    f"{self.src}: metadata 'hwsim' is not valid JSON: {e}"
+                ) from e
         name = self.model.graph.name or Path(self.src).stem
         return Graph(
             name,
@@ -633,6 +609,48 @@ class _Importer:
                 {} if "hwsim" in meta else {t: _range(tq) for t, tq in self.act_quant.items()}
             ),
         )
+
+
+def _unary(op: Op) -> Callable:
+    """The handler of an op imported as the one-input IR op ``op`` without attributes."""
+
+    def handler(imp: _Importer, node, a) -> None:
+        imp.add(node, op, [imp.name(node.input[0])])
+
+    return handler
+
+
+# The op table: (domain, ONNX op type) -> handler, called as ``handler(importer, node, attrs)``,
+# in the order the supported list shows them. Adding an op is one entry here (and its handler).
+_OPS: dict[tuple[str, str], Callable[[_Importer, onnx.NodeProto, dict], None]] = {
+    ("", "Conv"): _Importer.conv,
+    ("", "Gemm"): _Importer.gemm,
+    ("", "MatMul"): _Importer.matmul,
+    ("", "Relu"): _unary(Op.RELU),
+    ("", "Clip"): _Importer.clip,
+    ("", "Add"): _Importer.binary,
+    ("", "Mul"): _Importer.binary,
+    ("", "MaxPool"): functools.partial(_Importer.pool, op=Op.MAXPOOL),
+    ("", "AveragePool"): functools.partial(_Importer.pool, op=Op.AVGPOOL),
+    ("", "GlobalAveragePool"): _unary(Op.GAP),
+    ("", "Flatten"): _Importer.flatten,
+    ("", "Reshape"): _Importer.reshape,
+    ("", "Concat"): _Importer.concat,
+    ("", "BatchNormalization"): _Importer.batchnorm,
+    ("", "Softmax"): _Importer.softmax,
+    ("", "Identity"): _unary(Op.IDENTITY),
+    ("", "Dropout"): _unary(Op.IDENTITY),
+    ("", "Constant"): _Importer.constant,
+    ("", "QuantizeLinear"): _Importer.quantize_linear,
+    ("", "DequantizeLinear"): _Importer.dequantize_linear,
+    (QONNX_DOMAIN, "Quant"): _Importer.qonnx_quant,
+}
+
+SUPPORTED = tuple(op for _, op in _OPS)
+"""The ONNX op types hwsim imports (``_OPS``'s, in its order; ``Quant`` is QONNX's)."""
+_DISPLAY = {(QONNX_DOMAIN, "Quant"): "Quant (QONNX)"}
+SUPPORTED_TEXT = ", ".join(_DISPLAY.get(key, key[1]) for key in _OPS)
+"""The supported list as error messages show it: the op types, other domains named."""
 
 
 def _range(tq: TensorQuant) -> tuple[float, float]:
@@ -672,7 +690,7 @@ def import_model(path_or_model, source: str | None = None) -> Graph:
                 if n.op_type in QOPERATOR or n.domain == "com.microsoft"
             }
         )
-        raise ImportError_(
+        raise ModelImportError(
             f"{src}: QOperator model ({', '.join(ops)}); run it with "
             "hwsim.execute.run_qoperator / `hwsim run`"
         )

@@ -10,12 +10,12 @@ building a session with graph optimisation and reading the optimised graph back.
 
 from __future__ import annotations
 
-from hwsim.errors import HwsimError
-
 import functools
 import os
 import tempfile
 from dataclasses import dataclass
+
+from hwsim.errors import HwsimError
 
 # fused integer ops of onnxruntime's CPU provider and the input index of their weight
 _INTEGER_OPS = {

@@ -6,6 +6,7 @@ vectorised function and kernel must equal. ``docs/numerics.md`` derives them in 
 equations.
 """
 
+from hwsim.numerics.enums import StrEnum, coerce, enum_values
 from hwsim.numerics.formats import (
     IntFormat,
     Overflow,
@@ -36,11 +37,14 @@ __all__ = [
     "RoundingMode",
     "ScaleKind",
     "ScaleRegister",
+    "StrEnum",
     "as_kind",
     "as_mode",
     "check_bits",
     "check_in_range",
     "check_integer_array",
+    "coerce",
+    "enum_values",
     "multiply_by_quantized_multiplier",
     "ort_combined_scale",
     "ort_requantize",

@@ -13,6 +13,7 @@ import enum
 import numpy as np
 
 from hwsim.numerics import reference as ref
+from hwsim.numerics.enums import coerce
 from hwsim.numerics.formats import check_in_range, check_integer_array
 
 MAX_SHIFT = 63
@@ -100,13 +101,7 @@ def stochastic_draws(rng, shape, shift) -> np.ndarray:
 
 def as_mode(mode) -> RoundingMode:
     """Accept a ``RoundingMode`` or its value string; anything else is a ValueError."""
-    if isinstance(mode, RoundingMode):
-        return mode
-    try:
-        return RoundingMode(mode)
-    except ValueError:
-        allowed = ", ".join(m.value for m in RoundingMode)
-        raise ValueError(f"rounding mode must be one of {allowed}; got {mode!r}") from None
+    return coerce(mode, RoundingMode, "rounding mode")
 
 
 def round_shift(x, shift, mode, rng: np.random.Generator | None = None):

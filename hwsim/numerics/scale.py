@@ -22,8 +22,6 @@ clamp gives the same answer as an unbounded register).
 
 from __future__ import annotations
 
-from hwsim.errors import HwsimError
-
 import enum
 import math
 from dataclasses import dataclass
@@ -32,7 +30,9 @@ from fractions import Fraction
 import numpy as np
 from numba import njit, vectorize
 
+from hwsim.errors import HwsimError
 from hwsim.numerics import reference as ref
+from hwsim.numerics.enums import coerce
 from hwsim.numerics.formats import IntFormat, check_in_range, check_integer_array, wrap
 from hwsim.numerics.rounding import RoundingMode, as_mode, round_shift
 
@@ -370,11 +370,6 @@ class ScaleRegister:
 
 
 def as_kind(kind) -> ScaleKind:
-    """Accept a ``ScaleKind`` or its name; anything else is a ValueError listing the names."""
-    if isinstance(kind, ScaleKind):
-        return kind
-    try:
-        return ScaleKind(kind)
-    except ValueError:
-        allowed = ", ".join(k.value for k in ScaleKind)
-        raise ValueError(f"scale register must be one of {allowed}; got {kind!r}") from None
+    """Accept a ``ScaleKind`` or its value (the name users select it with); anything else is a
+    ValueError listing the values."""
+    return coerce(kind, ScaleKind, "scale register")

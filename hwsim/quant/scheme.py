@@ -50,42 +50,101 @@ negative ``k`` flips the channel's integers).
 
 from __future__ import annotations
 
-from hwsim.errors import HwsimError
-
 import dataclasses
+import enum
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from hwsim.datapath import Accumulator, ReductionOrder
+from hwsim.errors import HwsimError
 from hwsim.graph.ir import Graph
 from hwsim.numerics import (
     IntFormat,
     Overflow,
     RoundingMode,
     ScaleKind,
+    StrEnum,
     as_kind,
     as_mode,
     check_bits,
+    coerce,
+    enum_values,
 )
 
-WEIGHT_MODES = ("symmetric", "symmetric-full", "asymmetric")
-GRANULARITIES = ("tensor", "channel")
-ACT_MODES = ("static", "data-free", "dynamic", "shift")
-ACT_SPEC_MODES = ("static", "dynamic", "shift")
+
+# The quantization vocabulary. Members are their value strings (``ActMode.STATIC == "static"``,
+# f-strings and JSON give the value), so a setting given or stored as a string is the member.
+class WeightMode(StrEnum):
+    """Weight grids (module docstring): restricted symmetric, full symmetric, asymmetric."""
+
+    SYMMETRIC = "symmetric"
+    SYMMETRIC_FULL = "symmetric-full"
+    ASYMMETRIC = "asymmetric"
+
+
+class Granularity(StrEnum):
+    """One weight scale per tensor or per output channel."""
+
+    TENSOR = "tensor"
+    CHANNEL = "channel"
+
+
+class ActMode(StrEnum):
+    """How activations get their scales (module docstring). An :class:`ActSpec` has one of
+    ``ACT_SPEC_MODES``: a ``data-free`` scheme's activations are ``static`` ActSpecs."""
+
+    STATIC = "static"
+    DATA_FREE = "data-free"
+    DYNAMIC = "dynamic"
+    SHIFT = "shift"
+
+
+class CalibMethod(StrEnum):
+    """The range of a ``static`` activation from calibration data."""
+
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+
+
+class BnFold(StrEnum):
+    """Where a folded BatchNorm's factor goes: the weights, or the scale register."""
+
+    WEIGHTS = "weights"
+    REGISTER = "register"
+
+
+class DataFreeRange(StrEnum):
+    """The data-free range after a BatchNorm (module docstring)."""
+
+    SOUND = "sound"
+    OFFICIAL = "official"
+
+
+class ShiftBase(StrEnum):
+    """A ``shift`` tensor's base scale: calibrated, or found per batch at run time."""
+
+    STATIC = "static"
+    RUNTIME = "runtime"
+
+
+WEIGHT_MODES = enum_values(WeightMode)
+GRANULARITIES = enum_values(Granularity)
+ACT_MODES = enum_values(ActMode)
+ACT_SPEC_MODES = tuple(m.value for m in ActMode if m is not ActMode.DATA_FREE)
 """ActSpec modes (a ``data-free`` scheme's activations are ``static`` ActSpecs)."""
-CALIB_METHODS = ("minmax", "percentile")
-BN_FOLDS = ("weights", "register")
-DATA_FREE_RANGES = ("sound", "official")
-SHIFT_BASES = ("static", "runtime")
+CALIB_METHODS = enum_values(CalibMethod)
+BN_FOLDS = enum_values(BnFold)
+DATA_FREE_RANGES = enum_values(DataFreeRange)
+SHIFT_BASES = enum_values(ShiftBase)
 
 PRESETS = {
-    "per-tensor": dict(granularity="tensor", act_mode="static"),
-    "per-channel": dict(granularity="channel", act_mode="static"),
-    "per-sample": dict(granularity="tensor", act_mode="dynamic"),
-    "per-sample-shift": dict(granularity="tensor", act_mode="shift"),
-    "data-free": dict(granularity="tensor", act_mode="data-free"),
+    "per-tensor": dict(granularity=Granularity.TENSOR, act_mode=ActMode.STATIC),
+    "per-channel": dict(granularity=Granularity.CHANNEL, act_mode=ActMode.STATIC),
+    "per-sample": dict(granularity=Granularity.TENSOR, act_mode=ActMode.DYNAMIC),
+    "per-sample-shift": dict(granularity=Granularity.TENSOR, act_mode=ActMode.SHIFT),
+    "data-free": dict(granularity=Granularity.TENSOR, act_mode=ActMode.DATA_FREE),
 }
 """Named schemes: weight granularity and activation mode; everything else from the flags."""
 
@@ -94,9 +153,10 @@ class SchemeError(HwsimError):
     """A scheme setting out of range, named with the field and the allowed values."""
 
 
-def _choice(value, allowed, name):
-    if value not in allowed:
-        raise SchemeError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+def _choice(value, enum_cls, name, allowed=None):
+    """``value`` as a member of ``enum_cls``; else a SchemeError naming ``name`` and the
+    allowed values."""
+    return coerce(value, enum_cls, name, allowed=allowed, error=SchemeError)
 
 
 # Checked readers of one field of a metadata dict (ActSpec/LayerSpec.from_dict): each error
@@ -107,11 +167,8 @@ def _get(d: dict, key: str, where: str):
     return d[key]
 
 
-def _field_choice(value, allowed, name, where):
-    if not isinstance(value, str) or value not in allowed:
-        raise SchemeError(
-            f"{where}: field {name!r} must be one of {', '.join(allowed)}; got {value!r}"
-        )
+def _field_choice(value, enum_cls, name, where, allowed=None):
+    return _choice(value, enum_cls, f"{where}: field {name!r}", allowed)
 
 
 def _field_int(value, name, where, lo=None, hi=None) -> int:
@@ -145,16 +202,36 @@ def _field_bool(value, name, where) -> bool:
     return bool(value)
 
 
+def _plain(value):
+    """A setting as the plain value a report or file holds (an enum member's value)."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+# LayerScheme's fields chosen from an enum, in the order they are checked: the quantization
+# vocabulary (held as members), then the datapath's settings (held as their values, as
+# ``register`` and ``rounding``: their enums are no strings)
+_VOCABULARY_FIELDS = (
+    ("granularity", Granularity),
+    ("weight_mode", WeightMode),
+    ("act_mode", ActMode),
+    ("calib_method", CalibMethod),
+    ("bn_fold", BnFold),
+    ("data_free_range", DataFreeRange),
+    ("shift_base", ShiftBase),
+)
+_DATAPATH_FIELDS = (("overflow", Overflow), ("order", ReductionOrder))
+
+
 @dataclass(frozen=True)
 class LayerScheme:
     """Settings of one MAC layer (conv/dense) and of the activation tensor it produces."""
 
     wbits: int = 8
     abits: int = 8
-    granularity: str = "tensor"
-    weight_mode: str = "symmetric"
-    act_mode: str = "static"
-    calib_method: str = "minmax"
+    granularity: Granularity = Granularity.TENSOR
+    weight_mode: WeightMode = WeightMode.SYMMETRIC
+    act_mode: ActMode = ActMode.STATIC
+    calib_method: CalibMethod = CalibMethod.MINMAX
     percentile: float = 99.99
     s_max: int = 4
     bn_sigmas: float = 6.0
@@ -165,9 +242,9 @@ class LayerScheme:
     tile_bits: int = 0
     register: str = "ort"
     rounding: str = "half_away"
-    bn_fold: str = "weights"
-    data_free_range: str = "sound"
-    shift_base: str = "static"
+    bn_fold: BnFold = BnFold.WEIGHTS
+    data_free_range: DataFreeRange = DataFreeRange.SOUND
+    shift_base: ShiftBase = ShiftBase.STATIC
 
     def __post_init__(self):
         for name, lo, hi in (("wbits", 2, 16), ("abits", 2, 16), ("acc_bits", 8, 64)):
@@ -176,15 +253,10 @@ class LayerScheme:
                 check_bits(v, name, lo, hi)
             except (ValueError, TypeError) as e:
                 raise SchemeError(str(e)) from None
-        _choice(self.granularity, GRANULARITIES, "granularity")
-        _choice(self.weight_mode, WEIGHT_MODES, "weight_mode")
-        _choice(self.act_mode, ACT_MODES, "act_mode")
-        _choice(self.calib_method, CALIB_METHODS, "calib_method")
-        _choice(self.bn_fold, BN_FOLDS, "bn_fold")
-        _choice(self.data_free_range, DATA_FREE_RANGES, "data_free_range")
-        _choice(self.shift_base, SHIFT_BASES, "shift_base")
-        _choice(self.overflow, tuple(o.value for o in Overflow), "overflow")
-        _choice(self.order, tuple(o.value for o in ReductionOrder), "order")
+        for name, enum_cls in _VOCABULARY_FIELDS:
+            object.__setattr__(self, name, _choice(getattr(self, name), enum_cls, name))
+        for name, enum_cls in _DATAPATH_FIELDS:
+            object.__setattr__(self, name, _choice(getattr(self, name), enum_cls, name).value)
         if not (isinstance(self.tile_rows, int) and self.tile_rows >= 0):
             raise SchemeError(f"tile_rows must be an int >= 0, got {self.tile_rows!r}")
         if self.order == ReductionOrder.TILED.value and not self.tile_rows:
@@ -195,8 +267,8 @@ class LayerScheme:
             except (ValueError, TypeError) as e:
                 raise SchemeError(str(e)) from None
         try:
-            as_kind(self.register)
-            as_mode(self.rounding)
+            object.__setattr__(self, "register", as_kind(self.register).value)
+            object.__setattr__(self, "rounding", as_mode(self.rounding).value)
         except ValueError as e:
             raise SchemeError(f"register/rounding: {e}") from None
         if not 50.0 < self.percentile <= 100.0:
@@ -274,7 +346,7 @@ class Scheme:
     def as_dict(self) -> dict:
         return {
             "name": self.name,
-            "default": dataclasses.asdict(self.default),
+            "default": {k: _plain(v) for k, v in dataclasses.asdict(self.default).items()},
             "first_last_bits": self.first_last_bits,
             "overrides": self.overrides,
         }
@@ -300,24 +372,28 @@ class ActSpec:
     ``q``. ``pow2``: every scale of the tensor is a power of two (for ``pow2`` registers).
     """
 
-    mode: str
+    mode: ActMode
     fmt: IntFormat
     scale: float = 1.0
     zero_point: int = 0
     s_max: int = 0
     pow2: bool = False
-    base: str = "static"
+    base: ShiftBase = ShiftBase.STATIC
+
+    def __post_init__(self):
+        object.__setattr__(self, "mode", _choice(self.mode, ActMode, "mode", ACT_SPEC_MODES))
+        object.__setattr__(self, "base", _choice(self.base, ShiftBase, "base"))
 
     def as_dict(self) -> dict:
         return {
-            "mode": self.mode,
+            "mode": self.mode.value,
             "bits": self.fmt.bits,
             "signed": self.fmt.signed,
             "scale": self.scale,
             "zero_point": self.zero_point,
             "s_max": self.s_max,
             "pow2": self.pow2,
-            "base": self.base,
+            "base": self.base.value,
         }
 
     @classmethod
@@ -329,8 +405,7 @@ class ActSpec:
         SchemeError naming ``where`` (e.g. ``tensor 'x'``), the field and what was expected."""
         if not isinstance(d, dict):
             raise SchemeError(f"{where}: expected an object of fields, got {d!r}")
-        mode = _get(d, "mode", where)
-        _field_choice(mode, ACT_SPEC_MODES, "mode", where)
+        mode = _field_choice(_get(d, "mode", where), ActMode, "mode", where, ACT_SPEC_MODES)
         bits = _field_int(_get(d, "bits", where), "bits", where, 2, 16)
         signed = _field_bool(_get(d, "signed", where), "signed", where)
         fmt = IntFormat(bits, signed)
@@ -338,20 +413,19 @@ class ActSpec:
         if not scale > 0:
             raise SchemeError(f"{where}: field 'scale' must be a finite number > 0, got {scale!r}")
         zp = _field_int(_get(d, "zero_point", where), "zero_point", where, fmt.min, fmt.max)
-        if mode != "static" and zp != 0:
+        if mode is not ActMode.STATIC and zp != 0:
             raise SchemeError(
-                f"{where}: field 'zero_point' must be 0 for mode {mode!r}, got {zp}"
+                f"{where}: field 'zero_point' must be 0 for mode {mode.value!r}, got {zp}"
             )
         s_max = _field_int(_get(d, "s_max", where), "s_max", where, 0, 16)
         pow2 = _field_bool(d.get("pow2", False), "pow2", where)
-        if mode == "shift" and "base" not in d:
+        if mode is ActMode.SHIFT and "base" not in d:
             # files before issue 12 held the finest grid with shifts k > 0 coarser
             raise SchemeError(
                 f"{where}: field 'base' is missing: a shift tensor written before the one shift "
                 f"convention (s > 0 finer, scale = the coarsest grid); quantize the model again"
             )
-        base = d.get("base", "static")
-        _field_choice(base, SHIFT_BASES, "base", where)
+        base = _field_choice(d.get("base", ShiftBase.STATIC), ShiftBase, "base", where)
         return cls(mode, fmt, scale, zp, s_max, pow2, base)
 
 
@@ -386,20 +460,17 @@ class LayerSpec:
         if not isinstance(d, dict):
             raise SchemeError(f"{where}: expected an object of fields, got {d!r}")
         acc_bits = _field_int(_get(d, "acc_bits", where), "acc_bits", where, 8, 64)
-        overflow = _get(d, "overflow", where)
-        _field_choice(overflow, tuple(o.value for o in Overflow), "overflow", where)
-        order = d.get("order", ReductionOrder.SEQUENTIAL.value)  # absent before issue 12
-        _field_choice(order, tuple(o.value for o in ReductionOrder), "order", where)
-        register = _get(d, "register", where)
-        _field_choice(register, tuple(k.value for k in ScaleKind), "register", where)
-        rounding = _get(d, "rounding", where)
-        _field_choice(rounding, tuple(m.value for m in RoundingMode), "rounding", where)
-        if as_kind(register) in (ScaleKind.TFLITE, ScaleKind.TFLITE_SINGLE) and acc_bits > 32:
+        overflow = _field_choice(_get(d, "overflow", where), Overflow, "overflow", where)
+        order = d.get("order", ReductionOrder.SEQUENTIAL)  # absent before issue 12
+        order = _field_choice(order, ReductionOrder, "order", where)
+        register = _field_choice(_get(d, "register", where), ScaleKind, "register", where)
+        rounding = _field_choice(_get(d, "rounding", where), RoundingMode, "rounding", where)
+        if register in (ScaleKind.TFLITE, ScaleKind.TFLITE_SINGLE) and acc_bits > 32:
             raise SchemeError(
-                f"{where}: field 'acc_bits': a {register} register takes int32 input: "
+                f"{where}: field 'acc_bits': a {register.value} register takes int32 input: "
                 f"acc_bits must be <= 32, got {acc_bits}"
             )
-        tiled = order == ReductionOrder.TILED.value
+        tiled = order is ReductionOrder.TILED
         if tiled:
             tile_rows = _field_int(d.get("tile_rows", 0), "tile_rows", where, 0, None)
             if not tile_rows:
@@ -415,14 +486,14 @@ class LayerSpec:
                 )
             acc = Accumulator(
                 bits=acc_bits,
-                overflow=Overflow(overflow),
+                overflow=overflow,
                 order=ReductionOrder.TILED,
                 tile_rows=tile_rows,
                 tile_bits=tile_bits or acc_bits,
             )
         else:  # tile_rows / tile_bits are ignored where the order is sequential
-            acc = Accumulator(bits=acc_bits, overflow=Overflow(overflow))
-        return cls(acc, as_kind(register), as_mode(rounding))
+            acc = Accumulator(bits=acc_bits, overflow=overflow)
+        return cls(acc, register, rounding)
 
 
 @dataclass

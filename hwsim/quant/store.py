@@ -11,8 +11,9 @@
   ``signed``, ``narrow=0``, ``rounding_mode="ROUND"``) for other widths;
 * per-sample (``dynamic``/``shift``) activations have no ONNX operator; they and everything
   the datapath needs (accumulator width, overflow, reduction order, tile rows and tile-register
-  width, register kind, rounding, true weight widths, the scheme) are in the ``hwsim`` metadata entry, JSON, ``format_version`` 1, which
-  is authoritative when the file is loaded back.
+  width, register kind, rounding, true weight widths, the scheme) are in the ``hwsim``
+  metadata entry, JSON, ``format_version`` 1, which is authoritative when the file is loaded
+  back.
 
 So a per-tensor 8-bit model is a plain QDQ model that onnxruntime runs; other schemes open in
 Netron/QONNX but only hwsim executes their integer semantics. Files are written atomically.
@@ -28,13 +29,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hwsim.graph.ir import Graph, Op
-from hwsim.graph.onnx_import import ImportError_, import_model
+from hwsim.graph.onnx_import import QONNX_DOMAIN, ModelImportError, import_model
 from hwsim.io import atomic_write_bytes
 from hwsim.numerics import IntFormat
-from hwsim.quant.scheme import ActSpec, LayerSpec, QuantProgram, Scheme, SchemeError
+from hwsim.quant.scheme import ActMode, ActSpec, LayerSpec, QuantProgram, Scheme, SchemeError
 
 FORMAT_VERSION = 1
-QONNX_DOMAIN = "qonnx.custom_op.general"
 
 
 def _container(fmt: IntFormat):
@@ -64,7 +64,9 @@ def to_onnx(program: QuantProgram) -> onnx.ModelProto:
     out_spec = program.acts.get(g.output)
     # a quantized output: the layer writes '<out>_raw', the final DequantizeLinear writes '<out>'
     raw = (
-        {g.output: f"{g.output}_raw"} if out_spec is not None and out_spec.mode == "static" else {}
+        {g.output: f"{g.output}_raw"}
+        if out_spec is not None and out_spec.mode is ActMode.STATIC
+        else {}
     )
 
     def tn(t: str) -> str:
@@ -77,7 +79,7 @@ def to_onnx(program: QuantProgram) -> onnx.ModelProto:
     def after(t: str) -> None:
         """Insert the activation quantizer of tensor ``t`` (if static) and reroute readers."""
         spec = program.acts.get(t)
-        if spec is None or spec.mode not in ("static",) or t in rename:
+        if spec is None or spec.mode is not ActMode.STATIC or t in rename:
             return
         dq = t if t in raw else f"{t}_dq"
         t = tn(t)
@@ -236,11 +238,12 @@ def program_from_graph(graph: Graph) -> QuantProgram:
     meta = graph.meta.get("hwsim")
     if not isinstance(meta, dict):
         acts = {
-            t: ActSpec("static", q.fmt, q.scale, q.zero_point) for t, q in graph.act_quant.items()
+            t: ActSpec(ActMode.STATIC, q.fmt, q.scale, q.zero_point)
+            for t, q in graph.act_quant.items()
         }
         return QuantProgram(graph, acts, {}, None)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ImportError_(
+        raise ModelImportError(
             f"{graph.source}: hwsim metadata format_version "
             f"{meta.get('format_version')!r}, this hwsim reads {FORMAT_VERSION}"
         )
@@ -287,7 +290,7 @@ def program_from_graph(graph: Graph) -> QuantProgram:
                 n.wq.fmt = IntFormat(int(w["bits"]), bool(w["signed"]))
                 n.wq.fmt.check(n.wq.q, f"{n.name} weights")
     except (KeyError, TypeError, ValueError) as e:
-        raise ImportError_(f"{graph.source}: malformed hwsim metadata: {e}") from e
+        raise ModelImportError(f"{graph.source}: malformed hwsim metadata: {e}") from e
     return QuantProgram(graph, acts, layers, scheme)
 
 
@@ -295,5 +298,5 @@ def load(path: str | os.PathLike) -> QuantProgram:
     """Load a quantized model (hwsim-written or QDQ) as a runnable program."""
     graph = import_model(path)
     if not graph.quantized:
-        raise ImportError_(f"{path}: a float model; quantize it first (hwsim quantize)")
+        raise ModelImportError(f"{path}: a float model; quantize it first (hwsim quantize)")
     return program_from_graph(graph)

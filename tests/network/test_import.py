@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from hwsim.execute import run_float
-from hwsim.graph import ImportError_, Op, import_model
+from hwsim.graph import ModelImportError, Op, import_model
 
 
 def _model(nodes, inits, in_shape=("N", 2, 5, 5), out="y", opset=17):
@@ -85,14 +85,14 @@ def test_all_float_ops_match_onnxruntime():
 
 def test_unsupported_op_names_node_and_list():
     nodes = [helper.make_node("Sigmoid", ["x"], ["y"], name="act7")]
-    with pytest.raises(ImportError_, match=r"act7.*Sigmoid.*supported ops: Conv, Gemm"):
+    with pytest.raises(ModelImportError, match=r"act7.*Sigmoid.*supported ops: Conv, Gemm"):
         import_model(_model(nodes, {}))
 
 
 def test_unsupported_attribute_is_named():
     w = np.ones((1, 2, 3, 3), np.float32)
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER", name="c")]
-    with pytest.raises(ImportError_, match=r"'c' \(Conv\): auto_pad=SAME_UPPER"):
+    with pytest.raises(ModelImportError, match=r"'c' \(Conv\): auto_pad=SAME_UPPER"):
         import_model(_model(nodes, {"w": w}))
 
 
@@ -100,13 +100,13 @@ def test_truncated_and_missing_files(tmp_path):
     data = open("models/mlp.onnx", "rb").read()
     bad = tmp_path / "cut.onnx"
     bad.write_bytes(data[: len(data) // 3])
-    with pytest.raises(ImportError_, match=r"cut.onnx: not a readable ONNX model|cut.onnx: "):
+    with pytest.raises(ModelImportError, match=r"cut.onnx: not a readable ONNX model|cut.onnx: "):
         import_model(bad)
-    with pytest.raises(ImportError_, match="no such model file"):
+    with pytest.raises(ModelImportError, match="no such model file"):
         import_model(tmp_path / "nope.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00\x01 definitely not protobuf" * 3)
-    with pytest.raises(ImportError_, match="junk.onnx"):
+    with pytest.raises(ModelImportError, match="junk.onnx"):
         import_model(junk)
 
 
@@ -117,7 +117,9 @@ def test_bn_not_after_conv_is_an_error():
         helper.make_node("Relu", ["x"], ["r"], name="r"),
         helper.make_node("BatchNormalization", ["r", "g", "b", "m", "v"], ["y"], name="bn"),
     ]
-    with pytest.raises(ImportError_, match=r"'bn' \(BatchNormalization\): .*follow a float Conv"):
+    with pytest.raises(
+        ModelImportError, match=r"'bn' \(BatchNormalization\): .*follow a float Conv"
+    ):
         import_model(_model(nodes, inits))
 
 
@@ -126,5 +128,12 @@ def test_softmax_must_be_last():
         helper.make_node("Softmax", ["x"], ["s"], name="sm"),
         helper.make_node("Relu", ["s"], ["y"], name="r"),
     ]
-    with pytest.raises(ImportError_, match="Softmax is supported only as the last layer"):
+    with pytest.raises(ModelImportError, match="Softmax is supported only as the last layer"):
         import_model(_model(nodes, {}))
+
+
+def test_the_former_error_name_is_kept():
+    from hwsim.errors import HwsimError
+    from hwsim.graph import ImportError_
+
+    assert ImportError_ is ModelImportError and issubclass(ModelImportError, HwsimError)

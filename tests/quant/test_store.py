@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from hwsim.datapath import Accumulator, ReductionOrder
-from hwsim.graph import ImportError_
+from hwsim.graph import ModelImportError
 from hwsim.graph.ir import Graph, Node, Op
 from hwsim.numerics import IntFormat, Overflow, RoundingMode, ScaleKind
 from hwsim.quant import ActSpec, LayerSpec, Scheme, quantize
@@ -258,7 +258,7 @@ MALFORMED = [
 )
 def test_malformed_metadata_is_rejected_naming_the_field(saved, where, value, word):
     _rewrite(saved, _set(where, value))
-    with pytest.raises(ImportError_) as ei:
+    with pytest.raises(ModelImportError) as ei:
         load(saved)
     msg = str(ei.value)
     assert str(saved) in msg
@@ -267,7 +267,7 @@ def test_malformed_metadata_is_rejected_naming_the_field(saved, where, value, wo
 
 def test_metadata_that_is_not_json_names_the_file(saved):
     _rewrite(saved, lambda meta: "{not json")
-    with pytest.raises(ImportError_, match="not valid JSON") as ei:
+    with pytest.raises(ModelImportError, match="not valid JSON") as ei:
         load(saved)
     assert str(saved) in str(ei.value)
 
@@ -284,7 +284,7 @@ def test_float_model_is_not_a_program(tmp_path):
         opset_imports=[onnx.helper.make_opsetid("", 17)],
     )
     onnx.save(m, str(path))
-    with pytest.raises(ImportError_, match="float model") as ei:
+    with pytest.raises(ModelImportError, match="float model") as ei:
         load(path)
     assert str(path) in str(ei.value)
 
@@ -305,7 +305,7 @@ _BAD_VALUES = [
 )
 def test_out_of_range_act_metadata_is_rejected(saved, where, value, word):
     _rewrite(saved, _set(where, value))
-    with pytest.raises(ImportError_) as ei:
+    with pytest.raises(ModelImportError) as ei:
         load(saved)
     assert word in str(ei.value)
 
@@ -315,7 +315,7 @@ def test_tflite_register_with_wide_accumulator_is_rejected(saved):
         meta["layers"]["fc2"].update(acc_bits=48, tile_bits=48)  # fc2: tflite-single
 
     _rewrite(saved, edit)
-    with pytest.raises(ImportError_, match="acc_bits"):
+    with pytest.raises(ModelImportError, match="acc_bits"):
         load(saved)
 
 
@@ -333,7 +333,7 @@ def test_sequential_layer_ignores_tile_keys(saved, key, value):
 )
 def test_missing_metadata_key_names_its_layer_or_tensor(saved, where, owner):
     _rewrite(saved, _set(where, _DEL))
-    with pytest.raises(ImportError_) as ei:
+    with pytest.raises(ModelImportError) as ei:
         load(saved)
     msg = str(ei.value)
     assert str(saved) in msg and owner in msg and where[-1] in msg, msg
@@ -346,7 +346,7 @@ def test_metadata_for_unknown_names_is_an_error(saved, section):
         sec["ghost"] = dict(next(iter(sec.values())))
 
     _rewrite(saved, edit)
-    with pytest.raises(ImportError_, match=rf"{section}.*'ghost'") as ei:
+    with pytest.raises(ModelImportError, match=rf"{section}.*'ghost'") as ei:
         load(saved)
     assert str(saved) in str(ei.value)
 
