@@ -7,6 +7,7 @@ equations.
 """
 
 from hwsim.numerics.enums import StrEnum, coerce, enum_values
+from hwsim.numerics.affine import Affine
 from hwsim.numerics.formats import (
     IntFormat,
     Overflow,
@@ -32,6 +33,7 @@ from hwsim.numerics.scale import (
 )
 
 __all__ = [
+    "Affine",
     "IntFormat",
     "Overflow",
     "RoundingMode",

@@ -72,6 +72,7 @@ from hwsim.numerics import (
     coerce,
     enum_values,
 )
+from hwsim.numerics.affine import Affine
 
 
 # The quantization vocabulary. Members are their value strings (``ActMode.STATIC == "static"``,
@@ -383,6 +384,12 @@ class ActSpec:
     def __post_init__(self):
         object.__setattr__(self, "mode", _choice(self.mode, ActMode, "mode", ACT_SPEC_MODES))
         object.__setattr__(self, "base", _choice(self.base, ShiftBase, "base"))
+
+    @property
+    def affine(self) -> Affine:
+        """The tensor's grid as an :class:`~hwsim.numerics.affine.Affine` (a static tensor's
+        quantization; a shift tensor's static base grid)."""
+        return Affine(float(np.float32(self.scale)), self.zero_point, self.fmt)
 
     def as_dict(self) -> dict:
         return {
