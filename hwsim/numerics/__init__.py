@@ -6,8 +6,8 @@ vectorised function and kernel must equal. ``docs/numerics.md`` derives them in 
 equations.
 """
 
-from hwsim.numerics.enums import StrEnum, coerce, enum_values
 from hwsim.numerics.affine import Affine
+from hwsim.numerics.enums import StrEnum, coerce, enum_values
 from hwsim.numerics.formats import (
     IntFormat,
     Overflow,
