@@ -17,7 +17,6 @@ import statistics
 import sys
 import time
 
-
 # (hwsim case, reference, minimum ratio hwsim / reference) on this benchmark's machine
 TARGETS = (
     ("conv int32 (uint8 x int8)", "ort QLinearConv int8 x int8", 1.0),

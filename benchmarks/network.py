@@ -118,7 +118,7 @@ def bench(name, float_model, calib_x, make_x, batch, repeat, threads):
 
     from hwsim.api import run_program
     from hwsim.data import Dataset
-    from hwsim.execute import IntegerExecutor
+    from hwsim.execute import IntegerExecutor, run_float
     from hwsim.graph import import_model
     from hwsim.quant import Scheme, quantize
     from hwsim.quant.store import load, save
@@ -131,7 +131,7 @@ def bench(name, float_model, calib_x, make_x, batch, repeat, threads):
         onnx.save(float_model, fpath) if not isinstance(float_model, (str, Path)) else None
         src = float_model if isinstance(float_model, (str, Path)) else fpath
         program = quantize(
-            import_model(src), Scheme.preset("per-tensor"), Dataset("calib", calib_x, None)
+            import_model(src), Scheme.preset("per-tensor"), Dataset("calib", calib_x, None), float_run=run_float
         )
         save(program, qpath)
         program = load(qpath)

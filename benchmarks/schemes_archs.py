@@ -64,7 +64,7 @@ def main(argv=None) -> int:
             g0 = import_model(path)
             ref = run_float(g0, x)[g0.output]
             for preset, kw in CASES:
-                program = quantize(import_model(path), Scheme.preset(preset, **kw), calib)
+                program = quantize(import_model(path), Scheme.preset(preset, **kw), calib, float_run=run_float)
                 ex = IntegerExecutor(program)
                 y = ex.output(ex.run(x))
                 ops = sum(sum(s.ops.values()) for s in ex.stats.values())

@@ -1,38 +1,57 @@
-"""The Python API: one call per CLI command.
+"""The Python API: one call per CLI command (the CLI parses options, calls these and prints).
 
-* :func:`quantize_model` -- float ONNX + scheme (+ calibration data) -> QuantProgram (and file);
-* :func:`run` -- a quantized model (hwsim, QDQ or QOperator ONNX) on a data set -> RunReport;
-* :func:`compare` -- a sweep of schemes x widths on one float model -> rows, table, plot;
-* :func:`demo` -- the shipped default model, four schemes, one table.
+* :func:`demo` -- ``hwsim demo``, the main job: the shipped CNN, four schemes at two widths,
+  then narrow accumulators; rows of one table;
+* :func:`quantize_model` -- ``hwsim quantize``: float ONNX + scheme (+ calibration data) ->
+  QuantProgram (and file);
+* :func:`run` -- ``hwsim run``: a quantized model (hwsim, QDQ or QOperator ONNX) on a data set
+  -> RunReport;
+* :func:`compare` -- ``hwsim compare``: a sweep of schemes x widths on one float model -> rows,
+  table, plots;
+* :func:`cost` -- ``hwsim cost``: cycles, traffic and energy of a model or SCALE-Sim topology
+  (:func:`accelerator` builds the accelerator from a config file and overrides);
+* :func:`datapath` -- ``hwsim datapath``: one conv layer on several accumulator designs;
+* :func:`train` -- ``hwsim train``: train a shipped architecture, export float ONNX (PyTorch);
+* :func:`study` -- ``hwsim study psgd``: the PSGD reproduction study (PyTorch);
+* :func:`shipped_models` -- ``hwsim models``.
+
+Errors in what the caller gave (files, data, settings) are :class:`hwsim.errors.HwsimError`.
+The text the commands print is formatted by :mod:`hwsim.report`.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
 from hwsim.data import Dataset, conform, load_data
-from hwsim.execute import IntegerExecutor, QTensor, run_float
+from hwsim.errors import HwsimError
+from hwsim.execute import run_float
 from hwsim.graph import import_model, is_qoperator, load_onnx
-from hwsim.graph.ir import MAC_OPS, Graph
+from hwsim.graph.ir import Graph
+from hwsim.io import atomic_write_text
 from hwsim.quant import QuantProgram, Scheme, SchemeError, quantize
 from hwsim.quant.store import program_from_graph, save
 from hwsim.report import (
-    LayerRow,
+    DEFAULT_BATCH,
     RunReport,
     compare_plot,
     compare_table,
+    cost_plot,
+    gain_error_note,
     pareto_plot,
-    sqnr_db,
+    run_program,
+    run_qoperator,
     write_npz,
 )
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = "rescnn"
-DEFAULT_BATCH = 256
+#: The schemes ``hwsim demo`` and ``hwsim compare`` sweep by default.
+DEMO_SCHEMES = ("per-tensor", "per-channel", "per-sample", "per-sample-shift")
 
 
 def shipped_models() -> list[dict]:
@@ -56,7 +75,7 @@ def resolve_model(spec: str | os.PathLike) -> Path:
     if p.suffix == ".onnx" or os.sep in str(spec):
         return p  # let the importer report the missing file
     names = ", ".join(m["name"] for m in shipped_models())
-    raise FileNotFoundError(f"no model file or shipped model named {spec!r} (shipped: {names})")
+    raise HwsimError(f"no model file or shipped model named {spec!r} (shipped: {names})")
 
 
 def _data(data, input_shape) -> Dataset:
@@ -84,214 +103,33 @@ def quantize_model(
     (``wbits``, ``abits``, ``acc_bits``, ``overflow``, ``register``, ...).
     """
     graph = import_model(resolve_model(model)) if not isinstance(model, Graph) else model
+    if input_range is not None:
+        input_range = _input_range(input_range)
     if isinstance(scheme, str):
         scheme = make_scheme(scheme, **kw)
     elif kw:
         raise SchemeError("pass scheme settings either as a Scheme or as keywords, not both")
     ds = _data(calib, graph.input_shape) if calib is not None else None
-    program = quantize(graph, scheme, ds, batch_size, input_range)
+    program = quantize(graph, scheme, ds, batch_size, input_range, float_run=run_float)
     if out is not None:
         save(program, out)
     return program
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="sample", leave=False, mininterval=0.5)
-
-
-def gain_error_note(rows) -> str | None:
-    """The report note listing the layers whose scale registers apply another gain than their
-    scales ask for (``|gain error| > GAIN_TOLERANCE``: a ``pow2`` register of a real that is not
-    a power of two, docs/numerics.md "Gain error"), or None."""
-    from hwsim.numerics.scale import GAIN_TOLERANCE
-
-    bad = [
-        r
-        for r in rows
-        if r.gain_error_min is not None
-        and max(abs(r.gain_error_min), abs(r.gain_error_max)) > GAIN_TOLERANCE
-    ]
-    if not bad:
-        return None
-
-    def rng(r):
-        lo, hi = 100 * r.gain_error_min, 100 * r.gain_error_max
-        return f"{lo:+.2f}%" if abs(hi - lo) < 5e-3 else f"{lo:+.2f}% to {hi:+.2f}%"
-
-    return (
-        "gain error: the scale registers of these layers apply another gain than their scales "
-        "ask for (applied / wanted - 1; a shift-only pow2 register cannot apply a real that is "
-        "not a power of two, docs/numerics.md): "
-        + ", ".join(f"{r.name} ({r.op}) {rng(r)}" for r in bad)
-    )
+def _input_range(r) -> tuple[float, float]:
+    """``(lo, hi)``, finite with ``lo < hi``, or an HwsimError."""
+    try:
+        lo, hi = (float(v) for v in r)
+    except (TypeError, ValueError):
+        raise HwsimError(f"input_range must be two numbers (lo, hi), got {r!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise HwsimError(f"input_range must be finite with lo < hi, got ({lo:g}, {hi:g})")
+    return lo, hi
 
 
-def run_program(
-    program: QuantProgram,
-    ds: Dataset,
-    batch_size: int = DEFAULT_BATCH,
-    progress: bool = False,
-    with_float: bool = True,
-    collect_outputs: bool = False,
-    isa="exact",
-    seed: int = 0,
-):
-    """Run float and integer executors side by side in batches; returns (report, outputs).
-
-    ``isa`` (``exact``, ``avx2``, ``auto``; :mod:`hwsim.datapath.isa`): the MAC layers' dot
-    products. Under ``avx2`` an exact executor runs alongside, so every layer also reports its
-    SQNR with exact sums (``sqnr_exact_db``) and its int16 pair saturations.
-
-    ``seed``: stochastic rounding's draws (``IntegerExecutor``: one Generator per node and
-    sample, ``default_rng([seed, node_index, sample_index])``), so a run is reproducible and
-    its integers do not depend on ``batch_size``."""
-    from hwsim.datapath.isa import Isa, resolve
-
-    t0 = time.perf_counter()
-    g = program.graph
-    isa = resolve(isa)
-    ex = IntegerExecutor(program, track_partials=True, isa=isa, seed=seed)
-    ex_exact = IntegerExecutor(program, isa=Isa.EXACT, seed=seed) if isa is not Isa.EXACT else None
-    sig: dict[str, float] = {}
-    noise: dict[str, float] = {}
-    noise_exact: dict[str, float] = {}
-    int_pred, float_pred, outs = [], [], []
-    # a layer whose ReLU/Clip is fused into its requantization is compared after that activation
-    from hwsim.quant.quantize import fused_targets
-
-    compare_to = {
-        src: dst
-        for src, dst in fused_targets(g).items()
-        if src in program.acts and program.acts.get(dst) == program.acts[src]
-    }
-    bar = _progress(len(ds), "hwsim run", progress)
-    for _, xb in ds.batches(batch_size):
-        env = ex.run(xb, keep_all=with_float)
-        env_exact = ex_exact.run(xb, keep_all=True) if ex_exact is not None else None
-        y = ex.output(env)
-        int_pred.append(np.argmax(y.reshape(len(y), -1), axis=1))
-        if collect_outputs:
-            outs.append(y)
-        if with_float:
-            fenv = run_float(g, xb)
-            float_pred.append(np.argmax(fenv[g.output].reshape(len(y), -1), axis=1))
-            for n in g.nodes:
-                v = env.get(n.output)
-                if isinstance(v, QTensor):
-                    f = fenv[compare_to.get(n.output, n.output)].astype(np.float64)
-                    d = v.dequantize().astype(np.float64)
-                    sig[n.output] = sig.get(n.output, 0.0) + float(np.sum(f * f))
-                    noise[n.output] = noise.get(n.output, 0.0) + float(np.sum((f - d) ** 2))
-                    ve = env_exact.get(n.output) if env_exact is not None else None
-                    if isinstance(ve, QTensor):
-                        de = ve.dequantize().astype(np.float64)
-                        noise_exact[n.output] = noise_exact.get(n.output, 0.0) + float(
-                            np.sum((f - de) ** 2)
-                        )
-        del env, env_exact
-        if bar is not None:
-            bar.update(len(xb))
-    if bar is not None:
-        bar.close()
-    ip = np.concatenate(int_pred)
-    fp = np.concatenate(float_pred) if float_pred else None
-    rep = RunReport(str(g.source), ds.name, len(ds), program.describe())
-    macs_nodes = [n for n in g.nodes if n.op in MAC_OPS and n.wq is not None]
-    if macs_nodes and all(np.array_equal(n.weight, n.wq.dequantize()) for n in macs_nodes):
-        rep.float_reference = "dequantized weights"
-        rep.notes.append(
-            "float reference = this file's dequantized weights in float32 (the "
-            "original float weights are not in a quantized file): the comparison "
-            "isolates activation quantization and integer arithmetic"
-        )
-    if with_float and g.float_ranges:
-        rep.notes.append(
-            "float reference of a QDQ model: each quantized activation clamped to its "
-            "QuantizeLinear range, not rounded (the quantizer removed the ReLU/Clip layers "
-            "that range enforces), so SQNR counts rounding and integer arithmetic, not "
-            "clipping at the calibrated range"
-        )
-    if ds.y is not None:
-        rep.int_accuracy = float(np.mean(ip == ds.y))
-        if fp is not None:
-            rep.float_accuracy = float(np.mean(fp == ds.y))
-    else:
-        rep.notes.append("the data has no labels ('y'): accuracy omitted, agreement only")
-    if fp is not None:
-        rep.agreement = float(np.mean(ip == fp))
-    for n in g.nodes:
-        st = ex.stats[n.name]
-        spec = program.acts.get(n.output)
-        act = (
-            "float"
-            if spec is None
-            else f"{spec.mode}/{'s' if spec.fmt.signed else 'u'}{spec.fmt.bits}"
-        )
-        row = LayerRow(n.name, n.op.value, n.output, act, float_op=n.name in ex.float_ops)
-        row.gain_error_min, row.gain_error_max = st.gain_error_min, st.gain_error_max
-        if n.op in MAC_OPS:
-            c = st.counters
-            layer = program.layer(n.name)
-            row.macs = c.macs
-            row.overflow_events = c.overflow_events
-            row.outputs_overflowed = c.outputs_overflowed
-            row.acc_bits = layer.acc.bits
-            row.bits_needed = c.bits_needed
-            ext = [
-                v for v in (c.partial_min, c.partial_max, c.final_min, c.final_max) if v is not None
-            ]
-            row.max_abs_acc = max((abs(v) for v in ext), default=None)
-            row.bias_overflows = st.bias_overflows
-            row.clamped = st.clamped
-            row.bias_clamped = st.bias_clamped
-            if isa is not Isa.EXACT:
-                row.pair_saturations = c.pair_saturations
-                row.outputs_pair_saturated = c.outputs_pair_saturated
-        if n.output in sig:
-            row.sqnr_db = sqnr_db(sig[n.output], noise[n.output])
-            if n.output in noise_exact:
-                row.sqnr_exact_db = sqnr_db(sig[n.output], noise_exact[n.output])
-        rep.layers.append(row)
-    gain_note = gain_error_note(rep.layers)
-    if gain_note:
-        rep.notes.append(gain_note)
-    rep.settings["isa"] = isa.value
-    if isa is not Isa.EXACT:
-        macs = [n.name for n in g.nodes if n.op in MAC_OPS and n.wq is not None]
-        floats = sorted(m for m in macs if m in ex.float_ops)
-        skipped = sorted(m for m in macs if m not in ex.isa_layers and m not in ex.float_ops)
-        rep.notes.append(
-            f"isa {isa.value}: {len(ex.isa_layers)} MAC layer(s) sum uint8 x int8 pairs in "
-            "saturating int16 as onnxruntime's x86 kernels without VNNI do (docs/numerics.md "
-            "eq. 16)"
-            + (
-                f"; exact in {len(skipped)} (depthwise, not uint8 x int8, or not a 32-bit "
-                f"wrapping accumulator): {', '.join(skipped)}"
-                if skipped
-                else ""
-            )
-            + (
-                f"; {len(floats)} run as onnxruntime's float32 ops (unfused): {', '.join(floats)}"
-                if floats
-                else ""
-            )
-        )
-        import platform
-
-        if ex.ort_plan and platform.machine().lower() not in ("x86_64", "amd64"):
-            rep.notes.append(
-                "the fused plan comes from this machine's onnxruntime, a non-x86 build: it "
-                "keeps int8 QDQ activations int8, so int8-activation layers may be fused "
-                "differently from x86 (hwsim.graph.ort_plan)"
-            )
-    if not with_float:
-        rep.notes.append("no float reference for this model (QOperator ops)")
-    rep.seconds = time.perf_counter() - t0
-    return rep, (np.concatenate(outs) if collect_outputs else None)
+def _seq(v) -> tuple:
+    """A tuple of settings; one scheme name or width stands for a tuple of one."""
+    return (v,) if isinstance(v, (str, int, np.integer)) else tuple(v)
 
 
 def _finite(v):
@@ -314,13 +152,13 @@ def load_quantized(model) -> QuantProgram:
 
 
 def check_outputs(**paths) -> None:
-    """Every output path (``name=path``; None skipped) writable before any work: a
-    ValueError naming the field and the path as given (``hwsim.io.output_path_problem``)."""
+    """Every output path (``name=path``; None skipped) writable before any work: an
+    HwsimError naming the field and the path as given (``hwsim.io.output_path_problem``)."""
     from hwsim.io import output_path_problem
 
     for name, p in paths.items():
         if p is not None and (why := output_path_problem(p)):
-            raise ValueError(f"{name}: cannot write {why}")
+            raise HwsimError(f"{name}: cannot write {why}")
 
 
 def run(
@@ -339,12 +177,12 @@ def run(
     ``isa``: ``exact`` (true integer math: VNNI/AMX, ARM, accelerators), ``avx2``
     (onnxruntime's x86 results without VNNI, bit for bit, with int16 pair-saturation counters)
     or ``auto`` (what onnxruntime does on this CPU); see :mod:`hwsim.datapath.isa`.
-    ``seed``: stochastic rounding's draws (see :func:`run_program`).
+    ``seed``: stochastic rounding's draws (see :func:`hwsim.report.run_program`).
 
     ``report``: JSON path (written atomically); ``save_outputs``: .npz path receiving the
     model's final outputs (float32, as the model's last op produces them; a QOperator model's
     in their own dtype, e.g. int32 / uint8) under its output name. Both paths are checked
-    before the run (a ValueError naming the path), so a bad one does not lose the run.
+    before the run (an HwsimError naming the path), so a bad one does not lose the run.
     ``accelerator``: an :class:`hwsim.cost.Accelerator` (default: the default one); the report
     carries its cycles and energy for one batch of ``batch_size`` samples.
     """
@@ -355,8 +193,6 @@ def run(
         path = resolve_model(model)
         onnx_model = load_onnx(path)
         if is_qoperator(onnx_model):
-            from hwsim.execute import run_qoperator
-
             return run_qoperator(
                 onnx_model, str(path), data, batch_size, report, save_outputs, progress, isa
             )
@@ -383,7 +219,7 @@ def run(
 def compare(
     model,
     data,
-    schemes=("per-tensor", "per-channel", "per-sample", "per-sample-shift"),
+    schemes=DEMO_SCHEMES,
     wbits=(8, 4),
     abits=(8,),
     calib=None,
@@ -401,13 +237,15 @@ def compare(
 
     ``calib`` defaults to ``data`` (say so in reports; pass a separate set to avoid it).
     ``isa``: the dot product of the integer runs (see :func:`run`); ``seed``: stochastic
-    rounding's draws (see :func:`run_program`).
+    rounding's draws (see :func:`hwsim.report.run_program`).
     """
-    import json
-
-    from hwsim.io import atomic_write_text
-
     check_outputs(report=report, plot=plot, pareto=pareto)
+    schemes, wbits, abits = _seq(schemes), _seq(wbits), _seq(abits)
+    if not (schemes and wbits and abits):
+        raise HwsimError(
+            f"compare needs at least one scheme, weight width and activation width, got "
+            f"schemes={schemes}, wbits={wbits}, abits={abits}"
+        )
     path = resolve_model(model)
     base = import_model(path)
     ds = _data(data, base.input_shape)
@@ -418,7 +256,7 @@ def compare(
             for ab in abits:
                 graph = import_model(path)
                 sch = make_scheme(scheme, wbits=wb, abits=ab, **kw)
-                program = quantize(graph, sch, cal, batch_size)
+                program = quantize(graph, sch, cal, batch_size, float_run=run_float)
                 rep, _ = run_program(program, ds, batch_size, progress, isa=isa, seed=seed)
                 c = attach_cost(rep, program, accelerator, 1)
                 rows.append(
@@ -461,10 +299,11 @@ def compare(
 def attach_cost(rep: RunReport, program: QuantProgram, accelerator=None, batch: int = 1) -> dict:
     """Cost ``program`` on ``accelerator`` for one batch of ``batch`` samples and put the
     totals (and per-layer cycles / energy) into the run report; returns the totals."""
-    from hwsim.cost import Accelerator, cost, layers_from_program
+    from hwsim.cost import Accelerator, layers_from_program
+    from hwsim.cost import cost as cost_layers
 
     acc = accelerator if accelerator is not None else Accelerator()
-    crep = cost(layers_from_program(program, batch=batch), acc)
+    crep = cost_layers(layers_from_program(program, batch=batch), acc)
     totals = crep.totals
     rep.cost = {"accelerator": acc.as_dict(), "batch": batch, "totals": totals}
     by_name = {c.name: c for c in crep.layers}
@@ -476,18 +315,20 @@ def attach_cost(rep: RunReport, program: QuantProgram, accelerator=None, batch: 
     return totals
 
 
-__all__ = [
-    "compare",
-    "compare_table",
-    "load_quantized",
-    "quantize_model",
-    "run",
-    "run_program",
-    "shipped_models",
-]
+def accelerator(config=None, array=None, dataflow=None, **fields):
+    """The accelerator a run or cost is computed on: ``config`` (INI/TOML or SCALE-Sim .cfg path;
+    None: the defaults) with ``array`` (``"ROWSxCOLS"``), ``dataflow`` (``os``, ``ws``, ``is``)
+    and any other :class:`hwsim.cost.Accelerator` ``fields`` overriding it (None: unchanged)."""
+    from hwsim.cost import load_config, parse_array
+
+    over = {k: v for k, v in fields.items() if v is not None}
+    over["dataflow"] = dataflow
+    if array is not None:
+        over["rows"], over["cols"] = parse_array(array)
+    return load_config(config, **over)
 
 
-def cost_model(
+def cost(
     model_or_topology,
     config=None,
     array=None,
@@ -497,11 +338,14 @@ def cost_model(
     plot=None,
     **widths,
 ):
-    """Cost a shipped model / ONNX file (float: widths from the config or ``widths``;
-    quantized: widths from the model) or a SCALE-Sim topology CSV on an accelerator."""
-    from hwsim.cost import cost, layers_from_program, load_config, parse_array, read_topology
-    from hwsim.io import atomic_write_text
+    """Cost a shipped model / ONNX file (float: widths from the config or ``widths``
+    -- ``weight_bits``, ``act_bits``, ``acc_bits``; quantized: widths from the model) or a
+    SCALE-Sim topology CSV on an accelerator (:func:`accelerator`); returns the
+    :class:`hwsim.cost.CostReport`, written as JSON / plotted (atomically) if asked."""
+    from hwsim.cost import cost as cost_layers
+    from hwsim.cost import layers_from_program, load_config, parse_array, read_topology
 
+    check_outputs(json_path=json_path, plot=plot)
     over = dict(widths)
     if array is not None:
         over["rows"], over["cols"] = parse_array(array)
@@ -517,51 +361,194 @@ def cost_model(
         layers = layers_from_program(
             program_from_graph(graph) if graph.quantized else graph, batch=batch
         )
-    rep = cost(layers, acc)
+    rep = cost_layers(layers, acc)
     if json_path is not None:
-        import json
-
         atomic_write_text(json_path, json.dumps(rep.as_dict(), indent=2) + "\n")
     if plot is not None:
         cost_plot(rep, plot, Path(spec).stem)
     return rep
 
 
-def cost_plot(rep, path, title: str) -> None:
-    """Stacked per-layer energy (MAC / SRAM / DRAM / scheme) and cycles; PNG, atomically."""
-    import io
+#: The former name of :func:`cost`.
+cost_model = cost
 
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def demo(
+    model=DEFAULT_MODEL,
+    data="digits",
+    calib="digits-train",
+    wbits=(8, 4),
+    abits=(8, 4),
+    report=None,
+) -> dict:
+    """``hwsim demo``, the main job: ``model`` on ``data`` (calibrated on ``calib``) under the
+    four :data:`DEMO_SCHEMES` at each width pair (``wbits`` and ``abits`` zipped when they have
+    the same length, else every combination), int32 wrapping accumulators and ``ort``
+    registers; then per-tensor at the first widths on narrow accumulators in hardware order
+    (16-bit saturating, 14-bit saturating, 14-bit wrapping), where they overflow. Returns
+    ``{"model", "data", "calib", "rows"}`` (rows as :func:`compare`'s; table:
+    :func:`hwsim.report.compare_table`), written as JSON to ``report`` (atomically) if given."""
+    check_outputs(report=report)
+    wbits, abits = _seq(wbits), _seq(abits)
+    if not wbits or not abits:
+        raise HwsimError(
+            f"demo needs at least one weight and one activation width, got wbits={wbits}, "
+            f"abits={abits}"
+        )
+    rows = []
+    for wb, ab in (
+        zip(wbits, abits, strict=False)
+        if len(wbits) == len(abits)
+        else [(w, a) for w in wbits for a in abits]
+    ):
+        rows += compare(model, data, DEMO_SCHEMES, (wb,), (ab,), calib=calib, report=None)
+    # the same network on narrow accumulators, in hardware order: where do they overflow?
+    for bits, ovf in ((16, "saturate"), (14, "saturate"), (14, "wrap")):
+        rows += compare(
+            model,
+            data,
+            ("per-tensor",),
+            (wbits[0],),
+            (abits[0],),
+            calib=calib,
+            acc_bits=bits,
+            overflow=ovf,
+        )
+    doc = {"model": model, "data": data, "calib": calib, "rows": rows}
+    if report is not None:
+        atomic_write_text(report, json.dumps(doc, indent=2, default=str) + "\n")
+    return doc
 
-    from hwsim.io import atomic_write_bytes
 
-    names = [r.name for r in rep.layers]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, len(names) * 0.5), 6), sharex=True)
-    bottom = np.zeros(len(names))
-    for part in ("mac", "sram", "dram", "scheme"):
-        v = np.array([r.energy_breakdown[part] / 1e6 for r in rep.layers])
-        ax1.bar(names, v, bottom=bottom, label=part)
-        bottom += v
-    ax1.set_ylabel("energy (uJ)")
-    ax1.legend(fontsize=7)
-    ax1.set_title(
-        f"{title}: {rep.accelerator.rows}x{rep.accelerator.cols} {rep.accelerator.dataflow.value}"
+def datapath(
+    seed: int = 0, batch: int = 4, acc_bits: int = 16, tile_rows: int = 16, report=None
+) -> dict:
+    """``hwsim datapath``: the seeded demo conv layer on several accumulator and scale-register
+    designs (:func:`hwsim.datapath_demo.run_demo`); the result dict (table:
+    :func:`hwsim.report.datapath_table`), written as JSON to ``report`` (atomically) if given."""
+    from hwsim.datapath_demo import run_demo
+
+    check_outputs(report=report)
+    for name, v, lo, hi in (
+        ("seed", seed, 0, None),
+        ("batch", batch, 1, None),
+        ("acc_bits", acc_bits, 8, 64),
+        ("tile_rows", tile_rows, 1, None),
+    ):
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, np.integer))
+            or v < lo
+            or (hi is not None and v > hi)
+        ):
+            want = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise HwsimError(f"{name} must be an integer {want}, got {v!r}")
+    res = run_demo(seed=seed, batch=batch, acc_bits=acc_bits, tile_rows=tile_rows)
+    if report is not None:
+        atomic_write_text(report, json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def _needs_torch(command: str, extra: str = "") -> None:
+    """An HwsimError naming the extra to install when PyTorch cannot be imported."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise HwsimError(
+            f"{command} needs PyTorch: pip install -e '.[train]'{extra} ({e})"
+        ) from None
+
+
+def train(
+    arch: str,
+    data="digits-train",
+    optimizer: str = "sgd",
+    target_bits: int = 4,
+    lambda_s: float | None = None,
+    scaling: str = "official",
+    epochs: int = 30,
+    lr: float = 0.05,
+    seed: int = 0,
+    out="model.onnx",
+    **train_kw,
+) -> dict:
+    """``hwsim train``: train a shipped architecture (``mlp``, ``rescnn``) on ``data`` with SGD
+    or PSGD and export float ONNX to ``out``; returns the record of
+    :func:`hwsim.train.fit.train_model` (``lambda_s=None``: the official 150). Needs the
+    ``train`` extra (PyTorch): without it, an HwsimError saying so."""
+    _needs_torch("hwsim train", " (torch==2.13.0)")
+    from hwsim.train.fit import train_model
+
+    if lambda_s is not None:
+        train_kw["lambda_s"] = lambda_s
+    return train_model(
+        arch,
+        data=data,
+        optimizer=optimizer,
+        target_bits=target_bits,
+        scaling=scaling,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        out=out,
+        **train_kw,
     )
-    ax2.bar(names, [r.compute_cycles for r in rep.layers], label="compute")
-    ax2.bar(
-        names,
-        [r.stall_cycles for r in rep.layers],
-        bottom=[r.compute_cycles for r in rep.layers],
-        label="stall",
-    )
-    ax2.set_ylabel("cycles")
-    ax2.legend(fontsize=7)
-    ax2.tick_params(axis="x", rotation=90, labelsize=6)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+
+
+def study(
+    data: str = "digits",
+    seeds: int = 3,
+    arch: str = "rescnn",
+    epochs: int = 30,
+    lr: float = 0.05,
+    lambda_s: float | None = None,
+    target_bits: int = 4,
+    scaling: str = "official",
+    workdir=None,
+    report=None,
+    plot_dir=None,
+    log=print,
+) -> dict:
+    """``hwsim study psgd``: SGD vs PSGD models under layer-wise and channel-wise quantization
+    on the emulated datapath, mean +- std over seeds (:func:`hwsim.study.study_psgd`; its
+    table: :func:`study_table`). Needs the ``train`` extra (PyTorch)."""
+    _needs_torch("hwsim study psgd")
+    from hwsim.study import study_psgd
+
+    check_outputs(report=report)
+    return study_psgd(
+        data, seeds, arch, epochs, lr, lambda_s, target_bits, scaling, workdir, report,
+        plot_dir, log=log,
+    )  # fmt: skip
+
+
+def study_table(doc: dict) -> str:
+    """The paper-style table of a :func:`study` result (:func:`hwsim.study.table`)."""
+    from hwsim.study import table
+
+    return table(doc)
+
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "accelerator",
+    "check_outputs",
+    "compare",
+    "compare_table",
+    "cost",
+    "cost_model",
+    "datapath",
+    "demo",
+    "gain_error_note",
+    "load_data",
+    "load_quantized",
+    "make_scheme",
+    "quantize_model",
+    "resolve_model",
+    "run",
+    "run_program",
+    "shipped_models",
+    "study",
+    "study_table",
+    "train",
+]

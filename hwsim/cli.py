@@ -1,13 +1,52 @@
-"""Command line: thin wrappers that parse, call the library and print."""
+"""Command line: thin wrappers that parse options, call :mod:`hwsim.api` and print the text
+:mod:`hwsim.report` formats.
+
+Errors: an :class:`hwsim.errors.HwsimError` (bad file, data, option or unsupported model), an
+OSError naming a path, and click's usage errors are one ``Error: ...`` line (exit 1; usage
+errors exit 2). Anything else is a bug in hwsim: it keeps its traceback, followed by a line
+asking to report it.
+"""
 
 from __future__ import annotations
 
-import json
+import functools
+import sys
 
 import click
 
 from hwsim import __version__
-from hwsim.io import atomic_write_text
+from hwsim.cost.dataflow import Dataflow
+from hwsim.datapath import ReductionOrder
+from hwsim.datapath.isa import ISA_CHOICES
+from hwsim.errors import HwsimError
+from hwsim.numerics import Overflow, RoundingMode, ScaleKind
+from hwsim.quant.scheme import (
+    BN_FOLDS,
+    CALIB_METHODS,
+    DATA_FREE_RANGES,
+    GRANULARITIES,
+    PRESETS,
+    SHIFT_BASES,
+    WEIGHT_MODES,
+)
+from hwsim.train import SCALINGS, TARGET_BITS
+
+# Flag ranges shared by every command, the limits the library checks (LayerScheme, Accumulator)
+#: Weight / activation widths (``LayerScheme.wbits`` / ``abits``, ``first_last_bits``).
+BITS = (2, 16)
+#: Accumulator widths (``LayerScheme.acc_bits``; the in-array ``tile_bits`` when not 0).
+ACC_BITS = (8, 64)
+#: Rows of a weight-stationary tile (``tile_rows``).
+MAX_TILE_ROWS = 1 << 20
+#: Samples per batch.
+MAX_BATCH = 1 << 20
+#: Seeds (of stochastic rounding, the datapath demo's layer, training).
+SEED = click.IntRange(0, None)
+
+BUG_HINT = (
+    "hwsim: this is a bug in hwsim, not a problem with your input: please report it with the "
+    "command line and this traceback"
+)
 
 
 @click.group()
@@ -16,6 +55,46 @@ def main() -> None:
     """hwsim: bit-exact quantized inference on emulated integer hardware."""
 
 
+class CliError(click.ClickException):
+    """A user-facing error: printed as 'Error: ...' with exit code 1, no traceback."""
+
+
+def _guard(fn):
+    """User errors (HwsimError, an OSError naming a path) become one clean ``Error:`` line;
+    click's exceptions pass; any other exception is a bug: it keeps its traceback, followed by
+    :data:`BUG_HINT` (a note on the exception; on Python 3.10 printed to stderr before it)."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except HwsimError as e:
+            raise CliError(str(e)) from None
+        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise
+        except OSError as e:
+            if e.filename is None and e.filename2 is None:
+                _bug(e)
+                raise
+            # e.g. an output directory removed during the run: names the user's path
+            raise CliError(str(e)) from None
+        except Exception as e:
+            _bug(e)
+            raise
+
+    return wrapper
+
+
+def _bug(e: BaseException) -> None:
+    if hasattr(e, "add_note"):  # Python >= 3.11: printed after the traceback
+        e.add_note(BUG_HINT)
+    else:  # pragma: no cover - Python 3.10
+        click.echo(BUG_HINT, err=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# option callbacks
+# ------------------------------------------------------------------------------------------------
 def _out(ctx, param, value):
     """An output file path, checked before any work (its directory exists and is writable):
     a usage error (exit 2) naming the path as given, not a failure after the run."""
@@ -49,19 +128,59 @@ def _out_dir(ctx, param, value):
     return value
 
 
+def _bits_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        out = tuple(int(v) for v in str(value).split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    lo, hi = BITS
+    for b in out:
+        if not lo <= b <= hi:
+            raise click.BadParameter(f"bit widths must be in [{lo}, {hi}], got {b}")
+    return out
+
+
+def _tile_bits(ctx, param, value):
+    lo, hi = ACC_BITS
+    if value and not lo <= value <= hi:
+        raise click.BadParameter(
+            f"must be 0 (the accumulator's width) or in [{lo}, {hi}], got {value}"
+        )
+    return value
+
+
+def _input_range(ctx, param, value):
+    if not value:
+        return None
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LO,HI, got {value!r}") from None
+    return (lo, hi)
+
+
+def _values(enum) -> list[str]:
+    return [m.value for m in enum]
+
+
+# ------------------------------------------------------------------------------------------------
+# datapath
+# ------------------------------------------------------------------------------------------------
 @main.command("datapath")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the demo layer.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the demo layer.")
 @click.option("--batch", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option(
     "--acc-bits",
-    type=click.IntRange(8, 64),
+    type=click.IntRange(*ACC_BITS),
     default=16,
     show_default=True,
     help="Width of the narrow accumulator designs.",
 )
 @click.option(
     "--tile-rows",
-    type=click.IntRange(1, 4096),
+    type=click.IntRange(1, MAX_TILE_ROWS),
     default=16,
     show_default=True,
     help="Rows of the systolic column in the tiled design.",
@@ -73,110 +192,39 @@ def _out_dir(ctx, param, value):
     callback=_out,
     help="Also write the results as JSON (atomically).",
 )
+@_guard
 def datapath(seed: int, batch: int, acc_bits: int, tile_rows: int, json_path: str | None) -> None:
     """Datapath demo: one conv layer on several accumulator and scale-register designs."""
-    from hwsim.demo import run_demo
+    from hwsim import api, report
 
-    res = run_demo(seed=seed, batch=batch, acc_bits=acc_bits, tile_rows=tile_rows)
-    layer = res["layer"]
-    click.echo(
-        f"conv x{tuple(layer['x'])} * w{tuple(layer['w'])}, pad 1, "
-        f"{layer['macs'] / 1e6:.1f} M MACs (seed {seed})\n"
-    )
-    head = (
-        f"{'accumulator design':<34}{'overflows':>12}{'outputs hit':>13}{'bits needed':>13}"
-        f"{'exact outputs':>15}{'rel. error':>12}{'ms':>9}"
-    )
-    click.echo(head)
-    click.echo("-" * len(head))
-    for r in res["accumulators"]:
-        click.echo(
-            f"{r['design']:<34}{r['overflow_events']:>12}{r['outputs_overflowed']:>13}"
-            f"{r['bits_needed']:>13}{r['exact_outputs']:>14.2%} {r['relative_error']:>11.2%}"
-            f"{r['seconds'] * 1e3:>9.1f}"
-        )
-    click.echo(f"\nrequantization to int8, real scale {res['real_scale']:.6g}:")
-    for r in res["registers"]:
-        click.echo(
-            f"  {r['register']:<14} clamped {r['clamped']:>6}   "
-            f"differs from ort on {r['differs_from_ort']} outputs"
-        )
+    res = api.datapath(seed, batch, acc_bits, tile_rows, report=json_path)
+    click.echo(report.datapath_table(res))
     if json_path:
-        atomic_write_text(json_path, json.dumps(res, indent=2) + "\n")
         click.echo(f"\nwrote {json_path}")
 
 
 # ------------------------------------------------------------------------------------------------
 # network commands
 # ------------------------------------------------------------------------------------------------
-class HwsimError(click.ClickException):
-    """A user-facing error: printed as 'Error: ...' with exit code 1, no traceback."""
-
-
-def _guard(fn):
-    """Turn hwsim's input errors into clean CLI errors."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        from hwsim.cost import ConfigError, TopologyError
-        from hwsim.data import DataError
-        from hwsim.graph import ImportError_
-        from hwsim.quant import SchemeError
-
-        try:
-            return fn(*a, **kw)
-        except (
-            DataError,
-            ImportError_,
-            SchemeError,
-            FileNotFoundError,
-            ConfigError,
-            TopologyError,
-            OSError,  # e.g. an output directory removed during the run: names the user's path
-        ) as e:
-            raise HwsimError(str(e)) from None
-        except ValueError as e:
-            raise HwsimError(f"{type(e).__name__}: {e}") from None
-
-    return wrapper
-
-
-def _bits_list(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        out = tuple(int(v) for v in str(value).split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    for b in out:
-        if not 2 <= b <= 16:
-            raise click.BadParameter(f"bit widths must be in [2, 16], got {b}")
-    return out
-
-
 def _scheme_options(f):
-    from hwsim.numerics import Overflow, RoundingMode, ScaleKind
-    from hwsim.quant.scheme import CALIB_METHODS, GRANULARITIES, WEIGHT_MODES
-
     opts = [
         click.option(
             "--acc-bits",
-            type=click.IntRange(8, 64),
+            type=click.IntRange(*ACC_BITS),
             default=32,
             show_default=True,
             help="Accumulator width (bits).",
         ),
         click.option(
             "--overflow",
-            type=click.Choice([o.value for o in Overflow]),
+            type=click.Choice(_values(Overflow)),
             default="wrap",
             show_default=True,
             help="Accumulator overflow mode.",
         ),
         click.option(
             "--order",
-            type=click.Choice(["sequential", "tiled"]),
+            type=click.Choice(_values(ReductionOrder)),
             default="sequential",
             show_default=True,
             help="Reduction order of the accumulator: sequential (output-stationary PE, CPU) or "
@@ -185,29 +233,30 @@ def _scheme_options(f):
         ),
         click.option(
             "--tile-rows",
-            type=click.IntRange(0, 1 << 20),
+            type=click.IntRange(0, MAX_TILE_ROWS),
             default=0,
             show_default=True,
             help="Rows of the weight-stationary array (products per tile) for --order tiled.",
         ),
         click.option(
             "--tile-bits",
-            type=click.IntRange(0, 64),
+            type=click.IntRange(0, ACC_BITS[1]),
             default=0,
             show_default=True,
+            callback=_tile_bits,
             help="Width of the in-array partial sum for --order tiled, with the accumulator's "
-            "overflow rule (0: --acc-bits; Gemmini: 20 with a 32-bit accumulator).",
+            "overflow rule (0: --acc-bits, else 8..64; Gemmini: 20 with a 32-bit accumulator).",
         ),
         click.option(
             "--register",
-            type=click.Choice([k.value for k in ScaleKind]),
+            type=click.Choice(_values(ScaleKind)),
             default="ort",
             show_default=True,
             help="Requantization semantics (scale register).",
         ),
         click.option(
             "--rounding",
-            type=click.Choice([m.value for m in RoundingMode]),
+            type=click.Choice(_values(RoundingMode)),
             default="half_away",
             show_default=True,
             help="pow2 register rounding.",
@@ -228,7 +277,12 @@ def _scheme_options(f):
             show_default=True,
             help="Static activation range method.",
         ),
-        click.option("--percentile", type=float, default=99.99, show_default=True),
+        click.option(
+            "--percentile",
+            type=click.FloatRange(50, 100, min_open=True),
+            default=99.99,
+            show_default=True,
+        ),
         click.option(
             "--s-max",
             type=click.IntRange(0, 16),
@@ -238,7 +292,7 @@ def _scheme_options(f):
         ),
         click.option(
             "--shift-base",
-            type=click.Choice(["static", "runtime"]),
+            type=click.Choice(SHIFT_BASES),
             default="static",
             show_default=True,
             help="per-sample-shift's per-tensor base: calibrated (static), or each batch's "
@@ -247,23 +301,23 @@ def _scheme_options(f):
         ),
         click.option(
             "--first-last-bits",
-            type=click.IntRange(2, 16),
+            type=click.IntRange(*BITS),
             default=None,
             help="Weight/input width of the first and last layers.",
         ),
         click.option(
-            "--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True
+            "--batch-size", type=click.IntRange(1, MAX_BATCH), default=256, show_default=True
         ),
         click.option(
             "--bn-fold",
-            type=click.Choice(["weights", "register"]),
+            type=click.Choice(BN_FOLDS),
             default="weights",
             show_default=True,
             help="Fold BatchNorm into the weights, or into the per-channel scale register.",
         ),
         click.option(
             "--data-free-range",
-            type=click.Choice(["sound", "official"]),
+            type=click.Choice(DATA_FREE_RANGES),
             default="sound",
             show_default=True,
             help="Data-free range after a BatchNorm: sound = [min(beta-n|gamma|), "
@@ -315,26 +369,29 @@ def parse_overrides(specs) -> dict:
     return out
 
 
+_SCHEME_FIELDS = (
+    "bn_fold",
+    "data_free_range",
+    "acc_bits",
+    "overflow",
+    "order",
+    "tile_rows",
+    "tile_bits",
+    "register",
+    "rounding",
+    "weight_mode",
+    "calib_method",
+    "percentile",
+    "s_max",
+    "shift_base",
+    "first_last_bits",
+)
+
+
 def _scheme_kw(kw: dict) -> dict:
-    overrides = parse_overrides(kw.pop("layers"))
-    out = dict(
-        overrides=overrides,
-        bn_fold=kw.pop("bn_fold"),
-        data_free_range=kw.pop("data_free_range"),
-        acc_bits=kw.pop("acc_bits"),
-        overflow=kw.pop("overflow"),
-        order=kw.pop("order"),
-        tile_rows=kw.pop("tile_rows"),
-        tile_bits=kw.pop("tile_bits"),
-        register=kw.pop("register"),
-        rounding=kw.pop("rounding"),
-        weight_mode=kw.pop("weight_mode"),
-        calib_method=kw.pop("calib_method"),
-        percentile=kw.pop("percentile"),
-        s_max=kw.pop("s_max"),
-        shift_base=kw.pop("shift_base"),
-        first_last_bits=kw.pop("first_last_bits"),
-    )
+    """The scheme options of :func:`_scheme_options`, popped from ``kw``, as api keywords."""
+    out = {"overrides": parse_overrides(kw.pop("layers"))}
+    out.update((k, kw.pop(k)) for k in _SCHEME_FIELDS)
     g = kw.pop("granularity")
     if g is not None:
         out["granularity"] = g
@@ -352,7 +409,7 @@ def _accel_options(f):
             help="Accelerator config for the cost figures (see `hwsim cost`).",
         ),
         click.option("--array", default=None, help="Array size ROWSxCOLS (default 32x32)."),
-        click.option("--dataflow", type=click.Choice(["os", "ws", "is"]), default=None),
+        click.option("--dataflow", type=click.Choice(_values(Dataflow)), default=None),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -360,16 +417,12 @@ def _accel_options(f):
 
 
 def _accelerator(kw: dict):
-    from hwsim.cost import load_config, parse_array
+    from hwsim import api
 
-    cfg, array, df = kw.pop("accel_config"), kw.pop("array"), kw.pop("dataflow")
-    over = {"dataflow": df}
-    if array is not None:
-        over["rows"], over["cols"] = parse_array(array)
-    return load_config(cfg, **over)
+    return api.accelerator(kw.pop("accel_config"), kw.pop("array"), kw.pop("dataflow"))
 
 
-SCHEMES_HELP = "per-tensor, per-channel, per-sample, per-sample-shift, data-free"
+SCHEMES_HELP = ", ".join(PRESETS)
 
 
 @main.command()
@@ -385,52 +438,27 @@ SCHEMES_HELP = "per-tensor, per-channel, per-sample, per-sample-shift, data-free
 def demo(model, data, calib, wbits, abits, json_path):
     """The main job: the shipped CNN on digits, four schemes, float vs integer, and narrow
     accumulators."""
-    from hwsim import api
+    from hwsim import api, report
 
-    schemes = ("per-tensor", "per-channel", "per-sample", "per-sample-shift")
-    click.echo(
-        f"hwsim demo: {model} on {data} (calibrated on {calib}); per-tensor / "
-        "per-channel / per-sample / per-sample-shift (S_max=4) quantization, int32 "
-        "wrapping accumulators, ort scale registers\n"
-    )
-    rows = []
-    for wb, ab in (
-        zip(wbits, abits, strict=False)
-        if len(wbits) == len(abits)
-        else [(w, a) for w in wbits for a in abits]
-    ):
-        rows += api.compare(model, data, schemes, (wb,), (ab,), calib=calib, report=None)
-    # the same network on narrow accumulators, in hardware order: where do they overflow?
-    for bits, ovf in ((16, "saturate"), (14, "saturate"), (14, "wrap")):
-        rows += api.compare(
-            model,
-            data,
-            ("per-tensor",),
-            (wbits[0],),
-            (abits[0],),
-            calib=calib,
-            acc_bits=bits,
-            overflow=ovf,
-        )
-    click.echo(api.compare_table(rows))
+    click.echo(report.demo_header(model, data, calib) + "\n")
+    doc = api.demo(model, data, calib, wbits, abits, report=json_path)
+    click.echo(report.compare_table(doc["rows"]))
     if json_path:
-        atomic_write_text(
-            json_path,
-            json.dumps(
-                {"model": model, "data": data, "calib": calib, "rows": rows}, indent=2, default=str
-            )
-            + "\n",
-        )
         click.echo(f"\nwrote {json_path}")
 
 
 @main.command("quantize")
 @click.argument("model")
 @click.option("--scheme", default="per-tensor", show_default=True, help=SCHEMES_HELP)
-@click.option("--wbits", type=click.IntRange(2, 16), default=8, show_default=True)
-@click.option("--abits", type=click.IntRange(2, 16), default=8, show_default=True)
+@click.option("--wbits", type=click.IntRange(*BITS), default=8, show_default=True)
+@click.option("--abits", type=click.IntRange(*BITS), default=8, show_default=True)
 @click.option("--calib", default=None, help="Calibration data: built-in name or .npz.")
-@click.option("--input-range", default=None, help="LO,HI of the input (data-free scheme).")
+@click.option(
+    "--input-range",
+    default=None,
+    callback=_input_range,
+    help="LO,HI of the input (data-free scheme).",
+)
 @click.option(
     "-o", "--output", "out", required=True, type=click.Path(dir_okay=False), callback=_out
 )
@@ -438,39 +466,27 @@ def demo(model, data, calib, wbits, abits, json_path):
 @_guard
 def quantize_cmd(model, scheme, wbits, abits, calib, input_range, out, **kw):
     """Quantize a float ONNX MODEL with a scheme and write the quantized ONNX file."""
-    from hwsim import api
+    from hwsim import api, report
 
     batch = kw.pop("batch_size")
-    skw = _scheme_kw(kw)
-    rng = None
-    if input_range:
-        try:
-            lo, hi = (float(v) for v in input_range.split(","))
-        except ValueError:
-            raise click.BadParameter("--input-range must be LO,HI") from None
-        rng = (lo, hi)
     program = api.quantize_model(
         model,
         scheme,
         calib=calib,
         out=out,
-        input_range=rng,
+        input_range=input_range,
         batch_size=batch,
         wbits=wbits,
         abits=abits,
-        **skw,
+        **_scheme_kw(kw),
     )
-    n = sum(1 for nd in program.graph.nodes if nd.wq is not None)
-    click.echo(
-        f"quantized {n} layers of {model} ({scheme}, W{wbits}A{abits}, "
-        f"acc {skw['acc_bits']}-bit {skw['overflow']}, {skw['register']}) -> {out}"
-    )
+    click.echo(report.quantize_summary(program, model, out))
 
 
 def _isa_option(f):
     return click.option(
         "--isa",
-        type=click.Choice(["exact", "avx2", "auto"]),
+        type=click.Choice(ISA_CHOICES),
         default="exact",
         show_default=True,
         help="Dot-product semantics: exact integer math (VNNI/AMX, ARM, accelerators); avx2: "
@@ -482,7 +498,7 @@ def _isa_option(f):
 def _seed_option(f):
     return click.option(
         "--seed",
-        type=click.IntRange(0, None),
+        type=SEED,
         default=0,
         show_default=True,
         help="Seed of stochastic rounding (--rounding stochastic with a pow2 register): one "
@@ -504,7 +520,9 @@ def _seed_option(f):
     help="Write the model's final outputs (.npz, under the output name; float32, or the "
     "output's own dtype, e.g. int32/uint8, for QOperator models).",
 )
-@click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(1, MAX_BATCH), default=256, show_default=True
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
 @_isa_option
 @_seed_option
@@ -512,8 +530,6 @@ def _seed_option(f):
 @_guard
 def run_cmd(model, data, report, save_outputs, batch_size, progress, isa, seed, **kw):
     """Run a quantized MODEL (hwsim, QDQ or QOperator ONNX) on DATA; float vs integer."""
-    import sys
-
     from hwsim import api
 
     if progress is None:
@@ -567,12 +583,10 @@ def run_cmd(model, data, report, save_outputs, batch_size, progress, isa, seed, 
 @_guard
 def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, isa, seed, **kw):
     """Sweep schemes x bit widths on a float MODEL: table (with energy), JSON, plots."""
-    from hwsim import api
+    from hwsim import api, report
 
     accel = _accelerator(kw)
     batch = kw.pop("batch_size")
-    skw = _scheme_kw(kw)
-    fl = skw.pop("first_last_bits")
     names = tuple(s.strip() for s in schemes.split(",") if s.strip())
     rows = api.compare(
         model,
@@ -584,14 +598,13 @@ def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, 
         report=json_path,
         plot=plot,
         batch_size=batch,
-        first_last_bits=fl,
         accelerator=accel,
         pareto=pareto,
         isa=isa,
         seed=seed,
-        **skw,
+        **_scheme_kw(kw),
     )
-    click.echo(api.compare_table(rows))
+    click.echo(report.compare_table(rows))
     if calib is None:
         click.echo("note: calibrated on the evaluation data itself (pass --calib to separate)")
     for path in (json_path, plot, pareto):
@@ -608,22 +621,22 @@ def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, 
     help="Accelerator config (INI/TOML; SCALE-Sim .cfg fields are read too).",
 )
 @click.option("--array", default=None, help="Array size ROWSxCOLS, e.g. 32x32.")
-@click.option("--dataflow", type=click.Choice(["os", "ws", "is"]), default=None)
+@click.option("--dataflow", type=click.Choice(_values(Dataflow)), default=None)
 @click.option(
     "--batch",
-    type=click.IntRange(1, 1 << 20),
+    type=click.IntRange(1, MAX_BATCH),
     default=1,
     show_default=True,
     help="Samples per inference (models only).",
 )
 @click.option(
     "--wbits",
-    type=click.IntRange(1, 32),
+    type=click.IntRange(*BITS),
     default=None,
     help="Weight width for float models and topologies.",
 )
-@click.option("--abits", type=click.IntRange(1, 32), default=None)
-@click.option("--acc-bits", type=click.IntRange(8, 64), default=None)
+@click.option("--abits", type=click.IntRange(*BITS), default=None)
+@click.option("--acc-bits", type=click.IntRange(*ACC_BITS), default=None)
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), callback=_out, default=None
 )
@@ -637,7 +650,7 @@ def cost_cmd(
     """Cycles, traffic and energy of a model or SCALE-Sim topology CSV on an accelerator."""
     from hwsim import api
 
-    rep = api.cost_model(
+    rep = api.cost(
         model_or_topology,
         config,
         array,
@@ -666,21 +679,16 @@ def cost_cmd(
 @click.option("--optimizer", type=click.Choice(["sgd", "psgd"]), default="sgd", show_default=True)
 @click.option(
     "--target-bits",
-    type=click.IntRange(2, 8),
+    type=click.IntRange(*TARGET_BITS),
     default=4,
     show_default=True,
     help="PSGD: the weight grid the gradients are scaled toward.",
 )
 @click.option("--lambda-s", type=float, default=None, help="PSGD scale (default: the official).")
-@click.option(
-    "--scaling",
-    type=click.Choice(["official", "normalized"]),
-    default="official",
-    show_default=True,
-)
+@click.option("--scaling", type=click.Choice(SCALINGS), default="official", show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 100000), default=30, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "-o", "--output", "out", required=True, type=click.Path(dir_okay=False), callback=_out_parents
 )
@@ -688,29 +696,21 @@ def cost_cmd(
 def train_cmd(arch, data, optimizer, target_bits, lambda_s, scaling, epochs, lr, seed, out):
     """Train a shipped ARCH (mlp, rescnn) with SGD or PSGD and export float ONNX (needs the
     'train' extra: pip install -e '.[train]', which pins torch==2.13.0)."""
-    try:
-        from hwsim.train.fit import train_model
-    except ImportError as e:
-        raise HwsimError(
-            f"hwsim train needs PyTorch: pip install -e '.[train]' (torch==2.13.0) ({e})"
-        ) from None
-    kw = {} if lambda_s is None else {"lambda_s": lambda_s}
-    rec = train_model(
+    from hwsim import api, report
+
+    rec = api.train(
         arch,
         data=data,
         optimizer=optimizer,
         target_bits=target_bits,
+        lambda_s=lambda_s,
         scaling=scaling,
         epochs=epochs,
         lr=lr,
         seed=seed,
         out=out,
-        **kw,
     )
-    click.echo(
-        f"trained {arch} with {optimizer} on {data}: train top-1 "
-        f"{100 * rec['train_accuracy']:.2f}% in {rec['seconds']:.1f} s -> {out}"
-    )
+    click.echo(report.train_summary(rec, data, out))
 
 
 @main.group()
@@ -730,13 +730,10 @@ def study():
 @click.option("--epochs", type=click.IntRange(1, 100000), default=30, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
 @click.option("--lambda-s", type=float, default=None)
-@click.option("--target-bits", type=click.IntRange(2, 8), default=4, show_default=True)
 @click.option(
-    "--scaling",
-    type=click.Choice(["official", "normalized"]),
-    default="official",
-    show_default=True,
+    "--target-bits", type=click.IntRange(*TARGET_BITS), default=4, show_default=True
 )
+@click.option("--scaling", type=click.Choice(SCALINGS), default="official", show_default=True)
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False),
@@ -759,44 +756,27 @@ def study_psgd_cmd(
 ):
     """SGD vs PSGD models under layer-wise (data-free and calibrated) and channel-wise
     quantization on the emulated datapath; mean ± std over seeds."""
-    try:
-        import hwsim.train.fit  # noqa: F401
-    except ImportError as e:
-        raise HwsimError(
-            f"hwsim study psgd needs PyTorch: pip install -e '.[train]' ({e})"
-        ) from None
-    from hwsim.study import study_psgd, table
+    from hwsim import api
 
-    doc = study_psgd(
-        data,
-        seeds,
-        arch,
-        epochs,
-        lr,
-        lambda_s,
-        target_bits,
-        scaling,
-        workdir,
-        report,
-        plot_dir,
-        log=click.echo,
-    )
-    click.echo(table(doc))
+    doc = api.study(
+        data, seeds, arch, epochs, lr, lambda_s, target_bits, scaling, workdir, report,
+        plot_dir, log=click.echo,
+    )  # fmt: skip
+    click.echo(api.study_table(doc))
     for path in (report, plot_dir):
         if path:
             click.echo(f"wrote {path}")
 
 
 @main.command()
+@_guard
 def models():
     """List the shipped models."""
-    from hwsim import api
+    from hwsim import api, report
 
-    for m in api.shipped_models():
-        click.echo(
-            f"{m['name']:<8} {m['file']:<12} float top-1 {100 * m['float_accuracy']:.2f}% "
-            f"on {m['dataset']}  {m['params']} params  {m['description']}"
-        )
+    text = report.models_table(api.shipped_models())
+    if text:
+        click.echo(text)
 
 
 if __name__ == "__main__":

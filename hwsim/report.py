@@ -1,9 +1,14 @@
 """Run reports: accuracy, agreement, per-layer error and datapath counters; table, JSON, plot.
 
-SQNR of a tensor is ``10 log10(sum f^2 / sum (f - d)^2)`` in dB over every element of the
-data set, ``f`` the float-run value and ``d`` the dequantized integer-run value (``inf`` when
-they are equal everywhere). Agreement is the fraction of samples whose integer-run argmax equals
-the float run's.
+:func:`run_program` runs a quantized program and its float reference side by side and builds
+the :class:`RunReport`. SQNR of a tensor is ``10 log10(sum f^2 / sum (f - d)^2)`` in dB over
+every element of the data set, ``f`` the float-run value and ``d`` the dequantized integer-run
+value (``inf`` when they are equal everywhere). Agreement is the fraction of samples whose
+integer-run argmax equals the float run's.
+
+The text every command prints is formatted here too (:meth:`RunReport.table`,
+:func:`compare_table`, :func:`demo_header`, :func:`datapath_table`, :func:`models_table`,
+:func:`quantize_summary`, :func:`train_summary`), so ``hwsim.cli`` only parses and prints.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -234,15 +240,22 @@ def compare_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (matplotlib is a core dependency)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def pareto_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     """Accuracy (or agreement) vs energy per sample, one marker per run, the Pareto front
     (lowest energy for at least that accuracy) drawn; PNG written atomically."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     key = "int_accuracy" if rows and rows[0]["int_accuracy"] is not None else "agreement"
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -286,10 +299,7 @@ def compare_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     activation width; PNG written atomically."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     key = "int_accuracy" if rows and rows[0]["int_accuracy"] is not None else "agreement"
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -314,5 +324,380 @@ def compare_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ------------------------------------------------------------------------------------------------
+# running a program: float and integer side by side
+# ------------------------------------------------------------------------------------------------
+#: Samples per batch of a run (and of calibration) unless told otherwise.
+DEFAULT_BATCH = 256
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", leave=False, mininterval=0.5)
+
+
+def gain_error_note(rows) -> str | None:
+    """The report note listing the layers whose scale registers apply another gain than their
+    scales ask for (``|gain error| > GAIN_TOLERANCE``: a ``pow2`` register of a real that is not
+    a power of two, docs/numerics.md "Gain error"), or None."""
+    from hwsim.numerics.scale import GAIN_TOLERANCE
+
+    bad = [
+        r
+        for r in rows
+        if r.gain_error_min is not None
+        and max(abs(r.gain_error_min), abs(r.gain_error_max)) > GAIN_TOLERANCE
+    ]
+    if not bad:
+        return None
+
+    def rng(r):
+        lo, hi = 100 * r.gain_error_min, 100 * r.gain_error_max
+        return f"{lo:+.2f}%" if abs(hi - lo) < 5e-3 else f"{lo:+.2f}% to {hi:+.2f}%"
+
+    return (
+        "gain error: the scale registers of these layers apply another gain than their scales "
+        "ask for (applied / wanted - 1; a shift-only pow2 register cannot apply a real that is "
+        "not a power of two, docs/numerics.md): "
+        + ", ".join(f"{r.name} ({r.op}) {rng(r)}" for r in bad)
+    )
+
+
+def run_program(
+    program,
+    ds,
+    batch_size: int = DEFAULT_BATCH,
+    progress: bool = False,
+    collect_outputs: bool = False,
+    isa="exact",
+    seed: int = 0,
+):
+    """Run a :class:`~hwsim.quant.QuantProgram` on a :class:`~hwsim.data.Dataset` with the
+    float and integer executors side by side, in batches; returns (report, outputs).
+
+    ``isa`` (``exact``, ``avx2``, ``auto``; :mod:`hwsim.datapath.isa`): the MAC layers' dot
+    products. Under ``avx2`` an exact executor runs alongside, so every layer also reports its
+    SQNR with exact sums (``sqnr_exact_db``) and its int16 pair saturations.
+
+    ``seed``: stochastic rounding's draws (``IntegerExecutor``: one Generator per node and
+    sample, ``default_rng([seed, node_index, sample_index])``), so a run is reproducible and
+    its integers do not depend on ``batch_size``."""
+    from hwsim.datapath.isa import Isa, resolve
+    from hwsim.execute import IntegerExecutor, QTensor, run_float
+    from hwsim.graph.ir import MAC_OPS
+    from hwsim.quant.quantize import fused_targets
+
+    t0 = time.perf_counter()
+    g = program.graph
+    isa = resolve(isa)
+    ex = IntegerExecutor(program, track_partials=True, isa=isa, seed=seed)
+    ex_exact = IntegerExecutor(program, isa=Isa.EXACT, seed=seed) if isa is not Isa.EXACT else None
+    sig: dict[str, float] = {}
+    noise: dict[str, float] = {}
+    noise_exact: dict[str, float] = {}
+    int_pred, float_pred, outs = [], [], []
+    # a layer whose ReLU/Clip is fused into its requantization is compared after that activation
+    compare_to = {
+        src: dst
+        for src, dst in fused_targets(g).items()
+        if src in program.acts and program.acts.get(dst) == program.acts[src]
+    }
+    bar = _progress(len(ds), "hwsim run", progress)
+    for _, xb in ds.batches(batch_size):
+        env = ex.run(xb, keep_all=True)
+        env_exact = ex_exact.run(xb, keep_all=True) if ex_exact is not None else None
+        y = ex.output(env)
+        int_pred.append(np.argmax(y.reshape(len(y), -1), axis=1))
+        if collect_outputs:
+            outs.append(y)
+        fenv = run_float(g, xb)
+        float_pred.append(np.argmax(fenv[g.output].reshape(len(y), -1), axis=1))
+        for n in g.nodes:
+            v = env.get(n.output)
+            if isinstance(v, QTensor):
+                f = fenv[compare_to.get(n.output, n.output)].astype(np.float64)
+                d = v.dequantize().astype(np.float64)
+                sig[n.output] = sig.get(n.output, 0.0) + float(np.sum(f * f))
+                noise[n.output] = noise.get(n.output, 0.0) + float(np.sum((f - d) ** 2))
+                ve = env_exact.get(n.output) if env_exact is not None else None
+                if isinstance(ve, QTensor):
+                    de = ve.dequantize().astype(np.float64)
+                    noise_exact[n.output] = noise_exact.get(n.output, 0.0) + float(
+                        np.sum((f - de) ** 2)
+                    )
+        del env, env_exact
+        if bar is not None:
+            bar.update(len(xb))
+    if bar is not None:
+        bar.close()
+    ip = np.concatenate(int_pred)
+    fp = np.concatenate(float_pred)
+    rep = RunReport(str(g.source), ds.name, len(ds), program.describe())
+    macs_nodes = [n for n in g.nodes if n.op in MAC_OPS and n.wq is not None]
+    if macs_nodes and all(np.array_equal(n.weight, n.wq.dequantize()) for n in macs_nodes):
+        rep.float_reference = "dequantized weights"
+        rep.notes.append(
+            "float reference = this file's dequantized weights in float32 (the "
+            "original float weights are not in a quantized file): the comparison "
+            "isolates activation quantization and integer arithmetic"
+        )
+    if g.float_ranges:
+        rep.notes.append(
+            "float reference of a QDQ model: each quantized activation clamped to its "
+            "QuantizeLinear range, not rounded (the quantizer removed the ReLU/Clip layers "
+            "that range enforces), so SQNR counts rounding and integer arithmetic, not "
+            "clipping at the calibrated range"
+        )
+    if ds.y is not None:
+        rep.int_accuracy = float(np.mean(ip == ds.y))
+        rep.float_accuracy = float(np.mean(fp == ds.y))
+    else:
+        rep.notes.append("the data has no labels ('y'): accuracy omitted, agreement only")
+    rep.agreement = float(np.mean(ip == fp))
+    for n in g.nodes:
+        st = ex.stats[n.name]
+        spec = program.acts.get(n.output)
+        act = (
+            "float"
+            if spec is None
+            else f"{spec.mode}/{'s' if spec.fmt.signed else 'u'}{spec.fmt.bits}"
+        )
+        row = LayerRow(n.name, n.op.value, n.output, act, float_op=n.name in ex.float_ops)
+        row.gain_error_min, row.gain_error_max = st.gain_error_min, st.gain_error_max
+        if n.op in MAC_OPS:
+            c = st.counters
+            layer = program.layer(n.name)
+            row.macs = c.macs
+            row.overflow_events = c.overflow_events
+            row.outputs_overflowed = c.outputs_overflowed
+            row.acc_bits = layer.acc.bits
+            row.bits_needed = c.bits_needed
+            ext = [
+                v for v in (c.partial_min, c.partial_max, c.final_min, c.final_max) if v is not None
+            ]
+            row.max_abs_acc = max((abs(v) for v in ext), default=None)
+            row.bias_overflows = st.bias_overflows
+            row.clamped = st.clamped
+            row.bias_clamped = st.bias_clamped
+            if isa is not Isa.EXACT:
+                row.pair_saturations = c.pair_saturations
+                row.outputs_pair_saturated = c.outputs_pair_saturated
+        if n.output in sig:
+            row.sqnr_db = sqnr_db(sig[n.output], noise[n.output])
+            if n.output in noise_exact:
+                row.sqnr_exact_db = sqnr_db(sig[n.output], noise_exact[n.output])
+        rep.layers.append(row)
+    gain_note = gain_error_note(rep.layers)
+    if gain_note:
+        rep.notes.append(gain_note)
+    rep.settings["isa"] = isa.value
+    if isa is not Isa.EXACT:
+        macs = [n.name for n in g.nodes if n.op in MAC_OPS and n.wq is not None]
+        floats = sorted(m for m in macs if m in ex.float_ops)
+        skipped = sorted(m for m in macs if m not in ex.isa_layers and m not in ex.float_ops)
+        rep.notes.append(
+            f"isa {isa.value}: {len(ex.isa_layers)} MAC layer(s) sum uint8 x int8 pairs in "
+            "saturating int16 as onnxruntime's x86 kernels without VNNI do (docs/numerics.md "
+            "eq. 16)"
+            + (
+                f"; exact in {len(skipped)} (depthwise, not uint8 x int8, or not a 32-bit "
+                f"wrapping accumulator): {', '.join(skipped)}"
+                if skipped
+                else ""
+            )
+            + (
+                f"; {len(floats)} run as onnxruntime's float32 ops (unfused): {', '.join(floats)}"
+                if floats
+                else ""
+            )
+        )
+        import platform
+
+        if ex.ort_plan and platform.machine().lower() not in ("x86_64", "amd64"):
+            rep.notes.append(
+                "the fused plan comes from this machine's onnxruntime, a non-x86 build: it "
+                "keeps int8 QDQ activations int8, so int8-activation layers may be fused "
+                "differently from x86 (hwsim.graph.ort_plan)"
+            )
+    rep.seconds = time.perf_counter() - t0
+    return rep, (np.concatenate(outs) if collect_outputs else None)
+
+
+def run_qoperator(
+    model, source: str, data, batch_size: int, report, save_outputs, progress, isa="exact"
+):
+    """``hwsim run`` of a QOperator model (an ``onnx.ModelProto`` read from ``source``): its
+    batches run node by node (:func:`hwsim.execute.run_qoperator_batch`), integer outputs and
+    accuracy, no float reference; ``report`` / ``save_outputs`` paths written if given."""
+    from hwsim.data import conform, input_dtype, load_data
+    from hwsim.datapath.isa import Isa, resolve
+    from hwsim.execute import run_qoperator_batch
+
+    t0 = time.perf_counter()
+    inp = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    dims = inp[0].type.tensor_type.shape.dim
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)[1:]
+    dt = input_dtype(inp[0])  # an integer input keeps integer data (hwsim.data)
+    if hasattr(data, "x"):
+        ds = conform(data, shape, dt, inp[0].name)
+    else:
+        ds = load_data(data, shape, dt, inp[0].name)
+    isa = resolve(isa)
+    stats: dict = {}
+    outs = [
+        run_qoperator_batch(model, xb, source, isa, stats) for _, xb in ds.batches(batch_size)
+    ]
+    y = np.concatenate(outs)
+    rep = RunReport(
+        source, ds.name, len(ds), {"scheme": {"name": "qoperator"}, "isa": isa.value}
+    )
+    for name, (op_type, st) in stats.items():
+        c = st.counters
+        row = LayerRow(name, op_type, "", "", macs=c.macs, acc_bits=32)
+        row.overflow_events, row.outputs_overflowed = c.overflow_events, c.outputs_overflowed
+        row.bits_needed = c.bits_needed
+        if isa is not Isa.EXACT:
+            row.pair_saturations = c.pair_saturations
+            row.outputs_pair_saturated = c.outputs_pair_saturated
+        rep.layers.append(row)
+    out_name = model.graph.output[0].name
+    rep.outputs = {
+        out_name: {
+            "dtype": str(y.dtype),
+            "shape": list(y.shape),
+            "min": y.min().item() if y.size else None,
+            "max": y.max().item() if y.size else None,
+        }
+    }
+    # top-1 only for per-sample class scores: (N, classes); a conv map or a scalar is not
+    scores = y.ndim == 2 and y.shape[0] == len(ds) and y.shape[1] > 1
+    if ds.y is None:
+        rep.notes.append("the data has no labels ('y'): accuracy omitted")
+    elif not scores:
+        rep.notes.append(
+            f"output {out_name!r} of shape {tuple(y.shape)} is not per-sample class scores "
+            f"(N={len(ds)}, classes): accuracy omitted"
+        )
+    else:
+        rep.int_accuracy = float(np.mean(np.argmax(y, axis=1) == ds.y))
+    rep.notes.append(
+        "QOperator model: run node by node (hwsim.qops); no float reference (the table lists "
+        "the MAC nodes' datapath counters)"
+    )
+    rep.seconds = time.perf_counter() - t0
+    if save_outputs is not None:
+        write_npz(save_outputs, {model.graph.output[0].name: y})
+    if report is not None:
+        rep.write_json(report)
+    return rep
+
+
+# ------------------------------------------------------------------------------------------------
+# the text the commands print
+# ------------------------------------------------------------------------------------------------
+def demo_header(model, data, calib) -> str:
+    """The first line of ``hwsim demo`` (printed before the sweep runs)."""
+    return (
+        f"hwsim demo: {model} on {data} (calibrated on {calib}); per-tensor / "
+        "per-channel / per-sample / per-sample-shift (S_max=4) quantization, int32 "
+        "wrapping accumulators, ort scale registers"
+    )
+
+
+def datapath_table(res: dict) -> str:
+    """``hwsim datapath``'s table of :func:`hwsim.datapath_demo.run_demo`'s result."""
+    layer = res["layer"]
+    head = (
+        f"{'accumulator design':<34}{'overflows':>12}{'outputs hit':>13}{'bits needed':>13}"
+        f"{'exact outputs':>15}{'rel. error':>12}{'ms':>9}"
+    )
+    lines = [
+        f"conv x{tuple(layer['x'])} * w{tuple(layer['w'])}, pad 1, "
+        f"{layer['macs'] / 1e6:.1f} M MACs (seed {layer['seed']})",
+        "",
+        head,
+        "-" * len(head),
+    ]
+    for r in res["accumulators"]:
+        lines.append(
+            f"{r['design']:<34}{r['overflow_events']:>12}{r['outputs_overflowed']:>13}"
+            f"{r['bits_needed']:>13}{r['exact_outputs']:>14.2%} {r['relative_error']:>11.2%}"
+            f"{r['seconds'] * 1e3:>9.1f}"
+        )
+    lines += ["", f"requantization to int8, real scale {res['real_scale']:.6g}:"]
+    for r in res["registers"]:
+        lines.append(
+            f"  {r['register']:<14} clamped {r['clamped']:>6}   "
+            f"differs from ort on {r['differs_from_ort']} outputs"
+        )
+    return "\n".join(lines)
+
+
+def models_table(models: list[dict]) -> str:
+    """``hwsim models``: one line per shipped model."""
+    return "\n".join(
+        f"{m['name']:<8} {m['file']:<12} float top-1 {100 * m['float_accuracy']:.2f}% "
+        f"on {m['dataset']}  {m['params']} params  {m['description']}"
+        for m in models
+    )
+
+
+def quantize_summary(program, model, out) -> str:
+    """``hwsim quantize``'s line: layers quantized, scheme and widths, output file."""
+    n = sum(1 for nd in program.graph.nodes if nd.wq is not None)
+    d = program.scheme.default
+    return (
+        f"quantized {n} layers of {model} ({program.scheme.name}, W{d.wbits}A{d.abits}, "
+        f"acc {d.acc_bits}-bit {d.overflow}, {d.register}) -> {out}"
+    )
+
+
+def train_summary(rec: dict, data, out) -> str:
+    """``hwsim train``'s line from :func:`hwsim.train.fit.train_model`'s record."""
+    return (
+        f"trained {rec['arch']} with {rec['optimizer']} on {data}: train top-1 "
+        f"{100 * rec['train_accuracy']:.2f}% in {rec['seconds']:.1f} s -> {out}"
+    )
+
+
+def cost_plot(rep, path, title: str) -> None:
+    """Stacked per-layer energy (MAC / SRAM / DRAM / scheme) and cycles of a cost report
+    (:class:`hwsim.cost.CostReport`); PNG, atomically."""
+    import io
+
+    plt = pyplot()
+
+    names = [r.name for r in rep.layers]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, len(names) * 0.5), 6), sharex=True)
+    bottom = np.zeros(len(names))
+    for part in ("mac", "sram", "dram", "scheme"):
+        v = np.array([r.energy_breakdown[part] / 1e6 for r in rep.layers])
+        ax1.bar(names, v, bottom=bottom, label=part)
+        bottom += v
+    ax1.set_ylabel("energy (uJ)")
+    ax1.legend(fontsize=7)
+    ax1.set_title(
+        f"{title}: {rep.accelerator.rows}x{rep.accelerator.cols} {rep.accelerator.dataflow.value}"
+    )
+    ax2.bar(names, [r.compute_cycles for r in rep.layers], label="compute")
+    ax2.bar(
+        names,
+        [r.stall_cycles for r in rep.layers],
+        bottom=[r.compute_cycles for r in rep.layers],
+        label="stall",
+    )
+    ax2.set_ylabel("cycles")
+    ax2.legend(fontsize=7)
+    ax2.tick_params(axis="x", rotation=90, labelsize=6)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())

@@ -45,14 +45,13 @@ keeps what it finished.
 
 from __future__ import annotations
 
-from hwsim.errors import HwsimError
-
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from hwsim.errors import HwsimError
 from hwsim.io import atomic_write_text
 
 WIDTHS = ((8, 8), (4, 8), (4, 4), (2, 8))
@@ -131,12 +130,6 @@ def weight_stats(path, bits: int = 4) -> dict:
     }
 
 
-def sparsity_at(path, bits: int = 4) -> float:
-    """Fraction of conv/dense weights (before BatchNorm folding) that the symmetric restricted
-    per-tensor grid at ``bits`` maps to zero (round half to even)."""
-    return weight_stats(path, bits)["sparsity"]
-
-
 def _scheme_kw(method: str, wb: int, ab: int, last: str) -> dict:
     kw = dict(METHODS[method], wbits=wb, abits=ab)
     if ab < LOGIT_BITS:
@@ -149,9 +142,13 @@ def _scheme_kw(method: str, wb: int, ab: int, last: str) -> dict:
 def evaluate(path, data: str, calib: str) -> dict:
     """Every method x width on one model: {method: {"W8A8": accuracy, ...}}, float accuracy and
     the 4-bit weight metrics (:func:`weight_stats`)."""
-    from hwsim import api
+    from hwsim.data import load_data
+    from hwsim.execute import run_float
+    from hwsim.graph import import_model
+    from hwsim.quant import Scheme, quantize
+    from hwsim.report import DEFAULT_BATCH, run_program
 
-    ds = api.load_data(data)
+    ds = load_data(data)
     last = _layerwise_weights(path)[-1][0]
     out: dict = {}
     float_acc = None
@@ -159,12 +156,14 @@ def evaluate(path, data: str, calib: str) -> dict:
         res = {}
         for wb, ab in WIDTHS:
             kw = _scheme_kw(method, wb, ab, last)
-            scheme = kw.pop("scheme")
-            if scheme == "data-free":
-                program = api.quantize_model(path, scheme, input_range=(0.0, 1.0), **kw)
+            scheme = Scheme.preset(kw.pop("scheme"), **kw)
+            graph = import_model(path)
+            if scheme.name == "data-free":
+                program = quantize(graph, scheme, None, DEFAULT_BATCH, (0.0, 1.0), float_run=run_float)
             else:
-                program = api.quantize_model(path, scheme, calib=calib, **kw)
-            rep, _ = api.run_program(program, ds)
+                cal = load_data(calib, graph.input_shape)
+                program = quantize(graph, scheme, cal, DEFAULT_BATCH, None, float_run=run_float)
+            rep, _ = run_program(program, ds)
             res[f"W{wb}A{ab}"] = rep.int_accuracy
             float_acc = rep.float_accuracy
         out[method] = res
@@ -379,12 +378,10 @@ def plots(doc: dict, out_dir: Path) -> list[Path]:
     """accuracy_vs_bits.png and weight_histogram.png in ``out_dir`` (atomically)."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from hwsim.io import atomic_write_bytes
+    from hwsim.report import pyplot
+
+    plt = pyplot()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -453,7 +450,6 @@ __all__ = [
     "StudyError",
     "evaluate",
     "plots",
-    "sparsity_at",
     "study_psgd",
     "summarize",
     "table",

@@ -29,8 +29,6 @@ errors naming the file, section and key.
 
 from __future__ import annotations
 
-from hwsim.errors import HwsimError
-
 import configparser
 import dataclasses
 import os
@@ -39,6 +37,7 @@ from pathlib import Path
 
 from hwsim.cost.dataflow import Dataflow, as_dataflow
 from hwsim.cost.energy import EnergyTable
+from hwsim.errors import HwsimError
 
 
 class ConfigError(HwsimError):

@@ -14,8 +14,6 @@ format is told by its number of fields. Errors name the file, line and column.
 
 from __future__ import annotations
 
-from hwsim.errors import HwsimError
-
 import csv
 import math
 import os
@@ -24,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hwsim.errors import HwsimError
 from hwsim.graph.ir import MAC_OPS, Graph, Op
 from hwsim.graph.shapes import infer_shapes
 

@@ -15,7 +15,7 @@ comparison is a zip.
 
 from hwsim.execute.float import FLOAT_OPS, batchnorm_f32, float_conv, float_op, run_float
 from hwsim.execute.integer import INTEGER_OPS, IntegerExecutor, LayerStats
-from hwsim.execute.qoperator import ONNX_OPS, run_qoperator, run_qoperator_batch
+from hwsim.execute.qoperator import ONNX_OPS, run_qoperator_batch
 from hwsim.execute.tensors import QTensor, quantize_input, quantize_linear, sample_scale
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "quantize_input",
     "quantize_linear",
     "run_float",
-    "run_qoperator",
     "run_qoperator_batch",
     "sample_scale",
 ]

@@ -13,7 +13,7 @@ QDQ models (``onnxruntime.quantization.quantize_static`` with ``QuantFormat.QDQ`
 models with hwsim's settings in the ``hwsim`` metadata entry (see :mod:`hwsim.quant.store`).
 
 Models made of QOperator ops (QLinearConv, ConvInteger, ...) are not turned into the IR; they are
-run node by node by :func:`hwsim.execute.run_qoperator` -- :func:`is_qoperator` tells them apart.
+run node by node by :func:`hwsim.execute.run_qoperator_batch` -- :func:`is_qoperator` tells them apart.
 """
 
 from __future__ import annotations
@@ -692,6 +692,6 @@ def import_model(path_or_model, source: str | None = None) -> Graph:
         )
         raise ModelImportError(
             f"{src}: QOperator model ({', '.join(ops)}); run it with "
-            "hwsim.execute.run_qoperator / `hwsim run`"
+            "`hwsim run` (hwsim.api.run)"
         )
     return _Importer(model, src).run()

@@ -10,6 +10,8 @@ quantization. The model's last tensor before a Softmax is quantized; the Softmax
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from hwsim.data import Dataset
@@ -245,11 +247,13 @@ def quantize(
     batch_size: int = 256,
     input_range=None,
     progress=None,
+    *,
+    float_run: Callable[[Graph, np.ndarray], dict] | None = None,
 ) -> QuantProgram:
-    """Quantize ``graph`` with ``scheme``; ``calib`` is needed for ``static`` and ``shift``
-    with a static base."""
-    from hwsim.execute import run_float  # the float executor calibrates (late: no cycle)
-
+    """A new program: ``graph`` (never changed) quantized with ``scheme``. ``calib`` is needed
+    for ``static`` and ``shift`` activations with a static base, and with it ``float_run``,
+    the float executor that calibrates (``float_run(graph, x) -> {tensor: array}``, e.g.
+    :func:`hwsim.execute.run_float`: quantization sits below the executors and is handed one)."""
     if graph.quantized:
         raise SchemeError(f"{graph.source}: the model is already quantized; run it directly")
     graph = graph.copy()  # the program's graph: ``graph`` itself is never changed
@@ -302,9 +306,13 @@ def quantize(
                 f"scheme {scheme.name!r} ({default.act_mode} activations) needs "
                 "calibration data (--calib DATA)"
             )
+        if float_run is None:
+            raise TypeError(
+                "quantize: calibration needs the float executor, float_run=hwsim.execute.run_float"
+            )
         col = RangeCollector(sorted({calib_of[t] for t in need_data}))
         for _, xb in calib.batches(batch_size):
-            col.update(run_float(graph, xb))
+            col.update(float_run(graph, xb))
             if progress:
                 progress(len(xb))
         for t in need_data:

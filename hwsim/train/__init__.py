@@ -12,3 +12,15 @@ either: torch is imported when :mod:`hwsim.train.archs` or :mod:`hwsim.train.fit
 
 ``models/train.py`` at the repository root uses both to produce ``models/*.onnx``.
 """
+
+from __future__ import annotations
+
+#: The optimizers of :func:`hwsim.train.fit.train` (``hwsim train --optimizer`` offers the
+#: first two: ``adam`` is for experiments from Python).
+OPTIMIZERS = ("sgd", "psgd", "adam")
+#: PSGD gradient scalings (:func:`hwsim.train.psgd.psgd_scale`).
+SCALINGS = ("official", "normalized")
+#: Bit widths PSGD can target (``target_bits``), inclusive.
+TARGET_BITS = (2, 8)
+
+__all__ = ["OPTIMIZERS", "SCALINGS", "TARGET_BITS"]

@@ -20,6 +20,8 @@ import operator
 import torch
 from torch import nn
 
+from hwsim.errors import HwsimError
+
 
 def _mlp(input_shape: tuple[int, ...]) -> nn.Module:
     return nn.Sequential(
@@ -55,7 +57,7 @@ class ResidualBlock(nn.Module):
 
 def _rescnn(input_shape: tuple[int, ...]) -> nn.Module:
     if len(input_shape) != 3:
-        raise ValueError(f"rescnn needs a (C, H, W) input shape, got {tuple(input_shape)}")
+        raise HwsimError(f"rescnn needs a (C, H, W) input shape, got {tuple(input_shape)}")
     c, h, _ = input_shape
     return nn.Sequential(
         *_conv_bn(c, 16, stride=2 if h > 16 else 1),
@@ -92,7 +94,7 @@ def build(arch: str, input_shape: tuple[int, ...] = (1, 8, 8)) -> nn.Module:
     try:
         builder = _BUILDERS[arch]
     except KeyError:
-        raise ValueError(
+        raise HwsimError(
             f"unknown architecture {arch!r}: known ones are {', '.join(ARCHS)}"
         ) from None
     try:
@@ -100,7 +102,7 @@ def build(arch: str, input_shape: tuple[int, ...] = (1, 8, 8)) -> nn.Module:
     except TypeError:
         shape = ()
     if not shape or min(shape) < 1 or any(isinstance(d, bool) for d in input_shape):
-        raise ValueError(f"input_shape must be a tuple of positive ints, got {input_shape!r}")
+        raise HwsimError(f"input_shape must be a tuple of positive ints, got {input_shape!r}")
     return builder(shape)
 
 

@@ -25,6 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwsim.data import DataError
+from hwsim.errors import HwsimError
+from hwsim.train import OPTIMIZERS, SCALINGS, TARGET_BITS
 from hwsim.train.archs import build
 from hwsim.train.psgd import DEFAULT_LAMBDA_S, RANGE_MOMENTUM
 
@@ -50,6 +53,11 @@ ALLOWED_OPS = frozenset(
 )
 
 
+class DivergedError(HwsimError, FloatingPointError):
+    """Training diverged (a non-finite loss, weight or BatchNorm statistic): the settings (``lr``,
+    ``lambda_s``) are too aggressive for the model and data."""
+
+
 class ExportError(RuntimeError):
     """The exporter produced a graph hwsim does not accept (an op outside ALLOWED_OPS, ...)."""
 
@@ -69,34 +77,32 @@ def _deterministic(threads: int):
         torch.set_num_threads(old_threads)
 
 
-OPTIMIZERS = ("sgd", "psgd", "adam")
-#: Bit widths PSGD can target (``target_bits``).
-TARGET_BITS = (2, 8)
-
-
-def _check_train_args(arch, optimizer, target_bits, lambda_s, scaling, epochs, lr) -> None:
+def _check_train_args(arch, optimizer, target_bits, lambda_s, scaling, epochs, lr, seed=0) -> None:
     from hwsim.train.archs import ARCHS
-    from hwsim.train.psgd import SCALINGS
 
     if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}: known ones are {', '.join(ARCHS)}")
+        raise HwsimError(f"unknown architecture {arch!r}: known ones are {', '.join(ARCHS)}")
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        raise HwsimError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
     if scaling not in SCALINGS:
-        raise ValueError(f"unknown PSGD scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
+        raise HwsimError(f"unknown PSGD scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
     lo, hi = TARGET_BITS
     if (
         isinstance(target_bits, bool)
         or not isinstance(target_bits, int)
         or not (lo <= target_bits <= hi)
     ):
-        raise ValueError(f"target_bits must be an int in [{lo}, {hi}], got {target_bits!r}")
+        raise HwsimError(f"target_bits must be an int in [{lo}, {hi}], got {target_bits!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        raise HwsimError(f"epochs must be an int >= 1, got {epochs!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be finite and > 0, got {lr!r}")
+        raise HwsimError(f"lr must be finite and > 0, got {lr!r}")
     if not (isinstance(lambda_s, (int, float)) and math.isfinite(lambda_s) and lambda_s > 0):
-        raise ValueError(f"lambda_s must be finite and > 0, got {lambda_s!r}")
+        raise HwsimError(f"lambda_s must be finite and > 0, got {lambda_s!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
+        -(2**63) <= seed < 2**64  # what torch.manual_seed takes
+    ):
+        raise HwsimError(f"seed must be an int in [-2^63, 2^64), got {seed!r}")
 
 
 def train(
@@ -154,14 +160,14 @@ def train(
     weights on one machine (conv kernels may differ across CPUs). Returns the model in eval
     mode. ``progress``, if given, is called as ``progress(epoch, loss)`` after each epoch
     (1-based epoch, mean training loss); ``log`` with one line of text per epoch. A non-finite
-    epoch loss, weight or BatchNorm statistic raises ``FloatingPointError`` (lower ``lr`` or
+    epoch loss, weight or BatchNorm statistic raises :class:`DivergedError` (lower ``lr`` or
     ``lambda_s``).
     """
     from hwsim.train.psgd import PSGD, bn_fold_map, psgd_param_groups
 
-    _check_train_args(arch, optimizer, target_bits, lambda_s, scaling, epochs, lr)
+    _check_train_args(arch, optimizer, target_bits, lambda_s, scaling, epochs, lr, seed)
     if dataset_train.y is None:
-        raise ValueError(f"{dataset_train.name}: training needs labels ('y')")
+        raise DataError(f"{dataset_train.name}: training needs labels ('y')")
     if input_shape is None:
         input_shape = tuple(dataset_train.x.shape[1:])
     x = torch.from_numpy(np.ascontiguousarray(dataset_train.x, dtype=np.float32))
@@ -170,7 +176,7 @@ def train(
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
     if not 0.0 <= psgd_warmup <= 1.0:
-        raise ValueError(f"psgd_warmup must be in [0, 1], got {psgd_warmup!r}")
+        raise HwsimError(f"psgd_warmup must be in [0, 1], got {psgd_warmup!r}")
     psgd_start = int(psgd_warmup * epochs)
 
     with _deterministic(threads):
@@ -225,7 +231,7 @@ def train(
             if not math.isfinite(total) or not all(
                 bool(torch.isfinite(t).all()) for t in state if t.is_floating_point()
             ):
-                raise FloatingPointError(
+                raise DivergedError(
                     f"{arch}/{optimizer}: training diverged in epoch {epoch + 1} (loss {total}, "
                     "or a non-finite weight); "
                     "lower lr" + (" or lambda_s" if optimizer == "psgd" else "")
@@ -276,11 +282,11 @@ def train_model(
     """
     from hwsim.data import Dataset, load_data
 
-    _check_train_args(arch, optimizer, target_bits, lambda_s, scaling, epochs, lr)
+    _check_train_args(arch, optimizer, target_bits, lambda_s, scaling, epochs, lr, seed)
     t0 = time.perf_counter()
     ds = data if isinstance(data, Dataset) else load_data(data)
     if ds.y is None:
-        raise ValueError(f"{ds.name}: training needs labels ('y')")
+        raise DataError(f"{ds.name}: training needs labels ('y')")
     shape = tuple(int(d) for d in ds.x.shape[1:])
     model = train(
         arch, ds, epochs, lr, seed, optimizer, target_bits, lambda_s, scaling, shape,

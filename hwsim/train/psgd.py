@@ -76,18 +76,20 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from hwsim.errors import HwsimError
+from hwsim.train import SCALINGS
+
 #: ``--lambda_s`` default of the official ``train.py`` (and of the README's reproduction command).
 DEFAULT_LAMBDA_S = 150.0
 #: Momentum of the running min/max range of ``post_training_weight`` in the official code.
 RANGE_MOMENTUM = 0.1
 #: ``eps`` of the normalized scaling (the rebuttal gives none; any tiny positive value keeps s > 0).
 DEFAULT_EPS = 1e-12
-SCALINGS = ("official", "normalized")
 
 
 def _check_bits(bits) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
-        raise ValueError(f"bits must be an int in [2, 16], got {bits!r}")
+        raise HwsimError(f"bits must be an int in [2, 16], got {bits!r}")
     return bits
 
 
@@ -142,7 +144,7 @@ def psgd_scale(
     folded value is on the grid (``absmax`` is then the folded weight's range).
     """
     if mode not in SCALINGS:
-        raise ValueError(f"unknown PSGD scaling {mode!r}: use one of {', '.join(SCALINGS)}")
+        raise HwsimError(f"unknown PSGD scaling {mode!r}: use one of {', '.join(SCALINGS)}")
     with torch.no_grad():
         if fold is None:
             d = (w - quantize_symmetric(w, bits, absmax)).abs()
@@ -184,11 +186,11 @@ class PSGD(torch.optim.SGD):
     ):
         _check_bits(bits)
         if scaling not in SCALINGS:
-            raise ValueError(f"unknown PSGD scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
+            raise HwsimError(f"unknown PSGD scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
         if not (lambda_s > 0 and math.isfinite(lambda_s)):
-            raise ValueError(f"lambda_s must be finite and > 0, got {lambda_s!r}")
+            raise HwsimError(f"lambda_s must be finite and > 0, got {lambda_s!r}")
         if range_momentum is not None and not 0.0 < range_momentum <= 1.0:
-            raise ValueError(f"range_momentum must be in (0, 1] or None, got {range_momentum!r}")
+            raise HwsimError(f"range_momentum must be in (0, 1] or None, got {range_momentum!r}")
         super().__init__(
             params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
         )

@@ -180,7 +180,12 @@ def inputs(n: int = 8, seed: int = 4321) -> np.ndarray:
 def quantize_qdq(float_path, out_path, per_channel: bool, calib: np.ndarray | None = None) -> str:
     """onnxruntime ``quant_pre_process`` then ``quantize_static`` (QDQ, activations QUInt8,
     weights QInt8, min/max calibration on ``calib``, default ``calib_data()``)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     calib = calib_data() if calib is None else calib

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import archs
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-import archs
 from hwsim.cli import main
 
 CASES = [(arch, pc) for arch in archs.ARCHS for pc in (False, True)]

@@ -319,15 +319,15 @@ def test_cost_model_charges_what_the_executor_performs(preset, kw):
     integer executor counted running that batch (per MAC layer, every kind)."""
     import numpy as np
 
-    from hwsim.cost.topology import layers_from_program
     from hwsim.cost.model import scheme_ops
+    from hwsim.cost.topology import layers_from_program
     from hwsim.data import load_data
-    from hwsim.execute import IntegerExecutor
+    from hwsim.execute import IntegerExecutor, run_float
     from hwsim.graph import import_model
     from hwsim.quant import Scheme, quantize
 
     program = quantize(
-        import_model("models/rescnn.onnx"), Scheme.preset(preset, **kw), load_data("digits-train")
+        import_model("models/rescnn.onnx"), Scheme.preset(preset, **kw), load_data("digits-train"), float_run=run_float
     )
     batch = 5
     ex = IntegerExecutor(program)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -500,3 +502,166 @@ def test_api_checks_output_paths_before_running(qmodel, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="plot: cannot write"):
         api.compare("models/mlp.onnx", "digits", plot=str(tmp_path / "a" / "b.png"))
     assert ran == []
+
+
+# --------------------------------------------------------------------------------------------
+# Error handling: a user error is one clean line; a bug keeps its traceback and says so
+# --------------------------------------------------------------------------------------------
+def _user_error_cases(tmp):
+    bad = tmp / "flat.npz"
+    np.savez(bad, x=np.zeros((3, 64), np.float32), y=np.zeros(3, np.int64))
+    return [
+        (["run", "nosuchmodel", "--data", "digits"], "no model file or shipped model named"),
+        (["run", "mlp", "--data", "digits"], "a float model"),
+        (["compare", "rescnn", "--data", str(bad)], "sample shape (64,)"),
+        (["quantize", "mlp", "--scheme", "data-free", "--input-range", "1,0", "-o",
+          str(tmp / "q.onnx")], "lo < hi"),  # fmt: skip
+        (["compare", "mlp", "--data", "digits", "--schemes", ","], "at least one scheme"),
+        (["cost", "mlp", "--array", "banana"], "--array must be ROWSxCOLS"),
+        (["demo", "--model", "nosuchmodel"], "no model file or shipped model named"),
+        (["train", "nope", "--epochs", "1", "-o", str(tmp / "m.onnx")], "unknown architecture"),
+        (["train", "mlp", "--lr", "nan", "--epochs", "1", "-o", str(tmp / "m.onnx")], "lr must"),
+        (["study", "psgd", "--data", "digits-train", "--workdir", str(tmp / "w")], "study data"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_user_error_is_one_clean_line(runner, tmp_path, case):
+    args, words = _user_error_cases(tmp_path)[case]
+    r = runner.invoke(main, args)
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit)  # a CliError, not a leaked exception
+    err = r.output.split("\n\n", 1)[1] if args[0] == "demo" else r.output  # header first
+    assert err.startswith("Error: ") and err.count("\n") == 1 and words in err, err
+    assert "Traceback" not in r.output and "bug" not in r.output
+
+
+def _broken(exc):
+    def f(*a, **k):
+        raise exc
+
+    return f
+
+
+def test_internal_bug_keeps_its_traceback_and_asks_for_a_report(runner, monkeypatch):
+    from hwsim import api
+    from hwsim.cli import BUG_HINT
+
+    monkeypatch.setattr(api, "shipped_models", _broken(KeyError("oops")))
+    r = runner.invoke(main, ["models"])
+    assert r.exit_code == 1 and isinstance(r.exception, KeyError)  # re-raised, not wrapped
+    assert "Error:" not in r.output
+    shown = getattr(r.exception, "__notes__", []) + r.stderr.splitlines()
+    assert BUG_HINT in shown
+    # a ValueError that is not an HwsimError is a bug too (it used to print "Error: ValueError")
+    monkeypatch.setattr(api, "compare", _broken(ValueError("internal")))
+    r = runner.invoke(main, ["compare", "mlp", "--data", "digits"])
+    assert r.exit_code == 1 and type(r.exception) is ValueError and "Error:" not in r.output
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the hint is an exception note")
+def test_bug_hint_follows_the_traceback_on_stderr():
+    import subprocess
+
+    from hwsim.cli import BUG_HINT
+
+    code = (
+        "import hwsim.api as api\n"
+        "def broken():\n"
+        "    raise KeyError('oops')\n"
+        "api.shipped_models = broken\n"
+        "from hwsim.cli import main\n"
+        "main(['models'], prog_name='hwsim')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and p.stdout == ""
+    assert err[0].startswith("Traceback") and err[-2] == "KeyError: 'oops'" and err[-1] == BUG_HINT
+
+
+def test_oserror_naming_a_path_is_a_user_error(runner, monkeypatch):
+    from hwsim import api
+
+    exc = PermissionError(13, "Permission denied", "/some/models.json")
+    monkeypatch.setattr(api, "shipped_models", _broken(exc))
+    r = runner.invoke(main, ["models"])
+    assert r.exit_code == 1 and r.output == (
+        "Error: [Errno 13] Permission denied: '/some/models.json'\n"
+    )
+    # an OSError naming no path is not about the user's input
+    monkeypatch.setattr(api, "shipped_models", _broken(OSError("device on fire")))
+    r = runner.invoke(main, ["models"])
+    assert r.exit_code == 1 and isinstance(r.exception, OSError) and "Error:" not in r.output
+
+
+def test_cli_error_is_not_the_library_error():
+    from hwsim import cli
+    from hwsim.errors import HwsimError
+
+    assert issubclass(cli.CliError, click.ClickException)
+    assert cli.HwsimError is HwsimError and not issubclass(HwsimError, click.ClickException)
+
+
+# --------------------------------------------------------------------------------------------
+# Options: choices from the library's enums, one range per flag across commands
+# --------------------------------------------------------------------------------------------
+def _commands():
+    out = {}
+    for name, cmd in main.commands.items():
+        if isinstance(cmd, click.Group):
+            out.update({f"{name} {n}": c for n, c in cmd.commands.items()})
+        else:
+            out[name] = cmd
+    return out
+
+
+def _opts(cmd):
+    return {p.name: p for p in cmd.params}
+
+
+def test_choices_come_from_the_enums():
+    from hwsim.cost.dataflow import Dataflow
+    from hwsim.datapath import ReductionOrder
+    from hwsim.datapath.isa import ISA_CHOICES
+    from hwsim.numerics import Overflow, RoundingMode, ScaleKind
+    from hwsim.quant import scheme as sch
+    from hwsim.train import SCALINGS
+
+    want = {
+        "register": [k.value for k in ScaleKind],
+        "rounding": [m.value for m in RoundingMode],
+        "overflow": [o.value for o in Overflow],
+        "order": [o.value for o in ReductionOrder],
+        "dataflow": [d.value for d in Dataflow],
+        "isa": list(ISA_CHOICES),
+        "weight_mode": list(sch.WEIGHT_MODES),
+        "granularity": list(sch.GRANULARITIES),
+        "calib_method": list(sch.CALIB_METHODS),
+        "shift_base": list(sch.SHIFT_BASES),
+        "bn_fold": list(sch.BN_FOLDS),
+        "data_free_range": list(sch.DATA_FREE_RANGES),
+        "scaling": list(SCALINGS),
+    }
+    seen = set()
+    for cname, cmd in _commands().items():
+        for name, p in _opts(cmd).items():
+            if isinstance(p.type, click.Choice) and name in want:
+                assert list(p.type.choices) == want[name], (cname, name)
+                seen.add(name)
+    assert seen == set(want)
+    assert main.commands["quantize"].params[1].help == ", ".join(sch.PRESETS)
+
+
+def test_flag_ranges_agree_across_commands():
+    ranges: dict = {}
+    for cname, cmd in _commands().items():
+        for name, p in _opts(cmd).items():
+            if isinstance(p.type, click.IntRange):
+                ranges.setdefault(name, {})[cname] = (p.type.min, p.type.max)
+    for name in ("wbits", "abits", "first_last_bits"):
+        assert set(ranges[name].values()) == {(2, 16)}, (name, ranges[name])
+    assert set(ranges["acc_bits"].values()) == {(8, 64)}, ranges["acc_bits"]
+    for name in ("seed", "target_bits", "epochs", "batch_size", "tile_bits", "s_max"):
+        assert len(set(ranges[name].values())) == 1, (name, ranges[name])
+    assert {hi for _, hi in ranges["tile_rows"].values()} == {1 << 20}
+    assert ranges["target_bits"]["train"] == (2, 8)

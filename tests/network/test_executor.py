@@ -125,7 +125,7 @@ def test_integer_executor_matches_plain_int_reference(
         granularity=granularity,
         weight_mode=weight_mode,
     )
-    program = quantize(import_model(model), scheme, calib)
+    program = quantize(import_model(model), scheme, calib, float_run=run_float)
     ex = IntegerExecutor(program)
     env = ex.run(x[:n])
     g = program.graph
@@ -163,7 +163,7 @@ def test_float_executor_matches_onnxruntime(path):
 def test_per_sample_shift_scales_are_powers_of_two_of_the_base():
     d = load_data("digits")
     g = import_model("models/mlp.onnx")
-    program = quantize(g, Scheme.preset("per-sample-shift", s_max=3), load_data("digits-train"))
+    program = quantize(g, Scheme.preset("per-sample-shift", s_max=3), load_data("digits-train"), float_run=run_float)
     env = IntegerExecutor(program).run(d.x[:64])
     for name, spec in program.acts.items():
         if spec.mode != "shift" or name not in env:
@@ -212,7 +212,7 @@ def test_bn_fold_register_keeps_the_layerwise_grid():
 
     g = import_model("models/rescnn.onnx")
     scheme = Scheme.preset("data-free", wbits=4, bn_fold="register")
-    program = quantize(g, scheme, input_range=(0.0, 1.0))
+    program = quantize(g, scheme, input_range=(0.0, 1.0), float_run=run_float)
     conv = next(n for n in program.graph.nodes if "bn_k" in n.attrs)
     k = conv.attrs["bn_k"].astype(np.float64)
     plain = quantize_weights(conv.attrs["weight_unfolded"], scheme.default)
@@ -232,7 +232,7 @@ def test_out_of_range_multiplier_names_the_layer(register):
     model = _mlp_model(3, 4, 5, 3)
     x = np.random.default_rng(0).normal(0, 1, (8, 4)).astype(np.float32)
     scheme = Scheme.preset("per-tensor", register=register)
-    program = quantize(import_model(model), scheme, Dataset("calib", x, None))
+    program = quantize(import_model(model), scheme, Dataset("calib", x, None), float_run=run_float)
     program.acts["h"] = replace(program.acts["h"], scale=1e-15)
     with pytest.raises(ValueError, match=r"node 'fc1'.*real multiplier .* 2\^30 - 2\^-2"):
         IntegerExecutor(program).run(x)
@@ -252,7 +252,7 @@ def test_clamped_biases_are_counted_and_reported():
     x = np.random.default_rng(0).normal(0, 1, (6, 4)).astype(np.float32)
     ds = Dataset("calib", x, None)
     scheme = Scheme.preset("per-tensor", acc_bits=12, overflow="saturate")
-    program = quantize(import_model(model), scheme, ds)
+    program = quantize(import_model(model), scheme, ds, float_run=run_float)
     rep, _ = run_program(program, ds, batch_size=4)
     rows = {r.name: r for r in rep.layers}
     assert rows["fc1"].bias_clamped == 2 * 6  # two channels, six samples, over two batches

@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwsim.data import Dataset
 from hwsim.datapath import reference as dref
-from hwsim.execute import IntegerExecutor, QTensor
+from hwsim.execute import IntegerExecutor, QTensor, run_float
 from hwsim.graph import import_model
 from hwsim.numerics import Overflow
 from hwsim.numerics import reference as nref
@@ -676,7 +676,7 @@ def test_every_op_matches_the_plain_int_spec(
         scheme, wbits=wbits, abits=abits, acc_bits=acc_bits, overflow=overflow,
         register=register, **kw,
     )
-    program = quantize(import_model(model), sch, Dataset("calib", calib, None))
+    program = quantize(import_model(model), sch, Dataset("calib", calib, None), float_run=run_float)
     # inputs beyond the calibrated range (input saturation), exact extremes included
     x = (rng.normal(0, 1, (n, c, hw, hw)) * amp).astype(np.float32)
     x.flat[0] = 0.0

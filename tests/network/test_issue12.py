@@ -23,7 +23,7 @@ def _stochastic_program(abits=8):
     scheme = Scheme.preset(
         "per-tensor", wbits=8, abits=abits, register="pow2", rounding="stochastic"
     )
-    return quantize(g, scheme, load_data("digits-train"))
+    return quantize(g, scheme, load_data("digits-train"), float_run=run_float)
 
 
 def _out(program, x, seed, batch):
@@ -181,7 +181,7 @@ def _df_spec(path, tensor, **kw):
     program = quantize(
         import_model(path),
         Scheme.preset("data-free", bn_sigmas=6.0, **kw),
-        input_range=(0.0, 1.0),
+        input_range=(0.0, 1.0), float_run=run_float,
     )
     return program, program.acts[tensor]
 
@@ -258,7 +258,7 @@ def test_constant_after_batchnorm_register_fold_and_data_free(tmp_path, post):
     np.testing.assert_allclose(a["bn_beta"], want_b, rtol=1e-6)
     # register fold + data-free: the integer output tracks the float one
     scheme = Scheme.preset("data-free", bn_fold="register", bn_sigmas=6.0)
-    program = quantize(g, scheme, input_range=(0.0, 1.0))
+    program = quantize(g, scheme, input_range=(0.0, 1.0), float_run=run_float)
     f = run_float(program.graph, x)[program.graph.output].astype(np.float64)
     ex = IntegerExecutor(program)
     d = ex.output(ex.run(x)).astype(np.float64)

@@ -51,7 +51,7 @@ def _run(path, x, **scheme):
     program = quantize(
         import_model(path),
         Scheme.preset("per-tensor", register="pow2", **scheme),
-        Dataset("calib", x, None),
+        Dataset("calib", x, None), float_run=run_float,
     )
     rep, out = api.run_program(program, Dataset("d", x, None), 32, collect_outputs=True)
     layers = {r["name"]: r for r in json.loads(json.dumps(rep.as_dict()))["layers"]}

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from hwsim.execute import run_float
 from hwsim.graph.ir import Graph, Node, Op
 from hwsim.quant import LayerScheme, Scheme, SchemeError, quantize, quantize_weights
 from hwsim.quant.quantize import datafree_ranges
@@ -361,7 +362,7 @@ def test_quantize_data_free_act_specs(mode, relu, signed, hi):
     prog = quantize(
         g,
         Scheme.preset("data-free", abits=8, data_free_range=mode),
-        input_range=(0.0, 1.0),
+        input_range=(0.0, 1.0), float_run=run_float,
     )
     spec = prog.acts["c"]
     assert spec.mode == "static" and spec.zero_point == 0
@@ -378,7 +379,7 @@ def test_quantize_data_free_act_specs(mode, relu, signed, hi):
 
 def test_quantize_data_free_without_input_range_is_an_error():
     with pytest.raises(SchemeError, match="input range"):
-        quantize(_bn_graph(GAMMA, BETA), Scheme.preset("data-free"))
+        quantize(_bn_graph(GAMMA, BETA), Scheme.preset("data-free"), float_run=run_float)
 
 
 def test_quantize_weights_per_layer_override_and_first_last_bits():
@@ -396,7 +397,7 @@ def test_quantize_weights_per_layer_override_and_first_last_bits():
         Scheme.preset(
             "data-free", wbits=8, first_last_bits=4, overrides={"fc2": {"wbits": 4, "acc_bits": 20}}
         ),
-        input_range=(0.0, 1.0),
+        input_range=(0.0, 1.0), float_run=run_float,
     )
     byname = {n.name: n for n in prog.graph.nodes}
     # fc1 (first) and fc3 (last): 4 bits -> s = r/7; fc2 by override: 4 bits too
@@ -413,7 +414,7 @@ def test_quantize_weights_per_layer_override_and_first_last_bits():
 def test_unknown_override_layer_is_an_error():
     g = _bn_graph(GAMMA, BETA)
     with pytest.raises(SchemeError, match="nope"):
-        quantize(g, Scheme.preset("data-free", overrides={"nope": {"wbits": 4}}), input_range=(0, 1))
+        quantize(g, Scheme.preset("data-free", overrides={"nope": {"wbits": 4}}), input_range=(0, 1), float_run=run_float)
 
 
 def test_bn_fold_register_moves_k_into_the_scale():
@@ -436,7 +437,7 @@ def test_bn_fold_register_moves_k_into_the_scale():
     node = Node("conv", Op.CONV, ("x",), "c", attrs, weight=w * k[:, None, None, None])
     g = Graph("r", "<test>", "x", (1, 1, 1), "c", [node])
     prog = quantize(
-        g, Scheme.preset("data-free", bn_fold="register"), input_range=(0.0, 1.0)
+        g, Scheme.preset("data-free", bn_fold="register"), input_range=(0.0, 1.0), float_run=run_float
     )
     wq = prog.graph.nodes[0].wq
     assert wq.q.ravel().tolist() == [127, -127]

@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from hwsim.datapath import Accumulator, ReductionOrder
+from hwsim.execute import run_float
 from hwsim.graph import ModelImportError
 from hwsim.graph.ir import Graph, Node, Op
 from hwsim.numerics import IntFormat, Overflow, RoundingMode, ScaleKind
@@ -58,7 +59,7 @@ SCHEME = Scheme.preset(
 
 
 def _program():
-    return quantize(_graph(), SCHEME, input_range=(0.0, 1.0))
+    return quantize(_graph(), SCHEME, input_range=(0.0, 1.0), float_run=run_float)
 
 
 def _with_acts(prog):
@@ -163,7 +164,7 @@ def test_plain_8bit_per_tensor_file_runs_in_onnxruntime(tmp_path):
     import onnxruntime as ort
 
     g = _graph()
-    prog = quantize(g, Scheme.preset("data-free", wbits=8, abits=8), input_range=(0.0, 1.0))
+    prog = quantize(g, Scheme.preset("data-free", wbits=8, abits=8), input_range=(0.0, 1.0), float_run=run_float)
     model = to_onnx(prog)
     assert not any(n.domain for n in model.graph.node)
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -364,7 +365,7 @@ def test_stored_per_sample_program_runs_as_written(tmp_path, preset, kw):
     from hwsim.graph import import_model
 
     program = quantize(
-        import_model("models/rescnn.onnx"), Scheme.preset(preset, **kw), load_data("digits-train")
+        import_model("models/rescnn.onnx"), Scheme.preset(preset, **kw), load_data("digits-train"), float_run=run_float
     )
     save(program, tmp_path / "m.onnx")
     loaded = load(tmp_path / "m.onnx")

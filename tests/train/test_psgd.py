@@ -12,11 +12,12 @@ import torch  # in the test extra (torch==2.13.0): a missing torch is a failure,
 
 from hwsim import api  # noqa: E402
 from hwsim.data import Dataset, load_data  # noqa: E402
+from hwsim.errors import HwsimError  # noqa: E402
 from hwsim.graph import import_model  # noqa: E402
 from hwsim.graph.ir import MAC_OPS  # noqa: E402
 from hwsim.study import weight_stats  # noqa: E402
 from hwsim.train.archs import build  # noqa: E402
-from hwsim.train.fit import export_onnx, train, train_model  # noqa: E402
+from hwsim.train.fit import DivergedError, export_onnx, train, train_model  # noqa: E402
 from hwsim.train.psgd import (  # noqa: E402
     DEFAULT_LAMBDA_S,
     PSGD,
@@ -174,11 +175,24 @@ def test_argument_errors(tmp_path):
     for kw, msg in cases:
         args = {"arch": "mlp", "data": "digits-train", "epochs": 1, "out": tmp_path / "m.onnx"}
         args.update(kw)
-        with pytest.raises(ValueError, match=msg):
+        with pytest.raises(HwsimError, match=msg):  # user-input errors: a clean CLI error
             train_model(**args)
-    with pytest.raises(ValueError, match="optimizer"):
+    with pytest.raises(HwsimError, match="optimizer"):
         train("mlp", ds, 1, 0.05, 0, "rmsprop")
+    with pytest.raises(HwsimError, match="labels"):
+        train_model("mlp", Dataset("nolabels", ds.x, None), epochs=1, out=tmp_path / "m.onnx")
+    with pytest.raises(HwsimError, match=r"\(C, H, W\)"):
+        train_model("rescnn", Dataset("flat", ds.x.reshape(len(ds), -1), ds.y), epochs=1,
+                    out=tmp_path / "m.onnx")  # fmt: skip
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_divergence_is_a_user_error(tmp_path):
+    # too large a learning rate: a DivergedError, both an HwsimError (one clean CLI line) and
+    # the FloatingPointError it always was
+    with pytest.raises(DivergedError, match="lower lr") as e:
+        train_model("mlp", "digits-train", epochs=1, lr=1e6, out=tmp_path / "m.onnx")
+    assert isinstance(e.value, HwsimError) and isinstance(e.value, FloatingPointError)
 
 
 def test_train_model_record_and_28x28(tmp_path):

@@ -1,9 +1,11 @@
-"""The datapath demo: one convolution layer on several accumulator and register designs.
+"""``hwsim datapath``: one convolution layer on several accumulator and register designs.
 
 A seeded int8 layer (ReLU-like uint8 activations, int8 weights) is run on a 32-bit wrapping
 accumulator (the exact reference), on 16-bit accumulators that wrap or saturate in sequential
 or systolic-tile order, and through the per-sample-shift datapath; then requantized with each
-scale register. The result is a plain dict, so the CLI only prints it.
+scale register. The result is a plain dict (``hwsim.api.datapath`` returns it,
+``hwsim.report.datapath_table`` formats it). ``hwsim demo``, the main job, is
+:func:`hwsim.api.demo`.
 """
 
 from __future__ import annotations
