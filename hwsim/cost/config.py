@@ -184,9 +184,9 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> Accelerat
                 )
             energy_kw[key] = _conv(path, "energy", key, float, raw)
     kw.update({k: v for k, v in overrides.items() if v is not None})
-    if energy_kw:
-        kw["energy"] = EnergyTable(**energy_kw)
     try:
+        if energy_kw:
+            kw["energy"] = EnergyTable(**energy_kw)
         return Accelerator(**kw)
     except ValueError as e:
         where = f"{path}: " if path is not None else ""

@@ -42,6 +42,7 @@ import numpy as np
 from hwsim import qops
 from hwsim.datapath import Counters, Operand, add_bias, conv2d, gemm, output_stage
 from hwsim.datapath.isa import Isa, depthwise, pairs_saturate
+from hwsim.errors import HwsimError
 from hwsim.execute.arrays import max_pool, pad, pool_count, reshape, windows
 from hwsim.execute.float import float_op
 from hwsim.execute.kernels import add_ort_fused
@@ -151,7 +152,7 @@ class IntegerExecutor:
         self.ort_plan = False  # onnxruntime's OrtPlan of the source file, asked once (_plan)
         self._plan_error = ""
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+            raise HwsimError(f"seed must be a non-negative int, got {seed!r}")
         self.seed = int(seed)
         self.samples_seen = 0  # the next batch's first sample index (stochastic rounding)
         self._rng = None  # the current node's per-sample Generators, or None
@@ -212,7 +213,7 @@ class IntegerExecutor:
         else:
             if spec.base == "runtime":
                 if c is None:
-                    raise ValueError(
+                    raise HwsimError(
                         f"node {self._current!r}: a runtime shift base needs inputs on one "
                         f"per-tensor grid (static or shift tensors), got per-sample scales"
                     )
@@ -345,13 +346,15 @@ class IntegerExecutor:
         if self.p.layer(node.name).register is ScaleKind.ORT and node.wq.source is not None:
             # an imported model: only the layers onnxruntime fuses run its integer kernels
             plan = self._plan()
-            if plan is None:
-                raise ValueError(
+            if plan is None and self.p.scheme is None:
+                raise HwsimError(
                     f"node {node.name!r}: isa {self.isa.value!r} on an imported model needs "
                     f"onnxruntime's fused plan (which layers run its integer kernels): "
                     f"{self._plan_error}"
                 )
-            if node.wq.source not in plan.integer_weights:
+            # (no plan for a file hwsim wrote that onnxruntime cannot load, sub-8-bit weights
+            # say: hwsim's own hardware, eq. 16 on every eligible layer, as in memory)
+            if plan is not None and node.wq.source not in plan.integer_weights:
                 return Isa.EXACT  # a float op on dequantized values in onnxruntime
         self.isa_layers.add(node.name)
         return self.isa
@@ -502,8 +505,9 @@ class IntegerExecutor:
         n_out = vals.shape[1]
         tail = (1,) * (nd - 2)
         if spec is None:  # integer output (ConvInteger-like): return dequantized float
-            raise ValueError(
-                f"node {node.name!r}: output tensor {node.output!r} has no quantization spec"
+            raise HwsimError(
+                f"node {node.name!r}: output tensor {node.output!r} has no quantization spec "
+                f"(a float output of a MAC layer in a QDQ model is not supported: quantize it)"
             )
         bias, bias_clamped = self._mac_bias(node, x, acc_cfg, vals.shape[0], n_out)
         if bias is not None and np.ndim(bias) == 2:

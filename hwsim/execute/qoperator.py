@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from hwsim import qops
 from hwsim.data import input_dtype
+from hwsim.errors import HwsimError
 from hwsim.execute.arrays import max_pool, softmax
 from hwsim.execute.integer import LayerStats
 
@@ -84,7 +85,7 @@ def run_qoperator_batch(
     inits = set(env)
     inputs = [i for i in g.input if i.name not in inits]
     if len(inputs) != 1 or len(g.output) != 1:
-        raise ValueError(f"{source}: hwsim runs single-input single-output models")
+        raise HwsimError(f"{source}: hwsim runs single-input single-output models")
     env[inputs[0].name] = np.asarray(x, input_dtype(inputs[0]))  # uint8 input: uint8 data
     supported = {op for _, op in qops.SUPPORTED}
     for node in g.node:
@@ -103,7 +104,7 @@ def run_qoperator_batch(
         elif node.domain in ("", "ai.onnx") and node.op_type in ONNX_OPS:
             outs = [ONNX_OPS[node.op_type](a, ins)]
         else:
-            raise ValueError(
+            raise HwsimError(
                 f"{source}: node {node.name!r} ({node.domain + '.' if node.domain else ''}"
                 f"{node.op_type}) is not supported in QOperator models; supported: "
                 f"{', '.join(sorted(supported | set(ONNX_OPS)))}"

@@ -30,6 +30,7 @@ from onnx import numpy_helper
 
 from hwsim.errors import HwsimError
 from hwsim.graph.ir import Graph, Node, Op, TensorQuant, WeightQuant
+from hwsim.graph.shapes import SHAPES
 from hwsim.numerics import IntFormat
 
 ONNX_DOMAINS = ("", "ai.onnx")
@@ -595,7 +596,7 @@ class _Importer:
                     f"{self.src}: metadata 'hwsim' is not valid JSON: {e}"
                 ) from e
         name = self.model.graph.name or Path(self.src).stem
-        return Graph(
+        graph = Graph(
             name,
             self.src,
             inputs[0].name,
@@ -609,6 +610,35 @@ class _Importer:
                 {} if "hwsim" in meta else {t: _range(tq) for t, tq in self.act_quant.items()}
             ),
         )
+        self.check_shapes(graph)
+        return graph
+
+    def check_shapes(self, graph: Graph) -> None:
+        """Every layer's weights fit the shape of its input (inferred on the IR): a mismatch is
+        a ModelImportError naming the node, not an error deep in the datapath at run time."""
+        shapes = {graph.input: (1,) + tuple(d if isinstance(d, int) else 1 for d in
+                                            graph.input_shape)}
+        for n in graph.nodes:
+            ins = [shapes[t] for t in n.inputs]
+            if n.op is Op.DENSE and int(np.prod(ins[0][1:])) != n.weight.shape[1]:
+                raise ModelImportError(
+                    f"{self.src}: node {n.name!r} (dense): input has "
+                    f"{int(np.prod(ins[0][1:]))} features per sample but the weight "
+                    f"{tuple(n.weight.shape)} expects {n.weight.shape[1]}"
+                )
+            if n.op is Op.CONV and (
+                len(ins[0]) != 4 or ins[0][1] != n.weight.shape[1] * n.attrs["group"]
+            ):
+                raise ModelImportError(
+                    f"{self.src}: node {n.name!r} (conv): input {ins[0]} does not fit weight "
+                    f"{tuple(n.weight.shape)} with group {n.attrs['group']}"
+                )
+            try:
+                shapes[n.output] = SHAPES[n.op](n, ins)
+            except (ValueError, IndexError) as e:
+                raise ModelImportError(
+                    f"{self.src}: node {n.name!r} ({n.op.value}): inputs of shapes {ins}: {e}"
+                ) from None
 
 
 def _unary(op: Op) -> Callable:

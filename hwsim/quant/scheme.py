@@ -323,6 +323,17 @@ class Scheme:
             raise SchemeError(f"scheme must be one of {', '.join(PRESETS)}; got {name!r}")
         first_last = kw.pop("first_last_bits", None)
         overrides = kw.pop("overrides", None) or {}
+        known = {f.name for f in dataclasses.fields(LayerScheme)}
+        if set(kw) - known:
+            raise SchemeError(
+                f"unknown scheme field(s) {sorted(set(kw) - known)}; fields: "
+                f"{', '.join(sorted(known))}, first_last_bits, overrides"
+            )
+        if first_last is not None:
+            try:
+                check_bits(first_last, "first_last_bits", 2, 16)
+            except (ValueError, TypeError) as e:
+                raise SchemeError(str(e)) from None
         return cls(name, LayerScheme(**{**PRESETS[name], **kw}), first_last, overrides)
 
     def for_layer(self, name: str, index: int, n_layers: int) -> LayerScheme:
