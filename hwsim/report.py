@@ -250,10 +250,19 @@ def pyplot():
     return plt
 
 
+def save_png(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Write a matplotlib figure as PNG atomically (temp file + rename) and close it."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def pareto_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     """Accuracy (or agreement) vs energy per sample, one marker per run, the Pareto front
     (lowest energy for at least that accuracy) drawn; PNG written atomically."""
-    import io
 
     plt = pyplot()
 
@@ -288,16 +297,12 @@ def pareto_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def compare_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     """Accuracy (or agreement, without labels) vs weight bits, one line per scheme and
     activation width; PNG written atomically."""
-    import io
 
     plt = pyplot()
 
@@ -322,10 +327,7 @@ def compare_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -670,7 +672,6 @@ def train_summary(rec: dict, data, out) -> str:
 def cost_plot(rep, path, title: str) -> None:
     """Stacked per-layer energy (MAC / SRAM / DRAM / scheme) and cycles of a cost report
     (:class:`hwsim.cost.CostReport`); PNG, atomically."""
-    import io
 
     plt = pyplot()
 
@@ -697,7 +698,4 @@ def cost_plot(rep, path, title: str) -> None:
     ax2.legend(fontsize=7)
     ax2.tick_params(axis="x", rotation=90, labelsize=6)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=110)

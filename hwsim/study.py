@@ -53,6 +53,8 @@ import numpy as np
 
 from hwsim.errors import HwsimError
 from hwsim.io import atomic_write_text
+from hwsim.numerics.affine import symmetric_grid
+from hwsim.report import sqnr_db
 
 WIDTHS = ((8, 8), (4, 8), (4, 4), (2, 8))
 #: Bits of the network output (the last MAC layer's logits) when the activations are narrower.
@@ -111,7 +113,7 @@ def weight_stats(path, bits: int = 4) -> dict:
     zeros = total = 0
     sig = err = dist = 0.0
     for _, w in _layerwise_weights(path):
-        step = np.abs(w).max() / (2 ** (bits - 1) - 1)
+        step, _ = symmetric_grid(float(np.abs(w).max()), bits)
         if step == 0:
             zeros += w.size
             total += w.size
@@ -125,7 +127,7 @@ def weight_stats(path, bits: int = 4) -> dict:
         dist += float(np.sum(np.abs(e))) / step
     return {
         "sparsity": zeros / total,
-        "sqnr_db": float(10 * np.log10(sig / err)) if err > 0 else float("inf"),
+        "sqnr_db": sqnr_db(sig, err),
         "grid_distance": dist / total,
     }
 
@@ -376,10 +378,8 @@ def table(doc: dict) -> str:
 
 def plots(doc: dict, out_dir: Path) -> list[Path]:
     """accuracy_vs_bits.png and weight_histogram.png in ``out_dir`` (atomically)."""
-    import io
 
-    from hwsim.io import atomic_write_bytes
-    from hwsim.report import pyplot
+    from hwsim.report import pyplot, save_png
 
     plt = pyplot()
 
@@ -387,10 +387,7 @@ def plots(doc: dict, out_dir: Path) -> list[Path]:
     written = []
 
     def save(fig, name):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-        plt.close(fig)
-        atomic_write_bytes(out_dir / name, buf.getvalue())
+        save_png(fig, out_dir / name)
         written.append(out_dir / name)
 
     s = doc["summary"]
@@ -425,9 +422,9 @@ def plots(doc: dict, out_dir: Path) -> list[Path]:
         for ax, opt in zip(axes, shown, strict=True):
             name, w = max(_layerwise_weights(first[opt]["model"]), key=lambda nw: nw[1].size)
             w = w.ravel()
-            step = np.abs(w).max() / (2 ** (bits - 1) - 1)
+            step, qmax = symmetric_grid(float(np.abs(w).max()), bits)
             ax.hist(w, bins=150, color={"sgd": "C0", "control": "C2", "psgd": "C1"}[opt])
-            for k in range(-(2 ** (bits - 1) - 1), 2 ** (bits - 1)):
+            for k in range(-qmax, qmax + 1):
                 ax.axvline(k * step, color="k", lw=0.5, alpha=0.5)
             ax.set_title(
                 f"{_LABEL[opt]} seed 0: {name} ({w.size} weights, before BN folding), "

@@ -68,6 +68,14 @@ def dequantize(q, scale, zero_point, axis: int | None = None) -> np.ndarray:
     )
 
 
+def symmetric_grid(r: float, bits: int) -> tuple[float, int]:
+    """The symmetric restricted-range grid of ``bits`` for the range ``r = max|w|`` -- the PSGD
+    paper's weight grid, hwsim's ``symmetric`` weights: levels ``-qmax .. qmax`` with ``qmax =
+    2^(b-1) - 1`` and step ``r / qmax`` (a Python float). Returns ``(step, qmax)``."""
+    qmax = 2 ** (bits - 1) - 1
+    return r / qmax, qmax
+
+
 @dataclass(frozen=True)
 class Affine:
     """``real = scale * (q - zero_point)``, ``q`` in ``fmt``. ``scale`` float32 and

@@ -17,6 +17,7 @@ import numpy as np
 from hwsim.data import Dataset
 from hwsim.graph.ir import MAC_OPS, Graph, Op, WeightQuant
 from hwsim.numerics import IntFormat, as_kind, as_mode
+from hwsim.numerics.affine import symmetric_grid
 from hwsim.quant.scheme import ActSpec, LayerScheme, LayerSpec, QuantProgram, Scheme, SchemeError
 
 PASS_THROUGH = (Op.MAXPOOL, Op.FLATTEN, Op.RESHAPE, Op.IDENTITY, Op.RELU, Op.CLIP)
@@ -44,7 +45,7 @@ def quantize_weights(w: np.ndarray, ls: LayerScheme) -> WeightQuant:
         fmt = IntFormat(b, signed=True)
         r = np.abs(flat).max(axis=1)
         if ls.weight_mode == "symmetric":
-            scale = (r / (2 ** (b - 1) - 1)).astype(np.float32)
+            scale = symmetric_grid(r, b)[0].astype(np.float32)
         else:
             scale = (2 * r / (2**b - 1)).astype(np.float32)
         scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)

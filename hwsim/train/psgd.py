@@ -77,6 +77,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from hwsim.errors import HwsimError
+from hwsim.numerics.affine import symmetric_grid
 from hwsim.train import SCALINGS
 
 #: ``--lambda_s`` default of the official ``train.py`` (and of the README's reproduction command).
@@ -105,13 +106,12 @@ def quantize_symmetric(w: torch.Tensor, bits: int, absmax: float | None = None) 
     zero range (all-zero tensor) quantizes to zeros.
     """
     _check_bits(bits)
-    qmax = 2 ** (bits - 1) - 1
     r = float(w.detach().abs().max()) if absmax is None else float(absmax)
     if not math.isfinite(r) or r < 0:
         raise ValueError(f"quantization range must be finite and >= 0, got {r}")
     if r == 0.0:
         return torch.zeros_like(w)
-    delta = r / qmax
+    delta, qmax = symmetric_grid(r, bits)
     return torch.round(torch.clamp(w / delta, -qmax, qmax)) * delta
 
 
