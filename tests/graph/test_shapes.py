@@ -31,7 +31,7 @@ def test_shipped_models(model, batch):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_every_op_of_the_spec_model(seed):
-    from tests.network.test_executor_spec import _spec_model
+    from tests.execute.test_executor_spec import _spec_model
 
     rng = np.random.default_rng(seed)
     c, hw = int(rng.choice([2, 4])), int(rng.integers(4, 8))
