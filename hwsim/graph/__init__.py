@@ -3,7 +3,6 @@
 from hwsim.graph.ir import MAC_OPS, Graph, Node, Op, TensorQuant, WeightQuant
 from hwsim.graph.onnx_import import (
     SUPPORTED,
-    ImportError_,
     ModelImportError,
     import_model,
     is_qoperator,
@@ -14,7 +13,6 @@ __all__ = [
     "MAC_OPS",
     "SUPPORTED",
     "Graph",
-    "ImportError_",
     "ModelImportError",
     "Node",
     "Op",

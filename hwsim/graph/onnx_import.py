@@ -52,10 +52,6 @@ class ModelImportError(HwsimError):
     """A model hwsim cannot import; the message names the file, node and what was expected."""
 
 
-ImportError_ = ModelImportError
-"""The former name of :class:`ModelImportError`, kept for existing callers."""
-
-
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     """Read and check an ONNX file; a missing, truncated or invalid file is a
     ModelImportError."""
