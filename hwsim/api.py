@@ -495,31 +495,17 @@ def train(
     )
 
 
-def study(
-    data: str = "digits",
-    seeds: int = 3,
-    arch: str = "rescnn",
-    epochs: int = 30,
-    lr: float = 0.05,
-    lambda_s: float | None = None,
-    target_bits: int = 4,
-    scaling: str = "official",
-    workdir=None,
-    report=None,
-    plot_dir=None,
-    log=print,
-) -> dict:
+def study(*, report=None, **kw) -> dict:
     """``hwsim study psgd``: SGD vs PSGD models under layer-wise and channel-wise quantization
-    on the emulated datapath, mean +- std over seeds (:func:`hwsim.study.study_psgd`; its
-    table: :func:`study_table`). Needs the ``train`` extra (PyTorch)."""
+    on the emulated datapath, mean +- std over seeds; the keywords of
+    :func:`hwsim.study.study_psgd` (data, seeds, arch, epochs, lr, lambda_s, target_bits,
+    scaling, workdir, plot_dir, log); its table: :func:`study_table`. Needs the ``train``
+    extra (PyTorch). ``report`` is checked before the training starts."""
     _needs_torch("hwsim study psgd")
     from hwsim.study import study_psgd
 
     check_outputs(report=report)
-    return study_psgd(
-        data, seeds, arch, epochs, lr, lambda_s, target_bits, scaling, workdir, report,
-        plot_dir, log=log,
-    )  # fmt: skip
+    return study_psgd(report=report, **kw)
 
 
 def study_table(doc: dict) -> str:

@@ -759,8 +759,9 @@ def study_psgd_cmd(
     from hwsim import api
 
     doc = api.study(
-        data, seeds, arch, epochs, lr, lambda_s, target_bits, scaling, workdir, report,
-        plot_dir, log=click.echo,
+        data=data, seeds=seeds, arch=arch, epochs=epochs, lr=lr, lambda_s=lambda_s,
+        target_bits=target_bits, scaling=scaling, workdir=workdir, report=report,
+        plot_dir=plot_dir, log=click.echo,
     )  # fmt: skip
     click.echo(api.study_table(doc))
     for path in (report, plot_dir):
