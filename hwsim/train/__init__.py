@@ -9,6 +9,10 @@ either: torch is imported when :mod:`hwsim.train.archs` or :mod:`hwsim.train.fit
   (train + export, what ``hwsim train`` calls) and ONNX export (``export_onnx``).
 * :mod:`hwsim.train.psgd` -- position-based scaled gradients: the official code's grid, running
   range and gradient scaling (``psgd_scale``, ``PSGD``), with citations.
+* :mod:`hwsim.train.fqt` -- the FQT paper's gradient quantizers in numpy (PTQ, PSQ, BHQ and the
+  per-sample-shift hardware variant), stochastic rounding, gradient variance; no torch.
+* :mod:`hwsim.train.fqt_torch` -- FQT linear / conv layers (8-bit forward, quantized backward,
+  the backward GEMMs in float or on hwsim's integer datapath) and ``convert``.
 
 ``models/train.py`` at the repository root uses both to produce ``models/*.onnx``.
 """
