@@ -223,41 +223,47 @@ class _FQTConv2dFn(torch.autograd.Function):
             gx = torch.nn.grad.conv2d_input(ctx.x_shape, cw * sw, gy, **conv)
             gw = torch.nn.grad.conv2d_weight(cx * sx, cw.shape, gy, **conv)
             return gx, gw, gb, None, None
-        if conv.get("groups", 1) != 1:
-            raise HwsimError("FQT conv layers support groups=1")
         N, O, Ho, Wo = gy.shape
+        G = conv.get("groups", 1)
         kh, kw = cw.shape[2:]
-        cols = F.unfold(cx, (kh, kw), dilation=conv["dilation"], padding=conv["padding"],
-                        stride=conv["stride"])  # fmt: skip  # (N, C*kh*kw, L)
+        geom = {"dilation": conv["dilation"], "padding": conv["padding"], "stride": conv["stride"]}
+        cols = F.unfold(cx, (kh, kw), **geom)  # (N, C*kh*kw, L), channel-major rows
         L = cols.shape[-1]
-        xc = cols.transpose(1, 2).reshape(N * L, -1).numpy().astype(np.int64)
-        # the gradient's rows are samples: quantize (N, O*L) per sample, then lay out (N*L, O)
-        g = gy.detach().double().reshape(N, O, L)
-        gq_rows = g.reshape(N, O * L).numpy()
-        kind, *rest = _grad_codes(gq_rows, st)
-        wmat = cw.reshape(O, -1).numpy().astype(np.int64)
+        # the gradient's rows are samples: quantize (N, O*L) per sample once, lay out (N*L, O)
+        kind, *rest = _grad_codes(gy.detach().double().reshape(N, O * L).numpy(), st)
         f8 = IntFormat(st.cfg.forward_bits, True)
-        if kind == "float":
-            gqm = rest[0].reshape(N, O, L).transpose(0, 2, 1).reshape(N * L, O)
-            dcols = sw * (gqm @ wmat.astype(np.float64))
-            dw = sx * (gqm.T @ xc.astype(np.float64))
-        else:
-            c, s, aux = rest
-            cm = c.reshape(N, O, L).transpose(0, 2, 1).reshape(N * L, O)
-            bits = st.cfg.grad.bits
-            if kind == "ptq":
-                gf = IntFormat(bits, False)
-                dcols = _int_gemm(cm, wmat, gf, aux, f8, st) * (s * sw)
-                dw = _int_gemm(cm.T.copy(), xc, gf, aux, f8, st) * (s * sx)
+        rows = cols.shape[1] // G
+        Og = O // G
+        wm = cw.reshape(O, -1).numpy().astype(np.int64)
+        gx_parts, dw_parts = [], []
+        for g in range(G):  # one GEMM pair per group (depthwise: G = C)
+            xc = cols[:, g * rows : (g + 1) * rows].transpose(1, 2).reshape(N * L, rows)
+            xc = xc.numpy().astype(np.int64)
+            wmat = wm[g * Og : (g + 1) * Og]
+            if kind == "float":
+                gm = rest[0].reshape(N, O, L)[:, g * Og : (g + 1) * Og]
+                gm = gm.transpose(0, 2, 1).reshape(N * L, Og)
+                dcols = sw * (gm @ wmat.astype(np.float64))
+                dw = sx * (gm.T @ xc.astype(np.float64))
             else:
-                gf = IntFormat(bits, True)
-                row_scale = s * sw * np.exp2(-np.repeat(aux, L).astype(np.float64))
-                dcols = _int_gemm(cm, wmat, gf, 0, f8, st) * row_scale[:, None]
-                dw = _shift_sum(cm.T.copy(), xc, N, aux, gf, f8, st) * (s * sx)
-        dcols_t = torch.from_numpy(dcols).reshape(N, L, -1).transpose(1, 2)
-        gx = F.fold(dcols_t, ctx.x_shape[2:], (kh, kw), dilation=conv["dilation"],
-                    padding=conv["padding"], stride=conv["stride"])  # fmt: skip
-        gw_t = torch.from_numpy(dw).reshape(cw.shape)
+                c, s, aux = rest
+                cm = c.reshape(N, O, L)[:, g * Og : (g + 1) * Og]
+                cm = np.ascontiguousarray(cm.transpose(0, 2, 1).reshape(N * L, Og))
+                bits = st.cfg.grad.bits
+                if kind == "ptq":
+                    gf = IntFormat(bits, False)
+                    dcols = _int_gemm(cm, wmat, gf, aux, f8, st) * (s * sw)
+                    dw = _int_gemm(cm.T.copy(), xc, gf, aux, f8, st) * (s * sx)
+                else:
+                    gf = IntFormat(bits, True)
+                    row_scale = s * sw * np.exp2(-np.repeat(aux, L).astype(np.float64))
+                    dcols = _int_gemm(cm, wmat, gf, 0, f8, st) * row_scale[:, None]
+                    dw = _shift_sum(cm.T.copy(), xc, N, aux, gf, f8, st) * (s * sx)
+            dcols_t = torch.from_numpy(dcols).reshape(N, L, rows).transpose(1, 2)
+            gx_parts.append(F.fold(dcols_t, ctx.x_shape[2:], (kh, kw), **geom))
+            dw_parts.append(dw)
+        gx = torch.cat(gx_parts, dim=1)
+        gw_t = torch.from_numpy(np.concatenate(dw_parts)).reshape(cw.shape)
         return gx.to(gy.dtype), gw_t.to(gy.dtype), gb, None, None
 
 
@@ -269,7 +275,7 @@ class FQTLinear(nn.Linear):
 
 
 class FQTConv2d(nn.Conv2d):
-    """``nn.Conv2d`` (groups 1, zero padding) with the quantized forward and backward."""
+    """``nn.Conv2d`` (zero padding, any groups) with the quantized forward and backward."""
 
     def forward(self, x):
         conv = {"stride": self.stride, "padding": self.padding, "dilation": self.dilation,
