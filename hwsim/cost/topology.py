@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hwsim.errors import HwsimError
-from hwsim.graph.ir import MAC_OPS, Graph, Op
+from hwsim.graph.ir import MAC_OPS, MATMUL_OPS, Graph, Op
 from hwsim.graph.shapes import infer_shapes
 
 
@@ -162,12 +162,20 @@ def read_topology(path: str | os.PathLike) -> list[Layer]:
 
 def layers_from_program(program, batch: int = 1) -> list[Layer]:
     """The MAC layers of a QuantProgram (or a float Graph: the accelerator's default widths),
-    with the shapes inferred on the IR (:func:`hwsim.graph.shapes.infer_shapes`)."""
+    with the shapes inferred on the IR (:func:`hwsim.graph.shapes.infer_shapes`).
+
+    A dense on an N-d input ``(N, ..., K)`` is one GEMM of ``N * prod(...)`` rows. A MatMul of
+    two activations ``(N, ..., M, K) @ (N, ..., K, P)`` has no weights: it is ``N * prod(...)``
+    GEMMs (``groups``; attention heads of each sample) of ``M x K`` by ``K x P``, its second
+    operand counted as the "filter" (``wbits``: that operand's width)."""
     graph: Graph = program if isinstance(program, Graph) else program.graph
     shapes = infer_shapes(graph, 1)
     quant = not isinstance(program, Graph)
     layers = []
     for n in graph.nodes:
+        if n.op in MATMUL_OPS:
+            layers.append(_matmul_layer(program, n, shapes, batch, quant))
+            continue
         if n.op not in MAC_OPS:
             continue
         x = shapes[n.inputs[0]]
@@ -178,7 +186,8 @@ def layers_from_program(program, batch: int = 1) -> list[Layer]:
             K = int(np.prod(n.weight.shape[1:]))
             Mf = n.weight.shape[0] // g
         else:
-            g, Np, K, Mf = 1, batch, n.weight.shape[1], n.weight.shape[0]
+            rows = int(np.prod(x[1:-1])) if n.attrs.get("nd") else 1
+            g, Np, K, Mf = 1, batch * rows, n.weight.shape[1], n.weight.shape[0]
         kw = {}
         if quant:
             spec_in = program.acts.get(n.inputs[0])
@@ -215,3 +224,36 @@ def layers_from_program(program, batch: int = 1) -> list[Layer]:
             )
         )
     return layers
+
+
+def _matmul_layer(program, n, shapes, batch: int, quant: bool) -> Layer:
+    """A MatMul of two activations as ``groups`` GEMMs (see :func:`layers_from_program`)."""
+    a, b = shapes[n.inputs[0]], shapes[n.output]
+    M, K, P = a[-2], a[-1], b[-1]
+    groups = batch * int(np.prod(b[1:-2]))
+    kw = {}
+    if quant:
+        specs = [program.acts.get(t) for t in (*n.inputs, n.output)]
+        ls = program.layer(n.name)
+        kw = dict(
+            abits=specs[0].fmt.bits if specs[0] else None,
+            wbits=specs[1].fmt.bits if specs[1] else None,
+            acc_bits=ls.acc.bits,
+            out_bits=specs[2].fmt.bits if specs[2] else None,
+            register=ls.register.value,
+            act_mode=specs[2].mode if specs[2] else "static",
+            s_max=specs[2].s_max if specs[2] else 0,
+            shift_base=specs[2].base if specs[2] else "static",
+            in_mode=specs[0].mode if specs[0] else "static",
+        )
+    return Layer(
+        n.name,
+        M,
+        K,
+        P,
+        groups=groups,
+        ifmap_elems=int(np.prod(a[1:])) * batch,
+        samples=batch,
+        extra={"operands": "activations"},
+        **kw,
+    )

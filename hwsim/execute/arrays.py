@@ -1,10 +1,48 @@
 """Array helpers the executors share: pooling windows, spatial padding, window counts, reshape
-with ONNX's 0 (copy the dimension) and a free batch axis."""
+with ONNX's 0 (copy the dimension) and a free batch axis, the data-movement ops (transpose,
+gather, slice) both executors apply to their values, and the model input's dtype."""
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from hwsim.errors import HwsimError
+
+
+def graph_input(graph, x) -> np.ndarray:
+    """A batch as the graph's input takes it: float32, or for an integer (token id) input
+    (``graph.input_dtype``) integers of that dtype -- float data only where every value is a
+    whole number in range (hwsim never rounds data into ids)."""
+    dt = np.dtype(getattr(graph, "input_dtype", "float32"))
+    if not np.issubdtype(dt, np.integer):
+        return np.asarray(x, np.float32)
+    a = np.asarray(x)
+    info = np.iinfo(dt)
+    if np.issubdtype(a.dtype, np.integer):
+        bad = a.size and (int(a.min()) < info.min or int(a.max()) > info.max)
+    else:
+        bad = not np.all(np.isfinite(a)) or np.any(a != np.round(a))
+        bad = bad or (a.size and (a.min() < info.min or a.max() > info.max))
+    if bad:
+        raise HwsimError(
+            f"{graph.source}: the model input {graph.input!r} is {dt} (token ids); the data "
+            f"({a.dtype}) has values that are not whole numbers in {dt}'s range"
+        )
+    return a.astype(dt, copy=False)
+
+
+def take(x: np.ndarray, attrs: dict) -> np.ndarray:
+    """``Op.GATHER``: the constant ``indices`` along ``axis`` (>= 1)."""
+    return np.take(x, attrs["indices"], axis=attrs["axis"])
+
+
+def slice_axes(x: np.ndarray, attrs: dict) -> np.ndarray:
+    """``Op.SLICE``: ``(axis, start, stop, step)`` Python slices (ONNX's already clamped)."""
+    idx = [slice(None)] * x.ndim
+    for axis, start, stop, step in attrs["slices"]:
+        idx[axis] = slice(start, stop, step)
+    return x[tuple(idx)]
 
 
 def windows(x: np.ndarray, kernel, strides, dilations=(1, 1)) -> np.ndarray:

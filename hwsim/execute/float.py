@@ -2,6 +2,12 @@
 
 ``run_float(graph, x)`` returns every tensor of one batch by name, the same names the integer
 executor returns, so a per-layer comparison is a zip over names.
+
+The transformer ops match onnxruntime (``ORT_DISABLE_ALL``) to float32 tolerance, not bit for
+bit: GELU, Sigmoid, SiLU, LayerNormalization and ReduceMean are computed in float64 and rounded
+once (onnxruntime's Erf / Tanh / Exp are MLAS approximations, its LayerNormalization a one-pass
+float32 ``E[x^2] - E[x]^2``), MatMul by numpy's BLAS; HardSigmoid / HardSwish, Softmax, the
+elementwise ops and data movement in float32 as onnxruntime orders them.
 """
 
 from __future__ import annotations
@@ -12,7 +18,18 @@ import numpy as np
 
 from hwsim.datapath import conv_output_size
 from hwsim.datapath.kernels import gmn_to_nchw, im2col_nhwc
-from hwsim.execute.arrays import max_pool, pad, pool_count, reshape, softmax, windows
+from hwsim.errors import HwsimError
+from hwsim.execute.arrays import (
+    graph_input,
+    max_pool,
+    pad,
+    pool_count,
+    reshape,
+    slice_axes,
+    softmax,
+    take,
+    windows,
+)
 from hwsim.graph.ir import Graph, Node, Op
 
 
@@ -51,8 +68,79 @@ def batchnorm_f32(x: np.ndarray, a: dict) -> np.ndarray:
 
 def _dense(node: Node, xs: list) -> np.ndarray:
     x = xs[0]
+    if node.attrs.get("nd"):  # over the last axis, the leading ones as rows of one GEMM
+        y = x.reshape(-1, x.shape[-1]) @ node.weight.T
+        y = (y + node.bias if node.bias is not None else y).astype(np.float32)
+        return y.reshape(x.shape[:-1] + (node.weight.shape[0],))
     y = x.reshape(x.shape[0], -1) @ node.weight.T
     return (y + node.bias if node.bias is not None else y).astype(np.float32)
+
+
+def _f32(fn):
+    """A float64 formula applied to a float32 tensor, rounded once to float32."""
+
+    def op(node: Node, xs: list) -> np.ndarray:
+        return np.asarray(fn(node, np.asarray(xs[0], np.float64)), np.float32)
+
+    return op
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf  # scipy comes with scikit-learn
+
+    return erf(x)
+
+
+def gelu64(x: np.ndarray, form: str) -> np.ndarray:
+    """GELU in float64: ``0.5 x (1 + erf(x / sqrt 2))`` (``erf``) or ``0.5 x (1 + tanh(sqrt(2 /
+    pi) (x + 0.044715 x^3)))`` (``tanh``)."""
+    if form == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))
+
+
+def _sigmoid64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def _hard_sigmoid(node: Node, x: np.ndarray) -> np.ndarray:
+    """``max(0, min(1, alpha x + beta))`` in float32, as onnxruntime's kernel."""
+    f = np.float32
+    a = node.attrs
+    return np.clip(f(a["alpha"]) * x + f(a["beta"]), f(0), f(1)).astype(f)
+
+
+def layernorm64(node: Node, x: np.ndarray) -> np.ndarray:
+    """LayerNormalization over the axes from ``attrs["axis"]`` on, in float64 (two-pass mean
+    and variance), rounded once: ``(x - mean) / sqrt(var + eps) * gamma + beta``."""
+    axes = tuple(range(node.attrs["axis"], x.ndim))
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=axes, keepdims=True)
+    var = np.square(x - mean).mean(axis=axes, keepdims=True)
+    y = (x - mean) / np.sqrt(var + np.float64(np.float32(node.attrs["epsilon"])))
+    if node.weight is not None:
+        y = y * node.weight.astype(np.float64)
+    if node.bias is not None:
+        y = y + node.bias.astype(np.float64)
+    return y.astype(np.float32)
+
+
+def _concat(node: Node, xs: list) -> np.ndarray:
+    parts = list(xs)
+    n = xs[0].shape[0]
+    for i, c in node.attrs.get("consts", ()):  # the same constant for every sample
+        parts.insert(i, np.broadcast_to(c, (n,) + c.shape[1:]).astype(xs[0].dtype))
+    return np.concatenate(parts, axis=node.attrs.get("axis", 1))
+
+
+def _embedding(node: Node, xs: list) -> np.ndarray:
+    ids, v = np.asarray(xs[0]), node.weight.shape[0]
+    if ids.size and (ids.min() < -v or ids.max() >= v):
+        raise HwsimError(
+            f"node {node.name!r} (embedding): token ids outside [{-v}, {v}) of the {v}-row table"
+        )
+    return np.take(node.weight, ids.astype(np.int64), axis=0)
 
 
 def _mul(node: Node, xs: list) -> np.ndarray:
@@ -82,10 +170,27 @@ FLOAT_OPS: dict[Op, Callable[[Node, list], np.ndarray]] = {
     Op.GAP: lambda n, xs: xs[0].mean(axis=(2, 3), keepdims=True, dtype=np.float32),
     Op.FLATTEN: lambda n, xs: xs[0].reshape(xs[0].shape[0], -1),
     Op.RESHAPE: lambda n, xs: reshape(xs[0], n.attrs["shape"]),
-    Op.CONCAT: lambda n, xs: np.concatenate(xs, axis=1),
+    Op.CONCAT: _concat,
     Op.SOFTMAX: lambda n, xs: softmax(np.asarray(xs[0], np.float32), n.attrs["axis"]),
     Op.IDENTITY: lambda n, xs: xs[0],
     Op.BATCHNORM: lambda n, xs: batchnorm_f32(xs[0], n.attrs),
+    Op.MATMUL: lambda n, xs: np.matmul(xs[0], xs[1]).astype(np.float32),
+    Op.TRANSPOSE: lambda n, xs: xs[0].transpose(n.attrs["perm"]),
+    Op.GATHER: lambda n, xs: take(xs[0], n.attrs),
+    Op.EMBEDDING: _embedding,
+    Op.SLICE: lambda n, xs: slice_axes(xs[0], n.attrs),
+    Op.LAYERNORM: lambda n, xs: layernorm64(n, xs[0]),
+    Op.GELU: _f32(lambda n, x: gelu64(x, n.attrs["form"])),
+    Op.SIGMOID: _f32(lambda n, x: _sigmoid64(x)),
+    Op.SILU: _f32(lambda n, x: x * _sigmoid64(x)),
+    Op.HARDSIGMOID: lambda n, xs: _hard_sigmoid(n, xs[0]),
+    Op.HARDSWISH: lambda n, xs: (xs[0] * _hard_sigmoid(n, xs[0])).astype(np.float32),
+    Op.MUL_ACT: lambda n, xs: (xs[0] * xs[1]).astype(np.float32),
+    Op.ADD_CONST: lambda n, xs: (xs[0] + n.weight).astype(np.float32),
+    Op.DIV_CONST: lambda n, xs: (xs[0] / n.weight).astype(np.float32),
+    Op.REDUCE_MEAN: _f32(
+        lambda n, x: x.mean(axis=n.attrs["axes"], keepdims=bool(n.attrs["keepdims"]))
+    ),
 }
 """Op -> its float32 semantics ``f(node, inputs) -> output``: one entry per op."""
 
@@ -112,7 +217,7 @@ def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         env[t] = v if r is None else np.clip(v, np.float32(r[0]), np.float32(r[1]))
 
     env: dict[str, np.ndarray] = {}
-    put(graph.input, np.asarray(x, np.float32))
+    put(graph.input, graph_input(graph, x))
     for n in graph.nodes:
         put(n.output, float_op(n, [env[t] for t in n.inputs]))
     return env

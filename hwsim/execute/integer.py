@@ -14,9 +14,11 @@ Integer op contracts (``R(r)`` = the layer's scale register built for real multi
   QLinearGlobalAveragePool / QLinearAveragePool (:mod:`hwsim.qops`); otherwise exact integer
   window sum of ``q - zx``, then ``R(sx / (sy * count))``; max pool: integer max (padding never
   wins), scale unchanged; relu/clip: clamp in the integer domain at the quantized bounds;
-  flatten/reshape/identity: the integers unchanged; concat: each input rescaled by
-  ``R(s_i/sy)``; mul by a constant c: ``R(|c| sx/sy)(sign(c) (q - zx))``; softmax (last
-  layer): float32 on the dequantized input.
+  flatten/reshape/identity/transpose/gather/slice: the integers moved, unchanged; concat: each
+  input rescaled by ``R(s_i/sy)``; mul by a constant c: ``R(|c| sx/sy)(sign(c) (q - zx))``;
+  softmax: float32 on the dequantized input. A dense on an N-d input ``(N, ..., K)`` is one
+  GEMM over the flattened leading axes, output ``(N, ..., O)``.
+* the other transformer ops (:data:`INTEGER_OPS`' docstring) run as float islands.
 * a per-sample output (``dynamic`` / ``shift``): the op's integers up to its register (a
   conv's biased accumulator, TFLite's Add up to the sum, a pool's window sums; per-element
   steps first brought to one grid) go through the integer range unit of ``docs/numerics.md``
@@ -43,7 +45,16 @@ from hwsim import qops
 from hwsim.datapath import Counters, Operand, add_bias, conv2d, gemm, output_stage
 from hwsim.datapath.isa import Isa, depthwise, pairs_saturate
 from hwsim.errors import HwsimError
-from hwsim.execute.arrays import max_pool, pad, pool_count, reshape, windows
+from hwsim.execute.arrays import (
+    graph_input,
+    max_pool,
+    pad,
+    pool_count,
+    reshape,
+    slice_axes,
+    take,
+    windows,
+)
 from hwsim.execute.float import float_op
 from hwsim.execute.kernels import add_ort_fused
 from hwsim.execute.tensors import QTensor, quantize_input, quantize_linear
@@ -491,6 +502,24 @@ class IntegerExecutor:
                 acc=acc_cfg,
                 isa=isa,
             )
+        elif node.attrs.get("nd") and xq.ndim > 2:
+            # a dense on (N, ..., K): one GEMM over the flattened leading axes, its (N*L, O)
+            # sums laid out (N, O, L) like a conv's, so bias, scales and per-sample ranges
+            # address the output channel on axis 1; (N, ..., O) again at the end
+            res = gemm(
+                xq.reshape(-1, xq.shape[-1]),
+                wq.q.T,
+                x_operand=xop,
+                w_operand=wop,
+                acc=acc_cfg,
+                isa=isa,
+            )
+            lead = xq.shape[:-1]
+            v = res.values
+            res.values = v.reshape(xq.shape[0], -1, v.shape[-1]).transpose(0, 2, 1)
+            out = self._mac_out(node, x, spec, res, layer, acc_cfg)
+            q = out.q.transpose(0, 2, 1).reshape(lead + (out.q.shape[1],))
+            return QTensor(q, out.scale, out.zero_point, out.fmt, out.shifts, out.base)
         else:
             res = gemm(
                 xq.reshape(xq.shape[0], -1),
@@ -500,6 +529,12 @@ class IntegerExecutor:
                 acc=acc_cfg,
                 isa=isa,
             )
+        return self._mac_out(node, x, spec, res, layer, acc_cfg)
+
+    def _mac_out(self, node: Node, x: QTensor, spec, res, layer: LayerSpec, acc_cfg) -> QTensor:
+        """A MAC layer's sums ``res.values`` (N, O, ...) to its output: bias, requantization
+        (static) or the per-sample range unit, counters."""
+        wq = node.wq
         vals = res.values
         nd = vals.ndim
         n_out = vals.shape[1]
@@ -662,7 +697,9 @@ class IntegerExecutor:
         common = float(step) if np.ndim(step) == 0 else None
         return self._per_sample(t, spec, layer, step, common, None)
 
-    def _concat_per_sample(self, ins: list, spec: ActSpec, layer: LayerSpec) -> QTensor:
+    def _concat_per_sample(
+        self, ins: list, spec: ActSpec, layer: LayerSpec, axis: int = 1
+    ) -> QTensor:
         """Each input's ``q - z`` brought to one grid (:meth:`_align`, factor ``u_i / c`` with
         ``c`` the largest input step: per tensor from the bases of static / shift inputs, per
         sample otherwise), concatenated on the channel axis, then :meth:`_per_sample`."""
@@ -682,7 +719,7 @@ class IntegerExecutor:
             parts.append(t)
         unit = np.asarray(c, np.float64) * step
         return self._per_sample(
-            np.concatenate(parts, axis=1), spec, layer, unit, float(unit) if common else None
+            np.concatenate(parts, axis=axis), spec, layer, unit, float(unit) if common else None
         )
 
     def _pool_sum(self, node: Node, x: QTensor):
@@ -771,14 +808,20 @@ class IntegerExecutor:
 
     def _op_concat(self, node: Node, ins: list, spec: ActSpec):
         layer = self.p.layer(node.name)
+        if node.attrs.get("consts"):  # constant parts (a class token): no integer rule yet
+            return self._requant_float(node, ins, spec)
+        axis = node.attrs.get("axis", 1)
         if spec.mode != "static":
-            return self._concat_per_sample(ins, spec, layer)
+            return self._concat_per_sample(ins, spec, layer, axis)
         parts = [
             i if _same_grid(i, spec) else self._rescale(i, spec, layer.register, layer.rounding)
             for i in ins
         ]
         return QTensor(
-            np.concatenate([p.q for p in parts], axis=1), parts[0].scale, spec.zero_point, spec.fmt
+            np.concatenate([p.q for p in parts], axis=axis),
+            parts[0].scale,
+            spec.zero_point,
+            spec.fmt,
         )
 
     def _op_mul(self, node: Node, ins: list, spec: ActSpec):
@@ -827,6 +870,15 @@ class IntegerExecutor:
     def _op_identity(self, node: Node, x: QTensor):
         return x
 
+    def _op_transpose(self, node: Node, x: QTensor):
+        return x.like(x.q.transpose(node.attrs["perm"]))
+
+    def _op_gather(self, node: Node, x: QTensor):
+        return x.like(take(x.q, node.attrs))
+
+    def _op_slice(self, node: Node, x: QTensor):
+        return x.like(slice_axes(x.q, node.attrs))
+
     def run(self, x: np.ndarray, keep_all: bool = True, sample_offset: int | None = None) -> dict:
         """Integer run of one batch. Returns tensors by name (QTensor for integer tensors, float
         arrays otherwise); with ``keep_all=False`` only the output is kept. ``sample_offset``:
@@ -836,7 +888,7 @@ class IntegerExecutor:
         first = self.samples_seen if sample_offset is None else int(sample_offset)
         n_batch = int(np.shape(x)[0]) if np.ndim(x) else 1
         spec = self._spec(g.input)
-        x = np.asarray(x, np.float32)
+        x = graph_input(g, x)  # float32, or the integer ids of a token input
         # an unquantized input stays float until the first QuantizeLinear (as in QDQ models)
         env = {g.input: quantize_input(x, spec) if spec is not None else x}
         last_use = {}
@@ -904,6 +956,12 @@ INTEGER_OPS: dict[Op, Callable] = {
     Op.FLATTEN: _keeps_quantization(IntegerExecutor._op_flatten),
     Op.RESHAPE: _keeps_quantization(IntegerExecutor._op_reshape),
     Op.IDENTITY: _keeps_quantization(IntegerExecutor._op_identity),
+    Op.TRANSPOSE: _keeps_quantization(IntegerExecutor._op_transpose),
+    Op.GATHER: _keeps_quantization(IntegerExecutor._op_gather),
+    Op.SLICE: _keeps_quantization(IntegerExecutor._op_slice),
 }
 """Op -> its integer rule ``f(executor, node, inputs, output spec)``; an op not listed runs
-as ``QuantizeLinear(op(DequantizeLinear(inputs)))``."""
+as ``QuantizeLinear(op(DequantizeLinear(inputs)))`` -- in this version the transformer ops
+(matmul of two activations, layernorm, softmax, gelu, sigmoid, silu, hardsigmoid, hardswish,
+mul_act, add_const, div_const, reduce_mean, embedding): float islands until their integer
+rules (and I-BERT's integer non-linearities) come."""

@@ -1,6 +1,7 @@
-"""The graph IR and ONNX import: ``Graph``/``Node``/``Op``, ``import_model``."""
+"""The graph IR and ONNX import: ``Graph``/``Node``/``Op``, ``import_model`` (with the shape
+folding and fusion of :mod:`hwsim.graph.fold`)."""
 
-from hwsim.graph.ir import MAC_OPS, Graph, Node, Op, TensorQuant, WeightQuant
+from hwsim.graph.ir import MAC_OPS, MATMUL_OPS, Graph, Node, Op, TensorQuant, WeightQuant
 from hwsim.graph.onnx_import import (
     SUPPORTED,
     ModelImportError,
@@ -11,6 +12,7 @@ from hwsim.graph.onnx_import import (
 
 __all__ = [
     "MAC_OPS",
+    "MATMUL_OPS",
     "SUPPORTED",
     "Graph",
     "ModelImportError",

@@ -3,11 +3,17 @@
 One IR serves both executors: the float reference run and the integer run walk the same nodes,
 so a per-layer comparison is a zip over tensor names.
 
-Conventions: activations are float32 NCHW (or ``(N, F)`` after Flatten/Reshape/Dense); the batch
-axis is always axis 0 and is never reshaped away. ``Node.weight`` is float32: conv ``(O, C/g, kh,
-kw)``, dense ``(O, K)`` (``y = x @ W.T + b``). BatchNormalization is folded into the conv before
-it at import; the folded BN's ``gamma``/``beta`` stay in ``Node.attrs`` because data-free
-activation ranges are derived from them.
+Conventions: activations are float32 NCHW, ``(N, F)`` after Flatten/Reshape/Dense, or ``(N, T,
+D)`` / ``(N, H, T, Dh)`` in transformers; the batch axis is always axis 0 and is never reshaped,
+transposed, sliced or gathered away (import rejects a model that does: docs/networks.md). A model
+whose input is integer (token ids, ``Graph.input_dtype``) feeds it to embedding lookups only.
+``Node.weight`` is float32: conv ``(O, C/g, kh, kw)``, dense ``(O, K)`` (``y = x @ W.T + b``; on an
+N-d input, ``attrs["nd"]``, over the last axis with the leading axes kept), the constant of a
+mul / add_const / div_const (a scalar; a vector along axis 1 for mul; else the ONNX constant
+right-aligned to the input's rank, axis 0 of size 1), the table of an embedding, gamma of a
+layernorm (``Node.bias``: beta). BatchNormalization is folded into the conv before it at import;
+the folded BN's ``gamma``/``beta`` stay in ``Node.attrs`` because data-free activation ranges are
+derived from them.
 """
 
 from __future__ import annotations
@@ -40,9 +46,31 @@ class Op(enum.Enum):
     SOFTMAX = "softmax"
     IDENTITY = "identity"
     BATCHNORM = "batchnorm"  # only where it cannot fold: between Q/DQ pairs of a QDQ model
+    # transformers and modern CNNs (issue 15); the integer executor runs the arithmetic ones
+    # as float islands, QuantizeLinear(op(DequantizeLinear(x))), until they get integer rules
+    MATMUL = "matmul"  # two activations, numpy matmul over the last two axes (batched)
+    TRANSPOSE = "transpose"  # attrs perm (perm[0] == 0)
+    GATHER = "gather"  # constant attrs indices on an activation axis >= 1 (token selection)
+    EMBEDDING = "embedding"  # rows of the constant table Node.weight at integer ids
+    SLICE = "slice"  # attrs slices: ((axis, start, stop, step), ...), axes >= 1
+    LAYERNORM = "layernorm"  # over the axes from attrs axis on; gamma/beta in weight/bias
+    GELU = "gelu"  # attrs form: "erf" (exact) or "tanh" (approximation)
+    SIGMOID = "sigmoid"
+    SILU = "silu"  # x * sigmoid(x)
+    HARDSIGMOID = "hardsigmoid"  # clip(alpha x + beta, 0, 1)
+    HARDSWISH = "hardswish"  # x * clip(alpha x + beta, 0, 1)
+    MUL_ACT = "mul_act"  # product of two activations (broadcasting)
+    ADD_CONST = "add_const"  # x + c (a Sub of c imports as x + (-c), the same float32 values)
+    DIV_CONST = "div_const"  # x / c
+    REDUCE_MEAN = "reduce_mean"  # mean over attrs axes (>= 1), attrs keepdims
 
 
 MAC_OPS = (Op.CONV, Op.DENSE)
+"""Layers with weights (quantized weights, the datapath's conv / GEMM)."""
+
+MATMUL_OPS = (Op.MATMUL,)
+"""MAC ops without weights: both operands are activations (counted by the cost model; run as
+float islands by the integer executor in this version)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +150,10 @@ class Graph:
     meta: dict = field(default_factory=dict)
     output_name: str = ""
     """The output's name in the ONNX file (``output`` may be an internal name behind a DQ)."""
+    input_dtype: str = "float32"
+    """The input's numpy dtype: ``float32`` (whatever float type the file declares), or the
+    declared integer type of a token-id input (e.g. ``int64``), which only embedding lookups
+    read; the executors take such data as integers (:func:`hwsim.execute.arrays.graph_input`)."""
     float_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     """The float reference's clamps of an imported (not hwsim-written) QDQ model: tensor name ->
     ``(DQ(q_min), DQ(q_max))`` of its activation quantization, applied by

@@ -6,6 +6,14 @@ conv/dense before them where that layer has no other consumer. An op or attribut
 set is a :class:`ModelImportError` naming the file, the node, its op type and the supported
 list. Ops are dispatched through one table, ``_OPS``: (domain, op type) -> handler.
 
+Before the table runs, :mod:`hwsim.graph.fold` folds the shape subgraphs exporters write for a
+dynamic batch size (and every other computation on constants) with the batch kept symbolic, and
+fuses the GELU / SiLU / HardSwish / LayerNormalization patterns into one node each. While
+importing, every tensor's shape at batch 1 is known (``_Importer.shapes``, the IR's shape
+rules), which the handlers of the shape-dependent ops use (Squeeze, Unsqueeze, Slice, negative
+axes, the rank a constant is broadcast to) -- and to reject a model that moves, merges, slices or
+gathers the batch axis, which hwsim keeps as axis 0 of every tensor.
+
 QDQ models (``onnxruntime.quantization.quantize_static`` with ``QuantFormat.QDQ``):
 ``DequantizeLinear`` of a constant becomes a layer's integer weights (``Node.wq``) or int32 bias
 (``Node.bias_q``); a ``QuantizeLinear -> DequantizeLinear`` pair on an activation becomes
@@ -28,7 +36,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from hwsim.data import input_dtype
 from hwsim.errors import HwsimError
+from hwsim.graph.fold import FUSED_DOMAIN, FoldError, fold_shapes, fuse
 from hwsim.graph.ir import Graph, Node, Op, TensorQuant, WeightQuant
 from hwsim.graph.shapes import SHAPES
 from hwsim.numerics import IntFormat
@@ -97,22 +107,53 @@ def _shape(vi) -> tuple:
     return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims)
 
 
+_INT64_MAX = np.iinfo(np.int64).max
+
+
 class _Importer:
     def __init__(self, model: onnx.ModelProto, source: str):
-        self.model = model
         self.src = source
+        self.original = model
+        try:
+            folded = fold_shapes(model)
+        except FoldError as e:
+            n = e.node
+            where = f"node {n.name or '?'!r} ({n.op_type}): " if n is not None else ""
+            raise ModelImportError(f"{source}: {where}{e}") from None
+        self.batch_entries = folded.batch_entries
+        self.batch_broadcast = folded.batch_broadcast
+        self.model = model = fuse(folded.model)
         g = model.graph
         self.consts: dict[str, np.ndarray] = {
             i.name: numpy_helper.to_array(i) for i in g.initializer
+        }
+        for n in g.node:  # known before their node is reached (a reader's pattern may ask)
+            if n.op_type == "Constant" and n.domain in ONNX_DOMAINS:
+                a = _attrs(n)
+                if "value" in a:
+                    self.consts[n.output[0]] = numpy_helper.to_array(a["value"])
+        inits = {i.name for i in g.initializer}
+        self.inputs = [i for i in g.input if i.name not in inits]
+        # every tensor's shape at batch 1 (symbolic sample dimensions as 1), by the IR's rules
+        self.shapes: dict[str, tuple] = {
+            i.name: (1,) + tuple(d if isinstance(d, int) and d > 0 else 1 for d in _shape(i)[1:])
+            for i in self.inputs
         }
         self.qconst: dict[str, tuple] = {}  # DQ(const) output -> (q, scale, zp, fmt, axis)
         self.alias: dict[str, str] = {}  # DQ(Q(t)) output -> t
         self.act_quant: dict[str, TensorQuant] = {}
         self.nodes: list[Node] = []
         self.uses: dict[str, int] = {}
+        self.readers: dict[str, list] = {}
         for n in g.node:
             for t in n.input:
                 self.uses[t] = self.uses.get(t, 0) + 1
+                self.readers.setdefault(t, []).append(n)
+        # an "unbind" (timm's qkv.permute(2, 0, 3, 1, 4).unbind(0)): a Transpose that moves the
+        # batch to axis 1, read only by selections of one index on axis 0 -- each becomes a
+        # Gather on the source axis and a Transpose that keeps the batch first
+        self.unbind: dict[str, tuple[str, tuple]] = {}  # transposed tensor -> (source, perm)
+        self.picked: dict[str, tuple[str, int]] = {}  # Split output -> (transposed, index)
 
     def fail(self, node, msg: str):
         raise ModelImportError(f"{self.src}: node {node.name or '?'!r} ({node.op_type}): {msg}")
@@ -124,13 +165,17 @@ class _Importer:
         return 0
 
     def rank(self, tensor: str) -> int | None:
-        """The rank of ``tensor`` by ONNX shape inference (None if unknown)."""
+        """The rank of ``tensor``: its IR shape's, else by ONNX shape inference (None if
+        unknown)."""
+        s = self.shapes.get(self.name(tensor))
+        if s is not None:
+            return len(s)
         if not hasattr(self, "_ranks"):
             self._ranks = {}
             try:
-                inferred = onnx.shape_inference.infer_shapes(self.model).graph
+                inferred = onnx.shape_inference.infer_shapes(self.original).graph
             except Exception:  # inference is best effort; unknown ranks are handled by callers
-                inferred = self.model.graph
+                inferred = self.original.graph
             for vi in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
                 tt = vi.type.tensor_type
                 if tt.HasField("shape"):
@@ -163,7 +208,17 @@ class _Importer:
             t = self.alias[t]
         return t
 
-    def const(self, node, t: str, what: str) -> np.ndarray:
+    def is_const(self, t: str) -> bool:
+        return t in self.consts or t in self.qconst
+
+    def const(self, node, t: str, what: str, batch_ok: bool = False) -> np.ndarray:
+        if t in self.batch_entries and not batch_ok:
+            self.fail(
+                node,
+                f"{what} {t!r} is computed from the batch size (entries "
+                f"{list(self.batch_entries[t])}); hwsim keeps the batch symbolic and folds it "
+                "only into a Reshape target (axis 0) or a Slice end on axis 0",
+            )
         if t in self.consts:
             return self.consts[t]
         if t in self.qconst:
@@ -271,17 +326,67 @@ class _Importer:
         return s, np.asarray(z, np.int64), fmt
 
     # -- layers -----------------------------------------------------------------------------
-    def add(self, node, op: Op, inputs, attrs=None, **kw) -> Node:
+    def add(self, node, op: Op, inputs, attrs=None, output=None, name=None, **kw) -> Node:
         n = Node(
-            node.name or f"{op.value}_{len(self.nodes)}",
+            name or node.name or f"{op.value}_{len(self.nodes)}",
             op,
             tuple(inputs),
-            node.output[0],
+            output or node.output[0],
             attrs or {},
             **kw,
         )
         self.nodes.append(n)
+        self.track(n)
         return n
+
+    def track(self, n: Node) -> None:
+        """``n``'s output shape at batch 1 into ``shapes`` (left unknown where an input's is
+        unknown or the rule fails: :meth:`check_shapes` then names the node)."""
+        ins = [self.shapes.get(t) for t in n.inputs]
+        if any(s is None for s in ins):
+            return
+        try:
+            self.shapes[n.output] = tuple(int(d) for d in SHAPES[n.op](n, ins))
+        except Exception:
+            self.shapes.pop(n.output, None)
+
+    def shape_of(self, node, t: str) -> tuple:
+        """The IR shape (batch 1) of input ``t``; a ModelImportError if it is not known."""
+        s = self.shapes.get(self.name(t))
+        if s is None:
+            self.fail(
+                node, f"the shape of input {t!r} is unknown (not computed by a supported node)"
+            )
+        return s
+
+    def norm_axis(self, node, axis: int, rank: int, what: str = "axis") -> int:
+        """``axis`` in ``[0, rank)``; axis 0, the batch axis, is an error."""
+        if not -rank <= axis < rank:
+            self.fail(node, f"{what} {axis} is out of range for an input of rank {rank}")
+        axis %= rank
+        if axis == 0:
+            self.fail(
+                node,
+                f"{what} 0 is the batch axis: hwsim keeps the batch as axis 0 of every tensor "
+                "(the op would mix or select samples)",
+            )
+        return axis
+
+    def aligned(self, node, c, x: str, what: str = "constant") -> np.ndarray:
+        """The constant ``c`` as ONNX broadcasts it against input ``x``: float32, a scalar
+        kept as shape ``()``, else right-aligned to ``x``'s rank with a batch axis of 1."""
+        cv = np.asarray(c, np.float32)
+        if cv.size == 1:
+            return cv.reshape(())
+        rank = len(self.shape_of(node, x))
+        if cv.ndim > rank or (cv.ndim == rank and cv.shape[0] != 1):
+            self.fail(
+                node,
+                f"{what} of shape {cv.shape} broadcasts over the batch axis of an input of rank "
+                f"{rank}; hwsim keeps the batch as axis 0 and needs constants the same for "
+                "every sample (a batch axis of 1)",
+            )
+        return cv.reshape((1,) * (rank - cv.ndim) + cv.shape)
 
     def weight_of(self, node, t: str, transpose: bool = False):
         """Float weight and optional WeightQuant for input ``t``."""
@@ -348,12 +453,31 @@ class _Importer:
         self.add(node, Op.DENSE, [self.name(node.input[0])], {}, weight=w, bias=b, wq=wq, bias_q=bq)
 
     def matmul(self, node, a):
-        if node.input[0] in self.consts or node.input[1] not in (*self.consts, *self.qconst):
-            self.fail(node, "MatMul needs a dynamic first input and a constant 2-D weight")
-        w, wq = self.weight_of(node, node.input[1], transpose=True)
-        if w.ndim != 2:
-            self.fail(node, f"MatMul weight must be 2-D, got shape {w.shape}")
-        self.add(node, Op.DENSE, [self.name(node.input[0])], {}, weight=w, wq=wq)
+        """MatMul by a constant weight: a dense layer (on an N-d input over the last axis,
+        ``attrs["nd"]``); of two activations: ``Op.MATMUL`` (same rank >= 3, batch first)."""
+        xa, xb = node.input[0], node.input[1]
+        if self.is_const(xa):
+            self.fail(node, "MatMul of a constant by an activation (W @ x) is not supported; "
+                      "x @ W is")
+        if self.is_const(xb):
+            w, wq = self.weight_of(node, xb, transpose=True)
+            if w.ndim != 2:
+                self.fail(node, f"MatMul weight must be 2-D, got shape {w.shape}")
+            sx = self.shapes.get(self.name(xa))
+            attrs = {"nd": True} if sx is not None and len(sx) > 2 else {}
+            self.add(node, Op.DENSE, [self.name(xa)], attrs, weight=w, wq=wq)
+            return
+        sa, sb = self.shape_of(node, xa), self.shape_of(node, xb)
+        if len(sa) != len(sb) or len(sa) < 3:
+            self.fail(
+                node,
+                f"MatMul of two activations needs inputs of one rank >= 3, (batch, ..., M, K) @ "
+                f"(batch, ..., K, N); got ranks {len(sa)} and {len(sb)}",
+            )
+        if sa[-1] != sb[-2]:
+            self.fail(node, f"MatMul inputs {sa} and {sb} (batch 1) do not chain: K {sa[-1]} "
+                      f"!= {sb[-2]}")
+        self.add(node, Op.MATMUL, [self.name(xa), self.name(xb)])
 
     def batchnorm(self, node, a):
         if len(node.output) > 1 and any(node.output[1:]):
@@ -404,6 +528,7 @@ class _Importer:
         prev.attrs["bn_gamma"] = gamma.astype(np.float32)
         prev.attrs["bn_beta"] = beta.astype(np.float32)
         prev.output = node.output[0]
+        self.track(prev)
 
     def fold_const(self, node, op_type: str, x: str, c: np.ndarray) -> bool:
         """Fold ``x + c`` / ``x * c`` into the float conv/dense producing ``x`` if possible."""
@@ -440,33 +565,45 @@ class _Importer:
                 a["bn_gamma"] = (a["bn_gamma"] * vec).astype(np.float32)
                 a["bn_beta"] = (a["bn_beta"] * vec).astype(np.float32)
         prev.output = node.output[0]
+        self.track(prev)
         return True
 
     def binary(self, node, a):
+        """Add, Mul, Sub, Div: of two activations (Add, Mul), by a constant (all four; folded
+        into the conv/dense before where possible; x - c is imported as x + (-c))."""
         op_type = node.op_type
         ins = list(node.input)
-        cidx = [i for i, t in enumerate(ins) if t in self.consts or t in self.qconst]
+        cidx = [i for i, t in enumerate(ins) if self.is_const(t)]
         if not cidx:
-            if op_type == "Mul":
-                self.fail(node, "Mul of two activations is not supported (Mul by a constant is)")
-            self.add(node, Op.ADD, [self.name(t) for t in ins])
+            if op_type not in ("Add", "Mul"):
+                self.fail(node, f"{op_type} of two activations is not supported (Add and Mul of "
+                          f"two activations, and {op_type} by a constant, are)")
+            self.add(node, Op.ADD if op_type == "Add" else Op.MUL_ACT, [self.name(t) for t in ins])
             return
         if len(cidx) == 2:
             self.fail(node, "both inputs are constants")
-        c = self.const(node, ins[cidx[0]], "constant")
-        x = self.name(ins[1 - cidx[0]])
+        ci = cidx[0]
+        c = self.const(node, ins[ci], "constant")
+        x = self.name(ins[1 - ci])
+        if op_type in ("Sub", "Div") and ci == 0:
+            sign = "-" if op_type == "Sub" else "/"
+            self.fail(node, f"{op_type} of a constant by an activation (c {sign} x) is not "
+                      f"supported; x {sign} c is")
+        if op_type == "Div":
+            self.add(node, Op.DIV_CONST, [x], weight=self.aligned(node, c, x, "divisor"))
+            return
+        if op_type == "Sub":  # float32 x - c == x + (-c) exactly
+            c, op_type = -np.asarray(c, np.float32), "Add"
         if self.fold_const(node, op_type, x, c):
             return
         if op_type == "Add":
-            self.fail(
-                node,
-                "Add of a constant is supported only right after a Conv/Gemm/MatMul "
-                "(it folds into the bias)",
-            )
-        cv = np.asarray(c, np.float32)
-        if cv.size != 1 and cv.ndim not in (1, 3, 4):
-            self.fail(node, f"Mul constant must be a scalar or per-channel, got shape {cv.shape}")
-        self.add(node, Op.MUL, [x], {}, weight=cv.reshape(-1) if cv.size > 1 else cv.reshape(()))
+            self.add(node, Op.ADD_CONST, [x], weight=self.aligned(node, c, x))
+            return
+        cv = self.aligned(node, c, x)
+        non1 = [i for i, d in enumerate(cv.shape) if d != 1]
+        if cv.ndim and non1 == [1]:  # per channel (axis 1): the form with an integer rule
+            cv = cv.reshape(-1)
+        self.add(node, Op.MUL, [x], {}, weight=cv)
 
     def pool(self, node, a, op: Op):
         ks = tuple(a["kernel_shape"])
@@ -506,32 +643,355 @@ class _Importer:
         self.add(node, Op.CLIP, [self.name(node.input[0])], {"min": lo, "max": hi})
 
     def flatten(self, node, a):
-        if int(a.get("axis", 1)) != 1:
-            self.fail(node, "only Flatten with axis=1 is supported")
-        self.add(node, Op.FLATTEN, [self.name(node.input[0])])
+        x = self.name(node.input[0])
+        axis = int(a.get("axis", 1))
+        r = self.shapes.get(x)
+        if axis != 1 and not (r is not None and axis == 1 - len(r)):
+            self.fail(node, f"only Flatten with axis=1 is supported (keeps the batch axis), got "
+                      f"axis={axis}")
+        self.add(node, Op.FLATTEN, [x])
 
     def reshape(self, node, a):
-        shape = [int(v) for v in self.const(node, node.input[1], "shape")]
+        t = node.input[1]
+        shape = [int(v) for v in self.const(node, t, "shape", batch_ok=True)]
         if a.get("allowzero", 0):
             self.fail(node, "allowzero=1 is not supported")
-        if len(shape) < 2:
-            self.fail(
-                node,
-                f"Reshape to shape {shape} drops the batch axis; hwsim keeps the batch "
-                "as axis 0, so the target shape must have rank >= 2 (e.g. [1, -1] or "
-                "[0, -1] for (N, features))",
+        be = self.batch_entries.get(t, ())
+        if any(i != 0 for i in be):
+            self.fail(node, f"the target shape {shape} (batch 1) puts the batch size at axis "
+                      f"{[i for i in be if i]}; hwsim keeps the batch as axis 0")
+        if be:
+            shape[0] = 0  # ONNX's "copy the input's dimension": the batch
+        self.reshape_to(node, self.name(node.input[0]), shape)
+
+    def reshape_to(self, node, x: str, shape, what: str = "Reshape") -> None:
+        """An ``Op.RESHAPE`` of ``x`` to ``shape`` (axis 0 the batch, ONNX's 0 and -1), checked
+        to keep the batch axis: the same number of values per sample."""
+        if len(shape) < 1:
+            self.fail(node, f"{what} to a scalar drops the batch axis")
+        xs = self.shapes.get(x)
+        n = Node("?", Op.RESHAPE, (x,), "?", {"shape": tuple(shape)})
+        if xs is not None:
+            try:
+                out = SHAPES[Op.RESHAPE](n, [xs])
+            except Exception:
+                out = None
+            if out is None or int(np.prod(out[1:])) != int(np.prod(xs[1:])):
+                self.fail(
+                    node,
+                    f"{what} of an input {xs} (batch 1) to shape {list(shape)} does not keep the "
+                    f"batch axis: hwsim keeps the batch as axis 0 and reshapes each sample's "
+                    f"{int(np.prod(xs[1:]))} values, the target (axis 0 the batch) has "
+                    f"{'no valid shape' if out is None else int(np.prod(out[1:]))} (e.g. [0, -1] "
+                    "for (N, features); a batch merged into another axis is not supported)",
+                )
+        self.add(node, Op.RESHAPE, [x], {"shape": tuple(int(v) for v in shape)})
+
+    def axes_of(self, node, a: dict, i: int = 1):
+        """A Squeeze / Unsqueeze / ReduceMean axes list: the attribute, or input ``i`` (newer
+        opsets); None if absent."""
+        if "axes" in a:
+            return [int(v) for v in a["axes"]]
+        if _input(node, i):
+            return [int(v) for v in np.ravel(self.const(node, node.input[i], "axes"))]
+        return None
+
+    def squeeze(self, node, a):
+        if node.input[0] in self.picked:
+            t, i = self.picked[node.input[0]]
+            self.pick(node, t, i, node.output[0])
+            return
+        x = self.name(node.input[0])
+        xs = self.shape_of(node, x)
+        axes = self.axes_of(node, a)
+        if axes is None:  # every size-1 axis but the batch's (which is symbolic)
+            axes = [i for i, d in enumerate(xs) if d == 1 and i]
+        axes = sorted({self.norm_axis(node, v, len(xs), "squeeze axis") for v in axes})
+        for v in axes:
+            if xs[v] != 1:
+                self.fail(node, f"cannot squeeze axis {v} of size {xs[v]}")
+        self.reshape_to(node, x, [0] + [d for i, d in enumerate(xs) if i and i not in axes],
+                        "Squeeze")
+
+    def unsqueeze(self, node, a):
+        x = self.name(node.input[0])
+        xs = self.shape_of(node, x)
+        axes = self.axes_of(node, a)
+        if not axes:
+            self.fail(node, "Unsqueeze needs axes")
+        r = len(xs) + len(axes)
+        axes = sorted({self.norm_axis(node, v, r, "unsqueeze axis") for v in axes})
+        rest = iter(xs[1:])
+        self.reshape_to(node, x, [0] + [1 if i in axes else next(rest) for i in range(1, r)],
+                        "Unsqueeze")
+
+    def transpose(self, node, a):
+        x = self.name(node.input[0])
+        r = len(self.shape_of(node, x))
+        perm = [int(v) for v in a.get("perm", range(r - 1, -1, -1))]
+        if sorted(perm) != list(range(r)):
+            self.fail(node, f"perm {perm} is not a permutation of {r} axes")
+        if perm[0] != 0:
+            if perm[1] == 0 and self.unbinds(node.output[0], r):
+                self.unbind[node.output[0]] = (x, tuple(perm))
+                return
+            self.fail(node, f"perm {perm} moves the batch axis: hwsim keeps the batch as axis 0 "
+                      "(write attention as (B, T, H, Dh) -> (B, H, T, Dh), perm [0, 2, 1, 3]; "
+                      "a permute that moves the batch to axis 1 is accepted when each reader "
+                      "takes one index of axis 0, as unbind(0) does)")
+        self.add(node, Op.TRANSPOSE, [x], {"perm": tuple(perm)})
+
+    def unbinds(self, t: str, rank: int) -> bool:
+        """Every reader of ``t`` takes one index of its axis 0: a Gather with a scalar constant
+        index, or a Split into pieces of 1 each read only by Squeeze on axis 0."""
+        readers = self.readers.get(t, [])
+        if not readers or t in {o.name for o in self.model.graph.output}:
+            return False
+        for r in readers:
+            a = _attrs(r)
+            if int(a.get("axis", 0)) != 0 or r.input[0] != t:
+                return False
+            if r.op_type == "Gather":
+                if not self.is_const(r.input[1]) or np.ndim(self.consts.get(r.input[1])) != 0:
+                    return False
+            elif r.op_type == "Split":
+                sizes = (
+                    np.ravel(self.consts.get(_input(r, 1), np.zeros(0))).tolist()
+                    if _input(r, 1)
+                    else a.get("split", [1] * len(r.output))
+                )
+                if len(sizes) != len(r.output) or any(int(v) != 1 for v in sizes):
+                    return False
+                for o in r.output:
+                    for q in self.readers.get(o, []):
+                        ax = self.axes_of(q, _attrs(q)) if q.op_type == "Squeeze" else None
+                        if ax not in ([0], [-rank]):
+                            return False
+            else:
+                return False
+        return True
+
+    def pick(self, node, t: str, index: int, out: str) -> None:
+        """One index of axis 0 of an unbound tensor ``t``: a Gather on the source's axis and
+        the remaining permutation, which keeps the batch first."""
+        x, perm = self.unbind[t]
+        g = perm[0]
+        rest = tuple(q - (q > g) for q in perm[1:])
+        mid = f"{out}:unbind"
+        self.add(node, Op.GATHER, [x], {"axis": g, "indices": np.asarray(index, np.int64)},
+                 output=mid, name=f"{node.name or 'unbind'}:gather")
+        self.add(node, Op.TRANSPOSE, [mid], {"perm": rest}, output=out)
+
+    def gather(self, node, a):
+        data, idx = node.input[0], node.input[1]
+        if data in self.unbind:
+            x, perm = self.unbind[data]
+            size = self.shape_of(node, x)[perm[0]]
+            i = int(self.const(node, idx, "index"))
+            self.pick(node, data, i + size if i < 0 else i, node.output[0])
+            return
+        if self.is_const(data) and self.is_const(idx):
+            self.fail(node, "both inputs are constants")
+        if not self.is_const(data) and not self.is_const(idx):
+            self.fail(node, "Gather of an activation at activation indices is not supported "
+                      "(an embedding table, or constant indices, is)")
+        if self.is_const(data):  # an embedding: a constant table at integer ids
+            table = self.const(node, data, "embedding table")
+            if int(a.get("axis", 0)) not in (0, -table.ndim):
+                self.fail(node, f"an embedding Gather must index axis 0 of its table, got axis "
+                          f"{a.get('axis')}")
+            if not np.issubdtype(table.dtype, np.floating):
+                self.fail(node, f"embedding table of type {table.dtype}: a float table expected")
+            ids = self.name(idx)
+            if ids not in {i.name for i in self.inputs}:
+                self.fail(node, f"the ids {idx!r} of an embedding Gather must be the model's "
+                          "integer input")
+            self.add(node, Op.EMBEDDING, [ids], {}, weight=table.astype(np.float32))
+            return
+        x = self.name(data)
+        xs = self.shape_of(node, x)
+        axis = self.norm_axis(node, int(a.get("axis", 0)), len(xs), "Gather axis")
+        ind = np.asarray(self.const(node, idx, "indices")).astype(np.int64)
+        ind = np.where(ind < 0, ind + xs[axis], ind)
+        if ind.size and (ind.min() < 0 or ind.max() >= xs[axis]):
+            self.fail(node, f"indices {ind.tolist()} out of range for axis {axis} of size "
+                      f"{xs[axis]}")
+        self.add(node, Op.GATHER, [x], {"axis": axis, "indices": ind})
+
+    def slice(self, node, a):
+        x = self.name(node.input[0])
+        xs = self.shape_of(node, x)
+        if self.opset() < 10:
+            starts, ends = list(a["starts"]), list(a["ends"])
+            axes, steps, end_t = a.get("axes"), None, ""
+        else:
+            starts = [int(v) for v in np.ravel(self.const(node, node.input[1], "starts"))]
+            end_t = node.input[2]
+            ends = [int(v) for v in np.ravel(self.const(node, end_t, "ends", batch_ok=True))]
+            axes = (
+                [int(v) for v in np.ravel(self.const(node, node.input[3], "axes"))]
+                if _input(node, 3)
+                else None
             )
-        self.add(node, Op.RESHAPE, [self.name(node.input[0])], {"shape": tuple(shape)})
+            steps = (
+                [int(v) for v in np.ravel(self.const(node, node.input[4], "steps"))]
+                if _input(node, 4)
+                else None
+            )
+        axes = list(range(len(starts))) if axes is None else axes
+        steps = [1] * len(starts) if steps is None else steps
+        batch_ends = set(self.batch_entries.get(end_t, ()))
+        slices = []
+        for j, (ax, st, en, sp) in enumerate(zip(axes, starts, ends, steps, strict=True)):
+            r = len(xs)
+            if not -r <= ax < r:
+                self.fail(node, f"axis {ax} is out of range for an input of rank {r}")
+            ax %= r
+            if ax == 0:
+                if st == 0 and sp == 1 and (j in batch_ends or en >= _INT64_MAX // 2):
+                    continue  # the whole batch
+                self.fail(node, "slices the batch axis (axis 0): hwsim keeps every sample")
+            if j in batch_ends:
+                self.fail(node, f"the end on axis {ax} is the batch size")
+            if sp == 0:
+                self.fail(node, "a step of 0")
+            dim = xs[ax]
+            st = st + dim if st < 0 else st
+            en = en + dim if en < 0 else en
+            if sp > 0:
+                st, en = min(max(st, 0), dim), min(max(en, 0), dim)
+            else:
+                st, en = min(max(st, 0), dim - 1), min(max(en, -1), dim - 1)
+            slices.append((ax, int(st), None if en < 0 else int(en), int(sp)))
+        self.add(node, Op.SLICE, [x], {"slices": tuple(slices)})
+
+    def split(self, node, a):
+        if node.input[0] in self.unbind:  # pieces of 1 on axis 0, each squeezed (unbinds)
+            for i, out in enumerate(node.output):
+                if out:
+                    self.picked[out] = (node.input[0], i)
+            return
+        x = self.name(node.input[0])
+        xs = self.shape_of(node, x)
+        axis = self.norm_axis(node, int(a.get("axis", 0)), len(xs), "Split axis")
+        n_out, dim = len(node.output), xs[axis]
+        if _input(node, 1):
+            sizes = [int(v) for v in np.ravel(self.const(node, node.input[1], "split"))]
+        elif "split" in a:
+            sizes = [int(v) for v in a["split"]]
+        else:
+            n = int(a.get("num_outputs", n_out))
+            step = -(-dim // n)
+            sizes = [min(step, dim - i * step) for i in range(n)]
+        if sum(sizes) != dim or len(sizes) != n_out:
+            self.fail(node, f"split sizes {sizes} do not divide axis {axis} of size {dim} into "
+                      f"{n_out} outputs")
+        start = 0
+        for i, (out, size) in enumerate(zip(node.output, sizes, strict=True)):
+            if out:
+                self.add(node, Op.SLICE, [x], {"slices": ((axis, start, start + size, 1),)},
+                         output=out, name=f"{node.name or 'split'}:{i}")
+            start += size
 
     def concat(self, node, a):
-        axis = int(a["axis"])
-        if axis not in (1, -3) and axis != 1:
-            self.fail(node, f"only Concat along channels (axis=1) is supported, got {axis}")
-        self.add(node, Op.CONCAT, [self.name(i) for i in node.input], {"axis": 1})
+        acts = [t for t in node.input if not self.is_const(t)]
+        if not acts:
+            self.fail(node, "every input is a constant")
+        r = len(self.shape_of(node, acts[0]))
+        axis = self.norm_axis(node, int(a["axis"]), r, "Concat axis")
+        consts = []
+        for i, t in enumerate(node.input):
+            if self.is_const(t):
+                c = np.asarray(self.const(node, t, "constant"), np.float32)
+                if c.ndim != r or c.shape[0] != 1:
+                    self.fail(node, f"constant input {t!r} of shape {c.shape}: a constant is "
+                              f"concatenated as the same tensor for every sample, rank {r} with "
+                              "a batch axis of 1")
+                consts.append((i, c))
+        attrs = {"axis": axis}
+        if consts:
+            attrs["consts"] = tuple(consts)
+        self.add(node, Op.CONCAT, [self.name(t) for t in acts], attrs)
 
     def softmax(self, node, a):
         axis = self.softmax_axis(node, a)
+        r = self.rank(node.input[0])
+        if r is not None:
+            self.norm_axis(node, axis, r, "Softmax axis")
         self.add(node, Op.SOFTMAX, [self.name(node.input[0])], {"axis": axis})
+
+    def reduce_mean(self, node, a):
+        x = self.name(node.input[0])
+        xs = self.shape_of(node, x)
+        axes = self.axes_of(node, a)
+        if not axes:  # absent or empty: every axis (the batch's too: an error below)
+            if a.get("noop_with_empty_axes", 0):
+                self.add(node, Op.IDENTITY, [x])
+                return
+            axes = list(range(len(xs)))
+        axes = tuple(sorted({self.norm_axis(node, v, len(xs), "ReduceMean axis") for v in axes}))
+        keep = int(a.get("keepdims", 1))
+        if len(xs) == 4 and axes == (2, 3) and keep:
+            self.add(node, Op.GAP, [x])
+        else:
+            self.add(node, Op.REDUCE_MEAN, [x], {"axes": axes, "keepdims": keep})
+
+    def layernorm(self, node, a):
+        """LayerNormalization (opset 17), and the decomposed form fused by
+        :func:`hwsim.graph.fold.fuse` (``axes``: its ReduceMean's, trailing)."""
+        if len(node.output) > 1 and any(node.output[1:]):
+            self.fail(node, "the Mean / InvStdDev outputs are not supported")
+        x = self.name(node.input[0])
+        xs = self.shape_of(node, x)
+        r = len(xs)
+        if "axes" in a:
+            axes = sorted({v % r for v in a["axes"]} if all(-r <= v < r for v in a["axes"])
+                          else {-1})
+            if axes[0] <= 0 or axes != list(range(axes[0], r)):
+                self.fail(node, f"ReduceMean axes {list(a['axes'])} of a LayerNorm pattern: the "
+                          "trailing axes after the batch expected")
+            axis = axes[0]
+        else:
+            axis = self.norm_axis(node, int(a.get("axis", -1)), r, "LayerNormalization axis")
+        norm = tuple(xs[axis:])
+
+        def param(i, what):
+            t = _input(node, i)
+            if not t:
+                return None
+            c = np.asarray(self.const(node, t, what), np.float32)
+            try:
+                c = np.broadcast_to(c.reshape(c.shape[max(0, c.ndim - len(norm)):]) if
+                                    c.ndim > len(norm) and all(d == 1 for d in
+                                                               c.shape[:c.ndim - len(norm)])
+                                    else c, norm)
+            except ValueError:
+                self.fail(node, f"{what} of shape {c.shape} does not fit the normalized shape "
+                          f"{norm}")
+            return np.ascontiguousarray(c, np.float32)
+
+        attrs = {"axis": axis, "epsilon": float(np.float32(a.get("epsilon", 1e-5)))}
+        if "fused" in a:
+            attrs["fused"] = tuple(_s(v) for v in a["fused"])
+        self.add(node, Op.LAYERNORM, [x], attrs, weight=param(1, "scale"),
+                 bias=param(2, "bias"))
+
+    def gelu(self, node, a):
+        form = _s(a.get("approximate", "none"))
+        if form not in ("none", "tanh"):
+            self.fail(node, f"approximate={form!r}: 'none' or 'tanh' expected")
+        self.fused_unary(node, a, Op.GELU, {"form": "erf" if form == "none" else "tanh"})
+
+    def hard_sigmoid(self, node, a, op: Op = Op.HARDSIGMOID):
+        default = (1 / 6, 0.5) if node.op_type == "HardSwish" else (0.2, 0.5)
+        alpha, beta = float(a.get("alpha", default[0])), float(a.get("beta", default[1]))
+        self.fused_unary(node, a, op, {"alpha": alpha, "beta": beta})
+
+    def fused_unary(self, node, a, op: Op, attrs=None):
+        attrs = dict(attrs or {})
+        if "fused" in a:
+            attrs["fused"] = tuple(_s(v) for v in a["fused"])
+        self.add(node, op, [self.name(node.input[0])], attrs)
 
     def unsupported(self, node):
         """Fail on a node outside ``_OPS``, naming its domain or op type and the supported
@@ -541,18 +1001,28 @@ class _Importer:
                 node, f"op domain {node.domain!r} is not supported; supported ops: {SUPPORTED_TEXT}"
             )
         qop = " (QOperator models are run by the node interpreter)"
+        part = _FUSION_ONLY.get(node.op_type)
+        hint = (
+            f" ({node.op_type} is imported only as part of {part}, fused at import; this one "
+            "is not in such a pattern)"
+            if part
+            else ""
+        )
         self.fail(
             node,
-            f"unsupported op type {node.op_type!r}; supported ops: {SUPPORTED_TEXT}"
+            f"unsupported op type {node.op_type!r}{hint}; supported ops: {SUPPORTED_TEXT}"
             + (qop if node.op_type in QOPERATOR else ""),
         )
 
     def run(self) -> Graph:
         for node in self.model.graph.node:
-            domain = "" if node.domain in ONNX_DOMAINS else node.domain
-            handler = _OPS.get((domain, node.op_type))
-            if handler is None:
-                self.unsupported(node)
+            if node.domain == FUSED_DOMAIN:
+                handler = _FUSED[node.op_type]
+            else:
+                domain = "" if node.domain in ONNX_DOMAINS else node.domain
+                handler = _OPS.get((domain, node.op_type))
+                if handler is None:
+                    self.unsupported(node)
             handler(self, node, _attrs(node))
         return self.finish()
 
@@ -567,12 +1037,15 @@ class _Importer:
                 f"{[o.name for o in g.output]}"
             )
         out = self.name(g.output[0].name)
-        for i, n in enumerate(self.nodes):
-            if n.op is Op.SOFTMAX and i != len(self.nodes) - 1:
-                raise ModelImportError(
-                    f"{self.src}: node {n.name!r} (Softmax): Softmax is supported "
-                    "only as the last layer"
-                )
+        dtype = str(input_dtype(inputs[0]))
+        if dtype != "float32":  # token ids: only embedding lookups read them
+            for n in self.nodes:
+                if inputs[0].name in n.inputs and n.op is not Op.EMBEDDING:
+                    raise ModelImportError(
+                        f"{self.src}: node {n.name!r} ({n.op.value}): reads the model's "
+                        f"{dtype} input {inputs[0].name!r}; hwsim feeds an integer input only "
+                        "to embedding lookups (Gather of a constant table)"
+                    )
         produced = {n.output for n in self.nodes} | {inputs[0].name}
         for n in self.nodes:
             for t in n.inputs:
@@ -602,6 +1075,7 @@ class _Importer:
             self.act_quant,
             meta,
             g.output[0].name,
+            input_dtype=dtype,
             float_ranges=(
                 {} if "hwsim" in meta else {t: _range(tq) for t, tq in self.act_quant.items()}
             ),
@@ -616,11 +1090,12 @@ class _Importer:
                                             graph.input_shape)}
         for n in graph.nodes:
             ins = [shapes[t] for t in n.inputs]
-            if n.op is Op.DENSE and int(np.prod(ins[0][1:])) != n.weight.shape[1]:
+            k = ins[0][-1] if n.attrs.get("nd") else int(np.prod(ins[0][1:]))
+            if n.op is Op.DENSE and k != n.weight.shape[1]:
                 raise ModelImportError(
                     f"{self.src}: node {n.name!r} (dense): input has "
-                    f"{int(np.prod(ins[0][1:]))} features per sample but the weight "
-                    f"{tuple(n.weight.shape)} expects {n.weight.shape[1]}"
+                    f"{k} features {'on its last axis' if n.attrs.get('nd') else 'per sample'} "
+                    f"but the weight {tuple(n.weight.shape)} expects {n.weight.shape[1]}"
                 )
             if n.op is Op.CONV and (
                 len(ins[0]) != 4 or ins[0][1] != n.weight.shape[1] * n.attrs["group"]
@@ -656,14 +1131,28 @@ _OPS: dict[tuple[str, str], Callable[[_Importer, onnx.NodeProto, dict], None]] =
     ("", "Clip"): _Importer.clip,
     ("", "Add"): _Importer.binary,
     ("", "Mul"): _Importer.binary,
+    ("", "Sub"): _Importer.binary,
+    ("", "Div"): _Importer.binary,
     ("", "MaxPool"): functools.partial(_Importer.pool, op=Op.MAXPOOL),
     ("", "AveragePool"): functools.partial(_Importer.pool, op=Op.AVGPOOL),
     ("", "GlobalAveragePool"): _unary(Op.GAP),
+    ("", "ReduceMean"): _Importer.reduce_mean,
     ("", "Flatten"): _Importer.flatten,
     ("", "Reshape"): _Importer.reshape,
+    ("", "Squeeze"): _Importer.squeeze,
+    ("", "Unsqueeze"): _Importer.unsqueeze,
+    ("", "Transpose"): _Importer.transpose,
+    ("", "Gather"): _Importer.gather,
+    ("", "Slice"): _Importer.slice,
+    ("", "Split"): _Importer.split,
     ("", "Concat"): _Importer.concat,
     ("", "BatchNormalization"): _Importer.batchnorm,
+    ("", "LayerNormalization"): _Importer.layernorm,
     ("", "Softmax"): _Importer.softmax,
+    ("", "Gelu"): _Importer.gelu,
+    ("", "Sigmoid"): _unary(Op.SIGMOID),
+    ("", "HardSigmoid"): _Importer.hard_sigmoid,
+    ("", "HardSwish"): functools.partial(_Importer.hard_sigmoid, op=Op.HARDSWISH),
     ("", "Identity"): _unary(Op.IDENTITY),
     ("", "Dropout"): _unary(Op.IDENTITY),
     ("", "Constant"): _Importer.constant,
@@ -672,11 +1161,39 @@ _OPS: dict[tuple[str, str], Callable[[_Importer, onnx.NodeProto, dict], None]] =
     (QONNX_DOMAIN, "Quant"): _Importer.qonnx_quant,
 }
 
+# The nodes hwsim.graph.fold.fuse writes (domain hwsim.fused): op type -> handler.
+_FUSED: dict[str, Callable[[_Importer, onnx.NodeProto, dict], None]] = {
+    "Gelu": _Importer.gelu,
+    "SiLU": lambda imp, node, a: imp.fused_unary(node, a, Op.SILU),
+    "HardSwish": functools.partial(_Importer.hard_sigmoid, op=Op.HARDSWISH),
+    "LayerNormalization": _Importer.layernorm,
+}
+
+# ONNX ops imported only inside a fused pattern, with the pattern named in the error
+_FUSION_ONLY = {
+    "Erf": "a GELU, 0.5 x (1 + erf(x / sqrt(2)))",
+    "Tanh": "a Tanh-form GELU, 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))",
+    "Pow": "a decomposed LayerNormalization (ReduceMean, Sub, Pow 2, ReduceMean, Add, Sqrt, "
+    "Div)",
+    "Sqrt": "a decomposed LayerNormalization (ReduceMean, Sub, Pow 2, ReduceMean, Add, Sqrt, "
+    "Div)",
+}
+
 SUPPORTED = tuple(op for _, op in _OPS)
 """The ONNX op types hwsim imports (``_OPS``'s, in its order; ``Quant`` is QONNX's)."""
 _DISPLAY = {(QONNX_DOMAIN, "Quant"): "Quant (QONNX)"}
-SUPPORTED_TEXT = ", ".join(_DISPLAY.get(key, key[1]) for key in _OPS)
+SUPPORTED_TEXT = (
+    ", ".join(_DISPLAY.get(key, key[1]) for key in _OPS)
+    + "; computations on shapes and constants only (Shape, Size, ConstantOfShape, Range, "
+    "Expand, Where, Equal, Cast, Gather, ...) fold at import, and GELU (Erf or Tanh form), "
+    "SiLU, HardSwish and decomposed LayerNormalization patterns fuse"
+)
 """The supported list as error messages show it: the op types, other domains named."""
+
+
+def _s(v) -> str:
+    """An ONNX string attribute as str."""
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _range(tq: TensorQuant) -> tuple[float, float]:

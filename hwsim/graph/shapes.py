@@ -2,7 +2,9 @@
 without running anything -- what the cost model and calibration need to know about a graph.
 
 Shapes are tuples with the batch axis first; :func:`infer_shapes` takes the batch size and
-replaces symbolic sample dimensions of the input (``"N"``, ``None``) by 1.
+replaces symbolic sample dimensions of the input (``"N"``, ``None``) by 1. Import runs the same
+rules at batch 1 while it builds the graph (``hwsim.graph.onnx_import``), so a rule that raises
+is an import error naming the node.
 """
 
 from __future__ import annotations
@@ -49,20 +51,84 @@ def _reshape(n: Node, ins: list[tuple]) -> tuple:
 
 
 def _concat(n: Node, ins: list[tuple]) -> tuple:
-    return (ins[0][0], sum(s[1] for s in ins)) + tuple(ins[0][2:])
+    """Along ``attrs["axis"]`` (1 in models imported before it was recorded); constant inputs
+    (``attrs["consts"]``, a batch axis of 1) count with the batch size of the activations."""
+    axis = n.attrs.get("axis", 1)
+    shapes = list(ins)
+    for i, c in n.attrs.get("consts", ()):
+        shapes.insert(i, (ins[0][0],) + tuple(c.shape[1:]))
+    for s in shapes:
+        if len(s) != len(shapes[0]) or any(
+            a != b for j, (a, b) in enumerate(zip(s, shapes[0], strict=True)) if j != axis
+        ):
+            raise ValueError(f"Concat on axis {axis} of shapes {shapes}")
+    out = list(shapes[0])
+    out[axis] = sum(s[axis] for s in shapes)
+    return tuple(out)
 
 
 def _same(n: Node, ins: list[tuple]) -> tuple:
     return ins[0]
 
 
+def _dense(n: Node, ins: list[tuple]) -> tuple:
+    """``(N, O)``; on an N-d input (``attrs["nd"]``) over the last axis, ``(N, ..., O)``."""
+    if n.attrs.get("nd"):
+        return tuple(ins[0][:-1]) + (n.weight.shape[0],)
+    return ins[0][0], n.weight.shape[0]
+
+
+def _matmul(n: Node, ins: list[tuple]) -> tuple:
+    a, b = ins
+    if len(a) != len(b) or len(a) < 3 or a[-1] != b[-2]:
+        raise ValueError(f"MatMul of {a} by {b}")
+    lead = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+    return tuple(lead) + (a[-2], b[-1])
+
+
+def _gather(n: Node, ins: list[tuple]) -> tuple:
+    x, axis = ins[0], n.attrs["axis"]
+    return tuple(x[:axis]) + tuple(np.shape(n.attrs["indices"])) + tuple(x[axis + 1 :])
+
+
+def _slice(n: Node, ins: list[tuple]) -> tuple:
+    out = list(ins[0])
+    for axis, start, stop, step in n.attrs["slices"]:
+        out[axis] = len(range(out[axis])[slice(start, stop, step)])
+    return tuple(out)
+
+
+def _reduce_mean(n: Node, ins: list[tuple]) -> tuple:
+    axes, keep = n.attrs["axes"], n.attrs["keepdims"]
+    return tuple(1 if i in axes else d for i, d in enumerate(ins[0]) if keep or i not in axes)
+
+
+def _binary(n: Node, ins: list[tuple]) -> tuple:
+    """Two activations broadcast (numpy's rule); the batch axis must survive as axis 0."""
+    out = tuple(np.broadcast_shapes(ins[0], ins[1]))
+    if len(out) != len(ins[0]) and len(out) != len(ins[1]):
+        raise ValueError(f"broadcasting {ins[0]} with {ins[1]} moves the batch axis")
+    return out
+
+
+def _with_const(n: Node, ins: list[tuple]) -> tuple:
+    """An op with a constant broadcast against the input (the constant's batch axis is 1)."""
+    c = np.shape(n.weight)
+    if len(c) > 1:
+        out = tuple(np.broadcast_shapes(ins[0], c))
+        if out[0] != ins[0][0] or len(out) != len(ins[0]):
+            raise ValueError(f"constant {c} broadcasts the input {ins[0]} to {out}")
+        return out
+    return ins[0]
+
+
 SHAPES: dict[Op, Callable[[Node, list[tuple]], tuple]] = {
     Op.CONV: _conv,
-    Op.DENSE: lambda n, ins: (ins[0][0], n.weight.shape[0]),
+    Op.DENSE: _dense,
     Op.RELU: _same,
     Op.CLIP: _same,
     Op.ADD: lambda n, ins: tuple(np.broadcast_shapes(ins[0], ins[1])),
-    Op.MUL: _same,
+    Op.MUL: _with_const,
     Op.MAXPOOL: _pool,
     Op.AVGPOOL: _pool,
     Op.GAP: lambda n, ins: tuple(ins[0][:2]) + (1,) * (len(ins[0]) - 2),
@@ -72,6 +138,21 @@ SHAPES: dict[Op, Callable[[Node, list[tuple]], tuple]] = {
     Op.SOFTMAX: _same,
     Op.IDENTITY: _same,
     Op.BATCHNORM: _same,
+    Op.MATMUL: _matmul,
+    Op.TRANSPOSE: lambda n, ins: tuple(ins[0][p] for p in n.attrs["perm"]),
+    Op.GATHER: _gather,
+    Op.EMBEDDING: lambda n, ins: tuple(ins[0]) + tuple(n.weight.shape[1:]),
+    Op.SLICE: _slice,
+    Op.LAYERNORM: _same,
+    Op.GELU: _same,
+    Op.SIGMOID: _same,
+    Op.SILU: _same,
+    Op.HARDSIGMOID: _same,
+    Op.HARDSWISH: _same,
+    Op.MUL_ACT: _binary,
+    Op.ADD_CONST: _with_const,
+    Op.DIV_CONST: _with_const,
+    Op.REDUCE_MEAN: _reduce_mean,
 }
 """Op -> its output shape ``f(node, input shapes)``: one entry per op."""
 

@@ -1,11 +1,16 @@
 """Float graph + scheme (+ calibration data) -> :class:`QuantProgram`.
 
-Which tensors are quantized: the graph input, every MAC layer's output, and the outputs of add,
-pooling-average, concat and mul. A ReLU/Clip that alone consumes a layer's output is fused: the
-layer's output tensor takes the activation's quantization (calibrated after the activation, so
-its range starts at 0 and the requantizing clamp *is* the ReLU), exactly as onnxruntime's QDQ
-quantizer removes such activations. Max pool, flatten, reshape and identity keep their input's
-quantization. The model's last tensor before a Softmax is quantized; the Softmax runs in float.
+Which tensors are quantized: the graph input (unless it is integer: token ids), every MAC
+layer's output, and the outputs of add, pooling-average, concat and mul -- and of the
+transformer ops (matmul of two activations, layernorm, gelu, sigmoid, silu, hardsigmoid,
+hardswish, mul_act, add_const, div_const, reduce_mean, embedding, and a softmax that is not the
+model's output), which the integer executor runs as float islands between a DequantizeLinear
+and a QuantizeLinear. A ReLU/Clip that alone consumes a layer's output is fused: the layer's
+output tensor takes the activation's quantization (calibrated after the activation, so its range
+starts at 0 and the requantizing clamp *is* the ReLU), exactly as onnxruntime's QDQ quantizer
+removes such activations. Max pool, flatten, reshape, identity, transpose, gather and slice keep
+their input's quantization. The model's last tensor before a final Softmax is quantized; that
+Softmax runs in float.
 """
 
 from __future__ import annotations
@@ -16,12 +21,45 @@ import numpy as np
 
 from hwsim.data import Dataset
 from hwsim.graph.ir import MAC_OPS, Graph, Op, WeightQuant
+from hwsim.graph.shapes import infer_shapes
 from hwsim.numerics import IntFormat, as_kind, as_mode
 from hwsim.numerics.affine import symmetric_grid
 from hwsim.quant.scheme import ActSpec, LayerScheme, LayerSpec, QuantProgram, Scheme, SchemeError
 
-PASS_THROUGH = (Op.MAXPOOL, Op.FLATTEN, Op.RESHAPE, Op.IDENTITY, Op.RELU, Op.CLIP)
-REQUANT = (Op.CONV, Op.DENSE, Op.ADD, Op.GAP, Op.AVGPOOL, Op.CONCAT, Op.MUL)
+PASS_THROUGH = (
+    Op.MAXPOOL,
+    Op.FLATTEN,
+    Op.RESHAPE,
+    Op.IDENTITY,
+    Op.RELU,
+    Op.CLIP,
+    Op.TRANSPOSE,
+    Op.GATHER,
+    Op.SLICE,
+)
+ISLANDS = (
+    Op.MATMUL,
+    Op.LAYERNORM,
+    Op.GELU,
+    Op.SIGMOID,
+    Op.SILU,
+    Op.HARDSIGMOID,
+    Op.HARDSWISH,
+    Op.MUL_ACT,
+    Op.ADD_CONST,
+    Op.DIV_CONST,
+    Op.REDUCE_MEAN,
+    Op.EMBEDDING,
+)
+"""Ops whose output is quantized and that the integer executor runs as float islands (no
+integer rule yet; issue 15's next slice)."""
+REQUANT = (Op.CONV, Op.DENSE, Op.ADD, Op.GAP, Op.AVGPOOL, Op.CONCAT, Op.MUL) + ISLANDS
+
+
+def _requantized(graph: Graph, n) -> bool:
+    """``n``'s output gets its own quantization: a REQUANT op, or a Softmax inside the model
+    (attention probabilities; a final Softmax stays float)."""
+    return n.op in REQUANT or (n.op is Op.SOFTMAX and n.output != graph.output)
 
 
 # --- weights ---------------------------------------------------------------------------------
@@ -154,8 +192,14 @@ def datafree_ranges(graph: Graph, ls_of, input_range) -> dict[str, tuple[float, 
         )
     rng: dict[str, tuple[float, float]] = {graph.input: tuple(map(float, input_range))}
     cons = graph.consumers()
+    shapes = None
     for n in graph.nodes:
         lo, hi = rng[n.inputs[0]]
+        if n.op in ISLANDS or n.op is Op.SOFTMAX:
+            if n.op is Op.MATMUL and shapes is None:
+                shapes = infer_shapes(graph)
+            rng[n.output] = _island_range(n, (lo, hi), [rng[t] for t in n.inputs], shapes)
+            continue
         if n.op in MAC_OPS:
             if "bn_gamma" in n.attrs:
                 ls = ls_of(n)
@@ -196,6 +240,40 @@ def datafree_ranges(graph: Graph, ls_of, input_range) -> dict[str, tuple[float, 
             r = (lo, hi)
         rng[n.output] = r
     return rng
+
+
+def _island_range(n, r, ins, shapes) -> tuple[float, float]:
+    """Interval bounds of a float-island op's output from its inputs' (data-free ranges)."""
+    lo, hi = r
+    if n.op in (Op.SIGMOID, Op.HARDSIGMOID, Op.SOFTMAX):
+        return 0.0, 1.0
+    if n.op is Op.GELU:  # min of x Phi(x) is about -0.17
+        return min(lo, -0.17) if lo < 0 else 0.0, max(hi, 0.0)
+    if n.op is Op.SILU:  # min of x sigmoid(x) is about -0.2785
+        return min(lo, -0.2785) if lo < 0 else 0.0, max(hi, 0.0)
+    if n.op is Op.HARDSWISH:  # min of x relu6(x + 3) / 6 is -0.375
+        return min(lo, -0.375) if lo < 0 else 0.0, max(hi, 0.0)
+    if n.op in (Op.ADD_CONST, Op.DIV_CONST):
+        c = np.asarray(n.weight, np.float64)
+        if n.op is Op.ADD_CONST:
+            return lo + float(c.min()), hi + float(c.max())
+        c = 1.0 / c
+        cand = np.concatenate([np.ravel(c * lo), np.ravel(c * hi)])
+        return float(cand.min()), float(cand.max())
+    if n.op in (Op.MUL_ACT, Op.MATMUL):
+        (l1, h1), (l2, h2) = ins
+        p = [l1 * l2, l1 * h2, h1 * l2, h1 * h2]
+        k = shapes[n.inputs[0]][-1] if n.op is Op.MATMUL else 1
+        return k * min(p), k * max(p)
+    if n.op is Op.EMBEDDING:
+        return float(n.weight.min()), float(n.weight.max())
+    if n.op is Op.LAYERNORM:  # |x - mean| / std <= sqrt(D - 1) over D values
+        d = int(np.prod(n.weight.shape)) if n.weight is not None else 1
+        g = np.abs(n.weight).max() if n.weight is not None else 1.0
+        b = n.bias if n.bias is not None else np.zeros(1)
+        r = float(g) * np.sqrt(max(d - 1, 1))
+        return float(b.min()) - r, float(b.max()) + r
+    return lo, hi  # reduce_mean
 
 
 def act_spec(
@@ -273,7 +351,7 @@ def quantize(
 
     def ls_of_tensor(t: str) -> LayerScheme:
         n = producer.get(t)
-        while n is not None and n.op not in MAC_OPS and n.op not in REQUANT:
+        while n is not None and n.op not in MAC_OPS and not _requantized(graph, n):
             n = producer.get(n.inputs[0])
         if n is None:  # graph input: the first layer's scheme
             first = layer_scheme[macs[0].name]
@@ -289,7 +367,9 @@ def quantize(
         )
 
     fused = fused_targets(graph)
-    owners = [graph.input] + [n.output for n in graph.nodes if n.op in REQUANT]
+    float_input = np.issubdtype(np.dtype(graph.input_dtype), np.floating)
+    owners = [graph.input] if float_input else []  # token ids stay integers
+    owners += [n.output for n in graph.nodes if _requantized(graph, n)]
     # the tensor whose values calibrate each owner (the fused activation's output, if any)
     calib_of = {t: fused.get(t, t) for t in owners}
     modes = {t: ls_of_tensor(t).act_mode for t in owners}
@@ -356,7 +436,7 @@ def quantize(
             ls = layer_scheme[n.name]
             n.wq = _layer_weights(n, ls)
             n.bias_q = None
-        elif n.op in REQUANT:
+        elif _requantized(graph, n):
             ls = ls_of_tensor(n.output)
         else:
             continue
@@ -372,7 +452,20 @@ def _signs(graph: Graph, fused: dict, input_range) -> dict[str, bool]:
             nonneg[n.output] = True
         elif n.op is Op.CLIP:
             nonneg[n.output] = n.attrs["min"] >= 0
-        elif n.op in (Op.MAXPOOL, Op.GAP, Op.AVGPOOL, Op.FLATTEN, Op.RESHAPE, Op.IDENTITY):
+        elif n.op in (Op.SIGMOID, Op.HARDSIGMOID, Op.SOFTMAX):
+            nonneg[n.output] = True
+        elif n.op in (
+            Op.MAXPOOL,
+            Op.GAP,
+            Op.AVGPOOL,
+            Op.FLATTEN,
+            Op.RESHAPE,
+            Op.IDENTITY,
+            Op.TRANSPOSE,
+            Op.GATHER,
+            Op.SLICE,
+            Op.REDUCE_MEAN,
+        ):
             nonneg[n.output] = nonneg.get(n.inputs[0], False)
         else:
             nonneg[n.output] = False

@@ -221,3 +221,201 @@ def make(name: str, out_dir, per_channel: bool, seed: int = 0) -> tuple[str, str
     qp = os.path.join(str(out_dir), f"{name}_{pc}.onnx")
     quantize_qdq(fp, qp, per_channel)
     return fp, qp
+
+
+# --- transformers and modern CNNs (issue 15): tiny ViT- and BERT-style encoders, a SiLU /
+# HardSwish / squeeze-excite CNN; random weights, exported with a dynamic batch axis -----------
+TINY = ("tiny_vit", "tiny_vit_timm", "tiny_bert", "tiny_silu_cnn")
+TINY_VIT_INPUT = (3, 16, 16)
+TINY_BERT_TOKENS = 8
+TINY_BERT_VOCAB = 50
+TINY_CNN_INPUT = (3, 16, 16)
+
+
+class TinyAttention(nn.Module):
+    """Multi-head self-attention written out as exporters see BERT / ViT attention: one qkv
+    Linear, split, (B, T, H, Dh) reshapes and (0, 2, 1, 3) permutes, scaled scores, Softmax on
+    the last axis, context MatMul, output projection. The batch stays on axis 0 throughout."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.dh = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.reshape(B, T, self.heads, self.dh).permute(0, 2, 1, 3) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / float(self.dh) ** 0.5
+        y = (att.softmax(dim=-1) @ v).permute(0, 2, 1, 3).reshape(B, T, D)
+        return self.proj(y)
+
+
+class TinyBlock(nn.Module):
+    """A transformer encoder block: pre-LN (ViT) or post-LN (BERT), GELU MLP."""
+
+    def __init__(self, dim, heads, mlp, pre_ln=True, gelu="none"):
+        super().__init__()
+        self.pre = pre_ln
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = TinyAttention(dim, heads)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp), nn.GELU(approximate=gelu), nn.Linear(mlp, dim)
+        )
+
+    def forward(self, x):
+        if self.pre:
+            x = x + self.attn(self.ln1(x))
+            return x + self.mlp(self.ln2(x))
+        x = self.ln1(x + self.attn(x))
+        return self.ln2(x + self.mlp(x))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding conv (4x4/4: 16 patches of 32), class token, learned position embedding,
+    2 pre-LN blocks (4 heads, Erf GELU MLP), final LayerNorm, class-token head (10 logits)."""
+
+    def __init__(self, dim=32, heads=4, depth=2, patch=4, num_classes=NUM_CLASSES):
+        super().__init__()
+        c, h, w = TINY_VIT_INPUT
+        self.embed = nn.Conv2d(c, dim, patch, patch)
+        self.cls = nn.Parameter(0.1 * torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(0.1 * torch.randn(1, (h // patch) * (w // patch) + 1, dim))
+        self.blocks = nn.Sequential(*[TinyBlock(dim, heads, 2 * dim) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)  # (B, T, D)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
+class TinyBERT(nn.Module):
+    """Token embedding (Gather) + position embedding (Gather of arange), embedding LayerNorm,
+    2 post-LN blocks (4 heads, Tanh-form GELU MLP), first-token classifier (2 logits)."""
+
+    def __init__(self, dim=32, heads=4, depth=2, vocab=TINY_BERT_VOCAB, num_classes=2):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Embedding(TINY_BERT_TOKENS, dim)
+        self.ln = nn.LayerNorm(dim)
+        self.blocks = nn.Sequential(
+            *[TinyBlock(dim, heads, 2 * dim, pre_ln=False, gelu="tanh") for _ in range(depth)]
+        )
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, ids):
+        pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
+        x = self.ln(self.tok(ids) + self.pos(pos))
+        return self.head(self.blocks(x)[:, 0])
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c, r=4, gate=None):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, c // r, 1), nn.Conv2d(c // r, c, 1)
+        self.gate = gate or nn.Sigmoid()
+
+    def forward(self, x):
+        s = self.gate(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return x * s
+
+
+class TinySiLUCNN(nn.Module):
+    """conv-BN-SiLU stem, depthwise conv-BN-HardSwish with squeeze-excite (Sigmoid gate), 1x1
+    conv-BN-SiLU with squeeze-excite (HardSigmoid gate) and a residual Add, global average
+    pool, Linear (10 logits)."""
+
+    def __init__(self, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.SiLU()
+        )
+        self.dw = nn.Sequential(
+            nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(16), nn.Hardswish()
+        )
+        self.se1 = SqueezeExcite(16)
+        self.pw = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16), nn.SiLU())
+        self.se2 = SqueezeExcite(16, gate=nn.Hardsigmoid())
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.se2(self.pw(self.se1(self.dw(x))))
+        return self.fc(torch.flatten(x.mean((2, 3), keepdim=True), 1))
+
+
+def build_tiny(name: str, seed: int = 0) -> nn.Module:
+    """One of TINY with deterministic random weights (BatchNorms with random statistics), in
+    eval mode."""
+    if name not in TINY:
+        raise ValueError(f"unknown architecture {name!r}; one of {TINY}")
+    torch.manual_seed(seed)
+    model = {
+        "tiny_vit": TinyViT,
+        "tiny_vit_timm": TinyViTMeanPool,
+        "tiny_bert": TinyBERT,
+        "tiny_silu_cnn": TinySiLUCNN,
+    }[name]()
+    _randomise_bn(model, torch.Generator().manual_seed(seed + 1))
+    return model.eval()
+
+
+def tiny_inputs(name: str, n: int = 3, seed: int = 4321) -> np.ndarray:
+    """``n`` inputs for a TINY model: N(0, 1) images (float32), or token ids (int64)."""
+    rng = np.random.default_rng(seed)
+    if name == "tiny_bert":
+        return rng.integers(0, TINY_BERT_VOCAB, (n, TINY_BERT_TOKENS)).astype(np.int64)
+    shape = TINY_VIT_INPUT if name.startswith("tiny_vit") else TINY_CNN_INPUT
+    return rng.standard_normal((n, *shape)).astype(np.float32)
+
+
+def export_tiny(name: str, path, opset: int = 17, seed: int = 0) -> str:
+    """Export ``build_tiny(name, seed)`` with the TorchScript exporter (``dynamo=False``),
+    input "input" with a dynamic batch axis, output "output"."""
+    model = build_tiny(name, seed)
+    x = torch.from_numpy(tiny_inputs(name, 2))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's notices
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "N"}, "output": {0: "N"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return str(path)
+
+
+class TimmAttention(TinyAttention):
+    """The attention of timm's VisionTransformer: the qkv output reshaped to (B, T, 3, H, Dh),
+    permuted (2, 0, 3, 1, 4) -- the batch moves to axis 1 -- and unbound on axis 0."""
+
+    def forward(self, x):
+        B, T, D = x.shape
+        qkv = self.qkv(x).reshape(B, T, 3, self.heads, self.dh).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        att = (q * self.dh**-0.5) @ k.transpose(-2, -1)
+        return self.proj((att.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, T, D))
+
+
+class TinyViTMeanPool(TinyViT):
+    """TinyViT with timm's attention (:class:`TimmAttention`), no class token, mean pooling
+    over the tokens (ReduceMean on axis 1)."""
+
+    def __init__(self, dim=32, heads=4, depth=2, patch=4, num_classes=NUM_CLASSES):
+        super().__init__(dim, heads, depth, patch, num_classes)
+        for b in self.blocks:
+            b.attn = TimmAttention(dim, heads)
+        self.pos = nn.Parameter(self.pos.data[:, 1:])
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.norm(self.blocks(x)).mean(dim=1))
