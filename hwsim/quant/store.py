@@ -28,8 +28,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from hwsim.errors import HwsimError
 from hwsim.graph.ir import Graph, Op
 from hwsim.graph.onnx_import import QONNX_DOMAIN, ModelImportError, import_model
+from hwsim.graph.shapes import infer_shapes
 from hwsim.io import atomic_write_bytes
 from hwsim.numerics import IntFormat
 from hwsim.quant.scheme import ActMode, ActSpec, LayerSpec, QuantProgram, Scheme, SchemeError
@@ -112,6 +114,8 @@ def to_onnx(program: QuantProgram) -> onnx.ModelProto:
     def src(t: str) -> str:
         return rename.get(tn(t), tn(t))
 
+    _check_exportable(g)
+    ranks = {t: len(shape) for t, shape in infer_shapes(g).items()}
     after(g.input)
     weights_meta = {}
     for n in g.nodes:
@@ -168,7 +172,8 @@ def to_onnx(program: QuantProgram) -> onnx.ModelProto:
             nodes.append(helper.make_node("Add", ins, [out], name=n.name))
         elif n.op is Op.MUL:
             c = n.weight.astype(np.float32)
-            c = c.reshape(1, -1, 1, 1) if c.ndim == 1 else c
+            if c.ndim == 1:  # per channel (axis 1) of an input of any rank
+                c = c.reshape((1, -1) + (1,) * (ranks[n.inputs[0]] - 2))
             nodes.append(
                 helper.make_node("Mul", [ins[0], const(f"{n.name}_c", c)], [out], name=n.name)
             )
@@ -223,6 +228,28 @@ def to_onnx(program: QuantProgram) -> onnx.ModelProto:
     }
     helper.set_model_props(model, {"hwsim": json.dumps(meta, sort_keys=True)})
     return model
+
+
+_EXPORTABLE = (
+    Op.CONV, Op.DENSE, Op.RELU, Op.CLIP, Op.ADD, Op.MUL, Op.MAXPOOL, Op.AVGPOOL, Op.GAP,
+    Op.FLATTEN, Op.RESHAPE, Op.CONCAT, Op.SOFTMAX, Op.IDENTITY,
+)  # fmt: skip
+
+
+def _check_exportable(g) -> None:
+    """A program the file format cannot hold faithfully is refused (HwsimError naming the node)
+    rather than written wrong: the transformer ops of the first import slice, an N-d dense, a
+    concat off the channel axis or with constant parts."""
+    for n in g.nodes:
+        why = None
+        if n.op not in _EXPORTABLE:
+            why = f"op {n.op.value!r} cannot be saved yet (it runs in memory)"
+        elif n.op is Op.DENSE and n.attrs.get("nd"):
+            why = "an N-d dense (MatMul on (N, ..., K)) cannot be saved yet"
+        elif n.op is Op.CONCAT and (n.attrs.get("axis", 1) != 1 or n.attrs.get("consts")):
+            why = "a concat off the channel axis or with constant parts cannot be saved yet"
+        if why:
+            raise HwsimError(f"{g.source}: node {n.name!r}: {why}")
 
 
 def save(program: QuantProgram, path: str | os.PathLike) -> None:
