@@ -13,6 +13,7 @@
 * :func:`datapath` -- ``hwsim datapath``: one conv layer on several accumulator designs;
 * :func:`train` -- ``hwsim train``: train a shipped architecture, export float ONNX (PyTorch);
 * :func:`study` -- ``hwsim study psgd``: the PSGD reproduction study (PyTorch);
+* :func:`study_fqt` -- ``hwsim study fqt``: the fully quantized training study (PyTorch);
 * :func:`shipped_models` -- ``hwsim models``.
 
 Errors in what the caller gave (files, data, settings) are :class:`hwsim.errors.HwsimError`.
@@ -515,6 +516,33 @@ def study_table(doc: dict) -> str:
     return table(doc)
 
 
+def study_fqt(*, report=None, plot_dir=None, workdir=None, **kw) -> dict:
+    """``hwsim study fqt``: exact, QAT and fully quantized training (PTQ / PSQ / BHQ / PSQ-shift
+    gradients at several widths, an S_max sweep, the gradient variance) of a small CNN and a
+    small transformer, mean +- std over seeds; the keywords of
+    :func:`hwsim.study.fqt.study_fqt` (data, task, seeds, epochs, grad_bits, quantizers,
+    s_max_sweep, s_max_bits, quick, variance, log); its table: :func:`study_fqt_table`. Needs
+    the ``train`` extra (PyTorch). ``report``, ``plot_dir`` and ``workdir`` are checked before
+    the training starts."""
+    from hwsim.io import output_path_problem
+
+    _needs_torch("hwsim study fqt")
+    from hwsim.study.fqt import study_fqt as run
+
+    check_outputs(report=report)
+    for name, d in (("plot_dir", plot_dir), ("workdir", workdir)):
+        if d is not None and (why := output_path_problem(d, directory=True)):
+            raise HwsimError(f"{name}: cannot write {why}")
+    return run(report=report, plot_dir=plot_dir, workdir=workdir, **kw)
+
+
+def study_fqt_table(doc: dict) -> str:
+    """The tables of a :func:`study_fqt` result (:func:`hwsim.study.fqt.table`)."""
+    from hwsim.study.fqt import table
+
+    return table(doc)
+
+
 __all__ = [
     "DEFAULT_BATCH",
     "accelerator",
@@ -535,6 +563,8 @@ __all__ = [
     "run_program",
     "shipped_models",
     "study",
+    "study_fqt",
+    "study_fqt_table",
     "study_table",
     "train",
 ]

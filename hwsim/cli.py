@@ -29,7 +29,15 @@ from hwsim.quant.scheme import (
     SHIFT_BASES,
     WEIGHT_MODES,
 )
+from hwsim.study.fqt import DEFAULT_SEEDS as FQT_SEEDS
+from hwsim.study.fqt import GRAD_BITS as FQT_GRAD_BITS
+from hwsim.study.fqt import QUICK as FQT_QUICK
+from hwsim.study.fqt import S_MAX_BITS as FQT_S_MAX_BITS
+from hwsim.study.fqt import S_MAX_SWEEP as FQT_S_MAX_SWEEP
+from hwsim.study.fqt import TASK_DEFAULTS as FQT_TASK_DEFAULTS
 from hwsim.train import SCALINGS, TARGET_BITS
+from hwsim.train.fqt import BITS_RANGE as GRAD_BITS_RANGE
+from hwsim.train.fqt import GRAD_QUANTIZERS, S_MAX_RANGE
 
 # Flag ranges shared by every command, the limits the library checks (LayerScheme, Accumulator)
 #: Weight / activation widths (``LayerScheme.wbits`` / ``abits``, ``first_last_bits``).
@@ -764,6 +772,135 @@ def study_psgd_cmd(
         plot_dir=plot_dir, log=click.echo,
     )  # fmt: skip
     click.echo(api.study_table(doc))
+    for path in (report, plot_dir):
+        if path:
+            click.echo(f"wrote {path}")
+
+
+def _csv(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def _int_list(what: str, lo: int, hi: int):
+    """A callback for a comma-separated list of ints in ``[lo, hi]``: a usage error naming the
+    flag (click adds it) and the allowed values."""
+
+    def cb(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            out = tuple(int(v) for v in str(value).split(","))
+        except ValueError:
+            raise click.BadParameter(
+                f"expected comma-separated {what} in [{lo}, {hi}], got {value!r}"
+            ) from None
+        bad = [v for v in out if not lo <= v <= hi]
+        if bad:
+            raise click.BadParameter(f"{what} must be in [{lo}, {hi}], got {bad[0]}")
+        return out
+
+    return cb
+
+
+def _quantizers(ctx, param, value):
+    out = tuple(v.strip() for v in str(value).split(","))
+    bad = [v for v in out if v not in GRAD_QUANTIZERS]
+    if bad:
+        raise click.BadParameter(
+            f"unknown gradient quantizer {bad[0]!r}: use one or more of "
+            f"{', '.join(GRAD_QUANTIZERS)} (comma-separated)"
+        )
+    return out
+
+
+@study.command("fqt")
+@click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="The cnn task's built-in set with a '-train' split: digits or mnist5k.",
+)
+@click.option(
+    "--task", type=click.Choice(["cnn", "transformer", "both"]), default="both", show_default=True
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(1, 100),
+    default=None,
+    help=f"Default {FQT_SEEDS} (--quick: {FQT_QUICK['seeds']}).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1, 100000),
+    default=None,
+    help="Epochs of every run (default: "
+    + ", ".join(f"{t} {d['epochs']}" for t, d in FQT_TASK_DEFAULTS.items())
+    + "; --quick: "
+    + ", ".join(f"{t} {e}" for t, e in FQT_QUICK["epochs"].items())
+    + ").",
+)
+@click.option(
+    "--grad-bits",
+    callback=_int_list("gradient bit widths", *GRAD_BITS_RANGE),
+    default=None,
+    help=f"Gradient widths in [{GRAD_BITS_RANGE[0]}, {GRAD_BITS_RANGE[1]}] "
+    f"(default {_csv(FQT_GRAD_BITS)}; --quick: {_csv(FQT_QUICK['grad_bits'])}).",
+)
+@click.option(
+    "--quantizers",
+    callback=_quantizers,
+    default=",".join(GRAD_QUANTIZERS),
+    show_default=True,
+    help=f"Gradient quantizers, comma-separated: {', '.join(GRAD_QUANTIZERS)}.",
+)
+@click.option(
+    "--s-max-sweep",
+    callback=_int_list("S_max values", *S_MAX_RANGE),
+    default=None,
+    help=f"PSQ-shift S_max values in [{S_MAX_RANGE[0]}, {S_MAX_RANGE[1]}] "
+    f"(default {_csv(FQT_S_MAX_SWEEP)}; --quick: {_csv(FQT_QUICK['s_max_sweep'])}).",
+)
+@click.option(
+    "--s-max-bits",
+    callback=_int_list("gradient bit widths", *GRAD_BITS_RANGE),
+    default=None,
+    help=f"Gradient widths of the S_max sweep (default {_csv(FQT_S_MAX_BITS)}).",
+)
+@click.option("--variance/--no-variance", default=True, show_default=True,
+              help="Measure the gradient variance of every quantizer and width.")  # fmt: skip
+@click.option("--quick", is_flag=True, help="A smoke run of about a minute.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    callback=_out_dir,
+    default=None,
+    help="Per-run results (reused on rerun). Default hwsim-study-fqt-DATA[-quick].",
+)
+@click.option("--report", type=click.Path(dir_okay=False), callback=_out, default=None)
+@click.option(
+    "--plot",
+    "plot_dir",
+    type=click.Path(file_okay=False),
+    callback=_out_dir,
+    default=None,
+    help="Directory for accuracy_vs_bits.png, variance_vs_bits.png and s_max_sweep.png.",
+)
+@_guard
+def study_fqt_cmd(data, task, seeds, epochs, grad_bits, quantizers, s_max_sweep, s_max_bits,
+                  variance, quick, workdir, report, plot_dir):  # fmt: skip
+    """Fully quantized training (the FQT paper): exact, QAT and 8-bit-forward training with
+    PTQ / PSQ / BHQ / PSQ-shift gradients at several widths, on a small CNN and a small
+    transformer; mean ± std over seeds, an S_max sweep and the gradient variance (needs the
+    'train' extra)."""
+    from hwsim import api
+
+    doc = api.study_fqt(
+        data=data, task=task, seeds=seeds, epochs=epochs, grad_bits=grad_bits,
+        quantizers=quantizers, s_max_sweep=s_max_sweep, s_max_bits=s_max_bits,
+        variance=variance, quick=quick, workdir=workdir, report=report, plot_dir=plot_dir,
+        log=click.echo,
+    )  # fmt: skip
+    click.echo(api.study_fqt_table(doc))
     for path in (report, plot_dir):
         if path:
             click.echo(f"wrote {path}")
