@@ -508,8 +508,9 @@ def gradient_variance(
     across ``draws`` independent stochastic quantizations of the fixed gradient ``g``, averaged
     over the entries of ``g``: ``mean_ij var_d(Q_d(g)_ij)``, each variance the unbiased sample
     variance (``ddof=1``), so ``draws >= 2``. Keys ``(kind, bits)`` (two quantizers with the same
-    key are an error). Quantizer ``i`` draws from its own stream (``SeedSequence(seed).spawn``),
-    so a result does not depend on which other quantizers are measured.
+    key are an error). Quantizer ``i`` draws from the ``i``-th stream of
+    ``SeedSequence(seed).spawn``: the same list and seed give the same numbers; a quantizer's
+    result depends on its position in the list (not on the others' draws).
     ``g`` may also be a zero-argument callable returning the gradient (called once)."""
     if callable(g):
         g = g()

@@ -289,6 +289,13 @@ def convert(model: nn.Module, cfg: FQTConfig) -> nn.Module:
     ``default_rng([cfg.seed, i])``. Returns ``model``."""
     i = 0
     for mod in model.modules():
+        if isinstance(mod, nn.MultiheadAttention):
+            # its in-projection is a bare parameter used by F.multi_head_attention_forward:
+            # converting only out_proj would train a model half quantized without saying so
+            raise HwsimError(
+                "FQT cannot convert nn.MultiheadAttention (its in_proj_weight is not an "
+                "nn.Linear); build attention from nn.Linear layers"
+            )
         if type(mod) in (nn.Linear, FQTLinear):
             mod.__class__ = FQTLinear
         elif type(mod) in (nn.Conv2d, FQTConv2d):

@@ -170,3 +170,9 @@ def test_standard_architecture_trains_a_step_bit_identically():
             grads.append([p.grad for p in m.parameters() if p.grad is not None])
         assert counters(m).macs > 0 and counters(m).overflow_events == 0
         assert all(torch.equal(a, b) for a, b in zip(*grads)), name
+
+
+def test_multihead_attention_is_refused_not_half_converted():
+    m = nn.Sequential(nn.Linear(8, 8), nn.MultiheadAttention(8, 2))
+    with pytest.raises(HwsimError, match="cannot convert nn.MultiheadAttention"):
+        convert(m, FQTConfig())
