@@ -721,6 +721,35 @@ def train_cmd(arch, data, optimizer, target_bits, lambda_s, scaling, epochs, lr,
     click.echo(report.train_summary(rec, data, out))
 
 
+def _study_outputs(workdir_help: str, plots: str):
+    """--workdir / --report / --plot of a study command, each checked before any work."""
+    opts = [
+        click.option(
+            "--workdir",
+            type=click.Path(file_okay=False),
+            callback=_out_dir,
+            default=None,
+            help=workdir_help,
+        ),
+        click.option("--report", type=click.Path(dir_okay=False), callback=_out, default=None),
+        click.option(
+            "--plot",
+            "plot_dir",
+            type=click.Path(file_okay=False),
+            callback=_out_dir,
+            default=None,
+            help=f"Directory for {plots}.",
+        ),
+    ]
+
+    def apply(f):
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return apply
+
+
 @main.group()
 def study():
     """Reproduction studies of the papers behind hwsim."""
@@ -742,21 +771,9 @@ def study():
     "--target-bits", type=click.IntRange(*TARGET_BITS), default=4, show_default=True
 )
 @click.option("--scaling", type=click.Choice(SCALINGS), default="official", show_default=True)
-@click.option(
-    "--workdir",
-    type=click.Path(file_okay=False),
-    callback=_out_dir,
-    default=None,
-    help="Models and per-run results (reused on rerun). Default hwsim-study-psgd-DATA.",
-)
-@click.option("--report", type=click.Path(dir_okay=False), callback=_out, default=None)
-@click.option(
-    "--plot",
-    "plot_dir",
-    type=click.Path(file_okay=False),
-    callback=_out_dir,
-    default=None,
-    help="Directory for accuracy_vs_bits.png and weight_histogram.png.",
+@_study_outputs(
+    "Models and per-run results (reused on rerun). Default hwsim-study-psgd-DATA.",
+    "accuracy_vs_bits.png and weight_histogram.png",
 )
 @_guard
 def study_psgd_cmd(
@@ -869,21 +886,9 @@ def _quantizers(ctx, param, value):
 @click.option("--variance/--no-variance", default=True, show_default=True,
               help="Measure the gradient variance of every quantizer and width.")  # fmt: skip
 @click.option("--quick", is_flag=True, help="A smoke run of about a minute.")
-@click.option(
-    "--workdir",
-    type=click.Path(file_okay=False),
-    callback=_out_dir,
-    default=None,
-    help="Per-run results (reused on rerun). Default hwsim-study-fqt-DATA[-quick].",
-)
-@click.option("--report", type=click.Path(dir_okay=False), callback=_out, default=None)
-@click.option(
-    "--plot",
-    "plot_dir",
-    type=click.Path(file_okay=False),
-    callback=_out_dir,
-    default=None,
-    help="Directory for accuracy_vs_bits.png, variance_vs_bits.png and s_max_sweep.png.",
+@_study_outputs(
+    "Per-run results (reused on rerun). Default hwsim-study-fqt-DATA[-quick].",
+    "accuracy_vs_bits.png, variance_vs_bits.png and s_max_sweep.png",
 )
 @_guard
 def study_fqt_cmd(data, task, seeds, epochs, grad_bits, quantizers, s_max_sweep, s_max_bits,
