@@ -27,8 +27,9 @@ A layer converted by :func:`convert` computes, for input ``x``, weight ``W`` and
   For ``ptq`` and ``psq-shift`` ``datapath="integer"`` computes those integer sums on hwsim's
   datapath (:func:`hwsim.datapath.gemm`, :func:`hwsim.datapath.gemm_per_sample_shift`: true-width
   accumulators, overflow counters in ``layer.counters``); ``datapath="float"`` computes the same
-  integer sums in float64 (exact below 2^53) -- the two give identical gradients wherever the
-  integer accumulators do not overflow (``tests/train/test_fqt_torch.py``).
+  integer sums exactly and fast (float64 BLAS, exact below 2^53; an unbounded int64 Numba kernel
+  for the per-sample-shift sum) -- the two give identical gradients wherever the integer
+  accumulators do not overflow (``tests/train/test_fqt_torch.py``).
 
 Stochastic rounding draws come from one ``numpy.random.Generator`` per layer, seeded
 ``[seed, layer index]``: the same seed gives the same training run.
@@ -41,11 +42,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import njit, prange
 from torch import nn
 
 from hwsim.datapath import Accumulator, Counters, Operand, gemm, gemm_per_sample_shift
 from hwsim.errors import HwsimError
-from hwsim.numerics import IntFormat, Overflow, RoundingMode, round_shift
+from hwsim.numerics import IntFormat, Overflow, RoundingMode
 from hwsim.train.fqt import GradQuant, encode_psq_shift, encode_ptq, quantize_grad
 
 DATAPATHS = ("float", "integer")
@@ -139,15 +141,40 @@ def _shift_sum(g_t: np.ndarray, x: np.ndarray, groups: int, shifts: np.ndarray, 
         st.counters.merge(res.group_counters)
         st.counters.merge(res.final_counters)
         return np.asarray(res.values, np.float64)
-    K = x.shape[0]
-    kg = K // groups
-    parts = np.einsum(
-        "mgk,gkn->gmn",
-        g_t.astype(np.float64).reshape(g_t.shape[0], groups, kg),
-        x.astype(np.float64).reshape(groups, kg, x.shape[1]),
+    out = np.empty((g_t.shape[0], x.shape[1]), np.int64)
+    _shift_sum_kernel(
+        np.ascontiguousarray(g_t, np.int64),
+        np.ascontiguousarray(x, np.int64),
+        x.shape[0] // groups,
+        np.ascontiguousarray(shifts, np.int64),
+        out,
     )
-    shifted = round_shift(parts.astype(np.int64), shifts[:, None, None], RoundingMode.HALF_AWAY)
-    return np.asarray(shifted, np.float64).sum(axis=0)
+    return out.astype(np.float64)
+
+
+@njit(cache=True, parallel=True)
+def _shift_sum_kernel(g_t, x, kg, shifts, out):
+    """``out[m, n] = sum_g round_half_away(P_g / 2^shifts[g])``, ``P_g = sum_{k in group g}
+    g_t[m, k] x[k, n]``: exact int64 (the float path of :func:`_shift_sum`; its equality with
+    the datapath's ``gemm_per_sample_shift`` is tested)."""
+    M = g_t.shape[0]
+    N = x.shape[1]
+    G = shifts.shape[0]
+    for m in prange(M):
+        for n in range(N):
+            total = 0
+            for grp in range(G):
+                p = 0
+                for k in range(grp * kg, (grp + 1) * kg):
+                    p += g_t[m, k] * x[k, n]
+                s = shifts[grp]
+                if s == 0:
+                    total += p
+                elif p >= 0:
+                    total += (p + (1 << (s - 1))) >> s
+                else:
+                    total -= (-p + (1 << (s - 1))) >> s
+            out[m, n] = total
 
 
 def _grads(g: np.ndarray, cx: np.ndarray, sx: float, cw: np.ndarray, sw: float, groups: int,
