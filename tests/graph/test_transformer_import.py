@@ -129,7 +129,6 @@ def _node(op, ins, outs="y", **kw):
 # --- the tiny torch models -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    pytest.importorskip("torch")
     from tests.conformance import archs
 
     root = tmp_path_factory.mktemp("tiny")

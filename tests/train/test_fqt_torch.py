@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+import torch  # in the test extra (torch==2.13.0): a missing torch is a failure, not a skip
+from torch import nn
 
-torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-
-from hwsim.errors import HwsimError  # noqa: E402
-from hwsim.numerics import reference as nref  # noqa: E402
-from hwsim.train.fqt import GradQuant, encode_psq_shift  # noqa: E402
-from hwsim.train.fqt_torch import FQTConfig, convert, counters  # noqa: E402
+from hwsim.errors import HwsimError
+from hwsim.numerics import reference as nref
+from hwsim.train.fqt import GradQuant, encode_psq_shift
+from hwsim.train.fqt_torch import FQTConfig, convert, counters
 
 
 def _grads(make, x, cfg, upstream):
@@ -176,3 +177,33 @@ def test_multihead_attention_is_refused_not_half_converted():
     m = nn.Sequential(nn.Linear(8, 8), nn.MultiheadAttention(8, 2))
     with pytest.raises(HwsimError, match="cannot convert nn.MultiheadAttention"):
         convert(m, FQTConfig())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    m=st.integers(0, 3),
+    n=st.integers(0, 3),
+    groups=st.integers(1, 4),
+    kg=st.integers(1, 3),
+    data=st.data(),
+)
+def test_shift_sum_kernel_equals_the_plain_int_reference(m, n, groups, kg, data):
+    """The float path's Numba kernel of the per-sample-shift sum against the datapath's plain-int
+    specification (eq. 13-14, round half away, unbounded accumulators), extremes included."""
+    from hwsim.datapath import Accumulator
+    from hwsim.datapath import reference as dref
+    from hwsim.train.fqt_torch import _shift_sum_kernel
+
+    K = groups * kg
+    ints = st.one_of(st.sampled_from([-128, 127, 0, -1, 1]), st.integers(-128, 127))
+    g_t = np.array(data.draw(st.lists(st.lists(ints, min_size=K, max_size=K), min_size=m,
+                                      max_size=m)), np.int64).reshape(m, K)  # fmt: skip
+    x = np.array(data.draw(st.lists(st.lists(ints, min_size=n, max_size=n), min_size=K,
+                                    max_size=K)), np.int64).reshape(K, n)  # fmt: skip
+    shifts = np.array(data.draw(st.lists(st.integers(0, 8), min_size=groups, max_size=groups)))
+    out = np.empty((m, n), np.int64)
+    _shift_sum_kernel(g_t, x, kg, shifts, out)
+    acc = Accumulator(bits=62)
+    want, _, _ = dref.gemm_per_sample_shift(g_t.tolist(), x.tolist(), groups, shifts.tolist(), 0, 0,
+                                            acc, acc, "half_away", n_cols=n)  # fmt: skip
+    assert out.tolist() == (want if m else [])
