@@ -149,10 +149,14 @@ def export_float(name: str, path, seed: int = 0) -> str:
     """Export ``build(name, seed)`` to float ONNX (opset 13, input "input" with a dynamic batch,
     output "output"). The TorchScript exporter (``dynamo=False``: the torch.export one needs
     onnxscript, which is not installed), which folds BatchNorm into the Convs."""
-    model = build(name, seed)
-    x = torch.zeros(1, *INPUT_SHAPE)
+    return _export(build(name, seed), torch.zeros(1, *INPUT_SHAPE), path, 13)
+
+
+def _export(model, x, path, opset: int) -> str:
+    """The TorchScript exporter (``dynamo=False``), input "input" with a dynamic batch axis,
+    output "output"; its deprecation notices silenced."""
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's notice
+        warnings.simplefilter("ignore")  # the legacy exporter's notices
         torch.onnx.export(
             model,
             (x,),
@@ -160,7 +164,7 @@ def export_float(name: str, path, seed: int = 0) -> str:
             input_names=["input"],
             output_names=["output"],
             dynamic_axes={"input": {0: "N"}, "output": {0: "N"}},
-            opset_version=13,
+            opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
         )
@@ -376,22 +380,7 @@ def tiny_inputs(name: str, n: int = 3, seed: int = 4321) -> np.ndarray:
 def export_tiny(name: str, path, opset: int = 17, seed: int = 0) -> str:
     """Export ``build_tiny(name, seed)`` with the TorchScript exporter (``dynamo=False``),
     input "input" with a dynamic batch axis, output "output"."""
-    model = build_tiny(name, seed)
-    x = torch.from_numpy(tiny_inputs(name, 2))
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's notices
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "N"}, "output": {0: "N"}},
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    return str(path)
+    return _export(build_tiny(name, seed), torch.from_numpy(tiny_inputs(name, 2)), path, opset)
 
 
 class TimmAttention(TinyAttention):
