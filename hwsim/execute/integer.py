@@ -18,6 +18,9 @@ Integer op contracts (``R(r)`` = the layer's scale register built for real multi
   input rescaled by ``R(s_i/sy)``; mul by a constant c: ``R(|c| sx/sy)(sign(c) (q - zx))``;
   softmax: float32 on the dequantized input. A dense on an N-d input ``(N, ..., K)`` is one
   GEMM over the flattened leading axes, output ``(N, ..., O)``.
+* matmul of two activations: ``acc = sum_k (a - za)(b - zb)`` on the layer's accumulator,
+  ``y = sat(R(sa*sb/sy)(acc) + zy)`` (``ort``: onnxruntime's QLinearMatMul); mul of two
+  activations: ``(a - za)(b - zb)`` exact, the same register (``ort``, 8-bit: QLinearMul).
 * the other transformer ops (:data:`INTEGER_OPS`' docstring) run as float islands.
 * a per-sample output (``dynamic`` / ``shift``): the op's integers up to its register (a
   conv's biased accumulator, TFLite's Add up to the sum, a pool's window sums; per-element
@@ -839,6 +842,126 @@ class IntegerExecutor:
             )
         return self._requant_float(node, ins, spec)
 
+    def _op_matmul(self, node: Node, ins: list, spec: ActSpec):
+        """Product of two activations (attention scores ``q @ k^T``, context ``p @ v``):
+        ``acc = sum_k (a - za)(b - zb)`` on the layer's accumulator (NumPy ``matmul``
+        broadcasting over the leading axes; the sample axis 0 is one of them), then
+        ``sat(R(sa*sb/sy)(acc) + zy)`` -- with the ``ort`` register onnxruntime's QLinearMatMul
+        (:func:`hwsim.qops.qlinear_matmul`: ``f32(f32(sa*sb)/sy)``, round half to even). The
+        sums are exact on every instruction set: onnxruntime runs activation x activation
+        products as uint8 x uint8 (x86's QDQS8ToU8 makes int8 activations uint8), which its
+        AVX2 kernels widen to int16 exactly (eq. 16 concerns uint8 x int8 only). Per-sample
+        inputs: a register per sample; a per-sample output: the range unit on ``acc``
+        (:meth:`_per_sample`, step ``ua*ub``)."""
+        from hwsim.datapath.gemm import check_accumulable, reduce_batched
+
+        a, b = ins
+        if a.q.ndim < 3 or b.q.ndim < 3:
+            return self._requant_float(node, ins, spec)  # a product across the sample axis
+        layer = self.p.layer(node.name)
+        acc_cfg = layer.acc
+        if self.track_partials and not acc_cfg.track_partials:
+            from dataclasses import replace
+
+            acc_cfg = replace(acc_cfg, track_partials=True)
+        batch = np.broadcast_shapes(a.q.shape[:-2], b.q.shape[:-2])
+        (M, K), N = a.q.shape[-2:], b.q.shape[-1]
+        A = np.broadcast_to(a.q, batch + (M, K)).reshape(-1, M, K)
+        B = np.broadcast_to(b.q, batch + (K, N)).reshape(-1, K, N)
+        xop = Operand(a.fmt, zero_point=int(a.zero_point))
+        wop = Operand(b.fmt, zero_point=int(b.zero_point))
+        check_accumulable(K, xop, wop)
+        vals, counters = reduce_batched(A, B, xop, wop, wop.zero_point, acc_cfg)
+        vals = np.asarray(vals, np.int64).reshape(batch + (M, N))
+        st = self.stats[node.name]
+        if spec.mode != "static":
+            ua, ca, siga = a.unit()
+            ub, cb, sigb = b.unit()
+            common = None if ca is None or cb is None else ca * cb
+            sigma = None
+            if siga is not None or sigb is not None:
+                n = vals.shape[0]
+                sigma = sum(
+                    np.zeros(n, np.int64) if s is None else np.asarray(s, np.int64)
+                    for s in (siga, sigb)
+                )
+            st.add(counters, 0, 0, vals.size)
+            return self._per_sample(vals, spec, layer, ua * ub, common, sigma)
+        so = self._out_scale(spec)
+        rank = vals.ndim
+        sa = a.scale_b() if np.ndim(a.scale) else np.asarray(a.scale, np.float32)
+        sb = b.scale_b() if np.ndim(b.scale) else np.asarray(b.scale, np.float32)
+        if sa.ndim and sa.ndim < rank:
+            sa = sa.reshape(sa.shape + (1,) * (rank - sa.ndim))
+        if sb.ndim and sb.ndim < rank:
+            sb = sb.reshape(sb.shape + (1,) * (rank - sb.ndim))
+        reg = self._requant_register(layer, sa, sb, so, rank=rank if (sa.ndim or sb.ndim) else 0)
+        out = output_stage(
+            vals,
+            reg,
+            acc=acc_cfg,
+            scale_axis=None,
+            out_format=spec.fmt,
+            out_zero_point=spec.zero_point,
+            rng=self._rng,
+        )
+        st.add(counters, out.bias_overflows, out.clamped, vals.size)
+        return QTensor(out.values, so.astype(np.float32), spec.zero_point, spec.fmt)
+
+    def _op_mul_act(self, node: Node, ins: list, spec: ActSpec):
+        """Product of two activations, element by element (broadcasting; a squeeze-excite gate
+        times its feature map): ``t = (a - za)(b - zb)`` exact in int64, then ``sat(R(sa*sb/
+        sy)(t) + zy)``. ``ort`` register, 8-bit, static per-tensor: onnxruntime's fused
+        QLinearMul (:func:`hwsim.qops.qlinear_mul`, its float32 kernel). A per-sample output:
+        the range unit on ``t`` (step ``ua*ub``)."""
+        a, b = ins
+        layer = self.p.layer(node.name)
+        if a.q.ndim != b.q.ndim:
+            return self._requant_float(node, ins, spec)  # broadcasting across the sample axis
+        t = (a.q.astype(np.int64) - a.zero_point) * (b.q.astype(np.int64) - b.zero_point)
+        st = self.stats[node.name]
+        if spec.mode != "static":
+            ua, ca, siga = a.unit()
+            ub, cb, sigb = b.unit()
+            common = None if ca is None or cb is None else ca * cb
+            sigma = None
+            if siga is not None or sigb is not None:
+                n = t.shape[0]
+                sigma = sum(
+                    np.zeros(n, np.int64) if s is None else np.asarray(s, np.int64)
+                    for s in (siga, sigb)
+                )
+            st.add(None, 0, 0, t.size)
+            return self._per_sample(t, spec, layer, ua * ub, common, sigma)
+        so = self._out_scale(spec)
+        holder = _ort_holder(a.fmt, b.fmt, spec.fmt)
+        if (
+            layer.register is ScaleKind.ORT
+            and np.ndim(a.scale) == 0
+            and np.ndim(b.scale) == 0
+            and holder is not None
+        ):
+            d = self._ort_shift(holder, (*node.inputs[:2], node.output))
+            holder = np.uint8 if d else holder
+            y = qops.qlinear_mul(
+                (a.q.astype(np.int16) + d).astype(holder),
+                np.float32(a.scale),
+                holder(a.zero_point + d),
+                (b.q.astype(np.int16) + d).astype(holder),
+                np.float32(b.scale),
+                holder(b.zero_point + d),
+                np.float32(so),
+                holder(spec.zero_point + d),
+            )
+            y = saturate(np.asarray(y, np.int64) - d, spec.fmt)
+            st.add(None, 0, 0, t.size)
+            return QTensor(np.asarray(y).astype(spec.fmt.dtype), so, spec.zero_point, spec.fmt)
+        reg = self._requant_register(layer, a.scale_b(), b.scale_b(), so, rank=t.ndim)
+        y = np.asarray(reg.apply(t, axis=None, rng=self._rng), np.int64) + spec.zero_point
+        out = saturate(y, spec.fmt)
+        st.add(None, 0, int(np.count_nonzero(out != y)), t.size)
+        return QTensor(np.asarray(out).astype(spec.fmt.dtype), so, spec.zero_point, spec.fmt)
+
     # ops that keep their input's quantization: the integer rule where the output is
     # quantized as the input (or per sample), else Q(op(DQ(x)))
     def _op_maxpool(self, node: Node, x: QTensor):
@@ -950,6 +1073,8 @@ INTEGER_OPS: dict[Op, Callable] = {
     Op.AVGPOOL: IntegerExecutor._op_avg,
     Op.CONCAT: IntegerExecutor._op_concat,
     Op.MUL: IntegerExecutor._op_mul,
+    Op.MATMUL: IntegerExecutor._op_matmul,
+    Op.MUL_ACT: IntegerExecutor._op_mul_act,
     Op.MAXPOOL: _keeps_quantization(IntegerExecutor._op_maxpool),
     Op.RELU: _keeps_quantization(IntegerExecutor._op_relu),
     Op.CLIP: _keeps_quantization(IntegerExecutor._op_clip),
@@ -961,7 +1086,7 @@ INTEGER_OPS: dict[Op, Callable] = {
     Op.SLICE: _keeps_quantization(IntegerExecutor._op_slice),
 }
 """Op -> its integer rule ``f(executor, node, inputs, output spec)``; an op not listed runs
-as ``QuantizeLinear(op(DequantizeLinear(inputs)))`` -- in this version the transformer ops
-(matmul of two activations, layernorm, softmax, gelu, sigmoid, silu, hardsigmoid, hardswish,
-mul_act, add_const, div_const, reduce_mean, embedding): float islands until their integer
-rules (and I-BERT's integer non-linearities) come."""
+as ``QuantizeLinear(op(DequantizeLinear(inputs)))`` -- in this version the transformer
+non-linearities and constant arithmetic (layernorm, softmax, gelu, sigmoid, silu, hardsigmoid,
+hardswish, add_const, div_const, reduce_mean, embedding): float islands, as onnxruntime runs
+them between DequantizeLinear and QuantizeLinear."""

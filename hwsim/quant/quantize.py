@@ -51,8 +51,9 @@ ISLANDS = (
     Op.REDUCE_MEAN,
     Op.EMBEDDING,
 )
-"""Ops whose output is quantized and that the integer executor runs as float islands (no
-integer rule yet; issue 15's next slice)."""
+"""Transformer / modern-CNN ops whose output is quantized (requantized by the op): the
+products of two activations run on the integer datapath, the others as float islands
+(:data:`hwsim.execute.integer.INTEGER_OPS`); data-free ranges by interval arithmetic."""
 REQUANT = (Op.CONV, Op.DENSE, Op.ADD, Op.GAP, Op.AVGPOOL, Op.CONCAT, Op.MUL) + ISLANDS
 
 

@@ -779,3 +779,111 @@ def test_imported_average_pool_equals_onnxruntime(tmp_path, act):
         got = f["y"]
     assert got.shape == want.shape
     assert int((got != want).sum()) == 0, int((got != want).sum())
+
+
+# --- products of two activations (issue 15): attention scores / context, gating ----------------
+def _attention_model(seed: int, t: int, d: int) -> onnx.ModelProto:
+    """x (N, T, D) -> q = x Wq, k = x Wk (dense on tokens); s = q @ k^T (MatMul of two
+    activations); g = q * k (Mul of two activations); y = s @ g (MatMul again)."""
+    rng = np.random.default_rng(seed)
+    wq = rng.normal(0, 0.6, (d, d)).astype(np.float32)
+    wk = rng.normal(0, 0.6, (d, d)).astype(np.float32)
+    mk = helper.make_node
+    nodes = [
+        mk("MatMul", ["x", "wq"], ["q"], name="q"),
+        mk("MatMul", ["x", "wk"], ["k"], name="k"),
+        mk("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
+        mk("MatMul", ["q", "kt"], ["s"], name="scores"),
+        mk("Mul", ["q", "k"], ["g"], name="gate"),
+        mk("MatMul", ["s", "g"], ["y"], name="context"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "attn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", t, d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", t, d])],
+        [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(wk, "wk")],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _product_ref(ref: _Ref, node, a: QTensor, b: QTensor, spec, matmul: bool):
+    """``t = sum_k (a - za)(b - zb)`` on the layer's accumulator (matmul, datapath reference
+    eq. 10) or ``(a - za)(b - zb)`` (element-wise); then ``R(sa sb / so)`` + zero point, or
+    (17)-(19) with step ``ua ub`` for a per-sample output."""
+    layer = ref.p.layer(node.name)
+    kind, rnd = layer.register.value, layer.rounding.value
+    n = a.q.shape[0]
+    A, B = _nested(a.q), _nested(b.q)
+    ts = []
+    for i in range(n):
+        if matmul:
+            vals, _ = dref.gemm(A[i], B[i], int(a.zero_point), int(b.zero_point), layer.acc,
+                                n_cols=b.q.shape[-1])
+        else:
+            vals = [[(x - a.zero_point) * (y - b.zero_point) for x, y in zip(r, s)]
+                    for r, s in zip(A[i], B[i])]
+        ts.append(vals)
+    ua, ca, siga = ref.unit(a, n)
+    ub, cb, sigb = ref.unit(b, n)
+    units = [ua[i] * ub[i] for i in range(n)]
+    if spec.mode != "static":
+        common = None if ca is None or cb is None else ca * cb
+        sig = None
+        if siga is not None and sigb is not None:
+            sig = [siga[i] + sigb[i] for i in range(n)]
+        return ref.per_sample(node, spec, ts, units, common, sig)
+    so = float(np.float32(spec.scale))
+    out = []
+    for i in range(n):
+        real = float(np.float32(ua[i])) * float(np.float32(ub[i])) / so
+        ort = float(np.float32(np.float32(np.float32(ua[i]) * np.float32(ub[i])) / np.float32(so)))
+        out.append(_map(ts[i], lambda v, real=real, ort=ort: _sat(
+            _reg(kind, v, real, rnd, ort if kind == "ort" else None) + spec.zero_point, spec)))
+    return out, [so] * n, None
+
+
+@settings(max_examples=120, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(1, 2),
+    t=st.integers(1, 4),
+    d=st.integers(1, 5),
+    scheme=st.sampled_from(["per-tensor", "per-sample", "per-sample-shift", "shift-runtime"]),
+    abits=st.sampled_from([2, 4, 8]),
+    acc_bits=st.sampled_from([10, 14, 32]),
+    overflow=st.sampled_from(["wrap", "saturate"]),
+    register=st.sampled_from(["ort", "tflite", "tflite-single", "pow2"]),
+    amp=st.sampled_from([1.0, 4.0]),
+)
+def test_activation_products_match_the_plain_int_spec(
+    seed, n, t, d, scheme, abits, acc_bits, overflow, register, amp
+):
+    kw = {"s_max": 3} if scheme in ("per-sample-shift", "shift-runtime") else {}
+    if scheme == "shift-runtime":
+        scheme, kw["shift_base"] = "per-sample-shift", "runtime"
+    sch = Scheme.preset(scheme, abits=abits, acc_bits=acc_bits, overflow=overflow,
+                        register=register, **kw)
+    rng = np.random.default_rng(seed + 1)
+    calib = rng.normal(0, 1, (8, t, d)).astype(np.float32)
+    program = quantize(import_model(_attention_model(seed, t, d)), sch,
+                       Dataset("calib", calib, None), float_run=run_float)
+    x = (rng.normal(0, 1, (n, t, d)) * amp).astype(np.float32)
+    x.flat[-1] = -8.0 * amp
+    ex = IntegerExecutor(program)
+    env = ex.run(x)
+    ref = _Ref(program, env)
+    checked = 0
+    for node in program.graph.nodes:
+        if node.op.value not in ("matmul", "mul_act"):
+            continue
+        a, b = (env[i] for i in node.inputs)
+        spec = program.acts[node.output]
+        got = env[node.output]
+        assert node.name not in ex.float_ops
+        want, so, shifts = _product_ref(ref, node, a, b, spec, node.op.value == "matmul")
+        assert _nested(got.q) == want, node.name
+        assert _scales(got, n) == [float(np.float32(v)) for v in so], node.name
+        assert (None if got.shifts is None else got.shifts.tolist()) == shifts, node.name
+        checked += 1
+    assert checked == 3
