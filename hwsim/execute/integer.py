@@ -171,6 +171,8 @@ class IntegerExecutor:
         self.samples_seen = 0  # the next batch's first sample index (stochastic rounding)
         self._rng = None  # the current node's per-sample Generators, or None
         self._current: str | None = None  # the node being run (its registers' gain errors)
+        self._node_now: Node | None = None  # that node and its inputs (per-token axes)
+        self._ins_now: list = []
 
     def _register(self, kind: ScaleKind, real, rounding, ort_scale=None) -> ScaleRegister:
         """:func:`_register`, recording the register's gain error in the current node's
@@ -193,7 +195,76 @@ class IntegerExecutor:
     def _spec(self, t: str) -> ActSpec | None:
         return self.p.acts.get(t)
 
-    def _per_sample(self, t, spec: ActSpec, layer: LayerSpec, u, c=None, sigma=None) -> QTensor:
+    def _token_axes(self, node: Node | None, ndim: int, ins=()) -> tuple[int, ...]:
+        """The axes a per-token tensor keeps one range per (docs/networks.md, "Per-token
+        schemes"): ``(N, T, D)`` -> per ``(n, t)``; a rank-4 attention tensor ``(N, H, T, *)``
+        (a matmul's output, or an op on a per-token rank-4 input) -> per ``(n, t)`` over heads
+        and the last axis; anything else (images, logits) -> per sample."""
+        if ndim == 3:
+            return (0, 1)
+        if (
+            ndim == 4
+            and node is not None
+            and (
+                node.op is Op.MATMUL
+                or any(isinstance(i, QTensor) and i.per_token and i.q.ndim == 4 for i in ins)
+            )
+        ):
+            return (0, 2)
+        return (0,)
+
+    def _per_sample(
+        self, t, spec: ActSpec, layer: LayerSpec, u, c=None, sigma=None, keep=None
+    ) -> QTensor:
+        """(17)-(19) A ``dynamic`` / ``shift`` output from integers ``t`` that step by ``u``:
+        per sample (:meth:`_range_unit`), or for a ``per_token`` spec per row of the axes
+        ``keep`` (default :meth:`_token_axes`). Steps ``u`` that vary within a row (a per-token
+        input's steps along the summed axis, per-channel weight scales) are first brought to
+        one grid per row (:meth:`_align`, bound the accumulator's range); the range unit then
+        runs on the rows as it runs on samples, and the scales come back as a per-token array
+        (``QTensor.scale`` of ``t``'s rank)."""
+        from hwsim.execute.tensors import compact, token_rows
+
+        u = np.asarray(u, np.float64)
+        if keep is None:
+            keep = self._token_axes(self._node_now, t.ndim, self._ins_now)
+        keep = tuple(keep) if spec.per_token else (0,)
+        if keep == (0,) and u.ndim <= 1:
+            return self._range_unit(t, spec, layer, u, c, sigma)
+        if self._rng is not None:
+            raise HwsimError(
+                f"node {self._current!r}: stochastic rounding draws per sample; it is not "
+                f"defined for per-token ranges (use a deterministic rounding)"
+            )
+        ub = np.broadcast_to(
+            u.reshape(u.shape + (1,) * (t.ndim - u.ndim)) if u.ndim == 1 else u, t.shape
+        )
+        rows, undo = token_rows(t, keep)
+        urows, _ = token_rows(ub, keep)
+        umax = urows.max(axis=1) if urows.shape[1] else np.ones(urows.shape[0])
+        if urows.size and np.any(urows != umax[:, None]):
+            acc_bits = layer.acc.bits
+            rows, step = self._align(rows, urows / umax[:, None], layer, 1 << (acc_bits - 1))
+            umax = umax * step
+            c = sigma = None  # the rows no longer sit on one per-tensor grid
+        elif sigma is not None:
+            sig = np.broadcast_to(
+                np.asarray(sigma).reshape(np.shape(sigma) + (1,) * (t.ndim - np.ndim(sigma))),
+                t.shape,
+            )
+            sigma = token_rows(sig, keep)[0][:, 0] if rows.shape[1] else None
+        out = self._range_unit(rows, spec, layer, umax, c, sigma)
+        shape = t.shape
+        return QTensor(
+            np.ascontiguousarray(undo(out.q)),
+            compact(undo(np.asarray(out.scale, np.float32)), shape),
+            out.zero_point,
+            out.fmt,
+            None if out.shifts is None else compact(undo(out.shifts), shape),
+            out.base,
+        )
+
+    def _range_unit(self, t, spec: ActSpec, layer: LayerSpec, u, c=None, sigma=None) -> QTensor:
         """(17)-(19) A ``dynamic`` / ``shift`` output from integers ``t`` (int64 (N, ...)) whose
         sample ``n`` steps by the real ``u[n]`` (float64 (N,) or ()); ``c``, ``sigma``: where
         ``u = c * 2^-sigma`` (a static or shift input), which a runtime shift base needs.
@@ -264,6 +335,23 @@ class IntegerExecutor:
             None if base is None else float(base),
         )
 
+    @staticmethod
+    def _unit_b(qt: QTensor, rank: int):
+        """:meth:`QTensor.unit` with ``u`` and ``sigma`` shaped to broadcast against a result
+        of rank ``rank`` whose axis 0 is the sample axis (per-sample vectors on axis 0)."""
+        u, c, sigma = qt.unit()
+
+        def b(a):
+            if a is None:
+                return None
+            a = np.asarray(a)
+            if a.ndim == 1:
+                return a.reshape((-1,) + (1,) * (rank - 1))
+            return a
+
+        sig = qt.shifts if qt.shifts is not None else sigma
+        return b(u), c, b(sig)
+
     def _align(self, t, factor, layer: LayerSpec, bound: int):
         """Bring integers ``t`` whose elements step by ``u * factor`` (``factor`` <= 1,
         broadcastable: per channel, per window, per sample) to one grid of step ``u / 2^F``:
@@ -303,7 +391,7 @@ class IntegerExecutor:
         y = float_op(node, [i.dequantize() if isinstance(i, QTensor) else i for i in ins])
         if spec is None:
             return y
-        return quantize_input(y, spec)
+        return quantize_input(y, spec, self._token_axes(node, np.ndim(y), ins))
 
     def _rescale(
         self,
@@ -452,17 +540,46 @@ class IntegerExecutor:
             ref = np.rint(np.ldexp(b / sw, e)).astype(np.int64)
             real = np.ldexp(1.0, -e) / x_scale.astype(np.float32).astype(np.float64)
             reg = self._register(layer.register, real, layer.rounding)
-            bias = np.asarray(
-                reg.apply(np.broadcast_to(ref, (n, n_out)), axis=0), np.int64
-            ).astype(np.float64)
+            bias = np.asarray(reg.apply(np.broadcast_to(ref, (n, n_out)), axis=0), np.int64).astype(
+                np.float64
+            )
             st.count(bias_registers=n, bias_requants=n * n_out)
         outside = (bias < fmt.min) | (bias > fmt.max)
         # counted per (sample, channel): a bias shared by the batch counts once per sample
         clamped = int(np.count_nonzero(outside)) * (n if np.ndim(bias) < 2 else 1)
         return np.clip(bias, fmt.min, fmt.max).astype(np.int64), clamped
 
+    def _mac_tokens(self, node: Node, x: QTensor, spec: ActSpec | None):
+        """A dense on a per-token input ``(N, ..., K)`` (one scale per row, constant along
+        ``K``): the rows are the GEMM's samples -- one register (or one range) per token and
+        output channel -- and the output goes back to ``(N, ..., O)``."""
+        from hwsim.execute.tensors import compact
+
+        lead = x.q.shape[:-1]
+        R = int(np.prod(lead, dtype=np.int64))
+
+        def rows(a):
+            return None if a is None else np.broadcast_to(a, lead + (1,)).reshape(R)
+
+        flat = QTensor(
+            x.q.reshape(R, -1), rows(x.scale), x.zero_point, x.fmt, rows(x.shifts), x.base
+        )
+        out = self._mac(node, flat, spec)
+
+        def back(a):
+            if a is None or np.ndim(a) == 0:
+                return a
+            return compact(np.asarray(a).reshape(lead + (1,)), lead + (1,))
+
+        q = out.q.reshape(lead + (out.q.shape[-1],))
+        return QTensor(q, back(out.scale), out.zero_point, out.fmt, back(out.shifts), out.base)
+
     def _mac(self, node: Node, x: QTensor, spec: ActSpec | None) -> QTensor | np.ndarray:
         layer: LayerSpec = self.p.layer(node.name)
+        if x.per_token:
+            if node.op is not Op.DENSE or np.shape(x.scale)[-1] != 1:
+                return self._requant_float(node, [x], spec)
+            return self._mac_tokens(node, x, spec)
         if (
             node.op is Op.CONV
             and spec is not None
@@ -520,9 +637,19 @@ class IntegerExecutor:
             lead = xq.shape[:-1]
             v = res.values
             res.values = v.reshape(xq.shape[0], -1, v.shape[-1]).transpose(0, 2, 1)
-            out = self._mac_out(node, x, spec, res, layer, acc_cfg)
+            out = self._mac_out(node, x, spec, res, layer, acc_cfg, keep=(0, 2))
             q = out.q.transpose(0, 2, 1).reshape(lead + (out.q.shape[1],))
-            return QTensor(q, out.scale, out.zero_point, out.fmt, out.shifts, out.base)
+            L = res.values.shape[2]
+
+            def back(a):  # per-token (N, 1, L) scales / shifts -> (N, ..., 1)
+                if a is None or np.ndim(a) <= 1:
+                    return a
+                from hwsim.execute.tensors import compact
+
+                a = np.broadcast_to(a, (a.shape[0], 1, L)).transpose(0, 2, 1)
+                return compact(a.reshape(lead + (1,)), lead + (1,))
+
+            return QTensor(q, back(out.scale), out.zero_point, out.fmt, back(out.shifts), out.base)
         else:
             res = gemm(
                 xq.reshape(xq.shape[0], -1),
@@ -534,7 +661,9 @@ class IntegerExecutor:
             )
         return self._mac_out(node, x, spec, res, layer, acc_cfg)
 
-    def _mac_out(self, node: Node, x: QTensor, spec, res, layer: LayerSpec, acc_cfg) -> QTensor:
+    def _mac_out(
+        self, node: Node, x: QTensor, spec, res, layer: LayerSpec, acc_cfg, keep=None
+    ) -> QTensor:
         """A MAC layer's sums ``res.values`` (N, O, ...) to its output: bias, requantization
         (static) or the per-sample range unit, counters."""
         wq = node.wq
@@ -564,7 +693,7 @@ class IntegerExecutor:
             else:
                 sw_eff = float(sw.max()) if sw.ndim else float(sw)
             out = self._per_sample(
-                t, spec, layer, u * sw_eff, None if c is None else c * sw_eff, sigma
+                t, spec, layer, u * sw_eff, None if c is None else c * sw_eff, sigma, keep
             )
             self.stats[node.name].add(res.counters, bovf, 0, vals.size, bias_clamped)
             return out
@@ -628,6 +757,8 @@ class IntegerExecutor:
         kind, rnd = layer.register, layer.rounding
 
         def reg(real):
+            if np.ndim(real) == nd:  # per-token steps: one register per token
+                return self._register(kind, real, rnd)
             return self._register(
                 kind,
                 np.broadcast_to(real, (a.q.shape[0],) + (1,) * (nd - 1)) if np.ndim(real) else real,
@@ -639,7 +770,13 @@ class IntegerExecutor:
                 r.apply(t, axis=None if np.ndim(r.multiplier) > 1 else 0, rng=self._rng), np.int64
             )
 
-        if kind is ScaleKind.ORT and a.q.shape == b.q.shape and a.q.ndim >= 1 and a.q.size:
+        if (
+            kind is ScaleKind.ORT
+            and a.q.shape == b.q.shape
+            and a.q.ndim >= 1
+            and a.q.size
+            and not (a.per_token or b.per_token)
+        ):
             # the same three ort registers and clamp as below, in one fused pass
             n = a.q.shape[0]
             m = [
@@ -674,7 +811,7 @@ class IntegerExecutor:
         total = 0
         for x, real in ((a, ra), (b, rb)):
             real = np.asarray(real, np.float64)
-            if real.ndim:
+            if real.ndim and real.ndim != nd:
                 real = np.broadcast_to(real.reshape(-1), (n,)).reshape((n,) + (1,) * (nd - 1))
             reg = self._register(layer.register, real, layer.rounding)
             t = (x.q.astype(np.int64) - x.zero_point) << L
@@ -688,11 +825,15 @@ class IntegerExecutor:
         registers then differ per sample by the inputs' shifts only), per sample otherwise --
         so the sum steps by ``T / 2^L``."""
         L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))
-        n = a.q.shape[0]
+        n, nd = a.q.shape[0], a.q.ndim
         ua, ca, _ = a.unit()
         ub, cb, _ = b.unit()
         if ca is not None and cb is not None:
             twice = 2 * max(ca, cb)
+        elif a.per_token or b.per_token:  # per token: the larger step of each element's pair
+            ua, _, _ = self._unit_b(a, nd)
+            ub, _, _ = self._unit_b(b, nd)
+            twice = 2 * np.maximum(ua, ub)
         else:
             twice = 2 * np.maximum(np.broadcast_to(ua, (n,)), np.broadcast_to(ub, (n,)))
         t = self._add_terms(a, b, ua / twice, ub / twice, L, layer)
@@ -773,9 +914,7 @@ class IntegerExecutor:
             )
         tmp = QTensor(s, x.scale, 0, x.fmt, x.shifts, x.base)
         window = (
-            x.q.shape[2] * x.q.shape[3]
-            if node.op is Op.GAP
-            else int(np.prod(node.attrs["kernel"]))
+            x.q.shape[2] * x.q.shape[3] if node.op is Op.GAP else int(np.prod(node.attrs["kernel"]))
         )
         return self._rescale(
             tmp,
@@ -796,7 +935,9 @@ class IntegerExecutor:
         if spec is None and node.op not in MAC_OPS:
             return self._requant_float(node, ins, None)
         fn = INTEGER_OPS.get(node.op)
-        if fn is None:
+        if fn is None or (
+            node.op not in TOKEN_OPS and any(isinstance(i, QTensor) and i.per_token for i in ins)
+        ):
             return self._requant_float(node, ins, spec)
         return fn(self, node, ins, spec)
 
@@ -858,6 +999,10 @@ class IntegerExecutor:
         a, b = ins
         if a.q.ndim < 3 or b.q.ndim < 3:
             return self._requant_float(node, ins, spec)  # a product across the sample axis
+        if (a.per_token and np.shape(a.scale)[-1] != 1) or (
+            b.per_token and np.shape(b.scale)[-1] != 1 and np.shape(b.scale)[-2] != 1
+        ):  # steps varying along a's summed axis, or along both of b's
+            return self._requant_float(node, ins, spec)
         layer = self.p.layer(node.name)
         acc_cfg = layer.acc
         if self.track_partials and not acc_cfg.track_partials:
@@ -871,30 +1016,29 @@ class IntegerExecutor:
         xop = Operand(a.fmt, zero_point=int(a.zero_point))
         wop = Operand(b.fmt, zero_point=int(b.zero_point))
         check_accumulable(K, xop, wop)
-        vals, counters = reduce_batched(A, B, xop, wop, wop.zero_point, acc_cfg)
-        vals = np.asarray(vals, np.int64).reshape(batch + (M, N))
+        rank = len(batch) + 2
+        ua, ca, siga = self._unit_b(a, rank)
+        ub, cb, sigb = self._unit_b(b, rank)
         st = self.stats[node.name]
+        if b.per_token and np.shape(b.scale)[-2] != 1:
+            # b's steps vary along the summed axis (v's tokens in p @ v): one grid first
+            vals, ub, cb, sigb = self._tokens_along_k(
+                node, A, B, xop, wop, b, acc_cfg, layer, batch, ub, sigb
+            )
+        else:
+            vals, counters = reduce_batched(A, B, xop, wop, wop.zero_point, acc_cfg)
+            st.add(counters)
+        vals = np.asarray(vals, np.int64).reshape(batch + (M, N))
         if spec.mode != "static":
-            ua, ca, siga = a.unit()
-            ub, cb, sigb = b.unit()
             common = None if ca is None or cb is None else ca * cb
             sigma = None
             if siga is not None or sigb is not None:
-                n = vals.shape[0]
-                sigma = sum(
-                    np.zeros(n, np.int64) if s is None else np.asarray(s, np.int64)
-                    for s in (siga, sigb)
-                )
-            st.add(counters, 0, 0, vals.size)
+                sigma = sum(np.asarray(0 if x is None else x, np.int64) for x in (siga, sigb))
+            st.add(None, 0, 0, vals.size)
             return self._per_sample(vals, spec, layer, ua * ub, common, sigma)
         so = self._out_scale(spec)
-        rank = vals.ndim
-        sa = a.scale_b() if np.ndim(a.scale) else np.asarray(a.scale, np.float32)
-        sb = b.scale_b() if np.ndim(b.scale) else np.asarray(b.scale, np.float32)
-        if sa.ndim and sa.ndim < rank:
-            sa = sa.reshape(sa.shape + (1,) * (rank - sa.ndim))
-        if sb.ndim and sb.ndim < rank:
-            sb = sb.reshape(sb.shape + (1,) * (rank - sb.ndim))
+        sa = np.asarray(ua, np.float32)
+        sb = np.asarray(ub, np.float32)
         reg = self._requant_register(layer, sa, sb, so, rank=rank if (sa.ndim or sb.ndim) else 0)
         out = output_stage(
             vals,
@@ -905,8 +1049,55 @@ class IntegerExecutor:
             out_zero_point=spec.zero_point,
             rng=self._rng,
         )
-        st.add(counters, out.bias_overflows, out.clamped, vals.size)
+        st.add(None, out.bias_overflows, out.clamped, vals.size)
         return QTensor(out.values, so.astype(np.float32), spec.zero_point, spec.fmt)
+
+    def _tokens_along_k(self, node, A, B, xop, wop, b: QTensor, acc_cfg, layer, batch, ub, sigb):
+        """``sum_k a[m, k] b[k, n]`` where ``b``'s rows (the summed axis) are tokens with their
+        own steps. Per-token shift (``b = base * 2^-s_k``): the FQT paper's per-sample-shift
+        accumulation with the tokens as groups (:func:`hwsim.datapath.gemm_per_sample_shift`,
+        eq. 13-14): each token's product shifted right by ``s_k - min_k s_k`` with the layer's
+        rounding, then summed, so the sum steps by ``base * 2^-min s``. Per-token dynamic: ``b``
+        requantized to its largest step per matrix, ``sat(R(u_k / max u)(b - zb))`` in its own
+        format (an align register per token). Returns ``(values, u_b, c_b, sigma_b)``."""
+        from hwsim.datapath import Accumulator
+        from hwsim.datapath.gemm import gemm_per_sample_shift, reduce_batched
+
+        G, K, N = B.shape
+        st = self.stats[node.name]
+        u3 = np.broadcast_to(ub, batch + (K, 1)).reshape(G, K)
+        if b.shifts is not None:
+            sh = np.broadcast_to(sigb, batch + (K, 1)).reshape(G, K).astype(np.int64)
+            lo = sh.min(axis=1) if K else np.zeros(G, np.int64)
+            final = Accumulator(bits=acc_cfg.bits, overflow=acc_cfg.overflow)
+            vals = np.empty((G, A.shape[1], N), np.int64)
+            for g in range(G):
+                r = gemm_per_sample_shift(
+                    A[g],
+                    B[g],
+                    K,
+                    sh[g] - lo[g],
+                    x_operand=xop,
+                    w_operand=wop,
+                    group_acc=acc_cfg,
+                    final_acc=final,
+                    rounding=layer.rounding,
+                    s_max=16,
+                )
+                vals[g] = r.values
+                st.add(r.final_counters)
+            st.count(token_shifts=G * A.shape[1] * N * K)
+            base = float(np.float32(b.base))
+            lo_b = lo.reshape(batch + (1, 1))
+            return vals, base * np.exp2(-lo_b.astype(np.float64)), base, lo_b
+        umax = u3.max(axis=1, keepdims=True) if K else np.ones((G, 1))
+        t = B.astype(np.int64) - b.zero_point
+        reg = self._register(layer.register, (u3 / umax)[:, :, None], layer.rounding)
+        st.count(align_requants=t.size)
+        Bq = saturate(np.asarray(reg.apply(t, axis=None), np.int64), b.fmt).astype(b.fmt.dtype)
+        vals, counters = reduce_batched(A, Bq, xop, Operand(b.fmt, zero_point=0), 0, acc_cfg)
+        st.add(counters)
+        return vals, umax.reshape(batch + (1, 1)), None, None
 
     def _op_mul_act(self, node: Node, ins: list, spec: ActSpec):
         """Product of two activations, element by element (broadcasting; a squeeze-excite gate
@@ -921,16 +1112,12 @@ class IntegerExecutor:
         t = (a.q.astype(np.int64) - a.zero_point) * (b.q.astype(np.int64) - b.zero_point)
         st = self.stats[node.name]
         if spec.mode != "static":
-            ua, ca, siga = a.unit()
-            ub, cb, sigb = b.unit()
+            ua, ca, siga = self._unit_b(a, t.ndim)
+            ub, cb, sigb = self._unit_b(b, t.ndim)
             common = None if ca is None or cb is None else ca * cb
             sigma = None
             if siga is not None or sigb is not None:
-                n = t.shape[0]
-                sigma = sum(
-                    np.zeros(n, np.int64) if s is None else np.asarray(s, np.int64)
-                    for s in (siga, sigb)
-                )
+                sigma = sum(np.asarray(0 if x is None else x, np.int64) for x in (siga, sigb))
             st.add(None, 0, 0, t.size)
             return self._per_sample(t, spec, layer, ua * ub, common, sigma)
         so = self._out_scale(spec)
@@ -985,22 +1172,22 @@ class IntegerExecutor:
         return x.like(np.clip(x.q, *bounds).astype(x.q.dtype))
 
     def _op_flatten(self, node: Node, x: QTensor):
-        return x.like(x.q.reshape(x.q.shape[0], -1))
+        return x.moved(lambda q: q.reshape(q.shape[0], -1))
 
     def _op_reshape(self, node: Node, x: QTensor):
-        return x.like(reshape(x.q, node.attrs["shape"]))
+        return x.moved(lambda q: reshape(q, node.attrs["shape"]))
 
     def _op_identity(self, node: Node, x: QTensor):
         return x
 
     def _op_transpose(self, node: Node, x: QTensor):
-        return x.like(x.q.transpose(node.attrs["perm"]))
+        return x.moved(lambda q: q.transpose(node.attrs["perm"]))
 
     def _op_gather(self, node: Node, x: QTensor):
-        return x.like(take(x.q, node.attrs))
+        return x.moved(lambda q: take(q, node.attrs))
 
     def _op_slice(self, node: Node, x: QTensor):
-        return x.like(slice_axes(x.q, node.attrs))
+        return x.moved(lambda q: slice_axes(q, node.attrs))
 
     def run(self, x: np.ndarray, keep_all: bool = True, sample_offset: int | None = None) -> dict:
         """Integer run of one batch. Returns tensors by name (QTensor for integer tensors, float
@@ -1013,7 +1200,11 @@ class IntegerExecutor:
         spec = self._spec(g.input)
         x = graph_input(g, x)  # float32, or the integer ids of a token input
         # an unquantized input stays float until the first QuantizeLinear (as in QDQ models)
-        env = {g.input: quantize_input(x, spec) if spec is not None else x}
+        env = {
+            g.input: quantize_input(x, spec, self._token_axes(None, np.ndim(x)))
+            if spec is not None
+            else x
+        }
         last_use = {}
         for i, n in enumerate(g.nodes):
             for t in n.inputs:
@@ -1021,13 +1212,15 @@ class IntegerExecutor:
         for i, n in enumerate(g.nodes):
             self._rng = self._node_rngs(i, n, first, n_batch)
             self._current = n.name
+            self._node_now, self._ins_now = n, [env[t] for t in n.inputs]
             try:
-                env[n.output] = self._node(n, [env[t] for t in n.inputs])
+                env[n.output] = self._node(n, self._ins_now)
             except MultiplierRangeError as e:  # name the layer whose register is out of range
                 raise MultiplierRangeError(f"node {n.name!r} ({n.op.value}): {e}") from None
             finally:
                 self._rng = None
                 self._current = None
+                self._node_now, self._ins_now = None, []
             if not keep_all:
                 for t in n.inputs:
                     if last_use.get(t) == i and t != g.output:
@@ -1090,3 +1283,25 @@ as ``QuantizeLinear(op(DequantizeLinear(inputs)))`` -- in this version the trans
 non-linearities and constant arithmetic (layernorm, softmax, gelu, sigmoid, silu, hardsigmoid,
 hardswish, add_const, div_const, reduce_mean, embedding): float islands, as onnxruntime runs
 them between DequantizeLinear and QuantizeLinear."""
+
+
+TOKEN_OPS = frozenset(
+    {
+        Op.DENSE,
+        Op.MATMUL,
+        Op.MUL_ACT,
+        Op.MUL,
+        Op.ADD,
+        Op.RELU,
+        Op.CLIP,
+        Op.FLATTEN,
+        Op.RESHAPE,
+        Op.IDENTITY,
+        Op.TRANSPOSE,
+        Op.GATHER,
+        Op.SLICE,
+    }
+)
+"""Integer rules that take per-token inputs (scales per token, :class:`QTensor`); another op
+with a per-token input runs as ``QuantizeLinear(op(DequantizeLinear(inputs)))`` (a conv or a
+pool would sum values of different tokens' grids)."""

@@ -15,9 +15,11 @@ from hwsim.quant.scheme import ActSpec
 @dataclass
 class QTensor:
     """Integers ``q`` (held in the format's narrowest numpy dtype, ``fmt.dtype``) with
-    ``real = scale * (q - zero_point)``; ``scale`` is a float32 scalar or a per-sample (N,)
-    float32 vector. A per-sample-shift tensor also carries its per-tensor ``base`` (float32)
-    and per-sample ``shifts`` (int64 (N,), in ``[0, s_max]``): ``scale = base * 2^-shifts``."""
+    ``real = scale * (q - zero_point)``; ``scale`` is a float32 scalar, a per-sample (N,)
+    float32 vector, or (a per-token tensor) a float32 array of ``q``'s rank that broadcasts
+    against ``q`` (1 along the axes a token's range spans: ``(N, T, 1)``, ``(N, 1, T, 1)``). A
+    per-sample-shift tensor also carries its per-tensor ``base`` (float32) and ``shifts``
+    (int64, in ``[0, s_max]``, the shape of ``scale``): ``scale = base * 2^-shifts``."""
 
     q: np.ndarray
     scale: np.ndarray
@@ -26,10 +28,28 @@ class QTensor:
     shifts: np.ndarray | None = None
     base: float | None = None
 
+    @property
+    def per_token(self) -> bool:
+        """Scales per token (an array of ``q``'s rank, see the class docstring)."""
+        return np.ndim(self.scale) > 1
+
     def scale_b(self) -> np.ndarray:
         """The scale broadcastable against ``q`` (per-sample scales on axis 0)."""
         s = np.asarray(self.scale, np.float32)
         return s.reshape((-1,) + (1,) * (self.q.ndim - 1)) if s.ndim == 1 else s
+
+    def moved(self, fn) -> QTensor:
+        """The integers moved by ``fn`` (a reshape, transpose, slice or gather of ``q``), their
+        scales (and shifts) moved alongside: a per-token tensor's scale array is broadcast to
+        ``q``'s shape, moved by ``fn`` and compacted again (:func:`compact`)."""
+        q = fn(self.q)
+        if not self.per_token:
+            return self.like(q)
+
+        def move(a):
+            return None if a is None else compact(fn(np.broadcast_to(a, self.q.shape)), q.shape)
+
+        return QTensor(q, move(self.scale), self.zero_point, self.fmt, move(self.shifts), self.base)
 
     def like(self, q: np.ndarray) -> QTensor:
         """Other integers with this tensor's quantization (max pool, relu, reshape, ...)."""
@@ -40,6 +60,8 @@ class QTensor:
         ()); and where every sample's step is a per-tensor ``c`` over a power of two,
         ``u = c * 2^-sigma`` (a static or shift tensor), ``c`` and ``sigma`` (else None)."""
         u = np.asarray(self.scale, np.float32).astype(np.float64)
+        if u.ndim > 1:  # per token: the steps as an array broadcasting against q
+            u = self.scale_b().astype(np.float64)
         if self.shifts is not None:
             return u, float(np.float32(self.base)), self.shifts
         if u.ndim == 0:
@@ -53,7 +75,44 @@ class QTensor:
 
     def dequantize(self) -> np.ndarray:
         """ONNX DequantizeLinear: ``f32(q - zp) * scale`` in float32."""
+        if self.per_token:
+            d = (self.q.astype(np.int64) - self.zero_point).astype(np.float32)
+            return (d * np.asarray(self.scale, np.float32)).astype(np.float32)
         return self.affine.dequantize(self.q)
+
+
+def compact(a: np.ndarray, shape: tuple) -> np.ndarray:
+    """A per-token scale (or shift) array of ``shape``'s rank, reduced to size 1 along every
+    axis where it is constant (so ``(N, T, D)`` scales of per-token rows become ``(N, T, 1)``);
+    a result constant along every axis but the sample axis becomes the per-sample (N,) form."""
+    a = np.asarray(a)
+    for ax in range(1, a.ndim):
+        if a.shape[ax] > 1 and np.all(a == a.take([0], axis=ax)):
+            a = a.take([0], axis=ax)
+    if a.ndim > 1 and all(d == 1 for d in a.shape[1:]):
+        return np.ascontiguousarray(a.reshape(a.shape[0]))
+    return np.ascontiguousarray(a)
+
+
+def token_rows(t: np.ndarray, keep: tuple[int, ...]):
+    """``t`` as rows: the axes ``keep`` (axis 0 first) to the front, flattened to ``R`` rows,
+    the rest flattened to each row's elements. Returns ``(rows (R, E), undo)`` where
+    ``undo(a)`` puts a per-row array ``a`` ((R, E) values, or (R,) per-row quantities as
+    size-1 axes) back in ``t``'s layout."""
+    rest = tuple(ax for ax in range(t.ndim) if ax not in keep)
+    perm = tuple(keep) + rest
+    inv = np.argsort(perm)
+    kept = tuple(t.shape[ax] for ax in keep)
+    tail = tuple(t.shape[ax] for ax in rest)
+    rows = t.transpose(perm).reshape(int(np.prod(kept, dtype=np.int64)), -1)
+
+    def undo(a):
+        a = np.asarray(a)
+        if a.ndim == 1:
+            return a.reshape(kept + (1,) * len(rest)).transpose(inv)
+        return a.reshape(kept + tail).transpose(inv)
+
+    return rows, undo
 
 
 def quantize_linear(x: np.ndarray, scale, zero_point: int, fmt: IntFormat) -> np.ndarray:
@@ -90,9 +149,30 @@ def sample_scale(spec: ActSpec, absmax: np.ndarray) -> tuple[np.ndarray, np.ndar
     return (b * np.exp2(-k)).astype(np.float32), k, float(base)
 
 
-def quantize_input(x: np.ndarray, spec: ActSpec) -> QTensor:
-    """Quantize a float tensor by its ActSpec (static: one scale; dynamic/shift: per sample)."""
+def quantize_input(x: np.ndarray, spec: ActSpec, keep: tuple[int, ...] = (0,)) -> QTensor:
+    """Quantize a float tensor by its ActSpec (static: one scale; dynamic/shift: per sample,
+    or for a per-token spec per row of the axes ``keep``, see :func:`token_rows`)."""
     shifts = base = None
+    if spec.per_token and tuple(keep) != (0,) and spec.mode != "static":
+        rows, undo = token_rows(np.asarray(x), tuple(keep))
+        flat = np.asarray(rows, np.float64)
+        absmax = (
+            (np.maximum(flat, 0) if not spec.fmt.signed else np.abs(flat)).max(axis=1)
+            if flat.shape[1]
+            else np.zeros(flat.shape[0])
+        )
+        s, shifts, base = sample_scale(spec, absmax)
+        q = quantize_linear(rows, s, spec.zero_point, spec.fmt).astype(spec.fmt.dtype)
+        if spec.mode != "shift":
+            shifts = base = None
+        return QTensor(
+            np.ascontiguousarray(undo(q)),
+            compact(undo(np.asarray(s, np.float32)), x.shape),
+            spec.zero_point,
+            spec.fmt,
+            None if shifts is None else compact(undo(shifts), x.shape),
+            base,
+        )
     if spec.mode == "static":
         s = np.float32(spec.scale)
     else:

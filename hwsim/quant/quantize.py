@@ -15,6 +15,8 @@ Softmax runs in float.
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable
 
 import numpy as np
@@ -24,7 +26,15 @@ from hwsim.graph.ir import MAC_OPS, Graph, Op, WeightQuant
 from hwsim.graph.shapes import infer_shapes
 from hwsim.numerics import IntFormat, as_kind, as_mode
 from hwsim.numerics.affine import symmetric_grid
-from hwsim.quant.scheme import ActSpec, LayerScheme, LayerSpec, QuantProgram, Scheme, SchemeError
+from hwsim.quant.scheme import (
+    TOKEN_MODES,
+    ActSpec,
+    LayerScheme,
+    LayerSpec,
+    QuantProgram,
+    Scheme,
+    SchemeError,
+)
 
 PASS_THROUGH = (
     Op.MAXPOOL,
@@ -171,7 +181,7 @@ class RangeCollector:
         base (coarsest) range ``max(2^s_max * median per-sample max|x|, max|x|)`` (signed as the
         data): the largest sample fits at shift 0 and the typical one at the finest shift."""
         lo, hi = self.lo[t], self.hi[t]
-        if ls.act_mode == "shift":
+        if ls.act_mode in ("shift", "token-shift"):
             med = float(np.median(np.concatenate(self.sample_max[t])))
             r = max(med * 2.0**ls.s_max, max(-lo, hi))
             return (-r if lo < 0 else 0.0), r
@@ -373,13 +383,11 @@ def quantize(
     owners += [n.output for n in graph.nodes if _requantized(graph, n)]
     # the tensor whose values calibrate each owner (the fused activation's output, if any)
     calib_of = {t: fused.get(t, t) for t in owners}
-    modes = {t: ls_of_tensor(t).act_mode for t in owners}
+    # a per-token scheme uses the dynamic / shift range units, per row (ActSpec.per_token)
+    per_token = {t for t in owners if ls_of_tensor(t).act_mode in TOKEN_MODES}
+    modes = {t: TOKEN_MODES.get(ls_of_tensor(t).act_mode, ls_of_tensor(t).act_mode) for t in owners}
 
-    runtime = {
-        t
-        for t in owners
-        if modes[t] == "shift" and ls_of_tensor(t).shift_base == "runtime"
-    }
+    runtime = {t for t in owners if modes[t] == "shift" and ls_of_tensor(t).shift_base == "runtime"}
     ranges: dict[str, tuple[float, float]] = {}
     need_data = {t for t in owners if modes[t] in ("static", "shift") and t not in runtime}
     if need_data:
@@ -422,8 +430,10 @@ def quantize(
         ls = ls_of_tensor(t)
         lo, hi = ranges[t]
         acts[t] = act_spec(
-            lo, hi, ls.abits, ls.act_mode, ls.s_max, ls.register == "pow2", ls.shift_base
+            lo, hi, ls.abits, modes[t], ls.s_max, ls.register == "pow2", ls.shift_base
         )
+        if t in per_token:
+            acts[t] = dataclasses.replace(acts[t], per_token=True)
         if t in fused:
             acts[fused[t]] = acts[t]
     # pass-through ops share their input's spec

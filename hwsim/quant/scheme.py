@@ -38,6 +38,13 @@ Activation modes:
   shift 0); ``"runtime"``: ``b`` from the batch's per-tensor range at run time through the
   reciprocal unit (eq. 18), as the FQT paper's per-tensor range (no calibration).
 
+* ``token`` / ``token-shift`` -- per token: ``dynamic`` / ``shift`` with one range (and one
+  register, or shift) per token instead of per sample: per row ``(n, t)`` of a ``(N, T, D)``
+  tensor (over its features), per ``(n, t)`` over heads and features of an attention tensor
+  ``(N, H, T, *)``, per sample for other shapes (images, logits). The seeds' per-sample
+  quantization applied to tokens (the FQT paper's per-sample = per-token on a transformer);
+  docs/networks.md, "Per-token schemes".
+
 Activations whose range is non-negative (after ReLU, input images) use an unsigned format.
 
 BatchNorm folding (``bn_fold``): ``weights`` quantizes the folded weights ``w * k`` (``k =
@@ -100,6 +107,8 @@ class ActMode(StrEnum):
     DATA_FREE = "data-free"
     DYNAMIC = "dynamic"
     SHIFT = "shift"
+    TOKEN = "token"
+    TOKEN_SHIFT = "token-shift"
 
 
 class CalibMethod(StrEnum):
@@ -133,8 +142,11 @@ class ShiftBase(StrEnum):
 WEIGHT_MODES = enum_values(WeightMode)
 GRANULARITIES = enum_values(Granularity)
 ACT_MODES = enum_values(ActMode)
-ACT_SPEC_MODES = tuple(m.value for m in ActMode if m is not ActMode.DATA_FREE)
-"""ActSpec modes (a ``data-free`` scheme's activations are ``static`` ActSpecs)."""
+ACT_SPEC_MODES = (ActMode.STATIC.value, ActMode.DYNAMIC.value, ActMode.SHIFT.value)
+"""ActSpec modes: a ``data-free`` scheme's activations are ``static`` ActSpecs, a ``token`` /
+``token-shift`` scheme's are ``dynamic`` / ``shift`` ActSpecs with ``per_token``."""
+TOKEN_MODES = {ActMode.TOKEN.value: ActMode.DYNAMIC.value, ActMode.TOKEN_SHIFT.value: "shift"}
+"""A per-token scheme's act_mode -> the range unit its ActSpecs use (per row, not per sample)."""
 CALIB_METHODS = enum_values(CalibMethod)
 BN_FOLDS = enum_values(BnFold)
 DATA_FREE_RANGES = enum_values(DataFreeRange)
@@ -145,6 +157,8 @@ PRESETS = {
     "per-channel": dict(granularity=Granularity.CHANNEL, act_mode=ActMode.STATIC),
     "per-sample": dict(granularity=Granularity.TENSOR, act_mode=ActMode.DYNAMIC),
     "per-sample-shift": dict(granularity=Granularity.TENSOR, act_mode=ActMode.SHIFT),
+    "per-token": dict(granularity=Granularity.TENSOR, act_mode=ActMode.TOKEN),
+    "per-token-shift": dict(granularity=Granularity.TENSOR, act_mode=ActMode.TOKEN_SHIFT),
     "data-free": dict(granularity=Granularity.TENSOR, act_mode=ActMode.DATA_FREE),
 }
 """Named schemes: weight granularity and activation mode; everything else from the flags."""
@@ -177,8 +191,10 @@ def _field_int(value, name, where, lo=None, hi=None) -> int:
         isinstance(value, (int, np.integer))
         or (isinstance(value, (float, np.floating)) and float(value).is_integer())
     )
-    rng = f" in [{lo}, {hi}]" if lo is not None and hi is not None else (
-        f" >= {lo}" if lo is not None else ""
+    rng = (
+        f" in [{lo}, {hi}]"
+        if lo is not None and hi is not None
+        else (f" >= {lo}" if lo is not None else "")
     )
     if not ok:
         raise SchemeError(f"{where}: field {name!r} must be an integer{rng}, got {value!r}")
@@ -391,10 +407,15 @@ class ActSpec:
     s_max: int = 0
     pow2: bool = False
     base: ShiftBase = ShiftBase.STATIC
+    per_token: bool = False
+    """``dynamic`` / ``shift``: one range per token (per row of the token axes, see the module
+    docstring) instead of per sample."""
 
     def __post_init__(self):
         object.__setattr__(self, "mode", _choice(self.mode, ActMode, "mode", ACT_SPEC_MODES))
         object.__setattr__(self, "base", _choice(self.base, ShiftBase, "base"))
+        if self.per_token and self.mode is ActMode.STATIC:
+            raise SchemeError("per_token needs a 'dynamic' or 'shift' ActSpec, not 'static'")
 
     @property
     def affine(self) -> Affine:
@@ -403,7 +424,7 @@ class ActSpec:
         return Affine(float(np.float32(self.scale)), self.zero_point, self.fmt)
 
     def as_dict(self) -> dict:
-        return {
+        d = {
             "mode": self.mode.value,
             "bits": self.fmt.bits,
             "signed": self.fmt.signed,
@@ -413,6 +434,9 @@ class ActSpec:
             "pow2": self.pow2,
             "base": self.base.value,
         }
+        if self.per_token:  # absent: per sample (files written before per-token schemes)
+            d["per_token"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "activation") -> ActSpec:
@@ -444,7 +468,10 @@ class ActSpec:
                 f"convention (s > 0 finer, scale = the coarsest grid); quantize the model again"
             )
         base = _field_choice(d.get("base", ShiftBase.STATIC), ShiftBase, "base", where)
-        return cls(mode, fmt, scale, zp, s_max, pow2, base)
+        per_token = _field_bool(d.get("per_token", False), "per_token", where)
+        if per_token and mode is ActMode.STATIC:
+            raise SchemeError(f"{where}: field 'per_token' needs mode 'dynamic' or 'shift'")
+        return cls(mode, fmt, scale, zp, s_max, pow2, base, per_token)
 
 
 @dataclass(frozen=True)

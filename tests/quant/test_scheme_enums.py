@@ -45,7 +45,7 @@ from hwsim.quant.scheme import (
 _VOCABULARY = [
     (WeightMode, WEIGHT_MODES, ("symmetric", "symmetric-full", "asymmetric")),
     (Granularity, GRANULARITIES, ("tensor", "channel")),
-    (ActMode, ACT_MODES, ("static", "data-free", "dynamic", "shift")),
+    (ActMode, ACT_MODES, ("static", "data-free", "dynamic", "shift", "token", "token-shift")),
     (CalibMethod, CALIB_METHODS, ("minmax", "percentile")),
     (BnFold, BN_FOLDS, ("weights", "register")),
     (DataFreeRange, DATA_FREE_RANGES, ("sound", "official")),
@@ -65,7 +65,7 @@ def test_value_tuples_are_the_enums_values(cls, values, expected):
         assert cls(v) is m
 
 
-def test_act_spec_modes_are_the_act_modes_without_data_free():
+def test_act_spec_modes_are_the_range_units():
     assert ACT_SPEC_MODES == ("static", "dynamic", "shift")
 
 
@@ -100,7 +100,7 @@ def test_preset_equals_the_same_scheme_from_strings():
 @pytest.mark.parametrize("field, allowed", [
     ("granularity", "tensor, channel"),
     ("weight_mode", "symmetric, symmetric-full, asymmetric"),
-    ("act_mode", "static, data-free, dynamic, shift"),
+    ("act_mode", "static, data-free, dynamic, shift, token, token-shift"),
     ("calib_method", "minmax, percentile"),
     ("bn_fold", "weights, register"),
     ("data_free_range", "sound, official"),
