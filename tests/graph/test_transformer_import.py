@@ -222,7 +222,10 @@ def test_tiny_models_quantized_run_end_to_end(tiny, name):
         assert Op.EMBEDDING in islands and prog.acts.get(g.input) is None
 
 
-@pytest.mark.parametrize("preset", ["per-sample", "per-sample-shift", "per-channel", "data-free"])
+@pytest.mark.parametrize(
+    "preset",
+    ["per-sample", "per-sample-shift", "per-channel", "data-free", "per-token", "per-token-shift"],
+)
 def test_tiny_vit_other_schemes_run(tiny, preset):
     archs, get = tiny
     g = import_model(get("tiny_vit", 17))
