@@ -9,7 +9,8 @@ contract and the source it follows. The integer MACs run on the shared datapath
 Two families:
 
 * ONNX standard (domain ``""``): ``QuantizeLinear``, ``DequantizeLinear``, ``QLinearConv``,
-  ``QLinearMatMul``, ``ConvInteger``, ``MatMulInteger``, and the 8-bit ``MaxPool``.
+  ``QLinearMatMul``, ``ConvInteger``, ``MatMulInteger``, ``DynamicQuantizeLinear``, and the
+  8-bit ``MaxPool``.
   Checked against the ONNX backend node tests (``tests/conformance/test_onnx_node.py``).
 * onnxruntime contrib ops (domain ``com.microsoft``), the kernels ORT's default graph
   optimisations fuse QDQ models into: ``QLinearAdd``, ``QLinearMul``,
@@ -17,7 +18,8 @@ Two families:
   ``QLinearLeakyRelu`` (and the contrib ``QuantizeLinear`` / ``DequantizeLinear``). The float32
   kernels are emulated in their exact operation order on the x86-64 build with AVX2/FMA
   (``QLinearAdd``'s MLAS kernel uses fused multiply-adds, emulated exactly by :func:`fma_f32`).
-  Checked against onnxruntime's CPU kernels (``tests/qops/``).
+  Checked against onnxruntime's CPU kernels (``tests/qops/``). ``MatMulIntegerToFloat`` and
+  ``DynamicQuantizeMatMul`` are what ORT fuses ``quantize_dynamic`` models into.
 
 ``QLinearSigmoid`` / ``QLinearSoftmax`` are not emulated: their tables come from MLAS's
 polynomial ``exp`` / logistic kernels, whose float32 bits are not a short contract.
@@ -41,6 +43,9 @@ op type                       domain      function                             m
 ``QLinearGlobalAveragePool``  ms          :func:`qlinear_global_average_pool`  ``pool``
 ``QLinearAveragePool``        ms          :func:`qlinear_average_pool`         ``pool``
 ``MaxPool`` (8-bit)           ``""``      :func:`max_pool`                     ``pool``
+``DynamicQuantizeLinear``     ``""``      :func:`dynamic_quantize_linear`      ``dynamic``
+``MatMulIntegerToFloat``      ms          :func:`matmul_integer_to_float`      ``dynamic``
+``DynamicQuantizeMatMul``     ms          :func:`dynamic_quantize_matmul`      ``dynamic``
 ============================  ==========  ===================================  ===============
 
 (ms = ``com.microsoft``.) ``common`` holds the formats, the float32 primitives of the x86-64
@@ -92,6 +97,11 @@ from hwsim.qops.conv import _conv_acc as _conv_acc
 from hwsim.qops.conv import _conv_geometry as _conv_geometry
 from hwsim.qops.conv import _conv_integer_pairs as _conv_integer_pairs
 from hwsim.qops.conv import conv_integer, qlinear_conv
+from hwsim.qops.dynamic import (
+    dynamic_quantize_linear,
+    dynamic_quantize_matmul,
+    matmul_integer_to_float,
+)
 from hwsim.qops.elementwise import _binary_formats as _binary_formats
 from hwsim.qops.elementwise import _lookup as _lookup
 from hwsim.qops.elementwise import (
@@ -124,9 +134,12 @@ __all__ = [
     "conv_integer",
     "cvtps_epi32",
     "dequantize_linear",
+    "dynamic_quantize_linear",
+    "dynamic_quantize_matmul",
     "fma_f32",
     "int_format",
     "matmul_integer",
+    "matmul_integer_to_float",
     "max_pool",
     "ort_broadcast_mode",
     "qgemm",
@@ -152,6 +165,7 @@ _OPS = {
     ("", "ConvInteger"): conv_integer,
     ("", "MatMulInteger"): matmul_integer,
     ("", "MaxPool"): max_pool,
+    ("", "DynamicQuantizeLinear"): dynamic_quantize_linear,
     (MS_DOMAIN, "QuantizeLinear"): quantize_linear,
     (MS_DOMAIN, "DequantizeLinear"): dequantize_linear,
     (MS_DOMAIN, "QLinearAdd"): qlinear_add,
@@ -161,6 +175,8 @@ _OPS = {
     (MS_DOMAIN, "QLinearConcat"): qlinear_concat,
     (MS_DOMAIN, "QLinearLeakyRelu"): qlinear_leaky_relu,
     (MS_DOMAIN, "QGemm"): qgemm,
+    (MS_DOMAIN, "MatMulIntegerToFloat"): matmul_integer_to_float,
+    (MS_DOMAIN, "DynamicQuantizeMatMul"): dynamic_quantize_matmul,
 }
 
 SUPPORTED: tuple[tuple[str, str], ...] = tuple(sorted(_OPS))
@@ -199,4 +215,5 @@ def run_node(
     while args and args[-1] is None:
         args.pop()
     extra = {"isa": resolve(isa)} if "isa" in params else {}
-    return [fn(*args, **{k: _attr_value(v) for k, v in attrs.items()}, **extra)]
+    out = fn(*args, **{k: _attr_value(v) for k, v in attrs.items()}, **extra)
+    return list(out) if isinstance(out, tuple) else [out]
