@@ -223,7 +223,7 @@ class IntegerExecutor:
         one grid per row (:meth:`_align`, bound the accumulator's range); the range unit then
         runs on the rows as it runs on samples, and the scales come back as a per-token array
         (``QTensor.scale`` of ``t``'s rank)."""
-        from hwsim.execute.tensors import compact, token_rows
+        from hwsim.execute.tensors import keepdims_form, token_rows
 
         u = np.asarray(u, np.float64)
         if keep is None:
@@ -236,13 +236,14 @@ class IntegerExecutor:
                 f"node {self._current!r}: stochastic rounding draws per sample; it is not "
                 f"defined for per-token ranges (use a deterministic rounding)"
             )
-        ub = np.broadcast_to(
-            u.reshape(u.shape + (1,) * (t.ndim - u.ndim)) if u.ndim == 1 else u, t.shape
-        )
+        u = u.reshape(u.shape + (1,) * (t.ndim - u.ndim)) if u.ndim == 1 else u
+        # the steps vary within a row where u is not size 1 along a summed-over axis (decided
+        # by the shapes, so the operations do not depend on the values)
+        varies = any(u.shape[ax] > 1 for ax in range(u.ndim) if ax not in keep)
         rows, undo = token_rows(t, keep)
-        urows, _ = token_rows(ub, keep)
+        urows, _ = token_rows(np.broadcast_to(u, t.shape), keep)
         umax = urows.max(axis=1) if urows.shape[1] else np.ones(urows.shape[0])
-        if urows.size and np.any(urows != umax[:, None]):
+        if varies and urows.size:
             acc_bits = layer.acc.bits
             rows, step = self._align(rows, urows / umax[:, None], layer, 1 << (acc_bits - 1))
             umax = umax * step
@@ -254,13 +255,12 @@ class IntegerExecutor:
             )
             sigma = token_rows(sig, keep)[0][:, 0] if rows.shape[1] else None
         out = self._range_unit(rows, spec, layer, umax, c, sigma)
-        shape = t.shape
         return QTensor(
             np.ascontiguousarray(undo(out.q)),
-            compact(undo(np.asarray(out.scale, np.float32)), shape),
+            keepdims_form(undo(np.asarray(out.scale, np.float32))),
             out.zero_point,
             out.fmt,
-            None if out.shifts is None else compact(undo(out.shifts), shape),
+            None if out.shifts is None else keepdims_form(undo(out.shifts)),
             out.base,
         )
 
@@ -553,7 +553,7 @@ class IntegerExecutor:
         """A dense on a per-token input ``(N, ..., K)`` (one scale per row, constant along
         ``K``): the rows are the GEMM's samples -- one register (or one range) per token and
         output channel -- and the output goes back to ``(N, ..., O)``."""
-        from hwsim.execute.tensors import compact
+        from hwsim.execute.tensors import keepdims_form
 
         lead = x.q.shape[:-1]
         R = int(np.prod(lead, dtype=np.int64))
@@ -569,7 +569,7 @@ class IntegerExecutor:
         def back(a):
             if a is None or np.ndim(a) == 0:
                 return a
-            return compact(np.asarray(a).reshape(lead + (1,)), lead + (1,))
+            return keepdims_form(np.asarray(a).reshape(lead + (1,)))
 
         q = out.q.reshape(lead + (out.q.shape[-1],))
         return QTensor(q, back(out.scale), out.zero_point, out.fmt, back(out.shifts), out.base)
@@ -644,10 +644,10 @@ class IntegerExecutor:
             def back(a):  # per-token (N, 1, L) scales / shifts -> (N, ..., 1)
                 if a is None or np.ndim(a) <= 1:
                     return a
-                from hwsim.execute.tensors import compact
+                from hwsim.execute.tensors import keepdims_form
 
                 a = np.broadcast_to(a, (a.shape[0], 1, L)).transpose(0, 2, 1)
-                return compact(a.reshape(lead + (1,)), lead + (1,))
+                return keepdims_form(a.reshape(lead + (1,)))
 
             return QTensor(q, back(out.scale), out.zero_point, out.fmt, back(out.shifts), out.base)
         else:

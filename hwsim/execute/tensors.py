@@ -40,16 +40,24 @@ class QTensor:
 
     def moved(self, fn) -> QTensor:
         """The integers moved by ``fn`` (a reshape, transpose, slice or gather of ``q``), their
-        scales (and shifts) moved alongside: a per-token tensor's scale array is broadcast to
-        ``q``'s shape, moved by ``fn`` and compacted again (:func:`compact`)."""
+        scales (and shifts) moved alongside. A per-token tensor's scales are moved as the
+        indices of its scale array, broadcast to ``q``'s shape; the result keeps size 1 along
+        every axis where the moved indices are constant (so which tensors are per token, and
+        the shapes of their scales, follow from the shapes alone, never from the values)."""
         q = fn(self.q)
         if not self.per_token:
             return self.like(q)
+        s = np.asarray(self.scale)
+        idx = fn(np.broadcast_to(np.arange(s.size).reshape(s.shape), self.q.shape))
+        for ax in range(1, idx.ndim):
+            if idx.shape[ax] > 1 and np.all(idx == idx.take([0], axis=ax)):
+                idx = idx.take([0], axis=ax)
+        idx = keepdims_form(idx)
 
         def move(a):
-            return None if a is None else compact(fn(np.broadcast_to(a, self.q.shape)), q.shape)
+            return None if a is None else np.asarray(a).reshape(-1)[idx]
 
-        return QTensor(q, move(self.scale), self.zero_point, self.fmt, move(self.shifts), self.base)
+        return QTensor(q, move(s), self.zero_point, self.fmt, move(self.shifts), self.base)
 
     def like(self, q: np.ndarray) -> QTensor:
         """Other integers with this tensor's quantization (max pool, relu, reshape, ...)."""
@@ -81,14 +89,10 @@ class QTensor:
         return self.affine.dequantize(self.q)
 
 
-def compact(a: np.ndarray, shape: tuple) -> np.ndarray:
-    """A per-token scale (or shift) array of ``shape``'s rank, reduced to size 1 along every
-    axis where it is constant (so ``(N, T, D)`` scales of per-token rows become ``(N, T, 1)``);
-    a result constant along every axis but the sample axis becomes the per-sample (N,) form."""
+def keepdims_form(a: np.ndarray) -> np.ndarray:
+    """A per-token scale (or shift) array in its stored form: as is, or -- when it has size 1
+    along every axis but the sample axis (one token per sample) -- the per-sample (N,) form."""
     a = np.asarray(a)
-    for ax in range(1, a.ndim):
-        if a.shape[ax] > 1 and np.all(a == a.take([0], axis=ax)):
-            a = a.take([0], axis=ax)
     if a.ndim > 1 and all(d == 1 for d in a.shape[1:]):
         return np.ascontiguousarray(a.reshape(a.shape[0]))
     return np.ascontiguousarray(a)
@@ -167,10 +171,10 @@ def quantize_input(x: np.ndarray, spec: ActSpec, keep: tuple[int, ...] = (0,)) -
             shifts = base = None
         return QTensor(
             np.ascontiguousarray(undo(q)),
-            compact(undo(np.asarray(s, np.float32)), x.shape),
+            keepdims_form(undo(np.asarray(s, np.float32))),
             spec.zero_point,
             spec.fmt,
-            None if shifts is None else compact(undo(shifts), x.shape),
+            None if shifts is None else keepdims_form(undo(shifts)),
             base,
         )
     if spec.mode == "static":

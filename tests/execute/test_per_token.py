@@ -116,13 +116,15 @@ def _attention_model(t, d, seed):
 
 def _reg(kind, v, real, rnd):
     if kind == "ort":
-        return nref.ort_requantize(v, nref.round_to_float32(__import__("fractions").Fraction(
-            float(np.float32(real)))))
+        return nref.ort_requantize(
+            v, nref.round_to_float32(__import__("fractions").Fraction(float(np.float32(real))))
+        )
     if kind == "pow2":
         return nref.pow2_requantize(v, round(-math.log2(real)), rnd)
     m, s = nref.quantize_multiplier(real, kind == "tflite-single")
     return nref.multiply_by_quantized_multiplier(
-        v, m, s, "single" if kind == "tflite-single" else "double")
+        v, m, s, "single" if kind == "tflite-single" else "double"
+    )
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
@@ -140,15 +142,23 @@ def test_products_of_per_token_operands_match_the_plain_int_spec(
     seed, n, t, d, shift, acc_bits, overflow, register
 ):
     static = {"act_mode": "static"}
-    kw = dict(acc_bits=acc_bits, overflow=overflow, register=register,
-              overrides={"scores": static, "context": static})
+    kw = dict(
+        acc_bits=acc_bits,
+        overflow=overflow,
+        register=register,
+        overrides={"scores": static, "context": static},
+    )
     if shift:
         kw.update(s_max=3)
     sch = Scheme.preset("per-token-shift" if shift else "per-token", **kw)
     rng = np.random.default_rng(seed + 1)
     calib = rng.normal(0, 1, (8, t, d)).astype(np.float32)
-    prog = quantize(import_model(_attention_model(t, d, seed)), sch,
-                    Dataset("c", calib, None), float_run=run_float)
+    prog = quantize(
+        import_model(_attention_model(t, d, seed)),
+        sch,
+        Dataset("c", calib, None),
+        float_run=run_float,
+    )
     x = (rng.normal(0, 1, (n, t, d)) * rng.uniform(0.1, 3.0, (n, t, 1))).astype(np.float32)
     ex = IntegerExecutor(prog)
     env = ex.run(x)
@@ -160,9 +170,17 @@ def test_products_of_per_token_operands_match_the_plain_int_spec(
     so = float(np.float32(prog.acts["s"].scale))
     for i in range(n):
         vals, _ = dref.gemm(q.q[i].tolist(), kt.q[i].tolist(), 0, 0, acc, n_cols=t)
-        want = [[nref.saturate(_reg(kind, vals[m][j], float(sq[i, m]) * float(sk[i, j]) / so,
-                                    rnd), s.fmt.bits, s.fmt.signed)
-                 for j in range(t)] for m in range(t)]
+        want = [
+            [
+                nref.saturate(
+                    _reg(kind, vals[m][j], float(sq[i, m]) * float(sk[i, j]) / so, rnd),
+                    s.fmt.bits,
+                    s.fmt.signed,
+                )
+                for j in range(t)
+            ]
+            for m in range(t)
+        ]
         assert s.q[i].tolist() == want
     # context: s (static) @ v, v's rows are tokens with their own steps
     y = env["y"]
@@ -171,20 +189,47 @@ def test_products_of_per_token_operands_match_the_plain_int_spec(
     sy = float(np.float32(prog.acts["y"].scale))
     for i in range(n):
         if shift:
-            sh = [int(z) for z in np.broadcast_to(np.asarray(v.shifts).reshape(
-                v.scale_b().shape), v.q.shape)[i, :, 0]]
+            sh = [
+                int(z)
+                for z in np.broadcast_to(
+                    np.asarray(v.shifts).reshape(v.scale_b().shape), v.q.shape
+                )[i, :, 0]
+            ]
             lo = min(sh)
             vals, _, _ = dref.gemm_per_sample_shift(
-                s.q[i].tolist(), v.q[i].tolist(), t, [z - lo for z in sh], 0, 0,
-                acc, Accumulator(bits=acc.bits, overflow=acc.overflow), rnd, n_cols=d)
-            step = float(np.float32(v.base)) * 2.0 ** -lo
+                s.q[i].tolist(),
+                v.q[i].tolist(),
+                t,
+                [z - lo for z in sh],
+                0,
+                0,
+                acc,
+                Accumulator(bits=acc.bits, overflow=acc.overflow),
+                rnd,
+                n_cols=d,
+            )
+            step = float(np.float32(v.base)) * 2.0**-lo
         else:
             top = max(float(sv[i, k]) for k in range(t))
-            vq = [[nref.saturate(_reg(kind, int(v.q[i, k, c]), float(sv[i, k]) / top, rnd),
-                                 v.fmt.bits, v.fmt.signed) for c in range(d)] for k in range(t)]
+            vq = [
+                [
+                    nref.saturate(
+                        _reg(kind, int(v.q[i, k, c]), float(sv[i, k]) / top, rnd),
+                        v.fmt.bits,
+                        v.fmt.signed,
+                    )
+                    for c in range(d)
+                ]
+                for k in range(t)
+            ]
             vals, _ = dref.gemm(s.q[i].tolist(), vq, 0, 0, acc, n_cols=d)
             step = top
-        want = [[nref.saturate(_reg(kind, vals[m][c], ss * step / sy, rnd), y.fmt.bits,
-                               y.fmt.signed) for c in range(d)] for m in range(t)]
+        want = [
+            [
+                nref.saturate(_reg(kind, vals[m][c], ss * step / sy, rnd), y.fmt.bits, y.fmt.signed)
+                for c in range(d)
+            ]
+            for m in range(t)
+        ]
         assert y.q[i].tolist() == want
     assert not ex.float_ops
