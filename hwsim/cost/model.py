@@ -32,7 +32,12 @@ bits x ``dram_pj_per_bit``; ``scheme`` = the scheme's extra operations:
   register and its application per channel; ``align_requants`` per-channel weight scales
   brought to one grid before range finding, per output. Register evaluations are multiplies
   except with ``pow2`` registers (shift-adds). No per-output barrel shift: a sample's shift
-  moves its register's shift field.
+  moves its register's shift field. Per-token schemes: the same operations per token
+  (``Layer.rows_out`` / ``rows_in`` tokens per batch instead of samples); a matmul of two
+  activations with per-token operands also ``align_requants`` per output where its steps vary
+  per row (``q @ kᵀ``), and for ``p @ v`` either ``token_shifts`` (per-token shift: one
+  shift-add per product, eq. 13-14 with the tokens as groups) or ``align_requants`` per
+  element of ``v`` (per-token dynamic).
 
 Scale-register storage (bits): ``(32 + 8)`` per multiplier+shift register (``8`` for a
 ``pow2`` shift), one per tensor or per output channel, plus ``ceil(log2(s_max + 1))`` bits per
@@ -82,9 +87,10 @@ def scheme_ops(layer: Layer) -> dict:
     outputs = layer.ofmap_elems
     channels = layer.Mf * layer.groups
     per_sample = layer.act_mode in ("dynamic", "shift")
-    n = layer.samples
+    n = layer.rows_out or layer.samples  # one range per sample, or per token
+    n_in = layer.rows_in or layer.samples  # one bias register per sample, or per token
     bias_in = layer.bias and layer.in_mode in ("dynamic", "shift")
-    return {
+    ops = {
         "requant_multiplies": 0 if layer.register == "pow2" else outputs,
         "requant_shift_adds": outputs,
         "range_compares": outputs if per_sample else 0,
@@ -92,11 +98,14 @@ def scheme_ops(layer: Layer) -> dict:
         if layer.act_mode == "dynamic"
         else (1 if layer.act_mode == "shift" and layer.shift_base == "runtime" else 0),
         "shift_selects": n * (layer.s_max + 1) if layer.act_mode == "shift" else 0,
-        "bias_shifts": n * channels if bias_in and layer.in_mode == "shift" else 0,
-        "bias_registers": n if bias_in and layer.in_mode == "dynamic" else 0,
-        "bias_requants": n * channels if bias_in and layer.in_mode == "dynamic" else 0,
-        "align_requants": outputs if per_sample and layer.align else 0,
+        "bias_shifts": n_in * channels if bias_in and layer.in_mode == "shift" else 0,
+        "bias_registers": n_in if bias_in and layer.in_mode == "dynamic" else 0,
+        "bias_requants": n_in * channels if bias_in and layer.in_mode == "dynamic" else 0,
+        "align_requants": (outputs if per_sample and layer.align else 0) + layer.token_aligns,
     }
+    if layer.token_shifts:
+        ops["token_shifts"] = layer.token_shifts
+    return ops
 
 
 def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
@@ -144,14 +153,16 @@ def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
     evals += ops["align_requants"]
     muls = ops["requant_multiplies"] + (0 if pow2 else evals + ops["range_registers"])
     adds = ops["requant_shift_adds"] + ops["range_compares"] + ops["bias_shifts"]
+    adds += ops.get("token_shifts", 0)
     adds += evals + ops["range_registers"] if pow2 else evals
     scheme_pj = muls * e.mul_pj(32, 32) + adds * e.add_pj(cb)
     reg_bits = layer.scale_registers * (8 if pow2 else 40)
+    rows = layer.rows_out or layer.samples
     if layer.act_mode == "shift":
-        reg_bits += layer.samples * max(1, math.ceil(math.log2(layer.s_max + 1)))
+        reg_bits += rows * max(1, math.ceil(math.log2(layer.s_max + 1)))
         reg_bits += 0 if layer.shift_base == "static" else (8 if pow2 else 40)
     elif layer.act_mode == "dynamic":
-        reg_bits += layer.samples * (8 if pow2 else 40)
+        reg_bits += rows * (8 if pow2 else 40)
     breakdown = {"mac": mac_pj, "sram": sram_pj, "dram": dram_pj, "scheme": scheme_pj}
     return LayerCost(
         name=layer.name,

@@ -54,6 +54,10 @@ class Layer:
     in_mode: str = "static"  # the input's act mode (a per-sample input realigns the bias)
     bias: bool = False
     align: bool = False  # per-channel weight scales brought to one grid (per-sample output)
+    rows_out: int = 0  # ranges of the output per batch: tokens of a per-token output (0: samples)
+    rows_in: int = 0  # scales of the input per batch: tokens of a per-token input (0: samples)
+    token_shifts: int = 0  # matmul: products shifted per token of v (per-token-shift p @ v)
+    token_aligns: int = 0  # matmul: v's elements aligned to one grid (per-token dynamic p @ v)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -160,6 +164,24 @@ def read_topology(path: str | os.PathLike) -> list[Layer]:
     return layers
 
 
+def token_rows(program) -> dict[str, int]:
+    """Per-token tensors of a program and their tokens per sample (the per-token scale
+    array's size, :class:`hwsim.execute.QTensor`): structural, found by one integer run of a
+    zero sample (per-token scale shapes follow from the shapes alone). Empty when the program
+    has no per-token activation."""
+    if isinstance(program, Graph) or not any(s.per_token for s in program.acts.values()):
+        return {}
+    from hwsim.execute import IntegerExecutor, QTensor
+
+    g = program.graph
+    shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in g.input_shape)
+    x = np.zeros((1, *shape), np.dtype(g.input_dtype))
+    env = IntegerExecutor(program).run(x)
+    return {
+        t: int(np.size(v.scale)) for t, v in env.items() if isinstance(v, QTensor) and v.per_token
+    }
+
+
 def layers_from_program(program, batch: int = 1) -> list[Layer]:
     """The MAC layers of a QuantProgram (or a float Graph: the accelerator's default widths),
     with the shapes inferred on the IR (:func:`hwsim.graph.shapes.infer_shapes`).
@@ -171,10 +193,11 @@ def layers_from_program(program, batch: int = 1) -> list[Layer]:
     graph: Graph = program if isinstance(program, Graph) else program.graph
     shapes = infer_shapes(graph, 1)
     quant = not isinstance(program, Graph)
+    tok = token_rows(program)
     layers = []
     for n in graph.nodes:
         if n.op in MATMUL_OPS:
-            layers.append(_matmul_layer(program, n, shapes, batch, quant))
+            layers.append(_matmul_layer(program, n, shapes, batch, quant, tok))
             continue
         if n.op not in MAC_OPS:
             continue
@@ -210,6 +233,10 @@ def layers_from_program(program, batch: int = 1) -> list[Layer]:
                     and np.ndim(n.wq.scale)
                     and np.any(np.asarray(n.wq.scale) != np.max(n.wq.scale))
                 ),
+                # a per-token input: its tokens are the GEMM's samples (rows of ranges and
+                # bias registers); a per-token output of a sample input: its tokens
+                rows_in=batch * tok[n.inputs[0]] if n.inputs[0] in tok else 0,
+                rows_out=batch * tok.get(n.inputs[0], tok.get(n.output, 0)),
             )
         layers.append(
             Layer(
@@ -226,7 +253,7 @@ def layers_from_program(program, batch: int = 1) -> list[Layer]:
     return layers
 
 
-def _matmul_layer(program, n, shapes, batch: int, quant: bool) -> Layer:
+def _matmul_layer(program, n, shapes, batch: int, quant: bool, tok=None) -> Layer:
     """A MatMul of two activations as ``groups`` GEMMs (see :func:`layers_from_program`)."""
     a, b = shapes[n.inputs[0]], shapes[n.output]
     M, K, P = a[-2], a[-1], b[-1]
@@ -246,6 +273,16 @@ def _matmul_layer(program, n, shapes, batch: int, quant: bool) -> Layer:
             shift_base=specs[2].base if specs[2] else "static",
             in_mode=specs[0].mode if specs[0] else "static",
         )
+        tok = tok or {}
+        if n.output in tok:  # a per-token output, aligned per row where b has token scales
+            kw.update(rows_out=batch * tok[n.output], align=n.inputs[1] in tok)
+        bt = n.inputs[1]
+        if bt in tok and tok[bt] and _tokens_along_k(program, bt, shapes):
+            v = groups * M * P * K
+            if specs[1].mode == "shift":
+                kw["token_shifts"] = v
+            else:
+                kw["token_aligns"] = groups * K * P
     return Layer(
         n.name,
         M,
@@ -257,3 +294,14 @@ def _matmul_layer(program, n, shapes, batch: int, quant: bool) -> Layer:
         extra={"operands": "activations"},
         **kw,
     )
+
+
+def _tokens_along_k(program, t: str, shapes) -> bool:
+    """The per-token operand ``t`` (b of ``a @ b``) has its tokens on the summed axis (v in
+    ``p @ v``): one zero-sample run tells (its scale array is not size 1 on axis -2)."""
+    from hwsim.execute import IntegerExecutor
+
+    g = program.graph
+    shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in g.input_shape)
+    env = IntegerExecutor(program).run(np.zeros((1, *shape), np.dtype(g.input_dtype)))
+    return np.shape(env[t].scale)[-2] > 1

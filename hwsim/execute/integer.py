@@ -244,10 +244,17 @@ class IntegerExecutor:
         urows, _ = token_rows(np.broadcast_to(u, t.shape), keep)
         umax = urows.max(axis=1) if urows.shape[1] else np.ones(urows.shape[0])
         if varies and urows.size:
-            acc_bits = layer.acc.bits
-            rows, step = self._align(rows, urows / umax[:, None], layer, 1 << (acc_bits - 1))
-            umax = umax * step
-            c = sigma = None  # the rows no longer sit on one per-tensor grid
+            bound = 1 << (layer.acc.bits - 1)
+            if spec.mode == "shift" and spec.base == "runtime" and c is not None:
+                # a runtime base needs one per-tensor grid: align to the tensor's largest step
+                top = float(urows.max())
+                rows, step = self._align(rows, urows / top, layer, bound)
+                umax = np.full(rows.shape[0], top * step)
+                c, sigma = top * step, np.zeros(rows.shape[0], np.int64)
+            else:
+                rows, step = self._align(rows, urows / umax[:, None], layer, bound)
+                umax = umax * step
+                c = sigma = None  # the rows no longer sit on one per-tensor grid
         elif sigma is not None:
             sig = np.broadcast_to(
                 np.asarray(sigma).reshape(np.shape(sigma) + (1,) * (t.ndim - np.ndim(sigma))),

@@ -339,3 +339,41 @@ def test_cost_model_charges_what_the_executor_performs(preset, kw):
         assert charged == ex.stats[layer.name].ops, layer.name
     assert any(ex.stats[layer.name].ops for layer in layers) == (preset != "per-tensor")
     assert np.all([ex.stats[n].ops == {} for n in ex.stats]) == (preset == "per-tensor")
+
+
+@pytest.mark.parametrize("name", ["tiny_vit", "tiny_bert"])
+@pytest.mark.parametrize(
+    "preset, kw",
+    [
+        ("per-sample", {}),
+        ("per-token", {}),
+        ("per-token-shift", {"s_max": 3}),
+        ("per-token-shift", {"s_max": 2, "shift_base": "runtime"}),
+        ("per-token", {"granularity": "channel"}),
+    ],
+)
+def test_cost_model_charges_what_the_executor_performs_on_transformers(
+    tmp_path, name, preset, kw
+):
+    """Issue 15: the per-token range units (per token rows, per-token-shift accumulation of
+    ``p @ v``, alignments) charged by the cost model are the ones the executor counted, on
+    every MAC layer and every matmul of two activations."""
+    from hwsim.cost.model import scheme_ops
+    from hwsim.cost.topology import layers_from_program
+    from hwsim.data import Dataset
+    from hwsim.execute import IntegerExecutor, run_float
+    from hwsim.graph import import_model
+    from hwsim.quant import Scheme, quantize
+    from tests.conformance import archs
+
+    g = import_model(archs.export_tiny(name, tmp_path / f"{name}.onnx"))
+    calib = Dataset("calib", archs.tiny_inputs(name, 8, seed=1), None, (-4.0, 4.0))
+    program = quantize(g, Scheme.preset(preset, **kw), calib, float_run=run_float)
+    batch = 3
+    ex = IntegerExecutor(program)
+    ex.run(archs.tiny_inputs(name, batch))
+    layers = layers_from_program(program, batch=batch)
+    assert any(layer.extra.get("operands") == "activations" for layer in layers)
+    for layer in layers:
+        charged = {k: v for k, v in scheme_ops(layer).items() if v and not k.startswith("requant")}
+        assert charged == ex.stats[layer.name].ops, layer.name
