@@ -16,7 +16,6 @@ Softmax runs in float.
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Callable
 
 import numpy as np
