@@ -4,10 +4,11 @@
 executor returns, so a per-layer comparison is a zip over names.
 
 The transformer ops match onnxruntime (``ORT_DISABLE_ALL``) to float32 tolerance, not bit for
-bit: GELU, Sigmoid, SiLU, LayerNormalization and ReduceMean are computed in float64 and rounded
-once (onnxruntime's Erf / Tanh / Exp are MLAS approximations, its LayerNormalization a one-pass
-float32 ``E[x^2] - E[x]^2``), MatMul by numpy's BLAS; HardSigmoid / HardSwish, Softmax, the
-elementwise ops and data movement in float32 as onnxruntime orders them.
+bit: GELU, Sigmoid, SiLU, Erf, Tanh, LayerNormalization and ReduceMean are computed in float64
+and rounded once (onnxruntime's Erf / Tanh / Exp are MLAS approximations, its
+LayerNormalization a one-pass float32 ``E[x^2] - E[x]^2``), MatMul by numpy's BLAS; HardSigmoid
+/ HardSwish, Softmax, the elementwise ops and data movement in float32 as onnxruntime orders
+them.
 """
 
 from __future__ import annotations
@@ -191,6 +192,8 @@ FLOAT_OPS: dict[Op, Callable[[Node, list], np.ndarray]] = {
     Op.REDUCE_MEAN: _f32(
         lambda n, x: x.mean(axis=n.attrs["axes"], keepdims=bool(n.attrs["keepdims"]))
     ),
+    Op.ERF: _f32(lambda n, x: _erf(x)),
+    Op.TANH: _f32(lambda n, x: np.tanh(x)),
 }
 """Op -> its float32 semantics ``f(node, inputs) -> output``: one entry per op."""
 

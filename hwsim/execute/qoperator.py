@@ -1,7 +1,13 @@
 """QOperator models (QLinearConv, QLinearMatMul, QGemm, ... as onnxruntime's quantizer writes
 them): a node interpreter. Quantized ops run by :func:`hwsim.qops.run_node` (the datapath
 underneath, dot products per ``isa``); the plain ONNX ops between them by their ONNX
-definition, one function per op type (:data:`ONNX_OPS`)."""
+definition, one function per op type (:data:`ONNX_OPS`): data movement and the shape
+computations exporters write (Shape, Gather, Slice, Expand, ...) exactly; the float
+non-linearities a transformer keeps between DequantizeLinear and QuantizeLinear (Erf, Tanh,
+LayerNormalization, ReduceMean) as hwsim's float reference computes them
+(:mod:`hwsim.execute.float`: float64, rounded once), which onnxruntime's MLAS approximations
+match to float32 rounding, not bit for bit. Not yet here: onnxruntime's
+``com.microsoft.QLinearSoftmax`` (an exp lookup table, no :mod:`hwsim.qops` contract yet)."""
 
 from __future__ import annotations
 
@@ -15,7 +21,9 @@ from hwsim import qops
 from hwsim.data import input_dtype
 from hwsim.errors import HwsimError
 from hwsim.execute.arrays import max_pool, softmax
+from hwsim.execute.float import gelu64, layernorm64
 from hwsim.execute.integer import LayerStats
+from hwsim.graph.ir import Node, Op
 
 
 def _flatten(a: dict, ins: list) -> np.ndarray:
@@ -53,7 +61,102 @@ def _squeeze(a: dict, ins: list) -> np.ndarray:
     return np.squeeze(ins[0], axis=axes)
 
 
-ONNX_OPS: dict[str, Callable[[dict, list], np.ndarray]] = {
+def _div(a: dict, ins: list) -> np.ndarray:
+    """ONNX Div: true division of floats; of integers (shape arithmetic) C's truncation."""
+    x, y = np.asarray(ins[0]), np.asarray(ins[1])
+    if np.issubdtype(x.dtype, np.integer) and np.issubdtype(y.dtype, np.integer):
+        q = np.abs(x) // np.abs(y)
+        return (np.sign(x) * np.sign(y) * q).astype(np.result_type(x, y))
+    return (x / y).astype(np.result_type(x, y))
+
+
+def _shape(a: dict, ins: list) -> np.ndarray:
+    dims = np.shape(ins[0])
+    return np.asarray(dims[int(a.get("start", 0)) : a.get("end")], np.int64)
+
+
+def _slice(a: dict, ins: list) -> np.ndarray:
+    x = ins[0]
+    starts, ends = np.ravel(ins[1]), np.ravel(ins[2])
+    axes = np.ravel(ins[3]) if len(ins) > 3 and ins[3] is not None else range(len(starts))
+    steps = np.ravel(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+    idx = [slice(None)] * x.ndim
+    for ax, st, en, sp in zip(axes, starts, ends, steps, strict=True):
+        # numpy's slice clamps out-of-range starts / ends as ONNX does (INT64_MAX: the end)
+        idx[int(ax)] = slice(int(st), int(en), int(sp))
+    return x[tuple(idx)]
+
+
+def _split(a: dict, ins: list) -> list:
+    x, axis = ins[0], int(a.get("axis", 0))
+    if len(ins) > 1 and ins[1] is not None:
+        sizes = [int(v) for v in np.ravel(ins[1])]
+    elif "split" in a:
+        sizes = [int(v) for v in a["split"]]
+    else:
+        n = int(a["num_outputs"])
+        step = -(-x.shape[axis] // n)
+        sizes = [min(step, x.shape[axis] - i * step) for i in range(n)]
+    return np.split(x, np.cumsum(sizes)[:-1], axis=axis)
+
+
+def _constant_of_shape(a: dict, ins: list) -> np.ndarray:
+    v = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
+    return np.full(tuple(int(d) for d in np.ravel(ins[0])), v.reshape(-1)[0], v.dtype)
+
+
+def _axes(a: dict, ins: list):
+    if "axes" in a:
+        return tuple(int(v) for v in a["axes"])
+    if len(ins) > 1 and ins[1] is not None and np.size(ins[1]):
+        return tuple(int(v) for v in np.ravel(ins[1]))
+    return None
+
+
+def _reduce_mean(a: dict, ins: list) -> np.ndarray:
+    x, axes = ins[0], _axes(a, ins)
+    if axes is None and a.get("noop_with_empty_axes", 0):
+        return x
+    keep = bool(a.get("keepdims", 1))
+    return np.asarray(np.asarray(x, np.float64).mean(axis=axes, keepdims=keep), x.dtype)
+
+
+def _layernorm(a: dict, ins: list) -> np.ndarray:
+    """LayerNormalization (opset 17) over the axes from ``axis`` on, as hwsim's float
+    reference computes it (:func:`hwsim.execute.float.layernorm64`)."""
+    x = ins[0]
+    axis = int(a.get("axis", -1)) % x.ndim
+    norm = x.shape[axis:]
+    gamma, beta = (
+        np.broadcast_to(np.asarray(ins[i], np.float32), norm)
+        if len(ins) > i and ins[i] is not None
+        else None
+        for i in (1, 2)
+    )
+    node = Node(
+        "ln",
+        Op.LAYERNORM,
+        ("x",),
+        "y",
+        {"axis": axis, "epsilon": a.get("epsilon", 1e-5)},
+        weight=gamma,
+        bias=beta,
+    )
+    return layernorm64(node, x)
+
+
+def _f64(fn) -> Callable:
+    """A float64 function of one float32 input, rounded once (hwsim's float reference)."""
+    return lambda a, ins: np.asarray(fn(np.asarray(ins[0], np.float64)), ins[0].dtype)
+
+
+def _erf(x):
+    from scipy.special import erf
+
+    return erf(x)
+
+
+ONNX_OPS: dict[str, Callable[[dict, list], np.ndarray | list]] = {
     "Flatten": _flatten,
     "Reshape": _reshape,
     "Relu": lambda a, ins: np.maximum(ins[0], 0).astype(ins[0].dtype),
@@ -68,9 +171,34 @@ ONNX_OPS: dict[str, Callable[[dict, list], np.ndarray]] = {
     "Squeeze": _squeeze,
     "Unsqueeze": lambda a, ins: np.expand_dims(ins[0], tuple(int(v) for v in ins[1])),
     "Concat": lambda a, ins: np.concatenate(ins, axis=int(a["axis"])),
+    "Div": _div,
+    "Shape": _shape,
+    "Gather": lambda a, ins: np.take(
+        ins[0], np.asarray(ins[1], np.int64), axis=int(a.get("axis", 0))
+    ),
+    "Slice": _slice,
+    "Split": _split,
+    "Expand": lambda a, ins: np.broadcast_to(
+        ins[0], np.broadcast_shapes(np.shape(ins[0]), tuple(int(d) for d in np.ravel(ins[1])))
+    ).copy(),
+    "ConstantOfShape": _constant_of_shape,
+    "Range": lambda a, ins: np.arange(ins[0], ins[1], ins[2]).astype(np.result_type(ins[0])),
+    "Equal": lambda a, ins: np.equal(ins[0], ins[1]),
+    "Where": lambda a, ins: np.where(ins[0], ins[1], ins[2]),
+    "Erf": _f64(_erf),
+    "Tanh": _f64(np.tanh),
+    "Gelu": lambda a, ins: np.asarray(
+        gelu64(
+            np.asarray(ins[0], np.float64),
+            "tanh" if a.get("approximate") in (b"tanh", "tanh") else "erf",
+        ),
+        ins[0].dtype,
+    ),
+    "LayerNormalization": _layernorm,
+    "ReduceMean": _reduce_mean,
 }
-"""The plain ONNX ops that sit between QOperator nodes: op type -> ``f(attributes, inputs)``,
-by their ONNX definition."""
+"""The plain ONNX ops that sit between QOperator nodes: op type -> ``f(attributes, inputs)``
+(one output, or a list for Split), by their ONNX definition."""
 
 
 def run_qoperator_batch(
@@ -102,7 +230,8 @@ def run_qoperator_batch(
                 for c in sink:
                     st[1].add(c)
         elif node.domain in ("", "ai.onnx") and node.op_type in ONNX_OPS:
-            outs = [ONNX_OPS[node.op_type](a, ins)]
+            r = ONNX_OPS[node.op_type](a, ins)
+            outs = list(r) if isinstance(r, list) else [r]
         else:
             raise HwsimError(
                 f"{source}: node {node.name!r} ({node.domain + '.' if node.domain else ''}"

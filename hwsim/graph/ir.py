@@ -63,6 +63,10 @@ class Op(enum.Enum):
     ADD_CONST = "add_const"  # x + c (a Sub of c imports as x + (-c), the same float32 values)
     DIV_CONST = "div_const"  # x / c
     REDUCE_MEAN = "reduce_mean"  # mean over attrs axes (>= 1), attrs keepdims
+    # elementwise functions a QDQ model quantizes one by one (onnxruntime's quantizer puts a
+    # Q/DQ pair between the nodes of a GELU, so they cannot fuse); float models fuse them
+    ERF = "erf"
+    TANH = "tanh"
 
 
 MAC_OPS = (Op.CONV, Op.DENSE)
@@ -131,7 +135,6 @@ class Node:
     bias: np.ndarray | None = None
     wq: WeightQuant | None = None
     bias_q: np.ndarray | None = None
-
 
 
 @dataclass

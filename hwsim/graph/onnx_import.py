@@ -15,13 +15,21 @@ axes, the rank a constant is broadcast to) -- and to reject a model that moves, 
 gathers the batch axis, which hwsim keeps as axis 0 of every tensor.
 
 QDQ models (``onnxruntime.quantization.quantize_static`` with ``QuantFormat.QDQ``):
-``DequantizeLinear`` of a constant becomes a layer's integer weights (``Node.wq``) or int32 bias
-(``Node.bias_q``); a ``QuantizeLinear -> DequantizeLinear`` pair on an activation becomes
-``Graph.act_quant[tensor]``; the Q/DQ nodes themselves disappear. hwsim-quantized models are QDQ
-models with hwsim's settings in the ``hwsim`` metadata entry (see :mod:`hwsim.quant.store`).
+``DequantizeLinear`` of a constant becomes a layer's integer weights (``Node.wq``; per axis on
+the output channels: axis 0 of a Conv / Gemm weight, axis 1 of a MatMul's ``(K, N)``) or int32
+bias (``Node.bias_q``), elsewhere (a Linear's bias the quantizer stored as an Add's quantized
+input, an embedding table, a LayerNorm weight) the constant it dequantizes to; a
+``QuantizeLinear -> DequantizeLinear`` pair on an activation becomes ``Graph.act_quant[tensor]``,
+one on a constant (a GELU's 0.5 and 1.0, a class token) the constant ``DQ(Q(c))`` onnxruntime's
+float ops read (Identity and Gather of constants fold too); the Q/DQ nodes themselves disappear.
+The quantizer puts a Q/DQ pair between the nodes of a GELU, so it does not fuse: its Erf / Tanh
+import as ops of their own (in QDQ models only), the rest as the usual elementwise ops.
+hwsim-quantized models are QDQ models with hwsim's settings in the ``hwsim`` metadata entry
+(see :mod:`hwsim.quant.store`).
 
 Models made of QOperator ops (QLinearConv, ConvInteger, ...) are not turned into the IR; they are
-run node by node by :func:`hwsim.execute.run_qoperator_batch` -- :func:`is_qoperator` tells them apart.
+run node by node by :func:`hwsim.execute.run_qoperator_batch` -- :func:`is_qoperator` tells them
+apart.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from hwsim.graph.fold import FUSED_DOMAIN, FoldError, fold_shapes, fuse
 from hwsim.graph.ir import Graph, Node, Op, TensorQuant, WeightQuant
 from hwsim.graph.shapes import SHAPES
 from hwsim.numerics import IntFormat
+from hwsim.numerics.affine import quantize
 
 ONNX_DOMAINS = ("", "ai.onnx")
 """The default ONNX operator domain's two spellings (``_OPS`` keys use ``""``)."""
@@ -139,7 +148,13 @@ class _Importer:
             i.name: (1,) + tuple(d if isinstance(d, int) and d > 0 else 1 for d in _shape(i)[1:])
             for i in self.inputs
         }
-        self.qconst: dict[str, tuple] = {}  # DQ(const) output -> (q, scale, zp, fmt, axis)
+        self.qconst: dict[str, tuple] = {}  # DQ(const) output -> (q, scale, zp, fmt, axis, src)
+        self.const_fmt: dict[str, IntFormat] = {}  # Q(const) output -> its integer format
+        # a QDQ model: its elementwise functions are quantized node by node (no fusion)
+        self.qdq = any(
+            n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.domain in ONNX_DOMAINS
+            for n in g.node
+        )
         self.alias: dict[str, str] = {}  # DQ(Q(t)) output -> t
         self.act_quant: dict[str, TensorQuant] = {}
         self.nodes: list[Node] = []
@@ -229,8 +244,11 @@ class _Importer:
     # -- Q/DQ ---------------------------------------------------------------------------------
     def quantize_linear(self, node, a):
         x = node.input[0]
-        if x in self.consts or x in self.qconst:
-            self.fail(node, "QuantizeLinear of a constant is not supported (store int weights)")
+        if "block_size" in a and int(a["block_size"]):
+            self.fail(node, "blocked quantization (block_size) is not supported")
+        if self.is_const(x):
+            self.quantize_const(node, a)
+            return
         s, z, fmt = self._qparams(node, a, node.input[1], _input(node, 2))
         if np.ndim(s) != 0:
             self.fail(node, "activation quantization must be per-tensor (scalar scale)")
@@ -241,6 +259,32 @@ class _Importer:
             self.fail(node, f"tensor {t!r} is quantized twice with different parameters")
         self.act_quant[t] = tq
         self.alias[node.output[0]] = t
+
+    def quantize_const(self, node, a):
+        """QuantizeLinear of a constant (a GELU's 0.5 and 1.0, a class token, a weight
+        quantized in the file): the integer constant onnxruntime computes
+        (:func:`hwsim.numerics.affine.quantize`, float32 division, round half to even,
+        saturation). The DequantizeLinear after it makes it a quantized constant like an integer
+        initializer's: its float value is ``DQ(Q(c))``, what a float op in onnxruntime reads."""
+        c = np.asarray(self.const(node, node.input[0], "input"))
+        if not np.issubdtype(c.dtype, np.floating):
+            self.fail(node, f"QuantizeLinear of a {c.dtype} constant: a float constant expected")
+        s, z, fmt = self._qparams(node, a, node.input[1], _input(node, 2))
+        axis = self._qaxis(node, a, s, c) if np.size(s) > 1 else None
+        q = quantize(c.astype(np.float32), s, z, fmt, axis)
+        self.consts[node.output[0]] = q
+        self.const_fmt[node.output[0]] = fmt
+
+    def _qaxis(self, node, a, s, t: np.ndarray) -> int:
+        """The axis of per-axis parameters ``s`` for a tensor ``t``: the attribute (default 1,
+        negative from the end), checked against ``s``'s length."""
+        axis = int(a.get("axis", 1))
+        if not -t.ndim <= axis < t.ndim:
+            self.fail(node, f"axis {axis} is out of range for a tensor of shape {t.shape}")
+        axis %= t.ndim
+        if np.ndim(s) != 1 or np.size(s) != t.shape[axis]:
+            self.fail(node, f"{np.size(s)} scales for axis {axis} of a tensor of shape {t.shape}")
+        return axis
 
     def dequantize_linear(self, node, a):
         x = node.input[0]
@@ -254,22 +298,30 @@ class _Importer:
                 if _input(node, 2)
                 else np.zeros_like(s, dtype=q.dtype)
             )
-            elem = next((i.data_type for i in self.model.graph.initializer if i.name == x), None)
-            fmt = _ONNX_INT.get(elem) if elem is not None else None
+            fmt = self.const_fmt.get(x)
+            if fmt is None:
+                elem = next(
+                    (i.data_type for i in self.model.graph.initializer if i.name == x), None
+                )
+                fmt = _ONNX_INT.get(elem) if elem is not None else None
             if fmt is None:
                 fmt = IntFormat(32, True) if q.dtype == np.int32 else None
             if fmt is None:
                 self.fail(node, f"unsupported quantized constant type {q.dtype}")
-            axis = int(a.get("axis", 1))
-            if np.ndim(s) == 1 and axis != 0 and q.ndim > 1:
-                self.fail(node, f"per-channel weight scales must be on axis 0, got axis {axis}")
+            axis = None
+            if np.size(s) == 1:  # a one-element vector is per-tensor
+                s, z = s.reshape(()), np.asarray(z).reshape(())
+            else:  # per axis: (K, N) MatMul weights on axis 1, conv / Gemm weights on axis 0
+                axis = self._qaxis(node, a, s, q)
             self.qconst[node.output[0]] = (
                 q.astype(np.int64),
                 s,
                 np.asarray(z, np.int64),
                 fmt,
                 axis,
-                x,
+                # the initializer onnxruntime's integer kernels read (OrtPlan); a quantized
+                # constant computed in the file (Q of a float weight) has none
+                x if x not in self.const_fmt else None,
             )
             return
         src = self.name(x)
@@ -697,8 +749,8 @@ class _Importer:
         return None
 
     def squeeze(self, node, a):
-        if node.input[0] in self.picked:
-            t, i = self.picked[node.input[0]]
+        if self.name(node.input[0]) in self.picked:
+            t, i = self.picked[self.name(node.input[0])]
             self.pick(node, t, i, node.output[0])
             return
         x = self.name(node.input[0])
@@ -741,15 +793,32 @@ class _Importer:
                       "takes one index of axis 0, as unbind(0) does)")
         self.add(node, Op.TRANSPOSE, [x], {"perm": tuple(perm)})
 
+    def readers_past_qdq(self, t: str) -> list[tuple[str, onnx.NodeProto]]:
+        """The nodes reading ``t`` as ``(the name they read, node)``, looking through the
+        ``QuantizeLinear -> DequantizeLinear`` pairs of a QDQ model (which put one on every
+        tensor between two quantized ops)."""
+        out = []
+        for r in self.readers.get(t, []):
+            if r.op_type != "QuantizeLinear" or r.input[0] != t:
+                out.append((t, r))
+                continue
+            for d in self.readers.get(r.output[0], []):
+                if d.op_type == "DequantizeLinear":
+                    out.extend(self.readers_past_qdq(d.output[0]))
+                else:
+                    out.append((r.output[0], d))
+        return out
+
     def unbinds(self, t: str, rank: int) -> bool:
         """Every reader of ``t`` takes one index of its axis 0: a Gather with a scalar constant
-        index, or a Split into pieces of 1 each read only by Squeeze on axis 0."""
-        readers = self.readers.get(t, [])
+        index, or a Split into pieces of 1 each read only by Squeeze on axis 0 (Q/DQ pairs
+        between them looked through)."""
+        readers = self.readers_past_qdq(t)
         if not readers or t in {o.name for o in self.model.graph.output}:
             return False
-        for r in readers:
+        for name, r in readers:
             a = _attrs(r)
-            if int(a.get("axis", 0)) != 0 or r.input[0] != t:
+            if int(a.get("axis", 0)) != 0 or r.input[0] != name:
                 return False
             if r.op_type == "Gather":
                 if not self.is_const(r.input[1]) or np.ndim(self.consts.get(r.input[1])) != 0:
@@ -763,7 +832,7 @@ class _Importer:
                 if len(sizes) != len(r.output) or any(int(v) != 1 for v in sizes):
                     return False
                 for o in r.output:
-                    for q in self.readers.get(o, []):
+                    for _, q in self.readers_past_qdq(o):
                         ax = self.axes_of(q, _attrs(q)) if q.op_type == "Squeeze" else None
                         if ax not in ([0], [-rank]):
                             return False
@@ -778,20 +847,32 @@ class _Importer:
         g = perm[0]
         rest = tuple(q - (q > g) for q in perm[1:])
         mid = f"{out}:unbind"
+        if x in self.act_quant:  # integers moved: the source's quantization
+            self.act_quant[mid] = self.act_quant[x]
         self.add(node, Op.GATHER, [x], {"axis": g, "indices": np.asarray(index, np.int64)},
                  output=mid, name=f"{node.name or 'unbind'}:gather")
         self.add(node, Op.TRANSPOSE, [mid], {"perm": rest}, output=out)
 
     def gather(self, node, a):
         data, idx = node.input[0], node.input[1]
-        if data in self.unbind:
+        if self.name(data) in self.unbind:
+            data = self.name(data)
             x, perm = self.unbind[data]
             size = self.shape_of(node, x)[perm[0]]
             i = int(self.const(node, idx, "index"))
             self.pick(node, data, i + size if i < 0 else i, node.output[0])
             return
-        if self.is_const(data) and self.is_const(idx):
-            self.fail(node, "both inputs are constants")
+        if self.is_const(data) and self.is_const(idx):  # a position table at constant ids
+            table = np.asarray(self.const(node, data, "data"))
+            ind = np.asarray(self.const(node, idx, "indices")).astype(np.int64)
+            axis = int(a.get("axis", 0))
+            if not -table.ndim <= axis < table.ndim:
+                self.fail(node, f"axis {axis} is out of range for data of shape {table.shape}")
+            dim = table.shape[axis]
+            if ind.size and (ind.min() < -dim or ind.max() >= dim):
+                self.fail(node, f"indices out of range [{-dim}, {dim}) for axis {axis}")
+            self.consts[node.output[0]] = np.take(table, np.where(ind < 0, ind + dim, ind), axis)
+            return
         if not self.is_const(data) and not self.is_const(idx):
             self.fail(node, "Gather of an activation at activation indices is not supported "
                       "(an embedding table, or constant indices, is)")
@@ -866,10 +947,10 @@ class _Importer:
         self.add(node, Op.SLICE, [x], {"slices": tuple(slices)})
 
     def split(self, node, a):
-        if node.input[0] in self.unbind:  # pieces of 1 on axis 0, each squeezed (unbinds)
+        if self.name(node.input[0]) in self.unbind:  # pieces of 1 on axis 0, each squeezed
             for i, out in enumerate(node.output):
                 if out:
-                    self.picked[out] = (node.input[0], i)
+                    self.picked[out] = (self.name(node.input[0]), i)
             return
         x = self.name(node.input[0])
         xs = self.shape_of(node, x)
@@ -987,6 +1068,28 @@ class _Importer:
         alpha, beta = float(a.get("alpha", default[0])), float(a.get("beta", default[1]))
         self.fused_unary(node, a, op, {"alpha": alpha, "beta": beta})
 
+    def identity(self, node, a):
+        """Identity (and Dropout, inference): of an activation, ``Op.IDENTITY``; of a constant
+        (a shared weight's copy, a QDQ model's ``Identity`` of a dequantized LayerNorm weight),
+        the same constant under the new name."""
+        x, out = node.input[0], node.output[0]
+        if x in self.qconst:
+            self.qconst[out] = self.qconst[x]
+        elif x in self.consts:
+            self.consts[out] = self.consts[x]
+            if x in self.const_fmt:
+                self.const_fmt[out] = self.const_fmt[x]
+        else:
+            self.add(node, Op.IDENTITY, [self.name(x)])
+
+    def qdq_unary(self, node, a, op: Op):
+        """Erf, Tanh: in a QDQ model, where onnxruntime's quantizer put a Q/DQ pair between
+        the nodes of a GELU (each intermediate its own quantization, so the pattern does not
+        fuse), an elementwise op of its own; in a float model only inside a fused GELU."""
+        if not self.qdq:
+            self.unsupported(node)
+        self.add(node, op, [self.name(node.input[0])])
+
     def fused_unary(self, node, a, op: Op, attrs=None):
         attrs = dict(attrs or {})
         if "fused" in a:
@@ -1003,8 +1106,9 @@ class _Importer:
         qop = " (QOperator models are run by the node interpreter)"
         part = _FUSION_ONLY.get(node.op_type)
         hint = (
-            f" ({node.op_type} is imported only as part of {part}, fused at import; this one "
-            "is not in such a pattern)"
+            f" ({'in a float model, ' if node.op_type in _QDQ_ONLY else ''}{node.op_type} is "
+            f"imported only as part of {part}, fused at import; this one is not in such a "
+            "pattern)"
             if part
             else ""
         )
@@ -1056,6 +1160,8 @@ class _Importer:
                     )
         if out not in produced:
             raise ModelImportError(f"{self.src}: output {g.output[0].name!r} is not computed")
+        # quantized tensors the IR has no node for (an unbind's transposed tensor and pieces)
+        self.act_quant = {t: q for t, q in self.act_quant.items() if t in produced}
         meta = {p.key: p.value for p in self.model.metadata_props}
         if "hwsim" in meta:
             try:
@@ -1153,8 +1259,10 @@ _OPS: dict[tuple[str, str], Callable[[_Importer, onnx.NodeProto, dict], None]] =
     ("", "Sigmoid"): _unary(Op.SIGMOID),
     ("", "HardSigmoid"): _Importer.hard_sigmoid,
     ("", "HardSwish"): functools.partial(_Importer.hard_sigmoid, op=Op.HARDSWISH),
-    ("", "Identity"): _unary(Op.IDENTITY),
-    ("", "Dropout"): _unary(Op.IDENTITY),
+    ("", "Erf"): functools.partial(_Importer.qdq_unary, op=Op.ERF),
+    ("", "Tanh"): functools.partial(_Importer.qdq_unary, op=Op.TANH),
+    ("", "Identity"): _Importer.identity,
+    ("", "Dropout"): _Importer.identity,
     ("", "Constant"): _Importer.constant,
     ("", "QuantizeLinear"): _Importer.quantize_linear,
     ("", "DequantizeLinear"): _Importer.dequantize_linear,
@@ -1170,7 +1278,7 @@ _FUSED: dict[str, Callable[[_Importer, onnx.NodeProto, dict], None]] = {
 }
 
 # ONNX ops imported only inside a fused pattern, with the pattern named in the error
-_FUSION_ONLY = {
+_FUSION_ONLY = {  # (Erf and Tanh: in float models; a QDQ model imports them as ops)
     "Erf": "a GELU, 0.5 x (1 + erf(x / sqrt(2)))",
     "Tanh": "a Tanh-form GELU, 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))",
     "Pow": "a decomposed LayerNormalization (ReduceMean, Sub, Pow 2, ReduceMean, Add, Sqrt, "
@@ -1181,7 +1289,11 @@ _FUSION_ONLY = {
 
 SUPPORTED = tuple(op for _, op in _OPS)
 """The ONNX op types hwsim imports (``_OPS``'s, in its order; ``Quant`` is QONNX's)."""
-_DISPLAY = {(QONNX_DOMAIN, "Quant"): "Quant (QONNX)"}
+_QDQ_ONLY = ("Erf", "Tanh")
+"""Op types imported on their own only in QDQ models (:meth:`_Importer.qdq_unary`)."""
+_DISPLAY = {(QONNX_DOMAIN, "Quant"): "Quant (QONNX)"} | {
+    ("", t): f"{t} (QDQ models)" for t in _QDQ_ONLY
+}
 SUPPORTED_TEXT = (
     ", ".join(_DISPLAY.get(key, key[1]) for key in _OPS)
     + "; computations on shapes and constants only (Shape, Size, ConstantOfShape, Range, "

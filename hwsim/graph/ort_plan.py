@@ -6,6 +6,28 @@ kernels, whose x86 dot product depends on the CPU, ``docs/numerics.md`` eq. 16),
 stay float ops on dequantized values. The choice depends on the graph (consumers of each
 QuantizeLinear, activation types, ...), not on the CPU: hwsim asks onnxruntime itself, by
 building a session with graph optimisation and reading the optimised graph back.
+
+Transformers (``quantize_static`` QDQ exports of tests/conformance/archs.py's tiny ViT / BERT,
+onnxruntime 1.32, x86), by the ONNX node the IR node is named after (:attr:`OrtPlan.kernels`;
+a fused node keeps the name of the op it replaces):
+
+* MatMul by a weight, and MatMul of two activations with both inputs behind a DQ and its output
+  into a Q: ``QLinearMatMul``; the classifier Gemm: ``com.microsoft.QGemm``; a MatMul / Conv
+  whose int8 input onnxruntime does not convert to uint8 (x86's ``QDQS8ToU8Transformer``
+  skips a Q/DQ pair whose DequantizeLinear it cannot rewrite, e.g. one also read by another
+  node, or whose QuantizeLinear output is a graph output): a float ``MatMul`` / ``Conv`` on
+  dequantized values;
+* Softmax between a DQ and a Q: ``com.microsoft.QLinearSoftmax`` (a 256-entry float exp table
+  per input scale, the row's sum in float32, ``nearbyint(e * floor(1 / y_scale) / sum) + zp``:
+  not the float Softmax quantized);
+* Add / Mul of two quantized inputs (residual Adds, the Linear bias Add whose bias the
+  quantizer stored as a quantized tensor, GELU's ``x * (1 + erf)`` and ``* 0.5``):
+  ``com.microsoft.QLinearAdd`` / ``QLinearMul`` with uint8 activations; with int8 activations
+  on x86 they stay float ``Add`` / ``Mul`` between DQ and Q (``QDQIsInt8Allowed`` is false);
+  Concat of quantized inputs: ``com.microsoft.QLinearConcat`` (uint8);
+* LayerNormalization, Erf, Tanh, Div, ReduceMean: float ops between DQ and Q;
+* Transpose, Reshape, Slice, Squeeze, Gather (token selection, embedding tables): the DQ / Q
+  around them dropped, the integers moved.
 """
 
 from __future__ import annotations
@@ -13,7 +35,9 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from hwsim.errors import HwsimError
 
@@ -45,10 +69,20 @@ class OrtPlan:
       no-op for exact integer sums, not for the float32 formulas of QLinearAdd /
       QLinearAveragePool, whose rounding sees the shifted zero points). ARM builds keep int8
       (``QDQIsInt8Allowed``), so the plan of an int8-activation model differs between the two.
+    * ``kernels``: node name -> the op onnxruntime runs for it in the optimised graph, as
+      ``op_type`` or ``domain.op_type`` (``QLinearMatMul``, ``com.microsoft.QLinearSoftmax``,
+      ``com.microsoft.QLinearAdd``, ``MatMul``, ``LayerNormalization``, ...); a fused node keeps
+      the name of the op it replaced (the IR node's name), nodes it drops are absent.
     """
 
     integer_weights: frozenset[str]
     uint8_scales: frozenset[str]
+    kernels: Mapping[str, str] = field(default_factory=dict)
+
+    def kernel(self, node: str) -> str | None:
+        """The op onnxruntime runs for the ONNX node named ``node`` (None: no such node left,
+        e.g. a Q/DQ pair folded into a fused op, or a data movement it removed)."""
+        return self.kernels.get(node)
 
 
 def load_plan(path) -> OrtPlan:
@@ -88,9 +122,10 @@ def _plan(path: str, mtime: float) -> OrtPlan:
     inits = {t.name: t for t in m.graph.initializer}
     u8 = set()
     for n in m.graph.node:
-        for s, z in zip(n.input, n.input[1:]):
+        for s, z in zip(n.input, n.input[1:], strict=False):
             zt, st = inits.get(z), inits.get(s)
             if zt is not None and st is not None and zt.data_type == onnx.TensorProto.UINT8:
                 if st.data_type == onnx.TensorProto.FLOAT:
                     u8.add(s)
-    return OrtPlan(frozenset(names), frozenset(u8))
+    kernels = {n.name: f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in m.graph.node}
+    return OrtPlan(frozenset(names), frozenset(u8), MappingProxyType(kernels))

@@ -153,6 +153,8 @@ SHAPES: dict[Op, Callable[[Node, list[tuple]], tuple]] = {
     Op.ADD_CONST: _with_const,
     Op.DIV_CONST: _with_const,
     Op.REDUCE_MEAN: _reduce_mean,
+    Op.ERF: _same,
+    Op.TANH: _same,
 }
 """Op -> its output shape ``f(node, input shapes)``: one entry per op."""
 

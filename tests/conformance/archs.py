@@ -408,3 +408,51 @@ class TinyViTMeanPool(TinyViT):
     def forward(self, x):
         x = self.embed(x).flatten(2).transpose(1, 2) + self.pos
         return self.head(self.norm(self.blocks(x)).mean(dim=1))
+
+
+def quantize_tiny(
+    name: str,
+    float_path,
+    out_path,
+    per_channel: bool,
+    activations: str = "u8",
+    symmetric: bool = False,
+    qoperator: bool = False,
+) -> str:
+    """onnxruntime ``quantize_static`` of the TINY model ``name`` exported at ``float_path``
+    (no pre-processing): QDQ (or QOperator), weights QInt8, activations QUInt8 (``"u8"``) or
+    QInt8 (``"s8"``), asymmetric or ``ActivationSymmetric``; min/max calibration on
+    ``tiny_inputs(name, 4, seed=i)`` for ``i`` in 0..3."""
+    import logging
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": tiny_inputs(name, 4, seed=i)} for i in range(4)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # "consider pre-processing before quantization"
+    try:
+        quantize_static(
+            str(float_path),
+            str(out_path),
+            Reader(),
+            quant_format=QuantFormat.QOperator if qoperator else QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={"ActivationSymmetric": True} if symmetric else None,
+        )
+    finally:
+        root.setLevel(level)
+    return str(out_path)
