@@ -35,7 +35,11 @@ OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
-#: The op types an exported graph may hold.
+#: The op types an exported graph may hold: those of ``mlp`` and ``rescnn``; the SiLU, HardSwish
+#: and squeeze-excite ops of ``silucnn`` (SiLU is exported as ``Sigmoid`` and ``Mul``); and those
+#: of ``vit``: the attention and LayerNorm ops, the erf GELU (``Div``, ``Erf``, ``Add``, ``Mul``)
+#: and the shape arithmetic the TorchScript exporter writes for the reshapes on ``x.shape`` and
+#: the class token's ``expand`` to the batch (hwsim folds it away on import).
 ALLOWED_OPS = frozenset(
     {
         "Conv",
@@ -49,6 +53,25 @@ ALLOWED_OPS = frozenset(
         "BatchNormalization",
         "Identity",
         "Constant",
+        # silucnn
+        "Sigmoid",
+        "Mul",
+        "HardSwish",
+        # vit
+        "Transpose",
+        "Softmax",
+        "LayerNormalization",
+        "Div",
+        "Erf",
+        "Concat",
+        "Gather",
+        "Slice",
+        "Unsqueeze",
+        "Shape",
+        "ConstantOfShape",
+        "Equal",
+        "Where",
+        "Expand",
     }
 )
 
