@@ -18,6 +18,15 @@ from hwsim.numerics.formats import (
     saturate,
     wrap,
 )
+from hwsim.numerics.ibert import IBertError as IBertError
+from hwsim.numerics.ibert import IntStats as IntStats
+from hwsim.numerics.ibert import i_erf as i_erf
+from hwsim.numerics.ibert import i_exp as i_exp
+from hwsim.numerics.ibert import i_gelu as i_gelu
+from hwsim.numerics.ibert import i_layernorm as i_layernorm
+from hwsim.numerics.ibert import i_poly as i_poly
+from hwsim.numerics.ibert import i_softmax as i_softmax
+from hwsim.numerics.ibert import i_sqrt as i_sqrt
 from hwsim.numerics.rounding import RoundingMode, as_mode, round_shift, stochastic_draws
 from hwsim.numerics.scale import (
     ScaleKind,

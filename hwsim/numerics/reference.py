@@ -167,3 +167,302 @@ def pow2_requantize(acc: int, shift: int, mode: str, u: int | None = None) -> in
     if shift < 0:
         return acc << -shift
     return round_shift(acc, shift, mode, u)
+
+
+# (20)-(29) -- I-BERT integer-only non-linearities ----------------------------------------------
+# Kim et al., "I-BERT: Integer-only BERT Quantization", ICML 2021. Source: github.com/kssteven418/
+# I-BERT, branch ibert, commit 1b09c75, fairseq/quantization/utils/quant_modules.py (IntSoftmax,
+# IntGELU, IntLayerNorm) and quant_utils.py (floor_ste, round_ste, batch_frexp, fixedpoint_mul).
+# The registers (b_int, c_int, ...) are host-side float64 set-up from the input scale, computed
+# in I-BERT's operation order (20); everything after them is integer arithmetic on Python ints.
+# ``trace``, when given, collects every named intermediate (name -> list of values).
+
+IBERT_EXP_COEF = (0.35815147, 0.96963238, 1.0)
+"""``a*x^2 + b*x + c`` ~ exp on [-ln 2, 0] (IntSoftmax.coef)."""
+IBERT_EXP_X0 = -0.6931
+"""The range-reduction constant, -ln 2 rounded to 4 decimals in I-BERT's code (IntSoftmax.x0)."""
+IBERT_EXP_N = 30
+"""``exp = poly * 2^(N - q)`` with scale ``a s^2 / 2^N``; also the clamp ``x >= N x0_int``."""
+IBERT_SOFTMAX_EXP_BITS = 16
+"""The softmax requantizes its exps to int16 (``self.act = QuantAct(16)``)."""
+IBERT_SOFTMAX_MAX_BIT = 32
+"""``factor = floor(2^32 / sum)``, ``out = floor(exp * factor / 2^(32 - out_bits))``."""
+IBERT_ERF_COEF = (-0.2888, -1.769, 1.0)
+"""``erf(x) ~ sign(x) * (a * (min(|x|, -b) + b)^2 + c)`` (IntGELU.coeff)."""
+IBERT_GELU_K = 1.4142
+"""``GELU(x) = x (1 + erf(x / k)) / 2`` with k = sqrt(2) rounded to 4 decimals (IntGELU.k)."""
+IBERT_ERF_N = 14
+"""``erf_int = floor(y / 2^14)`` (IntGELU.n)."""
+IBERT_LN_VAR_LIMIT = 1 << 32
+"""The dynamic shift keeps every row's sum of squares below 2^32 (IntLayerNorm.set_shift)."""
+IBERT_LN_FACTOR_BITS = 31
+"""``factor = floor(2^31 / std)``; ``y * factor / 2`` has scale ``sqrt(N) / 2^30``."""
+
+
+def signed_bits(v: int) -> int:
+    """The width of the smallest two's-complement format holding ``v`` (0 and -1 need 1 bit)."""
+    return (v if v >= 0 else ~v).bit_length() + 1
+
+
+def _note(trace: dict | None, name: str, value: int) -> None:
+    if trace is not None:
+        trace.setdefault(name, []).append(value)
+
+
+def scalar_over_tensor(c: float, s: float) -> float:
+    """(20) torch's ``c / t`` for a Python float ``c`` and a tensor ``t`` holding ``s``:
+    ``Tensor.__rdiv__`` is ``t.reciprocal() * c``, two roundings. I-BERT's ``b / scaling_factor``
+    constants are computed this way; hwsim does the same in float64."""
+    return (1.0 / s) * c
+
+
+def ibert_frexp(real: float) -> tuple[int, int]:
+    """(20) I-BERT ``batch_frexp(real, max_bit=31)``: ``real = mant * 2^exp`` (``frexp``, mant in
+    [0.5, 1)); ``m = round_half_away(mant * 2^31)`` (``Decimal.quantize(ROUND_HALF_UP)``, so
+    ``m = 2^31`` is possible and kept); ``e = 31 - exp``. ``real ~ m / 2^e``."""
+    if real == 0.0:
+        return 0, 31
+    mant, ex = math.frexp(real)
+    v = abs(Fraction(mant) * (1 << 31))
+    m = math.floor(v + Fraction(1, 2))
+    return (m if mant > 0 else -m), 31 - ex
+
+
+def ibert_poly_registers(scale: float, coef=IBERT_EXP_COEF) -> tuple[int, int, float]:
+    """(21) ``int_polynomial``'s registers: ``b' = b / a``, ``c' = c / a`` (I-BERT's ``__init__``),
+    ``b_int = floor(b' / s)``, ``c_int = floor(c' / s^2)`` (20), output scale ``a * s^2``."""
+    a, b, c = coef
+    return (
+        math.floor(scalar_over_tensor(b / a, scale)),
+        math.floor(scalar_over_tensor(c / a, scale * scale)),
+        a * (scale * scale),
+    )
+
+
+def ibert_exp_registers(scale: float) -> tuple[int, int, int, float]:
+    """(22) ``int_exp``'s registers ``(x0_int, b_int, c_int, exp_scale)``:
+    ``x0_int = floor(-0.6931 / s)``, the polynomial's (21), ``exp_scale = a s^2 / 2^30``."""
+    b_int, c_int, poly_scale = ibert_poly_registers(scale)
+    x0_int = math.floor(scalar_over_tensor(IBERT_EXP_X0, scale))
+    return x0_int, b_int, c_int, poly_scale / 2**IBERT_EXP_N
+
+
+def ibert_softmax_registers(scale: float) -> tuple[int, int]:
+    """(23) The ``QuantAct(16)`` requantizer of the exps, ``(m, e)``, in the state its first call
+    calibrates (every row holds one ``x - max = 0``, so the largest exp of any tensor is
+    ``E_ref = c_int * 2^30``): ``x_max = E_ref * exp_scale``, ``s_act = x_max / (2^15 - 1)``
+    (``symmetric_linear_quantization_params``), ``(m, e) = ibert_frexp(exp_scale / s_act)``
+    (``fixedpoint_mul``), all float64."""
+    _, _, c_int, exp_scale = ibert_exp_registers(scale)
+    x_max = float(c_int << IBERT_EXP_N) * exp_scale
+    s_act = max(x_max, 1e-8) / ((1 << (IBERT_SOFTMAX_EXP_BITS - 1)) - 1)
+    return ibert_frexp(exp_scale / s_act)
+
+
+def ibert_erf_registers(scale: float) -> tuple[int, int, float]:
+    """(25) ``int_erf``'s registers for an input of scale ``s``: ``b_int = floor(b / s)``,
+    ``c_int = floor((c / a) / s^2)`` (20), ``erf_scale = (s^2 * a) * 2^14`` (negative: a < 0)."""
+    a, b, c = IBERT_ERF_COEF
+    return (
+        math.floor(scalar_over_tensor(b, scale)),
+        math.floor(scalar_over_tensor(c / a, scale * scale)),
+        (scale * scale * a) * 2**IBERT_ERF_N,
+    )
+
+
+def ibert_gelu_registers(scale: float) -> tuple[int, int, int, float, float]:
+    """(26) ``IntGELU``'s registers ``(b_int, c_int, shift_int, erf_scale, out_scale)``: the
+    erf's (25) at scale ``s / 1.4142``, ``shift_int = floor(1 / erf_scale)`` (negative),
+    ``out_scale = s * erf_scale / 2`` (negative)."""
+    b_int, c_int, erf_scale = ibert_erf_registers(scale / IBERT_GELU_K)
+    shift_int = math.floor(scalar_over_tensor(1.0, erf_scale))
+    return b_int, c_int, shift_int, erf_scale, scale * erf_scale / 2
+
+
+def ibert_layernorm_registers(gamma, beta) -> tuple[list[int], list[float]]:
+    """(28) ``IntLayerNorm``'s per-channel registers for ``N = len(gamma)`` channels:
+    ``bias_int = floor((beta / gamma) / (sqrt(N) / 2^30))``, ``out_scale = sqrt(N) / 2^30 * gamma``
+    (float64; I-BERT takes ``dim_sqrt`` from ``torch.sqrt`` of a float tensor)."""
+    unit = math.sqrt(len(gamma)) / 2**30
+    bias = [math.floor((b / g) / unit) for g, b in zip(gamma, beta, strict=True)]
+    return bias, [unit * g for g in gamma]
+
+
+def ref_i_poly(x: int, scale: float, coef=IBERT_EXP_COEF, trace: dict | None = None) -> int:
+    """(21) I-BERT ``int_polynomial``: ``x * (x + b_int) + c_int``."""
+    b_int, c_int, _ = ibert_poly_registers(scale, coef)
+    u = x + b_int
+    p = x * u
+    _note(trace, "x_plus_b", u)
+    _note(trace, "x_times_x_plus_b", p)
+    _note(trace, "poly", p + c_int)
+    return p + c_int
+
+
+def _ref_exp_parts(x: int, scale: float, trace: dict | None) -> tuple[int, int]:
+    """(22) ``(max(poly(r), 0), q)`` of ``int_exp`` for ``x <= 0``: the exp is that << (30 - q)."""
+    x0_int, _, _, _ = ibert_exp_registers(scale)
+    xc = max(x, IBERT_EXP_N * x0_int)
+    q = xc // x0_int
+    r = xc - x0_int * q
+    _note(trace, "x_clamped", xc)
+    _note(trace, "q", q)
+    _note(trace, "r", r)
+    pos = max(ref_i_poly(r, scale, IBERT_EXP_COEF, trace), 0)
+    _note(trace, "exp", pos << (IBERT_EXP_N - q))
+    return pos, q
+
+
+def ref_i_exp(x: int, scale: float, trace: dict | None = None) -> int:
+    """(22) I-BERT ``int_exp`` of an integer ``x <= 0`` (scale ``s``): with ``x0_int`` (20),
+    ``x' = max(x, 30 x0_int)``, ``q = floor(x' / x0_int)``, ``r = x' - x0_int q`` (in
+    ``(x0_int, 0]``), ``exp = max(poly(r) * 2^(30 - q), 0)`` at scale ``a s^2 / 2^30``."""
+    if x > 0:
+        raise ValueError(f"ref_i_exp takes x <= 0, got {x}")
+    pos, q = _ref_exp_parts(x, scale, trace)
+    return pos << (IBERT_EXP_N - q)
+
+
+def ref_i_softmax(
+    row: list[int], scale: float, out_bits: int = 8, trace: dict | None = None
+) -> list[int]:
+    """(24) I-BERT ``IntSoftmax`` of one row: ``d = x - max(x)``; ``E = i_exp(d)`` (22);
+    ``e16 = clamp(round_half_even(E * m / 2^e), -2^15, 2^15 - 1)`` (23);
+    ``F = floor(2^32 / sum(e16))``; ``out = floor(e16 * F / 2^(32 - out_bits))``, scale
+    ``2^-out_bits``."""
+    if not row:
+        return []
+    m, e = ibert_softmax_registers(scale)
+    top = max(row)
+    lim = 1 << (IBERT_SOFTMAX_EXP_BITS - 1)
+    e16 = []
+    for x in row:
+        _note(trace, "x_minus_max", x - top)
+        pos, q = _ref_exp_parts(x - top, scale, trace)
+        product = (pos << (IBERT_EXP_N - q)) * m
+        _note(trace, "exp_requant_product", product)
+        e16.append(min(max(round_shift(product, e, "half_even"), -lim), lim - 1))
+        _note(trace, "exp16", e16[-1])
+    total = sum(e16)
+    factor = (1 << IBERT_SOFTMAX_MAX_BIT) // total
+    _note(trace, "exp16_sum", total)
+    _note(trace, "factor", factor)
+    out = []
+    for v in e16:
+        _note(trace, "exp16_times_factor", v * factor)
+        out.append((v * factor) >> (IBERT_SOFTMAX_MAX_BIT - out_bits))
+        _note(trace, "out", out[-1])
+    return out
+
+
+def ref_i_erf(x: int, scale: float, trace: dict | None = None) -> int:
+    """(25) I-BERT ``int_erf`` (input scale ``s``, registers (20)):
+    ``y = sign(x) * ((min(|x|, -b_int) + b_int)^2 + c_int)``, ``erf = floor(y / 2^14)``."""
+    b_int, c_int, _ = ibert_erf_registers(scale)
+    a = min(abs(x), -b_int)
+    u = a + b_int
+    p = u * u + c_int
+    y = p if x > 0 else (-p if x < 0 else 0)
+    _note(trace, "abs_clipped", a)
+    _note(trace, "abs_plus_b", u)
+    _note(trace, "square", u * u)
+    _note(trace, "poly", p)
+    _note(trace, "signed_poly", y)
+    _note(trace, "erf", y >> IBERT_ERF_N)
+    return y >> IBERT_ERF_N
+
+
+def ref_i_gelu(x: int, scale: float, trace: dict | None = None) -> int:
+    """(26) I-BERT ``IntGELU``: ``x * (i_erf(x; s / 1.4142) + shift_int)``, scale
+    ``s * erf_scale / 2``."""
+    _, _, shift_int, _, _ = ibert_gelu_registers(scale)
+    t = ref_i_erf(x, scale / IBERT_GELU_K, trace) + shift_int
+    _note(trace, "erf_plus_shift", t)
+    _note(trace, "out", x * t)
+    return x * t
+
+
+def ref_isqrt_newton(n: int, trace: dict | None = None) -> int:
+    """(27) I-BERT's integer square root (paper, Algorithm 4): 0 for ``n = 0``; else
+    ``x_0 = 2^ceil(bits(n) / 2)``, ``x_{i+1} = floor((x_i + floor(n / x_i)) / 2)`` until
+    ``x_{i+1} >= x_i``; returns ``x_i`` = ``floor(sqrt(n))``."""
+    if n < 0:
+        raise ValueError(f"ref_isqrt_newton takes n >= 0, got {n}")
+    if n == 0:
+        return 0
+    x = 1 << ((n.bit_length() + 1) // 2)
+    while True:
+        s = x + n // x
+        _note(trace, "newton_x", x)
+        _note(trace, "newton_sum", s)
+        if s >> 1 >= x:
+            return x
+        x = s >> 1
+
+
+def ibert_layernorm_shift(rows: list[list[int]]) -> int:
+    """(29) The dynamic shift (``IntLayerNorm.set_shift`` from a zero buffer): with
+    ``V = max over rows of sum(y^2)``, ``y = x - round_half_even(mean(x))``: 0 if ``V < 2^32``,
+    else the smallest ``k`` with ``V <= 2^(32 + 2k)``, then one more while some row's
+    ``sum((y >> k)^2)`` still reaches 2^32 (where I-BERT's assertion fails)."""
+    ys = [[x - _round_half_even_div(sum(r), len(r)) for x in r] for r in rows if r]
+    v = max((sum(y * y for y in r) for r in ys), default=0)
+    if v < IBERT_LN_VAR_LIMIT:
+        return 0
+    k = -(-((v - 1).bit_length() - 32) // 2)
+    while max(sum((y >> k) ** 2 for y in r) for r in ys) >= IBERT_LN_VAR_LIMIT:
+        k += 1
+    return k
+
+
+def _round_half_even_div(a: int, n: int) -> int:
+    """``a / n`` rounded to nearest, ties to even (``torch.round`` of the exact mean)."""
+    q, r = divmod(a, n)
+    return q + (2 * r > n or (2 * r == n and q % 2 == 1))
+
+
+def ref_i_layernorm(
+    rows: list[list[int]],
+    gamma: list[float],
+    beta: list[float],
+    shift: int | None = None,
+    trace: dict | None = None,
+) -> list[list[int]]:
+    """(28) I-BERT ``IntLayerNorm`` of each row (N = len(gamma) integers): ``mean =
+    round_half_even(sum(x) / N)``; ``y = x - mean``; ``V = sum((y >> k)^2)``;
+    ``std = isqrt(V) * 2^k`` (27); ``F = floor(2^31 / max(std, 1))``; ``out = floor(y F / 2) +
+    bias_int`` (registers (28)), scale ``sqrt(N) / 2^30 * gamma``. ``shift=None`` takes the
+    dynamic shift (29)."""
+    bias, _ = ibert_layernorm_registers(gamma, beta)
+    k = ibert_layernorm_shift(rows) if shift is None else shift
+    out = []
+    for row in rows:
+        if not row:
+            out.append([])
+            continue
+        total = sum(row)
+        mean = _round_half_even_div(total, len(row))
+        _note(trace, "sum_x", total)
+        _note(trace, "mean", mean)
+        ys = [x - mean for x in row]
+        var = 0
+        for y in ys:
+            _note(trace, "y", y)
+            _note(trace, "y_shifted", y >> k)
+            _note(trace, "y_shifted_sq", (y >> k) ** 2)
+            var += (y >> k) ** 2
+        std = ref_isqrt_newton(var, trace) << k
+        factor = (1 << IBERT_LN_FACTOR_BITS) // max(std, 1)
+        _note(trace, "var", var)
+        _note(trace, "std", std)
+        _note(trace, "factor", factor)
+        res = []
+        for y, b in zip(ys, bias, strict=True):
+            _note(trace, "y_times_factor", y * factor)
+            _note(trace, "y_norm", (y * factor) >> 1)
+            res.append(((y * factor) >> 1) + b)
+            _note(trace, "out", res[-1])
+        out.append(res)
+    for b in bias:
+        _note(trace, "bias_int", b)
+    return out
