@@ -32,7 +32,7 @@ from hwsim.data import Dataset, conform, load_data
 from hwsim.errors import HwsimError
 from hwsim.execute import run_float
 from hwsim.graph import import_model, is_qoperator, load_onnx
-from hwsim.graph.ir import Graph
+from hwsim.graph.ir import Graph, Op
 from hwsim.io import atomic_write_text
 from hwsim.quant import QuantProgram, Scheme, SchemeError, quantize
 from hwsim.quant.store import program_from_graph, save
@@ -53,6 +53,9 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = "rescnn"
 #: The schemes ``hwsim demo`` and ``hwsim compare`` sweep by default.
 DEMO_SCHEMES = ("per-tensor", "per-channel", "per-sample", "per-sample-shift")
+TRANSFORMER_DEMO_SCHEMES = ("per-tensor", "per-channel", "per-token", "per-token-shift")
+"""The demo of a transformer (a model with attention / LayerNorm / GELU): the token schemes,
+each with float and with integer-only (I-BERT) non-linearities."""
 
 
 def shipped_models() -> list[dict]:
@@ -374,12 +377,17 @@ def cost(
 cost_model = cost
 
 
+def is_transformer(graph: Graph) -> bool:
+    """A graph with attention, LayerNorm or GELU (the transformer demo's models)."""
+    return any(n.op in (Op.MATMUL, Op.LAYERNORM, Op.GELU) for n in graph.nodes)
+
+
 def demo(
     model=DEFAULT_MODEL,
     data="digits",
     calib="digits-train",
-    wbits=(8, 4),
-    abits=(8, 4),
+    wbits=None,
+    abits=None,
     report=None,
 ) -> dict:
     """``hwsim demo``, the main job: ``model`` on ``data`` (calibrated on ``calib``) under the
@@ -388,8 +396,18 @@ def demo(
     registers; then per-tensor at the first widths on narrow accumulators in hardware order
     (16-bit saturating, 14-bit saturating, 14-bit wrapping), where they overflow. Returns
     ``{"model", "data", "calib", "rows"}`` (rows as :func:`compare`'s; table:
-    :func:`hwsim.report.compare_table`), written as JSON to ``report`` (atomically) if given."""
+    :func:`hwsim.report.compare_table`), written as JSON to ``report`` (atomically) if given.
+
+    A transformer (:func:`is_transformer`, e.g. the shipped ``vit``) gets
+    :data:`TRANSFORMER_DEMO_SCHEMES`, each with float and with integer-only non-linearities
+    (``nonlinear``), at W8A8 and W4A8 by default; a CNN the four :data:`DEMO_SCHEMES` at
+    W8A8 and W4A4 by default, then the narrow accumulators."""
     check_outputs(report=report)
+    transformer = is_transformer(import_model(resolve_model(model)))
+    if wbits is None:
+        wbits = (8, 4)
+    if abits is None:
+        abits = (8, 8) if transformer else (8, 4)
     wbits, abits = _seq(wbits), _seq(abits)
     if not wbits or not abits:
         raise HwsimError(
@@ -397,11 +415,23 @@ def demo(
             f"abits={abits}"
         )
     rows = []
-    for wb, ab in (
-        zip(wbits, abits, strict=False)
+    pairs = (
+        list(zip(wbits, abits, strict=False))
         if len(wbits) == len(abits)
         else [(w, a) for w in wbits for a in abits]
-    ):
+    )
+    if transformer:
+        for wb, ab in pairs:
+            for scheme in TRANSFORMER_DEMO_SCHEMES:
+                for nl in ("float", "integer"):
+                    rows += compare(
+                        model, data, (scheme,), (wb,), (ab,), calib=calib, nonlinear=nl
+                    )
+        doc = {"model": model, "data": data, "calib": calib, "rows": rows}
+        if report is not None:
+            atomic_write_text(report, json.dumps(doc, indent=2, default=str) + "\n")
+        return doc
+    for wb, ab in pairs:
         rows += compare(model, data, DEMO_SCHEMES, (wb,), (ab,), calib=calib, report=None)
     # the same network on narrow accumulators, in hardware order: where do they overflow?
     for bits, ovf in ((16, "saturate"), (14, "saturate"), (14, "wrap")):

@@ -25,6 +25,7 @@ from hwsim.quant.scheme import (
     CALIB_METHODS,
     DATA_FREE_RANGES,
     GRANULARITIES,
+    NONLINEARS,
     PRESETS,
     SHIFT_BASES,
     WEIGHT_MODES,
@@ -308,6 +309,15 @@ def _scheme_options(f):
             "FQT paper's hardware; no calibration). docs/numerics.md eq. 17-19.",
         ),
         click.option(
+            "--nonlinear",
+            type=click.Choice(NONLINEARS),
+            default="float",
+            show_default=True,
+            help="Softmax, GELU and LayerNorm: float between DequantizeLinear and "
+            "QuantizeLinear (as onnxruntime runs them), or integer-only (I-BERT's kernels, "
+            "docs/numerics.md); per layer with --layer NAME:nonlinear=integer.",
+        ),
+        click.option(
             "--first-last-bits",
             type=click.IntRange(*BITS),
             default=None,
@@ -392,6 +402,7 @@ _SCHEME_FIELDS = (
     "percentile",
     "s_max",
     "shift_base",
+    "nonlinear",
     "first_last_bits",
 )
 
@@ -437,18 +448,33 @@ SCHEMES_HELP = ", ".join(PRESETS)
 @click.option("--model", default="rescnn", show_default=True, help="Shipped model or ONNX path.")
 @click.option("--data", default="digits", show_default=True)
 @click.option("--calib", default="digits-train", show_default=True)
-@click.option("--wbits", default="8,4", callback=_bits_list, show_default=True)
-@click.option("--abits", default="8,4", callback=_bits_list, show_default=True)
+@click.option(
+    "--wbits",
+    default=None,
+    callback=_bits_list,
+    help="Weight widths, e.g. 8,4 (default 8,4).",
+)
+@click.option(
+    "--abits",
+    default=None,
+    callback=_bits_list,
+    help="Activation widths, zipped with --wbits (default 8,4 for a CNN, 8,8 for a "
+    "transformer: W8A8 and W4A8).",
+)
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), callback=_out, default=None
 )
 @_guard
 def demo(model, data, calib, wbits, abits, json_path):
-    """The main job: the shipped CNN on digits, four schemes, float vs integer, and narrow
-    accumulators."""
+    """The main job: a shipped model on digits, float vs integer under several schemes. A CNN
+    (rescnn, mlp, silucnn): per-tensor / per-channel / per-sample / per-sample-shift and narrow
+    accumulators; a transformer (vit): per-tensor / per-channel / per-token / per-token-shift,
+    each with float and with integer-only (I-BERT) softmax, GELU and LayerNorm."""
     from hwsim import api, report
+    from hwsim.graph import import_model
 
-    click.echo(report.demo_header(model, data, calib) + "\n")
+    transformer = api.is_transformer(import_model(api.resolve_model(model)))
+    click.echo(report.demo_header(model, data, calib, transformer) + "\n")
     doc = api.demo(model, data, calib, wbits, abits, report=json_path)
     click.echo(report.compare_table(doc["rows"]))
     if json_path:

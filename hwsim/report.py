@@ -213,9 +213,11 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
 
 def compare_table(rows: list[dict]) -> str:
     """The sweep table of ``hwsim compare``."""
+    nl = any(r["settings"]["default"].get("nonlinear", "float") != "float" for r in rows)
     hdr = (
-        f"{'scheme':<18} {'W':>3} {'A':>3} {'acc':>5} {'float':>8} {'integer':>8} "
-        f"{'agree':>8} {'ovf':>8} {'SQNR min':>9} {'uJ/smp':>8}"
+        f"{'scheme':<18} {'W':>3} {'A':>3} {'acc':>5} "
+        + (f"{'nonlin':>7} " if nl else "")
+        + f"{'float':>8} {'integer':>8} {'agree':>8} {'ovf':>8} {'SQNR min':>9} {'uJ/smp':>8}"
     )
     lines = [hdr, "-" * len(hdr)]
     for r in rows:
@@ -227,15 +229,18 @@ def compare_table(rows: list[dict]) -> str:
         acc = f"{d['acc_bits']}{d['overflow'][0]}"
         sq = r.get("min_sqnr_db")
         sq = "" if sq is None else (f"{sq:.1f}" if isinstance(sq, float) else str(sq))
+        kind = d.get("nonlinear", "float")
         lines.append(
             f"{r['scheme']:<18} {r['wbits']:>3} {r['abits']:>3} {acc:>5} "
-            f"{pct(r['float_accuracy']):>8} {pct(r['int_accuracy']):>8} "
+            + (f"{kind:>7} " if nl else "")
+            + f"{pct(r['float_accuracy']):>8} {pct(r['int_accuracy']):>8} "
             f"{pct(r['agreement']):>8} {r['overflow_events']:>8} {sq:>9} "
             f"{r.get('energy_pj_per_sample', 0) / 1e6:>8.3f}"
         )
     lines.append(
         "acc: accumulator bits + w(rap)/s(aturate); SQNR min: worst layer, dB; "
         "uJ/smp: energy per sample on the accelerator (hwsim cost)"
+        + ("; nonlin: softmax / GELU / LayerNorm in float or integer-only (I-BERT)" if nl else "")
     )
     return "\n".join(lines)
 
@@ -604,8 +609,15 @@ def run_qoperator(
 # ------------------------------------------------------------------------------------------------
 # the text the commands print
 # ------------------------------------------------------------------------------------------------
-def demo_header(model, data, calib) -> str:
+def demo_header(model, data, calib, transformer: bool = False) -> str:
     """The first line of ``hwsim demo`` (printed before the sweep runs)."""
+    if transformer:
+        return (
+            f"hwsim demo: {model} on {data} (calibrated on {calib}); per-tensor / "
+            "per-channel / per-token / per-token-shift (S_max=4) quantization, softmax / GELU "
+            "/ LayerNorm in float or integer-only (I-BERT), int32 wrapping accumulators, ort "
+            "scale registers"
+        )
     return (
         f"hwsim demo: {model} on {data} (calibrated on {calib}); per-tensor / "
         "per-channel / per-sample / per-sample-shift (S_max=4) quantization, int32 "

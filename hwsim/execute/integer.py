@@ -39,6 +39,7 @@ the model's output leaves as ``DequantizeLinear`` (``f32(q - z) * s``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -64,7 +65,7 @@ from hwsim.execute.tensors import QTensor, quantize_input, quantize_linear
 from hwsim.graph.ir import MAC_OPS, Node, Op
 from hwsim.numerics import IntFormat, Overflow, RoundingMode, ScaleKind, ScaleRegister, saturate
 from hwsim.numerics.scale import MultiplierRangeError
-from hwsim.quant.scheme import ActSpec, LayerSpec, QuantProgram
+from hwsim.quant.scheme import ActSpec, LayerSpec, NonLinear, QuantProgram
 
 
 @dataclass
@@ -78,6 +79,8 @@ class LayerStats:
     bias_clamped: int = 0
     """(sample, output channel) pairs whose float bias, quantized to accumulator units, lay
     outside the accumulator format and was clamped to it (0 for an imported int32 bias)."""
+    int_bits: int = 0
+    """The widest intermediate (signed bits) an integer-only non-linearity reached."""
     gain_error_min: float | None = None
     gain_error_max: float | None = None
     """Extremes of ``applied / wanted - 1`` over every scale-register entry the node built
@@ -173,6 +176,9 @@ class IntegerExecutor:
         self._current: str | None = None  # the node being run (its registers' gain errors)
         self._node_now: Node | None = None  # that node and its inputs (per-token axes)
         self._ins_now: list = []
+        self.wide = wide_tensors(program)
+        """Tensors held at their producer's accumulator width for an integer non-linearity
+        (:func:`wide_tensors`)."""
 
     def _register(self, kind: ScaleKind, real, rounding, ort_scale=None) -> ScaleRegister:
         """:func:`_register`, recording the register's gain error in the current node's
@@ -932,11 +938,207 @@ class IntegerExecutor:
             bound=window << x.fmt.bits,
         )
 
+    # -- integer-only non-linearities (I-BERT) ------------------------------------------------
+    def _integer_nonlinear(self, node: Node) -> bool:
+        return node.op in IBERT_OPS and self.p.layer(node.name).nonlinear is NonLinear.INTEGER
+
+    def _wide_out(self, node: Node, ins: list) -> QTensor:
+        """A tensor in :attr:`wide`: a dense's biased accumulator at scale ``f32(sx*sw)``, a
+        matmul's accumulator at ``f32(sa*sb)`` (format: the layer's accumulator, no
+        requantization, as I-BERT feeds ``IntGELU`` / ``IntSoftmax``), or a division by a
+        constant ``c`` of such a tensor: the same integers at scale ``s / c``."""
+        x = ins[0]
+        if node.op is Op.DIV_CONST:
+            c = float(np.asarray(node.weight, np.float64).reshape(-1)[0])
+            sign = -1 if c < 0 else 1
+            return QTensor(
+                x.q * sign,
+                (x.scale_b().astype(np.float64) / abs(c)).astype(np.float32),
+                0,
+                x.fmt,
+            )
+        layer = self.p.layer(node.name)
+        acc_cfg = layer.acc
+        st = self.stats[node.name]
+        fmt = acc_cfg.format
+        if node.op is Op.ADD:
+            # TFLite's integer Add up to the sum (:meth:`_add_terms`): on the grid
+            # ``2 max(sa, sb) / 2^L``, L = min(20, 30 - bits) headroom bits
+            a, b = ins
+            L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))
+            nd = max(a.q.ndim, b.q.ndim)
+            ua, _, _ = self._unit_b(a, nd)
+            ub, _, _ = self._unit_b(b, nd)
+            twice = 2 * np.maximum(ua, ub)
+            t = self._add_terms(a, b, ua / twice, ub / twice, L, layer)
+            st.add(None, 0, 0, int(np.size(t)))
+            return QTensor(
+                np.asarray(t, np.int64),
+                np.asarray(twice / 2.0**L, np.float32),
+                0,
+                IntFormat(min(64, max(a.fmt.bits, b.fmt.bits) + L + 2), True),
+            )
+        if node.op is Op.MATMUL:
+            from hwsim.datapath.gemm import check_accumulable, reduce_batched
+
+            a, b = ins
+            batch = np.broadcast_shapes(a.q.shape[:-2], b.q.shape[:-2])
+            (M, K), N = a.q.shape[-2:], b.q.shape[-1]
+            A = np.broadcast_to(a.q, batch + (M, K)).reshape(-1, M, K)
+            B = np.broadcast_to(b.q, batch + (K, N)).reshape(-1, K, N)
+            xop = Operand(a.fmt, zero_point=int(a.zero_point))
+            wop = Operand(b.fmt, zero_point=int(b.zero_point))
+            check_accumulable(K, xop, wop)
+            vals, counters = reduce_batched(A, B, xop, wop, wop.zero_point, acc_cfg)
+            st.add(counters, 0, 0, int(np.size(vals)))
+            rank = len(batch) + 2
+            ua, _, _ = self._unit_b(a, rank)
+            ub, _, _ = self._unit_b(b, rank)
+            scale = (np.asarray(ua, np.float32) * np.asarray(ub, np.float32)).astype(np.float32)
+            return QTensor(np.asarray(vals, np.int64).reshape(batch + (M, N)), scale, 0, fmt)
+        # dense: the biased accumulator (N, ..., O); the rows (N·...) as the GEMM's samples
+        x = ins[0]
+        xq = x.q
+        lead, K = xq.shape[:-1], xq.shape[-1]
+        R = int(np.prod(lead, dtype=np.int64))
+
+        def rows(a):
+            if a is None or np.ndim(a) == 0:
+                return a
+            b = np.asarray(a)
+            b = b.reshape(b.shape + (1,) * (xq.ndim - b.ndim)) if b.ndim == 1 else b
+            return np.broadcast_to(b, xq.shape)[..., 0].reshape(R)
+
+        flat = QTensor(xq.reshape(R, K), rows(x.scale), x.zero_point, x.fmt, rows(x.shifts), x.base)
+        xop = Operand(x.fmt, zero_point=int(x.zero_point))
+        zw = np.asarray(node.wq.zero_point)
+        wop = Operand(node.wq.fmt, zero_point=zw if zw.ndim == 1 else int(zw))
+        res = gemm(flat.q, node.wq.q.T, x_operand=xop, w_operand=wop, acc=acc_cfg)
+        n_out = res.values.shape[1]
+        bias, clamped = self._mac_bias(node, flat, acc_cfg, R, n_out)
+        t, bovf = add_bias(res.values, bias, acc=acc_cfg, bias_axis=1)
+        st.add(res.counters, bovf, 0, t.size, clamped)
+        sw = np.asarray(node.wq.scale, np.float32)
+        sx = np.asarray(flat.scale, np.float32)
+        scale = (sx.reshape(-1, 1) if sx.ndim else sx) * (sw.reshape(1, -1) if sw.ndim else sw)
+        scale = np.asarray(scale, np.float32)  # f32(sx*sw): per row and / or channel
+        q = np.asarray(t, np.int64).reshape(lead + (n_out,))
+        if scale.ndim:
+            scale = np.broadcast_to(scale, (R if sx.ndim else 1, n_out if sw.ndim else 1))
+            scale = scale.reshape((lead if sx.ndim else (1,) * len(lead)) + (scale.shape[1],))
+        return QTensor(q, np.ascontiguousarray(scale), 0, fmt)
+
+    def _nonlinear(self, node: Node, x: QTensor, spec: ActSpec) -> QTensor:
+        """Softmax / GELU / LayerNorm on integers only (:mod:`hwsim.numerics.ibert`, I-BERT):
+        ``q - z`` and its real step go through the kernel -- once per distinct step (one
+        call per tensor for a per-tensor input; per sample, token or channel otherwise; a
+        softmax or LayerNorm row has one step) -- and the kernel's integers (output step
+        ``s'``; a negative ``s'``, GELU's, negates the integers) are requantized to the
+        node's output with its register, ``R(s'/sy)``, as any integer op's sums are."""
+        from hwsim.execute.tensors import token_rows
+        from hwsim.numerics import ibert
+
+        layer = self.p.layer(node.name)
+        t = x.q.astype(np.int64) - x.zero_point
+        nd = t.ndim
+        if node.op is Op.GELU:
+            axis = nd - 1
+        else:
+            axis = node.attrs.get("axis", -1) % nd
+            if node.op is Op.LAYERNORM and axis != nd - 1:
+                return self._requant_float(node, [x], spec)
+        S = np.broadcast_to(x.scale_b(), t.shape)
+        keep = tuple(a for a in range(nd) if a != axis)
+        rows, undo = token_rows(t, keep)
+        srows, _ = token_rows(S, keep)
+        varies = any(x.scale_b().shape[a] > 1 for a in (axis,) if a < np.ndim(x.scale_b()))
+        if varies and node.op is not Op.GELU and srows.size:
+            # steps varying along the row (scores with per-token keys): one grid per row first
+            umax = srows.max(axis=1, keepdims=True)
+            rows, step = self._align(rows, srows / umax, layer, 1 << (x.fmt.bits - 1))
+            srows = np.broadcast_to(umax * step, rows.shape)
+        out = np.zeros(rows.shape, np.int64)
+        oscale = np.zeros(rows.shape, np.float64)
+        kbits = np.zeros(rows.shape, np.int64)  # the contract's bound on the kernel's width
+        st = self.stats[node.name]
+        widest = 0
+        stats_all = []
+        if srows.size:  # the contract's widths, per scale (LayerNorm's: independent of it)
+            if node.op is Op.LAYERNORM:
+                kbits[:] = _kernel_bits(node, x.fmt.bits, 1.0)
+            else:
+                uniq, inv = np.unique(srows, return_inverse=True)
+                kb = np.array([_kernel_bits(node, x.fmt.bits, float(u)) for u in uniq])
+                kbits = kb[inv.reshape(-1)].reshape(srows.shape)
+        if rows.size and node.op is Op.SOFTMAX:  # registers per row (its scale)
+            out, so, stats = ibert.i_softmax_rows(rows, srows[:, 0], SOFTMAX_BITS)
+            oscale[:] = so
+            stats_all.append(stats)
+        elif rows.size and node.op is Op.GELU:  # registers per element's scale
+            out, oscale, stats = ibert.i_gelu_scales(rows, srows)
+            stats_all.append(stats)
+        elif rows.size:  # (29) a shift per row (token): a row's result depends on it alone;
+            # the input scale cancels in LayerNorm (eq. 28)
+            ks = ibert.layernorm_row_shifts(rows)
+            for k in np.unique(ks):
+                part = np.flatnonzero(ks == k)
+                y, so, stats = ibert.i_layernorm(
+                    rows[part], float(srows[part[0], 0]), node.weight, node.bias, shift=int(k)
+                )
+                out[part], oscale[part] = y, np.broadcast_to(so, y.shape)
+                stats_all.append(stats)
+        for stats in stats_all:
+            widest = max(widest, stats.widest_bits)
+            st.count(**{f"int_{o}": getattr(stats, o) for o in _IBERT_OPS if getattr(stats, o)})
+        st.int_bits = max(st.int_bits, widest)
+        sign = np.where(oscale < 0, -1, 1)
+        out, oscale = out * sign, np.abs(oscale)
+        if layer.register in (ScaleKind.TFLITE, ScaleKind.TFLITE_SINGLE):
+            # a tflite register takes int32: a rounding right shift by what the contract's
+            # width exceeds 32 bits (from the widths, not the values), the step scaled up
+            k = np.maximum(kbits - 32, 0)
+            if k.any():
+                from hwsim.numerics.rounding import round_shift
+
+                out = round_shift(out, k, RoundingMode.HALF_AWAY)
+                oscale = oscale * np.exp2(k)
+                kbits = kbits - k
+                st.count(int_shifts=int(np.count_nonzero(k)))
+        q = undo(out)
+        sc = undo(oscale).astype(np.float32)
+        from hwsim.execute.tensors import keepdims_form
+
+        # the kernel's step: one per row (softmax), per row and channel (LayerNorm's gamma),
+        # per element group (GELU); stored compactly where it is constant
+        for ax in range(1, sc.ndim):
+            if sc.shape[ax] > 1 and np.all(sc == sc.take([0], axis=ax)):
+                sc = sc.take([0], axis=ax)
+        sc = keepdims_form(sc)
+        if sc.ndim == 1 and sc.size and np.all(sc == sc[0]) and np.ndim(x.scale) == 0:
+            sc = np.asarray(sc[0], np.float32)
+        bits = int(min(64, max(2, kbits.max() if kbits.size else 2)))
+        wide = QTensor(q, sc, 0, IntFormat(bits, True))
+        return self._rescale(wide, spec, layer.register, layer.rounding, bound=1 << (bits - 1))
+
     # -- the op table ------------------------------------------------------------------------
     def _node(self, node: Node, ins: list):
         """One node: a float input (before the first QuantizeLinear) or the final Softmax runs
         as ``Q(op(DQ(inputs)))``; otherwise the op's entry in :data:`INTEGER_OPS`."""
         spec = self._spec(node.output)
+        if node.attrs.get("ort_dynamic"):
+            # onnxruntime's dynamic quantization (quantize_dynamic): float in, float out
+            from hwsim.execute.dynamic import dynamic_dense
+
+            self.float_ops.discard(node.name)
+            return dynamic_dense(node, ins[0], self.isa, self.stats[node.name])
+        if node.output in self.wide:
+            return self._wide_out(node, ins)
+        if (
+            spec is not None
+            and self._integer_nonlinear(node)
+            and all(isinstance(i, QTensor) for i in ins)
+        ):
+            return self._nonlinear(node, ins[0], spec)
         if any(not isinstance(i, QTensor) for i in ins) or node.op is Op.SOFTMAX:
             return self._requant_float(node, ins, spec)
         if spec is None and node.op not in MAC_OPS:
@@ -1068,7 +1270,9 @@ class IntegerExecutor:
         requantized to its largest step per matrix, ``sat(R(u_k / max u)(b - zb))`` in its own
         format (an align register per token). Returns ``(values, u_b, c_b, sigma_b)``."""
         from hwsim.datapath import Accumulator
-        from hwsim.datapath.gemm import gemm_per_sample_shift, reduce_batched
+        from hwsim.datapath.gemm import accumulate_sequence, reduce_batched
+        from hwsim.numerics import wrap as wrap_to
+        from hwsim.numerics.rounding import round_shift
 
         G, K, N = B.shape
         st = self.stats[node.name]
@@ -1077,22 +1281,27 @@ class IntegerExecutor:
             sh = np.broadcast_to(sigb, batch + (K, 1)).reshape(G, K).astype(np.int64)
             lo = sh.min(axis=1) if K else np.zeros(G, np.int64)
             final = Accumulator(bits=acc_cfg.bits, overflow=acc_cfg.overflow)
-            vals = np.empty((G, A.shape[1], N), np.int64)
-            for g in range(G):
-                r = gemm_per_sample_shift(
-                    A[g],
-                    B[g],
-                    K,
-                    sh[g] - lo[g],
-                    x_operand=xop,
-                    w_operand=wop,
-                    group_acc=acc_cfg,
-                    final_acc=final,
-                    rounding=layer.rounding,
-                    s_max=16,
+            if layer.rounding is RoundingMode.STOCHASTIC:
+                raise HwsimError(
+                    f"node {node.name!r}: stochastic rounding draws per sample; the per-token "
+                    f"shifts of p @ v need a deterministic rounding"
                 )
-                vals[g] = r.values
-                st.add(r.final_counters)
+            # eq. 13-14 with one product per group (a token of v), vectorised over the
+            # matrices and outputs: P = acc(a_mk (v_kn - zv)), R = round(P / 2^(s_k - min s)),
+            # summed over k in token order on the accumulator
+            P = (A.astype(np.int64) - xop.zero_point)[:, :, :, None] * (
+                B.astype(np.int64) - wop.zero_point
+            )[:, None, :, :]  # (G, M, K, N)
+            fmt = acc_cfg.format
+            if acc_cfg.overflow is Overflow.WRAP:
+                Pg = np.asarray(wrap_to(P, fmt), np.int64)
+            else:
+                Pg = np.clip(P, fmt.min, fmt.max)
+            group_events = int(np.count_nonzero(Pg != P))
+            R = round_shift(Pg, (sh - lo[:, None])[:, None, :, None], layer.rounding)
+            vals, fc = accumulate_sequence(np.moveaxis(R, 2, 0), final)
+            fc.overflow_events += group_events
+            st.add(fc)
             st.count(token_shifts=G * A.shape[1] * N * K)
             base = float(np.float32(b.base))
             lo_b = lo.reshape(batch + (1, 1))
@@ -1312,3 +1521,73 @@ TOKEN_OPS = frozenset(
 """Integer rules that take per-token inputs (scales per token, :class:`QTensor`); another op
 with a per-token input runs as ``QuantizeLinear(op(DequantizeLinear(inputs)))`` (a conv or a
 pool would sum values of different tokens' grids)."""
+
+
+IBERT_OPS = (Op.SOFTMAX, Op.GELU, Op.LAYERNORM)
+"""Ops with an integer-only kernel (:mod:`hwsim.numerics.ibert`), chosen per layer by
+``LayerSpec.nonlinear``."""
+
+_IBERT_OPS = ("multiplies", "shifts", "divides", "compares", "adds")
+
+
+def wide_tensors(program: QuantProgram) -> set[str]:
+    """Tensors an integer non-linearity reads at its producer's accumulator width, as I-BERT
+    feeds its kernels: the output of a dense, of a matmul of two activations or of an Add (the
+    residual sum before its output register, as I-BERT's 22-bit LayerNorm input), or a
+    division of one by a scalar constant, whose every reader is a softmax / GELU / LayerNorm with
+    ``nonlinear = integer`` (or such a division). Their ActSpecs are not used."""
+    g = program.graph
+    cons = g.consumers()
+
+    def integer(n):
+        return n.op in IBERT_OPS and program.layer(n.name).nonlinear is NonLinear.INTEGER
+
+    wide: set[str] = set()
+    for n in reversed(g.nodes):
+        readers = cons.get(n.output, [])
+        if n.output == g.output or not readers:
+            continue
+        if not all(integer(c) or (c.op is Op.DIV_CONST and c.output in wide) for c in readers):
+            continue
+        if n.op in (Op.DENSE, Op.MATMUL, Op.ADD):
+            wide.add(n.output)
+        elif (
+            n.op is Op.DIV_CONST
+            and np.size(n.weight) == 1
+            and float(np.asarray(n.weight).reshape(-1)[0]) != 0
+        ):
+            wide.add(n.output)
+    # a division is wide only where its input is (else it divides requantized integers)
+    prod = g.producer()
+    for t in sorted(wide):
+        n = prod[t]
+        if n.op is Op.DIV_CONST and n.inputs[0] not in wide:
+            wide.discard(t)
+    return wide
+
+
+SOFTMAX_BITS = 16
+"""Output width of the integer softmax (I-BERT's ``output_bit``): probabilities at step
+``2^-16``, then requantized to the node's output like any integer result."""
+
+
+def _kernel_bits(node: Node, in_bits: int, scale: float) -> int:
+    """A bound, from the contracts' widths (``docs/numerics.md`` eq. 24-28), on the signed
+    width of an integer kernel's output for ``in_bits``-bit input at step ``scale``: the
+    softmax's ``SOFTMAX_BITS`` unsigned; GELU's ``bits(x) + bits(2 / |erf_scale|)``;
+    LayerNorm's ``32 + ceil(log2(N) / 2) + bits(max |bias_int|)``. Fixed by the shapes and the
+    scales, so what depends on it (a tflite register's pre-shift, alignment headroom) does not
+    depend on the values."""
+    from hwsim.numerics import reference as nref
+
+    if node.op is Op.SOFTMAX:
+        return SOFTMAX_BITS + 1
+    if node.op is Op.GELU:
+        erf_scale = nref.ibert_gelu_registers(scale)[3]
+        return in_bits + int(2.0 / abs(erf_scale)).bit_length() + 2
+    n = int(np.size(node.weight))
+    bias_int, _ = nref.ibert_layernorm_registers(
+        np.asarray(node.weight, np.float64).tolist(), np.asarray(node.bias, np.float64).tolist()
+    )
+    top = max((abs(int(b)) for b in bias_int), default=0)
+    return 33 + math.ceil(math.log2(max(n, 1)) / 2) + top.bit_length() + 1

@@ -450,7 +450,9 @@ def quantize(
             ls = ls_of_tensor(n.output)
         else:
             continue
-        layers[n.name] = LayerSpec(ls.accumulator, as_kind(ls.register), as_mode(ls.rounding))
+        layers[n.name] = LayerSpec(
+            ls.accumulator, as_kind(ls.register), as_mode(ls.rounding), ls.nonlinear
+        )
     return QuantProgram(graph, acts, layers, scheme)
 
 

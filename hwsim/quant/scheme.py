@@ -132,6 +132,15 @@ class DataFreeRange(StrEnum):
     OFFICIAL = "official"
 
 
+class NonLinear(StrEnum):
+    """How a layer's non-linearities (softmax, GELU, LayerNorm) run: in float between
+    DequantizeLinear and QuantizeLinear, as onnxruntime runs them, or on integers only (the
+    I-BERT kernels, ``hwsim.numerics.ibert``), as an accelerator without float units."""
+
+    FLOAT = "float"
+    INTEGER = "integer"
+
+
 class ShiftBase(StrEnum):
     """A ``shift`` tensor's base scale: calibrated, or found per batch at run time."""
 
@@ -151,6 +160,7 @@ CALIB_METHODS = enum_values(CalibMethod)
 BN_FOLDS = enum_values(BnFold)
 DATA_FREE_RANGES = enum_values(DataFreeRange)
 SHIFT_BASES = enum_values(ShiftBase)
+NONLINEARS = enum_values(NonLinear)
 
 PRESETS = {
     "per-tensor": dict(granularity=Granularity.TENSOR, act_mode=ActMode.STATIC),
@@ -235,6 +245,7 @@ _VOCABULARY_FIELDS = (
     ("bn_fold", BnFold),
     ("data_free_range", DataFreeRange),
     ("shift_base", ShiftBase),
+    ("nonlinear", NonLinear),
 )
 _DATAPATH_FIELDS = (("overflow", Overflow), ("order", ReductionOrder))
 
@@ -262,6 +273,7 @@ class LayerScheme:
     bn_fold: BnFold = BnFold.WEIGHTS
     data_free_range: DataFreeRange = DataFreeRange.SOUND
     shift_base: ShiftBase = ShiftBase.STATIC
+    nonlinear: NonLinear = NonLinear.FLOAT
 
     def __post_init__(self):
         for name, lo, hi in (("wbits", 2, 16), ("abits", 2, 16), ("acc_bits", 8, 64)):
@@ -481,8 +493,19 @@ class LayerSpec:
     acc: Accumulator = Accumulator()
     register: ScaleKind = ScaleKind.ORT
     rounding: RoundingMode = RoundingMode.HALF_AWAY
+    nonlinear: NonLinear = NonLinear.FLOAT
+    """Softmax / GELU / LayerNorm of this node: float islands or the integer-only kernels."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "nonlinear", _choice(self.nonlinear, NonLinear, "nonlinear"))
 
     def as_dict(self) -> dict:
+        d = self._fields()
+        if self.nonlinear is NonLinear.INTEGER:  # absent: float (files before issue 15)
+            d["nonlinear"] = self.nonlinear.value
+        return d
+
+    def _fields(self) -> dict:
         return {
             "acc_bits": self.acc.bits,
             "overflow": self.acc.overflow.value,
@@ -538,7 +561,8 @@ class LayerSpec:
             )
         else:  # tile_rows / tile_bits are ignored where the order is sequential
             acc = Accumulator(bits=acc_bits, overflow=overflow)
-        return cls(acc, register, rounding)
+        nonlinear = _field_choice(d.get("nonlinear", "float"), NonLinear, "nonlinear", where)
+        return cls(acc, register, rounding, nonlinear)
 
 
 @dataclass

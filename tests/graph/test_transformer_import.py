@@ -635,18 +635,3 @@ def test_import_errors_name_file_node_op_and_reason(tmp_path, op, kw, inits, wor
         import_model(path)
     msg = str(ei.value)
     assert str(path) in msg and f"node 'bad' ({op})" in msg and word in msg, msg
-
-
-def test_saving_a_transformer_program_is_refused_not_written_wrong(tiny, tmp_path):
-    """The file format cannot hold the first slice's ops yet: save() names the node instead
-    of writing a file that would run differently."""
-    from hwsim.quant.store import save
-
-    archs, get = tiny
-    g = import_model(get("tiny_vit", 17))
-    calib = Dataset("calib", archs.tiny_inputs("tiny_vit", 8, seed=1), None)
-    prog = quantize(g, Scheme.preset("per-tensor"), calib, float_run=run_float)
-    out = tmp_path / "vit.onnx"
-    with pytest.raises(HwsimError, match=r"node '.*': (op '.*'|an N-d dense|a concat) .*cannot be saved yet"):
-        save(prog, out)
-    assert not out.exists()
