@@ -15,14 +15,15 @@ Two families:
 * onnxruntime contrib ops (domain ``com.microsoft``), the kernels ORT's default graph
   optimisations fuse QDQ models into: ``QLinearAdd``, ``QLinearMul``,
   ``QLinearGlobalAveragePool``, ``QLinearAveragePool``, ``QLinearConcat``, ``QGemm``,
-  ``QLinearLeakyRelu`` (and the contrib ``QuantizeLinear`` / ``DequantizeLinear``). The float32
-  kernels are emulated in their exact operation order on the x86-64 build with AVX2/FMA
-  (``QLinearAdd``'s MLAS kernel uses fused multiply-adds, emulated exactly by :func:`fma_f32`).
+  ``QLinearLeakyRelu``, ``QLinearSoftmax`` (and the contrib ``QuantizeLinear`` /
+  ``DequantizeLinear``). The float32 kernels are emulated in their exact operation order on the
+  x86-64 build with AVX2/FMA (``QLinearAdd``'s MLAS kernel uses fused multiply-adds, emulated
+  exactly by :func:`fma_f32`).
   Checked against onnxruntime's CPU kernels (``tests/qops/``). ``MatMulIntegerToFloat`` and
   ``DynamicQuantizeMatMul`` are what ORT fuses ``quantize_dynamic`` models into.
 
-``QLinearSigmoid`` / ``QLinearSoftmax`` are not emulated: their tables come from MLAS's
-polynomial ``exp`` / logistic kernels, whose float32 bits are not a short contract.
+``QLinearSigmoid`` is not emulated: its table comes from MLAS's polynomial logistic kernel,
+whose float32 bits are not a short contract.
 
 One module per operator family, each stating its contracts:
 
@@ -40,6 +41,7 @@ op type                       domain      function                             m
 ``QLinearMul``                ms          :func:`qlinear_mul`                  ``elementwise``
 ``QLinearLeakyRelu``          ms          :func:`qlinear_leaky_relu`           ``elementwise``
 ``QLinearConcat``             ms          :func:`qlinear_concat`               ``elementwise``
+``QLinearSoftmax``            ms          :func:`qlinear_softmax`              ``softmax``
 ``QLinearGlobalAveragePool``  ms          :func:`qlinear_global_average_pool`  ``pool``
 ``QLinearAveragePool``        ms          :func:`qlinear_average_pool`         ``pool``
 ``MaxPool`` (8-bit)           ``""``      :func:`max_pool`                     ``pool``
@@ -120,6 +122,7 @@ from hwsim.qops.pool import _pool_windows as _pool_windows
 from hwsim.qops.pool import max_pool, qlinear_average_pool, qlinear_global_average_pool
 from hwsim.qops.quantize import _qparam as _qparam
 from hwsim.qops.quantize import dequantize_linear, quantize_linear
+from hwsim.qops.softmax import qlinear_softmax
 
 # ``_helper as _helper`` above: the private helpers stay importable from ``hwsim.qops``, as
 # they were before the operators were split into modules.
@@ -151,6 +154,7 @@ __all__ = [
     "qlinear_leaky_relu",
     "qlinear_matmul",
     "qlinear_mul",
+    "qlinear_softmax",
     "quantize_linear",
     "run_node",
 ]
@@ -174,6 +178,7 @@ _OPS = {
     (MS_DOMAIN, "QLinearAveragePool"): qlinear_average_pool,
     (MS_DOMAIN, "QLinearConcat"): qlinear_concat,
     (MS_DOMAIN, "QLinearLeakyRelu"): qlinear_leaky_relu,
+    (MS_DOMAIN, "QLinearSoftmax"): qlinear_softmax,
     (MS_DOMAIN, "QGemm"): qgemm,
     (MS_DOMAIN, "MatMulIntegerToFloat"): matmul_integer_to_float,
     (MS_DOMAIN, "DynamicQuantizeMatMul"): dynamic_quantize_matmul,
