@@ -27,9 +27,20 @@ import as ops of their own (in QDQ models only), the rest as the usual elementwi
 hwsim-quantized models are QDQ models with hwsim's settings in the ``hwsim`` metadata entry
 (see :mod:`hwsim.quant.store`).
 
+Dynamically quantized models (``onnxruntime.quantization.quantize_dynamic``): each chain
+``DynamicQuantizeLinear(x) -> MatMulInteger(x_q, w_q, x_zp, w_zp) -> Cast(float) ->
+Mul(., Mul(x_scale, w_scale)) [-> Add(bias)]`` becomes one ``Op.DENSE`` (``ConvInteger``: one
+``Op.CONV``, per-tensor weights) with the integer weights in ``Node.wq`` (per channel on the
+output channels), the float ``bias`` and ``attrs["ort_dynamic"]``: float in, float out,
+run as onnxruntime runs it by :mod:`hwsim.execute.dynamic`; a BatchNormalization after one
+stays a float ``Op.BATCHNORM``. A quantized embedding (``Gather`` of an integer table, then
+``DequantizeLinear``) becomes an ``Op.EMBEDDING`` of the float32 table DequantizeLinear gives.
+Another use of a ``DynamicQuantizeLinear`` output is a ModelImportError naming the node and the
+chain expected (:meth:`_Importer.dynamic_quantize_linear`).
+
 Models made of QOperator ops (QLinearConv, ConvInteger, ...) are not turned into the IR; they are
 run node by node by :func:`hwsim.execute.run_qoperator_batch` -- :func:`is_qoperator` tells them
-apart.
+apart (a dynamically quantized model is not one).
 """
 
 from __future__ import annotations
@@ -56,6 +67,14 @@ ONNX_DOMAINS = ("", "ai.onnx")
 """The default ONNX operator domain's two spellings (``_OPS`` keys use ``""``)."""
 QONNX_DOMAIN = "qonnx.custom_op.general"
 QOPERATOR = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
+_DYNAMIC_MACS = {"MatMulInteger": "dense", "ConvInteger": "conv"}
+"""The integer MACs of a dynamically quantized model and the IR op each chain becomes."""
+DYNAMIC_CHAIN = (
+    "DynamicQuantizeLinear(x) -> MatMulInteger or ConvInteger(x_q, w_q, x_zero_point, "
+    "w_zero_point) -> Cast(to=FLOAT) -> Mul(., Mul(x_scale, w_scale)) [-> Add(., bias)], "
+    "w_q / w_zero_point int8 or uint8 constants, w_scale a float32 constant"
+)
+"""The chain ``quantize_dynamic`` writes for a layer, as import errors name it."""
 
 _ONNX_INT = {
     onnx.TensorProto.INT8: IntFormat(8, True),
@@ -93,8 +112,27 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def is_qoperator(model: onnx.ModelProto) -> bool:
-    """True if the graph uses QOperator ops (run by the node interpreter, not the IR)."""
-    return any(n.op_type in QOPERATOR or n.domain == "com.microsoft" for n in model.graph.node)
+    """True if the graph uses QOperator ops (run by the node interpreter, not the IR); a
+    dynamically quantized model (:func:`is_dynamic`) is imported into the IR instead."""
+    return not is_dynamic(model) and any(
+        n.op_type in QOPERATOR or n.domain == "com.microsoft" for n in model.graph.node
+    )
+
+
+def is_dynamic(model: onnx.ModelProto) -> bool:
+    """True for a model as ``onnxruntime.quantization.quantize_dynamic`` writes it: every
+    ``MatMulInteger`` / ``ConvInteger`` reads the output of a ``DynamicQuantizeLinear``, and no
+    other QOperator or com.microsoft op is present."""
+    dynamic = {
+        n.output[0] for n in model.graph.node
+        if n.op_type == "DynamicQuantizeLinear" and n.domain in ONNX_DOMAINS
+    }  # fmt: skip
+    integer = [n for n in model.graph.node if n.op_type in QOPERATOR or n.domain not in
+               ONNX_DOMAINS + (QONNX_DOMAIN,)]  # fmt: skip
+    return bool(dynamic) and all(
+        n.op_type in _DYNAMIC_MACS and n.domain in ONNX_DOMAINS and n.input[0] in dynamic
+        for n in integer
+    )
 
 
 def _attrs(node) -> dict:
@@ -169,6 +207,8 @@ class _Importer:
         # Gather on the source axis and a Transpose that keeps the batch first
         self.unbind: dict[str, tuple[str, tuple]] = {}  # transposed tensor -> (source, perm)
         self.picked: dict[str, tuple[str, int]] = {}  # Split output -> (transposed, index)
+        # nodes a pattern handler imported with an earlier node (by first output): skipped
+        self.absorbed: set[str] = set()
 
     def fail(self, node, msg: str):
         raise ModelImportError(f"{self.src}: node {node.name or '?'!r} ({node.op_type}): {msg}")
@@ -377,6 +417,145 @@ class _Importer:
             self.fail(node, f"scale must be finite and > 0, got {s}")
         return s, np.asarray(z, np.int64), fmt
 
+    # -- dynamic quantization (onnxruntime.quantization.quantize_dynamic) ---------------------
+    @functools.cached_property
+    def producers(self) -> dict[str, onnx.NodeProto]:
+        """Tensor name -> the node writing it."""
+        return {o: n for n in self.model.graph.node for o in n.output if o}
+
+    @functools.cached_property
+    def graph_outputs(self) -> set[str]:
+        return {o.name for o in self.model.graph.output}
+
+    def dynamic_quantize_linear(self, node, a):
+        """``DynamicQuantizeLinear(x)`` with the layers reading it: each reader of its ``y``
+        starts a chain :data:`DYNAMIC_CHAIN` that becomes one dense (``MatMulInteger``) or conv
+        (``ConvInteger``) layer on the float ``x`` (:meth:`dynamic_layer`); ``y_scale`` and
+        ``y_zero_point`` may be read only inside those chains. Anything else is a
+        ModelImportError naming the node and the chain expected."""
+        if len(node.output) != 3 or not all(node.output):
+            self.fail(node, f"y, y_scale and y_zero_point expected; {DYNAMIC_CHAIN}")
+        y = node.output[0]
+        macs = self.readers.get(y, [])
+        if not macs or any(o in self.graph_outputs for o in node.output):
+            self.fail(node, f"its outputs must feed integer layers only; {DYNAMIC_CHAIN}")
+        chains = {id(n) for mac in macs for n in self.dynamic_layer(node, mac)}
+        for t in node.output[1:]:
+            for r in self.readers.get(t, []):
+                if id(r) not in chains:
+                    self.fail(r, f"reads {t!r} of DynamicQuantizeLinear {node.name!r} outside "
+                              f"a dynamically quantized layer; {DYNAMIC_CHAIN}")
+
+    def dynamic_layer(self, dql, mac) -> list:
+        """One chain :data:`DYNAMIC_CHAIN` from ``mac`` (a reader of ``dql``'s ``y``) as an
+        ``Op.DENSE`` / ``Op.CONV`` with ``attrs["ort_dynamic"]``: integer weights ``wq`` in the
+        IR layout (a MatMul's ``(K, N)`` transposed to ``(O, K)``; scales and zero points
+        per-tensor or per output channel, per-tensor only for ConvInteger), the float ``bias``
+        of the Add (a constant of ``N`` values on the channel axis; else no bias and the Add
+        stays an op of its own). Returns the chain's nodes, marked absorbed."""
+        y, y_scale, y_zero = dql.output
+
+        def bad(n, what: str):
+            self.fail(n, f"{what}; a dynamically quantized layer is {DYNAMIC_CHAIN}")
+
+        kind = _DYNAMIC_MACS.get(mac.op_type) if mac.domain in ONNX_DOMAINS else None
+        if kind is None or mac.input[0] != y:
+            bad(mac, f"reads the output {y!r} of DynamicQuantizeLinear {dql.name!r}")
+        if _input(mac, 2) != y_zero:
+            bad(mac, f"its x_zero_point must be {y_zero!r}, DynamicQuantizeLinear's")
+        w = self.consts.get(mac.input[1])
+        if w is None or w.dtype not in (np.int8, np.uint8):
+            bad(mac, f"its weight {mac.input[1]!r} must be an int8 / uint8 constant")
+        wz = self.consts.get(_input(mac, 3)) if _input(mac, 3) else np.zeros((), w.dtype)
+        if wz is None or wz.dtype != w.dtype:
+            bad(mac, f"its w_zero_point must be a constant of the weight's type {w.dtype}")
+        cast = self._chain_reader(mac, "Cast", bad)
+        if _attrs(cast).get("to") != onnx.TensorProto.FLOAT:
+            bad(cast, "must cast to float")
+        mul = self._chain_reader(cast, "Mul", bad)
+        s_t = mul.input[1] if mul.input[0] == cast.output[0] else mul.input[0]
+        smul = self.producers.get(s_t)
+        if (
+            smul is None or smul.op_type != "Mul" or y_scale not in smul.input
+            or len(self.readers.get(s_t, [])) != 1
+        ):  # fmt: skip
+            bad(mul, f"its scale {s_t!r} must be Mul({y_scale!r}, w_scale), read only here")
+        ws = self.consts.get(smul.input[1] if smul.input[0] == y_scale else smul.input[0])
+        if ws is None or ws.dtype != np.float32:
+            bad(smul, "w_scale must be a float32 constant")
+        dense = kind == "dense"
+        if dense and w.ndim != 2:
+            bad(mac, f"the weight must be 2-D (K, N), got shape {w.shape}")
+        n_out = w.shape[1] if dense else w.shape[0]
+        per_channel = (n_out,) if dense else ()  # ConvInteger: per-tensor
+        for v, what in ((ws, "w_scale"), (wz, "w_zero_point")):
+            if v.size != 1 and (not dense or v.shape != per_channel):
+                bad(mac, f"{what} of shape {v.shape}: per-tensor"
+                    + (f" or per output column {per_channel}" if dense else "") + " expected")
+        x = self.name(dql.input[0])
+        rank = len(self.shape_of(dql, x))
+        chain, out, bias = [mac, cast, mul, smul], mul.output[0], None
+        add = self.readers.get(out, [])
+        if len(add) == 1 and add[0].op_type == "Add" and out not in self.graph_outputs:
+            b_t = add[0].input[1] if add[0].input[0] == out else add[0].input[0]
+            b = self.consts.get(b_t)
+            want = (n_out,) if dense else (n_out, 1, 1)
+            if (
+                b is not None and b.dtype == np.float32 and b.ndim <= rank
+                and b.shape[b.ndim - len(want):] == want and b.size == n_out
+            ):  # fmt: skip
+                chain, out, bias = chain + [add[0]], add[0].output[0], b.reshape(n_out)
+        fmt = IntFormat(8, w.dtype == np.int8)
+        q = w.astype(np.int64)
+        wq = WeightQuant(
+            np.ascontiguousarray(q.T if dense else q),
+            ws.reshape(()) if ws.size == 1 else ws.reshape(-1),
+            wz.astype(np.int64).reshape(()) if wz.size == 1 else wz.astype(np.int64).reshape(-1),
+            fmt,
+            mac.input[1],
+        )
+        attrs = {"ort_dynamic": True}
+        if dense and rank > 2:
+            attrs["nd"] = True
+        elif not dense:
+            attrs |= self.conv_attrs(mac, _attrs(mac), w.shape)
+        op = Op.DENSE if dense else Op.CONV
+        self.add(mac, op, [x], attrs, output=out, weight=wq.dequantize(), bias=bias, wq=wq)
+        self.absorbed.update(n.output[0] for n in chain)
+        return chain
+
+    def _chain_reader(self, node, op_type: str, bad):
+        """The one reader of ``node``'s output, of type ``op_type`` (the output not a model
+        output); else ``bad(node, why)``."""
+        t = node.output[0]
+        rs = self.readers.get(t, [])
+        if len(rs) != 1 or rs[0].op_type != op_type or t in self.graph_outputs:
+            bad(node, f"its output {t!r} must be read by one {op_type} only")
+        return rs[0]
+
+    def dequantized_table(self, node, table: np.ndarray) -> tuple[np.ndarray, str]:
+        """A quantized embedding (``quantize_dynamic``'s Gather of an integer table at the ids,
+        then DequantizeLinear with a constant per-tensor scale and zero point): the float32
+        table DequantizeLinear gives, ``f32(q - z) * s`` (so each looked-up row is exactly
+        DequantizeLinear's), and the DequantizeLinear's output, which it absorbs."""
+        out = node.output[0]
+        rs = self.readers.get(out, [])
+        if len(rs) != 1 or rs[0].op_type != "DequantizeLinear" or out in self.graph_outputs:
+            self.fail(node, f"an embedding table of type {table.dtype} must be read by one "
+                      "DequantizeLinear only (a quantized embedding), or be float")
+        dq = rs[0]
+        s = np.asarray(self.const(dq, dq.input[1], "scale"))
+        z = (
+            np.asarray(self.const(dq, dq.input[2], "zero point"))
+            if _input(dq, 2)
+            else np.zeros((), table.dtype)
+        )
+        if s.size != 1 or z.size != 1 or s.dtype != np.float32 or z.dtype != table.dtype:
+            self.fail(dq, f"a quantized embedding table needs a per-tensor float32 scale and a "
+                      f"{table.dtype} zero point, got {s.dtype} {s.shape} and {z.dtype} {z.shape}")
+        self.absorbed.add(dq.output[0])
+        return _dequant(table, s.reshape(()), z.reshape(()), None), dq.output[0]
+
     # -- layers -----------------------------------------------------------------------------
     def add(self, node, op: Op, inputs, attrs=None, output=None, name=None, **kw) -> Node:
         n = Node(
@@ -471,23 +650,29 @@ class _Importer:
     def conv(self, node, a):
         x = self.name(node.input[0])
         w, wq = self.weight_of(node, node.input[1])
-        if w.ndim != 4:
-            self.fail(node, f"only 2-D convolution is supported (weight rank 4), got rank {w.ndim}")
+        attrs = self.conv_attrs(node, a, w.shape)
         b, bq = self.bias_of(node, _input(node, 2), w.shape[0])
-        ks = tuple(a.get("kernel_shape", w.shape[2:]))
-        if ks != tuple(w.shape[2:]):
-            self.fail(node, f"kernel_shape {ks} does not match the weight {w.shape}")
+        self.add(node, Op.CONV, [x], attrs, weight=w, bias=b, wq=wq, bias_q=bq)
+
+    def conv_attrs(self, node, a, wshape: tuple) -> dict:
+        """The IR attributes of a Conv-geometry node (Conv, ConvInteger) with a weight of shape
+        ``wshape``: 2-D only, ``auto_pad`` NOTSET or VALID."""
+        if len(wshape) != 4:
+            self.fail(node, f"only 2-D convolution is supported (weight rank 4), got rank "
+                      f"{len(wshape)}")
+        ks = tuple(a.get("kernel_shape", wshape[2:]))
+        if ks != tuple(wshape[2:]):
+            self.fail(node, f"kernel_shape {ks} does not match the weight {tuple(wshape)}")
         auto_pad = _auto_pad(a)
         if auto_pad not in ("NOTSET", "VALID"):
             self.fail(node, f"auto_pad={auto_pad} is not supported (use explicit pads)")
         pads = tuple(a.get("pads", (0, 0, 0, 0)))
-        attrs = {
+        return {
             "strides": tuple(a.get("strides", (1, 1))),
             "pads": (pads[0], pads[1], pads[2], pads[3]),
             "dilations": tuple(a.get("dilations", (1, 1))),
             "group": int(a.get("group", 1)),
         }
-        self.add(node, Op.CONV, [x], attrs, weight=w, bias=b, wq=wq, bias_q=bq)
 
     def gemm(self, node, a):
         if a.get("transA", 0):
@@ -543,7 +728,10 @@ class _Importer:
             or self.uses.get(node.input[0], 0) != 1
             or prev.wq is not None
         ):
-            if x in self.act_quant:  # a QDQ model quantized without BN folding: keep it
+            # a QDQ model quantized without BN folding, or a BN after a dynamically quantized
+            # conv (quantize_dynamic leaves it float): keep it
+            if x in self.act_quant or (prev is not None and prev.output == x
+                                       and prev.attrs.get("ort_dynamic")):  # fmt: skip
                 gamma, beta, mean, var = (
                     self.const(node, t, n).astype(np.float32)
                     for t, n in zip(node.input[1:5], ("scale", "B", "mean", "var"), strict=True)
@@ -583,11 +771,20 @@ class _Importer:
         self.track(prev)
 
     def fold_const(self, node, op_type: str, x: str, c: np.ndarray) -> bool:
-        """Fold ``x + c`` / ``x * c`` into the float conv/dense producing ``x`` if possible."""
+        """Fold ``x + c`` / ``x * c`` into the float conv/dense producing ``x`` if possible;
+        in an hwsim-written file also the bias ``Add`` right after an N-d dense's MatMul
+        (:mod:`hwsim.quant.store` writes a quantized dense's bias there)."""
         prev = self.nodes[-1] if self.nodes else None
         if prev is None or prev.output != x or prev.op not in (Op.CONV, Op.DENSE):
             return False
-        if self.uses.get(x, 0) != 1 or prev.wq is not None:
+        stored_bias = (
+            op_type == "Add"
+            and prev.attrs.get("nd")
+            and prev.bias is None
+            and x not in self.act_quant
+            and any(p.key == "hwsim" for p in self.model.metadata_props)
+        )
+        if self.uses.get(x, 0) != 1 or (prev.wq is not None and not stored_bias):
             return False
         n_out = prev.weight.shape[0]
         cv = np.asarray(c, np.float32)
@@ -881,13 +1078,16 @@ class _Importer:
             if int(a.get("axis", 0)) not in (0, -table.ndim):
                 self.fail(node, f"an embedding Gather must index axis 0 of its table, got axis "
                           f"{a.get('axis')}")
-            if not np.issubdtype(table.dtype, np.floating):
+            out = node.output[0]
+            if np.issubdtype(table.dtype, np.integer):
+                table, out = self.dequantized_table(node, table)
+            elif not np.issubdtype(table.dtype, np.floating):
                 self.fail(node, f"embedding table of type {table.dtype}: a float table expected")
             ids = self.name(idx)
             if ids not in {i.name for i in self.inputs}:
                 self.fail(node, f"the ids {idx!r} of an embedding Gather must be the model's "
                           "integer input")
-            self.add(node, Op.EMBEDDING, [ids], {}, weight=table.astype(np.float32))
+            self.add(node, Op.EMBEDDING, [ids], {}, output=out, weight=table.astype(np.float32))
             return
         x = self.name(data)
         xs = self.shape_of(node, x)
@@ -1120,11 +1320,13 @@ class _Importer:
 
     def run(self) -> Graph:
         for node in self.model.graph.node:
+            if node.output and node.output[0] in self.absorbed:
+                continue
             if node.domain == FUSED_DOMAIN:
                 handler = _FUSED[node.op_type]
             else:
                 domain = "" if node.domain in ONNX_DOMAINS else node.domain
-                handler = _OPS.get((domain, node.op_type))
+                handler = _OPS.get((domain, node.op_type)) or _PATTERNS.get((domain, node.op_type))
                 if handler is None:
                     self.unsupported(node)
             handler(self, node, _attrs(node))
@@ -1269,6 +1471,12 @@ _OPS: dict[tuple[str, str], Callable[[_Importer, onnx.NodeProto, dict], None]] =
     (QONNX_DOMAIN, "Quant"): _Importer.qonnx_quant,
 }
 
+# Ops that start a pattern imported as a whole (their chain's nodes are absorbed), outside the
+# supported list: (domain, op type) -> handler.
+_PATTERNS: dict[tuple[str, str], Callable[[_Importer, onnx.NodeProto, dict], None]] = {
+    ("", "DynamicQuantizeLinear"): _Importer.dynamic_quantize_linear,
+}
+
 # The nodes hwsim.graph.fold.fuse writes (domain hwsim.fused): op type -> handler.
 _FUSED: dict[str, Callable[[_Importer, onnx.NodeProto, dict], None]] = {
     "Gelu": _Importer.gelu,
@@ -1298,7 +1506,9 @@ SUPPORTED_TEXT = (
     ", ".join(_DISPLAY.get(key, key[1]) for key in _OPS)
     + "; computations on shapes and constants only (Shape, Size, ConstantOfShape, Range, "
     "Expand, Where, Equal, Cast, Gather, ...) fold at import, and GELU (Erf or Tanh form), "
-    "SiLU, HardSwish and decomposed LayerNormalization patterns fuse"
+    "SiLU, HardSwish and decomposed LayerNormalization patterns fuse; onnxruntime "
+    "quantize_dynamic's DynamicQuantizeLinear -> MatMulInteger / ConvInteger -> Cast -> Mul "
+    "[-> Add] chains import as dense / conv layers"
 )
 """The supported list as error messages show it: the op types, other domains named."""
 

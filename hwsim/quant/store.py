@@ -4,32 +4,49 @@
 
 * weights as integer initializers (int8/uint8 for widths <= 8, int16/uint16 up to 16) followed
   by ``DequantizeLinear`` (per-tensor, or per-channel on axis 0), so any ONNX tool sees the
-  exact integer weights and their scales;
+  exact integer weights and their scales. An N-d dense (a ``MatMul`` on ``(N, ..., K)``) is a
+  ``MatMul`` by the ``(K, O)`` weight (per channel on axis 1), then, if it has a bias, an
+  ``Add`` of the ``(O,)`` bias, which the importer folds back into the dense in a file with
+  ``hwsim`` metadata;
 * every statically quantized activation (``static`` scheme, or ``data-free``) as a
   ``QuantizeLinear -> DequantizeLinear`` pair when its width is 4, 8 or 16 bits, and as a QONNX
   ``Quant`` node (domain ``qonnx.custom_op.general``; inputs x, scale, zero point, bit width;
   ``signed``, ``narrow=0``, ``rounding_mode="ROUND"``) for other widths;
-* per-sample (``dynamic``/``shift``) activations have no ONNX operator; they and everything
-  the datapath needs (accumulator width, overflow, reduction order, tile rows and tile-register
-  width, register kind, rounding, true weight widths, the scheme) are in the ``hwsim``
-  metadata entry, JSON, ``format_version`` 1, which is authoritative when the file is loaded
-  back.
+* per-sample and per-token (``dynamic``/``shift``) activations have no ONNX operator; they and
+  everything the datapath needs (accumulator width, overflow, reduction order, tile rows and
+  tile-register width, register kind, rounding, float or integer non-linearities, true weight
+  widths, the scheme) are in the ``hwsim`` metadata entry, JSON, ``format_version`` 1, which is
+  authoritative when the file is loaded back;
+* every other IR op as standard ONNX ops (:data:`_WRITERS`, one entry per op), written so that
+  the importer reads back the same node: transpose, reshape, gather (int64 constant indices),
+  slice, reduce_mean, matmul, erf, tanh, sigmoid, hardsigmoid and softmax as the ONNX op of
+  that name; embedding as ``Gather`` of the float table at the integer input; concat on its
+  axis, a constant part (a class token) ``Expand``-ed to ``[N, 1, ...]`` from the input's
+  ``Shape`` (so onnxruntime runs any batch; import folds it back to the constant); layernorm as
+  ``LayerNormalization`` (a scale of ones where the node has no gamma); gelu as opset-20
+  ``Gelu`` (``approximate`` ``none`` / ``tanh``); silu as ``Sigmoid`` and ``Mul``, hardswish as
+  ``HardSwish`` (or ``HardSigmoid`` and ``Mul`` for other alpha / beta), both fused back at
+  import; mul_act as ``Mul``, add_const / div_const as ``Add`` / ``Div`` of the constant.
 
 So a per-tensor 8-bit model is a plain QDQ model that onnxruntime runs; other schemes open in
-Netron/QONNX but only hwsim executes their integer semantics. Files are written atomically.
+Netron/QONNX but only hwsim executes their integer semantics. An op the format cannot hold (an
+unfolded BatchNorm of an imported QDQ model, a dense of onnxruntime's dynamic quantization) is
+an HwsimError naming the node, never a file that runs differently. Files are written
+atomically.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hwsim.errors import HwsimError
-from hwsim.graph.ir import Graph, Op
+from hwsim.graph.ir import Graph, Node, Op
 from hwsim.graph.onnx_import import QONNX_DOMAIN, ModelImportError, import_model
 from hwsim.graph.shapes import infer_shapes
 from hwsim.io import atomic_write_bytes
@@ -37,6 +54,10 @@ from hwsim.numerics import IntFormat
 from hwsim.quant.scheme import ActMode, ActSpec, LayerSpec, QuantProgram, Scheme, SchemeError
 
 FORMAT_VERSION = 1
+_F32 = np.float32
+_BEFORE_START = np.iinfo(np.int64).min
+"""A Slice end that lies before the first element whatever the axis size (a negative step
+running to the start: the IR's stop ``None``)."""
 
 
 def _container(fmt: IntFormat):
@@ -57,47 +78,66 @@ def _zp_tensor(name: str, fmt: IntFormat, value) -> TensorProto:
     return numpy_helper.from_array(np.asarray(value).astype(dt), name)
 
 
-def to_onnx(program: QuantProgram) -> onnx.ModelProto:
-    """Build the ONNX model of a quantized program (see the module docstring)."""
-    g: Graph = program.graph
-    inits: list[TensorProto] = []
-    nodes = []
-    rename: dict[str, str] = {}
-    out_spec = program.acts.get(g.output)
-    # a quantized output: the layer writes '<out>_raw', the final DequantizeLinear writes '<out>'
-    raw = (
-        {g.output: f"{g.output}_raw"}
-        if out_spec is not None and out_spec.mode is ActMode.STATIC
-        else {}
-    )
+def _json_scalar(v):
+    """A NumPy scalar in the metadata (a format's ``signed`` computed as ``lo < 0``) as the
+    plain value JSON holds."""
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(f"Object of type {type(v).__name__} is not JSON serializable")
 
-    def tn(t: str) -> str:
-        return raw.get(t, t)
 
-    def const(name, arr):
-        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+class _Writer:
+    """The ONNX graph of one program under construction: nodes, initializers, and the name each
+    IR tensor is read under (its DequantizeLinear's output once it is quantized)."""
+
+    def __init__(self, program: QuantProgram):
+        self.p = program
+        self.g: Graph = program.graph
+        self.inits: list[TensorProto] = []
+        self.nodes: list[onnx.NodeProto] = []
+        self.rename: dict[str, str] = {}
+        self.made: set[str] = set()  # shared helper tensors already written (batch shapes)
+        self.weights_meta: dict[str, dict] = {}
+        self.shapes = infer_shapes(self.g)
+        out_spec = program.acts.get(self.g.output)
+        # a quantized output: the layer writes '<out>_raw', the final DequantizeLinear '<out>'
+        self.raw = (
+            {self.g.output: f"{self.g.output}_raw"}
+            if out_spec is not None and out_spec.mode is ActMode.STATIC
+            else {}
+        )
+
+    def tn(self, t: str) -> str:
+        """The name the producer of IR tensor ``t`` writes."""
+        return self.raw.get(t, t)
+
+    def src(self, t: str) -> str:
+        """The name readers of IR tensor ``t`` read (past its quantizer, if any)."""
+        return self.rename.get(self.tn(t), self.tn(t))
+
+    def const(self, name: str, arr) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(arr), name))
         return name
 
-    def after(t: str) -> None:
+    def add(self, op_type: str, ins: list[str], out: str, name: str, **attrs) -> None:
+        self.nodes.append(helper.make_node(op_type, ins, [out], name=name, **attrs))
+
+    def after(self, t: str) -> None:
         """Insert the activation quantizer of tensor ``t`` (if static) and reroute readers."""
-        spec = program.acts.get(t)
-        if spec is None or spec.mode is not ActMode.STATIC or t in rename:
+        spec = self.p.acts.get(t)
+        if spec is None or spec.mode is not ActMode.STATIC or t in self.rename:
             return
-        dq = t if t in raw else f"{t}_dq"
-        t = tn(t)
-        s = const(f"{t}_scale", np.float32(spec.scale))
+        dq = t if t in self.raw else f"{t}_dq"
+        t = self.tn(t)
+        s = self.const(f"{t}_scale", _F32(spec.scale))
         if spec.fmt.bits in (4, 8, 16):
-            inits.append(_zp_tensor(f"{t}_zp", spec.fmt, spec.zero_point))
-            nodes.append(
-                helper.make_node("QuantizeLinear", [t, s, f"{t}_zp"], [f"{t}_q"], name=f"{t}_Q")
-            )
-            nodes.append(
-                helper.make_node("DequantizeLinear", [f"{t}_q", s, f"{t}_zp"], [dq], name=f"{t}_DQ")
-            )
+            self.inits.append(_zp_tensor(f"{t}_zp", spec.fmt, spec.zero_point))
+            self.add("QuantizeLinear", [t, s, f"{t}_zp"], f"{t}_q", f"{t}_Q")
+            self.add("DequantizeLinear", [f"{t}_q", s, f"{t}_zp"], dq, f"{t}_DQ")
         else:
-            z = const(f"{t}_zp", np.float32(spec.zero_point))
-            bw = const(f"{t}_bits", np.float32(spec.fmt.bits))
-            nodes.append(
+            z = self.const(f"{t}_zp", _F32(spec.zero_point))
+            bw = self.const(f"{t}_bits", _F32(spec.fmt.bits))
+            self.nodes.append(
                 helper.make_node(
                     "Quant",
                     [t, s, z, bw],
@@ -109,145 +149,295 @@ def to_onnx(program: QuantProgram) -> onnx.ModelProto:
                     rounding_mode="ROUND",
                 )
             )
-        rename[t] = dq
+        self.rename[t] = dq
 
-    def src(t: str) -> str:
-        return rename.get(tn(t), tn(t))
+    def weights(self, n: Node, transpose: bool = False) -> str:
+        """The dequantized weights of MAC node ``n``: its integers in their container, a
+        DequantizeLinear per tensor or per output channel (axis 0; ``transpose``: a MatMul's
+        ``(K, O)`` weight, axis 1). Their true width goes to the metadata."""
+        wq = n.wq
+        dt, _ = _container(wq.fmt)
+        q = np.ascontiguousarray(wq.q.T if transpose else wq.q)
+        wname = self.const(f"{n.name}_wq", q.astype(dt))
+        sname = self.const(f"{n.name}_wscale", np.asarray(wq.scale, _F32))
+        zfmt = IntFormat(max(wq.fmt.bits, 8), wq.fmt.signed) if wq.fmt.bits != 4 else wq.fmt
+        self.inits.append(_zp_tensor(f"{n.name}_wzp", zfmt, np.asarray(wq.zero_point)))
+        w = f"{n.name}_w"
+        self.add(
+            "DequantizeLinear",
+            [wname, sname, f"{n.name}_wzp"],
+            w,
+            f"{n.name}_wDQ",
+            axis=1 if transpose else 0,
+        )
+        self.weights_meta[n.name] = {"bits": wq.fmt.bits, "signed": wq.fmt.signed}
+        return w
 
-    _check_exportable(g)
-    ranks = {t: len(shape) for t, shape in infer_shapes(g).items()}
-    after(g.input)
-    weights_meta = {}
-    for n in g.nodes:
-        ins = [src(t) for t in n.inputs]
-        out = tn(n.output)
-        if n.op in (Op.CONV, Op.DENSE):
-            wq = n.wq
-            dt, _ = _container(wq.fmt)
-            wname = const(f"{n.name}_wq", wq.q.astype(dt))
-            sname = const(f"{n.name}_wscale", np.asarray(wq.scale, np.float32))
-            inits.append(
-                _zp_tensor(
-                    f"{n.name}_wzp",
-                    IntFormat(max(wq.fmt.bits, 8), wq.fmt.signed) if wq.fmt.bits != 4 else wq.fmt,
-                    np.asarray(wq.zero_point),
-                )
+    def batch_shape(self, rank: int) -> str:
+        """The int64 vector ``[N, 1, ..., 1]`` (``rank`` entries, ``N`` the batch size, from
+        the input's Shape): a constant with a batch axis of 1 ``Expand``-ed to it runs at any
+        batch in onnxruntime; the importer folds it back to the constant."""
+        name = f"hwsim_batch_{rank}"
+        if name not in self.made:
+            if "hwsim_batch" not in self.made:
+                self.add("Shape", [self.g.input], "hwsim_batch", "hwsim_batch", end=1)
+                self.made.add("hwsim_batch")
+            ones = self.const(f"{name}_ones", np.ones(rank - 1, np.int64))
+            self.add("Concat", ["hwsim_batch", ones], name, name, axis=0)
+            self.made.add(name)
+        return name
+
+    def build(self) -> onnx.ModelProto:
+        g = self.g
+        _check_exportable(g)
+        self.after(g.input)
+        for n in g.nodes:
+            _WRITERS[n.op](self, n, [self.src(t) for t in n.inputs], self.tn(n.output))
+            self.after(n.output)
+        out_name = g.output if g.output in self.raw else self.src(g.output)
+        out_rank = len(self.shapes[g.output])
+        outputs = [
+            helper.make_tensor_value_info(
+                out_name, TensorProto.FLOAT, ["batch"] + [None] * (out_rank - 1)
             )
-            nodes.append(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [wname, sname, f"{n.name}_wzp"],
-                    [f"{n.name}_w"],
-                    name=f"{n.name}_wDQ",
-                    axis=0,
-                )
-            )
-            weights_meta[n.name] = {"bits": wq.fmt.bits, "signed": wq.fmt.signed}
-            args = [ins[0], f"{n.name}_w"]
-            if n.bias is not None:
-                args.append(const(f"{n.name}_b", n.bias.astype(np.float32)))
-            if n.op is Op.CONV:
-                a = n.attrs
-                nodes.append(
-                    helper.make_node(
-                        "Conv",
-                        args,
-                        [out],
-                        name=n.name,
-                        strides=list(a["strides"]),
-                        pads=list(a["pads"]),
-                        dilations=list(a["dilations"]),
-                        group=a["group"],
-                    )
-                )
-            else:
-                nodes.append(helper.make_node("Gemm", args, [out], name=n.name, transB=1))
-        elif n.op is Op.RELU:
-            nodes.append(helper.make_node("Relu", ins, [out], name=n.name))
-        elif n.op is Op.CLIP:
-            lo = const(f"{n.name}_min", np.float32(n.attrs["min"]))
-            hi = const(f"{n.name}_max", np.float32(n.attrs["max"]))
-            nodes.append(helper.make_node("Clip", [ins[0], lo, hi], [out], name=n.name))
-        elif n.op is Op.ADD:
-            nodes.append(helper.make_node("Add", ins, [out], name=n.name))
-        elif n.op is Op.MUL:
-            c = n.weight.astype(np.float32)
-            if c.ndim == 1:  # per channel (axis 1) of an input of any rank
-                c = c.reshape((1, -1) + (1,) * (ranks[n.inputs[0]] - 2))
-            nodes.append(
-                helper.make_node("Mul", [ins[0], const(f"{n.name}_c", c)], [out], name=n.name)
-            )
-        elif n.op in (Op.MAXPOOL, Op.AVGPOOL):
-            a = n.attrs
-            kw = dict(
-                kernel_shape=list(a["kernel"]), strides=list(a["strides"]), pads=list(a["pads"])
-            )
-            if n.op is Op.AVGPOOL:
-                kw["count_include_pad"] = a["count_include_pad"]
-            nodes.append(
-                helper.make_node(
-                    "MaxPool" if n.op is Op.MAXPOOL else "AveragePool",
-                    ins,
-                    [out],
-                    name=n.name,
-                    **kw,
-                )
-            )
-        elif n.op is Op.GAP:
-            nodes.append(helper.make_node("GlobalAveragePool", ins, [out], name=n.name))
-        elif n.op is Op.FLATTEN:
-            nodes.append(helper.make_node("Flatten", ins, [out], name=n.name, axis=1))
-        elif n.op is Op.RESHAPE:
-            shp = const(f"{n.name}_shape", np.asarray(n.attrs["shape"], np.int64))
-            nodes.append(helper.make_node("Reshape", [ins[0], shp], [out], name=n.name))
-        elif n.op is Op.CONCAT:
-            nodes.append(helper.make_node("Concat", ins, [out], name=n.name, axis=1))
-        elif n.op is Op.SOFTMAX:
-            nodes.append(helper.make_node("Softmax", ins, [out], name=n.name, axis=n.attrs["axis"]))
-        elif n.op is Op.IDENTITY:
-            nodes.append(helper.make_node("Identity", ins, [out], name=n.name))
-        else:  # pragma: no cover - every Op is handled above
-            raise ValueError(f"cannot export op {n.op}")
-        after(n.output)
-    out_name = g.output if g.output in raw else src(g.output)
-    outputs = [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["batch", None])]
-    in_shape = ["batch"] + [d if isinstance(d, int) else None for d in g.input_shape]
-    inputs = [helper.make_tensor_value_info(g.input, TensorProto.FLOAT, in_shape)]
-    graph = helper.make_graph(nodes, g.name, inputs, outputs, inits)
-    opsets = [helper.make_opsetid("", 21)]
-    if any(nd.domain == QONNX_DOMAIN for nd in nodes):
-        opsets.append(helper.make_opsetid(QONNX_DOMAIN, 1))
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="hwsim")
-    model.ir_version = 10
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "scheme": program.scheme.as_dict() if program.scheme else None,
-        "acts": {tn(t): s.as_dict() for t, s in program.acts.items()},
-        "layers": {k: v.as_dict() for k, v in program.layers.items()},
-        "weights": weights_meta,
-    }
-    helper.set_model_props(model, {"hwsim": json.dumps(meta, sort_keys=True)})
-    return model
+        ]
+        in_shape = ["batch"] + [d if isinstance(d, int) else None for d in g.input_shape]
+        in_type = helper.np_dtype_to_tensor_dtype(np.dtype(g.input_dtype))
+        inputs = [helper.make_tensor_value_info(g.input, in_type, in_shape)]
+        graph = helper.make_graph(self.nodes, g.name, inputs, outputs, self.inits)
+        opsets = [helper.make_opsetid("", 21)]
+        if any(nd.domain == QONNX_DOMAIN for nd in self.nodes):
+            opsets.append(helper.make_opsetid(QONNX_DOMAIN, 1))
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="hwsim")
+        model.ir_version = 10
+        p = self.p
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "scheme": p.scheme.as_dict() if p.scheme else None,
+            "acts": {self.tn(t): s.as_dict() for t, s in p.acts.items()},
+            "layers": {k: v.as_dict() for k, v in p.layers.items()},
+            "weights": self.weights_meta,
+        }
+        text = json.dumps(meta, sort_keys=True, default=_json_scalar)
+        helper.set_model_props(model, {"hwsim": text})
+        return model
 
 
-_EXPORTABLE = (
-    Op.CONV, Op.DENSE, Op.RELU, Op.CLIP, Op.ADD, Op.MUL, Op.MAXPOOL, Op.AVGPOOL, Op.GAP,
-    Op.FLATTEN, Op.RESHAPE, Op.CONCAT, Op.SOFTMAX, Op.IDENTITY,
-)  # fmt: skip
+def to_onnx(program: QuantProgram) -> onnx.ModelProto:
+    """Build the ONNX model of a quantized program (see the module docstring)."""
+    return _Writer(program).build()
 
 
-def _check_exportable(g) -> None:
+# --- one writer per IR op: ``write(writer, node, input names, output name)`` -----------------
+_Write = Callable[[_Writer, Node, list, str], None]
+
+
+def _onnx_op(op_type: str, **fixed) -> _Write:
+    """An IR op written as the ONNX op ``op_type`` of the same inputs (attributes ``fixed``)."""
+
+    def write(w: _Writer, n: Node, ins: list, out: str) -> None:
+        w.add(op_type, ins, out, n.name, **fixed)
+
+    return write
+
+
+def _with_attrs(op_type: str, **attrs: Callable[[dict], object]) -> _Write:
+    """The ONNX op ``op_type`` with attributes computed from the node's ``attrs``."""
+
+    def write(w: _Writer, n: Node, ins: list, out: str) -> None:
+        w.add(op_type, ins, out, n.name, **{k: f(n.attrs) for k, f in attrs.items()})
+
+    return write
+
+
+def _with_const(op_type: str) -> _Write:
+    """``op_type(x, c)`` with the node's constant ``Node.weight`` as the second input."""
+
+    def write(w: _Writer, n: Node, ins: list, out: str) -> None:
+        c = w.const(f"{n.name}_c", n.weight.astype(_F32))
+        w.add(op_type, [ins[0], c], out, n.name)
+
+    return write
+
+
+def _conv(w: _Writer, n: Node, ins: list, out: str) -> None:
+    a = n.attrs
+    args = [ins[0], w.weights(n)]
+    if n.bias is not None:
+        args.append(w.const(f"{n.name}_b", n.bias.astype(_F32)))
+    w.add(
+        "Conv",
+        args,
+        out,
+        n.name,
+        strides=list(a["strides"]),
+        pads=list(a["pads"]),
+        dilations=list(a["dilations"]),
+        group=a["group"],
+    )
+
+
+def _dense(w: _Writer, n: Node, ins: list, out: str) -> None:
+    """``(N, K)``: Gemm by the ``(O, K)`` weight; N-d: MatMul by ``(K, O)`` [+ Add bias]."""
+    bias = None if n.bias is None else w.const(f"{n.name}_b", n.bias.astype(_F32))
+    if not n.attrs.get("nd"):
+        args = [ins[0], w.weights(n)] + ([bias] if bias else [])
+        w.add("Gemm", args, out, n.name, transB=1)
+        return
+    wt = w.weights(n, transpose=True)
+    if bias is None:
+        w.add("MatMul", [ins[0], wt], out, n.name)
+        return
+    w.add("MatMul", [ins[0], wt], f"{out}_matmul", n.name)
+    w.add("Add", [f"{out}_matmul", bias], out, f"{n.name}_bias")
+
+
+def _mul(w: _Writer, n: Node, ins: list, out: str) -> None:
+    c = n.weight.astype(_F32)
+    if c.ndim == 1:  # per channel (axis 1) of an input of any rank
+        c = c.reshape((1, -1) + (1,) * (len(w.shapes[n.inputs[0]]) - 2))
+    w.add("Mul", [ins[0], w.const(f"{n.name}_c", c)], out, n.name)
+
+
+def _pool(w: _Writer, n: Node, ins: list, out: str) -> None:
+    a = n.attrs
+    kw = dict(kernel_shape=list(a["kernel"]), strides=list(a["strides"]), pads=list(a["pads"]))
+    if n.op is Op.AVGPOOL:
+        kw["count_include_pad"] = a["count_include_pad"]
+    w.add("MaxPool" if n.op is Op.MAXPOOL else "AveragePool", ins, out, n.name, **kw)
+
+
+def _clip(w: _Writer, n: Node, ins: list, out: str) -> None:
+    lo = w.const(f"{n.name}_min", _F32(n.attrs["min"]))
+    hi = w.const(f"{n.name}_max", _F32(n.attrs["max"]))
+    w.add("Clip", [ins[0], lo, hi], out, n.name)
+
+
+def _reshape(w: _Writer, n: Node, ins: list, out: str) -> None:
+    shape = w.const(f"{n.name}_shape", np.asarray(n.attrs["shape"], np.int64))
+    w.add("Reshape", [ins[0], shape], out, n.name)
+
+
+def _gather(w: _Writer, n: Node, ins: list, out: str) -> None:
+    idx = w.const(f"{n.name}_indices", np.asarray(n.attrs["indices"], np.int64))
+    w.add("Gather", [ins[0], idx], out, n.name, axis=int(n.attrs["axis"]))
+
+
+def _embedding(w: _Writer, n: Node, ins: list, out: str) -> None:
+    table = w.const(f"{n.name}_table", n.weight.astype(_F32))
+    w.add("Gather", [table, ins[0]], out, n.name, axis=0)
+
+
+def _slice(w: _Writer, n: Node, ins: list, out: str) -> None:
+    sl = n.attrs["slices"]
+
+    def column(i: int, name: str) -> str:
+        v = [_BEFORE_START if s[i] is None else s[i] for s in sl]
+        return w.const(f"{n.name}_{name}", np.asarray(v, np.int64).reshape(len(sl)))
+
+    args = [ins[0], column(1, "starts"), column(2, "ends"), column(0, "axes"), column(3, "steps")]
+    w.add("Slice", args, out, n.name)
+
+
+def _concat(w: _Writer, n: Node, ins: list, out: str) -> None:
+    args = list(ins)
+    for i, c in n.attrs.get("consts", ()):  # in input order: each index is its final place
+        c = np.asarray(c, _F32)
+        part = f"{n.name}_const{i}"
+        value = w.const(f"{part}_value", c)
+        w.add("Expand", [value, w.batch_shape(c.ndim)], part, f"{n.name}_expand{i}")
+        args.insert(i, part)
+    w.add("Concat", args, out, n.name, axis=int(n.attrs.get("axis", 1)))
+
+
+def _layernorm(w: _Writer, n: Node, ins: list, out: str) -> None:
+    axis = int(n.attrs["axis"])
+    norm = w.shapes[n.inputs[0]][axis:]
+    gamma = n.weight if n.weight is not None else np.ones(norm, _F32)
+    args = [ins[0], w.const(f"{n.name}_scale", gamma.astype(_F32))]
+    if n.bias is not None:
+        args.append(w.const(f"{n.name}_bias", n.bias.astype(_F32)))
+    eps = float(n.attrs["epsilon"])
+    w.add("LayerNormalization", args, out, n.name, axis=axis, epsilon=eps)
+
+
+def _gelu(w: _Writer, n: Node, ins: list, out: str) -> None:
+    form = n.attrs["form"]
+    w.add("Gelu", ins, out, n.name, approximate="none" if form == "erf" else "tanh")
+
+
+def _silu(w: _Writer, n: Node, ins: list, out: str) -> None:
+    """``x * Sigmoid(x)``: the pattern the importer fuses into one SiLU named after the Mul."""
+    w.add("Sigmoid", ins, f"{out}_sigmoid", f"{n.name}_sigmoid")
+    w.add("Mul", [ins[0], f"{out}_sigmoid"], out, n.name)
+
+
+def _hardswish(w: _Writer, n: Node, ins: list, out: str) -> None:
+    """ONNX HardSwish (alpha 1/6, beta 1/2 as float32); other constants as ``x *
+    HardSigmoid(x)``, which the importer fuses into one HardSwish named after the Mul."""
+    alpha, beta = float(n.attrs["alpha"]), float(n.attrs["beta"])
+    if _F32(alpha) == _F32(1 / 6) and _F32(beta) == _F32(0.5):
+        w.add("HardSwish", ins, out, n.name)
+        return
+    gate = f"{out}_hardsigmoid"
+    w.add("HardSigmoid", ins, gate, f"{n.name}_hardsigmoid", alpha=alpha, beta=beta)
+    w.add("Mul", [ins[0], gate], out, n.name)
+
+
+def _reduce_mean(w: _Writer, n: Node, ins: list, out: str) -> None:
+    axes = w.const(f"{n.name}_axes", np.asarray(n.attrs["axes"], np.int64))
+    w.add("ReduceMean", [ins[0], axes], out, n.name, keepdims=int(n.attrs["keepdims"]))
+
+
+_WRITERS: dict[Op, _Write] = {
+    Op.CONV: _conv,
+    Op.DENSE: _dense,
+    Op.RELU: _onnx_op("Relu"),
+    Op.CLIP: _clip,
+    Op.ADD: _onnx_op("Add"),
+    Op.MUL: _mul,
+    Op.MAXPOOL: _pool,
+    Op.AVGPOOL: _pool,
+    Op.GAP: _onnx_op("GlobalAveragePool"),
+    Op.FLATTEN: _onnx_op("Flatten", axis=1),
+    Op.RESHAPE: _reshape,
+    Op.CONCAT: _concat,
+    Op.SOFTMAX: _with_attrs("Softmax", axis=lambda a: int(a["axis"])),
+    Op.IDENTITY: _onnx_op("Identity"),
+    Op.MATMUL: _onnx_op("MatMul"),
+    Op.TRANSPOSE: _with_attrs("Transpose", perm=lambda a: [int(v) for v in a["perm"]]),
+    Op.GATHER: _gather,
+    Op.EMBEDDING: _embedding,
+    Op.SLICE: _slice,
+    Op.LAYERNORM: _layernorm,
+    Op.GELU: _gelu,
+    Op.SIGMOID: _onnx_op("Sigmoid"),
+    Op.SILU: _silu,
+    Op.HARDSIGMOID: _with_attrs(
+        "HardSigmoid", alpha=lambda a: float(a["alpha"]), beta=lambda a: float(a["beta"])
+    ),
+    Op.HARDSWISH: _hardswish,
+    Op.MUL_ACT: _onnx_op("Mul"),
+    Op.ADD_CONST: _with_const("Add"),
+    Op.DIV_CONST: _with_const("Div"),
+    Op.REDUCE_MEAN: _reduce_mean,
+    Op.ERF: _onnx_op("Erf"),
+    Op.TANH: _onnx_op("Tanh"),
+}
+"""IR op -> its writer; an op not listed (``batchnorm``: only an imported QDQ model keeps one
+unfolded) cannot be saved."""
+
+
+def _check_exportable(g: Graph) -> None:
     """A program the file format cannot hold faithfully is refused (HwsimError naming the node)
-    rather than written wrong: the transformer ops of the first import slice, an N-d dense, a
-    concat off the channel axis or with constant parts."""
+    rather than written wrong: an op without a writer, a dense of onnxruntime's dynamic
+    quantization (float in, float out: no place in a QDQ file)."""
     for n in g.nodes:
         why = None
-        if n.op not in _EXPORTABLE:
-            why = f"op {n.op.value!r} cannot be saved yet (it runs in memory)"
-        elif n.op is Op.DENSE and n.attrs.get("nd"):
-            why = "an N-d dense (MatMul on (N, ..., K)) cannot be saved yet"
-        elif n.op is Op.CONCAT and (n.attrs.get("axis", 1) != 1 or n.attrs.get("consts")):
-            why = "a concat off the channel axis or with constant parts cannot be saved yet"
+        if n.op not in _WRITERS:
+            why = f"op {n.op.value!r} cannot be saved (the file format has no form for it)"
+        elif n.attrs.get("ort_dynamic"):
+            why = "a layer of onnxruntime's dynamic quantization cannot be saved"
         if why:
             raise HwsimError(f"{g.source}: node {n.name!r}: {why}")
 
@@ -274,6 +464,7 @@ def program_from_graph(graph: Graph) -> QuantProgram:
             f"{graph.source}: hwsim metadata format_version "
             f"{meta.get('format_version')!r}, this hwsim reads {FORMAT_VERSION}"
         )
+
     def section(key: str) -> dict:
         if key not in meta:
             raise SchemeError(f"missing section {key!r}")
@@ -283,12 +474,9 @@ def program_from_graph(graph: Graph) -> QuantProgram:
 
     try:
         # the file's tensor names: the output may have been renamed by the DQ alias
-        acts = {
-            t: ActSpec.from_dict(d, f"acts: tensor {t!r}") for t, d in section("acts").items()
-        }
+        acts = {t: ActSpec.from_dict(d, f"acts: tensor {t!r}") for t, d in section("acts").items()}
         layers = {
-            k: LayerSpec.from_dict(d, f"layers: layer {k!r}")
-            for k, d in section("layers").items()
+            k: LayerSpec.from_dict(d, f"layers: layer {k!r}") for k, d in section("layers").items()
         }
         scheme = Scheme.from_dict(meta["scheme"]) if meta.get("scheme") else None
         weights = section("weights")
@@ -306,6 +494,11 @@ def program_from_graph(graph: Graph) -> QuantProgram:
                     f"(expected {kind} of the model)"
                 )
         for n in graph.nodes:
+            if n.wq is not None:
+                # the metadata, not onnxruntime's plan of the file, gives the semantics: the
+                # file runs as the program it was written from (onnxruntime leaves a Conv
+                # unfused where its input and output differ in signedness, say)
+                n.wq.source = None
             w = weights.get(n.name)
             if w is not None and n.wq is not None:
                 where = f"weights: layer {n.name!r}"

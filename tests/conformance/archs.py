@@ -456,3 +456,55 @@ def quantize_tiny(
     finally:
         root.setLevel(level)
     return str(out_path)
+
+
+# --- onnxruntime dynamic quantization (quantize_dynamic): a 2-layer MLP on 8x8 images ---------
+MLP_INPUT = (1, 8, 8)
+
+
+class TinyMLP(nn.Module):
+    """Flatten, Linear 64 -> 32, ReLU, Linear 32 -> 10 (exported as two Gemms)."""
+
+    def __init__(self, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, num_classes)
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def export_mlp(path, seed: int = 0) -> str:
+    """Export :class:`TinyMLP` (weights from ``torch.manual_seed(seed)``), input "input" of shape
+    ``(N, 1, 8, 8)`` with a dynamic batch axis, output "output"."""
+    torch.manual_seed(seed)
+    return _export(TinyMLP().eval(), torch.zeros(1, *MLP_INPUT), path, 17)
+
+
+def mlp_inputs(n: int = 8, seed: int = 4321) -> np.ndarray:
+    """``n`` U(0, 1) images, float32 (n, 1, 8, 8) (the digits' range)."""
+    return np.random.default_rng(seed).random((n, *MLP_INPUT)).astype(np.float32)
+
+
+def quantize_dynamic(float_path, out_path, per_channel: bool, weight_type: str = "QInt8") -> str:
+    """onnxruntime ``quantize_dynamic`` (no pre-processing) with weights ``"QInt8"`` or
+    ``"QUInt8"``, per tensor or per channel; activations are quantized at run time (uint8)."""
+    import logging
+
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # "consider pre-processing before quantization"
+    try:
+        ort_quantize_dynamic(
+            str(float_path),
+            str(out_path),
+            per_channel=per_channel,
+            weight_type=getattr(QuantType, weight_type),
+        )
+    finally:
+        root.setLevel(level)
+    return str(out_path)
