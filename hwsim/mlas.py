@@ -176,3 +176,24 @@ def host_fma() -> bool:
         return bool(host_cpu_features().get("fma", True))
     except Exception:  # noqa: BLE001 -- no llvmlite: assume a CPU of the last decade
         return True
+
+
+def matmul(x, w, fma=True) -> np.ndarray:
+    """onnxruntime's float32 ``MatMul`` of ``x (R, K)`` and ``w (K, N)`` in MLAS's rounding order
+    (``MlasGemm``, no transposes): each output accumulated in one register, ``k`` ascending, a
+    fused multiply-add per step (``fma=False``: two roundings), ``K`` cut into the blocks of
+    :func:`_sgemm_blocks` (one block for ``K <= 128``), a later block added to the output with
+    one rounding. float32 ``(R, N)`` out."""
+    x = np.ascontiguousarray(np.asarray(x, np.float32).T)[None]  # (1, K, R)
+    wt = np.ascontiguousarray(np.asarray(w, np.float32).T)  # (N, K)
+    K, R = x.shape[1], x.shape[2]
+    N = wt.shape[0]
+    out = np.empty((1, N, R), np.float32)
+    if K == 0:
+        out[:] = 0
+        return out[0].T.copy()
+    blocks = _sgemm_blocks(N, 0, K, True)
+    kb = np.array([blocks[0][0]] + [e for _, e, _ in blocks], np.int64)
+    zm = np.array([z for _, _, z in blocks], np.bool_)
+    _gemm_blocks(wt, x, out, 0, R, kb, zm, fma)
+    return np.ascontiguousarray(out[0].T)

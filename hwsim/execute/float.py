@@ -58,10 +58,13 @@ def float_conv(x: np.ndarray, w: np.ndarray, b, attrs: dict) -> np.ndarray:
 
 
 def batchnorm_f32(x: np.ndarray, a: dict) -> np.ndarray:
-    """Inference BatchNormalization in float32 as onnxruntime's CPU kernel orders it:
-    ``k = gamma / sqrt(var + eps)``, ``c = beta - mean * k``, ``y = x * k + c``."""
+    """Inference BatchNormalization in float32 as onnxruntime's CPU kernel orders it
+    (``core/providers/cpu/nn/batch_norm.h``: ``inv_std = (var + eps).sqrt().inverse()``,
+    ``new_scale = inv_std * scale``): ``k = f32(1 / sqrt(var + eps)) * gamma``,
+    ``c = beta - mean * k``, ``y = x * k + c``, every step rounded to float32."""
     f32 = np.float32
-    k = (a["gamma"] / np.sqrt(a["var"] + f32(a["epsilon"]))).astype(f32)
+    inv = (f32(1.0) / np.sqrt((a["var"] + f32(a["epsilon"])).astype(f32))).astype(f32)
+    k = (inv * np.asarray(a["gamma"], f32)).astype(f32)
     c = (a["beta"] - a["mean"] * k).astype(f32)
     shape = (1, -1) + (1,) * (x.ndim - 2)
     return (x * k.reshape(shape) + c.reshape(shape)).astype(f32)

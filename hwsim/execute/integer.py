@@ -523,6 +523,20 @@ class IntegerExecutor:
         )
         return quantize_input(y, spec) if spec is not None else y
 
+    def _mlas_dense(self, node: Node, x: QTensor, spec: ActSpec):
+        """onnxruntime's unfused ``DequantizeLinear -> MatMul [-> Add] -> QuantizeLinear``: a
+        float32 MatMul of the dequantized input and weights in MLAS's rounding order
+        (:func:`hwsim.mlas.matmul`), the bias added with one rounding (its own Add node)."""
+        from hwsim import mlas
+
+        self.float_ops.add(node.name)
+        xf = x.dequantize()
+        y = mlas.matmul(xf.reshape(-1, xf.shape[-1]), node.wq.dequantize().T, fma=mlas.host_fma())
+        if node.bias is not None:
+            y = (y + np.asarray(node.bias, np.float32)).astype(np.float32)
+        y = y.reshape(xf.shape[:-1] + (y.shape[-1],))
+        return quantize_input(y, spec)
+
     def _mac_bias(self, node: Node, x: QTensor, acc_cfg, n: int, n_out: int):
         """The bias in accumulator units and how many (sample, channel) values were clamped to
         the accumulator. A static input: the model's int32 bias, or ``round_half_even(b /
@@ -601,6 +615,15 @@ class IntegerExecutor:
             and self._ort_runs_float(node, layer)
         ):  # per-sample tensors have no Q/DQ in the file: onnxruntime's plan does not apply
             return self._mlas_conv(node, x, spec)
+        if (
+            node.op is Op.DENSE
+            and spec is not None
+            and spec.mode == "static"
+            and np.ndim(x.scale) == 0
+            and self._ort_runs_float(node, layer)
+            and self._plan().kernel(node.name) == "MatMul"
+        ):  # a MatMul onnxruntime leaves unfused: float32 MatMul (+ Add) on dequantized values
+            return self._mlas_dense(node, x, spec)
         wq = node.wq
         acc_cfg = layer.acc
         if self.track_partials and not acc_cfg.track_partials:
@@ -938,6 +961,47 @@ class IntegerExecutor:
             bound=window << x.fmt.bits,
         )
 
+    # -- onnxruntime's lookup-table softmax -----------------------------------------------------
+    def _ort_softmax(self, node: Node, ins: list, spec: ActSpec | None) -> bool:
+        """A Softmax of an imported QDQ model that onnxruntime fuses into its 8-bit
+        ``com.microsoft.QLinearSoftmax`` (the file's plan, :mod:`hwsim.graph.ort_plan`)."""
+        x = ins[0] if ins else None
+        if (
+            spec is None
+            or spec.mode != "static"
+            or not isinstance(x, QTensor)
+            or np.ndim(x.scale)
+            or self.p.scheme is not None
+            or self.p.layer(node.name).register is not ScaleKind.ORT
+            or _ort_holder(x.fmt, spec.fmt) is None
+        ):
+            return False
+        plan = self._plan()
+        return plan is not None and plan.kernel(node.name) == "com.microsoft.QLinearSoftmax"
+
+    def _qlinear_softmax(self, node: Node, x: QTensor, spec: ActSpec) -> QTensor:
+        """onnxruntime's QLinearSoftmax (:func:`hwsim.qops.qlinear_softmax`: its exp table,
+        float32 row sum and double quotient), on the uint8 = int8 + 128 tensors x86 runs."""
+        holder = _ort_holder(x.fmt, spec.fmt)
+        d = self._ort_shift(holder, (node.inputs[0], node.output))
+        holder = np.uint8 if d else holder
+        y = qops.qlinear_softmax(
+            (x.q.astype(np.int16) + d).astype(holder),
+            np.float32(x.scale),
+            holder(x.zero_point + d),
+            np.float32(spec.scale),
+            holder(spec.zero_point + d),
+            axis=node.attrs.get("axis", -1),
+        )
+        y = saturate(np.asarray(y, np.int64) - d, spec.fmt)
+        self.stats[node.name].add(None, 0, 0, int(np.size(y)))
+        return QTensor(
+            np.asarray(y).astype(spec.fmt.dtype),
+            np.asarray(np.float32(spec.scale)),
+            spec.zero_point,
+            spec.fmt,
+        )
+
     # -- integer-only non-linearities (I-BERT) ------------------------------------------------
     def _integer_nonlinear(self, node: Node) -> bool:
         return node.op in IBERT_OPS and self.p.layer(node.name).nonlinear is NonLinear.INTEGER
@@ -1130,6 +1194,8 @@ class IntegerExecutor:
             from hwsim.execute.dynamic import dynamic_dense
 
             self.float_ops.discard(node.name)
+            if pairs_saturate(self.isa, _U8, node.wq.fmt):  # u8 x s8 on this ISA: eq. 16
+                self.isa_layers.add(node.name)
             return dynamic_dense(node, ins[0], self.isa, self.stats[node.name])
         if node.output in self.wide:
             return self._wide_out(node, ins)
@@ -1139,6 +1205,8 @@ class IntegerExecutor:
             and all(isinstance(i, QTensor) for i in ins)
         ):
             return self._nonlinear(node, ins[0], spec)
+        if node.op is Op.SOFTMAX and self._ort_softmax(node, ins, spec):
+            return self._qlinear_softmax(node, ins[0], spec)
         if any(not isinstance(i, QTensor) for i in ins) or node.op is Op.SOFTMAX:
             return self._requant_float(node, ins, spec)
         if spec is None and node.op not in MAC_OPS:
