@@ -550,16 +550,15 @@ def test_qoperator_interpreter_runs_the_plain_ops_between_quantized_ones():
     np.testing.assert_allclose(run_qoperator_batch(m, x), want, rtol=1e-5, atol=1e-6)
 
 
-def test_qoperator_transformer_runs_or_names_qlinear_softmax(tmp_path):
-    """A QOperator tiny BERT: every op but ``com.microsoft.QLinearSoftmax`` runs in the
-    interpreter; with that op (not in :mod:`hwsim.qops` yet) the outputs equal onnxruntime's."""
-    fp = archs.export_tiny("tiny_bert", tmp_path / "f.onnx")
-    path = archs.quantize_tiny("tiny_bert", fp, tmp_path / "qop.onnx", False, qoperator=True)
-    x = _x("tiny_bert")
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_qoperator_transformer_equals_onnxruntime(tmp_path, name, per_channel):
+    """``quantize_static(..., QuantFormat.QOperator)`` of the tiny encoders (QLinearMatMul,
+    QLinearAdd, QLinearSoftmax, DynamicQuantize-free): the node-by-node interpreter's outputs
+    equal onnxruntime's bit for bit."""
+    fp = archs.export_tiny(name, tmp_path / "f.onnx")
+    path = archs.quantize_tiny(name, fp, tmp_path / "qop.onnx", per_channel, qoperator=True)
+    x = _x(name)
     m = onnx.load(path)
-    if ("com.microsoft", "QLinearSoftmax") not in qops.SUPPORTED:
-        with pytest.raises(HwsimError, match=r"Softmax.*\(com\.microsoft\.QLinearSoftmax\)"):
-            run_qoperator_batch(m, x, path, isa="auto")
-        return
     want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})
     assert np.array_equal(run_qoperator_batch(m, x, path, isa="auto"), want[0])
