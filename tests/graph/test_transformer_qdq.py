@@ -42,7 +42,6 @@ import pytest
 from onnx import helper, numpy_helper
 
 from hwsim import qops
-from hwsim.errors import HwsimError
 from hwsim.execute import IntegerExecutor, QTensor, run_float, run_qoperator_batch
 from hwsim.execute.arrays import graph_input
 from hwsim.graph import ModelImportError, Op, import_model
