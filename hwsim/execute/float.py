@@ -130,6 +130,17 @@ def layernorm64(node: Node, x: np.ndarray) -> np.ndarray:
     return y.astype(np.float32)
 
 
+def repeat_axes(x: np.ndarray, factors) -> np.ndarray:
+    """``Op.RESIZE``: nearest-neighbour upsampling by integer factors, ``np.repeat`` of every
+    entry ``factors[axis]`` times along each axis (output shape ``x.shape * factors``); moves
+    values, any dtype. Import accepts a Resize only where onnxruntime computes exactly this
+    (docs/networks.md)."""
+    for axis, f in enumerate(factors):
+        if f != 1:
+            x = np.repeat(x, int(f), axis=axis)
+    return x
+
+
 def _concat(node: Node, xs: list) -> np.ndarray:
     parts = list(xs)
     n = xs[0].shape[0]
@@ -195,6 +206,7 @@ FLOAT_OPS: dict[Op, Callable[[Node, list], np.ndarray]] = {
     Op.REDUCE_MEAN: _f32(
         lambda n, x: x.mean(axis=n.attrs["axes"], keepdims=bool(n.attrs["keepdims"]))
     ),
+    Op.RESIZE: lambda n, xs: repeat_axes(xs[0], n.attrs["factors"]),
     Op.ERF: _f32(lambda n, x: _erf(x)),
     Op.TANH: _f32(lambda n, x: np.tanh(x)),
 }

@@ -14,8 +14,8 @@ Integer op contracts (``R(r)`` = the layer's scale register built for real multi
   QLinearGlobalAveragePool / QLinearAveragePool (:mod:`hwsim.qops`); otherwise exact integer
   window sum of ``q - zx``, then ``R(sx / (sy * count))``; max pool: integer max (padding never
   wins), scale unchanged; relu/clip: clamp in the integer domain at the quantized bounds;
-  flatten/reshape/identity/transpose/gather/slice: the integers moved, unchanged; concat: each
-  input rescaled by ``R(s_i/sy)``; mul by a constant c: ``R(|c| sx/sy)(sign(c) (q - zx))``;
+  flatten/reshape/identity/transpose/gather/slice/resize: the integers moved, unchanged; concat:
+  each input rescaled by ``R(s_i/sy)``; mul by a constant c: ``R(|c| sx/sy)(sign(c) (q - zx))``;
   softmax: float32 on the dequantized input. A dense on an N-d input ``(N, ..., K)`` is one
   GEMM over the flattened leading axes, output ``(N, ..., O)``.
 * matmul of two activations: ``acc = sum_k (a - za)(b - zb)`` on the layer's accumulator,
@@ -59,7 +59,7 @@ from hwsim.execute.arrays import (
     take,
     windows,
 )
-from hwsim.execute.float import float_op
+from hwsim.execute.float import float_op, repeat_axes
 from hwsim.execute.kernels import add_ort_fused
 from hwsim.execute.tensors import QTensor, quantize_input, quantize_linear
 from hwsim.graph.ir import MAC_OPS, Node, Op
@@ -1473,6 +1473,9 @@ class IntegerExecutor:
     def _op_slice(self, node: Node, x: QTensor):
         return x.moved(lambda q: slice_axes(q, node.attrs))
 
+    def _op_resize(self, node: Node, x: QTensor):
+        return x.moved(lambda q: repeat_axes(q, node.attrs["factors"]))
+
     def run(self, x: np.ndarray, keep_all: bool = True, sample_offset: int | None = None) -> dict:
         """Integer run of one batch. Returns tensors by name (QTensor for integer tensors, float
         arrays otherwise); with ``keep_all=False`` only the output is kept. ``sample_offset``:
@@ -1561,6 +1564,7 @@ INTEGER_OPS: dict[Op, Callable] = {
     Op.TRANSPOSE: _keeps_quantization(IntegerExecutor._op_transpose),
     Op.GATHER: _keeps_quantization(IntegerExecutor._op_gather),
     Op.SLICE: _keeps_quantization(IntegerExecutor._op_slice),
+    Op.RESIZE: _keeps_quantization(IntegerExecutor._op_resize),
 }
 """Op -> its integer rule ``f(executor, node, inputs, output spec)``; an op not listed runs
 as ``QuantizeLinear(op(DequantizeLinear(inputs)))`` -- in this version the transformer
@@ -1584,6 +1588,7 @@ TOKEN_OPS = frozenset(
         Op.TRANSPOSE,
         Op.GATHER,
         Op.SLICE,
+        Op.RESIZE,
     }
 )
 """Integer rules that take per-token inputs (scales per token, :class:`QTensor`); another op

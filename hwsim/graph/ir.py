@@ -63,6 +63,7 @@ class Op(enum.Enum):
     ADD_CONST = "add_const"  # x + c (a Sub of c imports as x + (-c), the same float32 values)
     DIV_CONST = "div_const"  # x / c
     REDUCE_MEAN = "reduce_mean"  # mean over attrs axes (>= 1), attrs keepdims
+    RESIZE = "resize"  # nearest upsampling: attrs factors, one int >= 1 per axis (1 on axis 0)
     # elementwise functions a QDQ model quantizes one by one (onnxruntime's quantizer puts a
     # Q/DQ pair between the nodes of a GELU, so they cannot fuse); float models fuse them
     ERF = "erf"

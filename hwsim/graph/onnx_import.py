@@ -49,6 +49,7 @@ import functools
 import json
 import os
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -1194,6 +1195,86 @@ class _Importer:
             attrs["consts"] = tuple(consts)
         self.add(node, Op.CONCAT, [self.name(t) for t in acts], attrs)
 
+    def resize(self, node, a):
+        """Resize as ``Op.RESIZE``: nearest-neighbour upsampling by an integer factor per axis
+        (from constant ``scales``, or ``sizes`` that are multiples of the input's, the batch
+        entry of a folded shape the batch size; opset 18's ``axes`` and
+        ``keep_aspect_ratio_policy``) in a mode where onnxruntime computes ``np.repeat``
+        (:data:`RESIZE_REPEATS`). Anything else is a ModelImportError naming what is not
+        supported and :data:`RESIZE_SUPPORTED`."""
+
+        def bad(what: str):
+            self.fail(node, f"{what}; {RESIZE_SUPPORTED}")
+
+        x = self.name(node.input[0])
+        xs = self.shape_of(node, x)
+        r = len(xs)
+        mode = _s(a.get("mode", "nearest"))
+        if mode != "nearest":
+            bad(f"mode={mode!r} interpolates")
+        for attr in ("antialias", "exclude_outside"):
+            if int(a.get(attr, 0)):
+                bad(f"{attr}={int(a[attr])}")
+        if self.opset() < 11:  # Resize-10: onnxruntime's asymmetric coordinates, floor
+            pair = ("asymmetric", "floor")
+            scales_t, sizes_t = _input(node, 1), ""
+        else:
+            pair = (
+                _s(a.get("coordinate_transformation_mode", "half_pixel")),
+                _s(a.get("nearest_mode", "round_prefer_floor")),
+            )
+            scales_t, sizes_t = _input(node, 2), _input(node, 3)
+        if pair[0] == "tf_crop_and_resize":
+            bad("coordinate_transformation_mode='tf_crop_and_resize' crops to the roi")
+        if pair not in RESIZE_REPEATS:
+            bad(f"coordinate_transformation_mode={pair[0]!r} with nearest_mode={pair[1]!r} is "
+                "not np.repeat at every integer factor in onnxruntime")
+        axes = [int(v) for v in a.get("axes", range(r))]
+        if any(not -r <= v < r for v in axes) or len({v % r for v in axes}) != len(axes):
+            bad(f"axes {axes} are not distinct axes of an input of rank {r}")
+        axes = [v % r for v in axes]
+        scales = np.ravel(self.const(node, scales_t, "scales")) if scales_t else np.zeros(0)
+        if scales.size and sizes_t:
+            bad("both scales and sizes are given")
+        if scales.size:
+            if scales.size != len(axes) or not np.all(np.isfinite(scales)):
+                bad(f"scales {scales.tolist()} for {len(axes)} axes")
+            ratios = [Fraction(float(np.float32(v))) for v in scales]
+        elif sizes_t:
+            sizes = [int(v) for v in np.ravel(self.const(node, sizes_t, "sizes", batch_ok=True))]
+            if len(sizes) != len(axes):
+                bad(f"{len(sizes)} sizes for {len(axes)} axes")
+            batch = set(self.batch_entries.get(sizes_t, ()))
+            declared = _shape(self.inputs[0])[0] if self.inputs else None
+            ratios = []
+            for j, (ax, size) in enumerate(zip(axes, sizes, strict=True)):
+                if ax == 0:
+                    if j not in batch and size != declared:
+                        bad(f"the size {size} of axis 0 resizes the batch (hwsim keeps every "
+                            "sample once, as axis 0)")
+                    ratios.append(Fraction(1))
+                elif j in batch:
+                    bad(f"the size of axis {ax} is the batch size")
+                else:
+                    ratios.append(Fraction(size, xs[ax]))
+            policy = _s(a.get("keep_aspect_ratio_policy", "stretch"))
+            if policy in ("not_larger", "not_smaller"):  # one scale for every axis listed
+                ratios = [(min if policy == "not_larger" else max)(ratios)] * len(ratios)
+            elif policy != "stretch":
+                bad(f"keep_aspect_ratio_policy={policy!r}")
+        else:
+            bad("neither scales nor sizes are given")
+        factors = [1] * r
+        for ax, ratio in zip(axes, ratios, strict=True):
+            if ratio.denominator != 1 or ratio < 1:
+                bad(f"the factor {float(ratio):g} on axis {ax} is not an integer >= 1 "
+                    "(downsampling or a fractional factor)")
+            factors[ax] = int(ratio)
+        if factors[0] != 1:
+            bad(f"a factor of {factors[0]} on axis 0, the batch axis (hwsim keeps every sample "
+                "once, as axis 0)")
+        self.add(node, Op.RESIZE, [x], {"factors": tuple(factors)})
+
     def softmax(self, node, a):
         axis = self.softmax_axis(node, a)
         r = self.rank(node.input[0])
@@ -1454,6 +1535,7 @@ _OPS: dict[tuple[str, str], Callable[[_Importer, onnx.NodeProto, dict], None]] =
     ("", "Slice"): _Importer.slice,
     ("", "Split"): _Importer.split,
     ("", "Concat"): _Importer.concat,
+    ("", "Resize"): _Importer.resize,
     ("", "BatchNormalization"): _Importer.batchnorm,
     ("", "LayerNormalization"): _Importer.layernorm,
     ("", "Softmax"): _Importer.softmax,
@@ -1494,6 +1576,35 @@ _FUSION_ONLY = {  # (Erf and Tanh: in float models; a QDQ model imports them as 
     "Sqrt": "a decomposed LayerNormalization (ReduceMean, Sub, Pow 2, ReduceMean, Add, Sqrt, "
     "Div)",
 }
+
+RESIZE_REPEATS = frozenset(
+    {
+        ("half_pixel", "round_prefer_floor"),
+        ("half_pixel", "round_prefer_ceil"),
+        ("pytorch_half_pixel", "round_prefer_floor"),
+        ("pytorch_half_pixel", "round_prefer_ceil"),
+        ("asymmetric", "floor"),
+        ("tf_half_pixel_for_nn", "floor"),
+    }
+)
+"""Resize's ``(coordinate_transformation_mode, nearest_mode)`` pairs whose nearest neighbour at
+every integer factor ``f`` is ``np.repeat`` by ``f``. Output index ``o = f k + r`` (``0 <= r <
+f``) maps to ``k + d``: half_pixel and pytorch_half_pixel (the output is longer than 1) ``d =
+(2r + 1 - f) / 2f``, inside ``(-1/2, 1/2)`` and never a tie, so either rounding gives ``k``;
+asymmetric ``d = r / f`` in ``[0, 1)`` and tf_half_pixel_for_nn ``d = (r + 1/2) / f`` in ``(0,
+1)``, so floor gives ``k``. Every other pair is not a repeat at some factor in 2..4 in
+onnxruntime (asymmetric with round_prefer_floor is one at ``f = 2`` only; align_corners
+depends on the axis's length) -- measured by tests/graph/test_resize.py over all 20 pairs.
+Resize-10 has neither attribute: onnxruntime runs it as asymmetric / floor when upsampling."""
+RESIZE_SUPPORTED = (
+    "supported: Resize with mode 'nearest' and an integer upsampling factor >= 1 per axis, 1 on "
+    "the batch axis 0 (constant scales, or sizes that are multiples of the input's, the batch "
+    "entry the batch size), coordinate_transformation_mode / nearest_mode half_pixel or "
+    "pytorch_half_pixel with round_prefer_floor or round_prefer_ceil, asymmetric or "
+    "tf_half_pixel_for_nn with floor (np.repeat in onnxruntime), no antialias / "
+    "exclude_outside"
+)
+"""What a Resize error names as supported (:meth:`_Importer.resize`)."""
 
 SUPPORTED = tuple(op for _, op in _OPS)
 """The ONNX op types hwsim imports (``_OPS``'s, in its order; ``Quant`` is QONNX's)."""

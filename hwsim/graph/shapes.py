@@ -98,6 +98,11 @@ def _slice(n: Node, ins: list[tuple]) -> tuple:
     return tuple(out)
 
 
+def _resize(n: Node, ins: list[tuple]) -> tuple:
+    """Each axis times its integer factor (``attrs["factors"]``, one per axis)."""
+    return tuple(d * f for d, f in zip(ins[0], n.attrs["factors"], strict=True))
+
+
 def _reduce_mean(n: Node, ins: list[tuple]) -> tuple:
     axes, keep = n.attrs["axes"], n.attrs["keepdims"]
     return tuple(1 if i in axes else d for i, d in enumerate(ins[0]) if keep or i not in axes)
@@ -153,6 +158,7 @@ SHAPES: dict[Op, Callable[[Node, list[tuple]], tuple]] = {
     Op.ADD_CONST: _with_const,
     Op.DIV_CONST: _with_const,
     Op.REDUCE_MEAN: _reduce_mean,
+    Op.RESIZE: _resize,
     Op.ERF: _same,
     Op.TANH: _same,
 }

@@ -8,9 +8,9 @@ model's output), which the integer executor runs as float islands between a Dequ
 and a QuantizeLinear. A ReLU/Clip that alone consumes a layer's output is fused: the layer's
 output tensor takes the activation's quantization (calibrated after the activation, so its range
 starts at 0 and the requantizing clamp *is* the ReLU), exactly as onnxruntime's QDQ quantizer
-removes such activations. Max pool, flatten, reshape, identity, transpose, gather and slice keep
-their input's quantization. The model's last tensor before a final Softmax is quantized; that
-Softmax runs in float.
+removes such activations. Max pool, flatten, reshape, identity, transpose, gather, slice and
+resize keep their input's quantization. The model's last tensor before a final Softmax is
+quantized; that Softmax runs in float.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ PASS_THROUGH = (
     Op.TRANSPOSE,
     Op.GATHER,
     Op.SLICE,
+    Op.RESIZE,
 )
 ISLANDS = (
     Op.MATMUL,
@@ -476,6 +477,7 @@ def _signs(graph: Graph, fused: dict, input_range) -> dict[str, bool]:
             Op.TRANSPOSE,
             Op.GATHER,
             Op.SLICE,
+            Op.RESIZE,
             Op.REDUCE_MEAN,
         ):
             nonneg[n.output] = nonneg.get(n.inputs[0], False)

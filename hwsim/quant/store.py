@@ -26,7 +26,9 @@
   ``LayerNormalization`` (a scale of ones where the node has no gamma); gelu as opset-20
   ``Gelu`` (``approximate`` ``none`` / ``tanh``); silu as ``Sigmoid`` and ``Mul``, hardswish as
   ``HardSwish`` (or ``HardSigmoid`` and ``Mul`` for other alpha / beta), both fused back at
-  import; mul_act as ``Mul``, add_const / div_const as ``Add`` / ``Div`` of the constant.
+  import; mul_act as ``Mul``, add_const / div_const as ``Add`` / ``Div`` of the constant;
+  resize as a nearest ``Resize`` by its constant float32 ``scales`` (the factors;
+  ``asymmetric`` / ``floor``, torch's ``nn.Upsample``).
 
 So a per-tensor 8-bit model is a plain QDQ model that onnxruntime runs; other schemes open in
 Netron/QONNX but only hwsim executes their integer semantics. An op the format cannot hold (an
@@ -389,6 +391,21 @@ def _reduce_mean(w: _Writer, n: Node, ins: list, out: str) -> None:
     w.add("ReduceMean", [ins[0], axes], out, n.name, keepdims=int(n.attrs["keepdims"]))
 
 
+def _resize(w: _Writer, n: Node, ins: list, out: str) -> None:
+    """Nearest ``Resize`` by constant ``scales`` (the integer factors as float32) in the mode
+    torch's ``nn.Upsample`` writes, which the importer reads back as the same factors."""
+    scales = w.const(f"{n.name}_scales", np.asarray(n.attrs["factors"], _F32))
+    w.add(
+        "Resize",
+        [ins[0], "", scales],
+        out,
+        n.name,
+        mode="nearest",
+        coordinate_transformation_mode="asymmetric",
+        nearest_mode="floor",
+    )
+
+
 _WRITERS: dict[Op, _Write] = {
     Op.CONV: _conv,
     Op.DENSE: _dense,
@@ -421,6 +438,7 @@ _WRITERS: dict[Op, _Write] = {
     Op.ADD_CONST: _with_const("Add"),
     Op.DIV_CONST: _with_const("Div"),
     Op.REDUCE_MEAN: _reduce_mean,
+    Op.RESIZE: _resize,
     Op.ERF: _onnx_op("Erf"),
     Op.TANH: _onnx_op("Tanh"),
 }

@@ -535,6 +535,7 @@ def test_supported_list_is_covered():
                 "Slice", "Split", "LayerNormalization", "Gelu", "Sigmoid", "HardSigmoid",
                 "HardSwish"}
     covered |= {"Erf", "Tanh"}  # QDQ models only (tests/graph/test_transformer_qdq.py)
+    covered |= {"Resize"}  # tests/graph/test_resize.py
     assert set(SUPPORTED) == covered and len(SUPPORTED) == len(covered)
     # the list errors show: op types, QONNX's Quant named as such
     assert SUPPORTED_TEXT.startswith("Conv, Gemm, MatMul, ") and "Quant (QONNX)" in SUPPORTED_TEXT
