@@ -164,22 +164,53 @@ def read_topology(path: str | os.PathLike) -> list[Layer]:
     return layers
 
 
-def token_rows(program) -> dict[str, int]:
-    """Per-token tensors of a program and their tokens per sample (the per-token scale
-    array's size, :class:`hwsim.execute.QTensor`): structural, found by one integer run of a
-    zero sample (per-token scale shapes follow from the shapes alone). Empty when the program
-    has no per-token activation."""
-    if isinstance(program, Graph) or not any(s.per_token for s in program.acts.values()):
-        return {}
-    from hwsim.execute import IntegerExecutor, QTensor
+@dataclass(frozen=True)
+class TokenStructure:
+    """What the executor does with a per-token program, from the shapes: ``rows`` per-token
+    tensor -> tokens per sample (its scale array's size); ``along_k`` per-token tensors whose
+    tokens lie on a matmul's summed axis (scale not size 1 on axis -2); ``islands`` nodes run
+    as float islands; ``wide`` tensors handed to an integer non-linearity at accumulator
+    width (no range unit)."""
 
+    rows: dict
+    along_k: frozenset
+    islands: frozenset
+    wide: frozenset
+
+
+def token_structure(program) -> TokenStructure | None:
+    """:class:`TokenStructure` of a program with per-token activations (else None), from one
+    integer run of a zero sample with float non-linearities (per-token scale shapes and the
+    float islands follow from the shapes alone, and a zero sample's degenerate steps are no
+    input for I-BERT's kernels); the hand-off to integer kernels from the program itself
+    (:func:`hwsim.execute.integer.wide_tensors`)."""
+    if isinstance(program, Graph) or not any(s.per_token for s in program.acts.values()):
+        return None
+    import dataclasses
+
+    from hwsim.execute import IntegerExecutor, QTensor
+    from hwsim.execute.integer import wide_tensors
+    from hwsim.quant.scheme import NonLinear
+
+    def floatnl(ls):
+        return dataclasses.replace(ls, nonlinear=NonLinear.FLOAT)
+
+    prog = dataclasses.replace(
+        program,
+        layers={k: floatnl(v) for k, v in program.layers.items()},
+        default_layer=floatnl(program.default_layer),
+    )
     g = program.graph
     shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in g.input_shape)
-    x = np.zeros((1, *shape), np.dtype(g.input_dtype))
-    env = IntegerExecutor(program).run(x)
-    return {
-        t: int(np.size(v.scale)) for t, v in env.items() if isinstance(v, QTensor) and v.per_token
-    }
+    ex = IntegerExecutor(prog)
+    env = ex.run(np.zeros((1, *shape), np.dtype(g.input_dtype)))
+    per_token = {t: v for t, v in env.items() if isinstance(v, QTensor) and v.per_token}
+    return TokenStructure(
+        rows={t: int(np.size(v.scale)) for t, v in per_token.items()},
+        along_k=frozenset(t for t, v in per_token.items() if np.shape(v.scale)[-2] > 1),
+        islands=frozenset(ex.float_ops),
+        wide=frozenset(wide_tensors(program)),
+    )
 
 
 def layers_from_program(program, batch: int = 1) -> list[Layer]:
@@ -193,11 +224,18 @@ def layers_from_program(program, batch: int = 1) -> list[Layer]:
     graph: Graph = program if isinstance(program, Graph) else program.graph
     shapes = infer_shapes(graph, 1)
     quant = not isinstance(program, Graph)
-    tok = token_rows(program)
+    ts = token_structure(program) if quant else None
+    tok = ts.rows if ts is not None else {}
+    if quant:
+        from hwsim.execute.integer import wide_tensors
+
+        wide = ts.wide if ts is not None else frozenset(wide_tensors(program))
+    else:
+        wide = frozenset()
     layers = []
     for n in graph.nodes:
         if n.op in MATMUL_OPS:
-            layers.append(_matmul_layer(program, n, shapes, batch, quant, tok))
+            layers.append(_matmul_layer(program, n, shapes, batch, quant, ts, wide))
             continue
         if n.op not in MAC_OPS:
             continue
@@ -238,6 +276,10 @@ def layers_from_program(program, batch: int = 1) -> list[Layer]:
                 rows_in=batch * tok[n.inputs[0]] if n.inputs[0] in tok else 0,
                 rows_out=batch * tok.get(n.inputs[0], tok.get(n.output, 0)),
             )
+            if ts is not None and n.name in ts.islands:  # a float island: no scheme ops
+                kw.update(act_mode="static", in_mode="static", align=False, bias=False)
+            elif n.output in wide:  # no range unit: handed over wide
+                kw.update(act_mode="static", align=False)
         layers.append(
             Layer(
                 n.name,
@@ -253,7 +295,7 @@ def layers_from_program(program, batch: int = 1) -> list[Layer]:
     return layers
 
 
-def _matmul_layer(program, n, shapes, batch: int, quant: bool, tok=None) -> Layer:
+def _matmul_layer(program, n, shapes, batch: int, quant: bool, ts=None, wide=frozenset()) -> Layer:
     """A MatMul of two activations as ``groups`` GEMMs (see :func:`layers_from_program`)."""
     a, b = shapes[n.inputs[0]], shapes[n.output]
     M, K, P = a[-2], a[-1], b[-1]
@@ -273,16 +315,19 @@ def _matmul_layer(program, n, shapes, batch: int, quant: bool, tok=None) -> Laye
             shift_base=specs[2].base if specs[2] else "static",
             in_mode=specs[0].mode if specs[0] else "static",
         )
-        tok = tok or {}
-        if n.output in tok:  # a per-token output, aligned per row where b has token scales
-            kw.update(rows_out=batch * tok[n.output], align=n.inputs[1] in tok)
-        bt = n.inputs[1]
-        if bt in tok and tok[bt] and _tokens_along_k(program, bt, shapes):
-            v = groups * M * P * K
-            if specs[1].mode == "shift":
-                kw["token_shifts"] = v
-            else:
-                kw["token_aligns"] = groups * K * P
+        tok = ts.rows if ts is not None else {}
+        if ts is not None and n.name in ts.islands:  # a float island: no scheme ops
+            kw.update(act_mode="static", in_mode="static")
+        elif n.output in wide:  # handed over wide: no range unit
+            kw.update(act_mode="static")
+        else:
+            if n.output in tok:  # a per-token output, aligned per row where b has token scales
+                kw.update(rows_out=batch * tok[n.output], align=n.inputs[1] in tok)
+            if ts is not None and n.inputs[1] in ts.along_k:
+                if specs[1].mode == "shift":
+                    kw["token_shifts"] = groups * M * P * K
+                else:
+                    kw["token_aligns"] = groups * K * P
     return Layer(
         n.name,
         M,
@@ -294,14 +339,3 @@ def _matmul_layer(program, n, shapes, batch: int, quant: bool, tok=None) -> Laye
         extra={"operands": "activations"},
         **kw,
     )
-
-
-def _tokens_along_k(program, t: str, shapes) -> bool:
-    """The per-token operand ``t`` (b of ``a @ b``) has its tokens on the summed axis (v in
-    ``p @ v``): one zero-sample run tells (its scale array is not size 1 on axis -2)."""
-    from hwsim.execute import IntegerExecutor
-
-    g = program.graph
-    shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in g.input_shape)
-    env = IntegerExecutor(program).run(np.zeros((1, *shape), np.dtype(g.input_dtype)))
-    return np.shape(env[t].scale)[-2] > 1

@@ -64,6 +64,7 @@ from hwsim.execute.kernels import add_ort_fused
 from hwsim.execute.tensors import QTensor, quantize_input, quantize_linear
 from hwsim.graph.ir import MAC_OPS, Node, Op
 from hwsim.numerics import IntFormat, Overflow, RoundingMode, ScaleKind, ScaleRegister, saturate
+from hwsim.numerics import reference as nref
 from hwsim.numerics.scale import MultiplierRangeError
 from hwsim.quant.scheme import ActSpec, LayerSpec, NonLinear, QuantProgram
 
@@ -176,6 +177,14 @@ class IntegerExecutor:
         self._current: str | None = None  # the node being run (its registers' gain errors)
         self._node_now: Node | None = None  # that node and its inputs (per-token axes)
         self._ins_now: list = []
+        if any(a.per_token for a in program.acts.values()) and any(
+            ls.rounding is RoundingMode.STOCHASTIC
+            for ls in (*program.layers.values(), program.default_layer)
+        ):
+            raise HwsimError(
+                "stochastic rounding draws per sample; a program with per-token activations "
+                "needs a deterministic rounding on every layer"
+            )
         self.wide = wide_tensors(program)
         """Tensors held at their producer's accumulator width for an integer non-linearity
         (:func:`wide_tensors`)."""
@@ -278,8 +287,9 @@ class IntegerExecutor:
         )
 
     def _range_unit(self, t, spec: ActSpec, layer: LayerSpec, u, c=None, sigma=None) -> QTensor:
-        """(17)-(19) A ``dynamic`` / ``shift`` output from integers ``t`` (int64 (N, ...)) whose
-        sample ``n`` steps by the real ``u[n]`` (float64 (N,) or ()); ``c``, ``sigma``: where
+        """(17)-(19) A ``dynamic`` / ``shift`` output from integers ``t`` (int64 (N, ...); for a
+        per-token output :meth:`_per_sample` passes the token rows as N) whose sample ``n``
+        steps by the real ``u[n]`` (float64 (N,) or ()); ``c``, ``sigma``: where
         ``u = c * 2^-sigma`` (a static or shift input), which a runtime shift base needs.
 
         The range unit takes each sample's largest magnitude ``a_n`` (``max(t, 0)`` for an
@@ -1006,6 +1016,27 @@ class IntegerExecutor:
     def _integer_nonlinear(self, node: Node) -> bool:
         return node.op in IBERT_OPS and self.p.layer(node.name).nonlinear is NonLinear.INTEGER
 
+    def _wide_ok(self, node: Node, ins: list) -> bool:
+        """A producer in :attr:`wide` hands its accumulator over unless its inputs are not
+        integers, or are per token with steps along the summed axis (a dense's ``K``, a
+        matmul's ``a`` columns or ``b`` rows): then it runs its own rule (an alignment or a
+        float island) and the kernel reads its quantized output."""
+        if not all(isinstance(i, QTensor) for i in ins):
+            return False
+        if node.op is Op.DENSE:
+            return not (ins[0].per_token and np.shape(ins[0].scale)[-1] != 1)
+        if node.op is Op.MATMUL:
+            a, b = ins
+            return (
+                a.q.ndim >= 3
+                and b.q.ndim >= 3
+                and not (
+                    (a.per_token and np.shape(a.scale)[-1] != 1)
+                    or (b.per_token and np.shape(b.scale)[-2] != 1)
+                )
+            )
+        return True
+
     def _wide_out(self, node: Node, ins: list) -> QTensor:
         """A tensor in :attr:`wide`: a dense's biased accumulator at scale ``f32(sx*sw)``, a
         matmul's accumulator at ``f32(sa*sb)`` (format: the layer's accumulator, no
@@ -1016,10 +1047,12 @@ class IntegerExecutor:
             c = float(np.asarray(node.weight, np.float64).reshape(-1)[0])
             sign = -1 if c < 0 else 1
             return QTensor(
-                x.q * sign,
-                (x.scale_b().astype(np.float64) / abs(c)).astype(np.float32),
+                (x.q.astype(np.int64) - x.zero_point) * sign,
+                (np.asarray(x.scale, np.float64) / abs(c)).astype(np.float32),
                 0,
-                x.fmt,
+                x.fmt
+                if x.zero_point == 0 and sign > 0
+                else IntFormat(min(64, x.fmt.bits + 2), True),
             )
         layer = self.p.layer(node.name)
         acc_cfg = layer.acc
@@ -1079,7 +1112,13 @@ class IntegerExecutor:
         wop = Operand(node.wq.fmt, zero_point=zw if zw.ndim == 1 else int(zw))
         res = gemm(flat.q, node.wq.q.T, x_operand=xop, w_operand=wop, acc=acc_cfg)
         n_out = res.values.shape[1]
-        bias, clamped = self._mac_bias(node, flat, acc_cfg, R, n_out)
+        if x.per_token:  # the tokens are the samples of the bias unit (as _mac_tokens)
+            bias, clamped = self._mac_bias(node, flat, acc_cfg, R, n_out)
+        else:  # per sample or per tensor: one bias per sample, the same for its rows
+            N = xq.shape[0]
+            bias, clamped = self._mac_bias(node, x, acc_cfg, N, n_out)
+            if bias is not None and np.ndim(bias) == 2 and N:
+                bias = np.repeat(bias, R // N, axis=0)
         t, bovf = add_bias(res.values, bias, acc=acc_cfg, bias_axis=1)
         st.add(res.counters, bovf, 0, t.size, clamped)
         sw = np.asarray(node.wq.scale, np.float32)
@@ -1122,67 +1161,81 @@ class IntegerExecutor:
             rows, step = self._align(rows, srows / umax, layer, 1 << (x.fmt.bits - 1))
             srows = np.broadcast_to(umax * step, rows.shape)
         out = np.zeros(rows.shape, np.int64)
-        oscale = np.zeros(rows.shape, np.float64)
-        kbits = np.zeros(rows.shape, np.int64)  # the contract's bound on the kernel's width
         st = self.stats[node.name]
         widest = 0
         stats_all = []
-        if srows.size:  # the contract's widths, per scale (LayerNorm's: independent of it)
-            if node.op is Op.LAYERNORM:
-                kbits[:] = _kernel_bits(node, x.fmt.bits, 1.0)
-            else:
-                uniq, inv = np.unique(srows, return_inverse=True)
-                kb = np.array([_kernel_bits(node, x.fmt.bits, float(u)) for u in uniq])
-                kbits = kb[inv.reshape(-1)].reshape(srows.shape)
         if rows.size and node.op is Op.SOFTMAX:  # registers per row (its scale)
-            out, so, stats = ibert.i_softmax_rows(rows, srows[:, 0], SOFTMAX_BITS)
-            oscale[:] = so
+            out, _, stats = ibert.i_softmax_rows(rows, srows[:, 0], SOFTMAX_BITS)
             stats_all.append(stats)
         elif rows.size and node.op is Op.GELU:  # registers per element's scale
-            out, oscale, stats = ibert.i_gelu_scales(rows, srows)
+            out, _, stats = ibert.i_gelu_scales(rows, srows)
             stats_all.append(stats)
         elif rows.size:  # (29) a shift per row (token): a row's result depends on it alone;
             # the input scale cancels in LayerNorm (eq. 28)
             ks = ibert.layernorm_row_shifts(rows)
             for k in np.unique(ks):
                 part = np.flatnonzero(ks == k)
-                y, so, stats = ibert.i_layernorm(
+                y, _, stats = ibert.i_layernorm(
                     rows[part], float(srows[part[0], 0]), node.weight, node.bias, shift=int(k)
                 )
-                out[part], oscale[part] = y, np.broadcast_to(so, y.shape)
+                out[part] = y
                 stats_all.append(stats)
         for stats in stats_all:
             widest = max(widest, stats.widest_bits)
             st.count(**{f"int_{o}": getattr(stats, o) for o in _IBERT_OPS if getattr(stats, o)})
         st.int_bits = max(st.int_bits, widest)
-        sign = np.where(oscale < 0, -1, 1)
-        out, oscale = out * sign, np.abs(oscale)
+        q = undo(out)
+        # the kernel's output step, from the shapes: softmax 2^-16 (one for every row);
+        # GELU a function of the input's step (its scale array's shape; negative); LayerNorm
+        # sqrt(N) / 2^30 * gamma per channel (the input step cancels)
+        xs = np.asarray(x.scale_b(), np.float64)
+        if node.op is Op.SOFTMAX:
+            sc, bits = np.float64(2.0**-SOFTMAX_BITS), np.asarray(_kernel_bits(node, 8, 1.0))
+        elif node.op is Op.GELU:
+            uniq, inv = np.unique(xs, return_inverse=True)
+            g = [
+                (nref.ibert_gelu_registers(float(u))[4], _kernel_bits(node, x.fmt.bits, float(u)))
+                for u in uniq
+            ]
+            sc = np.array([v for v, _ in g])[inv.reshape(-1)].reshape(xs.shape)
+            bits = np.array([b for _, b in g])[inv.reshape(-1)].reshape(xs.shape)
+        else:
+            _, unit = nref.ibert_layernorm_registers(
+                np.asarray(node.weight, np.float64).tolist(),
+                np.asarray(node.bias, np.float64).tolist(),
+            )
+            sc = np.asarray(unit, np.float64).reshape((1,) * (nd - 1) + (-1,))
+            bits = np.asarray(_kernel_bits(node, x.fmt.bits, 1.0))
+        q = q * np.where(sc < 0, -1, 1)  # GELU's and a negative gamma's step: integers negated
+        sc = np.abs(sc)
         if layer.register in (ScaleKind.TFLITE, ScaleKind.TFLITE_SINGLE):
             # a tflite register takes int32: a rounding right shift by what the contract's
             # width exceeds 32 bits (from the widths, not the values), the step scaled up
-            k = np.maximum(kbits - 32, 0)
+            k = np.maximum(bits - 32, 0)
             if k.any():
                 from hwsim.numerics.rounding import round_shift
 
-                out = round_shift(out, k, RoundingMode.HALF_AWAY)
-                oscale = oscale * np.exp2(k)
-                kbits = kbits - k
-                st.count(int_shifts=int(np.count_nonzero(k)))
-        q = undo(out)
-        sc = undo(oscale).astype(np.float32)
+                q = round_shift(
+                    q,
+                    np.broadcast_to(k, np.broadcast_shapes(k.shape, q.shape)),
+                    RoundingMode.HALF_AWAY,
+                )
+                sc = sc * np.exp2(k)
+                bits = bits - k
+                st.count(int_shifts=int(np.count_nonzero(np.broadcast_to(k, q.shape))))
         from hwsim.execute.tensors import keepdims_form
 
-        # the kernel's step: one per row (softmax), per row and channel (LayerNorm's gamma),
-        # per element group (GELU); stored compactly where it is constant
-        for ax in range(1, sc.ndim):
-            if sc.shape[ax] > 1 and np.all(sc == sc.take([0], axis=ax)):
-                sc = sc.take([0], axis=ax)
-        sc = keepdims_form(sc)
-        if sc.ndim == 1 and sc.size and np.all(sc == sc[0]) and np.ndim(x.scale) == 0:
-            sc = np.asarray(sc[0], np.float32)
-        bits = int(min(64, max(2, kbits.max() if kbits.size else 2)))
-        wide = QTensor(q, sc, 0, IntFormat(bits, True))
-        return self._rescale(wide, spec, layer.register, layer.rounding, bound=1 << (bits - 1))
+        sc = np.float32(sc) if np.ndim(sc) == 0 else keepdims_form(np.asarray(sc, np.float32))
+        nbits = int(min(64, max(2, int(np.max(bits)))))
+        wide = QTensor(np.asarray(q, np.int64), sc, 0, IntFormat(nbits, True))
+        if spec.mode == "shift" and spec.base == "runtime" and np.ndim(sc):
+            # a runtime shift base needs one per-tensor grid: the tensor's largest step
+            top = float(np.max(sc))
+            t2, step = self._align(
+                wide.q, np.asarray(sc, np.float64) / top, layer, 1 << (nbits - 1)
+            )
+            wide = QTensor(np.asarray(t2, np.int64), np.float32(top * step), 0, IntFormat(64, True))
+        return self._rescale(wide, spec, layer.register, layer.rounding, bound=1 << (nbits - 1))
 
     # -- the op table ------------------------------------------------------------------------
     def _node(self, node: Node, ins: list):
@@ -1197,7 +1250,7 @@ class IntegerExecutor:
             if pairs_saturate(self.isa, _U8, node.wq.fmt):  # u8 x s8 on this ISA: eq. 16
                 self.isa_layers.add(node.name)
             return dynamic_dense(node, ins[0], self.isa, self.stats[node.name])
-        if node.output in self.wide:
+        if node.output in self.wide and self._wide_ok(node, ins):
             return self._wide_out(node, ins)
         if (
             spec is not None
@@ -1357,19 +1410,27 @@ class IntegerExecutor:
             # eq. 13-14 with one product per group (a token of v), vectorised over the
             # matrices and outputs: P = acc(a_mk (v_kn - zv)), R = round(P / 2^(s_k - min s)),
             # summed over k in token order on the accumulator
-            P = (A.astype(np.int64) - xop.zero_point)[:, :, :, None] * (
-                B.astype(np.int64) - wop.zero_point
-            )[:, None, :, :]  # (G, M, K, N)
             fmt = acc_cfg.format
-            if acc_cfg.overflow is Overflow.WRAP:
-                Pg = np.asarray(wrap_to(P, fmt), np.int64)
-            else:
-                Pg = np.clip(P, fmt.min, fmt.max)
-            group_events = int(np.count_nonzero(Pg != P))
-            R = round_shift(Pg, (sh - lo[:, None])[:, None, :, None], layer.rounding)
-            vals, fc = accumulate_sequence(np.moveaxis(R, 2, 0), final)
-            fc.overflow_events += group_events
-            st.add(fc)
+            M = A.shape[1]
+            vals = np.zeros((G, M, N), np.int64)
+            # matrices in chunks: the products of one chunk, (g, M, K, N), stay below 2^22
+            chunk = max(1, (1 << 22) // max(1, M * K * N))
+            for g0 in range(0, G, chunk):
+                g1 = min(G, g0 + chunk)
+                P = (A[g0:g1].astype(np.int64) - xop.zero_point)[:, :, :, None] * (
+                    B[g0:g1].astype(np.int64) - wop.zero_point
+                )[:, None, :, :]  # (g, M, K, N)
+                if acc_cfg.overflow is Overflow.WRAP:
+                    Pg = np.asarray(wrap_to(P, fmt), np.int64)
+                else:
+                    Pg = np.clip(P, fmt.min, fmt.max)
+                group_events = int(np.count_nonzero(Pg != P))
+                shift = (sh[g0:g1] - lo[g0:g1, None])[:, None, :, None]
+                R = round_shift(Pg, shift, layer.rounding)
+                v, fc = accumulate_sequence(np.moveaxis(R, 2, 0), final)
+                vals[g0:g1] = v
+                fc.overflow_events += group_events
+                st.add(fc)
             st.count(token_shifts=G * A.shape[1] * N * K)
             base = float(np.float32(b.base))
             lo_b = lo.reshape(batch + (1, 1))
@@ -1647,8 +1708,8 @@ SOFTMAX_BITS = 16
 def _kernel_bits(node: Node, in_bits: int, scale: float) -> int:
     """A bound, from the contracts' widths (``docs/numerics.md`` eq. 24-28), on the signed
     width of an integer kernel's output for ``in_bits``-bit input at step ``scale``: the
-    softmax's ``SOFTMAX_BITS`` unsigned; GELU's ``bits(x) + bits(2 / |erf_scale|)``;
-    LayerNorm's ``32 + ceil(log2(N) / 2) + bits(max |bias_int|)``. Fixed by the shapes and the
+    softmax's ``SOFTMAX_BITS + 1``; GELU's ``bits(x) + bits(2 / |erf_scale|) + 2``;
+    LayerNorm's ``33 + ceil(log2(N) / 2) + bits(max |bias_int|) + 1``. Fixed by the shapes and the
     scales, so what depends on it (a tflite register's pre-shift, alignment headroom) does not
     depend on the values."""
     from hwsim.numerics import reference as nref

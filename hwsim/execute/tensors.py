@@ -65,8 +65,9 @@ class QTensor:
 
     def unit(self) -> tuple[np.ndarray, float | None, np.ndarray | None]:
         """``(u, c, sigma)``: the real value of one integer step of each sample (float64 (N,) or
-        ()); and where every sample's step is a per-tensor ``c`` over a power of two,
-        ``u = c * 2^-sigma`` (a static or shift tensor), ``c`` and ``sigma`` (else None)."""
+        (); a per-token tensor: an array of ``q``'s rank, as ``scale_b``); and where every step
+        is a per-tensor ``c`` over a power of two, ``u = c * 2^-sigma`` (a static or shift
+        tensor), ``c`` and ``sigma`` (the shifts, same shape as the scale; else None)."""
         u = np.asarray(self.scale, np.float32).astype(np.float64)
         if u.ndim > 1:  # per token: the steps as an array broadcasting against q
             u = self.scale_b().astype(np.float64)

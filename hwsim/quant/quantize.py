@@ -179,7 +179,10 @@ class RangeCollector:
     def range(self, t: str, ls: LayerScheme) -> tuple[float, float]:
         """The calibrated range: min/max, or percentile-clipped; for ``shift`` tensors the
         base (coarsest) range ``max(2^s_max * median per-sample max|x|, max|x|)`` (signed as the
-        data): the largest sample fits at shift 0 and the typical one at the finest shift."""
+        data): the largest sample fits at shift 0 and the typical one at the finest shift. A
+        ``token-shift`` tensor uses the same per-sample median (a token's maximum is at most
+        its sample's, so typical tokens sit at or below the finest shift's range: the base is
+        the coarser of the two choices, never clipping more)."""
         lo, hi = self.lo[t], self.hi[t]
         if ls.act_mode in ("shift", "token-shift"):
             med = float(np.median(np.concatenate(self.sample_max[t])))

@@ -300,6 +300,11 @@ class LayerScheme:
             object.__setattr__(self, "rounding", as_mode(self.rounding).value)
         except ValueError as e:
             raise SchemeError(f"register/rounding: {e}") from None
+        if self.act_mode in TOKEN_MODES and self.rounding == RoundingMode.STOCHASTIC.value:
+            raise SchemeError(
+                f"act_mode {self.act_mode.value!r}: stochastic rounding draws per sample; a "
+                f"per-token scheme needs a deterministic rounding (half_away, half_even, floor)"
+            )
         if not 50.0 < self.percentile <= 100.0:
             raise SchemeError(f"percentile must be in (50, 100], got {self.percentile}")
         if not (isinstance(self.s_max, int) and 0 <= self.s_max <= 16):

@@ -173,3 +173,75 @@ def test_integer_kernels_stay_close_to_the_float_nonlinearities(tiny, name):
     # are tested in tests/numerics/test_ibert.py); a broken rule (a sign, a register) gives
     # about 0 dB
     assert sq["integer"] > 18 and sq["integer"] > sq["float"] - 10, sq
+
+
+# --- review findings: the hand-off only where one step per row of the sum; runtime bases ------
+class _Mixer:
+    """An MLP-Mixer-style token-mixing layer (LayerNorm -> transpose -> Linear over the tokens
+    -> GELU -> transpose, residual, head): a per-token input whose steps vary along the dense's
+    summed axis (the tokens)."""
+
+    @staticmethod
+    def export(path, t=6, d=8):
+        import torch
+        from torch import nn
+
+        class M(nn.Module):
+            def __init__(s):
+                super().__init__()
+                s.ln, s.tok, s.head = nn.LayerNorm(d), nn.Linear(t, t), nn.Linear(d, 4)
+
+            def forward(s, x):
+                y = torch.nn.functional.gelu(s.tok(s.ln(x).transpose(1, 2))).transpose(1, 2)
+                return s.head(x + y)
+
+        torch.manual_seed(0)
+        x = torch.randn(2, t, d)
+        torch.onnx.export(M().eval(), x, str(path), input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "N"}},
+                          opset_version=17, dynamo=False)
+        return str(path)
+
+
+@pytest.mark.parametrize(
+    "preset, kw",
+    [
+        ("per-token", {}),
+        ("per-token-shift", {"s_max": 3}),
+        ("per-token-shift", {"s_max": 3, "shift_base": "runtime"}),
+        ("per-sample-shift", {"s_max": 3, "shift_base": "runtime"}),
+        ("per-sample", {"granularity": "channel"}),
+    ],
+)
+def test_mixer_with_integer_nonlinearities(tmp_path, preset, kw):
+    """A per-token dense summing over tokens is not handed over wide (its sums would be on
+    several grids): it runs its own rule and the GELU reads its quantized output; a runtime
+    shift base after an integer kernel runs; the cost model charges what the executor counted
+    (its structural run uses float non-linearities, which a zero sample can feed)."""
+    from hwsim.cost.model import scheme_ops
+    from hwsim.cost.topology import layers_from_program
+
+    g = import_model(_Mixer.export(tmp_path / "mixer.onnx"))
+    rng = np.random.default_rng(0)
+    calib = Dataset("calib", rng.standard_normal((8, 6, 8)).astype(np.float32), None, (-4, 4))
+    x = (rng.standard_normal((3, 6, 8)) * rng.uniform(0.2, 3, (3, 6, 1))).astype(np.float32)
+    f = run_float(g, x)[g.output].astype(np.float64)
+    sq = {}
+    for nl in ("float", "integer"):
+        prog = quantize(g, Scheme.preset(preset, nonlinear=nl, **kw), calib, float_run=run_float)
+        ex = IntegerExecutor(prog)
+        env = ex.run(x)
+        y = ex.output(env).astype(np.float64)
+        sq[nl] = 10 * np.log10(np.sum(f**2) / np.sum((f - y) ** 2))
+        dense = [n for n in g.nodes if n.op is Op.DENSE and n.attrs.get("nd")][0]
+        got = env[dense.output]
+        xin = env[dense.inputs[0]]
+        if xin.per_token and np.shape(xin.scale)[-1] > 1:  # steps along the summed tokens
+            assert got.fmt == prog.acts[dense.output].fmt  # not handed over wide
+        for layer in layers_from_program(prog, batch=3):
+            charged = {k: v for k, v in scheme_ops(layer).items() if v and not k.startswith("requant")}
+            assert charged == ex.stats[layer.name].ops, (nl, layer.name)
+    # I-BERT's GELU on an 8-bit input (the dense is not widened here) costs up to ~16 dB on
+    # this layer (its erf resolution is 2366 s^2, docs/numerics.md eq. 26); wrong steps
+    # (token 0's for every token, the bug this guards) gave about 10 dB
+    assert sq["integer"] > 20, sq

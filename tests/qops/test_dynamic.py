@@ -331,9 +331,10 @@ def test_scale_shapes_outside_the_gemm_scale_the_output_afterwards():
     bias = np.array([1.0, -2.5, 0.1, 7.0], F32)
     inputs = [("a", a), ("b", b), ("a_scale", F32(0.07)), ("b_scale", b_scale),
               ("a_zero_point", U8(3)), ("b_zero_point", None), ("bias", bias)]  # fmt: skip
+    exact = qops.matmul_integer_to_float(a, b, F32(0.07), b_scale, U8(3), None, bias)
+    acc = (a.astype(np.int64) - 3) @ b  # the exact sums (isa "exact"; AVX2 may clamp pairs)
+    assert differing(exact, (acc.astype(F32) * F32(0.07) + bias) * b_scale) == 0
     got = qops.matmul_integer_to_float(a, b, F32(0.07), b_scale, U8(3), None, bias, isa="auto")
-    acc = (a.astype(np.int64) - 3) @ b
-    assert differing(got, (acc.astype(F32) * F32(0.07) + bias) * b_scale) == 0
     sess, feeds = ort_node("MatMulIntegerToFloat", MS, inputs, [TensorProto.FLOAT])
     assert_same([got], sess.run(None, feeds))
     a2, b2 = random_q(rng, U8, (3, 7)), random_q(rng, np.int8, (7, 4))
