@@ -577,9 +577,11 @@ class IntegerExecutor:
             ref = np.rint(np.ldexp(b / sw, e)).astype(np.int64)
             real = np.ldexp(1.0, -e) / x_scale.astype(np.float32).astype(np.float64)
             reg = self._register(layer.register, real, layer.rounding)
-            bias = np.asarray(reg.apply(np.broadcast_to(ref, (n, n_out)), axis=0), np.int64).astype(
-                np.float64
-            )
+            # a stochastic register draws per sample (the node's generators, as its outputs)
+            rng = self._rng if self._rng is not None and len(self._rng) == n else None
+            bias = np.asarray(
+                reg.apply(np.broadcast_to(ref, (n, n_out)), axis=0, rng=rng), np.int64
+            ).astype(np.float64)
             st.count(bias_registers=n, bias_requants=n * n_out)
         outside = (bias < fmt.min) | (bias > fmt.max)
         # counted per (sample, channel): a bias shared by the batch counts once per sample

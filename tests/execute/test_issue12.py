@@ -48,6 +48,19 @@ def test_stochastic_rounding_is_seeded_and_independent_of_the_batch_partition():
     assert np.array_equal(o1, o2) and not np.array_equal(o1, o3)
 
 
+@pytest.mark.parametrize("preset", ["per-sample", "per-sample-shift"])
+def test_stochastic_rounding_with_per_sample_inputs(preset):
+    """A dense / conv with a bias after a per-sample input: its per-sample bias register draws
+    from the sample's generator too (found in review: it raised 'needs rng'), and the result
+    does not depend on the batch partition."""
+    g = import_model("models/rescnn.onnx")
+    scheme = Scheme.preset(preset, register="pow2", rounding="stochastic")
+    program = quantize(g, scheme, load_data("digits-train"), float_run=run_float)
+    x = load_data("digits").x[:40]
+    a = _out(program, x, seed=5, batch=40)
+    assert np.array_equal(a, _out(program, x, seed=5, batch=7))
+
+
 def test_stochastic_requantization_is_unbiased():
     """One image repeated 4,000 times: every sample draws its own rounding, so the mean of
     the first layer's integers is the exact rational value ``(acc + bias) * 2^-shift``."""
