@@ -128,8 +128,9 @@ class RunReport:
             rng = "" if o["min"] is None else f", min {o['min']:g} max {o['max']:g}"
             lines.append(f"output {name}: {o['dtype']} {shape}{rng}")
         pairs = any(r.pair_saturations is not None for r in self.layers)
+        ow = max([8] + [len(r.op) + 1 for r in self.layers])  # the op column (transformer ops)
         hdr = (
-            f"{'layer':<28} {'op':<8} {'act':<14} {'MACs':>10} {'SQNR dB':>8} "
+            f"{'layer':<28} {'op':<{ow}} {'act':<14} {'MACs':>10} {'SQNR dB':>8} "
             f"{'ovf':>6} {'acc':>4} {'need':>4}"
         )
         if pairs:
@@ -139,7 +140,7 @@ class RunReport:
         for r in self.layers:
             sq = _db(r.sqnr_db)
             lines.append(
-                f"{r.name[-28:]:<28} {r.op + ('*' if r.float_op else ''):<8} {r.act:<14} "
+                f"{r.name[-28:]:<28} {r.op + ('*' if r.float_op else ''):<{ow}} {r.act:<14} "
                 f"{r.macs:>10} {sq:>8} {r.overflow_events:>6} "
                 f"{'' if r.acc_bits is None else r.acc_bits:>4} "
                 f"{'' if r.bits_needed is None else r.bits_needed:>4}"
