@@ -105,7 +105,20 @@ class RunReport:
             "layers": [r.as_dict() for r in self.layers],
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
+            "samples_per_s": round(self.samples_per_s, 1),
+            "macs_per_s": round(self.macs_per_s),
         }
+
+    @property
+    def samples_per_s(self) -> float:
+        """Samples per second of the whole run (integer run, float reference, statistics);
+        with ``seconds`` the only fields of a report that depend on the machine's load."""
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def macs_per_s(self) -> float:
+        """Emulated multiply-accumulates per second (the layers' MACs over the run / seconds)."""
+        return sum(r.macs for r in self.layers) / self.seconds if self.seconds > 0 else 0.0
 
     def table(self) -> str:
         """A human table: headline figures, then one row per layer."""
@@ -122,6 +135,11 @@ class RunReport:
             lines.append(
                 f"top-1 float {pct(self.float_accuracy)}  integer {pct(self.int_accuracy)}  "
                 f"agreement {pct(self.agreement)}"
+            )
+        if self.seconds > 0:
+            lines.append(
+                f"speed {self.samples_per_s:,.0f} samples/s, {self.macs_per_s / 1e6:,.1f} M MAC/s "
+                f"({self.seconds:.2f} s for the integer run, float reference and statistics)"
             )
         for name, o in (self.outputs or {}).items():
             shape = "x".join(str(d) for d in o["shape"])
@@ -559,13 +577,9 @@ def run_qoperator(
         ds = load_data(data, shape, dt, inp[0].name)
     isa = resolve(isa)
     stats: dict = {}
-    outs = [
-        run_qoperator_batch(model, xb, source, isa, stats) for _, xb in ds.batches(batch_size)
-    ]
+    outs = [run_qoperator_batch(model, xb, source, isa, stats) for _, xb in ds.batches(batch_size)]
     y = np.concatenate(outs)
-    rep = RunReport(
-        source, ds.name, len(ds), {"scheme": {"name": "qoperator"}, "isa": isa.value}
-    )
+    rep = RunReport(source, ds.name, len(ds), {"scheme": {"name": "qoperator"}, "isa": isa.value})
     for name, (op_type, st) in stats.items():
         c = st.counters
         row = LayerRow(name, op_type, "", "", macs=c.macs, acc_bits=32)

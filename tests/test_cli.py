@@ -66,6 +66,11 @@ def test_run_report_and_outputs(runner, qmodel, tmp_path):
     with np.load(outs) as f:
         assert f.files == ["logits"]
         assert f["logits"].shape == (599, 10) and f["logits"].dtype == np.float32
+    # the throughput line (issue 16): samples/s and MAC/s of the run, in the JSON too
+    assert "samples/s" in r.output and "M MAC/s" in r.output
+    assert doc["seconds"] > 0
+    assert abs(doc["samples_per_s"] - 599 / doc["seconds"]) <= 0.01 * doc["samples_per_s"] + 1
+    assert abs(doc["macs_per_s"] - doc["totals"]["macs"] / doc["seconds"]) <= 0.01 * doc["macs_per_s"]
     # no temp files left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz", "r.json"]
 
