@@ -68,6 +68,14 @@ class CliError(click.ClickException):
     """A user-facing error: printed as 'Error: ...' with exit code 1, no traceback."""
 
 
+def _first_run_note() -> None:
+    """On a fresh install, say that the kernels compile now (stderr, once per command)."""
+    from hwsim.jitcache import FIRST_RUN_NOTE, kernels_cached
+
+    if not kernels_cached():
+        click.echo(FIRST_RUN_NOTE, err=True)
+
+
 def _guard(fn):
     """User errors (HwsimError, an OSError naming a path) become one clean ``Error:`` line;
     click's exceptions pass; any other exception is a bug: it keeps its traceback, followed by
@@ -475,6 +483,7 @@ def demo(model, data, calib, wbits, abits, json_path):
 
     transformer = api.is_transformer(import_model(api.resolve_model(model)))
     click.echo(report.demo_header(model, data, calib, transformer) + "\n")
+    _first_run_note()
     doc = api.demo(model, data, calib, wbits, abits, report=json_path)
     click.echo(report.compare_table(doc["rows"]))
     if json_path:
@@ -568,6 +577,7 @@ def run_cmd(model, data, report, save_outputs, batch_size, progress, isa, seed, 
 
     if progress is None:
         progress = sys.stderr.isatty()
+    _first_run_note()
     rep = api.run(
         model,
         data,

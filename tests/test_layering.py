@@ -2,7 +2,7 @@
 level or inside a function -- goes to a layer at or below the importer's, and the units form no
 cycle. The layers, bottom to top (docs: README "Architecture"):
 
-    errors, io, data, numerics  <-  datapath  <-  graph, qops, mlas  <-  quant, train
+    errors, io, data, numerics, jitcache  <-  datapath  <-  graph, qops, mlas  <-  quant, train
       <-  execute  <-  report, cost  <-  study, datapath_demo  <-  api  <-  cli
 """
 
@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "hwsim"
 
 LAYERS = [
-    {"errors", "io", "data", "numerics"},
+    {"errors", "io", "data", "numerics", "jitcache"},
     {"datapath"},
     {"graph", "qops", "mlas"},
     {"quant", "train"},
