@@ -396,6 +396,40 @@ def gain_error_note(rows) -> str | None:
     )
 
 
+def square_sums(f: np.ndarray, v) -> tuple[float, float]:
+    """``(sum f^2, sum (f - d)^2)`` over one tensor of a batch in float64: ``f`` its float-run
+    value, ``d`` the integer run's :class:`~hwsim.execute.QTensor` ``v`` dequantized. A
+    C-contiguous float32 ``f`` against a per-tensor or per-sample ``v`` gets its per-element
+    terms from one fused pass (:func:`hwsim.execute.kernels.sqnr_terms`, the same float64
+    values in the same layout); ``np.sum`` adds them in either case, so the sums are those of
+    the numpy expressions to the bit."""
+    from hwsim.execute.arrays import scratch
+    from hwsim.execute.kernels import sqnr_terms
+
+    q = v.q
+    n = f.shape[0] if f.ndim else 0
+    if (
+        f.dtype == np.float32
+        and f.shape == q.shape
+        and f.size
+        and f.flags.c_contiguous
+        and q.flags.c_contiguous
+        and np.ndim(v.zero_point) == 0
+        and (np.ndim(v.scale) == 0 or np.shape(v.scale) == (n,))
+    ):
+        scale = np.ascontiguousarray(np.broadcast_to(np.asarray(v.scale, np.float32), (n,)))
+        ff = scratch("square_sums.ff", f.shape, np.float64)
+        ee = scratch("square_sums.ee", f.shape, np.float64)
+        sqnr_terms(
+            f.reshape(n, -1), q.reshape(n, -1), int(v.zero_point), scale,
+            ff.reshape(n, -1), ee.reshape(n, -1),
+        )  # fmt: skip
+        return float(np.sum(ff)), float(np.sum(ee))
+    f = f.astype(np.float64)
+    d = v.dequantize().astype(np.float64)
+    return float(np.sum(f * f)), float(np.sum((f - d) ** 2))
+
+
 def run_program(
     program,
     ds,
@@ -448,16 +482,13 @@ def run_program(
         for n in g.nodes:
             v = env.get(n.output)
             if isinstance(v, QTensor):
-                f = fenv[compare_to.get(n.output, n.output)].astype(np.float64)
-                d = v.dequantize().astype(np.float64)
-                sig[n.output] = sig.get(n.output, 0.0) + float(np.sum(f * f))
-                noise[n.output] = noise.get(n.output, 0.0) + float(np.sum((f - d) ** 2))
+                f = fenv[compare_to.get(n.output, n.output)]
+                ss, se = square_sums(f, v)
+                sig[n.output] = sig.get(n.output, 0.0) + ss
+                noise[n.output] = noise.get(n.output, 0.0) + se
                 ve = env_exact.get(n.output) if env_exact is not None else None
                 if isinstance(ve, QTensor):
-                    de = ve.dequantize().astype(np.float64)
-                    noise_exact[n.output] = noise_exact.get(n.output, 0.0) + float(
-                        np.sum((f - de) ** 2)
-                    )
+                    noise_exact[n.output] = noise_exact.get(n.output, 0.0) + square_sums(f, ve)[1]
         del env, env_exact
         if bar is not None:
             bar.update(len(xb))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 import threading
+from dataclasses import replace
 
 import numpy as np
 
+from hwsim.datapath import partials
 from hwsim.datapath.config import AccResult, Accumulator, Operand
 from hwsim.datapath.engines import max_abs_effective
 from hwsim.datapath.gemm import check_accumulable, check_operand, reduce_batched, weight_zero_point
@@ -129,6 +131,12 @@ def conv2d(
     cols = _scratch("cols", (groups, nb * ho * wo, K), xin.dtype)
     unsigned64 = acc.bits == 64 and not acc.signed
     out = np.empty((N, F, ho * wo), np.uint64 if unsigned64 else np.int64)
+    # partial sums tracked from block bounds unfolded straight from x (hwsim.datapath.partials)
+    track = (
+        acc.track_partials
+        and partials.applies(x_operand.format, w_operand.format)
+        and not pairs_saturate(isa, x_operand.format, w_operand.format)
+    )
     counters = None
     for n0 in range(0, max(N, 1), nb):
         n1 = min(N, n0 + nb)
@@ -140,12 +148,17 @@ def conv2d(
             xop,
             w_operand,
             wzp,
-            acc,
+            replace(acc, track_partials=False) if track else acc,
             engine,
             order=_hardware_order(Cg, kh, kw),
             max_x=max_x,
             isa=isa,
         )
+        if track:
+            part.partial_min, part.partial_max = partials.conv_partial_extremes(
+                x[n0:n1], w, int(zx), wzp, (sh, sw), (pt, pl, pb, pr), (dh, dw), groups,
+                acc.tile, known=(part.final_min, part.final_max),
+            )  # fmt: skip
         gmn_to_nchw(values, n1 - n0, out[n0:n1])
         counters = part if counters is None else counters.merge(part)
     return AccResult(out.reshape(N, F, ho, wo), counters)

@@ -14,10 +14,11 @@ accumulator).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from hwsim.datapath import partials
 from hwsim.datapath.config import AccResult, Accumulator, Counters, Operand, ReductionOrder
 from hwsim.datapath.engines import exact_sums
 from hwsim.datapath.isa import Isa, pairs_saturate, resolve
@@ -136,6 +137,14 @@ def reduce_batched(
     counters.final_min, counters.final_max = _extremes(exact)
     saturating = acc.overflow is Overflow.SATURATE
     rows = np.zeros(0, np.int64)
+    if acc.track_partials and K and partials.applies(xop.format, wop.format):
+        # the extremes from block bounds; the ordered kernels then run only where values need
+        # them, as without tracking (the exact partial sums do not depend on the overflow rule)
+        known = (counters.final_min, counters.final_max)  # the last partial sums
+        counters.partial_min, counters.partial_max = partials.partial_extremes(
+            x3, w3, int(xop.zero_point), w_zp, order, acc.tile, known
+        )
+        acc = replace(acc, track_partials=False)
     if acc.track_partials and K:
         rows = np.arange(G * M, dtype=np.int64)
     elif (saturating or split) and exact.size and K:
@@ -215,8 +224,11 @@ def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
     G, M, K = x3.shape
     N = w3.shape[2]
     fmt = acc.format
-    order = np.arange(K, dtype=np.int64) if order is None else order
-    we = w3.astype(np.int64) - np.asarray(w_zp, np.int64)
+    # a writable int64 copy: one kernel signature whether the caller's order is read-only
+    order = np.arange(K, dtype=np.int64) if order is None else np.array(order, np.int64)
+    # C order always: the ordered kernels are then compiled once per dtype, not per layout
+    # (a fresh install's first run compiles fewer signatures)
+    we = np.ascontiguousarray(w3.astype(np.int64) - np.asarray(w_zp, np.int64))
     zx = int(xop.zero_point)
     events = np.zeros((G, M, N), np.int64)
     tevents = np.zeros((G, M, N), np.int64)

@@ -360,9 +360,23 @@ def pad_nhwc(x, pt, pl, pad_value, flip, out):
 def im2col_nhwc(xp, groups, kh, kw, sh, sw, dh, dw, ho, wo, out):
     """Unfold padded NHWC ``xp`` into ``out`` (groups, N*ho*wo, kh*kw*Cg), window-major:
     column ``(i * kw + j) * Cg + c`` holds ``xp[n, oh*sh + i*dh, ow*sw + j*dw, g*Cg + c]``, so
-    each (i, j) is one contiguous copy of Cg channels."""
+    each (i, j) is one contiguous copy of Cg channels -- each kernel row one copy of kw*C values
+    with one group and no column dilation. ``xp`` C-contiguous."""
     N, Hp, Wp, C = xp.shape
     cg = C // groups
+    if groups == 1 and dw == 1:  # a kernel row's kw taps are one run of kw*C values
+        run = kw * C
+        for nh in prange(N * ho):
+            n = nh // ho
+            oh = nh - n * ho
+            for i in range(kh):
+                src = xp[n, oh * sh + i * dh].ravel()
+                for ow in range(wo):
+                    s = src[ow * sw * C : ow * sw * C + run]
+                    d = out[0, nh * wo + ow, i * run : i * run + run]
+                    for k in range(run):
+                        d[k] = s[k]
+        return
     for nh in prange(N * ho):
         n = nh // ho
         oh = nh - n * ho
@@ -382,11 +396,12 @@ def im2col_nhwc(xp, groups, kh, kw, sh, sw, dh, dw, ho, wo, out):
 @njit(cache=True, parallel=True)
 def gmn_to_nchw(vals, N, out):
     """``out[n, g*Fg + f, p] = vals[g, n*P + p, f]`` (grouped GEMM rows back to NCHW), with
-    ``out`` (N, G*Fg, P) of any integer dtype wide enough. Tiles of 64 positions keep both the
-    strided reads and the contiguous writes in cache."""
+    ``out`` (N, G*Fg, P) of any dtype that holds ``vals``' values. Tiles of 32 positions keep
+    both the strided reads and the contiguous writes in cache; slices keep the copy loops free
+    of index checks, so they vectorize."""
     G, M, Fg = vals.shape
     P = M // N if N else 0
-    tile = 64
+    tile = 32
     nt = (P + tile - 1) // tile
     for task in prange(N * G * nt):
         ng = task // nt
@@ -394,9 +409,12 @@ def gmn_to_nchw(vals, N, out):
         p1 = min(p0 + tile, P)
         n = ng // G
         g = ng - n * G
+        src = vals[g, n * P + p0 : n * P + p1]
         for f in range(Fg):
-            for p in range(p0, p1):
-                out[n, g * Fg + f, p] = vals[g, n * P + p, f]
+            dst = out[n, g * Fg + f, p0:p1]
+            col = src[:, f]
+            for p in range(p1 - p0):
+                dst[p] = col[p]
 
 
 @njit(cache=True, parallel=True)

@@ -1,8 +1,11 @@
 """Array helpers the executors share: pooling windows, spatial padding, window counts, reshape
 with ONNX's 0 (copy the dimension) and a free batch axis, the data-movement ops (transpose,
-gather, slice) both executors apply to their values, and the model input's dtype."""
+gather, slice) both executors apply to their values, the model input's dtype, and reused
+per-thread scratch buffers."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -30,6 +33,27 @@ def graph_input(graph, x) -> np.ndarray:
             f"({a.dtype}) has values that are not whole numbers in {dt}'s range"
         )
     return a.astype(dt, copy=False)
+
+
+SCRATCH_BYTES = 512 << 20  # scratch buffers up to this size are kept and reused
+_local = threading.local()
+
+
+def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
+    """An uninitialized C-contiguous array of ``shape`` in a per-thread buffer ``name``, grown
+    to the largest size asked for and reused: tens of MB of intermediates meet no fresh pages
+    (page faults, which the threads of a parallel kernel serialize on). Valid until the next
+    request of the same name on this thread, so never returned to a caller; beyond
+    :data:`SCRATCH_BYTES` a fresh array."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    if n * dtype.itemsize > SCRATCH_BYTES:
+        return np.empty(shape, dtype)
+    buf = getattr(_local, name, None)
+    if buf is None or buf.dtype != dtype or buf.size < n:
+        buf = np.empty(n, dtype)
+        setattr(_local, name, buf)
+    return buf[:n].reshape(shape)
 
 
 def take(x: np.ndarray, attrs: dict) -> np.ndarray:
@@ -77,8 +101,29 @@ def reshape(x: np.ndarray, shape: tuple) -> np.ndarray:
 
 def max_pool(x: np.ndarray, kernel, strides, pads, fill) -> np.ndarray:
     """Max over each window of ``x`` padded with ``fill`` (a value padding never wins with:
-    -inf, or the integer format's minimum)."""
+    -inf, or the integer format's minimum): numpy's reduce over each window. Where that max
+    is one value whatever the order -- integers; floats without a NaN or a -0.0, whose sign and
+    payload numpy's SIMD kernels pick by position -- one Numba pass over the windows computes
+    it (:func:`hwsim.execute.kernels.max_pool2d`)."""
+    from hwsim.execute.kernels import max_pool2d
+
+    (kh, kw), (sh, sw), (top, left, bottom, right) = kernel, strides, pads
+    if x.ndim == 4 and x.size and _order_free_max(x, fill):
+        hp, wp = x.shape[2] + top + bottom, x.shape[3] + left + right
+        if hp >= kh and wp >= kw:
+            out = np.empty(x.shape[:2] + ((hp - kh) // sh + 1, (wp - kw) // sw + 1), x.dtype)
+            max_pool2d(np.ascontiguousarray(x), kh, kw, sh, sw, top, left, x.dtype.type(fill), out)
+            return out
     return windows(pad(x, pads, fill), kernel, strides).max(axis=(-1, -2))
+
+
+def _order_free_max(x: np.ndarray, fill) -> bool:
+    """Whether every max over values of ``x`` and ``fill`` is the same bits in any order."""
+    if x.dtype.kind in "iu":
+        return True
+    if x.dtype.kind != "f" or np.isnan(fill) or (fill == 0 and np.signbit(fill)):
+        return False
+    return not (np.isnan(x).any() or (np.signbit(x) & (x == 0)).any())
 
 
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from hwsim.datapath import conv_output_size
-from hwsim.datapath.kernels import gmn_to_nchw, im2col_nhwc
+from hwsim.datapath.kernels import gmn_to_nchw, im2col_nhwc, pad_nhwc
 from hwsim.errors import HwsimError
 from hwsim.execute.arrays import (
     graph_input,
@@ -26,6 +26,7 @@ from hwsim.execute.arrays import (
     pad,
     pool_count,
     reshape,
+    scratch,
     slice_axes,
     softmax,
     take,
@@ -35,22 +36,29 @@ from hwsim.graph.ir import Graph, Node, Op
 
 
 def float_conv(x: np.ndarray, w: np.ndarray, b, attrs: dict) -> np.ndarray:
-    """Float32 convolution (NCHW), the reference for ``Op.CONV``: the padded input turned NHWC,
-    unfolded window-major by the datapath's Numba kernel, one float32 BLAS GEMM per group."""
+    """Float32 convolution (NCHW), the reference for ``Op.CONV``: the input zero-padded and
+    turned NHWC, unfolded window-major by the datapath's Numba kernels, one float32 BLAS GEMM
+    per group."""
     g = attrs["group"]
-    xp = np.ascontiguousarray(pad(x, attrs["pads"], 0.0).transpose(0, 2, 3, 1), np.float32)
+    x = np.ascontiguousarray(x, np.float32)
+    pt, pl, pb, pr = attrs["pads"]
+    N, C, H, W = x.shape
+    xp = scratch("float_conv.xp", (N, H + pt + pb, W + pl + pr, C), np.float32)
+    # moved as int32 bit patterns (the border +0.0 is the pattern 0): an exact copy
+    pad_nhwc(x.view(np.int32), pt, pl, np.int32(0), 0, xp.view(np.int32))
     N, Hp, Wp, C = xp.shape
     F, Cg, kh, kw = w.shape
     (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
     ho = conv_output_size(Hp, kh, sh, 0, 0, dh)  # xp is already padded
     wo = conv_output_size(Wp, kw, sw, 0, 0, dw)
     K = Cg * kh * kw
-    cols = np.empty((g, N * ho * wo, K), np.float32)
+    cols = scratch("float_conv.cols", (g, N * ho * wo, K), np.float32)
     im2col_nhwc(xp, g, kh, kw, sh, sw, dh, dw, ho, wo, cols)
     Fg = F // g
     w3 = w.astype(np.float32).reshape(g, Fg, Cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, K, Fg)
     out = np.empty((N, F, ho * wo), np.float32)
-    gmn_to_nchw(np.matmul(cols, w3), N, out)
+    prods = scratch("float_conv.prods", (g, N * ho * wo, Fg), np.float32)
+    gmn_to_nchw(np.matmul(cols, w3, out=prods), N, out)
     out = out.reshape(N, F, ho, wo)
     if b is not None:
         out += b.reshape(1, -1, 1, 1)

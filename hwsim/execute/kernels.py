@@ -21,3 +21,50 @@ def add_ort_fused(aq, za, bq, zb, L, ma, mb, mo, zo, olo, ohi, out):
             tb = ort_rq((np.int64(bq[n, s]) - zb) << L, mb[n])
             y = ort_rq(ta + tb, mo[n]) + zo
             out[n, s] = min(max(y, olo), ohi)
+
+
+@njit(cache=True, parallel=True)
+def sqnr_terms(f, q, zp, scale, ff, ee):
+    """The run report's per-element SQNR terms of a per-tensor or per-sample quantized tensor,
+    as its numpy expressions compute them: ``fv = f64(f)``, ``d = f64(f32(f32(q - zp) *
+    scale[n]))`` (ONNX DequantizeLinear, :meth:`hwsim.execute.QTensor.dequantize`), ``ff = fv
+    * fv``, ``ee = (fv - d) ** 2``; every step rounds to nearest even as numpy's does. ``f``
+    (N, E) float32, ``q`` (N, E), ``scale`` (N,) float32; ``ff`` / ``ee`` (N, E) float64."""
+    N, E = q.shape
+    for n in prange(N):
+        s = scale[n]
+        fr = f[n]
+        qr = q[n]
+        ffr = ff[n]
+        eer = ee[n]
+        for e in range(E):
+            fv = np.float64(fr[e])
+            d = np.float64(np.float32(np.float32(np.int64(qr[e]) - zp) * s))
+            ffr[e] = fv * fv
+            r = fv - d
+            eer[e] = r * r
+
+
+@njit(cache=True, parallel=True)
+def max_pool2d(x, kh, kw, sh, sw, pt, pl, fill, out):
+    """``out[n, c, oh, ow]``: the max of ``x`` (N, C, H, W) over the window ``(oh*sh - pt + i,
+    ow*sw - pl + j)``, ``i < kh``, ``j < kw``, with ``fill`` where the window leaves x. Values
+    whose max does not depend on the order (integers; floats without NaN or -0.0:
+    :func:`hwsim.execute.arrays.max_pool` checks)."""
+    N, C, H, W = x.shape
+    _, _, Ho, Wo = out.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        plane = x[n, c]
+        o = out[n, c]
+        for oh in range(Ho):
+            for ow in range(Wo):
+                m = fill
+                for i in range(kh):
+                    ih = oh * sh - pt + i
+                    for j in range(kw):
+                        iw = ow * sw - pl + j
+                        v = plane[ih, iw] if 0 <= ih < H and 0 <= iw < W else fill
+                        m = v if i == 0 and j == 0 else max(m, v)
+                o[oh, ow] = m

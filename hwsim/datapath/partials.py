@@ -1,0 +1,425 @@
+"""The extremes of every exact partial sum in reduction order, from block bounds.
+
+``Counters.partial_min`` / ``partial_max`` are the extremes, over every output and every step
+of its reduction in hardware order, of the exact partial sums (the accumulator after each
+product; under ``TILED``, the tile register after each product and the accumulator after each
+tile; :func:`hwsim.datapath.reference.accumulate`). Only the two extremes of a whole layer are
+reported, so most outputs cannot hold one, and this module proves which ones without visiting
+their products one by one (operands of at most 8 bits, ``x`` held as uint8: :func:`as_uint8`):
+
+1. The reduction order is cut into blocks of at most ``block`` consecutive products, never
+   straddling a tile. For one output and block let ``P`` / ``Q`` be the sums of the positive
+   parts / of the magnitudes of the negative parts of the block's products. With ``x - zx =
+   x+ - x-`` and ``w - zw = w+ - w-`` (every part >= 0), ``P = x+ @ w+ + x- @ w-`` and ``Q =
+   x+ @ w- + x- @ w+``: exact GEMMs of uint8 parts (whichever exact engine is fastest); where
+   every ``x >= zx`` (after a ReLU), ``x-`` = 0 and ``x+`` is ``x`` with zero point zx.
+2. The block's sum is ``P - Q``; the register before the block, ``base``, is the sum of the
+   earlier blocks of its tile (of the whole reduction without tiles). Every partial sum in the
+   block lies in ``[base - Q, base + P]``; ``base + P - Q`` (the block's last partial sum) and,
+   under ``TILED``, the accumulator after each tile are partial sums themselves.
+3. ``lo`` / ``hi`` start inside the partial sums' range (the caller's final sums, which are
+   partial sums) and follow every partial sum met. A block whose interval lies within
+   ``[lo, hi]`` holds no new extreme; any other block is reduced product by product from
+   ``base``, in hardware order, exactly.
+
+The operand is laid out transposed, block by block (``(G * nb, block, M)``, a block's products
+as rows), so a block is one GEMM operand and the bounds pass runs along contiguous outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from hwsim.datapath.engines import _ort_run, exact_sums, ort_available
+from hwsim.numerics import IntFormat
+
+BLOCK = 32  # products per block: tighter bounds (smaller) against more GEMM output (larger)
+CHUNK_BYTES = 2 << 20  # block bounds (int32 P and Q) held at a time: about an L2 cache
+LANES = 64  # outputs per task of the bounds pass
+_U8 = IntFormat(8, False)
+INT64_MAX = np.iinfo(np.int64).max
+INT64_MIN = np.iinfo(np.int64).min
+
+
+def applies(x_fmt: IntFormat, w_fmt: IntFormat) -> bool:
+    """Whether the block bounds take these operands: both at most 8 bits, so ``x`` fits uint8
+    (:func:`as_uint8`) and every part ``w+, w-`` of an effective weight (at most 255) too."""
+    return x_fmt.bits <= 8 and w_fmt.bits <= 8
+
+
+def as_uint8(x: np.ndarray, zx: int) -> tuple[np.ndarray, int]:
+    """``(x + s, zx + s)`` as uint8 and an int (``s`` = 128 when x or zx is negative, else 0):
+    the same effective operand ``x - zx`` in the one dtype the kernels are compiled for. ``x``
+    holds values of a format of at most 8 bits, ``zx`` its zero point."""
+    if x.dtype == np.int8:
+        return x.view(np.uint8) ^ np.uint8(0x80), int(zx) + 128
+    s = 128 if zx < 0 or (x.dtype.kind == "i" and x.size and int(x.min()) < 0) else 0
+    if s == 0 and x.dtype == np.uint8:
+        return x, int(zx)
+    return (x.astype(np.int16) + s).astype(np.uint8), int(zx) + s
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """The blocks of a K-product reduction in hardware-order positions: ``starts`` /
+    ``lens`` (int64), ``first`` / ``last`` (the blocks that open / close a tile; without tiles
+    no block closes one, the accumulator being the tile) and ``width``, the longest block."""
+
+    starts: np.ndarray
+    lens: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    width: int
+
+    @property
+    def count(self) -> int:
+        return int(self.starts.shape[0])
+
+
+def blocks(K: int, tile: int, block: int) -> Blocks:
+    """Cut a K-product reduction (tiles of ``tile`` products; 0: none) into blocks of at most
+    ``block`` products."""
+    span = tile if tile > 0 else max(K, 1)
+    starts, lens, first, last = [], [], [], []
+    for t0 in range(0, K, span):
+        t1 = min(t0 + span, K)
+        for s in range(t0, t1, block):
+            starts.append(s)
+            lens.append(min(block, t1 - s))
+            first.append(s == t0)
+            last.append(tile > 0 and s + block >= t1)
+    return Blocks(
+        np.array(starts, np.int64),
+        np.array(lens, np.int64),
+        np.array(first, np.bool_),
+        np.array(last, np.bool_),
+        max(lens, default=0),
+    )
+
+
+def partial_extremes(
+    x3, w3, zx: int, w_zp, order=None, tile: int = 0, known=(None, None), block: int = BLOCK
+):
+    """``(min, max)`` of every exact partial sum of ``(x3 - zx) @ (w3 - w_zp)`` reduced in
+    hardware order ``order`` (column ``order[t]`` is product ``t``; identity when None), in
+    tiles of ``tile`` products (0: sequential); ``(None, None)`` when there are no outputs or
+    no products. ``x3`` (G, M, K) and ``w3`` (G, K, N) are validated operands of at most 8 bits
+    (:func:`applies`); ``w_zp`` is a scalar or (G, 1, N). ``known``: ``(lo, hi)`` within the
+    partial sums' range (e.g. the extremes of the final sums, partial sums themselves), or
+    ``(None, None)``; they only save work."""
+    G, M, K = x3.shape
+    N = w3.shape[2]
+    if G * M * N == 0 or K == 0:
+        return None, None
+    order = np.arange(K, dtype=np.int64) if order is None else np.asarray(order, np.int64)
+    weh = np.ascontiguousarray((w3.astype(np.int64) - np.asarray(w_zp, np.int64))[:, order])
+    x3, zx = as_uint8(x3, zx)
+    run = _Run(x3, zx, weh, tile, block, known)
+    rows = max(LANES, min(M, CHUNK_BYTES // max(1, G * run.lay.count * 2 * N * 4)))
+    for m0 in range(0, M, rows):
+        xt = run.scratch(min(M, m0 + rows) - m0)
+        xs = np.ascontiguousarray(x3[:, m0 : m0 + rows])  # one layout: one compiled kernel
+        transpose_blocks(xs, np.uint8(zx), order, run.lay.starts, run.lay.lens, xt)
+        run.chunk(xt)
+    return run.lo, run.hi
+
+
+def conv_partial_extremes(
+    x, w, zx: int, w_zp, stride, pads, dilation, groups: int, tile: int = 0,
+    known=(None, None), block: int = BLOCK,
+):  # fmt: skip
+    """:func:`partial_extremes` of the convolution :func:`hwsim.datapath.conv2d` reduces:
+    ``x`` (N, C, H, W) and ``w`` (F, C/groups, kh, kw) validated operands of at most 8 bits,
+    ``w_zp`` a scalar or (groups, 1, F/groups), padding ``(top, left, bottom, right)`` holding
+    zx, products in the channel-major order ``(c, i, j)``. The blocks are unfolded straight
+    from ``x``, each kernel tap's output line one run of the input."""
+    N, C, H, W = x.shape
+    F, Cg, kh, kw = w.shape
+    (sh, sw), (dh, dw), (pt, pl, pb, pr) = stride, dilation, pads
+    ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    G, K = groups, Cg * kh * kw
+    if N * ho * wo * F == 0 or K == 0:
+        return None, None
+    Fg = F // G
+    weh = w.reshape(G, Fg, K).transpose(0, 2, 1).astype(np.int64) - np.asarray(w_zp, np.int64)
+    weh = np.ascontiguousarray(weh)  # one layout: one compiled kernel
+    x, zx = as_uint8(np.ascontiguousarray(x), zx)  # a kernel tap's lines: runs of its planes
+    run = _Run(x, zx, weh, tile, block, known)
+    lines = max(1, CHUNK_BYTES // max(1, wo * G * run.lay.count * 2 * Fg * 4))
+    for l0 in range(0, N * ho, lines):
+        l1 = min(N * ho, l0 + lines)
+        xt = run.scratch((l1 - l0) * wo)
+        conv_blocks(x, np.uint8(zx), l0, l1, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
+                    run.lay.starts, run.lay.lens, xt)  # fmt: skip
+        run.chunk(xt)
+    return run.lo, run.hi
+
+
+class _Run:
+    """One reduction's blocks, left GEMM operands, running extremes and transposed operand
+    (:func:`transpose_blocks` layout) scratch. ``x`` uint8."""
+
+    def __init__(self, x, zx: int, weh, tile: int, block: int, known):
+        K = weh.shape[1]
+        self.lay = blocks(K, tile, max(1, block))
+        self.weh = weh
+        self.zx = zx
+        self.split = bool(x.size and int(x.min()) < zx)  # some x - zx < 0: x- is needed too
+        self.wa = weight_blocks(weh, self.lay, self.split)
+        lo, hi = known
+        self.lo = INT64_MAX if lo is None else int(lo)
+        self.hi = INT64_MIN if hi is None else int(hi)
+        self._xt = None
+
+    def scratch(self, m: int) -> np.ndarray:
+        if self._xt is None or self._xt.shape[2] != m:
+            G = self.weh.shape[0]
+            self._xt = np.empty((G * self.lay.count, self.lay.width, m), np.uint8)
+        return self._xt
+
+    def chunk(self, xt) -> None:
+        """Merge the extremes of one chunk's outputs (``xt``: x by blocks, rows past a block
+        holding zx) into ``lo`` / ``hi``."""
+        GB, R, Mc = xt.shape
+        zx = np.uint8(self.zx)
+        if self.split:  # the GEMM operand [x+ ; x-], zero point 0
+            xg = np.concatenate([np.maximum(xt, zx) - zx, zx - np.minimum(xt, zx)], axis=1)
+            zg = 0
+        else:
+            xg, zg = xt, self.zx
+        if ort_available():
+            pq = _ort_run(self.wa, 0, xg, np.full((GB, 1, Mc), zg, np.uint8))
+        else:
+            pq = exact_sums(self.wa, xg, 0, zg, _U8, _U8)
+        ntask = self.weh.shape[0] * -(-Mc // LANES)
+        rlo = np.empty(ntask, np.int64)
+        rhi = np.empty(ntask, np.int64)
+        lay = self.lay
+        scan_blocks(pq, xt, np.int64(self.zx), self.weh, lay.starts, lay.lens, lay.first,
+                    lay.last, self.lo, self.hi, rlo, rhi)  # fmt: skip
+        self.lo, self.hi = min(self.lo, int(rlo.min())), max(self.hi, int(rhi.max()))
+
+
+def weight_blocks(weh: np.ndarray, lay: Blocks, split: bool) -> np.ndarray:
+    """(G*nb, 2N, width, or 2*width with ``split``) uint8, the left GEMM operand of each block:
+    row ``n`` holds ``w+`` and row ``N + n`` ``w-`` of output n over the block's products
+    (columns ``u``; zero past the block's length); with ``split``, columns ``width + u`` hold
+    ``w-`` / ``w+``, for ``x-``. ``weh`` (G, K, N): the effective weights in hardware order."""
+    G, K, N = weh.shape
+    u = np.arange(lay.width)
+    valid = u[None, :] < lay.lens[:, None]  # (nb, width)
+    idx = np.where(valid, lay.starts[:, None] + u[None, :], 0)
+    wb = weh[:, idx] * valid[None, :, :, None]  # (G, nb, width, N), zero past each block
+    pos = np.maximum(wb, 0).astype(np.uint8).transpose(0, 1, 3, 2)  # (G, nb, N, width)
+    neg = np.maximum(-wb, 0).astype(np.uint8).transpose(0, 1, 3, 2)
+    out = np.concatenate([pos, neg], axis=2)  # rows w+ then w-, for x+
+    if split:
+        out = np.concatenate([out, np.concatenate([neg, pos], axis=2)], axis=3)
+    return np.ascontiguousarray(out).reshape(G * lay.count, 2 * N, -1)
+
+
+@njit(cache=True, parallel=True)
+def transpose_blocks(x, zx, order, starts, lens, out):
+    """``out[g*nb + b, u, m] = x[g, m, order[starts[b] + u]]`` for ``u < lens[b]``; the rows
+    past a block's length hold ``zx`` (no product)."""
+    G, M, K = x.shape
+    GB, R, Mc = out.shape
+    nb = GB // G
+    for task in prange(GB):
+        g = task // nb
+        b = task - g * nb
+        s0 = starts[b]
+        n = lens[b]
+        for m0 in range(0, M, 256):  # tiles of outputs: the strided reads stay in cache
+            m1 = min(M, m0 + 256)
+            for u in range(n):
+                k = order[s0 + u]
+                o = out[task, u]
+                for m in range(m0, m1):
+                    o[m] = x[g, m, k]
+        for u in range(n, R):
+            out[task, u, :] = zx
+
+
+@njit(cache=True, parallel=True)
+def conv_blocks(x, zx, l0, l1, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, starts, lens, out):
+    """:func:`transpose_blocks` for a convolution, straight from ``x`` (N, C, H, W): output
+    lines ``l0 .. l1`` (line ``n * ho + oh``: ``wo`` outputs), product ``t = (c * kh + i) * kw
+    + j`` of group g reading ``x[n, g * Cg + c, oh * sh - pt + i * dh, ow * sw - pl + j * dw]``,
+    ``zx`` outside ``x`` (the convolution's padding) and past a block."""
+    N, C, H, W = x.shape
+    GB, R, Mc = out.shape
+    nb = starts.shape[0]
+    G = GB // nb
+    Cg = C // G
+    for task in prange(GB * R):
+        gb = task // R
+        u = task - gb * R
+        g = gb // nb
+        b = gb - g * nb
+        o = out[gb, u]
+        if u >= lens[b]:  # past the block: no product
+            o[:] = zx
+            continue
+        t = starts[b] + u
+        c = t // (kh * kw)
+        i = (t - c * kh * kw) // kw
+        j = t - c * kh * kw - i * kw
+        # the outputs whose input column is inside x: ow in [lo_w, hi_w)
+        lo_w = min(wo, max(0, -((j * dw - pl) // sw)))
+        hi_w = max(lo_w, min(wo, (W - 1 - j * dw + pl) // sw + 1))
+        if sh == 1 and sw == 1 and wo == W:
+            _tap_runs(x, g * Cg + c, i * dh - pt, j * dw - pl, lo_w, hi_w, zx, l0, l1, ho, wo, o)
+        else:
+            _tap_lines(x, g * Cg + c, i * dh - pt, lo_w * sw - pl + j * dw, lo_w, hi_w, sh, sw,
+                       zx, l0, l1, ho, wo, o)  # fmt: skip
+
+
+@njit(cache=True)
+def _tap_runs(x, ch, ih0, dj, lo_w, hi_w, pad, l0, l1, ho, wo, o):
+    """:func:`_tap_lines` for unit strides and ``wo == W``: an image's lines inside x read its
+    rows ``oh + ih0`` shifted by ``dj`` columns, one contiguous run of the plane (the
+    columns a line takes from its neighbour row are then set to ``pad``)."""
+    H, W = x.shape[2], x.shape[3]
+    line = l0
+    while line < l1:
+        n = line // ho
+        a = line - n * ho  # this image's lines a .. b in the chunk
+        b = min(ho, a + l1 - line)
+        d = (line - l0 - a) * wo  # where the image's line 0 would be
+        v0 = min(b, max(a, -ih0))  # lines whose input row is inside x
+        v1 = max(v0, min(b, H - ih0))
+        o[d + a * wo : d + v0 * wo] = pad
+        o[d + v1 * wo : d + b * wo] = pad
+        if v1 > v0:
+            s0 = (v0 + ih0) * W + lo_w + dj
+            d0 = d + v0 * wo + lo_w
+            run = (v1 - v0 - 1) * wo + hi_w - lo_w
+            src = x[n, ch].ravel()[s0 : s0 + run]
+            dst = o[d0 : d0 + run]
+            for k in range(run):
+                dst[k] = src[k]
+            for v in range(v0, v1):
+                o[d + v * wo : d + v * wo + lo_w] = pad
+                o[d + v * wo + hi_w : d + (v + 1) * wo] = pad
+        line += b - a
+
+
+@njit(cache=True)
+def _tap_lines(x, ch, ih0, iw0, lo_w, hi_w, sh, sw, pad, l0, l1, ho, wo, o):
+    """One kernel tap's operand row of :func:`conv_blocks`: line ``(n, oh)`` reads
+    ``x[n, ch, oh * sh + ih0, iw0 + (ow - lo_w) * sw]`` for ``ow`` in ``[lo_w, hi_w)``,
+    ``pad`` elsewhere."""
+    H = x.shape[2]
+    nin = hi_w - lo_w
+    n = l0 // ho
+    oh = l0 - n * ho
+    d0 = 0
+    for _ in range(l1 - l0):
+        ih = oh * sh + ih0
+        dst = o[d0 : d0 + wo]
+        if ih < 0 or ih >= H:
+            dst[:] = pad
+        else:
+            dst[:lo_w] = pad
+            dst[hi_w:] = pad
+            d = dst[lo_w:hi_w]
+            seg = x[n, ch, ih, iw0 : iw0 + (nin - 1) * sw + 1 : sw]
+            for k in range(nin):
+                d[k] = seg[k]
+        d0 += wo
+        oh += 1
+        if oh == ho:
+            oh = 0
+            n += 1
+
+
+@njit(cache=True)
+def _track_scan(xt, gb, m, zx, weh, g, start, n_products, base, mn, mx):
+    """Reduce output row ``m``'s block ``gb`` product by product from ``base`` (per output), in
+    hardware order; returns ``(mn, mx)`` merged with the partial sums met."""
+    cur = base.copy()
+    for u in range(n_products):
+        a = np.int64(xt[gb, u, m]) - zx
+        wr = weh[g, start + u]
+        for n in range(cur.shape[0]):
+            v = cur[n] + a * wr[n]
+            cur[n] = v
+            mn = min(mn, v)
+            mx = max(mx, v)
+    return mn, mx
+
+
+@njit(cache=True)
+def _bound_task(pq, xt, zx, weh, starts, lens, first, last, g, m0, L, lo, hi):
+    """:func:`scan_blocks` on outputs ``m0 .. m0 + L`` of group g. Slices keep the inner loops
+    free of index checks, so they vectorize."""
+    GB, N2, Mc = pq.shape
+    N = N2 // 2
+    G = weh.shape[0]
+    nb = GB // G
+    t = np.zeros((N, LANES), np.int64)  # the tile register (the accumulator without tiles)
+    s = np.zeros((N, LANES), np.int64)  # the accumulator, with tiles
+    hit = np.zeros(LANES, np.bool_)
+    base = np.empty(N, np.int64)
+    mn = lo
+    mx = hi
+    for b in range(nb):
+        gb = g * nb + b
+        if first[b]:
+            t[:] = 0
+        hit[:] = False
+        nmn = mn
+        nmx = mx
+        for n in range(N):
+            p = pq[gb, n, m0 : m0 + L]
+            q = pq[gb, N + n, m0 : m0 + L]
+            tn = t[n]
+            for i in range(L):
+                up = tn[i] + p[i]
+                hit[i] |= (up > mx) | (tn[i] - q[i] < mn)
+                v = up - q[i]
+                tn[i] = v
+                nmn = min(nmn, v)
+                nmx = max(nmx, v)
+        for i in range(L):
+            if hit[i]:  # the interval leaves [mn, mx]: reduce the block product by product
+                for n in range(N):
+                    base[n] = t[n, i] - pq[gb, n, m0 + i] + pq[gb, N + n, m0 + i]
+                mn, mx = _track_scan(xt, gb, m0 + i, zx, weh, g, starts[b], lens[b], base, mn, mx)
+        mn = min(mn, nmn)
+        mx = max(mx, nmx)
+        if last[b]:  # the tile register is added to the accumulator
+            for n in range(N):
+                sn = s[n]
+                tn = t[n]
+                for i in range(L):
+                    v = sn[i] + tn[i]
+                    sn[i] = v
+                    mn = min(mn, v)
+                    mx = max(mx, v)
+    return mn, mx
+
+
+@njit(cache=True, parallel=True)
+def scan_blocks(pq, xt, zx, weh, starts, lens, first, last, lo, hi, rlo, rhi):
+    """The bounds pass over one chunk: ``pq`` (G*nb, 2N, Mc) holds ``P`` (rows < N) and ``Q``
+    of every block and output, ``xt`` the operand (:func:`transpose_blocks`). Per task of
+    :data:`LANES` outputs of one group, blocks in order: a block whose interval ``[base - Q,
+    base + P]`` leaves the running ``[lo, hi]`` for some output is reduced exactly for that
+    output (:func:`_track_scan`); every output's base then moves to the block's last partial
+    sum (and, closing a tile, the accumulator takes the tile), all of them partial sums.
+    Writes each task's extremes to ``rlo`` / ``rhi``."""
+    Mc = pq.shape[2]
+    G = weh.shape[0]
+    nt = (Mc + LANES - 1) // LANES
+    for task in prange(G * nt):
+        g = task // nt
+        m0 = (task - g * nt) * LANES
+        rlo[task], rhi[task] = _bound_task(
+            pq, xt, zx, weh, starts, lens, first, last, g, m0, min(LANES, Mc - m0), lo, hi
+        )
