@@ -1539,11 +1539,19 @@ class IntegerExecutor:
     def _op_resize(self, node: Node, x: QTensor):
         return x.moved(lambda q: repeat_axes(q, node.attrs["factors"]))
 
-    def run(self, x: np.ndarray, keep_all: bool = True, sample_offset: int | None = None) -> dict:
+    def run(
+        self,
+        x: np.ndarray,
+        keep_all: bool = True,
+        sample_offset: int | None = None,
+        visit: Callable[[Node, object], None] | None = None,
+    ) -> dict:
         """Integer run of one batch. Returns tensors by name (QTensor for integer tensors, float
         arrays otherwise); with ``keep_all=False`` only the output is kept. ``sample_offset``:
         the global index of the batch's first sample for stochastic rounding (default: the
-        samples this executor has run so far)."""
+        samples this executor has run so far). ``visit(node, value)`` is called with each
+        node's output as soon as it is computed (before tensors no later node reads are
+        dropped), so statistics can stream with ``keep_all=False``."""
         g = self.g
         first = self.samples_seen if sample_offset is None else int(sample_offset)
         n_batch = int(np.shape(x)[0]) if np.ndim(x) else 1
@@ -1571,6 +1579,8 @@ class IntegerExecutor:
                 self._rng = None
                 self._current = None
                 self._node_now, self._ins_now = None, []
+            if visit is not None:
+                visit(n, env[n.output])
             if not keep_all:
                 for t in n.inputs:
                     if last_use.get(t) == i and t != g.output:
