@@ -58,6 +58,7 @@ from onnx import numpy_helper
 
 from hwsim.data import input_dtype
 from hwsim.errors import HwsimError
+from hwsim.graph import qonnx
 from hwsim.graph.fold import FUSED_DOMAIN, FoldError, fold_shapes, fuse
 from hwsim.graph.ir import Graph, Node, Op, TensorQuant, WeightQuant
 from hwsim.graph.shapes import SHAPES
@@ -168,6 +169,18 @@ class _Importer:
             n = e.node
             where = f"node {n.name or '?'!r} ({n.op_type}): " if n is not None else ""
             raise ModelImportError(f"{source}: {where}{e}") from None
+        # integer bounds of each Clip the folding may turn into a constant (a QCDQ weight's
+        # Clip of an integer initializer): the format DequantizeLinear then reads it in
+        self.clip_hint: dict[str, tuple[int, int]] = {}
+        init0 = {i.name: i for i in model.graph.initializer}
+        for n in model.graph.node:
+            if n.op_type == "Clip" and len(n.input) == 3 and n.input[0] in init0:
+                b = [init0.get(t) for t in n.input[1:]]
+                if all(v is not None for v in b):
+                    lo, hi = (numpy_helper.to_array(v) for v in b)
+                    if lo.size == 1 and hi.size == 1 and lo.dtype.kind in "iu":
+                        self.clip_hint[n.output[0]] = (int(lo.reshape(-1)[0]),
+                                                       int(hi.reshape(-1)[0]))
         self.batch_entries = folded.batch_entries
         self.batch_broadcast = folded.batch_broadcast
         self.model = model = fuse(folded.model)
@@ -189,6 +202,10 @@ class _Importer:
         }
         self.qconst: dict[str, tuple] = {}  # DQ(const) output -> (q, scale, zp, fmt, axis, src)
         self.const_fmt: dict[str, IntFormat] = {}  # Q(const) output -> its integer format
+        # Q(const) / Clip(Q(const)) output -> the initializer onnxruntime's plan names it by
+        self.const_source: dict[str, str] = {}
+        self.brevitas = False  # QONNX Quant nodes or QCDQ chains: resolve unquantized tensors
+        self.import_notes: list[str] = []  # Graph.meta["import_notes"]: what import decided
         # a QDQ model: its elementwise functions are quantized node by node (no fusion)
         self.qdq = any(
             n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.domain in ONNX_DOMAINS
@@ -294,6 +311,16 @@ class _Importer:
         if np.ndim(s) != 0:
             self.fail(node, "activation quantization must be per-tensor (scalar scale)")
         tq = TensorQuant(float(s), int(z), fmt, scale_name=node.input[1])
+        chain = qonnx.qcdq_clip(self, node)
+        if chain is not None:  # QCDQ: QuantizeLinear -> Clip(lo, hi) -> DequantizeLinear
+            clip, bounds = chain
+            self.brevitas = True
+            tq = TensorQuant(tq.scale, tq.zero_point, qonnx.narrowed(self, clip, fmt, bounds),
+                             scale_name=tq.scale_name)
+            self.absorbed.add(clip.output[0])
+            qonnx.quantize_activation(self, node, x, clip.output[0], tq, bounds)
+            self.alias[node.output[0]] = self.name(x)
+            return
         t = self.name(x)
         old = self.act_quant.get(t)
         if old is not None and old != tq:
@@ -315,6 +342,18 @@ class _Importer:
         q = quantize(c.astype(np.float32), s, z, fmt, axis)
         self.consts[node.output[0]] = q
         self.const_fmt[node.output[0]] = fmt
+        self.const_source[node.output[0]] = self.const_source.get(node.input[0], node.input[0])
+
+    def int_format(self, t: str) -> IntFormat | None:
+        """The integer format of the initializer ``t`` by its ONNX element type (a folded
+        QCDQ Clip: the narrowest holding its bounds); None if it is not one hwsim emulates."""
+        elem = next((i.data_type for i in self.model.graph.initializer if i.name == t), None)
+        fmt = _ONNX_INT.get(elem) if elem is not None else None
+        if fmt is not None and t in self.clip_hint:
+            self.brevitas = True
+            fmt = qonnx.narrowed(self, self.producers.get(t) or onnx.NodeProto(name=t),
+                                 fmt, self.clip_hint[t])
+        return fmt
 
     def _qaxis(self, node, a, s, t: np.ndarray) -> int:
         """The axis of per-axis parameters ``s`` for a tensor ``t``: the attribute (default 1,
@@ -339,12 +378,7 @@ class _Importer:
                 if _input(node, 2)
                 else np.zeros_like(s, dtype=q.dtype)
             )
-            fmt = self.const_fmt.get(x)
-            if fmt is None:
-                elem = next(
-                    (i.data_type for i in self.model.graph.initializer if i.name == x), None
-                )
-                fmt = _ONNX_INT.get(elem) if elem is not None else None
+            fmt = self.const_fmt.get(x) or self.int_format(x)
             if fmt is None:
                 fmt = IntFormat(32, True) if q.dtype == np.int32 else None
             if fmt is None:
@@ -361,8 +395,8 @@ class _Importer:
                 fmt,
                 axis,
                 # the initializer onnxruntime's integer kernels read (OrtPlan); a quantized
-                # constant computed in the file (Q of a float weight) has none
-                x if x not in self.const_fmt else None,
+                # constant computed in the file (Q of a float weight): the float weight's
+                self.const_source.get(x, x),
             )
             return
         src = self.name(x)
@@ -373,25 +407,6 @@ class _Importer:
         if float(np.float32(s)) != tq.scale or int(z) != tq.zero_point:
             self.fail(node, "DequantizeLinear parameters differ from its QuantizeLinear's")
         self.alias[node.output[0]] = src
-
-    def qonnx_quant(self, node, a):
-        """QONNX ``Quant`` (x, scale, zero point, bit width) on an activation: a Q/DQ pair of
-        any width (round half to even, ``narrow=0``)."""
-        if a.get("narrow", 0) or (a.get("rounding_mode", b"ROUND") not in (b"ROUND", "ROUND")):
-            self.fail(node, "only Quant with narrow=0 and rounding_mode=ROUND is supported")
-        s = float(self.const(node, node.input[1], "scale"))
-        z = float(self.const(node, node.input[2], "zero point"))
-        bits = float(self.const(node, node.input[3], "bit width"))
-        if bits != int(bits) or not 2 <= bits <= 16 or z != int(z):
-            self.fail(
-                node,
-                f"bit width must be an integer in [2, 16] and zero point an integer, "
-                f"got {bits}, {z}",
-            )
-        tq = TensorQuant(s, int(z), IntFormat(int(bits), bool(a.get("signed", 1))))
-        t = self.name(node.input[0])
-        self.act_quant[t] = tq
-        self.alias[node.output[0]] = t
 
     def _qparams(self, node, a, s_name, z_name):
         s = self.const(node, s_name, "scale")
@@ -630,6 +645,8 @@ class _Importer:
                 q = q.T
             elif np.ndim(s) == 1 and axis != 0:
                 self.fail(node, "per-channel weight scales must be on axis 0 (output channels)")
+            if np.ndim(z) == 1 and np.all(z == z.reshape(-1)[0]):  # one zero point: a scalar
+                z = np.asarray(z).reshape(-1)[0]
             wq = WeightQuant(np.ascontiguousarray(q), s, z, fmt, src)
             return wq.dequantize(), wq
         w = self.const(node, t, "weight").astype(np.float32)
@@ -640,8 +657,9 @@ class _Importer:
             return None, None
         if t in self.qconst:
             q, s, z, fmt, _, _ = self.qconst[t]
-            if np.any(z != 0) or fmt.bits != 32:
-                self.fail(node, "a quantized bias must be int32 with zero point 0")
+            if np.any(z != 0) or fmt.bits > 32 or not fmt.signed:
+                self.fail(node, "a quantized bias must be signed, at most 32 bits, with zero "
+                          "point 0")
             return _dequant(q, s, z, 0).reshape(n_out), q.reshape(n_out).astype(np.int64)
         b = self.const(node, t, "bias").astype(np.float32)
         if b.size != n_out:
@@ -885,6 +903,9 @@ class _Importer:
         self.consts[node.output[0]] = numpy_helper.to_array(a["value"])
 
     def clip(self, node, a):
+        if qonnx.clip_const(self, node):  # a QCDQ weight's Clip of QuantizeLinear(w)
+            self.brevitas = True
+            return
         lo, hi = a.get("min", -np.inf), a.get("max", np.inf)
         if _input(node, 1):
             lo = float(self.const(node, node.input[1], "min"))
@@ -904,8 +925,9 @@ class _Importer:
     def reshape(self, node, a):
         t = node.input[1]
         shape = [int(v) for v in self.const(node, t, "shape", batch_ok=True)]
-        if a.get("allowzero", 0):
-            self.fail(node, "allowzero=1 is not supported")
+        if a.get("allowzero", 0) and 0 in shape:  # without a 0 entry the same as allowzero=0
+            self.fail(node, f"allowzero=1 with a 0 entry in the target {shape} (an empty "
+                      "axis) is not supported")
         be = self.batch_entries.get(t, ())
         if any(i != 0 for i in be):
             self.fail(node, f"the target shape {shape} (batch 1) puts the batch size at axis "
@@ -1423,6 +1445,10 @@ class _Importer:
                 f"one has inputs {[i.name for i in inputs]} and outputs "
                 f"{[o.name for o in g.output]}"
             )
+        meta_keys = {p.key for p in self.model.metadata_props}
+        self.brevitas = self.brevitas or any(n.domain == QONNX_DOMAIN for n in g.node)
+        if self.brevitas and "hwsim" not in meta_keys:
+            qonnx.resolve_unquantized(self)
         out = self.name(g.output[0].name)
         dtype = str(input_dtype(inputs[0]))
         if dtype != "float32":  # token ids: only embedding lookups read them
@@ -1470,6 +1496,10 @@ class _Importer:
             ),
         )
         self.check_shapes(graph)
+        if self.brevitas and "hwsim" not in meta and graph.quantized:
+            qonnx.bias_notes(self, graph)
+        if self.import_notes:
+            graph.meta["import_notes"] = list(self.import_notes)
         return graph
 
     def check_shapes(self, graph: Graph) -> None:
@@ -1550,7 +1580,9 @@ _OPS: dict[tuple[str, str], Callable[[_Importer, onnx.NodeProto, dict], None]] =
     ("", "Constant"): _Importer.constant,
     ("", "QuantizeLinear"): _Importer.quantize_linear,
     ("", "DequantizeLinear"): _Importer.dequantize_linear,
-    (QONNX_DOMAIN, "Quant"): _Importer.qonnx_quant,
+    (QONNX_DOMAIN, "Quant"): qonnx.quant,
+    (QONNX_DOMAIN, "BipolarQuant"): qonnx.bipolar_quant,
+    (QONNX_DOMAIN, "Trunc"): qonnx.trunc,
 }
 
 # Ops that start a pattern imported as a whole (their chain's nodes are absorbed), outside the
@@ -1610,7 +1642,7 @@ SUPPORTED = tuple(op for _, op in _OPS)
 """The ONNX op types hwsim imports (``_OPS``'s, in its order; ``Quant`` is QONNX's)."""
 _QDQ_ONLY = ("Erf", "Tanh")
 """Op types imported on their own only in QDQ models (:meth:`_Importer.qdq_unary`)."""
-_DISPLAY = {(QONNX_DOMAIN, "Quant"): "Quant (QONNX)"} | {
+_DISPLAY = {(QONNX_DOMAIN, t): f"{t} (QONNX)" for t in qonnx.QONNX_OPS} | {
     ("", t): f"{t} (QDQ models)" for t in _QDQ_ONLY
 }
 SUPPORTED_TEXT = (

@@ -466,3 +466,54 @@ def ref_i_layernorm(
     for b in bias:
         _note(trace, "bias_int", b)
     return out
+
+
+# (Q1)-(Q4) -- QONNX Quant / Trunc (hwsim.numerics.qonnx) ---------------------------------------
+def ref_qonnx_round(v: Fraction, mode: str) -> int:
+    """(Q4) A rational to an integer by a QONNX ``rounding_mode`` (``ROUND`` ties to even,
+    ``CEIL``, ``FLOOR``, ``ROUND_TO_ZERO``, ``UP`` away from 0, ``HALF_UP`` ties away from 0,
+    ``HALF_DOWN`` ties toward 0)."""
+    fl = math.floor(v)
+    frac = v - fl
+    half = Fraction(1, 2)
+    sign = 1 if v > 0 else -1 if v < 0 else 0
+    if mode == "ROUND":
+        return fl + (frac > half or (frac == half and fl % 2 == 1))
+    if mode == "CEIL":
+        return fl + (frac > 0)
+    if mode == "FLOOR":
+        return fl
+    if mode == "ROUND_TO_ZERO":
+        return sign * math.floor(abs(v))
+    if mode == "UP":
+        return sign * math.ceil(abs(v))
+    if mode == "HALF_UP":
+        return sign * math.floor(abs(v) + half)
+    if mode == "HALF_DOWN":
+        return sign * math.ceil(abs(v) - half)
+    raise ValueError(f"unknown QONNX rounding mode {mode!r}")
+
+
+def ref_qonnx_quant(
+    x: float, scale: float, zero_point: float, bits: int, signed: bool, narrow: bool, mode: str
+) -> int:
+    """(Q1)-(Q4) QONNX ``Quant``'s integer: ``t = f32(f32(x / scale) + zero_point)`` on exact
+    rationals (``x``, ``scale``, ``zero_point`` binary32 values), clamped to ``[lo, hi]``
+    (signed ``[-2^(b-1) + narrow, 2^(b-1) - 1]``, unsigned ``[0, 2^b - 1 - narrow]``), rounded
+    by ``mode``."""
+    t = round_to_float32(Fraction(x) / Fraction(scale))
+    t = round_to_float32(t + Fraction(zero_point))
+    lo, hi = format_range(bits, signed)
+    if narrow:
+        lo, hi = (lo + 1, hi) if signed else (lo, hi - 1)
+    return ref_qonnx_round(min(max(t, Fraction(lo)), Fraction(hi)), mode)
+
+
+def ref_qonnx_trunc(q: int, shift: int, bits: int, signed: bool, narrow: bool, mode: str) -> int:
+    """QONNX ``Trunc`` of an integer ``q`` (zero point 0): ``round_mode(clamp(q / 2^shift))``
+    into the ``bits``-bit range (``narrow`` as in :func:`ref_qonnx_quant`)."""
+    lo, hi = format_range(bits, signed)
+    if narrow:
+        lo, hi = (lo + 1, hi) if signed else (lo, hi - 1)
+    v = Fraction(q, 1 << shift) if shift >= 0 else Fraction(q * (1 << -shift))
+    return ref_qonnx_round(min(max(v, Fraction(lo)), Fraction(hi)), mode)

@@ -515,13 +515,17 @@ def test_qonnx_quant_on_an_activation():
     assert g.output == "r"
 
 
-def test_qonnx_quant_narrow_is_rejected():
+def test_qonnx_quant_narrow_is_a_clip_to_the_narrowed_range():
+    # issue 17: narrow=1 (Brevitas' default for weights) is imported, no longer rejected
     inits = {"s": np.array(0.25, f32), "z": np.array(0.0, f32), "bw": np.array(6.0, f32)}
     m = _model([helper.make_node("Quant", ["x", "s", "z", "bw"], ["y"], name="qt",
                                  domain="qonnx.custom_op.general", narrow=1)], inits,
                extra_opsets=[helper.make_opsetid("qonnx.custom_op.general", 1)])
-    with pytest.raises(ModelImportError, match=r"'qt' \(Quant\).*narrow"):
-        import_model(m)
+    g = import_model(m)
+    clip = _only(g, Op.CLIP)
+    assert g.act_quant["x"].fmt == IntFormat(6, True)
+    assert (clip.attrs["min"], clip.attrs["max"]) == (-31 * 0.25, 31 * 0.25)
+    assert g.act_quant[clip.output] == g.act_quant["x"]
 
 
 # --- every supported op is covered above -----------------------------------------------------
@@ -536,6 +540,7 @@ def test_supported_list_is_covered():
                 "HardSwish"}
     covered |= {"Erf", "Tanh"}  # QDQ models only (tests/graph/test_transformer_qdq.py)
     covered |= {"Resize"}  # tests/graph/test_resize.py
+    covered |= {"BipolarQuant", "Trunc"}  # issue 17: tests/graph/test_qonnx_import.py
     assert set(SUPPORTED) == covered and len(SUPPORTED) == len(covered)
     # the list errors show: op types, QONNX's Quant named as such
     assert SUPPORTED_TEXT.startswith("Conv, Gemm, MatMul, ") and "Quant (QONNX)" in SUPPORTED_TEXT
