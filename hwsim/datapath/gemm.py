@@ -22,13 +22,8 @@ from hwsim.datapath import partials
 from hwsim.datapath.config import AccResult, Accumulator, Counters, Operand, ReductionOrder
 from hwsim.datapath.engines import exact_sums
 from hwsim.datapath.isa import Isa, pairs_saturate, resolve
-from hwsim.datapath.kernels import (
-    ordered_reduce,
-    ordered_sat16,
-    ordered_track32,
-    pair_sat16,
-    row_abs_sums,
-)
+from hwsim.datapath.kernels import ordered_reduce, ordered_track32, pair_sat16, row_abs_sums
+from hwsim.datapath.ordered import LANES, hardware_weights, ordered_sat16, row_blocks
 from hwsim.numerics import (
     IntFormat,
     Overflow,
@@ -158,6 +153,8 @@ def reduce_batched(
             safe &= (bound <= fmt.max) & (-bound >= fmt.min)
         rows = np.flatnonzero(~safe.ravel()).astype(np.int64)
     values = exact
+    if rows.size and _lanes16(x3, xop, w3, w_zp, acc):
+        return _ordered16(x3, w3, xop, w_zp, rows, order, acc, exact, counters), counters
     if rows.size:
         vals, events, tevents, pmin, pmax = _ordered(x3, w3, xop, w_zp, rows, order, acc)
         if acc.track_partials:
@@ -214,13 +211,63 @@ def pair_correction(x3, w3, counters: Counters) -> np.ndarray:
     return corr
 
 
+def _effective_weights(w3, w_zp) -> np.ndarray:
+    """``w3 - w_zp`` as a C-ordered int64 (G, K, N) array."""
+    return np.ascontiguousarray(w3.astype(np.int64) - np.asarray(w_zp, np.int64))
+
+
+def _max_effective_x(xop: Operand) -> int:
+    zx = int(xop.zero_point)
+    return max(abs(xop.format.max - zx), abs(xop.format.min - zx))
+
+
+def _lanes16(x3, xop: Operand, w3, w_zp, acc: Accumulator) -> bool:
+    """Whether :func:`hwsim.datapath.ordered.ordered_sat16` runs this accumulator: signed
+    16-bit saturating, tile register of its width, no tracking, ``K < 2^14`` (int16 event
+    counters) and every product fits int16."""
+    if not (
+        acc.overflow is Overflow.SATURATE
+        and acc.bits == 16
+        and acc.signed
+        and acc.tile_bits is None
+        and not acc.track_partials
+        and x3.dtype in (np.int8, np.uint8, np.int16)
+        and x3.shape[2] < (1 << 14)
+    ):
+        return False
+    wmax = int(np.abs(w3.astype(np.int64) - np.asarray(w_zp, np.int64)).max()) if w3.size else 0
+    return _max_effective_x(xop) * wmax <= (1 << 15) - 1
+
+
+def _ordered16(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator, exact, counters):
+    """The values of a 16-bit saturating accumulator (:func:`_lanes16`): ``rows`` from the
+    ordered kernel in registers (:func:`hwsim.datapath.ordered.ordered_sat16`), the others
+    the exact sums; records the events in ``counters``."""
+    G, M, K = x3.shape
+    N = w3.shape[2]
+    order = np.arange(K, dtype=np.int64) if order is None else np.array(order, np.int64)
+    weh = hardware_weights(_effective_weights(w3, w_zp), order, np.int16)
+    if rows.size == G * M:
+        values = np.empty((G, M, N), np.int64)
+    else:
+        values = exact.astype(np.int64)  # a copy: the kernel overwrites the ordered rows
+    blocks = row_blocks(rows, M)
+    counts = np.zeros((blocks.shape[0] * (weh.shape[2] // LANES), 3), np.int64)
+    ordered_sat16(x3, np.int64(xop.zero_point), weh, order, rows, blocks, acc.tile, values,
+                  counts)  # fmt: skip
+    events, hit, tevents = (int(c) for c in counts.sum(axis=0))
+    counters.overflow_events = events
+    counters.outputs_overflowed = hit
+    counters.tile_overflow_events = tevents
+    return values
+
+
 def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
-    """Run the ordered kernel on ``rows``: int16 lanes for a 16-bit saturating accumulator whose
-    products fit int16 (and whose tile register is 16-bit too); int32 lanes to track the
-    partial sums of a wrapping accumulator whose partial sums fit int32 and whose tile register
-    has its width (``vals`` is then None: the exact sums are the values); int64 lanes
-    otherwise. Returns ``(vals, events, tevents, pmin, pmax)``; ``tevents`` (the tile
-    register's events) are part of ``events``."""
+    """Run the ordered kernel on ``rows``: int32 lanes to track the partial sums of a wrapping
+    accumulator whose partial sums fit int32 and whose tile register has its width (``vals``
+    is then None: the exact sums are the values); int64 lanes otherwise. Returns ``(vals,
+    events, tevents, pmin, pmax)``; ``tevents`` (the tile register's events) are part of
+    ``events``."""
     G, M, K = x3.shape
     N = w3.shape[2]
     fmt = acc.format
@@ -228,29 +275,14 @@ def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
     order = np.arange(K, dtype=np.int64) if order is None else np.array(order, np.int64)
     # C order always: the ordered kernels are then compiled once per dtype, not per layout
     # (a fresh install's first run compiles fewer signatures)
-    we = np.ascontiguousarray(w3.astype(np.int64) - np.asarray(w_zp, np.int64))
+    we = _effective_weights(w3, w_zp)
     zx = int(xop.zero_point)
     events = np.zeros((G, M, N), np.int64)
     tevents = np.zeros((G, M, N), np.int64)
     saturating = acc.overflow is Overflow.SATURATE
     split = acc.tile > 0 and acc.tile_bits is not None  # a tile register of its own width
     max_we = int(np.abs(we).max()) if we.size else 0
-    max_xe = max(abs(xop.format.max - zx), abs(xop.format.min - zx))
-    if (
-        saturating
-        and not acc.track_partials
-        and fmt.bits == 16
-        and fmt.signed
-        and not split
-        and x3.dtype in (np.int8, np.uint8, np.int16)
-        and K < (1 << 14)
-        and max_xe * max_we <= (1 << 15) - 1
-    ):
-        vals = np.empty((G, M, N), np.int64)
-        ordered_sat16(
-            x3, np.int16(zx), we.astype(np.int16), rows, order, acc.tile, vals, events, tevents
-        )
-        return vals, events, tevents, None, None
+    max_xe = _max_effective_x(xop)
     track = acc.track_partials
     pmin = np.empty((G, M, N) if track else (0, 0, 0), np.int64)
     pmax = np.empty_like(pmin)

@@ -1,0 +1,168 @@
+"""Ordered (hardware-order) accumulation with the accumulators held in vector registers.
+
+A saturating accumulator must add its products one by one in the documented reduction order
+(``docs/numerics.md``, eq. 10-12): no exact-sum shortcut applies to a row that can reach a
+rail. These kernels make that sequential recurrence cheap by running it for a block of
+:data:`ROWS` output rows x :data:`LANES` output columns at once: one vector of lanes per row,
+every lane its own output, so each product of the order is one multiply and one saturating add
+per row on a whole panel of outputs. The block's accumulators and event counters live in a
+small stack buffer of fixed size (:func:`_local`), which LLVM keeps in registers across the
+whole reduction (heap arrays would be loaded and stored after every product).
+
+Weights reach the kernels laid out once per call in hardware order, ``weh[g, t, n]`` the
+effective weight of product ``t`` and output ``n`` (columns past N hold 0: a zero product never
+saturates nor counts an event), so every product's weights are one contiguous vector.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+LANES = 32  # outputs per panel: 32 int16 lanes, one 512-bit or two 256-bit vectors
+ROWS = 8  # output rows per block: ROWS x LANES accumulators and counters stay in registers
+_BLOCK = ROWS * LANES
+
+
+@intrinsic
+def _sadd16(typingctx, a, b):
+    """int16 ``clamp(a + b, -2^15, 2^15 - 1)`` (LLVM ``sadd.sat``: ``vpaddsw`` on x86)."""
+    if a != types.int16 or b != types.int16:
+        return None
+    sig = types.int16(types.int16, types.int16)
+
+    def codegen(context, builder, signature, args):
+        i16 = ir.IntType(16)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(i16, [i16, i16]), "llvm.sadd.sat.i16"
+        )
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@intrinsic
+def _local(typingctx, n, dtype):
+    """A pointer to ``n`` (a literal int) elements of ``dtype`` on the stack of the calling
+    function: a fixed-size buffer that does not escape, which LLVM promotes to registers."""
+    if not isinstance(n, types.IntegerLiteral) or not isinstance(dtype, types.NumberClass):
+        return None
+    size = n.literal_value
+    elem = dtype.instance_type
+    sig = types.CPointer(elem)(n, dtype)
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(elem), size=size)
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _sat16_run(x, zx, weh, order, g, ms, n0, k0, k1, acc, ev):
+    """Products ``k0 .. k1`` of the order into ``acc`` (ROWS, LANES) int16, saturating after
+    every add; ``ev`` counts the adds whose exact sum left int16 (the wrapped and the
+    saturated sums then differ: ``|s + p| <= 2^16 - 2``)."""
+    for kk in range(k0, k1):
+        k = order[kk]
+        wr = weh[g, kk, n0 : n0 + LANES]  # a view: lane indices provably in range
+        for r in range(ROWS):
+            a = np.int16(np.int64(x[g, ms[r], k]) - zx)
+            for n in range(LANES):
+                p = np.int16(a * wr[n])
+                c = _sadd16(acc[r, n], p)
+                ev[r, n] = np.int16(ev[r, n] + (np.int16(acc[r, n] + p) != c))
+                acc[r, n] = c
+
+
+@njit(cache=True, parallel=True)
+def ordered_sat16(x, zx, weh, order, rows, blocks, tile, vals, counts):
+    """A signed 16-bit saturating accumulator in hardware order, on rows ``rows`` of
+    ``(x - zx) @ we``: ``acc <- clamp16(acc + p_t)`` for ``t = 0 .. K-1`` (``tile`` = 0), or
+    per tile of ``tile`` products a tile register ``t <- clamp16(t + p)`` added at the tile's
+    end, ``acc <- clamp16(acc + t)`` (``Accumulator.tile`` semantics, tile register 16-bit).
+
+    ``x`` (G, M, K) operand in its own dtype, ``zx`` its zero point (int64); ``weh`` (G, K, Np)
+    int16 effective weights ``w - zw`` in hardware order (product ``t`` reads column
+    ``order[t]`` of ``x`` and row ``t`` of ``weh``), ``Np`` a multiple of :data:`LANES`,
+    columns past N zero. ``rows`` flat indices into G*M; ``blocks`` (nb, 2): the first index
+    into ``rows`` and the count (1 .. :data:`ROWS`) of each block, all of one group.
+    Preconditions (the caller's): ``K < 2^14`` (int16 event counters: at most 2K events per
+    output), every ``x - zx`` and every product fits int16.
+
+    Writes ``vals[g, m, :N]`` (int64) of every row, and per task (block x panel)
+    ``counts[task] = (events, outputs with an event, tile-register events)``; events count
+    every clamped add, tile-register adds and accumulator adds alike.
+    """
+    G, M, K = x.shape
+    N = vals.shape[2]
+    npan = weh.shape[2] // LANES
+    for task in prange(blocks.shape[0] * npan):
+        b = task // npan
+        n0 = (task - b * npan) * LANES
+        i0 = blocks[b, 0]
+        nr = blocks[b, 1]
+        g = rows[i0] // M
+        ms = carray(_local(ROWS, np.int64), (ROWS,))
+        for r in range(ROWS):  # a short block repeats its last row (written once)
+            ms[r] = rows[i0 + min(r, nr - 1)] - g * M
+        s = carray(_local(_BLOCK, np.int16), (ROWS, LANES))
+        ev = carray(_local(_BLOCK, np.int16), (ROWS, LANES))
+        tev = carray(_local(_BLOCK, np.int16), (ROWS, LANES))
+        s[:] = 0
+        ev[:] = 0
+        tev[:] = 0
+        if tile == 0:
+            _sat16_run(x, zx, weh, order, g, ms, n0, 0, K, s, ev)
+        else:
+            t = carray(_local(_BLOCK, np.int16), (ROWS, LANES))
+            for k0 in range(0, K, tile):
+                t[:] = 0
+                _sat16_run(x, zx, weh, order, g, ms, n0, k0, min(K, k0 + tile), t, tev)
+                for r in range(ROWS):
+                    for n in range(LANES):
+                        c = _sadd16(s[r, n], t[r, n])
+                        ev[r, n] = np.int16(ev[r, n] + (np.int16(s[r, n] + t[r, n]) != c))
+                        s[r, n] = c
+        events = 0
+        hit = 0
+        tevents = 0
+        for r in range(nr):
+            m = ms[r]
+            for n in range(min(LANES, N - n0)):
+                vals[g, m, n0 + n] = s[r, n]
+                e = np.int64(ev[r, n]) + np.int64(tev[r, n])
+                events += e
+                hit += e != 0
+                tevents += tev[r, n]
+        counts[task, 0] = events
+        counts[task, 1] = hit
+        counts[task, 2] = tevents
+
+
+def row_blocks(rows: np.ndarray, M: int, size: int = ROWS) -> np.ndarray:
+    """(nb, 2) int64: blocks of at most ``size`` consecutive entries of ``rows`` (sorted flat
+    indices into G*M) that never span two groups; each ``(first index, count)``."""
+    if rows.size == 0:
+        return np.zeros((0, 2), np.int64)
+    grp = rows // M
+    cut = np.flatnonzero(np.diff(grp)) + 1
+    first = np.concatenate([[0], cut])
+    length = np.diff(np.concatenate([first, [rows.size]]))
+    nblk = -(-length // size)
+    seg = np.repeat(np.arange(first.size), nblk)
+    within = np.arange(seg.size) - np.repeat(np.cumsum(nblk) - nblk, nblk)
+    start = first[seg] + within * size
+    count = np.minimum(size, first[seg] + length[seg] - start)
+    return np.stack([start, count], axis=1).astype(np.int64)
+
+
+def hardware_weights(we: np.ndarray, order: np.ndarray, dtype) -> np.ndarray:
+    """``weh[g, t, n] = we[g, order[t], n]`` in ``dtype``, N padded with zeros to a multiple of
+    :data:`LANES` (C order). ``we`` (G, K, N): effective weights that fit ``dtype``."""
+    G, K, N = we.shape
+    out = np.zeros((G, K, -(-max(N, 1) // LANES) * LANES), dtype)
+    out[:, :, :N] = we[:, order]
+    return out

@@ -1,0 +1,146 @@
+"""The register-blocked ordered kernels (hwsim.datapath.ordered) against the plain-int spec
+(hwsim.datapath.reference.accumulate, product by product in hardware order)."""
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hwsim.datapath import Accumulator, Operand, ReductionOrder, gemm
+from hwsim.datapath import reference as dref
+from hwsim.datapath.ordered import LANES, ROWS, hardware_weights, ordered_sat16, row_blocks
+from hwsim.numerics import IntFormat, Overflow
+from tests.strategies import ints_in, operand_arrays, operands
+
+
+def _acc16(tile: int) -> Accumulator:
+    order = ReductionOrder.TILED if tile else ReductionOrder.SEQUENTIAL
+    return Accumulator(16, Overflow.SATURATE, order=order, tile_rows=tile)
+
+
+@st.composite
+def sat16_cases(draw):
+    """``(x3, zx, we, order, rows, tile)`` in the kernel's domain: x of at most 8 bits (in its
+    own dtype, or widened to int16), effective weights with ``max|x - zx| * max|we| < 2^15``,
+    N across panel boundaries, any permutation as the order, any sorted subset of rows."""
+    G = draw(st.integers(1, 3))
+    M = draw(st.integers(1, 2 * ROWS + 3))
+    K = draw(st.integers(0, 24))
+    N = draw(st.sampled_from([1, 2, LANES - 1, LANES, LANES + 1, 2 * LANES + 3]))
+    fmt = IntFormat(draw(st.integers(2, 8)), draw(st.booleans()))
+    zx = draw(ints_in(fmt.min, fmt.max))
+    extreme = draw(st.sampled_from([None, None, "max", "min"]))
+    x3 = operand_arrays(draw, fmt, (G, M, K), extreme)
+    if draw(st.booleans()):
+        x3 = x3.astype(np.int16)
+    max_xe = max(abs(fmt.max - zx), abs(fmt.min - zx))
+    wlim = min(255, (2**15 - 1) // max(1, max_xe))
+    if draw(st.booleans()):  # every weight at a rail: saturation on every row
+        we = np.where(np.arange(G * K * N).reshape(G, K, N) % 3 == 0, -wlim, wlim).astype(np.int64)
+    else:
+        we = np.array(
+            draw(st.lists(ints_in(-wlim, wlim), min_size=G * K * N, max_size=G * K * N)),
+            np.int64,
+        ).reshape(G, K, N)
+    order = np.array(draw(st.permutations(range(K))), np.int64)
+    keep = draw(st.lists(st.booleans(), min_size=G * M, max_size=G * M))
+    rows = np.flatnonzero(keep).astype(np.int64)
+    tile = draw(st.sampled_from([0, 0, 1, 2, 3, 5, 9]))
+    return x3, zx, we, order, rows, tile
+
+
+def _run_kernel(x3, zx, we, order, rows, tile):
+    G, M, K = x3.shape
+    N = we.shape[2]
+    weh = hardware_weights(we, order, np.int16)
+    blocks = row_blocks(rows, M)
+    vals = np.full((G, M, N), -(2**40), np.int64)  # rows not run keep this
+    counts = np.zeros((blocks.shape[0] * (weh.shape[2] // LANES), 3), np.int64)
+    ordered_sat16(x3, np.int64(zx), weh, order, rows, blocks, tile, vals, counts)
+    return vals, counts.sum(axis=0).tolist()
+
+
+@given(sat16_cases())
+def test_sat16_kernel_equals_spec_on_any_rows_order_and_tiles(case):
+    x3, zx, we, order, rows, tile = case
+    G, M, K = x3.shape
+    N = we.shape[2]
+    vals, counts = _run_kernel(*case)
+    acc = _acc16(tile)
+    want = np.full((G, M, N), -(2**40), np.int64)
+    events = hit = tevents = 0
+    for r in rows.tolist():
+        g, m = divmod(r, M)
+        for n in range(N):
+            prods = [(int(x3[g, m, k]) - zx) * int(we[g, k, n]) for k in order.tolist()]
+            value, ev, _, _, tev = dref.accumulate(prods, acc, detail=True)
+            want[g, m, n] = value
+            events += ev
+            hit += ev > 0
+            tevents += tev
+    assert (vals == want).all()
+    assert counts == [events, hit, tevents]
+
+
+def test_sat16_kernel_hits_both_rails_with_all_max_operands():
+    """255 * 128 per product: every add after the first few clamps, on both rails."""
+    K, N = 300, 2 * LANES + 1
+    x3 = np.full((1, 3, K), 255, np.uint8)
+    x3[0, 1] = 0
+    we = np.full((1, K, N), -128, np.int64)
+    we[0, :, 1::2] = 127
+    we[0, K // 2 :, 0] = 127  # column 0 goes from one rail to the other
+    order = np.arange(K, dtype=np.int64)[::-1].copy()
+    rows = np.arange(3, dtype=np.int64)
+    vals, counts = _run_kernel(x3, 0, we, order, rows, 0)
+    acc = _acc16(0)
+    events = 0
+    for m in range(3):
+        for n in range(N):
+            prods = [int(x3[0, m, k]) * int(we[0, k, n]) for k in order.tolist()]
+            value, ev, _, _ = dref.accumulate(prods, acc)
+            assert vals[0, m, n] == value
+            events += ev
+    assert counts[0] == events > 0
+    assert vals.min() == -32768 and vals.max() == 32767
+
+
+@given(st.lists(st.integers(0, 5), min_size=0, max_size=40), st.integers(1, 9))
+def test_row_blocks_cover_rows_once_within_one_group(groups, size):
+    M = 7
+    rows = np.array(
+        sorted({g * M + i for i, g in enumerate(groups) if i < M} | {g * M for g in groups}),
+        np.int64,
+    )
+    blocks = row_blocks(rows, M, size)
+    covered = []
+    for start, count in blocks.tolist():
+        assert 1 <= count <= size
+        part = rows[start : start + count]
+        assert len(set((part // M).tolist())) == 1
+        covered += part.tolist()
+    assert covered == rows.tolist()
+
+
+@given(
+    operands(max_bits=8),
+    operands(max_bits=8),
+    st.sampled_from([0, 1, 4, 7]),
+    st.integers(1, 6),
+    st.integers(1, 20),
+    st.sampled_from([LANES - 1, LANES + 1, 2 * LANES + 2]),
+    st.sampled_from([None, "max"]),
+    st.data(),
+)
+def test_gemm_sat16_on_wide_outputs_equals_reference(xo, wo, tile, M, K, N, extreme, data):
+    """Through :func:`gemm`: outputs across several panels, rows that cannot saturate (exact
+    sums) mixed with rows that run the kernel."""
+    (xf, xzp), (wf, wzp) = xo, wo
+    x = operand_arrays(data.draw, xf, (M, K), extreme)
+    x[::2] = xzp  # rows of zero products: their bound fits, they keep the exact sums
+    w = operand_arrays(data.draw, wf, (K, N), extreme)
+    acc = _acc16(tile)
+    xop, wop = Operand(xf, xzp), Operand(wf, wzp)
+    want, want_c = dref.gemm(x.tolist(), w.tolist(), xzp, wzp, acc, n_cols=N)
+    got = gemm(x, w, x_operand=xop, w_operand=wop, acc=acc)
+    assert got.values.tolist() == want
+    assert got.counters == want_c
