@@ -1,11 +1,12 @@
 """A small Brevitas CNN for the 8x8 digits, exported as QONNX and QCDQ (issue 17).
 
 ``QuantIdentity`` (8-bit input) -> ``QuantConv2d`` 3x3 (1->16, 4-bit weights) ->
-``QuantReLU`` (4-bit) -> ``QuantConv2d`` 3x3 (16->16) -> ``QuantReLU`` (4-bit) -> residual add ->
-``QuantIdentity`` (8-bit) -> global average pooling -> ``QuantIdentity`` (8-bit) ->
+``QuantReLU`` (4-bit) -> ``QuantConv2d`` 3x3 (16->16) -> ``QuantReLU`` (4-bit) -> residual
+add -> ``QuantIdentity`` (8-bit) -> global average pooling -> ``QuantIdentity`` (8-bit) ->
 ``QuantLinear`` (16->10, output 8-bit unless ``out_quant=False``). Variants: weights per
-tensor or per channel, ``narrow`` on or off, float or Int32 biases; exporters ``export_qonnx`` / ``export_onnx_qcdq``, TorchScript or
-dynamo (QCDQ with ``dynamo=True`` refuses quantized biases: Brevitas 0.13.4).
+tensor or per channel, ``narrow`` on or off, float or Int32 biases; exporters ``export_qonnx``
+/ ``export_onnx_qcdq``, TorchScript or dynamo (QCDQ with ``dynamo=True`` refuses quantized
+biases: Brevitas 0.13.4).
 
 Needs the test extra (brevitas, torch). ``python models/brevitas_cnn.py OUT_DIR [--train N]``
 writes ``brevitas_{qonnx,qcdq}.onnx`` (per-channel, narrow, Int32 biases, TorchScript), trained
