@@ -396,40 +396,6 @@ def gain_error_note(rows) -> str | None:
     )
 
 
-def square_sums(f: np.ndarray, v) -> tuple[float, float]:
-    """``(sum f^2, sum (f - d)^2)`` over one tensor of a batch in float64: ``f`` its float-run
-    value, ``d`` the integer run's :class:`~hwsim.execute.QTensor` ``v`` dequantized. A
-    C-contiguous float32 ``f`` against a per-tensor or per-sample ``v`` gets its per-element
-    terms from one fused pass (:func:`hwsim.execute.kernels.sqnr_terms`, the same float64
-    values in the same layout); ``np.sum`` adds them in either case, so the sums are those of
-    the numpy expressions to the bit."""
-    from hwsim.execute.arrays import scratch
-    from hwsim.execute.kernels import sqnr_terms
-
-    q = v.q
-    n = f.shape[0] if f.ndim else 0
-    if (
-        f.dtype == np.float32
-        and f.shape == q.shape
-        and f.size
-        and f.flags.c_contiguous
-        and q.flags.c_contiguous
-        and np.ndim(v.zero_point) == 0
-        and (np.ndim(v.scale) == 0 or np.shape(v.scale) == (n,))
-    ):
-        scale = np.ascontiguousarray(np.broadcast_to(np.asarray(v.scale, np.float32), (n,)))
-        ff = scratch("square_sums.ff", f.shape, np.float64)
-        ee = scratch("square_sums.ee", f.shape, np.float64)
-        sqnr_terms(
-            f.reshape(n, -1), q.reshape(n, -1), int(v.zero_point), scale,
-            ff.reshape(n, -1), ee.reshape(n, -1),
-        )  # fmt: skip
-        return float(np.sum(ff)), float(np.sum(ee))
-    f = f.astype(np.float64)
-    d = v.dequantize().astype(np.float64)
-    return float(np.sum(f * f)), float(np.sum((f - d) ** 2))
-
-
 def run_program(
     program,
     ds,
@@ -440,7 +406,11 @@ def run_program(
     seed: int = 0,
 ):
     """Run a :class:`~hwsim.quant.QuantProgram` on a :class:`~hwsim.data.Dataset` with the
-    float and integer executors side by side, in batches; returns (report, outputs).
+    float reference (onnxruntime) and the integer executor side by side, in batches, streamed
+    (:func:`hwsim.execute.paired.run_paired`); returns (report, outputs). Every figure of the
+    report but its timings (``seconds``, ``samples_per_s``, ``macs_per_s``) is the same
+    whatever ``batch_size`` (except in a program with onnxruntime's dynamic quantization, whose
+    integers depend on the batch as onnxruntime's do).
 
     ``isa`` (``exact``, ``avx2``, ``auto``; :mod:`hwsim.datapath.isa`): the MAC layers' dot
     products. Under ``avx2`` an exact executor runs alongside, so every layer also reports its
@@ -450,53 +420,29 @@ def run_program(
     sample, ``default_rng([seed, node_index, sample_index])``), so a run is reproducible and
     its integers do not depend on ``batch_size``."""
     from hwsim.datapath.isa import Isa, resolve
-    from hwsim.execute import IntegerExecutor, QTensor, run_float
+    from hwsim.execute.paired import run_paired
     from hwsim.graph.ir import MAC_OPS
-    from hwsim.quant.quantize import fused_targets
 
     t0 = time.perf_counter()
     g = program.graph
     isa = resolve(isa)
-    ex = IntegerExecutor(program, track_partials=True, isa=isa, seed=seed)
-    ex_exact = IntegerExecutor(program, isa=Isa.EXACT, seed=seed) if isa is not Isa.EXACT else None
-    sig: dict[str, float] = {}
-    noise: dict[str, float] = {}
-    noise_exact: dict[str, float] = {}
-    int_pred, float_pred, outs = [], [], []
-    # a layer whose ReLU/Clip is fused into its requantization is compared after that activation
-    compare_to = {
-        src: dst
-        for src, dst in fused_targets(g).items()
-        if src in program.acts and program.acts.get(dst) == program.acts[src]
-    }
     bar = _progress(len(ds), "hwsim run", progress)
-    for _, xb in ds.batches(batch_size):
-        env = ex.run(xb, keep_all=True)
-        env_exact = ex_exact.run(xb, keep_all=True) if ex_exact is not None else None
-        y = ex.output(env)
-        int_pred.append(np.argmax(y.reshape(len(y), -1), axis=1))
-        if collect_outputs:
-            outs.append(y)
-        fenv = run_float(g, xb)
-        float_pred.append(np.argmax(fenv[g.output].reshape(len(y), -1), axis=1))
-        for n in g.nodes:
-            v = env.get(n.output)
-            if isinstance(v, QTensor):
-                f = fenv[compare_to.get(n.output, n.output)]
-                ss, se = square_sums(f, v)
-                sig[n.output] = sig.get(n.output, 0.0) + ss
-                noise[n.output] = noise.get(n.output, 0.0) + se
-                ve = env_exact.get(n.output) if env_exact is not None else None
-                if isinstance(ve, QTensor):
-                    noise_exact[n.output] = noise_exact.get(n.output, 0.0) + square_sums(f, ve)[1]
-        del env, env_exact
-        if bar is not None:
-            bar.update(len(xb))
+    res = run_paired(
+        program,
+        ds,
+        batch_size,
+        isa,
+        seed=seed,
+        collect_outputs=collect_outputs,
+        on_batch=None if bar is None else bar.update,
+    )
     if bar is not None:
         bar.close()
-    ip = np.concatenate(int_pred)
-    fp = np.concatenate(float_pred)
+    ex = res.executor
+    sig, noise, noise_exact = res.signal, res.noise, res.noise_exact
+    ip, fp = res.int_pred, res.float_pred
     rep = RunReport(str(g.source), ds.name, len(ds), program.describe())
+    rep.notes += res.notes
     macs_nodes = [n for n in g.nodes if n.op in MAC_OPS and n.wq is not None]
     if macs_nodes and all(np.array_equal(n.weight, n.wq.dequantize()) for n in macs_nodes):
         rep.float_reference = "dequantized weights"
@@ -584,7 +530,7 @@ def run_program(
                 "differently from x86 (hwsim.graph.ort_plan)"
             )
     rep.seconds = time.perf_counter() - t0
-    return rep, (np.concatenate(outs) if collect_outputs else None)
+    return rep, res.outputs
 
 
 def run_qoperator(

@@ -1,5 +1,5 @@
 """The executors' fast paths against the numpy compositions they replace, to the bit: the float
-reference convolution, max pooling, and the run report's SQNR sums."""
+reference convolution and max pooling (the run report's SQNR sums: tests/execute/test_sqnr.py)."""
 
 import numpy as np
 from hypothesis import given
@@ -8,11 +8,8 @@ from hypothesis.extra import numpy as hnp
 
 from hwsim.datapath import conv_output_size
 from hwsim.datapath.kernels import gmn_to_nchw, im2col_nhwc
-from hwsim.execute import QTensor
 from hwsim.execute.arrays import max_pool, pad, windows
 from hwsim.execute.float import float_conv
-from hwsim.numerics import IntFormat
-from hwsim.report import square_sums
 
 SPECIALS = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1.0, -1.0, 1e-45, 3.4e38], np.float32)
 
@@ -99,43 +96,3 @@ def test_max_pool_is_the_windows_reduce_to_the_bit(N, C, kernel, strides, pads, 
     want = windows(pad(x, pads, fill), kernel, strides).max(axis=(-1, -2))
     assert got.dtype == want.dtype and got.shape == want.shape
     assert got.tobytes() == want.tobytes()
-
-
-def square_sums_numpy(f, v):
-    f = f.astype(np.float64)
-    d = v.dequantize().astype(np.float64)
-    return float(np.sum(f * f)), float(np.sum((f - d) ** 2))
-
-
-@given(
-    st.sampled_from([(0,), (1,), (3,), (2, 5), (2, 3, 4, 5), (1, 1, 1, 1)]),
-    st.sampled_from(["tensor", "sample", "token"]),
-    st.sampled_from([IntFormat(8, True), IntFormat(8, False), IntFormat(16, True)]),
-    st.booleans(),
-    st.booleans(),
-    st.data(),
-)
-def test_square_sums_are_the_numpy_sums_to_the_bit(shape, scale_kind, fmt, specials, strided,
-                                                   data):  # fmt: skip
-    """Per-tensor and per-sample scales (one fused pass), per-token scales and non-contiguous
-    float tensors (numpy), edge integers, signed zeros, NaN and infinities."""
-    f = data.draw(float_arrays(shape, specials))
-    if strided and f.ndim > 1:
-        f = np.swapaxes(np.swapaxes(f, 0, -1).copy(), 0, -1)  # same values, Fortran-like order
-    q = data.draw(hnp.arrays(fmt.dtype, shape, elements=st.integers(fmt.min, fmt.max)))
-    zp = data.draw(st.integers(fmt.min, fmt.max))
-    positive = st.floats(2.0**-20, 16, width=32)
-    if scale_kind == "tensor" or not shape:
-        scale = np.float32(data.draw(positive))
-    elif scale_kind == "sample":
-        scale = data.draw(hnp.arrays(np.float32, (shape[0],), elements=positive))
-    else:
-        scale = data.draw(hnp.arrays(np.float32, shape[:1] + (1,) * (len(shape) - 1),
-                                     elements=positive))  # fmt: skip
-        if len(shape) < 2:
-            scale = scale.reshape(-1)
-    v = QTensor(q, scale, zp, fmt)
-    with np.errstate(all="ignore"):  # inf - inf: NaN, as before
-        got = square_sums(f, v)
-        want = square_sums_numpy(f, v)
-    assert np.array(got).tobytes() == np.array(want).tobytes()
