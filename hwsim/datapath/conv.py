@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from hwsim.datapath import partials
-from hwsim.datapath.config import AccResult, Accumulator, Operand
-from hwsim.datapath.engines import max_abs_effective
+from hwsim.datapath.config import AccResult, Accumulator, Counters, Operand
+from hwsim.datapath.engines import exact_sums, max_abs_effective
 from hwsim.datapath.gemm import check_accumulable, check_operand, reduce_batched, weight_zero_point
 from hwsim.datapath.isa import Isa, depthwise, pairs_saturate, resolve
-from hwsim.datapath.kernels import gmn_to_nchw, im2col_nhwc, pad_nhwc
-from hwsim.numerics import IntFormat
+from hwsim.datapath.kernels import (
+    depthwise_output_ort,
+    depthwise_sums,
+    gmn_output_ort,
+    gmn_to_nchw,
+    im2col_nhwc,
+    pad_nhwc,
+)
+from hwsim.datapath.output import OutputResult, ort_params, ort_stage_args
+from hwsim.numerics import IntFormat, ScaleRegister
 
 
 def _pair(v, name: str, lo: int) -> tuple[int, int]:
@@ -50,6 +58,70 @@ def conv_output_size(
     return (size + pad_a + pad_b - dilation * (kernel - 1) - 1) // stride + 1
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """A validated convolution's shapes: input (N, C, H, W), weights (F, Cg, kh, kw), strides,
+    dilations, pads (top, left, bottom, right), groups, output (ho, wo)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    F: int
+    Cg: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pads: tuple[int, int, int, int]
+    groups: int
+    ho: int
+    wo: int
+
+    @property
+    def K(self) -> int:
+        return self.Cg * self.kh * self.kw
+
+    @property
+    def Fg(self) -> int:
+        return self.F // self.groups
+
+
+def _geometry(x, w, stride, padding, dilation, groups, x_operand, w_operand):
+    """Validated operands and the :class:`_Geometry` of a convolution (the errors of
+    :func:`conv2d`)."""
+    x = check_operand(x, x_operand, "x", 4)
+    w = check_operand(w, w_operand, "w", 4)
+    sh, sw = _pair(stride, "stride", 1)
+    dh, dw = _pair(dilation, "dilation", 1)
+    pt, pl, pb, pr = _pads(padding)
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    N, C, H, W = x.shape
+    F, Cg, kh, kw = w.shape
+    if C % groups or F % groups:
+        raise ValueError(f"groups={groups} must divide both input channels C={C} and filters F={F}")
+    if Cg != C // groups:
+        raise ValueError(
+            f"w has {Cg} input channels per group; x has C={C}, groups={groups}: "
+            f"expected {C // groups}"
+        )
+    if kh < 1 or kw < 1:
+        raise ValueError(f"w kernel must be at least 1x1, got {kh}x{kw}")
+    ho = conv_output_size(H, kh, sh, pt, pb, dh)
+    wo = conv_output_size(W, kw, sw, pl, pr, dw)
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"kernel {kh}x{kw} (dilation {dh}x{dw}) is larger than the padded input "
+            f"{H + pt + pb}x{W + pl + pr}"
+        )
+    g = _Geometry(N, C, H, W, F, Cg, kh, kw, sh, sw, dh, dw, (pt, pl, pb, pr), int(groups), ho, wo)
+    check_accumulable(g.K, x_operand, w_operand)
+    return x, w, g
+
+
 def conv2d(
     x,
     w,
@@ -77,71 +149,43 @@ def conv2d(
     ``(i*kw + j)*Cg + c``, pairs ``(2t, 2t+1)``, crossing kernel taps when Cg is odd, padding
     holding the raw zero point) and each pair is clamped to int16. A depthwise convolution
     (one input and one output channel per group) runs MLAS's exact depthwise kernel.
+
+    A convolution with one input channel per group whose accumulator provably cannot overflow
+    (:func:`_cannot_overflow`) is summed directly from ``x`` (:func:`depthwise_sums`, no
+    unfolding); its values and counters are those of the unfolded path.
     """
-    x = check_operand(x, x_operand, "x", 4)
-    w = check_operand(w, w_operand, "w", 4)
-    sh, sw = _pair(stride, "stride", 1)
-    dh, dw = _pair(dilation, "dilation", 1)
-    pt, pl, pb, pr = _pads(padding)
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
-    N, C, H, W = x.shape
-    F, Cg, kh, kw = w.shape
-    if C % groups or F % groups:
-        raise ValueError(f"groups={groups} must divide both input channels C={C} and filters F={F}")
-    if Cg != C // groups:
-        raise ValueError(
-            f"w has {Cg} input channels per group; x has C={C}, groups={groups}: "
-            f"expected {C // groups}"
-        )
-    if kh < 1 or kw < 1:
-        raise ValueError(f"w kernel must be at least 1x1, got {kh}x{kw}")
-    ho = conv_output_size(H, kh, sh, pt, pb, dh)
-    wo = conv_output_size(W, kw, sw, pl, pr, dw)
-    if ho < 1 or wo < 1:
-        raise ValueError(
-            f"kernel {kh}x{kw} (dilation {dh}x{dw}) is larger than the padded input "
-            f"{H + pt + pb}x{W + pl + pr}"
-        )
-    K = Cg * kh * kw
-    check_accumulable(K, x_operand, w_operand)
-    Fg = F // groups
-    wzp = weight_zero_point(w_operand, groups, Fg, "w_operand")
+    x, w, g = _geometry(x, w, stride, padding, dilation, groups, x_operand, w_operand)
+    wzp = weight_zero_point(w_operand, g.groups, g.Fg, "w_operand")
     zx = x_operand.zero_point
     max_x = max_abs_effective(x, zx)  # padding holds zx, so it adds nothing
-    xop = x_operand
-    xin, flip = x, 0
-    if x.dtype == np.int8 and x_operand.format.signed:  # unfold as uint8 x + 128: the exact
-        xin, flip = x.view(np.uint8), 0x80  # engines' fast operand type
-        xop = Operand(IntFormat(8, False), int(zx) + 128)
-    elif not np.iinfo(x.dtype).min <= zx <= np.iinfo(x.dtype).max:
-        xin = x.astype(np.int64)  # the padding holds the zero point, which x's dtype cannot
-    xp = _scratch("xp", (N, H + pt + pb, W + pl + pr, C), xin.dtype)
-    pad_nhwc(xin, pt, pl, xin.dtype.type(xop.zero_point), flip, xp)
-    # weights in the same window-major column order (i, j, c)
-    w3 = np.ascontiguousarray(w.reshape(groups, Fg, Cg, kh, kw).transpose(0, 3, 4, 2, 1))
-    w3 = w3.reshape(groups, K, Fg)
     isa = resolve(isa)
-    if depthwise(groups, F, Cg) or not pairs_saturate(isa, x_operand.format, w_operand.format):
+    if depthwise(g.groups, g.F, g.Cg) or not pairs_saturate(
+        isa, x_operand.format, w_operand.format
+    ):
         isa = Isa.EXACT  # MlasConvDepthwise is exact; so is every pair but u8 x s8 (eq. 16)
-    # a few images at a time: the unfolded columns and their sums stay in cache (every output
-    # row is independent, so the chunking changes no value and no counter)
-    per_image = max(1, groups * ho * wo * K * xin.dtype.itemsize)
-    nb = max(1, min(N, CHUNK_BYTES // per_image))
-    cols = _scratch("cols", (groups, nb * ho * wo, K), xin.dtype)
-    unsigned64 = acc.bits == 64 and not acc.signed
-    out = np.empty((N, F, ho * wo), np.uint64 if unsigned64 else np.int64)
     # partial sums tracked from block bounds unfolded straight from x (hwsim.datapath.partials)
     track = (
         acc.track_partials
         and partials.applies(x_operand.format, w_operand.format)
         and not pairs_saturate(isa, x_operand.format, w_operand.format)
     )
+    direct = (
+        g.Cg == 1
+        and isa is Isa.EXACT
+        and (track or not acc.track_partials)
+        and _cannot_overflow(g.K, max_x, _max_w(w, wzp), acc)
+    )
+    if direct:
+        out = np.empty((g.N, g.F, g.ho, g.wo), np.int64)
+        lo, hi = depthwise_sums(x, np.int64(zx), _depthwise_weights(w, wzp), *_dw_geometry(g), out)
+        return AccResult(out, _direct_counters(x, w, zx, wzp, g, acc, track, lo, hi))
+    xin, xop, xp = _padded_nhwc(x, x_operand, g)
+    w3 = _gemm_weights(w, g)
+    N = g.N
+    unsigned64 = acc.bits == 64 and not acc.signed
+    out = np.empty((N, g.F, g.ho * g.wo), np.uint64 if unsigned64 else np.int64)
     counters = None
-    for n0 in range(0, max(N, 1), nb):
-        n1 = min(N, n0 + nb)
-        c = cols[:, : (n1 - n0) * ho * wo]
-        im2col_nhwc(xp[n0:n1], groups, kh, kw, sh, sw, dh, dw, ho, wo, c)
+    for n0, n1, c in _unfolded(xp, g, xin.dtype):
         values, part = reduce_batched(
             c,
             w3,
@@ -150,18 +194,195 @@ def conv2d(
             wzp,
             replace(acc, track_partials=False) if track else acc,
             engine,
-            order=_hardware_order(Cg, kh, kw),
+            order=_hardware_order(g.Cg, g.kh, g.kw),
             max_x=max_x,
             isa=isa,
         )
         if track:
-            part.partial_min, part.partial_max = partials.conv_partial_extremes(
-                x[n0:n1], w, int(zx), wzp, (sh, sw), (pt, pl, pb, pr), (dh, dw), groups,
-                acc.tile, known=(part.final_min, part.final_max),
-            )  # fmt: skip
+            part.partial_min, part.partial_max = _partials(
+                x[n0:n1], w, zx, wzp, g, acc, (part.final_min, part.final_max)
+            )
         gmn_to_nchw(values, n1 - n0, out[n0:n1])
         counters = part if counters is None else counters.merge(part)
-    return AccResult(out.reshape(N, F, ho, wo), counters)
+    return AccResult(out.reshape(N, g.F, g.ho, g.wo), counters)
+
+
+def conv2d_requant(
+    x,
+    w,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    x_operand: Operand = Operand(),
+    w_operand: Operand = Operand(),
+    acc: Accumulator = Accumulator(),
+    register: ScaleRegister,
+    bias=None,
+    out_format: IntFormat = IntFormat(8, True),
+    out_zero_point: int = 0,
+    engine: str = "auto",
+    isa="exact",
+) -> tuple[OutputResult, Counters] | None:
+    """:func:`conv2d` followed by :func:`hwsim.datapath.output_stage` (``bias`` and the
+    register along the channel axis 1), in one pass over the sums: the output stage reads
+    the grouped GEMM's sums in their own layout (:func:`gmn_output_ort`), or a convolution
+    with one input channel per group is summed and requantized row by row
+    (:func:`depthwise_output_ort`), so no int64 (N, F, Ho, Wo) array of sums is made.
+    Returns ``(OutputResult, Counters)``, equal to ``output_stage(conv2d(...).values, ...)``
+    and ``conv2d(...).counters``.
+
+    It applies -- else returns None, and the caller composes the two -- where those values
+    are the exact sums and the counters follow from them: an ``ort`` register per tensor or
+    per output channel (:func:`hwsim.datapath.output.ort_params`); a signed accumulator of at
+    most 62 bits that provably cannot overflow (:func:`_cannot_overflow`: no product sum of
+    this layer's operands reaches its range, nor a tile register's, so the values are the
+    exact sums in any order and there are no overflow events); exact sums (``isa`` exact, or
+    a depthwise convolution); partial sums tracked, if asked, from block bounds
+    (:func:`hwsim.datapath.partials.applies`)."""
+    x, w, g = _geometry(x, w, stride, padding, dilation, groups, x_operand, w_operand)
+    if not isinstance(register, ScaleRegister):
+        raise ValueError(f"register must be a ScaleRegister, got {type(register).__name__}")
+    params = ort_params(register, acc, bias, g.F)
+    if params is None:
+        return None
+    out_format.check(out_zero_point, "out_zero_point")
+    isa = resolve(isa)
+    if not depthwise(g.groups, g.F, g.Cg) and pairs_saturate(
+        isa, x_operand.format, w_operand.format
+    ):
+        return None
+    if acc.track_partials and not partials.applies(x_operand.format, w_operand.format):
+        return None
+    wzp = weight_zero_point(w_operand, g.groups, g.Fg, "w_operand")
+    zx = x_operand.zero_point
+    max_x = max_abs_effective(x, zx)
+    max_w = _max_w(w, wzp)
+    if not _cannot_overflow(g.K, max_x, max_w, acc):
+        return None
+    scale, b = params
+    stage = ort_stage_args(acc, scale, out_format, out_zero_point)
+    track = acc.track_partials
+    out = np.empty((g.N, g.F, g.ho, g.wo), out_format.dtype)
+    if g.Cg == 1:
+        we = _depthwise_weights(w, wzp)
+        lo, hi, bovf, clamped = depthwise_output_ort(
+            x, np.int64(zx), we, *_dw_geometry(g), b, *stage, out
+        )
+        counters = _direct_counters(x, w, zx, wzp, g, acc, track, lo, hi)
+        return OutputResult(out, int(bovf), int(clamped)), counters
+    xin, xop, xp = _padded_nhwc(x, x_operand, g)
+    w3 = _gemm_weights(w, g)
+    out3 = out.reshape(g.N, g.F, g.ho * g.wo)
+    counters = Counters()
+    bovf = clamped = 0
+    for n0, n1, c in _unfolded(xp, g, xin.dtype):
+        sums = exact_sums(c, w3, xop.zero_point, wzp, xop.format, w_operand.format, engine,
+                          max_x, max_w)  # fmt: skip
+        lo, hi, nb, ncl = gmn_output_ort(sums, n1 - n0, b, *stage, out3[n0:n1])
+        part = Counters(macs=sums.size * g.K)
+        if sums.size:
+            part.final_min, part.final_max = int(lo), int(hi)
+        if track:
+            part.partial_min, part.partial_max = _partials(
+                x[n0:n1], w, zx, wzp, g, acc, (part.final_min, part.final_max)
+            )
+        counters.merge(part)
+        bovf += int(nb)
+        clamped += int(ncl)
+    return OutputResult(out, bovf, clamped), counters
+
+
+def _cannot_overflow(K: int, max_x: int, max_w: int, acc: Accumulator) -> bool:
+    """``K * max|x - zx| * max|w - zw|`` -- a bound on every partial sum of every output, in
+    any order -- lies within the signed accumulator's range and its tile register's: its values
+    are then the exact sums and it has no overflow events, whatever its overflow rule."""
+    if not acc.signed:
+        return False
+    lim = min(acc.format.max, acc.tile_format.max)
+    return K * max_x * max_w <= lim
+
+
+def _max_w(w: np.ndarray, wzp) -> int:
+    """``max |w - zw[f]|`` of (F, Cg, kh, kw) weights, ``wzp`` scalar or (groups, 1, Fg)."""
+    return max_abs_effective(w, np.asarray(wzp).reshape(-1, 1, 1, 1) if np.ndim(wzp) else wzp)
+
+
+def _depthwise_weights(w: np.ndarray, wzp) -> np.ndarray:
+    """The effective weights ``w - zw[f]`` of a one-channel-per-group convolution as (F, kh,
+    kw) int64."""
+    F, _, kh, kw = w.shape
+    zw = np.asarray(wzp, np.int64).reshape(-1, 1, 1) if np.ndim(wzp) else np.int64(wzp)
+    return np.ascontiguousarray(w.reshape(F, kh, kw).astype(np.int64) - zw)
+
+
+def _dw_geometry(g: _Geometry) -> tuple:
+    return g.sh, g.sw, g.pads[0], g.pads[1], g.dh, g.dw
+
+
+def _direct_counters(x, w, zx, wzp, g: _Geometry, acc, track: bool, lo, hi) -> Counters:
+    """The counters of sums that are exact (no overflow events): MACs, the final extremes
+    ``lo``/``hi`` (None when there are no outputs) and, when tracked, the partial extremes."""
+    c = Counters(macs=g.N * g.F * g.ho * g.wo * g.K)
+    if g.N * g.F:
+        c.final_min, c.final_max = int(lo), int(hi)
+    if track:
+        c.partial_min, c.partial_max = _partials(x, w, zx, wzp, g, acc, (c.final_min, c.final_max))
+    return c
+
+
+def _partials(x, w, zx, wzp, g: _Geometry, acc, known):
+    """The partial-sum extremes of ``x``'s outputs from block bounds (``known``: their final
+    extremes)."""
+    return partials.conv_partial_extremes(
+        x, w, int(zx), wzp, (g.sh, g.sw), g.pads, (g.dh, g.dw), g.groups, acc.tile, known=known
+    )
+
+
+def _padded_nhwc(x: np.ndarray, x_operand: Operand, g: _Geometry):
+    """``x`` padded with its zero point and turned NHWC in a scratch buffer: ``(xin, xop,
+    xp)``, an int8 input unfolded as uint8 ``x + 128`` (the exact engines' fast operand type)
+    with operand ``xop`` of zero point ``zx + 128``."""
+    zx = x_operand.zero_point
+    xop = x_operand
+    xin, flip = x, 0
+    if x.dtype == np.int8 and x_operand.format.signed:
+        xin, flip = x.view(np.uint8), 0x80
+        xop = Operand(IntFormat(8, False), int(zx) + 128)
+    elif not np.iinfo(x.dtype).min <= zx <= np.iinfo(x.dtype).max:
+        xin = x.astype(np.int64)  # the padding holds the zero point, which x's dtype cannot
+    pt, pl, pb, pr = g.pads
+    xp = _scratch("xp", (g.N, g.H + pt + pb, g.W + pl + pr, g.C), xin.dtype)
+    pad_nhwc(xin, pt, pl, xin.dtype.type(xop.zero_point), flip, xp)
+    return xin, xop, xp
+
+
+def _gemm_weights(w: np.ndarray, g: _Geometry) -> np.ndarray:
+    """The weights in the window-major column order ``(i, j, c)``: (groups, K, Fg)."""
+    w3 = w.reshape(g.groups, g.Fg, g.Cg, g.kh, g.kw).transpose(0, 3, 4, 2, 1)
+    return np.ascontiguousarray(w3).reshape(g.groups, g.K, g.Fg)
+
+
+def _unfolded(xp: np.ndarray, g: _Geometry, dtype):
+    """``(n0, n1, cols)`` for chunks of a few images: ``cols`` (groups, (n1-n0)*ho*wo, K) the
+    window-major unfolding of ``xp[n0:n1]`` (:func:`im2col_nhwc`) in a reused scratch buffer,
+    or ``xp`` itself for a 1x1 kernel of stride 1 and one group (its rows are the windows).
+    The columns and their sums stay in cache; every output row is independent, so the
+    chunking changes no value and no counter."""
+    N, K, P = g.N, g.K, g.ho * g.wo
+    per_image = max(1, g.groups * P * K * np.dtype(dtype).itemsize)
+    nb = max(1, min(N, CHUNK_BYTES // per_image))
+    pointwise = g.kh == g.kw == 1 and g.sh == g.sw == 1 and g.groups == 1
+    cols = None if pointwise else _scratch("cols", (g.groups, nb * P, K), dtype)
+    for n0 in range(0, max(N, 1), nb):
+        n1 = min(N, n0 + nb)
+        if pointwise:
+            yield n0, n1, xp[n0:n1].reshape(1, (n1 - n0) * P, K)
+            continue
+        c = cols[:, : (n1 - n0) * P]
+        im2col_nhwc(xp[n0:n1], g.groups, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.ho, g.wo, c)
+        yield n0, n1, c
 
 
 CHUNK_BYTES = 4 << 20  # unfolded columns per chunk

@@ -159,19 +159,29 @@ def choose_engine(x_bits: int, w_bits: int, K: int, max_x: int, max_w: int) -> s
 
 
 def exact_sums(
-    x, w, x_zp, w_zp, x_fmt, w_fmt, engine: str = "auto", max_x: int | None = None
+    x,
+    w,
+    x_zp,
+    w_zp,
+    x_fmt,
+    w_fmt,
+    engine: str = "auto",
+    max_x: int | None = None,
+    max_w: int | None = None,
 ) -> np.ndarray:
     """Exact ``(x - x_zp) @ (w - w_zp)``, batched: ``x`` (G, M, K), ``w`` (G, K, N), ``x_zp``
     scalar, ``w_zp`` scalar or (G, 1, N). Operands must already be validated against their
-    formats ``x_fmt`` / ``w_fmt``; ``max_x`` may pass a known ``max |x - x_zp|``. The result is
-    int64, or int32 from the ``ort`` engine (whose sums are proved to fit)."""
+    formats ``x_fmt`` / ``w_fmt``; ``max_x`` / ``max_w`` may pass a known ``max |x - x_zp|`` /
+    ``max |w - w_zp|``. The result is int64, or int32 from the ``ort`` engine (whose sums are
+    proved to fit)."""
     G, M, K = x.shape
     N = w.shape[2]
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     if max_x is None:
         max_x = max_abs_effective(x, x_zp)
-    max_w = max_abs_effective(w, w_zp)
+    if max_w is None:
+        max_w = max_abs_effective(w, w_zp)
     if engine == "auto":
         engine = choose_engine(x_fmt.bits, w_fmt.bits, K, max_x, max_w)
     if G * M * N == 0 or K == 0:

@@ -430,6 +430,21 @@ def row_abs_sums(x, zp, out):
         out[g, m] = s
 
 
+@njit(cache=True, inline="always")
+def _requant_ort(v, b, lo, hi, saturate, bits, signed, sc, zp, olo, ohi):
+    """One output of eq. 15 with the ``ort`` register: ``e = v + b``, ``t = ovf(e)`` into
+    ``[lo, hi]`` (clamp, or wrap to ``bits``/``signed``), ``o = clamp(ort_rq(t, sc) + zp, olo,
+    ohi)``. Returns ``(o, e left [lo, hi], o != ort_rq(t, sc) + zp)``."""
+    e = v + b
+    t = e
+    ovf = e < lo or e > hi
+    if ovf:
+        t = saturate_i64(e, lo, hi) if saturate else wrap_i64(e, bits, signed)
+    y = ort_rq(t, sc) + zp
+    o = min(max(y, olo), ohi)
+    return o, ovf, o != y
+
+
 @njit(cache=True, parallel=True)
 def output_ort_fused(a, bias, lo, hi, saturate, bits, signed, scale, zp, olo, ohi, out):
     """The output stage (eq. 15) with the ``ort`` register, one pass per element:
@@ -458,15 +473,159 @@ def output_ort_fused(a, bias, lo, hi, saturate, bits, signed, scale, zp, olo, oh
             v = np.int64(a[n, c, s])
             lo_t = min(lo_t, v)
             hi_t = max(hi_t, v)
-            e = v + b
-            t = e
-            if e < lo or e > hi:
-                nb += 1
-                t = saturate_i64(e, lo, hi) if saturate else wrap_i64(e, bits, signed)
-            y = ort_rq(t, sc) + zp
-            o = min(max(y, olo), ohi)
-            ncl += o != y
+            o, ovf, cl = _requant_ort(v, b, lo, hi, saturate, bits, signed, sc, zp, olo, ohi)
+            nb += ovf
+            ncl += cl
             out[n, c, s] = o
+        amin[task] = lo_t
+        amax[task] = hi_t
+        bovf[task] = nb
+        clamped[task] = ncl
+    return amin.min(), amax.max(), bovf.sum(), clamped.sum()
+
+
+GMN_TILE = 64  # output positions per task of the grouped-GEMM output stage
+
+
+@njit(cache=True, parallel=True)
+def gmn_output_ort(vals, N, bias, lo, hi, saturate, bits, signed, scale, zp, olo, ohi, out):
+    """:func:`output_ort_fused` reading a grouped GEMM's sums in their own layout:
+    ``a[n, g*Fg + f, p] = vals[g, n*P + p, f]`` (``vals`` (G, N*P, Fg), as
+    :func:`gmn_to_nchw` moves them), written to ``out`` (N, G*Fg, P) in the output's dtype --
+    no NCHW copy of the sums. Tasks of ``GMN_TILE`` positions keep a tile's strided reads in
+    cache. Returns ``(min a, max a, bias overflows, clamped)`` (INT64_MAX / INT64_MIN when
+    there are no values)."""
+    G, M, Fg = vals.shape
+    P = M // N if N else 0
+    nt = (P + GMN_TILE - 1) // GMN_TILE
+    n_tasks = N * G * nt
+    amin = np.full(max(n_tasks, 1), INT64_MAX, np.int64)
+    amax = np.full(max(n_tasks, 1), INT64_MIN, np.int64)
+    bovf = np.zeros(max(n_tasks, 1), np.int64)
+    clamped = np.zeros(max(n_tasks, 1), np.int64)
+    for task in prange(n_tasks):
+        ng = task // nt
+        p0 = (task - ng * nt) * GMN_TILE
+        p1 = min(p0 + GMN_TILE, P)
+        n = ng // G
+        g = ng - n * G
+        src = vals[g, n * P + p0 : n * P + p1]
+        lo_t = INT64_MAX
+        hi_t = INT64_MIN
+        nb = 0
+        ncl = 0
+        for f in range(Fg):
+            c = g * Fg + f
+            b = bias[c]
+            sc = scale[c]
+            dst = out[n, c, p0:p1]
+            for p in range(p1 - p0):
+                v = np.int64(src[p, f])
+                lo_t = min(lo_t, v)
+                hi_t = max(hi_t, v)
+                o, ovf, cl = _requant_ort(v, b, lo, hi, saturate, bits, signed, sc, zp, olo, ohi)
+                nb += ovf
+                ncl += cl
+                dst[p] = o
+        amin[task] = lo_t
+        amax[task] = hi_t
+        bovf[task] = nb
+        clamped[task] = ncl
+    return amin.min(), amax.max(), bovf.sum(), clamped.sum()
+
+
+@njit(cache=True, inline="always")
+def _dw_row(xc, zx, wc, oh, sh, sw, pt, pl, dh, dw, wo, acc):
+    """``acc[ow] = sum_{i,j} (xc[ih, iw] - zx) * wc[i, j]`` over the taps of output row ``oh``
+    inside the plane ``xc`` (H, W) (``ih = oh*sh - pt + i*dh``, ``iw = ow*sw - pl + j*dw``;
+    taps in the padding hold zx and add 0). ``wc`` (kh, kw) int64 effective weights."""
+    H, W = xc.shape
+    kh, kw = wc.shape
+    for ow in range(wo):
+        acc[ow] = 0
+    for i in range(kh):
+        ih = oh * sh - pt + i * dh
+        if ih < 0 or ih >= H:
+            continue
+        xr = xc[ih]
+        for j in range(kw):
+            wv = wc[i, j]
+            off = j * dw - pl
+            if wv == 0 or W - 1 - off < 0:
+                continue
+            o0 = 0 if off >= 0 else (sw - 1 - off) // sw
+            o1 = min(wo, (W - 1 - off) // sw + 1)
+            for ow in range(o0, o1):
+                acc[ow] += (np.int64(xr[ow * sw + off]) - zx) * wv
+
+
+@njit(cache=True, parallel=True)
+def depthwise_sums(x, zx, we, sh, sw, pt, pl, dh, dw, out):
+    """A convolution with one input channel per group, directly (no unfolding): ``out[n, f, oh,
+    ow] = sum_{i,j} (x[n, f // m, ih, iw] - zx) * we[f, i, j]`` exactly in int64, ``m = F / C``
+    output channels per input channel (``x`` (N, C, H, W), ``we`` (F, kh, kw) effective
+    weights ``w - zw[f]``, ``out`` (N, F, ho, wo) int64; positions in the padding hold zx).
+    The caller guarantees no int64 overflow. Returns ``(min, max)`` of the sums (INT64_MAX /
+    INT64_MIN when there are none)."""
+    N, F, ho, wo = out.shape
+    m = F // x.shape[1]
+    n_tasks = N * F
+    amin = np.full(max(n_tasks, 1), INT64_MAX, np.int64)
+    amax = np.full(max(n_tasks, 1), INT64_MIN, np.int64)
+    for task in prange(n_tasks):
+        n = task // F
+        f = task - n * F
+        acc = np.empty(wo, np.int64)
+        lo_t = INT64_MAX
+        hi_t = INT64_MIN
+        for oh in range(ho):
+            _dw_row(x[n, f // m], zx, we[f], oh, sh, sw, pt, pl, dh, dw, wo, acc)
+            for ow in range(wo):
+                v = acc[ow]
+                lo_t = min(lo_t, v)
+                hi_t = max(hi_t, v)
+                out[n, f, oh, ow] = v
+        amin[task] = lo_t
+        amax[task] = hi_t
+    return amin.min(), amax.max()
+
+
+@njit(cache=True, parallel=True)
+def depthwise_output_ort(
+    x, zx, we, sh, sw, pt, pl, dh, dw, bias, lo, hi, saturate, bits, signed, scale, zp, olo,
+    ohi, out,
+):  # fmt: skip
+    """:func:`depthwise_sums` followed by :func:`output_ort_fused`'s output stage, row by row:
+    ``out`` (N, F, ho, wo) in the output's dtype, the sums never stored. Returns ``(min sum,
+    max sum, bias overflows, clamped)``."""
+    N, F, ho, wo = out.shape
+    m = F // x.shape[1]
+    n_tasks = N * F
+    amin = np.full(max(n_tasks, 1), INT64_MAX, np.int64)
+    amax = np.full(max(n_tasks, 1), INT64_MIN, np.int64)
+    bovf = np.zeros(max(n_tasks, 1), np.int64)
+    clamped = np.zeros(max(n_tasks, 1), np.int64)
+    for task in prange(n_tasks):
+        n = task // F
+        f = task - n * F
+        b = bias[f]
+        sc = scale[f]
+        acc = np.empty(wo, np.int64)
+        lo_t = INT64_MAX
+        hi_t = INT64_MIN
+        nb = 0
+        ncl = 0
+        for oh in range(ho):
+            _dw_row(x[n, f // m], zx, we[f], oh, sh, sw, pt, pl, dh, dw, wo, acc)
+            dst = out[n, f, oh]
+            for ow in range(wo):
+                v = acc[ow]
+                lo_t = min(lo_t, v)
+                hi_t = max(hi_t, v)
+                o, ovf, cl = _requant_ort(v, b, lo, hi, saturate, bits, signed, sc, zp, olo, ohi)
+                nb += ovf
+                ncl += cl
+                dst[ow] = o
         amin[task] = lo_t
         amax[task] = hi_t
         bovf[task] = nb

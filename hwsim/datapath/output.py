@@ -107,12 +107,14 @@ def output_stage(
     return OutputResult(np.asarray(out).astype(out_format.dtype), bias_overflows, clamped)
 
 
-def _fused_ort(a, register, acc, bias, bias_axis, scale_axis, out_format, out_zero_point):
-    """The fused pass for the common case, or None when the case is not covered."""
+def ort_params(register: ScaleRegister, acc: Accumulator, bias, C: int, bias_axis=1, scale_axis=1):
+    """The per-channel ``(scale float32 (C,), bias int64 (C,))`` of the fused ``ort`` output
+    stage over channel axis 1 of ``C`` channels, or None where it does not apply (another
+    register kind, an accumulator over 62 bits, a register or a bias along another axis,
+    a non-finite multiplier). Raises where :func:`output_stage` raises on ``bias``."""
     fmt = acc.format
-    if register.kind is not ScaleKind.ORT or fmt.bits > 62 or a.ndim < 2 or a.size == 0:
+    if register.kind is not ScaleKind.ORT or fmt.bits > 62:
         return None
-    C = a.shape[1]
     mult = np.asarray(register.multiplier)
     if mult.ndim == 0:
         scale = np.full(C, mult, np.float32)
@@ -123,21 +125,40 @@ def _fused_ort(a, register, acc, bias, bias_axis, scale_axis, out_format, out_ze
     if not np.all(np.isfinite(scale)):
         return None  # the numpy path raises the documented error
     if bias is None:
-        b = np.zeros(C, np.int64)
-    else:
-        b = check_integer_array(bias, "bias")
-        fmt.check(b, "bias")
-        if b.ndim == 0:
-            b = np.full(C, int(b), np.int64)
-        elif b.ndim == 1 and bias_axis == 1 and b.shape[0] == C:
-            b = b.astype(np.int64)
-        else:
-            return None
-    a3 = np.ascontiguousarray(a.reshape(a.shape[0], C, -1))
+        return scale, np.zeros(C, np.int64)
+    b = check_integer_array(bias, "bias")
+    fmt.check(b, "bias")
+    if b.ndim == 0:
+        return scale, np.full(C, int(b), np.int64)
+    if b.ndim == 1 and bias_axis == 1 and b.shape[0] == C:
+        return scale, b.astype(np.int64)
+    return None
+
+
+def _fused_ort(a, register, acc, bias, bias_axis, scale_axis, out_format, out_zero_point):
+    """The fused pass for the common case, or None when the case is not covered."""
+    fmt = acc.format
+    if a.ndim < 2 or a.size == 0:
+        return None
+    params = ort_params(register, acc, bias, a.shape[1], bias_axis, scale_axis)
+    if params is None:
+        return None
+    scale, b = params
+    a3 = np.ascontiguousarray(a.reshape(a.shape[0], a.shape[1], -1))
     out = np.empty(a3.shape, out_format.dtype)
     amin, amax, bovf, clamped = output_ort_fused(
-        a3,
-        b,
+        a3, b, *ort_stage_args(acc, scale, out_format, out_zero_point), out
+    )
+    if amin < fmt.min or amax > fmt.max:
+        fmt.check(a, "acc_values")  # raises, naming the offending value
+    return OutputResult(out.reshape(a.shape), int(bovf), int(clamped))
+
+
+def ort_stage_args(acc: Accumulator, scale, out_format: IntFormat, out_zero_point: int) -> tuple:
+    """The scalar arguments of the fused ``ort`` output-stage kernels after ``bias``:
+    ``(lo, hi, saturate, bits, signed, scale, zp, olo, ohi)``."""
+    fmt = acc.format
+    return (
         fmt.min,
         fmt.max,
         acc.overflow is Overflow.SATURATE,
@@ -147,8 +168,4 @@ def _fused_ort(a, register, acc, bias, bias_axis, scale_axis, out_format, out_ze
         int(out_zero_point),
         out_format.min,
         out_format.max,
-        out,
     )
-    if amin < fmt.min or amax > fmt.max:
-        fmt.check(a, "acc_values")  # raises, naming the offending value
-    return OutputResult(out.reshape(a.shape), int(bovf), int(clamped))

@@ -47,6 +47,7 @@ import numpy as np
 
 from hwsim import qops
 from hwsim.datapath import Counters, Operand, add_bias, conv2d, gemm, output_stage
+from hwsim.datapath.conv import conv2d_requant
 from hwsim.datapath.isa import Isa, depthwise, pairs_saturate
 from hwsim.errors import HwsimError
 from hwsim.execute.arrays import (
@@ -658,9 +659,7 @@ class IntegerExecutor:
             acc_cfg = replace(acc_cfg, track_partials=False)
         if node.op is Op.CONV:
             a = node.attrs
-            res = conv2d(
-                xq,
-                wq.q,
+            geometry = dict(
                 stride=a["strides"],
                 padding=a["pads"],
                 dilation=a["dilations"],
@@ -670,6 +669,33 @@ class IntegerExecutor:
                 acc=acc_cfg,
                 isa=isa,
             )
+            pre = None
+            if (
+                spec is not None
+                and spec.mode == "static"
+                and np.ndim(x.scale) == 0
+                and layer.register is ScaleKind.ORT
+            ):
+                # the output stage fused into the convolution where the sums provably fit
+                pre = self._static_stage(node, x, spec, layer, acc_cfg, xq.shape[0])
+                bias, bias_clamped, reg, so = pre
+                fused = conv2d_requant(
+                    xq,
+                    wq.q,
+                    **geometry,
+                    register=reg,
+                    bias=bias,
+                    out_format=spec.fmt,
+                    out_zero_point=spec.zero_point,
+                )
+                if fused is not None:
+                    out, counters = fused
+                    self.stats[node.name].add(
+                        counters, out.bias_overflows, out.clamped, out.values.size, bias_clamped
+                    )
+                    return QTensor(out.values, so, spec.zero_point, spec.fmt)
+            res = conv2d(xq, wq.q, **geometry)
+            return self._mac_out(node, x, spec, res, layer, acc_cfg, pre=pre)
         elif node.attrs.get("nd") and xq.ndim > 2:
             # a dense on (N, ..., K): one GEMM over the flattened leading axes, its (N*L, O)
             # sums laid out (N, O, L) like a conv's, so bias, scales and per-sample ranges
@@ -709,11 +735,23 @@ class IntegerExecutor:
             )
         return self._mac_out(node, x, spec, res, layer, acc_cfg)
 
+    def _static_stage(self, node: Node, x: QTensor, spec: ActSpec, layer, acc_cfg, n: int):
+        """The static output stage of a MAC layer on a per-tensor input: ``(bias,
+        bias_clamped, register, output scale)`` (:meth:`_mac_bias`,
+        :meth:`_requant_register` for ``f32(sx) * sw / sy``)."""
+        n_out = node.wq.q.shape[0]
+        bias, bias_clamped = self._mac_bias(node, x, acc_cfg, n, n_out)
+        so = self._out_scale(spec)
+        sw = np.asarray(node.wq.scale, np.float32)
+        reg = self._requant_register(layer, np.asarray(x.scale, np.float32), sw, so)
+        return bias, bias_clamped, reg, so.astype(np.float32)
+
     def _mac_out(
-        self, node: Node, x: QTensor, spec, res, layer: LayerSpec, acc_cfg, keep=None
+        self, node: Node, x: QTensor, spec, res, layer: LayerSpec, acc_cfg, keep=None, pre=None
     ) -> QTensor:
         """A MAC layer's sums ``res.values`` (N, O, ...) to its output: bias, requantization
-        (static) or the per-sample range unit, counters."""
+        (static) or the per-sample range unit, counters. ``pre``: the :meth:`_static_stage`
+        already built for these sums."""
         wq = node.wq
         vals = res.values
         nd = vals.ndim
@@ -724,6 +762,23 @@ class IntegerExecutor:
                 f"node {node.name!r}: output tensor {node.output!r} has no quantization spec "
                 f"(a float output of a MAC layer in a QDQ model is not supported: quantize it)"
             )
+        if pre is not None:
+            bias, bias_clamped, reg, so = pre
+            out = output_stage(
+                vals,
+                reg,
+                acc=acc_cfg,
+                bias=bias,
+                bias_axis=1,
+                scale_axis=None if reg.multiplier.ndim > 1 else 1,
+                out_format=spec.fmt,
+                out_zero_point=spec.zero_point,
+                rng=self._rng,
+            )
+            self.stats[node.name].add(
+                res.counters, out.bias_overflows, out.clamped, vals.size, bias_clamped
+            )
+            return QTensor(out.values, so, spec.zero_point, spec.fmt)
         bias, bias_clamped = self._mac_bias(node, x, acc_cfg, vals.shape[0], n_out)
         if bias is not None and np.ndim(bias) == 2:
             bias = bias.reshape(bias.shape + tail)
@@ -905,7 +960,7 @@ class IntegerExecutor:
             common = False
         bound = max(1 << i.fmt.bits for i in ins)
         parts, step = [], 1.0
-        for i, (u, _, _) in zip(ins, units):
+        for i, (u, _, _) in zip(ins, units, strict=True):
             f = np.broadcast_to(u / c, (n,)).reshape((n,) + (1,) * (i.q.ndim - 1))
             t, step = self._align(i.q.astype(np.int64) - i.zero_point, f, layer, bound)
             parts.append(t)

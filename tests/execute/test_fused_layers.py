@@ -1,0 +1,123 @@
+"""The integer executor's fused layer paths against the compositions they replace, to the bit:
+every tensor and every per-layer counter of a network with plain, depthwise, pointwise and
+grouped convolutions, ReLU and Clip, under several schemes and accumulators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import hwsim.execute.integer as integer
+from hwsim.data import Dataset
+from hwsim.execute import IntegerExecutor, QTensor, run_float
+from hwsim.graph import import_model
+from hwsim.quant import Scheme, quantize
+
+
+def _conv_net(seed: int = 0):
+    """3x9x9 -> conv 3x3 (8) -> relu -> depthwise 3x3 stride 2 -> clip(0, 6) -> pointwise (12)
+    -> grouped 3x3 (4 groups, dilation 2, uneven pads) (8) -> relu -> add (residual of a 1x1
+    stride-2 conv) -> GAP -> flatten -> dense (5)."""
+    rng = np.random.default_rng(seed)
+
+    def t(name, *shape, s=0.4):
+        return numpy_helper.from_array(rng.normal(0, s, shape).astype(np.float32), name)
+
+    inits = [
+        t("w1", 8, 3, 3, 3), t("b1", 8), t("wd", 8, 1, 3, 3), t("bd", 8),
+        t("wp", 12, 8, 1, 1), t("bp", 12), t("wg", 8, 3, 3, 3), t("bg", 8),
+        t("ws", 8, 8, 1, 1), t("wf", 5, 8), t("bf", 5),
+    ]  # fmt: skip
+    lo, hi = (
+        numpy_helper.from_array(np.array(v, np.float32), n) for v, n in ((0, "lo"), (6, "hi"))
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "wd", "bd"], ["d"], group=8, strides=[2, 2],
+                         pads=[1, 1, 1, 1], name="dw"),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["dc"], name="clip"),
+        helper.make_node("Conv", ["dc", "wp", "bp"], ["p"], name="pw"),
+        helper.make_node("Conv", ["p", "wg", "bg"], ["gc"], group=4, dilations=[2, 2],
+                         pads=[2, 1, 2, 3], name="grouped"),
+        helper.make_node("Relu", ["gc"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r1", "ws"], ["s"], strides=[2, 2], name="skip"),
+        helper.make_node("Add", ["r2", "s"], ["a"], name="add"),
+        helper.make_node("GlobalAveragePool", ["a"], ["gp"], name="gap"),
+        helper.make_node("Flatten", ["gp"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"),
+    ]  # fmt: skip
+    g = helper.make_graph(
+        nodes,
+        "convnet",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        [*inits, lo, hi],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(program, x, track: bool):
+    ex = IntegerExecutor(program, track_partials=track)
+    env = ex.run(x)
+    tensors = {
+        k: (v.q, np.asarray(v.scale), v.zero_point, v.fmt) if isinstance(v, QTensor) else v
+        for k, v in env.items()
+    }
+    stats = {
+        n: (s.counters.as_dict(), s.bias_overflows, s.clamped, s.outputs, s.bias_clamped,
+            s.gain_error_min, s.gain_error_max, s.ops)
+        for n, s in ex.stats.items()
+    }  # fmt: skip
+    return tensors, stats
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, tuple):
+        return (
+            a[0].dtype == b[0].dtype
+            and np.array_equal(a[0], b[0])
+            and np.array_equal(a[1], b[1])
+            and a[2:] == b[2:]
+        )
+    return np.array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fused") / "convnet.onnx"
+    import onnx
+
+    onnx.save(_conv_net(), path)
+    return import_model(str(path))
+
+
+@pytest.mark.parametrize(
+    "preset, fields",
+    [
+        ("per-tensor", {}),
+        ("per-channel", {}),
+        ("per-tensor", {"acc_bits": 20, "overflow": "saturate"}),  # some layers cannot prove it
+        ("per-tensor", {"acc_bits": 16, "overflow": "wrap"}),  # the sums wrap: old path
+        ("per-tensor", {"wbits": 4, "abits": 6}),
+        ("per-tensor", {"order": "tiled", "tile_rows": 4, "tile_bits": 18}),
+        ("per-sample", {}),  # no static output stage: old path
+    ],
+)
+@pytest.mark.parametrize("track", [False, True])
+def test_fused_layers_equal_the_composition_they_replace(net, monkeypatch, preset, fields, track):
+    """Each run against the same run with the fused convolution turned off (conv2d, then the
+    output stage): identical tensors (values, dtypes, scales) and per-layer statistics."""
+    rng = np.random.default_rng(1)
+    calib = Dataset("calib", rng.normal(0, 1, (16, 3, 9, 9)).astype(np.float32), None)
+    program = quantize(net, Scheme.preset(preset, **fields), calib, float_run=run_float)
+    x = rng.normal(0, 1.5, (6, 3, 9, 9)).astype(np.float32)
+    x[0] = 40.0  # saturated inputs: extreme operands
+    got = _run(program, x, track)
+    monkeypatch.setattr(integer, "conv2d_requant", lambda *a, **k: None)
+    want = _run(program, x, track)
+    assert got[0].keys() == want[0].keys()
+    for k in want[0]:
+        assert _same(got[0][k], want[0][k]), k
+    assert got[1] == want[1]
