@@ -8,19 +8,24 @@ reported, so most outputs cannot hold one, and this module proves which ones wit
 their products one by one (operands of at most 8 bits, ``x`` held as uint8: :func:`as_uint8`):
 
 1. The reduction order is cut into blocks of at most ``block`` consecutive products, never
-   straddling a tile. For one output and block let ``P`` / ``Q`` be the sums of the positive
-   parts / of the magnitudes of the negative parts of the block's products. With ``x - zx =
-   x+ - x-`` and ``w - zw = w+ - w-`` (every part >= 0), ``P = x+ @ w+ + x- @ w-`` and ``Q =
-   x+ @ w- + x- @ w+``: exact GEMMs of uint8 parts (whichever exact engine is fastest); where
-   every ``x >= zx`` (after a ReLU), ``x-`` = 0 and ``x+`` is ``x`` with zero point zx.
-2. The block's sum is ``P - Q``; the register before the block, ``base``, is the sum of the
-   earlier blocks of its tile (of the whole reduction without tiles). Every partial sum in the
-   block lies in ``[base - Q, base + P]``; ``base + P - Q`` (the block's last partial sum) and,
-   under ``TILED``, the accumulator after each tile are partial sums themselves.
+   straddling a tile. For one output and block let ``S`` be the block's sum, ``P`` / ``Q`` the
+   sums of the positive parts / of the magnitudes of the negative parts of its products, and
+   ``A = P + Q = sum_u |x_u - zx| |w_u - zw|``, so ``P = (A + S) / 2``, ``Q = (A - S) / 2``.
+   ``S`` comes from one exact GEMM per block (``sum_u w_u (x_u - zx)`` of the raw weights,
+   whichever exact engine is fastest, minus ``zw * sum_u (x_u - zx)``); ``A`` is bounded by
+   Cauchy-Schwarz, ``A <= sqrt(X2 * W2)`` with ``X2 = sum_u (x_u - zx)^2`` (per output row,
+   from the operand) and ``W2 = sum_u (w_u - zw)^2`` (per output column, constant per layer:
+   :func:`layer_operands` caches it with the GEMM's weight operand).
+2. The register before the block, ``base``, is the sum of the earlier blocks of its tile (of
+   the whole reduction without tiles). Every partial sum in the block lies in ``[base - Q,
+   base + P]``, so within ``[lo, hi]`` whenever ``d = min(2 hi - c, c - 2 lo)``, with ``c = 2
+   base + S``, satisfies ``d >= 0`` and ``d^2 >= X2 * W2`` (integers: no square root is
+   taken). ``base + S`` (the block's last partial sum) and, under ``TILED``, the accumulator
+   after each tile are partial sums themselves.
 3. ``lo`` / ``hi`` start inside the partial sums' range (the caller's final sums, which are
-   partial sums) and follow every partial sum met. A block whose interval lies within
-   ``[lo, hi]`` holds no new extreme; any other block is reduced product by product from
-   ``base``, in hardware order, exactly.
+   partial sums) and follow every partial sum met. A block that passes the test holds no new
+   extreme; any other block is reduced product by product from ``base``, in hardware order,
+   exactly, for its output row.
 
 The operand is laid out transposed, block by block (``(G * nb, block, M)``, a block's products
 as rows), so a block is one GEMM operand and the bounds pass runs along contiguous outputs.
@@ -37,11 +42,11 @@ from hwsim.datapath.engines import _ort_run, exact_sums, ort_available
 from hwsim.numerics import IntFormat
 
 BLOCK = 32  # products per block: tighter bounds (smaller) against more GEMM output (larger)
-CHUNK_BYTES = 2 << 20  # block bounds (int32 P and Q) held at a time: about an L2 cache
+MAX_BLOCK = 1 << 14  # X2 * W2 < 2^60 and d^2 in int64 (d clipped to 2^31 - 1)
+CHUNK_BYTES = 2 << 20  # block sums (int32) held at a time: about an L2 cache
 LANES = 64  # outputs per task of the bounds pass
 _U8 = IntFormat(8, False)
-INT64_MAX = np.iinfo(np.int64).max
-INT64_MIN = np.iinfo(np.int64).min
+_NONE = 1 << 60  # running extremes before any partial sum is known: [2^60, -2^60] is empty
 
 
 def applies(x_fmt: IntFormat, w_fmt: IntFormat) -> bool:
@@ -117,12 +122,12 @@ def partial_extremes(
     order = np.arange(K, dtype=np.int64) if order is None else np.asarray(order, np.int64)
     weh = np.ascontiguousarray((w3.astype(np.int64) - np.asarray(w_zp, np.int64))[:, order])
     x3, zx = as_uint8(x3, zx)
-    run = _Run(x3, zx, weh, tile, block, known)
-    rows = max(LANES, min(M, CHUNK_BYTES // max(1, G * run.lay.count * 2 * N * 4)))
+    run = _Run(zx, layer_operands(weh, np.asarray(w_zp, np.int64), tile, block), known)
+    rows = max(LANES, min(M, CHUNK_BYTES // max(1, G * run.ops.lay.count * N * 4)))
     for m0 in range(0, M, rows):
         xt = run.scratch(min(M, m0 + rows) - m0)
         xs = np.ascontiguousarray(x3[:, m0 : m0 + rows])  # one layout: one compiled kernel
-        transpose_blocks(xs, np.uint8(zx), order, run.lay.starts, run.lay.lens, xt)
+        transpose_blocks(xs, np.uint8(zx), order, run.ops.lay.starts, run.ops.lay.lens, xt)
         run.chunk(xt)
     return run.lo, run.hi
 
@@ -148,78 +153,102 @@ def conv_partial_extremes(
     weh = w.reshape(G, Fg, K).transpose(0, 2, 1).astype(np.int64) - np.asarray(w_zp, np.int64)
     weh = np.ascontiguousarray(weh)  # one layout: one compiled kernel
     x, zx = as_uint8(np.ascontiguousarray(x), zx)  # a kernel tap's lines: runs of its planes
-    run = _Run(x, zx, weh, tile, block, known)
-    lines = max(1, CHUNK_BYTES // max(1, wo * G * run.lay.count * 2 * Fg * 4))
+    run = _Run(zx, layer_operands(weh, np.asarray(w_zp, np.int64), tile, block), known)
+    lay = run.ops.lay
+    lines = max(1, CHUNK_BYTES // max(1, wo * G * lay.count * Fg * 4))
     for l0 in range(0, N * ho, lines):
         l1 = min(N * ho, l0 + lines)
         xt = run.scratch((l1 - l0) * wo)
         conv_blocks(x, np.uint8(zx), l0, l1, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
-                    run.lay.starts, run.lay.lens, xt)  # fmt: skip
+                    lay.starts, lay.lens, xt)  # fmt: skip
         run.chunk(xt)
     return run.lo, run.hi
 
 
-class _Run:
-    """One reduction's blocks, left GEMM operands, running extremes and transposed operand
-    (:func:`transpose_blocks` layout) scratch. ``x`` uint8."""
+@dataclass(frozen=True)
+class LayerOperands:
+    """What the bounds of one reduction need from its weights alone (:func:`layer_operands`):
+    the blocks ``lay``; ``weh`` (G, K, N) int64 effective weights in hardware order; ``wa``
+    (G*nb, N, width) uint8, the GEMM's left operand, raw weights ``w = (wa - az)`` of each
+    block's products (``az`` past a block's length); ``zw`` (G, N) int64 weight zero points;
+    ``w2`` (G*nb, N) int64, ``sum_u (w_u - zw)^2`` per block and output."""
 
-    def __init__(self, x, zx: int, weh, tile: int, block: int, known):
-        K = weh.shape[1]
-        self.lay = blocks(K, tile, max(1, block))
-        self.weh = weh
+    lay: Blocks
+    weh: np.ndarray
+    wa: np.ndarray
+    az: int
+    zw: np.ndarray
+    w2: np.ndarray
+
+
+_OPERANDS: dict = {}  # layer_operands by content: a network's layers, weights constant
+_OPERANDS_MAX = 256
+
+
+def layer_operands(weh: np.ndarray, w_zp: np.ndarray, tile: int, block: int) -> LayerOperands:
+    """:class:`LayerOperands` of effective weights ``weh`` (G, K, N) int64 in hardware order,
+    weight zero points ``w_zp`` (scalar or (G, 1, N)), ``tile`` and ``block``; cached by
+    content (a few hundred layers), since they depend on the weights only."""
+    G, K, N = weh.shape
+    zw = np.ascontiguousarray(np.broadcast_to(w_zp.reshape(-1, N) if w_zp.ndim else w_zp, (G, N)))
+    key = (weh.shape, tile, block, weh.tobytes(), zw.tobytes())
+    ops = _OPERANDS.get(key)
+    if ops is None:
+        if len(_OPERANDS) >= _OPERANDS_MAX:
+            _OPERANDS.clear()
+        ops = _OPERANDS[key] = _layer_operands(weh, zw, tile, block)
+    return ops
+
+
+def _layer_operands(weh, zw, tile: int, block: int) -> LayerOperands:
+    G, K, N = weh.shape
+    lay = blocks(K, tile, min(max(1, block), MAX_BLOCK))
+    u = np.arange(lay.width)
+    valid = u[None, :] < lay.lens[:, None]  # (nb, width)
+    idx = np.where(valid, lay.starts[:, None] + u[None, :], 0)
+    wb = weh[:, idx] * valid[None, :, :, None]  # (G, nb, width, N), zero past each block
+    w2 = (wb * wb).sum(axis=2).reshape(G * lay.count, N)
+    raw = np.where(valid[None, :, :, None], wb + zw[:, None, None, :], 0)  # the raw weights
+    az = 128 if raw.size and int(raw.min()) < 0 else 0  # a signed format: stored as w + 128
+    wa = (raw + az).astype(np.uint8).transpose(0, 1, 3, 2)  # (G, nb, N, width)
+    wa = np.ascontiguousarray(wa).reshape(G * lay.count, N, lay.width)
+    return LayerOperands(lay, weh, wa, az, zw.astype(np.int64), np.ascontiguousarray(w2))
+
+
+class _Run:
+    """One reduction's running extremes and transposed operand (:func:`transpose_blocks`
+    layout) scratch; ``x`` is uint8 with zero point ``zx``."""
+
+    def __init__(self, zx: int, ops: LayerOperands, known):
+        self.ops = ops
         self.zx = zx
-        self.split = bool(x.size and int(x.min()) < zx)  # some x - zx < 0: x- is needed too
-        self.wa = weight_blocks(weh, self.lay, self.split)
         lo, hi = known
-        self.lo = INT64_MAX if lo is None else int(lo)
-        self.hi = INT64_MIN if hi is None else int(hi)
+        self.lo = _NONE if lo is None else int(lo)
+        self.hi = -_NONE if hi is None else int(hi)
         self._xt = None
 
     def scratch(self, m: int) -> np.ndarray:
         if self._xt is None or self._xt.shape[2] != m:
-            G = self.weh.shape[0]
-            self._xt = np.empty((G * self.lay.count, self.lay.width, m), np.uint8)
+            G = self.ops.weh.shape[0]
+            self._xt = np.empty((G * self.ops.lay.count, self.ops.lay.width, m), np.uint8)
         return self._xt
 
     def chunk(self, xt) -> None:
         """Merge the extremes of one chunk's outputs (``xt``: x by blocks, rows past a block
         holding zx) into ``lo`` / ``hi``."""
         GB, R, Mc = xt.shape
-        zx = np.uint8(self.zx)
-        if self.split:  # the GEMM operand [x+ ; x-], zero point 0
-            xg = np.concatenate([np.maximum(xt, zx) - zx, zx - np.minimum(xt, zx)], axis=1)
-            zg = 0
-        else:
-            xg, zg = xt, self.zx
+        ops = self.ops
         if ort_available():
-            pq = _ort_run(self.wa, 0, xg, np.full((GB, 1, Mc), zg, np.uint8))
+            sr = _ort_run(ops.wa, ops.az, xt, np.full((GB, 1, Mc), self.zx, np.uint8))
         else:
-            pq = exact_sums(self.wa, xg, 0, zg, _U8, _U8)
-        ntask = self.weh.shape[0] * -(-Mc // LANES)
+            sr = exact_sums(ops.wa, xt, ops.az, self.zx, _U8, _U8).astype(np.int32)
+        ntask = ops.weh.shape[0] * -(-Mc // LANES)
         rlo = np.empty(ntask, np.int64)
         rhi = np.empty(ntask, np.int64)
-        lay = self.lay
-        scan_blocks(pq, xt, np.int64(self.zx), self.weh, lay.starts, lay.lens, lay.first,
-                    lay.last, self.lo, self.hi, rlo, rhi)  # fmt: skip
+        lay = ops.lay
+        scan_blocks(sr, xt, np.int64(self.zx), ops.zw, ops.w2, ops.weh, lay.starts, lay.lens,
+                    lay.first, lay.last, self.lo, self.hi, rlo, rhi)  # fmt: skip
         self.lo, self.hi = min(self.lo, int(rlo.min())), max(self.hi, int(rhi.max()))
-
-
-def weight_blocks(weh: np.ndarray, lay: Blocks, split: bool) -> np.ndarray:
-    """(G*nb, 2N, width, or 2*width with ``split``) uint8, the left GEMM operand of each block:
-    row ``n`` holds ``w+`` and row ``N + n`` ``w-`` of output n over the block's products
-    (columns ``u``; zero past the block's length); with ``split``, columns ``width + u`` hold
-    ``w-`` / ``w+``, for ``x-``. ``weh`` (G, K, N): the effective weights in hardware order."""
-    G, K, N = weh.shape
-    u = np.arange(lay.width)
-    valid = u[None, :] < lay.lens[:, None]  # (nb, width)
-    idx = np.where(valid, lay.starts[:, None] + u[None, :], 0)
-    wb = weh[:, idx] * valid[None, :, :, None]  # (G, nb, width, N), zero past each block
-    pos = np.maximum(wb, 0).astype(np.uint8).transpose(0, 1, 3, 2)  # (G, nb, N, width)
-    neg = np.maximum(-wb, 0).astype(np.uint8).transpose(0, 1, 3, 2)
-    out = np.concatenate([pos, neg], axis=2)  # rows w+ then w-, for x+
-    if split:
-        out = np.concatenate([out, np.concatenate([neg, pos], axis=2)], axis=3)
-    return np.ascontiguousarray(out).reshape(G * lay.count, 2 * N, -1)
 
 
 @njit(cache=True, parallel=True)
@@ -355,41 +384,55 @@ def _track_scan(xt, gb, m, zx, weh, g, start, n_products, base, mn, mx):
 
 
 @njit(cache=True)
-def _bound_task(pq, xt, zx, weh, starts, lens, first, last, g, m0, L, lo, hi):
+def _bound_task(sr, xt, zx, zw, w2, weh, starts, lens, first, last, g, m0, L, lo, hi):
     """:func:`scan_blocks` on outputs ``m0 .. m0 + L`` of group g. Slices keep the inner loops
     free of index checks, so they vectorize."""
-    GB, N2, Mc = pq.shape
-    N = N2 // 2
+    GB, N, Mc = sr.shape
     G = weh.shape[0]
     nb = GB // G
     t = np.zeros((N, LANES), np.int64)  # the tile register (the accumulator without tiles)
     s = np.zeros((N, LANES), np.int64)  # the accumulator, with tiles
+    xs = np.zeros(LANES, np.int64)  # sum_u (x_u - zx) of the block, per output row
+    x2 = np.zeros(LANES, np.int64)  # sum_u (x_u - zx)^2
     hit = np.zeros(LANES, np.bool_)
     base = np.empty(N, np.int64)
+    dmax = np.int64((1 << 31) - 1)  # d clipped: d^2 stays in int64, X2 * W2 < 2^60 below it
     mn = lo
     mx = hi
     for b in range(nb):
         gb = g * nb + b
         if first[b]:
             t[:] = 0
+        xs[:] = 0
+        x2[:] = 0
+        for u in range(lens[b]):
+            xr = xt[gb, u, m0 : m0 + L]
+            for i in range(L):
+                a = np.int64(xr[i]) - zx
+                xs[i] += a
+                x2[i] += a * a
         hit[:] = False
         nmn = mn
         nmx = mx
+        lo2 = 2 * mn
+        hi2 = 2 * mx
         for n in range(N):
-            p = pq[gb, n, m0 : m0 + L]
-            q = pq[gb, N + n, m0 : m0 + L]
+            sn = sr[gb, n, m0 : m0 + L]
             tn = t[n]
+            zn = zw[g, n]
+            wq = w2[gb, n]
             for i in range(L):
-                up = tn[i] + p[i]
-                hit[i] |= (up > mx) | (tn[i] - q[i] < mn)
-                v = up - q[i]
+                v = tn[i] + (np.int64(sn[i]) - zn * xs[i])  # the block's last partial sum
+                c = tn[i] + v  # 2 base + S
+                d = min(min(hi2 - c, c - lo2), dmax)
+                hit[i] |= (d < 0) | (d * d < x2[i] * wq)
                 tn[i] = v
                 nmn = min(nmn, v)
                 nmx = max(nmx, v)
         for i in range(L):
-            if hit[i]:  # the interval leaves [mn, mx]: reduce the block product by product
+            if hit[i]:  # the bound leaves [mn, mx]: reduce the block product by product
                 for n in range(N):
-                    base[n] = t[n, i] - pq[gb, n, m0 + i] + pq[gb, N + n, m0 + i]
+                    base[n] = t[n, i] - (np.int64(sr[gb, n, m0 + i]) - zw[g, n] * xs[i])
                 mn, mx = _track_scan(xt, gb, m0 + i, zx, weh, g, starts[b], lens[b], base, mn, mx)
         mn = min(mn, nmn)
         mx = max(mx, nmx)
@@ -406,20 +449,21 @@ def _bound_task(pq, xt, zx, weh, starts, lens, first, last, g, m0, L, lo, hi):
 
 
 @njit(cache=True, parallel=True)
-def scan_blocks(pq, xt, zx, weh, starts, lens, first, last, lo, hi, rlo, rhi):
-    """The bounds pass over one chunk: ``pq`` (G*nb, 2N, Mc) holds ``P`` (rows < N) and ``Q``
-    of every block and output, ``xt`` the operand (:func:`transpose_blocks`). Per task of
-    :data:`LANES` outputs of one group, blocks in order: a block whose interval ``[base - Q,
-    base + P]`` leaves the running ``[lo, hi]`` for some output is reduced exactly for that
-    output (:func:`_track_scan`); every output's base then moves to the block's last partial
-    sum (and, closing a tile, the accumulator takes the tile), all of them partial sums.
-    Writes each task's extremes to ``rlo`` / ``rhi``."""
-    Mc = pq.shape[2]
+def scan_blocks(sr, xt, zx, zw, w2, weh, starts, lens, first, last, lo, hi, rlo, rhi):
+    """The bounds pass over one chunk: ``sr`` (G*nb, N, Mc) holds ``sum_u w_u (x_u - zx)``
+    (raw weights) of every block and output, ``xt`` the operand (:func:`transpose_blocks`),
+    ``zw`` (G, N) and ``w2`` (G*nb, N) from :class:`LayerOperands`. Per task of
+    :data:`LANES` outputs of one group, blocks in order: a block whose partial sums the bound
+    cannot keep within the running ``[lo, hi]`` for some output is reduced exactly for that
+    output row (:func:`_track_scan`); every output's base then moves to the block's last
+    partial sum (and, closing a tile, the accumulator takes the tile), all of them partial
+    sums. Writes each task's extremes to ``rlo`` / ``rhi``."""
+    Mc = sr.shape[2]
     G = weh.shape[0]
     nt = (Mc + LANES - 1) // LANES
     for task in prange(G * nt):
         g = task // nt
         m0 = (task - g * nt) * LANES
         rlo[task], rhi[task] = _bound_task(
-            pq, xt, zx, weh, starts, lens, first, last, g, m0, min(LANES, Mc - m0), lo, hi
+            sr, xt, zx, zw, w2, weh, starts, lens, first, last, g, m0, min(LANES, Mc - m0), lo, hi
         )
