@@ -445,6 +445,24 @@ def _requant_ort(v, b, lo, hi, saturate, bits, signed, sc, zp, olo, ohi):
     return o, ovf, o != y
 
 
+@njit(cache=True)
+def _totals(stats):
+    """``(min of column 0, max of column 1, sum of column 2, sum of column 3)`` of per-task
+    statistics (INT64_MAX, INT64_MIN, 0, 0 for no tasks), in one serial pass: the kernels keep
+    a single parallel region each (a parallel reduction or a filled allocation would be one
+    more, each a synchronisation of every thread)."""
+    lo = INT64_MAX
+    hi = INT64_MIN
+    nb = 0
+    ncl = 0
+    for t in range(stats.shape[0]):
+        lo = min(lo, stats[t, 0])
+        hi = max(hi, stats[t, 1])
+        nb += stats[t, 2]
+        ncl += stats[t, 3]
+    return lo, hi, nb, ncl
+
+
 @njit(cache=True, parallel=True)
 def output_ort_fused(a, bias, lo, hi, saturate, bits, signed, scale, zp, olo, ohi, out):
     """The output stage (eq. 15) with the ``ort`` register, one pass per element:
@@ -456,10 +474,7 @@ def output_ort_fused(a, bias, lo, hi, saturate, bits, signed, scale, zp, olo, oh
     reject values outside the accumulator's format."""
     N, C, S = a.shape
     n_tasks = N * C
-    amin = np.full(n_tasks, INT64_MAX, np.int64)
-    amax = np.full(n_tasks, INT64_MIN, np.int64)
-    bovf = np.zeros(n_tasks, np.int64)
-    clamped = np.zeros(n_tasks, np.int64)
+    stats = np.empty((n_tasks, 4), np.int64)  # per task: min, max, bias overflows, clamped
     for task in prange(n_tasks):
         n = task // C
         c = task - n * C
@@ -477,11 +492,11 @@ def output_ort_fused(a, bias, lo, hi, saturate, bits, signed, scale, zp, olo, oh
             nb += ovf
             ncl += cl
             out[n, c, s] = o
-        amin[task] = lo_t
-        amax[task] = hi_t
-        bovf[task] = nb
-        clamped[task] = ncl
-    return amin.min(), amax.max(), bovf.sum(), clamped.sum()
+        stats[task, 0] = lo_t
+        stats[task, 1] = hi_t
+        stats[task, 2] = nb
+        stats[task, 3] = ncl
+    return _totals(stats)
 
 
 GMN_TILE = 64  # output positions per task of the grouped-GEMM output stage
@@ -499,10 +514,7 @@ def gmn_output_ort(vals, N, bias, lo, hi, saturate, bits, signed, scale, zp, olo
     P = M // N if N else 0
     nt = (P + GMN_TILE - 1) // GMN_TILE
     n_tasks = N * G * nt
-    amin = np.full(max(n_tasks, 1), INT64_MAX, np.int64)
-    amax = np.full(max(n_tasks, 1), INT64_MIN, np.int64)
-    bovf = np.zeros(max(n_tasks, 1), np.int64)
-    clamped = np.zeros(max(n_tasks, 1), np.int64)
+    stats = np.empty((n_tasks, 4), np.int64)  # per task: min, max, bias overflows, clamped
     for task in prange(n_tasks):
         ng = task // nt
         p0 = (task - ng * nt) * GMN_TILE
@@ -527,11 +539,11 @@ def gmn_output_ort(vals, N, bias, lo, hi, saturate, bits, signed, scale, zp, olo
                 nb += ovf
                 ncl += cl
                 dst[p] = o
-        amin[task] = lo_t
-        amax[task] = hi_t
-        bovf[task] = nb
-        clamped[task] = ncl
-    return amin.min(), amax.max(), bovf.sum(), clamped.sum()
+        stats[task, 0] = lo_t
+        stats[task, 1] = hi_t
+        stats[task, 2] = nb
+        stats[task, 3] = ncl
+    return _totals(stats)
 
 
 @njit(cache=True, inline="always")
@@ -570,8 +582,7 @@ def depthwise_sums(x, zx, we, sh, sw, pt, pl, dh, dw, out):
     N, F, ho, wo = out.shape
     m = F // x.shape[1]
     n_tasks = N * F
-    amin = np.full(max(n_tasks, 1), INT64_MAX, np.int64)
-    amax = np.full(max(n_tasks, 1), INT64_MIN, np.int64)
+    stats = np.empty((n_tasks, 4), np.int64)  # per task: min, max
     for task in prange(n_tasks):
         n = task // F
         f = task - n * F
@@ -585,9 +596,12 @@ def depthwise_sums(x, zx, we, sh, sw, pt, pl, dh, dw, out):
                 lo_t = min(lo_t, v)
                 hi_t = max(hi_t, v)
                 out[n, f, oh, ow] = v
-        amin[task] = lo_t
-        amax[task] = hi_t
-    return amin.min(), amax.max()
+        stats[task, 0] = lo_t
+        stats[task, 1] = hi_t
+        stats[task, 2] = 0
+        stats[task, 3] = 0
+    lo, hi, _, _ = _totals(stats)
+    return lo, hi
 
 
 @njit(cache=True, parallel=True)
@@ -601,10 +615,7 @@ def depthwise_output_ort(
     N, F, ho, wo = out.shape
     m = F // x.shape[1]
     n_tasks = N * F
-    amin = np.full(max(n_tasks, 1), INT64_MAX, np.int64)
-    amax = np.full(max(n_tasks, 1), INT64_MIN, np.int64)
-    bovf = np.zeros(max(n_tasks, 1), np.int64)
-    clamped = np.zeros(max(n_tasks, 1), np.int64)
+    stats = np.empty((n_tasks, 4), np.int64)  # per task: min, max, bias overflows, clamped
     for task in prange(n_tasks):
         n = task // F
         f = task - n * F
@@ -626,8 +637,8 @@ def depthwise_output_ort(
                 nb += ovf
                 ncl += cl
                 dst[ow] = o
-        amin[task] = lo_t
-        amax[task] = hi_t
-        bovf[task] = nb
-        clamped[task] = ncl
-    return amin.min(), amax.max(), bovf.sum(), clamped.sum()
+        stats[task, 0] = lo_t
+        stats[task, 1] = hi_t
+        stats[task, 2] = nb
+        stats[task, 3] = ncl
+    return _totals(stats)

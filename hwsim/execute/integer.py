@@ -61,7 +61,7 @@ from hwsim.execute.arrays import (
     windows,
 )
 from hwsim.execute.float import float_op, repeat_axes
-from hwsim.execute.kernels import add_ort_fused
+from hwsim.execute.kernels import add_ort_fused, clamp_rows
 from hwsim.execute.tensors import QTensor, quantize_input, quantize_linear
 from hwsim.graph.ir import MAC_OPS, Node, Op
 from hwsim.numerics import IntFormat, Overflow, RoundingMode, ScaleKind, ScaleRegister, saturate
@@ -147,6 +147,11 @@ def _register(kind: ScaleKind, real: np.ndarray, rounding, ort_scale=None) -> Sc
 
 
 _S8, _U8 = IntFormat(8, True), IntFormat(8, False)
+_DTYPE_MAX = {
+    np.dtype(t): int(np.iinfo(t).max)
+    for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64)
+}
+"""The integer dtypes the clamp kernel takes, with their largest value."""
 
 
 class IntegerExecutor:
@@ -186,6 +191,11 @@ class IntegerExecutor:
                 "stochastic rounding draws per sample; a program with per-token activations "
                 "needs a deterministic rounding on every layer"
             )
+        self._cache: dict = {}
+        """Per-node constants built once per executor (a Clip's bounds, a MAC layer's static
+        output stage), keyed by the node and what they depend on."""
+        self._donated = False
+        """The current node may overwrite its input's integers (:meth:`_donatable`)."""
         self.wide = wide_tensors(program)
         """Tensors held at their producer's accumulator width for an integer non-linearity
         (:func:`wide_tensors`)."""
@@ -738,13 +748,24 @@ class IntegerExecutor:
     def _static_stage(self, node: Node, x: QTensor, spec: ActSpec, layer, acc_cfg, n: int):
         """The static output stage of a MAC layer on a per-tensor input: ``(bias,
         bias_clamped, register, output scale)`` (:meth:`_mac_bias`,
-        :meth:`_requant_register` for ``f32(sx) * sw / sy``)."""
+        :meth:`_requant_register` for ``f32(sx) * sw / sy``), built once per node, input
+        scale and batch size (a cached register's gain error is recorded again, as a rebuilt
+        one's would be)."""
+        key = ("stage", node.name, float(np.float32(x.scale)), n, acc_cfg.format)
+        cached = self._cache.get(key)
+        if cached is not None:
+            stage, gain = cached
+            if gain is not None:
+                self.stats[node.name].add_gain(gain)
+            return stage
         n_out = node.wq.q.shape[0]
         bias, bias_clamped = self._mac_bias(node, x, acc_cfg, n, n_out)
         so = self._out_scale(spec)
         sw = np.asarray(node.wq.scale, np.float32)
         reg = self._requant_register(layer, np.asarray(x.scale, np.float32), sw, so)
-        return bias, bias_clamped, reg, so.astype(np.float32)
+        stage = (bias, bias_clamped, reg, so.astype(np.float32))
+        self._cache[key] = (stage, reg.gain_error)
+        return stage
 
     def _mac_out(
         self, node: Node, x: QTensor, spec, res, layer: LayerSpec, acc_cfg, keep=None, pre=None
@@ -1558,9 +1579,14 @@ class IntegerExecutor:
         return x.like(max_pool(x.q, a["kernel"], a["strides"], a["pads"], x.fmt.min))
 
     def _op_relu(self, node: Node, x: QTensor):
-        return x.like(np.maximum(x.q, x.zero_point))
+        hi = _DTYPE_MAX.get(x.q.dtype)
+        if hi is None:
+            return x.like(np.maximum(x.q, x.zero_point))
+        return self._clamped(x, x.zero_point, hi)
 
     def _op_clip(self, node: Node, x: QTensor):
+        if np.ndim(x.scale) == 0:
+            return self._clamped(x, *self._clip_bounds(node, x))
         s = x.scale_b()
         bounds = [
             quantize_linear(
@@ -1572,6 +1598,38 @@ class IntegerExecutor:
             for v in (node.attrs["min"], node.attrs["max"])
         ]
         return x.like(np.clip(x.q, *bounds).astype(x.q.dtype))
+
+    def _clip_bounds(self, node: Node, x: QTensor) -> tuple[int, int]:
+        """A Clip's quantized bounds on a per-tensor input, ``QuantizeLinear(min)`` and
+        ``QuantizeLinear(max)`` (infinite bounds held at +-3e38), once per node and grid."""
+        key = (node.name, float(np.float32(x.scale)), x.zero_point, x.fmt)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = tuple(
+                int(
+                    quantize_linear(
+                        np.float32(v if np.isfinite(v) else np.sign(v) * 3e38),
+                        np.float32(x.scale),
+                        x.zero_point,
+                        x.fmt,
+                    )
+                )
+                for v in (node.attrs["min"], node.attrs["max"])
+            )
+            self._cache[key] = hit
+        return hit
+
+    def _clamped(self, x: QTensor, lo: int, hi: int) -> QTensor:
+        """``x`` with its integers clamped to ``[lo, hi]`` (``min(max(q, lo), hi)``, as
+        ``np.clip``), in ``q``'s dtype, in place when the run donated the input
+        (:meth:`_donatable`)."""
+        q = x.q
+        if q.ndim == 0 or q.size == 0 or not q.flags.c_contiguous or q.dtype not in _DTYPE_MAX:
+            return x.like(np.minimum(np.maximum(q, lo), hi).astype(q.dtype))
+        out = q if self._donated else np.empty_like(q)
+        n = q.shape[0]
+        clamp_rows(q.reshape(n, -1), lo, hi, out.reshape(n, -1))
+        return x.like(out)
 
     def _op_flatten(self, node: Node, x: QTensor):
         return x.moved(lambda q: q.reshape(q.shape[0], -1))
@@ -1622,10 +1680,12 @@ class IntegerExecutor:
         for i, n in enumerate(g.nodes):
             for t in n.inputs:
                 last_use[t] = i
+        donate = not keep_all and visit is None
         for i, n in enumerate(g.nodes):
             self._rng = self._node_rngs(i, n, first, n_batch)
             self._current = n.name
             self._node_now, self._ins_now = n, [env[t] for t in n.inputs]
+            self._donated = donate and self._donatable(n, i, env, last_use)
             try:
                 env[n.output] = self._node(n, self._ins_now)
             except MultiplierRangeError as e:  # name the layer whose register is out of range
@@ -1633,6 +1693,7 @@ class IntegerExecutor:
             finally:
                 self._rng = None
                 self._current = None
+                self._donated = False
                 self._node_now, self._ins_now = None, []
             if visit is not None:
                 visit(n, env[n.output])
@@ -1643,6 +1704,28 @@ class IntegerExecutor:
         if sample_offset is None:
             self.samples_seen += n_batch
         return env
+
+    def _donatable(self, node: Node, i: int, env: dict, last_use: dict) -> bool:
+        """Whether node ``i`` (a ReLU / Clip) may overwrite its input's integers: nothing reads
+        the input after it (its last reader, not the graph's output, read once), and no other
+        tensor of the run shares its memory (a reshape's view of it, say). Only asked when the
+        run keeps no tensors and hands none to a visitor."""
+        if node.op not in (Op.RELU, Op.CLIP):
+            return False
+        t = node.inputs[0]
+        x = env.get(t)
+        if (
+            not isinstance(x, QTensor)
+            or last_use.get(t) != i
+            or t == self.g.output
+            or node.inputs.count(t) != 1
+        ):
+            return False
+        for k, v in env.items():
+            other = v.q if isinstance(v, QTensor) else v
+            if k != t and isinstance(other, np.ndarray) and np.may_share_memory(other, x.q):
+                return False
+        return True
 
     def output(self, env: dict) -> np.ndarray:
         """The model output as float32 (DequantizeLinear of an integer output)."""

@@ -68,3 +68,34 @@ def max_pool2d(x, kh, kw, sh, sw, pt, pl, fill, out):
                         v = plane[ih, iw] if 0 <= ih < H and 0 <= iw < W else fill
                         m = v if i == 0 and j == 0 else max(m, v)
                 o[oh, ow] = m
+
+
+@njit(cache=True, parallel=True)
+def quantize_static(x, s, lo, hi, zp, out):
+    """ONNX QuantizeLinear with one scale, one pass: ``t = f32(x) / s`` (float32 division,
+    rounded to nearest even), ``t`` clamped to ``[lo, hi]`` = ``[min - zp, max - zp]`` in
+    float64 (NaN to ``lo``), ``out = rint(t) + zp`` (half to even) -- the steps of
+    :func:`hwsim.numerics.affine.quantize`. ``x`` (N, E) float32, ``s`` float32, ``lo`` /
+    ``hi`` float64, ``out`` (N, E) in the format's dtype."""
+    N, E = x.shape
+    for n in prange(N):
+        xr = x[n]
+        o = out[n]
+        for e in range(E):
+            t = np.float64(xr[e] / s)
+            if t != t:
+                t = lo
+            t = min(max(t, lo), hi)
+            o[e] = np.int64(np.rint(t)) + zp
+
+
+@njit(cache=True, parallel=True)
+def clamp_rows(q, lo, hi, out):
+    """``out = min(max(q, lo), hi)`` element by element (the integer ReLU / Clip); ``q`` and
+    ``out`` (N, E) of one integer dtype, ``out`` may be ``q`` itself."""
+    N, E = q.shape
+    for n in prange(N):
+        qr = q[n]
+        o = out[n]
+        for e in range(E):
+            o[e] = min(max(qr[e], lo), hi)

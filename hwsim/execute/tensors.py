@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hwsim.execute.kernels import quantize_static as kernel_quantize_static
 from hwsim.numerics import IntFormat
 from hwsim.numerics.affine import Affine, quantize
 from hwsim.quant.scheme import ActSpec
@@ -126,6 +127,26 @@ def quantize_linear(x: np.ndarray, scale, zero_point: int, fmt: IntFormat) -> np
     return quantize(x, scale, zero_point, fmt, 0 if np.ndim(scale) else None)
 
 
+def quantize_static(x, scale, zero_point: int, fmt: IntFormat) -> np.ndarray | None:
+    """:func:`quantize_linear` with one float32 ``scale`` in one pass (the kernel
+    :func:`hwsim.execute.kernels.quantize_static`, the same float32 quotient, float64 clamp
+    and half-to-even rounding), in ``fmt``'s dtype; None where it does not apply (a 0-d
+    input, a format over 32 bits)."""
+    x = np.asarray(x)
+    if x.ndim == 0 or fmt.bits > 32:
+        return None
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty(x.shape, fmt.dtype)
+    if out.size == 0:
+        return out
+    lo, hi = float(fmt.min - zero_point), float(fmt.max - zero_point)
+    n = x.shape[0]
+    kernel_quantize_static(
+        x.reshape(n, -1), np.float32(scale), lo, hi, int(zero_point), out.reshape(n, -1)
+    )
+    return out
+
+
 def sample_scale(spec: ActSpec, absmax: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
     """Per-sample scales of a float tensor entering a ``dynamic``/``shift`` program (the graph
     input: float data, so float range finding) from each sample's range ``absmax`` (float64
@@ -190,8 +211,13 @@ def quantize_input(x: np.ndarray, spec: ActSpec, keep: tuple[int, ...] = (0,)) -
         s, shifts, base = sample_scale(spec, absmax)
         if spec.mode != "shift":
             shifts = base = None
+    q = None
+    if spec.mode == "static":
+        q = quantize_static(x, s, spec.zero_point, spec.fmt)
+    if q is None:
+        q = quantize_linear(x, s, spec.zero_point, spec.fmt).astype(spec.fmt.dtype)
     return QTensor(
-        quantize_linear(x, s, spec.zero_point, spec.fmt).astype(spec.fmt.dtype),
+        q,
         np.asarray(s, np.float32),
         spec.zero_point,
         spec.fmt,

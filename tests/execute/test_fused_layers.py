@@ -121,3 +121,53 @@ def test_fused_layers_equal_the_composition_they_replace(net, monkeypatch, prese
     for k in want[0]:
         assert _same(got[0][k], want[0][k]), k
     assert got[1] == want[1]
+
+
+def _alias_net():
+    """conv -> flatten (a view of the conv's integers) -> relu -> reshape back -> add with the
+    conv's output itself: the ReLU's input is dead after it, but its memory is not."""
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (4, 2, 3, 3)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([-1, 4, 5, 5], np.int64), "shape")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Flatten", ["c"], ["f"], name="flat"),
+        helper.make_node("Relu", ["f"], ["r"], name="relu"),
+        helper.make_node("Reshape", ["r", "shape"], ["b"], name="back"),
+        helper.make_node("Add", ["b", "c"], ["y"], name="add"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "alias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 5, 5])],
+        [w, shape],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("model", ["convnet", "alias"])
+@pytest.mark.parametrize("preset", ["per-tensor", "per-sample"])
+def test_streamed_runs_equal_kept_runs(tmp_path, model, preset):
+    """Runs that keep no tensors (ReLU / Clip may then overwrite a dead input in place, the
+    per-node constants are reused across batches of several sizes) give the outputs and the
+    accumulated statistics of runs that keep every tensor (no in-place op), batch by batch."""
+    import onnx
+
+    path = tmp_path / f"{model}.onnx"
+    onnx.save(_conv_net() if model == "convnet" else _alias_net(), path)
+    shape = (3, 9, 9) if model == "convnet" else (2, 5, 5)
+    rng = np.random.default_rng(3)
+    calib = Dataset("calib", rng.normal(0, 1, (16, *shape)).astype(np.float32), None)
+    program = quantize(import_model(str(path)), Scheme.preset(preset), calib, float_run=run_float)
+    batches = [
+        rng.normal(0, s, (n, *shape)).astype(np.float32) for s, n in ((1, 5), (3, 5), (1, 2))
+    ]
+    streamed, kept = IntegerExecutor(program), IntegerExecutor(program)
+    for x in batches:
+        got = streamed.output(streamed.run(x, keep_all=False))
+        want = kept.output(kept.run(x, keep_all=True))
+        assert got.tobytes() == want.tobytes()
+    assert {n: s.__dict__ for n, s in streamed.stats.items()} == {
+        n: s.__dict__ for n, s in kept.stats.items()
+    }
