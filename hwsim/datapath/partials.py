@@ -42,7 +42,8 @@ from hwsim.datapath.engines import _ort_run, exact_sums, ort_available
 from hwsim.numerics import IntFormat
 
 BLOCK = 32  # products per block: tighter bounds (smaller) against more GEMM output (larger)
-MAX_BLOCK = 1 << 14  # X2 * W2 < 2^60 and d^2 in int64 (d clipped to 2^31 - 1)
+MAX_BLOCK = 1 << 14  # a block's sum of squares X2 < 2^31 (int32)
+INT32_K = (1 << 31) // (255 * 255)  # below it every partial sum and block sum fits int32
 CHUNK_BYTES = 2 << 20  # block sums (int32) held at a time: about an L2 cache
 LANES = 64  # outputs per task of the bounds pass
 _U8 = IntFormat(8, False)
@@ -241,7 +242,9 @@ class _Run:
         if ort_available():
             sr = _ort_run(ops.wa, ops.az, xt, np.full((GB, 1, Mc), self.zx, np.uint8))
         else:
-            sr = exact_sums(ops.wa, xt, ops.az, self.zx, _U8, _U8).astype(np.int32)
+            sr = exact_sums(ops.wa, xt, ops.az, self.zx, _U8, _U8)
+        # the bounds pass works in sr's dtype: int32 while every partial sum fits it
+        sr = sr.astype(np.int32 if ops.weh.shape[1] < INT32_K else np.int64, copy=False)
         ntask = ops.weh.shape[0] * -(-Mc // LANES)
         rlo = np.empty(ntask, np.int64)
         rhi = np.empty(ntask, np.int64)
@@ -384,19 +387,25 @@ def _track_scan(xt, gb, m, zx, weh, g, start, n_products, base, mn, mx):
 
 
 @njit(cache=True)
+def _root_up(v):
+    """An integer >= sqrt(v) for an integer 0 <= v < 2^53 (the float root is within an ulp)."""
+    return np.int64(np.sqrt(np.float64(v))) + 1
+
+
+@njit(cache=True)
 def _bound_task(sr, xt, zx, zw, w2, weh, starts, lens, first, last, g, m0, L, lo, hi):
-    """:func:`scan_blocks` on outputs ``m0 .. m0 + L`` of group g. Slices keep the inner loops
-    free of index checks, so they vectorize."""
+    """:func:`scan_blocks` on outputs ``m0 .. m0 + L`` of group g, in ``sr``'s dtype. Slices
+    keep the inner loops free of index checks, so they vectorize."""
     GB, N, Mc = sr.shape
     G = weh.shape[0]
     nb = GB // G
-    t = np.zeros((N, LANES), np.int64)  # the tile register (the accumulator without tiles)
+    t = np.zeros((N, LANES), sr.dtype)  # the tile register (the accumulator without tiles)
     s = np.zeros((N, LANES), np.int64)  # the accumulator, with tiles
-    xs = np.zeros(LANES, np.int64)  # sum_u (x_u - zx) of the block, per output row
-    x2 = np.zeros(LANES, np.int64)  # sum_u (x_u - zx)^2
+    xs = np.zeros(LANES, sr.dtype)  # sum_u (x_u - zx) of the block, per output row
+    x2 = np.zeros(LANES, sr.dtype)  # sum_u (x_u - zx)^2
+    rx = np.zeros(LANES, sr.dtype)  # _root_up(x2): the bound is rx * _root_up(w2)
     hit = np.zeros(LANES, np.bool_)
     base = np.empty(N, np.int64)
-    dmax = np.int64((1 << 31) - 1)  # d clipped: d^2 stays in int64, X2 * W2 < 2^60 below it
     mn = lo
     mx = hi
     for b in range(nb):
@@ -408,9 +417,11 @@ def _bound_task(sr, xt, zx, zw, w2, weh, starts, lens, first, last, g, m0, L, lo
         for u in range(lens[b]):
             xr = xt[gb, u, m0 : m0 + L]
             for i in range(L):
-                a = np.int64(xr[i]) - zx
+                a = np.int32(xr[i]) - np.int32(zx)
                 xs[i] += a
                 x2[i] += a * a
+        for i in range(L):
+            rx[i] = _root_up(x2[i])
         hit[:] = False
         nmn = mn
         nmx = mx
@@ -420,12 +431,11 @@ def _bound_task(sr, xt, zx, zw, w2, weh, starts, lens, first, last, g, m0, L, lo
             sn = sr[gb, n, m0 : m0 + L]
             tn = t[n]
             zn = zw[g, n]
-            wq = w2[gb, n]
+            rw = _root_up(w2[gb, n])
             for i in range(L):
-                v = tn[i] + (np.int64(sn[i]) - zn * xs[i])  # the block's last partial sum
+                v = tn[i] + sn[i] - zn * xs[i]  # the block's last partial sum
                 c = tn[i] + v  # 2 base + S
-                d = min(min(hi2 - c, c - lo2), dmax)
-                hit[i] |= (d < 0) | (d * d < x2[i] * wq)
+                hit[i] |= min(hi2 - c, c - lo2) < rx[i] * rw
                 tn[i] = v
                 nmn = min(nmn, v)
                 nmx = max(nmx, v)

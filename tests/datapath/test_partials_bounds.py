@@ -30,11 +30,16 @@ def prefix_extremes(x3, w3, zx, wzp, order, tile):
     return int(min(parts)), int(max(parts))
 
 
+@pytest.mark.parametrize("int32_k", [partials.INT32_K, 0])
 @pytest.mark.parametrize("tile", [0, 5, 64])
 @pytest.mark.parametrize("x_signed", [False, True])
-def test_known_extremes_that_are_exact_or_one_inside_give_the_same_answer(tile, x_signed):
+def test_known_extremes_that_are_exact_or_one_inside_give_the_same_answer(
+    tile, x_signed, int32_k, monkeypatch
+):
     """Full-range operands, K = 300: with ``known`` at the true extremes every block passes
-    its bound test or ties; one inside, the blocks holding the extremes must be reduced."""
+    its bound test or ties; one inside, the blocks holding the extremes must be reduced. Both
+    working widths of the bounds pass (int32, and int64 as for K >= INT32_K)."""
+    monkeypatch.setattr(partials, "INT32_K", int32_k)
     rng = np.random.default_rng(tile + 2 * x_signed)
     G, M, K, N = 1, 90, 300, 7
     lo, hi = (-128, 128) if x_signed else (0, 256)
