@@ -89,18 +89,16 @@ class _Geometry:
         return self.F // self.groups
 
 
-def _geometry(x, w, stride, padding, dilation, groups, x_operand, w_operand):
-    """Validated operands and the :class:`_Geometry` of a convolution (the errors of
-    :func:`conv2d`)."""
-    x = check_operand(x, x_operand, "x", 4)
-    w = check_operand(w, w_operand, "w", 4)
+def _geometry(x_shape, w_shape, stride, padding, dilation, groups, x_operand, w_operand):
+    """The :class:`_Geometry` of a convolution of (N, C, H, W) inputs by (F, C/groups, kh,
+    kw) weights (the errors of :func:`conv2d`)."""
     sh, sw = _pair(stride, "stride", 1)
     dh, dw = _pair(dilation, "dilation", 1)
     pt, pl, pb, pr = _pads(padding)
     if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
-    N, C, H, W = x.shape
-    F, Cg, kh, kw = w.shape
+    N, C, H, W = x_shape
+    F, Cg, kh, kw = w_shape
     if C % groups or F % groups:
         raise ValueError(f"groups={groups} must divide both input channels C={C} and filters F={F}")
     if Cg != C // groups:
@@ -119,7 +117,7 @@ def _geometry(x, w, stride, padding, dilation, groups, x_operand, w_operand):
         )
     g = _Geometry(N, C, H, W, F, Cg, kh, kw, sh, sw, dh, dw, (pt, pl, pb, pr), int(groups), ho, wo)
     check_accumulable(g.K, x_operand, w_operand)
-    return x, w, g
+    return g
 
 
 def conv2d(
@@ -154,7 +152,9 @@ def conv2d(
     (:func:`_cannot_overflow`) is summed directly from ``x`` (:func:`depthwise_sums`, no
     unfolding); its values and counters are those of the unfolded path.
     """
-    x, w, g = _geometry(x, w, stride, padding, dilation, groups, x_operand, w_operand)
+    x = check_operand(x, x_operand, "x", 4)
+    w = check_operand(w, w_operand, "w", 4)
+    g = _geometry(x.shape, w.shape, stride, padding, dilation, groups, x_operand, w_operand)
     wzp = weight_zero_point(w_operand, g.groups, g.Fg, "w_operand")
     zx = x_operand.zero_point
     max_x = max_abs_effective(x, zx)  # padding holds zx, so it adds nothing
@@ -240,58 +240,114 @@ def conv2d_requant(
     this layer's operands reaches its range, nor a tile register's, so the values are the
     exact sums in any order and there are no overflow events); exact sums (``isa`` exact, or
     a depthwise convolution); partial sums tracked, if asked, from block bounds
-    (:func:`hwsim.datapath.partials.applies`)."""
-    x, w, g = _geometry(x, w, stride, padding, dilation, groups, x_operand, w_operand)
-    if not isinstance(register, ScaleRegister):
-        raise ValueError(f"register must be a ScaleRegister, got {type(register).__name__}")
-    params = ort_params(register, acc, bias, g.F)
-    if params is None:
-        return None
-    out_format.check(out_zero_point, "out_zero_point")
-    isa = resolve(isa)
-    if not depthwise(g.groups, g.F, g.Cg) and pairs_saturate(
-        isa, x_operand.format, w_operand.format
-    ):
-        return None
-    if acc.track_partials and not partials.applies(x_operand.format, w_operand.format):
-        return None
-    wzp = weight_zero_point(w_operand, g.groups, g.Fg, "w_operand")
-    zx = x_operand.zero_point
-    max_x = max_abs_effective(x, zx)
-    max_w = _max_w(w, wzp)
-    if not _cannot_overflow(g.K, max_x, max_w, acc):
-        return None
-    scale, b = params
-    stage = ort_stage_args(acc, scale, out_format, out_zero_point)
-    track = acc.track_partials
-    out = np.empty((g.N, g.F, g.ho, g.wo), out_format.dtype)
-    if g.Cg == 1:
-        we = _depthwise_weights(w, wzp)
-        lo, hi, bovf, clamped = depthwise_output_ort(
-            x, np.int64(zx), we, *_dw_geometry(g), b, *stage, out
-        )
-        counters = _direct_counters(x, w, zx, wzp, g, acc, track, lo, hi)
-        return OutputResult(out, int(bovf), int(clamped)), counters
-    xin, xop, xp = _padded_nhwc(x, x_operand, g)
-    w3 = _gemm_weights(w, g)
-    out3 = out.reshape(g.N, g.F, g.ho * g.wo)
-    counters = Counters()
-    bovf = clamped = 0
-    for n0, n1, c in _unfolded(xp, g, xin.dtype):
-        sums = exact_sums(c, w3, xop.zero_point, wzp, xop.format, w_operand.format, engine,
-                          max_x, max_w)  # fmt: skip
-        lo, hi, nb, ncl = gmn_output_ort(sums, n1 - n0, b, *stage, out3[n0:n1])
-        part = Counters(macs=sums.size * g.K)
-        if sums.size:
-            part.final_min, part.final_max = int(lo), int(hi)
-        if track:
-            part.partial_min, part.partial_max = _partials(
-                x[n0:n1], w, zx, wzp, g, acc, (part.final_min, part.final_max)
+    (:func:`hwsim.datapath.partials.applies`). :class:`ConvPlan` is the same computation
+    with what depends only on the weights and the layer built once."""
+    x = check_operand(x, x_operand, "x", 4)
+    plan = ConvPlan.build(
+        w, x.shape[1:], stride=stride, padding=padding, dilation=dilation, groups=groups,
+        x_operand=x_operand, w_operand=w_operand, acc=acc, register=register, bias=bias,
+        out_format=out_format, out_zero_point=out_zero_point, engine=engine, isa=isa,
+    )  # fmt: skip
+    return None if plan is None else plan.run(x)
+
+
+class ConvPlan:
+    """:func:`conv2d_requant` for one layer: the weights validated and laid out (window-major
+    GEMM operand, or depthwise effective weights), their zero points and largest magnitude,
+    the bias and register vectors of the output stage -- built once (:meth:`build`); then
+    :meth:`run` per batch of inputs of shape (N, C, H, W) (any N)."""
+
+    def __init__(self, w, g, x_operand, w_operand, acc, wzp, max_w, params, stage, engine):
+        self.w, self.g, self.xop, self.wop, self.acc = w, g, x_operand, w_operand, acc
+        self.wzp, self.max_w, self.engine = wzp, max_w, engine
+        self.bias = params[1]
+        self.stage = stage
+        self.lim = min(acc.format.max, acc.tile_format.max)
+        # the format's bound fits: no input can overflow, no scan of x is needed
+        self.fmt_fits = g.K * x_operand.max_abs * max_w <= min(self.lim, (1 << 31) - 1)
+        if g.Cg == 1:
+            self.we = _depthwise_weights(w, wzp)
+        else:
+            self.w3 = _gemm_weights(w, g)
+
+    @classmethod
+    def build(
+        cls, w, x_shape, *, stride=1, padding=0, dilation=1, groups: int = 1,
+        x_operand: Operand = Operand(), w_operand: Operand = Operand(),
+        acc: Accumulator = Accumulator(), register: ScaleRegister, bias=None,
+        out_format: IntFormat = IntFormat(8, True), out_zero_point: int = 0,
+        engine: str = "auto", isa="exact",
+    ) -> ConvPlan | None:  # fmt: skip
+        """The plan for inputs of shape ``(N,) + x_shape``, or None where
+        :func:`conv2d_requant` does not apply whatever the input (see there); raises on
+        invalid arguments as :func:`conv2d` and :func:`hwsim.datapath.output_stage` do."""
+        w = check_operand(w, w_operand, "w", 4)
+        g = _geometry((0, *x_shape), w.shape, stride, padding, dilation, groups,
+                      x_operand, w_operand)  # fmt: skip
+        if not isinstance(register, ScaleRegister):
+            raise ValueError(f"register must be a ScaleRegister, got {type(register).__name__}")
+        params = ort_params(register, acc, bias, g.F)
+        if params is None:
+            return None
+        out_format.check(out_zero_point, "out_zero_point")
+        isa = resolve(isa)
+        if not depthwise(g.groups, g.F, g.Cg) and pairs_saturate(
+            isa, x_operand.format, w_operand.format
+        ):
+            return None
+        if acc.track_partials and not partials.applies(x_operand.format, w_operand.format):
+            return None
+        if not acc.signed:
+            return None
+        wzp = weight_zero_point(w_operand, g.groups, g.Fg, "w_operand")
+        max_w = _max_w(w, wzp)
+        stage = ort_stage_args(acc, params[0], out_format, out_zero_point)
+        plan = cls(w, g, x_operand, w_operand, acc, wzp, max_w, params, stage, engine)
+        plan.out_dtype = out_format.dtype
+        return plan
+
+    def run(self, x) -> tuple[OutputResult, Counters] | None:
+        """The layer on ``x`` (N, C, H, W) of the plan's input operand: ``(OutputResult,
+        Counters)``, or None when this input's magnitudes could overflow the accumulator
+        (:func:`_cannot_overflow`; the caller then composes :func:`conv2d` and the output
+        stage)."""
+        x = check_operand(x, self.xop, "x", 4)
+        g = replace(self.g, N=x.shape[0])
+        if x.shape[1:] != (g.C, g.H, g.W):
+            raise ValueError(f"x has shape {x.shape}; the plan takes (N, {g.C}, {g.H}, {g.W})")
+        zx = self.xop.zero_point
+        max_x = self.xop.max_abs
+        if not self.fmt_fits:
+            max_x = max_abs_effective(x, zx)
+            if not _cannot_overflow(g.K, max_x, self.max_w, self.acc):
+                return None
+        acc, stage, b, track = self.acc, self.stage, self.bias, self.acc.track_partials
+        out = np.empty((g.N, g.F, g.ho, g.wo), self.out_dtype)
+        if g.Cg == 1:
+            lo, hi, bovf, clamped = depthwise_output_ort(
+                x, np.int64(zx), self.we, *_dw_geometry(g), b, *stage, out
             )
-        counters.merge(part)
-        bovf += int(nb)
-        clamped += int(ncl)
-    return OutputResult(out, bovf, clamped), counters
+            counters = _direct_counters(x, self.w, zx, self.wzp, g, acc, track, lo, hi)
+            return OutputResult(out, int(bovf), int(clamped)), counters
+        xin, xop, xp = _padded_nhwc(x, self.xop, g)
+        out3 = out.reshape(g.N, g.F, g.ho * g.wo)
+        counters = Counters()
+        bovf = clamped = 0
+        for n0, n1, c in _unfolded(xp, g, xin.dtype):
+            sums = exact_sums(c, self.w3, xop.zero_point, self.wzp, xop.format, self.wop.format,
+                              self.engine, max_x, self.max_w)  # fmt: skip
+            lo, hi, nb, ncl = gmn_output_ort(sums, n1 - n0, b, *stage, out3[n0:n1])
+            part = Counters(macs=sums.size * g.K)
+            if sums.size:
+                part.final_min, part.final_max = int(lo), int(hi)
+            if track:
+                part.partial_min, part.partial_max = _partials(
+                    x[n0:n1], self.w, zx, self.wzp, g, acc, (part.final_min, part.final_max)
+                )
+            counters.merge(part)
+            bovf += int(nb)
+            clamped += int(ncl)
+        return OutputResult(out, bovf, clamped), counters
 
 
 def _cannot_overflow(K: int, max_x: int, max_w: int, acc: Accumulator) -> bool:

@@ -397,14 +397,17 @@ class IntegerExecutor:
         self.stats[self._current].count(align_requants=t.size)
         return np.asarray(reg.apply(t, axis=None, rng=self._rng), np.int64), 2.0**-F
 
-    def _requant_register(self, layer: LayerSpec, s_in, factor, s_out, rank: int = 0):
+    def _requant_register(
+        self, layer: LayerSpec, s_in, factor, s_out, rank: int = 0, record: bool = True
+    ):
         """The one static requantization setup (conv/dense, and Mul, Concat and the pools via
         :meth:`_rescale`): the register ``R(s_in * factor / s_out)`` of the layer's kind and
         rounding, built from the real multiplier in float64, and for ``ort`` from onnxruntime's
         float32 ``f32(f32(s_in * factor) / s_out)`` (QLinearConv's combined scale). ``s_in``:
         float32, scalar or per sample (shaped to broadcast); ``factor``: weight scales, ``|c|``
         or ``1/count`` (broadcasting); ``s_out``: float32 scalar. ``rank``: pad the register
-        array's rank to it (leading 1s) so that it broadcasts against the values."""
+        array's rank to it (leading 1s) so that it broadcasts against the values.
+        ``record=False``: the caller records the register's gain error itself."""
         s_in = np.asarray(s_in, np.float32)
         so = np.asarray(s_out, np.float32)
         real = s_in.astype(np.float64) * np.asarray(factor, np.float64) / so.astype(np.float64)
@@ -413,6 +416,8 @@ class IntegerExecutor:
         ort = None
         if layer.register is ScaleKind.ORT:
             ort = (s_in * np.float32(factor)) / so
+        if not record:
+            return _register(layer.register, real, layer.rounding, ort)
         return self._register(layer.register, real, layer.rounding, ort)
 
     def _out_scale(self, spec: ActSpec) -> np.ndarray:
@@ -624,7 +629,75 @@ class IntegerExecutor:
         q = out.q.reshape(lead + (out.q.shape[-1],))
         return QTensor(q, back(out.scale), out.zero_point, out.fmt, back(out.shifts), out.base)
 
+    def _conv_planned(self, node: Node, x: QTensor, spec: ActSpec | None) -> QTensor | None:
+        """A convolution on a per-tensor input with a static ``ort`` output through its
+        :class:`~hwsim.datapath.conv.ConvPlan` (built once per node and input grid, with the
+        layer's static output stage), or None: the general path (:meth:`_mac`) decides.
+        The same datapath calls, counters and registers as that path."""
+        if (
+            node.op is not Op.CONV
+            or spec is None
+            or spec.mode != "static"
+            or np.ndim(x.scale) != 0
+            or self.isa is not Isa.EXACT
+        ):
+            return None
+        q = x.q
+        key = ("plan", node.name, q.shape[1:], x.fmt, x.zero_point, float(np.float32(x.scale)))
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._conv_plan(node, x, spec) or False
+            self._cache[key] = entry
+        if entry is False:
+            return None
+        plan, per_sample_clamped, reg, gain, so = entry
+        got = plan.run(q)
+        if got is None:
+            return None
+        out, counters = got
+        st = self.stats[node.name]
+        if gain is not None:
+            st.add_gain(gain)
+        st.add(counters, out.bias_overflows, out.clamped, out.values.size,
+               per_sample_clamped * q.shape[0])  # fmt: skip
+        return QTensor(out.values, so, spec.zero_point, spec.fmt)
+
+    def _conv_plan(self, node: Node, x: QTensor, spec: ActSpec):
+        """``(ConvPlan, bias values clamped per sample, register, its gain error, output
+        scale)`` for :meth:`_conv_planned`, or None where the layer takes another path."""
+        from dataclasses import replace
+
+        from hwsim.datapath.conv import ConvPlan
+
+        layer: LayerSpec = self.p.layer(node.name)
+        if layer.register is not ScaleKind.ORT or self._ort_runs_float(node, layer):
+            return None
+        acc_cfg = layer.acc
+        if self.track_partials and not acc_cfg.track_partials:
+            acc_cfg = replace(acc_cfg, track_partials=True)
+        wq = node.wq
+        zw = np.asarray(wq.zero_point)
+        xop = Operand(x.fmt, zero_point=int(x.zero_point))
+        wop = Operand(wq.fmt, zero_point=zw if zw.ndim == 1 else int(zw))
+        bias, bias_clamped = self._mac_bias(node, x, acc_cfg, 1, wq.q.shape[0])
+        so = self._out_scale(spec)
+        sw = np.asarray(wq.scale, np.float32)
+        reg = self._requant_register(layer, np.asarray(x.scale, np.float32), sw, so, record=False)
+        a = node.attrs
+        plan = ConvPlan.build(
+            wq.q, x.q.shape[1:], stride=a["strides"], padding=a["pads"],
+            dilation=a["dilations"], groups=a["group"], x_operand=xop, w_operand=wop,
+            acc=acc_cfg, register=reg, bias=bias, out_format=spec.fmt,
+            out_zero_point=spec.zero_point,
+        )  # fmt: skip
+        if plan is None:
+            return None
+        return plan, bias_clamped, reg, reg.gain_error, so.astype(np.float32)
+
     def _mac(self, node: Node, x: QTensor, spec: ActSpec | None) -> QTensor | np.ndarray:
+        planned = self._conv_planned(node, x, spec)
+        if planned is not None:
+            return planned
         layer: LayerSpec = self.p.layer(node.name)
         if x.per_token:
             if node.op is not Op.DENSE or np.shape(x.scale)[-1] != 1:

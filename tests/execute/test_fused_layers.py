@@ -107,8 +107,9 @@ def net(tmp_path_factory):
 )
 @pytest.mark.parametrize("track", [False, True])
 def test_fused_layers_equal_the_composition_they_replace(net, monkeypatch, preset, fields, track):
-    """Each run against the same run with the fused convolution turned off (conv2d, then the
-    output stage): identical tensors (values, dtypes, scales) and per-layer statistics."""
+    """Each run against the same run with the fused convolution turned off (no planned layer,
+    no conv2d_requant: conv2d, then the output stage): identical tensors (values, dtypes,
+    scales) and per-layer statistics."""
     rng = np.random.default_rng(1)
     calib = Dataset("calib", rng.normal(0, 1, (16, 3, 9, 9)).astype(np.float32), None)
     program = quantize(net, Scheme.preset(preset, **fields), calib, float_run=run_float)
@@ -116,6 +117,7 @@ def test_fused_layers_equal_the_composition_they_replace(net, monkeypatch, prese
     x[0] = 40.0  # saturated inputs: extreme operands
     got = _run(program, x, track)
     monkeypatch.setattr(integer, "conv2d_requant", lambda *a, **k: None)
+    monkeypatch.setattr(integer.IntegerExecutor, "_conv_planned", lambda *a, **k: None)
     want = _run(program, x, track)
     assert got[0].keys() == want[0].keys()
     for k in want[0]:
@@ -171,3 +173,29 @@ def test_streamed_runs_equal_kept_runs(tmp_path, model, preset):
     assert {n: s.__dict__ for n, s in streamed.stats.items()} == {
         n: s.__dict__ for n, s in kept.stats.items()
     }
+
+
+def test_a_w8a8_network_runs_every_convolution_through_its_plan(net, monkeypatch):
+    """int32 wrapping accumulators, ``ort`` registers, per-tensor inputs: each convolution
+    (plain, depthwise, pointwise, grouped, strided) runs through its plan, built once and
+    reused by the next batch."""
+    from hwsim.datapath.conv import ConvPlan
+
+    calls = []
+    real = ConvPlan.run
+
+    def spy(self, x):
+        res = real(self, x)
+        calls.append((id(self), res is not None))
+        return res
+
+    monkeypatch.setattr(ConvPlan, "run", spy)
+    rng = np.random.default_rng(4)
+    calib = Dataset("calib", rng.normal(0, 1, (16, 3, 9, 9)).astype(np.float32), None)
+    program = quantize(net, Scheme.preset("per-tensor"), calib, float_run=run_float)
+    ex = IntegerExecutor(program)
+    for n in (4, 3):
+        ex.run(rng.normal(0, 1, (n, 3, 9, 9)).astype(np.float32), keep_all=False)
+    convs = [n for n in program.graph.nodes if n.op.value == "conv"]
+    assert len(calls) == 2 * len(convs) and all(ok for _, ok in calls)
+    assert len({p for p, _ in calls}) == len(convs)
