@@ -1,5 +1,6 @@
-"""The graph IR and ONNX import: ``Graph``/``Node``/``Op``, ``import_model`` (with the shape
-folding and fusion of :mod:`hwsim.graph.fold`)."""
+"""The graph IR and model import: ``Graph``/``Node``/``Op``, ``import_model`` (ONNX, with the
+shape folding and fusion of :mod:`hwsim.graph.fold`; a ``.tflite`` file through
+:func:`import_tflite`)."""
 
 from hwsim.graph.ir import MAC_OPS, MATMUL_OPS, Graph, Node, Op, TensorQuant, WeightQuant
 from hwsim.graph.onnx_import import (
@@ -9,6 +10,7 @@ from hwsim.graph.onnx_import import (
     is_qoperator,
     load_onnx,
 )
+from hwsim.graph.tflite_import import import_tflite
 
 __all__ = [
     "MAC_OPS",
@@ -21,6 +23,7 @@ __all__ = [
     "TensorQuant",
     "WeightQuant",
     "import_model",
+    "import_tflite",
     "is_qoperator",
     "load_onnx",
 ]

@@ -1684,7 +1684,14 @@ def _dequant(q, s, z, axis):
 
 
 def import_model(path_or_model, source: str | None = None) -> Graph:
-    """Import a float, QDQ or hwsim-quantized ONNX model into the IR."""
+    """Import a float, QDQ or hwsim-quantized ONNX model into the IR; a ``.tflite`` path is a
+    TFLite / LiteRT int8 model (:func:`hwsim.graph.tflite_import.import_tflite`)."""
+    if not isinstance(path_or_model, onnx.ModelProto) and str(path_or_model).lower().endswith(
+        ".tflite"
+    ):
+        from hwsim.graph.tflite_import import import_tflite
+
+        return import_tflite(path_or_model)
     if isinstance(path_or_model, onnx.ModelProto):
         model, src = path_or_model, source or "<model>"
     else:

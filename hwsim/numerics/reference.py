@@ -517,3 +517,121 @@ def ref_qonnx_trunc(q: int, shift: int, bits: int, signed: bool, narrow: bool, m
         lo, hi = (lo + 1, hi) if signed else (lo, hi - 1)
     v = Fraction(q, 1 << shift) if shift >= 0 else Fraction(q * (1 << -shift))
     return ref_qonnx_round(min(max(v, Fraction(lo)), Fraction(hi)), mode)
+
+
+# (T1)-(T8) -- TFLite / LiteRT int8 kernels (hwsim.numerics.tflite, hwsim.qops.tflite) -----------
+def _round_half_away(v: Fraction) -> int:
+    """``std::round`` of an exact value: nearest integer, ties away from zero."""
+    sign = 1 if v >= 0 else -1
+    return sign * math.floor(abs(v) + Fraction(1, 2))
+
+
+def _trunc_div(a: int, n: int) -> int:
+    """C++ integer division: the quotient truncated toward zero."""
+    q = abs(a) // abs(n)
+    return q if (a >= 0) == (n > 0) else -q
+
+
+def ref_tflite_quantize(x: float, scale: float, zero_point: int, qmin: int, qmax: int) -> int:
+    """(T1) ``optimized_ops::AffineQuantize<int8_t>`` (x86): ``clamp(round_half_away(double(x)
+    / double(scale)) + zero_point)``, the quotient rounded once to binary64 (``x``, ``scale``
+    binary32 values)."""
+    v = Fraction(float(Fraction(x) / Fraction(scale)))  # IEEE double division, correctly rounded
+    return min(max(_round_half_away(v) + zero_point, qmin), qmax)
+
+
+def ref_tflite_activation_range(
+    activation: str, scale: float, zero_point: int, qmin: int, qmax: int
+) -> tuple[int, int]:
+    """(T2) ``CalculateActivationRangeQuantized``: a bound ``f`` (0 for RELU, 0 and 6 for RELU6,
+    -1 and 1 for RELU_N1_TO_1) becomes ``zero_point + roundf(f32(f / scale))`` (binary32 division,
+    ``std::round``), intersected with ``[qmin, qmax]``; NONE: ``(qmin, qmax)``."""
+    bounds = {"NONE": (None, None), "RELU": (0, None), "RELU6": (0, 6), "RELU_N1_TO_1": (-1, 1)}
+    lo_f, hi_f = bounds[activation]
+
+    def q(f: int) -> int:
+        return zero_point + _round_half_away(round_to_float32(Fraction(f) / Fraction(scale)))
+
+    lo = qmin if lo_f is None else max(qmin, q(lo_f))
+    hi = qmax if hi_f is None else min(qmax, q(hi_f))
+    return lo, hi
+
+
+def ref_tflite_add(
+    qa: int, qb: int, p: dict, act_min: int, act_max: int, rounding: str = "double"
+) -> int:
+    """(T3) ``reference_integer_ops::AddElementwise`` (int8): ``a' = MBQM((qa - za) * 2^L, ma,
+    sa)``, ``b'`` likewise, ``y = MBQM(a' + b', mo, so) + zo`` clamped to ``[act_min, act_max]``.
+    ``p``: :func:`hwsim.numerics.tflite.add_params`'s fields (``za, zb, zo, left_shift, ma, sa,
+    mb, sb, mo, so``); MBQM as :func:`multiply_by_quantized_multiplier` (the left shift wraps to
+    int32 as the kernel's ``x * (1 << L)``)."""
+    a = multiply_by_quantized_multiplier(
+        wrap((qa - p["za"]) << p["left_shift"], 32, True), p["ma"], p["sa"], rounding
+    )
+    b = multiply_by_quantized_multiplier(
+        wrap((qb - p["zb"]) << p["left_shift"], 32, True), p["mb"], p["sb"], rounding
+    )
+    y = multiply_by_quantized_multiplier(wrap(a + b, 32, True), p["mo"], p["so"], rounding)
+    return min(max(y + p["zo"], act_min), act_max)
+
+
+def ref_tflite_mul(
+    qa: int, qb: int, p: dict, act_min: int, act_max: int, rounding: str = "double"
+) -> int:
+    """(T4) ``reference_integer_ops::MulElementwise`` (int8): ``y = MBQM((qa - za)(qb - zb), m,
+    s) + zo`` clamped to ``[act_min, act_max]``; ``p``: :func:`hwsim.numerics.tflite.mul_params`
+    (``za, zb, zo, m, s``)."""
+    y = multiply_by_quantized_multiplier((qa - p["za"]) * (qb - p["zb"]), p["m"], p["s"], rounding)
+    return min(max(y + p["zo"], act_min), act_max)
+
+
+def ref_tflite_average(values: list[int], act_min: int, act_max: int) -> int:
+    """(T5) ``reference_integer_ops::AveragePool`` (int8), one window: the raw integers of the
+    window's valid (unpadded) positions summed, ``acc > 0 ? (acc + n/2) / n : (acc - n/2) / n``
+    (C++ division, truncating), clamped to ``[act_min, act_max]``. The zero point is not
+    subtracted: TFLite requires the input's and output's quantization to be equal."""
+    acc, n = sum(values), len(values)
+    avg = _trunc_div(acc + n // 2, n) if acc > 0 else _trunc_div(acc - n // 2, n)
+    return min(max(avg, act_min), act_max)
+
+
+def ref_tflite_mean(
+    values: list[int], zx: int, zy: int, m: int, s: int, qmin: int, qmax: int, rounding="double"
+) -> int:
+    """(T6) ``reference_ops::QuantizedMeanOrSum`` (int8, mean), one output: with ``(m, s) =
+    QuantizeMultiplier(double(sx) / double(sy))`` and ``n`` values, ``k = min(floor(log2 n), 32,
+    31 + s)``, ``m' = (m * 2^k) // n``, ``y = MBQM(sum(q) - zx * n, m', s - k) + zy`` clamped to
+    ``[qmin, qmax]``."""
+    n = len(values)
+    k = min(n.bit_length() - 1, 32, 31 + s)
+    m2 = (m << k) // n
+    y = multiply_by_quantized_multiplier(sum(values) - zx * n, m2, s - k, rounding)
+    return min(max(y + zy, qmin), qmax)
+
+
+def ref_tflite_mean_hw(
+    values: list[int], m: int, s: int, bias: int, qmin: int, qmax: int, rounding="double"
+) -> int:
+    """(T7) ``optimized_integer_ops::Mean`` (int8, 4-D input, mean over height and width with
+    ``keep_dims``), one output: ``y = MBQM(sum(q), m, s) + bias`` clamped to ``[qmin, qmax]``,
+    ``(m, s, bias)`` from :func:`hwsim.numerics.tflite.mean_hw_params` (the raw sum: the input
+    zero point is in ``bias``)."""
+    y = multiply_by_quantized_multiplier(sum(values), m, s, rounding)
+    return min(max(y + bias, qmin), qmax)
+
+
+def ref_tflite_softmax(
+    row: list[int], table: list[float], out_scale: float, zy: int, qmin: int, qmax: int
+) -> list[int]:
+    """(T8) ``optimized_ops::Softmax<int8_t, int8_t>`` (x86 builds, the float lookup table), one
+    row: ``t_j = table[255 - max(row) + q_j]``; ``sum`` accumulated in binary32 in row order;
+    ``inv = f32(1 / f32(sum * out_scale))``; ``y_j = round_half_away(f32(t_j * inv)) + zy``
+    clamped. ``table``: the 256 binary32 values of :func:`hwsim.numerics.tflite.softmax_table`.
+    Every binary32 operation is done on exact rationals."""
+    mx = max(row)
+    t = [Fraction(table[255 - mx + q]) for q in row]
+    total = Fraction(0)
+    for v in t:
+        total = round_to_float32(total + v)
+    inv = round_to_float32(1 / round_to_float32(total * Fraction(out_scale)))
+    return [min(max(_round_half_away(round_to_float32(v * inv)) + zy, qmin), qmax) for v in t]
