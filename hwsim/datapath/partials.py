@@ -44,8 +44,10 @@ from hwsim.numerics import IntFormat
 BLOCK = 32  # products per block: tighter bounds (smaller) against more GEMM output (larger)
 MAX_BLOCK = 1 << 14  # a block's sum of squares X2 < 2^31 (int32)
 INT32_K = (1 << 31) // (255 * 255)  # below it every partial sum and block sum fits int32
+HIT_RATE = 0.02  # blocks reduced exactly, per block and output row, that switch to exact P, Q
 CHUNK_BYTES = 2 << 20  # block sums (int32) held at a time: about an L2 cache
-LANES = 64  # outputs per task of the bounds pass
+LANES = 64  # outputs scanned together by the bounds pass
+SPAN = 64  # a bounds task scans about SPAN / N runs of LANES outputs (N outputs per row)
 _U8 = IntFormat(8, False)
 _NONE = 1 << 60  # running extremes before any partial sum is known: [2^60, -2^60] is empty
 
@@ -123,7 +125,7 @@ def partial_extremes(
     order = np.arange(K, dtype=np.int64) if order is None else np.asarray(order, np.int64)
     weh = np.ascontiguousarray((w3.astype(np.int64) - np.asarray(w_zp, np.int64))[:, order])
     x3, zx = as_uint8(x3, zx)
-    run = _Run(zx, layer_operands(weh, np.asarray(w_zp, np.int64), tile, block), known)
+    run = _Run(x3, zx, layer_operands(weh, np.asarray(w_zp, np.int64), tile, block), known)
     rows = max(LANES, min(M, CHUNK_BYTES // max(1, G * run.ops.lay.count * N * 4)))
     for m0 in range(0, M, rows):
         xt = run.scratch(min(M, m0 + rows) - m0)
@@ -154,7 +156,7 @@ def conv_partial_extremes(
     weh = w.reshape(G, Fg, K).transpose(0, 2, 1).astype(np.int64) - np.asarray(w_zp, np.int64)
     weh = np.ascontiguousarray(weh)  # one layout: one compiled kernel
     x, zx = as_uint8(np.ascontiguousarray(x), zx)  # a kernel tap's lines: runs of its planes
-    run = _Run(zx, layer_operands(weh, np.asarray(w_zp, np.int64), tile, block), known)
+    run = _Run(x, zx, layer_operands(weh, np.asarray(w_zp, np.int64), tile, block), known)
     lay = run.ops.lay
     lines = max(1, CHUNK_BYTES // max(1, wo * G * lay.count * Fg * 4))
     for l0 in range(0, N * ho, lines):
@@ -166,20 +168,26 @@ def conv_partial_extremes(
     return run.lo, run.hi
 
 
-@dataclass(frozen=True)
+@dataclass
 class LayerOperands:
     """What the bounds of one reduction need from its weights alone (:func:`layer_operands`):
     the blocks ``lay``; ``weh`` (G, K, N) int64 effective weights in hardware order; ``wa``
     (G*nb, N, width) uint8, the GEMM's left operand, raw weights ``w = (wa - az)`` of each
-    block's products (``az`` past a block's length); ``zw`` (G, N) int64 weight zero points;
-    ``w2`` (G*nb, N) int64, ``sum_u (w_u - zw)^2`` per block and output."""
+    block's products (``az`` past a block's length); ``wpq`` (G*nb, 2N, width) uint8, the
+    parts ``w+`` (rows < N) and ``w-`` of the effective weights (zero past a block); ``zw``
+    (G, N) int64 weight zero points; ``w2`` (G*nb, N) int64, ``sum_u (w_u - zw)^2`` per block
+    and output. ``exact``: the bounds of :func:`scan_blocks` for operands with ``x >= zx``
+    (False: block sums and Cauchy-Schwarz; True: exact ``P`` / ``Q``), set for few outputs per
+    row (``4 N <= width``) and then learnt from the hit rate; it changes no result."""
 
     lay: Blocks
     weh: np.ndarray
     wa: np.ndarray
     az: int
+    wpq: np.ndarray
     zw: np.ndarray
     w2: np.ndarray
+    exact: bool = False
 
 
 _OPERANDS: dict = {}  # layer_operands by content: a network's layers, weights constant
@@ -213,16 +221,23 @@ def _layer_operands(weh, zw, tile: int, block: int) -> LayerOperands:
     az = 128 if raw.size and int(raw.min()) < 0 else 0  # a signed format: stored as w + 128
     wa = (raw + az).astype(np.uint8).transpose(0, 1, 3, 2)  # (G, nb, N, width)
     wa = np.ascontiguousarray(wa).reshape(G * lay.count, N, lay.width)
-    return LayerOperands(lay, weh, wa, az, zw.astype(np.int64), np.ascontiguousarray(w2))
+    wpq = np.concatenate([np.maximum(wb, 0), np.maximum(-wb, 0)], axis=3)  # (G, nb, width, 2N)
+    wpq = np.ascontiguousarray(wpq.astype(np.uint8).transpose(0, 1, 3, 2))
+    wpq = wpq.reshape(G * lay.count, 2 * N, lay.width)
+    zw = zw.astype(np.int64)
+    # few outputs per row: a block's sum of squares would cost more than a second GEMM row
+    exact = 4 * N <= lay.width
+    return LayerOperands(lay, weh, wa, az, wpq, zw, np.ascontiguousarray(w2), exact)
 
 
 class _Run:
     """One reduction's running extremes and transposed operand (:func:`transpose_blocks`
     layout) scratch; ``x`` is uint8 with zero point ``zx``."""
 
-    def __init__(self, zx: int, ops: LayerOperands, known):
+    def __init__(self, x, zx: int, ops: LayerOperands, known):
         self.ops = ops
         self.zx = zx
+        self.nonneg = not x.size or int(x.min()) >= zx  # every x - zx >= 0: P, Q in one GEMM
         lo, hi = known
         self.lo = _NONE if lo is None else int(lo)
         self.hi = -_NONE if hi is None else int(hi)
@@ -239,19 +254,22 @@ class _Run:
         holding zx) into ``lo`` / ``hi``."""
         GB, R, Mc = xt.shape
         ops = self.ops
+        exact = ops.exact and self.nonneg
+        a, az = (ops.wpq, 0) if exact else (ops.wa, ops.az)
         if ort_available():
-            sr = _ort_run(ops.wa, ops.az, xt, np.full((GB, 1, Mc), self.zx, np.uint8))
+            sr = _ort_run(a, az, xt, np.full((GB, 1, Mc), self.zx, np.uint8))
         else:
-            sr = exact_sums(ops.wa, xt, ops.az, self.zx, _U8, _U8)
+            sr = exact_sums(a, xt, az, self.zx, _U8, _U8)
         # the bounds pass works in sr's dtype: int32 while every partial sum fits it
         sr = sr.astype(np.int32 if ops.weh.shape[1] < INT32_K else np.int64, copy=False)
         ntask = ops.weh.shape[0] * -(-Mc // LANES)
-        rlo = np.empty(ntask, np.int64)
-        rhi = np.empty(ntask, np.int64)
+        res = np.empty((ntask, 3), np.int64)
         lay = ops.lay
-        scan_blocks(sr, xt, np.int64(self.zx), ops.zw, ops.w2, ops.weh, lay.starts, lay.lens,
-                    lay.first, lay.last, self.lo, self.hi, rlo, rhi)  # fmt: skip
-        self.lo, self.hi = min(self.lo, int(rlo.min())), max(self.hi, int(rhi.max()))
+        scan_blocks(sr, exact, xt, np.int64(self.zx), ops.zw, ops.w2, ops.weh, lay.starts,
+                    lay.lens, lay.first, lay.last, self.lo, self.hi, res)  # fmt: skip
+        self.lo, self.hi = min(self.lo, int(res[:, 0].min())), max(self.hi, int(res[:, 1].max()))
+        if not exact and self.nonneg and res[:, 2].sum() > HIT_RATE * GB * Mc:
+            ops.exact = True  # this layer's data pass the bounds too rarely: exact P, Q
 
 
 @njit(cache=True, parallel=True)
@@ -393,56 +411,74 @@ def _root_up(v):
 
 
 @njit(cache=True)
-def _bound_task(sr, xt, zx, zw, w2, weh, starts, lens, first, last, g, m0, L, lo, hi):
-    """:func:`scan_blocks` on outputs ``m0 .. m0 + L`` of group g, in ``sr``'s dtype. Slices
-    keep the inner loops free of index checks, so they vectorize."""
-    GB, N, Mc = sr.shape
+def _bound_task(sr, exact, xt, zx, zw, w2, weh, starts, lens, first, last, g, m0, L, lo, hi,
+                t, s, xs, x2, rx, hit, base):  # fmt: skip
+    """:func:`scan_blocks` on outputs ``m0 .. m0 + L`` of group g, in ``sr``'s dtype; returns
+    ``(min, max, blocks reduced exactly)``. Scratch: ``t`` (the tile register, the accumulator
+    without tiles) and ``s`` (the accumulator, with tiles) (N, LANES); ``xs`` / ``x2`` (the
+    block's ``sum_u (x_u - zx)`` and ``sum_u (x_u - zx)^2`` per output row), ``rx``
+    (``_root_up(x2)``: the bound is ``rx * _root_up(w2)``) and ``hit`` (LANES,); ``base`` (N,).
+    Slices keep the inner loops free of index checks, so they vectorize."""
+    GB, R, Mc = sr.shape
+    N = R // 2 if exact else R
     G = weh.shape[0]
     nb = GB // G
-    t = np.zeros((N, LANES), sr.dtype)  # the tile register (the accumulator without tiles)
-    s = np.zeros((N, LANES), np.int64)  # the accumulator, with tiles
-    xs = np.zeros(LANES, sr.dtype)  # sum_u (x_u - zx) of the block, per output row
-    x2 = np.zeros(LANES, sr.dtype)  # sum_u (x_u - zx)^2
-    rx = np.zeros(LANES, sr.dtype)  # _root_up(x2): the bound is rx * _root_up(w2)
-    hit = np.zeros(LANES, np.bool_)
-    base = np.empty(N, np.int64)
+    s[:] = 0
     mn = lo
     mx = hi
+    reduced = 0
     for b in range(nb):
         gb = g * nb + b
         if first[b]:
             t[:] = 0
-        xs[:] = 0
-        x2[:] = 0
-        for u in range(lens[b]):
-            xr = xt[gb, u, m0 : m0 + L]
-            for i in range(L):
-                a = np.int32(xr[i]) - np.int32(zx)
-                xs[i] += a
-                x2[i] += a * a
-        for i in range(L):
-            rx[i] = _root_up(x2[i])
         hit[:] = False
         nmn = mn
         nmx = mx
-        lo2 = 2 * mn
-        hi2 = 2 * mx
-        for n in range(N):
-            sn = sr[gb, n, m0 : m0 + L]
-            tn = t[n]
-            zn = zw[g, n]
-            rw = _root_up(w2[gb, n])
+        if exact:  # rows < N: P, the others Q; the block's partial sums lie in [t - Q, t + P]
+            for n in range(N):
+                p = sr[gb, n, m0 : m0 + L]
+                q = sr[gb, N + n, m0 : m0 + L]
+                tn = t[n]
+                for i in range(L):
+                    up = tn[i] + p[i]
+                    hit[i] |= (up > mx) | (tn[i] - q[i] < mn)
+                    v = up - q[i]
+                    tn[i] = v
+                    nmn = min(nmn, v)
+                    nmx = max(nmx, v)
+        else:
+            xs[:] = 0
+            x2[:] = 0
+            for u in range(lens[b]):
+                xr = xt[gb, u, m0 : m0 + L]
+                for i in range(L):
+                    a = np.int32(xr[i]) - np.int32(zx)
+                    xs[i] += a
+                    x2[i] += a * a
             for i in range(L):
-                v = tn[i] + sn[i] - zn * xs[i]  # the block's last partial sum
-                c = tn[i] + v  # 2 base + S
-                hit[i] |= min(hi2 - c, c - lo2) < rx[i] * rw
-                tn[i] = v
-                nmn = min(nmn, v)
-                nmx = max(nmx, v)
+                rx[i] = _root_up(x2[i])
+            lo2 = 2 * mn
+            hi2 = 2 * mx
+            for n in range(N):
+                sn = sr[gb, n, m0 : m0 + L]
+                tn = t[n]
+                zn = zw[g, n]
+                rw = _root_up(w2[gb, n])
+                for i in range(L):
+                    v = tn[i] + sn[i] - zn * xs[i]  # the block's last partial sum
+                    c = tn[i] + v  # 2 base + S
+                    hit[i] |= min(hi2 - c, c - lo2) < rx[i] * rw
+                    tn[i] = v
+                    nmn = min(nmn, v)
+                    nmx = max(nmx, v)
         for i in range(L):
             if hit[i]:  # the bound leaves [mn, mx]: reduce the block product by product
+                reduced += 1
                 for n in range(N):
-                    base[n] = t[n, i] - (np.int64(sr[gb, n, m0 + i]) - zw[g, n] * xs[i])
+                    if exact:
+                        base[n] = t[n, i] - np.int64(sr[gb, n, m0 + i]) + sr[gb, N + n, m0 + i]
+                    else:
+                        base[n] = t[n, i] - (np.int64(sr[gb, n, m0 + i]) - zw[g, n] * xs[i])
                 mn, mx = _track_scan(xt, gb, m0 + i, zx, weh, g, starts[b], lens[b], base, mn, mx)
         mn = min(mn, nmn)
         mx = max(mx, nmx)
@@ -455,25 +491,40 @@ def _bound_task(sr, xt, zx, zw, w2, weh, starts, lens, first, last, g, m0, L, lo
                     sn[i] = v
                     mn = min(mn, v)
                     mx = max(mx, v)
-    return mn, mx
+    return mn, mx, reduced
 
 
 @njit(cache=True, parallel=True)
-def scan_blocks(sr, xt, zx, zw, w2, weh, starts, lens, first, last, lo, hi, rlo, rhi):
+def scan_blocks(sr, exact, xt, zx, zw, w2, weh, starts, lens, first, last, lo, hi, res):
     """The bounds pass over one chunk: ``sr`` (G*nb, N, Mc) holds ``sum_u w_u (x_u - zx)``
-    (raw weights) of every block and output, ``xt`` the operand (:func:`transpose_blocks`),
-    ``zw`` (G, N) and ``w2`` (G*nb, N) from :class:`LayerOperands`. Per task of
-    :data:`LANES` outputs of one group, blocks in order: a block whose partial sums the bound
-    cannot keep within the running ``[lo, hi]`` for some output is reduced exactly for that
-    output row (:func:`_track_scan`); every output's base then moves to the block's last
-    partial sum (and, closing a tile, the accumulator takes the tile), all of them partial
-    sums. Writes each task's extremes to ``rlo`` / ``rhi``."""
+    (raw weights) of every block and output, or with ``exact`` (G*nb, 2N, Mc) ``P`` (rows <
+    N) and ``Q``; ``xt`` the operand (:func:`transpose_blocks`), ``zw`` (G, N) and ``w2``
+    (G*nb, N) from :class:`LayerOperands`. Per run of :data:`LANES` outputs of one group,
+    blocks in order: a block whose partial sums the bound cannot keep within the running
+    ``[lo, hi]`` for some output is reduced exactly for that output row (:func:`_track_scan`);
+    every output's base then moves to the block's last partial sum (and, closing a tile, the
+    accumulator takes the tile), all of them partial sums. Writes each run's ``(min, max,
+    blocks reduced exactly)`` to ``res`` (G * ceil(Mc / LANES), 3)."""
     Mc = sr.shape[2]
+    N = sr.shape[1] // 2 if exact else sr.shape[1]
     G = weh.shape[0]
     nt = (Mc + LANES - 1) // LANES
-    for task in prange(G * nt):
-        g = task // nt
-        m0 = (task - g * nt) * LANES
-        rlo[task], rhi[task] = _bound_task(
-            sr, xt, zx, zw, w2, weh, starts, lens, first, last, g, m0, min(LANES, Mc - m0), lo, hi
-        )
+    per = max(1, SPAN // max(N, 1))  # runs of LANES outputs per task: few outputs, long tasks
+    ns = (nt + per - 1) // per
+    for task in prange(G * ns):
+        g = task // ns
+        t = np.empty((N, LANES), sr.dtype)
+        s = np.empty((N, LANES), np.int64)
+        xs = np.empty(LANES, sr.dtype)
+        x2 = np.empty(LANES, sr.dtype)
+        rx = np.empty(LANES, sr.dtype)
+        hit = np.empty(LANES, np.bool_)
+        base = np.empty(N, np.int64)
+        j0 = (task - g * ns) * per
+        for j in range(j0, min(nt, j0 + per)):
+            m0 = j * LANES
+            L = min(LANES, Mc - m0)
+            res[g * nt + j, 0], res[g * nt + j, 1], res[g * nt + j, 2] = _bound_task(
+                sr, exact, xt, zx, zw, w2, weh, starts, lens, first, last, g, m0, L, lo, hi,
+                t, s, xs, x2, rx, hit, base,
+            )  # fmt: skip

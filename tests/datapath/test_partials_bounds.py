@@ -104,3 +104,41 @@ def test_layer_operands_are_cached_by_content_not_by_shape():
     for _ in range(2):
         for w3, wzp, want in layers + layers[::-1]:
             assert partials.partial_extremes(x3, w3, 9, wzp, order) == want
+
+
+@pytest.mark.parametrize("tile", [0, 7])
+@pytest.mark.parametrize("N", [1, 9])
+def test_both_bounds_modes_and_the_switch_between_them_give_the_spec(tile, N, monkeypatch):
+    """Operands with ``x >= zx``: block sums with the Cauchy-Schwarz bound on the first chunk,
+    then (a hit rate above -1 always switches) exact ``P`` / ``Q`` on the next chunks; N = 1
+    starts exact. Signed effective operands keep the block sums."""
+    monkeypatch.setattr(partials, "HIT_RATE", -1.0)
+    monkeypatch.setattr(partials, "CHUNK_BYTES", 2048)
+    rng = np.random.default_rng(N + tile)
+    K = 70
+    x3 = rng.integers(40, 256, (1, 300, K)).astype(np.uint8)
+    w3 = rng.integers(-128, 128, (1, K, N)).astype(np.int8)
+    order = rng.permutation(K).astype(np.int64)
+    for zx in (40, 200):  # x >= zx everywhere, then not
+        for wzp in (0, rng.integers(-9, 9, (1, 1, N))):
+            partials._OPERANDS.clear()
+            want = prefix_extremes(x3, w3, zx, wzp, order, tile)
+            for known in ((None, None), want):
+                assert partials.partial_extremes(x3, w3, zx, wzp, order, tile, known) == want
+
+
+@pytest.mark.parametrize("tile", [0, 64])
+@pytest.mark.parametrize("N", [1, 9])
+def test_extremes_inside_blocks_rising_row_by_row_are_found(tile, N):
+    """Each block rises then falls back to ``x`` above its start (weights 16 x 127, 15 x -127,
+    -126), rows a little larger one after the other: every block's peak is a new maximum,
+    inside the block, above every block-end and final sum."""
+    K, M = 96, 56
+    x3 = (200 + np.arange(M, dtype=np.uint8))[None, :, None].repeat(K, axis=2)
+    w = np.array(([127] * 16 + [-127] * 15 + [-126]) * (K // 32))
+    w3 = np.repeat(w[None, :, None], N, axis=2).astype(np.int8)
+    order = np.arange(K, dtype=np.int64)
+    want = prefix_extremes(x3, w3, 0, 0, order, tile)
+    exact = x3[0].astype(np.int64) @ w3[0].astype(np.int64)
+    for known in ((None, None), (int(exact.min()), int(exact.max()))):
+        assert partials.partial_extremes(x3, w3, 0, 0, order, tile, known) == want
