@@ -19,8 +19,10 @@ from hwsim.datapath.engines import exact_sums, max_abs_effective
 from hwsim.datapath.gemm import check_accumulable, check_operand, reduce_batched, weight_zero_point
 from hwsim.datapath.isa import Isa, depthwise, pairs_saturate, resolve
 from hwsim.datapath.kernels import (
+    depthwise_output_exact,
     depthwise_output_ort,
     depthwise_sums,
+    gmn_output_exact,
     gmn_output_ort,
     gmn_to_nchw,
     im2col_nhwc,
@@ -265,8 +267,11 @@ class ConvPlan:
         self.lim = min(acc.format.max, acc.tile_format.max)
         # the format's bound fits: no input can overflow, no scan of x is needed
         self.fmt_fits = g.K * x_operand.max_abs * max_w <= min(self.lim, (1 << 31) - 1)
+        self.bias_max = int(np.abs(self.bias).max()) if self.bias.size else 0
+        self.scale = params[0]
         if g.Cg == 1:
             self.we = _depthwise_weights(w, wzp)
+            self.we32 = self.we.astype(np.int32)
         else:
             self.w3 = _gemm_weights(w, g)
 
@@ -323,10 +328,20 @@ class ConvPlan:
                 return None
         acc, stage, b, track = self.acc, self.stage, self.bias, self.acc.track_partials
         out = np.empty((g.N, g.F, g.ho, g.wo), self.out_dtype)
+        bound = g.K * max_x * self.max_w
+        # no sum + bias can leave the accumulator: the output stage has no overflow to apply
+        exact = bound + self.bias_max <= acc.format.max
+        zp, olo, ohi = stage[6:]
         if g.Cg == 1:
-            lo, hi, bovf, clamped = depthwise_output_ort(
-                x, np.int64(zx), self.we, *_dw_geometry(g), b, *stage, out
-            )
+            if exact and bound < 1 << 31:  # the sums fit int32
+                lo, hi, bovf, clamped = depthwise_output_exact(
+                    x, np.int32(zx), self.we32, *_dw_geometry(g), b, self.scale, zp, olo, ohi,
+                    out,
+                )  # fmt: skip
+            else:
+                lo, hi, bovf, clamped = depthwise_output_ort(
+                    x, np.int64(zx), self.we, *_dw_geometry(g), b, *stage, out
+                )
             counters = _direct_counters(x, self.w, zx, self.wzp, g, acc, track, lo, hi)
             return OutputResult(out, int(bovf), int(clamped)), counters
         xin, xop, xp = _padded_nhwc(x, self.xop, g)
@@ -336,7 +351,12 @@ class ConvPlan:
         for n0, n1, c in _unfolded(xp, g, xin.dtype):
             sums = exact_sums(c, self.w3, xop.zero_point, self.wzp, xop.format, self.wop.format,
                               self.engine, max_x, self.max_w)  # fmt: skip
-            lo, hi, nb, ncl = gmn_output_ort(sums, n1 - n0, b, *stage, out3[n0:n1])
+            if exact:
+                lo, hi, nb, ncl = gmn_output_exact(
+                    sums, n1 - n0, b, self.scale, zp, olo, ohi, out3[n0:n1]
+                )
+            else:
+                lo, hi, nb, ncl = gmn_output_ort(sums, n1 - n0, b, *stage, out3[n0:n1])
             part = Counters(macs=sums.size * g.K)
             if sums.size:
                 part.final_min, part.final_max = int(lo), int(hi)

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from hwsim.numerics.formats import saturate_i64, wrap_i64
-from hwsim.numerics.scale import ort_rq
+from hwsim.numerics.scale import REGISTER_LIMIT, ort_rq
 
 INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min
@@ -640,5 +640,142 @@ def depthwise_output_ort(
         stats[task, 0] = lo_t
         stats[task, 1] = hi_t
         stats[task, 2] = nb
+        stats[task, 3] = ncl
+    return _totals(stats)
+
+
+_RQ_LIMIT = np.float32(REGISTER_LIMIT)
+_TWO23 = np.float32(8388608.0)
+
+
+@njit(cache=True, inline="always")
+def _rint_f32(p):
+    """``np.rint`` of a float32 (half to even) without a library call, so loops vectorize:
+    below ``2^23`` in magnitude, ``(|p| + 2^23) - 2^23`` rounds ``|p|`` to an integer in the
+    default rounding mode (the sum lies in ``[2^23, 2^24)``, whose spacing is 1); from
+    ``2^23`` on every float32 is an integer. The sign of a zero result is not kept (the
+    caller converts to an integer)."""
+    a = abs(p)
+    r = (a + _TWO23) - _TWO23
+    r = r if a < _TWO23 else a
+    return r if p >= 0 else -r
+
+
+@njit(cache=True, inline="always")
+def _requant_exact(e, sc, zp, olo, ohi):
+    """:func:`_requant_ort` of an ``e = sum + bias`` known to lie in the accumulator (no
+    overflow to apply): ``y = ort_rq(e, sc) + zp`` branch-free; returns ``(clamp(y), y)``."""
+    p = np.float32(e) * sc
+    p = min(max(p, -_RQ_LIMIT), _RQ_LIMIT)
+    y = np.int64(_rint_f32(p)) + zp
+    return min(max(y, olo), ohi), y
+
+
+@njit(cache=True, parallel=True)
+def gmn_output_exact(vals, N, bias, scale, zp, olo, ohi, out):
+    """:func:`gmn_output_ort` where no ``sum + bias`` can leave the accumulator (the caller's
+    bound): no overflow rule to apply, so a tile of ``GMN_TILE`` positions is requantized
+    along its contiguous channels (branch-free, vectorized) into a small buffer and then
+    written to the NCHW output. Returns ``(min sum, max sum, 0, clamped)``."""
+    G, M, Fg = vals.shape
+    P = M // N if N else 0
+    nt = (P + GMN_TILE - 1) // GMN_TILE
+    n_tasks = N * G * nt
+    stats = np.empty((n_tasks, 4), np.int64)
+    for task in prange(n_tasks):
+        ng = task // nt
+        p0 = (task - ng * nt) * GMN_TILE
+        p1 = min(p0 + GMN_TILE, P)
+        n = ng // G
+        g = ng - n * G
+        src = vals[g, n * P + p0 : n * P + p1]
+        bf = bias[g * Fg : (g + 1) * Fg]
+        sf = scale[g * Fg : (g + 1) * Fg]
+        tile = np.empty((p1 - p0, Fg), out.dtype)
+        lo_t = INT64_MAX
+        hi_t = INT64_MIN
+        ncl = 0
+        for p in range(p1 - p0):
+            row = src[p]
+            tr = tile[p]
+            for f in range(Fg):
+                v = np.int64(row[f])
+                lo_t = min(lo_t, v)
+                hi_t = max(hi_t, v)
+                o, y = _requant_exact(v + bf[f], sf[f], zp, olo, ohi)
+                ncl += o != y
+                tr[f] = o
+        for f in range(Fg):
+            dst = out[n, g * Fg + f, p0:p1]
+            for p in range(p1 - p0):
+                dst[p] = tile[p, f]
+        stats[task, 0] = lo_t
+        stats[task, 1] = hi_t
+        stats[task, 2] = 0
+        stats[task, 3] = ncl
+    return _totals(stats)
+
+
+@njit(cache=True, parallel=True)
+def depthwise_output_exact(x, zx, we, sh, sw, pt, pl, dh, dw, bias, scale, zp, olo, ohi, out):
+    """:func:`depthwise_output_ort` where no ``sum + bias`` can leave the accumulator and
+    every partial sum fits int32 (the caller's bound). Each (sample, channel) plane is first
+    laid out padded, as ``x - zx`` in int32, split into ``sw`` column phases (phase ``r``
+    holds the padded columns ``k*sw + r``), so every kernel tap adds one contiguous run per
+    output row (vectorized), whatever the stride; then the rows are requantized branch-free.
+    ``we`` (F, kh, kw) int32. Returns ``(min sum, max sum, 0, clamped)``."""
+    N, F, ho, wo = out.shape
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    m = F // C
+    kh, kw = we.shape[1], we.shape[2]
+    Hp = max(H + pt, (ho - 1) * sh + (kh - 1) * dh + 1)
+    Wp = max(W + pl, (wo - 1) * sw + (kw - 1) * dw + 1)
+    Wq = (Wp + sw - 1) // sw
+    n_tasks = N * F
+    stats = np.empty((n_tasks, 4), np.int64)
+    for task in prange(n_tasks):
+        n = task // F
+        f = task - n * F
+        xq = np.zeros((sw, Hp, Wq), np.int32)
+        xc = x[n, f // m]
+        for ih in range(H):
+            src = xc[ih]
+            for ph in range(sw):
+                # padded column k = kq*sw + ph holds input column k - pl where 0 <= k - pl < W
+                k0 = (pl - ph + sw - 1) // sw if pl > ph else 0
+                k1 = min(Wq, (W - 1 + pl - ph) // sw + 1) if W - 1 + pl - ph >= 0 else 0
+                dst = xq[ph, ih + pt]
+                for kq in range(k0, k1):
+                    dst[kq] = np.int32(src[kq * sw + ph - pl]) - zx
+        acc = np.zeros((ho, wo), np.int32)
+        wc = we[f]
+        for i in range(kh):
+            for j in range(kw):
+                wv = wc[i, j]
+                ph = (j * dw) % sw
+                c0 = (j * dw) // sw
+                for oh in range(ho):
+                    r = xq[ph, oh * sh + i * dh, c0 : c0 + wo]
+                    a = acc[oh]
+                    for ow in range(wo):
+                        a[ow] += r[ow] * wv
+        b = bias[f]
+        sc = scale[f]
+        lo_t = INT64_MAX
+        hi_t = INT64_MIN
+        ncl = 0
+        for oh in range(ho):
+            a = acc[oh]
+            dst = out[n, f, oh]
+            for ow in range(wo):
+                v = np.int64(a[ow])
+                lo_t = min(lo_t, v)
+                hi_t = max(hi_t, v)
+                o, y = _requant_exact(v + b, sc, zp, olo, ohi)
+                ncl += o != y
+                dst[ow] = o
+        stats[task, 0] = lo_t
+        stats[task, 1] = hi_t
+        stats[task, 2] = 0
         stats[task, 3] = ncl
     return _totals(stats)

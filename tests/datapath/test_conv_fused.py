@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 from hwsim.datapath import Accumulator, Operand, conv2d, output_stage
 from hwsim.datapath import reference as dref
 from hwsim.datapath.conv import conv2d_requant
-from hwsim.datapath.kernels import gmn_output_ort
+from hwsim.datapath.kernels import gmn_output_exact, gmn_output_ort
 from hwsim.datapath.output import ort_stage_args
 from hwsim.numerics import IntFormat, Overflow, ScaleRegister
 from hwsim.numerics import reference as nref
@@ -143,7 +143,9 @@ def test_conv2d_requant_equals_the_plain_int_conv_and_output_stage(
     fmt = acc.format
     edges = st.sampled_from(edge_values(fmt.min, fmt.max))
     small = ints_in(max(fmt.min, -(2**12)), min(fmt.max, 2**12))
-    bias = data.draw(st.lists(edges | small, min_size=F, max_size=F))
+    # small biases (no sum + bias can leave the accumulator: the branch-free stage) or any
+    bias = data.draw(st.lists(data.draw(st.sampled_from([small, edges | small])), min_size=F,
+                              max_size=F))  # fmt: skip
     n_scales = F if scales == "channel" else 1
     scale = np.array(
         data.draw(st.lists(st.floats(2.0**-12, 4.0, width=32), min_size=n_scales,
@@ -259,5 +261,49 @@ def test_gmn_output_stage_is_the_output_stage_of_the_transposed_sums(G, N, P, Fg
     )
     assert np.array_equal(out, want.values)
     assert (bovf, clamped) == (want.bias_overflows, want.clamped)
+    if vals.size:
+        assert (vmin, vmax) == (int(vals.min()), int(vals.max()))
+
+
+@given(
+    st.integers(1, 3),
+    st.integers(0, 3),
+    st.integers(0, 150),
+    st.integers(0, 40),
+    st.sampled_from([np.int32, np.int64]),
+    st.sampled_from([32, 40, 20]),
+    st.data(),
+)
+def test_branch_free_gmn_output_stage_is_the_output_stage(G, N, P, Fg, dtype, bits, data):
+    """:func:`gmn_output_exact` (sums and biases whose sum stays in the accumulator) against
+    the numpy output stage: ties of the float32 product (power-of-two scales), products beyond
+    2^23 and up to the register's 2^62 limit, clamps at both output rails."""
+    acc = Accumulator(bits)
+    fmt = acc.format
+    half = (fmt.max // 2, np.iinfo(dtype).max)
+    vals = data.draw(hnp.arrays(dtype, (G, N * P, Fg), elements=ints_in(-min(half), min(half))))
+    F = G * Fg
+    bias = np.array(
+        data.draw(st.lists(ints_in(-(fmt.max // 2), fmt.max // 2), min_size=F, max_size=F)),
+        np.int64,
+    )
+    pow2 = st.sampled_from([2.0**-k for k in range(0, 31)] + [2.0**k for k in range(1, 40)])
+    scale = np.array(
+        data.draw(st.lists(pow2 | st.floats(2.0**-30, 2.0**30, width=32), min_size=F,
+                           max_size=F)), np.float32,
+    )  # fmt: skip
+    out_fmt = IntFormat(data.draw(st.sampled_from([8, 16])), data.draw(st.booleans()))
+    zp = data.draw(ints_in(out_fmt.min, out_fmt.max))
+    out = np.empty((N, F, P), out_fmt.dtype)
+    vmin, vmax, bovf, clamped = gmn_output_exact(
+        vals, N, bias, scale, zp, out_fmt.min, out_fmt.max, out
+    )
+    nchw = vals.reshape(G, N, P, Fg).transpose(1, 0, 3, 2).reshape(N, F, P)
+    reg = ScaleRegister("ort", scale, np.zeros((), np.int64))
+    want = output_stage(
+        nchw, reg, acc=acc, bias=bias, out_format=out_fmt, out_zero_point=zp, fused=False
+    )
+    assert np.array_equal(out, want.values)
+    assert (bovf, clamped) == (0, want.clamped) and want.bias_overflows == 0
     if vals.size:
         assert (vmin, vmax) == (int(vals.min()), int(vals.max()))
