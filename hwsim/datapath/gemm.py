@@ -23,7 +23,15 @@ from hwsim.datapath.config import AccResult, Accumulator, Counters, Operand, Red
 from hwsim.datapath.engines import exact_sums
 from hwsim.datapath.isa import Isa, pairs_saturate, resolve
 from hwsim.datapath.kernels import ordered_reduce, ordered_track32, pair_sat16, row_abs_sums
-from hwsim.datapath.ordered import LANES, hardware_weights, ordered_sat16, row_blocks
+from hwsim.datapath.ordered import (
+    LANES,
+    ROWS,
+    ROWS32,
+    hardware_weights,
+    ordered_sat16,
+    ordered_sat32,
+    row_blocks,
+)
 from hwsim.numerics import (
     IntFormat,
     Overflow,
@@ -153,8 +161,10 @@ def reduce_batched(
             safe &= (bound <= fmt.max) & (-bound >= fmt.min)
         rows = np.flatnonzero(~safe.ravel()).astype(np.int64)
     values = exact
-    if rows.size and _lanes16(x3, xop, w3, w_zp, acc):
-        return _ordered16(x3, w3, xop, w_zp, rows, order, acc, exact, counters), counters
+    lanes = _lanes(x3, xop, w3, w_zp, acc) if rows.size else 0
+    if lanes:
+        values = _ordered_lanes(x3, w3, xop, w_zp, rows, order, acc, exact, counters, lanes)
+        return values, counters
     if rows.size:
         vals, events, tevents, pmin, pmax = _ordered(x3, w3, xop, w_zp, rows, order, acc)
         if acc.track_partials:
@@ -221,40 +231,51 @@ def _max_effective_x(xop: Operand) -> int:
     return max(abs(xop.format.max - zx), abs(xop.format.min - zx))
 
 
-def _lanes16(x3, xop: Operand, w3, w_zp, acc: Accumulator) -> bool:
-    """Whether :func:`hwsim.datapath.ordered.ordered_sat16` runs this accumulator: signed
-    16-bit saturating, tile register of its width, no tracking, ``K < 2^14`` (int16 event
-    counters) and every product fits int16."""
+def _lanes(x3, xop: Operand, w3, w_zp, acc: Accumulator) -> int:
+    """The lane width (16 or 32; 0: none) of the register-blocked ordered kernel
+    (:mod:`hwsim.datapath.ordered`) that runs this saturating accumulator without tracking,
+    its tile register of its width: 16 for a signed 16-bit one whose products fit int16 and
+    ``K < 2^14`` (int16 event counters); 32 where every sum of the register and a product (or
+    a tile) is an exact int32 before its clamp."""
     if not (
         acc.overflow is Overflow.SATURATE
-        and acc.bits == 16
-        and acc.signed
         and acc.tile_bits is None
         and not acc.track_partials
-        and x3.dtype in (np.int8, np.uint8, np.int16)
-        and x3.shape[2] < (1 << 14)
+        and x3.dtype.itemsize <= 2
     ):
-        return False
+        return 0
     wmax = int(np.abs(w3.astype(np.int64) - np.asarray(w_zp, np.int64)).max()) if w3.size else 0
-    return _max_effective_x(xop) * wmax <= (1 << 15) - 1
+    pmax = _max_effective_x(xop) * wmax
+    fmt = acc.format
+    if fmt.bits == 16 and fmt.signed and x3.shape[2] < (1 << 14) and pmax <= (1 << 15) - 1:
+        return 16
+    rail = max(-fmt.min, fmt.max)
+    if rail + max(pmax, rail) < (1 << 31) and 2 * x3.shape[2] < (1 << 31):
+        return 32
+    return 0
 
 
-def _ordered16(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator, exact, counters):
-    """The values of a 16-bit saturating accumulator (:func:`_lanes16`): ``rows`` from the
-    ordered kernel in registers (:func:`hwsim.datapath.ordered.ordered_sat16`), the others
-    the exact sums; records the events in ``counters``."""
+def _ordered_lanes(x3, w3, xop: Operand, w_zp, rows, order, acc, exact, counters, lanes: int):
+    """The values of a saturating accumulator run by the register-blocked kernel of ``lanes``
+    (:func:`_lanes`): ``rows`` from the kernel, the others the exact sums; records the events
+    in ``counters``."""
     G, M, K = x3.shape
     N = w3.shape[2]
     order = np.arange(K, dtype=np.int64) if order is None else np.array(order, np.int64)
-    weh = hardware_weights(_effective_weights(w3, w_zp), order, np.int16)
+    dtype = np.int16 if lanes == 16 else np.int32
+    weh = hardware_weights(_effective_weights(w3, w_zp), order, dtype)
     if rows.size == G * M:
         values = np.empty((G, M, N), np.int64)
     else:
         values = exact.astype(np.int64)  # a copy: the kernel overwrites the ordered rows
-    blocks = row_blocks(rows, M)
+    blocks = row_blocks(rows, M, ROWS if lanes == 16 else ROWS32)
     counts = np.zeros((blocks.shape[0] * (weh.shape[2] // LANES), 3), np.int64)
-    ordered_sat16(x3, np.int64(xop.zero_point), weh, order, rows, blocks, acc.tile, values,
-                  counts)  # fmt: skip
+    zx = np.int64(xop.zero_point)
+    if lanes == 16:
+        ordered_sat16(x3, zx, weh, order, rows, blocks, acc.tile, values, counts)
+    else:
+        lo, hi = np.int32(acc.format.min), np.int32(acc.format.max)
+        ordered_sat32(x3, zx, weh, order, rows, blocks, acc.tile, lo, hi, values, counts)
     events, hit, tevents = (int(c) for c in counts.sum(axis=0))
     counters.overflow_events = events
     counters.outputs_overflowed = hit

@@ -25,6 +25,8 @@ from numba.extending import intrinsic
 LANES = 32  # outputs per panel: 32 int16 lanes, one 512-bit or two 256-bit vectors
 ROWS = 8  # output rows per block: ROWS x LANES accumulators and counters stay in registers
 _BLOCK = ROWS * LANES
+ROWS32 = 4  # rows per block of the int32-lane kernel (a panel is two vectors per row)
+_BLOCK32 = ROWS32 * LANES
 
 
 @intrinsic
@@ -97,17 +99,12 @@ def ordered_sat16(x, zx, weh, order, rows, blocks, tile, vals, counts):
     every clamped add, tile-register adds and accumulator adds alike.
     """
     G, M, K = x.shape
-    N = vals.shape[2]
     npan = weh.shape[2] // LANES
     for task in prange(blocks.shape[0] * npan):
         b = task // npan
         n0 = (task - b * npan) * LANES
-        i0 = blocks[b, 0]
-        nr = blocks[b, 1]
-        g = rows[i0] // M
         ms = carray(_local(ROWS, np.int64), (ROWS,))
-        for r in range(ROWS):  # a short block repeats its last row (written once)
-            ms[r] = rows[i0 + min(r, nr - 1)] - g * M
+        g, nr = _block_rows(rows, blocks, b, M, ms)
         s = carray(_local(_BLOCK, np.int16), (ROWS, LANES))
         ev = carray(_local(_BLOCK, np.int16), (ROWS, LANES))
         tev = carray(_local(_BLOCK, np.int16), (ROWS, LANES))
@@ -126,23 +123,98 @@ def ordered_sat16(x, zx, weh, order, rows, blocks, tile, vals, counts):
                         c = _sadd16(s[r, n], t[r, n])
                         ev[r, n] = np.int16(ev[r, n] + (np.int16(s[r, n] + t[r, n]) != c))
                         s[r, n] = c
-        events = 0
-        hit = 0
-        tevents = 0
-        for r in range(nr):
-            m = ms[r]
-            for n in range(min(LANES, N - n0)):
-                vals[g, m, n0 + n] = s[r, n]
-                e = np.int64(ev[r, n]) + np.int64(tev[r, n])
-                events += e
-                hit += e != 0
-                tevents += tev[r, n]
-        counts[task, 0] = events
-        counts[task, 1] = hit
-        counts[task, 2] = tevents
+        _store(vals, counts, task, g, ms, nr, n0, s, ev, tev)
 
 
-def row_blocks(rows: np.ndarray, M: int, size: int = ROWS) -> np.ndarray:
+@njit(cache=True, inline="always")
+def _block_rows(rows, blocks, b, M, ms):
+    """Fill ``ms`` with the rows (within their group) of block ``b``, a short block repeating
+    its last row (written once); returns ``(group, rows in the block)``."""
+    i0 = blocks[b, 0]
+    nr = blocks[b, 1]
+    g = rows[i0] // M
+    for r in range(ms.shape[0]):
+        ms[r] = rows[i0 + min(r, nr - 1)] - g * M
+    return g, nr
+
+
+@njit(cache=True, inline="always")
+def _store(vals, counts, task, g, ms, nr, n0, s, ev, tev):
+    """Write a block's values to ``vals[g, ms[r], n0 + n]`` (columns < N) and its event totals
+    to ``counts[task]``: (events, outputs with an event, tile-register events)."""
+    N = vals.shape[2]
+    events = 0
+    hit = 0
+    tevents = 0
+    for r in range(nr):
+        m = ms[r]
+        for n in range(min(LANES, N - n0)):
+            vals[g, m, n0 + n] = s[r, n]
+            e = np.int64(ev[r, n]) + np.int64(tev[r, n])
+            events += e
+            hit += e != 0
+            tevents += tev[r, n]
+    counts[task, 0] = events
+    counts[task, 1] = hit
+    counts[task, 2] = tevents
+
+
+@njit(cache=True, inline="always")
+def _clamp_run(x, zx, weh, order, g, ms, n0, k0, k1, acc, ev, lo, hi):
+    """:func:`_sat16_run` in int32 lanes for a register range ``[lo, hi]`` (int32): every
+    ``acc + p`` is an exact int32 (the caller's precondition), then clamped and counted."""
+    for kk in range(k0, k1):
+        k = order[kk]
+        wr = weh[g, kk, n0 : n0 + LANES]
+        for r in range(ROWS32):
+            a = np.int32(np.int64(x[g, ms[r], k]) - zx)
+            for n in range(LANES):
+                v = np.int32(acc[r, n] + a * wr[n])
+                c = min(max(v, lo), hi)
+                ev[r, n] = np.int32(ev[r, n] + (v != c))
+                acc[r, n] = c
+
+
+@njit(cache=True, parallel=True)
+def ordered_sat32(x, zx, weh, order, rows, blocks, tile, lo, hi, vals, counts):
+    """:func:`ordered_sat16` for a saturating register of range ``[lo, hi]`` (tile register
+    the same) in int32 lanes, blocks of :data:`ROWS32` rows: ``acc <- clamp(acc + p)``.
+
+    ``weh`` (G, K, Np) int32; ``lo`` / ``hi`` int32. Preconditions (the caller's): every
+    ``x - zx`` and product fits int32, and ``max(|lo|, |hi|) + max|p|`` and ``2 max(|lo|,
+    |hi|)`` (a tile added to the accumulator) stay below 2^31, so each sum is exact before its
+    clamp; ``2K < 2^31`` (int32 event counters).
+    """
+    G, M, K = x.shape
+    npan = weh.shape[2] // LANES
+    for task in prange(blocks.shape[0] * npan):
+        b = task // npan
+        n0 = (task - b * npan) * LANES
+        ms = carray(_local(ROWS32, np.int64), (ROWS32,))
+        g, nr = _block_rows(rows, blocks, b, M, ms)
+        s = carray(_local(_BLOCK32, np.int32), (ROWS32, LANES))
+        ev = carray(_local(_BLOCK32, np.int32), (ROWS32, LANES))
+        tev = carray(_local(_BLOCK32, np.int32), (ROWS32, LANES))
+        s[:] = 0
+        ev[:] = 0
+        tev[:] = 0
+        if tile == 0:
+            _clamp_run(x, zx, weh, order, g, ms, n0, 0, K, s, ev, lo, hi)
+        else:
+            t = carray(_local(_BLOCK32, np.int32), (ROWS32, LANES))
+            for k0 in range(0, K, tile):
+                t[:] = 0
+                _clamp_run(x, zx, weh, order, g, ms, n0, k0, min(K, k0 + tile), t, tev, lo, hi)
+                for r in range(ROWS32):
+                    for n in range(LANES):
+                        v = np.int32(s[r, n] + t[r, n])
+                        c = min(max(v, lo), hi)
+                        ev[r, n] = np.int32(ev[r, n] + (v != c))
+                        s[r, n] = c
+        _store(vals, counts, task, g, ms, nr, n0, s, ev, tev)
+
+
+def row_blocks(rows: np.ndarray, M: int, size: int) -> np.ndarray:
     """(nb, 2) int64: blocks of at most ``size`` consecutive entries of ``rows`` (sorted flat
     indices into G*M) that never span two groups; each ``(first index, count)``."""
     if rows.size == 0:

@@ -7,14 +7,22 @@ from hypothesis import strategies as st
 
 from hwsim.datapath import Accumulator, Operand, ReductionOrder, gemm
 from hwsim.datapath import reference as dref
-from hwsim.datapath.ordered import LANES, ROWS, hardware_weights, ordered_sat16, row_blocks
+from hwsim.datapath.ordered import (
+    LANES,
+    ROWS,
+    ROWS32,
+    hardware_weights,
+    ordered_sat16,
+    ordered_sat32,
+    row_blocks,
+)
 from hwsim.numerics import IntFormat, Overflow
 from tests.strategies import ints_in, operand_arrays, operands
 
 
-def _acc16(tile: int) -> Accumulator:
+def _acc16(tile: int, bits: int = 16, signed: bool = True) -> Accumulator:
     order = ReductionOrder.TILED if tile else ReductionOrder.SEQUENTIAL
-    return Accumulator(16, Overflow.SATURATE, order=order, tile_rows=tile)
+    return Accumulator(bits, Overflow.SATURATE, signed=signed, order=order, tile_rows=tile)
 
 
 @st.composite
@@ -48,24 +56,34 @@ def sat16_cases(draw):
     return x3, zx, we, order, rows, tile
 
 
-def _run_kernel(x3, zx, we, order, rows, tile):
+def _run_kernel(x3, zx, we, order, rows, tile, acc=None):
+    """The int16-lane kernel, or with ``acc`` the int32-lane one on its range."""
     G, M, K = x3.shape
     N = we.shape[2]
-    weh = hardware_weights(we, order, np.int16)
-    blocks = row_blocks(rows, M)
+    weh = hardware_weights(we, order, np.int16 if acc is None else np.int32)
+    blocks = row_blocks(rows, M, ROWS if acc is None else ROWS32)
     vals = np.full((G, M, N), -(2**40), np.int64)  # rows not run keep this
     counts = np.zeros((blocks.shape[0] * (weh.shape[2] // LANES), 3), np.int64)
-    ordered_sat16(x3, np.int64(zx), weh, order, rows, blocks, tile, vals, counts)
+    if acc is None:
+        ordered_sat16(x3, np.int64(zx), weh, order, rows, blocks, tile, vals, counts)
+    else:
+        lo, hi = np.int32(acc.format.min), np.int32(acc.format.max)
+        ordered_sat32(x3, np.int64(zx), weh, order, rows, blocks, tile, lo, hi, vals, counts)
     return vals, counts.sum(axis=0).tolist()
 
 
-@given(sat16_cases())
-def test_sat16_kernel_equals_spec_on_any_rows_order_and_tiles(case):
+@given(
+    sat16_cases(),
+    st.sampled_from([None, (8, True), (12, False), (16, True), (20, True), (24, False)]),
+)
+def test_sat_kernels_equal_spec_on_any_rows_order_and_tiles(case, width):
+    """The int16-lane kernel (16-bit signed) and the int32-lane kernel on registers of 8 to
+    24 bits, signed or not (every sum of a register and a product fits int32)."""
     x3, zx, we, order, rows, tile = case
     G, M, K = x3.shape
     N = we.shape[2]
-    vals, counts = _run_kernel(*case)
-    acc = _acc16(tile)
+    acc = _acc16(tile) if width is None else _acc16(tile, *width)
+    vals, counts = _run_kernel(*case, acc=None if width is None else acc)
     want = np.full((G, M, N), -(2**40), np.int64)
     events = hit = tevents = 0
     for r in rows.tolist():
@@ -125,20 +143,23 @@ def test_row_blocks_cover_rows_once_within_one_group(groups, size):
     operands(max_bits=8),
     operands(max_bits=8),
     st.sampled_from([0, 1, 4, 7]),
+    st.sampled_from([(16, True), (12, True), (20, False), (24, True)]),
     st.integers(1, 6),
     st.integers(1, 20),
     st.sampled_from([LANES - 1, LANES + 1, 2 * LANES + 2]),
     st.sampled_from([None, "max"]),
     st.data(),
 )
-def test_gemm_sat16_on_wide_outputs_equals_reference(xo, wo, tile, M, K, N, extreme, data):
+def test_gemm_saturating_on_wide_outputs_equals_reference(
+    xo, wo, tile, width, M, K, N, extreme, data
+):
     """Through :func:`gemm`: outputs across several panels, rows that cannot saturate (exact
-    sums) mixed with rows that run the kernel."""
+    sums) mixed with rows that run the int16- or int32-lane kernel."""
     (xf, xzp), (wf, wzp) = xo, wo
     x = operand_arrays(data.draw, xf, (M, K), extreme)
     x[::2] = xzp  # rows of zero products: their bound fits, they keep the exact sums
     w = operand_arrays(data.draw, wf, (K, N), extreme)
-    acc = _acc16(tile)
+    acc = _acc16(tile, *width)
     xop, wop = Operand(xf, xzp), Operand(wf, wzp)
     want, want_c = dref.gemm(x.tolist(), w.tolist(), xzp, wzp, acc, n_cols=N)
     got = gemm(x, w, x_operand=xop, w_operand=wop, acc=acc)
