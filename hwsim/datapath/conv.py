@@ -19,6 +19,7 @@ from hwsim.datapath.engines import exact_sums, max_abs_effective
 from hwsim.datapath.gemm import check_accumulable, check_operand, reduce_batched, weight_zero_point
 from hwsim.datapath.isa import Isa, depthwise, pairs_saturate, resolve
 from hwsim.datapath.kernels import (
+    depthwise_nhwc_exact,
     depthwise_output_exact,
     depthwise_output_ort,
     depthwise_sums,
@@ -272,6 +273,7 @@ class ConvPlan:
         if g.Cg == 1:
             self.we = _depthwise_weights(w, wzp)
             self.we32 = self.we.astype(np.int32)
+            self.wt = np.ascontiguousarray(self.we32.reshape(g.F, -1).T)  # (kh*kw, F)
         else:
             self.w3 = _gemm_weights(w, g)
 
@@ -333,7 +335,14 @@ class ConvPlan:
         exact = bound + self.bias_max <= acc.format.max
         zp, olo, ohi = stage[6:]
         if g.Cg == 1:
-            if exact and bound < 1 << 31:  # the sums fit int32
+            if exact and bound < 1 << 31 and g.F == g.C and (g.C >= 32 or g.ho * g.wo <= 256):
+                # many channels or small planes: summed along the channels of NHWC rows
+                _, xop, xp = _padded_nhwc(x, self.xop, g)
+                lo, hi, bovf, clamped = depthwise_nhwc_exact(
+                    xp, np.int32(xop.zero_point), self.wt, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
+                    b, self.scale, zp, olo, ohi, out,
+                )  # fmt: skip
+            elif exact and bound < 1 << 31:  # the sums fit int32
                 lo, hi, bovf, clamped = depthwise_output_exact(
                     x, np.int32(zx), self.we32, *_dw_geometry(g), b, self.scale, zp, olo, ohi,
                     out,

@@ -779,3 +779,52 @@ def depthwise_output_exact(x, zx, we, sh, sw, pt, pl, dh, dw, bias, scale, zp, o
         stats[task, 2] = 0
         stats[task, 3] = ncl
     return _totals(stats)
+
+
+@njit(cache=True, parallel=True)
+def depthwise_nhwc_exact(xp, zx, wt, kh, kw, sh, sw, dh, dw, bias, scale, zp, olo, ohi, out):
+    """:func:`depthwise_output_exact` (one output channel per input channel) on the padded
+    NHWC input ``xp`` (N, Hp, Wp, C) (:func:`pad_nhwc`, padding holding ``zx``): each output
+    position sums its taps along the contiguous channels (vectorized across channels, which
+    suits small planes with many channels), is requantized branch-free into a row buffer and
+    written to ``out`` (N, C, ho, wo). ``wt`` (kh*kw, C) int32 effective weights, tap-major.
+    Returns ``(min sum, max sum, 0, clamped)``."""
+    N, F, ho, wo = out.shape
+    C = xp.shape[3]
+    n_tasks = N * ho
+    stats = np.empty((n_tasks, 4), np.int64)
+    for task in prange(n_tasks):
+        n = task // ho
+        oh = task - n * ho
+        acc = np.empty(C, np.int32)
+        tile = np.empty((wo, C), out.dtype)
+        lo_t = INT64_MAX
+        hi_t = INT64_MIN
+        ncl = 0
+        for ow in range(wo):
+            for c in range(C):
+                acc[c] = 0
+            for i in range(kh):
+                xr = xp[n, oh * sh + i * dh]
+                for j in range(kw):
+                    row = xr[ow * sw + j * dw]
+                    wr = wt[i * kw + j]
+                    for c in range(C):
+                        acc[c] += (np.int32(row[c]) - zx) * wr[c]
+            tr = tile[ow]
+            for c in range(C):
+                v = np.int64(acc[c])
+                lo_t = min(lo_t, v)
+                hi_t = max(hi_t, v)
+                o, y = _requant_exact(v + bias[c], scale[c], zp, olo, ohi)
+                ncl += o != y
+                tr[c] = o
+        for c in range(C):
+            dst = out[n, c, oh]
+            for ow in range(wo):
+                dst[ow] = tile[ow, c]
+        stats[task, 0] = lo_t
+        stats[task, 1] = hi_t
+        stats[task, 2] = 0
+        stats[task, 3] = ncl
+    return _totals(stats)
