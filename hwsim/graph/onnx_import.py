@@ -645,8 +645,6 @@ class _Importer:
                 q = q.T
             elif np.ndim(s) == 1 and axis != 0:
                 self.fail(node, "per-channel weight scales must be on axis 0 (output channels)")
-            if np.ndim(z) == 1 and np.all(z == z.reshape(-1)[0]):  # one zero point: a scalar
-                z = np.asarray(z).reshape(-1)[0]
             wq = WeightQuant(np.ascontiguousarray(q), s, z, fmt, src)
             return wq.dequantize(), wq
         w = self.const(node, t, "weight").astype(np.float32)
