@@ -76,7 +76,7 @@ def resolve_model(spec: str | os.PathLike) -> Path:
     for m in shipped_models():
         if m["name"] == str(spec):
             return MODELS_DIR / m["file"]
-    if p.suffix == ".onnx" or os.sep in str(spec):
+    if p.suffix in (".onnx", ".tflite") or os.sep in str(spec):
         return p  # let the importer report the missing file
     names = ", ".join(m["name"] for m in shipped_models())
     raise HwsimError(f"no model file or shipped model named {spec!r} (shipped: {names})")
@@ -195,11 +195,12 @@ def run(
         program = model
     else:
         path = resolve_model(model)
-        onnx_model = load_onnx(path)
-        if is_qoperator(onnx_model):
-            return run_qoperator(
-                onnx_model, str(path), data, batch_size, report, save_outputs, progress, isa
-            )
+        if path.suffix.lower() != ".tflite":  # a .tflite model: hwsim.graph.tflite_import
+            onnx_model = load_onnx(path)
+            if is_qoperator(onnx_model):
+                return run_qoperator(
+                    onnx_model, str(path), data, batch_size, report, save_outputs, progress, isa
+                )
         program = load_quantized(path)
     ds = _data(data, program.graph.input_shape)
     rep, outs = run_program(
