@@ -933,16 +933,24 @@ class IntegerExecutor:
         ):
             d = self._ort_shift(holder, (*node.inputs[:2], node.output))
             holder = np.uint8 if d else holder
+
+            def held(q):  # the operand as onnxruntime holds it (uint8 = int8 + 128 where d)
+                return (
+                    q if d == 0 and q.dtype == holder else (q.astype(np.int16) + d).astype(holder)
+                )
+
             y = qops.qlinear_add(
-                (a.q.astype(np.int16) + d).astype(holder),
+                held(a.q),
                 np.float32(a.scale),
                 holder(a.zero_point + d),
-                (b.q.astype(np.int16) + d).astype(holder),
+                held(b.q),
                 np.float32(b.scale),
                 holder(b.zero_point + d),
                 np.float32(so),
                 holder(spec.zero_point + d),
             )
+            if d == 0 and spec.fmt.bits == 8 and y.dtype == spec.fmt.dtype:
+                return QTensor(y, so, spec.zero_point, spec.fmt)  # already in the format
             y = saturate(np.asarray(y, np.int64) - d, spec.fmt)  # narrower widths: clamp again
             return QTensor(np.asarray(y).astype(spec.fmt.dtype), so, spec.zero_point, spec.fmt)
         L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))

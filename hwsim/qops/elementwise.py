@@ -28,6 +28,7 @@ from hwsim.qops.common import (
     fma_f32,
     int_format,
 )
+from hwsim.qops.kernels import qlinear_add_rows
 
 
 def _binary_formats(A, B, A_zero_point, B_zero_point, C_zero_point):
@@ -92,10 +93,23 @@ def qlinear_add(
     sc = _f32_scale(C_scale, "C_scale")
     if fmt.bits > 8:
         raise QOpError(f"QLinearAdd takes int8 / uint8, got {fmt}")
-    Ab, Bb = np.broadcast_arrays(A.astype(np.int64), B.astype(np.int64))
     f32 = np.float32
     ra, rb = f32(sa / sc), f32(sb / sc)
-    if ort_broadcast_mode(A.shape, B.shape) == "input0_scalar":
+    swap = ort_broadcast_mode(A.shape, B.shape) == "input0_scalar"
+    if A.shape == B.shape and A.ndim and A.size:  # one pass (hwsim.qops.kernels)
+        (P, rp, zp), (Q, rq, zq) = (
+            ((B, rb, zb), (A, ra, za)) if swap else ((A, ra, za), (B, rb, zb))
+        )
+        fixed = f32(zc) - fma_f32(rp, f32(zp), rq * f32(zq))
+        out = np.empty(A.shape, _holder(fmt))
+        n = A.shape[0]
+        qlinear_add_rows(
+            np.ascontiguousarray(P).reshape(n, -1), np.ascontiguousarray(Q).reshape(n, -1),
+            rp, rq, f32(fixed), fmt.min, fmt.max, out.reshape(n, -1),
+        )  # fmt: skip
+        return out
+    Ab, Bb = np.broadcast_arrays(A.astype(np.int64), B.astype(np.int64))
+    if swap:
         (P, rp, zp), (Q, rq, zq) = (Bb, rb, zb), (Ab, ra, za)
     else:
         (P, rp, zp), (Q, rq, zq) = (Ab, ra, za), (Bb, rb, zb)
