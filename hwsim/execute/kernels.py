@@ -92,10 +92,13 @@ def quantize_static(x, s, lo, hi, zp, out):
 @njit(cache=True, parallel=True)
 def clamp_rows(q, lo, hi, out):
     """``out = min(max(q, lo), hi)`` element by element (the integer ReLU / Clip); ``q`` and
-    ``out`` (N, E) of one integer dtype, ``out`` may be ``q`` itself."""
+    ``out`` (N, E) of one integer dtype, ``out`` may be ``q`` itself; ``lo`` / ``hi`` values
+    of that dtype (compared in it, so the loop vectorizes)."""
     N, E = q.shape
+    lo_q = q.dtype.type(lo)
+    hi_q = q.dtype.type(hi)
     for n in prange(N):
         qr = q[n]
         o = out[n]
         for e in range(E):
-            o[e] = min(max(qr[e], lo), hi)
+            o[e] = min(max(qr[e], lo_q), hi_q)
