@@ -44,7 +44,8 @@ from hwsim.numerics import IntFormat
 BLOCK = 32  # products per block: tighter bounds (smaller) against more GEMM output (larger)
 MAX_BLOCK = 1 << 14  # a block's sum of squares X2 < 2^31 (int32)
 INT32_K = (1 << 31) // (255 * 255)  # below it every partial sum and block sum fits int32
-HIT_RATE = 0.02  # blocks reduced exactly, per block and output row, that switch to exact P, Q
+HIT_RATE = 0.02  # blocks reduced exactly per block and output row that switch to exact P, Q
+# (four times that for activations with x < zx somewhere, whose P, Q take the [x+; x-] GEMM)
 CHUNK_BYTES = 2 << 20  # block sums (int32) held at a time: about an L2 cache
 LANES = 64  # outputs scanned together by the bounds pass
 SPAN = 64  # a bounds task scans about SPAN / N runs of LANES outputs (N outputs per row)
@@ -126,7 +127,7 @@ def partial_extremes(
     weh = np.ascontiguousarray((w3.astype(np.int64) - np.asarray(w_zp, np.int64))[:, order])
     x3, zx = as_uint8(x3, zx)
     run = _Run(x3, zx, layer_operands(weh, np.asarray(w_zp, np.int64), tile, block), known)
-    rows = max(LANES, min(M, CHUNK_BYTES // max(1, G * run.ops.lay.count * N * 4)))
+    rows = max(LANES, min(M, CHUNK_BYTES // max(1, G * run.ops.lay.count * run.sums(N) * 4)))
     for m0 in range(0, M, rows):
         xt = run.scratch(min(M, m0 + rows) - m0)
         xs = np.ascontiguousarray(x3[:, m0 : m0 + rows])  # one layout: one compiled kernel
@@ -158,7 +159,7 @@ def conv_partial_extremes(
     x, zx = as_uint8(np.ascontiguousarray(x), zx)  # a kernel tap's lines: runs of its planes
     run = _Run(x, zx, layer_operands(weh, np.asarray(w_zp, np.int64), tile, block), known)
     lay = run.ops.lay
-    lines = max(1, CHUNK_BYTES // max(1, wo * G * lay.count * Fg * 4))
+    lines = max(1, CHUNK_BYTES // max(1, wo * G * lay.count * run.sums(Fg) * 4))
     for l0 in range(0, N * ho, lines):
         l1 = min(N * ho, l0 + lines)
         xt = run.scratch((l1 - l0) * wo)
@@ -173,12 +174,14 @@ class LayerOperands:
     """What the bounds of one reduction need from its weights alone (:func:`layer_operands`):
     the blocks ``lay``; ``weh`` (G, K, N) int64 effective weights in hardware order; ``wa``
     (G*nb, N, width) uint8, the GEMM's left operand, raw weights ``w = (wa - az)`` of each
-    block's products (``az`` past a block's length); ``wpq`` (G*nb, 2N, width) uint8, the
-    parts ``w+`` (rows < N) and ``w-`` of the effective weights (zero past a block); ``zw``
+    block's products (``az`` past a block's length); ``wpq`` (G*nb, 2N, 2 width) uint8, the
+    GEMM operand of ``P`` (rows < N) and ``Q`` on ``[x+; x-]``: the parts ``w+``, ``w-`` of
+    the effective weights for ``x+`` (columns < width) and ``w-``, ``w+`` for ``x-`` (zero
+    past a block; with every ``x >= zx`` the first ``width`` columns alone); ``zw``
     (G, N) int64 weight zero points; ``w2`` (G*nb, N) int64, ``sum_u (w_u - zw)^2`` per block
-    and output. ``exact``: the bounds of :func:`scan_blocks` for operands with ``x >= zx``
-    (False: block sums and Cauchy-Schwarz; True: exact ``P`` / ``Q``), set for few outputs per
-    row (``4 N <= width``) and then learnt from the hit rate; it changes no result."""
+    and output. ``exact``: the bounds of :func:`scan_blocks` (False: block sums and
+    Cauchy-Schwarz; True: exact ``P`` / ``Q``), set for few outputs per row (``4 N <= width``)
+    and then learnt from the hit rate; it changes no result."""
 
     lay: Blocks
     weh: np.ndarray
@@ -221,9 +224,11 @@ def _layer_operands(weh, zw, tile: int, block: int) -> LayerOperands:
     az = 128 if raw.size and int(raw.min()) < 0 else 0  # a signed format: stored as w + 128
     wa = (raw + az).astype(np.uint8).transpose(0, 1, 3, 2)  # (G, nb, N, width)
     wa = np.ascontiguousarray(wa).reshape(G * lay.count, N, lay.width)
-    wpq = np.concatenate([np.maximum(wb, 0), np.maximum(-wb, 0)], axis=3)  # (G, nb, width, 2N)
+    pos, neg = np.maximum(wb, 0), np.maximum(-wb, 0)  # (G, nb, width, N)
+    for_xp, for_xm = np.concatenate([pos, neg], axis=3), np.concatenate([neg, pos], axis=3)
+    wpq = np.concatenate([for_xp, for_xm], axis=2)  # (G, nb, 2 width, 2N)
     wpq = np.ascontiguousarray(wpq.astype(np.uint8).transpose(0, 1, 3, 2))
-    wpq = wpq.reshape(G * lay.count, 2 * N, lay.width)
+    wpq = wpq.reshape(G * lay.count, 2 * N, 2 * lay.width)
     zw = zw.astype(np.int64)
     # few outputs per row: a block's sum of squares would cost more than a second GEMM row
     exact = 4 * N <= lay.width
@@ -237,11 +242,15 @@ class _Run:
     def __init__(self, x, zx: int, ops: LayerOperands, known):
         self.ops = ops
         self.zx = zx
-        self.nonneg = not x.size or int(x.min()) >= zx  # every x - zx >= 0: P, Q in one GEMM
+        self.nonneg = not x.size or int(x.min()) >= zx  # every x - zx >= 0: no x- part
         lo, hi = known
         self.lo = _NONE if lo is None else int(lo)
         self.hi = -_NONE if hi is None else int(hi)
         self._xt = None
+
+    def sums(self, N: int) -> int:
+        """Rows of block sums per output row: 2N (``P`` and ``Q``) in the exact mode, else N."""
+        return 2 * N if self.ops.exact else N
 
     def scratch(self, m: int) -> np.ndarray:
         if self._xt is None or self._xt.shape[2] != m:
@@ -254,12 +263,19 @@ class _Run:
         holding zx) into ``lo`` / ``hi``."""
         GB, R, Mc = xt.shape
         ops = self.ops
-        exact = ops.exact and self.nonneg
-        a, az = (ops.wpq, 0) if exact else (ops.wa, ops.az)
+        exact = ops.exact
+        a, az, xg, zg = ops.wa, ops.az, xt, self.zx
+        if exact and self.nonneg:
+            a, az = ops.wpq[:, :, :R], 0
+        elif exact:  # the GEMM operand [x+; x-], zero point 0
+            zx = np.uint8(self.zx)
+            xg = np.concatenate([np.maximum(xt, zx) - zx, zx - np.minimum(xt, zx)], axis=1)
+            a, az, zg = ops.wpq, 0, 0
+        a = np.ascontiguousarray(a)
         if ort_available():
-            sr = _ort_run(a, az, xt, np.full((GB, 1, Mc), self.zx, np.uint8))
+            sr = _ort_run(a, az, xg, np.full((GB, 1, Mc), zg, np.uint8))
         else:
-            sr = exact_sums(a, xt, az, self.zx, _U8, _U8)
+            sr = exact_sums(a, xg, az, zg, _U8, _U8)
         # the bounds pass works in sr's dtype: int32 while every partial sum fits it
         sr = sr.astype(np.int32 if ops.weh.shape[1] < INT32_K else np.int64, copy=False)
         ntask = ops.weh.shape[0] * -(-Mc // LANES)
@@ -268,7 +284,8 @@ class _Run:
         scan_blocks(sr, exact, xt, np.int64(self.zx), ops.zw, ops.w2, ops.weh, lay.starts,
                     lay.lens, lay.first, lay.last, self.lo, self.hi, res)  # fmt: skip
         self.lo, self.hi = min(self.lo, int(res[:, 0].min())), max(self.hi, int(res[:, 1].max()))
-        if not exact and self.nonneg and res[:, 2].sum() > HIT_RATE * GB * Mc:
+        rate = HIT_RATE if self.nonneg else 4 * HIT_RATE  # [x+; x-]: a GEMM twice as long
+        if not exact and res[:, 2].sum() > rate * GB * Mc:
             ops.exact = True  # this layer's data pass the bounds too rarely: exact P, Q
 
 
