@@ -67,30 +67,40 @@ def sqnr_lane_sums(f, q, zp, scale, ss, se):
     as :func:`hwsim.execute.kernels.sqnr_terms` computes them. ``f`` (N, E) float32, ``q``
     (N, E) integers, ``scale`` (N,) float32; ``ss`` / ``se`` (N,) float64."""
     N, E = q.shape
+    m = E - E % 4
     for n in prange(N):
         s = scale[n]
         fr = f[n]
         qr = q[n]
         a0 = a1 = a2 = a3 = 0.0
         b0 = b1 = b2 = b3 = 0.0
-        for e0 in range(0, E, 4):
-            for j in range(4):
-                e = e0 + j
-                if e < E:
-                    fv = np.float64(fr[e])
-                    r = fv - np.float64(np.float32(np.float32(np.int64(qr[e]) - zp) * s))
-                    if j == 0:
-                        a0 += fv * fv
-                        b0 += r * r
-                    elif j == 1:
-                        a1 += fv * fv
-                        b1 += r * r
-                    elif j == 2:
-                        a2 += fv * fv
-                        b2 += r * r
-                    else:
-                        a3 += fv * fv
-                        b3 += r * r
+        for e in range(0, m, 4):
+            f0, f1 = np.float64(fr[e]), np.float64(fr[e + 1])
+            f2, f3 = np.float64(fr[e + 2]), np.float64(fr[e + 3])
+            r0 = f0 - np.float64(np.float32(np.float32(np.int64(qr[e]) - zp) * s))
+            r1 = f1 - np.float64(np.float32(np.float32(np.int64(qr[e + 1]) - zp) * s))
+            r2 = f2 - np.float64(np.float32(np.float32(np.int64(qr[e + 2]) - zp) * s))
+            r3 = f3 - np.float64(np.float32(np.float32(np.int64(qr[e + 3]) - zp) * s))
+            a0 += f0 * f0
+            a1 += f1 * f1
+            a2 += f2 * f2
+            a3 += f3 * f3
+            b0 += r0 * r0
+            b1 += r1 * r1
+            b2 += r2 * r2
+            b3 += r3 * r3
+        for e in range(m, E):  # the tail: lanes 0, 1, 2
+            fv = np.float64(fr[e])
+            r = fv - np.float64(np.float32(np.float32(np.int64(qr[e]) - zp) * s))
+            if e == m:
+                a0 += fv * fv
+                b0 += r * r
+            elif e == m + 1:
+                a1 += fv * fv
+                b1 += r * r
+            else:
+                a2 += fv * fv
+                b2 += r * r
         ss[n] = (a0 + a1) + (a2 + a3)
         se[n] = (b0 + b1) + (b2 + b3)
 
