@@ -313,11 +313,12 @@ class ConvPlan:
         plan.out_dtype = out_format.dtype
         return plan
 
-    def run(self, x) -> tuple[OutputResult, Counters] | None:
+    def run(self, x, act: tuple[int, int] | None = None) -> tuple[OutputResult, Counters] | None:
         """The layer on ``x`` (N, C, H, W) of the plan's input operand: ``(OutputResult,
         Counters)``, or None when this input's magnitudes could overflow the accumulator
         (:func:`_cannot_overflow`; the caller then composes :func:`conv2d` and the output
-        stage)."""
+        stage). ``act``: the bounds ``(lo, hi)`` of a ReLU / Clip applied to the outputs
+        after the output stage (its clamp count is the output format's alone)."""
         x = check_operand(x, self.xop, "x", 4)
         g = replace(self.g, N=x.shape[0])
         if x.shape[1:] != (g.C, g.H, g.W):
@@ -334,23 +335,26 @@ class ConvPlan:
         # no sum + bias can leave the accumulator: the output stage has no overflow to apply
         exact = bound + self.bias_max <= acc.format.max
         zp, olo, ohi = stage[6:]
+        alo, ahi = (olo, ohi) if act is None else act
         if g.Cg == 1:
             if exact and bound < 1 << 31 and g.F == g.C and (g.C >= 32 or g.ho * g.wo <= 256):
                 # many channels or small planes: summed along the channels of NHWC rows
                 _, xop, xp = _padded_nhwc(x, self.xop, g)
                 lo, hi, bovf, clamped = depthwise_nhwc_exact(
                     xp, np.int32(xop.zero_point), self.wt, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
-                    b, self.scale, zp, olo, ohi, out,
+                    b, self.scale, zp, olo, ohi, alo, ahi, out,
                 )  # fmt: skip
             elif exact and bound < 1 << 31:  # the sums fit int32
                 lo, hi, bovf, clamped = depthwise_output_exact(
                     x, np.int32(zx), self.we32, *_dw_geometry(g), b, self.scale, zp, olo, ohi,
-                    out,
+                    alo, ahi, out,
                 )  # fmt: skip
             else:
                 lo, hi, bovf, clamped = depthwise_output_ort(
                     x, np.int64(zx), self.we, *_dw_geometry(g), b, *stage, out
                 )
+                if act is not None:
+                    np.clip(out, alo, ahi, out=out)
             counters = _direct_counters(x, self.w, zx, self.wzp, g, acc, track, lo, hi)
             return OutputResult(out, int(bovf), int(clamped)), counters
         xin, xop, xp = _padded_nhwc(x, self.xop, g)
@@ -362,10 +366,12 @@ class ConvPlan:
                               self.engine, max_x, self.max_w)  # fmt: skip
             if exact:
                 lo, hi, nb, ncl = gmn_output_exact(
-                    sums, n1 - n0, b, self.scale, zp, olo, ohi, out3[n0:n1]
+                    sums, n1 - n0, b, self.scale, zp, olo, ohi, alo, ahi, out3[n0:n1]
                 )
             else:
                 lo, hi, nb, ncl = gmn_output_ort(sums, n1 - n0, b, *stage, out3[n0:n1])
+                if act is not None:
+                    np.clip(out3[n0:n1], alo, ahi, out=out3[n0:n1])
             part = Counters(macs=sums.size * g.K)
             if sums.size:
                 part.final_min, part.final_max = int(lo), int(hi)

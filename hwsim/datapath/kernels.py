@@ -47,8 +47,26 @@ def _track_row(a, wrow, ecur, mn, mx):
 
 @njit(cache=True, parallel=True)
 def ordered_reduce(
-    x, zx, we, rows, order, lo, hi, saturate, tile, tlo, thi, tbits, tsplit, signed, track, vals,
-    events, tevents, pmin, pmax,
+    x,
+    zx,
+    we,
+    rows,
+    order,
+    lo,
+    hi,
+    saturate,
+    tile,
+    tlo,
+    thi,
+    tbits,
+    tsplit,
+    signed,
+    track,
+    vals,
+    events,
+    tevents,
+    pmin,
+    pmax,
 ):
     """Reduce rows ``rows`` (flat indices into G*M) of ``(x - zx) @ we`` in hardware order.
 
@@ -672,11 +690,13 @@ def _requant_exact(e, sc, zp, olo, ohi):
 
 
 @njit(cache=True, parallel=True)
-def gmn_output_exact(vals, N, bias, scale, zp, olo, ohi, out):
+def gmn_output_exact(vals, N, bias, scale, zp, olo, ohi, alo, ahi, out):
     """:func:`gmn_output_ort` where no ``sum + bias`` can leave the accumulator (the caller's
     bound): no overflow rule to apply, so a tile of ``GMN_TILE`` positions is requantized
     along its contiguous channels (branch-free, vectorized) into a small buffer and then
-    written to the NCHW output. Returns ``(min sum, max sum, 0, clamped)``."""
+    written to the NCHW output. ``alo`` / ``ahi``: a following ReLU / Clip applied to the
+    outputs (``olo`` / ``ohi`` for none), after the clamp count. Returns ``(min sum, max sum,
+    0, clamped)``."""
     G, M, Fg = vals.shape
     P = M // N if N else 0
     nt = (P + GMN_TILE - 1) // GMN_TILE
@@ -704,7 +724,7 @@ def gmn_output_exact(vals, N, bias, scale, zp, olo, ohi, out):
                 hi_t = max(hi_t, v)
                 o, y = _requant_exact(v + bf[f], sf[f], zp, olo, ohi)
                 ncl += o != y
-                tr[f] = o
+                tr[f] = min(max(o, alo), ahi)
         for f in range(Fg):
             dst = out[n, g * Fg + f, p0:p1]
             for p in range(p1 - p0):
@@ -717,13 +737,16 @@ def gmn_output_exact(vals, N, bias, scale, zp, olo, ohi, out):
 
 
 @njit(cache=True, parallel=True)
-def depthwise_output_exact(x, zx, we, sh, sw, pt, pl, dh, dw, bias, scale, zp, olo, ohi, out):
+def depthwise_output_exact(
+    x, zx, we, sh, sw, pt, pl, dh, dw, bias, scale, zp, olo, ohi, alo, ahi, out
+):
     """:func:`depthwise_output_ort` where no ``sum + bias`` can leave the accumulator and
     every partial sum fits int32 (the caller's bound). Each (sample, channel) plane is first
     laid out padded, as ``x - zx`` in int32, split into ``sw`` column phases (phase ``r``
     holds the padded columns ``k*sw + r``), so every kernel tap adds one contiguous run per
     output row (vectorized), whatever the stride; then the rows are requantized branch-free.
-    ``we`` (F, kh, kw) int32. Returns ``(min sum, max sum, 0, clamped)``."""
+    ``we`` (F, kh, kw) int32; ``alo`` / ``ahi`` as :func:`gmn_output_exact`'s. Returns ``(min
+    sum, max sum, 0, clamped)``."""
     N, F, ho, wo = out.shape
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     m = F // C
@@ -773,7 +796,7 @@ def depthwise_output_exact(x, zx, we, sh, sw, pt, pl, dh, dw, bias, scale, zp, o
                 hi_t = max(hi_t, v)
                 o, y = _requant_exact(v + b, sc, zp, olo, ohi)
                 ncl += o != y
-                dst[ow] = o
+                dst[ow] = min(max(o, alo), ahi)
         stats[task, 0] = lo_t
         stats[task, 1] = hi_t
         stats[task, 2] = 0
@@ -782,13 +805,16 @@ def depthwise_output_exact(x, zx, we, sh, sw, pt, pl, dh, dw, bias, scale, zp, o
 
 
 @njit(cache=True, parallel=True)
-def depthwise_nhwc_exact(xp, zx, wt, kh, kw, sh, sw, dh, dw, bias, scale, zp, olo, ohi, out):
+def depthwise_nhwc_exact(
+    xp, zx, wt, kh, kw, sh, sw, dh, dw, bias, scale, zp, olo, ohi, alo, ahi, out
+):
     """:func:`depthwise_output_exact` (one output channel per input channel) on the padded
     NHWC input ``xp`` (N, Hp, Wp, C) (:func:`pad_nhwc`, padding holding ``zx``): each output
     position sums its taps along the contiguous channels (vectorized across channels, which
     suits small planes with many channels), is requantized branch-free into a row buffer and
-    written to ``out`` (N, C, ho, wo). ``wt`` (kh*kw, C) int32 effective weights, tap-major.
-    Returns ``(min sum, max sum, 0, clamped)``."""
+    written to ``out`` (N, C, ho, wo). ``wt`` (kh*kw, C) int32 effective weights, tap-major;
+    ``alo`` / ``ahi`` as :func:`gmn_output_exact`'s. Returns ``(min sum, max sum, 0,
+    clamped)``."""
     N, F, ho, wo = out.shape
     C = xp.shape[3]
     n_tasks = N * ho
@@ -818,7 +844,7 @@ def depthwise_nhwc_exact(xp, zx, wt, kh, kw, sh, sw, dh, dw, bias, scale, zp, ol
                 hi_t = max(hi_t, v)
                 o, y = _requant_exact(v + bias[c], scale[c], zp, olo, ohi)
                 ncl += o != y
-                tr[c] = o
+                tr[c] = min(max(o, alo), ahi)
         for c in range(C):
             dst = out[n, c, oh]
             for ow in range(wo):

@@ -196,6 +196,13 @@ class IntegerExecutor:
         output stage), keyed by the node and what they depend on."""
         self._donated = False
         """The current node may overwrite its input's integers (:meth:`_donatable`)."""
+        self._donated_out = False
+        """Nothing but the ReLU / Clip of :attr:`_act_after` will see the current node's
+        output, so that activation may be applied in the node's output stage."""
+        self._applied: set[str] = set()
+        """ReLU / Clip nodes their convolution's output stage applied in this run."""
+        self._act_after = _activations_after(program.graph)
+        """Node name -> the ReLU / Clip that alone reads its output, once."""
         self.wide = wide_tensors(program)
         """Tensors held at their producer's accumulator width for an integer non-linearity
         (:func:`wide_tensors`)."""
@@ -651,9 +658,12 @@ class IntegerExecutor:
         if entry is False:
             return None
         plan, per_sample_clamped, reg, gain, so = entry
-        got = plan.run(q)
+        act = self._act_bounds(node, spec, so) if self._donated_out else None
+        got = plan.run(q, act)
         if got is None:
             return None
+        if act is not None:
+            self._applied.add(self._act_after[node.name].name)
         out, counters = got
         st = self.stats[node.name]
         if gain is not None:
@@ -693,6 +703,27 @@ class IntegerExecutor:
         if plan is None:
             return None
         return plan, bias_clamped, reg, reg.gain_error, so.astype(np.float32)
+
+    def _act_bounds(self, node: Node, spec: ActSpec, so) -> tuple[int, int] | None:
+        """The integer bounds of the ReLU / Clip that alone reads ``node``'s output
+        (:attr:`_act_after`) when it keeps that output's grid (its integer rule applies), so
+        the convolution's output stage applies them; else None."""
+        act = self._act_after.get(node.name)
+        if act is None:
+            return None
+        aspec = self._spec(act.output)
+        if aspec is None or not (
+            aspec.mode == "static"
+            and np.float32(aspec.scale) == np.float32(so)
+            and aspec.zero_point == spec.zero_point
+            and aspec.fmt == spec.fmt
+        ):
+            return None
+        held = QTensor(np.zeros(0, spec.fmt.dtype), so, spec.zero_point, spec.fmt)
+        if act.op is Op.RELU:
+            top = _DTYPE_MAX.get(np.dtype(spec.fmt.dtype))
+            return None if top is None else (spec.zero_point, top)
+        return self._clip_bounds(act, held)
 
     def _mac(self, node: Node, x: QTensor, spec: ActSpec | None) -> QTensor | np.ndarray:
         planned = self._conv_planned(node, x, spec)
@@ -1660,12 +1691,18 @@ class IntegerExecutor:
         return x.like(max_pool(x.q, a["kernel"], a["strides"], a["pads"], x.fmt.min))
 
     def _op_relu(self, node: Node, x: QTensor):
+        if node.name in self._applied:  # applied by its convolution's output stage
+            self._applied.discard(node.name)
+            return x
         hi = _DTYPE_MAX.get(x.q.dtype)
         if hi is None:
             return x.like(np.maximum(x.q, x.zero_point))
         return self._clamped(x, x.zero_point, hi)
 
     def _op_clip(self, node: Node, x: QTensor):
+        if node.name in self._applied:  # applied by its convolution's output stage
+            self._applied.discard(node.name)
+            return x
         if np.ndim(x.scale) == 0:
             return self._clamped(x, *self._clip_bounds(node, x))
         s = x.scale_b()
@@ -1762,11 +1799,13 @@ class IntegerExecutor:
             for t in n.inputs:
                 last_use[t] = i
         donate = not keep_all and visit is None
+        self._applied.clear()
         for i, n in enumerate(g.nodes):
             self._rng = self._node_rngs(i, n, first, n_batch)
             self._current = n.name
             self._node_now, self._ins_now = n, [env[t] for t in n.inputs]
             self._donated = donate and self._donatable(n, i, env, last_use)
+            self._donated_out = donate and n.name in self._act_after
             try:
                 env[n.output] = self._node(n, self._ins_now)
             except MultiplierRangeError as e:  # name the layer whose register is out of range
@@ -1774,7 +1813,7 @@ class IntegerExecutor:
             finally:
                 self._rng = None
                 self._current = None
-                self._donated = False
+                self._donated = self._donated_out = False
                 self._node_now, self._ins_now = None, []
             if visit is not None:
                 visit(n, env[n.output])
@@ -1782,6 +1821,7 @@ class IntegerExecutor:
                 for t in n.inputs:
                     if last_use.get(t) == i and t != g.output:
                         env.pop(t, None)
+        self._applied.clear()
         if sample_offset is None:
             self.samples_seen += n_batch
         return env
@@ -1812,6 +1852,24 @@ class IntegerExecutor:
         """The model output as float32 (DequantizeLinear of an integer output)."""
         y = env[self.g.output]
         return y.dequantize() if isinstance(y, QTensor) else np.asarray(y, np.float32)
+
+
+def _activations_after(g) -> dict[str, Node]:
+    """Convolutions whose output is read by one ReLU / Clip alone, once (and is not the graph's
+    output): conv name -> that activation node."""
+    cons = g.consumers()
+    out = {}
+    for n in g.nodes:
+        readers = cons.get(n.output, [])
+        if (
+            n.op is Op.CONV
+            and n.output != g.output
+            and len(readers) == 1
+            and readers[0].op in (Op.RELU, Op.CLIP)
+            and readers[0].inputs.count(n.output) == 1
+        ):
+            out[n.name] = readers[0]
+    return out
 
 
 def _same_grid(x: QTensor, spec: ActSpec) -> bool:

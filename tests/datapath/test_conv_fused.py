@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 from hwsim.datapath import Accumulator, Operand, conv2d, output_stage
 from hwsim.datapath import reference as dref
-from hwsim.datapath.conv import conv2d_requant
+from hwsim.datapath.conv import ConvPlan, conv2d_requant
 from hwsim.datapath.kernels import gmn_output_exact, gmn_output_ort
 from hwsim.datapath.output import ort_stage_args
 from hwsim.numerics import IntFormat, Overflow, ScaleRegister
@@ -174,6 +174,17 @@ def test_conv2d_requant_equals_the_plain_int_conv_and_output_stage(
     assert out.values.tolist() == want
     assert (out.bias_overflows, out.clamped) == (bovf, clamped)
     assert counters == want_c
+    # a ReLU / Clip applied by the plan's output stage: the clamp count stays the format's
+    act = tuple(sorted(data.draw(st.lists(ints_in(out_fmt.min, out_fmt.max), min_size=2,
+                                          max_size=2))))  # fmt: skip
+    plan = ConvPlan.build(
+        w, x.shape[1:], stride=case["stride"], padding=case["padding"],
+        dilation=case["dilation"], groups=case["groups"], x_operand=xop, w_operand=wop, acc=acc,
+        register=reg, bias=np.array(bias, np.int64), out_format=out_fmt, out_zero_point=zp,
+    )  # fmt: skip
+    out2, counters2 = plan.run(x, act)
+    assert out2.values.tolist() == np.clip(out.values, *act).tolist()  # out.values == want
+    assert (out2.bias_overflows, out2.clamped, counters2) == (bovf, clamped, want_c)
 
 
 @given(
@@ -277,7 +288,8 @@ def test_gmn_output_stage_is_the_output_stage_of_the_transposed_sums(G, N, P, Fg
 def test_branch_free_gmn_output_stage_is_the_output_stage(G, N, P, Fg, dtype, bits, data):
     """:func:`gmn_output_exact` (sums and biases whose sum stays in the accumulator) against
     the numpy output stage: ties of the float32 product (power-of-two scales), products beyond
-    2^23 and up to the register's 2^62 limit, clamps at both output rails."""
+    2^23 and up to the register's 2^62 limit, clamps at both output rails; a ReLU / Clip's
+    bounds applied after the clamp count."""
     acc = Accumulator(bits)
     fmt = acc.format
     half = (fmt.max // 2, np.iinfo(dtype).max)
@@ -294,16 +306,20 @@ def test_branch_free_gmn_output_stage_is_the_output_stage(G, N, P, Fg, dtype, bi
     )  # fmt: skip
     out_fmt = IntFormat(data.draw(st.sampled_from([8, 16])), data.draw(st.booleans()))
     zp = data.draw(ints_in(out_fmt.min, out_fmt.max))
+    alo, ahi = sorted(data.draw(st.lists(ints_in(out_fmt.min, out_fmt.max), min_size=2,
+                                         max_size=2)))  # fmt: skip
+    if data.draw(st.booleans()):  # no activation
+        alo, ahi = out_fmt.min, out_fmt.max
     out = np.empty((N, F, P), out_fmt.dtype)
     vmin, vmax, bovf, clamped = gmn_output_exact(
-        vals, N, bias, scale, zp, out_fmt.min, out_fmt.max, out
+        vals, N, bias, scale, zp, out_fmt.min, out_fmt.max, alo, ahi, out
     )
     nchw = vals.reshape(G, N, P, Fg).transpose(1, 0, 3, 2).reshape(N, F, P)
     reg = ScaleRegister("ort", scale, np.zeros((), np.int64))
     want = output_stage(
         nchw, reg, acc=acc, bias=bias, out_format=out_fmt, out_zero_point=zp, fused=False
     )
-    assert np.array_equal(out, want.values)
+    assert np.array_equal(out, np.clip(want.values, alo, ahi))  # the activation after it
     assert (bovf, clamped) == (0, want.clamped) and want.bias_overflows == 0
     if vals.size:
         assert (vmin, vmax) == (int(vals.min()), int(vals.max()))

@@ -178,15 +178,16 @@ def test_streamed_runs_equal_kept_runs(tmp_path, model, preset):
 def test_a_w8a8_network_runs_every_convolution_through_its_plan(net, monkeypatch):
     """int32 wrapping accumulators, ``ort`` registers, per-tensor inputs: each convolution
     (plain, depthwise, pointwise, grouped, strided) runs through its plan, built once and
-    reused by the next batch."""
+    reused by the next batch; a ReLU / Clip that alone reads a convolution's output is
+    applied by its output stage when the run keeps no tensors."""
     from hwsim.datapath.conv import ConvPlan
 
     calls = []
     real = ConvPlan.run
 
-    def spy(self, x):
-        res = real(self, x)
-        calls.append((id(self), res is not None))
+    def spy(self, x, act=None):
+        res = real(self, x, act)
+        calls.append((id(self), res is not None, act is not None))
         return res
 
     monkeypatch.setattr(ConvPlan, "run", spy)
@@ -197,5 +198,10 @@ def test_a_w8a8_network_runs_every_convolution_through_its_plan(net, monkeypatch
     for n in (4, 3):
         ex.run(rng.normal(0, 1, (n, 3, 9, 9)).astype(np.float32), keep_all=False)
     convs = [n for n in program.graph.nodes if n.op.value == "conv"]
-    assert len(calls) == 2 * len(convs) and all(ok for _, ok in calls)
-    assert len({p for p, _ in calls}) == len(convs)
+    assert len(calls) == 2 * len(convs) and all(ok for _, ok, _ in calls)
+    assert len({p for p, _, _ in calls}) == len(convs)
+    # conv1 -> relu1, dw -> clip, grouped -> relu2: applied in the output stage (no tensor kept)
+    assert sum(fused for _, _, fused in calls) == 2 * 3
+    calls.clear()
+    ex.run(rng.normal(0, 1, (2, 3, 9, 9)).astype(np.float32), keep_all=True)
+    assert not any(fused for _, _, fused in calls)  # the pre-activation tensors are kept
