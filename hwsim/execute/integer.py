@@ -637,23 +637,26 @@ class IntegerExecutor:
         return QTensor(q, back(out.scale), out.zero_point, out.fmt, back(out.shifts), out.base)
 
     def _conv_planned(self, node: Node, x: QTensor, spec: ActSpec | None) -> QTensor | None:
-        """A convolution on a per-tensor input with a static ``ort`` output through its
+        """A convolution (or a dense on (N, K) rows, as the 1x1 convolution it is: the same
+        sums, reduction order and counters as :func:`~hwsim.datapath.gemm`) on a per-tensor
+        input with a static ``ort`` output through its
         :class:`~hwsim.datapath.conv.ConvPlan` (built once per node and input grid, with the
         layer's static output stage), or None: the general path (:meth:`_mac`) decides.
-        The same datapath calls, counters and registers as that path."""
+        The same datapath values, counters and registers as that path."""
+        dense = node.op is Op.DENSE and not (node.attrs.get("nd") and x.q.ndim > 2)
         if (
-            node.op is not Op.CONV
+            not (node.op is Op.CONV or dense)
             or spec is None
             or spec.mode != "static"
             or np.ndim(x.scale) != 0
             or self.isa is not Isa.EXACT
         ):
             return None
-        q = x.q
+        q = x.q.reshape(x.q.shape[0], -1, 1, 1) if dense else x.q  # a dense: a 1x1 conv
         key = ("plan", node.name, q.shape[1:], x.fmt, x.zero_point, float(np.float32(x.scale)))
         entry = self._cache.get(key)
         if entry is None:
-            entry = self._conv_plan(node, x, spec) or False
+            entry = self._conv_plan(node, x, spec, q.shape[1:]) or False
             self._cache[key] = entry
         if entry is False:
             return None
@@ -670,9 +673,10 @@ class IntegerExecutor:
             st.add_gain(gain)
         st.add(counters, out.bias_overflows, out.clamped, out.values.size,
                per_sample_clamped * q.shape[0])  # fmt: skip
-        return QTensor(out.values, so, spec.zero_point, spec.fmt)
+        y = out.values.reshape(out.values.shape[:2]) if dense else out.values
+        return QTensor(y, so, spec.zero_point, spec.fmt)
 
-    def _conv_plan(self, node: Node, x: QTensor, spec: ActSpec):
+    def _conv_plan(self, node: Node, x: QTensor, spec: ActSpec, x_shape: tuple):
         """``(ConvPlan, bias values clamped per sample, register, its gain error, output
         scale)`` for :meth:`_conv_planned`, or None where the layer takes another path."""
         from dataclasses import replace
@@ -693,12 +697,16 @@ class IntegerExecutor:
         so = self._out_scale(spec)
         sw = np.asarray(wq.scale, np.float32)
         reg = self._requant_register(layer, np.asarray(x.scale, np.float32), sw, so, record=False)
-        a = node.attrs
+        if node.op is Op.DENSE:  # (O, K) weights on (N, K) rows: a 1x1 convolution
+            w, geometry = wq.q.reshape(wq.q.shape + (1, 1)), {}
+        else:
+            a = node.attrs
+            w = wq.q
+            geometry = dict(stride=a["strides"], padding=a["pads"], dilation=a["dilations"],
+                            groups=a["group"])  # fmt: skip
         plan = ConvPlan.build(
-            wq.q, x.q.shape[1:], stride=a["strides"], padding=a["pads"],
-            dilation=a["dilations"], groups=a["group"], x_operand=xop, w_operand=wop,
-            acc=acc_cfg, register=reg, bias=bias, out_format=spec.fmt,
-            out_zero_point=spec.zero_point,
+            w, x_shape, x_operand=xop, w_operand=wop, acc=acc_cfg, register=reg, bias=bias,
+            out_format=spec.fmt, out_zero_point=spec.zero_point, **geometry,
         )  # fmt: skip
         if plan is None:
             return None

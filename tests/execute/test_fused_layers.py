@@ -177,9 +177,9 @@ def test_streamed_runs_equal_kept_runs(tmp_path, model, preset):
 
 def test_a_w8a8_network_runs_every_convolution_through_its_plan(net, monkeypatch):
     """int32 wrapping accumulators, ``ort`` registers, per-tensor inputs: each convolution
-    (plain, depthwise, pointwise, grouped, strided) runs through its plan, built once and
-    reused by the next batch; a ReLU / Clip that alone reads a convolution's output is
-    applied by its output stage when the run keeps no tensors."""
+    (plain, depthwise, pointwise, grouped, strided) and the dense runs through its plan,
+    built once and reused by the next batch; a ReLU / Clip that alone reads a convolution's
+    output is applied by its output stage when the run keeps no tensors."""
     from hwsim.datapath.conv import ConvPlan
 
     calls = []
@@ -197,9 +197,9 @@ def test_a_w8a8_network_runs_every_convolution_through_its_plan(net, monkeypatch
     ex = IntegerExecutor(program)
     for n in (4, 3):
         ex.run(rng.normal(0, 1, (n, 3, 9, 9)).astype(np.float32), keep_all=False)
-    convs = [n for n in program.graph.nodes if n.op.value == "conv"]
-    assert len(calls) == 2 * len(convs) and all(ok for _, ok, _ in calls)
-    assert len({p for p, _, _ in calls}) == len(convs)
+    macs = [n for n in program.graph.nodes if n.op.value in ("conv", "dense")]
+    assert len(calls) == 2 * len(macs) and all(ok for _, ok, _ in calls)
+    assert len({p for p, _, _ in calls}) == len(macs)
     # conv1 -> relu1, dw -> clip, grouped -> relu2: applied in the output stage (no tensor kept)
     assert sum(fused for _, _, fused in calls) == 2 * 3
     calls.clear()
