@@ -105,7 +105,8 @@ def reduce_batched(
     (G, 1, N). ``order`` (length K) lists the columns in hardware reduction order (identity when
     None); it matters only to the ordered kernels, since exact sums are order-free. ``max_x``
     may pass a known ``max |x3 - zx|``. Returns ``(values (G, M, N), Counters)``; values are
-    int64, or the exact engine's int32 when every value is an exact, unchanged sum.
+    int64, or int32 when every value fits it: the exact engine's int32 when every value is an
+    exact, unchanged sum, and a saturating register run by the lane kernels (:func:`_lanes`).
 
     ``isa``: with :attr:`Isa.AVX2` and uint8 x int8 operands (:func:`pairs_saturate`), the sums
     are those of onnxruntime's ``vpmaddubsw`` kernels (eq. 16): adjacent *columns* of ``x3`` /
@@ -264,10 +265,11 @@ def _ordered_lanes(x3, w3, xop: Operand, w_zp, rows, order, acc, exact, counters
     order = np.arange(K, dtype=np.int64) if order is None else np.array(order, np.int64)
     dtype = np.int16 if lanes == 16 else np.int32
     weh = hardware_weights(_effective_weights(w3, w_zp), order, dtype)
+    # int32 values (a register of at most 30 bits; the other rows' exact sums fit it too)
     if rows.size == G * M:
-        values = np.empty((G, M, N), np.int64)
+        values = np.empty((G, M, N), np.int32)
     else:
-        values = exact.astype(np.int64)  # a copy: the kernel overwrites the ordered rows
+        values = exact.astype(np.int32)  # a copy: the kernel overwrites the ordered rows
     blocks = row_blocks(rows, M, ROWS if lanes == 16 else ROWS32)
     counts = np.zeros((blocks.shape[0] * (weh.shape[2] // LANES), 3), np.int64)
     zx = np.int64(xop.zero_point)

@@ -94,7 +94,7 @@ def ordered_sat16(x, zx, weh, order, rows, blocks, tile, vals, counts):
     Preconditions (the caller's): ``K < 2^14`` (int16 event counters: at most 2K events per
     output), every ``x - zx`` and every product fits int16.
 
-    Writes ``vals[g, m, :N]`` (int64) of every row, and per task (block x panel)
+    Writes ``vals[g, m, :N]`` (int32 or int64) of every row, and per task (block x panel)
     ``counts[task] = (events, outputs with an event, tile-register events)``; events count
     every clamped add, tile-register adds and accumulator adds alike.
     """
