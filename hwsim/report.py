@@ -443,6 +443,9 @@ def run_program(
     ip, fp = res.int_pred, res.float_pred
     rep = RunReport(str(g.source), ds.name, len(ds), program.describe())
     rep.notes += res.notes
+    rep.notes += list(
+        g.meta.get("import_notes", ())
+    )  # what import decided (float islands, bias rounding)
     macs_nodes = [n for n in g.nodes if n.op in MAC_OPS and n.wq is not None]
     if macs_nodes and all(np.array_equal(n.weight, n.wq.dequantize()) for n in macs_nodes):
         rep.float_reference = "dequantized weights"

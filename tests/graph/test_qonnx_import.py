@@ -127,6 +127,7 @@ def test_a_layer_without_output_quantizer_is_a_marked_float_island(exports, tmp_
     assert any("float islands: /fc/Gemm" in n for n in g.meta["import_notes"])
     rep = api.run(str(path), "digits", batch_size=64)
     assert [r.float_op for r in rep.layers if r.name == "/fc/Gemm"] == [True]
+    assert any("float islands: /fc/Gemm" in n for n in rep.notes)  # the report says so too
     y, ref = _hwsim_run(path, tmp_path), _qonnx(path)
     # float logits: numpy's float32 GEMM against onnxruntime's (summation order)
     np.testing.assert_allclose(y, ref, rtol=0, atol=4 * np.spacing(np.abs(ref).max()))
