@@ -483,14 +483,15 @@ _local = threading.local()
 
 
 def _scratch(name: str, shape: tuple, dtype) -> np.ndarray:
-    """A per-thread scratch buffer, reused while the shape and dtype repeat (no page faults on
-    a fresh 10 MB array per call); never returned to the caller."""
-    key = (name, shape, np.dtype(dtype))
+    """A per-thread scratch array of ``shape`` and ``dtype``, a view of one byte buffer per
+    ``name`` that only grows (the layers of a network, each of another shape, reuse the same
+    memory: no fresh allocation and page faults per layer); never returned to the caller."""
+    n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     buf = getattr(_local, name, None)
-    if buf is None or buf[0] != key:
-        buf = (key, np.empty(shape, dtype))
+    if buf is None or buf.size < n:
+        buf = np.empty(max(n, 64), np.uint8)
         setattr(_local, name, buf)
-    return buf[1]
+    return buf[:n].view(dtype).reshape(shape)
 
 
 @functools.lru_cache(maxsize=64)

@@ -1120,7 +1120,6 @@ class IntegerExecutor:
 
     def _avg(self, node: Node, x: QTensor, spec: ActSpec) -> QTensor:
         layer = self.p.layer(node.name)
-        s, count = self._pool_sum(node, x)
         holder = _ort_holder(x.fmt, spec.fmt)
         if (
             layer.register is ScaleKind.ORT
@@ -1156,6 +1155,7 @@ class IntegerExecutor:
                 spec.zero_point,
                 spec.fmt,
             )
+        s, count = self._pool_sum(node, x)
         tmp = QTensor(s, x.scale, 0, x.fmt, x.shifts, x.base)
         window = (
             x.q.shape[2] * x.q.shape[3] if node.op is Op.GAP else int(np.prod(node.attrs["kernel"]))
