@@ -63,6 +63,8 @@ from hwsim.execute.arrays import (
 from hwsim.execute.float import float_op, repeat_axes
 from hwsim.execute.kernels import add_ort_fused, clamp_rows
 from hwsim.execute.tensors import QTensor, quantize_input, quantize_linear
+from hwsim.execute.tflite import quantize_input as tflite_quantize_input
+from hwsim.execute.tflite import tflite_node
 from hwsim.graph.ir import MAC_OPS, Node, Op
 from hwsim.numerics import IntFormat, Overflow, RoundingMode, ScaleKind, ScaleRegister, saturate
 from hwsim.numerics import reference as nref
@@ -1448,6 +1450,12 @@ class IntegerExecutor:
             if pairs_saturate(self.isa, _U8, node.wq.fmt):  # u8 x s8 on this ISA: eq. 16
                 self.isa_layers.add(node.name)
             return dynamic_dense(node, ins[0], self.isa, self.stats[node.name])
+        if "tflite" in node.attrs:
+            # a TFLite kernel's own int8 rule (hwsim.execute.tflite: ADD, MUL, AVERAGE_POOL_2D,
+            # MEAN, SOFTMAX of a .tflite model), on the layer's tflite / tflite-single register
+            out = tflite_node(node, ins, spec, self.p.layer(node.name).register)
+            self.stats[node.name].add(None, 0, 0, out.q.size)
+            return out
         if node.output in self.wide and self._wide_ok(node, ins):
             return self._wide_out(node, ins)
         if (
@@ -1797,11 +1805,12 @@ class IntegerExecutor:
         spec = self._spec(g.input)
         x = graph_input(g, x)  # float32, or the integer ids of a token input
         # an unquantized input stays float until the first QuantizeLinear (as in QDQ models)
-        env = {
-            g.input: quantize_input(x, spec, self._token_axes(None, np.ndim(x)))
-            if spec is not None
-            else x
-        }
+        if spec is None:
+            env = {g.input: x}
+        elif g.meta.get("tflite", {}).get("input") == "tflite":  # a .tflite model's QUANTIZE
+            env = {g.input: tflite_quantize_input(x, spec)}
+        else:
+            env = {g.input: quantize_input(x, spec, self._token_axes(None, np.ndim(x)))}
         last_use = {}
         for i, n in enumerate(g.nodes):
             for t in n.inputs:
