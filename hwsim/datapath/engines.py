@@ -19,17 +19,8 @@ Every engine returns the exact int64 sums, so the choice never changes a result,
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
-
-# Numba's OpenMP workers sleep between parallel regions instead of spinning (libgomp reads
-# this when Numba first loads it, at the first parallel kernel): the kernels alternate with
-# onnxruntime's engine threads, which need those cores, and on a shared 2-core machine a
-# spinning worker cost the executor 20x (resnet18-style, one core busy elsewhere: 669 ms ->
-# 35 ms a batch); on an idle machine it costs about 6 us more per kernel launch. Results are
-# identical either way; a value the user set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from hwsim.datapath.kernels import int64_gemm
 

@@ -18,7 +18,7 @@ from hwsim.numerics.scale import REGISTER_LIMIT, ort_rq
 
 INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min
-ROW_BLOCK = 4  # rows reduced together by the int16 kernel (independent chains per weight load)
+ROW_BLOCK = 4  # rows reduced together by the tracking kernel (independent chains per weight load)
 
 
 @njit(cache=True, inline="always")
@@ -135,15 +135,6 @@ def ordered_reduce(
 
 
 @njit(cache=True, inline="always")
-def _sat16_add(s, p):
-    """int16 saturating ``s + p`` without leaving 16-bit lanes: the wrapped sum, replaced by the
-    rail of ``s``'s sign where the signs of ``s`` and ``p`` agree and the sum's differs."""
-    wv = np.int16(s + p)
-    ovf = np.int16((s ^ wv) & (p ^ wv)) < 0
-    return (np.int16(32767 ^ (s >> 15)) if ovf else wv), ovf
-
-
-@njit(cache=True, inline="always")
 def _group_split(rows, i0, i1, M):
     """(group of ``rows[i0]``, first index in ``[i0, i1)`` whose row is in another group, else
     ``i1``): the row-blocked kernels run a block group by group (a block of 4 rows can span up
@@ -153,82 +144,6 @@ def _group_split(rows, i0, i1, M):
         if rows[i] // M != g0:
             return g0, i
     return g0, i1
-
-
-@njit(cache=True)
-def _sat16_block(x, zx, we, g, rows, order, i0, i1, tile, vals, events, tevents):
-    K = x.shape[2]
-    M = x.shape[1]
-    N = we.shape[2]
-    s = np.zeros((ROW_BLOCK, N), np.int16)
-    t = np.zeros((ROW_BLOCK, N), np.int16)
-    ev = np.zeros((ROW_BLOCK, N), np.int16)  # at most 2K events per output: K < 2^14
-    tev = np.zeros((ROW_BLOCK, N), np.int16)
-    a = np.zeros(ROW_BLOCK, np.int16)
-    ms = np.zeros(ROW_BLOCK, np.int64)
-    step = tile if tile > 0 else max(K, 1)
-    for b0 in range(i0, i1, ROW_BLOCK):
-        nb = min(ROW_BLOCK, i1 - b0)
-        for r in range(ROW_BLOCK):
-            ms[r] = rows[b0 + min(r, nb - 1)] - g * M
-        s[:] = 0
-        ev[:] = 0
-        tev[:] = 0
-        for k0 in range(0, K, step):
-            k1 = min(k0 + step, K)
-            t[:] = 0
-            for kk in range(k0, k1):
-                k = order[kk]
-                for r in range(ROW_BLOCK):
-                    a[r] = np.int16(np.int16(x[g, ms[r], k]) - zx)
-                wr = we[g, k]
-                for r in range(ROW_BLOCK):
-                    ar = a[r]
-                    if tile > 0:
-                        for n in range(N):
-                            c, o = _sat16_add(t[r, n], np.int16(ar * wr[n]))
-                            t[r, n] = c
-                            ev[r, n] += o
-                            tev[r, n] += o
-                    else:
-                        for n in range(N):
-                            c, o = _sat16_add(s[r, n], np.int16(ar * wr[n]))
-                            s[r, n] = c
-                            ev[r, n] += o
-            if tile > 0:
-                for r in range(ROW_BLOCK):
-                    for n in range(N):
-                        c, o = _sat16_add(s[r, n], t[r, n])
-                        s[r, n] = c
-                        ev[r, n] += o
-        for r in range(nb):
-            for n in range(N):
-                vals[g, ms[r], n] = s[r, n]
-                events[g, ms[r], n] = ev[r, n]
-                tevents[g, ms[r], n] = tev[r, n]
-
-
-@njit(cache=True, parallel=True)
-def ordered_sat16(x, zx, we, rows, order, tile, vals, events, tevents):
-    """:func:`ordered_reduce` for a signed 16-bit saturating accumulator in 16-bit lanes.
-
-    The tile register (``tile`` > 0) is 16-bit too; its events are also written to ``tevents``.
-    Preconditions (checked by the caller): ``K`` < 2^14 (int16 event counters), every effective
-    operand and product ``(x - zx) * we`` fits int16, no
-    tracking, and ``rows`` is sorted with each group's rows contiguous. ``we``: (G, K, N) int16.
-    Exactly the ``saturate_i64`` contract with ``[lo, hi] = [-2^15, 2^15 - 1]``: a saturating
-    int16 add equals the clamp of the exact sum of two int16 values.
-    """
-    G, M, K = x.shape
-    nblk = (rows.shape[0] + ROW_BLOCK - 1) // ROW_BLOCK
-    for bi in prange(nblk):
-        i0 = bi * ROW_BLOCK
-        i1 = min(i0 + ROW_BLOCK, rows.shape[0])
-        i = i0
-        while i < i1:  # one call per group the block's rows belong to
-            g, j = _group_split(rows, i, i1, M)
-            _sat16_block(x, zx, we, g, rows, order, i, j, tile, vals, events, tevents)
-            i = j
 
 
 @njit(cache=True)
