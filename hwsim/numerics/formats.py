@@ -15,6 +15,7 @@ construction and the tests compare the two paths.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,11 +60,7 @@ class IntFormat:
     @property
     def dtype(self) -> np.dtype:
         """The narrowest NumPy dtype that holds every value of the format."""
-        for dt in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64):
-            info = np.iinfo(dt)
-            if info.min <= self.min and self.max <= info.max:
-                return np.dtype(dt)
-        return np.dtype(np.uint64)
+        return _narrowest_dtype(self.bits, self.signed)
 
     def __str__(self) -> str:
         return f"{'int' if self.signed else 'uint'}{self.bits}"
@@ -71,6 +68,17 @@ class IntFormat:
     def check(self, value, name: str) -> None:
         """Raise ``ValueError`` naming ``name`` if an element of ``value`` is outside the format."""
         check_in_range(value, self.min, self.max, name, f"the range of {self}")
+
+
+@functools.cache
+def _narrowest_dtype(bits: int, signed: bool) -> np.dtype:
+    lo = -(1 << (bits - 1)) if signed else 0
+    hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+    for dt in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dt)
+    return np.dtype(np.uint64)
 
 
 def check_integer_array(value, name: str) -> np.ndarray:
