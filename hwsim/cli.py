@@ -958,5 +958,65 @@ def models():
         click.echo(text)
 
 
+@main.command("trace")
+@click.argument("model")
+@click.option("--data", default="digits", show_default=True, help="Built-in data set or .npz.")
+@click.option(
+    "--index",
+    "indices",
+    multiple=True,
+    metavar="I|A:B",
+    help="Sample(s) to trace: an index or a range A:B (end exclusive); repeatable (default 0).",
+)
+@click.option("--only", multiple=True, metavar="NODE", help="Trace only these layers (repeatable).")
+@click.option(
+    "--scheme", default=None, help=f"A float MODEL's scheme (default per-tensor): {SCHEMES_HELP}."
+)
+@click.option("--wbits", type=click.IntRange(*BITS), default=8, show_default=True)
+@click.option("--abits", type=click.IntRange(*BITS), default=8, show_default=True)
+@click.option(
+    "--calib", default="digits-train", show_default=True, help="A float MODEL's calibration data."
+)
+@click.option(
+    "-o", "--output", "out", required=True, type=click.Path(file_okay=False), help="Trace folder."
+)
+@_scheme_options
+@_guard
+def trace_cmd(model, data, indices, only, scheme, wbits, abits, calib, out, **kw):
+    """Golden vectors of MODEL for RTL: per layer the integer inputs, weights, bias, raw
+    accumulators, scale registers and outputs of the chosen samples, as .npy and $readmemh
+    hex, with manifest.json (docs/trace.md). A float MODEL is quantized first (--scheme and
+    the scheme options); a quantized one is traced as it is."""
+    import hashlib
+
+    from hwsim import api
+    from hwsim import trace as tr
+    from hwsim.graph import import_model
+
+    path = api.resolve_model(model)
+    graph = import_model(path)
+    meta = {"model": path.name, "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    if graph.quantized:
+        if scheme is not None:
+            raise click.UsageError(
+                f"{model} is already quantized: --scheme applies to a float model"
+            )
+        program = api.load_quantized(path)
+    else:
+        batch = kw.pop("batch_size")
+        program = api.quantize_model(
+            graph, scheme or "per-tensor", calib=calib, batch_size=batch, wbits=wbits,
+            abits=abits, **_scheme_kw(kw),
+        )  # fmt: skip
+        meta["calib"] = calib
+    doc = tr.trace(program, data, indices, out, list(only), meta)
+    mac = [layer for layer in doc["layers"] if "acc" in layer]
+    replayed = sum(layer["replayed"] for layer in mac)
+    click.echo(
+        f"wrote {out}: {len(doc['layers'])} layers ({len(mac)} MAC, {replayed} replayed from "
+        f"their registers), samples {doc['indices']} of {doc['data']}, {len(doc['files'])} files"
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,15 @@
+"""Golden vectors for RTL (``hwsim trace``) and first-divergence localisation (``hwsim diff``).
+
+* :mod:`hwsim.trace.files` -- the on-disk form: ``.npy`` + ``$readmemh`` hex + ``manifest.json``;
+* :mod:`hwsim.trace.golden` -- :func:`record` / :func:`write` / :func:`trace`: what the integer
+  executor computed per layer, each MAC layer replayed from its recorded registers;
+* :mod:`hwsim.trace.diff` -- :func:`diff`: the first layer and element where two traces part,
+  and why.
+
+docs/trace.md describes the format and the commands.
+"""
+
+from hwsim.trace.files import FORMAT, TraceError, read_manifest
+from hwsim.trace.golden import record, trace, write
+
+__all__ = ["FORMAT", "TraceError", "read_manifest", "record", "trace", "write"]

@@ -1,0 +1,172 @@
+"""hwsim trace: golden vectors are what the executor computed, replayable from the files alone.
+
+The replay uses the plain-int reference of each register (hwsim.numerics.reference), element by
+element, on the values read back from the hex text -- not the datapath code that produced them.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hwsim import api
+from hwsim.cli import main
+from hwsim.data import load_data
+from hwsim.execute.integer import IntegerExecutor
+from hwsim.numerics import reference as ref
+from hwsim.trace import TraceError, read_manifest, trace
+from hwsim.trace.files import Array, hex_text, parse_hex, read_array
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "traces" / "rescnn"
+SHIPPED_TFLITE = ROOT / "traces" / "rescnn-tflite"
+MODELS = [m["name"] for m in api.shipped_models()]
+REGISTERS = [("per-tensor", "ort"), ("per-channel", "tflite"), ("per-tensor", "tflite-single"),
+             ("per-channel", "pow2")]  # fmt: skip
+
+
+def _load(d: Path, doc: dict, e: dict, what: str) -> np.ndarray:
+    """The entry's values from its hex text, checked equal to its .npy."""
+    npy = read_array(d, doc, e, what)
+    if e["encoding"] is None:
+        return npy
+    vals = parse_hex((d / e["hex"]).read_text(), e["bits"], e["encoding"], e["shape"])
+    assert np.array_equal(vals, npy.astype(vals.dtype)), what
+    return vals
+
+
+def _requant(kind: str, rounding, t: int, mult, shift: int) -> int:
+    if kind == "ort":
+        return ref.ort_requantize(t, Fraction(float(mult)))
+    if kind == "pow2":
+        return ref.pow2_requantize(t, shift, rounding)
+    single = "single" if kind == "tflite-single" else "double"
+    return ref.multiply_by_quantized_multiplier(t, int(mult), shift, single)
+
+
+def replay(d: Path) -> int:
+    """Requantize every replayed MAC layer's recorded accumulators with its recorded bias and
+    register (plain ints), assert the recorded output; the number of layers replayed."""
+    doc = read_manifest(d)
+    done = 0
+    for layer in doc["layers"]:
+        if not layer.get("replayed"):
+            continue
+        name = layer["name"]
+        acc = _load(d, doc, layer["acc"], f"{name} acc")
+        out_e = doc["tensors"][layer["output"]]
+        out = _load(d, doc, out_e, f"{name} output")
+        if layer["op"] == "dense" and out.ndim > 2:
+            out = out.reshape(out.shape[0], -1, out.shape[-1]).transpose(0, 2, 1)
+        N, C = acc.shape[:2]
+        bias = np.zeros((N, C), np.int64)
+        if "bias" in layer:
+            bias = np.broadcast_to(_load(d, doc, layer["bias"], f"{name} bias"), (N, C))
+        reg = layer["register"]
+        mult = _load(d, doc, reg["multiplier"], f"{name} multiplier")
+        shift = _load(d, doc, reg["shift"], f"{name} shift")
+        assert reg["axis"] in ("per-tensor", 1)
+        a = layer["accumulator"]
+        bits, signed = out_e["bits"], out_e["encoding"] == "twos-complement"
+        for (n, c), _ in np.ndenumerate(bias):
+            m = mult.flat[0] if mult.size == 1 else mult[c]
+            s = int(shift.flat[0] if shift.size == 1 else shift[c])
+            for idx, v in np.ndenumerate(acc[n, c]):
+                t = int(v) + int(bias[n, c])
+                if a["overflow"] == "wrap":
+                    t = ref.wrap(t, a["bits"], a["signed"])
+                else:
+                    t = ref.saturate(t, a["bits"], a["signed"])
+                y = _requant(reg["kind"], reg["rounding"], t, m, s) + out_e["zero_point"]
+                assert ref.saturate(y, bits, signed) == out[(n, c) + idx], (name, n, c, idx)
+        done += 1
+    return done
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("scheme,register", REGISTERS)
+def test_every_mac_layer_replays_from_its_files(tmp_path, model, scheme, register):
+    program = api.quantize_model(model, scheme, calib="digits-train", register=register)
+    doc = trace(program, "digits", ["5"], tmp_path / "t")
+    mac = [layer for layer in doc["layers"] if layer["op"] in ("conv", "dense")]
+    assert mac and all(layer["replayed"] for layer in mac)
+    assert replay(tmp_path / "t") == len(mac)
+    # and the recorded tensors are the executor's own run of that sample
+    x = load_data("digits", program.graph.input_shape).x[5:6]
+    env = IntegerExecutor(program).run(x, keep_all=True)
+    got = read_manifest(tmp_path / "t")
+    for name, e in got["tensors"].items():
+        v = env[name]
+        want = v.q if hasattr(v, "q") else v
+        assert np.array_equal(read_array(tmp_path / "t", got, e, name), want), name
+
+
+def test_checked_in_trace_regenerates_byte_for_byte(tmp_path):
+    for shipped, extra in ((SHIPPED, []), (SHIPPED_TFLITE, ["--register", "tflite"])):
+        out = tmp_path / shipped.name
+        r = CliRunner().invoke(main, ["trace", "rescnn", "--index", "0", "-o", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        names = sorted(p.name for p in shipped.iterdir())
+        assert names == sorted(p.name for p in out.iterdir())
+        for name in names:
+            assert (shipped / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_checked_in_traces_replay():
+    assert replay(SHIPPED) == 5
+    assert replay(SHIPPED_TFLITE) == 5
+
+
+def test_hex_is_twos_complement_at_the_declared_width():
+    assert hex_text(Array.integer(np.array([-128, -1, 0, 127]), 8, True)) == "80\nff\n00\n7f\n"
+    assert hex_text(Array.integer(np.array([-8, 7]), 4, True)) == "8\n7\n"
+    assert hex_text(Array.integer(np.array([255]), 8, False)) == "ff\n"
+    assert hex_text(Array.integer(np.array([-(2**31)]), 32, True)) == "80000000\n"
+    assert hex_text(Array.float32_bits(np.float32(1.0))) == "3f800000\n"
+    with pytest.raises(TraceError, match="do not fit 8-bit"):
+        hex_text(Array.integer(np.array([128]), 8, True))
+    v = np.array([[-5, 3], [2**20, -(2**23)]])
+    assert np.array_equal(parse_hex(hex_text(Array.integer(v, 24, True)), 24,
+                                    "twos-complement", (2, 2)), v)  # fmt: skip
+
+
+def test_several_samples_and_layer_selection(tmp_path):
+    out = tmp_path / "t"
+    r = CliRunner().invoke(main, ["trace", "mlp", "--index", "2:4", "--index", "7",
+                                  "--only", "/1/Gemm", "-o", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    doc = read_manifest(out)
+    assert doc["indices"] == [2, 3, 7] and [la["name"] for la in doc["layers"]] == ["/1/Gemm"]
+    assert doc["layers"][0]["acc"]["shape"][0] == 3
+    assert replay(out) == 1
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--index", "9999"], "samples 0..598"),
+        (["--index", "a"], "give an integer"),
+        (["--only", "nope"], "unknown layer"),
+    ],
+)
+def test_bad_trace_arguments_are_clear_errors(tmp_path, args, msg):
+    r = CliRunner().invoke(main, ["trace", "mlp", "-o", str(tmp_path / "t"), *args])
+    assert r.exit_code == 1 and msg in r.output
+
+
+def test_write_is_atomic_and_never_replaces_a_non_trace(tmp_path):
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "keep.txt").write_text("mine")
+    program = api.quantize_model("mlp", "per-tensor", calib="digits-train")
+    with pytest.raises(TraceError, match="not a trace directory"):
+        trace(program, "digits", None, tmp_path / "f")
+    assert (tmp_path / "f" / "keep.txt").read_text() == "mine"
+    trace(program, "digits", None, tmp_path / "t")
+    trace(program, "digits", ["1"], tmp_path / "t")  # replaces a trace
+    assert json.loads((tmp_path / "t" / "manifest.json").read_text())["indices"] == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "t"]  # no temporaries left
