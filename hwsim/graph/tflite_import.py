@@ -21,9 +21,9 @@ docs/networks.md, "TFLite / LiteRT models".
   in ``Node.attrs["tflite"]``), MAX_POOL_2D, RESHAPE, CONCATENATION (inputs on the output's
   grid, as TFLite requires for int8), PAD (folded into the convolutions it feeds: both pad
   with the zero point, the real 0), QUANTIZE of the float model input (the input's
-  quantization, TFLite's rounding: :func:`hwsim.numerics.tflite.quantize`) and DEQUANTIZE of
-  the model output. Anything else is a :class:`ModelImportError` naming the file, the
-  operator and the supported list.
+  quantization, an ``identity`` node with the rounding of the chosen kernels' QUANTIZE:
+  :func:`hwsim.numerics.tflite.quantize`) and DEQUANTIZE of the model output. Anything else
+  is a :class:`ModelImportError` naming the file, the operator and the supported list.
 * **Fused activations** (NONE, RELU, RELU6, RELU_N1_TO_1): the integer clamp TFLite computes
   (:func:`hwsim.numerics.tflite.activation_range`); where it is tighter than int8, a ``clip``
   node after the op whose float bounds dequantize those integers exactly. Every quantized tensor
@@ -43,18 +43,32 @@ from pathlib import Path
 
 import numpy as np
 
-from hwsim.graph.ir import Graph, Node, Op, TensorQuant, WeightQuant
+from hwsim.graph.ir import MAC_OPS, Graph, Node, Op, TensorQuant, WeightQuant
 from hwsim.graph.onnx_import import ModelImportError
 from hwsim.graph.shapes import SHAPES
 from hwsim.numerics import IntFormat
 from hwsim.numerics import tflite as ntfl
 
 INT8 = IntFormat(8, True)
-KERNELS = ("optimized", "reference")
-"""Which LiteRT CPU kernels a model is emulated with where they differ: ``optimized`` (the
-interpreter's default builtin kernels) or ``reference`` (``OpResolverType.BUILTIN_REF``). They
-differ for MEAN over height and width with ``keep_dims`` (eq. T7 vs T6) and SOFTMAX (the x86
-float table vs gemmlowp's fixed-point exp, which hwsim does not emulate: an import error)."""
+KERNELS = ("xnnpack", "optimized", "reference")
+"""Which LiteRT CPU kernels a model is emulated with where they differ (docs/networks.md,
+"TFLite / LiteRT models"): ``xnnpack`` (the interpreter's default: ``OpResolverType.AUTO`` or
+``BUILTIN``, the XNNPACK delegate taking the ops it supports), ``optimized``
+(``BUILTIN_WITHOUT_DEFAULT_DELEGATES``) or ``reference`` (``BUILTIN_REF``). They differ in the
+QUANTIZE of the float input (:func:`hwsim.numerics.tflite.quantize`), the default register
+(:data:`DEFAULT_REGISTER`), MEAN over height and width with ``keep_dims`` (eq. T7, ``xnnpack``
+and ``optimized``, vs T6) and SOFTMAX (the x86 float table vs gemmlowp's fixed-point exp, which
+hwsim does not emulate: an import error with ``reference``)."""
+DEFAULT_REGISTER = {"xnnpack": "tflite-single", "optimized": "tflite", "reference": "tflite"}
+"""The scale register of the TFLite integer rules (ADD, MUL, AVERAGE_POOL_2D, MEAN) of each
+kernel family, and of its CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED unless
+:data:`MAC_REGISTER` names another (docs/networks.md)."""
+MAC_REGISTER = {"xnnpack": "ort"}
+"""The XNNPACK delegate's convolutions and fully connected layers requantize in binary32
+(XNNPACK ``src/operators/convolution-nhwc.c``: ``requantization_scale[c] = input_scale *
+kernel_scale[c] / output_scale`` in ``float``; the ``qs8_qc8w`` ``..._minmax_fp32`` GEMM /
+IGEMM / DWCONV micro-kernels: ``f32(acc) * scale``, clamped, rounded half to even by
+``cvtps``): hwsim's ``ort`` register (``f32(f32(sx sw) / sy)``, half to even)."""
 SUPPORTED_OPS = (
     "CONV_2D",
     "DEPTHWISE_CONV_2D",
@@ -536,7 +550,7 @@ class _Importer:
         qx, qy = self.act(ins[0]), self.act(out)
         keep = bool(opts.KeepDims()) if opts is not None else False
         n = xs[1] * xs[2]
-        if keep and self.kernels == "optimized":
+        if keep and self.kernels != "reference":
             m, s, bias = ntfl.mean_hw_params(qx.scale, qx.zero_point, qy.scale, qy.zero_point, n)
             rule = {"rule": "mean_hw", "m": m, "s": s, "bias": bias}
         else:
@@ -557,10 +571,11 @@ class _Importer:
         beta = float(opts.Beta()) if opts is not None else 1.0
         if beta != 1.0:
             self.fail(f"beta {beta}: hwsim's float reference computes softmax with beta 1")
-        if self.kernels != "optimized":
+        if self.kernels == "reference":
             self.fail(
                 "int8 SOFTMAX of the reference kernels (gemmlowp's fixed-point exp) is not "
-                "emulated; hwsim emulates the optimized kernel (kernels='optimized')"
+                "emulated; hwsim emulates the optimized kernel (kernels 'xnnpack' or "
+                "'optimized')"
             )
         qx, qy = self.act(ins[0]), self.act(out)
         if qy.zero_point != -128 or abs(qy.scale - 1 / 256) > 0.001 / 256:
@@ -672,10 +687,16 @@ class _Importer:
                 continue
             ins = [i for i in op.InputsAsNumpy().tolist()]
             if code == "QUANTIZE" and ins[0] == t_in and self.type_name(t_in) == "FLOAT32":
-                tq = self.act(self.output())
-                self.act_quant[in_name] = tq
-                self.names[self.output()] = in_name
-                input_rule = "tflite"
+                out = self.define(self.output())
+                tq = self.act_quant[out]
+                rule = {
+                    "rule": "quantize",
+                    "kernels": self.kernels,
+                    "scale": tq.scale,
+                    "zero_point": tq.zero_point,
+                }
+                self.add(Op.IDENTITY, [in_name], out, {"tflite": rule})
+                input_rule = "float"
                 continue
             if code == "DEQUANTIZE":
                 if self.output() != t_out:
@@ -693,7 +714,7 @@ class _Importer:
                 )
             handler(self)
         self.k = -1
-        if in_name not in self.act_quant:
+        if in_name not in self.act_quant and input_rule is None:
             self.fail("the float model input is not quantized by a QUANTIZE")
         if out_name is None:
             out_name = (
@@ -706,13 +727,14 @@ class _Importer:
     def graph(self, in_name, ir_in, out_name, t_out, input_rule) -> Graph:
         produced = {n.output for n in self.nodes}
         acts = {t: q for t, q in self.act_quant.items() if t in produced or t == in_name}
+        mac_register = MAC_REGISTER.get(self.kernels, DEFAULT_REGISTER[self.kernels])
         layer = {
             "acc_bits": 32,
             "overflow": "wrap",
             "order": "sequential",
             "tile_rows": 0,
             "tile_bits": 32,
-            "register": "tflite",
+            "register": DEFAULT_REGISTER[self.kernels],
             "rounding": "half_away",
         }
         meta = {
@@ -731,7 +753,14 @@ class _Importer:
                     }
                     for t, q in acts.items()
                 },
-                "layers": {n.name: dict(layer) for n in self.nodes},
+                "layers": {
+                    n.name: (
+                        {**layer, "register": mac_register, "rounding": "half_even"}
+                        if n.op in MAC_OPS and mac_register == "ort"
+                        else dict(layer)
+                    )
+                    for n in self.nodes
+                },
                 "weights": {},
             },
             "tflite": {"kernels": self.kernels, "input": input_rule or "int8"},
@@ -774,7 +803,7 @@ _HANDLERS = {
 }
 
 
-def import_tflite(path: str | os.PathLike, kernels: str = "optimized") -> Graph:
+def import_tflite(path: str | os.PathLike, kernels: str = "xnnpack") -> Graph:
     """Import a ``.tflite`` int8 model into the IR (module docstring); ``kernels`` selects the
     LiteRT CPU kernels emulated where they differ (:data:`KERNELS`)."""
     src = str(path)

@@ -19,8 +19,8 @@ computes in ``float``, binary64 where it computes in ``double``); the kernels th
 * ``kernel_util.cc`` ``CalculateActivationRangeQuantized``: the fused activation's integer
   clamp (:func:`activation_range`);
 * ``optimized/optimized_ops.h`` ``PopulateSoftmaxLookupTable``: ``table[255 - v] = expf(f32(-sx
-  * beta) * v)`` (:func:`softmax_table`); ``AffineQuantize<int8_t>``: the QUANTIZE of a float
-  input (:func:`quantize`).
+  * beta) * v)`` (:func:`softmax_table`); ``AffineQuantize<int8_t>`` (and XNNPACK's convert):
+  the QUANTIZE of a float input (:func:`quantize`).
 """
 
 from __future__ import annotations
@@ -168,12 +168,48 @@ def softmax_table(sx: float, beta: float) -> np.ndarray:
     return table
 
 
-def quantize(x: np.ndarray, scale: float, zero_point: int, qmin: int, qmax: int) -> np.ndarray:
-    """TFLite's QUANTIZE of a float32 tensor to int8 (``optimized_ops::AffineQuantize<int8_t>``,
-    the x86 build): ``clamp(round_half_away(double(x) / double(scale)) + zero_point, qmin,
-    qmax)`` as int64 (eq. T1; the reference kernel divides in binary32 instead, which can differ
-    where the quotient is within a binary32 rounding of a tie)."""
-    v = np.asarray(x, np.float32).astype(np.float64) / float(_F32(scale))
-    with np.errstate(invalid="ignore"):
-        r = round_half_away(np.clip(v, -(2.0**40), 2.0**40))
+QUANTIZE_KERNELS = ("xnnpack", "optimized", "reference")
+"""The QUANTIZE of a float input by each LiteRT CPU kernel family (:func:`quantize`)."""
+
+
+def quantize(
+    x: np.ndarray,
+    scale: float,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+    kernels: str = "optimized",
+) -> np.ndarray:
+    """TFLite's QUANTIZE of a float32 tensor to int8 as int64, by the kernels that run it
+    (eq. T1):
+
+    * ``optimized`` -- ``optimized_ops::AffineQuantize<int8_t>`` (LiteRT
+      ``tflite/kernels/internal/optimized/optimized_ops.h``, the x86 build, no NEON):
+      ``clamp(round_half_away(double(x) / double(scale)) + zero_point, qmin, qmax)``;
+    * ``reference`` -- ``reference_ops::AffineQuantize`` (``reference/quantize.h``): the
+      quotient in binary32, ``round_half_away(f32(x / f32(scale)))``, same clamp;
+    * ``xnnpack`` -- the XNNPACK delegate's convert (XNNPACK ``src/microparams-init.c``
+      ``xnn_init_f32_qs8_cvt_scalar_params``: ``inv = f32(1 / scale)``; ``src/f32-qs8-vcvt/gen/
+      f32-qs8-vcvt-avx2-u16.c`` ``xnn_f32_qs8_vcvt_ukernel__avx2_u16``): ``v = min(f32(x * inv),
+      32767)`` (``_mm256_min_ps``: a NaN ``v`` becomes 32767), ``_mm256_cvtps_epi32`` (round
+      half to even; below -2^31: INT_MIN), then saturating packs and a saturating int16 add of
+      ``zero_point``, which for int8 outputs is ``clamp(rint(v) + zero_point, qmin, qmax)``.
+
+    ``x / scale`` near a tie is where the three differ (e.g. binary32 ``x * inv`` = 32.5 exactly
+    while the binary64 quotient is 32.50000065: 32 by XNNPACK, 33 by the optimized kernel).
+    """
+    if kernels not in QUANTIZE_KERNELS:
+        raise ValueError(f"kernels must be one of {QUANTIZE_KERNELS}, got {kernels!r}")
+    x32 = np.asarray(x, np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if kernels == "xnnpack":
+            v = x32 * (_F32(1) / _F32(scale))
+            v = np.where(np.isnan(v), _F32(32767), np.minimum(v, _F32(32767)))
+            r = np.rint(np.maximum(v, _F32(-(2.0**31))).astype(np.float64))
+        elif kernels == "reference":
+            v = (x32 / _F32(scale)).astype(np.float64)
+            r = round_half_away(np.clip(v, -(2.0**40), 2.0**40))
+        else:
+            v = x32.astype(np.float64) / float(_F32(scale))
+            r = round_half_away(np.clip(v, -(2.0**40), 2.0**40))
     return np.clip(r.astype(np.int64) + int(zero_point), qmin, qmax)

@@ -11,7 +11,7 @@ import pytest
 import tflite
 
 from hwsim.graph import import_model
-from hwsim.graph.ir import Op
+from hwsim.graph.ir import MAC_OPS, Op
 from hwsim.graph.onnx_import import ModelImportError
 from hwsim.graph.tflite_import import import_tflite
 
@@ -42,9 +42,11 @@ def _tfl_weight(path: Path, op_name: str, k: int):
 def test_models_import_with_every_tensor_quantized(name):
     g = import_model(DATA / f"{name}.tflite")
     assert g.quantized
-    assert g.meta["hwsim"]["layers"] and all(
-        v["register"] == "tflite" for v in g.meta["hwsim"]["layers"].values()
-    )
+    layers = g.meta["hwsim"]["layers"]
+    assert layers
+    for n in g.nodes:  # the default (XNNPACK) interpreter: binary32 requantization in MAC layers
+        want = ("ort", "half_even") if n.op in MAC_OPS else ("tflite-single", "half_away")
+        assert (layers[n.name]["register"], layers[n.name]["rounding"]) == want
     for n in g.nodes:
         assert n.output in g.act_quant, n.name
 
@@ -75,8 +77,9 @@ def test_flatten_reads_nhwc_order():
 
 def test_pad_is_folded_into_the_convolution():
     g = import_tflite(DATA / "cnn_pad_concat.tflite")
-    first = g.nodes[0]
-    assert first.op is Op.CONV and first.inputs == (g.input,)
+    quant, first = g.nodes[:2]
+    assert quant.op is Op.IDENTITY and quant.attrs["tflite"]["rule"] == "quantize"
+    assert first.op is Op.CONV and first.inputs == (quant.output,)
     assert first.attrs["pads"] == (1, 2, 2, 1)  # ZeroPadding2D(((1, 2), (2, 1))), VALID conv
 
 
@@ -88,6 +91,14 @@ def test_fused_relu_tighter_than_int8_is_a_clip_on_the_integer_bound():
         tq = g.act_quant[c.output]
         lo = np.rint(np.float32(c.attrs["min"]) / np.float32(tq.scale)) + tq.zero_point
         assert lo == tq.zero_point  # RELU: the zero point
+
+
+@pytest.mark.parametrize("kernels", ["xnnpack", "optimized"])
+def test_float_input_quantize_is_a_node_with_the_kernels_rounding(kernels):
+    g = import_tflite(DATA / "cnn_pad_concat.tflite", kernels)
+    rule = g.nodes[0].attrs["tflite"]
+    assert rule["kernels"] == kernels and g.input not in g.act_quant
+    assert g.meta["tflite"] == {"kernels": kernels, "input": "float"}
 
 
 def test_not_a_tflite_file_names_the_file(tmp_path):

@@ -1,5 +1,5 @@
 """Whole TFLite models through hwsim's integer executor against the LiteRT interpreter
-(ai-edge-litert 2.3.0, test extra)."""
+(ai-edge-litert 2.3.0, test extra), per kernel family (hwsim.graph.tflite_import.KERNELS)."""
 
 from __future__ import annotations
 
@@ -15,41 +15,60 @@ from hwsim.execute.tflite import load_tflite_program
 from hwsim.numerics.tflite import quantize
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "tflite"
+MODELS = ["cnn_relu", "cnn_relu6", "cnn_pad_concat", "digits_cnn"]
+RESOLVER = {
+    "xnnpack": OpResolverType.AUTO,
+    "optimized": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    "reference": OpResolverType.BUILTIN_REF,
+}
 
 
-def _litert(path: Path, x: np.ndarray, resolver) -> np.ndarray:
-    it = Interpreter(model_path=str(path), experimental_op_resolver_type=resolver)
+def litert(path: Path, x: np.ndarray, kernels: str) -> np.ndarray:
+    """LiteRT's outputs for NCHW float inputs ``x`` (an int8 input quantized as the kernels'
+    own QUANTIZE would)."""
+    it = Interpreter(model_path=str(path), experimental_op_resolver_type=RESOLVER[kernels])
     it.allocate_tensors()
     i, o = it.get_input_details()[0], it.get_output_details()[0]
     outs = []
     for k in range(len(x)):
         xi = x[k : k + 1].transpose(0, 2, 3, 1)
         if i["dtype"] == np.int8:
-            xi = quantize(xi, *i["quantization"], -128, 127).astype(np.int8)
+            xi = quantize(xi, *i["quantization"], -128, 127, kernels).astype(np.int8)
         it.set_tensor(i["index"], xi)
         it.invoke()
         outs.append(it.get_tensor(o["index"]).copy())
     return np.concatenate(outs)
 
 
-def _hwsim(path: Path, x: np.ndarray, register: str) -> np.ndarray:
-    p = load_tflite_program(path, register=register)
+def hwsim_outputs(path: Path, x: np.ndarray, kernels: str, register=None) -> np.ndarray:
+    p = load_tflite_program(path, kernels, register)
     ex = IntegerExecutor(p)
+    if p.graph.meta["tflite"]["input"] == "int8":
+        spec = p.acts[p.graph.input]
+        xq = quantize(x, spec.scale, spec.zero_point, -128, 127, kernels).astype(np.float32)
+        x = (xq - spec.zero_point) * np.float32(spec.scale)
     env = ex.run(x)
     y = env[p.graph.output]
-    return y.q if p.graph.meta["tflite"]["input"] == "int8" and isinstance(y, QTensor) else (
-        ex.output(env)
+    return (
+        y.q
+        if p.graph.meta["tflite"]["input"] == "int8" and isinstance(y, QTensor)
+        else (ex.output(env))
     )
 
 
-@pytest.mark.parametrize("name", ["cnn_relu", "cnn_relu6", "digits_cnn"])
-def test_single_rounding_equals_the_default_interpreter(name):
-    """The default interpreter (XNNPACK delegate) rounds once: hwsim's tflite-single register."""
-    path = DATA / f"{name}.tflite"
+def inputs(path: Path, n: int = 200, seed: int = 1) -> np.ndarray:
     shape = load_tflite_program(path).graph.input_shape
-    x = np.random.default_rng(1).uniform(-1.2, 1.2, (200, *shape)).astype(np.float32)
-    got = _hwsim(path, x, "tflite-single")
-    want = _litert(path, x, OpResolverType.AUTO)
+    return np.random.default_rng(seed).uniform(-1.2, 1.2, (n, *shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_default_kernels_equal_the_default_interpreter(name):
+    """The interpreter a user runs by default (the XNNPACK delegate): hwsim's ``xnnpack``
+    kernels (XNNPACK's QUANTIZE, the tflite-single register), 0 differing outputs."""
+    path = DATA / f"{name}.tflite"
+    x = inputs(path)
+    got = hwsim_outputs(path, x, "xnnpack")
+    want = litert(path, x, "xnnpack")
     assert np.array_equal(got.reshape(want.shape), want)
 
 
@@ -57,10 +76,20 @@ def test_single_rounding_equals_the_default_interpreter(name):
 def test_double_rounding_equals_the_reference_kernels(name):
     """BUILTIN_REF: gemmlowp's double rounding in CONV_2D / DEPTHWISE_CONV_2D, TFLite's ADD,
     MUL, AVERAGE_POOL_2D, MEAN rules (these models' FULLY_CONNECTED outputs have no rounding
-    the reference kernel's double-precision requantization decides differently)."""
+    the reference kernel's double-precision requantization decides differently, and their
+    SOFTMAX inputs none where gemmlowp's fixed-point exp and the optimized table differ)."""
     path = DATA / f"{name}.tflite"
-    shape = load_tflite_program(path).graph.input_shape
-    x = np.random.default_rng(1).uniform(-1.2, 1.2, (200, *shape)).astype(np.float32)
-    got = _hwsim(path, x, "tflite")
-    want = _litert(path, x, OpResolverType.BUILTIN_REF)
+    x = inputs(path)
+    got = hwsim_outputs(path, x, "optimized", "tflite")
+    want = litert(path, x, "reference")
+    assert np.array_equal(got.reshape(want.shape), want)
+
+
+def test_optimized_kernels_equal_the_interpreter_without_delegates():
+    """BUILTIN_WITHOUT_DEFAULT_DELEGATES on a model whose MAC layers have no output that ruy's
+    x86 rounding (half up) decides differently from gemmlowp's double rounding."""
+    path = DATA / "cnn_relu6.tflite"
+    x = inputs(path)
+    got = hwsim_outputs(path, x, "optimized")
+    want = litert(path, x, "optimized")
     assert np.array_equal(got.reshape(want.shape), want)

@@ -3,6 +3,7 @@ references ``ref_tflite_*`` of hwsim.numerics.reference (eq. T1-T8), both roundi
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -168,6 +169,99 @@ def test_quantize_ties_round_away_from_zero():
     # 0.5 / 0.25 = 2 exactly, 0.375 / 0.25 = 1.5 -> 2, -0.375 / 0.25 = -1.5 -> -2
     got = ntfl.quantize(np.array([0.375, -0.375, 0.625], np.float32), 0.25, 0, -128, 127)
     assert got.tolist() == [2, -2, 3]
+
+
+def _f32(v: Fraction) -> Fraction:
+    """``v`` rounded to binary32 (nearest, ties to even; subnormals; no overflow), exactly."""
+    if v == 0:
+        return Fraction(0)
+    a = abs(v)
+    e = a.numerator.bit_length() - a.denominator.bit_length()
+    if Fraction(2) ** e > a:
+        e -= 1
+    ulp = Fraction(2) ** max(e - 23, -149)
+    n = a / ulp
+    r = math.floor(n)
+    if n - r > Fraction(1, 2) or (n - r == Fraction(1, 2) and r % 2):
+        r += 1
+    return (1 if v > 0 else -1) * r * ulp
+
+
+def _round_half_even(v: Fraction) -> int:
+    r = math.floor(v)
+    return r + 1 if v - r > Fraction(1, 2) or (v - r == Fraction(1, 2) and r % 2) else r
+
+
+def _round_half_away(v: Fraction) -> int:
+    r = math.floor(abs(v) + Fraction(1, 2))
+    return r if v >= 0 else -r
+
+
+def ref_quantize_xnnpack(x: float, s: float, z: int) -> int:
+    """XNNPACK's f32 -> qs8 convert on binary32 ``x``, ``s``, plainly: ``inv = f32(1 / s)``,
+    ``v = f32(x * inv)``, nearest-even integer of ``min(v, 32767)``, plus ``z``, clamped."""
+    inv = _f32(1 / Fraction(s))
+    v = min(_f32(Fraction(x) * inv), Fraction(32767))
+    return min(max(_round_half_even(v) + z, -128), 127)
+
+
+def ref_quantize_reference(x: float, s: float, z: int) -> int:
+    """``reference_ops::AffineQuantize``: ``round_half_away(f32(x / f32(s))) + z``, clamped."""
+    return min(max(_round_half_away(_f32(Fraction(x) / Fraction(s))) + z, -128), 127)
+
+
+F32 = st.floats(-300, 300, allow_nan=False, width=32)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.one_of(F32, st.integers(-600, 600).map(lambda k: k / 2)), SCALE, I8)
+def test_quantize_of_each_kernel_family_equals_its_rational_reference(x, s, z):
+    """Each family's QUANTIZE against its rational reference, on ties (x = k/2 with s a power
+    of two) and random binary32 values."""
+    x = float(np.float32(x))
+    xs = np.array([x], np.float32)
+    assert int(ntfl.quantize(xs, s, z, -128, 127, "xnnpack")[0]) == ref_quantize_xnnpack(x, s, z)
+    assert int(ntfl.quantize(xs, s, z, -128, 127, "reference")[0]) == ref_quantize_reference(
+        x, s, z
+    )
+    assert int(ntfl.quantize(xs, s, z, -128, 127, "optimized")[0]) == ref.ref_tflite_quantize(
+        x, s, z, -128, 127
+    )
+
+
+def test_quantize_families_differ_where_the_binary32_product_is_a_tie():
+    """The input of cnn_pad_concat that the optimized rule quantized differently from the
+    default interpreter: binary32 ``x * f32(1/s)`` = 32.5 exactly (XNNPACK: 32, half to even),
+    binary64 ``x / s`` = 32.50000065 (optimized: 33)."""
+    x, s = np.float32(0.25486675), 0.007842053659260273
+    assert ref_quantize_xnnpack(float(x), float(np.float32(s)), 0) == 32
+    assert int(ntfl.quantize(x, s, 0, -128, 127, "xnnpack")) == 32
+    assert int(ntfl.quantize(x, s, 0, -128, 127, "optimized")) == 33
+    halves = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5], np.float32)
+    assert ntfl.quantize(halves, 1.0, 0, -128, 127, "xnnpack").tolist() == [0, 2, 2, 0, -2, -2]
+    assert ntfl.quantize(halves, 1.0, 0, -128, 127, "reference").tolist() == [1, 2, 3, -1, -2, -3]
+
+
+def test_xnnpack_quantize_extremes():
+    """Saturation at the rails and beyond int32, infinities; NaN becomes 32767 (``min_ps``)
+    and so the top rail."""
+    x = np.array([1e30, -1e30, np.inf, -np.inf, np.nan, 127.4, -128.6, 3e9], np.float32)
+    assert ntfl.quantize(x, 1.0, 0, -128, 127, "xnnpack").tolist() == [
+        127,
+        -128,
+        127,
+        -128,
+        127,
+        127,
+        -128,
+        127,
+    ]
+    assert ntfl.quantize(np.array([200.0], np.float32), 1.0, -128, -128, 127, "xnnpack")[0] == 72
+
+
+def test_quantize_refuses_an_unknown_kernel_family():
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        ntfl.quantize(np.zeros(1, np.float32), 1.0, 0, -128, 127, "ruy")
 
 
 def test_round_half_away_is_exact_below_one_half():
