@@ -155,6 +155,76 @@ def load_quantized(model) -> QuantProgram:
     return program_from_graph(graph)
 
 
+def load_imported(model, tflite_kernels: str | None = None) -> QuantProgram:
+    """The program of an already-quantized file: a ``.tflite`` model on the LiteRT kernels
+    ``tflite_kernels`` (``xnnpack`` default, ``optimized``, ``reference``:
+    :func:`hwsim.execute.tflite.load_tflite_program`), otherwise :func:`load_quantized`. The
+    program's ``describe()["scheme"]`` names the source, the kernels and the registers."""
+    path = resolve_model(model)
+    if path.suffix.lower() != ".tflite":
+        if tflite_kernels is not None:
+            raise HwsimError(f"{path}: tflite_kernels applies to .tflite models only")
+        return load_quantized(path)
+    from hwsim.execute.tflite import load_tflite_program
+
+    return load_tflite_program(path, tflite_kernels or "xnnpack")
+
+
+def imported_scheme(program: QuantProgram) -> dict:
+    """What a report shows as the scheme of an imported program: its source (``tflite`` or
+    ``qdq``), the TFLite kernels, and the registers its layers run on."""
+    meta = program.graph.meta.get("tflite")
+    regs = sorted({v.register.value for v in program.layers.values()})
+    if meta is not None:
+        return {
+            "name": f"tflite ({meta['kernels']} kernels)",
+            "source": "tflite",
+            "kernels": meta["kernels"],
+            "registers": regs,
+        }
+    return {"name": "imported-qdq", "source": "qdq", "registers": regs}
+
+
+def float_network(graph: Graph) -> Graph:
+    """The float network of an imported quantized graph: each MAC layer's dequantized weights
+    and float bias (``w = s (q - z)``, ``b = s_x s_w bias_q`` as imported), no quantization
+    metadata and no TFLite integer rules, for hwsim's own schemes (``hwsim compare``)."""
+    import dataclasses
+
+    nodes = [
+        dataclasses.replace(
+            n, wq=None, bias_q=None, attrs={k: v for k, v in n.attrs.items() if k != "tflite"}
+        )
+        for n in graph.nodes
+    ]
+    meta = {k: v for k, v in graph.meta.items() if k not in ("hwsim", "tflite")}
+    return dataclasses.replace(graph, nodes=nodes, act_quant={}, meta=meta)
+
+
+def _imported_default(program: QuantProgram) -> dict:
+    """An imported program's accumulator settings in the form of a scheme's ``default`` (the
+    widest accumulator, wrapping unless every layer saturates)."""
+    specs = list(program.layers.values()) or [program.default_layer]
+    ovf = {v.acc.overflow.value for v in specs}
+    return {
+        "acc_bits": max(v.acc.bits for v in specs),
+        "overflow": ovf.pop() if len(ovf) == 1 else "mixed",
+        "registers": sorted({v.register.value for v in specs}),
+    }
+
+
+def _imported_bits(program: QuantProgram, which: str):
+    """The weight (``w``) or activation (``a``) widths of an imported program: one int, or a
+    string like ``4-8`` for a mix."""
+    if which == "w":
+        bits = {n.wq.fmt.bits for n in program.graph.nodes if n.wq is not None}
+    else:
+        bits = {a.fmt.bits for a in program.acts.values() if getattr(a, "fmt", None) is not None}
+    if not bits:
+        return "-"
+    return bits.pop() if len(bits) == 1 else f"{min(bits)}-{max(bits)}"
+
+
 def check_outputs(**paths) -> None:
     """Every output path (``name=path``; None skipped) writable before any work: an
     HwsimError naming the field and the path as given (``hwsim.io.output_path_problem``)."""
@@ -175,8 +245,14 @@ def run(
     accelerator=None,
     isa="exact",
     seed: int = 0,
+    tflite_kernels: str | None = None,
 ) -> RunReport:
     """Run a quantized model on ``data`` (name or .npz or Dataset) and report.
+
+    ``tflite_kernels`` (a ``.tflite`` model): the LiteRT CPU kernels whose integer results to
+    match, ``xnnpack`` (default: the interpreter's default, XNNPACK delegate), ``optimized``
+    (builtin kernels without delegates) or ``reference`` (``BUILTIN_REF``); docs/networks.md.
+    The report's scheme names the source, the kernels and the registers.
 
     ``isa``: ``exact`` (true integer math: VNNI/AMX, ARM, accelerators), ``avx2``
     (onnxruntime's x86 results without VNNI, bit for bit, with int16 pair-saturation counters)
@@ -201,7 +277,7 @@ def run(
                 return run_qoperator(
                     onnx_model, str(path), data, batch_size, report, save_outputs, progress, isa
                 )
-        program = load_quantized(path)
+        program = load_imported(path, tflite_kernels)
     ds = _data(data, program.graph.input_shape)
     rep, outs = run_program(
         program,
@@ -212,6 +288,8 @@ def run(
         isa=isa,
         seed=seed,
     )
+    if program.scheme is None:
+        rep.settings["scheme"] = imported_scheme(program)
     attach_cost(rep, program, accelerator, min(batch_size, len(ds)))
     if save_outputs is not None:
         g = program.graph
@@ -236,9 +314,16 @@ def compare(
     pareto=None,
     isa="exact",
     seed: int = 0,
+    tflite_kernels: str | None = None,
     **kw,
 ) -> list[dict]:
     """Sweep schemes x weight bits x activation bits on a float model; one row per run.
+
+    An already-quantized model (a ``.tflite`` file, a QDQ / Brevitas QONNX / QCDQ export) gets
+    first the row ``as imported`` (the file's own quantization, ``tflite_kernels`` as in
+    :func:`run`), then the sweep on its float network (:func:`float_network`: the dequantized
+    weights), quantized by :func:`hwsim.quant.quantize` with each scheme, calibrated on
+    ``calib``.
 
     ``calib`` defaults to ``data`` (say so in reports; pass a separate set to avoid it).
     ``isa``: the dot product of the integer runs (see :func:`run`); ``seed``: stochastic
@@ -256,36 +341,48 @@ def compare(
     ds = _data(data, base.input_shape)
     cal = _data(calib, base.input_shape) if calib is not None else ds
     rows = []
+    runs = []
+    if base.quantized:
+        runs.append(("as imported", None, None, load_imported(path, tflite_kernels)))
+    elif tflite_kernels is not None:
+        raise HwsimError(f"{path}: tflite_kernels applies to .tflite models only")
     for scheme in schemes:
         for wb in wbits:
             for ab in abits:
-                graph = import_model(path)
-                sch = make_scheme(scheme, wbits=wb, abits=ab, **kw)
-                program = quantize(graph, sch, cal, batch_size, float_run=run_float)
-                rep, _ = run_program(program, ds, batch_size, progress, isa=isa, seed=seed)
-                c = attach_cost(rep, program, accelerator, 1)
-                rows.append(
-                    {
-                        "scheme": scheme,
-                        "wbits": wb,
-                        "abits": ab,
-                        "float_accuracy": rep.float_accuracy,
-                        "int_accuracy": rep.int_accuracy,
-                        "agreement": rep.agreement,
-                        "overflow_events": sum(r.overflow_events for r in rep.layers),
-                        "pair_saturations": sum(r.pair_saturations or 0 for r in rep.layers),
-                        "isa": rep.settings["isa"],
-                        "min_sqnr_db": _finite(
-                            min(
-                                (r.sqnr_db for r in rep.layers if r.sqnr_db is not None),
-                                default=None,
-                            )
-                        ),
-                        "energy_pj_per_sample": c["energy_pj"],
-                        "cycles_per_sample": c["total_cycles"],
-                        "settings": program.describe()["scheme"],
-                    }
-                )
+                runs.append((scheme, wb, ab, None))
+    for scheme, wb, ab, program in runs:
+        if program is None:
+            graph = import_model(path)
+            graph = float_network(graph) if graph.quantized else graph
+            sch = make_scheme(scheme, wbits=wb, abits=ab, **kw)
+            program = quantize(graph, sch, cal, batch_size, float_run=run_float)
+        rep, _ = run_program(program, ds, batch_size, progress, isa=isa, seed=seed)
+        c = attach_cost(rep, program, accelerator, 1)
+        settings = program.describe()["scheme"]
+        if program.scheme is None:
+            settings = {**imported_scheme(program), "default": _imported_default(program)}
+        rows.append(
+            {
+                "scheme": scheme,
+                "wbits": wb if wb is not None else _imported_bits(program, "w"),
+                "abits": ab if ab is not None else _imported_bits(program, "a"),
+                "float_accuracy": rep.float_accuracy,
+                "int_accuracy": rep.int_accuracy,
+                "agreement": rep.agreement,
+                "overflow_events": sum(r.overflow_events for r in rep.layers),
+                "pair_saturations": sum(r.pair_saturations or 0 for r in rep.layers),
+                "isa": rep.settings["isa"],
+                "min_sqnr_db": _finite(
+                    min(
+                        (r.sqnr_db for r in rep.layers if r.sqnr_db is not None),
+                        default=None,
+                    )
+                ),
+                "energy_pj_per_sample": c["energy_pj"],
+                "cycles_per_sample": c["total_cycles"],
+                "settings": settings,
+            }
+        )
     if report is not None:
         doc = {
             "model": str(path),
@@ -425,9 +522,7 @@ def demo(
         for wb, ab in pairs:
             for scheme in TRANSFORMER_DEMO_SCHEMES:
                 for nl in ("float", "integer"):
-                    rows += compare(
-                        model, data, (scheme,), (wb,), (ab,), calib=calib, nonlinear=nl
-                    )
+                    rows += compare(model, data, (scheme,), (wb,), (ab,), calib=calib, nonlinear=nl)
         doc = {"model": model, "data": data, "calib": calib, "rows": rows}
         if report is not None:
             atomic_write_text(report, json.dumps(doc, indent=2, default=str) + "\n")
