@@ -1018,5 +1018,24 @@ def trace_cmd(model, data, indices, only, scheme, wbits, abits, calib, out, **kw
     )
 
 
+@main.command("diff")
+@click.argument("a", type=click.Path(exists=True, file_okay=False))
+@click.argument("b", type=click.Path(exists=True, file_okay=False))
+@_guard
+def diff_cmd(a, b):
+    """First divergence of traces A and B (folders `hwsim trace` wrote): the first layer in
+    topological order whose accumulators or output differ, the first differing element, how
+    many differ and a cause where the data shows one. Exit 0: identical, 1: they differ (or an
+    error, printed as 'Error: ...')."""
+    from hwsim.trace.diff import diff
+
+    d = diff(a, b)
+    if d is None:
+        click.echo(f"no divergence: every layer of {a} matches {b}")
+        return
+    click.echo(d.text())
+    sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,155 @@
+"""First divergence of two traces (``hwsim diff A B``): the first layer, in A's topological
+order, whose raw accumulators or output differ, its first differing element (row-major index,
+both values), how many differ, and a cause read off the data where one can be:
+
+* ``accumulator overflow`` -- the accumulators differ, every difference a multiple of
+  ``2^bits`` (the narrower accumulator's width): one side wrapped;
+* ``different scale register`` -- equal accumulators, the registers differ (kind, multiplier
+  or shift);
+* ``rounding tie`` -- equal accumulators and registers' values, outputs 1 apart where the
+  exact requantized value ``(acc + bias) * real`` is a ``.5`` tie;
+* ``saturation/clamp`` -- equal accumulators, one of the two outputs at its format's rail;
+* ``unclassified`` otherwise.
+
+Both traces are read through :func:`hwsim.trace.files.read_array` (sha256 and shape checked);
+a layer of A missing from B, or a layer of another op or shape, is a :class:`TraceError`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from hwsim.trace.files import TraceError, read_array, read_manifest
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where two traces part: ``layer`` (node name), ``what`` (``acc`` or ``output``),
+    ``index`` (row-major, of the stored shape), ``a`` / ``b`` (the values there), ``count`` of
+    ``total`` elements differing, ``cause`` (module docstring)."""
+
+    layer: str
+    what: str
+    index: tuple
+    a: int | float
+    b: int | float
+    count: int
+    total: int
+    cause: str
+
+    def text(self) -> str:
+        return (
+            f"first divergence: layer {self.layer!r} ({self.what}) at index {list(self.index)}: "
+            f"A={self.a} B={self.b}; {self.count} of {self.total} elements differ; "
+            f"cause: {self.cause}"
+        )
+
+
+def _arr(d, doc, e, what):
+    return read_array(d, doc, e, what).astype(np.float64 if e["encoding"] is None else np.int64)
+
+
+def _real(reg: dict, mult: np.ndarray, shift: np.ndarray, c: int) -> Fraction:
+    m = mult.flat[0] if mult.size == 1 else mult[c]
+    s = int(shift.flat[0] if shift.size == 1 else shift[c])
+    if reg["kind"] == "ort":
+        return Fraction(float(np.float32(m)))
+    if reg["kind"] == "pow2":
+        return Fraction(1, 1 << s) if s >= 0 else Fraction(1 << -s)
+    return Fraction(int(m)) * (Fraction(2) ** (s - 31))
+
+
+def _first(x: np.ndarray, y: np.ndarray):
+    bad = x != y
+    idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    return idx, int(np.count_nonzero(bad))
+
+
+def diff(a: str | os.PathLike, b: str | os.PathLike) -> Divergence | None:
+    """The first divergence of trace directories ``a`` and ``b``, or None when every layer of
+    ``a`` has the same accumulators and output in ``b``."""
+    da, db = read_manifest(a), read_manifest(b)
+    layers_b = {la["name"]: la for la in db["layers"]}
+    for la in da["layers"]:
+        name = la["name"]
+        lb = layers_b.get(name)
+        if lb is None:
+            raise TraceError(f"{b}: layer {name!r} of {a} is missing (mismatched models?)")
+        if lb["op"] != la["op"]:
+            raise TraceError(f"layer {name!r}: op {la['op']} in {a}, {lb['op']} in {b}")
+        mac = "acc" in la and "acc" in lb
+        acc_a = acc_b = None
+        if mac:
+            acc_a = _arr(a, da, la["acc"], f"{name} acc")
+            acc_b = _arr(b, db, lb["acc"], f"{name} acc")
+            if acc_a.shape != acc_b.shape:
+                raise TraceError(f"layer {name!r}: acc shapes {acc_a.shape} and {acc_b.shape}")
+            if not np.array_equal(acc_a, acc_b):
+                idx, n = _first(acc_a, acc_b)
+                bits = min(la["accumulator"]["bits"], lb["accumulator"]["bits"])
+                wrapped = np.all((acc_a - acc_b) % (1 << bits) == 0)
+                cause = "accumulator overflow" if wrapped else "unclassified"
+                return Divergence(name, "acc", idx, int(acc_a[idx]), int(acc_b[idx]), n,
+                                  acc_a.size, cause)  # fmt: skip
+        ea, eb = da["tensors"][la["output"]], db["tensors"][lb["output"]]
+        ya = _arr(a, da, ea, f"{name} output")
+        yb = _arr(b, db, eb, f"{name} output")
+        if ya.shape != yb.shape:
+            raise TraceError(f"layer {name!r}: output shapes {ya.shape} and {yb.shape}")
+        if np.array_equal(ya, yb):
+            continue
+        idx, n = _first(ya, yb)
+        va, vb = ya[idx], yb[idx]
+        cause = "unclassified"
+        if mac and "register" in la and "register" in lb:
+            cause = _mac_cause(a, da, la, b, db, lb, acc_a, ea, idx, va, vb)
+        elif _at_rail(ea, va) or _at_rail(eb, vb):
+            cause = "saturation/clamp"
+        as_num = float if ea["encoding"] is None else int
+        return Divergence(name, "output", idx, as_num(va), as_num(vb), n, ya.size, cause)
+    return None
+
+
+def _at_rail(e: dict, v) -> bool:
+    if e["encoding"] not in ("twos-complement", "unsigned"):
+        return False
+    bits = e["bits"]
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    if e["encoding"] == "unsigned":
+        lo, hi = 0, (1 << bits) - 1
+    return int(v) in (lo, hi)
+
+
+def _mac_cause(a, da, la, b, db, lb, acc, ea, idx, va, vb) -> str:
+    name = la["name"]
+    ra, rb = la["register"], lb["register"]
+    regs = [
+        (read_array(d, doc, r["multiplier"], f"{name} multiplier"),
+         read_array(d, doc, r["shift"], f"{name} shift"))
+        for d, doc, r in ((a, da, ra), (b, db, rb))
+    ]  # fmt: skip
+    (ma, sa), (mb, sb) = regs
+    same = (
+        ra["kind"] == rb["kind"]
+        and ma.shape == mb.shape
+        and np.array_equal(ma, mb)
+        and np.array_equal(sa, sb)
+    )
+    if not same:
+        return "different scale register"
+    if abs(int(va) - int(vb)) == 1:
+        c = idx[1] if len(idx) > 1 else 0
+        bias = 0
+        if "bias" in la:
+            bv = _arr(a, da, la["bias"], f"{name} bias")
+            bias = int(bv[c] if bv.ndim == 1 else bv[idx[0], c])
+        exact = (int(acc[idx]) + bias) * _real(ra, ma, sa, c)
+        if exact - (exact.numerator // exact.denominator) == Fraction(1, 2):
+            return "rounding tie"
+    if _at_rail(ea, va) or _at_rail(ea, vb):
+        return "saturation/clamp"
+    return "unclassified"
