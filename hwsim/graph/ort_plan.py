@@ -28,6 +28,14 @@ a fused node keeps the name of the op it replaces):
 * LayerNormalization, Erf, Tanh, Div, ReduceMean: float ops between DQ and Q;
 * Transpose, Reshape, Slice, Squeeze, Gather (token selection, embedding tables): the DQ / Q
   around them dropped, the integers moved.
+
+Before any fusion, ``BiasQuantization`` (``core/optimizer/qdq_transformer/
+bias_quantization.cc``) replaces the float bias initializer of a ``DQ -> Conv / Gemm`` by a
+float32-computed int32 bias behind its own DequantizeLinear
+(:func:`hwsim.qops.ort_quantized_bias`, docs/numerics.md "onnxruntime's bias quantization"):
+the fused kernel adds those integers, an unfused float Conv adds their dequantized values, so
+a file whose bias is float (``hwsim quantize`` writes float biases) never runs on ``b`` itself.
+:attr:`OrtPlan.quantized_biases` names the layers it rewrote.
 """
 
 from __future__ import annotations
@@ -73,11 +81,18 @@ class OrtPlan:
       ``op_type`` or ``domain.op_type`` (``QLinearMatMul``, ``com.microsoft.QLinearSoftmax``,
       ``com.microsoft.QLinearAdd``, ``MatMul``, ``LayerNormalization``, ...); a fused node keeps
       the name of the op it replaced (the IR node's name), nodes it drops are absent.
+
+    * ``quantized_biases``: the weight initializers (as ``integer_weights``) of the Conv / Gemm
+      layers whose float bias initializer ``BiasQuantization`` replaced by an int32 one
+      (:func:`hwsim.qops.ort_quantized_bias`): in the optimised graph their bias is an int32
+      initializer (a fused node's bias input, or behind the DequantizeLinear feeding an unfused
+      node's), where the model file has a float one.
     """
 
     integer_weights: frozenset[str]
     uint8_scales: frozenset[str]
     kernels: Mapping[str, str] = field(default_factory=dict)
+    quantized_biases: frozenset[str] = frozenset()
 
     def kernel(self, node: str) -> str | None:
         """The op onnxruntime runs for the ONNX node named ``node`` (None: no such node left,
@@ -112,6 +127,7 @@ def _plan(path: str, mtime: float) -> OrtPlan:
         except Exception as e:  # noqa: BLE001 -- onnxruntime's own error types vary by build
             raise NoPlanError(f"onnxruntime cannot load {path}: {e}") from None
         m = onnx.load(out)
+    src = onnx.load(path, load_external_data=False)
     names = set()
     for n in m.graph.node:
         i = _INTEGER_OPS.get(n.op_type)
@@ -128,4 +144,46 @@ def _plan(path: str, mtime: float) -> OrtPlan:
                 if st.data_type == onnx.TensorProto.FLOAT:
                     u8.add(s)
     kernels = {n.name: f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in m.graph.node}
-    return OrtPlan(frozenset(names), frozenset(u8), MappingProxyType(kernels))
+    return OrtPlan(
+        frozenset(names), frozenset(u8), MappingProxyType(kernels), _quantized_biases(src, m)
+    )
+
+
+# (weight, bias) inputs of the Conv / Gemm nodes and of the fused ops onnxruntime makes of them
+_WEIGHT_BIAS = {"Conv": (1, 2), "Gemm": (1, 2), "QLinearConv": (3, 8), "QGemm": (3, 6)}
+
+
+def _quantized_biases(src, opt) -> frozenset[str]:
+    """The weight initializers (the int weights behind each layer's DequantizeLinear) of the
+    Conv / Gemm nodes of ``src`` with a float bias initializer whose node in the optimised graph
+    ``opt`` (fused or not, renamed or not: found by its weight) reads an int32 bias: an int32
+    initializer, directly or through a DequantizeLinear."""
+    import onnx
+
+    def source(producer, name):  # an initializer, or the one a DequantizeLinear reads
+        dq = producer.get(name)
+        return dq.input[0] if dq is not None and dq.op_type == "DequantizeLinear" else name
+
+    src_types = {t.name: t.data_type for t in src.graph.initializer}
+    src_producer = {o: n for n in src.graph.node for o in n.output}
+    float_bias = {
+        source(src_producer, n.input[1])
+        for n in src.graph.node
+        if n.op_type in ("Conv", "Gemm")
+        and len(n.input) > 2
+        and src_types.get(n.input[2]) == onnx.TensorProto.FLOAT
+    }
+    types = {t.name: t.data_type for t in opt.graph.initializer}
+    producer = {o: n for n in opt.graph.node for o in n.output}
+    out = set()
+    for n in opt.graph.node:
+        wb = _WEIGHT_BIAS.get(n.op_type)
+        if wb is None or len(n.input) <= wb[1] or not n.input[wb[1]]:
+            continue
+        w = source(producer, n.input[wb[0]])
+        if (
+            w in float_bias
+            and types.get(source(producer, n.input[wb[1]])) == onnx.TensorProto.INT32
+        ):
+            out.add(w)
+    return frozenset(out)

@@ -98,7 +98,7 @@ from hwsim.qops.conv import _bias as _bias
 from hwsim.qops.conv import _conv_acc as _conv_acc
 from hwsim.qops.conv import _conv_geometry as _conv_geometry
 from hwsim.qops.conv import _conv_integer_pairs as _conv_integer_pairs
-from hwsim.qops.conv import conv_integer, qlinear_conv
+from hwsim.qops.conv import conv_integer, ort_dequantized_bias, ort_quantized_bias, qlinear_conv
 from hwsim.qops.dynamic import (
     dynamic_quantize_linear,
     dynamic_quantize_matmul,
@@ -145,6 +145,8 @@ __all__ = [
     "matmul_integer_to_float",
     "max_pool",
     "ort_broadcast_mode",
+    "ort_dequantized_bias",
+    "ort_quantized_bias",
     "qgemm",
     "qlinear_add",
     "qlinear_average_pool",
@@ -196,9 +198,7 @@ def _attr_value(v):
     return v
 
 
-def run_node(
-    op_type: str, domain: str, attrs: dict, inputs: list, isa="exact"
-) -> list[np.ndarray]:
+def run_node(op_type: str, domain: str, attrs: dict, inputs: list, isa="exact") -> list[np.ndarray]:
     """Run one quantized node: ``inputs`` in the node's input order (``None`` for an omitted
     optional input), ``attrs`` by ONNX attribute name (bytes strings are decoded). Returns the
     outputs as a list. ``isa`` (``exact``, ``avx2``, ``auto``) selects the dot-product semantics

@@ -7,6 +7,11 @@ ORT fuses ``DQ -> Conv -> Q`` chains into).
   ``scale[m] = f32(f32(x_scale * w_scale[m]) / y_scale)``;
   ``y = saturate(round_half_even(f32(f32(acc) * scale[m])) + y_zero_point)``.
 
+* onnxruntime's ``BiasQuantization`` of a ``DQ -> Conv/Gemm`` with a float bias initializer
+  (:func:`ort_quantized_bias`): ``bias_scale = f32(x_scale * w_scale[m])``,
+  ``B[m] = cvtps(f32(b[m] / bias_scale))``; the fused kernel adds ``B``, an unfused float Conv
+  adds ``f32(f32(B[m]) * bias_scale)`` (:func:`ort_dequantized_bias`), never ``b``.
+
 The MACs run on :func:`hwsim.datapath.conv2d` with the int32 wrapping accumulator;
 ``auto_pad`` is resolved as onnxruntime's ``ConvAttributes::ComputePadAndOutputShape``.
 ``isa="avx2"`` reproduces the saturating int16 pair sums of x86 without VNNI (eq. 16).
@@ -37,6 +42,7 @@ from hwsim.qops.common import (
     _record,
     _zero_point,
     collect_counters,
+    cvtps_epi32,
     int_format,
 )
 
@@ -175,7 +181,9 @@ def _conv_integer_pairs(
         for j in range(kw):
             h0, w0 = i * dil[0], j * dil[1]
             cols[:, :, i, j] = xp[
-                :, :, h0 : h0 + strides[0] * (Ho - 1) + 1 : strides[0],
+                :,
+                :,
+                h0 : h0 + strides[0] * (Ho - 1) + 1 : strides[0],
                 w0 : w0 + strides[1] * (Wo - 1) + 1 : strides[1],
             ]
     Fg = F // G
@@ -187,6 +195,38 @@ def _conv_integer_pairs(
     corr = pair_correction(a3, b3, counters)  # (G, Fg, N*Ho*Wo)
     corr = corr.reshape(F, N, Ho * Wo).transpose(1, 0, 2)
     return corr.reshape(out_shape)
+
+
+def ort_quantized_bias(bias, x_scale, w_scale) -> tuple[np.ndarray, np.ndarray]:
+    """onnxruntime's ``BiasQuantization`` graph transformer
+    (``core/optimizer/qdq_transformer/bias_quantization.cc``, ``BiasQuantization::ApplyImpl``;
+    run by the default session options): a ``Conv`` / ``Gemm`` whose input and weight come from
+    ``DequantizeLinear`` (input per tensor, weight per tensor or per output channel) and whose
+    bias is a float initializer gets the bias as ``DequantizeLinear(Cast<int32>(Round(Div(b,
+    Mul(x_scale, w_scale)))), Mul(x_scale, w_scale))``, constant-folded in float32:
+
+    ``bias_scale[m] = f32(x_scale * w_scale[m])``;
+    ``B[m] = cvtps(f32(b[m] / bias_scale[m]))`` -- ``Round`` is ``rint`` (half to even),
+    ``Cast`` on x86 gives ``INT32_MIN`` for a quotient outside int32 (and for NaN).
+
+    The fused ``QLinearConv`` / ``QGemm`` then adds ``B`` in its int32 accumulator; an unfused
+    float ``Conv`` adds :func:`ort_dequantized_bias` -- neither sees ``b`` itself.
+    ``bias`` (M,) float32; ``x_scale`` a scalar, ``w_scale`` a scalar or (M,), both float32.
+    Returns ``(B as int64 (M,), bias_scale float32 (M,))``."""
+    b = np.asarray(bias, np.float32).reshape(-1)
+    xs = _f32_scale(x_scale, "x_scale")
+    ws = _per_channel_scale(w_scale, b.shape[0], "w_scale")
+    s = np.broadcast_to(xs * ws, b.shape).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        t = b / s
+    return cvtps_epi32(t), s
+
+
+def ort_dequantized_bias(B, bias_scale) -> np.ndarray:
+    """onnxruntime's ``DequantizeLinear`` of an int32 bias (zero point 0):
+    ``f32(f32(B[m]) * bias_scale[m])`` (the int32 rounded to float32 first), float32 (M,)."""
+    q = np.asarray(B, np.int64).astype(np.float32)
+    return (q * np.asarray(bias_scale, np.float32)).astype(np.float32)
 
 
 def _bias(B, M: int):
