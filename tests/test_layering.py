@@ -21,7 +21,7 @@ LAYERS = [
     {"graph", "qops", "mlas"},
     {"quant", "train"},
     {"execute"},
-    {"report", "cost"},
+    {"report", "cost", "trace"},
     {"study", "datapath_demo", "demo"},
     {"api"},
     {"cli"},
