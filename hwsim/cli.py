@@ -469,9 +469,7 @@ SCHEMES_HELP = ", ".join(PRESETS)
     help="Activation widths, zipped with --wbits (default 8,4 for a CNN, 8,8 for a "
     "transformer: W8A8 and W4A8).",
 )
-@click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False), callback=_out, default=None
-)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=_out, default=None)
 @_guard
 def demo(model, data, calib, wbits, abits, json_path):
     """The main job: a shipped model on digits, float vs integer under several schemes. A CNN
@@ -549,6 +547,16 @@ def _seed_option(f):
     )(f)
 
 
+_tflite_kernels_option = click.option(
+    "--tflite-kernels",
+    type=click.Choice(["xnnpack", "optimized", "reference"]),
+    default=None,
+    help="LiteRT CPU kernels whose integer results a .tflite model matches: xnnpack (default: "
+    "the interpreter's default, XNNPACK delegate), optimized (builtin kernels without "
+    "delegates), reference (BUILTIN_REF).",
+)
+
+
 @main.command("run")
 @click.argument("model")
 @click.option("--data", required=True, help="Built-in data set name or .npz with x (and y).")
@@ -563,16 +571,18 @@ def _seed_option(f):
     help="Write the model's final outputs (.npz, under the output name; float32, or the "
     "output's own dtype, e.g. int32/uint8, for QOperator models).",
 )
-@click.option(
-    "--batch-size", type=click.IntRange(1, MAX_BATCH), default=256, show_default=True
-)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=256, show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
 @_isa_option
 @_seed_option
+@_tflite_kernels_option
 @_accel_options
 @_guard
-def run_cmd(model, data, report, save_outputs, batch_size, progress, isa, seed, **kw):
-    """Run a quantized MODEL (hwsim, QDQ or QOperator ONNX) on DATA; float vs integer."""
+def run_cmd(
+    model, data, report, save_outputs, batch_size, progress, isa, seed, tflite_kernels, **kw
+):
+    """Run a quantized MODEL (hwsim, QDQ, QOperator, Brevitas QONNX/QCDQ ONNX or int8 .tflite)
+    on DATA; float vs integer."""
     from hwsim import api
 
     if progress is None:
@@ -588,6 +598,7 @@ def run_cmd(model, data, report, save_outputs, batch_size, progress, isa, seed, 
         accelerator=_accelerator(kw),
         isa=isa,
         seed=seed,
+        tflite_kernels=tflite_kernels,
     )
     click.echo(rep.table())
     for path in (report, save_outputs):
@@ -607,9 +618,7 @@ def run_cmd(model, data, report, save_outputs, batch_size, progress, isa, seed, 
 )
 @click.option("--wbits", default="8,6,4", callback=_bits_list, show_default=True)
 @click.option("--abits", default="8", callback=_bits_list, show_default=True)
-@click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False), callback=_out, default=None
-)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=_out, default=None)
 @click.option(
     "--plot", type=click.Path(dir_okay=False), callback=_out, default=None, help="PNG plot path."
 )
@@ -623,10 +632,27 @@ def run_cmd(model, data, report, save_outputs, batch_size, progress, isa, seed, 
 @_scheme_options
 @_isa_option
 @_seed_option
+@_tflite_kernels_option
 @_accel_options
 @_guard
-def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, isa, seed, **kw):
-    """Sweep schemes x bit widths on a float MODEL: table (with energy), JSON, plots."""
+def compare(
+    model,
+    data,
+    calib,
+    schemes,
+    wbits,
+    abits,
+    json_path,
+    plot,
+    pareto,
+    isa,
+    seed,
+    tflite_kernels,
+    **kw,
+):
+    """Sweep schemes x bit widths on MODEL: table (with energy), JSON, plots. An already
+    quantized MODEL (QDQ, Brevitas, .tflite) gets its own quantization as the first row, then
+    hwsim's schemes on its dequantized float network."""
     from hwsim import api, report
 
     accel = _accelerator(kw)
@@ -646,6 +672,7 @@ def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, 
         pareto=pareto,
         isa=isa,
         seed=seed,
+        tflite_kernels=tflite_kernels,
         **_scheme_kw(kw),
     )
     click.echo(report.compare_table(rows))
@@ -681,9 +708,7 @@ def compare(model, data, calib, schemes, wbits, abits, json_path, plot, pareto, 
 )
 @click.option("--abits", type=click.IntRange(*BITS), default=None)
 @click.option("--acc-bits", type=click.IntRange(*ACC_BITS), default=None)
-@click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False), callback=_out, default=None
-)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=_out, default=None)
 @click.option(
     "--plot", type=click.Path(dir_okay=False), callback=_out, default=None, help="PNG plot path."
 )
@@ -803,9 +828,7 @@ def study():
 @click.option("--epochs", type=click.IntRange(1, 100000), default=30, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
 @click.option("--lambda-s", type=float, default=None)
-@click.option(
-    "--target-bits", type=click.IntRange(*TARGET_BITS), default=4, show_default=True
-)
+@click.option("--target-bits", type=click.IntRange(*TARGET_BITS), default=4, show_default=True)
 @click.option("--scaling", type=click.Choice(SCALINGS), default="official", show_default=True)
 @_study_outputs(
     "Models and per-run results (reused on rerun). Default hwsim-study-psgd-DATA.",

@@ -671,3 +671,18 @@ def test_flag_ranges_agree_across_commands():
         assert len(set(ranges[name].values())) == 1, (name, ranges[name])
     assert {hi for _, hi in ranges["tile_rows"].values()} == {1 << 20}
     assert ranges["target_bits"]["train"] == (2, 8)
+
+
+def test_run_tflite_kernels_option(runner, qmodel, tmp_path):
+    """--tflite-kernels picks the LiteRT kernel family of a .tflite model (named in the report)
+    and is refused, naming the file, for any other model."""
+    rep = tmp_path / "r.json"
+    tfl = "tests/data/tflite/digits_cnn.tflite"
+    r = runner.invoke(
+        main,
+        ["run", tfl, "--data", "digits", "--tflite-kernels", "optimized", "--report", str(rep)],
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(rep.read_text())["settings"]["scheme"]["kernels"] == "optimized"
+    r = runner.invoke(main, ["run", str(qmodel), "--data", "digits", "--tflite-kernels", "xnnpack"])
+    assert r.exit_code != 0 and str(qmodel) in r.output and ".tflite" in r.output
