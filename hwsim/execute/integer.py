@@ -549,7 +549,7 @@ class IntegerExecutor:
         y = mlas.conv2d(
             x.dequantize(),
             node.weight,
-            node.bias,
+            _ort_float_bias(node, x),
             a["pads"],
             a["strides"],
             a["dilations"],
@@ -558,19 +558,26 @@ class IntegerExecutor:
         )
         return quantize_input(y, spec) if spec is not None else y
 
-    def _mlas_dense(self, node: Node, x: QTensor, spec: ActSpec):
-        """onnxruntime's unfused ``DequantizeLinear -> MatMul [-> Add] -> QuantizeLinear``: a
-        float32 MatMul of the dequantized input and weights in MLAS's rounding order
-        (:func:`hwsim.mlas.matmul`), the bias added with one rounding (its own Add node)."""
+    def _mlas_dense(self, node: Node, x: QTensor, spec: ActSpec | None):
+        """onnxruntime's unfused ``DequantizeLinear -> MatMul [-> Add] / Gemm ->
+        QuantizeLinear``: a float32 GEMM of the dequantized input and weights in MLAS's rounding
+        order (:func:`hwsim.mlas.matmul`). A ``MatMul``'s bias is its own ``Add`` node (one
+        rounding after the product); a ``Gemm``'s is :func:`_ort_float_bias`, added inside the
+        GEMM as its ``C`` with ``beta = 1`` (:func:`mlas_gemm_bias`)."""
         from hwsim import mlas
 
         self.float_ops.add(node.name)
         xf = x.dequantize()
-        y = mlas.matmul(xf.reshape(-1, xf.shape[-1]), node.wq.dequantize().T, fma=mlas.host_fma())
-        if node.bias is not None:
-            y = (y + np.asarray(node.bias, np.float32)).astype(np.float32)
+        rows, wt = xf.reshape(-1, xf.shape[-1]), node.wq.dequantize().T
+        plan = self._plan()
+        if node.bias is not None and plan is not None and plan.kernel(node.name) == "Gemm":
+            y = mlas_gemm_bias(rows, wt, _ort_float_bias(node, x), fma=mlas.host_fma())
+        else:
+            y = mlas.matmul(rows, wt, fma=mlas.host_fma())
+            if node.bias is not None:
+                y = (y + np.asarray(node.bias, np.float32)).astype(np.float32)
         y = y.reshape(xf.shape[:-1] + (y.shape[-1],))
-        return quantize_input(y, spec)
+        return quantize_input(y, spec) if spec is not None else y
 
     def _mac_bias(self, node: Node, x: QTensor, acc_cfg, n: int, n_out: int):
         """The bias in accumulator units and how many (sample, channel) values were clamped to
@@ -758,8 +765,8 @@ class IntegerExecutor:
             and spec.mode == "static"
             and np.ndim(x.scale) == 0
             and self._ort_runs_float(node, layer)
-            and self._plan().kernel(node.name) == "MatMul"
-        ):  # a MatMul onnxruntime leaves unfused: float32 MatMul (+ Add) on dequantized values
+            and self._plan().kernel(node.name) in ("MatMul", "Gemm")
+        ):  # a MatMul / Gemm onnxruntime leaves unfused: float32 GEMM on dequantized values
             return self._mlas_dense(node, x, spec)
         wq = node.wq
         acc_cfg = layer.acc
@@ -1869,6 +1876,40 @@ class IntegerExecutor:
         """The model output as float32 (DequantizeLinear of an integer output)."""
         y = env[self.g.output]
         return y.dequantize() if isinstance(y, QTensor) else np.asarray(y, np.float32)
+
+
+def _ort_float_bias(node: Node, x: QTensor) -> np.ndarray | None:
+    """The float32 bias onnxruntime's float ``Conv`` / ``Gemm`` of a QDQ file adds, ``x``
+    dequantized with a per-tensor scale ``sx``: the file's quantized bias dequantized
+    (``node.bias``), or a float bias rounded by its ``BiasQuantization`` graph transformer
+    (``onnxruntime/core/optimizer/qdq_transformer/bias_quantization.cc``: a Conv / Gemm with a
+    1-D initializer bias whose inputs are DequantizeLinear outputs gets ``s = Mul(sx, sw)``,
+    ``DequantizeLinear(Cast<int32>(Round(Div(b, s))), s)``, each a float32 op):
+    ``f32(rne(f32(b / f32(sx * sw))) * s)``, ``sw`` per tensor or per output channel."""
+    if node.bias is None or node.bias_q is not None:
+        return node.bias
+    s = (np.float32(x.scale) * np.asarray(node.wq.scale, np.float32)).astype(np.float32)
+    q = np.rint((np.asarray(node.bias, np.float32) / s).astype(np.float32))
+    return (q * s).astype(np.float32)
+
+
+def mlas_gemm_bias(x: np.ndarray, w: np.ndarray, c: np.ndarray, fma: bool = True) -> np.ndarray:
+    """onnxruntime's float32 ``Gemm(x, w, c)`` with ``alpha = beta = 1`` (``Gemm<float>``:
+    ``GemmBroadcastBias`` copies ``c`` into every row of ``Y``, then ``MlasGemm`` with ``beta =
+    1``): each K block of :func:`hwsim.mlas.matmul`'s cut sums from zero in MLAS's order and is
+    added to ``Y`` with one rounding, ``Y = f32(acc + Y)`` (the kernel's ``C = acc * alpha + C``,
+    exact product for ``alpha = 1``), the first block onto the broadcast bias. ``x (R, K)``,
+    ``w (K, N)``, ``c (N,)``; float32 ``(R, N)`` out. Not modelled: one row (``R = 1``) or one
+    column (``N = 1``), which MLAS runs on its M=1 / GEMV kernels (another order)."""
+    from hwsim import mlas
+
+    x, w = np.asarray(x, np.float32), np.asarray(w, np.float32)
+    y = np.broadcast_to(np.asarray(c, np.float32), (x.shape[0], w.shape[1])).copy()
+    blocks = mlas._sgemm_blocks(w.shape[1], 0, x.shape[1], False) if x.shape[1] else []
+    for k0, k1, _ in blocks:
+        # one block (k1 - k0 <= the block length of its own cut): MLAS's sum of the block
+        y = (mlas.matmul(x[:, k0:k1], w[k0:k1], fma=fma) + y).astype(np.float32)
+    return y
 
 
 def _activations_after(g) -> dict[str, Node]:
