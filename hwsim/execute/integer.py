@@ -549,7 +549,7 @@ class IntegerExecutor:
         y = mlas.conv2d(
             x.dequantize(),
             node.weight,
-            _ort_float_bias(node, x),
+            _ort_float_bias(node, x, spec is not None),
             a["pads"],
             a["strides"],
             a["dilations"],
@@ -571,7 +571,8 @@ class IntegerExecutor:
         rows, wt = xf.reshape(-1, xf.shape[-1]), node.wq.dequantize().T
         plan = self._plan()
         if node.bias is not None and plan is not None and plan.kernel(node.name) == "Gemm":
-            y = mlas_gemm_bias(rows, wt, _ort_float_bias(node, x), fma=mlas.host_fma())
+            b = _ort_float_bias(node, x, spec is not None)
+            y = mlas_gemm_bias(rows, wt, b, fma=mlas.host_fma())
         else:
             y = mlas.matmul(rows, wt, fma=mlas.host_fma())
             if node.bias is not None:
@@ -747,27 +748,24 @@ class IntegerExecutor:
         if planned is not None:
             return planned
         layer: LayerSpec = self.p.layer(node.name)
-        if x.per_token:
+        if x.per_token and spec is not None:
             if node.op is not Op.DENSE or np.shape(x.scale)[-1] != 1:
                 return self._requant_float(node, [x], spec)
             return self._mac_tokens(node, x, spec)
         if (
-            node.op is Op.CONV
-            and spec is not None
-            and spec.mode == "static"
-            and np.ndim(x.scale) == 0
+            (spec is None or spec.mode == "static")  # per-sample tensors have no Q/DQ in
+            and np.ndim(x.scale) == 0  # the file: onnxruntime's plan does not apply
             and self._ort_runs_float(node, layer)
-        ):  # per-sample tensors have no Q/DQ in the file: onnxruntime's plan does not apply
-            return self._mlas_conv(node, x, spec)
-        if (
-            node.op is Op.DENSE
-            and spec is not None
-            and spec.mode == "static"
-            and np.ndim(x.scale) == 0
-            and self._ort_runs_float(node, layer)
-            and self._plan().kernel(node.name) in ("MatMul", "Gemm")
-        ):  # a MatMul / Gemm onnxruntime leaves unfused: float32 GEMM on dequantized values
-            return self._mlas_dense(node, x, spec)
+        ):
+            if node.op is Op.CONV:
+                return self._mlas_conv(node, x, spec)
+            if self._plan().kernel(node.name) in ("MatMul", "Gemm"):
+                # a MatMul / Gemm onnxruntime leaves unfused: float32 GEMM on dequantized values
+                return self._mlas_dense(node, x, spec)
+        if spec is None:
+            # no quantizer on the output in the file: a float op on the dequantized input and
+            # weights, its float output read as such until the next quantizer (a float island)
+            return self._requant_float(node, [x], None)
         wq = node.wq
         acc_cfg = layer.acc
         if self.track_partials and not acc_cfg.track_partials:
@@ -899,11 +897,6 @@ class IntegerExecutor:
         nd = vals.ndim
         n_out = vals.shape[1]
         tail = (1,) * (nd - 2)
-        if spec is None:  # integer output (ConvInteger-like): return dequantized float
-            raise HwsimError(
-                f"node {node.name!r}: output tensor {node.output!r} has no quantization spec "
-                f"(a float output of a MAC layer in a QDQ model is not supported: quantize it)"
-            )
         if pre is not None:
             bias, bias_clamped, reg, so = pre
             out = output_stage(
@@ -1878,15 +1871,17 @@ class IntegerExecutor:
         return y.dequantize() if isinstance(y, QTensor) else np.asarray(y, np.float32)
 
 
-def _ort_float_bias(node: Node, x: QTensor) -> np.ndarray | None:
+def _ort_float_bias(node: Node, x: QTensor, quantized_out: bool) -> np.ndarray | None:
     """The float32 bias onnxruntime's float ``Conv`` / ``Gemm`` of a QDQ file adds, ``x``
     dequantized with a per-tensor scale ``sx``: the file's quantized bias dequantized
-    (``node.bias``), or a float bias rounded by its ``BiasQuantization`` graph transformer
-    (``onnxruntime/core/optimizer/qdq_transformer/bias_quantization.cc``: a Conv / Gemm with a
-    1-D initializer bias whose inputs are DequantizeLinear outputs gets ``s = Mul(sx, sw)``,
+    (``node.bias``), or a float bias rounded by its ``WeightBiasQuantization`` graph transformer
+    (``onnxruntime/core/optimizer/qdq_transformer/weight_bias_quantization.cc``: a Conv / Gemm
+    with a 1-D initializer bias, a DequantizeLinear input and an output that reaches a
+    QuantizeLinear without branching, ``quantized_out``, gets ``s = Mul(sx, sw)``,
     ``DequantizeLinear(Cast<int32>(Round(Div(b, s))), s)``, each a float32 op):
-    ``f32(rne(f32(b / f32(sx * sw))) * s)``, ``sw`` per tensor or per output channel."""
-    if node.bias is None or node.bias_q is not None:
+    ``f32(rne(f32(b / f32(sx * sw))) * s)``, ``sw`` per tensor or per output channel. A
+    float output (no quantizer after it) keeps the file's float bias."""
+    if node.bias is None or node.bias_q is not None or not quantized_out:
         return node.bias
     s = (np.float32(x.scale) * np.asarray(node.wq.scale, np.float32)).astype(np.float32)
     q = np.rint((np.asarray(node.bias, np.float32) / s).astype(np.float32))

@@ -34,11 +34,11 @@ that the file leaves unquantized either the quantization that provably equals th
 arithmetic -- a MAC / Add output read only by a ``Relu`` / ``Clip`` whose output is quantized
 takes that quantization (rounding is monotone, so ``Quant(relu(y)) = relu(Quant(y))``: hwsim's
 fused activation), a tensor read only by data movement (Flatten, Reshape, Identity, Transpose)
-into one quantized tensor takes that tensor's -- or, failing that, marks it a **float island**:
-a conv / dense whose output stays unquantized gets a float ``identity`` in front, so the
-executor runs it as a float op on the dequantized input (``QuantizeLinear(op(DQ(x)))``, as
-onnxruntime runs a layer between DequantizeLinear and QuantizeLinear), marked ``*`` in the
-report; the graph's ``meta["import_notes"]`` lists the islands.
+into one quantized tensor takes that tensor's -- or, failing that, leaves it float: the
+integer executor runs a conv / dense whose output has no quantization as a float op on its
+dequantized input and weights (a **float island**, as onnxruntime runs a layer after
+DequantizeLinear without a QuantizeLinear; the output stays float until the next quantizer),
+marked ``*`` in the report; the graph's ``meta["import_notes"]`` lists the islands.
 """
 
 from __future__ import annotations
@@ -323,20 +323,11 @@ def resolve_unquantized(imp) -> None:
             qs = {aq[r.output] for r in rs}
             if len(qs) == 1:
                 aq[t] = qs.pop()
-    islands = []
-    i = 0
-    while i < len(nodes):
-        n = nodes[i]
-        if n.op in (Op.CONV, Op.DENSE) and n.wq is not None and n.output not in aq:
-            x = n.inputs[0]
-            if x in aq:  # a quantized input: dequantize it first, so the layer runs float
-                f = f"{x}:float"
-                nodes.insert(i, Node(f"{n.name}:dequantize", Op.IDENTITY, (x,), f))
-                n.inputs = (f,) + tuple(n.inputs[1:])
-                imp.shapes[f] = imp.shapes.get(x)
-                i += 1
-            islands.append(n.name)
-        i += 1
+    islands = [
+        n.name
+        for n in nodes
+        if n.op in (Op.CONV, Op.DENSE) and n.wq is not None and n.output not in aq
+    ]
     if islands:
         imp.import_notes.append(
             f"float islands: {', '.join(islands)} ha{'s' if len(islands) == 1 else 've'} no "

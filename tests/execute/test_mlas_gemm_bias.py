@@ -1,7 +1,6 @@
 """onnxruntime's float ``Gemm`` with a bias (``beta = 1``): the bias is ``Y``'s starting value,
 each K block of MLAS's cut added onto it with one rounding
-(:func:`hwsim.execute.integer.mlas_gemm_bias`), against onnxruntime itself; and the bias its
-``BiasQuantization`` transformer gives a float Conv / Gemm of a QDQ file."""
+(:func:`hwsim.execute.integer.mlas_gemm_bias`), against onnxruntime itself."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def test_brevitas_export_equals_its_references(v, exports, tmp_path):
     rounded = _pre_rounded(path, tmp_path / "rounded.onnx")
     if v.fmt == "qcdq" and v.dynamo:
         # the dynamo exporter lists the initializers as graph inputs: onnxruntime leaves the
-        # convs unfused (float32 convs, MLAS order) with its BiasQuantization's rounded float
+        # convs unfused (float32 convs, MLAS order) with its WeightBiasQuantization's rounded float
         # bias, and fuses the classifier Gemm (QGemm); hwsim runs both as onnxruntime does
         assert np.array_equal(y, _ort(path))
         return
@@ -121,7 +121,7 @@ def test_a_layer_without_output_quantizer_is_a_marked_float_island(exports, tmp_
     g = import_model(path)
     fc = g.nodes[-1]
     assert fc.op is Op.DENSE and fc.output not in g.act_quant
-    assert fc.inputs[0].endswith(":float") and g.nodes[-2].op is Op.IDENTITY
+    assert fc.inputs[0] in g.act_quant  # the executor dequantizes it (no import-side node)
     assert any("float islands: /fc/Gemm" in n for n in g.meta["import_notes"])
     rep = api.run(str(path), "digits", batch_size=64)
     assert [r.float_op for r in rep.layers if r.name == "/fc/Gemm"] == [True]
@@ -129,6 +129,80 @@ def test_a_layer_without_output_quantizer_is_a_marked_float_island(exports, tmp_
     y, ref = _hwsim_run(path, tmp_path), _qonnx(path)
     # float logits: numpy's float32 GEMM against onnxruntime's (summation order)
     np.testing.assert_allclose(y, ref, rtol=0, atol=4 * np.spacing(np.abs(ref).max()))
+
+
+def test_float_island_between_integer_layers_equals_qonnx(tmp_path):
+    """Quant -> conv -> conv -> Quant: the first conv's output has no quantizer, so it runs as
+    a float op on the dequantized input (marked float_op) and the second conv reads its float
+    output (dequantize-free); the values are on power-of-two grids, so every float sum is exact
+    and hwsim equals qonnx's executor bit for bit."""
+    rng = np.random.default_rng(5)
+    w1 = (rng.integers(-7, 8, (3, 2, 3, 3)) * 0.125).astype(np.float32)
+    w2 = (rng.integers(-7, 8, (2, 3, 1, 1)) * 0.25).astype(np.float32)
+    inits = {
+        "s": np.float32(0.25), "z": np.float32(0), "bw": np.float32(8),
+        "w1": w1, "w2": w2, "ws": np.float32(0.125), "ws2": np.float32(0.25),
+        "wb": np.float32(4), "os": np.float32(0.5),
+    }  # fmt: skip
+    q = dict(domain=QONNX, signed=1, narrow=0, rounding_mode="ROUND")  # qonnx requires them
+    nodes = [
+        _quant("x", "xq", "in", signed=1, narrow=0, rounding_mode="ROUND"),
+        helper.make_node("Quant", ["w1", "ws", "z", "wb"], ["w1q"], name="w1q", **q),
+        helper.make_node("Quant", ["w2", "ws2", "z", "wb"], ["w2q"], name="w2q", **q),
+        helper.make_node("Conv", ["xq", "w1q"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c1", "w2q"], ["c2"], name="conv2"),
+        helper.make_node("Flatten", ["c2"], ["f"], name="flat"),
+        helper.make_node("Quant", ["f", "os", "z", "bw"], ["y"], name="out", **q),
+    ]
+    p = _qmodel(tmp_path, nodes, inits, shape=(3, 2, 4, 4))
+    g = import_model(p)
+    assert "c1" not in g.act_quant
+    assert any("float islands: conv1" in n for n in g.meta["import_notes"])
+    x = (rng.integers(-40, 40, (3, 2, 4, 4)) * 0.25).astype(np.float32)
+    ex = IntegerExecutor(program_from_graph(g))
+    y = ex.output(ex.run(x))
+    mw = ModelWrapper(p).transform(InferShapes())
+    assert np.array_equal(y, execute_onnx(mw, {"x": x})["y"])
+    assert {"conv1", "conv2"} <= ex.float_ops
+
+
+def test_dq_conv_without_output_quantizer_equals_onnxruntime(tmp_path):
+    """A QDQ file whose last conv has no QuantizeLinear: a float conv on the dequantized
+    values in MLAS's order with the file's float bias (onnxruntime rounds a bias to the
+    accumulator grid only where a QuantizeLinear follows): equal to onnxruntime."""
+    rng = np.random.default_rng(8)
+    f = onnx.TensorProto.FLOAT
+    w = rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
+    inits = [
+        numpy_helper.from_array(np.float32(0.02), "sx"),
+        numpy_helper.from_array(np.int8(0), "zx"),
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.float32(0.003), "sw"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"], name="dq"),
+        helper.make_node("DequantizeLinear", ["w", "sw"], ["wd"], name="wdq"),
+        helper.make_node("Conv", ["xd", "wd", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Flatten", ["c"], ["y"], name="flat"),
+    ]
+    gr = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", f, ["n", 3, 5, 5])],
+        [helper.make_tensor_value_info("y", f, ["n", 100])],
+        inits,
+    )
+    p = tmp_path / "dq_conv.onnx"
+    onnx.save(helper.make_model(gr, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    g = import_model(str(p))
+    ex = IntegerExecutor(program_from_graph(g))
+    y = ex.output(ex.run(x))
+    s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+    assert np.array_equal(y, s.run(None, {"x": x})[0])
+    assert "conv" in ex.float_ops
 
 
 def test_weights_are_folded_to_integers_with_narrow_range(exports):
