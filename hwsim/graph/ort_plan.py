@@ -29,12 +29,13 @@ a fused node keeps the name of the op it replaces):
 * Transpose, Reshape, Slice, Squeeze, Gather (token selection, embedding tables): the DQ / Q
   around them dropped, the integers moved.
 
-Before any fusion, ``BiasQuantization`` (``core/optimizer/qdq_transformer/
-bias_quantization.cc``) replaces the float bias initializer of a ``DQ -> Conv / Gemm`` by a
-float32-computed int32 bias behind its own DequantizeLinear
-(:func:`hwsim.qops.ort_quantized_bias`, docs/numerics.md "onnxruntime's bias quantization"):
-the fused kernel adds those integers, an unfused float Conv adds their dequantized values, so
-a file whose bias is float (``hwsim quantize`` writes float biases) never runs on ``b`` itself.
+Before any fusion, ``WeightBiasQuantization`` (``core/optimizer/qdq_transformer/
+weight_bias_quantization.cc``; ``BiasQuantization`` in earlier releases) replaces the float
+bias initializer of a ``DQ -> Conv / Gemm -> Q`` by a float32-computed int32 bias behind its
+own DequantizeLinear (:func:`hwsim.qops.ort_quantized_bias`, docs/numerics.md "onnxruntime's
+bias quantization"): the fused kernel adds those integers, an unfused float Conv adds their
+dequantized values, so such a layer of a file whose bias is float (``hwsim quantize`` writes
+float biases) never runs on ``b`` itself.
 :attr:`OrtPlan.quantized_biases` names the layers it rewrote.
 """
 
@@ -83,7 +84,7 @@ class OrtPlan:
       the name of the op it replaced (the IR node's name), nodes it drops are absent.
 
     * ``quantized_biases``: the weight initializers (as ``integer_weights``) of the Conv / Gemm
-      layers whose float bias initializer ``BiasQuantization`` replaced by an int32 one
+      layers whose float bias initializer ``WeightBiasQuantization`` replaced by an int32 one
       (:func:`hwsim.qops.ort_quantized_bias`): in the optimised graph their bias is an int32
       initializer (a fused node's bias input, or behind the DequantizeLinear feeding an unfused
       node's), where the model file has a float one.

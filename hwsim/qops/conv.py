@@ -7,7 +7,7 @@ ORT fuses ``DQ -> Conv -> Q`` chains into).
   ``scale[m] = f32(f32(x_scale * w_scale[m]) / y_scale)``;
   ``y = saturate(round_half_even(f32(f32(acc) * scale[m])) + y_zero_point)``.
 
-* onnxruntime's ``BiasQuantization`` of a ``DQ -> Conv/Gemm`` with a float bias initializer
+* onnxruntime's ``WeightBiasQuantization`` of a ``DQ -> Conv/Gemm`` with a float bias initializer
   (:func:`ort_quantized_bias`): ``bias_scale = f32(x_scale * w_scale[m])``,
   ``B[m] = cvtps(f32(b[m] / bias_scale))``; the fused kernel adds ``B``, an unfused float Conv
   adds ``f32(f32(B[m]) * bias_scale)`` (:func:`ort_dequantized_bias`), never ``b``.
@@ -198,11 +198,14 @@ def _conv_integer_pairs(
 
 
 def ort_quantized_bias(bias, x_scale, w_scale) -> tuple[np.ndarray, np.ndarray]:
-    """onnxruntime's ``BiasQuantization`` graph transformer
-    (``core/optimizer/qdq_transformer/bias_quantization.cc``, ``BiasQuantization::ApplyImpl``;
-    run by the default session options): a ``Conv`` / ``Gemm`` whose input and weight come from
-    ``DequantizeLinear`` (input per tensor, weight per tensor or per output channel) and whose
-    bias is a float initializer gets the bias as ``DequantizeLinear(Cast<int32>(Round(Div(b,
+    """onnxruntime's ``WeightBiasQuantization`` graph transformer
+    (``core/optimizer/qdq_transformer/weight_bias_quantization.cc``,
+    ``WeightBiasQuantization::ApplyImpl``; earlier releases: ``BiasQuantization``,
+    ``bias_quantization.cc``, same arithmetic; run by the default session options): a ``Conv``
+    / ``ConvTranspose`` / ``Gemm`` whose input comes from a per-tensor ``DequantizeLinear``,
+    whose weight from a per-tensor or per-output-channel one, whose output reaches a
+    ``QuantizeLinear`` without branching (a ReLU / Clip between allowed), and whose bias is a
+    1-D float initializer gets the bias as ``DequantizeLinear(Cast<int32>(Round(Div(b,
     Mul(x_scale, w_scale)))), Mul(x_scale, w_scale))``, constant-folded in float32:
 
     ``bias_scale[m] = f32(x_scale * w_scale[m])``;

@@ -3,7 +3,7 @@ run by onnxruntime (default session options): the MobileNetV2 of ``archs.py`` (3
 weights and BatchNorm statistics) quantized per tensor, W8A8, int32 wrapping accumulators,
 ``ort`` registers, calibrated on 32 N(0, 1) images (seed 1).
 
-hwsim writes float biases; onnxruntime's ``BiasQuantization`` turns each into an int32 bias
+hwsim writes float biases; onnxruntime's ``WeightBiasQuantization`` turns each into an int32 bias
 before it fuses anything (:func:`hwsim.qops.ort_quantized_bias`), for the fused ``QLinearConv``
 / ``QGemm`` layers and for the Convs it leaves as float ops on dequantized values alike."""
 
@@ -63,7 +63,7 @@ def test_onnxruntime_quantizes_every_float_bias_by_the_contract(mobilenetv2, tmp
         assert b.dtype == np.float32
         xdq, wdq = producer[n.input[0]], producer[n.input[1]]
         want, _ = ort_quantized_bias(b, inits[xdq.input[1]], inits[wdq.input[1]])
-        # BiasQuantization names its folded int32 bias after the node
+        # WeightBiasQuantization names its folded int32 bias after the node
         (got,) = [v for k, v in opt.items() if k.startswith(f"{n.name}_bias_int32")]
         assert got.dtype == np.int32 and np.array_equal(got.astype(np.int64), want), n.name
         checked.add(wdq.input[0])

@@ -1,4 +1,4 @@
-"""onnxruntime's ``BiasQuantization`` of a float Conv / Gemm bias (:func:`hwsim.qops.
+"""onnxruntime's ``WeightBiasQuantization`` of a float Conv / Gemm bias (:func:`hwsim.qops.
 ort_quantized_bias`, :func:`hwsim.qops.ort_dequantized_bias`): equal to an exact-rational
 reference (every float32 step rounded from the exact value, ties to even) over per-tensor and
 per-channel scales, exact ties of the quotient and quotients beyond int32; and equal to the
