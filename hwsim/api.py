@@ -694,3 +694,46 @@ __all__ = [
     "study_table",
     "train",
 ]
+
+
+def trace(
+    model,
+    out,
+    data="digits",
+    indices=(),
+    layers=(),
+    scheme: str | None = None,
+    calib="digits-train",
+    batch_size: int = DEFAULT_BATCH,
+    **scheme_kw,
+) -> dict:
+    """Golden vectors of ``model`` for RTL (``hwsim trace``; docs/trace.md): the chosen samples'
+    per-layer integer tensors, weights, bias, raw accumulators and scale registers written to
+    the folder ``out`` (atomically). A float model is quantized first (``scheme``, default
+    per-tensor, and ``scheme_kw``, calibrated on ``calib``); a quantized one is traced as it is
+    (``scheme`` then is an error). Returns the manifest."""
+    import hashlib
+
+    from hwsim.trace import trace as _trace
+
+    path = resolve_model(model)
+    graph = import_model(path)
+    meta = {"model": path.name, "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    if graph.quantized:
+        if scheme is not None:
+            raise HwsimError(f"{model} is already quantized: a scheme applies to a float model")
+        program = load_quantized(path)
+    else:
+        program = quantize_model(
+            graph, scheme or "per-tensor", calib=calib, batch_size=batch_size, **scheme_kw
+        )
+        meta["calib"] = calib
+    return _trace(program, data, list(indices), out, list(layers), meta)
+
+
+def diff(a, b):
+    """The first divergence of traces ``a`` and ``b`` (``hwsim diff``): a
+    :class:`hwsim.trace.diff.Divergence` (layer, element, count, cause), or None if identical."""
+    from hwsim.trace.diff import diff as _diff
+
+    return _diff(a, b)

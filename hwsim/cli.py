@@ -1010,29 +1010,13 @@ def trace_cmd(model, data, indices, only, scheme, wbits, abits, calib, out, **kw
     accumulators, scale registers and outputs of the chosen samples, as .npy and $readmemh
     hex, with manifest.json (docs/trace.md). A float MODEL is quantized first (--scheme and
     the scheme options); a quantized one is traced as it is."""
-    import hashlib
-
     from hwsim import api
-    from hwsim import trace as tr
-    from hwsim.graph import import_model
 
-    path = api.resolve_model(model)
-    graph = import_model(path)
-    meta = {"model": path.name, "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    if graph.quantized:
-        if scheme is not None:
-            raise click.UsageError(
-                f"{model} is already quantized: --scheme applies to a float model"
-            )
-        program = api.load_quantized(path)
-    else:
-        batch = kw.pop("batch_size")
-        program = api.quantize_model(
-            graph, scheme or "per-tensor", calib=calib, batch_size=batch, wbits=wbits,
-            abits=abits, **_scheme_kw(kw),
-        )  # fmt: skip
-        meta["calib"] = calib
-    doc = tr.trace(program, data, indices, out, list(only), meta)
+    batch = kw.pop("batch_size")
+    doc = api.trace(
+        model, out, data, indices, only, scheme, calib, batch, wbits=wbits, abits=abits,
+        **_scheme_kw(kw),
+    )  # fmt: skip
     mac = [layer for layer in doc["layers"] if "acc" in layer]
     replayed = sum(layer["replayed"] for layer in mac)
     click.echo(
@@ -1050,9 +1034,9 @@ def diff_cmd(a, b):
     topological order whose accumulators or output differ, the first differing element, how
     many differ and a cause where the data shows one. Exit 0: identical, 1: they differ (or an
     error, printed as 'Error: ...')."""
-    from hwsim.trace.diff import diff
+    from hwsim import api
 
-    d = diff(a, b)
+    d = api.diff(a, b)
     if d is None:
         click.echo(f"no divergence: every layer of {a} matches {b}")
         return

@@ -34,6 +34,8 @@ COMMANDS = {
     "study psgd": api.study,
     "study fqt": api.study_fqt,
     "models": api.shipped_models,
+    "trace": api.trace,
+    "diff": api.diff,
 }
 
 
