@@ -1883,9 +1883,8 @@ def _ort_float_bias(node: Node, x: QTensor, quantized_out: bool) -> np.ndarray |
     float output (no quantizer after it) keeps the file's float bias."""
     if node.bias is None or node.bias_q is not None or not quantized_out:
         return node.bias
-    s = (np.float32(x.scale) * np.asarray(node.wq.scale, np.float32)).astype(np.float32)
-    q = np.rint((np.asarray(node.bias, np.float32) / s).astype(np.float32))
-    return (q * s).astype(np.float32)
+    B, s = qops.ort_quantized_bias(node.bias, np.float32(x.scale), node.wq.scale)
+    return qops.ort_dequantized_bias(B, s).reshape(np.shape(node.bias))
 
 
 def mlas_gemm_bias(x: np.ndarray, w: np.ndarray, c: np.ndarray, fma: bool = True) -> np.ndarray:
