@@ -68,6 +68,7 @@ from hwsim.execute.tflite import tflite_node
 from hwsim.graph.ir import MAC_OPS, Node, Op
 from hwsim.numerics import IntFormat, Overflow, RoundingMode, ScaleKind, ScaleRegister, saturate
 from hwsim.numerics import reference as nref
+from hwsim.numerics.qonnx import QuantRounding, trunc_int
 from hwsim.numerics.scale import MultiplierRangeError
 from hwsim.quant.scheme import ActSpec, LayerSpec, NonLinear, QuantProgram
 
@@ -1120,7 +1121,33 @@ class IntegerExecutor:
         s = windows(pad(t, a["pads"], 0), a["kernel"], a["strides"]).sum(axis=(-1, -2))
         return s, pool_count(t.shape, a).astype(np.float64)
 
+    def _trunc(self, node: Node, x: QTensor, spec: ActSpec) -> QTensor:
+        """A pool followed by QONNX ``Trunc`` (``node.attrs["trunc"]``,
+        :func:`hwsim.graph.qonnx.trunc`): ``trunc_int(S, shift, bits, signed, narrow, mode)``
+        on the integer window sum ``S``, at the output scale ``spec.scale`` (zero point 0).
+        Raises where qonnx's ``x / scale`` is not the sum: a per-sample or per-token input
+        scale, a non-zero input zero point, or ``scale != s_in / K`` for some window."""
+        tr = node.attrs["trunc"]
+        if np.ndim(x.scale) or x.zero_point != 0:
+            raise HwsimError(
+                f"node {node.name!r}: Trunc needs a per-tensor input scale and zero point 0"
+            )
+        s, count = self._pool_sum(node, x)
+        ratio = np.float64(np.float32(x.scale)) / (count * np.float64(np.float32(tr["scale"])))
+        if np.any(np.abs(ratio - 1.0) > 2.0**-20):
+            raise HwsimError(
+                f"node {node.name!r}: Trunc scale {tr['scale']} is not the pool input's scale "
+                f"{float(x.scale)} over the window size {np.unique(count).tolist()}, so qonnx's "
+                "x / scale is not the integer window sum (no integer rule)"
+            )
+        y = trunc_int(
+            s, tr["shift"], tr["bits"], tr["signed"], tr["narrow"], QuantRounding(tr["mode"])
+        )
+        return QTensor(y.astype(spec.fmt.dtype), np.asarray(np.float32(spec.scale)), 0, spec.fmt)
+
     def _avg(self, node: Node, x: QTensor, spec: ActSpec) -> QTensor:
+        if "trunc" in node.attrs:
+            return self._trunc(node, x, spec)
         layer = self.p.layer(node.name)
         holder = _ort_holder(x.fmt, spec.fmt)
         if (

@@ -25,9 +25,12 @@ the file, the node and its op type). The integer semantics are the contracts of
   initializer; dynamo: ``QuantizeLinear`` of the float weight, then ``Clip``) the integers are
   clipped and the format narrowed the same way.
 
-Activation rounding modes other than ROUND, BipolarQuant of an activation and ``Trunc`` need
-integer rules the executor does not have (floor / sign rounding of a requantization): they are
-import errors that say so.
+* **Trunc** after an average pool (Brevitas' ``TruncAvgPool2d``): the pool's integer window sum
+  shifted right with the Trunc's rounding (:func:`trunc`).
+
+Activation rounding modes other than ROUND and BipolarQuant of an activation need integer
+rules the executor does not have (floor / sign rounding of a requantization): they are import
+errors that say so.
 
 After the nodes are read, :func:`resolve_unquantized` gives every tensor between integer layers
 that the file leaves unquantized either the quantization that provably equals the file's
@@ -52,6 +55,7 @@ from hwsim.numerics.qonnx import (
     int_quant,
     parse_rounding,
     quant_range,
+    trunc_shift,
 )
 from hwsim.numerics.qonnx import (
     bipolar_quant as _bipolar,
@@ -230,15 +234,69 @@ def bipolar_quant(imp, node, a: dict) -> None:
 
 
 def trunc(imp, node, a: dict) -> None:
-    """QONNX ``Trunc``: refused with the reason (module docstring)."""
+    """QONNX ``Trunc`` (qonnx opset 2, six inputs: Brevitas' ``TruncAvgPool2d``) after an
+    ``AveragePool`` / ``GlobalAveragePool`` of a quantized tensor (scale ``s_in``, zero point
+    0): the pool's output takes the Trunc's quantization (``output_scale``, zero point 0,
+    ``output_bit_width`` bits, ``signed``) and the pool node carries ``attrs["trunc"]``, which
+    the integer executor runs as :func:`hwsim.numerics.qonnx.trunc_int` on the pool's integer
+    window sum ``S`` (right shift ``k = trunc_shift(scale, output_scale)`` with the node's
+    rounding mode, clamped to the output range, ``narrow`` as in ``Quant``) instead of a
+    requantization. qonnx computes ``np.round(f32(mean) / scale)`` for ``S``: equal to the
+    integer sum where ``scale = s_in / K`` (K the window size, as Brevitas writes it, checked
+    at run time) and the float mean's error is below 1/2 of the scale. Other forms (qonnx
+    opset 1's five-input Trunc, a non-zero zero point, a Trunc of any other tensor) are
+    errors that say so."""
     mode = _rounding(imp, node, a, "FLOOR")
-    imp.fail(
-        node,
-        f"Trunc (rounding_mode {mode.value}) divides an integer by a power of two with its own "
-        "rounding, an integer rule hwsim's executor does not have yet; export the average "
-        "pool as AveragePool (or GlobalAveragePool) followed by a Quant (Brevitas: "
-        "nn.AdaptiveAvgPool2d / nn.AvgPool2d then QuantIdentity) instead of TruncAvgPool2d",
+    if len(node.input) != 6:
+        imp.fail(
+            node,
+            f"Trunc with {len(node.input)} inputs (qonnx opset 1: x, scale, zeropt, "
+            "input_bit_width, output_bit_width) is not supported; hwsim reads the opset-2 form "
+            "Brevitas >= 0.10 writes (x, scale, zeropt, input_bit_width, output_scale, "
+            "output_bit_width)",
+        )
+    x, out = node.input[0], node.output[0]
+    s, so = _scale(imp, node, 1), _scale(imp, node, 4)
+    z = _scalar_const(imp, node, 2, "zero point")
+    if s.size != 1 or so.size != 1 or z.size != 1:
+        imp.fail(node, "Trunc scales and zero point must be per-tensor scalars")
+    if float(z.reshape(-1)[0]) != 0:
+        imp.fail(node, f"Trunc zero point {float(z.reshape(-1)[0])}: only 0 is supported")
+    _bits(imp, node, 3, 2, 64, "the Trunc input")
+    bits = _bits(imp, node, 5, 2, 16, "the Trunc output")
+    signed, narrow = _attr_flag(a, "signed", 1), _attr_flag(a, "narrow", 0)
+    t = imp.name(x)
+    pool = next((n for n in reversed(imp.nodes) if n.output == t), None)
+    if (
+        pool is None
+        or pool.op not in (Op.AVGPOOL, Op.GAP)
+        or len(imp.readers.get(x, [])) != 1
+        or x in imp.graph_outputs
+    ):
+        imp.fail(
+            node,
+            "Trunc is supported only on the output of an AveragePool / GlobalAveragePool read "
+            "by the Trunc alone (Brevitas' TruncAvgPool2d)",
+        )
+    xq = imp.act_quant.get(pool.inputs[0])
+    if xq is None or xq.zero_point != 0:
+        imp.fail(node, "Trunc after a pool whose input is not quantized with zero point 0")
+    try:
+        shift = trunc_shift(s, so)
+    except ValueError as e:
+        imp.fail(node, str(e))
+    pool.attrs["trunc"] = {
+        "shift": shift,
+        "bits": bits,
+        "signed": signed,
+        "narrow": narrow,
+        "mode": mode.value,
+        "scale": float(s.reshape(-1)[0]),
+    }
+    imp.act_quant[t] = TensorQuant(
+        float(so.reshape(-1)[0]), 0, IntFormat(bits, signed), scale_name=node.input[4]
     )
+    imp.alias[out] = t
 
 
 # -- QCDQ ---------------------------------------------------------------------------------------

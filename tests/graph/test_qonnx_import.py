@@ -310,7 +310,7 @@ def test_per_channel_activation_scale_is_refused(tmp_path):
     _fails(tmp_path, [_quant("x", "y", "act")], inits, r"'act' \(Quant\): .*per-tensor")
 
 
-def test_trunc_and_bipolar_activation_are_refused_with_the_reason(tmp_path):
+def test_unsupported_trunc_and_bipolar_activation_are_refused_with_the_reason(tmp_path):
     inits = {
         "s": np.float32(0.5),
         "z": np.float32(0),
@@ -326,7 +326,11 @@ def test_trunc_and_bipolar_activation_are_refused_with_the_reason(tmp_path):
         domain=QONNX,
         rounding_mode="FLOOR",
     )
-    _fails(tmp_path, [t], inits, r"node 'tr' \(Trunc\): Trunc \(rounding_mode FLOOR\)")
+    _fails(tmp_path, [t], inits, r"node 'tr' \(Trunc\): Trunc is supported only on the output")
+    t1 = helper.make_node(
+        "Trunc", ["x", "s", "z", "bw", "ob"], ["y"], name="tr", domain=QONNX, rounding_mode="FLOOR"
+    )
+    _fails(tmp_path, [t1], inits, r"node 'tr' \(Trunc\): Trunc with 5 inputs \(qonnx opset 1")
     b = helper.make_node("BipolarQuant", ["x", "s"], ["y"], name="bq", domain=QONNX)
     _fails(tmp_path, [b], inits, r"node 'bq' \(BipolarQuant\): BipolarQuant of an activation")
 
@@ -366,3 +370,78 @@ def test_signed_narrow_activation_clamps_like_qonnx(tmp_path):
 def test_examples_script_variants_are_the_28_brevitas_writes():
     assert len(bc.VARIANTS) == 28 and len({v.name for v in bc.VARIANTS}) == 28
     assert os.path.isfile(_ROOT / "models/brevitas_cnn.py")
+
+
+def _trunc_graph(tmp_path, pool: str, mode: str, out_bits: int, signed: int, narrow: int) -> str:
+    """Quant input -> Conv (Quant weights) -> Quant (4 bits) -> AveragePool (2x2, stride 2) or
+    GlobalAveragePool -> Trunc -> Flatten, as Brevitas' TruncAvgPool2d writes it (qonnx
+    opset 2: Trunc's scale is the pooled tensor's scale over the window size K, its output
+    scale that times 2^shift)."""
+    k = 4 if pool == "AveragePool" else 16
+    s_act = np.float32(0.375)
+    shift = 1 if pool == "AveragePool" else 3
+    inits = {
+        "s": np.float32(0.25), "z": np.float32(0), "bw": np.float32(8),
+        "w": (np.random.default_rng(7).integers(-7, 8, (3, 2, 3, 3)) * 0.1).astype(np.float32),
+        "ws": np.float32(0.1), "wb": np.float32(4), "as": s_act, "ab": np.float32(4),
+        "ts": np.float32(s_act / np.float32(k)), "tib": np.float32(4 + np.log2(k)),
+        "tos": np.float32(s_act / np.float32(k) * np.float32(2.0**shift)),
+        "tob": np.float32(out_bits),
+    }  # fmt: skip
+    q = dict(domain=QONNX, signed=1, narrow=0, rounding_mode="ROUND")
+    pool_node = (
+        helper.make_node(
+            "AveragePool", ["a"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]
+        )
+        if pool == "AveragePool"
+        else helper.make_node("GlobalAveragePool", ["a"], ["p"], name="pool")
+    )
+    nodes = [
+        helper.make_node("Quant", ["x", "s", "z", "bw"], ["xq"], name="in", **q),
+        helper.make_node("Quant", ["w", "ws", "z", "wb"], ["wq"], name="wq", **q),
+        helper.make_node("Conv", ["xq", "wq"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Quant", ["c", "as", "z", "ab"], ["a"], name="act", **q),
+        pool_node,
+        helper.make_node(
+            "Trunc", ["p", "ts", "z", "tib", "tos", "tob"], ["t"], name="trunc", domain=QONNX,
+            rounding_mode={"ROUND_TO_ZERO": "DOWN"}.get(mode, mode), signed=signed, narrow=narrow,
+        ),
+        helper.make_node("Flatten", ["t"], ["y"], name="flat"),
+    ]  # fmt: skip
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, (5, 2, 4, 4))],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", "d"])],
+        [numpy_helper.from_array(np.asarray(v), n) for n, v in inits.items()],
+    )
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(QONNX, 2)]
+    )
+    p = tmp_path / f"trunc_{pool}_{mode}.onnx"
+    onnx.save(m, str(p))
+    return str(p)
+
+
+@pytest.mark.parametrize("mode", ["FLOOR", "ROUND", "CEIL", "ROUND_TO_ZERO", "HALF_UP"])
+@pytest.mark.parametrize(
+    "pool, out_bits, signed, narrow",
+    [("AveragePool", 4, 1, 0), ("GlobalAveragePool", 5, 1, 1), ("GlobalAveragePool", 3, 0, 0)],
+)
+def test_trunc_after_average_pool_equals_qonnx(tmp_path, mode, pool, out_bits, signed, narrow):
+    """The pool's integer window sum shifted right with the Trunc's rounding and clamped to
+    its output range (``trunc_int``) equals qonnx's executor (``trunc_v2``) bit for bit (the
+    clamp itself: ``tests/numerics/test_qonnx.py``). ROUND_TO_ZERO is written as qonnx 1.0.0
+    names it, DOWN."""
+    p = _trunc_graph(tmp_path, pool, mode, out_bits, signed, narrow)
+    g = import_model(p)
+    (node,) = [n for n in g.nodes if n.op in (Op.AVGPOOL, Op.GAP)]
+    assert node.attrs["trunc"]["mode"] == mode
+    x = (np.random.default_rng(11).integers(-60, 60, (5, 2, 4, 4)) * 0.1).astype(np.float32)
+    x[0] = 30.0  # saturates the activation: the sums reach the Trunc's clamp
+    ex = IntegerExecutor(program_from_graph(g))
+    y = ex.output(ex.run(x))
+    mw = ModelWrapper(p).transform(InferShapes())
+    ref = execute_onnx(mw, {"x": x})["y"]
+    assert np.array_equal(y, ref)
+    assert len(np.unique(ref)) > 3

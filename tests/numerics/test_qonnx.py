@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 from qonnx.custom_op.general.quant import quant as qonnx_quant
 from qonnx.custom_op.general.quant import resolve_rounding_mode
 
-from hwsim.numerics.qonnx import QuantRounding, int_quant, parse_rounding, quant_range, trunc_int
+from hwsim.numerics.qonnx import (
+    QuantRounding,
+    int_quant,
+    parse_rounding,
+    quant_range,
+    trunc_int,
+    trunc_shift,
+)
 from hwsim.numerics.reference import ref_qonnx_quant, ref_qonnx_trunc
 from tests.strategies import ints_in
 
@@ -78,3 +85,37 @@ def test_rounding_mode_names_and_aliases():
         assert "STOCHASTIC_ROUND" in str(e) and "FLOOR" in str(e)
     else:
         raise AssertionError("accepted an unknown mode")
+
+
+@given(
+    st.lists(st.integers(-(1 << 14), 1 << 14), min_size=1, max_size=8),
+    st.sampled_from([1, 4, 9, 16, 49]),
+    st.integers(0, 6),
+    st.integers(2, 12),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(MODES),
+    st.sampled_from([1.0, 0.5, 0.1, 2.0**-7, 0.0392]),
+)
+def test_trunc_int_on_a_pool_sum_equals_qonnx_trunc_v2(
+    sums, k, shift, bits, signed, narrow, mode, s_in
+):
+    """``Trunc`` after an average pool as Brevitas writes it (input ``S * s_in / K``, scale
+    ``s_in / K``, output scale ``scale * 2^shift``): qonnx's float ``trunc_v2`` gives
+    ``trunc_int(S, ...)`` times the output scale."""
+    from qonnx.custom_op.general.trunc import trunc_v2
+
+    q = np.array(sums, np.int64)
+    if not signed:
+        q = np.abs(q)
+    s_in = np.float32(s_in)
+    scale = np.float32(s_in / np.float32(k))
+    out_scale = np.float32(scale * np.float32(2.0**shift))
+    mean = (q.astype(np.float32) * s_in / np.float32(k)).astype(np.float32)
+    ref = trunc_v2(
+        mean, scale, np.float32(0), np.float32(16), int(narrow), int(signed), out_scale,
+        np.float32(bits), _QONNX_NAME.get(mode, mode),
+    )  # fmt: skip
+    assert trunc_shift(scale, out_scale) == shift
+    got = trunc_int(q, shift, bits, signed, narrow, QuantRounding(mode))
+    assert np.array_equal((got * out_scale).astype(np.float32), ref)
