@@ -25,7 +25,10 @@ docs/networks.md, "TFLite / LiteRT models".
   :func:`hwsim.numerics.tflite.quantize`) and DEQUANTIZE of the model output. Anything else
   is a :class:`ModelImportError` naming the file, the operator and the supported list.
 * **Fused activations** (NONE, RELU, RELU6, RELU_N1_TO_1): the integer clamp TFLite computes
-  (:func:`hwsim.numerics.tflite.activation_range`); where it is tighter than int8, a ``clip``
+  (:func:`hwsim.numerics.tflite.activation_range`), with ``kernels="xnnpack"`` the XNNPACK
+  delegate's on the ops it runs (:func:`hwsim.numerics.tflite.xnnpack_activation_range`:
+  ``lrintf``, half to even, where TFLite's ``roundf`` breaks ties away from zero); where it is
+  tighter than int8, a ``clip``
   node after the op whose float bounds dequantize those integers exactly. Every quantized tensor
   also gets its range as the float reference's clamp (``Graph.float_ranges``, as for QDQ
   models), so the float run has the ReLU that the int8 range alone enforces.
@@ -294,7 +297,12 @@ class _Importer:
             )
         name = self.define(out)
         tq = self.act_quant[name]
-        lo, hi = ntfl.activation_range(act, tq.scale, tq.zero_point, INT8.min, INT8.max)
+        # the XNNPACK delegate's clamp on the ops it runs (all but AVERAGE_POOL_2D, float-only
+        # there), TFLite's elsewhere
+        rule = ntfl.activation_range
+        if self.kernels == "xnnpack" and op is not Op.AVGPOOL:
+            rule = ntfl.xnnpack_activation_range
+        lo, hi = rule(act, tq.scale, tq.zero_point, INT8.min, INT8.max)
         if (lo, hi) == (INT8.min, INT8.max):
             return self.add(op, inputs, name, attrs, **kw)
         pre = self.tmp(f"{name}/pre_{act.lower()}", tq)

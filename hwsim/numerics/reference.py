@@ -557,6 +557,29 @@ def ref_tflite_activation_range(
     return lo, hi
 
 
+def ref_xnnpack_activation_range(
+    activation: str, scale: float, zero_point: int, qmin: int, qmax: int
+) -> tuple[int, int]:
+    """(T2x) The XNNPACK delegate's fused-activation clamp: a float bound ``f`` (0 for RELU, 0 and
+    6 for RELU6, -1 and 1 for RELU_N1_TO_1; no bound: qmin / qmax) becomes XNNPACK's
+    ``xnn_qs8_quantize``: ``t = f32(f32(f / scale) + zero_point)`` (exact rationals, each step
+    rounded to binary32), clamped to ``[-128, 127]``, rounded half to even (``lrintf``);
+    intersected with ``[qmin, qmax]``. ``scale``: a binary32 value with ``6 / scale`` and
+    ``1 / scale`` normal binary32 numbers or above the int8 range."""
+    bounds = {"NONE": (None, None), "RELU": (0, None), "RELU6": (0, 6), "RELU_N1_TO_1": (-1, 1)}
+    lo_f, hi_f = bounds[activation]
+
+    def q(f: int) -> int:
+        t = round_to_float32(round_to_float32(Fraction(f) / Fraction(scale)) + zero_point)
+        t = min(max(t, Fraction(-128)), Fraction(127))
+        n = math.floor(t)
+        return n + (t - n > Fraction(1, 2) or (t - n == Fraction(1, 2) and n % 2 == 1))
+
+    lo = qmin if lo_f is None else max(qmin, q(lo_f))
+    hi = qmax if hi_f is None else min(qmax, q(hi_f))
+    return lo, hi
+
+
 def ref_tflite_add(
     qa: int, qb: int, p: dict, act_min: int, act_max: int, rounding: str = "double"
 ) -> int:

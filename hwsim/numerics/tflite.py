@@ -17,7 +17,8 @@ computes in ``float``, binary64 where it computes in ``double``); the kernels th
   ``keep_dims``): multiplier of ``f32(sx / f32(n * sy))`` and a zero-point bias rounded in
   binary32 (:func:`mean_hw_params`);
 * ``kernel_util.cc`` ``CalculateActivationRangeQuantized``: the fused activation's integer
-  clamp (:func:`activation_range`);
+  clamp (:func:`activation_range`); the XNNPACK delegate's own (``xnn_qs8_quantize``,
+  :func:`xnnpack_activation_range`);
 * ``optimized/optimized_ops.h`` ``PopulateSoftmaxLookupTable``: ``table[255 - v] = expf(f32(-sx
   * beta) * v)`` (:func:`softmax_table`); ``AffineQuantize<int8_t>`` (and XNNPACK's convert):
   the QUANTIZE of a float input (:func:`quantize`).
@@ -131,6 +132,39 @@ def activation_range(activation: str, scale: float, zero_point: int, qmin: int, 
     return ref.ref_tflite_activation_range(
         activation, float(_F32(scale)), int(zero_point), qmin, qmax
     )
+
+
+def xnnpack_activation_range(activation: str, scale: float, zero_point: int, qmin: int, qmax: int):
+    """The XNNPACK delegate's integer clamp ``(lo, hi)`` of a fused ``activation``
+    (:data:`ACTIVATIONS`) on an int8 output quantized by ``(scale, zero_point)``, intersected
+    with ``[qmin, qmax]`` (eq. T2x).
+
+    LiteRT's delegate passes the activation as float bounds (``xnnpack_delegate.cc``
+    ``ConvertActivationToOutputRange``: RELU ``(0, +inf)``, RELU6 ``(0, 6)``, RELU_N1_TO_1
+    ``(-1, 1)``, NONE ``(-inf, +inf)``); XNNPACK turns each bound ``f`` into an integer with
+    ``xnn_qs8_quantize`` (``src/xnnpack/requantization.h``, called by ``src/subgraph/
+    convolution-2d.c``, ``depthwise-convolution-2d.c``, ``fully-connected.c``,
+    ``max-pooling-2d.c`` and, for ADD / MUL's clamp node, ``src/microparams-init.c``
+    ``xnn_init_qs8_clamp_scalar_params``): ``lrintf(fminf(fmaxf(f32(f32(f / scale) +
+    zero_point), -128), 127))``, every step in binary32 and ``lrintf`` half to even. TFLite's
+    :func:`activation_range` instead adds the zero point to ``roundf(f32(f / scale))`` (half
+    away from zero), so the two differ where ``f32(f / scale)`` is a tie whose sum with the zero
+    point rounds down to even (e.g. ``f32(6 / s) = 200.5``, ``zero_point = -128``: XNNPACK 72,
+    TFLite 73), or where adding a positive zero point rounds the binary32 sum onto or past a
+    tie."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"fused activation {activation!r}: supported {', '.join(ACTIVATIONS)}")
+    bounds = {"NONE": (-np.inf, np.inf), "RELU": (0.0, np.inf), "RELU6": (0.0, 6.0)}
+    bounds["RELU_N1_TO_1"] = (-1.0, 1.0)
+    s, z = _F32(scale), _F32(zero_point)
+
+    def q(f: float) -> int:
+        with np.errstate(over="ignore"):
+            t = _F32(f) / s + z
+        return int(np.rint(np.minimum(np.maximum(t, _F32(-128)), _F32(127))))
+
+    lo_f, hi_f = bounds[activation]
+    return max(qmin, q(lo_f)), min(qmax, q(hi_f))
 
 
 @functools.lru_cache(maxsize=1)

@@ -93,3 +93,50 @@ def test_optimized_kernels_equal_the_interpreter_without_delegates():
     got = hwsim_outputs(path, x, "optimized")
     want = litert(path, x, "optimized")
     assert np.array_equal(got.reshape(want.shape), want)
+
+
+def test_cnn_relu6_1000_inputs_equal_the_default_interpreter():
+    """cnn_relu6 on 1000 inputs (seed 3), hwsim's default ``xnnpack`` kernels against the
+    default interpreter: 0 differing outputs of 5000."""
+    path = DATA / "cnn_relu6.tflite"
+    x = inputs(path, 1000, 3)
+    got = hwsim_outputs(path, x, "xnnpack")
+    want = litert(path, x, "xnnpack")
+    assert want.size == 5000
+    assert np.array_equal(got.reshape(want.shape), want)
+
+
+def _with_scales(src: Path, dst: Path, scales: dict[float, float]) -> None:
+    """A copy of the model ``src`` at ``dst`` with binary32 quantization scales replaced in
+    place (each old value occurs once in the flatbuffer)."""
+    buf = bytearray(src.read_bytes())
+    for old, new in scales.items():
+        b = np.float32(old).tobytes()
+        i = buf.find(b)
+        assert i >= 0 and buf.find(b, i + 1) < 0, f"scale {old} not found once in {src}"
+        buf[i : i + 4] = np.float32(new).tobytes()
+    dst.write_bytes(bytes(buf))
+
+
+def test_xnnpack_relu6_bound_rounds_half_to_even(tmp_path):
+    """cnn_relu6 with its first conv's output scale set so that ``f32(6 / s) = 200.5`` (and
+    its input scale 0.1, so that the conv reaches 6): XNNPACK's RELU6 bound is ``lrintf(200.5 -
+    128) = 72``, TFLite's ``-128 + roundf(200.5) = 73`` (eq. T2x). The default interpreter
+    saturates at 72: hwsim's ``xnnpack`` kernels, 0 differing outputs (1301 of 5000 with
+    TFLite's bound)."""
+    s = np.float32(6 / 200.5)
+    while np.float32(6) / s != np.float32(200.5):
+        s = np.nextafter(s, np.float32(1))
+    path = tmp_path / "relu6_tie.tflite"
+    _with_scales(
+        DATA / "cnn_relu6.tflite",
+        path,
+        {0.007842916995286942: 0.1, 0.006178020499646664: float(s)},
+    )
+    graph = load_tflite_program(path).graph
+    clips = [n for n in graph.nodes if n.attrs.get("tflite_activation") == "RELU6"]
+    assert clips[0].attrs["max"] == float(np.float32(72 + 128) * s)
+    x = inputs(path, 1000, 3) * 10
+    got = hwsim_outputs(path, x, "xnnpack")
+    want = litert(path, x, "xnnpack")
+    assert np.array_equal(got.reshape(want.shape), want)

@@ -288,3 +288,73 @@ def test_activation_range(act, scale, zp, want):
 def test_add_params_refuse_what_tflite_refuses():
     with pytest.raises(ValueError, match="ADD output multiplier"):
         ntfl.add_params(1.0, 0, 1.0, 0, 1e-9, 0)
+
+
+def _scale_with_quotient(f: int, v: float, exact: bool = True) -> np.float32:
+    """A binary32 scale ``s`` whose binary32 quotient ``f32(f / s)`` is exactly ``v`` (or, with
+    ``exact=False`` where no scale gives ``v``, the nearest candidate)."""
+    s0 = np.float32(f / v)
+    for d in range(-64, 65):
+        s = np.float32(s0 + np.float32(d) * np.spacing(s0))
+        if np.float32(f) / s == np.float32(v):
+            return s
+    if exact:
+        raise AssertionError(f"no binary32 scale with f32({f} / s) = {v}")
+    return s0
+
+
+def _near_tie(k: int, f: int, step: int) -> float:
+    v = np.float32(k + 0.5)
+    if step:
+        v = np.nextafter(v, np.float32(step * np.inf))
+    return float(_scale_with_quotient(f, float(v), exact=False))
+
+
+# scales whose bound quotients are ties k + 1/2 or one ulp either side of one
+TIE_SCALES = st.builds(
+    _near_tie, st.integers(0, 300), st.sampled_from([1, 6]), st.sampled_from([-1, 0, 1])
+)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(
+    st.sampled_from(ntfl.ACTIVATIONS),
+    st.one_of(st.floats(2.0**-14, 100.0, width=32), TIE_SCALES, st.sampled_from([6 / 255, 1.0])),
+    st.one_of(I8, st.sampled_from([-128, 127, 0, -1, 1])),
+    st.sampled_from([(-128, 127), (-127, 127), (0, 100)]),
+)
+def test_xnnpack_activation_range_equals_plain_reference(act, scale, zp, qrange):
+    """XNNPACK's ``xnn_qs8_quantize`` of the activation bounds (T2x) against its rational
+    reference, on random binary32 scales and on scales whose quotient ``f32(f / s)`` is a tie
+    ``k + 1/2`` or one ulp from one, every zero point including the rails."""
+    s = float(np.float32(scale))
+    got = ntfl.xnnpack_activation_range(act, s, zp, *qrange)
+    assert got == ref.ref_xnnpack_activation_range(act, s, zp, *qrange)
+
+
+def test_xnnpack_activation_range_rounds_ties_to_even_after_the_zero_point():
+    """Hand-derived cases. RELU6 with ``f32(6 / s) = 200.5``, zero point -128: XNNPACK
+    ``lrintf(72.5) = 72``, TFLite ``-128 + roundf(200.5) = 73``; with 131.5 both give 4 (3.5 to
+    even is 4). Zero point 100 and ``f32(6 / s) = 21.5 - 2^-19`` (one ulp below the tie): the
+    binary32 sum 121.4999981 rounds to 121.5 (ulp 2^-17), so XNNPACK gives 122 and TFLite
+    ``100 + roundf(21.4999981) = 121``. RELU's lower bound is the zero point in both; NONE and
+    the unbounded RELU top are the int8 rails."""
+    s = float(_scale_with_quotient(6, 200.5))
+    assert ntfl.xnnpack_activation_range("RELU6", s, -128, -128, 127) == (-128, 72)
+    assert ntfl.activation_range("RELU6", s, -128, -128, 127) == (-128, 73)
+    s = float(_scale_with_quotient(6, 131.5))
+    assert ntfl.xnnpack_activation_range("RELU6", s, -128, -128, 127) == (-128, 4)
+    assert ntfl.activation_range("RELU6", s, -128, -128, 127) == (-128, 4)
+    below = float(np.nextafter(np.float32(21.5), np.float32(0)))
+    assert below == 21.5 - 2.0**-19
+    s = float(_scale_with_quotient(6, below))
+    assert ntfl.xnnpack_activation_range("RELU6", s, 100, -128, 127) == (100, 122)
+    assert ntfl.activation_range("RELU6", s, 100, -128, 127) == (100, 121)
+    s = float(_scale_with_quotient(1, 20.5))  # RELU_N1_TO_1: -20.5 + 1 = -19.5 -> -20
+    assert ntfl.xnnpack_activation_range("RELU_N1_TO_1", s, 1, -128, 127) == (-20, 22)
+    assert ntfl.activation_range("RELU_N1_TO_1", s, 1, -128, 127) == (-20, 22)
+    assert ntfl.xnnpack_activation_range("RELU", 1e-3, 7, -128, 127) == (7, 127)
+    assert ntfl.xnnpack_activation_range("NONE", 1e-3, 7, -128, 127) == (-128, 127)
+    assert ntfl.xnnpack_activation_range("RELU6", 1e-30, 0, -128, 127) == (0, 127)
+    with pytest.raises(ValueError, match="fused activation 'TANH'"):
+        ntfl.xnnpack_activation_range("TANH", 0.1, 0, -128, 127)
