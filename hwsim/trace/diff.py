@@ -49,8 +49,27 @@ class Divergence:
         )
 
 
-def _arr(d, doc, e, what):
-    return read_array(d, doc, e, what).astype(np.float64 if e["encoding"] is None else np.int64)
+def _field(d, name, obj, k, kind=None):
+    """``obj[k]``; a missing key (or ``obj`` not a dict, or the value not of ``kind``) is a
+    :class:`TraceError` naming trace ``d``, layer ``name`` and field ``k``."""
+    if not isinstance(obj, dict) or k not in obj:
+        raise TraceError(f"{d}: layer {name!r}: field {k!r} missing")
+    v = obj[k]
+    if kind is not None and (not isinstance(v, kind) or isinstance(v, bool)):
+        raise TraceError(f"{d}: layer {name!r}: field {k!r} is not a {kind.__name__}")
+    return v
+
+
+def _arr(d, doc, e, what, name):
+    """The entry's array: float64 for a float tensor, else exact integers -- int64, or Python
+    ints (an object array) for a 64-bit unsigned dtype, which int64 cannot hold."""
+    enc = _field(d, name, e, "encoding")
+    arr = read_array(d, doc, e, what)
+    if enc is None:
+        return arr.astype(np.float64)
+    if arr.dtype.kind == "u" and arr.dtype.itemsize >= 8:
+        return arr.astype(object)
+    return arr.astype(np.int64)
 
 
 def _real(reg: dict, mult: np.ndarray, shift: np.ndarray, c: int) -> Fraction:
@@ -73,31 +92,38 @@ def diff(a: str | os.PathLike, b: str | os.PathLike) -> Divergence | None:
     """The first divergence of trace directories ``a`` and ``b``, or None when every layer of
     ``a`` has the same accumulators and output in ``b``."""
     da, db = read_manifest(a), read_manifest(b)
-    layers_b = {la["name"]: la for la in db["layers"]}
+    layers_b = {}
+    for lb in db["layers"]:
+        layers_b[_field(b, None, lb, "name")] = lb
     for la in da["layers"]:
-        name = la["name"]
+        name = _field(a, None, la, "name")
         lb = layers_b.get(name)
         if lb is None:
             raise TraceError(f"{b}: layer {name!r} of {a} is missing (mismatched models?)")
-        if lb["op"] != la["op"]:
-            raise TraceError(f"layer {name!r}: op {la['op']} in {a}, {lb['op']} in {b}")
+        op_a, op_b = _field(a, name, la, "op"), _field(b, name, lb, "op")
+        if op_b != op_a:
+            raise TraceError(f"layer {name!r}: op {op_a} in {a}, {op_b} in {b}")
         mac = "acc" in la and "acc" in lb
         acc_a = acc_b = None
         if mac:
-            acc_a = _arr(a, da, la["acc"], f"{name} acc")
-            acc_b = _arr(b, db, lb["acc"], f"{name} acc")
+            acc_a = _arr(a, da, la["acc"], f"{name} acc", name)
+            acc_b = _arr(b, db, lb["acc"], f"{name} acc", name)
             if acc_a.shape != acc_b.shape:
                 raise TraceError(f"layer {name!r}: acc shapes {acc_a.shape} and {acc_b.shape}")
             if not np.array_equal(acc_a, acc_b):
                 idx, n = _first(acc_a, acc_b)
-                bits = min(la["accumulator"]["bits"], lb["accumulator"]["bits"])
-                wrapped = np.all((acc_a - acc_b) % (1 << bits) == 0)
+                bits_a = _field(a, name, _field(a, name, la, "accumulator"), "bits", int)
+                bits_b = _field(b, name, _field(b, name, lb, "accumulator"), "bits", int)
+                # Python ints (object arrays): exact for any width, no int64 overflow
+                delta = acc_a.astype(object) - acc_b.astype(object)
+                wrapped = bool(np.all(delta % (1 << max(min(bits_a, bits_b), 0)) == 0))
                 cause = "accumulator overflow" if wrapped else "unclassified"
                 return Divergence(name, "acc", idx, int(acc_a[idx]), int(acc_b[idx]), n,
                                   acc_a.size, cause)  # fmt: skip
-        ea, eb = da["tensors"][la["output"]], db["tensors"][lb["output"]]
-        ya = _arr(a, da, ea, f"{name} output")
-        yb = _arr(b, db, eb, f"{name} output")
+        ea = _tensor(a, da, name, _field(a, name, la, "output"))
+        eb = _tensor(b, db, name, _field(b, name, lb, "output"))
+        ya = _arr(a, da, ea, f"{name} output", name)
+        yb = _arr(b, db, eb, f"{name} output", name)
         if ya.shape != yb.shape:
             raise TraceError(f"layer {name!r}: output shapes {ya.shape} and {yb.shape}")
         if np.array_equal(ya, yb):
@@ -106,35 +132,42 @@ def diff(a: str | os.PathLike, b: str | os.PathLike) -> Divergence | None:
         va, vb = ya[idx], yb[idx]
         cause = "unclassified"
         if mac and "register" in la and "register" in lb:
-            cause = _mac_cause(a, da, la, b, db, lb, acc_a, ea, idx, va, vb)
-        elif _at_rail(ea, va) or _at_rail(eb, vb):
+            cause = _mac_cause(a, da, la, b, db, lb, acc_a, ea, eb, idx, va, vb)
+        elif _at_rail(a, name, ea, va) or _at_rail(b, name, eb, vb):
             cause = "saturation/clamp"
         as_num = float if ea["encoding"] is None else int
         return Divergence(name, "output", idx, as_num(va), as_num(vb), n, ya.size, cause)
     return None
 
 
-def _at_rail(e: dict, v) -> bool:
-    if e["encoding"] not in ("twos-complement", "unsigned"):
+def _tensor(d, doc, name, t):
+    """Manifest tensor entry ``t`` of trace ``d`` (layer ``name``'s output)."""
+    if not isinstance(t, str) or t not in doc["tensors"]:
+        raise TraceError(f"{d}: layer {name!r}: output tensor {t!r} not in 'tensors'")
+    return doc["tensors"][t]
+
+
+def _at_rail(d, name, e: dict, v) -> bool:
+    if _field(d, name, e, "encoding") not in ("twos-complement", "unsigned"):
         return False
-    bits = e["bits"]
+    bits = _field(d, name, e, "bits", int)
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
     if e["encoding"] == "unsigned":
         lo, hi = 0, (1 << bits) - 1
     return int(v) in (lo, hi)
 
 
-def _mac_cause(a, da, la, b, db, lb, acc, ea, idx, va, vb) -> str:
+def _mac_cause(a, da, la, b, db, lb, acc, ea, eb, idx, va, vb) -> str:
     name = la["name"]
     ra, rb = la["register"], lb["register"]
     regs = [
-        (read_array(d, doc, r["multiplier"], f"{name} multiplier"),
-         read_array(d, doc, r["shift"], f"{name} shift"))
+        (read_array(d, doc, _field(d, name, r, "multiplier"), f"{name} multiplier"),
+         read_array(d, doc, _field(d, name, r, "shift"), f"{name} shift"))
         for d, doc, r in ((a, da, ra), (b, db, rb))
     ]  # fmt: skip
     (ma, sa), (mb, sb) = regs
     same = (
-        ra["kind"] == rb["kind"]
+        _field(a, name, ra, "kind") == _field(b, name, rb, "kind")
         and ma.shape == mb.shape
         and np.array_equal(ma, mb)
         and np.array_equal(sa, sb)
@@ -145,11 +178,11 @@ def _mac_cause(a, da, la, b, db, lb, acc, ea, idx, va, vb) -> str:
         c = idx[1] if len(idx) > 1 else 0
         bias = 0
         if "bias" in la:
-            bv = _arr(a, da, la["bias"], f"{name} bias")
+            bv = _arr(a, da, la["bias"], f"{name} bias", name)
             bias = int(bv[c] if bv.ndim == 1 else bv[idx[0], c])
         exact = (int(acc[idx]) + bias) * _real(ra, ma, sa, c)
         if exact - (exact.numerator // exact.denominator) == Fraction(1, 2):
             return "rounding tie"
-    if _at_rail(ea, va) or _at_rail(ea, vb):
+    if _at_rail(a, name, ea, va) or _at_rail(b, name, eb, vb):
         return "saturation/clamp"
     return "unclassified"
