@@ -170,3 +170,43 @@ def test_write_is_atomic_and_never_replaces_a_non_trace(tmp_path):
     trace(program, "digits", ["1"], tmp_path / "t")  # replaces a trace
     assert json.loads((tmp_path / "t" / "manifest.json").read_text())["indices"] == [1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "t"]  # no temporaries left
+
+
+def test_write_dir_keeps_the_previous_trace_when_the_swap_fails(tmp_path, monkeypatch):
+    import os
+
+    from hwsim.trace import files
+
+    out = tmp_path / "t"
+    files.write_dir(out, {"format": "x"}, {"a.npy": b"old"})
+    real, calls = os.replace, []
+
+    def flaky(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the new trace's rename into place
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        files.write_dir(out, {"format": "x"}, {"a.npy": b"new"})
+    monkeypatch.setattr(files.os, "replace", real)
+    assert (out / "a.npy").read_bytes() == b"old" and (out / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+    files.write_dir(out, {"format": "x"}, {"a.npy": b"new"})
+    assert (out / "a.npy").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+
+
+@pytest.mark.parametrize("key", ["name", "op", "output"])
+def test_read_manifest_names_a_layer_field_missing(tmp_path, key):
+    import shutil
+
+    d = tmp_path / "t"
+    shutil.copytree(SHIPPED, d)
+    doc = json.loads((d / "manifest.json").read_text())
+    del doc["layers"][1][key]
+    (d / "manifest.json").write_text(json.dumps(doc))
+    name = "/2/Relu" if key != "name" else 1
+    with pytest.raises(TraceError, match=f"layer {name!r}: field {key!r} missing"):
+        read_manifest(d)

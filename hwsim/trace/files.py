@@ -135,6 +135,7 @@ def write_dir(out: str | os.PathLike, manifest: dict, files: dict[str, bytes]) -
         raise TraceError(f"{str(out)!r} exists and is not a trace directory (no manifest.json)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    old = out.with_name(f".{out.name}.old")
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
@@ -142,14 +143,16 @@ def write_dir(out: str | os.PathLike, manifest: dict, files: dict[str, bytes]) -
         (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
         os.chmod(tmp, 0o755)
         if out.exists():
-            old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out, old)
             os.replace(tmp, out)
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
     except BaseException:
+        # the previous trace, moved aside, is put back when the new one did not take its place
+        if old.exists() and not out.exists():
+            os.replace(old, out)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
@@ -170,6 +173,13 @@ def read_manifest(d: str | os.PathLike) -> dict:
     for key, kind in (("layers", list), ("tensors", dict), ("files", dict)):
         if not isinstance(doc.get(key), kind):
             raise TraceError(f"{p}: field {key!r} missing or not a {kind.__name__}")
+    for i, la in enumerate(doc["layers"]):
+        if not isinstance(la, dict):
+            raise TraceError(f"{p}: layer {i} is not an object")
+        name = la.get("name", i)
+        for k in ("name", "op", "output"):
+            if k not in la:
+                raise TraceError(f"{d}: layer {name!r}: field {k!r} missing")
     return doc
 
 
