@@ -1854,6 +1854,14 @@ class IntegerExecutor:
                 env[n.output] = self._node(n, self._ins_now)
             except MultiplierRangeError as e:  # name the layer whose register is out of range
                 raise MultiplierRangeError(f"node {n.name!r} ({n.op.value}): {e}") from None
+            except HwsimError as e:  # a user-facing error: say which node raised it
+                if repr(n.name) in str(e):
+                    raise
+                try:  # the same type, so callers catching it still do
+                    named = type(e)(f"node {n.name!r} ({n.op.value}): {e}")
+                except TypeError:
+                    named = HwsimError(f"node {n.name!r} ({n.op.value}): {e}")
+                raise named from e
             finally:
                 self._rng = None
                 self._current = None

@@ -30,6 +30,7 @@ import numpy as np
 
 from hwsim.numerics.scale import multiply_by_quantized_multiplier
 from hwsim.numerics.tflite import round_half_away
+from hwsim.qops.common import QOpError
 
 
 def _mbqm(x, m: int, s: int, rounding: str) -> np.ndarray:
@@ -74,7 +75,7 @@ def average_pool(q, kernel, strides, pads, qmin: int, qmax: int) -> np.ndarray:
     ones = np.ones((1, 1) + x.shape[2:], np.int64)
     n = _window_sums(ones, kernel, strides, pads)
     if np.any(n == 0):  # TFLite's kernel returns an error
-        raise ValueError("a pooling window with no valid (unpadded) position")
+        raise QOpError("AVERAGE_POOL_2D: a pooling window with no valid (unpadded) position")
     half = n // 2
     num = np.where(acc > 0, acc + half, acc - half)
     avg = np.sign(num) * (np.abs(num) // n)  # C++ division: truncation toward zero

@@ -65,3 +65,28 @@ def test_clamp_rows_is_np_clip(fmt, shape, inplace, data):
     out = q if inplace else np.empty_like(q)
     clamp_rows(q, lo, hi, out)
     assert out.dtype == q.dtype and np.array_equal(out, want)
+
+
+def test_an_error_inside_a_node_names_the_node_and_keeps_its_type(monkeypatch):
+    """A user-facing error raised while a node runs says which node (the CLI prints it as
+    'Error: ...'), and stays the same exception type for callers that catch it."""
+    import pytest
+
+    from hwsim import api
+    from hwsim.data import load_data
+    from hwsim.execute import IntegerExecutor
+    from hwsim.qops.common import QOpError
+
+    program = api.quantize_model("mlp", "per-tensor", calib="digits-train")
+    ex = IntegerExecutor(program)
+    target = program.graph.nodes[1]
+    real = IntegerExecutor._node
+
+    def node(self, n, ins):
+        if n.name == target.name:
+            raise QOpError("a window with no valid position")
+        return real(self, n, ins)
+
+    monkeypatch.setattr(IntegerExecutor, "_node", node)
+    with pytest.raises(QOpError, match=f"node '{target.name}'.*a window with no valid position"):
+        ex.run(load_data("digits").x[:2])
