@@ -42,6 +42,7 @@ every node on an int32 wrapping accumulator and the ``tflite`` register), so
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,9 @@ SUPPORTED_OPS = (
 )
 _SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK", "CAST", "GATHER", "CONCATENATION", "SLICE")
 """Ops that may compute a RESHAPE's shape operand (dropped when that is all they do)."""
+_MALFORMED = (struct.error, IndexError, ValueError, AttributeError, TypeError, KeyError,
+              ArithmeticError, UnicodeDecodeError)  # fmt: skip
+"""What reading a truncated or corrupt flatbuffer raises (turned into a ModelImportError)."""
 _TO_IR4 = (0, 3, 1, 2)  # NHWC -> NCHW
 _TO_NHWC = (0, 2, 3, 1)  # NCHW -> NHWC
 _AXIS4 = {0: 0, 1: 2, 2: 3, 3: 1}  # a TFLite axis of a 4-D tensor -> the IR's
@@ -165,13 +169,21 @@ class _Importer:
             raise ModelImportError(f"{self.src}: {msg}")
         op = self.ops[self.k]
         out = op.Outputs(0) if op.OutputsLength() else -1
-        name = self.tensor(out).Name().decode() if out >= 0 else "?"
+        name = (self.tname(out) or f"t{out}") if out >= 0 else "?"
         raise ModelImportError(
             f"{self.src}: operator {self.k} ({self.codes[self.k]}, output {name!r}): {msg}"
         )
 
     def tensor(self, i: int):
         return self.g.Tensors(int(i))
+
+    def tname(self, i: int) -> str:
+        """Tensor ``i``'s name, never raising (``""`` when unnamed or unreadable)."""
+        try:
+            raw = self.tensor(i).Name()
+            return raw.decode("utf-8", "replace") if raw is not None else ""
+        except _MALFORMED:
+            return ""
 
     def shape(self, i: int) -> tuple:
         return tuple(int(d) for d in self.tensor(i).ShapeAsNumpy())
@@ -236,7 +248,7 @@ class _Importer:
         """The IR name of an activation tensor another op produced (or the model input)."""
         if i not in self.names:
             self.fail(
-                f"input tensor {self.tensor(i).Name().decode()!r} is not produced by a "
+                f"input tensor {self.tname(i)!r} is not produced by a "
                 "supported operator (a constant where an activation is expected?)"
             )
         return self.names[i]
@@ -245,20 +257,19 @@ class _Importer:
         """The int8 per-tensor quantization of activation tensor ``i``."""
         if self.type_name(i) != "INT8":
             self.fail(
-                f"tensor {self.tensor(i).Name().decode()!r} is {self.type_name(i)}: hwsim "
+                f"tensor {self.tname(i)!r} is {self.type_name(i)}: hwsim "
                 "reads int8 activations (full-integer quantization)"
             )
         q = self.quant(i)
         if q is None or q[0].size != 1:
             self.fail(
-                f"tensor {self.tensor(i).Name().decode()!r}: an int8 activation needs one "
-                "scale and zero point"
+                f"tensor {self.tname(i)!r}: an int8 activation needs one scale and zero point"
             )
         return TensorQuant(float(q[0][0]), int(q[1][0]), INT8)
 
     def define(self, i: int) -> str:
         """An IR name for the op's output tensor ``i``, with its quantization."""
-        name = self.fresh(self.tensor(i).Name().decode() or f"t{i}")
+        name = self.fresh(self.tname(i) or f"t{i}")
         self.names[i] = name
         self.act_quant[name] = self.act(i)
         return name
@@ -330,14 +341,11 @@ class _Importer:
         """int8 weight tensor ``i``: ``(q int64 in TFLite layout, scale, zero point)``, the
         scale a scalar or a vector along ``axis`` (its output channels)."""
         if self.type_name(i) != "INT8":
-            self.fail(
-                f"weight {self.tensor(i).Name().decode()!r} is {self.type_name(i)}: hwsim "
-                "reads int8 weights"
-            )
+            self.fail(f"weight {self.tname(i)!r} is {self.type_name(i)}: hwsim reads int8 weights")
         q = self.data(i, np.int8)
         qp = self.quant(i)
         if q is None or qp is None:
-            self.fail(f"weight {self.tensor(i).Name().decode()!r} must be a quantized constant")
+            self.fail(f"weight {self.tname(i)!r} must be a quantized constant")
         s, z, dim = qp
         if s.size > 1 and (dim != axis or s.size != q.shape[axis]):
             self.fail(
@@ -354,16 +362,12 @@ class _Importer:
         if i < 0:
             return None, None
         if self.type_name(i) != "INT32":
-            self.fail(
-                f"bias {self.tensor(i).Name().decode()!r} is {self.type_name(i)}: hwsim "
-                "reads int32 biases"
-            )
+            self.fail(f"bias {self.tname(i)!r} is {self.type_name(i)}: hwsim reads int32 biases")
         q = self.data(i, np.int32)
         qp = self.quant(i)
         if q is None or qp is None or q.size != n_out:
             self.fail(
-                f"bias {self.tensor(i).Name().decode()!r}: a quantized int32 constant of "
-                f"{n_out} values expected"
+                f"bias {self.tname(i)!r}: a quantized int32 constant of {n_out} values expected"
             )
         s = qp[0] if qp[0].size > 1 else qp[0].reshape(())
         bq = q.reshape(n_out).astype(np.int64)
@@ -603,7 +607,7 @@ class _Importer:
         for i in ins:
             if self.act(i) != qo:
                 self.fail(
-                    f"input {self.tensor(i).Name().decode()!r} is quantized differently "
+                    f"input {self.tname(i)!r} is quantized differently "
                     "from the output (TFLite's int8 CONCATENATION requires one "
                     "quantization)"
                 )
@@ -677,7 +681,7 @@ class _Importer:
             )
         t_in, t_out = int(g.Inputs(0)), int(g.Outputs(0))
         in_shape = self.shape(t_in)
-        in_name = self.fresh(self.tensor(t_in).Name().decode() or "input")
+        in_name = self.fresh(self.tname(t_in) or "input")
         self.names[t_in] = in_name
         ir_in = tuple(in_shape[p] for p in _TO_IR4) if len(in_shape) == 4 else in_shape
         self.shapes[in_name] = (1, *ir_in[1:])
@@ -789,7 +793,7 @@ class _Importer:
             self.nodes,
             acts,
             meta,
-            self.tensor(t_out).Name().decode(),
+            self.tname(t_out),
             float_ranges=float_ranges,
         )
 
@@ -819,4 +823,20 @@ def import_tflite(path: str | os.PathLike, kernels: str = "xnnpack") -> Graph:
         buf = Path(path).read_bytes()
     except OSError as e:
         raise ModelImportError(f"{src}: cannot read the model file ({e.strerror})") from None
-    return _Importer(buf, src, kernels).run()
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise ModelImportError(
+            f"{src}: not a TFLite model (file identifier {bytes(buf[4:8])!r}, expected b'TFL3')"
+        )
+    imp = None
+    try:
+        imp = _Importer(buf, src, kernels)
+        return imp.run()
+    except ModelImportError:
+        raise
+    except _MALFORMED as e:
+        where = ""
+        if imp is not None and 0 <= imp.k < len(getattr(imp, "codes", ())):
+            where = f"operator {imp.k} ({imp.codes[imp.k]}): "
+        raise ModelImportError(f"{src}: {where}malformed model ({type(e).__name__}: {e})") from None

@@ -111,3 +111,51 @@ def test_not_a_tflite_file_names_the_file(tmp_path):
 def test_missing_file_names_the_file(tmp_path):
     with pytest.raises(ModelImportError, match="nope.tflite"):
         import_model(tmp_path / "nope.tflite")
+
+
+def _refused(path: Path) -> str:
+    """The message of the importer's error for ``path`` (any other exception fails)."""
+    with pytest.raises(ModelImportError) as e:
+        import_tflite(path)
+    assert str(path) in str(e.value)
+    return str(e.value)
+
+
+def test_truncated_models_are_clear_errors(tmp_path):
+    buf = (DATA / "cnn_relu.tflite").read_bytes()
+    cuts = sorted({8, 16, 64, 200, len(buf) // 4, len(buf) // 2, len(buf) - 100, len(buf) - 1})
+    for cut in cuts:
+        p = tmp_path / f"cut{cut}.tflite"
+        p.write_bytes(buf[:cut])
+        assert "malformed model" in _refused(p) or "not a TFLite" in _refused(p), cut
+
+
+def test_corrupted_models_are_clear_errors(tmp_path):
+    buf = bytearray((DATA / "cnn_relu.tflite").read_bytes())
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        b = bytearray(buf)
+        for j in rng.integers(8, len(b), size=8):
+            b[j] = int(rng.integers(0, 256))
+        p = tmp_path / f"bad{trial}.tflite"
+        p.write_bytes(bytes(b))
+        try:
+            import_tflite(p)  # a flip in constant data may still import
+        except ModelImportError as e:
+            assert str(p) in str(e)
+
+
+def test_wrong_identifier_and_random_bytes_are_not_a_tflite_model(tmp_path):
+    buf = bytearray((DATA / "cnn_relu.tflite").read_bytes())
+    buf[4:8] = b"XXXX"
+    p = tmp_path / "wrong_id.tflite"
+    p.write_bytes(bytes(buf))
+    assert "not a TFLite model" in _refused(p)
+    for seed in range(5):
+        p = tmp_path / f"random{seed}.tflite"
+        p.write_bytes(np.random.default_rng(seed).integers(0, 256, 4096, np.uint8).tobytes())
+        assert "not a TFLite model" in _refused(p)
+    p = tmp_path / "random_tfl3.tflite"  # random bytes with the right identifier
+    r = np.random.default_rng(9).integers(0, 256, 4096, np.uint8).tobytes()
+    p.write_bytes(r[:4] + b"TFL3" + r[8:])
+    _refused(p)
