@@ -10,6 +10,7 @@ import numpy as np
 from hwsim.execute.kernels import quantize_static as kernel_quantize_static
 from hwsim.numerics import IntFormat
 from hwsim.numerics.affine import Affine, quantize
+from hwsim.numerics.qonnx import QuantRounding, bipolar_quant, int_quant
 from hwsim.quant.scheme import ActSpec
 
 
@@ -177,7 +178,10 @@ def sample_scale(spec: ActSpec, absmax: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def quantize_input(x: np.ndarray, spec: ActSpec, keep: tuple[int, ...] = (0,)) -> QTensor:
     """Quantize a float tensor by its ActSpec (static: one scale; dynamic/shift: per sample,
-    or for a per-token spec per row of the axes ``keep``, see :func:`token_rows`)."""
+    or for a per-token spec per row of the axes ``keep``, see :func:`token_rows`). A static
+    spec with ``qonnx_rounding`` takes QONNX's ``int_quant`` with that mode (float32
+    ``x / scale + zero_point``, clamped to the format, rounded by the mode); a ``bipolar`` one
+    ``+1`` where ``x >= 0`` else ``-1``."""
     shifts = base = None
     if spec.per_token and tuple(keep) != (0,) and spec.mode != "static":
         rows, undo = token_rows(np.asarray(x), tuple(keep))
@@ -212,7 +216,13 @@ def quantize_input(x: np.ndarray, spec: ActSpec, keep: tuple[int, ...] = (0,)) -
         if spec.mode != "shift":
             shifts = base = None
     q = None
-    if spec.mode == "static":
+    if spec.mode == "static" and spec.bipolar:
+        q = bipolar_quant(x).astype(spec.fmt.dtype)
+    elif spec.mode == "static" and spec.qonnx_rounding is not None:
+        m = QuantRounding(spec.qonnx_rounding)
+        q = int_quant(x, s, np.float32(spec.zero_point), spec.fmt.bits, spec.fmt.signed, False, m)
+        q = q.astype(spec.fmt.dtype)
+    elif spec.mode == "static":
         q = quantize_static(x, s, spec.zero_point, spec.fmt)
     if q is None:
         q = quantize_linear(x, s, spec.zero_point, spec.fmt).astype(spec.fmt.dtype)

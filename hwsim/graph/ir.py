@@ -86,6 +86,13 @@ class TensorQuant(Affine):
     scale_name: str | None = field(default=None, compare=False)
     """the QuantizeLinear's scale initializer in an imported file (to find the tensor in
     onnxruntime's optimised graph, :mod:`hwsim.graph.ort_plan`)"""
+    qonnx_rounding: str | None = None
+    """a QONNX ``Quant``'s ``rounding_mode`` other than ROUND on a float tensor (the graph
+    input): ``q = int_quant(x, scale, zero_point, ...)`` with that mode
+    (:func:`hwsim.numerics.qonnx.int_quant`) instead of half to even; None: ROUND"""
+    bipolar: bool = False
+    """a QONNX ``BipolarQuant`` of a float tensor (the graph input): ``q = +1`` where
+    ``x >= 0``, else ``-1`` (:func:`hwsim.numerics.qonnx.bipolar_quant`), 2-bit signed"""
 
     def __post_init__(self):
         s = float(np.float32(self.scale))

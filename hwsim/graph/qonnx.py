@@ -28,8 +28,11 @@ the file, the node and its op type). The integer semantics are the contracts of
 * **Trunc** after an average pool (Brevitas' ``TruncAvgPool2d``): the pool's integer window sum
   shifted right with the Trunc's rounding (:func:`trunc`).
 
-Activation rounding modes other than ROUND and BipolarQuant of an activation need integer
-rules the executor does not have (floor / sign rounding of a requantization): they are import
+Activation rounding modes other than ROUND and BipolarQuant of an activation are exact on the
+graph input (a float tensor): its ActSpec carries ``qonnx_rounding`` / ``bipolar`` and
+:func:`hwsim.execute.tensors.quantize_input` computes ``int_quant`` with that mode / the sign on
+the float value. Anywhere else (after an integer layer, or a float island's output) they need
+integer rules the executor does not have (floor / sign rounding of a requantization): import
 errors that say so.
 
 After the nodes are read, :func:`resolve_unquantized` gives every tensor between integer layers
@@ -174,12 +177,13 @@ def quant(imp, node, a: dict) -> None:
         imp.qconst[out] = (q, sv, zi, IntFormat(bits, signed), axis, None)
         return
     bits = _bits(imp, node, 3, 2, 16, "an activation")
-    if mode is not QuantRounding.ROUND:
+    if mode is not QuantRounding.ROUND and not _float_input(imp, x):
         imp.fail(
             node,
-            f"rounding_mode {mode.value} on an activation: hwsim's activation quantizers and "
-            "requantization registers round half to even (ROUND); other modes are supported "
-            "on constants (weights, biases), which are folded at import",
+            f"rounding_mode {mode.value} on an activation that is not the (float) graph input: "
+            "hwsim's requantization registers round half to even (ROUND); other modes are "
+            "supported on the graph input (int_quant on the float value) and on constants "
+            "(weights, biases), which are folded at import",
         )
     if s.size != 1 or z.size != 1:
         imp.fail(node, "activation quantization must be per-tensor (scalar scale and zero point)")
@@ -187,8 +191,18 @@ def quant(imp, node, a: dict) -> None:
     zi = int(_int_valued(imp, node, z))
     if not fmt.min <= zi <= fmt.max:
         imp.fail(node, f"zero point {zi} is outside the {fmt} range")
-    tq = TensorQuant(float(s.reshape(-1)[0]), zi, fmt, scale_name=node.input[1])
+    rounding = None if mode is QuantRounding.ROUND else mode.value
+    tq = TensorQuant(
+        float(s.reshape(-1)[0]), zi, fmt, scale_name=node.input[1], qonnx_rounding=rounding
+    )
     quantize_activation(imp, node, x, out, tq, quant_range(bits, signed, narrow))
+
+
+def _float_input(imp, x: str) -> bool:
+    """``x`` is the graph input, not yet quantized: a float tensor, where a QONNX quantizer's
+    own formula (any rounding mode, BipolarQuant's sign) is applied to the float value."""
+    t = imp.name(x)
+    return t in {i.name for i in imp.inputs} and t not in imp.act_quant
 
 
 def quantize_activation(imp, node, x: str, out: str, tq: TensorQuant, rng: tuple) -> None:
@@ -222,11 +236,19 @@ def bipolar_quant(imp, node, a: dict) -> None:
     x, out = node.input[0], node.output[0]
     s = _scale(imp, node)
     if not imp.is_const(x):
-        imp.fail(
-            node,
-            "BipolarQuant of an activation (sign(x) * scale) has no integer rule in hwsim's "
-            "executor (its quantizers round x / scale); BipolarQuant of a weight is supported",
-        )
+        if not _float_input(imp, x):
+            imp.fail(
+                node,
+                "BipolarQuant of an activation that is not the (float) graph input "
+                "(sign(x) * scale) has no integer rule in hwsim's requantization; "
+                "BipolarQuant of the graph input or of a weight is supported",
+            )
+        if s.size != 1:
+            imp.fail(node, "BipolarQuant of an activation must be per-tensor (a scalar scale)")
+        fmt = IntFormat(2, True)
+        tq = TensorQuant(float(s.reshape(-1)[0]), 0, fmt, scale_name=node.input[1], bipolar=True)
+        quantize_activation(imp, node, x, out, tq, (fmt.min, fmt.max))
+        return
     c = np.asarray(imp.const(node, x, "input"))
     axis, sv = _channel_axis(imp, node, s, c.shape, "scale")
     z = np.zeros(() if axis is None else sv.shape, np.int64)

@@ -427,12 +427,32 @@ class ActSpec:
     per_token: bool = False
     """``dynamic`` / ``shift``: one range per token (per row of the token axes, see the module
     docstring) instead of per sample."""
+    qonnx_rounding: str | None = None
+    """``static`` only, a float tensor quantized by a QONNX ``Quant`` (the graph input):
+    ``q = int_quant(x, scale, zero_point, bits, signed, narrow=0, mode)`` with this
+    ``rounding_mode`` (:func:`hwsim.numerics.qonnx.int_quant`: float32 ``x / scale + zp``,
+    clamped, rounded by the mode) instead of half to even. None: the default rounding."""
+    bipolar: bool = False
+    """``static`` only, a QONNX ``BipolarQuant`` of a float tensor: ``q = +1`` where
+    ``x >= 0`` else ``-1`` (:func:`hwsim.numerics.qonnx.bipolar_quant`), zero point 0."""
 
     def __post_init__(self):
         object.__setattr__(self, "mode", _choice(self.mode, ActMode, "mode", ACT_SPEC_MODES))
         object.__setattr__(self, "base", _choice(self.base, ShiftBase, "base"))
         if self.per_token and self.mode is ActMode.STATIC:
             raise SchemeError("per_token needs a 'dynamic' or 'shift' ActSpec, not 'static'")
+        if (self.qonnx_rounding is not None or self.bipolar) and self.mode is not ActMode.STATIC:
+            raise SchemeError("qonnx_rounding / bipolar need a 'static' ActSpec")
+        if self.qonnx_rounding is not None:
+            from hwsim.numerics.qonnx import parse_rounding
+
+            try:
+                r = parse_rounding(self.qonnx_rounding)
+            except ValueError as e:
+                raise SchemeError(f"qonnx_rounding: {e}") from None
+            object.__setattr__(self, "qonnx_rounding", r.value)
+        if self.bipolar and (self.qonnx_rounding is not None or self.zero_point != 0):
+            raise SchemeError("a bipolar ActSpec has no rounding mode and zero point 0")
 
     @property
     def affine(self) -> Affine:
@@ -453,6 +473,10 @@ class ActSpec:
         }
         if self.per_token:  # absent: per sample (files written before per-token schemes)
             d["per_token"] = True
+        if self.qonnx_rounding is not None:  # absent: the default rounding
+            d["qonnx_rounding"] = self.qonnx_rounding
+        if self.bipolar:
+            d["bipolar"] = True
         return d
 
     @classmethod
@@ -488,7 +512,14 @@ class ActSpec:
         per_token = _field_bool(d.get("per_token", False), "per_token", where)
         if per_token and mode is ActMode.STATIC:
             raise SchemeError(f"{where}: field 'per_token' needs mode 'dynamic' or 'shift'")
-        return cls(mode, fmt, scale, zp, s_max, pow2, base, per_token)
+        rounding = d.get("qonnx_rounding")
+        if rounding is not None and not isinstance(rounding, str):
+            raise SchemeError(f"{where}: field 'qonnx_rounding' must be a string, got {rounding!r}")
+        bipolar = _field_bool(d.get("bipolar", False), "bipolar", where)
+        try:
+            return cls(mode, fmt, scale, zp, s_max, pow2, base, per_token, rounding, bipolar)
+        except SchemeError as e:
+            raise SchemeError(f"{where}: {e}") from None
 
 
 @dataclass(frozen=True)

@@ -473,7 +473,14 @@ def program_from_graph(graph: Graph) -> QuantProgram:
     meta = graph.meta.get("hwsim")
     if not isinstance(meta, dict):
         acts = {
-            t: ActSpec(ActMode.STATIC, q.fmt, q.scale, q.zero_point)
+            t: ActSpec(
+                ActMode.STATIC,
+                q.fmt,
+                q.scale,
+                q.zero_point,
+                qonnx_rounding=getattr(q, "qonnx_rounding", None),
+                bipolar=getattr(q, "bipolar", False),
+            )
             for t, q in graph.act_quant.items()
         }
         return QuantProgram(graph, acts, {}, None)

@@ -295,16 +295,6 @@ def test_non_integer_bit_width_is_refused_naming_file_and_node(tmp_path):
     )
 
 
-def test_activation_rounding_other_than_round_is_refused(tmp_path):
-    inits = {"s": np.float32(0.5), "z": np.float32(0), "bw": np.float32(4)}
-    _fails(
-        tmp_path,
-        [_quant("x", "y", "act", rounding_mode="FLOOR")],
-        inits,
-        r"node 'act' \(Quant\): rounding_mode FLOOR on an activation",
-    )
-
-
 def test_per_channel_activation_scale_is_refused(tmp_path):
     inits = {"s": np.full((1, 2, 1, 1), 0.5, np.float32), "z": np.float32(0), "bw": np.float32(4)}
     _fails(tmp_path, [_quant("x", "y", "act")], inits, r"'act' \(Quant\): .*per-tensor")
@@ -331,8 +321,6 @@ def test_unsupported_trunc_and_bipolar_activation_are_refused_with_the_reason(tm
         "Trunc", ["x", "s", "z", "bw", "ob"], ["y"], name="tr", domain=QONNX, rounding_mode="FLOOR"
     )
     _fails(tmp_path, [t1], inits, r"node 'tr' \(Trunc\): Trunc with 5 inputs \(qonnx opset 1")
-    b = helper.make_node("BipolarQuant", ["x", "s"], ["y"], name="bq", domain=QONNX)
-    _fails(tmp_path, [b], inits, r"node 'bq' \(BipolarQuant\): BipolarQuant of an activation")
 
 
 def test_bipolar_weights_fold_to_plus_minus_one(tmp_path):
@@ -445,3 +433,87 @@ def test_trunc_after_average_pool_equals_qonnx(tmp_path, mode, pool, out_bits, s
     ref = execute_onnx(mw, {"x": x})["y"]
     assert np.array_equal(y, ref)
     assert len(np.unique(ref)) > 3
+
+
+_QONNX_NAME = {"ROUND_TO_ZERO": "DOWN"}  # qonnx 1.0.0's name for np.fix
+
+
+@pytest.mark.parametrize(
+    "mode,zp",
+    [("ROUND", 0)]
+    + [
+        (m, z)
+        for m in ["CEIL", "FLOOR", "ROUND_TO_ZERO", "UP", "HALF_UP", "HALF_DOWN"]
+        for z in (0, 3)
+    ],
+)
+def test_input_quant_rounding_mode_equals_qonnx(tmp_path, mode, zp):
+    """Quant(mode) on the float graph input -> Conv (Quant weights) -> Quant ROUND: hwsim
+    quantizes the input with int_quant in that mode and equals qonnx's executor bit for bit
+    (inputs on a 1/8 grid with scale 0.25: many ties and exact-integer quotients)."""
+    rng = np.random.default_rng(11)
+    w = (rng.integers(-7, 8, (3, 2, 3, 3)) * 0.125).astype(np.float32)
+    inits = {
+        "s": np.float32(0.25), "z": np.float32(0), "bw": np.float32(8), "zi": np.float32(zp),
+        "bi": np.float32(5), "w": w, "ws": np.float32(0.125), "os": np.float32(0.5),
+    }  # fmt: skip
+    q = dict(domain=QONNX, signed=1, narrow=0)
+    for name, m in (("h.onnx", mode), ("q.onnx", _QONNX_NAME.get(mode, mode))):
+        nodes = [
+            helper.make_node(
+                "Quant", ["x", "s", "zi", "bi"], ["xq"], name="in", rounding_mode=m, **q
+            ),
+            helper.make_node(
+                "Quant", ["w", "ws", "z", "bw"], ["wq"], name="wq", rounding_mode="ROUND", **q
+            ),  # fmt: skip
+            helper.make_node("Conv", ["xq", "wq"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Flatten", ["c"], ["f"], name="flat"),
+            helper.make_node(
+                "Quant", ["f", "os", "z", "bw"], ["y"], name="out", rounding_mode="ROUND", **q
+            ),  # fmt: skip
+        ]
+        _qmodel(tmp_path, nodes, inits, name=name, shape=(4, 2, 4, 4))
+    x = (rng.integers(-40, 40, (4, 2, 4, 4)) * 0.125).astype(np.float32)
+    x[0, 0, 0, :] = [100.0, -100.0, -0.0, 0.0]  # clamps, signed zero
+    g = import_model(str(tmp_path / "h.onnx"))
+    ex = IntegerExecutor(program_from_graph(g))
+    y = ex.output(ex.run(x))
+    mw = ModelWrapper(str(tmp_path / "q.onnx")).transform(InferShapes())
+    assert np.array_equal(y, execute_onnx(mw, {"x": x})["y"])
+
+
+def test_input_bipolar_quant_equals_qonnx(tmp_path):
+    """BipolarQuant on the float graph input -> Conv -> Quant ROUND: sign(x) * scale (+1 at
+    x >= 0, -0.0 included), equal to qonnx's executor."""
+    rng = np.random.default_rng(12)
+    w = (rng.integers(-7, 8, (3, 2, 3, 3)) * 0.125).astype(np.float32)
+    inits = {
+        "bs": np.float32(0.5), "z": np.float32(0), "bw": np.float32(8),
+        "w": w, "ws": np.float32(0.125), "os": np.float32(0.25),
+    }  # fmt: skip
+    q = dict(domain=QONNX, signed=1, narrow=0, rounding_mode="ROUND")
+    nodes = [
+        helper.make_node("BipolarQuant", ["x", "bs"], ["xq"], name="in", domain=QONNX),
+        helper.make_node("Quant", ["w", "ws", "z", "bw"], ["wq"], name="wq", **q),
+        helper.make_node("Conv", ["xq", "wq"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Flatten", ["c"], ["f"], name="flat"),
+        helper.make_node("Quant", ["f", "os", "z", "bw"], ["y"], name="out", **q),
+    ]
+    p = _qmodel(tmp_path, nodes, inits, shape=(4, 2, 4, 4))
+    x = rng.normal(size=(4, 2, 4, 4)).astype(np.float32)
+    x[0, 0, 0, :] = [0.0, -0.0, 1e-30, -1e-30]
+    g = import_model(p)
+    ex = IntegerExecutor(program_from_graph(g))
+    env = ex.run(x)
+    assert set(np.unique(env[g.nodes[0].inputs[0]].q).tolist()) <= {-1, 1}
+    mw = ModelWrapper(p).transform(InferShapes())
+    assert np.array_equal(ex.output(env), execute_onnx(mw, {"x": x})["y"])
+
+
+def test_rounding_and_bipolar_after_an_integer_layer_are_refused(tmp_path):
+    inits = {"s": np.float32(0.5), "z": np.float32(0), "bw": np.float32(4)}
+    r = helper.make_node("Relu", ["xq"], ["r"], name="relu")
+    nodes = [_quant("x", "xq", "in"), r, _quant("r", "y", "act", rounding_mode="FLOOR")]
+    _fails(tmp_path, nodes, inits, r"node 'act' \(Quant\): rounding_mode FLOOR on an activation")
+    b = helper.make_node("BipolarQuant", ["r", "s"], ["y"], name="bq", domain=QONNX)
+    _fails(tmp_path, [nodes[0], r, b], inits, r"node 'bq' \(BipolarQuant\): BipolarQuant of an")
