@@ -191,7 +191,13 @@ def quant(imp, node, a: dict) -> None:
     zi = int(_int_valued(imp, node, z))
     if not fmt.min <= zi <= fmt.max:
         imp.fail(node, f"zero point {zi} is outside the {fmt} range")
-    rounding = None if mode is QuantRounding.ROUND else mode.value
+    # QONNX rounds x/s + z; ONNX's QuantizeLinear (hwsim's default) rounds x/s, then adds z:
+    # with ROUND (half to even) and an odd zero point they differ at every tie, so a float
+    # input's Quant keeps QONNX's formula whenever the zero point is not 0
+    if mode is not QuantRounding.ROUND or (zi != 0 and _float_input(imp, x)):
+        rounding = mode.value
+    else:
+        rounding = None
     tq = TensorQuant(
         float(s.reshape(-1)[0]), zi, fmt, scale_name=node.input[1], qonnx_rounding=rounding
     )

@@ -440,7 +440,7 @@ _QONNX_NAME = {"ROUND_TO_ZERO": "DOWN"}  # qonnx 1.0.0's name for np.fix
 
 @pytest.mark.parametrize(
     "mode,zp",
-    [("ROUND", 0)]
+    [("ROUND", 0), ("ROUND", 3)]
     + [
         (m, z)
         for m in ["CEIL", "FLOOR", "ROUND_TO_ZERO", "UP", "HALF_UP", "HALF_DOWN"]
