@@ -265,7 +265,7 @@ class ConvPlan:
         self.wzp, self.max_w, self.engine = wzp, max_w, engine
         self.bias = params[1]
         self.stage = stage
-        self.lim = min(acc.format.max, acc.tile_format.max)
+        self.lim = _sum_limit(acc)
         # the format's bound fits: no input can overflow, no scan of x is needed
         self.fmt_fits = g.K * x_operand.max_abs * max_w <= min(self.lim, (1 << 31) - 1)
         self.bias_max = int(np.abs(self.bias).max()) if self.bias.size else 0
@@ -389,10 +389,12 @@ def _cannot_overflow(K: int, max_x: int, max_w: int, acc: Accumulator) -> bool:
     """``K * max|x - zx| * max|w - zw|`` -- a bound on every partial sum of every output, in
     any order -- lies within the signed accumulator's range and its tile register's: its values
     are then the exact sums and it has no overflow events, whatever its overflow rule."""
-    if not acc.signed:
-        return False
-    lim = min(acc.format.max, acc.tile_format.max)
-    return K * max_x * max_w <= lim
+    return acc.signed and K * max_x * max_w <= _sum_limit(acc)
+
+
+def _sum_limit(acc: Accumulator) -> int:
+    """The largest sum both the accumulator and its tile register hold."""
+    return min(acc.format.max, acc.tile_format.max)
 
 
 def _max_w(w: np.ndarray, wzp) -> int:

@@ -227,11 +227,6 @@ def _effective_weights(w3, w_zp) -> np.ndarray:
     return np.ascontiguousarray(w3.astype(np.int64) - np.asarray(w_zp, np.int64))
 
 
-def _max_effective_x(xop: Operand) -> int:
-    zx = int(xop.zero_point)
-    return max(abs(xop.format.max - zx), abs(xop.format.min - zx))
-
-
 def _lanes(x3, xop: Operand, w3, w_zp, acc: Accumulator) -> int:
     """The lane width (16 or 32; 0: none) of the register-blocked ordered kernel
     (:mod:`hwsim.datapath.ordered`) that runs this saturating accumulator without tracking,
@@ -246,7 +241,7 @@ def _lanes(x3, xop: Operand, w3, w_zp, acc: Accumulator) -> int:
     ):
         return 0
     wmax = int(np.abs(w3.astype(np.int64) - np.asarray(w_zp, np.int64)).max()) if w3.size else 0
-    pmax = _max_effective_x(xop) * wmax
+    pmax = xop.max_abs * wmax
     fmt = acc.format
     if fmt.bits == 16 and fmt.signed and x3.shape[2] < (1 << 14) and pmax <= (1 << 15) - 1:
         return 16
@@ -305,7 +300,7 @@ def _ordered(x3, w3, xop: Operand, w_zp, rows, order, acc: Accumulator):
     saturating = acc.overflow is Overflow.SATURATE
     split = acc.tile > 0 and acc.tile_bits is not None  # a tile register of its own width
     max_we = int(np.abs(we).max()) if we.size else 0
-    max_xe = _max_effective_x(xop)
+    max_xe = xop.max_abs
     track = acc.track_partials
     pmin = np.empty((G, M, N) if track else (0, 0, 0), np.int64)
     pmax = np.empty_like(pmin)

@@ -94,6 +94,16 @@ class TensorQuant(Affine):
     """a QONNX ``BipolarQuant`` of a float tensor (the graph input): ``q = +1`` where
     ``x >= 0``, else ``-1`` (:func:`hwsim.numerics.qonnx.bipolar_quant`), 2-bit signed"""
 
+    def clip_bounds(self, lo: int, hi: int) -> dict:
+        """``Clip`` attributes whose float bounds dequantize exactly to the integers ``lo`` and
+        ``hi`` on this grid: ``f32(f32(q - zero_point) * scale)`` (a narrowed range or a fused
+        activation tighter than the format, as a clip node)."""
+        s = np.float32(self.scale)
+        return {
+            "min": float(np.float32(lo - self.zero_point) * s),
+            "max": float(np.float32(hi - self.zero_point) * s),
+        }
+
     def __post_init__(self):
         s = float(np.float32(self.scale))
         if not (np.isfinite(s) and s > 0):

@@ -226,11 +226,7 @@ def quantize_activation(imp, node, x: str, out: str, tq: TensorQuant, rng: tuple
     if (lo, hi) == (tq.fmt.min, tq.fmt.max):
         imp.alias[out] = t
         return
-    s = np.float32(tq.scale)
-    bounds = {
-        "min": float(np.float32(lo - tq.zero_point) * s),
-        "max": float(np.float32(hi - tq.zero_point) * s),
-    }
+    bounds = tq.clip_bounds(lo, hi)
     imp.add(node, Op.CLIP, [t], bounds, output=out, name=f"{node.name or 'quant'}:narrow")
     imp.act_quant[out] = tq
 

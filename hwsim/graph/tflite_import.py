@@ -318,11 +318,7 @@ class _Importer:
             return self.add(op, inputs, name, attrs, **kw)
         pre = self.tmp(f"{name}/pre_{act.lower()}", tq)
         node = self.add(op, inputs, pre, attrs, **kw)
-        s = np.float32(tq.scale)
-        bounds = {
-            "min": float(np.float32(lo - tq.zero_point) * s),
-            "max": float(np.float32(hi - tq.zero_point) * s),
-        }
+        bounds = tq.clip_bounds(lo, hi)
         self.add(
             Op.CLIP,
             [pre],
