@@ -63,7 +63,6 @@ from hwsim.execute.arrays import (
 from hwsim.execute.float import float_op, repeat_axes
 from hwsim.execute.kernels import add_ort_fused, clamp_rows
 from hwsim.execute.tensors import QTensor, quantize_input, quantize_linear
-from hwsim.execute.tflite import quantize_input as tflite_quantize_input
 from hwsim.execute.tflite import tflite_node
 from hwsim.graph.ir import MAC_OPS, Node, Op
 from hwsim.numerics import IntFormat, Overflow, RoundingMode, ScaleKind, ScaleRegister, saturate
@@ -1834,8 +1833,6 @@ class IntegerExecutor:
         # an unquantized input stays float until the first QuantizeLinear (as in QDQ models)
         if spec is None:
             env = {g.input: x}
-        elif g.meta.get("tflite", {}).get("input") == "tflite":  # a .tflite model's QUANTIZE
-            env = {g.input: tflite_quantize_input(x, spec)}
         else:
             env = {g.input: quantize_input(x, spec, self._token_axes(None, np.ndim(x)))}
         last_use = {}

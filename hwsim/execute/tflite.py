@@ -84,13 +84,6 @@ def tflite_node(node: Node, ins: list, spec: ActSpec | None, register: ScaleKind
     )
 
 
-def quantize_input(x: np.ndarray, spec: ActSpec) -> QTensor:
-    """TFLite's QUANTIZE of the float model input (eq. T1,
-    :func:`hwsim.numerics.tflite.quantize`) on ``spec``'s static grid."""
-    q = ntfl.quantize(x, spec.scale, spec.zero_point, spec.fmt.min, spec.fmt.max)
-    return QTensor(q.astype(spec.fmt.dtype), np.float32(spec.scale), spec.zero_point, spec.fmt)
-
-
 def load_tflite_program(path, kernels: str = "xnnpack", register: str | None = None):
     """The :class:`~hwsim.quant.QuantProgram` ``hwsim run`` executes for a ``.tflite`` model.
 
