@@ -246,6 +246,8 @@ def run(
     isa="exact",
     seed: int = 0,
     tflite_kernels: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> RunReport:
     """Run a quantized model on ``data`` (name or .npz or Dataset) and report.
 
@@ -265,8 +267,16 @@ def run(
     before the run (an HwsimError naming the path), so a bad one does not lose the run.
     ``accelerator``: an :class:`hwsim.cost.Accelerator` (default: the default one); the report
     carries its cycles and energy for one batch of ``batch_size`` samples.
+
+    ``workers`` (a LocalCluster of that many processes) or ``scheduler`` (an existing Dask
+    cluster's address): the data split by whole batches across the workers, the model's bytes
+    and the data sent to each once, the shards merged exactly (:mod:`hwsim.sweep.split`): the
+    report equals the one-process report but for its timings. Needs the ``dask`` extra.
     """
     check_outputs(report=report, save_outputs=save_outputs)
+    if workers is not None or scheduler is not None:
+        return _run_split(model, data, batch_size, report, save_outputs, accelerator, isa, seed,
+                          tflite_kernels, workers, scheduler)  # fmt: skip
     if isinstance(model, QuantProgram):
         program = model
     else:
@@ -291,6 +301,50 @@ def run(
     if program.scheme is None:
         rep.settings["scheme"] = imported_scheme(program)
     attach_cost(rep, program, accelerator, min(batch_size, len(ds)))
+    if save_outputs is not None:
+        g = program.graph
+        write_npz(save_outputs, {g.output_name or g.output: outs.astype(np.float32)})
+    if report is not None:
+        rep.write_json(report)
+    return rep
+
+
+def _shard_program(payload, tflite_kernels=None) -> QuantProgram:
+    """The program of the payload's model on a worker (loaded once per worker)."""
+    if "program" not in payload.cache:
+        payload.cache["program"] = load_imported(payload.model_path("model"), tflite_kernels)
+    return payload.cache["program"]
+
+
+def _run_split(model, data, batch_size, report, save_outputs, accelerator, isa, seed,
+               tflite_kernels, workers, scheduler) -> RunReport:  # fmt: skip
+    """:func:`run` on Dask workers (its ``workers`` / ``scheduler``)."""
+    import functools
+    import time
+
+    from hwsim.datapath.isa import resolve
+    from hwsim.sweep import Payload, dask_client
+    from hwsim.sweep.split import run_split
+
+    if isinstance(model, QuantProgram):
+        raise HwsimError("run on workers needs a model file (its bytes go to the workers)")
+    path = resolve_model(model)
+    if path.suffix.lower() != ".tflite" and is_qoperator(load_onnx(path)):
+        raise HwsimError(f"{path}: a QOperator model runs in one process (drop --workers)")
+    t0 = time.perf_counter()
+    program = load_imported(path, tflite_kernels)
+    ds = _data(data, program.graph.input_shape)
+    payload = Payload.build({"model": path}, ds, None, batch_size)
+    load = functools.partial(_shard_program, tflite_kernels=tflite_kernels)
+    collect = save_outputs is not None
+    with dask_client(workers, scheduler) as client:
+        paired = run_split(load, payload, resolve(isa), seed, collect, client)
+    rep, outs = run_program(program, ds, batch_size, collect_outputs=collect, isa=isa,
+                            seed=seed, paired=paired)  # fmt: skip
+    if program.scheme is None:
+        rep.settings["scheme"] = imported_scheme(program)
+    attach_cost(rep, program, accelerator, min(batch_size, len(ds)))
+    rep.seconds = time.perf_counter() - t0
     if save_outputs is not None:
         g = program.graph
         write_npz(save_outputs, {g.output_name or g.output: outs.astype(np.float32)})
@@ -336,53 +390,28 @@ def compare(
             f"compare needs at least one scheme, weight width and activation width, got "
             f"schemes={schemes}, wbits={wbits}, abits={abits}"
         )
+    from hwsim.sweep import Payload, make_job, run_jobs
+
     path = resolve_model(model)
     base = import_model(path)
     ds = _data(data, base.input_shape)
     cal = _data(calib, base.input_shape) if calib is not None else ds
-    rows = []
-    runs = []
+    fixed = {"accelerator": accelerator, "tflite_kernels": tflite_kernels, **kw}
+    jobs = []
     if base.quantized:
-        runs.append(("as imported", None, None, load_imported(path, tflite_kernels)))
+        jobs.append(make_job(str(path), {"scheme": "as imported", "seed": seed, "isa": isa},
+                             **fixed))  # fmt: skip
     elif tflite_kernels is not None:
         raise HwsimError(f"{path}: tflite_kernels applies to .tflite models only")
     for scheme in schemes:
         for wb in wbits:
             for ab in abits:
-                runs.append((scheme, wb, ab, None))
-    for scheme, wb, ab, program in runs:
-        if program is None:
-            graph = import_model(path)
-            graph = float_network(graph) if graph.quantized else graph
-            sch = make_scheme(scheme, wbits=wb, abits=ab, **kw)
-            program = quantize(graph, sch, cal, batch_size, float_run=run_float)
-        rep, _ = run_program(program, ds, batch_size, progress, isa=isa, seed=seed)
-        c = attach_cost(rep, program, accelerator, 1)
-        settings = program.describe()["scheme"]
-        if program.scheme is None:
-            settings = {**imported_scheme(program), "default": _imported_default(program)}
-        rows.append(
-            {
-                "scheme": scheme,
-                "wbits": wb if wb is not None else _imported_bits(program, "w"),
-                "abits": ab if ab is not None else _imported_bits(program, "a"),
-                "float_accuracy": rep.float_accuracy,
-                "int_accuracy": rep.int_accuracy,
-                "agreement": rep.agreement,
-                "overflow_events": sum(r.overflow_events for r in rep.layers),
-                "pair_saturations": sum(r.pair_saturations or 0 for r in rep.layers),
-                "isa": rep.settings["isa"],
-                "min_sqnr_db": _finite(
-                    min(
-                        (r.sqnr_db for r in rep.layers if r.sqnr_db is not None),
-                        default=None,
-                    )
-                ),
-                "energy_pj_per_sample": c["energy_pj"],
-                "cycles_per_sample": c["total_cycles"],
-                "settings": settings,
-            }
-        )
+                point = {"scheme": scheme, "wbits": wb, "abits": ab, "seed": seed, "isa": isa}
+                jobs.append(make_job(str(path), point, **fixed))
+    payload = Payload.build({str(path): path}, ds, cal, batch_size)
+    payload.cache["graph", str(path)] = base
+    done = run_jobs(_evaluate_point, payload, [(None, j, {}) for j in jobs], catch=False)
+    rows = [rec["result"] for rec in done.records]
     if report is not None:
         doc = {
             "model": str(path),
@@ -396,6 +425,153 @@ def compare(
     if pareto is not None:
         pareto_plot(rows, pareto, f"{Path(path).stem} on {ds.name}")
     return rows
+
+
+def _evaluate_point(payload, job) -> dict:
+    """One point of a sweep (:mod:`hwsim.sweep`): ``job``'s model quantized with its scheme
+    (calibrated on the payload's calibration set; ``as imported``: the file's own
+    quantization), run on the payload's data, costed on its accelerator for one sample; the
+    row of :func:`compare` (accuracies, agreement, overflow counts, worst SQNR, energy and
+    cycles per sample, the scheme's settings). Runs on a Dask worker as well as here."""
+    path = payload.model_path(job.model)
+    gkey = ("graph", job.model)
+    if gkey not in payload.cache:
+        payload.cache[gkey] = import_model(path)
+    base = payload.cache[gkey]
+    ds = payload.data
+    cal = payload.calib if payload.calib is not None else ds
+    batch_size = payload.batch_size
+    if job.scheme is None:
+        program = load_imported(path, job.tflite_kernels)
+    else:
+        pkey = ("program", job.model, repr(job.scheme))
+        program = payload.cache.get(pkey)
+        if program is None:
+            from threadpoolctl import threadpool_limits
+
+            graph = float_network(base) if base.quantized else base
+            # one BLAS thread: numpy's float32 GEMM in the calibration run sums in an order
+            # that depends on OpenBLAS's thread count, and a point must not depend on the cores
+            with threadpool_limits(limits=1, user_api="blas"):
+                program = quantize(graph, job.scheme, cal, batch_size, float_run=run_float)
+            payload.cache = {k: v for k, v in payload.cache.items() if k[0] != "program"}
+            payload.cache[pkey] = program
+    rep, _ = run_program(program, ds, batch_size, False, isa=job.isa, seed=job.seed)
+    c = attach_cost(rep, program, job.accelerator, 1)
+    settings = program.describe()["scheme"]
+    if program.scheme is None:
+        settings = {**imported_scheme(program), "default": _imported_default(program)}
+    d = job.scheme.default if job.scheme is not None else None
+    return {
+        "scheme": job.label,
+        "wbits": d.wbits if d is not None else _imported_bits(program, "w"),
+        "abits": d.abits if d is not None else _imported_bits(program, "a"),
+        "float_accuracy": rep.float_accuracy,
+        "int_accuracy": rep.int_accuracy,
+        "agreement": rep.agreement,
+        "overflow_events": sum(r.overflow_events for r in rep.layers),
+        "pair_saturations": sum(r.pair_saturations or 0 for r in rep.layers),
+        "isa": rep.settings["isa"],
+        "min_sqnr_db": _finite(
+            min(
+                (r.sqnr_db for r in rep.layers if r.sqnr_db is not None),
+                default=None,
+            )
+        ),
+        "energy_pj_per_sample": c["energy_pj"],
+        "cycles_per_sample": c["total_cycles"],
+        "settings": settings,
+    }
+
+
+def sweep(
+    spec,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    results=None,
+    json_path=None,
+    csv_path=None,
+    plot=None,
+    on_record=None,
+) -> dict:
+    """``hwsim sweep SPEC``: the points of the sweep spec ``spec`` (TOML,
+    :mod:`hwsim.sweep.spec`), each run once: a point whose record is already in the results
+    folder (``results``, default the spec's) is not run again, so an interrupted or extended
+    sweep runs only what is missing (and the failed points, again). In this process, on a
+    LocalCluster of ``workers`` processes, or on the Dask cluster at ``scheduler``.
+
+    Each record (:mod:`hwsim.sweep.store`) is keyed by the content hash of the model's bytes,
+    the data, the calibration data, the batch size and the point's full settings, and written
+    atomically as it arrives; ``on_record(record, done, total)`` is called then (progress).
+    Writes all records as JSON (``json_path``), CSV (``csv_path``) and the Pareto plot
+    (``plot``, PNG: accuracy vs energy and vs cycles per sample) if asked. Returns
+    ``{"spec", "results", "axes", "records" (in point order), "ran", "reused", "lost"}``;
+    ``lost``: points whose task died outside the point (run the sweep again to finish)."""
+    from hwsim.sweep import (
+        Payload,
+        ResultStore,
+        data_digest,
+        load_spec,
+        pareto_plot,
+        point_key,
+        run_jobs,
+        write_csv,
+    )
+    from hwsim.sweep.store import dumps
+
+    check_outputs(json_path=json_path, csv_path=csv_path, plot=plot)
+    sp = load_spec(spec, resolve_model)
+    store = ResultStore(results if results is not None else sp.results)
+    shape = None
+    for name, p in sp.model_paths.items():
+        g = import_model(p)
+        try:
+            ds = _data(sp.data, g.input_shape)
+        except HwsimError as e:
+            raise HwsimError(f"{sp.source}: [sweep] data: {e} (model {name})") from None
+        shape = shape or g.input_shape
+    cal = _data(sp.calib, shape) if sp.calib is not None else None
+    payload = Payload.build(sp.model_paths, ds, cal, sp.batch_size)
+    dsha = data_digest(ds)
+    csha = data_digest(cal) if cal is not None else dsha
+    meta = {"data": ds.name, "calib": cal.name if cal is not None else ds.name}
+    tasks, keys = [], []
+    for job in sp.jobs:
+        key = point_key(payload.model_sha(job.model), dsha, csha, sp.batch_size, job.settings())
+        keys.append(key)
+        tasks.append((key, job, {"model": job.model, **meta}))
+    store.prepare()
+    have = {k: r for k in keys if (r := store.get(k)) is not None and r["status"] == "ok"}
+    todo = [t for t in tasks if t[0] not in have]
+    done = [len(have)]
+
+    def write(rec):
+        store.put(rec)
+        done[0] += 1
+        if on_record is not None:
+            on_record(rec, done[0], len(keys))
+
+    out = run_jobs(_evaluate_point, payload, todo, write, workers, scheduler)
+    fresh = {r["key"]: r for r in out.records}
+    records = [fresh.get(k) or have.get(k) for k in keys]
+    records = [r for r in records if r is not None]
+    axes = list(sp.axes)
+    doc = {
+        "spec": str(sp.source),
+        "results": str(store.folder),
+        "axes": axes,
+        "records": records,
+        "ran": len(out.records),
+        "reused": len(have),
+        "lost": out.lost,
+    }
+    if json_path is not None:
+        atomic_write_text(json_path, dumps({k: v for k, v in doc.items()}) + "\n")
+    if csv_path is not None:
+        write_csv(csv_path, records, axes)
+    if plot is not None:
+        pareto_plot(records, plot, f"{sp.source.stem}: {len(records)} points on {ds.name}")
+    return doc
 
 
 def attach_cost(rep: RunReport, program: QuantProgram, accelerator=None, batch: int = 1) -> dict:
@@ -692,6 +868,7 @@ __all__ = [
     "study_fqt",
     "study_fqt_table",
     "study_table",
+    "sweep",
     "train",
 ]
 

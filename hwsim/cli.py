@@ -577,9 +577,33 @@ _tflite_kernels_option = click.option(
 @_seed_option
 @_tflite_kernels_option
 @_accel_options
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Split the data by batch across a Dask LocalCluster of this many processes (one "
+    "thread each); the report is the same. Needs pip install -e '.[dask]'.",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Split the data by batch across the Dask cluster at ADDRESS (tcp://host:8786).",
+)
 @_guard
 def run_cmd(
-    model, data, report, save_outputs, batch_size, progress, isa, seed, tflite_kernels, **kw
+    model,
+    data,
+    report,
+    save_outputs,
+    batch_size,
+    progress,
+    isa,
+    seed,
+    tflite_kernels,
+    workers,
+    scheduler,
+    **kw,
 ):
     """Run a quantized MODEL (hwsim, QDQ, QOperator, Brevitas QONNX/QCDQ ONNX or int8 .tflite)
     on DATA; float vs integer."""
@@ -599,8 +623,11 @@ def run_cmd(
         isa=isa,
         seed=seed,
         tflite_kernels=tflite_kernels,
+        **_dask_kw(workers, scheduler),
     )
     click.echo(rep.table())
+    if workers or scheduler:
+        click.echo(f"ran on {_where(workers, scheduler)}, batches split across the workers")
     for path in (report, save_outputs):
         if path:
             click.echo(f"wrote {path}")
@@ -681,6 +708,98 @@ def compare(
     for path in (json_path, plot, pareto):
         if path:
             click.echo(f"wrote {path}")
+
+
+def _dask_kw(workers, scheduler) -> dict:
+    """``workers`` / ``scheduler`` as api keywords (only when given: at most one)."""
+    if workers is not None and scheduler is not None:
+        raise click.UsageError("give --workers or --scheduler, not both")
+    return {k: v for k, v in (("workers", workers), ("scheduler", scheduler)) if v is not None}
+
+
+def _where(workers, scheduler) -> str:
+    if scheduler:
+        return f"the Dask cluster at {scheduler}"
+    return f"a Dask LocalCluster of {workers} worker process(es)" if workers else "this process"
+
+
+@main.command("sweep")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Run the points on a Dask LocalCluster of this many processes (one thread each). "
+    "Needs pip install -e '.[dask]'.",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Run the points on the Dask cluster at ADDRESS (tcp://host:8786).",
+)
+@click.option(
+    "--results",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Results folder, one JSON record per point (default: the spec's [sweep] results).",
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=_out, default=None)
+@click.option(
+    "--csv", "csv_path", type=click.Path(dir_okay=False), callback=_out, default=None,
+    help="All points as CSV.",
+)  # fmt: skip
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    callback=_out,
+    default=None,
+    help="PNG: accuracy vs energy and vs cycles per sample, with the Pareto fronts.",
+)
+@click.option("--progress/--no-progress", default=None, help="A line per finished point.")
+@_guard
+def sweep_cmd(spec, workers, scheduler, results, json_path, csv_path, plot, progress):
+    """Run the sweep SPEC (TOML: models, data, axes; docs/sweep.md): one record per point in
+    the results folder, only the missing points run; table, JSON, CSV, Pareto plot."""
+    from hwsim import api
+    from hwsim.sweep import table
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+
+    def show(rec, done, total):
+        if progress:
+            pt = " ".join(f"{k}={v}" for k, v in rec["point"].items())
+            what = "ok" if rec["status"] == "ok" else f"FAILED ({rec['error']})"
+            secs = rec["timing"]["seconds"]
+            click.echo(f"[{done}/{total}] {rec['model']} {pt}: {what} {secs:.2f} s", err=True)
+
+    _first_run_note()
+    doc = api.sweep(
+        spec,
+        results=results,
+        json_path=json_path,
+        csv_path=csv_path,
+        plot=plot,
+        on_record=show,
+        **_dask_kw(workers, scheduler),
+    )
+    click.echo(table(doc["records"], doc["axes"]))
+    failed = sum(r["status"] != "ok" for r in doc["records"])
+    click.echo(
+        f"{len(doc['records'])} points: {doc['ran']} run on {_where(workers, scheduler)}, "
+        f"{doc['reused']} from {doc['results']}" + (f", {failed} failed" if failed else "")
+    )
+    if doc["lost"]:
+        click.echo(
+            f"{len(doc['lost'])} point(s) did not finish (their workers died): run the sweep "
+            "again to finish them"
+        )
+    for path in (json_path, csv_path, plot):
+        if path:
+            click.echo(f"wrote {path}")
+    if doc["lost"]:
+        raise CliError(f"{len(doc['lost'])} point(s) did not finish")
 
 
 @main.command("cost")

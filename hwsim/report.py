@@ -404,6 +404,7 @@ def run_program(
     collect_outputs: bool = False,
     isa="exact",
     seed: int = 0,
+    paired=None,
 ):
     """Run a :class:`~hwsim.quant.QuantProgram` on a :class:`~hwsim.data.Dataset` with the
     float reference (onnxruntime) and the integer executor side by side, in batches, streamed
@@ -418,7 +419,11 @@ def run_program(
 
     ``seed``: stochastic rounding's draws (``IntegerExecutor``: one Generator per node and
     sample, ``default_rng([seed, node_index, sample_index])``), so a run is reproducible and
-    its integers do not depend on ``batch_size``."""
+    its integers do not depend on ``batch_size``.
+
+    ``paired``: a :class:`~hwsim.execute.paired.PairedRun` of ``program`` on ``ds`` computed
+    elsewhere (the merged shards of ``hwsim run --workers``, :mod:`hwsim.sweep.split`): the
+    report is built from it instead of running."""
     from hwsim.datapath.isa import Isa, resolve
     from hwsim.execute.paired import run_paired
     from hwsim.graph.ir import MAC_OPS
@@ -426,8 +431,8 @@ def run_program(
     t0 = time.perf_counter()
     g = program.graph
     isa = resolve(isa)
-    bar = _progress(len(ds), "hwsim run", progress)
-    res = run_paired(
+    bar = _progress(len(ds), "hwsim run", progress and paired is None)
+    res = paired if paired is not None else run_paired(
         program,
         ds,
         batch_size,

@@ -3,7 +3,7 @@ level or inside a function -- goes to a layer at or below the importer's, and th
 cycle. The layers, bottom to top (docs: README "Architecture"):
 
     errors, io, data, numerics, jitcache  <-  datapath  <-  graph, qops, mlas  <-  quant, train
-      <-  execute  <-  report, cost  <-  study, datapath_demo  <-  api  <-  cli
+      <-  execute  <-  report, cost  <-  study, sweep, datapath_demo  <-  api  <-  cli
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ LAYERS = [
     {"quant", "train"},
     {"execute"},
     {"report", "cost", "trace"},
-    {"study", "datapath_demo", "demo"},
+    {"study", "datapath_demo", "demo", "sweep"},
     {"api"},
     {"cli"},
 ]

@@ -99,6 +99,9 @@ class PairedRun:
     noise: dict[str, float] = field(default_factory=dict)
     noise_exact: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    parts: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """``{"signal" | "noise" | "noise_exact": {tensor: floats}}``: the exact sums as
+    :meth:`hwsim.execute.sqnr.ExactSum.parts`, so runs over disjoint samples merge exactly."""
 
 
 class _Totals:
@@ -112,6 +115,9 @@ class _Totals:
 
     def values(self) -> dict[str, float]:
         return {k: s.value() for k, s in self.sums.items()}
+
+    def parts(self) -> dict[str, list[float]]:
+        return {k: s.parts() for k, s in self.sums.items()}
 
 
 class _Comparison:
@@ -161,18 +167,23 @@ def run_paired(
     collect_outputs: bool = False,
     on_batch: Callable[[int], None] | None = None,
     budget: int | None = None,
+    first_sample: int = 0,
 ) -> PairedRun:
     """Run ``program`` (a :class:`~hwsim.quant.QuantProgram`) and its float reference on the
     :class:`~hwsim.data.Dataset` ``ds`` in batches of ``batch_size``, each in sub-batches within
     ``budget`` bytes of float tensors (default :data:`FLOAT_BUDGET_BYTES`; module docstring).
     ``isa``: a resolved :class:`~hwsim.datapath.isa.Isa`; other than ``exact``, an exact
     executor runs alongside and ``noise_exact`` holds its SQNR noise. ``on_batch(n)`` is called
-    after each ``n`` samples."""
+    after each ``n`` samples. ``first_sample``: the index of ``ds``'s first sample in a larger
+    data set split across runs (stochastic rounding's draws follow the global sample index)."""
     from hwsim.datapath.isa import Isa
 
     g = program.graph
     ex = IntegerExecutor(program, track_partials=True, isa=isa, seed=seed)
     ex_exact = IntegerExecutor(program, isa=Isa.EXACT, seed=seed) if isa is not Isa.EXACT else None
+    for e in (ex, ex_exact):
+        if e is not None:
+            e.samples_seen = first_sample
     targets = compare_targets(program)
     wanted = list(dict.fromkeys([*targets.values(), g.output]))
     run_ref, note = float_reference(g, wanted)
@@ -209,6 +220,11 @@ def run_paired(
         signal.values(),
         noise.values(),
         noise_exact.values(),
+        parts={
+            "signal": signal.parts(),
+            "noise": noise.parts(),
+            "noise_exact": noise_exact.parts(),
+        },
     )
     if note:
         res.notes.append(note)

@@ -167,6 +167,15 @@ class ExactSum:
         self._pending, self._count = [], 0
         return vals
 
+    def parts(self) -> list[float]:
+        """Floats whose exact sum is the exact sum of every value added (a NaN or infinity:
+        that one value): another :class:`ExactSum` fed them gives the same :meth:`value`, so
+        sums of disjoint sample sets merge exactly (``hwsim run --workers``)."""
+        if self._special != 0.0:
+            return [self._special]
+        self._parts = _exact_parts(self._parts + self._flush())
+        return list(self._parts)
+
     def value(self) -> float:
         if self._special != 0.0:  # also NaN
             return self._special
