@@ -36,6 +36,7 @@ COMMANDS = {
     "models": api.shipped_models,
     "trace": api.trace,
     "diff": api.diff,
+    "sweep": api.sweep,
 }
 
 

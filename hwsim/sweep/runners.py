@@ -141,6 +141,9 @@ def dask_client(workers: int | None = None, scheduler: str | None = None):
         threads_per_worker=1,
         processes=True,
         dashboard_address=None,
+        # no dashboard; the scheduler's HTTP endpoints on a free port, not a busy 8787
+        scheduler_kwargs={"dashboard_address": ":0"},
+        worker_dashboard_address=None,
         env=dict(WORKER_ENV),
     )
     try:

@@ -137,8 +137,8 @@ def test_every_scheme_field_is_an_axis():
 def test_filter_against_python_semantics():
     """The filter's little language means what Python means (the reference: eval)."""
     names = ("a", "b", "s")
-    exprs = ["a < b <= 8", "a % 2 == 0 or s == 'x'", "not a - b > 1", "s in ['x', 'y'] and a*2 >= b",
-             "a // 2 != b / 4", "-a < b"]  # fmt: skip
+    exprs = ["a < b <= 8", "a % 2 == 0 or s == 'x'", "not a - b > 1",
+             "s in ['x', 'y'] and a*2 >= b", "a // 2 != b / 4", "-a < b"]  # fmt: skip
     for text in exprs:
         keep = compile_filter(text, names, ValueError)
         for a, b, s in itertools.product(range(-2, 9, 3), range(1, 9, 2), ["x", "z"]):
