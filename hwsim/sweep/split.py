@@ -83,8 +83,10 @@ def shard_bounds(n: int, batch_size: int, shards: int) -> list[tuple[int, int]]:
 
 
 def run_shard(load_program, payload, start: int, end: int, isa, seed: int, collect: bool):
-    """One shard ``[start, end)`` of ``payload.data`` on a worker: the paired run with the
-    executor's state reduced to an :class:`ExecutorSummary` (picklable)."""
+    """One shard ``[start, end)`` of ``payload.data`` on a worker (``isa``: a name or an
+    :class:`~hwsim.datapath.isa.Isa`): the paired run with the executor's state reduced to an
+    :class:`ExecutorSummary` (picklable)."""
+    from hwsim.datapath.isa import resolve
     from hwsim.execute.paired import run_paired
 
     program = load_program(payload)
@@ -92,7 +94,7 @@ def run_shard(load_program, payload, start: int, end: int, isa, seed: int, colle
     shard = Dataset(ds.name, ds.x[start:end], None if ds.y is None else ds.y[start:end],
                     ds.input_range)  # fmt: skip
     res = run_paired(
-        program, shard, payload.batch_size, isa, seed=seed, collect_outputs=collect,
+        program, shard, payload.batch_size, resolve(isa), seed=seed, collect_outputs=collect,
         first_sample=start,
     )  # fmt: skip
     ex = res.executor
