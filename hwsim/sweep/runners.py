@@ -183,6 +183,8 @@ def run_jobs(
     tasks = list(tasks)
     out = Outcome()
     on_record = on_record or (lambda rec: None)
+    if not tasks:  # nothing to run: no cluster started
+        return out
     if client is None and workers is None and scheduler is None:
         for key, job, meta in tasks:
             rec = run_job(evaluate, payload, job, key, meta, catch)
@@ -193,8 +195,6 @@ def run_jobs(
         with dask_client(workers, scheduler) as c:
             return run_jobs(evaluate, payload, tasks, on_record, client=c)
     distributed = _import_dask()
-    if not tasks:
-        return out
     shared = client.scatter(payload, broadcast=True, hash=False)
     futures = [
         client.submit(run_job, evaluate, shared, job, key, meta, key=f"hwsim-point-{key}",
