@@ -32,6 +32,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import itertools
+import numbers
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -278,7 +279,7 @@ def make_job(model: str, point: dict, accel_config=None, **fixed) -> Job:
     isa = pt.pop("isa", "exact")
     tflite_kernels = fixed.pop("tflite_kernels", None)
     accel = fixed.pop("accelerator", None)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise HwsimError(f"seed must be an integer >= 0, got {seed!r}")
     if isa not in ISA_CHOICES:
         raise HwsimError(f"isa must be one of {', '.join(ISA_CHOICES)}, got {isa!r}")
@@ -289,7 +290,7 @@ def make_job(model: str, point: dict, accel_config=None, **fixed) -> Job:
     for k, v in pt.items():
         if k not in SCHEME_AXES:
             raise HwsimError(f"unknown axis {k!r}; axes: {', '.join(AXES)}")
-        if isinstance(v, bool) or (k in _INT_AXES and not isinstance(v, int)):
+        if isinstance(v, bool) or (k in _INT_AXES and not isinstance(v, numbers.Integral)):
             raise HwsimError(f"{k} must be an integer, got {v!r}")
     if scheme_name == "as imported":
         scheme = None
