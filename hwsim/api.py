@@ -447,20 +447,8 @@ def _evaluate_point(payload, job) -> dict:
         pkey = ("program", job.model, repr(job.scheme))
         program = payload.cache.get(pkey)
         if program is None:
-            import contextlib
-
-            from threadpoolctl import threadpool_limits
-
             graph = float_network(base) if base.quantized else base
-            # a sweep's points calibrate on one BLAS thread: numpy's float32 GEMM in the
-            # calibration run sums in an order that depends on OpenBLAS's thread count, and a
-            # record must not depend on the cores (compare keeps the process's threads)
-            with (
-                threadpool_limits(limits=payload.blas_threads, user_api="blas")
-                if payload.blas_threads
-                else contextlib.nullcontext()
-            ):
-                program = quantize(graph, job.scheme, cal, batch_size, float_run=run_float)
+            program = quantize(graph, job.scheme, cal, batch_size, float_run=run_float)
             payload.cache = {k: v for k, v in payload.cache.items() if k[0] != "program"}
             payload.cache[pkey] = program
     rep, _ = run_program(program, ds, batch_size, False, isa=job.isa, seed=job.seed)
@@ -538,7 +526,7 @@ def sweep(
             raise HwsimError(f"{sp.source}: [sweep] data: {e} (model {name})") from None
         shape = shape or g.input_shape
     cal = _data(sp.calib, shape) if sp.calib is not None else None
-    payload = Payload.build(sp.model_paths, ds, cal, sp.batch_size, blas_threads=1)
+    payload = Payload.build(sp.model_paths, ds, cal, sp.batch_size)
     dsha = data_digest(ds)
     csha = data_digest(cal) if cal is not None else dsha
     meta = {"data": ds.name, "calib": cal.name if cal is not None else ds.name}

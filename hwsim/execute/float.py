@@ -229,8 +229,26 @@ def float_op(node: Node, xs: list) -> np.ndarray:
     return fn(node, xs)
 
 
+_BLAS = None
+
+
+def _one_blas_thread():
+    """A context that runs BLAS on one thread (``threadpoolctl``; the controller built once)."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
 def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
     """Float32 reference run of one batch; returns every tensor by name.
+
+    Deterministic for any thread count: BLAS runs on one thread here, because OpenBLAS's
+    float32 GEMM sums in an order that depends on its thread count, and calibration (which
+    runs this) must not move a scale by an ulp between a 2-core process and a 1-thread
+    worker (``tests/execute/test_float_threads.py``).
 
     An imported QDQ model's quantized activations are clamped to their Q/DQ ranges
     (``graph.float_ranges``), not rounded: the file's network with its dequantized weights and
@@ -243,7 +261,8 @@ def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         env[t] = v if r is None else np.clip(v, np.float32(r[0]), np.float32(r[1]))
 
     env: dict[str, np.ndarray] = {}
-    put(graph.input, graph_input(graph, x))
-    for n in graph.nodes:
-        put(n.output, float_op(n, [env[t] for t in n.inputs]))
+    with _one_blas_thread():
+        put(graph.input, graph_input(graph, x))
+        for n in graph.nodes:
+            put(n.output, float_op(n, [env[t] for t in n.inputs]))
     return env

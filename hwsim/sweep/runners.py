@@ -42,15 +42,12 @@ DASK_HINT = "pip install -e '.[dask]' (dask[distributed]==2026.8.0)"
 class Payload:
     """What every task of a sweep shares: ``models`` name -> (file name, bytes, sha256, the
     client's path), the data set ``data``, the calibration set ``calib`` (None: the data) and
-    the batch size; ``blas_threads``: the BLAS threads a point's calibration runs on (None:
-    the process's; a sweep uses 1, so its records do not depend on the machine's cores).
-    Pickled once per worker."""
+    the batch size. Pickled once per worker."""
 
     models: dict
     data: object
     calib: object | None
     batch_size: int
-    blas_threads: int | None = None
     cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __getstate__(self):
@@ -60,13 +57,13 @@ class Payload:
 
     @classmethod
     def build(
-        cls, model_paths: dict, data, calib, batch_size: int, blas_threads: int | None = None
+        cls, model_paths: dict, data, calib, batch_size: int
     ) -> Payload:
         models = {}
         for name, p in model_paths.items():
             b = Path(p).read_bytes()
             models[name] = (Path(p).name, b, hashlib.sha256(b).hexdigest(), str(p))
-        return cls(models, data, calib, batch_size, blas_threads)
+        return cls(models, data, calib, batch_size)
 
     def model_sha(self, name: str) -> str:
         return self.models[name][2]
