@@ -465,6 +465,7 @@ def _evaluate_point(payload, job) -> dict:
         "int_accuracy": rep.int_accuracy,
         "agreement": rep.agreement,
         "overflow_events": sum(r.overflow_events for r in rep.layers),
+        "bias_overflows": sum(r.bias_overflows for r in rep.layers),
         "pair_saturations": sum(r.pair_saturations or 0 for r in rep.layers),
         "isa": rep.settings["isa"],
         "min_sqnr_db": _finite(

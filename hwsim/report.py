@@ -23,6 +23,19 @@ import numpy as np
 
 from hwsim.io import atomic_write_bytes, atomic_write_text
 
+#: The widest layer-name column of the run table; longer names keep their start and end.
+NAME_WIDTH = 60
+
+
+def _elide(name: str, width: int) -> str:
+    """``name`` in at most ``width`` characters: its start, ``~`` and its end (layer names of
+    exported models share long prefixes and end in the same ``block.0/Conv``, so cutting only
+    one end makes different layers look alike)."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 3
+    return name[:head] + "~" + name[len(name) - (width - 1 - head) :]
+
 
 @dataclass
 class LayerRow:
@@ -95,6 +108,7 @@ class RunReport:
             "totals": {
                 "macs": sum(r.macs for r in self.layers),
                 "overflow_events": sum(r.overflow_events for r in self.layers),
+                "bias_overflows": sum(r.bias_overflows for r in self.layers),
                 "outputs_overflowed": sum(r.outputs_overflowed for r in self.layers),
                 "pair_saturations": sum(r.pair_saturations or 0 for r in self.layers),
                 "bias_clamped": sum(r.bias_clamped for r in self.layers),
@@ -147,8 +161,9 @@ class RunReport:
             lines.append(f"output {name}: {o['dtype']} {shape}{rng}")
         pairs = any(r.pair_saturations is not None for r in self.layers)
         ow = max([8] + [len(r.op) + 1 for r in self.layers])  # the op column (transformer ops)
+        nw = min(NAME_WIDTH, max([5] + [len(r.name) for r in self.layers]))  # the name column
         hdr = (
-            f"{'layer':<28} {'op':<{ow}} {'act':<14} {'MACs':>10} {'SQNR dB':>8} "
+            f"{'layer':<{nw}} {'op':<{ow}} {'act':<14} {'MACs':>10} {'SQNR dB':>8} "
             f"{'ovf':>6} {'acc':>4} {'need':>4}"
         )
         if pairs:
@@ -158,8 +173,8 @@ class RunReport:
         for r in self.layers:
             sq = _db(r.sqnr_db)
             lines.append(
-                f"{r.name[-28:]:<28} {r.op + ('*' if r.float_op else ''):<{ow}} {r.act:<14} "
-                f"{r.macs:>10} {sq:>8} {r.overflow_events:>6} "
+                f"{_elide(r.name, nw):<{nw}} {r.op + ('*' if r.float_op else ''):<{ow}} "
+                f"{r.act:<14} {r.macs:>10} {sq:>8} {r.overflow_events + r.bias_overflows:>6} "
                 f"{'' if r.acc_bits is None else r.acc_bits:>4} "
                 f"{'' if r.bits_needed is None else r.bits_needed:>4}"
                 + (
@@ -171,6 +186,12 @@ class RunReport:
             )
         if any(r.float_op for r in self.layers):
             lines.append("* run as float between DequantizeLinear and QuantizeLinear")
+        bo = [r for r in self.layers if r.bias_overflows]
+        if bo:
+            lines.append(
+                "ovf includes bias additions that overflowed the accumulator (bias_overflows): "
+                + ", ".join(f"{r.name} {r.bias_overflows}" for r in bo)
+            )
         bc = [r for r in self.layers if r.bias_clamped]
         if bc:
             lines.append(
@@ -253,11 +274,13 @@ def compare_table(rows: list[dict]) -> str:
             f"{r['scheme']:<18} {r['wbits']:>3} {r['abits']:>3} {acc:>5} "
             + (f"{kind:>7} " if nl else "")
             + f"{pct(r['float_accuracy']):>8} {pct(r['int_accuracy']):>8} "
-            f"{pct(r['agreement']):>8} {r['overflow_events']:>8} {sq:>9} "
+            f"{pct(r['agreement']):>8} {r['overflow_events'] + r.get('bias_overflows', 0):>8} "
+            f"{sq:>9} "
             f"{r.get('energy_pj_per_sample', 0) / 1e6:>8.3f}"
         )
     lines.append(
-        "acc: accumulator bits + w(rap)/s(aturate); SQNR min: worst layer, dB; "
+        "acc: accumulator bits + w(rap)/s(aturate); ovf: accumulator overflow events (products "
+        "and bias additions); SQNR min: worst layer, dB; "
         "uJ/smp: energy per sample on the accelerator (hwsim cost)"
         + ("; nonlin: softmax / GELU / LayerNorm in float or integer-only (I-BERT)" if nl else "")
     )

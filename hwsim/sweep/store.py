@@ -33,7 +33,7 @@ from hwsim.errors import HwsimError
 from hwsim.io import atomic_write_text
 
 #: What :func:`point_key` hashes besides the inputs: bump it when a record's meaning changes.
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: result.bias_overflows
 
 
 def file_digest(path) -> str:
@@ -135,10 +135,17 @@ RESULT_FIELDS = (
     "agreement",
     "min_sqnr_db",
     "overflow_events",
+    "bias_overflows",
     "pair_saturations",
     "cycles_per_sample",
     "energy_pj_per_sample",
 )
+
+
+def _ovf(res: dict) -> int:
+    """The table's ``ovf``: overflow events of the reduction plus bias additions that
+    overflowed the accumulator (records of format 1 have no ``bias_overflows``)."""
+    return res["overflow_events"] + res.get("bias_overflows", 0)
 
 
 def flat_rows(records: list[dict], axes: list[str]) -> list[dict]:
@@ -195,13 +202,13 @@ def table(records: list[dict], axes: list[str]) -> str:
         sq = "" if sq is None else (f"{sq:.1f}" if isinstance(sq, float) else str(sq))
         lines.append(
             f"{left} {pct(res['float_accuracy']):>7} {pct(res['int_accuracy']):>7} "
-            f"{pct(res['agreement']):>7} {res['overflow_events']:>8} {sq:>8} "
+            f"{pct(res['agreement']):>7} {_ovf(res):>8} {sq:>8} "
             f"{res['cycles_per_sample']:>9} {res['energy_pj_per_sample'] / 1e6:>8.3f}"
         )
     lines.append(
         "float / integer: top-1 %; agree: integer argmax = float argmax, %; ovf: accumulator "
-        "overflow events; SQNR min: worst layer, dB; cycles and uJ/smp: per sample on the "
-        "point's accelerator"
+        "overflow events (products and bias additions); SQNR min: worst layer, dB; cycles and "
+        "uJ/smp: per sample on the point's accelerator"
     )
     return "\n".join(lines)
 
