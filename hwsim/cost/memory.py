@@ -1,0 +1,222 @@
+"""SCALE-Sim 3.0.0's memory system, reproduced: DRAM words and cycles of its double-buffered
+scratchpads (``docs/cost.md``, eqs. M1-M12).
+
+SCALE-Sim streams each operand's *demand matrix* (one row per cycle, built fold by fold in
+``compute/systolic_compute_{os,ws,is}.py``) through a read buffer per operand and a write
+buffer for the ofmap (``memory/double_buffered_scratchpad_mem.py``). In its default ``CALC``
+bandwidth mode the read buffers are ``memory/read_buffer_estimate_bw.py``: every request hits
+(no stalls) and the DRAM reads are the addresses collected into its 100 "sets" of
+``floor(size / 100)`` words. That bookkeeping is an *epoch* rule (eq. M2): an address is
+fetched when it was not requested since the start of the current epoch, and an epoch ends
+after ``E = 50 * floor(size / 100)`` fetches. The write buffer (``memory/write_buffer.py``)
+packs ofmap words into lines of ``arr_col`` words and drains half its size at a time (eq. M8).
+
+Everything here is a function of the layer's shape, the array and the SRAM sizes (words are
+SCALE-Sim's one-byte words: operand elements, whatever their width):
+
+* operands whose every address is distinct in the order they are streamed (filters, GEMM
+  ifmaps) in closed form (:func:`distinct_misses`, eq. M3-M4);
+* convolution ifmaps (addresses repeat inside and across folds) by a vectorised walk over the
+  demand order, chunk by chunk (:func:`_sweep_misses`, eq. M5-M6): numpy over the fold
+  structure, never per cycle, and it stops as soon as a whole sweep hits;
+* the write buffer by its drain events only (:func:`ofmap_writes`, eq. M8-M10);
+* scalesim's "Total Cycles (incl. prefetch)" from the first prefetch and the last drain
+  (:func:`memory_cost`, eq. M11-M12).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwsim.cost.dataflow import Dataflow, as_dataflow
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def epoch_words(sram_kb: float) -> int:
+    """``E`` (eq. M1): fetches per epoch of SCALE-Sim's CALC-mode read buffer of ``sram_kb``
+    KiB: 50 of its 100 sets of ``floor(bytes / 100)`` one-byte words."""
+    return 50 * (math.floor(1024 * sram_kb) // 100)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A convolution as SCALE-Sim addresses it (``compute/operand_matrix.py``,
+    ``calc_ifmap_elem_addr``): an ``ih x iw x ch`` (padded, HWC) ifmap, ``fh x fw`` filters,
+    one stride for both axes. ``ofmap = ceil((ifmap - filt + stride) / stride)``."""
+
+    ih: int
+    iw: int
+    fh: int
+    fw: int
+    ch: int
+    stride: int
+
+    @property
+    def oh(self) -> int:
+        return _cdiv(self.ih - self.fh + self.stride, self.stride)
+
+    @property
+    def ow(self) -> int:
+        return _cdiv(self.iw - self.fw + self.stride, self.stride)
+
+    def ifmap_addr(self, p: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Ifmap address of output pixel ``p`` and window element ``k`` (-1: outside the
+        ifmap), broadcasting; SCALE-Sim's window order is (filter row, filter col, channel)."""
+        orow, ocol = np.divmod(p, self.ow)
+        irow, icol = orow * self.stride, ocol * self.stride
+        crow, rest = np.divmod(k, self.fw * self.ch)
+        ccol, cch = np.divmod(rest, self.ch)
+        r, c = irow + crow, icol + ccol
+        addr = (r * self.iw + c) * self.ch + cch
+        return np.where((r < self.ih) & (c < self.iw), addr, -1)
+
+
+def distinct_misses(n: int, reps: int, cnt: int, E: int) -> tuple[int, int]:
+    """Fetches of ``reps`` passes over ``n`` distinct addresses (always in the same order, none
+    of them fetched in the current epoch) under the epoch rule, entering with ``cnt`` fetches
+    in the current epoch; returns (fetches, ``cnt`` after). Eq. M3-M4."""
+    if n == 0 or reps == 0:
+        return 0, cnt
+    if n >= E:  # every epoch ends before any address comes back: everything is fetched
+        total = n * reps
+        return total, (cnt + total) % E
+    if cnt + n < E:  # the first pass fits in the epoch, the others hit
+        return n, cnt + n
+    after = reps * n - (E - cnt)  # accesses after the epoch ends in the first pass
+    tail = min(n, after)  # the next n of them are fetched again
+    return (E - cnt) + tail, tail
+
+
+def _sweep_misses(sweep: np.ndarray, reps: int, E: int) -> int:
+    """Fetches of ``reps`` passes over ``sweep`` (addresses >= 0 in demand order, repeats
+    allowed), starting with an empty epoch (eq. M5-M6)."""
+    L = len(sweep)
+    if L == 0:
+        return 0
+    size = int(sweep.max()) + 1
+    in_epoch = np.zeros(size, dtype=bool)
+    first = np.empty(size, dtype=np.int64)
+    idx = np.arange(L, dtype=np.int64)
+    total, cnt = 0, 0
+    for _ in range(reps):
+        pos, flushed = 0, False
+        while pos < L:
+            need = E - cnt
+            hi = min(L, pos + max(4096, 2 * need))
+            a = sweep[pos:hi]
+            ia = idx[: hi - pos]
+            first[a[::-1]] = ia[::-1]  # the last assignment wins: first position in the chunk
+            new = (first[a] == ia) & ~in_epoch[a]
+            newpos = np.flatnonzero(new)
+            if len(newpos) >= need:  # the epoch ends inside this chunk
+                end = pos + int(newpos[need - 1])
+                total += need
+                cnt = 0
+                in_epoch[:] = False
+                flushed = True
+                pos = end + 1
+                continue
+            total += len(newpos)
+            cnt += len(newpos)
+            in_epoch[a] = True
+            pos = hi
+        if not flushed:  # the epoch holds the whole sweep: every later pass hits
+            break
+    return total
+
+
+def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
+    """One pass of the OS ifmap demand (eq. M5): row folds of ``R`` pixels, each the
+    ``K x R`` block skewed (cycle ``k + j`` reads pixel ``j``'s element ``k - ...``)."""
+    parts = []
+    for p0 in range(0, Np, R):
+        ru = min(R, Np - p0)
+        k, j = np.meshgrid(np.arange(K), np.arange(ru), indexing="ij")
+        order = np.lexsort((j.ravel(), (k + j).ravel()))
+        parts.append(geo.ifmap_addr(p0 + j.ravel()[order], k.ravel()[order]))
+    return np.concatenate(parts)
+
+
+def _os_ifmap_sweep_fast(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
+    full = Np // R
+    k, j = np.meshgrid(np.arange(K), np.arange(R), indexing="ij")
+    order = np.lexsort((j.ravel(), (k + j).ravel()))
+    ko, jo = k.ravel()[order], j.ravel()[order]
+    parts = []
+    if full:
+        p = np.arange(full)[:, None] * R + jo[None, :]
+        parts.append(geo.ifmap_addr(p, np.broadcast_to(ko, p.shape)).ravel())
+    if Np % R:
+        parts.append(_os_ifmap_sweep(geo, Np - full * R, K, R) if False else None)
+        p0 = full * R
+        ru = Np - p0
+        k2, j2 = np.meshgrid(np.arange(K), np.arange(ru), indexing="ij")
+        o2 = np.lexsort((j2.ravel(), (k2 + j2).ravel()))
+        parts[-1] = geo.ifmap_addr(p0 + j2.ravel()[o2], k2.ravel()[o2])
+    return np.concatenate(parts)
+
+
+def _ws_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
+    """One pass of the WS ifmap demand: K folds of ``R`` window elements, each the ``Np x R``
+    block skewed (cycle ``p + kk``)."""
+    parts = []
+    for k0 in range(0, K, R):
+        ku = min(R, K - k0)
+        p, kk = np.meshgrid(np.arange(Np), np.arange(ku), indexing="ij")
+        order = np.lexsort((kk.ravel(), (p + kk).ravel()))
+        parts.append(geo.ifmap_addr(p.ravel()[order], k0 + kk.ravel()[order]))
+    return np.concatenate(parts)
+
+
+def _is_ifmap_stream(geo: ConvGeometry, Np: int, K: int, R: int, C: int) -> np.ndarray:
+    """The whole IS ifmap demand: pixel folds of ``C`` (outer) by K folds of ``R`` (inner),
+    each block read once, its window elements last to first (``np.flip`` of the fold)."""
+    parts = []
+    for p0 in range(0, Np, C):
+        pu = min(C, Np - p0)
+        for k0 in range(0, K, R):
+            ku = min(R, K - k0)
+            kk, j = np.meshgrid(np.arange(ku)[::-1], np.arange(pu), indexing="ij")
+            parts.append(geo.ifmap_addr(p0 + j.ravel(), k0 + kk.ravel()))
+    return np.concatenate(parts)
+
+
+def dram_reads(
+    dataflow, R: int, C: int, Np: int, K: int, Mf: int, ifmap_kb: float, filter_kb: float,
+    geo: ConvGeometry | None = None,
+) -> tuple[int, int]:
+    """(ifmap, filter) DRAM words SCALE-Sim's CALC-mode read buffers fetch for one GEMM
+    ``Np x K`` by ``K x Mf`` (eq. M3-M7). ``geo``: the convolution behind it (repeated ifmap
+    addresses); ``None``: a GEMM (every ifmap address distinct)."""
+    df = as_dataflow(dataflow)
+    Ei, Ef = epoch_words(ifmap_kb), epoch_words(filter_kb)
+    nr, nc = _cdiv(Np, R), _cdiv(Mf, C)
+    # filter: every address distinct
+    if df is Dataflow.OS:  # block of C filters per column fold, repeated over the row folds
+        fl, cnt = 0, 0
+        for m0 in range(0, Mf, C):
+            got, cnt = distinct_misses(K * min(C, Mf - m0), nr, cnt, Ef)
+            fl += got
+    elif df is Dataflow.WS:  # each filter word streamed once
+        fl = K * Mf
+    else:  # IS: the whole filter once per pixel fold
+        fl, _ = distinct_misses(K * Mf, _cdiv(Np, C), 0, Ef)
+    # ifmap
+    reps = {Dataflow.OS: nc, Dataflow.WS: nc, Dataflow.IS: 1}[df]
+    if geo is None:
+        ifm, _ = distinct_misses(Np * K, reps, 0, Ei)
+        return ifm, fl
+    if df is Dataflow.OS:
+        sweep = _os_ifmap_sweep_fast(geo, Np, K, R)
+    elif df is Dataflow.WS:
+        sweep = _ws_ifmap_sweep(geo, Np, K, R)
+    else:
+        sweep = _is_ifmap_stream(geo, Np, K, R, C)
+    sweep = sweep[sweep >= 0]
+    return _sweep_misses(sweep, reps, Ei), fl
