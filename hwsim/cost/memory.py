@@ -133,32 +133,18 @@ def _sweep_misses(sweep: np.ndarray, reps: int, E: int) -> int:
 
 def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
     """One pass of the OS ifmap demand (eq. M5): row folds of ``R`` pixels, each the
-    ``K x R`` block skewed (cycle ``k + j`` reads pixel ``j``'s element ``k - ...``)."""
+    ``K x R`` block skewed: cycle ``k + j`` reads pixel ``j``'s window element ``k``, pixels in
+    order within a cycle."""
     parts = []
-    for p0 in range(0, Np, R):
-        ru = min(R, Np - p0)
+    for p0, ru in ((0, R), (Np // R * R, Np % R)):
+        n = Np // R if ru == R else 1
+        if ru == 0 or n == 0:
+            continue
         k, j = np.meshgrid(np.arange(K), np.arange(ru), indexing="ij")
         order = np.lexsort((j.ravel(), (k + j).ravel()))
-        parts.append(geo.ifmap_addr(p0 + j.ravel()[order], k.ravel()[order]))
-    return np.concatenate(parts)
-
-
-def _os_ifmap_sweep_fast(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
-    full = Np // R
-    k, j = np.meshgrid(np.arange(K), np.arange(R), indexing="ij")
-    order = np.lexsort((j.ravel(), (k + j).ravel()))
-    ko, jo = k.ravel()[order], j.ravel()[order]
-    parts = []
-    if full:
-        p = np.arange(full)[:, None] * R + jo[None, :]
-        parts.append(geo.ifmap_addr(p, np.broadcast_to(ko, p.shape)).ravel())
-    if Np % R:
-        parts.append(_os_ifmap_sweep(geo, Np - full * R, K, R) if False else None)
-        p0 = full * R
-        ru = Np - p0
-        k2, j2 = np.meshgrid(np.arange(K), np.arange(ru), indexing="ij")
-        o2 = np.lexsort((j2.ravel(), (k2 + j2).ravel()))
-        parts[-1] = geo.ifmap_addr(p0 + j2.ravel()[o2], k2.ravel()[o2])
+        ko, jo = k.ravel()[order], j.ravel()[order]
+        p = p0 + np.arange(n)[:, None] * R + jo[None, :]
+        parts.append(geo.ifmap_addr(p, ko[None, :]).ravel())
     return np.concatenate(parts)
 
 
@@ -213,10 +199,180 @@ def dram_reads(
         ifm, _ = distinct_misses(Np * K, reps, 0, Ei)
         return ifm, fl
     if df is Dataflow.OS:
-        sweep = _os_ifmap_sweep_fast(geo, Np, K, R)
+        sweep = _os_ifmap_sweep(geo, Np, K, R)
     elif df is Dataflow.WS:
         sweep = _ws_ifmap_sweep(geo, Np, K, R)
     else:
         sweep = _is_ifmap_stream(geo, Np, K, R, C)
     sweep = sweep[sweep >= 0]
     return _sweep_misses(sweep, reps, Ei), fl
+
+
+def _fold_types(df: Dataflow, R: int, C: int, Np: int, K: int, Mf: int):
+    """The folds in SCALE-Sim's order as runs ``(count, rows, ofmap words per row)``: each
+    fold is ``rows`` cycles (``gemm_counts``' cycles per fold); ``words[q]`` ofmap words are
+    written in its cycle ``q`` (eq. M8)."""
+    if df is Dataflow.OS:
+        outer, inner, prefix = (Mf, C), (Np, R), K - 1
+    elif df is Dataflow.WS:
+        outer, inner, prefix = (Mf, C), (K, R), 2 * R - 1
+    else:
+        outer, inner, prefix = (Np, C), (K, R), 2 * R - 1
+    runs = []
+    for o0 in range(0, outer[0], outer[1]):
+        cu = min(C, outer[0] - o0)
+        for n_in, iu in (
+            (inner[0] // inner[1], inner[1]),
+            (1 if inner[0] % inner[1] else 0, inner[0] % inner[1]),
+        ):
+            if n_in == 0:
+                continue
+            if df is Dataflow.OS:  # ru x cu outputs, flipped: rows R - ru .. R - 1 valid
+                lo, hi, height = R - iu, R - 1, R
+            else:  # the whole Np (ws) / Mf (is) column of each of the cu columns
+                n = Np if df is Dataflow.WS else Mf
+                lo, hi, height = 0, n - 1, n
+            q = np.arange(height + C - 1)[:, None] - np.arange(cu)[None, :]
+            words = ((q >= lo) & (q <= hi)).sum(axis=1)
+            rows = np.concatenate([np.zeros(prefix, dtype=np.int64), words])
+            if runs and runs[-1][1] is not None and np.array_equal(runs[-1][1], rows):
+                runs[-1][0] += n_in
+            else:
+                runs.append([n_in, rows])
+    return runs
+
+
+@dataclass(frozen=True)
+class WriteBuffer:
+    """What SCALE-Sim's ofmap write buffer did: DRAM words written, ofmap stall cycles, the
+    cycle of the last drain (eq. M8-M10)."""
+
+    dram_writes: int
+    stall_cycles: int
+    last_cycle: int  # scalesim's "Total Cycles": last demand cycle + stalls
+    drain_stop: int  # the cycle the last DRAM write is issued
+
+
+def ofmap_writes(
+    dataflow, R: int, C: int, Np: int, K: int, Mf: int, ofmap_kb: float, line: int
+) -> WriteBuffer:
+    """SCALE-Sim's write buffer (``memory/write_buffer.py``) on the layer's ofmap demand, as
+    drain events (eq. M8-M10): words are packed into lines of ``line`` words (``arr_col`` in
+    CALC mode); once more than half the buffer is used and the previous drain is done, the
+    open line is closed (padded) and ``ceil(half / line)`` lines go to DRAM. A drain counts
+    all words of its lines but the padding of its *last* line, so a padded line drained in
+    the middle of a batch counts its padding (scalesim's slip; reproduced)."""
+    df = as_dataflow(dataflow)
+    counts = np.concatenate(
+        [np.tile(rows, n) for n, rows in _fold_types(df, R, C, Np, K, Mf)]
+    )
+    cum = np.cumsum(counts)
+    total, nrows = int(cum[-1]), len(counts)
+    T = math.floor(1024 * ofmap_kb)
+    active = math.ceil(T * 0.5)
+    Ld = _cdiv(T - active, line)
+
+    def row_of(k: int) -> int:
+        return int(np.searchsorted(cum, k, side="right"))
+
+    def before_row(r: int) -> int:
+        return 0 if r <= 0 else (total if r >= nrows else int(cum[r - 1]))
+
+    free, drain_end, shift, k = T, 0, 0, 0
+    lines, fill, packed, start, writes, stop = 0, 0, 0, 0, 0, 0
+    pads: dict[int, int] = {}
+
+    def close(upto: int) -> None:  # pack elements [packed, upto) and close the open line
+        nonlocal lines, fill, packed
+        n = upto - packed
+        lines += (fill + n) // line
+        fill = (fill + n) % line
+        packed = upto
+        if fill:
+            pads[lines] = line - fill
+            lines += 1
+            fill = 0
+
+    def drain(cycle: int) -> tuple[int, int]:
+        nonlocal start, writes
+        nl = min(Ld, lines - start)
+        data = nl * line - pads.get(start + nl - 1, 0)
+        start += nl
+        writes += data
+        return data, cycle + nl - 1
+
+    while k < total:
+        k1 = max(k, k + free - active)  # first element that leaves less than half free
+        k2 = before_row(drain_end - shift)  # first element at or after the drain's end
+        kt = max(k1, k2)
+        ks = k + free - 1  # the element that fills the buffer
+        if ks < kt and ks < total and row_of(ks) + shift < drain_end:
+            shift += drain_end - (row_of(ks) + shift)
+            kt = ks + 1
+        if kt >= total:
+            break
+        free -= kt - k + 1
+        close(kt + 1)
+        data, drain_end = drain(row_of(kt) + shift)
+        stop = max(stop, drain_end)
+        free += data
+        k = kt + 1
+    last = nrows - 1 + shift
+    close(total)
+    cycle = last
+    while start < lines:
+        _, end = drain(cycle)
+        stop = max(stop, end)
+        cycle = end + 1
+    return WriteBuffer(writes, shift, last, stop)
+
+
+def _first_request(df: Dataflow, R: int, K: int) -> tuple[int, int]:
+    """Cycle of the first ifmap and filter request (the demand matrices' null prefixes)."""
+    top = R - min(R, K)  # null rows of a flipped first fold with K < R
+    if df is Dataflow.OS:
+        return 0, 0
+    if df is Dataflow.WS:
+        return R, top
+    return top, R
+
+
+def _prefetch_start(misses: int, sram_kb: float, first: int) -> int:
+    """Cycle of the first DRAM read of a CALC-mode read buffer (eq. M11): its first prefetch
+    (50 sets, or all of them if fewer) at 10 words per cycle, ending just before ``first``
+    (or before cycle 0 if the buffer never filled half its sets)."""
+    per_set = math.floor(1024 * sram_kb) // 100
+    if misses >= 50 * per_set:
+        return first - 1 - _cdiv(50 * per_set, 10) + 1
+    return -_cdiv(_cdiv(misses, per_set) * per_set, 10)
+
+
+@dataclass(frozen=True)
+class MemoryCost:
+    """SCALE-Sim's memory figures of one GEMM (words are operand elements)."""
+
+    dram_ifmap_reads: int
+    dram_filter_reads: int
+    dram_ofmap_writes: int
+    stall_cycles: int
+    total_cycles: int  # scalesim's "Total Cycles": compute + stalls
+    total_cycles_incl_prefetch: int  # first DRAM read to last DRAM write
+
+
+def memory_cost(
+    dataflow,
+    R: int,
+    C: int,
+    Np: int,
+    K: int,
+    Mf: int,
+    sram_kb: tuple[float, float, float],
+    geo: ConvGeometry | None = None,
+) -> MemoryCost:
+    """SCALE-Sim 3.0.0's DRAM traffic and cycles in CALC bandwidth mode (eq. M1-M12)."""
+    df = as_dataflow(dataflow)
+    ifm, fl = dram_reads(df, R, C, Np, K, Mf, sram_kb[0], sram_kb[1], geo)
+    wb = ofmap_writes(df, R, C, Np, K, Mf, sram_kb[2], C)
+    fi, ff = _first_request(df, R, K)
+    start = min(_prefetch_start(ifm, sram_kb[0], fi), _prefetch_start(fl, sram_kb[1], ff))
+    return MemoryCost(ifm, fl, wb.dram_writes, wb.stall_cycles, wb.last_cycle, wb.drain_stop - start)
