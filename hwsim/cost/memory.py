@@ -65,16 +65,50 @@ class ConvGeometry:
     def ow(self) -> int:
         return _cdiv(self.iw - self.fw + self.stride, self.stride)
 
+    @property
+    def all_valid(self) -> bool:
+        """Every window lies inside the ifmap (no -1 addresses)."""
+        return (self.oh - 1) * self.stride + self.fh <= self.ih and (
+            self.ow - 1
+        ) * self.stride + self.fw <= self.iw
+
+    def distinct(self, Np: int) -> int:
+        """Ifmap words the windows of ``Np`` output pixels touch (``Np / (oh * ow)`` samples,
+        each its own ifmap)."""
+
+        def touched(n_in, n_out, f):
+            if self.stride <= f:
+                return min(n_in, (n_out - 1) * self.stride + f)
+            return n_out * f
+
+        per = touched(self.ih, self.oh, self.fh) * touched(self.iw, self.ow, self.fw) * self.ch
+        return per * _cdiv(Np, self.oh * self.ow)
+
+    @property
+    def pixel_span(self) -> int:
+        """Largest distance between two output pixels (row-major) whose windows share an
+        ifmap word."""
+        s = self.stride
+        return (_cdiv(self.fh, s) - 1) * self.ow + _cdiv(self.fw, s) - 1
+
     def ifmap_addr(self, p: np.ndarray, k: np.ndarray) -> np.ndarray:
         """Ifmap address of output pixel ``p`` and window element ``k`` (-1: outside the
-        ifmap), broadcasting; SCALE-Sim's window order is (filter row, filter col, channel)."""
-        orow, ocol = np.divmod(p, self.ow)
+        ifmap), broadcasting; SCALE-Sim's window order is (filter row, filter col, channel).
+        ``addr = base(p) + off(k)`` (eq. M5): computed on the two small tables."""
+        P = np.arange(int(np.max(p)) + 1)
+        sample, P = np.divmod(P, self.oh * self.ow)
+        orow, ocol = np.divmod(P, self.ow)
         irow, icol = orow * self.stride, ocol * self.stride
-        crow, rest = np.divmod(k, self.fw * self.ch)
+        Kx = np.arange(self.fh * self.fw * self.ch)
+        crow, rest = np.divmod(Kx, self.fw * self.ch)
         ccol, cch = np.divmod(rest, self.ch)
-        r, c = irow + crow, icol + ccol
-        addr = (r * self.iw + c) * self.ch + cch
-        return np.where((r < self.ih) & (c < self.iw), addr, -1)
+        base = ((sample * self.ih + irow) * self.iw + icol) * self.ch
+        off = (crow * self.iw + ccol) * self.ch + cch
+        addr = base[p] + off[k]
+        if self.all_valid:
+            return addr
+        ok = ((irow[p] + crow[k]) < self.ih) & ((icol[p] + ccol[k]) < self.iw)
+        return np.where(ok, addr, -1)
 
 
 def distinct_misses(n: int, reps: int, cnt: int, E: int) -> tuple[int, int]:
@@ -93,40 +127,58 @@ def distinct_misses(n: int, reps: int, cnt: int, E: int) -> tuple[int, int]:
     return (E - cnt) + tail, tail
 
 
-def _sweep_misses(sweep: np.ndarray, reps: int, E: int) -> int:
+def _sweep_misses(sweep: np.ndarray, reps: int, E: int, horizon: int) -> int:
     """Fetches of ``reps`` passes over ``sweep`` (addresses >= 0 in demand order, repeats
-    allowed), starting with an empty epoch (eq. M5-M6)."""
+    allowed), starting with an empty epoch (eq. M5-M7).
+
+    ``horizon`` bounds the distance between two consecutive uses of an address inside a pass
+    (the reuse window of the fold structure). Between epoch ends only an address's first use in
+    the pass can be fetched (its later uses follow a use of this epoch, eq. M6); after an epoch
+    ends at position ``i``, uses in ``(i, i + horizon]`` are checked one by one (eq. M7)."""
     L = len(sweep)
     if L == 0:
         return 0
     size = int(sweep.max()) + 1
+    first = np.empty(size, dtype=np.int32)
+    idx = np.arange(L, dtype=np.int32)
+    first[sweep[::-1]] = idx[::-1]  # the last assignment wins: each address's first use
+    fo = np.flatnonzero(first[sweep] == idx)  # positions of first uses, increasing
+    fo_addr = sweep[fo]
     in_epoch = np.zeros(size, dtype=bool)
-    first = np.empty(size, dtype=np.int64)
-    idx = np.arange(L, dtype=np.int64)
     total, cnt = 0, 0
     for _ in range(reps):
-        pos, flushed = 0, False
+        pos, full_until, flushed = 0, 0, False
         while pos < L:
             need = E - cnt
-            hi = min(L, pos + max(4096, 2 * need))
-            a = sweep[pos:hi]
-            ia = idx[: hi - pos]
-            first[a[::-1]] = ia[::-1]  # the last assignment wins: first position in the chunk
-            new = (first[a] == ia) & ~in_epoch[a]
-            newpos = np.flatnonzero(new)
-            if len(newpos) >= need:  # the epoch ends inside this chunk
-                end = pos + int(newpos[need - 1])
+            if pos < full_until:  # right after an epoch end: every use, chunk by chunk
+                hi = min(full_until, pos + max(4096, 2 * need))
+                a = sweep[pos:hi]
+                ia = idx[: hi - pos]
+                first[a[::-1]] = ia[::-1]
+                newpos = np.flatnonzero((first[a] == ia) & ~in_epoch[a])
+                base = pos
+            else:  # first uses of the pass only
+                lo = int(np.searchsorted(fo, pos))
+                hi_i = min(len(fo), lo + max(4096, 2 * need))
+                a = fo_addr[lo:hi_i]
+                sel = np.flatnonzero(~in_epoch[a])
+                newpos = fo[lo + sel] - pos
+                base = pos
+                hi = int(fo[hi_i]) if hi_i < len(fo) else L
+            if len(newpos) >= need:  # the epoch ends here
+                end = base + int(newpos[need - 1])
                 total += need
                 cnt = 0
                 in_epoch[:] = False
                 flushed = True
                 pos = end + 1
+                full_until = min(L, end + 1 + horizon)
                 continue
             total += len(newpos)
             cnt += len(newpos)
             in_epoch[a] = True
             pos = hi
-        if not flushed:  # the epoch holds the whole sweep: every later pass hits
+        if not flushed:  # the epoch holds the whole pass: every later pass hits
             break
     return total
 
@@ -198,14 +250,20 @@ def dram_reads(
     if geo is None:
         ifm, _ = distinct_misses(Np * K, reps, 0, Ei)
         return ifm, fl
+    if geo.distinct(Np) < Ei:  # the epoch never ends: every word once (eq. M3 with n = D)
+        return geo.distinct(Np), fl
     if df is Dataflow.OS:
         sweep = _os_ifmap_sweep(geo, Np, K, R)
+        horizon = (geo.pixel_span // R + 2) * R * K
     elif df is Dataflow.WS:
         sweep = _ws_ifmap_sweep(geo, Np, K, R)
+        horizon = len(sweep)
     else:
         sweep = _is_ifmap_stream(geo, Np, K, R, C)
-    sweep = sweep[sweep >= 0]
-    return _sweep_misses(sweep, reps, Ei), fl
+        horizon = (geo.pixel_span // C + 2) * C * K
+    if not geo.all_valid:
+        sweep = sweep[sweep >= 0]
+    return _sweep_misses(sweep, reps, Ei, horizon), fl
 
 
 def _fold_types(df: Dataflow, R: int, C: int, Np: int, K: int, Mf: int):

@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass
 
 from hwsim.cost.config import Accelerator
 from hwsim.cost.dataflow import Dataflow, gemm_counts, utilization
+from hwsim.cost.memory import memory_cost
 from hwsim.cost.topology import Layer
 
 
@@ -70,6 +71,8 @@ class LayerCost:
     sram_reads: int
     sram_writes: int
     dram_bytes: int
+    dram_words: dict  # SCALE-Sim's DRAM words: ifmap and filter reads, ofmap writes
+    total_cycles_incl_prefetch: int  # SCALE-Sim's: first DRAM read to last DRAM write
     energy_pj: float
     energy_breakdown: dict
     scheme_ops: dict
@@ -120,23 +123,32 @@ def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
     if_reads, fl_reads, of_writes = c.ifmap_reads * g, c.filter_reads * g, c.ofmap_writes * g
     kfolds = math.ceil(layer.K / acc.rows)
     partial = acc.dataflow is not Dataflow.OS and kfolds > 1
-    # DRAM
-    half = {k: getattr(acc, f"{k}_sram_kb") * 1024 / 2 for k in ("ifmap", "filter", "ofmap")}
-    if_bytes = _bytes(layer.ifmap_elems or layer.Np * layer.K, ab)
-    fl_bytes = _bytes(layer.filter_elems, wb)
-    of_bytes = _bytes(layer.ofmap_elems, ob)
-    dram_if = if_bytes if if_bytes <= half["ifmap"] else _bytes(if_reads, ab)
-    dram_fl = fl_bytes if fl_bytes <= half["filter"] else _bytes(fl_reads, wb)
-    dram_of = of_bytes
-    if partial and _bytes(layer.ofmap_elems, cb) > half["ofmap"]:
-        dram_of += 2 * _bytes((kfolds - 1) * layer.ofmap_elems, cb)
-    dram = dram_if + dram_fl + dram_of
-    bw = acc.dram_words_per_cycle
-    fill = (min(if_bytes, half["ifmap"]) + min(fl_bytes, half["filter"])) / bw
-    stall = math.ceil(fill + max(0.0, dram / bw - compute))
+    # DRAM: SCALE-Sim's memory system (hwsim.cost.memory) per group, in operand words; an SRAM
+    # of S KiB holds S * 1024 * 8 / bits words of its operand (SCALE-Sim: one byte a word)
+    of_bits = cb if partial else ob
+    kb = (
+        acc.ifmap_sram_kb * 8 / ab,
+        acc.filter_sram_kb * 8 / wb,
+        acc.ofmap_sram_kb * 8 / of_bits,
+    )
+    m = memory_cost(
+        acc.dataflow, acc.rows, acc.cols, layer.Np, layer.K, layer.Mf, kb, layer.geometry
+    )
+    words = {
+        "ifmap": m.dram_ifmap_reads * g,
+        "filter": m.dram_filter_reads * g,
+        "ofmap": m.dram_ofmap_writes * g,
+    }
+    final = min(layer.ofmap_elems, words["ofmap"])  # the outputs, at out_bits
+    dram = (
+        _bytes(words["ifmap"], ab)
+        + _bytes(words["filter"], wb)
+        + _bytes(final, ob)
+        + _bytes(words["ofmap"] - final, cb)  # partial sums (ws / is with K folds)
+    )
+    stall = m.stall_cycles * g
     # energy
     e = acc.energy
-    of_bits = cb if partial else ob
     sram_bits_if = if_reads * ab
     sram_bits_fl = fl_reads * wb
     sram_bits_of = of_writes * of_bits
@@ -174,6 +186,8 @@ def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
         sram_reads=if_reads + fl_reads,
         sram_writes=of_writes,
         dram_bytes=dram,
+        dram_words=words,
+        total_cycles_incl_prefetch=m.total_cycles_incl_prefetch * g,
         energy_pj=sum(breakdown.values()),
         energy_breakdown=breakdown,
         scheme_ops=ops,
@@ -197,10 +211,14 @@ class CostReport:
             "sram_reads",
             "sram_writes",
             "dram_bytes",
+            "total_cycles_incl_prefetch",
             "energy_pj",
             "register_bits",
         )
         t = {k: sum(getattr(r, k) for r in self.layers) for k in keys}
+        t["dram_words"] = {
+            k: sum(r.dram_words[k] for r in self.layers) for k in ("ifmap", "filter", "ofmap")
+        }
         t["energy_breakdown"] = {
             k: sum(r.energy_breakdown[k] for r in self.layers)
             for k in ("mac", "sram", "dram", "scheme")
