@@ -76,10 +76,10 @@ class ConvGeometry:
         """Ifmap words the windows of ``Np`` output pixels touch (``Np / (oh * ow)`` samples,
         each its own ifmap)."""
 
-        def touched(n_in, n_out, f):
+        def touched(n_in, n_out, f):  # rows (columns) inside the ifmap some window covers
             if self.stride <= f:
                 return min(n_in, (n_out - 1) * self.stride + f)
-            return n_out * f
+            return sum(max(0, min(f, n_in - o * self.stride)) for o in range(n_out))
 
         per = touched(self.ih, self.oh, self.fh) * touched(self.iw, self.ow, self.fw) * self.ch
         return per * _cdiv(Np, self.oh * self.ow)
@@ -226,7 +226,14 @@ def _is_ifmap_stream(geo: ConvGeometry, Np: int, K: int, R: int, C: int) -> np.n
 
 
 def dram_reads(
-    dataflow, R: int, C: int, Np: int, K: int, Mf: int, ifmap_kb: float, filter_kb: float,
+    dataflow,
+    R: int,
+    C: int,
+    Np: int,
+    K: int,
+    Mf: int,
+    ifmap_kb: float,
+    filter_kb: float,
     geo: ConvGeometry | None = None,
 ) -> tuple[int, int]:
     """(ifmap, filter) DRAM words SCALE-Sim's CALC-mode read buffers fetch for one GEMM
@@ -321,9 +328,7 @@ def ofmap_writes(
     all words of its lines but the padding of its *last* line, so a padded line drained in
     the middle of a batch counts its padding (scalesim's slip; reproduced)."""
     df = as_dataflow(dataflow)
-    counts = np.concatenate(
-        [np.tile(rows, n) for n, rows in _fold_types(df, R, C, Np, K, Mf)]
-    )
+    counts = np.concatenate([np.tile(rows, n) for n, rows in _fold_types(df, R, C, Np, K, Mf)])
     cum = np.cumsum(counts)
     total, nrows = int(cum[-1]), len(counts)
     T = math.floor(1024 * ofmap_kb)
@@ -433,4 +438,6 @@ def memory_cost(
     wb = ofmap_writes(df, R, C, Np, K, Mf, sram_kb[2], C)
     fi, ff = _first_request(df, R, K)
     start = min(_prefetch_start(ifm, sram_kb[0], fi), _prefetch_start(fl, sram_kb[1], ff))
-    return MemoryCost(ifm, fl, wb.dram_writes, wb.stall_cycles, wb.last_cycle, wb.drain_stop - start)
+    return MemoryCost(
+        ifm, fl, wb.dram_writes, wb.stall_cycles, wb.last_cycle, wb.drain_stop - start
+    )
