@@ -85,11 +85,14 @@ class ConvGeometry:
         return per * _cdiv(Np, self.oh * self.ow)
 
     @property
-    def pixel_span(self) -> int:
-        """Largest distance between two output pixels (row-major) whose windows share an
-        ifmap word."""
-        s = self.stride
-        return (_cdiv(self.fh, s) - 1) * self.ow + _cdiv(self.fw, s) - 1
+    def reuse_gap(self) -> int:
+        """Bound on the distance between two consecutive output pixels (row-major) whose
+        windows share an ifmap word: ``ow`` if a word serves two output rows (from the last
+        user in one row to the first in the next), 1 if only neighbours in a row share, else 0
+        (eq. M7)."""
+        if _cdiv(self.fh, self.stride) > 1:
+            return self.ow
+        return 1 if _cdiv(self.fw, self.stride) > 1 else 0
 
     def ifmap_addr(self, p: np.ndarray, k: np.ndarray) -> np.ndarray:
         """Ifmap address of output pixel ``p`` and window element ``k`` (-1: outside the
@@ -150,8 +153,8 @@ def _sweep_misses(sweep: np.ndarray, reps: int, E: int, horizon: int) -> int:
         pos, full_until, flushed = 0, 0, False
         while pos < L:
             need = E - cnt
-            if pos < full_until:  # right after an epoch end: every use, chunk by chunk
-                hi = min(full_until, pos + max(4096, 2 * need))
+            if pos < full_until:  # right after an epoch end: every use, in one chunk
+                hi = full_until
                 a = sweep[pos:hi]
                 ia = idx[: hi - pos]
                 first[a[::-1]] = ia[::-1]
@@ -257,17 +260,21 @@ def dram_reads(
     if geo is None:
         ifm, _ = distinct_misses(Np * K, reps, 0, Ei)
         return ifm, fl
-    if geo.distinct(Np) < Ei:  # the epoch never ends: every word once (eq. M3 with n = D)
-        return geo.distinct(Np), fl
+    D = geo.distinct(Np)
+    if D < Ei:  # the epoch never ends: every word once (eq. M3 with n = D)
+        return D, fl
+    if geo.fh <= geo.stride and geo.fw <= geo.stride:  # windows share no word: a GEMM's sweep
+        ifm, _ = distinct_misses(D, reps, 0, Ei)
+        return ifm, fl
     if df is Dataflow.OS:
         sweep = _os_ifmap_sweep(geo, Np, K, R)
-        horizon = (geo.pixel_span // R + 2) * R * K
+        horizon = (geo.reuse_gap // R + 2) * R * K
     elif df is Dataflow.WS:
         sweep = _ws_ifmap_sweep(geo, Np, K, R)
         horizon = len(sweep)
     else:
         sweep = _is_ifmap_stream(geo, Np, K, R, C)
-        horizon = (geo.pixel_span // C + 2) * C * K
+        horizon = (geo.reuse_gap // C + 2) * C * K
     if not geo.all_valid:
         sweep = sweep[sweep >= 0]
     return _sweep_misses(sweep, reps, Ei, horizon), fl
