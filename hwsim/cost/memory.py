@@ -130,55 +130,72 @@ def distinct_misses(n: int, reps: int, cnt: int, E: int) -> tuple[int, int]:
     return (E - cnt) + tail, tail
 
 
-def _sweep_misses(sweep: np.ndarray, reps: int, E: int, horizon: int) -> int:
+def _sweep_misses(sweep: np.ndarray, fold_ends: np.ndarray, reps: int, E: int, horizon: int) -> int:
     """Fetches of ``reps`` passes over ``sweep`` (addresses >= 0 in demand order, repeats
-    allowed), starting with an empty epoch (eq. M5-M7).
+    allowed; fold ``f`` ends before ``fold_ends[f]``), starting with an empty epoch
+    (eq. M5-M7).
 
-    ``horizon`` bounds the distance between two consecutive uses of an address inside a pass
-    (the reuse window of the fold structure). Between epoch ends only an address's first use in
-    the pass can be fetched (its later uses follow a use of this epoch, eq. M6); after an epoch
-    ends at position ``i``, uses in ``(i, i + horizon]`` are checked one by one (eq. M7)."""
+    ``horizon`` bounds the distance between two consecutive uses of an address inside a pass.
+    A use can be fetched only if no use of its address came since the epoch began. So between
+    epoch ends only an address's first use in the pass can be (eq. M6); after an epoch ends at
+    position ``i``: every use in the rest of that fold, the first use in each fold up to
+    ``i + horizon``, then the first uses in the pass again (eq. M7)."""
     L = len(sweep)
     if L == 0:
         return 0
     size = int(sweep.max()) + 1
-    first = np.empty(size, dtype=np.int32)
-    idx = np.arange(L, dtype=np.int32)
+    first = np.empty(size, dtype=np.int64)
+    idx = np.arange(L, dtype=np.int64)
     first[sweep[::-1]] = idx[::-1]  # the last assignment wins: each address's first use
-    fo = np.flatnonzero(first[sweep] == idx)  # positions of first uses, increasing
-    fo_addr = sweep[fo]
+    fo = np.flatnonzero(first[sweep] == idx)  # first uses in the pass
+    fold_first = np.zeros(L, dtype=bool)  # first uses in each fold
+    lo = 0
+    for hi in fold_ends:
+        a = sweep[lo:hi]
+        first[a[::-1]] = idx[lo:hi][::-1]
+        fold_first[lo:hi] = first[a] == idx[lo:hi]
+        lo = hi
+    ffo = np.flatnonzero(fold_first)
     in_epoch = np.zeros(size, dtype=bool)
+
+    def first_new(pos_arr, a):  # positions of the uses in pos_arr fetched, in order
+        ia = idx[: len(a)]
+        first[a[::-1]] = ia[::-1]
+        return pos_arr[(first[a] == ia) & ~in_epoch[a]]
+
     total, cnt = 0, 0
     for _ in range(reps):
-        pos, full_until, flushed = 0, 0, False
+        pos, fold_cut, full_until, flushed = 0, 0, 0, False
         while pos < L:
             need = E - cnt
-            if pos < full_until:  # right after an epoch end: every use, in one chunk
-                hi = full_until
+            if pos < fold_cut:  # the rest of the fold where the epoch ended: every use
+                hi = fold_cut
                 a = sweep[pos:hi]
-                ia = idx[: hi - pos]
-                first[a[::-1]] = ia[::-1]
-                newpos = np.flatnonzero((first[a] == ia) & ~in_epoch[a])
-                base = pos
-            else:  # first uses of the pass only
-                lo = int(np.searchsorted(fo, pos))
-                hi_i = min(len(fo), lo + max(4096, 2 * need))
-                a = fo_addr[lo:hi_i]
-                sel = np.flatnonzero(~in_epoch[a])
-                newpos = fo[lo + sel] - pos
-                base = pos
-                hi = int(fo[hi_i]) if hi_i < len(fo) else L
-            if len(newpos) >= need:  # the epoch ends here
-                end = base + int(newpos[need - 1])
+                new = first_new(idx[pos:hi], a)
+            elif pos < full_until:  # the first use in each fold within the horizon
+                hi = full_until
+                cpos = ffo[np.searchsorted(ffo, pos) : np.searchsorted(ffo, hi)]
+                a = sweep[cpos]
+                new = first_new(cpos, a)
+            else:  # the first uses in the pass (distinct addresses)
+                i0 = int(np.searchsorted(fo, pos))
+                i1 = min(len(fo), i0 + max(4096, 2 * need))
+                cpos = fo[i0:i1]
+                a = sweep[cpos]
+                new = cpos[~in_epoch[a]]
+                hi = int(fo[i1]) if i1 < len(fo) else L
+            if len(new) >= need:  # the epoch ends here
+                end = int(new[need - 1])
                 total += need
                 cnt = 0
                 in_epoch[:] = False
                 flushed = True
                 pos = end + 1
+                fold_cut = int(fold_ends[np.searchsorted(fold_ends, end, side="right")])
                 full_until = min(L, end + 1 + horizon)
                 continue
-            total += len(newpos)
-            cnt += len(newpos)
+            total += len(new)
+            cnt += len(new)
             in_epoch[a] = True
             pos = hi
         if not flushed:  # the epoch holds the whole pass: every later pass hits
@@ -189,8 +206,8 @@ def _sweep_misses(sweep: np.ndarray, reps: int, E: int, horizon: int) -> int:
 def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
     """One pass of the OS ifmap demand (eq. M5): row folds of ``R`` pixels, each the
     ``K x R`` block skewed: cycle ``k + j`` reads pixel ``j``'s window element ``k``, pixels in
-    order within a cycle."""
-    parts = []
+    order within a cycle. Returns the addresses and the folds' lengths."""
+    parts, sizes = [], []
     for p0, ru in ((0, R), (Np // R * R, Np % R)):
         n = Np // R if ru == R else 1
         if ru == 0 or n == 0:
@@ -200,32 +217,35 @@ def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
         ko, jo = k.ravel()[order], j.ravel()[order]
         p = p0 + np.arange(n)[:, None] * R + jo[None, :]
         parts.append(geo.ifmap_addr(p, ko[None, :]).ravel())
-    return np.concatenate(parts)
+        sizes += [ru * K] * n
+    return np.concatenate(parts), sizes
 
 
 def _ws_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
     """One pass of the WS ifmap demand: K folds of ``R`` window elements, each the ``Np x R``
     block skewed (cycle ``p + kk``)."""
-    parts = []
+    parts, sizes = [], []
     for k0 in range(0, K, R):
         ku = min(R, K - k0)
         p, kk = np.meshgrid(np.arange(Np), np.arange(ku), indexing="ij")
         order = np.lexsort((kk.ravel(), (p + kk).ravel()))
         parts.append(geo.ifmap_addr(p.ravel()[order], k0 + kk.ravel()[order]))
-    return np.concatenate(parts)
+        sizes.append(Np * ku)
+    return np.concatenate(parts), sizes
 
 
 def _is_ifmap_stream(geo: ConvGeometry, Np: int, K: int, R: int, C: int) -> np.ndarray:
     """The whole IS ifmap demand: pixel folds of ``C`` (outer) by K folds of ``R`` (inner),
     each block read once, its window elements last to first (``np.flip`` of the fold)."""
-    parts = []
+    parts, sizes = [], []
     for p0 in range(0, Np, C):
         pu = min(C, Np - p0)
         for k0 in range(0, K, R):
             ku = min(R, K - k0)
             kk, j = np.meshgrid(np.arange(ku)[::-1], np.arange(pu), indexing="ij")
             parts.append(geo.ifmap_addr(p0 + j.ravel(), k0 + kk.ravel()))
-    return np.concatenate(parts)
+            sizes.append(pu * ku)
+    return np.concatenate(parts), sizes
 
 
 def dram_reads(
@@ -267,17 +287,22 @@ def dram_reads(
         ifm, _ = distinct_misses(D, reps, 0, Ei)
         return ifm, fl
     if df is Dataflow.OS:
-        sweep = _os_ifmap_sweep(geo, Np, K, R)
+        sweep, sizes = _os_ifmap_sweep(geo, Np, K, R)
         horizon = (geo.reuse_gap // R + 2) * R * K
     elif df is Dataflow.WS:
-        sweep = _ws_ifmap_sweep(geo, Np, K, R)
+        sweep, sizes = _ws_ifmap_sweep(geo, Np, K, R)
         horizon = len(sweep)
     else:
-        sweep = _is_ifmap_stream(geo, Np, K, R, C)
+        sweep, sizes = _is_ifmap_stream(geo, Np, K, R, C)
         horizon = (geo.reuse_gap // C + 2) * C * K
-    if not geo.all_valid:
-        sweep = sweep[sweep >= 0]
-    return _sweep_misses(sweep, reps, Ei, horizon), fl
+    fold_ends = np.cumsum(sizes)
+    if not geo.all_valid:  # SCALE-Sim skips the -1 addresses of windows outside the ifmap
+        valid = sweep >= 0
+        fold_ends = np.cumsum(
+            np.add.reduceat(valid.astype(np.int64), fold_ends - np.asarray(sizes))
+        )
+        sweep = sweep[valid]
+    return _sweep_misses(sweep, fold_ends, reps, Ei, horizon), fl
 
 
 def _fold_types(df: Dataflow, R: int, C: int, Np: int, K: int, Mf: int):
