@@ -1,19 +1,14 @@
 """Per-layer cost: cycles, SRAM and DRAM traffic, stalls, energy and scheme overheads.
 
 Compute cycles and SRAM operand traffic are SCALE-Sim v2's (:mod:`hwsim.cost.dataflow`), per
-group of a grouped convolution (``groups`` times). The memory model (hwsim's, anchored to
-SCALE-Sim's double-buffered scratchpads; bytes = elements x bits / 8, rounded up):
-
-* **DRAM reads** of an operand: its unique bytes once if they fit in half its SRAM (the other
-  half is the double buffer), else every SRAM read of it comes from DRAM (no reuse across
-  folds);
-* **DRAM writes** of the outputs: the ofmap once at ``out_bits``; for ``ws``/``is`` with more
-  than one K-fold, partial sums live in the ofmap SRAM at ``acc_bits``; if they do not fit in
-  half of it they spill: each extra fold writes and re-reads them (``2 * (ceil(K/R) - 1) *
-  Np * Mf`` accumulator words);
-* **stall cycles**: transfers overlap compute (double buffering) except the first fill:
-  ``stall = fill + max(0, dram_cycles - compute_cycles)``, ``dram_cycles = dram_bytes /
-  bandwidth`` (SCALE-Sim's word is one byte), ``fill`` = the first buffers' bytes / bandwidth.
+group of a grouped convolution (``groups`` times). DRAM traffic and stalls are SCALE-Sim 3.0.0's
+memory system in its CALC bandwidth mode (:mod:`hwsim.cost.memory`, ``docs/cost.md`` eq. M1-M12),
+per group: ifmap / filter words its read buffers fetch, ofmap words its write buffer drains
+(partial sums too, for ``ws``/``is`` with more than one K fold), its stalls (the write buffer's;
+CALC-mode reads never stall) and its total cycles incl. prefetch. SCALE-Sim's word is one byte;
+hwsim's words are operand elements, so an SRAM of ``S`` KiB holds ``S * 8192 / bits`` words of its
+operand, and ``dram_bytes`` = words x bits / 8 (rounded up; ofmap words at ``out_bits``, partial
+sums at ``acc_bits``).
 
 Energy (pJ, :class:`hwsim.cost.energy.EnergyTable`): ``mac`` = MACs x ``mac_pj(abits, wbits,
 acc_bits)``; ``sram`` = every SRAM read/write bit x ``sram_pj_per_bit(size)``; ``dram`` = DRAM
@@ -139,7 +134,8 @@ def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
         "filter": m.dram_filter_reads * g,
         "ofmap": m.dram_ofmap_writes * g,
     }
-    final = min(layer.ofmap_elems, words["ofmap"])  # the outputs, at out_bits
+    # the outputs at out_bits; with K folds (ws / is) the rest are partial sums at acc_bits
+    final = min(layer.ofmap_elems, words["ofmap"]) if partial else words["ofmap"]
     dram = (
         _bytes(words["ifmap"], ab)
         + _bytes(words["filter"], wb)
