@@ -351,14 +351,23 @@ class WriteBuffer:
 
 
 def ofmap_writes(
-    dataflow, R: int, C: int, Np: int, K: int, Mf: int, ofmap_kb: float, line: int
+    dataflow,
+    R: int,
+    C: int,
+    Np: int,
+    K: int,
+    Mf: int,
+    ofmap_kb: float,
+    line: int,
+    scalesim_padding: bool = True,
 ) -> WriteBuffer:
     """SCALE-Sim's write buffer (``memory/write_buffer.py``) on the layer's ofmap demand, as
     drain events (eq. M8-M10): words are packed into lines of ``line`` words (``arr_col`` in
     CALC mode); once more than half the buffer is used and the previous drain is done, the
     open line is closed (padded) and ``ceil(half / line)`` lines go to DRAM. A drain counts
     all words of its lines but the padding of its *last* line, so a padded line drained in
-    the middle of a batch counts its padding (scalesim's slip; reproduced)."""
+    the middle of a batch counts its padding: scalesim's slip, reproduced with
+    ``scalesim_padding`` (default); ``False`` counts only the ofmap words (eq. M9)."""
     df = as_dataflow(dataflow)
     counts = np.concatenate([np.tile(rows, n) for n, rows in _fold_types(df, R, C, Np, K, Mf)])
     cum = np.cumsum(counts)
@@ -391,7 +400,10 @@ def ofmap_writes(
     def drain(cycle: int) -> tuple[int, int]:
         nonlocal start, writes
         nl = min(Ld, lines - start)
-        data = nl * line - pads.get(start + nl - 1, 0)
+        if scalesim_padding:
+            data = nl * line - pads.get(start + nl - 1, 0)
+        else:
+            data = nl * line - sum(v for i, v in pads.items() if start <= i < start + nl)
         start += nl
         writes += data
         return data, cycle + nl - 1
@@ -463,11 +475,15 @@ def memory_cost(
     Mf: int,
     sram_kb: tuple[float, float, float],
     geo: ConvGeometry | None = None,
+    scalesim_padding: bool = True,
 ) -> MemoryCost:
-    """SCALE-Sim 3.0.0's DRAM traffic and cycles in CALC bandwidth mode (eq. M1-M12)."""
+    """SCALE-Sim 3.0.0's DRAM traffic and cycles in CALC bandwidth mode (eq. M1-M12) for one
+    GEMM ``Np x K`` by ``K x Mf`` on an ``R x C`` array; ``sram_kb`` (ifmap, filter, ofmap) in
+    KiB of one-byte words; ``geo``: the convolution behind it (None: a GEMM);
+    ``scalesim_padding``: count the padding words scalesim's write buffer drains (eq. M9)."""
     df = as_dataflow(dataflow)
     ifm, fl = dram_reads(df, R, C, Np, K, Mf, sram_kb[0], sram_kb[1], geo)
-    wb = ofmap_writes(df, R, C, Np, K, Mf, sram_kb[2], C)
+    wb = ofmap_writes(df, R, C, Np, K, Mf, sram_kb[2], C, scalesim_padding)
     fi, ff = _first_request(df, R, K)
     start = min(_prefetch_start(ifm, sram_kb[0], fi), _prefetch_start(fl, sram_kb[1], ff))
     return MemoryCost(

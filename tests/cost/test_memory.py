@@ -353,3 +353,14 @@ def test_batch_samples_have_their_own_ifmaps(df):
     i1, _ = dram_reads(df, 4, 4, one, 18, 3, 64, 64, geo)
     i2, _ = dram_reads(df, 4, 4, 2 * one, 18, 3, 64, 64, geo)
     assert (i1, i2) == (72, 144)
+
+
+@pytest.mark.parametrize("df", ["os", "ws", "is"])
+def test_without_scalesim_padding_ofmap_words_are_the_demand(df):
+    """scalesim_padding=False: the DRAM ofmap words are exactly the words the array writes
+    (Np * Mf, times the K folds in ws / is), whatever the buffer and line sizes."""
+    for size, line in ((300, 7), (1000, 16), (64 * 1024, 32)):
+        for Np, K, Mf in ((58, 30, 21), (100, 70, 30), (7, 3, 40)):
+            wb = ofmap_writes(df, 8, 8, Np, K, Mf, size / 1024, line, scalesim_padding=False)
+            folds = 1 if df == "os" else math.ceil(K / 8)
+            assert wb.dram_writes == Np * Mf * folds
