@@ -368,70 +368,96 @@ def ofmap_writes(
     all words of its lines but the padding of its *last* line, so a padded line drained in
     the middle of a batch counts its padding: scalesim's slip, reproduced with
     ``scalesim_padding`` (default); ``False`` counts only the ofmap words (eq. M9)."""
-    df = as_dataflow(dataflow)
-    counts = np.concatenate([np.tile(rows, n) for n, rows in _fold_types(df, R, C, Np, K, Mf)])
-    cum = np.cumsum(counts)
-    total, nrows = int(cum[-1]), len(counts)
-    T = math.floor(1024 * ofmap_kb)
-    active = math.ceil(T * 0.5)
-    Ld = _cdiv(T - active, line)
+    ws = _WriteSim(dataflow, R, C, Np, K, Mf, ofmap_kb, line, scalesim_padding)
+    ws.run_until(ws.total)
+    last, stop = ws.finish()
+    return WriteBuffer(ws.writes, ws.shift, last, stop)
 
-    def row_of(k: int) -> int:
-        return int(np.searchsorted(cum, k, side="right"))
 
-    def before_row(r: int) -> int:
-        return 0 if r <= 0 else (total if r >= nrows else int(cum[r - 1]))
+class _WriteSim:
+    """The write buffer's drain events (eq. M8-M10), resumable: :meth:`run_until` resolves the
+    events of the words before ``k_end`` at the current ``shift`` (stall cycles so far), so
+    that a caller may add stalls of its own between rows (USER mode's read stalls)."""
 
-    free, drain_end, shift, k = T, 0, 0, 0
-    lines, fill, packed, start, writes, stop = 0, 0, 0, 0, 0, 0
-    pads: dict[int, int] = {}
+    def __init__(self, dataflow, R, C, Np, K, Mf, ofmap_kb, line, scalesim_padding=True):
+        df = as_dataflow(dataflow)
+        counts = np.concatenate([np.tile(r, n) for n, r in _fold_types(df, R, C, Np, K, Mf)])
+        self.cum = np.cumsum(counts)
+        self.total, self.nrows = int(self.cum[-1]), len(counts)
+        self.T = math.floor(1024 * ofmap_kb)
+        self.active = math.ceil(self.T * 0.5)
+        self.line = line
+        self.Ld = _cdiv(self.T - self.active, line)
+        self.padding = scalesim_padding
+        self.free, self.drain_end, self.shift, self.k, self.done = self.T, 0, 0, 0, 0
+        self.lines, self.fill, self.packed, self.start, self.writes, self.stop = 0, 0, 0, 0, 0, 0
+        self.pads: dict[int, int] = {}
 
-    def close(upto: int) -> None:  # pack elements [packed, upto) and close the open line
-        nonlocal lines, fill, packed
-        n = upto - packed
-        lines += (fill + n) // line
-        fill = (fill + n) % line
-        packed = upto
-        if fill:
-            pads[lines] = line - fill
-            lines += 1
-            fill = 0
+    def row_of(self, k: int) -> int:
+        return int(np.searchsorted(self.cum, k, side="right"))
 
-    def drain(cycle: int) -> tuple[int, int]:
-        nonlocal start, writes
-        nl = min(Ld, lines - start)
-        if scalesim_padding:
-            data = nl * line - pads.get(start + nl - 1, 0)
+    def before_row(self, r: int) -> int:
+        """Words written before demand row ``r``."""
+        return 0 if r <= 0 else (self.total if r >= self.nrows else int(self.cum[r - 1]))
+
+    def _close(self, upto: int) -> None:  # pack words [packed, upto) and close the open line
+        n = upto - self.packed
+        self.lines += (self.fill + n) // self.line
+        self.fill = (self.fill + n) % self.line
+        self.packed = upto
+        if self.fill:
+            self.pads[self.lines] = self.line - self.fill
+            self.lines += 1
+            self.fill = 0
+
+    def _drain(self, cycle: int) -> int:
+        nl = min(self.Ld, self.lines - self.start)
+        if self.padding:
+            data = nl * self.line - self.pads.get(self.start + nl - 1, 0)
         else:
-            data = nl * line - sum(v for i, v in pads.items() if start <= i < start + nl)
-        start += nl
-        writes += data
-        return data, cycle + nl - 1
+            hi = self.start + nl
+            data = nl * self.line - sum(v for i, v in self.pads.items() if self.start <= i < hi)
+        self.start += nl
+        self.writes += data
+        end = cycle + nl - 1
+        self.stop = max(self.stop, end)
+        return data, end
 
-    while k < total:
-        k1 = max(k, k + free - active)  # first element that leaves less than half free
-        k2 = before_row(drain_end - shift)  # first element at or after the drain's end
-        kt = max(k1, k2)
-        ks = k + free - 1  # the element that fills the buffer
-        if ks < kt and ks < total and row_of(ks) + shift < drain_end:
-            shift += drain_end - (row_of(ks) + shift)
-            kt = ks + 1
-        if kt >= total:
-            break
-        free -= kt - k + 1
-        close(kt + 1)
-        data, drain_end = drain(row_of(kt) + shift)
-        stop = max(stop, drain_end)
-        free += data
-        k = kt + 1
-    last = nrows - 1 + shift
-    close(total)
-    cycle = last
-    while start < lines:
-        _, end = drain(cycle)
-        stop = max(stop, end)
-        cycle = end + 1
-    return WriteBuffer(writes, shift, last, stop)
+    def run_until(self, k_end: int) -> None:
+        k_end = min(k_end, self.total)
+        while True:
+            # first word leaving less than half free; first word at or after the drain's end
+            k1 = max(self.done, self.k + self.free - self.active)
+            k2 = max(self.done, self.before_row(self.drain_end - self.shift))
+            kt = max(k1, k2)
+            ks = self.k + self.free - 1  # the word that fills the buffer
+            if (
+                self.done <= ks < min(kt, self.total)
+                and self.row_of(ks) + self.shift < self.drain_end
+            ):  # full before the drain ends: stall until it does (eq. M10)
+                if ks >= k_end:
+                    break
+                self.shift = self.drain_end - self.row_of(ks)
+                self.done = ks + 1
+                continue
+            if kt >= k_end:
+                break
+            self.free -= kt - self.k + 1
+            self._close(kt + 1)
+            data, self.drain_end = self._drain(self.row_of(kt) + self.shift)
+            self.free += data
+            self.k = self.done = kt + 1
+        self.done = max(self.done, k_end)
+
+    def finish(self) -> tuple[int, int]:
+        """Drain the rest (``empty_all_buffers``); (last demand cycle, last DRAM write)."""
+        last = self.nrows - 1 + self.shift
+        self._close(self.total)
+        cycle = last
+        while self.start < self.lines:
+            _, end = self._drain(cycle)
+            cycle = end + 1
+        return last, self.stop
 
 
 def _first_request(df: Dataflow, R: int, K: int) -> tuple[int, int]:
