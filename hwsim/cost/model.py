@@ -2,7 +2,8 @@
 
 Compute cycles and SRAM operand traffic are SCALE-Sim v2's (:mod:`hwsim.cost.dataflow`), per
 group of a grouped convolution (``groups`` times). DRAM traffic and stalls are SCALE-Sim 3.0.0's
-memory system in its CALC bandwidth mode (:mod:`hwsim.cost.memory`, ``docs/cost.md`` eq. M1-M12),
+memory system in its CALC bandwidth mode (:mod:`hwsim.cost.memory`, ``docs/cost.md`` eq. M1-M12)
+or, with ``Accelerator.bandwidth_mode = "user"``, its USER mode (:mod:`hwsim.cost.user_mode`),
 per group: ifmap / filter words its read buffers fetch, ofmap words its write buffer drains
 (partial sums too, for ``ws``/``is`` with more than one K fold), its stalls (the write buffer's;
 CALC-mode reads never stall) and its total cycles incl. prefetch. SCALE-Sim's word is one byte;
@@ -49,6 +50,7 @@ from hwsim.cost.config import Accelerator
 from hwsim.cost.dataflow import Dataflow, gemm_counts, utilization
 from hwsim.cost.memory import memory_cost
 from hwsim.cost.topology import Layer
+from hwsim.cost.user_mode import memory_cost_user
 
 
 def _bytes(elems: int, bits: int) -> int:
@@ -126,9 +128,22 @@ def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
         acc.filter_sram_kb * 8 / wb,
         acc.ofmap_sram_kb * 8 / of_bits,
     )
-    m = memory_cost(
-        acc.dataflow, acc.rows, acc.cols, layer.Np, layer.K, layer.Mf, kb, layer.geometry
-    )
+    if acc.bandwidth_mode == "user":
+        m = memory_cost_user(
+            acc.dataflow,
+            acc.rows,
+            acc.cols,
+            layer.Np,
+            layer.K,
+            layer.Mf,
+            kb,
+            int(acc.dram_words_per_cycle),
+            layer.geometry,
+        )
+    else:
+        m = memory_cost(
+            acc.dataflow, acc.rows, acc.cols, layer.Np, layer.K, layer.Mf, kb, layer.geometry
+        )
     words = {
         "ifmap": m.dram_ifmap_reads * g,
         "filter": m.dram_filter_reads * g,
@@ -234,7 +249,7 @@ class CostReport:
         lines = [
             f"array {a.rows}x{a.cols} {a.dataflow.value}, SRAM {a.ifmap_sram_kb:g}/"
             f"{a.filter_sram_kb:g}/{a.ofmap_sram_kb:g} KiB, DRAM {a.dram_words_per_cycle:g} "
-            f"B/cycle, {a.clock_mhz:g} MHz"
+            f"words/cycle ({a.bandwidth_mode}), {a.clock_mhz:g} MHz"
         ]
         hdr = (
             f"{'layer':<24} {'MACs':>11} {'compute':>10} {'stall':>8} {'util':>6} "
