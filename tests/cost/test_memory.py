@@ -29,6 +29,7 @@ from hwsim.cost.memory import (
     memory_cost,
     ofmap_writes,
 )
+from hwsim.cost.user_mode import memory_cost_user
 
 # --- scalesim's demand matrices (compute/systolic_compute_*.py), literally -------------------
 
@@ -159,53 +160,183 @@ def estimate_bw_reads(addresses, size_bytes):
 # --- memory/write_buffer.py, driven by service_memory_requests, literally ---------------------
 
 
-def write_buffer(ofmap_demand, size_bytes, bw):
-    """(num_access, stall cycles, total cycles, last DRAM write cycle) of the ofmap buffer."""
-    T = math.floor(size_bytes)
-    active = math.ceil(T * 0.5)
-    drain = T - active
-    st_ = dict(free=T, drain_end=0, start=0, acc=0, stop=0)
-    lines, cur = [], [0]
+class WriteBuffer:
+    """write_buffer: set_params, service_writes (one demand row a call), empty_all_buffers."""
 
-    def empty(cycle):
-        nl = math.ceil(drain / bw)
-        end = min(st_["start"] + nl, len(lines))
-        n = end - st_["start"]
-        data = n * bw - (bw - lines[end - 1])
-        st_["acc"] += data
-        st_["free"] += data
-        st_["start"] = end
-        st_["stop"] = max(st_["stop"], cycle + n - 1)
+    def __init__(self, size_bytes, bw):
+        self.T = math.floor(size_bytes)
+        self.drain = self.T - math.ceil(self.T * 0.5)
+        self.bw = bw
+        self.free, self.drain_end, self.start, self.acc, self.stop = self.T, 0, 0, 0, 0
+        self.lines, self.cur = [], 0
+
+    def empty_drain_buf(self, cycle):
+        nl = math.ceil(self.drain / self.bw)
+        end = min(self.start + nl, len(self.lines))
+        n = end - self.start
+        data = n * self.bw - (self.bw - self.lines[end - 1])  # "Adjust for -1": last line
+        self.acc += data
+        self.free += data
+        self.start = end
+        self.stop = max(self.stop, cycle + n - 1)
         return cycle + n - 1
 
-    stalls, served = 0, []
-    for i, row in enumerate(ofmap_demand):
-        cycle = i + stalls
+    def service_writes(self, row, cycle):
         cc = cycle
         for a in row:
             if a == -1:
                 continue
-            cur[0] += 1
-            st_["free"] -= 1
-            if cur[0] == bw:
-                lines.append(bw)
-                cur[0] = 0
-            if cc < st_["drain_end"]:
-                if not st_["free"] > 0:
-                    cc = st_["drain_end"]
-            elif st_["free"] < T - drain:
-                if cur[0]:
-                    lines.append(cur[0])
-                    cur[0] = 0
-                st_["drain_end"] = empty(cc)
-        served.append(cc)
-        stalls += int(max(0, cc - cycle))
-    if cur[0]:
-        lines.append(cur[0])
-    c = served[-1]
-    while st_["start"] < len(lines):
-        c = empty(c) + 1
-    return st_["acc"], stalls, max(served), st_["stop"]
+            self.cur += 1
+            self.free -= 1
+            if self.cur == self.bw:
+                self.lines.append(self.bw)
+                self.cur = 0
+            if cc < self.drain_end:
+                if not self.free > 0:
+                    cc = self.drain_end
+            elif self.free < self.T - self.drain:
+                if self.cur:  # append_to_trace_mat(force=True): the open line, padded
+                    self.lines.append(self.cur)
+                    self.cur = 0
+                self.drain_end = self.empty_drain_buf(cc)
+        return cc
+
+    def empty_all_buffers(self, cycle):
+        if self.cur:
+            self.lines.append(self.cur)
+            self.cur = 0
+        while self.start < len(self.lines):
+            cycle = self.empty_drain_buf(cycle) + 1
+
+
+def write_buffer(ofmap_demand, size_bytes, bw):
+    """(num_access, stall cycles, total cycles, last DRAM write cycle) of the ofmap buffer,
+    driven as service_memory_requests drives it in CALC mode (reads never stall)."""
+    wb = WriteBuffer(size_bytes, bw)
+    stalls, served = 0, []
+    for i, row in enumerate(ofmap_demand):
+        cycle = i + stalls
+        out = wb.service_writes(row, cycle)
+        served.append(out)
+        stalls += int(max(0, out - cycle))
+    wb.empty_all_buffers(served[-1])
+    return wb.acc, stalls, max(served), wb.stop
+
+
+# --- USER mode: prefetch matrices (create_*_prefetch_mat), memory/read_buffer.py -------------
+
+
+def _rollout(m):  # the "Fixing ISSUE #15, #16" diagonal loop of create_*_prefetch_mat
+    M, N = m.shape
+    out = []
+    for diag_id in range(M + N):
+        max_row_id = min(diag_id, M - 1)
+        min_row_id = max(0, diag_id - N + 1)
+        for offset in range(max_row_id - min_row_id + 1):
+            row_id = max_row_id - offset
+            out.append(m[row_id][diag_id - row_id])
+    return np.asarray(out).reshape(1, -1)
+
+
+def prefetch_matrices(df, R, C, Np, K, Mf, geo=None):
+    ifm, flt, _ = operand_matrices(Np, K, Mf, geo)
+    if df == "os":
+        fi = np.concatenate([_padc(ifm.T[:, r : r + R], R) for r in range(0, Np, R)])
+        ff = np.concatenate([_padc(flt[:, c : c + C], C) for c in range(0, Mf, C)])
+        return _rollout(fi), _rollout(ff)
+    if df == "ws":
+        fi = np.concatenate([_padc(ifm[:, k : k + R], R) for k in range(0, K, R)])
+        ff = np.concatenate([_padc(flt[:, c : c + C], C) for c in range(0, Mf, C)])
+        return _rollout(fi), ff
+    fi = np.concatenate([_padc(ifm.T[:, p : p + C], C) for p in range(0, Np, C)])
+    ff = np.concatenate([_padc(flt[k : k + R, :].T, R) for k in range(0, K, R)])
+    return fi, _rollout(ff)
+
+
+class ReadBuffer:
+    """read_buffer (no custom layout, no ramulator): set_fetch_matrix, prepare_hashed_buffer,
+    service_reads, prefetch_active_buffer, new_prefetch, active_buffer_hit."""
+
+    def __init__(self, prefetch, size_bytes, bw):
+        total = math.floor(size_bytes)
+        self.active = math.ceil(total * 0.5)
+        self.pre = total - self.active
+        self.bw = bw
+        flat = prefetch.ravel()
+        self.fetch_rows = math.ceil(len(flat) / bw)
+        eps = math.ceil(total / 100)
+        sets, cur, ctr = [], set(), 0
+        for e in list(flat) + [-1] * (self.fetch_rows * bw - len(flat)):
+            if e != -1:
+                cur.add(e)
+                ctr += 1
+            if not ctr < eps:
+                sets.append(cur)
+                cur, ctr = set(), 0
+        sets.append(cur)
+        self.sets, self.n = sets, len(sets)
+        self.n_act = min(math.ceil(self.active / eps), self.n)
+        self.n_pre = min(math.ceil(self.pre / eps), self.n - self.n_act)
+        self.full, self.num_access, self.last = False, 0, 0
+        self.first_response = None
+
+    def hit(self, a):
+        s, e = self.limits
+        ids = range(s, e) if s < e else list(range(s, self.n)) + list(range(e))
+        return any(a in self.sets[i] for i in ids)
+
+    def prefetch_active_buffer(self, start):
+        nl = math.ceil(self.active / self.bw)
+        if not nl < self.fetch_rows:
+            nl = self.fetch_rows
+        self.num_access += nl * self.bw
+        responses = [-1 * (nl - start - (i - 1)) + 1 for i in range(nl)]  # + read_port latency
+        self.last = max(responses)
+        self.first_response = min(responses)
+        self.limits = [0, self.n_act]
+        self.full = True
+
+    def new_prefetch(self):
+        s = (self.limits[0] + self.n_pre) % self.n
+        self.limits = [s, (s + self.n_act) % self.n]
+        nl = math.ceil(self.pre / self.bw)
+        self.num_access += nl * self.bw
+        self.last = max(self.last + i + 1 + 1 for i in range(nl))
+
+    def service_reads(self, row, cycle):
+        if not self.full:
+            self.prefetch_active_buffer(cycle)
+        offset = 1
+        for a in row:
+            if a == -1:
+                continue
+            while not self.hit(a):
+                self.new_prefetch()
+                potential = self.last - (cycle + offset)
+                offset += potential
+                if potential > 0:
+                    offset += potential
+        return cycle + offset
+
+
+def user_mode(df, R, C, Np, K, Mf, geo, size_bytes, bw):
+    """double_buffered_scratchpad.service_memory_requests with USER-mode read buffers:
+    (ifmap, filter, ofmap DRAM words, stalls, total cycles, total cycles incl. prefetch)."""
+    I_, F_, O_ = demand_matrices(df, R, C, Np, K, Mf, geo)
+    pi, pf = prefetch_matrices(df, R, C, Np, K, Mf, geo)
+    ri, rf = ReadBuffer(pi, size_bytes, bw), ReadBuffer(pf, size_bytes, bw)
+    wb = WriteBuffer(size_bytes, bw)
+    stalls, served = 0, []
+    for i in range(O_.shape[0]):
+        cycle = i + stalls
+        si = ri.service_reads(I_[i], cycle) - cycle - 1
+        sf = rf.service_reads(F_[i], cycle) - cycle - 1
+        out = wb.service_writes(O_[i], cycle)
+        served.append(out)
+        stalls += int(max(si, sf, out - cycle))
+    wb.empty_all_buffers(served[-1])
+    start = min(ri.first_response, rf.first_response)
+    return ri.num_access, rf.num_access, wb.acc, stalls, max(served), wb.stop - start
 
 
 # --- the tests ------------------------------------------------------------------------------
@@ -364,3 +495,34 @@ def test_without_scalesim_padding_ofmap_words_are_the_demand(df):
             wb = ofmap_writes(df, 8, 8, Np, K, Mf, size / 1024, line, scalesim_padding=False)
             folds = 1 if df == "os" else math.ceil(K / 8)
             assert wb.dram_writes == Np * Mf * folds
+
+
+@settings(max_examples=120, deadline=None, derandomize=True)
+@given(
+    df=DF,
+    R=st.integers(1, 7),
+    C=st.integers(1, 7),
+    conv=st.one_of(st.none(), convs()),
+    Np=st.integers(1, 30),
+    K=st.integers(1, 30),
+    Mf=st.integers(1, 20),
+    size=st.integers(100, 1200),
+    bw=st.integers(1, 16),
+)
+def test_user_mode_equals_scalesim_read_and_write_buffers(df, R, C, conv, Np, K, Mf, size, bw):
+    """USER bandwidth mode: DRAM words, stalls and cycles of hwsim.cost.user_mode equal the
+    port of scalesim's read_buffer / write_buffer / service_memory_requests."""
+    if conv is not None:
+        Np, K = conv.oh * conv.ow, conv.fh * conv.fw * conv.ch
+    want = user_mode(df, R, C, Np, K, Mf, conv, size, bw)
+    kb = size / 1024
+    m = memory_cost_user(df, R, C, Np, K, Mf, (kb, kb, kb), bw, conv)
+    got = (
+        m.dram_ifmap_reads,
+        m.dram_filter_reads,
+        m.dram_ofmap_writes,
+        m.stall_cycles,
+        m.total_cycles,
+        m.total_cycles_incl_prefetch,
+    )
+    assert got == want
