@@ -19,6 +19,7 @@ from scalesim_env import ENV_VAR, ScalesimError, run_scalesim, scalesim_python
 
 from hwsim.cost.dataflow import compute_cycles, gemm_counts
 from hwsim.cost.memory import ConvGeometry, memory_cost
+from hwsim.cost.user_mode import memory_cost_user
 
 
 def conv(name, ifmap_h, ifmap_w, filt_h, filt_w, channels, num_filter, stride):
@@ -73,6 +74,27 @@ MEM_CONFIGS += [(4, 16, df, (2, 1, 4)) for df in DATAFLOWS]
 MEM_CONFIGS += [(16, 16, df, (1024, 1024, 1024)) for df in DATAFLOWS]
 
 
+# USER bandwidth mode: (rows, cols, dataflow, sram_kb, words/cycle); bandwidths 1..64, SRAMs
+# from 1 kB to 1 MB; a few small layers each (scalesim's USER-mode buffers are slower)
+USER_LAYER_NAMES = (
+    "conv3x3",
+    "conv3x3_s2",
+    "stem7x7_s2",
+    "gemm_tiny",
+    "ref_16_16_16",
+    "c3_many_folds",
+)
+USER_CONFIGS = [
+    (8, 8, "os", (1, 1, 1), 1),
+    (4, 16, "ws", (2, 2, 2), 4),
+    (8, 8, "is", (1, 2, 1), 16),
+    (16, 16, "os", (1024, 1024, 1024), 64),
+    (8, 8, "is", (64, 64, 64), 10),
+    (4, 16, "ws", (4, 1, 2), 2),
+]
+USER_LAYERS = [la for la in LAYERS + MEM_LAYERS if la["name"] in USER_LAYER_NAMES]
+
+
 def _cid(cfg):
     r, c, df, sram = cfg
     kb = "" if sram == BIG_SRAM else "-sram" + "_".join(f"{k}k" for k in sram)
@@ -111,12 +133,16 @@ def scalesim():
         )
 
     def one(cfg):
-        r, c, df, sram = cfg
-        req = {"array": [r, c], "dataflow": df, "sram_kb": list(sram), "layers": layers_of(cfg)}
+        r, c, df, sram = cfg[:4]
+        req = {"array": [r, c], "dataflow": df, "sram_kb": list(sram)}
+        if len(cfg) == 5:
+            req.update(bandwidth=cfg[4], layers=USER_LAYERS)
+        else:
+            req["layers"] = layers_of(cfg)
         return cfg, run_scalesim(req, timeout=300, python=python)
 
     with ThreadPoolExecutor(max_workers=2) as ex:
-        done = dict(ex.map(one, CONFIGS + MEM_CONFIGS))
+        done = dict(ex.map(one, USER_CONFIGS + CONFIGS + MEM_CONFIGS))
     return {cfg: {res["name"]: res for res in results} for cfg, results in done.items()}
 
 
@@ -194,6 +220,46 @@ def test_dram_traffic_and_cycles_equal(scalesim, cfg, layer):
             "total_cycles_incl_prefetch",
         )
     }
+
+
+MEMORY_KEYS = (
+    "dram_ifmap_reads",
+    "dram_filter_reads",
+    "dram_ofmap_writes",
+    "stall_cycles",
+    "total_cycles",
+    "total_cycles_incl_prefetch",
+)
+
+
+@pytest.mark.parametrize(
+    "cfg, layer",
+    [
+        pytest.param(cfg, la, id=f"{_cid(cfg[:4])}-bw{cfg[4]}-{la['name']}")
+        for cfg in USER_CONFIGS
+        for la in USER_LAYERS
+    ],
+)
+def test_user_bandwidth_mode_equal(scalesim, cfg, layer):
+    """USER bandwidth mode (B words/cycle): hwsim.cost.user_mode's DRAM words, stall cycles,
+    total cycles and total cycles incl. prefetch equal scalesim's."""
+    r, c, df, sram, bw = cfg
+    got = scalesim[cfg][layer["name"]]
+    Np, Mf, K = gemm_dims(layer)
+    m = memory_cost_user(df, r, c, Np, K, Mf, sram, bw, geometry(layer))
+    assert {k: getattr(m, k) for k in MEMORY_KEYS} == {k: got[k] for k in MEMORY_KEYS}
+    # stalls come on top of the compute cycles, which the bandwidth does not change
+    assert got["total_cycles"] - got["stall_cycles"] == compute_cycles(df, r, c, Np, Mf, K)
+
+
+def test_user_mode_stalls_and_calc_mode_does_not(scalesim):
+    """The USER-mode cases do stall (the stall path is exercised); CALC mode never does."""
+    assert any(
+        scalesim[cfg][la["name"]]["stall_cycles"] > 0 for cfg in USER_CONFIGS for la in USER_LAYERS
+    )
+    assert all(
+        res["stall_cycles"] == 0 for cfg in CONFIGS + MEM_CONFIGS for res in scalesim[cfg].values()
+    )
 
 
 @pytest.mark.parametrize("df", DATAFLOWS)
