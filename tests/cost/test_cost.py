@@ -400,3 +400,26 @@ def test_energy_breakdown_matches_horowitz_by_hand():
     assert eb["sram"] == pytest.approx(sram, rel=1e-12)
     assert eb["dram"] == pytest.approx(dram, rel=1e-12)
     assert eb["dram"] / r.energy_pj == pytest.approx(dram / (mac + sram + dram + eb["scheme"]))
+
+
+def test_bandwidth_mode_from_scalesim_config(tmp_path):
+    """[run_presets] InterfaceBandwidth = USER selects SCALE-Sim's USER mode: the figures of
+    tests/cost/test_scalesim.py's USER cases (scalesim 3.0.0, 8x8 OS, 1 kB SRAMs, 1 word/cycle:
+    conv3x3 stalls 12,136 cycles, DRAM 13,824 + 11,264 + 768 words)."""
+    cfg = tmp_path / "user.cfg"
+    cfg.write_text(
+        "[architecture_presets]\nArrayHeight = 8\nArrayWidth = 8\nIfmapSramSzkB = 1\n"
+        "FilterSramSzkB = 1\nOfmapSramSzkB = 1\nDataflow = os\nBandwidth = 1\n"
+        "[run_presets]\nInterfaceBandwidth = USER\n"
+    )
+    acc = load_config(cfg)
+    assert acc.bandwidth_mode == "user" and acc.dram_words_per_cycle == 1
+    r = cost_layer(conv_layer("conv3x3", 10, 10, 3, 3, 8, 12, 1), acc)
+    assert r.dram_words == {"ifmap": 13824, "filter": 11264, "ofmap": 768}
+    assert r.stall_cycles == 12136 and r.total_cycles == 1375 + 12136
+    layer = conv_layer("conv3x3", 10, 10, 3, 3, 8, 12, 1)
+    assert cost_layer(layer, acc.replace(bandwidth_mode="calc")).stall_cycles == 0
+    with pytest.raises(ConfigError, match="bandwidth_mode must be calc or user"):
+        Accelerator(bandwidth_mode="fast")
+    with pytest.raises(ConfigError, match="whole number of words"):
+        Accelerator(bandwidth_mode="user", dram_words_per_cycle=2.5)
