@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -492,6 +493,7 @@ class MemoryCost:
     total_cycles_incl_prefetch: int  # first DRAM read to last DRAM write
 
 
+@lru_cache(maxsize=4096)  # sweeps cost the same shapes again and again
 def memory_cost(
     dataflow,
     R: int,
@@ -506,7 +508,9 @@ def memory_cost(
     """SCALE-Sim 3.0.0's DRAM traffic and cycles in CALC bandwidth mode (eq. M1-M12) for one
     GEMM ``Np x K`` by ``K x Mf`` on an ``R x C`` array; ``sram_kb`` (ifmap, filter, ofmap) in
     KiB of one-byte words; ``geo``: the convolution behind it (None: a GEMM);
-    ``scalesim_padding``: count the padding words scalesim's write buffer drains (eq. M9)."""
+    ``scalesim_padding``: count the padding words scalesim's write buffer drains (eq. M9).
+    Cached by arguments (``memory_cost.__wrapped__`` computes afresh). Conv ifmaps larger than
+    an epoch take O(Np * K) time and memory (the walk), the rest O(folds)."""
     df = as_dataflow(dataflow)
     ifm, fl = dram_reads(df, R, C, Np, K, Mf, sram_kb[0], sram_kb[1], geo)
     wb = ofmap_writes(df, R, C, Np, K, Mf, sram_kb[2], C, scalesim_padding)

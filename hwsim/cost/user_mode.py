@@ -16,6 +16,7 @@ cost grows with the SRAM reads (use it for small layers and cross-validation; th
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -155,6 +156,7 @@ def _read_buffer(fetch: np.ndarray, rows: np.ndarray, addrs: np.ndarray, size: i
     return words, np.asarray(prefetch_rows, dtype=np.int64), first_lines, pre_lines
 
 
+@lru_cache(maxsize=1024)
 def memory_cost_user(
     dataflow,
     R: int,
