@@ -17,7 +17,7 @@ SCALE-Sim's one-byte words: operand elements, whatever their width):
 * operands whose every address is distinct in the order they are streamed (filters, GEMM
   ifmaps) in closed form (:func:`distinct_misses`, eq. M3-M4);
 * convolution ifmaps (addresses repeat inside and across folds) by a vectorised walk over the
-  demand order, chunk by chunk (:func:`_sweep_misses`, eq. M5-M6): numpy over the fold
+  demand order, chunk by chunk (:func:`_sweep_misses`, eq. M5-M7): numpy over the fold
   structure, never per cycle, and it stops as soon as a whole sweep hits;
 * the write buffer by its drain events only (:func:`ofmap_writes`, eq. M8-M10);
 * scalesim's "Total Cycles (incl. prefetch)" from the first prefetch and the last drain
@@ -32,6 +32,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from hwsim.cost.config import ConfigError
 from hwsim.cost.dataflow import Dataflow, as_dataflow
 
 
@@ -113,6 +114,17 @@ class ConvGeometry:
             return addr
         ok = ((irow[p] + crow[k]) < self.ih) & ((icol[p] + ccol[k]) < self.iw)
         return np.where(ok, addr, -1)
+
+
+def check_sram_words(sram_kb) -> None:
+    """SCALE-Sim's buffers need at least 100 words each (100 sets of ``floor(words / 100)``;
+    with fewer its ofmap buffer cannot drain): raise a ConfigError naming the operand."""
+    for name, kb in zip(("ifmap", "filter", "ofmap"), sram_kb, strict=True):
+        if math.floor(1024 * kb) < 100:
+            raise ConfigError(
+                f"{name} SRAM holds {math.floor(1024 * kb)} operand words ({kb:g} KiB of "
+                f"one-byte words); SCALE-Sim's memory system needs at least 100"
+            )
 
 
 def distinct_misses(n: int, reps: int, cnt: int, E: int) -> tuple[int, int]:
@@ -512,6 +524,7 @@ def memory_cost(
     Cached by arguments (``memory_cost.__wrapped__`` computes afresh). Conv ifmaps larger than
     an epoch take O(Np * K) time and memory (the walk), the rest O(folds)."""
     df = as_dataflow(dataflow)
+    check_sram_words(sram_kb)
     ifm, fl = dram_reads(df, R, C, Np, K, Mf, sram_kb[0], sram_kb[1], geo)
     wb = ofmap_writes(df, R, C, Np, K, Mf, sram_kb[2], C, scalesim_padding)
     fi, ff = _first_request(df, R, K)

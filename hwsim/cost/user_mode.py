@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 
 from hwsim.cost.dataflow import Dataflow, as_dataflow
-from hwsim.cost.memory import ConvGeometry, MemoryCost, _cdiv, _WriteSim
+from hwsim.cost.memory import ConvGeometry, MemoryCost, _cdiv, _WriteSim, check_sram_words
 
 
 def _ifmap(geo: ConvGeometry | None, K: int, p: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -174,6 +174,7 @@ def memory_cost_user(
     df = as_dataflow(dataflow)
     if isinstance(bandwidth, bool) or not isinstance(bandwidth, int) or bandwidth < 1:
         raise ValueError(f"bandwidth must be a positive integer (words/cycle), got {bandwidth!r}")
+    check_sram_words(sram_kb)
     fi, ff = prefetch_orders(df, R, C, Np, K, Mf, geo)
     dem = demand_streams(df, R, C, Np, K, Mf, geo)
     sizes = [math.floor(1024 * kb) for kb in sram_kb]

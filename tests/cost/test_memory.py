@@ -526,3 +526,12 @@ def test_user_mode_equals_scalesim_read_and_write_buffers(df, R, C, conv, Np, K,
         m.total_cycles_incl_prefetch,
     )
     assert got == want
+
+
+def test_sram_of_fewer_than_100_words_is_an_error():
+    from hwsim.cost.config import ConfigError
+
+    with pytest.raises(ConfigError, match="filter SRAM holds 51 operand words"):
+        memory_cost("os", 4, 4, 10, 10, 10, (1, 0.05, 1))
+    with pytest.raises(ConfigError, match="ofmap SRAM holds 10 operand words"):
+        memory_cost_user("os", 4, 4, 10, 10, 10, (1, 1, 0.01), 4)
