@@ -7,12 +7,15 @@ the rows / columns the windows actually reach, ``(out - 1) * stride + filt``, so
 SCALE-Sim's ``ceil((ifmap - filt + stride) / stride)`` gives the real output size (with the
 full padded size, 230 for the 7x7 stem, it would give 113 where the network has 112).
 
-hwsim: ``hwsim.cost.dataflow.gemm_counts`` for every layer, timed over many repetitions.
+hwsim: ``hwsim.cost.dataflow.gemm_counts`` and ``hwsim.cost.memory.memory_cost`` (DRAM words,
+stalls, total cycles incl. prefetch; 64 kB SRAMs as scalesim's default) for every layer, timed
+over repetitions (median).
 SCALE-Sim: ``benchmarks/scalesim_runner.py`` in scalesim's own venv (``tests/cost/scalesim_env``),
 one layer per subprocess; its time is the wall time of scalesim's ``run_scale`` (the subprocess
-start-up and imports, ~0.3 s a layer, are reported apart). Cycles must match exactly, and the
-SRAM traffic must follow the relationships of ``tests/cost/test_scalesim.py``; the exit code is
-1 otherwise.
+start-up and imports, ~0.3 s a layer, are reported apart). Cycles, DRAM words (ifmap and filter
+reads, ofmap writes), stalls and total cycles incl. prefetch must match exactly, and the SRAM
+traffic must follow the relationships of ``tests/cost/test_scalesim.py``; the exit code is 1
+otherwise.
 
 All 53 layers take scalesim about 12 minutes and ~0.6 GB at peak; ``--layers N`` runs N of them,
 evenly spread over the network (the stem first and the last 1x1 last).
@@ -112,6 +115,7 @@ def main(argv=None) -> int:
     from scalesim_env import run_scalesim, scalesim_python
 
     from hwsim.cost.dataflow import gemm_counts
+    from hwsim.cost.memory import ConvGeometry, memory_cost
     from hwsim.io import atomic_write_text
 
     layers = pick(resnet50_convs(), args.layers)
@@ -119,11 +123,25 @@ def main(argv=None) -> int:
     dims = [gemm_dims(layer) for layer in layers]
 
     # hwsim: the whole selection per call, conv-row -> GEMM conversion included
-    def hwsim_all():
-        return [gemm_counts(DATAFLOW, R, C, *gemm_dims(layer)) for layer in layers]
+    keys = ("ifmap_h", "ifmap_w", "filt_h", "filt_w", "channels", "stride")
 
+    def hwsim_all():
+        out = []
+        for layer in layers:
+            Np, Mf, K = gemm_dims(layer)
+            geo = ConvGeometry(*(layer[k] for k in keys))
+            out.append(
+                (
+                    gemm_counts(DATAFLOW, R, C, Np, Mf, K),
+                    # __wrapped__: around memory_cost's cache, computed afresh every call
+                    memory_cost.__wrapped__(DATAFLOW, R, C, Np, K, Mf, (64, 64, 64), geo),
+                )
+            )
+        return out
+
+    t0 = time.perf_counter()
     hw = hwsim_all()
-    loops = max(1, 20000 // len(layers))
+    loops = max(1, int(0.5 / (time.perf_counter() - t0)))
     ts = []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
@@ -140,11 +158,20 @@ def main(argv=None) -> int:
     rows, ok = [], True
     hdr = (
         f"{'layer':<12} {'Np':>6} {'Mf':>5} {'K':>5} {'hwsim cyc':>10} {'scalesim cyc':>12}"
-        f" {'match':>5} {'traffic':>7} {'scalesim s':>10}"
+        f" {'match':>5} {'traffic':>7} {'DRAM words (ifmap+filter+ofmap)':>31} {'dram':>4}"
+        f" {'scalesim s':>10}"
     )
     print(hdr)
     t_all = time.perf_counter()
-    for layer, (Np, Mf, K), g in zip(layers, dims, hw, strict=True):
+    mem_keys = (
+        "dram_ifmap_reads",
+        "dram_filter_reads",
+        "dram_ofmap_writes",
+        "stall_cycles",
+        "total_cycles",
+        "total_cycles_incl_prefetch",
+    )
+    for layer, (Np, Mf, K), (g, m) in zip(layers, dims, hw, strict=True):
         t0 = time.perf_counter()
         (ss,) = run_scalesim(
             {"array": [R, C], "dataflow": DATAFLOW, "layers": [layer]}, timeout=3600, python=python
@@ -158,7 +185,10 @@ def main(argv=None) -> int:
             # scalesim 3.0.0's OS ofmap counter adds R + C per fold (see the tests)
             and ss["sram_ofmap_writes"] == g.ofmap_writes + folds * (R + C)
         )
-        ok &= match and traffic
+        mem = {k: getattr(m, k) for k in mem_keys}
+        dram_match = mem == {k: ss[k] for k in mem_keys}
+        ok &= match and traffic and dram_match
+        words = sum(mem[k] for k in mem_keys[:3])
         rows.append(
             {
                 "name": layer["name"],
@@ -172,23 +202,29 @@ def main(argv=None) -> int:
                     "ifmap_reads": g.ifmap_reads,
                     "filter_reads": g.filter_reads,
                     "ofmap_writes": g.ofmap_writes,
+                    **mem,
                 },
                 "scalesim": ss,
                 "scalesim_wall_seconds": wall,
                 "cycles_match": match,
                 "traffic_relationships_hold": traffic,
+                "memory_match": dram_match,
             }
         )
         print(
             f"{layer['name']:<12} {Np:>6} {Mf:>5} {K:>5} {g.compute_cycles:>10} "
             f"{ss['compute_cycles']:>12} {'yes' if match else 'NO':>5} "
-            f"{'ok' if traffic else 'NO':>7} {ss['seconds']:>10.2f}",
+            f"{'ok' if traffic else 'NO':>7} {words:>31,} {'yes' if dram_match else 'NO':>4} "
+            f"{ss['seconds']:>10.2f}",
             flush=True,
         )
     wall_all = time.perf_counter() - t_all
 
     ss_seconds = sum(r["scalesim"]["seconds"] for r in rows)
-    total_cycles = sum(g.compute_cycles for g in hw)
+    total_cycles = sum(g.compute_cycles for g, _ in hw)
+    total_words = sum(
+        r["hwsim"][k] for r in rows for k in ("dram_ifmap_reads", "dram_filter_reads")
+    ) + sum(r["hwsim"]["dram_ofmap_writes"] for r in rows)
     ratio = ss_seconds / hw_seconds
     summary = {
         "network": "ResNet-50 v1.5 conv layers, batch 1, 224x224",
@@ -198,6 +234,8 @@ def main(argv=None) -> int:
         "total_compute_cycles": total_cycles,
         "all_cycles_match": all(r["cycles_match"] for r in rows),
         "all_traffic_relationships_hold": all(r["traffic_relationships_hold"] for r in rows),
+        "all_memory_match": all(r["memory_match"] for r in rows),
+        "total_dram_words": total_words,
         "hwsim_seconds": hw_seconds,
         "scalesim_seconds": ss_seconds,
         "scalesim_wall_seconds_incl_startup": wall_all,
@@ -207,7 +245,11 @@ def main(argv=None) -> int:
     }
     print(f"\ntotal compute cycles {total_cycles:,} ({'all match' if ok else 'MISMATCH'})")
     print(
-        f"hwsim gemm_counts: {hw_seconds * 1e6:,.1f} us for the {len(layers)} layers "
+        f"total DRAM words {total_words:,} "
+        f"({'all match' if summary['all_memory_match'] else 'MISMATCH'})"
+    )
+    print(
+        f"hwsim gemm_counts + memory_cost: {hw_seconds * 1e3:,.1f} ms for the {len(layers)} layers "
         f"(median of {args.repeat} x {loops} calls)"
     )
     print(

@@ -6,6 +6,7 @@ and ``scalesim``. Request on stdin::
 
     {"array": [R, C], "dataflow": "os" | "ws" | "is",
      "sram_kb": [ifmap, filter, ofmap],            # optional, default [64, 64, 64]
+     "bandwidth": B,                 # optional: USER bandwidth mode, B words/cycle (default CALC)
      "layers": [{"name": ..., "ifmap_h": ..., "ifmap_w": ..., "filt_h": ..., "filt_w": ...,
                  "channels": ..., "num_filter": ..., "stride": ...},   # conv, ifmap padded
                 {"name": ..., "M": ..., "N": ..., "K": ...}]}           # GEMM
@@ -35,6 +36,10 @@ How scalesim 3.0.0 has to be driven (none of this is documented; it ships no exa
 * GEMM topologies work with ``input_type_gemm=True`` and rows ``name, M, N, K,``; scalesim maps
   them onto a conv of ifmap ``M x K``, filter ``1 x K``, 1 channel, ``N`` filters, stride 1, i.e.
   ``Np = M`` output pixels, window ``K``, ``Mf = N`` filters.
+* USER bandwidth mode (``"bandwidth": B``): ``InterfaceBandwidth = USER``, ``Bandwidth = B``.
+  scalesim then takes the ifmap / filter DRAM bandwidth from the *layout* section
+  (``IfmapSRAMBankBandwidth``, ``FilterSRAMBankBandwidth``, asserted divisible by the bank
+  count) and only the ofmap's from ``Bandwidth``: all three are set to ``B``, with one bank.
 * ``exit()`` on a missing file, progress prints on stdout: stdout is redirected to stderr while
   it runs, so that only the JSON reaches stdout.
 
@@ -71,19 +76,19 @@ OfmapSramSzkB = {ofmap_kb}
 IfmapOffset = 0
 FilterOffset = 10000000
 OfmapOffset = 20000000
-Bandwidth = 10
+Bandwidth = {bandwidth}
 Dataflow = {dataflow}
 ReadRequestBuffer = 32
 WriteRequestBuffer = 32
 
 [layout]
 IfmapCustomLayout = False
-IfmapSRAMBankBandwidth = 10
-IfmapSRAMBankNum = 10
+IfmapSRAMBankBandwidth = {bandwidth}
+IfmapSRAMBankNum = {banks}
 IfmapSRAMBankPort = 2
 FilterCustomLayout = False
-FilterSRAMBankBandwidth = 10
-FilterSRAMBankNum = 10
+FilterSRAMBankBandwidth = {bandwidth}
+FilterSRAMBankNum = {banks}
 FilterSRAMBankPort = 2
 
 [sparsity]
@@ -94,7 +99,7 @@ BlockSize = 8
 RandomNumberGeneratorSeed = 40
 
 [run_presets]
-InterfaceBandwidth = CALC
+InterfaceBandwidth = {mode}
 UseRamulatorTrace = False
 """
 
@@ -202,6 +207,9 @@ def _run_one(simulator_cls, workdir: str, req: dict, layer: dict) -> dict:
                 filter_kb=filter_kb,
                 ofmap_kb=ofmap_kb,
                 dataflow=req["dataflow"],
+                mode="USER" if "bandwidth" in req else "CALC",
+                bandwidth=req.get("bandwidth", 10),
+                banks=1 if "bandwidth" in req else 10,
             )
         )
     with open(topo, "w") as f:
@@ -271,6 +279,9 @@ def main() -> int:
         or not all(isinstance(x, int) and x >= 1 for x in sram)
     ):
         _fail(f"sram_kb must be [ifmap, filter, ofmap] positive integers (kB), got {sram!r}")
+    bw = req.get("bandwidth", 10)
+    if isinstance(bw, bool) or not isinstance(bw, int) or bw < 1:
+        _fail(f"bandwidth must be a positive integer (words/cycle), got {bw!r}")
     layers = req.get("layers")
     if not isinstance(layers, list) or not layers:
         _fail("layers must be a non-empty list")

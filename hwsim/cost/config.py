@@ -14,6 +14,8 @@ File format (INI; a ``.toml`` file with the same sections works on Python >= 3.1
     OfmapSramSzkB = 64
     Dataflow = os               # os | ws | is
     Bandwidth = 10              # DRAM words per cycle
+    [run_presets]               # SCALE-Sim's
+    InterfaceBandwidth = CALC   # CALC | USER (Bandwidth words a cycle, stalls)
     [hwsim]
     clock_mhz = 1000
     weight_bits = 8
@@ -55,6 +57,9 @@ class Accelerator:
     filter_sram_kb: float = 64.0
     ofmap_sram_kb: float = 64.0
     dram_words_per_cycle: float = 10.0
+    # SCALE-Sim's InterfaceBandwidth: "calc" (the interface never stalls reads; analytical) or
+    # "user" (dram_words_per_cycle words a cycle per operand, stalls; a walk over the demand)
+    bandwidth_mode: str = "calc"
     clock_mhz: float = 1000.0
     weight_bits: int = 8
     act_bits: int = 8
@@ -78,6 +83,16 @@ class Accelerator:
             v = getattr(self, k)
             if not isinstance(v, (int, float)) or not v > 0:
                 raise ConfigError(f"{k} must be > 0, got {v!r}")
+        mode = str(self.bandwidth_mode).lower()
+        if mode not in ("calc", "user"):
+            raise ConfigError(f"bandwidth_mode must be calc or user, got {self.bandwidth_mode!r}")
+        object.__setattr__(self, "bandwidth_mode", mode)
+        bw = self.dram_words_per_cycle
+        if mode == "user" and bw != int(bw):
+            raise ConfigError(
+                f"dram_words_per_cycle must be a whole number of words in USER bandwidth mode, "
+                f"got {bw!r}"
+            )
         for k, lo, hi in (
             ("weight_bits", 1, 32),
             ("act_bits", 1, 32),
@@ -119,6 +134,7 @@ _HWSIM_KEYS = {
     "filter_sram_kb": float,
     "ofmap_sram_kb": float,
     "dram_words_per_cycle": float,
+    "bandwidth_mode": str,
 }
 
 
@@ -170,6 +186,9 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> Accelerat
             m = _SCALESIM_KEYS.get(key.lower())
             if m:
                 kw[m[0]] = _conv(path, "architecture_presets", key, m[1], raw)
+        for key, raw in secs.get("run_presets", {}).items():
+            if key.lower() == "interfacebandwidth":
+                kw["bandwidth_mode"] = _conv(path, "run_presets", key, str, raw)
         for key, raw in secs.get("hwsim", {}).items():
             if key not in _HWSIM_KEYS:
                 raise ConfigError(

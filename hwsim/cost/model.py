@@ -1,19 +1,15 @@
 """Per-layer cost: cycles, SRAM and DRAM traffic, stalls, energy and scheme overheads.
 
 Compute cycles and SRAM operand traffic are SCALE-Sim v2's (:mod:`hwsim.cost.dataflow`), per
-group of a grouped convolution (``groups`` times). The memory model (hwsim's, anchored to
-SCALE-Sim's double-buffered scratchpads; bytes = elements x bits / 8, rounded up):
-
-* **DRAM reads** of an operand: its unique bytes once if they fit in half its SRAM (the other
-  half is the double buffer), else every SRAM read of it comes from DRAM (no reuse across
-  folds);
-* **DRAM writes** of the outputs: the ofmap once at ``out_bits``; for ``ws``/``is`` with more
-  than one K-fold, partial sums live in the ofmap SRAM at ``acc_bits``; if they do not fit in
-  half of it they spill: each extra fold writes and re-reads them (``2 * (ceil(K/R) - 1) *
-  Np * Mf`` accumulator words);
-* **stall cycles**: transfers overlap compute (double buffering) except the first fill:
-  ``stall = fill + max(0, dram_cycles - compute_cycles)``, ``dram_cycles = dram_bytes /
-  bandwidth`` (SCALE-Sim's word is one byte), ``fill`` = the first buffers' bytes / bandwidth.
+group of a grouped convolution (``groups`` times). DRAM traffic and stalls are SCALE-Sim 3.0.0's
+memory system in its CALC bandwidth mode (:mod:`hwsim.cost.memory`, ``docs/cost.md`` eq. M1-M12)
+or, with ``Accelerator.bandwidth_mode = "user"``, its USER mode (:mod:`hwsim.cost.user_mode`),
+per group: ifmap / filter words its read buffers fetch, ofmap words its write buffer drains
+(partial sums too, for ``ws``/``is`` with more than one K fold), its stalls (the write buffer's;
+CALC-mode reads never stall) and its total cycles incl. prefetch. SCALE-Sim's word is one byte;
+hwsim's words are operand elements, so an SRAM of ``S`` KiB holds ``S * 8192 / bits`` words of its
+operand, and ``dram_bytes`` = words x bits / 8 (rounded up; ofmap words at ``out_bits``, partial
+sums at ``acc_bits``).
 
 Energy (pJ, :class:`hwsim.cost.energy.EnergyTable`): ``mac`` = MACs x ``mac_pj(abits, wbits,
 acc_bits)``; ``sram`` = every SRAM read/write bit x ``sram_pj_per_bit(size)``; ``dram`` = DRAM
@@ -52,7 +48,9 @@ from dataclasses import asdict, dataclass
 
 from hwsim.cost.config import Accelerator
 from hwsim.cost.dataflow import Dataflow, gemm_counts, utilization
+from hwsim.cost.memory import memory_cost
 from hwsim.cost.topology import Layer
+from hwsim.cost.user_mode import memory_cost_user
 
 
 def _bytes(elems: int, bits: int) -> int:
@@ -70,6 +68,8 @@ class LayerCost:
     sram_reads: int
     sram_writes: int
     dram_bytes: int
+    dram_words: dict  # SCALE-Sim's DRAM words: ifmap and filter reads, ofmap writes
+    total_cycles_incl_prefetch: int  # SCALE-Sim's: first DRAM read to last DRAM write
     energy_pj: float
     energy_breakdown: dict
     scheme_ops: dict
@@ -120,23 +120,46 @@ def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
     if_reads, fl_reads, of_writes = c.ifmap_reads * g, c.filter_reads * g, c.ofmap_writes * g
     kfolds = math.ceil(layer.K / acc.rows)
     partial = acc.dataflow is not Dataflow.OS and kfolds > 1
-    # DRAM
-    half = {k: getattr(acc, f"{k}_sram_kb") * 1024 / 2 for k in ("ifmap", "filter", "ofmap")}
-    if_bytes = _bytes(layer.ifmap_elems or layer.Np * layer.K, ab)
-    fl_bytes = _bytes(layer.filter_elems, wb)
-    of_bytes = _bytes(layer.ofmap_elems, ob)
-    dram_if = if_bytes if if_bytes <= half["ifmap"] else _bytes(if_reads, ab)
-    dram_fl = fl_bytes if fl_bytes <= half["filter"] else _bytes(fl_reads, wb)
-    dram_of = of_bytes
-    if partial and _bytes(layer.ofmap_elems, cb) > half["ofmap"]:
-        dram_of += 2 * _bytes((kfolds - 1) * layer.ofmap_elems, cb)
-    dram = dram_if + dram_fl + dram_of
-    bw = acc.dram_words_per_cycle
-    fill = (min(if_bytes, half["ifmap"]) + min(fl_bytes, half["filter"])) / bw
-    stall = math.ceil(fill + max(0.0, dram / bw - compute))
+    # DRAM: SCALE-Sim's memory system (hwsim.cost.memory) per group, in operand words; an SRAM
+    # of S KiB holds S * 1024 * 8 / bits words of its operand (SCALE-Sim: one byte a word)
+    of_bits = cb if partial else ob
+    kb = (
+        acc.ifmap_sram_kb * 8 / ab,
+        acc.filter_sram_kb * 8 / wb,
+        acc.ofmap_sram_kb * 8 / of_bits,
+    )
+    if acc.bandwidth_mode == "user":
+        m = memory_cost_user(
+            acc.dataflow,
+            acc.rows,
+            acc.cols,
+            layer.Np,
+            layer.K,
+            layer.Mf,
+            kb,
+            int(acc.dram_words_per_cycle),
+            layer.geometry,
+        )
+    else:
+        m = memory_cost(
+            acc.dataflow, acc.rows, acc.cols, layer.Np, layer.K, layer.Mf, kb, layer.geometry
+        )
+    words = {
+        "ifmap": m.dram_ifmap_reads * g,
+        "filter": m.dram_filter_reads * g,
+        "ofmap": m.dram_ofmap_writes * g,
+    }
+    # the outputs at out_bits; with K folds (ws / is) the rest are partial sums at acc_bits
+    final = min(layer.ofmap_elems, words["ofmap"]) if partial else words["ofmap"]
+    dram = (
+        _bytes(words["ifmap"], ab)
+        + _bytes(words["filter"], wb)
+        + _bytes(final, ob)
+        + _bytes(words["ofmap"] - final, cb)  # partial sums (ws / is with K folds)
+    )
+    stall = m.stall_cycles * g
     # energy
     e = acc.energy
-    of_bits = cb if partial else ob
     sram_bits_if = if_reads * ab
     sram_bits_fl = fl_reads * wb
     sram_bits_of = of_writes * of_bits
@@ -174,6 +197,8 @@ def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
         sram_reads=if_reads + fl_reads,
         sram_writes=of_writes,
         dram_bytes=dram,
+        dram_words=words,
+        total_cycles_incl_prefetch=m.total_cycles_incl_prefetch * g,
         energy_pj=sum(breakdown.values()),
         energy_breakdown=breakdown,
         scheme_ops=ops,
@@ -197,10 +222,14 @@ class CostReport:
             "sram_reads",
             "sram_writes",
             "dram_bytes",
+            "total_cycles_incl_prefetch",
             "energy_pj",
             "register_bits",
         )
         t = {k: sum(getattr(r, k) for r in self.layers) for k in keys}
+        t["dram_words"] = {
+            k: sum(r.dram_words[k] for r in self.layers) for k in ("ifmap", "filter", "ofmap")
+        }
         t["energy_breakdown"] = {
             k: sum(r.energy_breakdown[k] for r in self.layers)
             for k in ("mac", "sram", "dram", "scheme")
@@ -220,7 +249,7 @@ class CostReport:
         lines = [
             f"array {a.rows}x{a.cols} {a.dataflow.value}, SRAM {a.ifmap_sram_kb:g}/"
             f"{a.filter_sram_kb:g}/{a.ofmap_sram_kb:g} KiB, DRAM {a.dram_words_per_cycle:g} "
-            f"B/cycle, {a.clock_mhz:g} MHz"
+            f"words/cycle ({a.bandwidth_mode}), {a.clock_mhz:g} MHz"
         ]
         hdr = (
             f"{'layer':<24} {'MACs':>11} {'compute':>10} {'stall':>8} {'util':>6} "

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hwsim.cost.memory import ConvGeometry
 from hwsim.errors import HwsimError
 from hwsim.graph.ir import MAC_OPS, MATMUL_OPS, Graph, Op
 from hwsim.graph.shapes import infer_shapes
@@ -59,6 +60,9 @@ class Layer:
     token_shifts: int = 0  # matmul: products shifted per token of v (per-token-shift p @ v)
     token_aligns: int = 0  # matmul: v's elements aligned to one grid (per-token dynamic p @ v)
     extra: dict = field(default_factory=dict)
+    # the convolution behind the GEMM, per group (ifmap addresses repeat across windows; DRAM
+    # traffic, hwsim.cost.memory); None: a GEMM, every ifmap word used by one row
+    geometry: ConvGeometry | None = None
 
     def __post_init__(self):
         for k in ("Np", "K", "Mf", "groups", "samples"):
@@ -124,6 +128,7 @@ def conv_layer(
         filt_h * filt_w * channels,
         num_filter,
         ifmap_elems=ifmap_h * ifmap_w * channels,
+        geometry=ConvGeometry(ifmap_h, ifmap_w, filt_h, filt_w, channels, stride),
     )
 
 
@@ -250,6 +255,8 @@ def layers_from_program(program, batch: int = 1) -> list[Layer]:
             rows = int(np.prod(x[1:-1])) if n.attrs.get("nd") else 1
             g, Np, K, Mf = 1, batch * rows, n.weight.shape[1], n.weight.shape[0]
         kw = {}
+        if n.op is Op.CONV:
+            kw["geometry"] = _conv_geometry(n, x, g)
         if quant:
             spec_in = program.acts.get(n.inputs[0])
             spec_out = program.acts.get(n.output)
@@ -293,6 +300,23 @@ def layers_from_program(program, batch: int = 1) -> list[Layer]:
             )
         )
     return layers
+
+
+def _conv_geometry(n, x, groups: int) -> ConvGeometry | None:
+    """A 2-d Conv node as SCALE-Sim addresses it (per group): the padded ifmap trimmed to
+    what the windows reach, ``(out - 1) * stride + filt``, so that SCALE-Sim's ``ceil`` gives
+    the node's output size; None where SCALE-Sim has no such layer (dilation, unequal strides,
+    not 2-d): its DRAM traffic is then a GEMM's."""
+    a = n.attrs
+    if len(x) != 4 or len(n.weight.shape) != 4:
+        return None
+    (kh, kw), (sh, sw) = n.weight.shape[2:], a["strides"]
+    if tuple(a["dilations"]) != (1, 1) or sh != sw:
+        return None
+    pt, pl, pb, pr = a["pads"]
+    oh = (x[2] + pt + pb - kh) // sh + 1
+    ow = (x[3] + pl + pr - kw) // sw + 1
+    return ConvGeometry((oh - 1) * sh + kh, (ow - 1) * sw + kw, kh, kw, x[1] // groups, sh)
 
 
 def _matmul_layer(program, n, shapes, batch: int, quant: bool, ts=None, wide=frozenset()) -> Layer:

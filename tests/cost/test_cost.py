@@ -377,3 +377,49 @@ def test_cost_model_charges_what_the_executor_performs_on_transformers(
     for layer in layers:
         charged = {k: v for k, v in scheme_ops(layer).items() if v and not k.startswith("requant")}
         assert charged == ex.stats[layer.name].ops, layer.name
+
+
+def test_energy_breakdown_matches_horowitz_by_hand():
+    """One small layer's energy split, recomputed by hand from Horowitz's ISSCC 2014 figures
+    (../shared/REFERENCES.md, "Energy per operation": int8 multiply 0.2 pJ, int32 add 0.1 pJ,
+    SRAM 64-bit read 20 pJ at 32 KB and 100 pJ at 1 MB, DRAM 1.3 nJ per 64 bits) and the DRAM
+    words scalesim 3.0.0 reports for it (8x8 OS, 64 kB SRAMs: 800 ifmap + 864 filter + 768
+    ofmap words, tests/cost/test_scalesim.py's conv3x3 case)."""
+    layer = conv_layer("conv3x3", 10, 10, 3, 3, 8, 12, 1)
+    r = cost_layer(layer, Accelerator(rows=8, cols=8))
+    assert r.dram_words == {"ifmap": 800, "filter": 864, "ofmap": 768}
+    macs = 64 * 72 * 12
+    mac = macs * (0.2 + 0.1)
+    # 64 KiB: a fifth of the way from 32 KB to 1 MB in log2(size): 20 + (100 - 20) / 5 pJ
+    sram_bit = (20 + (100 - 20) / 5) / 64
+    # OS SRAM words: ifmap Np*K*ceil(Mf/C), filter K*Mf*ceil(Np/R), ofmap Np*Mf; 8 bits each
+    sram = (64 * 72 * 2 + 72 * 12 * 8 + 64 * 12) * 8 * sram_bit
+    dram = (800 + 864 + 768) * 8 * 1300 / 64
+    eb = r.energy_breakdown
+    assert eb["mac"] == pytest.approx(mac, rel=1e-5)  # QTools' fit: 0.2000008 pJ a multiply
+    assert eb["sram"] == pytest.approx(sram, rel=1e-12)
+    assert eb["dram"] == pytest.approx(dram, rel=1e-12)
+    assert eb["dram"] / r.energy_pj == pytest.approx(dram / (mac + sram + dram + eb["scheme"]))
+
+
+def test_bandwidth_mode_from_scalesim_config(tmp_path):
+    """[run_presets] InterfaceBandwidth = USER selects SCALE-Sim's USER mode: the figures of
+    tests/cost/test_scalesim.py's USER cases (scalesim 3.0.0, 8x8 OS, 1 kB SRAMs, 1 word/cycle:
+    conv3x3 stalls 12,136 cycles, DRAM 13,824 + 11,264 + 768 words)."""
+    cfg = tmp_path / "user.cfg"
+    cfg.write_text(
+        "[architecture_presets]\nArrayHeight = 8\nArrayWidth = 8\nIfmapSramSzkB = 1\n"
+        "FilterSramSzkB = 1\nOfmapSramSzkB = 1\nDataflow = os\nBandwidth = 1\n"
+        "[run_presets]\nInterfaceBandwidth = USER\n"
+    )
+    acc = load_config(cfg)
+    assert acc.bandwidth_mode == "user" and acc.dram_words_per_cycle == 1
+    r = cost_layer(conv_layer("conv3x3", 10, 10, 3, 3, 8, 12, 1), acc)
+    assert r.dram_words == {"ifmap": 13824, "filter": 11264, "ofmap": 768}
+    assert r.stall_cycles == 12136 and r.total_cycles == 1375 + 12136
+    layer = conv_layer("conv3x3", 10, 10, 3, 3, 8, 12, 1)
+    assert cost_layer(layer, acc.replace(bandwidth_mode="calc")).stall_cycles == 0
+    with pytest.raises(ConfigError, match="bandwidth_mode must be calc or user"):
+        Accelerator(bandwidth_mode="fast")
+    with pytest.raises(ConfigError, match="whole number of words"):
+        Accelerator(bandwidth_mode="user", dram_words_per_cycle=2.5)

@@ -18,6 +18,8 @@ import pytest
 from scalesim_env import ENV_VAR, ScalesimError, run_scalesim, scalesim_python
 
 from hwsim.cost.dataflow import compute_cycles, gemm_counts
+from hwsim.cost.memory import ConvGeometry, memory_cost
+from hwsim.cost.user_mode import memory_cost_user
 
 
 def conv(name, ifmap_h, ifmap_w, filt_h, filt_w, channels, num_filter, stride):
@@ -50,6 +52,14 @@ LAYERS = [
     gemm("gemm_1x1x1", 1, 1, 1),
 ]
 
+# layers whose operands do not fit 1-4 kB SRAMs, with many folds (memory cross-validation)
+MEM_LAYERS = [
+    conv("c3_many_folds", 12, 12, 3, 3, 16, 40, 1),  # K=144, Np=100, Mf=40: ifmap 2304 words
+    conv("c3_wide", 9, 9, 3, 3, 32, 24, 1),  # ifmap 2592 words, filter 6912
+    conv("c5_s2_overhang", 12, 12, 5, 5, 6, 10, 2),  # last windows overhang: -1 addresses
+    gemm("gemm_100_30_70", 100, 30, 70),
+]
+
 ARRAYS = [(8, 8), (16, 16), (4, 16)]
 DATAFLOWS = ["os", "ws", "is"]
 BIG_SRAM, TINY_SRAM = (64, 64, 64), (1, 1, 1)
@@ -58,17 +68,47 @@ BIG_SRAM, TINY_SRAM = (64, 64, 64), (1, 1, 1)
 # stalls
 CONFIGS = [(r, c, df, BIG_SRAM) for (r, c) in ARRAYS for df in DATAFLOWS]
 CONFIGS += [(16, 16, df, TINY_SRAM) for df in DATAFLOWS]
+# memory configs: mixed sizes from 1 kB, and 1 MB, with MEM_LAYERS too
+MEM_CONFIGS = [(8, 8, df, (1, 2, 1)) for df in DATAFLOWS]
+MEM_CONFIGS += [(4, 16, df, (2, 1, 4)) for df in DATAFLOWS]
+MEM_CONFIGS += [(16, 16, df, (1024, 1024, 1024)) for df in DATAFLOWS]
+
+
+# USER bandwidth mode: (rows, cols, dataflow, sram_kb, words/cycle); bandwidths 1..64, SRAMs
+# from 1 kB to 1 MB; a few small layers each (scalesim's USER-mode buffers are slower)
+USER_LAYER_NAMES = (
+    "conv3x3",
+    "conv3x3_s2",
+    "stem7x7_s2",
+    "gemm_tiny",
+    "ref_16_16_16",
+    "c3_many_folds",
+)
+USER_CONFIGS = [
+    (8, 8, "os", (1, 1, 1), 1),
+    (4, 16, "ws", (2, 2, 2), 4),
+    (8, 8, "is", (1, 2, 1), 16),
+    (16, 16, "os", (1024, 1024, 1024), 64),
+    (8, 8, "is", (64, 64, 64), 10),
+    (4, 16, "ws", (4, 1, 2), 2),
+]
+USER_LAYERS = [la for la in LAYERS + MEM_LAYERS if la["name"] in USER_LAYER_NAMES]
 
 
 def _cid(cfg):
     r, c, df, sram = cfg
-    return f"{df}-{r}x{c}" + ("-sram1k" if sram == TINY_SRAM else "")
+    kb = "" if sram == BIG_SRAM else "-sram" + "_".join(f"{k}k" for k in sram)
+    return f"{df}-{r}x{c}{kb}"
+
+
+def layers_of(cfg):
+    return LAYERS + MEM_LAYERS if cfg in MEM_CONFIGS else LAYERS
 
 
 CASES = [
     pytest.param(cfg, layer, id=f"{_cid(cfg)}-{layer['name']}")
-    for cfg in CONFIGS
-    for layer in LAYERS
+    for cfg in CONFIGS + MEM_CONFIGS
+    for layer in layers_of(cfg)
 ]
 
 
@@ -93,12 +133,16 @@ def scalesim():
         )
 
     def one(cfg):
-        r, c, df, sram = cfg
-        req = {"array": [r, c], "dataflow": df, "sram_kb": list(sram), "layers": LAYERS}
+        r, c, df, sram = cfg[:4]
+        req = {"array": [r, c], "dataflow": df, "sram_kb": list(sram)}
+        if len(cfg) == 5:
+            req.update(bandwidth=cfg[4], layers=USER_LAYERS)
+        else:
+            req["layers"] = layers_of(cfg)
         return cfg, run_scalesim(req, timeout=300, python=python)
 
     with ThreadPoolExecutor(max_workers=2) as ex:
-        done = dict(ex.map(one, CONFIGS))
+        done = dict(ex.map(one, USER_CONFIGS + CONFIGS + MEM_CONFIGS))
     return {cfg: {res["name"]: res for res in results} for cfg, results in done.items()}
 
 
@@ -141,6 +185,81 @@ def test_sram_traffic(scalesim, cfg, layer):
     else:
         # ws / is: every K fold writes its partial sums: Np*Mf*ceil(K/R), as gemm_counts
         assert got["sram_ofmap_writes"] == g.ofmap_writes
+
+
+def geometry(layer) -> ConvGeometry | None:
+    if "M" in layer:
+        return None
+    keys = ("ifmap_h", "ifmap_w", "filt_h", "filt_w", "channels", "stride")
+    return ConvGeometry(*(layer[k] for k in keys))
+
+
+@pytest.mark.parametrize("cfg, layer", CASES)
+def test_dram_traffic_and_cycles_equal(scalesim, cfg, layer):
+    """hwsim.cost.memory: DRAM ifmap/filter reads and ofmap writes (words), stall cycles, total
+    cycles and total cycles incl. prefetch equal scalesim's (CALC bandwidth mode)."""
+    r, c, df, sram = cfg
+    got = scalesim[cfg][layer["name"]]
+    Np, Mf, K = gemm_dims(layer)
+    m = memory_cost(df, r, c, Np, K, Mf, sram, geometry(layer))
+    assert {
+        "dram_ifmap_reads": m.dram_ifmap_reads,
+        "dram_filter_reads": m.dram_filter_reads,
+        "dram_ofmap_writes": m.dram_ofmap_writes,
+        "stall_cycles": m.stall_cycles,
+        "total_cycles": m.total_cycles,
+        "total_cycles_incl_prefetch": m.total_cycles_incl_prefetch,
+    } == {
+        k: got[k]
+        for k in (
+            "dram_ifmap_reads",
+            "dram_filter_reads",
+            "dram_ofmap_writes",
+            "stall_cycles",
+            "total_cycles",
+            "total_cycles_incl_prefetch",
+        )
+    }
+
+
+MEMORY_KEYS = (
+    "dram_ifmap_reads",
+    "dram_filter_reads",
+    "dram_ofmap_writes",
+    "stall_cycles",
+    "total_cycles",
+    "total_cycles_incl_prefetch",
+)
+
+
+@pytest.mark.parametrize(
+    "cfg, layer",
+    [
+        pytest.param(cfg, la, id=f"{_cid(cfg[:4])}-bw{cfg[4]}-{la['name']}")
+        for cfg in USER_CONFIGS
+        for la in USER_LAYERS
+    ],
+)
+def test_user_bandwidth_mode_equal(scalesim, cfg, layer):
+    """USER bandwidth mode (B words/cycle): hwsim.cost.user_mode's DRAM words, stall cycles,
+    total cycles and total cycles incl. prefetch equal scalesim's."""
+    r, c, df, sram, bw = cfg
+    got = scalesim[cfg][layer["name"]]
+    Np, Mf, K = gemm_dims(layer)
+    m = memory_cost_user(df, r, c, Np, K, Mf, sram, bw, geometry(layer))
+    assert {k: getattr(m, k) for k in MEMORY_KEYS} == {k: got[k] for k in MEMORY_KEYS}
+    # stalls come on top of the compute cycles, which the bandwidth does not change
+    assert got["total_cycles"] - got["stall_cycles"] == compute_cycles(df, r, c, Np, Mf, K)
+
+
+def test_user_mode_stalls_and_calc_mode_does_not(scalesim):
+    """The USER-mode cases do stall (the stall path is exercised); CALC mode never does."""
+    assert any(
+        scalesim[cfg][la["name"]]["stall_cycles"] > 0 for cfg in USER_CONFIGS for la in USER_LAYERS
+    )
+    assert all(
+        res["stall_cycles"] == 0 for cfg in CONFIGS + MEM_CONFIGS for res in scalesim[cfg].values()
+    )
 
 
 @pytest.mark.parametrize("df", DATAFLOWS)

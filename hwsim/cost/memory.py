@@ -1,0 +1,534 @@
+"""SCALE-Sim 3.0.0's memory system, reproduced: DRAM words and cycles of its double-buffered
+scratchpads (``docs/cost.md``, eqs. M1-M12).
+
+SCALE-Sim streams each operand's *demand matrix* (one row per cycle, built fold by fold in
+``compute/systolic_compute_{os,ws,is}.py``) through a read buffer per operand and a write
+buffer for the ofmap (``memory/double_buffered_scratchpad_mem.py``). In its default ``CALC``
+bandwidth mode the read buffers are ``memory/read_buffer_estimate_bw.py``: every request hits
+(no stalls) and the DRAM reads are the addresses collected into its 100 "sets" of
+``floor(size / 100)`` words. That bookkeeping is an *epoch* rule (eq. M2): an address is
+fetched when it was not requested since the start of the current epoch, and an epoch ends
+after ``E = 50 * floor(size / 100)`` fetches. The write buffer (``memory/write_buffer.py``)
+packs ofmap words into lines of ``arr_col`` words and drains half its size at a time (eq. M8).
+
+Everything here is a function of the layer's shape, the array and the SRAM sizes (words are
+SCALE-Sim's one-byte words: operand elements, whatever their width):
+
+* operands whose every address is distinct in the order they are streamed (filters, GEMM
+  ifmaps) in closed form (:func:`distinct_misses`, eq. M3-M4);
+* convolution ifmaps (addresses repeat inside and across folds) by a vectorised walk over the
+  demand order, chunk by chunk (:func:`_sweep_misses`, eq. M5-M7): numpy over the fold
+  structure, never per cycle, and it stops as soon as a whole sweep hits;
+* the write buffer by its drain events only (:func:`ofmap_writes`, eq. M8-M10);
+* scalesim's "Total Cycles (incl. prefetch)" from the first prefetch and the last drain
+  (:func:`memory_cost`, eq. M11-M12).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from hwsim.cost.config import ConfigError
+from hwsim.cost.dataflow import Dataflow, as_dataflow
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def epoch_words(sram_kb: float) -> int:
+    """``E`` (eq. M1): fetches per epoch of SCALE-Sim's CALC-mode read buffer of ``sram_kb``
+    KiB: 50 of its 100 sets of ``floor(bytes / 100)`` one-byte words."""
+    return 50 * (math.floor(1024 * sram_kb) // 100)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A convolution as SCALE-Sim addresses it (``compute/operand_matrix.py``,
+    ``calc_ifmap_elem_addr``): an ``ih x iw x ch`` (padded, HWC) ifmap, ``fh x fw`` filters,
+    one stride for both axes. ``ofmap = ceil((ifmap - filt + stride) / stride)``."""
+
+    ih: int
+    iw: int
+    fh: int
+    fw: int
+    ch: int
+    stride: int
+
+    @property
+    def oh(self) -> int:
+        return _cdiv(self.ih - self.fh + self.stride, self.stride)
+
+    @property
+    def ow(self) -> int:
+        return _cdiv(self.iw - self.fw + self.stride, self.stride)
+
+    @property
+    def all_valid(self) -> bool:
+        """Every window lies inside the ifmap (no -1 addresses)."""
+        return (self.oh - 1) * self.stride + self.fh <= self.ih and (
+            self.ow - 1
+        ) * self.stride + self.fw <= self.iw
+
+    def distinct(self, Np: int) -> int:
+        """Ifmap words the windows of ``Np`` output pixels touch (``Np / (oh * ow)`` samples,
+        each its own ifmap)."""
+
+        def touched(n_in, n_out, f):  # rows (columns) inside the ifmap some window covers
+            if self.stride <= f:
+                return min(n_in, (n_out - 1) * self.stride + f)
+            return sum(max(0, min(f, n_in - o * self.stride)) for o in range(n_out))
+
+        per = touched(self.ih, self.oh, self.fh) * touched(self.iw, self.ow, self.fw) * self.ch
+        return per * _cdiv(Np, self.oh * self.ow)
+
+    @property
+    def reuse_gap(self) -> int:
+        """Bound on the distance between two consecutive output pixels (row-major) whose
+        windows share an ifmap word: ``ow`` if a word serves two output rows (from the last
+        user in one row to the first in the next), 1 if only neighbours in a row share, else 0
+        (eq. M7)."""
+        if _cdiv(self.fh, self.stride) > 1:
+            return self.ow
+        return 1 if _cdiv(self.fw, self.stride) > 1 else 0
+
+    def ifmap_addr(self, p: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Ifmap address of output pixel ``p`` and window element ``k`` (-1: outside the
+        ifmap), broadcasting; SCALE-Sim's window order is (filter row, filter col, channel).
+        ``addr = base(p) + off(k)`` (eq. M5): computed on the two small tables."""
+        P = np.arange(int(np.max(p)) + 1)
+        sample, P = np.divmod(P, self.oh * self.ow)
+        orow, ocol = np.divmod(P, self.ow)
+        irow, icol = orow * self.stride, ocol * self.stride
+        Kx = np.arange(self.fh * self.fw * self.ch)
+        crow, rest = np.divmod(Kx, self.fw * self.ch)
+        ccol, cch = np.divmod(rest, self.ch)
+        base = ((sample * self.ih + irow) * self.iw + icol) * self.ch
+        off = (crow * self.iw + ccol) * self.ch + cch
+        addr = base[p] + off[k]
+        if self.all_valid:
+            return addr
+        ok = ((irow[p] + crow[k]) < self.ih) & ((icol[p] + ccol[k]) < self.iw)
+        return np.where(ok, addr, -1)
+
+
+def check_sram_words(sram_kb) -> None:
+    """SCALE-Sim's buffers need at least 100 words each (100 sets of ``floor(words / 100)``;
+    with fewer its ofmap buffer cannot drain): raise a ConfigError naming the operand."""
+    for name, kb in zip(("ifmap", "filter", "ofmap"), sram_kb, strict=True):
+        if math.floor(1024 * kb) < 100:
+            raise ConfigError(
+                f"{name} SRAM holds {math.floor(1024 * kb)} operand words ({kb:g} KiB of "
+                f"one-byte words); SCALE-Sim's memory system needs at least 100"
+            )
+
+
+def distinct_misses(n: int, reps: int, cnt: int, E: int) -> tuple[int, int]:
+    """Fetches of ``reps`` passes over ``n`` distinct addresses (always in the same order, none
+    of them fetched in the current epoch) under the epoch rule, entering with ``cnt`` fetches
+    in the current epoch; returns (fetches, ``cnt`` after). Eq. M3-M4."""
+    if n == 0 or reps == 0:
+        return 0, cnt
+    if n >= E:  # every epoch ends before any address comes back: everything is fetched
+        total = n * reps
+        return total, (cnt + total) % E
+    if cnt + n < E:  # the first pass fits in the epoch, the others hit
+        return n, cnt + n
+    after = reps * n - (E - cnt)  # accesses after the epoch ends in the first pass
+    tail = min(n, after)  # the next n of them are fetched again
+    return (E - cnt) + tail, tail
+
+
+def _sweep_misses(sweep: np.ndarray, fold_ends: np.ndarray, reps: int, E: int, horizon: int) -> int:
+    """Fetches of ``reps`` passes over ``sweep`` (addresses >= 0 in demand order, repeats
+    allowed; fold ``f`` ends before ``fold_ends[f]``), starting with an empty epoch
+    (eq. M5-M7).
+
+    ``horizon`` bounds the distance between two consecutive uses of an address inside a pass.
+    A use can be fetched only if no use of its address came since the epoch began. So between
+    epoch ends only an address's first use in the pass can be (eq. M6); after an epoch ends at
+    position ``i``: every use in the rest of that fold, the first use in each fold up to
+    ``i + horizon``, then the first uses in the pass again (eq. M7)."""
+    L = len(sweep)
+    if L == 0:
+        return 0
+    size = int(sweep.max()) + 1
+    first = np.empty(size, dtype=np.int64)
+    idx = np.arange(L, dtype=np.int64)
+    first[sweep[::-1]] = idx[::-1]  # the last assignment wins: each address's first use
+    fo = np.flatnonzero(first[sweep] == idx)  # first uses in the pass
+    fold_first = np.zeros(L, dtype=bool)  # first uses in each fold
+    lo = 0
+    for hi in fold_ends:
+        a = sweep[lo:hi]
+        first[a[::-1]] = idx[lo:hi][::-1]
+        fold_first[lo:hi] = first[a] == idx[lo:hi]
+        lo = hi
+    ffo = np.flatnonzero(fold_first)
+    in_epoch = np.zeros(size, dtype=bool)
+
+    def first_new(pos_arr, a):  # positions of the uses in pos_arr fetched, in order
+        ia = idx[: len(a)]
+        first[a[::-1]] = ia[::-1]
+        return pos_arr[(first[a] == ia) & ~in_epoch[a]]
+
+    total, cnt = 0, 0
+    for _ in range(reps):
+        pos, fold_cut, full_until, flushed = 0, 0, 0, False
+        while pos < L:
+            need = E - cnt
+            if pos < fold_cut:  # the rest of the fold where the epoch ended: every use
+                hi = fold_cut
+                a = sweep[pos:hi]
+                new = first_new(idx[pos:hi], a)
+            elif pos < full_until:  # the first use in each fold within the horizon
+                hi = full_until
+                cpos = ffo[np.searchsorted(ffo, pos) : np.searchsorted(ffo, hi)]
+                a = sweep[cpos]
+                new = first_new(cpos, a)
+            else:  # the first uses in the pass (distinct addresses)
+                i0 = int(np.searchsorted(fo, pos))
+                i1 = min(len(fo), i0 + max(4096, 2 * need))
+                cpos = fo[i0:i1]
+                a = sweep[cpos]
+                new = cpos[~in_epoch[a]]
+                hi = int(fo[i1]) if i1 < len(fo) else L
+            if len(new) >= need:  # the epoch ends here
+                end = int(new[need - 1])
+                total += need
+                cnt = 0
+                in_epoch[:] = False
+                flushed = True
+                pos = end + 1
+                fold_cut = int(fold_ends[np.searchsorted(fold_ends, end, side="right")])
+                full_until = min(L, end + 1 + horizon)
+                continue
+            total += len(new)
+            cnt += len(new)
+            in_epoch[a] = True
+            pos = hi
+        if not flushed:  # the epoch holds the whole pass: every later pass hits
+            break
+    return total
+
+
+def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
+    """One pass of the OS ifmap demand (eq. M5): row folds of ``R`` pixels, each the
+    ``K x R`` block skewed: cycle ``k + j`` reads pixel ``j``'s window element ``k``, pixels in
+    order within a cycle. Returns the addresses and the folds' lengths."""
+    parts, sizes = [], []
+    for p0, ru in ((0, R), (Np // R * R, Np % R)):
+        n = Np // R if ru == R else 1
+        if ru == 0 or n == 0:
+            continue
+        k, j = np.meshgrid(np.arange(K), np.arange(ru), indexing="ij")
+        order = np.lexsort((j.ravel(), (k + j).ravel()))
+        ko, jo = k.ravel()[order], j.ravel()[order]
+        p = p0 + np.arange(n)[:, None] * R + jo[None, :]
+        parts.append(geo.ifmap_addr(p, ko[None, :]).ravel())
+        sizes += [ru * K] * n
+    return np.concatenate(parts), sizes
+
+
+def _ws_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
+    """One pass of the WS ifmap demand: K folds of ``R`` window elements, each the ``Np x R``
+    block skewed (cycle ``p + kk``)."""
+    parts, sizes = [], []
+    for k0 in range(0, K, R):
+        ku = min(R, K - k0)
+        p, kk = np.meshgrid(np.arange(Np), np.arange(ku), indexing="ij")
+        order = np.lexsort((kk.ravel(), (p + kk).ravel()))
+        parts.append(geo.ifmap_addr(p.ravel()[order], k0 + kk.ravel()[order]))
+        sizes.append(Np * ku)
+    return np.concatenate(parts), sizes
+
+
+def _is_ifmap_stream(geo: ConvGeometry, Np: int, K: int, R: int, C: int) -> np.ndarray:
+    """The whole IS ifmap demand: pixel folds of ``C`` (outer) by K folds of ``R`` (inner),
+    each block read once, its window elements last to first (``np.flip`` of the fold)."""
+    parts, sizes = [], []
+    for p0 in range(0, Np, C):
+        pu = min(C, Np - p0)
+        for k0 in range(0, K, R):
+            ku = min(R, K - k0)
+            kk, j = np.meshgrid(np.arange(ku)[::-1], np.arange(pu), indexing="ij")
+            parts.append(geo.ifmap_addr(p0 + j.ravel(), k0 + kk.ravel()))
+            sizes.append(pu * ku)
+    return np.concatenate(parts), sizes
+
+
+def dram_reads(
+    dataflow,
+    R: int,
+    C: int,
+    Np: int,
+    K: int,
+    Mf: int,
+    ifmap_kb: float,
+    filter_kb: float,
+    geo: ConvGeometry | None = None,
+) -> tuple[int, int]:
+    """(ifmap, filter) DRAM words SCALE-Sim's CALC-mode read buffers fetch for one GEMM
+    ``Np x K`` by ``K x Mf`` (eq. M3-M7). ``geo``: the convolution behind it (repeated ifmap
+    addresses); ``None``: a GEMM (every ifmap address distinct)."""
+    df = as_dataflow(dataflow)
+    Ei, Ef = epoch_words(ifmap_kb), epoch_words(filter_kb)
+    nr, nc = _cdiv(Np, R), _cdiv(Mf, C)
+    # filter: every address distinct
+    if df is Dataflow.OS:  # block of C filters per column fold, repeated over the row folds
+        fl, cnt = 0, 0
+        for m0 in range(0, Mf, C):
+            got, cnt = distinct_misses(K * min(C, Mf - m0), nr, cnt, Ef)
+            fl += got
+    elif df is Dataflow.WS:  # each filter word streamed once
+        fl = K * Mf
+    else:  # IS: the whole filter once per pixel fold
+        fl, _ = distinct_misses(K * Mf, _cdiv(Np, C), 0, Ef)
+    # ifmap
+    reps = {Dataflow.OS: nc, Dataflow.WS: nc, Dataflow.IS: 1}[df]
+    if geo is None:
+        ifm, _ = distinct_misses(Np * K, reps, 0, Ei)
+        return ifm, fl
+    D = geo.distinct(Np)
+    if D < Ei:  # the epoch never ends: every word once (eq. M3 with n = D)
+        return D, fl
+    if geo.fh <= geo.stride and geo.fw <= geo.stride:  # windows share no word: a GEMM's sweep
+        ifm, _ = distinct_misses(D, reps, 0, Ei)
+        return ifm, fl
+    if df is Dataflow.OS:
+        sweep, sizes = _os_ifmap_sweep(geo, Np, K, R)
+        horizon = (geo.reuse_gap // R + 2) * R * K
+    elif df is Dataflow.WS:
+        sweep, sizes = _ws_ifmap_sweep(geo, Np, K, R)
+        horizon = len(sweep)
+    else:
+        sweep, sizes = _is_ifmap_stream(geo, Np, K, R, C)
+        horizon = (geo.reuse_gap // C + 2) * C * K
+    fold_ends = np.cumsum(sizes)
+    if not geo.all_valid:  # SCALE-Sim skips the -1 addresses of windows outside the ifmap
+        valid = sweep >= 0
+        fold_ends = np.cumsum(
+            np.add.reduceat(valid.astype(np.int64), fold_ends - np.asarray(sizes))
+        )
+        sweep = sweep[valid]
+    return _sweep_misses(sweep, fold_ends, reps, Ei, horizon), fl
+
+
+def _fold_types(df: Dataflow, R: int, C: int, Np: int, K: int, Mf: int):
+    """The folds in SCALE-Sim's order as runs ``(count, rows, ofmap words per row)``: each
+    fold is ``rows`` cycles (``gemm_counts``' cycles per fold); ``words[q]`` ofmap words are
+    written in its cycle ``q`` (eq. M8)."""
+    if df is Dataflow.OS:
+        outer, inner, prefix = (Mf, C), (Np, R), K - 1
+    elif df is Dataflow.WS:
+        outer, inner, prefix = (Mf, C), (K, R), 2 * R - 1
+    else:
+        outer, inner, prefix = (Np, C), (K, R), 2 * R - 1
+    runs = []
+    for o0 in range(0, outer[0], outer[1]):
+        cu = min(C, outer[0] - o0)
+        for n_in, iu in (
+            (inner[0] // inner[1], inner[1]),
+            (1 if inner[0] % inner[1] else 0, inner[0] % inner[1]),
+        ):
+            if n_in == 0:
+                continue
+            if df is Dataflow.OS:  # ru x cu outputs, flipped: rows R - ru .. R - 1 valid
+                lo, hi, height = R - iu, R - 1, R
+            else:  # the whole Np (ws) / Mf (is) column of each of the cu columns
+                n = Np if df is Dataflow.WS else Mf
+                lo, hi, height = 0, n - 1, n
+            q = np.arange(height + C - 1)[:, None] - np.arange(cu)[None, :]
+            words = ((q >= lo) & (q <= hi)).sum(axis=1)
+            rows = np.concatenate([np.zeros(prefix, dtype=np.int64), words])
+            if runs and runs[-1][1] is not None and np.array_equal(runs[-1][1], rows):
+                runs[-1][0] += n_in
+            else:
+                runs.append([n_in, rows])
+    return runs
+
+
+@dataclass(frozen=True)
+class WriteBuffer:
+    """What SCALE-Sim's ofmap write buffer did: DRAM words written, ofmap stall cycles, the
+    cycle of the last drain (eq. M8-M10)."""
+
+    dram_writes: int
+    stall_cycles: int
+    last_cycle: int  # scalesim's "Total Cycles": last demand cycle + stalls
+    drain_stop: int  # the cycle the last DRAM write is issued
+
+
+def ofmap_writes(
+    dataflow,
+    R: int,
+    C: int,
+    Np: int,
+    K: int,
+    Mf: int,
+    ofmap_kb: float,
+    line: int,
+    scalesim_padding: bool = True,
+) -> WriteBuffer:
+    """SCALE-Sim's write buffer (``memory/write_buffer.py``) on the layer's ofmap demand, as
+    drain events (eq. M8-M10): words are packed into lines of ``line`` words (``arr_col`` in
+    CALC mode); once more than half the buffer is used and the previous drain is done, the
+    open line is closed (padded) and ``ceil(half / line)`` lines go to DRAM. A drain counts
+    all words of its lines but the padding of its *last* line, so a padded line drained in
+    the middle of a batch counts its padding: scalesim's slip, reproduced with
+    ``scalesim_padding`` (default); ``False`` counts only the ofmap words (eq. M9)."""
+    ws = _WriteSim(dataflow, R, C, Np, K, Mf, ofmap_kb, line, scalesim_padding)
+    ws.run_until(ws.total)
+    last, stop = ws.finish()
+    return WriteBuffer(ws.writes, ws.shift, last, stop)
+
+
+class _WriteSim:
+    """The write buffer's drain events (eq. M8-M10), resumable: :meth:`run_until` resolves the
+    events of the words before ``k_end`` at the current ``shift`` (stall cycles so far), so
+    that a caller may add stalls of its own between rows (USER mode's read stalls)."""
+
+    def __init__(self, dataflow, R, C, Np, K, Mf, ofmap_kb, line, scalesim_padding=True):
+        df = as_dataflow(dataflow)
+        counts = np.concatenate([np.tile(r, n) for n, r in _fold_types(df, R, C, Np, K, Mf)])
+        self.cum = np.cumsum(counts)
+        self.total, self.nrows = int(self.cum[-1]), len(counts)
+        self.T = math.floor(1024 * ofmap_kb)
+        self.active = math.ceil(self.T * 0.5)
+        self.line = line
+        self.Ld = _cdiv(self.T - self.active, line)
+        self.padding = scalesim_padding
+        self.free, self.drain_end, self.shift, self.k, self.done = self.T, 0, 0, 0, 0
+        self.lines, self.fill, self.packed, self.start, self.writes, self.stop = 0, 0, 0, 0, 0, 0
+        self.pads: dict[int, int] = {}
+
+    def row_of(self, k: int) -> int:
+        return int(np.searchsorted(self.cum, k, side="right"))
+
+    def before_row(self, r: int) -> int:
+        """Words written before demand row ``r``."""
+        return 0 if r <= 0 else (self.total if r >= self.nrows else int(self.cum[r - 1]))
+
+    def _close(self, upto: int) -> None:  # pack words [packed, upto) and close the open line
+        n = upto - self.packed
+        self.lines += (self.fill + n) // self.line
+        self.fill = (self.fill + n) % self.line
+        self.packed = upto
+        if self.fill:
+            self.pads[self.lines] = self.line - self.fill
+            self.lines += 1
+            self.fill = 0
+
+    def _drain(self, cycle: int) -> int:
+        nl = min(self.Ld, self.lines - self.start)
+        if self.padding:
+            data = nl * self.line - self.pads.get(self.start + nl - 1, 0)
+        else:
+            hi = self.start + nl
+            data = nl * self.line - sum(v for i, v in self.pads.items() if self.start <= i < hi)
+        self.start += nl
+        self.writes += data
+        end = cycle + nl - 1
+        self.stop = max(self.stop, end)
+        return data, end
+
+    def run_until(self, k_end: int) -> None:
+        k_end = min(k_end, self.total)
+        while True:
+            # first word leaving less than half free; first word at or after the drain's end
+            k1 = max(self.done, self.k + self.free - self.active)
+            k2 = max(self.done, self.before_row(self.drain_end - self.shift))
+            kt = max(k1, k2)
+            ks = self.k + self.free - 1  # the word that fills the buffer
+            if (
+                self.done <= ks < min(kt, self.total)
+                and self.row_of(ks) + self.shift < self.drain_end
+            ):  # full before the drain ends: stall until it does (eq. M10)
+                if ks >= k_end:
+                    break
+                self.shift = self.drain_end - self.row_of(ks)
+                self.done = ks + 1
+                continue
+            if kt >= k_end:
+                break
+            self.free -= kt - self.k + 1
+            self._close(kt + 1)
+            data, self.drain_end = self._drain(self.row_of(kt) + self.shift)
+            self.free += data
+            self.k = self.done = kt + 1
+        self.done = max(self.done, k_end)
+
+    def finish(self) -> tuple[int, int]:
+        """Drain the rest (``empty_all_buffers``); (last demand cycle, last DRAM write)."""
+        last = self.nrows - 1 + self.shift
+        self._close(self.total)
+        cycle = last
+        while self.start < self.lines:
+            _, end = self._drain(cycle)
+            cycle = end + 1
+        return last, self.stop
+
+
+def _first_request(df: Dataflow, R: int, K: int) -> tuple[int, int]:
+    """Cycle of the first ifmap and filter request (the demand matrices' null prefixes)."""
+    top = R - min(R, K)  # null rows of a flipped first fold with K < R
+    if df is Dataflow.OS:
+        return 0, 0
+    if df is Dataflow.WS:
+        return R, top
+    return top, R
+
+
+def _prefetch_start(misses: int, sram_kb: float, first: int) -> int:
+    """Cycle of the first DRAM read of a CALC-mode read buffer (eq. M11): its first prefetch
+    (50 sets, or all of them if fewer) at 10 words per cycle, ending just before ``first``
+    (or before cycle 0 if the buffer never filled half its sets)."""
+    per_set = math.floor(1024 * sram_kb) // 100
+    if misses >= 50 * per_set:
+        return first - 1 - _cdiv(50 * per_set, 10) + 1
+    return -_cdiv(_cdiv(misses, per_set) * per_set, 10)
+
+
+@dataclass(frozen=True)
+class MemoryCost:
+    """SCALE-Sim's memory figures of one GEMM (words are operand elements)."""
+
+    dram_ifmap_reads: int
+    dram_filter_reads: int
+    dram_ofmap_writes: int
+    stall_cycles: int
+    total_cycles: int  # scalesim's "Total Cycles": compute + stalls
+    total_cycles_incl_prefetch: int  # first DRAM read to last DRAM write
+
+
+@lru_cache(maxsize=4096)  # sweeps cost the same shapes again and again
+def memory_cost(
+    dataflow,
+    R: int,
+    C: int,
+    Np: int,
+    K: int,
+    Mf: int,
+    sram_kb: tuple[float, float, float],
+    geo: ConvGeometry | None = None,
+    scalesim_padding: bool = True,
+) -> MemoryCost:
+    """SCALE-Sim 3.0.0's DRAM traffic and cycles in CALC bandwidth mode (eq. M1-M12) for one
+    GEMM ``Np x K`` by ``K x Mf`` on an ``R x C`` array; ``sram_kb`` (ifmap, filter, ofmap) in
+    KiB of one-byte words; ``geo``: the convolution behind it (None: a GEMM);
+    ``scalesim_padding``: count the padding words scalesim's write buffer drains (eq. M9).
+    Cached by arguments (``memory_cost.__wrapped__`` computes afresh). Conv ifmaps larger than
+    an epoch take O(Np * K) time and memory (the walk), the rest O(folds)."""
+    df = as_dataflow(dataflow)
+    check_sram_words(sram_kb)
+    ifm, fl = dram_reads(df, R, C, Np, K, Mf, sram_kb[0], sram_kb[1], geo)
+    wb = ofmap_writes(df, R, C, Np, K, Mf, sram_kb[2], C, scalesim_padding)
+    fi, ff = _first_request(df, R, K)
+    start = min(_prefetch_start(ifm, sram_kb[0], fi), _prefetch_start(fl, sram_kb[1], ff))
+    return MemoryCost(
+        ifm, fl, wb.dram_writes, wb.stall_cycles, wb.last_cycle, wb.drain_stop - start
+    )
