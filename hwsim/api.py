@@ -613,14 +613,15 @@ def cost(
     **widths,
 ):
     """Cost a shipped model / ONNX file (float: widths from the config or ``widths``
-    -- ``weight_bits``, ``act_bits``, ``acc_bits``; quantized: widths from the model) or a
+    -- ``weight_bits``, ``act_bits``, ``acc_bits``; quantized: widths from the model; any other
+    :class:`hwsim.cost.Accelerator` field, e.g. ``bandwidth_mode``; None: unchanged) or a
     SCALE-Sim topology CSV on an accelerator (:func:`accelerator`); returns the
     :class:`hwsim.cost.CostReport`, written as JSON / plotted (atomically) if asked."""
     from hwsim.cost import cost as cost_layers
     from hwsim.cost import layers_from_program, load_config, parse_array, read_topology
 
     check_outputs(json_path=json_path, plot=plot)
-    over = dict(widths)
+    over = {k: v for k, v in widths.items() if v is not None}
     if array is not None:
         over["rows"], over["cols"] = parse_array(array)
     if dataflow is not None:

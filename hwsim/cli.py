@@ -827,13 +827,37 @@ def sweep_cmd(spec, workers, scheduler, results, json_path, csv_path, plot, prog
 )
 @click.option("--abits", type=click.IntRange(*BITS), default=None)
 @click.option("--acc-bits", type=click.IntRange(*ACC_BITS), default=None)
+@click.option(
+    "--bandwidth-mode",
+    type=click.Choice(["calc", "user"]),
+    default=None,
+    help="SCALE-Sim's InterfaceBandwidth: calc (DRAM as fast as needed, no stalls; the "
+    "default) or user (--bandwidth words/cycle per operand, stalls).",
+)
+@click.option(
+    "--bandwidth",
+    type=click.IntRange(1, 1 << 20),
+    default=None,
+    help="DRAM words/cycle per operand in user mode (default: the config's).",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=_out, default=None)
 @click.option(
     "--plot", type=click.Path(dir_okay=False), callback=_out, default=None, help="PNG plot path."
 )
 @_guard
 def cost_cmd(
-    model_or_topology, config, array, dataflow, batch, wbits, abits, acc_bits, json_path, plot
+    model_or_topology,
+    config,
+    array,
+    dataflow,
+    batch,
+    wbits,
+    abits,
+    acc_bits,
+    bandwidth_mode,
+    bandwidth,
+    json_path,
+    plot,
 ):
     """Cycles, traffic and energy of a model or SCALE-Sim topology CSV on an accelerator."""
     from hwsim import api
@@ -849,6 +873,8 @@ def cost_cmd(
         weight_bits=wbits,
         act_bits=abits,
         acc_bits=acc_bits,
+        bandwidth_mode=bandwidth_mode,
+        dram_words_per_cycle=bandwidth,
     )
     click.echo(rep.table())
     for path in (json_path, plot):

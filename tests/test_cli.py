@@ -70,7 +70,8 @@ def test_run_report_and_outputs(runner, qmodel, tmp_path):
     assert "samples/s" in r.output and "M MAC/s" in r.output
     assert doc["seconds"] > 0
     assert abs(doc["samples_per_s"] - 599 / doc["seconds"]) <= 0.01 * doc["samples_per_s"] + 1
-    assert abs(doc["macs_per_s"] - doc["totals"]["macs"] / doc["seconds"]) <= 0.01 * doc["macs_per_s"]
+    macs_per_s = doc["totals"]["macs"] / doc["seconds"]
+    assert abs(doc["macs_per_s"] - macs_per_s) <= 0.01 * doc["macs_per_s"]
     # no temp files left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz", "r.json"]
 
@@ -686,3 +687,27 @@ def test_run_tflite_kernels_option(runner, qmodel, tmp_path):
     assert json.loads(rep.read_text())["settings"]["scheme"]["kernels"] == "optimized"
     r = runner.invoke(main, ["run", str(qmodel), "--data", "digits", "--tflite-kernels", "xnnpack"])
     assert r.exit_code != 0 and str(qmodel) in r.output and ".tflite" in r.output
+
+
+def test_cost_bandwidth_mode_options(runner, tmp_path):
+    """--bandwidth-mode / --bandwidth reach the memory model (SCALE-Sim's InterfaceBandwidth):
+    calc never stalls reads; user mode at 1 word/cycle must stall where the DRAM words exceed
+    the compute cycles by far (rescnn, batch 4: more than 30x)."""
+    out = {}
+    for mode, extra in (("calc", []), ("user", ["--bandwidth", "1"])):
+        p = tmp_path / f"{mode}.json"
+        args = ["cost", "rescnn", "--batch", "4", "--bandwidth-mode", mode, *extra]
+        r = runner.invoke(main, [*args, "--json", str(p)])
+        assert r.exit_code == 0, r.output
+        out[mode] = (r.output, json.loads(p.read_text()))
+    calc, user = out["calc"][1], out["user"][1]
+    assert calc["accelerator"]["bandwidth_mode"] == "calc" and calc["totals"]["stall_cycles"] == 0
+    assert user["accelerator"]["bandwidth_mode"] == "user"
+    assert user["accelerator"]["dram_words_per_cycle"] == 1
+    words = sum(user["totals"]["dram_words"].values())
+    assert words > 30 * user["totals"]["compute_cycles"]
+    assert user["totals"]["stall_cycles"] > 0
+    assert "as fast as needed (calc" in out["calc"][0]
+    assert "1 words/cycle per operand (user)" in out["user"][0]
+    r = runner.invoke(main, ["cost", "mlp", "--bandwidth", "0"])
+    assert r.exit_code == 2 and "--bandwidth" in r.output
