@@ -719,16 +719,19 @@ def trace(
     path = resolve_model(model)
     graph = import_model(path)
     meta = {"model": path.name, "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    onnx_model = None
     if graph.quantized:
         if scheme is not None:
             raise HwsimError(f"{model} is already quantized: a scheme applies to a float model")
         program = load_quantized(path)
+        onnx_model = load_onnx(path) if path.suffix.lower() != ".tflite" else None
     else:
         program = quantize_model(
             graph, scheme or "per-tensor", calib=calib, batch_size=batch_size, **scheme_kw
         )
         meta["calib"] = calib
-    return _trace(program, data, list(indices), out, list(layers), meta)
+    meta["model_quantized"] = bool(graph.quantized)
+    return _trace(program, data, list(indices), out, list(layers), meta, onnx_model)
 
 
 def diff(a, b):

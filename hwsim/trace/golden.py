@@ -33,6 +33,7 @@ from hwsim.execute.integer import IntegerExecutor
 from hwsim.execute.tensors import QTensor
 from hwsim.graph.ir import MAC_OPS, Op
 from hwsim.numerics import IntFormat, ScaleKind
+from hwsim.trace.external import onnx_names
 from hwsim.trace.files import FORMAT, HEX_ORDER, Array, TraceError, entry, sha256, write_dir
 
 REGISTER_SEMANTICS = {
@@ -60,12 +61,13 @@ def _fmt_array(values, fmt: IntFormat) -> Array:
     return Array.integer(values, fmt.bits, fmt.signed, fmt.dtype)
 
 
-def _tensor_entry(files: dict, stem: str, v) -> dict:
-    """The manifest entry of one tensor (an integer QTensor, or a float array)."""
+def _tensor_entry(files: dict, stem: str, v, onnx: str | None) -> dict:
+    """The manifest entry of one tensor (an integer QTensor, or a float array); ``onnx``: the
+    ONNX tensor of the model file holding its integers (:func:`hwsim.trace.external.onnx_names`)."""
     if not isinstance(v, QTensor):
         return dict(entry(files, stem, Array.float_tensor(v)), kind="float32")
     e = entry(files, stem, _fmt_array(v.q, v.fmt))
-    e.update(kind="integer", signed=bool(v.fmt.signed), zero_point=int(v.zero_point))
+    e.update(kind="integer", signed=bool(v.fmt.signed), zero_point=int(v.zero_point), onnx=onnx)
     s = np.asarray(v.scale, np.float32)
     if s.ndim == 0:
         e["scale"] = float(s)
@@ -184,13 +186,15 @@ def _mac_layer(ex: IntegerExecutor, node, x, out, files: dict, stem: str) -> dic
     return e
 
 
-def record(program, x: np.ndarray, layers=None, meta: dict | None = None):
+def record(program, x: np.ndarray, layers=None, meta: dict | None = None, onnx_model=None):
     """The trace of ``program`` on the float32 batch ``x`` (the samples, ``(N, ...)``):
     ``(manifest, files)`` with ``files`` name -> bytes, ready for :func:`write`.
 
     ``layers``: node names to include (default: all; an unknown name is a TraceError listing
-    the known ones). ``meta``: extra manifest fields (model, data, indices). Runs on the exact
-    ISA (the accelerator's integer arithmetic).
+    the known ones). ``meta``: extra manifest fields (model, data, indices). ``onnx_model``: the
+    quantized file's ``onnx.ModelProto`` (None: a float model quantized by hwsim), which names
+    each integer tensor's ONNX tensor (``tensors[t]["onnx"]``, for ``hwsim diff`` against
+    external dumps). Runs on the exact ISA (the accelerator's integer arithmetic).
     """
     g = program.graph
     names = [n.name for n in g.nodes]
@@ -200,6 +204,7 @@ def record(program, x: np.ndarray, layers=None, meta: dict | None = None):
             raise TraceError(f"unknown layer(s) {unknown}; the model's layers: {names}")
     ex = IntegerExecutor(program)
     env = ex.run(np.asarray(x, np.float32), keep_all=True)
+    names = onnx_names(onnx_model, [t for t, v in env.items() if isinstance(v, QTensor)])
     files: dict[str, bytes] = {}
     tensors: dict[str, dict] = {}
     out_layers = []
@@ -208,7 +213,7 @@ def record(program, x: np.ndarray, layers=None, meta: dict | None = None):
             continue
         for t in (*node.inputs, node.output):
             if t not in tensors:
-                tensors[t] = _tensor_entry(files, f"t_{_safe(t)}", env[t])
+                tensors[t] = _tensor_entry(files, f"t_{_safe(t)}", env[t], names.get(t))
         e = {"index": i, "name": node.name, "op": node.op.value, "inputs": list(node.inputs),
              "output": node.output}  # fmt: skip
         if node.op in MAC_OPS:
@@ -253,7 +258,9 @@ def sample_indices(specs, n: int) -> list[int]:
     return sorted(out)
 
 
-def trace(program, data, indices=None, out=None, layers=None, meta: dict | None = None):
+def trace(
+    program, data, indices=None, out=None, layers=None, meta: dict | None = None, onnx_model=None
+):
     """Record ``program`` on the samples ``indices`` (:func:`sample_indices` specs; default
     sample 0) of ``data`` (a :class:`hwsim.data.Dataset` or what :func:`hwsim.data.load_data`
     takes) and write the trace to ``out`` if given. Returns the manifest."""
@@ -266,7 +273,7 @@ def trace(program, data, indices=None, out=None, layers=None, meta: dict | None 
     )
     idx = sample_indices(indices, len(ds.x))
     info = {"data": ds.name, "indices": idx, **(meta or {})}
-    manifest, files = record(program, ds.x[idx], layers, info)
+    manifest, files = record(program, ds.x[idx], layers, info, onnx_model)
     if out is not None:
         write(out, manifest, files)
     return dict(manifest, files={name: sha256(data) for name, data in sorted(files.items())})
