@@ -731,12 +731,60 @@ def trace(
         )
         meta["calib"] = calib
     meta["model_quantized"] = bool(graph.quantized)
+    if graph.quantized:
+        meta["model_path"] = str(path)  # where `hwsim diff --against onnxruntime` finds it
     return _trace(program, data, list(indices), out, list(layers), meta, onnx_model)
 
 
-def diff(a, b):
-    """The first divergence of traces ``a`` and ``b`` (``hwsim diff``): a
-    :class:`hwsim.trace.diff.Divergence` (layer, element, count, cause), or None if identical."""
-    from hwsim.trace.diff import diff as _diff
+def diff(a, b=None, against: str | None = None, model=None, data=None, save_dumps=None):
+    """The first divergence of trace ``a`` and ``b`` (``hwsim diff``): a
+    :class:`hwsim.trace.diff.Divergence` (layer, element, count, cause), or None if identical.
+    ``b``: another trace, or a dumps folder (one ``.npy`` per ONNX tensor; docs/trace.md).
+    ``against="onnxruntime"`` instead of ``b``: run the quantized file ``a`` traces (``model``,
+    default the manifest's ``model_path``; its sha256 must match) in onnxruntime on the same
+    samples (``data``, default the manifest's) with every traced tensor exposed as an output,
+    and compare those (written as a dumps folder to ``save_dumps`` if given)."""
+    import hashlib
+    import tempfile
 
-    return _diff(a, b)
+    from hwsim.trace.diff import diff as _diff
+    from hwsim.trace.external import capture_trace
+    from hwsim.trace.files import read_manifest
+
+    if against is None:
+        if b is None:
+            raise HwsimError("give a trace or dumps folder B, or --against onnxruntime")
+        if model is not None or data is not None or save_dumps is not None:
+            raise HwsimError("model, data and save_dumps apply to --against onnxruntime only")
+        return _diff(a, b)
+    if against != "onnxruntime":
+        raise HwsimError(f"against must be 'onnxruntime', got {against!r}")
+    if b is not None:
+        raise HwsimError("give either B or --against onnxruntime, not both")
+    doc = read_manifest(a)
+    if not doc.get("model_quantized"):
+        raise HwsimError(
+            f"{a}: a trace of a float model quantized by hwsim; onnxruntime runs quantized "
+            f"files: trace a QDQ model (onnxruntime's quantize_static, or `hwsim quantize`)"
+        )
+    path = resolve_model(model if model is not None else doc.get("model_path", doc.get("model")))
+    if not path.is_file():
+        raise HwsimError(f"{path}: no such model file (pass --model)")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    if sha != doc.get("model_sha256"):
+        raise HwsimError(
+            f"{path}: sha256 {sha[:12]}..., the trace {a} was recorded from a model with "
+            f"{str(doc.get('model_sha256'))[:12]}... (another file)"
+        )
+    graph = import_model(path)
+    ds = _data(data if data is not None else doc.get("data"), graph.input_shape)
+    idx = doc.get("indices") or [0]
+    if max(idx) >= len(ds.x):
+        raise HwsimError(f"{a}: samples {idx} of a data set of {len(ds.x)}")
+    if save_dumps is not None:
+        capture_trace(doc, path, ds.x[idx], save_dumps)
+        return _diff(a, save_dumps)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "onnxruntime"
+        capture_trace(doc, path, ds.x[idx], out)
+        return _diff(a, out)

@@ -200,3 +200,38 @@ def read_dumps(d, want: dict[str, tuple[list, str]]) -> dict[str, np.ndarray]:
             )
         out[name] = a
     return out
+
+
+def trace_names(doc: dict) -> list[str]:
+    """The ONNX tensors a trace manifest maps its integer tensors to, in its order."""
+    out = []
+    for e in doc["tensors"].values():
+        if isinstance(e, dict) and e.get("onnx") and e["onnx"] not in out:
+            out.append(e["onnx"])
+    return out
+
+
+def capture_trace(doc: dict, model_path, x: np.ndarray, out=None):
+    """onnxruntime's values, on the trace's samples ``x``, of every ONNX tensor the trace
+    manifest ``doc`` maps (:func:`trace_names`) in the QDQ file ``model_path``; written as a
+    dumps folder to ``out`` if given (``dumps.json`` names the model, samples, onnxruntime's
+    version and the CPU's instruction set). Returns ONNX name -> array."""
+    import onnxruntime as ort
+
+    from hwsim.datapath.isa import cpu_summary
+
+    names = trace_names(doc)
+    arrays = capture(model_path, x, names)
+    if out is not None:
+        cpu = cpu_summary()
+        info = {
+            "engine": f"onnxruntime {ort.__version__}, default session options, CPU",
+            "cpu": f"{cpu['processor']} ({', '.join(cpu['features'])}): onnxruntime's u8 x s8 "
+            f"dot product {cpu['onnxruntime_isa']}",
+            "model": str(model_path),
+            "model_sha256": doc.get("model_sha256"),
+            "data": doc.get("data"),
+            "indices": doc.get("indices"),
+        }
+        write_dumps(out, arrays, info)
+    return arrays

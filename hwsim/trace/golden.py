@@ -29,6 +29,7 @@ import numpy as np
 
 from hwsim.datapath import Operand, conv2d, gemm, output_stage
 from hwsim.datapath.isa import Isa
+from hwsim.errors import HwsimError
 from hwsim.execute.integer import IntegerExecutor
 from hwsim.execute.tensors import QTensor
 from hwsim.graph.ir import MAC_OPS, Op
@@ -186,6 +187,35 @@ def _mac_layer(ex: IntegerExecutor, node, x, out, files: dict, stem: str) -> dic
     return e
 
 
+def _avx2_layer(ex: IntegerExecutor, i: int, node, env: dict, files: dict, stem: str):
+    """The layer recomputed by the AVX2 executor ``ex`` (onnxruntime on x86 without VNNI,
+    eq. 16: int16 pair saturation) from the exact run's inputs in ``env``: None when the
+    layer's dot product is exact on that ISA too (not uint8 x int8, depthwise, a layer
+    onnxruntime runs in float, another accumulator), else ``pair_saturations`` /
+    ``outputs_pair_saturated`` and, where its output differs from the exact one, ``output``
+    (the file of the AVX2 output) -- what ``hwsim diff`` checks an external value against."""
+    ins = [env[t] for t in node.inputs]
+    n = int(np.shape(ins[0].q if isinstance(ins[0], QTensor) else ins[0])[0])
+    ex._rng = ex._node_rngs(i, node, 0, n)
+    ex._current, ex._node_now, ex._ins_now = node.name, node, ins
+    try:
+        out = ex._node(node, ins)
+    except HwsimError as e:
+        return {"error": str(e)}
+    finally:
+        ex._rng = ex._current = ex._node_now = None
+        ex._ins_now = []
+    if node.name not in ex.isa_layers:
+        return None
+    c = ex.stats[node.name].counters
+    e = {"pair_saturations": int(c.pair_saturations),
+         "outputs_pair_saturated": int(c.outputs_pair_saturated)}  # fmt: skip
+    exact = env[node.output]
+    if not np.array_equal(out.q, exact.q):
+        e["output"] = entry(files, f"{stem}.avx2_output", _fmt_array(out.q, out.fmt))
+    return e
+
+
 def record(program, x: np.ndarray, layers=None, meta: dict | None = None, onnx_model=None):
     """The trace of ``program`` on the float32 batch ``x`` (the samples, ``(N, ...)``):
     ``(manifest, files)`` with ``files`` name -> bytes, ready for :func:`write`.
@@ -203,6 +233,7 @@ def record(program, x: np.ndarray, layers=None, meta: dict | None = None, onnx_m
         if unknown:
             raise TraceError(f"unknown layer(s) {unknown}; the model's layers: {names}")
     ex = IntegerExecutor(program)
+    ex_avx2 = IntegerExecutor(program, isa=Isa.AVX2)
     env = ex.run(np.asarray(x, np.float32), keep_all=True)
     names = onnx_names(onnx_model, [t for t, v in env.items() if isinstance(v, QTensor)])
     files: dict[str, bytes] = {}
@@ -219,6 +250,7 @@ def record(program, x: np.ndarray, layers=None, meta: dict | None = None, onnx_m
         if node.op in MAC_OPS:
             stem = f"L{i:03d}_{_safe(node.name)}"
             e.update(_mac_layer(ex, node, env[node.inputs[0]], env[node.output], files, stem))
+            e["avx2"] = _avx2_layer(ex_avx2, i, node, env, files, stem)
         out_layers.append(e)
     manifest = {
         "format": FORMAT,
