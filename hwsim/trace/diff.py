@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
@@ -217,7 +217,7 @@ def diff_dumps(a: str | os.PathLike, b: str | os.PathLike) -> Divergence | None:
     da = read_manifest(a)
     tensors = da["tensors"]
     want = {}
-    for t, e in tensors.items():
+    for e in tensors.values():
         if isinstance(e, dict) and e.get("onnx"):
             want[e["onnx"]] = (_field(a, None, e, "shape"), _field(a, None, e, "dtype"))
     if not want:
@@ -228,7 +228,9 @@ def diff_dumps(a: str | os.PathLike, b: str | os.PathLike) -> Divergence | None:
     try:
         got = read_dumps(b, want)
     except TraceError as e:
-        raise TraceError(f"{b} has no manifest.json, so it is read as a dumps folder: {e}") from None
+        raise TraceError(
+            f"{b} has no manifest.json, so it is read as a dumps folder: {e}"
+        ) from None
     produced = {_field(a, None, la, "output") for la in da["layers"]}
     for la in da["layers"]:
         name = _field(a, None, la, "name")

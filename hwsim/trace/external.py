@@ -3,10 +3,10 @@ form ``hwsim diff TRACE DUMPS`` compares against a trace.
 
 **A dumps folder** holds one ``.npy`` per tensor, named by the tensor's **ONNX name in the model
 file** (:func:`dump_file`: every character other than ``A-Z a-z 0-9 . _ -`` becomes ``_``, then
-``.npy``; ``/0/Conv_output_0_QuantizeLinear_Output`` -> ``_0_Conv_output_0_QuantizeLinear_Output.npy``),
-the samples the trace recorded on axis 0, in the dtype of the trace's tensor (``uint8`` / ``int8``
-for 8-bit activations). Which ONNX tensor stands for a traced tensor is the trace manifest's
-``tensors[t]["onnx"]`` (:func:`onnx_names`):
+``.npy``: ``/0/Conv_output_0_QuantizeLinear_Output`` ->
+``_0_Conv_output_0_QuantizeLinear_Output.npy``), the samples the trace recorded on axis 0, in
+the dtype of the trace's tensor (``uint8`` / ``int8`` for 8-bit activations). Which ONNX tensor
+stands for a traced tensor is the trace manifest's ``tensors[t]["onnx"]`` (:func:`onnx_names`):
 
 * a QDQ file (onnxruntime's ``quantize_static``, ``hwsim quantize``): the output of the
   ``QuantizeLinear`` that quantizes ``t`` -- the integer activation the fused kernels

@@ -62,7 +62,7 @@ def record(inp, out):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(mb, so, providers=["CPUExecutionProvider"])
-    res = {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, feeds))}
+    res = {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, feeds), strict=True)}
     pickle.dump({"outputs": res, "cpuid_flags": cpuid_flags(), "onnxruntime": ort.__version__},
                 open(out, "wb"))  # fmt: skip
 
@@ -96,7 +96,7 @@ def main():
     exact = run(job)
     avx2 = run(job, QEMU_CPU)
     if "avx512_vnni" not in exact["cpuid_flags"]:
-        sys.exit(f"the native run must be exact (AVX-512 VNNI); this CPU has {exact['cpuid_flags']}")
+        sys.exit(f"the native run must be exact (AVX-512 VNNI); CPU flags {exact['cpuid_flags']}")
     if set(avx2["cpuid_flags"]) != {"avx2"}:
         sys.exit(f"qemu -cpu {QEMU_CPU} reported {avx2['cpuid_flags']}, expected AVX2 only")
     for rec, which in ((exact, "exact"), (avx2, "avx2")):
