@@ -711,21 +711,27 @@ def trace(
     per-layer integer tensors, weights, bias, raw accumulators and scale registers written to
     the folder ``out`` (atomically). A float model is quantized first (``scheme``, default
     per-tensor, and ``scheme_kw``, calibrated on ``calib``); a quantized one is traced as it is
-    (``scheme`` then is an error). Returns the manifest."""
+    (``scheme`` then is an error); a QOperator file through its node interpreter
+    (:mod:`hwsim.trace.qoperator`: integer tensors, no accumulators). Returns the manifest."""
     import hashlib
 
     from hwsim.trace import trace as _trace
 
     path = resolve_model(model)
-    graph = import_model(path)
     meta = {"model": path.name, "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    onnx_model = None
+    onnx_model = load_onnx(path) if path.suffix.lower() != ".tflite" else None
+    if onnx_model is not None and is_qoperator(onnx_model):
+        if scheme is not None or layers:
+            raise HwsimError(f"{model}: a QOperator model is traced whole, as it is (no scheme, "
+                             f"no --only)")  # fmt: skip
+        return _trace_qoperator(onnx_model, path, out, data, indices, meta)
+    graph = import_model(path)
     if graph.quantized:
         if scheme is not None:
             raise HwsimError(f"{model} is already quantized: a scheme applies to a float model")
         program = load_quantized(path)
-        onnx_model = load_onnx(path) if path.suffix.lower() != ".tflite" else None
     else:
+        onnx_model = None
         program = quantize_model(
             graph, scheme or "per-tensor", calib=calib, batch_size=batch_size, **scheme_kw
         )
@@ -734,6 +740,37 @@ def trace(
     if graph.quantized:
         meta["model_path"] = str(path)  # where `hwsim diff --against onnxruntime` finds it
     return _trace(program, data, list(indices), out, list(layers), meta, onnx_model)
+
+
+def _onnx_samples(onnx_model, data, indices):
+    """``(x, indices)``: the samples ``indices`` (``hwsim trace --index`` specs) of ``data``,
+    shaped and typed for the ONNX model's one input."""
+    from hwsim.data import input_dtype
+    from hwsim.trace.golden import sample_indices
+
+    inits = {t.name for t in onnx_model.graph.initializer}
+    inp = [i for i in onnx_model.graph.input if i.name not in inits]
+    if len(inp) != 1:
+        raise HwsimError(f"the model has {len(inp)} inputs; traces take single-input models")
+    dims = inp[0].type.tensor_type.shape.dim
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)[1:]
+    ds = data if isinstance(data, Dataset) else load_data(data, shape, input_dtype(inp[0]),
+                                                          inp[0].name)  # fmt: skip
+    idx = sample_indices(indices, len(ds.x))
+    return ds, idx
+
+
+def _trace_qoperator(onnx_model, path, out, data, indices, meta) -> dict:
+    from hwsim.trace.files import sha256
+    from hwsim.trace.golden import write
+    from hwsim.trace.qoperator import record_qoperator
+
+    ds, idx = _onnx_samples(onnx_model, data, [str(i) for i in indices])
+    meta.update(data=ds.name, indices=idx, model_quantized=True, model_path=str(path))
+    manifest, files = record_qoperator(onnx_model, ds.x[idx], str(path), meta)
+    if out is not None:
+        write(out, manifest, files)
+    return dict(manifest, files={name: sha256(b) for name, b in sorted(files.items())})
 
 
 def diff(a, b=None, against: str | None = None, model=None, data=None, save_dumps=None):
@@ -776,11 +813,8 @@ def diff(a, b=None, against: str | None = None, model=None, data=None, save_dump
             f"{path}: sha256 {sha[:12]}..., the trace {a} was recorded from a model with "
             f"{str(doc.get('model_sha256'))[:12]}... (another file)"
         )
-    graph = import_model(path)
-    ds = _data(data if data is not None else doc.get("data"), graph.input_shape)
-    idx = doc.get("indices") or [0]
-    if max(idx) >= len(ds.x):
-        raise HwsimError(f"{a}: samples {idx} of a data set of {len(ds.x)}")
+    spec = [str(i) for i in doc.get("indices") or [0]]
+    ds, idx = _onnx_samples(load_onnx(path), data if data is not None else doc.get("data"), spec)
     if save_dumps is not None:
         capture_trace(doc, path, ds.x[idx], save_dumps)
         return _diff(a, save_dumps)

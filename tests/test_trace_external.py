@@ -128,6 +128,41 @@ def test_avx2_dumps_localise_and_classify_int16_pair_saturation(resnet_trace):
     assert f"cause: {PAIR_SATURATION}" in r.output
 
 
+def test_qoperator_avx2_dumps_name_the_second_conv(tmp_path):
+    """A QOperator file traced by its node interpreter: its tensors are its ONNX tensors; the
+    recorded AVX2 run parts from the exact one at conv2 (conv1's weights cannot saturate a
+    pair), and hwsim diff says so."""
+    model = onnx.load(str(DATA / "qlinearconv2.onnx"))
+    dumps = DATA / "qlinearconv2_avx2"
+    info = json.loads((dumps / "dumps.json").read_text())
+    avx2 = {name: np.load(dumps / f) for f, name in info["tensors"].items()}
+    with np.load(DATA / "qlinearconv2_exact.npz") as z:
+        exact = dict(z)
+    first = None
+    for n in model.graph.node:  # the file's order, from the recordings alone
+        o = n.output[0]
+        if not np.array_equal(exact[dump_file(o)[:-4]], avx2[o]):
+            first = (n.name, o, tuple(int(i) for i in np.argwhere(exact[o] != avx2[o])[0]))
+            break
+    assert first[:2] == ("conv2", "y")
+    t = tmp_path / "t"
+    r = CliRunner().invoke(main, ["trace", str(DATA / "qlinearconv2.onnx"), "--data",
+                                  str(DATA / "qlinearconv2_input.npz"), "--index", "0:2",
+                                  "-o", str(t)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    doc = json.loads((t / "manifest.json").read_text())
+    assert doc["model_sha256"] == info["model_sha256"]
+    for name, e in doc["tensors"].items():  # hwsim's exact run is onnxruntime's exact one
+        np.testing.assert_array_equal(np.load(t / e["npy"]), exact[dump_file(name)[:-4]])
+    d = diff(t, dumps)
+    idx = first[2]
+    assert (d.layer, d.tensor, d.index, d.a, d.b) == ("conv2", "y", idx, int(exact["y"][idx]),
+                                                      int(avx2["y"][idx]))  # fmt: skip
+    assert d.cause == PAIR_SATURATION
+    r = CliRunner().invoke(main, ["diff", str(t), str(dumps)])
+    assert r.exit_code == 1 and f"cause: {PAIR_SATURATION}" in r.output
+
+
 def test_dumps_of_the_trace_itself_match(resnet_trace, tmp_path):
     info = json.loads((AVX2 / "dumps.json").read_text())
     doc = json.loads((resnet_trace / "manifest.json").read_text())
@@ -148,11 +183,16 @@ class _Reader(CalibrationDataReader):
         return next(self.it, None)
 
 
-@pytest.mark.parametrize("model,act", [("mlp", "u8"), ("rescnn", "u8"), ("rescnn", "s8")])
-def test_live_onnxruntime_agrees_on_qdq_shipped_models(tmp_path, model, act):
+@pytest.mark.parametrize(
+    "model,act,fmt",
+    [("mlp", "u8", "qdq"), ("rescnn", "u8", "qdq"), ("rescnn", "s8", "qdq"),
+     ("mlp", "u8", "qoperator"), ("mlp", "s8", "qoperator")],
+)  # fmt: skip
+def test_live_onnxruntime_agrees_on_quantized_shipped_models(tmp_path, model, act, fmt):
     qdq = tmp_path / f"{model}_{act}.onnx"
     quantize_static(str(ROOT / "models" / f"{model}.onnx"), str(qdq),
-                    _Reader(load_data("digits-train").x[:512]), quant_format=QuantFormat.QDQ,
+                    _Reader(load_data("digits-train").x[:512]),
+                    quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
                     activation_type=QuantType.QUInt8 if act == "u8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8)  # fmt: skip
     t, dumps = tmp_path / "t", tmp_path / "ort"

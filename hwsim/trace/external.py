@@ -77,8 +77,9 @@ def _elem_type(model, name: str) -> int:
 
 
 def expose_outputs(model, names):
-    """A copy of ``model`` (``onnx.ModelProto``) with ``names`` (``QuantizeLinear`` outputs, or
-    existing graph outputs) added as graph outputs."""
+    """A copy of ``model`` (``onnx.ModelProto``) with the tensors ``names`` added as graph
+    outputs: a mapping name -> numpy dtype (the trace's), or a list of ``QuantizeLinear``
+    outputs (their type from the zero point)."""
     from onnx import helper
 
     m = type(model)()
@@ -86,7 +87,12 @@ def expose_outputs(model, names):
     have = {o.name for o in m.graph.output}
     for name in names:
         if name not in have:
-            m.graph.output.append(helper.make_tensor_value_info(name, _elem_type(m, name), None))
+            elem = (
+                helper.np_dtype_to_tensor_dtype(np.dtype(names[name]))
+                if isinstance(names, dict)
+                else _elem_type(m, name)
+            )
+            m.graph.output.append(helper.make_tensor_value_info(name, elem, None))
             have.add(name)
     return m
 
@@ -104,8 +110,8 @@ def run_onnxruntime(model_bytes: bytes, feeds: dict) -> dict[str, np.ndarray]:
 
 
 def capture(model_path, x: np.ndarray, names) -> dict[str, np.ndarray]:
-    """onnxruntime's values of the ONNX tensors ``names`` for the float32 batch ``x`` of the
-    QDQ file ``model_path`` (the graph's one input)."""
+    """onnxruntime's values of the ONNX tensors ``names`` (:func:`expose_outputs`) for the
+    batch ``x`` (in the input's dtype) of the quantized file ``model_path`` (one input)."""
     import onnx
 
     model = onnx.load(str(model_path))
@@ -114,7 +120,7 @@ def capture(model_path, x: np.ndarray, names) -> dict[str, np.ndarray]:
     if len(inputs) != 1:
         raise TraceError(f"{model_path}: onnxruntime capture needs a model with one input")
     m = expose_outputs(model, names)
-    got = run_onnxruntime(m.SerializeToString(), {inputs[0]: np.asarray(x, np.float32)})
+    got = run_onnxruntime(m.SerializeToString(), {inputs[0]: np.asarray(x)})
     return {n: got[n] for n in names}
 
 
@@ -202,12 +208,13 @@ def read_dumps(d, want: dict[str, tuple[list, str]]) -> dict[str, np.ndarray]:
     return out
 
 
-def trace_names(doc: dict) -> list[str]:
-    """The ONNX tensors a trace manifest maps its integer tensors to, in its order."""
-    out = []
+def trace_names(doc: dict) -> dict[str, str]:
+    """The ONNX tensors a trace manifest maps its integer tensors to, in its order, with their
+    traced dtypes."""
+    out = {}
     for e in doc["tensors"].values():
-        if isinstance(e, dict) and e.get("onnx") and e["onnx"] not in out:
-            out.append(e["onnx"])
+        if isinstance(e, dict) and e.get("onnx"):
+            out.setdefault(e["onnx"], e.get("dtype"))
     return out
 
 

@@ -78,6 +78,70 @@ def run(job, qemu_cpu=None):
         return pickle.load(open(o, "rb"))
 
 
+def qoperator_model():
+    """Two QLinearConv (uint8 x int8, onnxruntime's QOperator form), seeded: the first with
+    weights in [-60, 60] (no int16 pair can saturate: 2 * 255 * 60 < 2^15), the second with
+    weights at the int8 extremes, on a uint8 input of near-max values."""
+    import numpy as np
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(18)
+
+    def const(n, v):
+        return numpy_helper.from_array(np.asarray(v), n)
+
+    x = rng.choice(np.array([0, 90, 200, 230, 255], np.uint8), (2, 8, 6, 6))
+    w1 = rng.integers(-60, 61, (8, 8, 3, 3)).astype(np.int8)
+    w2 = rng.choice(np.array([-128, -100, -1, 0, 1, 100, 127], np.int8), (16, 8, 3, 3))
+    ys = np.float32(0.02 * 0.01 * 60 * np.sqrt(72))
+    inits = [const("xs", np.float32(0.02)), const("xz", np.uint8(128)),
+             const("w1", w1), const("w2", w2), const("ws", np.float32(0.01)),
+             const("wz", np.int8(0)), const("ys", ys), const("yz", np.uint8(128)),
+             const("b1", rng.integers(-3000, 3000, 8).astype(np.int32)),
+             const("b2", rng.integers(-3000, 3000, 16).astype(np.int32))]  # fmt: skip
+    nodes = [
+        helper.make_node("QLinearConv", ["x", "xs", "xz", "w1", "ws", "wz", "xs", "xz", "b1"],
+                         ["h"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("QLinearConv", ["h", "xs", "xz", "w2", "ws", "wz", "ys", "yz", "b2"],
+                         ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]  # fmt: skip
+    g = helper.make_graph(nodes, "qlinearconv2",
+                          [helper.make_tensor_value_info("x", T.UINT8, [None, 8, 6, 6])],
+                          [helper.make_tensor_value_info("y", T.UINT8, [None, 16, 6, 6])],
+                          inits)  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m, x
+
+
+def record_qoperator(api, run_both):
+    """The QOperator case: qlinearconv2.onnx, its input, AVX2 dumps and exact recording."""
+    import numpy as np
+    import onnx
+
+    from hwsim.trace.external import dump_file, expose_outputs, write_dumps
+
+    model, x = qoperator_model()
+    path = os.path.join(HERE, "qlinearconv2.onnx")
+    onnx.save(model, path)
+    np.savez(os.path.join(HERE, "qlinearconv2_input.npz"), x=x)
+    with tempfile.TemporaryDirectory() as d:
+        man = api.trace(path, os.path.join(d, "t"), data=os.path.join(HERE,
+                        "qlinearconv2_input.npz"), indices=["0:2"])  # fmt: skip
+    names = {e["onnx"]: e["dtype"] for e in man["tensors"].values() if e.get("onnx")}
+    exact, avx2 = run_both((expose_outputs(model, names).SerializeToString(), {"x": x}))
+    sha = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    info = dict(avx2["info"], model="tests/data/trace/qlinearconv2.onnx", model_sha256=sha,
+                data="tests/data/trace/qlinearconv2_input.npz", indices=[0, 1])  # fmt: skip
+    write_dumps(os.path.join(HERE, "qlinearconv2_avx2"), {n: avx2["outputs"][n] for n in names},
+                info)  # fmt: skip
+    np.savez_compressed(os.path.join(HERE, "qlinearconv2_exact.npz"),
+                        **{dump_file(n)[:-4]: exact["outputs"][n] for n in names})  # fmt: skip
+    differ = [n for n in names if not np.array_equal(exact["outputs"][n], avx2["outputs"][n])]
+    print(f"qlinearconv2: {len(names)} tensors; differ exact vs avx2: {differ}")
+
+
 def main():
     import numpy as np
     import onnx
@@ -92,24 +156,31 @@ def main():
     x = np.load(INPUT)["x"][INDEX : INDEX + 1]
     model = onnx.load(MODEL)
     final = model.graph.output[0].name
-    job = (expose_outputs(model, names).SerializeToString(), {"input": x})
-    exact = run(job)
-    avx2 = run(job, QEMU_CPU)
-    if "avx512_vnni" not in exact["cpuid_flags"]:
-        sys.exit(f"the native run must be exact (AVX-512 VNNI); CPU flags {exact['cpuid_flags']}")
-    if set(avx2["cpuid_flags"]) != {"avx2"}:
-        sys.exit(f"qemu -cpu {QEMU_CPU} reported {avx2['cpuid_flags']}, expected AVX2 only")
+    qemu = subprocess.run(["qemu-x86_64", "--version"], capture_output=True, text=True).stdout
+
+    def run_both(job):
+        exact = run(job)
+        avx2 = run(job, QEMU_CPU)
+        if "avx512_vnni" not in exact["cpuid_flags"]:
+            sys.exit(f"the native run must be exact (AVX-512 VNNI); flags {exact['cpuid_flags']}")
+        if set(avx2["cpuid_flags"]) != {"avx2"}:
+            sys.exit(f"qemu -cpu {QEMU_CPU} reported {avx2['cpuid_flags']}, expected AVX2 only")
+        avx2["info"] = {
+            "generator": "tests/data/trace/make_avx2_dumps.py",
+            "engine": f"onnxruntime {avx2['onnxruntime']}, default session options, CPU",
+            "cpu": f"{qemu.splitlines()[0]}: qemu-x86_64 -cpu {QEMU_CPU} (CPUID flags "
+            f"{avx2['cpuid_flags']}): u8 x s8 adjacent product pairs summed in saturating int16",
+        }
+        return exact, avx2
+
+    exact, avx2 = run_both((expose_outputs(model, names).SerializeToString(), {"input": x}))
     for rec, which in ((exact, "exact"), (avx2, "avx2")):
         want = np.load(os.path.join(ARCHS, f"resnet18_pertensor_{which}.npz"))["output"][INDEX]
         if not np.array_equal(rec["outputs"][final][0], want):
             sys.exit(f"{which}: exposing the tensors changed the final output (fusion lost?)")
-    qemu = subprocess.run(["qemu-x86_64", "--version"], capture_output=True, text=True).stdout
     sha = hashlib.sha256(open(MODEL, "rb").read()).hexdigest()
     info = {
-        "generator": "tests/data/trace/make_avx2_dumps.py",
-        "engine": f"onnxruntime {avx2['onnxruntime']}, default session options, CPU",
-        "cpu": f"{qemu.splitlines()[0]}: qemu-x86_64 -cpu {QEMU_CPU} (CPUID flags "
-        f"{avx2['cpuid_flags']}): u8 x s8 adjacent product pairs summed in saturating int16",
+        **avx2["info"],
         "model": "tests/conformance/ort_goldens/archs/resnet18_pertensor.onnx",
         "model_sha256": sha,
         "data": "tests/conformance/ort_goldens/archs/resnet18_pertensor_input.npz",
@@ -119,7 +190,8 @@ def main():
     np.savez_compressed(os.path.join(HERE, "resnet18_exact.npz"),
                         **{dump_file(n)[:-4]: exact["outputs"][n] for n in names})  # fmt: skip
     differ = [n for n in names if not np.array_equal(exact["outputs"][n], avx2["outputs"][n])]
-    print(f"{len(names)} tensors; {len(differ)} differ exact vs avx2, e.g. {differ[:3]}")
+    print(f"resnet18: {len(names)} tensors; {len(differ)} differ exact vs avx2, e.g. {differ[:3]}")
+    record_qoperator(api, run_both)
 
 
 if __name__ == "__main__":
