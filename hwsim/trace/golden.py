@@ -163,8 +163,10 @@ def _mac_layer(ex: IntegerExecutor, node, x, out, files: dict, stem: str) -> dic
         e["bias"] = entry(files, f"{stem}.bias", _fmt_array(bias, acc_cfg.format))
         if np.ndim(bias) == 2:
             bias = bias.reshape(bias.shape + tail)
-    if spec is None or spec.mode != "static":
+    if spec is None:
         return e
+    if spec.mode != "static":
+        return _range_replay(ex, node, layer, spec, x, acc, bias, acc_cfg, out, e, files, stem)
     sx = np.asarray(x.scale, np.float32)
     sw = np.asarray(wq.scale, np.float32)
     if sx.ndim:
@@ -183,6 +185,70 @@ def _mac_layer(ex: IntegerExecutor, node, x, out, files: dict, stem: str) -> dic
             f"executor's output (the executor ran another path for this layer, e.g. onnxruntime's "
             f"float kernel of an imported model); the layer cannot be traced"
         )
+    e["replayed"] = True
+    return e
+
+
+def _range_replay(ex, node, layer, spec, x, acc, bias, acc_cfg, out, e, files, stem) -> dict:
+    """Replay a per-sample (``dynamic`` / ``shift``) MAC layer from its trace: ``t =
+    overflow(acc + bias)``, the range unit's per-sample maximum ``a_n`` (``|t|``, or ``max(t,
+    0)`` for an unsigned output), the register of docs/numerics.md eq. 18 (dynamic:
+    ``range_register(a_n)``) or eq. 19 (shift, static base ``b``: ``M_n = u_n / b`` shifted by
+    the selected ``s_n``), ``out = sat(R_n(t) + zp)``; must equal the executor's output (and
+    its shifts), else a TraceError. Records ``range`` (``max``: ``a_n`` (N,), ``register``:
+    per-sample multiplier / shift (N,)). Not replayed (``replayed`` false, no ``range``):
+    per-token outputs, per-channel weight scales that differ (the executor aligns them first),
+    a runtime shift base, stochastic rounding."""
+    from hwsim.datapath import add_bias
+    from hwsim.execute.integer import _register
+    from hwsim.numerics import RoundingMode
+    from hwsim.numerics.ranges import range_register, select_shift
+
+    sw = np.asarray(node.wq.scale, np.float32).astype(np.float64)
+    if (
+        spec.per_token
+        or (sw.ndim and sw.size and np.any(sw != sw.max()))
+        or (spec.mode == "shift" and spec.base == "runtime")
+        or layer.rounding is RoundingMode.STOCHASTIC
+    ):
+        return e
+    t, _ = add_bias(acc, bias, acc=acc_cfg, bias_axis=1)
+    n = t.shape[0]
+    u, _, _ = x.unit()
+    u = np.broadcast_to(np.asarray(u, np.float64) * float(sw.max() if sw.ndim else sw), (n,))
+    fmt, kind, rnd = spec.fmt, layer.register, layer.rounding
+    flat = t.reshape(n, -1)
+    a = (np.abs(flat) if fmt.signed else np.maximum(flat, 0)).max(axis=1)
+    shifts = None
+    if spec.mode == "dynamic":
+        reg = range_register(kind, fmt.max, a, rnd)
+    else:
+        reals = u / np.float64(np.float32(spec.scale))
+        shifts = select_shift(kind, reals, a, fmt.max, spec.s_max, rnd)
+        reg = _register(kind, np.ldexp(reals, shifts), rnd)
+    bshape = (n,) + (1,) * (t.ndim - 1)
+    reg_b = type(reg)(reg.kind, reg.multiplier.reshape(bshape), reg.shift.reshape(bshape),
+                      reg.rounding)  # fmt: skip
+    y = np.asarray(reg_b.apply(t, axis=None), np.int64) + spec.zero_point
+    got = np.clip(y, fmt.min, fmt.max)
+    want = out.q
+    if node.op is Op.DENSE and want.ndim > 2:
+        want = want.reshape(want.shape[0], -1, want.shape[-1]).transpose(0, 2, 1)
+    same_shifts = shifts is None or (
+        out.shifts is not None and np.array_equal(np.ravel(out.shifts), shifts)
+    )
+    if got.shape != want.shape or not np.array_equal(got, want) or not same_shifts:
+        raise TraceError(
+            f"node {node.name!r}: its accumulators through the range unit's per-sample "
+            f"registers do not give the executor's output; the layer cannot be traced"
+        )
+    e["range"] = {
+        "max": entry(files, f"{stem}.range_max", Array.integer(a, acc_cfg.bits, True, np.int64)),
+        "register": _register_entry(files, f"{stem}.range_register", reg, 0),
+        "semantics": "a_n = max |t| (max(t, 0) for an unsigned output) per sample; dynamic: "
+        "register_n = eq. 18 of a_n; shift: register_n = R(u_n / base * 2^s_n), s_n the "
+        "output's shifts (eq. 19); out = saturate(register_n(t) + zero_point)",
+    }
     e["replayed"] = True
     return e
 
