@@ -1019,9 +1019,12 @@ def trace_cmd(model, data, indices, only, scheme, wbits, abits, calib, out, **kw
     )  # fmt: skip
     mac = [layer for layer in doc["layers"] if "acc" in layer]
     replayed = sum(layer["replayed"] for layer in mac)
+    what = f"{len(mac)} MAC, {replayed} replayed from their registers"
+    if doc["scheme"] == {"name": "qoperator"}:
+        what = "QOperator nodes with integer outputs; no accumulators"
     click.echo(
-        f"wrote {out}: {len(doc['layers'])} layers ({len(mac)} MAC, {replayed} replayed from "
-        f"their registers), samples {doc['indices']} of {doc['data']}, {len(doc['files'])} files"
+        f"wrote {out}: {len(doc['layers'])} layers ({what}), samples {doc['indices']} of "
+        f"{doc['data']}, {len(doc['files'])} files"
     )
 
 

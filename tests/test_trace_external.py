@@ -244,6 +244,17 @@ def test_bad_dumps_folders_are_clear_errors(resnet_trace, tmp_path):
         diff(resnet_trace, b)
 
 
+def test_dumps_of_another_model_or_samples_are_an_error(resnet_trace, tmp_path):
+    for key, value in (("model_sha256", "0" * 64), ("indices", [1])):
+        b = _copy(tmp_path)
+        info = json.loads((b / "dumps.json").read_text())
+        info[key] = value
+        (b / "dumps.json").write_text(json.dumps(info))
+        with pytest.raises(TraceError, match=f"dumps.json: {key} .* another model or other"):
+            diff(resnet_trace, b)
+        shutil.rmtree(b)
+
+
 def test_dump_names_that_collide_are_an_error():
     with pytest.raises(TraceError, match="'a/b' and 'a:b' both dump to 'a_b.npy'"):
         read_dumps(DATA, {"a/b": ([1], "uint8"), "a:b": ([1], "uint8")})

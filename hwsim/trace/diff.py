@@ -17,6 +17,7 @@ a layer of A missing from B, or a layer of another op or shape, is a :class:`Tra
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hwsim.trace.external import read_dumps
+from hwsim.trace.external import DUMPS_INFO, read_dumps
 from hwsim.trace.files import TraceError, read_array, read_manifest
 
 PAIR_SATURATION = "int16 pair saturation (AVX2 vpmaddubsw)"
@@ -225,6 +226,7 @@ def diff_dumps(a: str | os.PathLike, b: str | os.PathLike) -> Divergence | None:
             f"{a}: no traced tensor names an ONNX tensor ('onnx' in 'tensors'), so a dumps "
             f"folder cannot be matched to it; record the trace again with this hwsim"
         )
+    _check_provenance(a, da, b)
     try:
         got = read_dumps(b, want)
     except TraceError as e:
@@ -250,6 +252,25 @@ def diff_dumps(a: str | os.PathLike, b: str | os.PathLike) -> Divergence | None:
                               onnx)  # fmt: skip
         produced.update(inputs)
     return None
+
+
+def _check_provenance(a, da: dict, b) -> None:
+    """A ``dumps.json`` in ``b`` (optional) must name A's model (sha256) and samples."""
+    p = Path(b) / DUMPS_INFO
+    if not p.is_file():
+        return
+    try:
+        info = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise TraceError(f"{p}: not JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise TraceError(f"{p}: not a JSON object")
+    for key in ("model_sha256", "indices"):
+        if info.get(key) is not None and da.get(key) is not None and info[key] != da[key]:
+            raise TraceError(
+                f"{p}: {key} {info[key]!r}, but trace {a} has {da[key]!r} (dumps of another "
+                f"model or other samples)"
+            )
 
 
 def _dump_cause(a, da, la, e, ya, yb, idx) -> str:
