@@ -243,3 +243,23 @@ def test_read_manifest_names_a_layer_field_missing(tmp_path, key):
     name = "/2/Relu" if key != "name" else 1
     with pytest.raises(TraceError, match=f"layer {name!r}: field {key!r} missing"):
         read_manifest(d)
+
+
+@pytest.mark.parametrize(
+    "args,replayed",
+    [(["--order", "tiled", "--tile-rows", "8", "--tile-bits", "20"], 5),
+     (["--register", "pow2", "--rounding", "stochastic"], 0),
+     (["--scheme", "per-sample", "--register", "pow2", "--rounding", "stochastic"], 0)],
+)  # fmt: skip
+def test_tiled_and_stochastic_layers_trace(tmp_path, args, replayed):
+    """A tile register narrower than the accumulator has no AVX2 form (``avx2`` null); a
+    stochastic register's draws are not in the trace, so its layers are recorded, not
+    replayed (both were crashes)."""
+    out = tmp_path / "t"
+    r = CliRunner().invoke(main, ["trace", "rescnn", "--index", "0:2", "-o", str(out), *args])
+    assert r.exit_code == 0, r.output
+    doc = read_manifest(out)
+    mac = [la for la in doc["layers"] if "acc" in la]
+    assert sum(la["replayed"] for la in mac) == replayed == replay(out)
+    if "tiled" in args:
+        assert all(la["avx2"] is None for la in mac)

@@ -33,7 +33,7 @@ from hwsim.errors import HwsimError
 from hwsim.execute.integer import IntegerExecutor
 from hwsim.execute.tensors import QTensor
 from hwsim.graph.ir import MAC_OPS, Op
-from hwsim.numerics import IntFormat, ScaleKind
+from hwsim.numerics import IntFormat, RoundingMode, ScaleKind
 from hwsim.trace.external import onnx_names
 from hwsim.trace.files import FORMAT, HEX_ORDER, Array, TraceError, entry, sha256, write_dir
 
@@ -174,6 +174,8 @@ def _mac_layer(ex: IntegerExecutor, node, x, out, files: dict, stem: str) -> dic
     reg = ex._requant_register(layer, sx, sw, np.asarray(np.float32(spec.scale)), record=False)
     axis = None if reg.multiplier.ndim > 1 else 1
     e["register"] = _register_entry(files, f"{stem}.register", reg, axis)
+    if reg.rounding is RoundingMode.STOCHASTIC:
+        return e  # its draws are not in the trace: not replayed
     got = output_stage(acc, reg, acc=acc_cfg, bias=bias, bias_axis=1, scale_axis=axis,
                        out_format=spec.fmt, out_zero_point=spec.zero_point).values  # fmt: skip
     want = out.q
@@ -201,7 +203,6 @@ def _range_replay(ex, node, layer, spec, x, acc, bias, acc_cfg, out, e, files, s
     a runtime shift base, stochastic rounding."""
     from hwsim.datapath import add_bias
     from hwsim.execute.integer import _register
-    from hwsim.numerics import RoundingMode
     from hwsim.numerics.ranges import range_register, select_shift
 
     sw = np.asarray(node.wq.scale, np.float32).astype(np.float64)
@@ -260,6 +261,9 @@ def _avx2_layer(ex: IntegerExecutor, i: int, node, env: dict, files: dict, stem:
     onnxruntime runs in float, another accumulator), else ``pair_saturations`` /
     ``outputs_pair_saturated`` and, where its output differs from the exact one, ``output``
     (the file of the AVX2 output) -- what ``hwsim diff`` checks an external value against."""
+    acc = ex.p.layer(node.name).acc
+    if acc.tile_bits is not None:
+        return None  # a narrower in-array tile register: hardware onnxruntime does not have
     ins = [env[t] for t in node.inputs]
     n = int(np.shape(ins[0].q if isinstance(ins[0], QTensor) else ins[0])[0])
     ex._rng = ex._node_rngs(i, node, 0, n)
@@ -315,7 +319,11 @@ def record(program, x: np.ndarray, layers=None, meta: dict | None = None, onnx_m
              "output": node.output}  # fmt: skip
         if node.op in MAC_OPS:
             stem = f"L{i:03d}_{_safe(node.name)}"
-            e.update(_mac_layer(ex, node, env[node.inputs[0]], env[node.output], files, stem))
+            ex._rng = ex._node_rngs(i, node, 0, len(x))  # stochastic draws, as in the run
+            try:
+                e.update(_mac_layer(ex, node, env[node.inputs[0]], env[node.output], files, stem))
+            finally:
+                ex._rng = None
             e["avx2"] = _avx2_layer(ex_avx2, i, node, env, files, stem)
         out_layers.append(e)
     manifest = {
