@@ -724,7 +724,10 @@ def trace(
         if scheme is not None or layers:
             raise HwsimError(f"{model}: a QOperator model is traced whole, as it is (no scheme, "
                              f"no --only)")  # fmt: skip
-        return _trace_qoperator(onnx_model, path, out, data, indices, meta)
+        from hwsim.trace.qoperator import trace_qoperator
+
+        meta["model_path"] = str(path)  # where `hwsim diff --against onnxruntime` finds it
+        return trace_qoperator(onnx_model, str(path), data, indices, out, meta)
     graph = import_model(path)
     if graph.quantized:
         if scheme is not None:
@@ -742,37 +745,6 @@ def trace(
     return _trace(program, data, list(indices), out, list(layers), meta, onnx_model)
 
 
-def _onnx_samples(onnx_model, data, indices):
-    """``(x, indices)``: the samples ``indices`` (``hwsim trace --index`` specs) of ``data``,
-    shaped and typed for the ONNX model's one input."""
-    from hwsim.data import input_dtype
-    from hwsim.trace.golden import sample_indices
-
-    inits = {t.name for t in onnx_model.graph.initializer}
-    inp = [i for i in onnx_model.graph.input if i.name not in inits]
-    if len(inp) != 1:
-        raise HwsimError(f"the model has {len(inp)} inputs; traces take single-input models")
-    dims = inp[0].type.tensor_type.shape.dim
-    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)[1:]
-    ds = data if isinstance(data, Dataset) else load_data(data, shape, input_dtype(inp[0]),
-                                                          inp[0].name)  # fmt: skip
-    idx = sample_indices(indices, len(ds.x))
-    return ds, idx
-
-
-def _trace_qoperator(onnx_model, path, out, data, indices, meta) -> dict:
-    from hwsim.trace.files import sha256
-    from hwsim.trace.golden import write
-    from hwsim.trace.qoperator import record_qoperator
-
-    ds, idx = _onnx_samples(onnx_model, data, [str(i) for i in indices])
-    meta.update(data=ds.name, indices=idx, model_quantized=True, model_path=str(path))
-    manifest, files = record_qoperator(onnx_model, ds.x[idx], str(path), meta)
-    if out is not None:
-        write(out, manifest, files)
-    return dict(manifest, files={name: sha256(b) for name, b in sorted(files.items())})
-
-
 def diff(a, b=None, against: str | None = None, model=None, data=None, save_dumps=None):
     """The first divergence of trace ``a`` and ``b`` (``hwsim diff``): a
     :class:`hwsim.trace.diff.Divergence` (layer, element, count, cause), or None if identical.
@@ -785,7 +757,7 @@ def diff(a, b=None, against: str | None = None, model=None, data=None, save_dump
     import tempfile
 
     from hwsim.trace.diff import diff as _diff
-    from hwsim.trace.external import capture_trace
+    from hwsim.trace.external import capture_trace, model_samples
     from hwsim.trace.files import read_manifest
 
     if against is None:
@@ -814,7 +786,7 @@ def diff(a, b=None, against: str | None = None, model=None, data=None, save_dump
             f"{str(doc.get('model_sha256'))[:12]}... (another file)"
         )
     spec = [str(i) for i in doc.get("indices") or [0]]
-    ds, idx = _onnx_samples(load_onnx(path), data if data is not None else doc.get("data"), spec)
+    ds, idx = model_samples(load_onnx(path), data if data is not None else doc.get("data"), spec)
     if save_dumps is not None:
         capture_trace(doc, path, ds.x[idx], save_dumps)
         return _diff(a, save_dumps)

@@ -242,3 +242,24 @@ def capture_trace(doc: dict, model_path, x: np.ndarray, out=None):
         }
         write_dumps(out, arrays, info)
     return arrays
+
+
+def model_samples(onnx_model, data, indices):
+    """``(dataset, indices)``: ``data`` (a :class:`hwsim.data.Dataset` or what
+    :func:`hwsim.data.load_data` takes) shaped and typed for the ONNX model's one input, and the
+    sample indices of the ``hwsim trace --index`` specs ``indices``."""
+    from hwsim.data import Dataset, conform, input_dtype, load_data
+    from hwsim.trace.golden import sample_indices
+
+    inits = {t.name for t in onnx_model.graph.initializer}
+    inp = [i for i in onnx_model.graph.input if i.name not in inits]
+    if len(inp) != 1:
+        raise TraceError(f"the model has {len(inp)} inputs; traces take single-input models")
+    dims = inp[0].type.tensor_type.shape.dim
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)[1:]
+    dt, name = input_dtype(inp[0]), inp[0].name
+    if isinstance(data, Dataset):
+        ds = conform(data, shape, dt, name)
+    else:
+        ds = load_data(data, shape, dt, name)
+    return ds, sample_indices(indices, len(ds.x))

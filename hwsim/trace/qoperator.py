@@ -23,8 +23,8 @@ from onnx import helper as oh
 
 from hwsim import qops
 from hwsim.execute.qoperator import run_qoperator_batch
-from hwsim.trace.files import FORMAT, HEX_ORDER, Array, entry
-from hwsim.trace.golden import _safe
+from hwsim.trace.files import FORMAT, HEX_ORDER, Array, entry, sha256
+from hwsim.trace.golden import _safe, write
 
 ISA_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"}
 """The quantized ops whose dot product depends on the instruction set (eq. 16)."""
@@ -104,3 +104,17 @@ def _avx2(node, env: dict, files: dict, stem: str) -> dict:
             files, f"{stem}.avx2_output", Array.integer(out, out.dtype.itemsize * 8, signed)
         )
     return e
+
+
+def trace_qoperator(model, source: str, data, indices=None, out=None, meta: dict | None = None):
+    """Record the QOperator ``model`` (read from ``source``) on the samples ``indices``
+    (``hwsim trace --index`` specs; default sample 0) of ``data`` and write the trace to
+    ``out`` if given. Returns the manifest."""
+    from hwsim.trace.external import model_samples
+
+    ds, idx = model_samples(model, data, [str(i) for i in indices or ()])
+    info = {**(meta or {}), "data": ds.name, "indices": idx, "model_quantized": True}
+    manifest, files = record_qoperator(model, ds.x[idx], source, info)
+    if out is not None:
+        write(out, manifest, files)
+    return dict(manifest, files={name: sha256(b) for name, b in sorted(files.items())})
