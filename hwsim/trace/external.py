@@ -179,7 +179,8 @@ def read_dumps(d, want: dict[str, tuple[list, str]]) -> dict[str, np.ndarray]:
         raise TraceError(
             f"{d}: {extra[0]!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
             + " names no traced tensor of the model (files are ONNX tensor names, "
-            f"docs/trace.md); expected files: {sorted(files)[:8]}"
+            f"docs/trace.md; a trace made with --only holds only its layers' tensors); "
+            f"expected files: {sorted(files)[:8]}"
             + (" ..." if len(files) > 8 else "")
         )  # fmt: skip
     missing = [f for f in files if f not in present]
