@@ -78,6 +78,11 @@ def replay(d: Path) -> int:
         a = layer["accumulator"]
         bits, signed = out_e["bits"], out_e["encoding"] == "twos-complement"
         top = {}
+        align = None
+        if per_sample and "align" in layer["range"]:  # per-channel weight scales to one grid
+            al = layer["range"]["align"]
+            align = (al, _load(d, doc, al["multiplier"], f"{name} align"),
+                     _load(d, doc, al["shift"], f"{name} align shift"))  # fmt: skip
         for (n, c), _ in np.ndenumerate(bias):
             k = n if per_sample else c
             m = mult.flat[0] if mult.size == 1 else mult[k]
@@ -88,6 +93,9 @@ def replay(d: Path) -> int:
                     t = ref.wrap(t, a["bits"], a["signed"])
                 else:
                     t = ref.saturate(t, a["bits"], a["signed"])
+                if align is not None:
+                    al, am, ash = align
+                    t = _requant(al["kind"], al["rounding"], t, am[c], int(ash[c]))
                 top[n] = max(top.get(n, 0), abs(t) if signed else max(t, 0))
                 y = _requant(reg["kind"], reg["rounding"], t, m, s) + out_e["zero_point"]
                 assert ref.saturate(y, bits, signed) == out[(n, c) + idx], (name, n, c, idx)
@@ -121,15 +129,21 @@ def test_every_mac_layer_replays_from_its_files(tmp_path, model, scheme, registe
 
 
 @pytest.mark.parametrize(
-    "model,scheme,register",
-    [("mlp", "per-sample", "tflite"), ("rescnn", "per-sample", "ort"),
-     ("rescnn", "per-sample-shift", "tflite"), ("mlp", "per-sample-shift", "pow2")],
+    "model,scheme,register,granularity",
+    [("mlp", "per-sample", "tflite", "tensor"), ("rescnn", "per-sample", "ort", "tensor"),
+     ("rescnn", "per-sample-shift", "tflite", "tensor"),
+     ("mlp", "per-sample-shift", "pow2", "tensor"), ("rescnn", "per-sample", "tflite", "channel"),
+     ("mlp", "per-sample-shift", "ort", "channel")],
 )  # fmt: skip
-def test_per_sample_layers_replay_from_their_range_registers(tmp_path, model, scheme, register):
-    program = api.quantize_model(model, scheme, calib="digits-train", register=register)
+def test_per_sample_layers_replay_from_their_range_registers(
+    tmp_path, model, scheme, register, granularity
+):
+    program = api.quantize_model(model, scheme, calib="digits-train", register=register,
+                                 granularity=granularity)  # fmt: skip
     doc = trace(program, "digits", ["3:6"], tmp_path / "t")
     mac = [layer for layer in doc["layers"] if layer["op"] in ("conv", "dense")]
     assert mac and all(layer["replayed"] and "range" in layer for layer in mac)
+    assert all(("align" in layer["range"]) == (granularity == "channel") for layer in mac)
     assert replay(tmp_path / "t") == len(mac)
     x = load_data("digits", program.graph.input_shape).x[3:6]
     env = IntegerExecutor(program).run(x, keep_all=True)

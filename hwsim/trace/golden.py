@@ -197,10 +197,12 @@ def _range_replay(ex, node, layer, spec, x, acc, bias, acc_cfg, out, e, files, s
     0)`` for an unsigned output), the register of docs/numerics.md eq. 18 (dynamic:
     ``range_register(a_n)``) or eq. 19 (shift, static base ``b``: ``M_n = u_n / b`` shifted by
     the selected ``s_n``), ``out = sat(R_n(t) + zp)``; must equal the executor's output (and
-    its shifts), else a TraceError. Records ``range`` (``max``: ``a_n`` (N,), ``register``:
-    per-sample multiplier / shift (N,)). Not replayed (``replayed`` false, no ``range``):
-    per-token outputs, per-channel weight scales that differ (the executor aligns them first),
-    a runtime shift base, stochastic rounding."""
+    its shifts), else a TraceError. Per-channel weight scales that differ are first brought to
+    one grid, as the executor does (``IntegerExecutor._align``): ``t_c = R(sw_c / max(sw) *
+    2^F)(t_c)``, ``F = 30 - bitlen(2^(bits-1))``, the step ``max(sw) * 2^-F``. Records
+    ``range`` (``max``: ``a_n`` (N,), ``register``: per-sample multiplier / shift (N,),
+    ``align``: the per-channel register (O,) where there is one). Not replayed (``replayed``
+    false, no ``range``): per-token outputs, a runtime shift base, stochastic rounding."""
     from hwsim.datapath import add_bias
     from hwsim.execute.integer import _register
     from hwsim.numerics.ranges import range_register, select_shift
@@ -208,16 +210,24 @@ def _range_replay(ex, node, layer, spec, x, acc, bias, acc_cfg, out, e, files, s
     sw = np.asarray(node.wq.scale, np.float32).astype(np.float64)
     if (
         spec.per_token
-        or (sw.ndim and sw.size and np.any(sw != sw.max()))
         or (spec.mode == "shift" and spec.base == "runtime")
         or layer.rounding is RoundingMode.STOCHASTIC
     ):
         return e
+    fmt, kind, rnd = spec.fmt, layer.register, layer.rounding
     t, _ = add_bias(acc, bias, acc=acc_cfg, bias_axis=1)
     n = t.shape[0]
+    step, align = 1.0, None
+    if sw.ndim and sw.size and np.any(sw != sw.max()):
+        f = max(0, 30 - (1 << (acc_cfg.bits - 1)).bit_length())
+        align = _register(kind, np.ldexp(sw / sw.max(), f), rnd)
+        side = (1, -1) + (1,) * (t.ndim - 2)
+        al_b = type(align)(align.kind, align.multiplier.reshape(side), align.shift.reshape(side),
+                           align.rounding)  # fmt: skip
+        t = np.asarray(al_b.apply(t, axis=None), np.int64)
+        step = 2.0**-f
     u, _, _ = x.unit()
-    u = np.broadcast_to(np.asarray(u, np.float64) * float(sw.max() if sw.ndim else sw), (n,))
-    fmt, kind, rnd = spec.fmt, layer.register, layer.rounding
+    u = np.broadcast_to(np.asarray(u, np.float64) * float(sw.max()) * step, (n,))
     flat = t.reshape(n, -1)
     a = (np.abs(flat) if fmt.signed else np.maximum(flat, 0)).max(axis=1)
     shifts = None
@@ -246,6 +256,7 @@ def _range_replay(ex, node, layer, spec, x, acc, bias, acc_cfg, out, e, files, s
     e["range"] = {
         "max": entry(files, f"{stem}.range_max", Array.integer(a, acc_cfg.bits, True, np.int64)),
         "register": _register_entry(files, f"{stem}.range_register", reg, 0),
+        **({"align": _register_entry(files, f"{stem}.range_align", align, 1)} if align else {}),
         "semantics": "a_n = max |t| (max(t, 0) for an unsigned output) per sample; dynamic: "
         "register_n = eq. 18 of a_n; shift: register_n = R(u_n / base * 2^s_n), s_n the "
         "output's shifts (eq. 19); out = saturate(register_n(t) + zero_point)",
