@@ -129,21 +129,27 @@ def test_every_mac_layer_replays_from_its_files(tmp_path, model, scheme, registe
 
 
 @pytest.mark.parametrize(
-    "model,scheme,register,granularity",
-    [("mlp", "per-sample", "tflite", "tensor"), ("rescnn", "per-sample", "ort", "tensor"),
-     ("rescnn", "per-sample-shift", "tflite", "tensor"),
-     ("mlp", "per-sample-shift", "pow2", "tensor"), ("rescnn", "per-sample", "tflite", "channel"),
-     ("mlp", "per-sample-shift", "ort", "channel")],
+    "model,scheme,register,granularity,base",
+    [("mlp", "per-sample", "tflite", "tensor", "static"),
+     ("rescnn", "per-sample", "ort", "tensor", "static"),
+     ("rescnn", "per-sample-shift", "tflite", "tensor", "static"),
+     ("mlp", "per-sample-shift", "pow2", "tensor", "static"),
+     ("rescnn", "per-sample", "tflite", "channel", "static"),
+     ("mlp", "per-sample-shift", "ort", "channel", "static"),
+     ("rescnn", "per-sample-shift", "tflite", "tensor", "runtime"),
+     ("mlp", "per-sample-shift", "pow2", "channel", "runtime")],
 )  # fmt: skip
 def test_per_sample_layers_replay_from_their_range_registers(
-    tmp_path, model, scheme, register, granularity
+    tmp_path, model, scheme, register, granularity, base
 ):
+    kw = {"shift_base": base} if scheme == "per-sample-shift" else {}
     program = api.quantize_model(model, scheme, calib="digits-train", register=register,
-                                 granularity=granularity)  # fmt: skip
+                                 granularity=granularity, **kw)  # fmt: skip
     doc = trace(program, "digits", ["3:6"], tmp_path / "t")
     mac = [layer for layer in doc["layers"] if layer["op"] in ("conv", "dense")]
     assert mac and all(layer["replayed"] and "range" in layer for layer in mac)
     assert all(("align" in layer["range"]) == (granularity == "channel") for layer in mac)
+    assert all(("runtime_base" in layer["range"]) == (base == "runtime") for layer in mac)
     assert replay(tmp_path / "t") == len(mac)
     x = load_data("digits", program.graph.input_shape).x[3:6]
     env = IntegerExecutor(program).run(x, keep_all=True)

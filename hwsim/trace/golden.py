@@ -202,17 +202,17 @@ def _range_replay(ex, node, layer, spec, x, acc, bias, acc_cfg, out, e, files, s
     2^F)(t_c)``, ``F = 30 - bitlen(2^(bits-1))``, the step ``max(sw) * 2^-F``. Records
     ``range`` (``max``: ``a_n`` (N,), ``register``: per-sample multiplier / shift (N,),
     ``align``: the per-channel register (O,) where there is one). Not replayed (``replayed``
-    false, no ``range``): per-token outputs, a runtime shift base, stochastic rounding."""
+    false, no ``range``): per-token outputs, a runtime shift base on per-sample input scales,
+    stochastic rounding. A runtime shift base (eq. 19): ``A = max_n ceil(a_n / 2^sigma_n)``
+    (``sigma``: the input's shifts), ``M = R(A)`` (eq. 18), ``base = c / M``, ``M_n = M *
+    2^-sigma_n`` (recorded as ``range.runtime_base``)."""
     from hwsim.datapath import add_bias
     from hwsim.execute.integer import _register
     from hwsim.numerics.ranges import range_register, select_shift
 
     sw = np.asarray(node.wq.scale, np.float32).astype(np.float64)
-    if (
-        spec.per_token
-        or (spec.mode == "shift" and spec.base == "runtime")
-        or layer.rounding is RoundingMode.STOCHASTIC
-    ):
+    runtime = spec.mode == "shift" and spec.base == "runtime"
+    if spec.per_token or layer.rounding is RoundingMode.STOCHASTIC:
         return e
     fmt, kind, rnd = spec.fmt, layer.register, layer.rounding
     t, _ = add_bias(acc, bias, acc=acc_cfg, bias_axis=1)
@@ -226,15 +226,25 @@ def _range_replay(ex, node, layer, spec, x, acc, bias, acc_cfg, out, e, files, s
                            align.rounding)  # fmt: skip
         t = np.asarray(al_b.apply(t, axis=None), np.int64)
         step = 2.0**-f
-    u, _, _ = x.unit()
+    u, c, sigma = x.unit()
     u = np.broadcast_to(np.asarray(u, np.float64) * float(sw.max()) * step, (n,))
     flat = t.reshape(n, -1)
     a = (np.abs(flat) if fmt.signed else np.maximum(flat, 0)).max(axis=1)
-    shifts = None
+    shifts = base = None
     if spec.mode == "dynamic":
         reg = range_register(kind, fmt.max, a, rnd)
     else:
-        reals = u / np.float64(np.float32(spec.scale))
+        if runtime:  # eq. 19 with a runtime base: one register for the aligned ranges
+            if c is None:
+                return e
+            c = c * float(sw.max()) * step
+            sig = np.zeros(n, np.int64) if sigma is None else np.asarray(sigma, np.int64)
+            sig = np.broadcast_to(sig.reshape(-1), (n,))
+            aligned = -((-a) >> sig)
+            m_t = float(range_register(kind, fmt.max, np.array([aligned.max()]), rnd).real[0])
+            reals, base = np.ldexp(m_t, -sig), np.float32(c / m_t)
+        else:
+            reals = u / np.float64(np.float32(spec.scale))
         shifts = select_shift(kind, reals, a, fmt.max, spec.s_max, rnd)
         reg = _register(kind, np.ldexp(reals, shifts), rnd)
     bshape = (n,) + (1,) * (t.ndim - 1)
@@ -246,7 +256,9 @@ def _range_replay(ex, node, layer, spec, x, acc, bias, acc_cfg, out, e, files, s
     if node.op is Op.DENSE and want.ndim > 2:
         want = want.reshape(want.shape[0], -1, want.shape[-1]).transpose(0, 2, 1)
     same_shifts = shifts is None or (
-        out.shifts is not None and np.array_equal(np.ravel(out.shifts), shifts)
+        out.shifts is not None
+        and np.array_equal(np.ravel(out.shifts), shifts)
+        and (base is None or np.float32(out.base) == base)
     )
     if got.shape != want.shape or not np.array_equal(got, want) or not same_shifts:
         raise TraceError(
@@ -254,9 +266,14 @@ def _range_replay(ex, node, layer, spec, x, acc, bias, acc_cfg, out, e, files, s
             f"registers do not give the executor's output; the layer cannot be traced"
         )
     e["range"] = {
+        **({"runtime_base": float(base)} if base is not None else {}),
         "max": entry(files, f"{stem}.range_max", Array.integer(a, acc_cfg.bits, True, np.int64)),
         "register": _register_entry(files, f"{stem}.range_register", reg, 0),
-        **({"align": _register_entry(files, f"{stem}.range_align", align, 1)} if align else {}),
+        **(
+            {"align": _register_entry(files, f"{stem}.range_align", align, 1)}
+            if align is not None
+            else {}
+        ),
         "semantics": "a_n = max |t| (max(t, 0) for an unsigned output) per sample; dynamic: "
         "register_n = eq. 18 of a_n; shift: register_n = R(u_n / base * 2^s_n), s_n the "
         "output's shifts (eq. 19); out = saturate(register_n(t) + zero_point)",
