@@ -885,29 +885,86 @@ def trace(
     per-layer integer tensors, weights, bias, raw accumulators and scale registers written to
     the folder ``out`` (atomically). A float model is quantized first (``scheme``, default
     per-tensor, and ``scheme_kw``, calibrated on ``calib``); a quantized one is traced as it is
-    (``scheme`` then is an error). Returns the manifest."""
+    (``scheme`` then is an error); a QOperator file through its node interpreter
+    (:mod:`hwsim.trace.qoperator`: integer tensors, no accumulators). Returns the manifest."""
     import hashlib
 
     from hwsim.trace import trace as _trace
 
     path = resolve_model(model)
-    graph = import_model(path)
     meta = {"model": path.name, "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    onnx_model = load_onnx(path) if path.suffix.lower() != ".tflite" else None
+    if onnx_model is not None and is_qoperator(onnx_model):
+        if scheme is not None or layers:
+            raise HwsimError(f"{model}: a QOperator model is traced whole, as it is (no scheme, "
+                             f"no --only)")  # fmt: skip
+        from hwsim.trace.qoperator import trace_qoperator
+
+        meta["model_path"] = str(path)  # where `hwsim diff --against onnxruntime` finds it
+        return trace_qoperator(onnx_model, str(path), data, indices, out, meta)
+    graph = import_model(path)
     if graph.quantized:
         if scheme is not None:
             raise HwsimError(f"{model} is already quantized: a scheme applies to a float model")
         program = load_quantized(path)
     else:
+        onnx_model = None
         program = quantize_model(
             graph, scheme or "per-tensor", calib=calib, batch_size=batch_size, **scheme_kw
         )
         meta["calib"] = calib
-    return _trace(program, data, list(indices), out, list(layers), meta)
+    meta["model_quantized"] = bool(graph.quantized)
+    if graph.quantized:
+        meta["model_path"] = str(path)  # where `hwsim diff --against onnxruntime` finds it
+    return _trace(program, data, list(indices), out, list(layers), meta, onnx_model)
 
 
-def diff(a, b):
-    """The first divergence of traces ``a`` and ``b`` (``hwsim diff``): a
-    :class:`hwsim.trace.diff.Divergence` (layer, element, count, cause), or None if identical."""
+def diff(a, b=None, against: str | None = None, model=None, data=None, save_dumps=None):
+    """The first divergence of trace ``a`` and ``b`` (``hwsim diff``): a
+    :class:`hwsim.trace.diff.Divergence` (layer, element, count, cause), or None if identical.
+    ``b``: another trace, or a dumps folder (one ``.npy`` per ONNX tensor; docs/trace.md).
+    ``against="onnxruntime"`` instead of ``b``: run the quantized file ``a`` traces (``model``,
+    default the manifest's ``model_path``; its sha256 must match) in onnxruntime on the same
+    samples (``data``, default the manifest's) with every traced tensor exposed as an output,
+    and compare those (written as a dumps folder to ``save_dumps`` if given)."""
+    import hashlib
+    import tempfile
+
     from hwsim.trace.diff import diff as _diff
+    from hwsim.trace.external import capture_trace, model_samples
+    from hwsim.trace.files import read_manifest
 
-    return _diff(a, b)
+    if against is None:
+        if b is None:
+            raise HwsimError("give a trace or dumps folder B, or --against onnxruntime")
+        if model is not None or data is not None or save_dumps is not None:
+            raise HwsimError("model, data and save_dumps apply to --against onnxruntime only")
+        return _diff(a, b)
+    if against != "onnxruntime":
+        raise HwsimError(f"against must be 'onnxruntime', got {against!r}")
+    if b is not None:
+        raise HwsimError("give either B or --against onnxruntime, not both")
+    doc = read_manifest(a)
+    if not doc.get("model_quantized"):
+        raise HwsimError(
+            f"{a}: a trace of a float model quantized by hwsim; onnxruntime runs quantized "
+            f"files: trace a QDQ model (onnxruntime's quantize_static, or `hwsim quantize`)"
+        )
+    path = resolve_model(model if model is not None else doc.get("model_path", doc.get("model")))
+    if not path.is_file():
+        raise HwsimError(f"{path}: no such model file (pass --model)")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    if sha != doc.get("model_sha256"):
+        raise HwsimError(
+            f"{path}: sha256 {sha[:12]}..., the trace {a} was recorded from a model with "
+            f"{str(doc.get('model_sha256'))[:12]}... (another file)"
+        )
+    spec = [str(i) for i in doc.get("indices") or [0]]
+    ds, idx = model_samples(load_onnx(path), data if data is not None else doc.get("data"), spec)
+    if save_dumps is not None:
+        capture_trace(doc, path, ds.x[idx], save_dumps)
+        return _diff(a, save_dumps)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "onnxruntime"
+        capture_trace(doc, path, ds.x[idx], out)
+        return _diff(a, out)

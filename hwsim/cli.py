@@ -1164,26 +1164,45 @@ def trace_cmd(model, data, indices, only, scheme, wbits, abits, calib, out, **kw
     )  # fmt: skip
     mac = [layer for layer in doc["layers"] if "acc" in layer]
     replayed = sum(layer["replayed"] for layer in mac)
+    what = f"{len(mac)} MAC, {replayed} replayed from their registers"
+    if doc["scheme"] == {"name": "qoperator"}:
+        what = "QOperator nodes with integer outputs; no accumulators"
     click.echo(
-        f"wrote {out}: {len(doc['layers'])} layers ({len(mac)} MAC, {replayed} replayed from "
-        f"their registers), samples {doc['indices']} of {doc['data']}, {len(doc['files'])} files"
+        f"wrote {out}: {len(doc['layers'])} layers ({what}), samples {doc['indices']} of "
+        f"{doc['data']}, {len(doc['files'])} files"
     )
 
 
 @main.command("diff")
 @click.argument("a", type=click.Path(exists=True, file_okay=False))
-@click.argument("b", type=click.Path(exists=True, file_okay=False))
+@click.argument("b", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--against",
+    type=click.Choice(["onnxruntime"]),
+    default=None,
+    help="Instead of B: run A's quantized model in onnxruntime with every traced tensor "
+    "exposed as an output, on A's samples.",
+)
+@click.option("--model", default=None, help="--against: the model file (default: A's).")
+@click.option("--data", default=None, help="--against: the data set (default: A's).")
+@click.option(
+    "--save-dumps",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="--against: keep onnxruntime's tensors in this dumps folder.",
+)
 @_guard
-def diff_cmd(a, b):
-    """First divergence of traces A and B (folders `hwsim trace` wrote): the first layer in
-    topological order whose accumulators or output differ, the first differing element, how
-    many differ and a cause where the data shows one. Exit 0: identical, 1: they differ (or an
-    error, printed as 'Error: ...')."""
+def diff_cmd(a, b, against, model, data, save_dumps):
+    """First divergence of trace A (a folder `hwsim trace` wrote) and B: another trace, or a
+    dumps folder of per-layer .npy files named by ONNX tensor (docs/trace.md), or onnxruntime
+    (--against onnxruntime). Reports the first layer in topological order whose accumulators or
+    output differ, the first differing element, how many differ and a cause where the data
+    shows one. Exit 0: identical, 1: they differ (or an error, printed as 'Error: ...')."""
     from hwsim import api
 
-    d = api.diff(a, b)
+    d = api.diff(a, b, against, model, data, save_dumps)
     if d is None:
-        click.echo(f"no divergence: every layer of {a} matches {b}")
+        click.echo(f"no divergence: every layer of {a} matches {b or against}")
         return
     click.echo(d.text())
     sys.exit(1)

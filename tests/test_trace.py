@@ -51,7 +51,10 @@ def _requant(kind: str, rounding, t: int, mult, shift: int) -> int:
 
 def replay(d: Path) -> int:
     """Requantize every replayed MAC layer's recorded accumulators with its recorded bias and
-    register (plain ints), assert the recorded output; the number of layers replayed."""
+    register (plain ints), assert the recorded output; the number of layers replayed. A
+    per-sample layer's register (``range``) is indexed by sample: its recorded range ``a_n``
+    must be the largest ``|t|`` (``max(t, 0)`` unsigned) of the sample and requantize within
+    the output format (eq. 18 / 19)."""
     doc = read_manifest(d)
     done = 0
     for layer in doc["layers"]:
@@ -67,23 +70,42 @@ def replay(d: Path) -> int:
         bias = np.zeros((N, C), np.int64)
         if "bias" in layer:
             bias = np.broadcast_to(_load(d, doc, layer["bias"], f"{name} bias"), (N, C))
-        reg = layer["register"]
+        per_sample = "range" in layer
+        reg = layer["range"]["register"] if per_sample else layer["register"]
         mult = _load(d, doc, reg["multiplier"], f"{name} multiplier")
         shift = _load(d, doc, reg["shift"], f"{name} shift")
-        assert reg["axis"] in ("per-tensor", 1)
+        assert reg["axis"] in ((0,) if per_sample else ("per-tensor", 1))
         a = layer["accumulator"]
         bits, signed = out_e["bits"], out_e["encoding"] == "twos-complement"
+        top = {}
+        align = None
+        if per_sample and "align" in layer["range"]:  # per-channel weight scales to one grid
+            al = layer["range"]["align"]
+            align = (al, _load(d, doc, al["multiplier"], f"{name} align"),
+                     _load(d, doc, al["shift"], f"{name} align shift"))  # fmt: skip
         for (n, c), _ in np.ndenumerate(bias):
-            m = mult.flat[0] if mult.size == 1 else mult[c]
-            s = int(shift.flat[0] if shift.size == 1 else shift[c])
+            k = n if per_sample else c
+            m = mult.flat[0] if mult.size == 1 else mult[k]
+            s = int(shift.flat[0] if shift.size == 1 else shift[k])
             for idx, v in np.ndenumerate(acc[n, c]):
                 t = int(v) + int(bias[n, c])
                 if a["overflow"] == "wrap":
                     t = ref.wrap(t, a["bits"], a["signed"])
                 else:
                     t = ref.saturate(t, a["bits"], a["signed"])
+                if align is not None:
+                    al, am, ash = align
+                    t = _requant(al["kind"], al["rounding"], t, am[c], int(ash[c]))
+                top[n] = max(top.get(n, 0), abs(t) if signed else max(t, 0))
                 y = _requant(reg["kind"], reg["rounding"], t, m, s) + out_e["zero_point"]
                 assert ref.saturate(y, bits, signed) == out[(n, c) + idx], (name, n, c, idx)
+        if per_sample:
+            amax = _load(d, doc, layer["range"]["max"], f"{name} range max")
+            qmax = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+            for n in range(N):
+                assert int(amax[n]) == top[n], (name, n)
+                fit = _requant(reg["kind"], reg["rounding"], top[n], mult[n], int(shift[n]))
+                assert fit <= qmax, (name, n, fit)
         done += 1
     return done
 
@@ -104,6 +126,37 @@ def test_every_mac_layer_replays_from_its_files(tmp_path, model, scheme, registe
         v = env[name]
         want = v.q if hasattr(v, "q") else v
         assert np.array_equal(read_array(tmp_path / "t", got, e, name), want), name
+
+
+@pytest.mark.parametrize(
+    "model,scheme,register,granularity,base",
+    [("mlp", "per-sample", "tflite", "tensor", "static"),
+     ("rescnn", "per-sample", "ort", "tensor", "static"),
+     ("rescnn", "per-sample-shift", "tflite", "tensor", "static"),
+     ("mlp", "per-sample-shift", "pow2", "tensor", "static"),
+     ("rescnn", "per-sample", "tflite", "channel", "static"),
+     ("mlp", "per-sample-shift", "ort", "channel", "static"),
+     ("rescnn", "per-sample-shift", "tflite", "tensor", "runtime"),
+     ("mlp", "per-sample-shift", "pow2", "channel", "runtime")],
+)  # fmt: skip
+def test_per_sample_layers_replay_from_their_range_registers(
+    tmp_path, model, scheme, register, granularity, base
+):
+    kw = {"shift_base": base} if scheme == "per-sample-shift" else {}
+    program = api.quantize_model(model, scheme, calib="digits-train", register=register,
+                                 granularity=granularity, **kw)  # fmt: skip
+    doc = trace(program, "digits", ["3:6"], tmp_path / "t")
+    mac = [layer for layer in doc["layers"] if layer["op"] in ("conv", "dense")]
+    assert mac and all(layer["replayed"] and "range" in layer for layer in mac)
+    assert all(("align" in layer["range"]) == (granularity == "channel") for layer in mac)
+    assert all(("runtime_base" in layer["range"]) == (base == "runtime") for layer in mac)
+    assert replay(tmp_path / "t") == len(mac)
+    x = load_data("digits", program.graph.input_shape).x[3:6]
+    env = IntegerExecutor(program).run(x, keep_all=True)
+    for layer in mac:
+        assert np.array_equal(read_array(tmp_path / "t", read_manifest(tmp_path / "t"),
+                                         doc["tensors"][layer["output"]], "out"),
+                              env[layer["output"]].q)  # fmt: skip
 
 
 def test_checked_in_trace_regenerates_byte_for_byte(tmp_path):
@@ -210,3 +263,23 @@ def test_read_manifest_names_a_layer_field_missing(tmp_path, key):
     name = "/2/Relu" if key != "name" else 1
     with pytest.raises(TraceError, match=f"layer {name!r}: field {key!r} missing"):
         read_manifest(d)
+
+
+@pytest.mark.parametrize(
+    "args,replayed",
+    [(["--order", "tiled", "--tile-rows", "8", "--tile-bits", "20"], 5),
+     (["--register", "pow2", "--rounding", "stochastic"], 0),
+     (["--scheme", "per-sample", "--register", "pow2", "--rounding", "stochastic"], 0)],
+)  # fmt: skip
+def test_tiled_and_stochastic_layers_trace(tmp_path, args, replayed):
+    """A tile register narrower than the accumulator has no AVX2 form (``avx2`` null); a
+    stochastic register's draws are not in the trace, so its layers are recorded, not
+    replayed (both were crashes)."""
+    out = tmp_path / "t"
+    r = CliRunner().invoke(main, ["trace", "rescnn", "--index", "0:2", "-o", str(out), *args])
+    assert r.exit_code == 0, r.output
+    doc = read_manifest(out)
+    mac = [la for la in doc["layers"] if "acc" in la]
+    assert sum(la["replayed"] for la in mac) == replayed == replay(out)
+    if "tiled" in args:
+        assert all(la["avx2"] is None for la in mac)

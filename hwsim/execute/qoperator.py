@@ -202,12 +202,17 @@ ONNX_OPS: dict[str, Callable[[dict, list], np.ndarray | list]] = {
 
 
 def run_qoperator_batch(
-    model, x: np.ndarray, source: str = "<model>", isa="exact", stats: dict | None = None
+    model,
+    x: np.ndarray,
+    source: str = "<model>",
+    isa="exact",
+    stats: dict | None = None,
+    keep: dict | None = None,
 ) -> np.ndarray:
     """Run a QOperator ONNX model on one batch, node by node: quantized ops by
     :func:`hwsim.qops.run_node` (the datapath underneath, dot products per ``isa``), plain ops
     by their ONNX definition. ``stats`` (node name -> :class:`LayerStats`) accumulates the
-    datapath counters of the MAC nodes."""
+    datapath counters of the MAC nodes; ``keep`` receives every tensor by ONNX name."""
     g = model.graph
     env = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     inits = set(env)
@@ -241,4 +246,6 @@ def run_qoperator_batch(
         for name, v in zip(node.output, outs, strict=False):
             if name:
                 env[name] = v
+    if keep is not None:
+        keep.update(env)
     return np.asarray(env[g.output[0].name])

@@ -3,8 +3,12 @@
 * :mod:`hwsim.trace.files` -- the on-disk form: ``.npy`` + ``$readmemh`` hex + ``manifest.json``;
 * :mod:`hwsim.trace.golden` -- :func:`record` / :func:`write` / :func:`trace`: what the integer
   executor computed per layer, each MAC layer replayed from its recorded registers;
-* :mod:`hwsim.trace.diff` -- :func:`diff`: the first layer and element where two traces part,
-  and why.
+* :mod:`hwsim.trace.qoperator` -- traces of QOperator files (the node interpreter's integer
+  tensors, by ONNX name);
+* :mod:`hwsim.trace.external` -- dumps folders (one ``.npy`` per ONNX tensor) and onnxruntime's
+  intermediate outputs (the traced tensors exposed as graph outputs);
+* :mod:`hwsim.trace.diff` -- :func:`diff`: the first layer and element where a trace and
+  another trace or a dumps folder part, and why.
 
 docs/trace.md describes the format and the commands.
 """

@@ -17,13 +17,18 @@ a layer of A missing from B, or a layer of another op or shape, is a :class:`Tra
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
+from hwsim.trace.external import DUMPS_INFO, read_dumps
 from hwsim.trace.files import TraceError, read_array, read_manifest
+
+PAIR_SATURATION = "int16 pair saturation (AVX2 vpmaddubsw)"
 
 
 @dataclass(frozen=True)
@@ -40,12 +45,15 @@ class Divergence:
     count: int
     total: int
     cause: str
+    tensor: str | None = None
+    """The ONNX tensor compared (a dumps folder B), else None."""
 
     def text(self) -> str:
+        where = f", ONNX tensor {self.tensor!r}" if self.tensor else ""
         return (
-            f"first divergence: layer {self.layer!r} ({self.what}) at index {list(self.index)}: "
-            f"A={self.a} B={self.b}; {self.count} of {self.total} elements differ; "
-            f"cause: {self.cause}"
+            f"first divergence: layer {self.layer!r} ({self.what}{where}) at index "
+            f"{list(self.index)}: A={self.a} B={self.b}; {self.count} of {self.total} elements "
+            f"differ; cause: {self.cause}"
         )
 
 
@@ -90,7 +98,10 @@ def _first(x: np.ndarray, y: np.ndarray):
 
 def diff(a: str | os.PathLike, b: str | os.PathLike) -> Divergence | None:
     """The first divergence of trace directories ``a`` and ``b``, or None when every layer of
-    ``a`` has the same accumulators and output in ``b``."""
+    ``a`` has the same accumulators and output in ``b``. A ``b`` without ``manifest.json`` is
+    a dumps folder (:func:`diff_dumps`)."""
+    if Path(b).is_dir() and not (Path(b) / "manifest.json").exists():
+        return diff_dumps(a, b)
     da, db = read_manifest(a), read_manifest(b)
     layers_b = {}
     for lb in db["layers"]:
@@ -174,15 +185,109 @@ def _mac_cause(a, da, la, b, db, lb, acc, ea, eb, idx, va, vb) -> str:
     )
     if not same:
         return "different scale register"
-    if abs(int(va) - int(vb)) == 1:
-        c = idx[1] if len(idx) > 1 else 0
-        bias = 0
-        if "bias" in la:
-            bv = _arr(a, da, la["bias"], f"{name} bias", name)
-            bias = int(bv[c] if bv.ndim == 1 else bv[idx[0], c])
-        exact = (int(acc[idx]) + bias) * _real(ra, ma, sa, c)
-        if exact - (exact.numerator // exact.denominator) == Fraction(1, 2):
-            return "rounding tie"
+    if abs(int(va) - int(vb)) == 1 and _tie(a, da, la, ma, sa, acc, idx):
+        return "rounding tie"
     if _at_rail(a, name, ea, va) or _at_rail(b, name, eb, vb):
+        return "saturation/clamp"
+    return "unclassified"
+
+
+def _tie(a, da, la, mult, shift, acc, idx) -> bool:
+    """Whether layer ``la``'s exact requantized value ``(acc + bias) * real`` at ``idx`` is a
+    ``.5`` tie (its register's real multiplier, per channel on axis 1)."""
+    name = la["name"]
+    c = idx[1] if len(idx) > 1 else 0
+    bias = 0
+    if "bias" in la:
+        bv = _arr(a, da, la["bias"], f"{name} bias", name)
+        bias = int(bv[c] if bv.ndim == 1 else bv[idx[0], c])
+    exact = (int(acc[idx]) + bias) * _real(la["register"], mult, shift, c)
+    return exact - (exact.numerator // exact.denominator) == Fraction(1, 2)
+
+
+def diff_dumps(a: str | os.PathLike, b: str | os.PathLike) -> Divergence | None:
+    """The first divergence of trace ``a`` and the dumps folder ``b`` (one ``.npy`` per ONNX
+    tensor, :mod:`hwsim.trace.external`): the graph input(s), then each layer's output in A's
+    topological order, compared where the trace names an ONNX tensor for it. The cause, read
+    off A alone (B has no accumulators or registers): ``int16 pair saturation (AVX2
+    vpmaddubsw)`` when the layer recomputed by hwsim's AVX2 executor from A's inputs (the
+    trace's ``avx2`` output) equals B's tensor; ``rounding tie`` when the outputs are 1 apart
+    at a ``.5`` tie of A's ``(acc + bias) * real``; ``saturation/clamp`` when either value is
+    at the format's rail; else ``unclassified``. B's files are checked first
+    (:func:`hwsim.trace.external.read_dumps`: missing, extra, shape, dtype)."""
+    da = read_manifest(a)
+    tensors = da["tensors"]
+    want = {}
+    for e in tensors.values():
+        if isinstance(e, dict) and e.get("onnx"):
+            want[e["onnx"]] = (_field(a, None, e, "shape"), _field(a, None, e, "dtype"))
+    if not want:
+        raise TraceError(
+            f"{a}: no traced tensor names an ONNX tensor ('onnx' in 'tensors'), so a dumps "
+            f"folder cannot be matched to it; record the trace again with this hwsim"
+        )
+    _check_provenance(a, da, b)
+    try:
+        got = read_dumps(b, want)
+    except TraceError as e:
+        raise TraceError(
+            f"{b} has no manifest.json, so it is read as a dumps folder: {e}"
+        ) from None
+    produced = {_field(a, None, la, "output") for la in da["layers"]}
+    for la in da["layers"]:
+        name = _field(a, None, la, "name")
+        inputs = [t for t in la.get("inputs", []) if t not in produced]
+        for what, t in [("input", t) for t in inputs] + [("output", la["output"])]:
+            e = _tensor(a, da, name, t)
+            onnx = e.get("onnx")
+            if not onnx:
+                continue
+            ya = _arr(a, da, e, f"{name} {what}", name)
+            yb = got[onnx].astype(np.int64)
+            if np.array_equal(ya, yb):
+                continue
+            idx, n = _first(ya, yb)
+            cause = _dump_cause(a, da, la, e, ya, yb, idx) if what == "output" else "unclassified"
+            return Divergence(name, what, idx, int(ya[idx]), int(yb[idx]), n, ya.size, cause,
+                              onnx)  # fmt: skip
+        produced.update(inputs)
+    return None
+
+
+def _check_provenance(a, da: dict, b) -> None:
+    """A ``dumps.json`` in ``b`` (optional) must name A's model (sha256) and samples."""
+    p = Path(b) / DUMPS_INFO
+    if not p.is_file():
+        return
+    try:
+        info = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise TraceError(f"{p}: not JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise TraceError(f"{p}: not a JSON object")
+    for key in ("model_sha256", "indices"):
+        if info.get(key) is not None and da.get(key) is not None and info[key] != da[key]:
+            raise TraceError(
+                f"{p}: {key} {info[key]!r}, but trace {a} has {da[key]!r} (dumps of another "
+                f"model or other samples)"
+            )
+
+
+def _dump_cause(a, da, la, e, ya, yb, idx) -> str:
+    name = la["name"]
+    avx2 = la.get("avx2")
+    if isinstance(avx2, dict) and "output" in avx2:
+        y2 = _arr(a, da, avx2["output"], f"{name} avx2 output", name)
+        if np.array_equal(y2, yb):
+            return PAIR_SATURATION
+    va, vb = ya[idx], yb[idx]
+    if "register" in la and "acc" in la and abs(int(va) - int(vb)) == 1:
+        reg = la["register"]
+        mult = read_array(a, da, _field(a, name, reg, "multiplier"), f"{name} multiplier")
+        shift = read_array(a, da, _field(a, name, reg, "shift"), f"{name} shift")
+        acc = _arr(a, da, la["acc"], f"{name} acc", name)
+        if acc.shape == ya.shape and _tie(a, da, la, mult, shift, acc, idx):
+            return "rounding tie"
+    if _at_rail(a, name, e, va) or _at_rail(a, name, e, vb):
         return "saturation/clamp"
     return "unclassified"
