@@ -490,6 +490,8 @@ class IntegerExecutor:
             return Isa.EXACT
         if acc_cfg.bits != 32 or not acc_cfg.signed or acc_cfg.overflow is not Overflow.WRAP:
             return Isa.EXACT
+        if acc_cfg.tile_bits is not None:
+            return Isa.EXACT  # a tile register of its own width: not onnxruntime's kernels
         a = node.attrs
         if node.op is Op.CONV and depthwise(a["group"], *node.wq.q.shape[:2]):
             return Isa.EXACT  # MLAS's exact depthwise kernel
