@@ -585,7 +585,11 @@ def run_qoperator(
         ds = load_data(data, shape, dt, inp[0].name)
     isa = resolve(isa)
     stats: dict = {}
-    outs = [run_qoperator_batch(model, xb, source, isa, stats) for _, xb in ds.batches(batch_size)]
+    ort_nodes: dict = {}
+    outs = [
+        run_qoperator_batch(model, xb, source, isa, stats, ort_nodes=ort_nodes)
+        for _, xb in ds.batches(batch_size)
+    ]
     y = np.concatenate(outs)
     rep = RunReport(source, ds.name, len(ds), {"scheme": {"name": "qoperator"}, "isa": isa.value})
     for name, (op_type, st) in stats.items():
@@ -621,6 +625,12 @@ def run_qoperator(
         "QOperator model: run node by node (hwsim.qops); no float reference (the table lists "
         "the MAC nodes' datapath counters)"
     )
+    if ort_nodes:
+        kinds = sorted(set(ort_nodes.values()))
+        rep.notes.append(
+            f"{len(ort_nodes)} node(s) outside hwsim's QOperator ops ran as onnxruntime's own "
+            f"kernels ({', '.join(kinds)}): " + ", ".join(ort_nodes)
+        )
     rep.seconds = time.perf_counter() - t0
     if save_outputs is not None:
         write_npz(save_outputs, {model.graph.output[0].name: y})

@@ -6,8 +6,12 @@ computations exporters write (Shape, Gather, Slice, Expand, ...) exactly; the fl
 non-linearities a transformer keeps between DequantizeLinear and QuantizeLinear (Erf, Tanh,
 LayerNormalization, ReduceMean) as hwsim's float reference computes them
 (:mod:`hwsim.execute.float`: float64, rounded once), which onnxruntime's MLAS approximations
-match to float32 rounding, not bit for bit. Not yet here: onnxruntime's
-``com.microsoft.QLinearSoftmax`` (an exp lookup table, no :mod:`hwsim.qops` contract yet)."""
+match to float32 rounding, not bit for bit. Any other op of the default ONNX domain (e.g. the
+float BatchNormalization and GlobalAveragePool that ``quantize_static`` leaves in a CNN exported
+without pre-processing) runs as onnxruntime's own kernel, one single-node session per node
+(:func:`_ort_node`): its values are onnxruntime's by construction, and the report names those
+nodes. Not yet here: onnxruntime's ``com.microsoft.QLinearSoftmax`` (an exp lookup table, no
+:mod:`hwsim.qops` contract yet)."""
 
 from __future__ import annotations
 
@@ -201,6 +205,62 @@ ONNX_OPS: dict[str, Callable[[dict, list], np.ndarray | list]] = {
 (one output, or a list for Split), by their ONNX definition."""
 
 
+_ORT_NODES: dict = {}
+_ORT_NODES_MAX = 256
+
+
+def _ort_node(model, node, ins: list) -> list:
+    """``node`` (default ONNX domain) run by onnxruntime on ``ins``: a model of this one node
+    (constant inputs as initializers, the others as inputs with a free batch axis), at the
+    model's opset, on one thread; sessions are cached by node, constant bytes and input types."""
+    import hashlib
+
+    import onnx
+    import onnxruntime as ort
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    consts = {t.name for t in model.graph.initializer}
+    h = hashlib.sha256(node.SerializeToString())
+    h.update(str(opset).encode())
+    for t, v in zip(node.input, ins, strict=True):
+        a = np.asarray(v) if v is not None else None
+        h.update(f"{t}|{None if a is None else (a.dtype.str, a.ndim)}|{t in consts}".encode())
+        if t in consts and a is not None:
+            h.update(np.ascontiguousarray(a).tobytes())
+    key = h.hexdigest()
+    sess = _ORT_NODES.get(key)
+    if sess is None:
+        inputs, inits = [], []
+        for t, v in zip(node.input, ins, strict=True):
+            if not t or v is None:
+                continue
+            a = np.asarray(v)
+            if t in consts:
+                inits.append(numpy_helper.from_array(a, t))
+            else:
+                et = oh.np_dtype_to_tensor_dtype(a.dtype)
+                inputs.append(oh.make_tensor_value_info(t, et, [None] * a.ndim))
+        g = oh.make_graph([node], "node", inputs, [], initializer=inits)
+        g.output.extend(oh.make_empty_tensor_value_info(o) for o in node.output if o)
+        m = oh.make_model(g, opset_imports=[oh.make_opsetid("", opset)])
+        m.ir_version = min(model.ir_version or 8, onnx.IR_VERSION)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        if len(_ORT_NODES) >= _ORT_NODES_MAX:
+            _ORT_NODES.clear()
+        _ORT_NODES[key] = sess
+    feed = {
+        t: np.asarray(v)
+        for t, v in zip(node.input, ins, strict=True)
+        if t and v is not None and t not in consts
+    }
+    return sess.run(None, feed)
+
+
 def run_qoperator_batch(
     model,
     x: np.ndarray,
@@ -208,11 +268,14 @@ def run_qoperator_batch(
     isa="exact",
     stats: dict | None = None,
     keep: dict | None = None,
+    ort_nodes: dict | None = None,
 ) -> np.ndarray:
     """Run a QOperator ONNX model on one batch, node by node: quantized ops by
     :func:`hwsim.qops.run_node` (the datapath underneath, dot products per ``isa``), plain ops
-    by their ONNX definition. ``stats`` (node name -> :class:`LayerStats`) accumulates the
-    datapath counters of the MAC nodes; ``keep`` receives every tensor by ONNX name."""
+    by their ONNX definition, other default-domain ops by onnxruntime's kernel. ``stats``
+    (node name -> :class:`LayerStats`) accumulates the datapath counters of the MAC nodes;
+    ``keep`` receives every tensor by ONNX name; ``ort_nodes`` (node name -> op type) the
+    nodes onnxruntime ran."""
     g = model.graph
     env = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     inits = set(env)
@@ -237,6 +300,16 @@ def run_qoperator_batch(
         elif node.domain in ("", "ai.onnx") and node.op_type in ONNX_OPS:
             r = ONNX_OPS[node.op_type](a, ins)
             outs = list(r) if isinstance(r, list) else [r]
+        elif node.domain in ("", "ai.onnx"):
+            try:
+                outs = _ort_node(model, node, ins)
+            except Exception as e:  # onnxruntime's own message: the op, the types it wants
+                raise HwsimError(
+                    f"{source}: node {node.name!r} ({node.op_type}) is not one of hwsim's "
+                    f"QOperator ops and onnxruntime could not run it alone: {e}"
+                ) from e
+            if ort_nodes is not None:
+                ort_nodes[node.name or node.output[0]] = node.op_type
         else:
             raise HwsimError(
                 f"{source}: node {node.name!r} ({node.domain + '.' if node.domain else ''}"
