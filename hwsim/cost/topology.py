@@ -261,7 +261,7 @@ def layers_from_program(program, batch: int = 1) -> list[Layer]:
             spec_in = program.acts.get(n.inputs[0])
             spec_out = program.acts.get(n.output)
             ls = program.layer(n.name)
-            kw = dict(
+            kw.update(
                 wbits=n.wq.fmt.bits if n.wq is not None else None,
                 abits=spec_in.fmt.bits if spec_in else None,
                 acc_bits=ls.acc.bits,
