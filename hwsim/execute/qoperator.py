@@ -9,9 +9,10 @@ LayerNormalization, ReduceMean) as hwsim's float reference computes them
 match to float32 rounding, not bit for bit. Any other op of the default ONNX domain (e.g. the
 float BatchNormalization and GlobalAveragePool that ``quantize_static`` leaves in a CNN exported
 without pre-processing) runs as onnxruntime's own kernel, one single-node session per node
-(:func:`_ort_node`): its values are onnxruntime's by construction, and the report names those
-nodes. Not yet here: onnxruntime's ``com.microsoft.QLinearSoftmax`` (an exp lookup table, no
-:mod:`hwsim.qops` contract yet)."""
+(:func:`_ort_node`), where onnxruntime's optimised graph runs that same op (its fusion plan,
+:mod:`hwsim.graph.ort_plan`): a float Conv / MatMul / Add between a DequantizeLinear and a
+QuantizeLinear, which onnxruntime fuses into an integer kernel, is refused, not run in float.
+The report names the nodes onnxruntime ran."""
 
 from __future__ import annotations
 
@@ -261,6 +262,31 @@ def _ort_node(model, node, ins: list) -> list:
     return sess.run(None, feed)
 
 
+def _fused_plan(model, source: str, node):
+    """onnxruntime's optimised graph of this model (:func:`hwsim.graph.ort_plan.load_plan`):
+    which op it runs for each node. The file at ``source`` if there is one, else the model
+    written to a temporary file."""
+    import os
+    import tempfile
+
+    from hwsim.graph.ort_plan import NoPlanError, load_plan
+
+    try:
+        if os.path.isfile(str(source)):
+            return load_plan(source)
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "model.onnx")
+            with open(p, "wb") as f:
+                f.write(model.SerializeToString())
+            return load_plan(p)
+    except NoPlanError as e:
+        raise HwsimError(
+            f"{source}: node {node.name!r} ({node.op_type}) is not one of hwsim's QOperator "
+            f"ops; such nodes run as onnxruntime's kernels, which needs onnxruntime to load "
+            f"the model: {e}"
+        ) from e
+
+
 def run_qoperator_batch(
     model,
     x: np.ndarray,
@@ -283,24 +309,39 @@ def run_qoperator_batch(
     if len(inputs) != 1 or len(g.output) != 1:
         raise HwsimError(f"{source}: hwsim runs single-input single-output models")
     env[inputs[0].name] = np.asarray(x, input_dtype(inputs[0]))  # uint8 input: uint8 data
-    supported = {op for _, op in qops.SUPPORTED}
+    supported = {(d or "", op) for d, op in qops.SUPPORTED}
+    plan = None
     for node in g.node:
         a = {at.name: oh.get_attribute_value(at) for at in node.attribute}
         if node.op_type == "Constant":
             env[node.output[0]] = numpy_helper.to_array(a["value"])
             continue
         ins = [env[t] if t else None for t in node.input]
-        if node.op_type in supported:
+        dom = "" if node.domain in ("", "ai.onnx") else node.domain
+        float_in = bool(ins) and ins[0] is not None and np.asarray(ins[0]).dtype.kind == "f"
+        if (dom, node.op_type) in supported and not (node.op_type in ONNX_OPS and float_in):
+            # (a MaxPool on float values, e.g. after a Relu left in float, is the ONNX op)
             with qops.collect_counters() as sink:
                 outs = qops.run_node(node.op_type, node.domain, a, ins, isa=isa)
             if stats is not None and sink:
                 st = stats.setdefault(node.name or node.output[0], (node.op_type, LayerStats()))
                 for c in sink:
                     st[1].add(c)
-        elif node.domain in ("", "ai.onnx") and node.op_type in ONNX_OPS:
+        elif dom == "" and node.op_type in ONNX_OPS:
             r = ONNX_OPS[node.op_type](a, ins)
             outs = list(r) if isinstance(r, list) else [r]
-        elif node.domain in ("", "ai.onnx"):
+        elif dom == "":
+            if plan is None:
+                plan = _fused_plan(model, source, node)
+            kernel = plan.kernel(node.name) if node.name else None
+            if kernel != node.op_type:
+                raise HwsimError(
+                    f"{source}: node {node.name!r} ({node.op_type}) runs in onnxruntime as "
+                    f"{kernel or 'part of a fused node'} (its QDQ fusion of the DequantizeLinear"
+                    " / QuantizeLinear around it), which hwsim's QOperator interpreter does not "
+                    "emulate; quantize the whole model in one format (all QDQ, which hwsim "
+                    "imports with onnxruntime's fusion plan, or all QOperator)"
+                )
             try:
                 outs = _ort_node(model, node, ins)
             except Exception as e:  # onnxruntime's own message: the op, the types it wants
@@ -314,7 +355,7 @@ def run_qoperator_batch(
             raise HwsimError(
                 f"{source}: node {node.name!r} ({node.domain + '.' if node.domain else ''}"
                 f"{node.op_type}) is not supported in QOperator models; supported: "
-                f"{', '.join(sorted(supported | set(ONNX_OPS)))}"
+                f"{', '.join(sorted({op for _, op in supported} | set(ONNX_OPS)))}"
             )
         for name, v in zip(node.output, outs, strict=False):
             if name:
