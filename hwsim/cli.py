@@ -800,6 +800,8 @@ def sweep_cmd(spec, workers, scheduler, results, json_path, csv_path, plot, prog
             click.echo(f"wrote {path}")
     if doc["lost"]:
         raise CliError(f"{len(doc['lost'])} point(s) did not finish")
+    if failed:  # recorded with their errors (the table); a script must see it
+        raise CliError(f"{failed} point(s) failed (their errors are in the table and records)")
 
 
 @main.command("cost")

@@ -46,6 +46,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10: the tomli backpor
 from hwsim.cost import Accelerator, load_config, parse_array
 from hwsim.cost.dataflow import Dataflow
 from hwsim.datapath.isa import ISA_CHOICES
+from hwsim.datapath.isa import resolve as resolve_isa
 from hwsim.errors import HwsimError
 from hwsim.quant import Scheme
 from hwsim.quant.scheme import PRESETS, LayerScheme
@@ -283,6 +284,8 @@ def make_job(model: str, point: dict, accel_config=None, **fixed) -> Job:
         raise HwsimError(f"seed must be an integer >= 0, got {seed!r}")
     if isa not in ISA_CHOICES:
         raise HwsimError(f"isa must be one of {', '.join(ISA_CHOICES)}, got {isa!r}")
+    if isa == "auto":  # resolved here, on the client: a point's figures must not depend on
+        isa = resolve_isa(isa).value  # the worker that runs it (nor its key)
     if not isinstance(scheme_name, str) or (
         scheme_name not in PRESETS and scheme_name != "as imported"
     ):

@@ -10,7 +10,7 @@ A record::
      "result": {...} | null,   # compare's row: accuracies, agreement, min SQNR, overflow
                                # counts, cycles and energy per sample, the scheme settings
      "error": null | "SchemeError: ...",
-     "timing": {"seconds": 1.23}}
+     "timing": {"seconds": 1.23, "pid": 4242}}
 
 ``timing`` is the one part that depends on the machine: :func:`identity` is the record
 without it, and two runs of a sweep (in-process, on 1 or N workers, in any order) give equal
@@ -20,6 +20,7 @@ identities.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -60,12 +61,26 @@ def data_digest(ds) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 of hwsim's own source (every ``hwsim/**/*.py``, by relative path and bytes): a
+    record made by other code is not reused, whatever the version number says (a change of
+    numerics lands without a version bump)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
 def point_key(model_sha: str, data_sha: str, calib_sha: str, batch_size: int, settings) -> str:
     """The content hash of a point: the model's bytes, the data's and the calibration data's
     content, the batch size, the point's full settings (:meth:`Job.settings`), hwsim's
-    version and :data:`RECORD_VERSION`."""
+    version, its source (:func:`code_fingerprint`) and :data:`RECORD_VERSION`."""
     doc = {
         "hwsim": __version__,
+        "code": code_fingerprint(),
         "record": RECORD_VERSION,
         "model": model_sha,
         "data": data_sha,

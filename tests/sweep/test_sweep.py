@@ -190,3 +190,39 @@ def test_cli_sweep_bad_spec_is_one_error_line(write_spec):
     assert r.output.startswith(f"Error: {p}: [axes] wbits = 1:"), r.output
     r = CliRunner().invoke(main, ["sweep", str(p), "--workers", "2", "--scheduler", "x"])
     assert r.exit_code == 2 and "not both" in r.output
+
+
+def test_cli_sweep_exits_1_when_a_point_failed(write_spec, monkeypatch, tmp_path):
+    p = write_spec("wbits = [8, 6]")
+    real = api._evaluate_point
+
+    def fails_at_6(payload, job):
+        if job.point["wbits"] == 6:
+            raise ValueError("no 6-bit multipliers today")
+        return real(payload, job)
+
+    monkeypatch.setattr(api, "_evaluate_point", fails_at_6)
+    out = tmp_path / "all.csv"
+    r = CliRunner().invoke(main, ["sweep", str(p), "--csv", str(out)])
+    assert r.exit_code == 1, r.output
+    assert "1 point(s) failed" in r.output and out.exists()  # the outputs are written first
+
+
+def test_key_changes_with_hwsim_source(write_spec, monkeypatch):
+    from hwsim.sweep import store
+
+    p = write_spec("wbits = [8]")
+    k1 = api.sweep(p)["records"][0]["key"]
+    monkeypatch.setattr(store, "code_fingerprint", lambda: "0" * 64)  # other code
+    doc = api.sweep(p)
+    assert doc["ran"] == 1 and doc["records"][0]["key"] != k1
+
+
+def test_isa_auto_is_resolved_on_the_client(monkeypatch):
+    from hwsim.datapath import isa as isa_mod
+    from hwsim.sweep.spec import make_job
+
+    for host in (isa_mod.Isa.AVX2, isa_mod.Isa.EXACT):
+        monkeypatch.setattr(isa_mod, "host_isa", lambda h=host: h)
+        job = make_job("rescnn", {"isa": "auto"})
+        assert job.isa == host.value
