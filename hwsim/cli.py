@@ -864,6 +864,12 @@ def cost_cmd(
     """Cycles, traffic and energy of a model or SCALE-Sim topology CSV on an accelerator."""
     from hwsim import api
 
+    if bandwidth is not None and bandwidth_mode != "user":
+        raise click.UsageError(
+            "--bandwidth is the interface of USER bandwidth mode: add --bandwidth-mode user "
+            "(calc mode fetches as fast as needed)"
+        )
+
     rep = api.cost(
         model_or_topology,
         config,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +82,13 @@ class Accelerator:
             "clock_mhz",
         ):
             v = getattr(self, k)
-            if not isinstance(v, (int, float)) or not v > 0:
-                raise ConfigError(f"{k} must be > 0, got {v!r}")
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or not v > 0
+            ):
+                raise ConfigError(f"{k} must be a finite number > 0, got {v!r}")
         mode = str(self.bandwidth_mode).lower()
         if mode not in ("calc", "user"):
             raise ConfigError(f"bandwidth_mode must be calc or user, got {self.bandwidth_mode!r}")

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from hwsim.cost.config import Accelerator
+from hwsim.cost.config import Accelerator, ConfigError
 from hwsim.cost.dataflow import Dataflow, gemm_counts, utilization
 from hwsim.cost.memory import memory_cost
 from hwsim.cost.topology import Layer
@@ -108,6 +108,29 @@ def scheme_ops(layer: Layer) -> dict:
     return ops
 
 
+def _check_buffers(acc: Accelerator, layer: str, widths) -> None:
+    """Each SRAM holds at least SCALE-Sim's 100 words of its operand (100 sets of
+    ``floor(words / 100)``), and in USER mode a fetch of ``dram_words_per_cycle`` words (one
+    line) is at most half of it (a double-buffered half): else a ConfigError naming the field,
+    its value and the operand's width (a wider line would be padding fetched as DRAM traffic,
+    eq. U4, and priced as DRAM energy)."""
+    for bits, name in widths:
+        kb = getattr(acc, f"{name}_sram_kb")
+        words = math.floor(kb * 1024 * 8 / bits)
+        if words < 100:
+            raise ConfigError(
+                f"{name}_sram_kb = {kb:g} KiB holds {words} {bits}-bit words (layer {layer!r}); "
+                "SCALE-Sim's memory system needs at least 100"
+            )
+        bw = acc.dram_words_per_cycle
+        if acc.bandwidth_mode == "user" and bw > words // 2:
+            raise ConfigError(
+                f"dram_words_per_cycle = {bw:g} (USER bandwidth mode) is more than half of the "
+                f"{name} SRAM's {words} {bits}-bit words ({name}_sram_kb = {kb:g}, layer "
+                f"{layer!r}): each fetch would be mostly padding"
+            )
+
+
 def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
     """Cost of one layer on the accelerator (module docstring)."""
     wb = layer.wbits or acc.weight_bits
@@ -128,6 +151,7 @@ def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
         acc.filter_sram_kb * 8 / wb,
         acc.ofmap_sram_kb * 8 / of_bits,
     )
+    _check_buffers(acc, layer.name, ((ab, "ifmap"), (wb, "filter"), (of_bits, "ofmap")))
     if acc.bandwidth_mode == "user":
         m = memory_cost_user(
             acc.dataflow,

@@ -448,3 +448,35 @@ def test_quantized_program_layers_keep_their_conv_geometry():
     fc, qc = cost(fl, acc), cost(ql, acc)
     for f, q in zip(fc.layers, qc.layers, strict=True):
         assert q.dram_words == f.dram_words
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"ifmap_sram_kb": float("inf")}, "ifmap_sram_kb must be a finite number > 0"),
+        ({"dram_words_per_cycle": float("nan")}, "dram_words_per_cycle must be a finite"),
+        ({"filter_sram_kb": True}, "filter_sram_kb must be a finite number > 0"),
+    ],
+)
+def test_accelerator_rejects_non_finite_fields(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        Accelerator(**fields)
+
+
+def test_sram_and_line_checks_name_the_field_and_width():
+    layer = conv_layer("c", 10, 10, 3, 3, 8, 12, 1)
+    # 0.1 KiB of 16-bit words: 51 words (the configured size and the width in the message)
+    acc = Accelerator(ifmap_sram_kb=0.1, act_bits=16)
+    with pytest.raises(ConfigError, match=r"ifmap_sram_kb = 0.1 KiB holds 51 16-bit words"):
+        cost_layer(layer, acc)
+    # USER mode: a line of more than half an SRAM is refused (1 KiB of bytes: 512 at most)
+    acc = Accelerator(filter_sram_kb=1, bandwidth_mode="user", dram_words_per_cycle=513)
+    with pytest.raises(ConfigError, match=r"dram_words_per_cycle = 513 .* filter SRAM's 1024"):
+        cost_layer(layer, acc)
+    ok = Accelerator(filter_sram_kb=1, bandwidth_mode="user", dram_words_per_cycle=512)
+    cost_layer(layer, ok)
+
+
+def test_cli_bandwidth_needs_user_mode():
+    r = CliRunner().invoke(main, ["cost", "mlp", "--bandwidth", "4"])
+    assert r.exit_code == 2 and "--bandwidth-mode user" in r.output
