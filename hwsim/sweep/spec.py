@@ -296,9 +296,11 @@ def make_job(model: str, point: dict, accel_config=None, **fixed) -> Job:
         if isinstance(v, bool) or (k in _INT_AXES and not isinstance(v, numbers.Integral)):
             raise HwsimError(f"{k} must be an integer, got {v!r}")
     if scheme_name == "as imported":
+        # the file's own quantization: the scheme axes do not apply (checked, then dropped, so
+        # the points that differ only in them are one point)
+        Scheme.preset("per-tensor", **{**fixed, **pt})
         scheme = None
-        if pt:
-            raise HwsimError(f"scheme 'as imported' takes no scheme fields, got {sorted(pt)}")
+        point = {k: v for k, v in point.items() if k not in pt}
     else:
         scheme = Scheme.preset(scheme_name, **{**fixed, **pt})
     over = {}

@@ -226,3 +226,21 @@ def test_isa_auto_is_resolved_on_the_client(monkeypatch):
         monkeypatch.setattr(isa_mod, "host_isa", lambda h=host: h)
         job = make_job("rescnn", {"isa": "auto"})
         assert job.isa == host.value
+
+
+def test_as_imported_beside_scheme_axes_is_one_point(tmp_path, small_data):
+    """'as imported' is the file's own quantization: the scheme axes do not apply to it, so
+    its points collapse into one (was: 'the point ... is not valid')."""
+    q = tmp_path / "q.onnx"
+    api.quantize_model("rescnn", "per-tensor", str(small_data[1]), out=str(q))
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        f'[sweep]\nmodel = "{q}"\ndata = "{small_data[0]}"\ncalib = "{small_data[1]}"\n'
+        'batch_size = 16\n[axes]\nscheme = ["as imported", "per-tensor"]\nacc_bits = [32, 16]\n'
+    )
+    doc = api.sweep(spec)
+    points = [(r["point"]["scheme"], r["point"].get("acc_bits")) for r in doc["records"]]
+    assert points == [("as imported", None), ("per-tensor", 32), ("per-tensor", 16)]
+    rows = api.compare(str(q), str(small_data[0]), ("per-tensor",), (8,), (8,),
+                       calib=str(small_data[1]), batch_size=16)  # fmt: skip
+    assert doc["records"][0]["result"] == rows[0]  # compare's "as imported" row
