@@ -307,6 +307,18 @@ def save_png(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points ``(cost, quality)`` on the Pareto front (no other point has a
+    lower or equal cost and a higher quality), by increasing cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
 def pareto_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     """Accuracy (or agreement) vs energy per sample, one marker per run, the Pareto front
     (lowest energy for at least that accuracy) drawn; PNG written atomically."""
@@ -326,11 +338,8 @@ def pareto_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
                 (r["energy_pj_per_sample"] / 1e6, 100 * r[key]),
                 fontsize=6,
             )
-    front, best = [], -1.0
-    for r in sorted(rows, key=lambda r: (r["energy_pj_per_sample"], -r[key])):
-        if r[key] > best:
-            front.append(r)
-            best = r[key]
+    idx = pareto_front([(r["energy_pj_per_sample"], r[key]) for r in rows])
+    front = [rows[i] for i in idx]
     ax.plot(
         [r["energy_pj_per_sample"] / 1e6 for r in front],
         [100 * r[key] for r in front],

@@ -32,6 +32,7 @@ import numpy as np
 from hwsim import __version__
 from hwsim.errors import HwsimError
 from hwsim.io import atomic_write_text
+from hwsim.report import pareto_front
 
 #: What :func:`point_key` hashes besides the inputs: bump it when a record's meaning changes.
 RECORD_VERSION = 2  # 2: result.bias_overflows
@@ -226,18 +227,6 @@ def table(records: list[dict], axes: list[str]) -> str:
         "uJ/smp: per sample on the point's accelerator"
     )
     return "\n".join(lines)
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points ``(cost, quality)`` on the Pareto front (no other point has a
-    lower or equal cost and a higher quality), by increasing cost."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -math.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
 
 
 def pareto_plot(records: list[dict], path, title: str) -> None:
