@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from hwsim import api
 from hwsim.cli import main
-from hwsim.sweep import ResultStore, identity, point_key
 from hwsim.report import pareto_front
+from hwsim.sweep import ResultStore, identity, point_key
 
 AXES = 'scheme = ["per-tensor", "per-channel"]\nwbits = [8, 4]\nacc_bits = [32, 14]'
 
