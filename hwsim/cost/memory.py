@@ -109,11 +109,16 @@ class ConvGeometry:
         ccol, cch = np.divmod(rest, self.ch)
         base = ((sample * self.ih + irow) * self.iw + icol) * self.ch
         off = (crow * self.iw + ccol) * self.ch + cch
+        if int(base[-1]) + int(off[-1]) < _I32:  # int32 addresses: half the memory of the walk
+            base, off = base.astype(np.int32), off.astype(np.int32)
         addr = base[p] + off[k]
         if self.all_valid:
             return addr
         ok = ((irow[p] + crow[k]) < self.ih) & ((icol[p] + ccol[k]) < self.iw)
         return np.where(ok, addr, -1)
+
+
+_I32 = 2**31 - 1  # below this, addresses and positions are int32
 
 
 def check_sram_words(sram_kb) -> None:
@@ -157,8 +162,9 @@ def _sweep_misses(sweep: np.ndarray, fold_ends: np.ndarray, reps: int, E: int, h
     if L == 0:
         return 0
     size = int(sweep.max()) + 1
-    first = np.empty(size, dtype=np.int64)
-    idx = np.arange(L, dtype=np.int64)
+    pos_t = np.int32 if L < _I32 else np.int64  # positions (the walk's largest arrays)
+    first = np.empty(size, dtype=pos_t)
+    idx = np.arange(L, dtype=pos_t)
     first[sweep[::-1]] = idx[::-1]  # the last assignment wins: each address's first use
     fo = np.flatnonzero(first[sweep] == idx)  # first uses in the pass
     fold_first = np.zeros(L, dtype=bool)  # first uses in each fold
@@ -228,7 +234,8 @@ def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
         k, j = np.meshgrid(np.arange(K), np.arange(ru), indexing="ij")
         order = np.lexsort((j.ravel(), (k + j).ravel()))
         ko, jo = k.ravel()[order], j.ravel()[order]
-        p = p0 + np.arange(n)[:, None] * R + jo[None, :]
+        pt = np.int32 if p0 + n * R < _I32 else np.int64
+        p = (p0 + np.arange(n, dtype=pt)[:, None] * R + jo[None, :]).astype(pt, copy=False)
         parts.append(geo.ifmap_addr(p, ko[None, :]).ravel())
         sizes += [ru * K] * n
     return np.concatenate(parts), sizes
