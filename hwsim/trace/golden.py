@@ -34,6 +34,7 @@ from hwsim.execute.integer import IntegerExecutor
 from hwsim.execute.tensors import QTensor
 from hwsim.graph.ir import MAC_OPS, Op
 from hwsim.numerics import IntFormat, RoundingMode, ScaleKind
+from hwsim.trace import shift_acc
 from hwsim.trace.external import onnx_names
 from hwsim.trace.files import FORMAT, HEX_ORDER, Array, TraceError, entry, sha256, write_dir
 
@@ -353,6 +354,10 @@ def record(program, x: np.ndarray, layers=None, meta: dict | None = None, onnx_m
             finally:
                 ex._rng = None
             e["avx2"] = _avx2_layer(ex_avx2, i, node, env, files, stem)
+        elif node.op is Op.MATMUL and shift_acc.applies(node, [env[t] for t in node.inputs]):
+            stem = f"L{i:03d}_{_safe(node.name)}"
+            ins = [env[t] for t in node.inputs]
+            e["shift_acc"] = shift_acc.record(ex, node, ins, files, stem)
         out_layers.append(e)
     manifest = {
         "format": FORMAT,
