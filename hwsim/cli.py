@@ -1165,6 +1165,9 @@ def trace_cmd(model, data, indices, only, scheme, wbits, abits, calib, out, **kw
     mac = [layer for layer in doc["layers"] if "acc" in layer]
     replayed = sum(layer["replayed"] for layer in mac)
     what = f"{len(mac)} MAC, {replayed} replayed from their registers"
+    pss = sum("shift_acc" in layer for layer in doc["layers"])
+    if pss:
+        what += f", {pss} per-sample-shift accumulators (eq. 13-14)"
     if doc["scheme"] == {"name": "qoperator"}:
         what = "QOperator nodes with integer outputs; no accumulators"
     click.echo(

@@ -101,12 +101,14 @@ def record(ex: IntegerExecutor, node, ins, files: dict, stem: str) -> dict:
         "rounding": layer.rounding.value,
         "s_max": s_max,
         "shifts": entry(
-            files, f"{stem}.group_shifts",
+            files,
+            f"{stem}.group_shifts",
             Array.integer(shifts.reshape(batch + (K,)), 8, True, np.int8),
-        ),  # fmt: skip
+        ),
         "acc": entry(
-            files, f"{stem}.acc",
+            files,
+            f"{stem}.acc",
             Array.integer(vals.reshape(batch + (M, N)), fmt.bits, fmt.signed, np.int64),
-        ),  # fmt: skip
+        ),
         "semantics": SEMANTICS,
     }
