@@ -1148,9 +1148,17 @@ def models():
 @click.option(
     "-o", "--output", "out", required=True, type=click.Path(file_okay=False), help="Trace folder."
 )
+@click.option(
+    "--isa",
+    type=click.Choice(["exact", "avx2"]),
+    default="exact",
+    show_default=True,
+    help="The integer arithmetic traced: exact, or as onnxruntime's AVX2 kernels compute it "
+    "(uint8 x int8 pairs summed in a saturating int16).",
+)
 @_scheme_options
 @_guard
-def trace_cmd(model, data, indices, only, scheme, wbits, abits, calib, out, **kw):
+def trace_cmd(model, data, indices, only, scheme, wbits, abits, calib, out, isa, **kw):
     """Golden vectors of MODEL for RTL: per layer the integer inputs, weights, bias, raw
     accumulators, scale registers and outputs of the chosen samples, as .npy and $readmemh
     hex, with manifest.json (docs/trace.md). A float MODEL is quantized first (--scheme and
@@ -1159,7 +1167,7 @@ def trace_cmd(model, data, indices, only, scheme, wbits, abits, calib, out, **kw
 
     batch = kw.pop("batch_size")
     doc = api.trace(
-        model, out, data, indices, only, scheme, calib, batch, wbits=wbits, abits=abits,
+        model, out, data, indices, only, scheme, calib, batch, isa=isa, wbits=wbits, abits=abits,
         **_scheme_kw(kw),
     )  # fmt: skip
     mac = [layer for layer in doc["layers"] if "acc" in layer]

@@ -4,6 +4,9 @@ both values), how many differ, and a cause read off the data where one can be:
 
 * ``accumulator overflow`` -- the accumulators differ, every difference a multiple of
   ``2^bits`` (the narrower accumulator's width): one side wrapped;
+* ``int16 pair saturation (AVX2 vpmaddubsw)`` -- the accumulators differ otherwise, one trace
+  is ``isa`` avx2 (``hwsim trace --isa avx2``), the other not, and the avx2 trace's layer
+  saturated int16 pairs (docs/numerics.md eq. 16);
 * ``different scale register`` -- equal accumulators, the registers differ (kind, multiplier
   or shift);
 * ``rounding tie`` -- equal accumulators and registers' values, outputs 1 apart where the
@@ -90,6 +93,18 @@ def _real(reg: dict, mult: np.ndarray, shift: np.ndarray, c: int) -> Fraction:
     return Fraction(int(m)) * (Fraction(2) ** (s - 31))
 
 
+def _pair_saturated(da: dict, la: dict, db: dict, lb: dict) -> bool:
+    """Whether one trace is ``isa`` avx2, the other is not, and the avx2 one's layer records
+    saturated int16 pairs (its ``avx2.pair_saturations``): then the accumulators differ by
+    eq. 16."""
+    isa_a, isa_b = da.get("isa", "exact"), db.get("isa", "exact")
+    if isa_a == isa_b:
+        return False
+    side = la if isa_a == "avx2" else lb if isa_b == "avx2" else None
+    avx2 = side.get("avx2") if side is not None else None
+    return isinstance(avx2, dict) and int(avx2.get("pair_saturations") or 0) > 0
+
+
 def _first(x: np.ndarray, y: np.ndarray):
     bad = x != y
     idx = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -129,6 +144,8 @@ def diff(a: str | os.PathLike, b: str | os.PathLike) -> Divergence | None:
                 delta = acc_a.astype(object) - acc_b.astype(object)
                 wrapped = bool(np.all(delta % (1 << max(min(bits_a, bits_b), 0)) == 0))
                 cause = "accumulator overflow" if wrapped else "unclassified"
+                if not wrapped and _pair_saturated(da, la, db, lb):
+                    cause = PAIR_SATURATION
                 return Divergence(name, "acc", idx, int(acc_a[idx]), int(acc_b[idx]), n,
                                   acc_a.size, cause)  # fmt: skip
         ea = _tensor(a, da, name, _field(a, name, la, "output"))
