@@ -349,3 +349,31 @@ def test_tiled_and_stochastic_layers_trace(tmp_path, args, replayed):
     assert sum(la["replayed"] for la in mac) == replayed == replay(out)
     if "tiled" in args:
         assert all(la["avx2"] is None for la in mac)
+
+
+def test_avx2_trace_is_the_avx2_executors_run(tmp_path):
+    """``--isa avx2``: every traced tensor is the AVX2 executor's, the accumulators replay to
+    its outputs, and where pairs saturate (rescnn's first conv) its output is the exact trace's
+    recorded ``avx2`` output of that layer."""
+    out = tmp_path / "t"
+    r = CliRunner().invoke(main, ["trace", "rescnn", "--index", "0", "--isa", "avx2", "-o",
+                                  str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert replay(out) == 5
+    doc = read_manifest(out)
+    program = api.quantize_model("rescnn", "per-tensor", calib="digits-train")
+    x = load_data("digits", program.graph.input_shape).x[[0]]
+    env = IntegerExecutor(program, isa="avx2").run(x, keep_all=True)
+    for t, e in doc["tensors"].items():
+        np.testing.assert_array_equal(np.load(out / e["npy"]), env[t].q, err_msg=t)
+    shipped = read_manifest(SHIPPED)
+    conv = next(la for la in shipped["layers"] if la["name"] == "/0/Conv")
+    assert conv["avx2"]["pair_saturations"] > 0
+    ours = next(la for la in doc["layers"] if la["name"] == "/0/Conv")
+    assert ours["avx2"]["pair_saturations"] == conv["avx2"]["pair_saturations"]
+    np.testing.assert_array_equal(
+        np.load(SHIPPED / conv["avx2"]["output"]["npy"]),
+        np.load(out / doc["tensors"][ours["output"]]["npy"]),
+    )
+    acc_exact = np.load(SHIPPED / conv["acc"]["npy"])
+    assert not np.array_equal(np.load(out / ours["acc"]["npy"]), acc_exact)
