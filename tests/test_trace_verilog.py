@@ -11,10 +11,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hwsim import api
+from hwsim.numerics import reference as ref
 from hwsim.trace import read_manifest, trace
+from hwsim.trace.diff import SHIFT_ROUNDING, diff
+from hwsim.trace.files import Array, entry, write_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TB = ROOT / "traces" / "tb_mac_requant.v"
@@ -169,3 +173,40 @@ def test_shift_testbench_fails_when_a_golden_value_changes(tb_shift, tmp_path, w
     assert r.returncode != 0 and "FAIL" in r.stdout, r.stdout
     if what == "acc":
         assert "first acc[0][0][5]" in r.stdout, r.stdout
+
+
+def _rerounded(src: Path, out: Path, rounding: str) -> Path:
+    """A copy of the shipped shift trace whose accumulators are recomputed in plain ints
+    (``reference.round_shift``) with another rounding of the group shifts; manifest and
+    hashes rewritten (hwsim.trace.files.write_dir)."""
+    doc = read_manifest(src)
+    files = {p.name: p.read_bytes() for p in src.iterdir() if p.name != "manifest.json"}
+    layer = next(la for la in doc["layers"] if la["name"] == PV)
+    sa = layer["shift_acc"]
+    ta, tb = (doc["tensors"][t] for t in layer["inputs"])
+    K, M, N = sa["K"], sa["M"], sa["N"]
+    A = np.load(src / ta["npy"]).astype(int).reshape(-1, M, K) - ta["zero_point"]
+    B = np.load(src / tb["npy"]).astype(int).reshape(-1, K, N) - tb["zero_point"]
+    sh = np.load(src / sa["shifts"]["npy"]).astype(int).reshape(-1, K)
+    acc = np.zeros((A.shape[0], M, N), np.int64)
+    for g, m, n in np.ndindex(acc.shape):
+        acc[g, m, n] = sum(ref.round_shift(int(A[g, m, k]) * int(B[g, k, n]), int(sh[g, k]),
+                                           rounding) for k in range(K))  # fmt: skip
+    assert np.abs(acc).max() < 2**31  # no overflow at 32 bits: the plain sum is the register's
+    sa["rounding"] = rounding
+    stem = sa["acc"]["npy"][: -len(".npy")]
+    sa["acc"] = entry(files, stem, Array.integer(acc.reshape(sa["acc"]["shape"]), 32, True))
+    doc.pop("files")
+    write_dir(out, doc, files)
+    return out
+
+
+@pytest.mark.parametrize("rounding", sorted(ROUNDING_CODE))
+def test_shift_testbench_rounds_as_the_plain_int_reference(tb_shift, tmp_path, rounding):
+    """Every deterministic rounding of the bench's round_shift against
+    hwsim.numerics.reference.round_shift, on the shipped operands and group shifts."""
+    d = _rerounded(SHIPPED_SHIFT, tmp_path / "t", rounding)
+    r = _vvp_shift(tb_shift, d, PV)
+    assert r.returncode == 0 and "PASS: 544 accumulators" in r.stdout, r.stdout
+    if rounding != "half_away":
+        assert diff(SHIPPED_SHIFT, d).cause == SHIFT_ROUNDING
