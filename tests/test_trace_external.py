@@ -341,3 +341,12 @@ def test_diff_of_exact_and_avx2_traces_names_pair_saturation(resnet_avx2_trace, 
     assert "layer '/stem/stem.0/Conv' (acc)" in r.output and PAIR_SATURATION in r.output
     # two exact traces of another configuration never blame the pairs
     assert diff(resnet_trace, resnet_trace) is None
+
+
+def test_isa_avx2_trace_of_a_qoperator_file_is_refused(tmp_path):
+    r = CliRunner().invoke(main, ["trace", str(DATA / "qlinearconv2.onnx"), "--data",
+                                  str(DATA / "qlinearconv2_input.npz"), "--isa", "avx2",
+                                  "-o", str(tmp_path / "t")])  # fmt: skip
+    assert r.exit_code == 1 and "no --isa" in r.output, r.output
+    r = CliRunner().invoke(main, ["trace", "mlp", "--isa", "sse", "-o", str(tmp_path / "u")])
+    assert r.exit_code == 2 and "'sse' is not one of 'exact', 'avx2'" in r.output, r.output
