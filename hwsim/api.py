@@ -887,9 +887,9 @@ def trace(
     the folder ``out`` (atomically). A float model is quantized first (``scheme``, default
     per-tensor, and ``scheme_kw``, calibrated on ``calib``); a quantized one is traced as it is
     (``scheme`` then is an error); a QOperator file through its node interpreter
-    (:mod:`hwsim.trace.qoperator`: integer tensors, no accumulators). ``isa``: ``exact``, or
+    (:mod:`hwsim.trace.qoperator`: integer tensors, no accumulators). ``isa``: ``exact``,
     ``avx2`` to trace the layers as onnxruntime's AVX2 kernels compute them (not for a
-    QOperator file). Returns the manifest."""
+    QOperator file), or ``auto`` (this CPU's). Returns the manifest."""
     import hashlib
 
     from hwsim.trace import trace as _trace
@@ -898,7 +898,9 @@ def trace(
     meta = {"model": path.name, "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     onnx_model = load_onnx(path) if path.suffix.lower() != ".tflite" else None
     if onnx_model is not None and is_qoperator(onnx_model):
-        if scheme is not None or layers or isa != "exact":
+        from hwsim.datapath.isa import Isa, resolve
+
+        if scheme is not None or layers or resolve(isa) is not Isa.EXACT:
             raise HwsimError(f"{model}: a QOperator model is traced whole, as it is (no scheme, "
                              f"no --only, no --isa)")  # fmt: skip
         from hwsim.trace.qoperator import trace_qoperator

@@ -1148,14 +1148,7 @@ def models():
 @click.option(
     "-o", "--output", "out", required=True, type=click.Path(file_okay=False), help="Trace folder."
 )
-@click.option(
-    "--isa",
-    type=click.Choice(["exact", "avx2"]),
-    default="exact",
-    show_default=True,
-    help="The integer arithmetic traced: exact, or as onnxruntime's AVX2 kernels compute it "
-    "(uint8 x int8 pairs summed in a saturating int16).",
-)
+@_isa_option
 @_scheme_options
 @_guard
 def trace_cmd(model, data, indices, only, scheme, wbits, abits, calib, out, isa, **kw):

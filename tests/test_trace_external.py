@@ -349,4 +349,4 @@ def test_isa_avx2_trace_of_a_qoperator_file_is_refused(tmp_path):
                                   "-o", str(tmp_path / "t")])  # fmt: skip
     assert r.exit_code == 1 and "no --isa" in r.output, r.output
     r = CliRunner().invoke(main, ["trace", "mlp", "--isa", "sse", "-o", str(tmp_path / "u")])
-    assert r.exit_code == 2 and "'sse' is not one of 'exact', 'avx2'" in r.output, r.output
+    assert r.exit_code == 2 and "'sse' is not one of 'exact', 'avx2', 'auto'" in r.output, r.output
