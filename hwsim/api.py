@@ -879,6 +879,7 @@ def trace(
     scheme: str | None = None,
     calib="digits-train",
     batch_size: int = DEFAULT_BATCH,
+    isa: str = "exact",
     **scheme_kw,
 ) -> dict:
     """Golden vectors of ``model`` for RTL (``hwsim trace``; docs/trace.md): the chosen samples'
@@ -886,7 +887,9 @@ def trace(
     the folder ``out`` (atomically). A float model is quantized first (``scheme``, default
     per-tensor, and ``scheme_kw``, calibrated on ``calib``); a quantized one is traced as it is
     (``scheme`` then is an error); a QOperator file through its node interpreter
-    (:mod:`hwsim.trace.qoperator`: integer tensors, no accumulators). Returns the manifest."""
+    (:mod:`hwsim.trace.qoperator`: integer tensors, no accumulators). ``isa``: ``exact``,
+    ``avx2`` to trace the layers as onnxruntime's AVX2 kernels compute them (not for a
+    QOperator file), or ``auto`` (this CPU's). Returns the manifest."""
     import hashlib
 
     from hwsim.trace import trace as _trace
@@ -895,9 +898,11 @@ def trace(
     meta = {"model": path.name, "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     onnx_model = load_onnx(path) if path.suffix.lower() != ".tflite" else None
     if onnx_model is not None and is_qoperator(onnx_model):
-        if scheme is not None or layers:
+        from hwsim.datapath.isa import Isa, resolve
+
+        if scheme is not None or layers or resolve(isa) is not Isa.EXACT:
             raise HwsimError(f"{model}: a QOperator model is traced whole, as it is (no scheme, "
-                             f"no --only)")  # fmt: skip
+                             f"no --only, no --isa)")  # fmt: skip
         from hwsim.trace.qoperator import trace_qoperator
 
         meta["model_path"] = str(path)  # where `hwsim diff --against onnxruntime` finds it
@@ -916,7 +921,7 @@ def trace(
     meta["model_quantized"] = bool(graph.quantized)
     if graph.quantized:
         meta["model_path"] = str(path)  # where `hwsim diff --against onnxruntime` finds it
-    return _trace(program, data, list(indices), out, list(layers), meta, onnx_model)
+    return _trace(program, data, list(indices), out, list(layers), meta, onnx_model, isa)
 
 
 def diff(a, b=None, against: str | None = None, model=None, data=None, save_dumps=None):

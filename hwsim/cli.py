@@ -1156,9 +1156,10 @@ def models():
 @click.option(
     "-o", "--output", "out", required=True, type=click.Path(file_okay=False), help="Trace folder."
 )
+@_isa_option
 @_scheme_options
 @_guard
-def trace_cmd(model, data, indices, only, scheme, wbits, abits, calib, out, **kw):
+def trace_cmd(model, data, indices, only, scheme, wbits, abits, calib, out, isa, **kw):
     """Golden vectors of MODEL for RTL: per layer the integer inputs, weights, bias, raw
     accumulators, scale registers and outputs of the chosen samples, as .npy and $readmemh
     hex, with manifest.json (docs/trace.md). A float MODEL is quantized first (--scheme and
@@ -1167,12 +1168,15 @@ def trace_cmd(model, data, indices, only, scheme, wbits, abits, calib, out, **kw
 
     batch = kw.pop("batch_size")
     doc = api.trace(
-        model, out, data, indices, only, scheme, calib, batch, wbits=wbits, abits=abits,
+        model, out, data, indices, only, scheme, calib, batch, isa=isa, wbits=wbits, abits=abits,
         **_scheme_kw(kw),
     )  # fmt: skip
     mac = [layer for layer in doc["layers"] if "acc" in layer]
     replayed = sum(layer["replayed"] for layer in mac)
     what = f"{len(mac)} MAC, {replayed} replayed from their registers"
+    pss = sum("shift_acc" in layer for layer in doc["layers"])
+    if pss:
+        what += f", {pss} per-sample-shift accumulators (eq. 13-14)"
     if doc["scheme"] == {"name": "qoperator"}:
         what = "QOperator nodes with integer outputs; no accumulators"
     click.echo(

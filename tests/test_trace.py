@@ -25,6 +25,10 @@ from hwsim.trace.files import Array, hex_text, parse_hex, read_array
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "traces" / "rescnn"
 SHIPPED_TFLITE = ROOT / "traces" / "rescnn-tflite"
+SHIPPED_SHIFT = ROOT / "traces" / "vit-token-shift"
+SHIFT_ARGS = ["trace", "vit", "--scheme", "per-token-shift", "--shift-base", "runtime",
+              "--register", "pow2", "--only", "/blocks/blocks.1/attn/MatMul_1",
+              "--index", "0"]  # fmt: skip
 MODELS = [m["name"] for m in api.shipped_models()]
 REGISTERS = [("per-tensor", "ort"), ("per-channel", "tflite"), ("per-tensor", "tflite-single"),
              ("per-channel", "pow2")]  # fmt: skip
@@ -170,6 +174,68 @@ def test_checked_in_trace_regenerates_byte_for_byte(tmp_path):
             assert (shipped / name).read_bytes() == (out / name).read_bytes(), name
 
 
+def test_checked_in_shift_trace_regenerates_byte_for_byte(tmp_path):
+    out = tmp_path / SHIPPED_SHIFT.name
+    r = CliRunner().invoke(main, [*SHIFT_ARGS, "-o", str(out)])
+    assert r.exit_code == 0 and "1 per-sample-shift accumulators" in r.output, r.output
+    names = sorted(p.name for p in SHIPPED_SHIFT.iterdir())
+    assert names == sorted(p.name for p in out.iterdir())
+    for name in names:
+        assert (SHIPPED_SHIFT / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def _overflow(v: int, acc: dict) -> int:
+    """``v`` on the accumulator ``acc`` (a manifest ``accumulator``): wrapped or clamped."""
+    lo, hi = -(1 << (acc["bits"] - 1)), (1 << (acc["bits"] - 1)) - 1
+    if acc["overflow"] == "saturate":
+        return min(max(v, lo), hi)
+    return (v - lo) % (1 << acc["bits"]) + lo
+
+
+def _shift_acc_plain(d: Path) -> int:
+    """Every ``shift_acc`` entry of trace ``d`` recomputed from its hex files in plain ints
+    (eq. 13-14: one product per group on the accumulator, shifted right by the group's shift
+    with the recorded rounding (``reference.round_shift``), summed in token order on the
+    accumulator with its overflow rule) must equal its recorded accumulators; returns how many
+    groups were shifted."""
+    doc = read_manifest(d)
+    shifted = 0
+    for layer in doc["layers"]:
+        sa = layer.get("shift_acc")
+        if sa is None:
+            continue
+        ta, tb = (doc["tensors"][t] for t in layer["inputs"])
+        A = _load(d, doc, ta, "a") - ta["zero_point"]
+        B = _load(d, doc, tb, "b") - tb["zero_point"]
+        sh = _load(d, doc, sa["shifts"], "shifts")
+        want = _load(d, doc, sa["acc"], "acc")
+        acc = sa["accumulator"]
+        assert acc["signed"]
+        K = sa["K"]
+        A, B = A.reshape(-1, sa["M"], K), B.reshape(-1, K, sa["N"])
+        sh, want = sh.reshape(-1, K), want.reshape(-1, sa["M"], sa["N"])
+        for g, m, n in np.ndindex(want.shape):
+            f = 0
+            for k in range(K):
+                p = _overflow(int(A[g, m, k]) * int(B[g, k, n]), acc)
+                f = _overflow(f + ref.round_shift(p, int(sh[g, k]), sa["rounding"]), acc)
+            assert f == want[g, m, n], (layer["name"], g, m, n)
+        shifted += int(np.count_nonzero(sh))
+    return shifted
+
+
+def test_shift_acc_is_eq_13_14_in_plain_ints(tmp_path):
+    assert _shift_acc_plain(SHIPPED_SHIFT) == 64
+    program = api.quantize_model(
+        "vit", "per-token-shift", calib="digits-train", register="pow2", rounding="half_even",
+        shift_base="runtime", acc_bits=12, overflow="saturate",
+    )  # fmt: skip
+    names = ["/blocks/blocks.0/attn/MatMul_1", "/blocks/blocks.1/attn/MatMul_1"]
+    doc = trace(program, "digits", ["5"], tmp_path / "t", layers=names)
+    assert all("shift_acc" in la for la in doc["layers"])
+    assert _shift_acc_plain(tmp_path / "t") > 0
+
+
 def test_checked_in_traces_replay():
     assert replay(SHIPPED) == 5
     assert replay(SHIPPED_TFLITE) == 5
@@ -283,3 +349,31 @@ def test_tiled_and_stochastic_layers_trace(tmp_path, args, replayed):
     assert sum(la["replayed"] for la in mac) == replayed == replay(out)
     if "tiled" in args:
         assert all(la["avx2"] is None for la in mac)
+
+
+def test_avx2_trace_is_the_avx2_executors_run(tmp_path):
+    """``--isa avx2``: every traced tensor is the AVX2 executor's, the accumulators replay to
+    its outputs, and where pairs saturate (rescnn's first conv) its output is the exact trace's
+    recorded ``avx2`` output of that layer."""
+    out = tmp_path / "t"
+    r = CliRunner().invoke(main, ["trace", "rescnn", "--index", "0", "--isa", "avx2", "-o",
+                                  str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert replay(out) == 5
+    doc = read_manifest(out)
+    program = api.quantize_model("rescnn", "per-tensor", calib="digits-train")
+    x = load_data("digits", program.graph.input_shape).x[[0]]
+    env = IntegerExecutor(program, isa="avx2").run(x, keep_all=True)
+    for t, e in doc["tensors"].items():
+        np.testing.assert_array_equal(np.load(out / e["npy"]), env[t].q, err_msg=t)
+    shipped = read_manifest(SHIPPED)
+    conv = next(la for la in shipped["layers"] if la["name"] == "/0/Conv")
+    assert conv["avx2"]["pair_saturations"] > 0
+    ours = next(la for la in doc["layers"] if la["name"] == "/0/Conv")
+    assert ours["avx2"]["pair_saturations"] == conv["avx2"]["pair_saturations"]
+    np.testing.assert_array_equal(
+        np.load(SHIPPED / conv["avx2"]["output"]["npy"]),
+        np.load(out / doc["tensors"][ours["output"]]["npy"]),
+    )
+    acc_exact = np.load(SHIPPED / conv["acc"]["npy"])
+    assert not np.array_equal(np.load(out / ours["acc"]["npy"]), acc_exact)

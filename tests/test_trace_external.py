@@ -295,3 +295,58 @@ def test_rounding_tie_read_off_the_trace_alone(tmp_path):
     d = diff(traces["half_away"], b)
     assert (d.layer, d.what, d.cause) == ("/0/Conv", "output", "rounding tie")
     assert abs(d.a - d.b) == 1
+
+
+@pytest.fixture(scope="module")
+def resnet_avx2_trace(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("r18avx2") / "t"
+    r = CliRunner().invoke(main, ["trace", str(MODEL), "--data", str(INPUT), "--index", "0",
+                                  "--isa", "avx2", "-o", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_avx2_trace_is_onnxruntimes_avx2_recording(resnet_avx2_trace, resnet_trace):
+    """``hwsim trace --isa avx2`` of the recorded case equals onnxruntime's own AVX2 run
+    (under qemu Haswell) on all 33 tensors; its pair counters are the exact trace's avx2
+    recomputation's (269 in the stem, 6 in layers.4/conv2)."""
+    doc = json.loads((resnet_avx2_trace / "manifest.json").read_text())
+    info = json.loads((AVX2 / "dumps.json").read_text())
+    assert doc["isa"] == "avx2" and "isa" not in json.loads(
+        (resnet_trace / "manifest.json").read_text())  # fmt: skip
+    onnx_of = {t: e_["onnx"] for t, e_ in doc["tensors"].items() if e_.get("onnx")}
+    assert len(onnx_of) == len(info["tensors"]) == 33
+    for t, o in onnx_of.items():
+        got = np.load(resnet_avx2_trace / doc["tensors"][t]["npy"])
+        np.testing.assert_array_equal(got, np.load(AVX2 / dump_file(o)), err_msg=t)
+    assert diff(resnet_avx2_trace, AVX2) is None
+    exact = {la["name"]: la for la in json.loads((resnet_trace / "manifest.json").read_text())[
+        "layers"]}  # fmt: skip
+    saturated = {}
+    for la in doc["layers"]:
+        if la.get("avx2"):
+            assert "output" not in la["avx2"]  # the trace's own output is the avx2 one
+            want = exact[la["name"]]["avx2"]
+            assert la["avx2"]["pair_saturations"] == want["pair_saturations"], la["name"]
+            if la["avx2"]["pair_saturations"]:
+                saturated[la["name"]] = la["avx2"]["pair_saturations"]
+    assert saturated == {"/stem/stem.0/Conv": 269, "/layers/layers.4/conv2/Conv": 6}
+
+
+def test_diff_of_exact_and_avx2_traces_names_pair_saturation(resnet_avx2_trace, resnet_trace):
+    d = diff(resnet_trace, resnet_avx2_trace)
+    assert (d.layer, d.what, d.cause) == ("/stem/stem.0/Conv", "acc", PAIR_SATURATION)
+    r = CliRunner().invoke(main, ["diff", str(resnet_avx2_trace), str(resnet_trace)])
+    assert r.exit_code == 1
+    assert "layer '/stem/stem.0/Conv' (acc)" in r.output and PAIR_SATURATION in r.output
+    # two exact traces of another configuration never blame the pairs
+    assert diff(resnet_trace, resnet_trace) is None
+
+
+def test_isa_avx2_trace_of_a_qoperator_file_is_refused(tmp_path):
+    r = CliRunner().invoke(main, ["trace", str(DATA / "qlinearconv2.onnx"), "--data",
+                                  str(DATA / "qlinearconv2_input.npz"), "--isa", "avx2",
+                                  "-o", str(tmp_path / "t")])  # fmt: skip
+    assert r.exit_code == 1 and "no --isa" in r.output, r.output
+    r = CliRunner().invoke(main, ["trace", "mlp", "--isa", "sse", "-o", str(tmp_path / "u")])
+    assert r.exit_code == 2 and "'sse' is not one of 'exact', 'avx2', 'auto'" in r.output, r.output

@@ -3,6 +3,8 @@
 * :mod:`hwsim.trace.files` -- the on-disk form: ``.npy`` + ``$readmemh`` hex + ``manifest.json``;
 * :mod:`hwsim.trace.golden` -- :func:`record` / :func:`write` / :func:`trace`: what the integer
   executor computed per layer, each MAC layer replayed from its recorded registers;
+* :mod:`hwsim.trace.shift_acc` -- the per-sample-shift accumulator (eq. 13-14) of a MatMul
+  whose summed axis is per-token-shift tokens: group shifts and final accumulators;
 * :mod:`hwsim.trace.qoperator` -- traces of QOperator files (the node interpreter's integer
   tensors, by ONNX name);
 * :mod:`hwsim.trace.external` -- dumps folders (one ``.npy`` per ONNX tensor) and onnxruntime's

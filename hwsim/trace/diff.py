@@ -3,7 +3,13 @@ order, whose raw accumulators or output differ, its first differing element (row
 both values), how many differ, and a cause read off the data where one can be:
 
 * ``accumulator overflow`` -- the accumulators differ, every difference a multiple of
-  ``2^bits`` (the narrower accumulator's width): one side wrapped;
+  ``2^bits`` (the narrower accumulator's width): one side wrapped (the accumulators of a
+  per-sample-shift MatMul, ``shift_acc``, are compared like a MAC layer's);
+* ``different rounding of the group shifts (eq. 13-14)`` -- ``shift_acc`` accumulators differ
+  otherwise, on equal operands and group shifts, and the two traces' ``rounding`` differ;
+* ``int16 pair saturation (AVX2 vpmaddubsw)`` -- the accumulators differ otherwise, one trace
+  is ``isa`` avx2 (``hwsim trace --isa avx2``), the other not, and the avx2 trace's layer
+  saturated int16 pairs (docs/numerics.md eq. 16);
 * ``different scale register`` -- equal accumulators, the registers differ (kind, multiplier
   or shift);
 * ``rounding tie`` -- equal accumulators and registers' values, outputs 1 apart where the
@@ -29,6 +35,7 @@ from hwsim.trace.external import DUMPS_INFO, read_dumps
 from hwsim.trace.files import TraceError, read_array, read_manifest
 
 PAIR_SATURATION = "int16 pair saturation (AVX2 vpmaddubsw)"
+SHIFT_ROUNDING = "different rounding of the group shifts (eq. 13-14)"
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,34 @@ def _real(reg: dict, mult: np.ndarray, shift: np.ndarray, c: int) -> Fraction:
     return Fraction(int(m)) * (Fraction(2) ** (s - 31))
 
 
+def _pair_saturated(da: dict, la: dict, db: dict, lb: dict) -> bool:
+    """Whether one trace is ``isa`` avx2, the other is not, and the avx2 one's layer records
+    saturated int16 pairs (its ``avx2.pair_saturations``): then the accumulators differ by
+    eq. 16."""
+    isa_a, isa_b = da.get("isa", "exact"), db.get("isa", "exact")
+    if isa_a == isa_b:
+        return False
+    side = la if isa_a == "avx2" else lb if isa_b == "avx2" else None
+    avx2 = side.get("avx2") if side is not None else None
+    return isinstance(avx2, dict) and int(avx2.get("pair_saturations") or 0) > 0
+
+
+def _shift_rounding(a, da, la, b, db, lb) -> bool:
+    """Whether two ``shift_acc`` layers got the same operands and group shifts but were
+    rounded differently (then their accumulators differ by the rounding alone)."""
+    name, ka, kb = la["name"], la["shift_acc"], lb["shift_acc"]
+    if ka.get("rounding") == kb.get("rounding"):
+        return False
+    for ta, tb in zip(_field(a, name, la, "inputs"), _field(b, name, lb, "inputs"), strict=False):
+        xa = _arr(a, da, _tensor(a, da, name, ta), f"{name} input", name)
+        xb = _arr(b, db, _tensor(b, db, name, tb), f"{name} input", name)
+        if xa.shape != xb.shape or not np.array_equal(xa, xb):
+            return False
+    sa = _arr(a, da, _field(a, name, ka, "shifts"), f"{name} shifts", name)
+    sb = _arr(b, db, _field(b, name, kb, "shifts"), f"{name} shifts", name)
+    return sa.shape == sb.shape and bool(np.array_equal(sa, sb))
+
+
 def _first(x: np.ndarray, y: np.ndarray):
     bad = x != y
     idx = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -115,20 +150,26 @@ def diff(a: str | os.PathLike, b: str | os.PathLike) -> Divergence | None:
         if op_b != op_a:
             raise TraceError(f"layer {name!r}: op {op_a} in {a}, {op_b} in {b}")
         mac = "acc" in la and "acc" in lb
+        shift = "shift_acc" in la and "shift_acc" in lb
+        ka, kb = (la["shift_acc"], lb["shift_acc"]) if shift else (la, lb)
         acc_a = acc_b = None
-        if mac:
-            acc_a = _arr(a, da, la["acc"], f"{name} acc", name)
-            acc_b = _arr(b, db, lb["acc"], f"{name} acc", name)
+        if mac or shift:
+            acc_a = _arr(a, da, _field(a, name, ka, "acc"), f"{name} acc", name)
+            acc_b = _arr(b, db, _field(b, name, kb, "acc"), f"{name} acc", name)
             if acc_a.shape != acc_b.shape:
                 raise TraceError(f"layer {name!r}: acc shapes {acc_a.shape} and {acc_b.shape}")
             if not np.array_equal(acc_a, acc_b):
                 idx, n = _first(acc_a, acc_b)
-                bits_a = _field(a, name, _field(a, name, la, "accumulator"), "bits", int)
-                bits_b = _field(b, name, _field(b, name, lb, "accumulator"), "bits", int)
+                bits_a = _field(a, name, _field(a, name, ka, "accumulator"), "bits", int)
+                bits_b = _field(b, name, _field(b, name, kb, "accumulator"), "bits", int)
                 # Python ints (object arrays): exact for any width, no int64 overflow
                 delta = acc_a.astype(object) - acc_b.astype(object)
                 wrapped = bool(np.all(delta % (1 << max(min(bits_a, bits_b), 0)) == 0))
                 cause = "accumulator overflow" if wrapped else "unclassified"
+                if not wrapped and _pair_saturated(da, la, db, lb):
+                    cause = PAIR_SATURATION
+                if not wrapped and shift and _shift_rounding(a, da, la, b, db, lb):
+                    cause = SHIFT_ROUNDING
                 return Divergence(name, "acc", idx, int(acc_a[idx]), int(acc_b[idx]), n,
                                   acc_a.size, cause)  # fmt: skip
         ea = _tensor(a, da, name, _field(a, name, la, "output"))

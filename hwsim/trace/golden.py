@@ -34,6 +34,7 @@ from hwsim.execute.integer import IntegerExecutor
 from hwsim.execute.tensors import QTensor
 from hwsim.graph.ir import MAC_OPS, Op
 from hwsim.numerics import IntFormat, RoundingMode, ScaleKind
+from hwsim.trace import shift_acc
 from hwsim.trace.external import onnx_names
 from hwsim.trace.files import FORMAT, HEX_ORDER, Array, TraceError, entry, sha256, write_dir
 
@@ -97,26 +98,35 @@ def _register_entry(files: dict, stem: str, reg, axis) -> dict:
     }
 
 
-def _sums(node, x: QTensor, acc_cfg):
+def _sums(ex: IntegerExecutor, node, x: QTensor, acc_cfg):
     """The layer's accumulator values ``(N, O, ...)``, as :meth:`IntegerExecutor._mac` computes
-    them on the exact ISA, and whether the dense is an N-d one (``(N, ..., K)`` input)."""
+    them on ``ex``'s ISA: exact, or on ``avx2`` the layer's dot product as onnxruntime's AVX2
+    kernels compute it where it runs them (``IntegerExecutor._layer_isa``; an int8 input of an
+    ``ort`` layer fed as uint8 = int8 + 128 with zero point + 128, as the executor does)."""
     wq = node.wq
     xop = Operand(x.fmt, zero_point=int(x.zero_point))
     zw = np.asarray(wq.zero_point)
     wop = Operand(wq.fmt, zero_point=zw if zw.ndim == 1 else int(zw))
     xq = x.q
+    isa = Isa.EXACT
+    if ex.isa is not Isa.EXACT:
+        layer = ex.p.layer(node.name)
+        if layer.register is ScaleKind.ORT and x.fmt == IntFormat(8, True):
+            xq = (xq.astype(np.int16) + 128).astype(np.uint8)
+            xop = Operand(IntFormat(8, False), zero_point=int(x.zero_point) + 128)
+        isa = ex._layer_isa(node, acc_cfg, xop, wop)
     if node.op is Op.CONV:
         a = node.attrs
         res = conv2d(xq, wq.q, stride=a["strides"], padding=a["pads"], dilation=a["dilations"],
                      groups=a["group"], x_operand=xop, w_operand=wop, acc=acc_cfg,
-                     isa=Isa.EXACT)  # fmt: skip
+                     isa=isa)  # fmt: skip
         return res.values
     if node.attrs.get("nd") and xq.ndim > 2:
         v = gemm(xq.reshape(-1, xq.shape[-1]), wq.q.T, x_operand=xop, w_operand=wop, acc=acc_cfg,
-                 isa=Isa.EXACT).values  # fmt: skip
+                 isa=isa).values  # fmt: skip
         return v.reshape(xq.shape[0], -1, v.shape[-1]).transpose(0, 2, 1)
     return gemm(xq.reshape(xq.shape[0], -1), wq.q.T, x_operand=xop, w_operand=wop, acc=acc_cfg,
-                isa=Isa.EXACT).values  # fmt: skip
+                isa=isa).values  # fmt: skip
 
 
 def _mac_layer(ex: IntegerExecutor, node, x, out, files: dict, stem: str) -> dict:
@@ -131,7 +141,7 @@ def _mac_layer(ex: IntegerExecutor, node, x, out, files: dict, stem: str) -> dic
     layer = ex.p.layer(node.name)
     acc_cfg = replace(layer.acc, track_partials=False)
     spec = ex.p.acts.get(node.output)
-    acc = _sums(node, x, acc_cfg)
+    acc = _sums(ex, node, x, acc_cfg)
     n, n_out, tail = acc.shape[0], acc.shape[1], (1,) * (acc.ndim - 2)
     ex._current = node.name  # the executor's bias records its counters under the node
     try:
@@ -314,7 +324,9 @@ def _avx2_layer(ex: IntegerExecutor, i: int, node, env: dict, files: dict, stem:
     return e
 
 
-def record(program, x: np.ndarray, layers=None, meta: dict | None = None, onnx_model=None):
+def record(
+    program, x: np.ndarray, layers=None, meta: dict | None = None, onnx_model=None, isa="exact"
+):
     """The trace of ``program`` on the float32 batch ``x`` (the samples, ``(N, ...)``):
     ``(manifest, files)`` with ``files`` name -> bytes, ready for :func:`write`.
 
@@ -322,7 +334,11 @@ def record(program, x: np.ndarray, layers=None, meta: dict | None = None, onnx_m
     the known ones). ``meta``: extra manifest fields (model, data, indices). ``onnx_model``: the
     quantized file's ``onnx.ModelProto`` (None: a float model quantized by hwsim), which names
     each integer tensor's ONNX tensor (``tensors[t]["onnx"]``, for ``hwsim diff`` against
-    external dumps). Runs on the exact ISA (the accelerator's integer arithmetic).
+    external dumps). ``isa``: ``exact`` (the accelerator's integer arithmetic; each MAC layer
+    also gets its ``avx2`` recomputation) or ``avx2`` (every layer as onnxruntime's AVX2
+    kernels compute it, eq. 16: the accumulators are the pair-saturated sums where onnxruntime
+    runs the layer, the manifest says ``isa``, and ``avx2`` holds the layer's own
+    ``pair_saturations`` / ``outputs_pair_saturated``, or null where the layer is exact).
     """
     g = program.graph
     names = [n.name for n in g.nodes]
@@ -330,8 +346,8 @@ def record(program, x: np.ndarray, layers=None, meta: dict | None = None, onnx_m
         unknown = [name for name in layers if name not in names]
         if unknown:
             raise TraceError(f"unknown layer(s) {unknown}; the model's layers: {names}")
-    ex = IntegerExecutor(program)
-    ex_avx2 = IntegerExecutor(program, isa=Isa.AVX2)
+    ex = IntegerExecutor(program, isa=isa)
+    ex_avx2 = IntegerExecutor(program, isa=Isa.AVX2) if ex.isa is Isa.EXACT else None
     env = ex.run(np.asarray(x, np.float32), keep_all=True)
     names = onnx_names(onnx_model, [t for t, v in env.items() if isinstance(v, QTensor)])
     files: dict[str, bytes] = {}
@@ -352,11 +368,23 @@ def record(program, x: np.ndarray, layers=None, meta: dict | None = None, onnx_m
                 e.update(_mac_layer(ex, node, env[node.inputs[0]], env[node.output], files, stem))
             finally:
                 ex._rng = None
-            e["avx2"] = _avx2_layer(ex_avx2, i, node, env, files, stem)
+            if ex_avx2 is not None:
+                e["avx2"] = _avx2_layer(ex_avx2, i, node, env, files, stem)
+            elif node.name in ex.isa_layers:  # this trace is the avx2 computation
+                c = ex.stats[node.name].counters
+                e["avx2"] = {"pair_saturations": int(c.pair_saturations),
+                             "outputs_pair_saturated": int(c.outputs_pair_saturated)}  # fmt: skip
+            else:
+                e["avx2"] = None
+        elif node.op is Op.MATMUL and shift_acc.applies(node, [env[t] for t in node.inputs]):
+            stem = f"L{i:03d}_{_safe(node.name)}"
+            ins = [env[t] for t in node.inputs]
+            e["shift_acc"] = shift_acc.record(ex, node, ins, files, stem)
         out_layers.append(e)
     manifest = {
         "format": FORMAT,
         **(meta or {}),
+        **({"isa": ex.isa.value} if ex.isa is not Isa.EXACT else {}),
         "scheme": program.describe().get("scheme"),
         "input": g.input,
         "output": g.output,
@@ -393,11 +421,19 @@ def sample_indices(specs, n: int) -> list[int]:
 
 
 def trace(
-    program, data, indices=None, out=None, layers=None, meta: dict | None = None, onnx_model=None
+    program,
+    data,
+    indices=None,
+    out=None,
+    layers=None,
+    meta: dict | None = None,
+    onnx_model=None,
+    isa="exact",
 ):
     """Record ``program`` on the samples ``indices`` (:func:`sample_indices` specs; default
     sample 0) of ``data`` (a :class:`hwsim.data.Dataset` or what :func:`hwsim.data.load_data`
-    takes) and write the trace to ``out`` if given. Returns the manifest."""
+    takes) and write the trace to ``out`` if given; ``isa`` as in :func:`record`. Returns the
+    manifest."""
     from hwsim.data import Dataset, conform, load_data
 
     ds = (
@@ -407,7 +443,7 @@ def trace(
     )
     idx = sample_indices(indices, len(ds.x))
     info = {"data": ds.name, "indices": idx, **(meta or {})}
-    manifest, files = record(program, ds.x[idx], layers, info, onnx_model)
+    manifest, files = record(program, ds.x[idx], layers, info, onnx_model, isa)
     if out is not None:
         write(out, manifest, files)
     return dict(manifest, files={name: sha256(data) for name, data in sorted(files.items())})
