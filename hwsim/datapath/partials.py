@@ -39,6 +39,7 @@ import numpy as np
 from numba import njit, prange
 
 from hwsim.datapath.engines import _ort_run, exact_sums, ort_available
+from hwsim.datapath.kernels import pad_nhwc
 from hwsim.numerics import IntFormat
 
 BLOCK = 32  # products per block: tighter bounds (smaller) against more GEMM output (larger)
@@ -50,6 +51,9 @@ CHUNK_BYTES = 2 << 20  # block sums (int32) held at a time: about an L2 cache
 LANES = 64  # outputs scanned together by the bounds pass
 SPAN = 64  # a bounds task scans about SPAN / N runs of LANES outputs (N outputs per row)
 _U8 = IntFormat(8, False)
+DIRECT_LANES = 16  # 1x1 convolutions with this many outputs per group visit every partial sum
+DIRECT_ROWS = 1024  # ... as do 1x1 convolutions with this few output rows (N * ho * wo)
+DIRECT_INT32 = 1 << 31  # a direct visit bounded below this runs in int32, else in int64
 _NONE = 1 << 60  # running extremes before any partial sum is known: [2^60, -2^60] is empty
 
 
@@ -138,13 +142,16 @@ def partial_extremes(
 
 def conv_partial_extremes(
     x, w, zx: int, w_zp, stride, pads, dilation, groups: int, tile: int = 0,
-    known=(None, None), block: int = BLOCK,
+    known=(None, None), block: int = BLOCK, direct: bool | None = None,
 ):  # fmt: skip
     """:func:`partial_extremes` of the convolution :func:`hwsim.datapath.conv2d` reduces:
     ``x`` (N, C, H, W) and ``w`` (F, C/groups, kh, kw) validated operands of at most 8 bits,
     ``w_zp`` a scalar or (groups, 1, F/groups), padding ``(top, left, bottom, right)`` holding
     zx, products in the channel-major order ``(c, i, j)``. The blocks are unfolded straight
-    from ``x``, each kernel tap's output line one run of the input."""
+    from ``x``, each kernel tap's output line one run of the input. ``direct``: visit every
+    partial sum instead (:func:`_direct_extremes`; None: where that is faster, for one input
+    channel per group and for 1x1 kernels with :data:`DIRECT_LANES` outputs per group or
+    :data:`DIRECT_ROWS` output rows); the same answer either way."""
     N, C, H, W = x.shape
     F, Cg, kh, kw = w.shape
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = stride, dilation, pads
@@ -156,6 +163,11 @@ def conv_partial_extremes(
     Fg = F // G
     weh = w.reshape(G, Fg, K).transpose(0, 2, 1).astype(np.int64) - np.asarray(w_zp, np.int64)
     weh = np.ascontiguousarray(weh)  # one layout: one compiled kernel
+    if direct is None:  # measured on MobileNetV2 / CIFAR layers (benchmarks/network.py)
+        direct = Cg == 1 or (kh * kw == 1 and (Fg >= DIRECT_LANES or N * ho * wo <= DIRECT_ROWS))
+    if direct:  # every partial sum, visited: cheaper than the blocks for short reductions
+        return _direct_extremes(x, weh, int(zx), stride, pads, dilation, kh, kw, ho, wo, tile,
+                                known)  # fmt: skip
     x, zx = as_uint8(np.ascontiguousarray(x), zx)  # a kernel tap's lines: runs of its planes
     run = _Run(x, zx, layer_operands(weh, np.asarray(w_zp, np.int64), tile, block), known)
     lay = run.ops.lay
@@ -167,6 +179,141 @@ def conv_partial_extremes(
                     lay.starts, lay.lens, xt)  # fmt: skip
         run.chunk(xt)
     return run.lo, run.hi
+
+
+def _direct_extremes(x, weh, zx, stride, pads, dilation, kh, kw, ho, wo, tile, known):
+    """:func:`conv_partial_extremes` visiting every partial sum (no blocks): ``weh`` (G, K,
+    Fg) int64 effective weights in hardware order. A depthwise convolution sums along the
+    channels of a padded NHWC copy (:func:`depthwise_scan_nhwc`), any other along each
+    group's outputs (:func:`conv_scan`); in int32 where ``K * max|x - zx| * max|w - zw|`` fits
+    it (every partial sum is then within it), else int64."""
+    G, K, Fg = weh.shape
+    N, C, H, W = x.shape
+    xmax = max(abs(int(x.min()) - zx), abs(int(x.max()) - zx)) if x.size else 0
+    wide = K * xmax * int(np.abs(weh).max(initial=0)) >= DIRECT_INT32
+    dt = np.int64 if wide else np.int32
+    (sh, sw), (dh, dw), (pt, pl, pb, pr) = stride, dilation, pads
+    tile = tile if tile > 0 else K
+    if not wide and Fg == 1 and C == G and x.dtype in (np.uint8, np.int8):
+        xu, zu = as_uint8(x, zx)
+        xp = np.empty((N, H + pt + pb, W + pl + pr, C), np.uint8)
+        pad_nhwc(xu, pt, pl, np.uint8(zu), 0, xp)
+        res = np.empty((N * ho, 2), np.int64)
+        wt = np.ascontiguousarray(weh[:, :, 0].T.astype(np.int32))  # (K, C)
+        depthwise_scan_nhwc(xp, np.int32(zu), wt, kh, kw, sh, sw, dh, dw, ho, wo, tile, res)
+    else:
+        res = np.empty((N * ho, 2), np.int64)
+        conv_scan(x, np.int64(zx), np.ascontiguousarray(weh.astype(dt)), C // G, kh, kw, sh,
+                  sw, dh, dw, pt, pl, ho, wo, tile, res)  # fmt: skip
+    lo, hi = int(res[:, 0].min()), int(res[:, 1].max())
+    if known[0] is not None:
+        lo, hi = min(lo, int(known[0])), max(hi, int(known[1]))
+    return lo, hi
+
+
+@njit(cache=True, parallel=True)
+def depthwise_scan_nhwc(xp, zx, wt, kh, kw, sh, sw, dh, dw, ho, wo, tile, res):
+    """:func:`conv_scan` of a depthwise convolution (output channel ``c`` reads input
+    channel ``c``) on the padded NHWC input ``xp`` (N, Hp, Wp, C) uint8 (the padding holds
+    ``zx``: a product of 0), ``wt`` (kh*kw, C) int32 effective weights, tap-major: ``res[n *
+    ho + oh] = (min, max)`` over the outputs of line ``oh`` of image ``n``, the channels as
+    vector lanes, in int32 (the caller's bound: ``K * max|x - zx| * max|w| < 2^31``)."""
+    N, Hp, Wp, C = xp.shape
+    K = kh * kw
+    for task in prange(N * ho):
+        n = task // ho
+        oh = task - n * ho
+        t_reg = np.empty(C, np.int32)
+        acc = np.empty(C, np.int32)
+        mn = np.full(C, np.int32(2**31 - 1))
+        mx = np.full(C, np.int32(-(2**31)))
+        for ow in range(wo):
+            t_reg[:] = 0
+            acc[:] = 0
+            for t in range(K):
+                i = t // kw
+                j = t - i * kw
+                row = xp[n, oh * sh + i * dh, ow * sw + j * dw]
+                wr = wt[t]
+                for c in range(C):
+                    v = t_reg[c] + (np.int32(row[c]) - zx) * wr[c]
+                    t_reg[c] = v
+                    mn[c] = min(mn[c], t_reg[c])
+                    mx[c] = max(mx[c], t_reg[c])
+                if tile < K and ((t + 1) % tile == 0 or t == K - 1):
+                    for c in range(C):
+                        v = acc[c] + t_reg[c]
+                        acc[c] = v
+                        t_reg[c] = 0
+                        mn[c] = min(mn[c], acc[c])
+                        mx[c] = max(mx[c], acc[c])
+        res[task, 0] = mn.min()
+        res[task, 1] = mx.max()
+
+
+@njit(cache=True, parallel=True)
+def conv_scan(x, zx, we, Cg, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, tile, res):
+    """Every exact partial sum of a convolution, directly: ``res[n * ho + oh] = (min, max)``
+    over the outputs of line ``oh`` of image ``n``. Output ``f`` of group ``g`` at ``(oh,
+    ow)`` takes products ``t = (c * kh + i) * kw + j`` in increasing ``t`` (hardware order),
+    each ``(x[n, g * Cg + c, oh * sh - pt + i * dh, ow * sw - pl + j * dw] - zx) * we[g, t,
+    f]`` (0 outside ``x``: the padding holds ``zx``); the partial sums are the tile register
+    after each product (it restarts every ``tile`` products) and the accumulator after each
+    tile (``tile = K``: the running sum). The group's outputs are the vector lanes, in
+    ``we``'s dtype (exact: the caller's bound ``K * max|x - zx| * max|we|`` fits it). A
+    product of 0 leaves every register as it was (a partial sum already met), except that a
+    register it opens holds the partial sum 0."""
+    N, C, H, W = x.shape
+    G, K, Fg = we.shape
+    big = np.iinfo(we.dtype).max
+    tc = np.empty(K, np.int64)  # product t's channel, row and column offsets
+    ti = np.empty(K, np.int64)
+    tj = np.empty(K, np.int64)
+    for t in range(K):
+        tc[t] = t // (kh * kw)
+        ti[t] = (t - tc[t] * kh * kw) // kw * dh - pt
+        tj[t] = (t - tc[t] * kh * kw) % kw * dw - pl
+    for task in prange(N * ho):
+        n = task // ho
+        oh = task - n * ho
+        t_reg = np.empty(Fg, we.dtype)
+        acc = np.empty(Fg, we.dtype)
+        mn = np.full(Fg, big, we.dtype)
+        mx = np.full(Fg, -big, we.dtype)
+        zero = False
+        for g in range(G):
+            for ow in range(wo):
+                t_reg[:] = 0
+                acc[:] = 0
+                for t in range(K):
+                    ih = oh * sh + ti[t]
+                    iw = ow * sw + tj[t]
+                    a = 0
+                    if 0 <= ih < H and 0 <= iw < W:
+                        a = np.int64(x[n, g * Cg + tc[t], ih, iw]) - zx
+                    if a != 0:
+                        wr = we[g, t]
+                        for f in range(Fg):
+                            v = t_reg[f] + a * wr[f]
+                            t_reg[f] = v
+                            mn[f] = min(mn[f], t_reg[f])
+                            mx[f] = max(mx[f], t_reg[f])
+                    elif t % tile == 0:
+                        zero = True
+                    if tile < K and ((t + 1) % tile == 0 or t == K - 1):
+                        for f in range(Fg):
+                            v = acc[f] + t_reg[f]
+                            acc[f] = v
+                            t_reg[f] = 0
+                            mn[f] = min(mn[f], acc[f])
+                            mx[f] = max(mx[f], acc[f])
+        lo = np.int64(mn.min())
+        hi = np.int64(mx.max())
+        if zero:
+            lo = min(lo, 0)
+            hi = max(hi, 0)
+        res[task, 0] = lo
+        res[task, 1] = hi
 
 
 @dataclass
