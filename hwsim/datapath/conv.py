@@ -337,9 +337,11 @@ class ConvPlan:
         zp, olo, ohi = stage[6:]
         alo, ahi = (olo, ohi) if act is None else act
         if g.Cg == 1:
+            nhwc = None
             if exact and bound < 1 << 31 and g.F == g.C and (g.C >= 32 or g.ho * g.wo <= 256):
                 # many channels or small planes: summed along the channels of NHWC rows
                 _, xop, xp = _padded_nhwc(x, self.xop, g)
+                nhwc = (xp, xop.zero_point)
                 lo, hi, bovf, clamped = depthwise_nhwc_exact(
                     xp, np.int32(xop.zero_point), self.wt, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
                     b, self.scale, zp, olo, ohi, alo, ahi, out,
@@ -355,7 +357,7 @@ class ConvPlan:
                 )
                 if act is not None:
                     np.clip(out, alo, ahi, out=out)
-            counters = _direct_counters(x, self.w, zx, self.wzp, g, acc, track, lo, hi)
+            counters = _direct_counters(x, self.w, zx, self.wzp, g, acc, track, lo, hi, nhwc)
             return OutputResult(out, int(bovf), int(clamped)), counters
         xin, xop, xp = _padded_nhwc(x, self.xop, g)
         out3 = out.reshape(g.N, g.F, g.ho * g.wo)
@@ -377,7 +379,8 @@ class ConvPlan:
                 part.final_min, part.final_max = int(lo), int(hi)
             if track:
                 part.partial_min, part.partial_max = _partials(
-                    x[n0:n1], self.w, zx, self.wzp, g, acc, (part.final_min, part.final_max)
+                    x[n0:n1], self.w, zx, self.wzp, g, acc, (part.final_min, part.final_max),
+                    (xp[n0:n1], xop.zero_point),
                 )
             counters.merge(part)
             bovf += int(nb)
@@ -414,23 +417,29 @@ def _dw_geometry(g: _Geometry) -> tuple:
     return g.sh, g.sw, g.pads[0], g.pads[1], g.dh, g.dw
 
 
-def _direct_counters(x, w, zx, wzp, g: _Geometry, acc, track: bool, lo, hi) -> Counters:
+def _direct_counters(
+    x, w, zx, wzp, g: _Geometry, acc, track: bool, lo, hi, nhwc=None
+) -> Counters:
     """The counters of sums that are exact (no overflow events): MACs, the final extremes
-    ``lo``/``hi`` (None when there are no outputs) and, when tracked, the partial extremes."""
+    ``lo``/``hi`` (None when there are no outputs) and, when tracked, the partial extremes
+    (``nhwc``: :func:`_partials`')."""
     c = Counters(macs=g.N * g.F * g.ho * g.wo * g.K)
     if g.N * g.F:
         c.final_min, c.final_max = int(lo), int(hi)
     if track:
-        c.partial_min, c.partial_max = _partials(x, w, zx, wzp, g, acc, (c.final_min, c.final_max))
+        c.partial_min, c.partial_max = _partials(
+            x, w, zx, wzp, g, acc, (c.final_min, c.final_max), nhwc
+        )
     return c
 
 
-def _partials(x, w, zx, wzp, g: _Geometry, acc, known):
-    """The partial-sum extremes of ``x``'s outputs from block bounds (``known``: their final
-    extremes)."""
+def _partials(x, w, zx, wzp, g: _Geometry, acc, known, nhwc=None):
+    """The partial-sum extremes of ``x``'s outputs (``known``: their final extremes; ``nhwc``:
+    ``x`` padded NHWC by :func:`_padded_nhwc` and its zero point, if at hand)."""
     return partials.conv_partial_extremes(
-        x, w, int(zx), wzp, (g.sh, g.sw), g.pads, (g.dh, g.dw), g.groups, acc.tile, known=known
-    )
+        x, w, int(zx), wzp, (g.sh, g.sw), g.pads, (g.dh, g.dw), g.groups, acc.tile,
+        known=known, nhwc=nhwc,
+    )  # fmt: skip
 
 
 def _padded_nhwc(x: np.ndarray, x_operand: Operand, g: _Geometry):

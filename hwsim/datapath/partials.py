@@ -142,7 +142,7 @@ def partial_extremes(
 
 def conv_partial_extremes(
     x, w, zx: int, w_zp, stride, pads, dilation, groups: int, tile: int = 0,
-    known=(None, None), block: int = BLOCK, direct: bool | None = None,
+    known=(None, None), block: int = BLOCK, direct: bool | None = None, nhwc=None,
 ):  # fmt: skip
     """:func:`partial_extremes` of the convolution :func:`hwsim.datapath.conv2d` reduces:
     ``x`` (N, C, H, W) and ``w`` (F, C/groups, kh, kw) validated operands of at most 8 bits,
@@ -151,7 +151,9 @@ def conv_partial_extremes(
     from ``x``, each kernel tap's output line one run of the input. ``direct``: visit every
     partial sum instead (:func:`_direct_extremes`; None: where that is faster, for one input
     channel per group and for 1x1 kernels with :data:`DIRECT_LANES` outputs per group or
-    :data:`DIRECT_ROWS` output rows); the same answer either way."""
+    :data:`DIRECT_ROWS` output rows); the same answer either way. ``nhwc``: ``(xp, zp)``, a
+    padded NHWC copy of ``x`` whose padding holds ``zp`` and ``xp - zp == x - zx``, which
+    the direct visit reads (else it makes one)."""
     N, C, H, W = x.shape
     F, Cg, kh, kw = w.shape
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = stride, dilation, pads
@@ -167,7 +169,7 @@ def conv_partial_extremes(
         direct = Cg == 1 or (kh * kw == 1 and (Fg >= DIRECT_LANES or N * ho * wo <= DIRECT_ROWS))
     if direct:  # every partial sum, visited: cheaper than the blocks for short reductions
         return _direct_extremes(x, weh, int(zx), stride, pads, dilation, kh, kw, ho, wo, tile,
-                                known)  # fmt: skip
+                                known, nhwc)  # fmt: skip
     x, zx = as_uint8(np.ascontiguousarray(x), zx)  # a kernel tap's lines: runs of its planes
     run = _Run(x, zx, layer_operands(weh, np.asarray(w_zp, np.int64), tile, block), known)
     lay = run.ops.lay
@@ -181,30 +183,31 @@ def conv_partial_extremes(
     return run.lo, run.hi
 
 
-def _direct_extremes(x, weh, zx, stride, pads, dilation, kh, kw, ho, wo, tile, known):
-    """:func:`conv_partial_extremes` visiting every partial sum (no blocks): ``weh`` (G, K,
-    Fg) int64 effective weights in hardware order. A depthwise convolution sums along the
-    channels of a padded NHWC copy (:func:`depthwise_scan_nhwc`), any other along each
-    group's outputs (:func:`conv_scan`); in int32 where ``K * max|x - zx| * max|w - zw|`` fits
-    it (every partial sum is then within it), else int64."""
+def _direct_extremes(x, weh, zx, stride, pads, dilation, kh, kw, ho, wo, tile, known, nhwc):
+    """:func:`conv_partial_extremes` visiting every partial sum (no blocks), on a padded NHWC
+    copy of ``x`` (``nhwc``, else made here): ``weh`` (G, K, Fg) int64 effective weights in
+    hardware order. A depthwise convolution sums along the channels
+    (:func:`depthwise_scan_nhwc`), any other along each group's outputs (:func:`conv_scan`);
+    in int32 where ``K * 255 * max|w - zw|`` fits it (``|x - zx| <= 255`` for operands of at
+    most 8 bits: every partial sum is then within it), else int64."""
     G, K, Fg = weh.shape
     N, C, H, W = x.shape
-    xmax = max(abs(int(x.min()) - zx), abs(int(x.max()) - zx)) if x.size else 0
-    wide = K * xmax * int(np.abs(weh).max(initial=0)) >= DIRECT_INT32
-    dt = np.int64 if wide else np.int32
+    wide = K * 255 * int(np.abs(weh).max(initial=0)) >= DIRECT_INT32
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = stride, dilation, pads
-    tile = tile if tile > 0 else K
-    if not wide and Fg == 1 and C == G and x.dtype in (np.uint8, np.int8):
+    if nhwc is None:
         xu, zu = as_uint8(x, zx)
         xp = np.empty((N, H + pt + pb, W + pl + pr, C), np.uint8)
         pad_nhwc(xu, pt, pl, np.uint8(zu), 0, xp)
-        res = np.empty((N * ho, 2), np.int64)
+    else:
+        xp, zu = nhwc
+    tile = tile if tile > 0 else K
+    res = np.empty((N * ho, 2), np.int64)
+    if not wide and Fg == 1 and C == G:  # depthwise
         wt = np.ascontiguousarray(weh[:, :, 0].T.astype(np.int32))  # (K, C)
         depthwise_scan_nhwc(xp, np.int32(zu), wt, kh, kw, sh, sw, dh, dw, ho, wo, tile, res)
     else:
-        res = np.empty((N * ho, 2), np.int64)
-        conv_scan(x, np.int64(zx), np.ascontiguousarray(weh.astype(dt)), C // G, kh, kw, sh,
-                  sw, dh, dw, pt, pl, ho, wo, tile, res)  # fmt: skip
+        we = np.ascontiguousarray(weh.astype(np.int64 if wide else np.int32))
+        conv_scan(xp, np.int64(zu), we, C // G, kh, kw, sh, sw, dh, dw, ho, wo, tile, res)
     lo, hi = int(res[:, 0].min()), int(res[:, 1].max())
     if known[0] is not None:
         lo, hi = min(lo, int(known[0])), max(hi, int(known[1]))
@@ -252,18 +255,18 @@ def depthwise_scan_nhwc(xp, zx, wt, kh, kw, sh, sw, dh, dw, ho, wo, tile, res):
 
 
 @njit(cache=True, parallel=True)
-def conv_scan(x, zx, we, Cg, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, tile, res):
-    """Every exact partial sum of a convolution, directly: ``res[n * ho + oh] = (min, max)``
-    over the outputs of line ``oh`` of image ``n``. Output ``f`` of group ``g`` at ``(oh,
-    ow)`` takes products ``t = (c * kh + i) * kw + j`` in increasing ``t`` (hardware order),
-    each ``(x[n, g * Cg + c, oh * sh - pt + i * dh, ow * sw - pl + j * dw] - zx) * we[g, t,
-    f]`` (0 outside ``x``: the padding holds ``zx``); the partial sums are the tile register
-    after each product (it restarts every ``tile`` products) and the accumulator after each
-    tile (``tile = K``: the running sum). The group's outputs are the vector lanes, in
-    ``we``'s dtype (exact: the caller's bound ``K * max|x - zx| * max|we|`` fits it). A
-    product of 0 leaves every register as it was (a partial sum already met), except that a
-    register it opens holds the partial sum 0."""
-    N, C, H, W = x.shape
+def conv_scan(xp, zx, we, Cg, kh, kw, sh, sw, dh, dw, ho, wo, tile, res):
+    """Every exact partial sum of a convolution, directly, on the padded NHWC input ``xp``
+    (N, Hp, Wp, C) (the padding holds ``zx``): ``res[n * ho + oh] = (min, max)`` over the
+    outputs of line ``oh`` of image ``n``. Output ``f`` of group ``g`` at ``(oh, ow)`` takes
+    products ``t = (c * kh + i) * kw + j`` in increasing ``t`` (hardware order), each
+    ``(xp[n, oh * sh + i * dh, ow * sw + j * dw, g * Cg + c] - zx) * we[g, t, f]``; the
+    partial sums are the tile register after each product (it restarts every ``tile``
+    products) and the accumulator after each tile (``tile = K``: the running sum). The group's
+    outputs are the vector lanes, in ``we``'s dtype (exact: the caller's bound ``K * max|x -
+    zx| * max|we|`` fits it). A product of 0 leaves every register as it was (a partial sum
+    already met), except that a register it opens holds the partial sum 0."""
+    N = xp.shape[0]
     G, K, Fg = we.shape
     big = np.iinfo(we.dtype).max
     tc = np.empty(K, np.int64)  # product t's channel, row and column offsets
@@ -271,8 +274,8 @@ def conv_scan(x, zx, we, Cg, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, tile, res):
     tj = np.empty(K, np.int64)
     for t in range(K):
         tc[t] = t // (kh * kw)
-        ti[t] = (t - tc[t] * kh * kw) // kw * dh - pt
-        tj[t] = (t - tc[t] * kh * kw) % kw * dw - pl
+        ti[t] = (t - tc[t] * kh * kw) // kw * dh
+        tj[t] = (t - tc[t] * kh * kw) % kw * dw
     for task in prange(N * ho):
         n = task // ho
         oh = task - n * ho
@@ -286,11 +289,7 @@ def conv_scan(x, zx, we, Cg, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, tile, res):
                 t_reg[:] = 0
                 acc[:] = 0
                 for t in range(K):
-                    ih = oh * sh + ti[t]
-                    iw = ow * sw + tj[t]
-                    a = 0
-                    if 0 <= ih < H and 0 <= iw < W:
-                        a = np.int64(x[n, g * Cg + tc[t], ih, iw]) - zx
+                    a = np.int64(xp[n, oh * sh + ti[t], ow * sw + tj[t], g * Cg + tc[t]]) - zx
                     if a != 0:
                         wr = we[g, t]
                         for f in range(Fg):

@@ -104,7 +104,7 @@ def test_direct_extremes_at_the_operand_limits(tile, signed):
     lo, hi = (-128, 127) if signed else (0, 255)
     dt = np.int8 if signed else np.uint8
     rng = np.random.default_rng(tile + signed)
-    for groups, cg, fg in ((4, 1, 1), (2, 1, 3), (1, 5, 20)):
+    for groups, cg, fg in ((4, 1, 1), (2, 1, 3), (1, 5, 20), (1, 3, 1)):
         w = np.where(rng.random((groups * fg, cg, 3, 3)) < 0.5, -128, 127).astype(np.int8)
         for x, zx in (
             (np.full((2, groups * cg, 4, 5), hi, dt), lo),
