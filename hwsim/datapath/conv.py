@@ -378,9 +378,9 @@ class ConvPlan:
             if sums.size:
                 part.final_min, part.final_max = int(lo), int(hi)
             if track:
+                known, nhwc = (part.final_min, part.final_max), (xp[n0:n1], xop.zero_point)
                 part.partial_min, part.partial_max = _partials(
-                    x[n0:n1], self.w, zx, self.wzp, g, acc, (part.final_min, part.final_max),
-                    (xp[n0:n1], xop.zero_point),
+                    x[n0:n1], self.w, zx, self.wzp, g, acc, known, nhwc
                 )
             counters.merge(part)
             bovf += int(nb)
@@ -417,9 +417,7 @@ def _dw_geometry(g: _Geometry) -> tuple:
     return g.sh, g.sw, g.pads[0], g.pads[1], g.dh, g.dw
 
 
-def _direct_counters(
-    x, w, zx, wzp, g: _Geometry, acc, track: bool, lo, hi, nhwc=None
-) -> Counters:
+def _direct_counters(x, w, zx, wzp, g: _Geometry, acc, track: bool, lo, hi, nhwc=None) -> Counters:
     """The counters of sums that are exact (no overflow events): MACs, the final extremes
     ``lo``/``hi`` (None when there are no outputs) and, when tracked, the partial extremes
     (``nhwc``: :func:`_partials`')."""
