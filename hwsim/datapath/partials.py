@@ -147,71 +147,112 @@ def conv_partial_extremes(
     """:func:`partial_extremes` of the convolution :func:`hwsim.datapath.conv2d` reduces:
     ``x`` (N, C, H, W) and ``w`` (F, C/groups, kh, kw) validated operands of at most 8 bits,
     ``w_zp`` a scalar or (groups, 1, F/groups), padding ``(top, left, bottom, right)`` holding
-    zx, products in the channel-major order ``(c, i, j)``. The blocks are unfolded straight
-    from ``x``, each kernel tap's output line one run of the input. ``direct``: visit every
-    partial sum instead (:func:`_direct_extremes`; None: where that is faster, for one input
-    channel per group and for 1x1 kernels with :data:`DIRECT_LANES` outputs per group or
-    :data:`DIRECT_ROWS` output rows); the same answer either way. ``nhwc``: ``(xp, zp)``, a
-    padded NHWC copy of ``x`` whose padding holds ``zp`` and ``xp - zp == x - zx``, which
-    the direct visit reads (else it makes one)."""
-    N, C, H, W = x.shape
-    F, Cg, kh, kw = w.shape
-    (sh, sw), (dh, dw), (pt, pl, pb, pr) = stride, dilation, pads
-    ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    G, K = groups, Cg * kh * kw
-    if N * ho * wo * F == 0 or K == 0:
-        return None, None
-    Fg = F // G
-    weh = w.reshape(G, Fg, K).transpose(0, 2, 1).astype(np.int64) - np.asarray(w_zp, np.int64)
-    weh = np.ascontiguousarray(weh)  # one layout: one compiled kernel
-    if direct is None:  # measured on MobileNetV2 / CIFAR layers (benchmarks/network.py)
-        direct = Cg == 1 or (kh * kw == 1 and (Fg >= DIRECT_LANES or N * ho * wo <= DIRECT_ROWS))
-    if direct:  # every partial sum, visited: cheaper than the blocks for short reductions
-        return _direct_extremes(x, weh, int(zx), stride, pads, dilation, kh, kw, ho, wo, tile,
-                                known, nhwc)  # fmt: skip
-    x, zx = as_uint8(np.ascontiguousarray(x), zx)  # a kernel tap's lines: runs of its planes
-    run = _Run(x, zx, layer_operands(weh, np.asarray(w_zp, np.int64), tile, block), known)
-    lay = run.ops.lay
-    lines = max(1, CHUNK_BYTES // max(1, wo * G * lay.count * run.sums(Fg) * 4))
-    for l0 in range(0, N * ho, lines):
-        l1 = min(N * ho, l0 + lines)
-        xt = run.scratch((l1 - l0) * wo)
-        conv_blocks(x, np.uint8(zx), l0, l1, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
-                    lay.starts, lay.lens, xt)  # fmt: skip
-        run.chunk(xt)
-    return run.lo, run.hi
+    zx, products in the channel-major order ``(c, i, j)``: :meth:`ConvTracker.extremes`
+    (``direct``, ``nhwc`` there)."""
+    tracker = ConvTracker(w, w_zp, stride, pads, dilation, groups, tile, block)
+    return tracker.extremes(x, zx, known, direct, nhwc)
 
 
-def _direct_extremes(x, weh, zx, stride, pads, dilation, kh, kw, ho, wo, tile, known, nhwc):
-    """:func:`conv_partial_extremes` visiting every partial sum (no blocks), on a padded NHWC
-    copy of ``x`` (``nhwc``, else made here): ``weh`` (G, K, Fg) int64 effective weights in
-    hardware order. A depthwise convolution sums along the channels
-    (:func:`depthwise_scan_nhwc`), any other along each group's outputs (:func:`conv_scan`);
-    in int32 where ``K * 255 * max|w - zw|`` fits it (``|x - zx| <= 255`` for operands of at
-    most 8 bits: every partial sum is then within it), else int64."""
-    G, K, Fg = weh.shape
-    N, C, H, W = x.shape
-    wide = K * 255 * int(np.abs(weh).max(initial=0)) >= DIRECT_INT32
-    (sh, sw), (dh, dw), (pt, pl, pb, pr) = stride, dilation, pads
-    if nhwc is None:
-        xu, zu = as_uint8(x, zx)
-        xp = np.empty((N, H + pt + pb, W + pl + pr, C), np.uint8)
-        pad_nhwc(xu, pt, pl, np.uint8(zu), 0, xp)
-    else:
-        xp, zu = nhwc
-    tile = tile if tile > 0 else K
-    res = np.empty((N * ho, 2), np.int64)
-    if not wide and Fg == 1 and C == G:  # depthwise
-        wt = np.ascontiguousarray(weh[:, :, 0].T.astype(np.int32))  # (K, C)
-        depthwise_scan_nhwc(xp, np.int32(zu), wt, kh, kw, sh, sw, dh, dw, ho, wo, tile, res)
-    else:
-        we = np.ascontiguousarray(weh.astype(np.int64 if wide else np.int32))
-        conv_scan(xp, np.int64(zu), we, C // G, kh, kw, sh, sw, dh, dw, ho, wo, tile, res)
-    lo, hi = int(res[:, 0].min()), int(res[:, 1].max())
-    if known[0] is not None:
-        lo, hi = min(lo, int(known[0])), max(hi, int(known[1]))
-    return lo, hi
+class ConvTracker:
+    """The partial-sum extremes of one convolution's outputs (:func:`conv_partial_extremes`),
+    with what depends on the weights alone -- effective weights in hardware order, the direct
+    visit's weights and width, the blocks' :class:`LayerOperands` -- made once, for any
+    number of inputs (:class:`hwsim.datapath.conv.ConvPlan` keeps one per layer)."""
+
+    def __init__(self, w, w_zp, stride, pads, dilation, groups: int, tile: int = 0,
+                 block: int = BLOCK):  # fmt: skip
+        F, Cg, kh, kw = w.shape
+        G, K = groups, Cg * kh * kw
+        Fg = F // G
+        self.shape, self.groups, self.tile, self.block = w.shape, G, tile, block
+        self.stride, self.pads, self.dilation = stride, pads, dilation
+        weh = w.reshape(G, Fg, K).transpose(0, 2, 1).astype(np.int64)
+        self.weh = np.ascontiguousarray(weh - np.asarray(w_zp, np.int64))  # (G, K, Fg)
+        self.w_zp = np.asarray(w_zp, np.int64)
+        # |x - zx| <= 255 for operands of at most 8 bits: every partial sum within the bound
+        self.wide = K * 255 * int(np.abs(self.weh).max(initial=0)) >= DIRECT_INT32
+        self.depthwise = not self.wide and Fg == 1 and Cg == 1
+        self._direct_w = None
+        self._ops = None
+
+    def prefers_direct(self, rows: int) -> bool:
+        """Whether visiting every partial sum beats the block bounds for ``rows`` output rows
+        (``N * ho * wo``); measured on MobileNetV2 / CIFAR layers (benchmarks/network.py): one
+        input channel per group, or 1x1 kernels with :data:`DIRECT_LANES` outputs per group or
+        at most :data:`DIRECT_ROWS` rows."""
+        F, Cg, kh, kw = self.shape
+        return Cg == 1 or (
+            kh * kw == 1 and (F // self.groups >= DIRECT_LANES or rows <= DIRECT_ROWS)
+        )
+
+    def extremes(self, x, zx: int, known=(None, None), direct: bool | None = None, nhwc=None):
+        """``(min, max)`` of every exact partial sum of ``x``'s outputs ((None, None) when
+        there are none): ``x`` (N, C, H, W) of at most 8 bits with zero point ``zx``;
+        ``known`` as :func:`partial_extremes`'. ``direct``: visit every partial sum
+        (:meth:`_direct`) rather than bound blocks (unfolded straight from ``x``, each kernel
+        tap's output line one run of the input); None: :meth:`prefers_direct`; the same
+        answer either way. ``nhwc``: ``(xp, zp)``, a padded NHWC copy of ``x`` whose padding
+        holds ``zp`` and ``xp - zp == x - zx``, which the direct visit reads (else it makes
+        one)."""
+        N, C, H, W = x.shape
+        F, Cg, kh, kw = self.shape
+        (sh, sw), (dh, dw), (pt, pl, pb, pr) = self.stride, self.dilation, self.pads
+        ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        G, K = self.groups, Cg * kh * kw
+        if N * ho * wo * F == 0 or K == 0:
+            return None, None
+        if direct is None:
+            direct = self.prefers_direct(N * ho * wo)
+        if direct:
+            return self._direct(x, int(zx), ho, wo, known, nhwc)
+        x, zx = as_uint8(np.ascontiguousarray(x), zx)  # a kernel tap's lines: runs of planes
+        if self._ops is None:
+            self._ops = layer_operands(self.weh, self.w_zp, self.tile, self.block)
+        run = _Run(x, zx, self._ops, known)
+        lay = run.ops.lay
+        lines = max(1, CHUNK_BYTES // max(1, wo * G * lay.count * run.sums(F // G) * 4))
+        for l0 in range(0, N * ho, lines):
+            l1 = min(N * ho, l0 + lines)
+            xt = run.scratch((l1 - l0) * wo)
+            conv_blocks(x, np.uint8(zx), l0, l1, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
+                        lay.starts, lay.lens, xt)  # fmt: skip
+            run.chunk(xt)
+        return run.lo, run.hi
+
+    def _direct(self, x, zx: int, ho: int, wo: int, known, nhwc):
+        """:meth:`extremes` visiting every partial sum, on a padded NHWC copy of ``x``: a
+        depthwise convolution along the channels (:func:`depthwise_scan_nhwc`), any other
+        along each group's outputs (:func:`conv_scan`); in int32 where ``K * 255 * max|w -
+        zw|`` fits it, else int64."""
+        N, C, H, W = x.shape
+        F, Cg, kh, kw = self.shape
+        (sh, sw), (dh, dw), (pt, pl, pb, pr) = self.stride, self.dilation, self.pads
+        if nhwc is None:
+            xu, zu = as_uint8(x, zx)
+            xp = np.empty((N, H + pt + pb, W + pl + pr, C), np.uint8)
+            pad_nhwc(xu, pt, pl, np.uint8(zu), 0, xp)
+        else:
+            xp, zu = nhwc
+        if self._direct_w is None:
+            if self.depthwise:  # (K, C) int32, tap-major
+                self._direct_w = np.ascontiguousarray(self.weh[:, :, 0].T.astype(np.int32))
+            else:
+                dt = np.int64 if self.wide else np.int32
+                self._direct_w = np.ascontiguousarray(self.weh.astype(dt))
+        K = Cg * kh * kw
+        tile = self.tile if self.tile > 0 else K
+        res = np.empty((N * ho, 2), np.int64)
+        if self.depthwise:
+            depthwise_scan_nhwc(xp, np.int32(zu), self._direct_w, kh, kw, sh, sw, dh, dw, ho,
+                                wo, tile, res)  # fmt: skip
+        else:
+            conv_scan(xp, np.int64(zu), self._direct_w, Cg, kh, kw, sh, sw, dh, dw, ho, wo,
+                      tile, res)  # fmt: skip
+        lo, hi = int(res[:, 0].min()), int(res[:, 1].max())
+        if known[0] is not None:
+            lo, hi = min(lo, int(known[0])), max(hi, int(known[1]))
+        return lo, hi
 
 
 @njit(cache=True, parallel=True)

@@ -133,3 +133,21 @@ def test_the_default_choice_gives_the_block_answer_on_layer_shapes():
         args = (x, w, 100, 0, (1, 1), (k // 2,) * 4, (1, 1), groups)
         want = partials.conv_partial_extremes(*args, direct=False)
         assert partials.conv_partial_extremes(*args) == want
+
+
+@pytest.mark.parametrize("tile", [0, 5])
+def test_one_tracker_serves_many_inputs(tile):
+    """A layer's ConvTracker (built once, as a ConvPlan keeps it) on inputs of other batch
+    sizes and ranges, both ways, with and without a padded NHWC copy: the spec each time."""
+    rng = np.random.default_rng(tile)
+    w = rng.integers(-128, 128, (6, 4, 3, 3)).astype(np.int8)
+    geometry = ((1, 1), (1, 1, 1, 1), (1, 1), 2)
+    tracker = partials.ConvTracker(w, 3, *geometry, tile)
+    for n, lo, hi, zx in ((2, 0, 256, 9), (1, 200, 256, 255), (3, 0, 40, 0)):
+        x = rng.integers(lo, hi, (n, 8, 5, 4)).astype(np.uint8)
+        want = spec_extremes(x, w, zx, 3, *geometry, tile)
+        xp = np.full((n, 7, 6, 8), zx, np.uint8)
+        xp[:, 1:-1, 1:-1] = x.transpose(0, 2, 3, 1)
+        for direct in (True, False):
+            assert tracker.extremes(x, zx, direct=direct) == want
+        assert tracker.extremes(x, zx, direct=True, nhwc=(xp, zx)) == want
