@@ -52,7 +52,6 @@ LANES = 64  # outputs scanned together by the bounds pass
 SPAN = 64  # a bounds task scans about SPAN / N runs of LANES outputs (N outputs per row)
 _U8 = IntFormat(8, False)
 DIRECT_LANES = 16  # 1x1 convolutions with this many outputs per group visit every partial sum
-DIRECT_ROWS = 1024  # ... as do 1x1 convolutions with this few output rows (N * ho * wo)
 DIRECT_INT32 = 1 << 31  # a direct visit bounded below this runs in int32, else in int64
 _NONE = 1 << 60  # running extremes before any partial sum is known: [2^60, -2^60] is empty
 
@@ -175,15 +174,14 @@ class ConvTracker:
         self._direct_w = None
         self._ops = None
 
-    def prefers_direct(self, rows: int) -> bool:
-        """Whether visiting every partial sum beats the block bounds for ``rows`` output rows
-        (``N * ho * wo``); measured on MobileNetV2 / CIFAR layers (benchmarks/network.py): one
-        input channel per group, or 1x1 kernels with :data:`DIRECT_LANES` outputs per group or
-        at most :data:`DIRECT_ROWS` rows."""
+    @property
+    def prefers_direct(self) -> bool:
+        """Whether visiting every partial sum beats the block bounds; measured on MobileNetV2 /
+        CIFAR layers (benchmarks/network.py): depthwise convolutions (one input and one output
+        channel per group) and 1x1 kernels with :data:`DIRECT_LANES` outputs per group. (The
+        shipped demo's layers keep the block kernels: its first run compiles nothing more.)"""
         F, Cg, kh, kw = self.shape
-        return Cg == 1 or (
-            kh * kw == 1 and (F // self.groups >= DIRECT_LANES or rows <= DIRECT_ROWS)
-        )
+        return (Cg == 1 and F == self.groups) or (kh * kw == 1 and F // self.groups >= DIRECT_LANES)
 
     def extremes(self, x, zx: int, known=(None, None), direct: bool | None = None, nhwc=None):
         """``(min, max)`` of every exact partial sum of ``x``'s outputs ((None, None) when
@@ -203,7 +201,7 @@ class ConvTracker:
         if N * ho * wo * F == 0 or K == 0:
             return None, None
         if direct is None:
-            direct = self.prefers_direct(N * ho * wo)
+            direct = self.prefers_direct
         if direct:
             return self._direct(x, int(zx), ho, wo, known, nhwc)
         x, zx = as_uint8(np.ascontiguousarray(x), zx)  # a kernel tap's lines: runs of planes
