@@ -181,7 +181,11 @@ def conv2d(
     if direct:
         out = np.empty((g.N, g.F, g.ho, g.wo), np.int64)
         lo, hi = depthwise_sums(x, np.int64(zx), _depthwise_weights(w, wzp), *_dw_geometry(g), out)
-        return AccResult(out, _direct_counters(x, w, zx, wzp, g, acc, track, lo, hi))
+        tracker = None
+        if track:
+            tracker = partials.ConvTracker(w, wzp, (g.sh, g.sw), g.pads, (g.dh, g.dw), g.groups,
+                                           acc.tile)  # fmt: skip
+        return AccResult(out, _direct_counters(x, tracker, zx, g, lo, hi))
     xin, xop, xp = _padded_nhwc(x, x_operand, g)
     w3 = _gemm_weights(w, g)
     N = g.N
@@ -270,6 +274,11 @@ class ConvPlan:
         self.fmt_fits = g.K * x_operand.max_abs * max_w <= min(self.lim, (1 << 31) - 1)
         self.bias_max = int(np.abs(self.bias).max()) if self.bias.size else 0
         self.scale = params[0]
+        self.tracker = None  # the partial-sum extremes, where tracked
+        if acc.track_partials:
+            self.tracker = partials.ConvTracker(
+                w, wzp, (g.sh, g.sw), g.pads, (g.dh, g.dw), g.groups, acc.tile
+            )
         if g.Cg == 1:
             self.we = _depthwise_weights(w, wzp)
             self.we32 = self.we.astype(np.int32)
@@ -337,9 +346,11 @@ class ConvPlan:
         zp, olo, ohi = stage[6:]
         alo, ahi = (olo, ohi) if act is None else act
         if g.Cg == 1:
+            nhwc = None
             if exact and bound < 1 << 31 and g.F == g.C and (g.C >= 32 or g.ho * g.wo <= 256):
                 # many channels or small planes: summed along the channels of NHWC rows
                 _, xop, xp = _padded_nhwc(x, self.xop, g)
+                nhwc = (xp, xop.zero_point)
                 lo, hi, bovf, clamped = depthwise_nhwc_exact(
                     xp, np.int32(xop.zero_point), self.wt, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
                     b, self.scale, zp, olo, ohi, alo, ahi, out,
@@ -355,7 +366,7 @@ class ConvPlan:
                 )
                 if act is not None:
                     np.clip(out, alo, ahi, out=out)
-            counters = _direct_counters(x, self.w, zx, self.wzp, g, acc, track, lo, hi)
+            counters = _direct_counters(x, self.tracker, zx, g, lo, hi, nhwc)
             return OutputResult(out, int(bovf), int(clamped)), counters
         xin, xop, xp = _padded_nhwc(x, self.xop, g)
         out3 = out.reshape(g.N, g.F, g.ho * g.wo)
@@ -376,8 +387,9 @@ class ConvPlan:
             if sums.size:
                 part.final_min, part.final_max = int(lo), int(hi)
             if track:
-                part.partial_min, part.partial_max = _partials(
-                    x[n0:n1], self.w, zx, self.wzp, g, acc, (part.final_min, part.final_max)
+                known, nhwc = (part.final_min, part.final_max), (xp[n0:n1], xop.zero_point)
+                part.partial_min, part.partial_max = self.tracker.extremes(
+                    x[n0:n1], zx, known, nhwc=nhwc
                 )
             counters.merge(part)
             bovf += int(nb)
@@ -414,20 +426,22 @@ def _dw_geometry(g: _Geometry) -> tuple:
     return g.sh, g.sw, g.pads[0], g.pads[1], g.dh, g.dw
 
 
-def _direct_counters(x, w, zx, wzp, g: _Geometry, acc, track: bool, lo, hi) -> Counters:
+def _direct_counters(x, tracker, zx, g: _Geometry, lo, hi, nhwc=None) -> Counters:
     """The counters of sums that are exact (no overflow events): MACs, the final extremes
-    ``lo``/``hi`` (None when there are no outputs) and, when tracked, the partial extremes."""
+    ``lo``/``hi`` (None when there are no outputs) and, with a
+    :class:`~hwsim.datapath.partials.ConvTracker` (tracked), the partial extremes (``nhwc``:
+    ``x`` padded NHWC by :func:`_padded_nhwc` and its zero point, if at hand)."""
     c = Counters(macs=g.N * g.F * g.ho * g.wo * g.K)
     if g.N * g.F:
         c.final_min, c.final_max = int(lo), int(hi)
-    if track:
-        c.partial_min, c.partial_max = _partials(x, w, zx, wzp, g, acc, (c.final_min, c.final_max))
+    if tracker is not None:
+        known = (c.final_min, c.final_max)
+        c.partial_min, c.partial_max = tracker.extremes(x, zx, known, nhwc=nhwc)
     return c
 
 
 def _partials(x, w, zx, wzp, g: _Geometry, acc, known):
-    """The partial-sum extremes of ``x``'s outputs from block bounds (``known``: their final
-    extremes)."""
+    """The partial-sum extremes of ``x``'s outputs (``known``: their final extremes)."""
     return partials.conv_partial_extremes(
         x, w, int(zx), wzp, (g.sh, g.sw), g.pads, (g.dh, g.dw), g.groups, acc.tile, known=known
     )

@@ -39,6 +39,7 @@ import numpy as np
 from numba import njit, prange
 
 from hwsim.datapath.engines import _ort_run, exact_sums, ort_available
+from hwsim.datapath.kernels import pad_nhwc
 from hwsim.numerics import IntFormat
 
 BLOCK = 32  # products per block: tighter bounds (smaller) against more GEMM output (larger)
@@ -50,6 +51,8 @@ CHUNK_BYTES = 2 << 20  # block sums (int32) held at a time: about an L2 cache
 LANES = 64  # outputs scanned together by the bounds pass
 SPAN = 64  # a bounds task scans about SPAN / N runs of LANES outputs (N outputs per row)
 _U8 = IntFormat(8, False)
+DIRECT_LANES = 16  # 1x1 convolutions with this many outputs per group visit every partial sum
+DIRECT_INT32 = 1 << 31  # a direct visit bounded below this runs in int32, else in int64
 _NONE = 1 << 60  # running extremes before any partial sum is known: [2^60, -2^60] is empty
 
 
@@ -138,35 +141,217 @@ def partial_extremes(
 
 def conv_partial_extremes(
     x, w, zx: int, w_zp, stride, pads, dilation, groups: int, tile: int = 0,
-    known=(None, None), block: int = BLOCK,
+    known=(None, None), block: int = BLOCK, direct: bool | None = None, nhwc=None,
 ):  # fmt: skip
     """:func:`partial_extremes` of the convolution :func:`hwsim.datapath.conv2d` reduces:
     ``x`` (N, C, H, W) and ``w`` (F, C/groups, kh, kw) validated operands of at most 8 bits,
     ``w_zp`` a scalar or (groups, 1, F/groups), padding ``(top, left, bottom, right)`` holding
-    zx, products in the channel-major order ``(c, i, j)``. The blocks are unfolded straight
-    from ``x``, each kernel tap's output line one run of the input."""
-    N, C, H, W = x.shape
-    F, Cg, kh, kw = w.shape
-    (sh, sw), (dh, dw), (pt, pl, pb, pr) = stride, dilation, pads
-    ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    G, K = groups, Cg * kh * kw
-    if N * ho * wo * F == 0 or K == 0:
-        return None, None
-    Fg = F // G
-    weh = w.reshape(G, Fg, K).transpose(0, 2, 1).astype(np.int64) - np.asarray(w_zp, np.int64)
-    weh = np.ascontiguousarray(weh)  # one layout: one compiled kernel
-    x, zx = as_uint8(np.ascontiguousarray(x), zx)  # a kernel tap's lines: runs of its planes
-    run = _Run(x, zx, layer_operands(weh, np.asarray(w_zp, np.int64), tile, block), known)
-    lay = run.ops.lay
-    lines = max(1, CHUNK_BYTES // max(1, wo * G * lay.count * run.sums(Fg) * 4))
-    for l0 in range(0, N * ho, lines):
-        l1 = min(N * ho, l0 + lines)
-        xt = run.scratch((l1 - l0) * wo)
-        conv_blocks(x, np.uint8(zx), l0, l1, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
-                    lay.starts, lay.lens, xt)  # fmt: skip
-        run.chunk(xt)
-    return run.lo, run.hi
+    zx, products in the channel-major order ``(c, i, j)``: :meth:`ConvTracker.extremes`
+    (``direct``, ``nhwc`` there)."""
+    tracker = ConvTracker(w, w_zp, stride, pads, dilation, groups, tile, block)
+    return tracker.extremes(x, zx, known, direct, nhwc)
+
+
+class ConvTracker:
+    """The partial-sum extremes of one convolution's outputs (:func:`conv_partial_extremes`),
+    with what depends on the weights alone -- effective weights in hardware order, the direct
+    visit's weights and width, the blocks' :class:`LayerOperands` -- made once, for any
+    number of inputs (:class:`hwsim.datapath.conv.ConvPlan` keeps one per layer)."""
+
+    def __init__(self, w, w_zp, stride, pads, dilation, groups: int, tile: int = 0,
+                 block: int = BLOCK):  # fmt: skip
+        F, Cg, kh, kw = w.shape
+        G, K = groups, Cg * kh * kw
+        Fg = F // G
+        self.shape, self.groups, self.tile, self.block = w.shape, G, tile, block
+        self.stride, self.pads, self.dilation = stride, pads, dilation
+        weh = w.reshape(G, Fg, K).transpose(0, 2, 1).astype(np.int64)
+        self.weh = np.ascontiguousarray(weh - np.asarray(w_zp, np.int64))  # (G, K, Fg)
+        self.w_zp = np.asarray(w_zp, np.int64)
+        # |x - zx| <= 255 for operands of at most 8 bits: every partial sum within the bound
+        self.wide = K * 255 * int(np.abs(self.weh).max(initial=0)) >= DIRECT_INT32
+        self.depthwise = not self.wide and Fg == 1 and Cg == 1
+        self._direct_w = None
+        self._ops = None
+
+    @property
+    def prefers_direct(self) -> bool:
+        """Whether visiting every partial sum beats the block bounds; measured on MobileNetV2 /
+        CIFAR layers (benchmarks/network.py): depthwise convolutions (one input and one output
+        channel per group) and 1x1 kernels with :data:`DIRECT_LANES` outputs per group. (The
+        shipped demo's layers keep the block kernels: its first run compiles nothing more.)"""
+        F, Cg, kh, kw = self.shape
+        return (Cg == 1 and F == self.groups) or (kh * kw == 1 and F // self.groups >= DIRECT_LANES)
+
+    def extremes(self, x, zx: int, known=(None, None), direct: bool | None = None, nhwc=None):
+        """``(min, max)`` of every exact partial sum of ``x``'s outputs ((None, None) when
+        there are none): ``x`` (N, C, H, W) of at most 8 bits with zero point ``zx``;
+        ``known`` as :func:`partial_extremes`'. ``direct``: visit every partial sum
+        (:meth:`_direct`) rather than bound blocks (unfolded straight from ``x``, each kernel
+        tap's output line one run of the input); None: :meth:`prefers_direct`; the same
+        answer either way. ``nhwc``: ``(xp, zp)``, a padded NHWC copy of ``x`` whose padding
+        holds ``zp`` and ``xp - zp == x - zx``, which the direct visit reads (else it makes
+        one)."""
+        N, C, H, W = x.shape
+        F, Cg, kh, kw = self.shape
+        (sh, sw), (dh, dw), (pt, pl, pb, pr) = self.stride, self.dilation, self.pads
+        ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        G, K = self.groups, Cg * kh * kw
+        if N * ho * wo * F == 0 or K == 0:
+            return None, None
+        if direct is None:
+            direct = self.prefers_direct
+        if direct:
+            return self._direct(x, int(zx), ho, wo, known, nhwc)
+        x, zx = as_uint8(np.ascontiguousarray(x), zx)  # a kernel tap's lines: runs of planes
+        if self._ops is None:
+            self._ops = layer_operands(self.weh, self.w_zp, self.tile, self.block)
+        run = _Run(x, zx, self._ops, known)
+        lay = run.ops.lay
+        lines = max(1, CHUNK_BYTES // max(1, wo * G * lay.count * run.sums(F // G) * 4))
+        for l0 in range(0, N * ho, lines):
+            l1 = min(N * ho, l0 + lines)
+            xt = run.scratch((l1 - l0) * wo)
+            conv_blocks(x, np.uint8(zx), l0, l1, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
+                        lay.starts, lay.lens, xt)  # fmt: skip
+            run.chunk(xt)
+        return run.lo, run.hi
+
+    def _direct(self, x, zx: int, ho: int, wo: int, known, nhwc):
+        """:meth:`extremes` visiting every partial sum, on a padded NHWC copy of ``x``: a
+        depthwise convolution along the channels (:func:`depthwise_scan_nhwc`), any other
+        along each group's outputs (:func:`conv_scan`); in int32 where ``K * 255 * max|w -
+        zw|`` fits it, else int64."""
+        N, C, H, W = x.shape
+        F, Cg, kh, kw = self.shape
+        (sh, sw), (dh, dw), (pt, pl, pb, pr) = self.stride, self.dilation, self.pads
+        if nhwc is None:
+            xu, zu = as_uint8(x, zx)
+            xp = np.empty((N, H + pt + pb, W + pl + pr, C), np.uint8)
+            pad_nhwc(xu, pt, pl, np.uint8(zu), 0, xp)
+        else:
+            xp, zu = nhwc
+        if self._direct_w is None:
+            if self.depthwise:  # (K, C) int32, tap-major
+                self._direct_w = np.ascontiguousarray(self.weh[:, :, 0].T.astype(np.int32))
+            else:
+                dt = np.int64 if self.wide else np.int32
+                self._direct_w = np.ascontiguousarray(self.weh.astype(dt))
+        K = Cg * kh * kw
+        tile = self.tile if self.tile > 0 else K
+        res = np.empty((N * ho, 2), np.int64)
+        if self.depthwise:
+            depthwise_scan_nhwc(xp, np.int32(zu), self._direct_w, kh, kw, sh, sw, dh, dw, ho,
+                                wo, tile, res)  # fmt: skip
+        else:
+            conv_scan(xp, np.int64(zu), self._direct_w, Cg, kh, kw, sh, sw, dh, dw, ho, wo,
+                      tile, res)  # fmt: skip
+        lo, hi = int(res[:, 0].min()), int(res[:, 1].max())
+        if known[0] is not None:
+            lo, hi = min(lo, int(known[0])), max(hi, int(known[1]))
+        return lo, hi
+
+
+@njit(cache=True, parallel=True)
+def depthwise_scan_nhwc(xp, zx, wt, kh, kw, sh, sw, dh, dw, ho, wo, tile, res):
+    """:func:`conv_scan` of a depthwise convolution (output channel ``c`` reads input
+    channel ``c``) on the padded NHWC input ``xp`` (N, Hp, Wp, C) uint8 (the padding holds
+    ``zx``: a product of 0), ``wt`` (kh*kw, C) int32 effective weights, tap-major: ``res[n *
+    ho + oh] = (min, max)`` over the outputs of line ``oh`` of image ``n``, the channels as
+    vector lanes, in int32 (the caller's bound: ``K * max|x - zx| * max|w| < 2^31``)."""
+    N, Hp, Wp, C = xp.shape
+    K = kh * kw
+    for task in prange(N * ho):
+        n = task // ho
+        oh = task - n * ho
+        t_reg = np.empty(C, np.int32)
+        acc = np.empty(C, np.int32)
+        mn = np.full(C, np.int32(2**31 - 1))
+        mx = np.full(C, np.int32(-(2**31)))
+        for ow in range(wo):
+            t_reg[:] = 0
+            acc[:] = 0
+            for t in range(K):
+                i = t // kw
+                j = t - i * kw
+                row = xp[n, oh * sh + i * dh, ow * sw + j * dw]
+                wr = wt[t]
+                for c in range(C):
+                    v = t_reg[c] + (np.int32(row[c]) - zx) * wr[c]
+                    t_reg[c] = v
+                    mn[c] = min(mn[c], t_reg[c])
+                    mx[c] = max(mx[c], t_reg[c])
+                if tile < K and ((t + 1) % tile == 0 or t == K - 1):
+                    for c in range(C):
+                        v = acc[c] + t_reg[c]
+                        acc[c] = v
+                        t_reg[c] = 0
+                        mn[c] = min(mn[c], acc[c])
+                        mx[c] = max(mx[c], acc[c])
+        res[task, 0] = mn.min()
+        res[task, 1] = mx.max()
+
+
+@njit(cache=True, parallel=True)
+def conv_scan(xp, zx, we, Cg, kh, kw, sh, sw, dh, dw, ho, wo, tile, res):
+    """Every exact partial sum of a convolution, directly, on the padded NHWC input ``xp``
+    (N, Hp, Wp, C) (the padding holds ``zx``): ``res[n * ho + oh] = (min, max)`` over the
+    outputs of line ``oh`` of image ``n``. Output ``f`` of group ``g`` at ``(oh, ow)`` takes
+    products ``t = (c * kh + i) * kw + j`` in increasing ``t`` (hardware order), each
+    ``(xp[n, oh * sh + i * dh, ow * sw + j * dw, g * Cg + c] - zx) * we[g, t, f]``; the
+    partial sums are the tile register after each product (it restarts every ``tile``
+    products) and the accumulator after each tile (``tile = K``: the running sum). The group's
+    outputs are the vector lanes, in ``we``'s dtype (exact: the caller's bound ``K * max|x -
+    zx| * max|we|`` fits it). A product of 0 leaves every register as it was (a partial sum
+    already met), except that a register it opens holds the partial sum 0."""
+    N = xp.shape[0]
+    G, K, Fg = we.shape
+    big = np.iinfo(we.dtype).max
+    tc = np.empty(K, np.int64)  # product t's channel, row and column offsets
+    ti = np.empty(K, np.int64)
+    tj = np.empty(K, np.int64)
+    for t in range(K):
+        tc[t] = t // (kh * kw)
+        ti[t] = (t - tc[t] * kh * kw) // kw * dh
+        tj[t] = (t - tc[t] * kh * kw) % kw * dw
+    for task in prange(N * ho):
+        n = task // ho
+        oh = task - n * ho
+        t_reg = np.empty(Fg, we.dtype)
+        acc = np.empty(Fg, we.dtype)
+        mn = np.full(Fg, big, we.dtype)
+        mx = np.full(Fg, -big, we.dtype)
+        zero = False
+        for g in range(G):
+            for ow in range(wo):
+                t_reg[:] = 0
+                acc[:] = 0
+                for t in range(K):
+                    a = np.int64(xp[n, oh * sh + ti[t], ow * sw + tj[t], g * Cg + tc[t]]) - zx
+                    if a != 0:
+                        wr = we[g, t]
+                        for f in range(Fg):
+                            v = t_reg[f] + a * wr[f]
+                            t_reg[f] = v
+                            mn[f] = min(mn[f], t_reg[f])
+                            mx[f] = max(mx[f], t_reg[f])
+                    elif t % tile == 0:
+                        zero = True
+                    if tile < K and ((t + 1) % tile == 0 or t == K - 1):
+                        for f in range(Fg):
+                            v = acc[f] + t_reg[f]
+                            acc[f] = v
+                            t_reg[f] = 0
+                            mn[f] = min(mn[f], acc[f])
+                            mx[f] = max(mx[f], acc[f])
+        lo = np.int64(mn.min())
+        hi = np.int64(mx.max())
+        if zero:
+            lo = min(lo, 0)
+            hi = max(hi, 0)
+        res[task, 0] = lo
+        res[task, 1] = hi
 
 
 @dataclass
