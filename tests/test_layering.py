@@ -2,8 +2,9 @@
 level or inside a function -- goes to a layer at or below the importer's, and the units form no
 cycle. The layers, bottom to top (docs: README "Architecture"):
 
-    errors, io, data, numerics, jitcache  <-  datapath  <-  graph, qops, mlas  <-  quant, train
-      <-  execute  <-  report, cost  <-  study, sweep, datapath_demo  <-  api  <-  cli
+    errors, io, data, numerics, jitcache, runtime  <-  datapath  <-  graph, qops, mlas
+      <-  quant, train  <-  execute  <-  report, cost  <-  study, sweep, datapath_demo
+      <-  api  <-  cli
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "hwsim"
 
 LAYERS = [
-    {"errors", "io", "data", "numerics", "jitcache"},
+    {"errors", "io", "data", "numerics", "jitcache", "runtime"},
     {"datapath"},
     {"graph", "qops", "mlas"},
     {"quant", "train"},

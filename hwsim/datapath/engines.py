@@ -33,8 +33,9 @@ _MIN_CHUNK = 256
 @functools.cache
 def _ort_session(b_dtype: str):
     import numba
-    import onnxruntime as ort
     from onnx import TensorProto, helper
+
+    from hwsim.runtime import cpu_session
 
     bt = TensorProto.INT8 if b_dtype == "int8" else TensorProto.UINT8
     inputs = [
@@ -50,13 +51,7 @@ def _ort_session(b_dtype: str):
         opset_imports=[helper.make_opsetid("", 13)],
     )
     model.ir_version = 8
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = numba.config.NUMBA_NUM_THREADS
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    # no spin-waiting after a run: the Numba kernels that follow need those cores
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return cpu_session(model, threads=numba.config.NUMBA_NUM_THREADS)
 
 
 def _ort_run(a_u8, az, b, bz):

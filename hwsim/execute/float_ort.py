@@ -402,19 +402,13 @@ class OrtFloat:
 
     def __init__(self, graph: Graph, outputs: list[str], threads: int | None = None):
         import numba
-        import onnxruntime as ort
+
+        from hwsim.runtime import cpu_session
 
         self.graph = graph
         self.outputs = list(dict.fromkeys(outputs))
         model = float_model(graph, self.outputs)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or numba.get_num_threads()
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            model.SerializeToString(), so, providers=["CPUExecutionProvider"]
-        )
+        self.session = cpu_session(model, threads=threads or numba.get_num_threads())
         self._embeddings = [
             n for n in graph.nodes if n.op is Op.EMBEDDING and n.inputs[0] == graph.input
         ]

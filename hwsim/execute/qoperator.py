@@ -217,7 +217,8 @@ def _ort_node(model, node, ins: list) -> list:
     import hashlib
 
     import onnx
-    import onnxruntime as ort
+
+    from hwsim.runtime import cpu_session
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     consts = {t.name for t in model.graph.initializer}
@@ -245,12 +246,7 @@ def _ort_node(model, node, ins: list) -> list:
         g.output.extend(oh.make_empty_tensor_value_info(o) for o in node.output if o)
         m = oh.make_model(g, opset_imports=[oh.make_opsetid("", opset)])
         m.ir_version = min(model.ir_version or 8, onnx.IR_VERSION)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = cpu_session(m, threads=1, optimize=False)
         if len(_ORT_NODES) >= _ORT_NODES_MAX:
             _ORT_NODES.clear()
         _ORT_NODES[key] = sess

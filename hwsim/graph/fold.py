@@ -141,7 +141,7 @@ def _probe_inputs(graph, batch: int, sample: int) -> dict:
 def _evaluate(model, frontier: list[str], feeds_list: list[dict]) -> list[dict]:
     """The frontier tensors' values at each probe, by onnxruntime on the model pruned to their
     ancestors."""
-    import onnxruntime as ort
+    from hwsim.runtime import cpu_session
 
     g = model.graph
     producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
@@ -159,10 +159,7 @@ def _evaluate(model, frontier: list[str], feeds_list: list[dict]) -> list[dict]:
     del sub.graph.output[:]
     sub.graph.output.extend(onnx.ValueInfoProto(name=t) for t in frontier)
     del sub.graph.value_info[:]
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(sub.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(sub, optimize=False)
     used = {i.name for i in sess.get_inputs()}
     return [
         dict(

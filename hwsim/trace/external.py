@@ -100,11 +100,9 @@ def expose_outputs(model, names):
 def run_onnxruntime(model_bytes: bytes, feeds: dict) -> dict[str, np.ndarray]:
     """Every graph output of the serialised model on ``feeds``, by name (CPU execution
     provider, default session options: the graph optimisations and fusions of a plain run)."""
-    import onnxruntime as ort
+    from hwsim.runtime import cpu_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(model_bytes)
     outs = sess.run(None, feeds)
     return {o.name: np.asarray(v) for o, v in zip(sess.get_outputs(), outs, strict=True)}
 
