@@ -60,7 +60,7 @@ def _import_hwsim() -> None:
 
 def one_round(folder: Path, data: str, workers: int) -> dict:
     from hwsim import api
-    from hwsim.sweep import dask_client
+    from hwsim.sweep import dask_client, identity
 
     p = spec(folder, data)
     t0 = time.perf_counter()
@@ -76,9 +76,7 @@ def one_round(folder: Path, data: str, workers: int) -> dict:
         dist = api.sweep(p, scheduler=client.scheduler.address, results=folder / "dask")
         wall_sweep = time.perf_counter() - t1
     wall_dask = time.perf_counter() - t0  # including the cluster's shutdown
-    same = [{k: v for k, v in r.items() if k != "timing"} for r in here["records"]] == [
-        {k: v for k, v in r.items() if k != "timing"} for r in dist["records"]
-    ]
+    same = [identity(r) for r in here["records"]] == [identity(r) for r in dist["records"]]
     per_worker = defaultdict(list)
     for r in dist["records"]:
         per_worker[r["timing"]["pid"]].append(r["timing"]["seconds"])

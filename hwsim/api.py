@@ -22,6 +22,7 @@ The text the commands print is formatted by :mod:`hwsim.report`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -410,7 +411,8 @@ def compare(
                 jobs.append(make_job(str(path), point, **fixed))
     payload = Payload.build({str(path): path}, ds, cal, batch_size)
     payload.cache["graph", str(path)] = base
-    done = run_jobs(_evaluate_point, payload, [(None, j, {}) for j in jobs], catch=False)
+    evaluate = functools.partial(_evaluate_point, progress=progress)
+    done = run_jobs(evaluate, payload, [(None, j, {}) for j in jobs], catch=False)
     rows = [rec["result"] for rec in done.records]
     if report is not None:
         doc = {
@@ -427,7 +429,7 @@ def compare(
     return rows
 
 
-def _evaluate_point(payload, job) -> dict:
+def _evaluate_point(payload, job, progress: bool = False) -> dict:
     """One point of a sweep (:mod:`hwsim.sweep`): ``job``'s model quantized with its scheme
     (calibrated on the payload's calibration set; ``as imported``: the file's own
     quantization), run on the payload's data, costed on its accelerator for one sample; the
@@ -451,7 +453,7 @@ def _evaluate_point(payload, job) -> dict:
             program = quantize(graph, job.scheme, cal, batch_size, float_run=run_float)
             payload.cache = {k: v for k, v in payload.cache.items() if k[0] != "program"}
             payload.cache[pkey] = program
-    rep, _ = run_program(program, ds, batch_size, False, isa=job.isa, seed=job.seed)
+    rep, _ = run_program(program, ds, batch_size, progress, isa=job.isa, seed=job.seed)
     c = attach_cost(rep, program, job.accelerator, 1)
     settings = program.describe()["scheme"]
     if program.scheme is None:
@@ -618,15 +620,10 @@ def cost(
     SCALE-Sim topology CSV on an accelerator (:func:`accelerator`); returns the
     :class:`hwsim.cost.CostReport`, written as JSON / plotted (atomically) if asked."""
     from hwsim.cost import cost as cost_layers
-    from hwsim.cost import layers_from_program, load_config, parse_array, read_topology
+    from hwsim.cost import layers_from_program, read_topology
 
     check_outputs(json_path=json_path, plot=plot)
-    over = {k: v for k, v in widths.items() if v is not None}
-    if array is not None:
-        over["rows"], over["cols"] = parse_array(array)
-    if dataflow is not None:
-        over["dataflow"] = dataflow
-    acc = load_config(config, **over)
+    acc = accelerator(config, array, dataflow, **widths)
     spec = str(model_or_topology)
     if spec.endswith(".csv"):
         layers = read_topology(spec)

@@ -251,6 +251,12 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def ovf_total(row: dict) -> int:
+    """A compare row's / sweep result's ``ovf``: the reduction's overflow events plus the bias
+    additions that overflowed the accumulator (records of format 1 have no ``bias_overflows``)."""
+    return row["overflow_events"] + row.get("bias_overflows", 0)
+
+
 def compare_table(rows: list[dict]) -> str:
     """The sweep table of ``hwsim compare``."""
     nl = any(r["settings"]["default"].get("nonlinear", "float") != "float" for r in rows)
@@ -274,7 +280,7 @@ def compare_table(rows: list[dict]) -> str:
             f"{r['scheme']:<18} {r['wbits']:>3} {r['abits']:>3} {acc:>5} "
             + (f"{kind:>7} " if nl else "")
             + f"{pct(r['float_accuracy']):>8} {pct(r['int_accuracy']):>8} "
-            f"{pct(r['agreement']):>8} {r['overflow_events'] + r.get('bias_overflows', 0):>8} "
+            f"{pct(r['agreement']):>8} {ovf_total(r):>8} "
             f"{sq:>9} "
             f"{r.get('energy_pj_per_sample', 0) / 1e6:>8.3f}"
         )

@@ -177,10 +177,7 @@ class ExactSum:
         return list(self._parts)
 
     def value(self) -> float:
-        if self._special != 0.0:  # also NaN
-            return self._special
-        self._parts = _exact_parts(self._parts + self._flush())
-        return math.fsum(self._parts)
+        return math.fsum(self.parts())  # a NaN or infinity: that one value
 
 
 def _exact_parts(values: list[float]) -> list[float]:

@@ -10,7 +10,6 @@ from hwsim.sweep.spec import AXES, Job, SpecError, SweepSpec, load_spec, make_jo
 from hwsim.sweep.store import (
     ResultStore,
     data_digest,
-    file_digest,
     identity,
     pareto_plot,
     point_key,
@@ -29,7 +28,6 @@ __all__ = [
     "SweepSpec",
     "dask_client",
     "data_digest",
-    "file_digest",
     "identity",
     "load_spec",
     "make_job",

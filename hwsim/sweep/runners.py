@@ -99,13 +99,12 @@ def run_job(
     point runs."""
     t0 = time.perf_counter()
     rec = {"key": key, **meta, "point": job.point}
-    if not catch:
+    try:
         rec.update(status="ok", result=evaluate(payload, job), error=None)
-    else:
-        try:
-            rec.update(status="ok", result=evaluate(payload, job), error=None)
-        except Exception as e:  # a point's failure is data: recorded, and the sweep goes on
-            rec.update(status="failed", result=None, error=f"{type(e).__name__}: {e}")
+    except Exception as e:  # a point's failure is data: recorded, and the sweep goes on
+        if not catch:
+            raise
+        rec.update(status="failed", result=None, error=f"{type(e).__name__}: {e}")
     rec["timing"] = {"seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
     return rec
 

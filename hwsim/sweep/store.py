@@ -32,19 +32,10 @@ import numpy as np
 from hwsim import __version__
 from hwsim.errors import HwsimError
 from hwsim.io import atomic_write_text
-from hwsim.report import pareto_front
+from hwsim.report import ovf_total, pareto_front
 
 #: What :func:`point_key` hashes besides the inputs: bump it when a record's meaning changes.
 RECORD_VERSION = 2  # 2: result.bias_overflows
-
-
-def file_digest(path) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def data_digest(ds) -> str:
@@ -158,12 +149,6 @@ RESULT_FIELDS = (
 )
 
 
-def _ovf(res: dict) -> int:
-    """The table's ``ovf``: overflow events of the reduction plus bias additions that
-    overflowed the accumulator (records of format 1 have no ``bias_overflows``)."""
-    return res["overflow_events"] + res.get("bias_overflows", 0)
-
-
 def flat_rows(records: list[dict], axes: list[str]) -> list[dict]:
     """One flat dict per record: model, the axis values, status, the result fields, error,
     seconds, key (the CSV's columns)."""
@@ -218,7 +203,7 @@ def table(records: list[dict], axes: list[str]) -> str:
         sq = "" if sq is None else (f"{sq:.1f}" if isinstance(sq, float) else str(sq))
         lines.append(
             f"{left} {pct(res['float_accuracy']):>7} {pct(res['int_accuracy']):>7} "
-            f"{pct(res['agreement']):>7} {_ovf(res):>8} {sq:>8} "
+            f"{pct(res['agreement']):>7} {ovf_total(res):>8} {sq:>8} "
             f"{res['cycles_per_sample']:>9} {res['energy_pj_per_sample'] / 1e6:>8.3f}"
         )
     lines.append(
