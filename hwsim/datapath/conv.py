@@ -178,13 +178,10 @@ def conv2d(
         and (track or not acc.track_partials)
         and _cannot_overflow(g.K, max_x, _max_w(w, wzp), acc)
     )
+    tracker = _tracker(w, wzp, g, acc) if track else None  # built once, for every chunk
     if direct:
         out = np.empty((g.N, g.F, g.ho, g.wo), np.int64)
         lo, hi = depthwise_sums(x, np.int64(zx), _depthwise_weights(w, wzp), *_dw_geometry(g), out)
-        tracker = None
-        if track:
-            tracker = partials.ConvTracker(w, wzp, (g.sh, g.sw), g.pads, (g.dh, g.dw), g.groups,
-                                           acc.tile)  # fmt: skip
         return AccResult(out, _direct_counters(x, tracker, zx, g, lo, hi))
     xin, xop, xp = _padded_nhwc(x, x_operand, g)
     w3 = _gemm_weights(w, g)
@@ -206,9 +203,8 @@ def conv2d(
             isa=isa,
         )
         if track:
-            part.partial_min, part.partial_max = _partials(
-                x[n0:n1], w, zx, wzp, g, acc, (part.final_min, part.final_max)
-            )
+            known = (part.final_min, part.final_max)
+            part.partial_min, part.partial_max = tracker.extremes(x[n0:n1], int(zx), known)
         gmn_to_nchw(values, n1 - n0, out[n0:n1])
         counters = part if counters is None else counters.merge(part)
     return AccResult(out.reshape(N, g.F, g.ho, g.wo), counters)
@@ -276,9 +272,7 @@ class ConvPlan:
         self.scale = params[0]
         self.tracker = None  # the partial-sum extremes, where tracked
         if acc.track_partials:
-            self.tracker = partials.ConvTracker(
-                w, wzp, (g.sh, g.sw), g.pads, (g.dh, g.dw), g.groups, acc.tile
-            )
+            self.tracker = _tracker(w, wzp, g, acc)
         if g.Cg == 1:
             self.we = _depthwise_weights(w, wzp)
             self.we32 = self.we.astype(np.int32)
@@ -440,11 +434,9 @@ def _direct_counters(x, tracker, zx, g: _Geometry, lo, hi, nhwc=None) -> Counter
     return c
 
 
-def _partials(x, w, zx, wzp, g: _Geometry, acc, known):
-    """The partial-sum extremes of ``x``'s outputs (``known``: their final extremes)."""
-    return partials.conv_partial_extremes(
-        x, w, int(zx), wzp, (g.sh, g.sw), g.pads, (g.dh, g.dw), g.groups, acc.tile, known=known
-    )
+def _tracker(w, wzp, g: _Geometry, acc) -> partials.ConvTracker:
+    """The partial-sum tracker of this layer's weights (weight-only state, built once)."""
+    return partials.ConvTracker(w, wzp, (g.sh, g.sw), g.pads, (g.dh, g.dw), g.groups, acc.tile)
 
 
 def _padded_nhwc(x: np.ndarray, x_operand: Operand, g: _Geometry):
