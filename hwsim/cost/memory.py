@@ -43,7 +43,7 @@ def _cdiv(a: int, b: int) -> int:
 def epoch_words(sram_kb: float) -> int:
     """``E`` (eq. M1): fetches per epoch of SCALE-Sim's CALC-mode read buffer of ``sram_kb``
     KiB: 50 of its 100 sets of ``floor(bytes / 100)`` one-byte words."""
-    return 50 * (math.floor(1024 * sram_kb) // 100)
+    return 50 * (sram_words(sram_kb) // 100)
 
 
 @dataclass(frozen=True)
@@ -121,13 +121,19 @@ class ConvGeometry:
 _I32 = 2**31 - 1  # below this, addresses and positions are int32
 
 
+def sram_words(kb: float) -> int:
+    """The words an SRAM of ``kb`` KiB holds at SCALE-Sim's one byte a word:
+    ``floor(1024 * kb)`` (a wider operand: pass ``kb * 8 / bits``)."""
+    return math.floor(1024 * kb)
+
+
 def check_sram_words(sram_kb) -> None:
     """SCALE-Sim's buffers need at least 100 words each (100 sets of ``floor(words / 100)``;
     with fewer its ofmap buffer cannot drain): raise a ConfigError naming the operand."""
     for name, kb in zip(("ifmap", "filter", "ofmap"), sram_kb, strict=True):
-        if math.floor(1024 * kb) < 100:
+        if sram_words(kb) < 100:
             raise ConfigError(
-                f"{name} SRAM holds {math.floor(1024 * kb)} operand words ({kb:g} KiB of "
+                f"{name} SRAM holds {sram_words(kb)} operand words ({kb:g} KiB of "
                 f"one-byte words); SCALE-Sim's memory system needs at least 100"
             )
 
@@ -404,7 +410,7 @@ class _WriteSim:
         counts = np.concatenate([np.tile(r, n) for n, r in _fold_types(df, R, C, Np, K, Mf)])
         self.cum = np.cumsum(counts)
         self.total, self.nrows = int(self.cum[-1]), len(counts)
-        self.T = math.floor(1024 * ofmap_kb)
+        self.T = sram_words(ofmap_kb)
         self.active = math.ceil(self.T * 0.5)
         self.line = line
         self.Ld = _cdiv(self.T - self.active, line)
@@ -494,7 +500,7 @@ def _prefetch_start(misses: int, sram_kb: float, first: int) -> int:
     """Cycle of the first DRAM read of a CALC-mode read buffer (eq. M11): its first prefetch
     (50 sets, or all of them if fewer) at 10 words per cycle, ending just before ``first``
     (or before cycle 0 if the buffer never filled half its sets)."""
-    per_set = math.floor(1024 * sram_kb) // 100
+    per_set = sram_words(sram_kb) // 100
     if misses >= 50 * per_set:
         return first - 1 - _cdiv(50 * per_set, 10) + 1
     return -_cdiv(_cdiv(misses, per_set) * per_set, 10)

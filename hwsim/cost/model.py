@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 
 from hwsim.cost.config import Accelerator, ConfigError
 from hwsim.cost.dataflow import Dataflow, gemm_counts, utilization
-from hwsim.cost.memory import memory_cost
+from hwsim.cost.memory import memory_cost, sram_words
 from hwsim.cost.topology import Layer
 from hwsim.cost.user_mode import memory_cost_user
 
@@ -108,15 +108,15 @@ def scheme_ops(layer: Layer) -> dict:
     return ops
 
 
-def _check_buffers(acc: Accelerator, layer: str, widths) -> None:
+def _check_buffers(acc: Accelerator, layer: str, widths, kb) -> None:
     """Each SRAM holds at least SCALE-Sim's 100 words of its operand (100 sets of
     ``floor(words / 100)``), and in USER mode a fetch of ``dram_words_per_cycle`` words (one
     line) is at most half of it (a double-buffered half): else a ConfigError naming the field,
     its value and the operand's width (a wider line would be padding fetched as DRAM traffic,
     eq. U4, and priced as DRAM energy)."""
-    for bits, name in widths:
+    for (bits, name), op_kb in zip(widths, kb, strict=True):
         kb = getattr(acc, f"{name}_sram_kb")
-        words = math.floor(kb * 1024 * 8 / bits)
+        words = sram_words(op_kb)  # the number the memory system uses
         if words < 100:
             raise ConfigError(
                 f"{name}_sram_kb = {kb:g} KiB holds {words} {bits}-bit words (layer {layer!r}); "
@@ -151,7 +151,7 @@ def cost_layer(layer: Layer, acc: Accelerator) -> LayerCost:
         acc.filter_sram_kb * 8 / wb,
         acc.ofmap_sram_kb * 8 / of_bits,
     )
-    _check_buffers(acc, layer.name, ((ab, "ifmap"), (wb, "filter"), (of_bits, "ofmap")))
+    _check_buffers(acc, layer.name, ((ab, "ifmap"), (wb, "filter"), (of_bits, "ofmap")), kb)
     if acc.bandwidth_mode == "user":
         m = memory_cost_user(
             acc.dataflow,

@@ -21,7 +21,14 @@ from functools import lru_cache
 import numpy as np
 
 from hwsim.cost.dataflow import Dataflow, as_dataflow
-from hwsim.cost.memory import ConvGeometry, MemoryCost, _cdiv, _WriteSim, check_sram_words
+from hwsim.cost.memory import (
+    ConvGeometry,
+    MemoryCost,
+    _cdiv,
+    _WriteSim,
+    check_sram_words,
+    sram_words,
+)
 
 
 def _ifmap(geo: ConvGeometry | None, K: int, p: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -177,7 +184,7 @@ def memory_cost_user(
     check_sram_words(sram_kb)
     fi, ff = prefetch_orders(df, R, C, Np, K, Mf, geo)
     dem = demand_streams(df, R, C, Np, K, Mf, geo)
-    sizes = [math.floor(1024 * kb) for kb in sram_kb]
+    sizes = [sram_words(kb) for kb in sram_kb]
     rd = {}
     for name, fetch, size in (("ifmap", fi, sizes[0]), ("filter", ff, sizes[1])):
         rd[name] = _read_buffer(fetch, *dem[name], size, bandwidth)
