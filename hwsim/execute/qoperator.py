@@ -210,10 +210,11 @@ _ORT_NODES: dict = {}
 _ORT_NODES_MAX = 256
 
 
-def _ort_node(model, node, ins: list) -> list:
+def _ort_node(model, node, ins: list, consts: set) -> list:
     """``node`` (default ONNX domain) run by onnxruntime on ``ins``: a model of this one node
     (constant inputs as initializers, the others as inputs with a free batch axis), at the
-    model's opset, on one thread; sessions are cached by node, constant bytes and input types."""
+    model's opset, on one thread; sessions are cached by node, constant bytes and input types.
+    ``consts``: the model's initializer names."""
     import hashlib
 
     import onnx
@@ -221,7 +222,6 @@ def _ort_node(model, node, ins: list) -> list:
     from hwsim.runtime import cpu_session
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    consts = {t.name for t in model.graph.initializer}
     h = hashlib.sha256(node.SerializeToString())
     h.update(str(opset).encode())
     for t, v in zip(node.input, ins, strict=True):
@@ -258,10 +258,14 @@ def _ort_node(model, node, ins: list) -> list:
     return sess.run(None, feed)
 
 
+_PLANS: dict = {}  # the plans of in-memory models, by the SHA-256 of their bytes
+
+
 def _fused_plan(model, source: str, node):
     """onnxruntime's optimised graph of this model (:func:`hwsim.graph.ort_plan.load_plan`):
     which op it runs for each node. The file at ``source`` if there is one, else the model
     written to a temporary file."""
+    import hashlib
     import os
     import tempfile
 
@@ -269,12 +273,18 @@ def _fused_plan(model, source: str, node):
 
     try:
         if os.path.isfile(str(source)):
-            return load_plan(source)
-        with tempfile.TemporaryDirectory() as d:
-            p = os.path.join(d, "model.onnx")
-            with open(p, "wb") as f:
-                f.write(model.SerializeToString())
-            return load_plan(p)
+            return load_plan(source)  # cached per path and mtime
+        data = model.SerializeToString()
+        key = hashlib.sha256(data).hexdigest()
+        if key not in _PLANS:  # once per model, not per batch
+            with tempfile.TemporaryDirectory() as d:
+                p = os.path.join(d, "model.onnx")
+                with open(p, "wb") as f:
+                    f.write(data)
+                if len(_PLANS) >= 8:
+                    _PLANS.clear()
+                _PLANS[key] = load_plan(p)
+        return _PLANS[key]
     except NoPlanError as e:
         raise HwsimError(
             f"{source}: node {node.name!r} ({node.op_type}) is not one of hwsim's QOperator "
@@ -339,7 +349,7 @@ def run_qoperator_batch(
                     "imports with onnxruntime's fusion plan, or all QOperator)"
                 )
             try:
-                outs = _ort_node(model, node, ins)
+                outs = _ort_node(model, node, ins, inits)
             except Exception as e:  # onnxruntime's own message: the op, the types it wants
                 raise HwsimError(
                     f"{source}: node {node.name!r} ({node.op_type}) is not one of hwsim's "
