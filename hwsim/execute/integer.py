@@ -482,6 +482,22 @@ class IntegerExecutor:
         )
 
     # -- MAC layers ----------------------------------------------------------------------------
+    def _mac_operands(self, node: Node, x: QTensor, layer, acc_cfg):
+        """``(xq, xop, wop, isa)``: the integer input, the input and weight operands and the dot
+        product of MAC layer ``node`` on this executor's ISA (:meth:`_layer_isa`). An int8 input
+        of an ``ort`` layer on a non-exact ISA is fed as uint8 = int8 + 128 with zero point +
+        128, as onnxruntime's QDQS8ToU8Transformer feeds its fused x86 kernels: the same exact
+        sums, but eq. 16 pairs the shifted bytes."""
+        wq = node.wq
+        xop = Operand(x.fmt, zero_point=int(x.zero_point))
+        zw = np.asarray(wq.zero_point)
+        wop = Operand(wq.fmt, zero_point=zw if zw.ndim == 1 else int(zw))
+        xq = x.q
+        if self.isa is not Isa.EXACT and layer.register is ScaleKind.ORT and x.fmt == _S8:
+            xq = (xq.astype(np.int16) + 128).astype(np.uint8)
+            xop = Operand(_U8, zero_point=int(x.zero_point) + 128)
+        return xq, xop, wop, self._layer_isa(node, acc_cfg, xop, wop)
+
     def _layer_isa(self, node: Node, acc_cfg, xop: Operand, wop: Operand) -> Isa:
         """The dot product of this layer: ``self.isa`` where onnxruntime would run the layer
         (uint8 x int8 on a 32-bit wrapping accumulator, eq. 16), else exact -- a layer with
@@ -774,16 +790,7 @@ class IntegerExecutor:
             from dataclasses import replace
 
             acc_cfg = replace(acc_cfg, track_partials=True)
-        xop = Operand(x.fmt, zero_point=int(x.zero_point))
-        zw = np.asarray(wq.zero_point)
-        wop = Operand(wq.fmt, zero_point=zw if zw.ndim == 1 else int(zw))
-        xq = x.q
-        if self.isa is not Isa.EXACT and layer.register is ScaleKind.ORT and x.fmt == _S8:
-            # onnxruntime's QDQS8ToU8Transformer feeds its fused x86 kernels uint8 = int8 + 128
-            # (zero point + 128): the same exact sums, but eq. 16 pairs the shifted bytes
-            xq = (xq.astype(np.int16) + 128).astype(np.uint8)
-            xop = Operand(_U8, zero_point=int(x.zero_point) + 128)
-        isa = self._layer_isa(node, acc_cfg, xop, wop)
+        xq, xop, wop, isa = self._mac_operands(node, x, layer, acc_cfg)
         if isa is not Isa.EXACT:
             from dataclasses import replace
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hwsim.datapath import Operand, conv2d, gemm, output_stage
+from hwsim.datapath import conv2d, gemm, output_stage
 from hwsim.datapath.isa import Isa
 from hwsim.errors import HwsimError
 from hwsim.execute.integer import IntegerExecutor
@@ -104,17 +104,7 @@ def _sums(ex: IntegerExecutor, node, x: QTensor, acc_cfg):
     kernels compute it where it runs them (``IntegerExecutor._layer_isa``; an int8 input of an
     ``ort`` layer fed as uint8 = int8 + 128 with zero point + 128, as the executor does)."""
     wq = node.wq
-    xop = Operand(x.fmt, zero_point=int(x.zero_point))
-    zw = np.asarray(wq.zero_point)
-    wop = Operand(wq.fmt, zero_point=zw if zw.ndim == 1 else int(zw))
-    xq = x.q
-    isa = Isa.EXACT
-    if ex.isa is not Isa.EXACT:
-        layer = ex.p.layer(node.name)
-        if layer.register is ScaleKind.ORT and x.fmt == IntFormat(8, True):
-            xq = (xq.astype(np.int16) + 128).astype(np.uint8)
-            xop = Operand(IntFormat(8, False), zero_point=int(x.zero_point) + 128)
-        isa = ex._layer_isa(node, acc_cfg, xop, wop)
+    xq, xop, wop, isa = ex._mac_operands(node, x, ex.p.layer(node.name), acc_cfg)
     if node.op is Op.CONV:
         a = node.attrs
         res = conv2d(xq, wq.q, stride=a["strides"], padding=a["pads"], dilation=a["dilations"],
@@ -176,7 +166,7 @@ def _mac_layer(ex: IntegerExecutor, node, x, out, files: dict, stem: str) -> dic
     if spec is None:
         return e
     if spec.mode != "static":
-        return _range_replay(ex, node, layer, spec, x, acc, bias, acc_cfg, out, e, files, stem)
+        return _range_replay(node, layer, spec, x, acc, bias, acc_cfg, out, e, files, stem)
     sx = np.asarray(x.scale, np.float32)
     sw = np.asarray(wq.scale, np.float32)
     if sx.ndim:
@@ -201,7 +191,7 @@ def _mac_layer(ex: IntegerExecutor, node, x, out, files: dict, stem: str) -> dic
     return e
 
 
-def _range_replay(ex, node, layer, spec, x, acc, bias, acc_cfg, out, e, files, stem) -> dict:
+def _range_replay(node, layer, spec, x, acc, bias, acc_cfg, out, e, files, stem) -> dict:
     """Replay a per-sample (``dynamic`` / ``shift``) MAC layer from its trace: ``t =
     overflow(acc + bias)``, the range unit's per-sample maximum ``a_n`` (``|t|``, or ``max(t,
     0)`` for an unsigned output), the register of docs/numerics.md eq. 18 (dynamic:
