@@ -24,17 +24,12 @@ tested), :func:`run_onnxruntime` runs the model, :func:`capture` does both for a
 
 from __future__ import annotations
 
-import io
-import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from hwsim.trace.files import TraceError
+from hwsim.trace.files import TraceError, npy_bytes, write_folder
 
 DUMPS_FORMAT = "hwsim-dumps/1"
 DUMPS_INFO = "dumps.json"
@@ -122,12 +117,6 @@ def capture(model_path, x: np.ndarray, names) -> dict[str, np.ndarray]:
     return {n: got[n] for n in names}
 
 
-def _npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-    return buf.getvalue()
-
-
 def check_names(names) -> dict[str, str]:
     """File name -> ONNX name for ``names``; two names with one file name are a TraceError."""
     files: dict[str, str] = {}
@@ -144,25 +133,10 @@ def write_dumps(out, arrays: dict[str, np.ndarray], info: dict | None = None) ->
     (``format``, ``info``, ``tensors``: file -> ONNX name), atomically (a temporary sibling,
     then a rename; an existing dumps folder -- one holding ``dumps.json`` -- is replaced, any
     other existing path is an error)."""
-    out = Path(out)
-    if out.exists() and not (out / DUMPS_INFO).is_file():
-        raise TraceError(f"{str(out)!r} exists and is not a dumps folder (no {DUMPS_INFO})")
     files = check_names(arrays)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        for f, name in files.items():
-            (tmp / f).write_bytes(_npy(arrays[name]))
-        doc = {"format": DUMPS_FORMAT, **(info or {}), "tensors": dict(sorted(files.items()))}
-        (tmp / DUMPS_INFO).write_text(json.dumps(doc, indent=1) + "\n")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    doc = {"format": DUMPS_FORMAT, **(info or {}), "tensors": dict(sorted(files.items()))}
+    data = {f: npy_bytes(arrays[name]) for f, name in files.items()}
+    return write_folder(out, DUMPS_INFO, "a dumps folder", data, doc)
 
 
 def read_dumps(d, want: dict[str, tuple[list, str]]) -> dict[str, np.ndarray]:

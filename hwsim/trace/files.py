@@ -127,20 +127,27 @@ def entry(files: dict[str, bytes], stem: str, a: Array) -> dict:
 
 def write_dir(out: str | os.PathLike, manifest: dict, files: dict[str, bytes]) -> Path:
     """Write ``files`` and ``manifest.json`` (with ``files``: name -> sha256) into ``out``,
-    atomically: a temporary directory beside ``out``, renamed over it (an existing trace
-    directory -- one holding ``manifest.json`` -- is replaced; any other existing path is an
-    error)."""
+    atomically (:func:`write_folder`; an existing trace directory -- one holding
+    ``manifest.json`` -- is replaced; any other existing path is an error)."""
+    doc = dict(manifest, files={n: sha256(d) for n, d in sorted(files.items())})
+    return write_folder(out, "manifest.json", "a trace directory", files, doc)
+
+
+def write_folder(out, marker: str, kind: str, files: dict[str, bytes], doc: dict) -> Path:
+    """Write ``files`` and the JSON ``doc`` as ``marker`` into folder ``out``, atomically: a
+    temporary directory beside ``out``, renamed over it; the previous folder (one holding
+    ``marker``; any other existing path is a TraceError naming ``kind``) is moved aside first
+    and put back if the new one does not take its place."""
     out = Path(out)
-    if out.exists() and not (out.is_dir() and (out / "manifest.json").is_file()):
-        raise TraceError(f"{str(out)!r} exists and is not a trace directory (no manifest.json)")
+    if out.exists() and not (out.is_dir() and (out / marker).is_file()):
+        raise TraceError(f"{str(out)!r} exists and is not {kind} (no {marker})")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     old = out.with_name(f".{out.name}.old")
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        doc = dict(manifest, files={n: sha256(d) for n, d in sorted(files.items())})
-        (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
+        (tmp / marker).write_text(json.dumps(doc, indent=1) + "\n")
         os.chmod(tmp, 0o755)
         if out.exists():
             shutil.rmtree(old, ignore_errors=True)
