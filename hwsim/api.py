@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -275,30 +276,43 @@ def run(
     report equals the one-process report but for its timings. Needs the ``dask`` extra.
     """
     check_outputs(report=report, save_outputs=save_outputs)
-    if workers is not None or scheduler is not None:
-        return _run_split(model, data, batch_size, report, save_outputs, accelerator, isa, seed,
-                          tflite_kernels, workers, scheduler)  # fmt: skip
+    split = workers is not None or scheduler is not None
+    t0 = time.perf_counter()
     if isinstance(model, QuantProgram):
+        if split:
+            raise HwsimError("run on workers needs a model file (its bytes go to the workers)")
         program = model
     else:
         path = resolve_model(model)
         if path.suffix.lower() != ".tflite":  # a .tflite model: hwsim.graph.tflite_import
             onnx_model = load_onnx(path)
             if is_qoperator(onnx_model):
+                if split:
+                    raise HwsimError(
+                        f"{path}: a QOperator model runs in one process (drop --workers)"
+                    )
                 return run_qoperator(
                     onnx_model, str(path), data, batch_size, report, save_outputs, progress, isa
                 )
         program = load_imported(path, tflite_kernels)
     ds = _data(data, program.graph.input_shape)
+    collect = save_outputs is not None
+    paired = None
+    if split:  # the shards' runs on Dask workers, merged exactly (hwsim.sweep.split)
+        paired = _run_split(path, ds, batch_size, isa, seed, collect, tflite_kernels, workers,
+                            scheduler)  # fmt: skip
     rep, outs = run_program(
         program,
         ds,
         batch_size,
         progress,
-        collect_outputs=save_outputs is not None,
+        collect_outputs=collect,
         isa=isa,
         seed=seed,
+        paired=paired,
     )
+    if split:  # the whole time, workers included
+        rep.seconds = time.perf_counter() - t0
     if program.scheme is None:
         rep.settings["scheme"] = imported_scheme(program)
     attach_cost(rep, program, accelerator, min(batch_size, len(ds)))
@@ -317,41 +331,17 @@ def _shard_program(payload, tflite_kernels=None) -> QuantProgram:
     return payload.cache["program"]
 
 
-def _run_split(model, data, batch_size, report, save_outputs, accelerator, isa, seed,
-               tflite_kernels, workers, scheduler) -> RunReport:  # fmt: skip
-    """:func:`run` on Dask workers (its ``workers`` / ``scheduler``)."""
-    import functools
-    import time
-
+def _run_split(path, ds, batch_size, isa, seed, collect, tflite_kernels, workers, scheduler):
+    """The paired runs of ``ds``'s batches on Dask workers (:func:`run`'s ``workers`` /
+    ``scheduler``): the model's bytes and the data sent once, the shards merged exactly."""
     from hwsim.datapath.isa import resolve
     from hwsim.sweep import Payload, dask_client
     from hwsim.sweep.split import run_split
 
-    if isinstance(model, QuantProgram):
-        raise HwsimError("run on workers needs a model file (its bytes go to the workers)")
-    path = resolve_model(model)
-    if path.suffix.lower() != ".tflite" and is_qoperator(load_onnx(path)):
-        raise HwsimError(f"{path}: a QOperator model runs in one process (drop --workers)")
-    t0 = time.perf_counter()
-    program = load_imported(path, tflite_kernels)
-    ds = _data(data, program.graph.input_shape)
     payload = Payload.build({"model": path}, ds, None, batch_size)
     load = functools.partial(_shard_program, tflite_kernels=tflite_kernels)
-    collect = save_outputs is not None
     with dask_client(workers, scheduler) as client:
-        paired = run_split(load, payload, resolve(isa), seed, collect, client)
-    rep, outs = run_program(program, ds, batch_size, collect_outputs=collect, isa=isa,
-                            seed=seed, paired=paired)  # fmt: skip
-    if program.scheme is None:
-        rep.settings["scheme"] = imported_scheme(program)
-    attach_cost(rep, program, accelerator, min(batch_size, len(ds)))
-    rep.seconds = time.perf_counter() - t0
-    if save_outputs is not None:
-        g = program.graph
-        write_npz(save_outputs, {g.output_name or g.output: outs.astype(np.float32)})
-    if report is not None:
-        rep.write_json(report)
-    return rep
+        return run_split(load, payload, resolve(isa), seed, collect, client)
 
 
 def compare(
