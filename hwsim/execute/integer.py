@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -108,6 +108,23 @@ class LayerStats:
         for k, v in ops.items():
             self.ops[k] = self.ops.get(k, 0) + int(v)
 
+    def merge(self, o: LayerStats) -> LayerStats:
+        """``o`` (the same node's statistics over other samples) added in place, by each
+        field's rule in :data:`STATS_MERGE`: counts add, extremes take the min / max (None:
+        none seen) -- what ``hwsim run --workers`` merges shards with."""
+        for f in fields(LayerStats):
+            rule, x, y = STATS_MERGE[f.name], getattr(self, f.name), getattr(o, f.name)
+            if rule == "counters":
+                x.merge(y)
+            elif rule == "sum":
+                setattr(self, f.name, x + y)
+            elif rule == "ops":
+                self.count(**y)
+            else:
+                pick = min if rule == "min" else max
+                setattr(self, f.name, y if x is None else (x if y is None else pick(x, y)))
+        return self
+
     def add_gain(self, ge: np.ndarray) -> None:
         """Fold the gain errors of one register into the extremes."""
         ge = np.asarray(ge, np.float64)
@@ -124,6 +141,21 @@ class LayerStats:
         self.clamped += clamped
         self.outputs += outputs
         self.bias_clamped += bias_clamped
+
+
+#: How each :class:`LayerStats` field merges over disjoint samples (:meth:`LayerStats.merge`):
+#: "counters" (:meth:`Counters.merge`), "sum", "min", "max", "ops" (per operation, summed).
+STATS_MERGE = {
+    "counters": "counters",
+    "bias_overflows": "sum",
+    "clamped": "sum",
+    "outputs": "sum",
+    "bias_clamped": "sum",
+    "int_bits": "max",
+    "gain_error_min": "min",
+    "gain_error_max": "max",
+    "ops": "ops",
+}
 
 
 def _ort_holder(*fmts: IntFormat):

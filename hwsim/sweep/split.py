@@ -9,7 +9,7 @@ global sample index, ``first_sample``). The shards merge into one
   (:meth:`hwsim.execute.sqnr.ExactSum.parts`), added exactly and rounded once -- the same
   ``math.fsum`` of every per-sample term the single run rounds;
 * counters: sums (MACs, overflow events, clamps, operations), extremes (min / max of exact
-  sums and gain errors, max of integer bits) -- :func:`merge_stats`;
+  sums and gain errors, max of integer bits) -- :meth:`LayerStats.merge`;
 * predictions and outputs: concatenated in sample order.
 
 A program with onnxruntime's dynamic quantization depends on the batch, as onnxruntime does:
@@ -24,40 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwsim.data import Dataset
-from hwsim.execute.integer import LayerStats
+from hwsim.execute.integer import STATS_MERGE, LayerStats  # noqa: F401 (STATS_MERGE: re-exported)
 from hwsim.execute.paired import PairedRun
 from hwsim.execute.sqnr import ExactSum
-
-#: How each :class:`LayerStats` field merges over disjoint samples ("sum", "min", "max", "ops").
-STATS_MERGE = {
-    "counters": "counters",
-    "bias_overflows": "sum",
-    "clamped": "sum",
-    "outputs": "sum",
-    "bias_clamped": "sum",
-    "int_bits": "max",
-    "gain_error_min": "min",
-    "gain_error_max": "max",
-    "ops": "ops",
-}
-
-
-def merge_stats(a: LayerStats, b: LayerStats) -> LayerStats:
-    """``a`` and ``b`` (one node's statistics over disjoint samples) together, in place in
-    ``a``: counts add, extremes take the min / max (None: none seen)."""
-    for f in dataclasses.fields(LayerStats):
-        rule, x, y = STATS_MERGE[f.name], getattr(a, f.name), getattr(b, f.name)
-        if rule == "counters":
-            x.merge(y)
-        elif rule == "sum":
-            setattr(a, f.name, x + y)
-        elif rule == "ops":
-            for k, v in y.items():
-                x[k] = x.get(k, 0) + v
-        else:
-            pick = min if rule == "min" else max
-            setattr(a, f.name, y if x is None else (x if y is None else pick(x, y)))
-    return a
 
 
 @dataclass
@@ -112,7 +81,7 @@ def merge_runs(parts: list[PairedRun]) -> PairedRun:
                          first.executor.ort_plan)  # fmt: skip
     for p in parts[1:]:
         for k, v in p.executor.stats.items():
-            merge_stats(ex.stats[k], v)
+            ex.stats[k].merge(v)
         ex.float_ops |= p.executor.float_ops
         ex.isa_layers |= p.executor.isa_layers
         ex.ort_plan = ex.ort_plan or p.executor.ort_plan
