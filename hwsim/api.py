@@ -510,9 +510,9 @@ def sweep(
     check_outputs(json_path=json_path, csv_path=csv_path, plot=plot)
     sp = load_spec(spec, resolve_model)
     store = ResultStore(results if results is not None else sp.results)
-    shape = None
+    shape, graphs = None, {}
     for name, p in sp.model_paths.items():
-        g = import_model(p)
+        g = graphs[name] = import_model(p)
         try:
             ds = _data(sp.data, g.input_shape)
         except HwsimError as e:
@@ -520,6 +520,8 @@ def sweep(
         shape = shape or g.input_shape
     cal = _data(sp.calib, shape) if sp.calib is not None else None
     payload = Payload.build(sp.model_paths, ds, cal, sp.batch_size)
+    for name, g in graphs.items():  # imported once here (workers import their own)
+        payload.cache["graph", name] = g
     dsha = data_digest(ds)
     csha = data_digest(cal) if cal is not None else dsha
     meta = {"data": ds.name, "calib": cal.name if cal is not None else ds.name}
