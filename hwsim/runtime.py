@@ -11,13 +11,14 @@ graph on disk.)
 from __future__ import annotations
 
 
-def cpu_session(model, *, threads: int | None = None, optimize: bool = True):
+def cpu_session(model, *, threads: int | None = None, optimize: bool = True, spin: bool = False):
     """An ``onnxruntime.InferenceSession`` of ``model`` (a ModelProto, serialised bytes or a
     path) on the CPU execution provider, warnings silenced (log severity 3).
 
     ``threads``: None keeps onnxruntime's default thread pools; a number sets the intra-op
     pool to it, one inter-op thread, and no spin-waiting after a run (the Numba kernels that
-    follow need those cores). ``optimize=False``: graph optimisation off (``ORT_DISABLE_ALL``:
+    follow need those cores; ``spin=True`` keeps onnxruntime's spinning, for sessions that run
+    back to back, :mod:`hwsim.execute.lowered`). ``optimize=False``: graph optimisation off (``ORT_DISABLE_ALL``:
     the nodes run as written, no fusion)."""
     import onnxruntime as ort
 
@@ -26,7 +27,8 @@ def cpu_session(model, *, threads: int | None = None, optimize: bool = True):
     if threads is not None:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if not spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if hasattr(model, "SerializeToString"):

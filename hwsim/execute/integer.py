@@ -192,12 +192,23 @@ class IntegerExecutor:
     """Runs a :class:`QuantProgram` batch by batch, accumulating per-node :class:`LayerStats`."""
 
     def __init__(
-        self, program: QuantProgram, track_partials: bool = False, isa="exact", seed: int = 0
+        self,
+        program: QuantProgram,
+        track_partials: bool = False,
+        isa="exact",
+        seed: int = 0,
+        outputs_only: bool = False,
     ):
         """``seed``: stochastic rounding (a ``pow2`` register with ``rounding="stochastic"``)
         draws for node ``j`` and sample ``i`` from ``numpy.random.default_rng([seed, j, i])``,
         ``i`` counted over every sample this executor has run (or ``run``'s ``sample_offset``):
-        the same seed gives the same integers whatever the batch partition."""
+        the same seed gives the same integers whatever the batch partition.
+
+        ``outputs_only``: the same integers, without per-layer statistics. A run with
+        ``keep_all=False`` and no ``visit`` then runs the layers whose contract is an
+        onnxruntime QOperator kernel's as onnxruntime sessions (:mod:`hwsim.execute.lowered`,
+        built on the first such run from a one-sample probe); :attr:`stats` stay empty of
+        them and must not be read."""
         from hwsim.datapath.isa import resolve
 
         self.p = program
@@ -206,6 +217,9 @@ class IntegerExecutor:
         self.track_partials = track_partials
         self.float_ops: set[str] = set()
         self.isa = resolve(isa)
+        self.outputs_only = bool(outputs_only)
+        self.lowering = None
+        """The :class:`~hwsim.execute.lowered.Lowering` of an ``outputs_only`` executor."""
         self.isa_layers: set[str] = set()  # MAC layers whose sums follow eq. 16 (isa avx2)
         self.ort_plan = False  # onnxruntime's OrtPlan of the source file, asked once (_plan)
         self._plan_error = ""
@@ -1882,7 +1896,19 @@ class IntegerExecutor:
                 last_use[t] = i
         donate = not keep_all and visit is None
         self._applied.clear()
-        for i, n in enumerate(g.nodes):
+        steps = range(len(g.nodes))
+        if self.outputs_only and donate and self.isa is Isa.EXACT and n_batch:
+            steps = self._lowered(x).steps
+        for step in steps:
+            if not isinstance(step, int):  # a lowered segment: onnxruntime's kernels
+                step.run(env)
+                for i in range(step.start, step.stop):
+                    for t in g.nodes[i].inputs:
+                        if last_use.get(t) == i and t != g.output:
+                            env.pop(t, None)
+                continue
+            i = step
+            n = g.nodes[i]
             self._rng = self._node_rngs(i, n, first, n_batch)
             self._current = n.name
             self._node_now, self._ins_now = n, [env[t] for t in n.inputs]
@@ -1915,6 +1941,17 @@ class IntegerExecutor:
         if sample_offset is None:
             self.samples_seen += n_batch
         return env
+
+    def _lowered(self, x):
+        """This executor's :class:`~hwsim.execute.lowered.Lowering`, built on first use from a
+        probe run of ``x[:1]`` (every tensor's grid) by a fresh exact executor."""
+        if self.lowering is None:
+            from hwsim.execute.lowered import lower
+
+            probe = IntegerExecutor(self.p, isa=Isa.EXACT, seed=self.seed)
+            env = probe.run(np.asarray(x)[:1], keep_all=True, sample_offset=0)
+            self.lowering = lower(self, probe, env)
+        return self.lowering
 
     def _donatable(self, node: Node, i: int, env: dict, last_use: dict) -> bool:
         """Whether node ``i`` (a ReLU / Clip) may overwrite its input's integers: nothing reads

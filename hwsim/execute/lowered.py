@@ -1,0 +1,562 @@
+"""Outputs-only runs: the layers of a program whose contract *is* an onnxruntime QOperator
+kernel's, lowered to that kernel and run as onnxruntime sessions.
+
+:class:`~hwsim.execute.IntegerExecutor` with ``outputs_only=True`` computes the same integers as
+its node-by-node run, without per-layer statistics (no counters, no partial sums, no clamp
+counts). Runs of consecutive nodes that lower (a *segment*) become one onnxruntime graph of
+``QLinearConv`` / ``QLinearAdd`` / ... nodes, built once from the program and a probe run of
+one sample (which fixes every tensor's grid: scale, zero point, format); the nodes that do not
+lower run through the executor as always, between segments.
+
+A node lowers when onnxruntime's kernel computes exactly the executor's contract for it
+(docs/networks.md, "Outputs-only runs"):
+
+* ``conv`` / ``dense`` (2-D rows, as a 1x1 ``QLinearConv``): a static per-tensor uint8 input,
+  a static unsigned output of at most 8 bits, an ``ort`` register (eq. 8: ``rint(f32(acc) *
+  m)``, half to even, then ``+ zy`` and saturation), weights of at most 8 bits with one zero
+  point, a signed accumulator that provably cannot overflow in any order:
+  ``K * max|x - zx| * max|w - zw| + max|bias| <= min(acc max, tile max, 2^31 - 1)`` (then wrap
+  and saturate, every reduction order and int32 give the one exact sum), not a layer
+  onnxruntime's plan leaves in float. ``QLinearConv`` gets ``x_scale = y_scale = 1`` and the
+  register's float32 multipliers as ``w_scale``, so its combined scale ``f32(f32(x_scale *
+  w_scale) / y_scale)`` is the register's multiplier bit for bit; the bias is the layer's
+  int32 bias in accumulator units. Where onnxruntime's uint8 x int8 sums are not exact on
+  this CPU (AVX2 without VNNI, :func:`hwsim.datapath.engines.ort_exact`), int8 weights go in
+  as uint8 ``w + 128`` with zero point ``zw + 128`` (the exact uint8 x uint8 kernels). A
+  narrower output format is a ``Clip`` after it.
+* ``add``, ``avgpool``, ``gap`` on the ``ort`` path of the executor (8-bit operands of one
+  signedness, per-tensor static scales, no uint8 shift of an imported int8 model): the
+  executor's rule for them *is* onnxruntime's ``QLinearAdd`` / ``QLinearAveragePool`` /
+  ``QLinearGlobalAveragePool`` (:mod:`hwsim.qops`), so those kernels run.
+* ``maxpool``, ``relu``, ``clip`` (per-tensor), ``flatten``, ``reshape``, ``identity`` on 8-bit
+  integers: ``MaxPool`` / ``Clip`` (the integer bounds the executor uses) / ``Flatten`` /
+  ``Reshape`` / ``Identity``.
+
+Everything else (per-sample and per-token tensors, other registers, wider operands or
+accumulators that might overflow, float islands, ``isa avx2``) runs in the executor. The
+equality with the node-by-node run is a test (``tests/execute/test_lowered.py``) on every
+shipped model, standard architectures quantized by onnxruntime and by hwsim, and random layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwsim.graph.ir import Node, Op
+from hwsim.quant.scheme import ScaleKind
+
+_OPSET = 18
+_MS = "com.microsoft"
+_INT32_MAX = (1 << 31) - 1
+_PASS = {Op.FLATTEN, Op.RESHAPE, Op.IDENTITY}
+
+
+@dataclass
+class Meta:
+    """A tensor's grid as the probe run saw it: scale (float32), zero point, format, dtype and
+    per-sample shape."""
+
+    scale: np.ndarray
+    zero_point: int
+    fmt: object
+    dtype: np.dtype
+    shape: tuple
+
+    @classmethod
+    def of(cls, t) -> Meta | None:
+        from hwsim.execute.tensors import QTensor
+
+        if not isinstance(t, QTensor) or t.shifts is not None or np.ndim(t.scale) != 0:
+            return None
+        return cls(np.float32(t.scale), int(t.zero_point), t.fmt, t.q.dtype, tuple(t.q.shape[1:]))
+
+
+@dataclass
+class Segment:
+    """Nodes ``start .. stop - 1`` of the graph as one onnxruntime session: it reads
+    ``inputs`` (integer tensors, their dtype) and returns ``outputs``, with their grids."""
+
+    start: int
+    stop: int
+    inputs: list[str]
+    outputs: list[str]
+    metas: dict[str, Meta]
+    session: object = None
+    names: dict[str, str] = field(default_factory=dict)
+
+    def run(self, env: dict) -> None:
+        from hwsim.execute.tensors import QTensor
+
+        feeds = {self.names[t]: np.ascontiguousarray(env[t].q) for t in self.inputs}
+        got = self.session.run([self.names[t] for t in self.outputs], feeds)
+        for t, q in zip(self.outputs, got):
+            m = self.metas[t]
+            env[t] = QTensor(q, np.asarray(m.scale), m.zero_point, m.fmt)
+
+
+class _Builder:
+    """ONNX nodes for one segment (``onnx.helper``). An int8 tensor may be held two ways: as
+    itself, or *shifted*, as uint8 ``q + 128`` with zero point ``zp + 128`` (the same reals;
+    what ``QLinearConv`` on uint8 activations takes and gives): ``held[t]`` maps a tensor to
+    its ONNX name per holding (``False``: as itself, ``True``: shifted); a uint8 tensor is
+    held one way, under ``False``."""
+
+    def __init__(self, inputs=()):
+        self.nodes: list = []
+        self.inits: list = []
+        self.held: dict[str, dict[bool, str]] = {}
+        self._n = 0
+        for t in inputs:
+            self.held[t] = {False: self.fresh()}
+
+    def fresh(self) -> str:
+        self._n += 1
+        return f"v{self._n}"
+
+    def const(self, value) -> str:
+        from onnx import numpy_helper
+
+        n = self.fresh()
+        self.inits.append(numpy_helper.from_array(np.asarray(value), n))
+        return n
+
+    def node(self, op: str, ins: list[str], domain: str = "", **attrs) -> str:
+        from onnx import helper
+
+        out = self.fresh()
+        self.nodes.append(helper.make_node(op, ins, [out], domain=domain or None, **attrs))
+        return out
+
+    def get(self, t: str, meta: Meta, shifted: bool) -> str:
+        """``t``'s ONNX name held as asked (an int8 tensor converted if it is not held so:
+        ``BitwiseXor`` with 0x80 and a wrapping ``Cast``, i.e. ``q + 128`` mod 256)."""
+        from onnx import TensorProto
+
+        shifted = shifted and meta.dtype == np.int8
+        h = self.held[t]
+        if shifted not in h:
+            src = h[not shifted]
+            mask = self.const(np.uint8(0x80))
+            if shifted:  # int8 -> uint8 q + 128
+                h[True] = self.node(
+                    "BitwiseXor", [self.node("Cast", [src], to=TensorProto.UINT8), mask]
+                )
+            else:  # uint8 q + 128 -> int8
+                h[False] = self.node(
+                    "Cast", [self.node("BitwiseXor", [src, mask])], to=TensorProto.INT8
+                )
+        return h[shifted]
+
+    def any(self, t: str) -> tuple[str, bool]:
+        """``t`` as it is held already (as itself first), and whether that is shifted."""
+        h = self.held[t]
+        return (h[False], False) if False in h else (h[True], True)
+
+    def put(self, t: str, name: str, shifted: bool) -> None:
+        self.held[t] = {shifted: name}
+
+
+class Lowering:
+    """Which nodes of a program lower and the segments they form (:func:`lower`)."""
+
+    def __init__(self, steps: list, lowered: set[str], why: dict[str, str]):
+        self.steps = steps
+        """Node indices (run by the executor) and :class:`Segment` s, in graph order."""
+        self.lowered = lowered
+        self.why = why
+        """Node name -> why it does not lower."""
+
+
+def _acc_limit(acc) -> int:
+    """The largest magnitude every partial sum of ``acc`` may reach without any overflow."""
+    if not acc.signed:
+        return -1
+    lim = min((1 << (acc.bits - 1)) - 1, _INT32_MAX)
+    if acc.tile_bits:
+        lim = min(lim, (1 << (acc.tile_bits - 1)) - 1)
+    return lim
+
+
+def _max_abs(fmt, zp) -> int:
+    return max(abs(fmt.min - int(zp)), abs(fmt.max - int(zp)))
+
+
+class _Lowerer:
+    def __init__(self, ex, probe, env: dict):
+        from hwsim.datapath.engines import ort_available, ort_exact
+
+        self.ex, self.probe, self.env = ex, probe, env
+        self.p = ex.p
+        self.ort = ort_available()
+        self.u8_weights = self.ort and not ort_exact("int8")
+
+    def meta(self, t: str) -> Meta | None:
+        return Meta.of(self.env.get(t))
+
+    def emit(self, b: _Builder, node: Node) -> str | None:
+        """``node``'s ONNX nodes appended to ``b``; None if it lowers, else why not (then
+        ``b`` may hold a partial emission: the caller drops it)."""
+        ins = [self.meta(t) for t in node.inputs]
+        out = self.meta(node.output)
+        if out is None or any(m is None for m in ins):
+            return "not a static per-tensor integer tensor"
+        if any(
+            np.dtype(m.dtype) not in (np.dtype(np.uint8), np.dtype(np.int8)) for m in (*ins, out)
+        ):
+            return "not 8-bit integers"
+        fn = getattr(self, f"_emit_{node.op.value}", None)
+        if fn is None:
+            return f"no onnxruntime QOperator form for {node.op.value}"
+        return fn(b, node, ins, out)
+
+    @staticmethod
+    def _clip(b: _Builder, y: str, lo: int, hi: int, dtype) -> str:
+        return b.node("Clip", [y, b.const(np.asarray(lo, dtype)), b.const(np.asarray(hi, dtype))])
+
+    def _finish(self, b: _Builder, node: Node, y: str, out: Meta, shifted: bool) -> None:
+        """``y`` (``out``'s 8-bit dtype, or shifted) clamped to ``out``'s format where that is
+        narrower than the dtype, as ``node.output``."""
+        info = np.iinfo(out.dtype)
+        if (out.fmt.min, out.fmt.max) != (info.min, info.max):
+            d = 128 if shifted and out.dtype == np.int8 else 0
+            y = self._clip(b, y, out.fmt.min + d, out.fmt.max + d, np.uint8 if d else out.dtype)
+        b.put(node.output, y, shifted and out.dtype == np.int8)
+
+    def _mac(self, b: _Builder, node: Node, x: Meta, out: Meta) -> str | None:
+        from hwsim.execute.tensors import QTensor
+
+        layer = self.p.layer(node.name)
+        spec = self.p.acts.get(node.output)
+        if spec is None or spec.mode != "static":
+            return "output not static"
+        if layer.register is not ScaleKind.ORT:
+            return f"register {layer.register.value}, not ort"
+        if self.probe._ort_runs_float(node, layer):
+            return "onnxruntime's plan runs it in float"
+        wq = node.wq
+        if wq is None or wq.fmt.bits > 8:
+            return "weights wider than 8 bits"
+        zw = np.asarray(wq.zero_point, np.int64).reshape(-1)
+        if zw.size and np.any(zw != zw[0]):
+            return "per-channel weight zero points (QLinearConv takes one)"
+        zw0 = int(zw[0]) if zw.size else 0
+        wv = wq.q.astype(np.int64)
+        w_max = int(np.max(np.abs(wv - zw0))) if wv.size else 0
+        O = wq.q.shape[0]
+        K = int(np.prod(wq.q.shape[1:], dtype=np.int64))
+        probe = self.probe
+        probe._current = node.name
+        try:
+            xt = QTensor(np.zeros((1, 1), x.dtype), np.asarray(x.scale), x.zero_point, x.fmt)
+            bias, _ = probe._mac_bias(node, xt, layer.acc, 1, O)
+            sw = np.asarray(wq.scale, np.float32)
+            reg = probe._requant_register(
+                layer, np.float32(x.scale), sw, np.float32(out.scale), record=False
+            )
+        finally:
+            probe._current = None
+        bias = None if bias is None else np.asarray(bias, np.int64).reshape(-1)
+        b_max = int(np.max(np.abs(bias))) if bias is not None and bias.size else 0
+        if K * _max_abs(x.fmt, x.zero_point) * w_max + b_max > _acc_limit(layer.acc):
+            return "the accumulator might overflow"
+        m = np.asarray(reg.multiplier, np.float32).reshape(-1)
+        if m.size not in (1, O) or not np.all(np.isfinite(m)) or np.any(m <= 0):
+            return "register multipliers out of QLinearConv's range"
+        dx = 128 if x.dtype == np.int8 else 0
+        dy = 128 if out.dtype == np.int8 else 0
+        if not (0 <= x.zero_point + dx <= 255 and 0 <= out.zero_point + dy <= 255):
+            return "zero point outside the 8-bit range"
+        if wq.fmt.signed and self.u8_weights:
+            w, wz = (wv + 128).astype(np.uint8), np.uint8(zw0 + 128)
+        elif wq.fmt.signed:
+            w, wz = wq.q.astype(np.int8), np.int8(zw0)
+        else:
+            w, wz = wq.q.astype(np.uint8), np.uint8(zw0)
+        xin = b.get(node.inputs[0], x, shifted=True)
+        if node.op is Op.DENSE:
+            w = w.reshape(O, K, 1, 1)
+            xin = b.node("Reshape", [xin, b.const(np.array([0, -1, 1, 1], np.int64))])
+            attrs = {}
+        else:
+            a = node.attrs
+            attrs = dict(
+                strides=list(a["strides"]),
+                pads=list(a["pads"]),
+                dilations=list(a["dilations"]),
+                group=int(a["group"]),
+                kernel_shape=list(w.shape[2:]),
+            )
+        ins = [
+            xin,
+            b.const(np.float32(1.0)),
+            b.const(np.uint8(x.zero_point + dx)),
+            b.const(w),
+            b.const(m if m.size > 1 else np.float32(m[0])),
+            b.const(wz),
+            b.const(np.float32(1.0)),
+            b.const(np.uint8(out.zero_point + dy)),
+        ]
+        if bias is not None:
+            ins.append(b.const(bias.astype(np.int32)))
+        y = b.node("QLinearConv", ins, **attrs)
+        if node.op is Op.DENSE:
+            y = b.node("Flatten", [y], axis=1)
+        self._finish(b, node, y, out, shifted=True)
+        return None
+
+    def _emit_conv(self, b, node, ins, out):
+        return self._mac(b, node, ins[0], out)
+
+    def _emit_dense(self, b, node, ins, out):
+        if len(ins[0].shape) != 1:
+            return "dense on (N, ..., K)"
+        return self._mac(b, node, ins[0], out)
+
+    def _qlinear_ok(self, node: Node, ins: list[Meta], out: Meta) -> str | None:
+        from hwsim.execute.integer import _ort_holder
+
+        layer = self.p.layer(node.name)
+        spec = self.p.acts.get(node.output)
+        if spec is None or spec.mode != "static" or layer.register is not ScaleKind.ORT:
+            return "not the executor's ort path"
+        holder = _ort_holder(*(m.fmt for m in ins), out.fmt)
+        if holder is None or any(np.dtype(m.dtype) != np.dtype(holder) for m in (*ins, out)):
+            return "not 8-bit operands of one signedness"
+        if self.probe._ort_shift(holder, (*node.inputs, node.output)):
+            return "onnxruntime holds these int8 tensors as uint8"
+        return None
+
+    @staticmethod
+    def _grid(b: _Builder, m: Meta) -> list[str]:
+        return [b.const(np.float32(m.scale)), b.const(np.asarray(m.zero_point, m.dtype))]
+
+    def _emit_add(self, b, node, ins, out):
+        if ins[0].shape != ins[1].shape:
+            return "broadcasting Add"
+        if self._qlinear_ok(node, ins, out) is not None:  # another rule: tabulated
+            return self._table2(b, node, ins, out)
+        args = []
+        for t, m in zip(node.inputs, ins):
+            args += [b.get(t, m, shifted=False), *self._grid(b, m)]
+        y = b.node("QLinearAdd", args + self._grid(b, out), domain=_MS)
+        self._finish(b, node, y, out, shifted=False)
+        return None
+
+    def _table2(self, b, node, ins, out) -> str | None:
+        """An elementwise node of two 8-bit static tensors as a 65,536-entry table: the
+        executor's own rule (:meth:`IntegerExecutor._node`) on every pair of input values,
+        looked up at ``(a + da) * 256 + (b + db)`` (``d = 128`` for int8, held shifted) with
+        ``Gather``. Exact for any deterministic per-tensor rule (no per-sample registers, no
+        stochastic rounding)."""
+        from onnx import TensorProto
+
+        from hwsim.execute.tensors import QTensor
+        from hwsim.numerics import RoundingMode
+
+        layer = self.p.layer(node.name)
+        spec = self.p.acts.get(node.output)
+        if spec is None or spec.mode != "static" or layer.rounding is RoundingMode.STOCHASTIC:
+            return "not a static deterministic rule"
+        grids = []
+        for m in ins:
+            info = np.iinfo(m.dtype)
+            grids.append(np.arange(info.min, info.max + 1).astype(m.dtype))
+        av, bv = (g.reshape(1, -1) for g in np.meshgrid(*grids, indexing="ij"))
+        args = [
+            QTensor(np.ascontiguousarray(v), np.asarray(m.scale), m.zero_point, m.fmt)
+            for v, m in ((av, ins[0]), (bv, ins[1]))
+        ]
+        probe = self.probe
+        probe._current = node.name
+        try:
+            y = probe._node(node, args)
+        finally:
+            probe._current = None
+        if Meta.of(y) is None or np.dtype(y.q.dtype) != np.dtype(out.dtype):
+            return "the rule's output is not the tensor's grid"
+        table = np.asarray(y.q).reshape(-1)
+        if out.dtype == np.int8:  # held shifted: uint8 q + 128
+            table = (table.astype(np.int16) + 128).astype(np.uint8)
+        i32 = TensorProto.INT32
+        ia = b.node("Cast", [b.get(node.inputs[0], ins[0], shifted=True)], to=i32)
+        ib = b.node("Cast", [b.get(node.inputs[1], ins[1], shifted=True)], to=i32)
+        idx = b.node("Add", [b.node("Mul", [ia, b.const(np.int32(256))]), ib])
+        b.put(node.output, b.node("Gather", [b.const(table), idx], axis=0), out.dtype == np.int8)
+        return None
+
+    def _pool(self, b, node, ins, out, op: str, **attrs):
+        why = self._qlinear_ok(node, ins, out)
+        if why:
+            return why
+        if "trunc" in node.attrs:
+            return "QONNX Trunc"
+        x = b.get(node.inputs[0], ins[0], shifted=False)
+        y = b.node(op, [x, *self._grid(b, ins[0]), *self._grid(b, out)], domain=_MS, **attrs)
+        self._finish(b, node, y, out, shifted=False)
+        return None
+
+    def _emit_gap(self, b, node, ins, out):
+        return self._pool(b, node, ins, out, "QLinearGlobalAveragePool", channels_last=0)
+
+    def _emit_avgpool(self, b, node, ins, out):
+        a = node.attrs
+        return self._pool(
+            b, node, ins, out, "QLinearAveragePool",
+            kernel_shape=list(a["kernel"]), strides=list(a["strides"]), pads=list(a["pads"]),
+            count_include_pad=int(a["count_include_pad"]),
+        )  # fmt: skip
+
+    @staticmethod
+    def _same_grid(x: Meta, out: Meta) -> bool:
+        return (
+            np.dtype(x.dtype) == np.dtype(out.dtype)
+            and x.zero_point == out.zero_point
+            and x.fmt == out.fmt
+            and np.float32(x.scale) == np.float32(out.scale)
+        )
+
+    def _emit_maxpool(self, b, node, ins, out):
+        if not self._same_grid(ins[0], out):
+            return "output grid differs"
+        a = node.attrs
+        x, shifted = b.any(node.inputs[0])  # the max commutes with q + 128
+        y = b.node("MaxPool", [x], kernel_shape=list(a["kernel"]), strides=list(a["strides"]),
+                   pads=list(a["pads"]))  # fmt: skip
+        b.put(node.output, y, shifted)
+        return None
+
+    def _bounded(self, b, node, x: Meta, lo: int, hi: int):
+        t, shifted = b.any(node.inputs[0])
+        d = 128 if shifted else 0
+        b.put(
+            node.output, self._clip(b, t, lo + d, hi + d, np.uint8 if shifted else x.dtype), shifted
+        )
+        return None
+
+    def _emit_relu(self, b, node, ins, out):
+        x = ins[0]
+        if not self._same_grid(x, out):
+            return "output grid differs"
+        return self._bounded(b, node, x, x.zero_point, int(np.iinfo(x.dtype).max))
+
+    def _emit_clip(self, b, node, ins, out):
+        from hwsim.execute.tensors import QTensor
+
+        x = ins[0]
+        if not self._same_grid(x, out):
+            return "output grid differs"
+        held = QTensor(np.zeros((1,), x.dtype), np.asarray(x.scale), x.zero_point, x.fmt)
+        lo, hi = self.probe._clip_bounds(node, held)
+        return self._bounded(b, node, x, lo, hi)
+
+    def _moved(self, b, node, op: str, *consts, **attrs):
+        t, shifted = b.any(node.inputs[0])
+        b.put(node.output, b.node(op, [t, *(b.const(c) for c in consts)], **attrs), shifted)
+        return None
+
+    def _emit_flatten(self, b, node, ins, out):
+        return self._moved(b, node, "Flatten", axis=1)
+
+    def _emit_reshape(self, b, node, ins, out):
+        shape = np.array([0] + [int(s) for s in node.attrs["shape"][1:]], np.int64)
+        return self._moved(b, node, "Reshape", shape)
+
+    def _emit_identity(self, b, node, ins, out):
+        return self._moved(b, node, "Identity")
+
+
+def lower(ex, probe, env: dict, threads: int | None = None) -> Lowering:
+    """The :class:`Lowering` of executor ``ex``'s program, from ``probe`` (an executor of the
+    same program, isa exact) and ``env``, every tensor of ``probe.run(x[:1], keep_all=True)``.
+    ``threads``: the segments' onnxruntime intra-op threads (default: Numba's)."""
+    from onnx import TensorProto, helper
+
+    from hwsim.runtime import cpu_session
+
+    if threads is None:
+        import numba
+
+        threads = numba.config.NUMBA_NUM_THREADS
+    low = _Lowerer(ex, probe, env)
+    nodes = ex.g.nodes
+    why: dict[str, str] = {}
+
+    def emit(b: _Builder, n: Node) -> str | None:
+        try:
+            return low.emit(b, n)
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            return f"{type(e).__name__}: {e}"
+
+    ok = set()
+    for i, n in enumerate(nodes):  # which nodes lower (each from native inputs)
+        if not low.ort:
+            why[n.name] = "onnxruntime has no exact integer kernels on this CPU"
+            continue
+        b = _Builder(n.inputs)
+        w = emit(b, n)
+        if w is None:
+            ok.add(i)
+        else:
+            why[n.name] = w
+    readers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for t in n.inputs:
+            readers.setdefault(t, []).append(i)
+    elem = {np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8}
+    steps: list = []
+    i = 0
+    while i < len(nodes):
+        if i not in ok:
+            steps.append(i)
+            i += 1
+            continue
+        j = i
+        while j < len(nodes) and j in ok:
+            j += 1
+        produced = {nodes[k].output for k in range(i, j)}
+        inputs: list[str] = []
+        for k in range(i, j):
+            for t in nodes[k].inputs:
+                if t not in produced and t not in inputs:
+                    inputs.append(t)
+        outputs = [
+            nodes[k].output
+            for k in range(i, j)
+            if nodes[k].output == ex.g.output
+            or any(r >= j for r in readers.get(nodes[k].output, ()))
+        ]
+        b = _Builder(inputs)
+        names = {t: b.held[t][False] for t in inputs}
+        for k in range(i, j):
+            w = emit(b, nodes[k])
+            assert w is None, w  # it lowered from native inputs; held inputs change nothing
+        metas = {t: Meta.of(env[t]) for t in (*inputs, *outputs)}
+        out_names = {t: b.get(t, metas[t], shifted=False) for t in outputs}
+        names.update(out_names)
+
+        def vi(name, t):
+            m = metas[t]
+            return helper.make_tensor_value_info(name, elem[np.dtype(m.dtype)], ["N", *m.shape])
+
+        # graph outputs are distinct names: an output read by a later node of the segment
+        # keeps its internal name; the graph's output is an Identity of it
+        outs = []
+        for t in outputs:
+            o = f"out_{len(outs)}"
+            b.nodes.append(helper.make_node("Identity", [out_names[t]], [o]))
+            outs.append(vi(o, t))
+            names[t] = o
+        graph = helper.make_graph(
+            b.nodes, f"hwsim_lowered_{i}_{j}", [vi(names[t], t) for t in inputs], outs, b.inits
+        )
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", _OPSET), helper.make_opsetid(_MS, 1)]
+        )
+        model.ir_version = 8
+        seg = Segment(i, j, inputs, outputs, metas, names=names)
+        seg.session = cpu_session(model, threads=threads, spin=len(ok) == len(nodes))
+        steps.append(seg)
+        i = j
+    return Lowering(steps, {n.name for k, n in enumerate(nodes) if k in ok}, why)
