@@ -1049,12 +1049,11 @@ class IntegerExecutor:
                 return QTensor(y, so, spec.zero_point, spec.fmt)  # already in the format
             y = saturate(np.asarray(y, np.int64) - d, spec.fmt)  # narrower widths: clamp again
             return QTensor(np.asarray(y).astype(spec.fmt.dtype), so, spec.zero_point, spec.fmt)
-        L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))
+        L = self.add_shift(a.fmt, b.fmt)
         nd = a.q.ndim
         sa = a.scale_b().astype(np.float64)
         sb = b.scale_b().astype(np.float64)
         so_b = (so.reshape((-1,) + (1,) * (nd - 1)) if so.ndim == 1 else so).astype(np.float64)
-        twice = 2 * np.maximum(sa, sb)
         kind, rnd = layer.register, layer.rounding
 
         def reg(real):
@@ -1082,7 +1081,7 @@ class IntegerExecutor:
             n = a.q.shape[0]
             m = [
                 np.broadcast_to(reg(r).multiplier.reshape(-1), (n,)).astype(np.float32)
-                for r in (sa / twice, sb / twice, twice / (2.0**L * so_b))
+                for r in add_reals(sa, sb, so_b, L)
             ]
             out = np.empty(a.q.shape, spec.fmt.dtype)
             add_ort_fused(
@@ -1098,11 +1097,18 @@ class IntegerExecutor:
                 out.reshape(n, -1),
             )
             return QTensor(out, so, spec.zero_point, spec.fmt)
-        t = self._add_terms(a, b, sa / twice, sb / twice, L, layer)
-        y = ap(reg(twice / (2.0**L * so_b)), t) + spec.zero_point
+        ra, rb, ro = add_reals(sa, sb, so_b, L)
+        t = self._add_terms(a, b, ra, rb, L, layer)
+        y = ap(reg(ro), t) + spec.zero_point
         return QTensor(
             np.asarray(saturate(y, spec.fmt)).astype(spec.fmt.dtype), so, spec.zero_point, spec.fmt
         )
+
+    @staticmethod
+    def add_shift(a_fmt: IntFormat, b_fmt: IntFormat) -> int:
+        """The left shift ``L`` of the integer Add's operands (TFLite's ``left_shift``,
+        ``min(20, 30 - widest input bits)``)."""
+        return min(20, 30 - max(a_fmt.bits, b_fmt.bits))
 
     def _add_terms(self, a: QTensor, b: QTensor, ra, rb, L: int, layer: LayerSpec):
         """TFLite's integer Add up to the sum: ``R(ra)((qa - za) << L) + R(rb)((qb - zb) <<
@@ -1885,8 +1891,13 @@ class IntegerExecutor:
         n_batch = int(np.shape(x)[0]) if np.ndim(x) else 1
         spec = self._spec(g.input)
         x = graph_input(g, x)  # float32, or the integer ids of a token input
-        # an unquantized input stays float until the first QuantizeLinear (as in QDQ models)
-        if spec is None:
+        steps = range(len(g.nodes))
+        if self.outputs_only and not keep_all and visit is None and self.isa is Isa.EXACT:
+            if n_batch:
+                steps = self._lowered(x).steps
+        # an unquantized input stays float until the first QuantizeLinear (as in QDQ models);
+        # a lowering's first segment quantizes it itself
+        if spec is None or (steps and getattr(steps[0], "float_input", None) is not None):
             env = {g.input: x}
         else:
             env = {g.input: quantize_input(x, spec, self._token_axes(None, np.ndim(x)))}
@@ -1896,9 +1907,6 @@ class IntegerExecutor:
                 last_use[t] = i
         donate = not keep_all and visit is None
         self._applied.clear()
-        steps = range(len(g.nodes))
-        if self.outputs_only and donate and self.isa is Isa.EXACT and n_batch:
-            steps = self._lowered(x).steps
         for step in steps:
             if not isinstance(step, int):  # a lowered segment: onnxruntime's kernels
                 step.run(env)
@@ -2014,6 +2022,13 @@ def mlas_gemm_bias(x: np.ndarray, w: np.ndarray, c: np.ndarray, fma: bool = True
         # one block (k1 - k0 <= the block length of its own cut): MLAS's sum of the block
         y = (mlas.matmul(x[:, k0:k1], w[k0:k1], fma=fma) + y).astype(np.float32)
     return y
+
+
+def add_reals(sa, sb, so, L: int) -> tuple:
+    """The three reals of the integer Add (docs/networks.md): ``sa / T``, ``sb / T`` and
+    ``T / (2^L so)``, ``T = 2 max(sa, sb)`` (float64; scales as float64 of their float32)."""
+    twice = 2 * np.maximum(sa, sb)
+    return sa / twice, sb / twice, twice / (2.0**L * so)
 
 
 def _activations_after(g) -> dict[str, Node]:

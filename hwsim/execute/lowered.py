@@ -85,31 +85,40 @@ class Segment:
     metas: dict[str, Meta]
     session: object = None
     names: dict[str, str] = field(default_factory=dict)
+    float_input: str | None = None
+    """The graph input, fed as float32 and quantized in the segment (``QuantizeLinear``)."""
 
     def run(self, env: dict) -> None:
         from hwsim.execute.tensors import QTensor
 
-        feeds = {self.names[t]: np.ascontiguousarray(env[t].q) for t in self.inputs}
+        feeds = {
+            self.names[t]: np.ascontiguousarray(env[t] if t == self.float_input else env[t].q)
+            for t in self.inputs
+        }
         got = self.session.run([self.names[t] for t in self.outputs], feeds)
-        for t, q in zip(self.outputs, got):
+        for t, q in zip(self.outputs, got, strict=True):
             m = self.metas[t]
             env[t] = QTensor(q, np.asarray(m.scale), m.zero_point, m.fmt)
 
 
 class _Builder:
-    """ONNX nodes for one segment (``onnx.helper``). An int8 tensor may be held two ways: as
-    itself, or *shifted*, as uint8 ``q + 128`` with zero point ``zp + 128`` (the same reals;
-    what ``QLinearConv`` on uint8 activations takes and gives): ``held[t]`` maps a tensor to
-    its ONNX name per holding (``False``: as itself, ``True``: shifted); a uint8 tensor is
-    held one way, under ``False``."""
+    """ONNX nodes for one segment (``onnx.helper``), and how each tensor is held there.
+
+    A tensor is held under a key ``(shifted, nhwc)``: ``shifted``, an int8 tensor as uint8
+    ``q + 128`` with zero point ``zp + 128`` (the same reals; what ``QLinearConv`` on uint8
+    activations takes and gives); ``nhwc``, a 4-D tensor channels-last (onnxruntime's
+    ``com.microsoft`` NHWC kernels; the graph's own tensors are NCHW). A uint8 tensor is
+    never shifted, a tensor of another rank never NHWC. :meth:`get` converts on demand:
+    ``Transpose``, and ``BitwiseXor`` with 0x80 around a wrapping ``Cast`` (``q + 128`` mod
+    256)."""
 
     def __init__(self, inputs=()):
         self.nodes: list = []
         self.inits: list = []
-        self.held: dict[str, dict[bool, str]] = {}
+        self.held: dict[str, dict[tuple[bool, bool], str]] = {}
         self._n = 0
         for t in inputs:
-            self.held[t] = {False: self.fresh()}
+            self.held[t] = {(False, False): self.fresh()}
 
     def fresh(self) -> str:
         self._n += 1
@@ -129,33 +138,40 @@ class _Builder:
         self.nodes.append(helper.make_node(op, ins, [out], domain=domain or None, **attrs))
         return out
 
-    def get(self, t: str, meta: Meta, shifted: bool) -> str:
-        """``t``'s ONNX name held as asked (an int8 tensor converted if it is not held so:
-        ``BitwiseXor`` with 0x80 and a wrapping ``Cast``, i.e. ``q + 128`` mod 256)."""
+    def get(self, t: str, meta: Meta, shifted: bool, nhwc: bool = False) -> str:
+        """``t``'s ONNX name held as asked, converted if it is not held so yet."""
         from onnx import TensorProto
 
-        shifted = shifted and meta.dtype == np.int8
+        key = (shifted and meta.dtype == np.int8, nhwc and len(meta.shape) == 3)
         h = self.held[t]
-        if shifted not in h:
-            src = h[not shifted]
+        if key in h:
+            return h[key]
+        src = next((k for k in h if k[1] == key[1]), None)
+        if src is None:  # the other layout first
+            k0 = next(iter(h))
+            perm = [0, 2, 3, 1] if key[1] else [0, 3, 1, 2]
+            h[(k0[0], key[1])] = self.node("Transpose", [h[k0]], perm=perm)
+            src = (k0[0], key[1])
+        if src != key:
             mask = self.const(np.uint8(0x80))
-            if shifted:  # int8 -> uint8 q + 128
-                h[True] = self.node(
-                    "BitwiseXor", [self.node("Cast", [src], to=TensorProto.UINT8), mask]
-                )
+            if key[0]:  # int8 -> uint8 q + 128
+                u = self.node("Cast", [h[src]], to=TensorProto.UINT8)
+                h[key] = self.node("BitwiseXor", [u, mask])
             else:  # uint8 q + 128 -> int8
-                h[False] = self.node(
-                    "Cast", [self.node("BitwiseXor", [src, mask])], to=TensorProto.INT8
-                )
-        return h[shifted]
+                x = self.node("BitwiseXor", [h[src], mask])
+                h[key] = self.node("Cast", [x], to=TensorProto.INT8)
+        return h[key]
 
-    def any(self, t: str) -> tuple[str, bool]:
-        """``t`` as it is held already (as itself first), and whether that is shifted."""
+    def any(self, t: str, nhwc: bool | None = None) -> tuple[str, tuple[bool, bool]]:
+        """``t`` as it is held already (in layout ``nhwc`` if given; as itself first) and
+        its key."""
         h = self.held[t]
-        return (h[False], False) if False in h else (h[True], True)
+        keys = [k for k in h if nhwc is None or k[1] == nhwc] or list(h)
+        k = min(keys, key=lambda k: (k[0], not k[1]))
+        return h[k], k
 
-    def put(self, t: str, name: str, shifted: bool) -> None:
-        self.held[t] = {shifted: name}
+    def put(self, t: str, name: str, key: tuple[bool, bool]) -> None:
+        self.held[t] = {key: name}
 
 
 class Lowering:
@@ -163,6 +179,8 @@ class Lowering:
 
     def __init__(self, steps: list, lowered: set[str], why: dict[str, str]):
         self.steps = steps
+        self.float_input = bool(steps) and getattr(steps[0], "float_input", None) is not None
+        """The first segment takes the float input (the executor does not quantize it)."""
         """Node indices (run by the executor) and :class:`Segment` s, in graph order."""
         self.lowered = lowered
         self.why = why
@@ -215,14 +233,15 @@ class _Lowerer:
     def _clip(b: _Builder, y: str, lo: int, hi: int, dtype) -> str:
         return b.node("Clip", [y, b.const(np.asarray(lo, dtype)), b.const(np.asarray(hi, dtype))])
 
-    def _finish(self, b: _Builder, node: Node, y: str, out: Meta, shifted: bool) -> None:
-        """``y`` (``out``'s 8-bit dtype, or shifted) clamped to ``out``'s format where that is
-        narrower than the dtype, as ``node.output``."""
+    def _finish(self, b: _Builder, node: Node, y: str, out: Meta, key) -> None:
+        """``y`` (``out``'s 8-bit dtype, held as ``key``) clamped to ``out``'s format where
+        that is narrower than the dtype, as ``node.output``."""
+        key = (key[0] and out.dtype == np.int8, key[1])
         info = np.iinfo(out.dtype)
         if (out.fmt.min, out.fmt.max) != (info.min, info.max):
-            d = 128 if shifted and out.dtype == np.int8 else 0
+            d = 128 if key[0] else 0
             y = self._clip(b, y, out.fmt.min + d, out.fmt.max + d, np.uint8 if d else out.dtype)
-        b.put(node.output, y, shifted and out.dtype == np.int8)
+        b.put(node.output, y, key)
 
     def _mac(self, b: _Builder, node: Node, x: Meta, out: Meta) -> str | None:
         from hwsim.execute.tensors import QTensor
@@ -244,13 +263,13 @@ class _Lowerer:
         zw0 = int(zw[0]) if zw.size else 0
         wv = wq.q.astype(np.int64)
         w_max = int(np.max(np.abs(wv - zw0))) if wv.size else 0
-        O = wq.q.shape[0]
+        n_out = wq.q.shape[0]
         K = int(np.prod(wq.q.shape[1:], dtype=np.int64))
         probe = self.probe
         probe._current = node.name
         try:
             xt = QTensor(np.zeros((1, 1), x.dtype), np.asarray(x.scale), x.zero_point, x.fmt)
-            bias, _ = probe._mac_bias(node, xt, layer.acc, 1, O)
+            bias, _ = probe._mac_bias(node, xt, layer.acc, 1, n_out)
             sw = np.asarray(wq.scale, np.float32)
             reg = probe._requant_register(
                 layer, np.float32(x.scale), sw, np.float32(out.scale), record=False
@@ -262,7 +281,7 @@ class _Lowerer:
         if K * _max_abs(x.fmt, x.zero_point) * w_max + b_max > _acc_limit(layer.acc):
             return "the accumulator might overflow"
         m = np.asarray(reg.multiplier, np.float32).reshape(-1)
-        if m.size not in (1, O) or not np.all(np.isfinite(m)) or np.any(m <= 0):
+        if m.size not in (1, n_out) or not np.all(np.isfinite(m)) or np.any(m <= 0):
             return "register multipliers out of QLinearConv's range"
         dx = 128 if x.dtype == np.int8 else 0
         dy = 128 if out.dtype == np.int8 else 0
@@ -274,12 +293,13 @@ class _Lowerer:
             w, wz = wq.q.astype(np.int8), np.int8(zw0)
         else:
             w, wz = wq.q.astype(np.uint8), np.uint8(zw0)
-        xin = b.get(node.inputs[0], x, shifted=True)
-        if node.op is Op.DENSE:
-            w = w.reshape(O, K, 1, 1)
-            xin = b.node("Reshape", [xin, b.const(np.array([0, -1, 1, 1], np.int64))])
+        if node.op is Op.DENSE:  # (N, K) rows: a 1x1 convolution on (N, 1, 1, K)
+            w = w.reshape(n_out, K, 1, 1)
+            xin = b.get(node.inputs[0], x, shifted=True)
+            xin = b.node("Reshape", [xin, b.const(np.array([0, 1, 1, -1], np.int64))])
             attrs = {}
         else:
+            xin = b.get(node.inputs[0], x, shifted=True, nhwc=True)
             a = node.attrs
             attrs = dict(
                 strides=list(a["strides"]),
@@ -300,10 +320,10 @@ class _Lowerer:
         ]
         if bias is not None:
             ins.append(b.const(bias.astype(np.int32)))
-        y = b.node("QLinearConv", ins, **attrs)
+        y = b.node("QLinearConv", ins, domain=_MS, channels_last=1, **attrs)  # NHWC
         if node.op is Op.DENSE:
             y = b.node("Flatten", [y], axis=1)
-        self._finish(b, node, y, out, shifted=True)
+        self._finish(b, node, y, out, (True, node.op is not Op.DENSE))
         return None
 
     def _emit_conv(self, b, node, ins, out):
@@ -335,13 +355,64 @@ class _Lowerer:
     def _emit_add(self, b, node, ins, out):
         if ins[0].shape != ins[1].shape:
             return "broadcasting Add"
-        if self._qlinear_ok(node, ins, out) is not None:  # another rule: tabulated
+        if self._qlinear_ok(node, ins, out) is not None:  # another rule
+            if self._ort_add(b, node, ins, out) is None:
+                return None
             return self._table2(b, node, ins, out)
+        nhwc = b.any(node.inputs[0])[1][1]  # elementwise: in the first input's layout
         args = []
-        for t, m in zip(node.inputs, ins):
-            args += [b.get(t, m, shifted=False), *self._grid(b, m)]
+        for t, m in zip(node.inputs, ins, strict=True):
+            args += [b.get(t, m, False, nhwc), *self._grid(b, m)]
         y = b.node("QLinearAdd", args + self._grid(b, out), domain=_MS)
-        self._finish(b, node, y, out, shifted=False)
+        self._finish(b, node, y, out, (False, nhwc))
+        return None
+
+    def _ort_add(self, b, node, ins, out) -> str | None:
+        """The executor's integer Add with ``ort`` registers (eq. 8; ``add_ort_fused``):
+        ``ta = rint(f32((a - za) << L) * ma)``, ``tb`` likewise, ``y = clamp(rint(f32(ta +
+        tb) * mo) + zo)``, in float32 onnxruntime ops, each exact to that rule:
+        ``DequantizeLinear(a, 2^L ma, za)`` is ``f32((a - za) * 2^L ma)``, the rounded product
+        ``f32(t) * ma`` (``t`` and ``2^L ma`` are exact floats); ``Round`` is half to even;
+        ``ta`` and ``tb`` are integers exact in float32, so their float ``Add`` is ``f32(ta +
+        tb)``; ``Mul`` by ``mo`` is the register's product; ``QuantizeLinear`` with scale 1
+        rounds half to even, adds ``zo`` and saturates to the dtype (then a ``Clip`` to a
+        narrower format)."""
+        from hwsim.execute.integer import IntegerExecutor, _register, add_reals
+        from hwsim.numerics import RoundingMode
+
+        layer = self.p.layer(node.name)
+        spec = self.p.acts.get(node.output)
+        if spec is None or spec.mode != "static" or layer.register is not ScaleKind.ORT:
+            return "not the ort register"
+        a, c = ins
+        L = IntegerExecutor.add_shift(a.fmt, c.fmt)
+        reals = add_reals(
+            np.float64(np.float32(a.scale)),
+            np.float64(np.float32(c.scale)),
+            np.float64(np.float32(out.scale)),
+            L,
+        )
+        ma, mc, mo = (
+            np.float32(_register(ScaleKind.ORT, r, layer.rounding).multiplier) for r in reals
+        )
+        if not all(np.isfinite(v) and 0 < v < 2.0**100 for v in (ma, mc, mo)):
+            return "register out of float32 range"
+        if layer.rounding is RoundingMode.STOCHASTIC:
+            return "stochastic rounding"
+        nhwc = b.any(node.inputs[0])[1][1]
+        terms = []
+        for t, m, r in ((node.inputs[0], a, ma), (node.inputs[1], c, mc)):
+            held = b.any(t, nhwc)[1][0]  # either holding: DequantizeLinear subtracts its zp
+            q = b.get(t, m, held, nhwc)
+            d = 128 if held and m.dtype == np.int8 else 0
+            zp = b.const(np.asarray(m.zero_point + d, np.uint8 if d else m.dtype))
+            scaled = np.float32(np.ldexp(np.float64(r), L))
+            terms.append(b.node("Round", [b.node("DequantizeLinear", [q, b.const(scaled), zp])]))
+        p = b.node("Mul", [b.node("Add", terms), b.const(np.float32(mo))])
+        d = 128 if out.dtype == np.int8 else 0  # an int8 output held shifted, as convs read it
+        zo = b.const(np.asarray(out.zero_point + d, np.uint8 if d else out.dtype))
+        y = b.node("QuantizeLinear", [p, b.const(np.float32(1.0)), zo])
+        self._finish(b, node, y, out, (True, nhwc))
         return None
 
     def _table2(self, b, node, ins, out) -> str | None:
@@ -380,10 +451,12 @@ class _Lowerer:
         if out.dtype == np.int8:  # held shifted: uint8 q + 128
             table = (table.astype(np.int16) + 128).astype(np.uint8)
         i32 = TensorProto.INT32
-        ia = b.node("Cast", [b.get(node.inputs[0], ins[0], shifted=True)], to=i32)
-        ib = b.node("Cast", [b.get(node.inputs[1], ins[1], shifted=True)], to=i32)
+        nhwc = b.any(node.inputs[0])[1][1]  # elementwise: in the first input's layout
+        ia = b.node("Cast", [b.get(node.inputs[0], ins[0], True, nhwc)], to=i32)
+        ib = b.node("Cast", [b.get(node.inputs[1], ins[1], True, nhwc)], to=i32)
         idx = b.node("Add", [b.node("Mul", [ia, b.const(np.int32(256))]), ib])
-        b.put(node.output, b.node("Gather", [b.const(table), idx], axis=0), out.dtype == np.int8)
+        y = b.node("Gather", [b.const(table), idx], axis=0)
+        b.put(node.output, y, (out.dtype == np.int8, nhwc))
         return None
 
     def _pool(self, b, node, ins, out, op: str, **attrs):
@@ -392,13 +465,14 @@ class _Lowerer:
             return why
         if "trunc" in node.attrs:
             return "QONNX Trunc"
-        x = b.get(node.inputs[0], ins[0], shifted=False)
-        y = b.node(op, [x, *self._grid(b, ins[0]), *self._grid(b, out)], domain=_MS, **attrs)
-        self._finish(b, node, y, out, shifted=False)
+        x = b.get(node.inputs[0], ins[0], False, nhwc=True)
+        args = [x, *self._grid(b, ins[0]), *self._grid(b, out)]
+        y = b.node(op, args, domain=_MS, channels_last=1, **attrs)
+        self._finish(b, node, y, out, (False, True))
         return None
 
     def _emit_gap(self, b, node, ins, out):
-        return self._pool(b, node, ins, out, "QLinearGlobalAveragePool", channels_last=0)
+        return self._pool(b, node, ins, out, "QLinearGlobalAveragePool")
 
     def _emit_avgpool(self, b, node, ins, out):
         a = node.attrs
@@ -421,18 +495,21 @@ class _Lowerer:
         if not self._same_grid(ins[0], out):
             return "output grid differs"
         a = node.attrs
-        x, shifted = b.any(node.inputs[0])  # the max commutes with q + 128
-        y = b.node("MaxPool", [x], kernel_shape=list(a["kernel"]), strides=list(a["strides"]),
-                   pads=list(a["pads"]))  # fmt: skip
-        b.put(node.output, y, shifted)
+        x, key = b.any(node.inputs[0])  # the max commutes with q + 128
+        op, dom = ("NhwcMaxPool", _MS) if key[1] else ("MaxPool", "")
+        y = b.node(op, [x], domain=dom, kernel_shape=list(a["kernel"]),
+                   strides=list(a["strides"]), pads=list(a["pads"]))  # fmt: skip
+        b.put(node.output, y, key)
         return None
 
     def _bounded(self, b, node, x: Meta, lo: int, hi: int):
-        t, shifted = b.any(node.inputs[0])
-        d = 128 if shifted else 0
-        b.put(
-            node.output, self._clip(b, t, lo + d, hi + d, np.uint8 if shifted else x.dtype), shifted
-        )
+        t, key = b.any(node.inputs[0])
+        d = 128 if key[0] else 0
+        dt = np.uint8 if key[0] else x.dtype
+        info = np.iinfo(dt)
+        if lo + d > info.min or hi + d < info.max:  # else a no-op on these integers
+            t = self._clip(b, t, lo + d, hi + d, dt)
+        b.put(node.output, t, key)
         return None
 
     def _emit_relu(self, b, node, ins, out):
@@ -451,20 +528,45 @@ class _Lowerer:
         lo, hi = self.probe._clip_bounds(node, held)
         return self._bounded(b, node, x, lo, hi)
 
-    def _moved(self, b, node, op: str, *consts, **attrs):
-        t, shifted = b.any(node.inputs[0])
-        b.put(node.output, b.node(op, [t, *(b.const(c) for c in consts)], **attrs), shifted)
+    def _moved(self, b, node, x: Meta, op: str, *consts, **attrs):
+        """A node that moves integers (a reshape), on the NCHW tensor."""
+        key = b.any(node.inputs[0], nhwc=False)[1]
+        t = b.get(node.inputs[0], x, key[0], nhwc=False)
+        b.put(node.output, b.node(op, [t, *(b.const(c) for c in consts)], **attrs), (key[0], False))
         return None
 
     def _emit_flatten(self, b, node, ins, out):
-        return self._moved(b, node, "Flatten", axis=1)
+        return self._moved(b, node, ins[0], "Flatten", axis=1)
 
     def _emit_reshape(self, b, node, ins, out):
         shape = np.array([0] + [int(s) for s in node.attrs["shape"][1:]], np.int64)
-        return self._moved(b, node, "Reshape", shape)
+        return self._moved(b, node, ins[0], "Reshape", shape)
 
     def _emit_identity(self, b, node, ins, out):
-        return self._moved(b, node, "Identity")
+        t, key = b.any(node.inputs[0])
+        b.put(node.output, t, key)
+        return None
+
+
+def _input_quantizer(ex, env: dict):
+    """``(scale, zero point, Meta)`` of the graph input's static quantizer where it is
+    ``QuantizeLinear`` (the executor's :func:`~hwsim.execute.kernels.quantize_static`:
+    float32 ``x / s`` rounded to nearest even, clamped to the format, NaN to its low end, as
+    onnxruntime's MLAS kernel), else None."""
+    spec = ex.p.acts.get(ex.g.input)
+    meta = Meta.of(env.get(ex.g.input))
+    if (
+        spec is None
+        or meta is None
+        or spec.mode != "static"
+        or spec.bipolar
+        or spec.qonnx_rounding is not None
+        or spec.per_token
+        or np.dtype(meta.dtype) not in (np.dtype(np.uint8), np.dtype(np.int8))
+        or np.dtype(getattr(ex.g, "input_dtype", "float32")) != np.dtype(np.float32)
+    ):
+        return None
+    return np.float32(spec.scale), int(spec.zero_point), meta
 
 
 def lower(ex, probe, env: dict, threads: int | None = None) -> Lowering:
@@ -489,6 +591,8 @@ def lower(ex, probe, env: dict, threads: int | None = None) -> Lowering:
         except (KeyError, ValueError, TypeError, AttributeError) as e:
             return f"{type(e).__name__}: {e}"
 
+    g = ex.g
+    qin = _input_quantizer(ex, env) if low.ort else None
     ok = set()
     for i, n in enumerate(nodes):  # which nodes lower (each from native inputs)
         if not low.ort:
@@ -527,8 +631,27 @@ def lower(ex, probe, env: dict, threads: int | None = None) -> Lowering:
             if nodes[k].output == ex.g.output
             or any(r >= j for r in readers.get(nodes[k].output, ()))
         ]
+        float_in = (
+            g.input
+            if qin is not None
+            and g.input in inputs
+            and all(i <= r < j for r in readers.get(g.input, ()))
+            else None
+        )
         b = _Builder(inputs)
-        names = {t: b.held[t][False] for t in inputs}
+        names = {t: b.held[t][(False, False)] for t in inputs}
+        if float_in is not None:  # QuantizeLinear, straight to how the first reader holds it
+            scale, zp, meta = qin
+            d = 128 if meta.dtype == np.int8 else 0
+            dt = np.uint8 if d else meta.dtype
+            y = b.node(
+                "QuantizeLinear",
+                [names[g.input], b.const(np.float32(scale)), b.const(np.asarray(zp + d, dt))],
+            )
+            info = np.iinfo(meta.dtype)
+            if (meta.fmt.min, meta.fmt.max) != (info.min, info.max):
+                y = _Lowerer._clip(b, y, meta.fmt.min + d, meta.fmt.max + d, dt)
+            b.held[g.input] = {(bool(d), False): y}
         for k in range(i, j):
             w = emit(b, nodes[k])
             assert w is None, w  # it lowered from native inputs; held inputs change nothing
@@ -536,8 +659,11 @@ def lower(ex, probe, env: dict, threads: int | None = None) -> Lowering:
         out_names = {t: b.get(t, metas[t], shifted=False) for t in outputs}
         names.update(out_names)
 
-        def vi(name, t):
+        def vi(name, t, metas=metas, float_in=float_in):
             m = metas[t]
+            if t == float_in:
+                shape = ["N", *np.shape(env[t].q)[1:]]
+                return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
             return helper.make_tensor_value_info(name, elem[np.dtype(m.dtype)], ["N", *m.shape])
 
         # graph outputs are distinct names: an output read by a later node of the segment
@@ -555,7 +681,7 @@ def lower(ex, probe, env: dict, threads: int | None = None) -> Lowering:
             graph, opset_imports=[helper.make_opsetid("", _OPSET), helper.make_opsetid(_MS, 1)]
         )
         model.ir_version = 8
-        seg = Segment(i, j, inputs, outputs, metas, names=names)
+        seg = Segment(i, j, inputs, outputs, metas, names=names, float_input=float_in)
         seg.session = cpu_session(model, threads=threads, spin=len(ok) == len(nodes))
         steps.append(seg)
         i = j
