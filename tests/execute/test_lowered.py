@@ -1,0 +1,307 @@
+"""Outputs-only runs (``IntegerExecutor(outputs_only=True)``, :mod:`hwsim.execute.lowered`): the
+layers lowered to onnxruntime's QOperator kernels give the integers of the node-by-node run,
+bit for bit -- on the shipped models, on standard architectures quantized by onnxruntime and by
+hwsim, and on random layers at the extremes (all-max operands, accumulators at their bound,
+narrow formats, NaN and infinite inputs, batches of 1).
+
+The reference is the node-by-node executor, itself held to plain-int references
+(``tests/datapath``, ``tests/execute/test_executor.py``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from hwsim import api
+from hwsim.data import Dataset, load_data
+from hwsim.execute import IntegerExecutor, run_float
+from hwsim.graph import import_model
+from hwsim.quant import Scheme, quantize
+from hwsim.quant.store import load, program_from_graph
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
+import archs  # noqa: E402
+
+EXTREMES = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 3e38, -3e38, 1e-45], np.float32)
+
+
+def both(program, x):
+    """The node-by-node output integers and the outputs-only ones, and the lowering."""
+    ex = IntegerExecutor(program)
+    fx = IntegerExecutor(program, outputs_only=True)
+    a = ex.run(x, keep_all=False)[ex.g.output]
+    b = fx.run(x, keep_all=False)[fx.g.output]
+    return a, b, fx
+
+
+def assert_same(a, b):
+    qa = getattr(a, "q", a)
+    qb = getattr(b, "q", b)
+    assert qa.dtype == qb.dtype and qa.shape == qb.shape
+    assert np.array_equal(qa, qb, equal_nan=qa.dtype.kind == "f")
+    if hasattr(a, "scale"):
+        assert np.array_equal(a.scale, b.scale) and a.zero_point == b.zero_point
+        assert a.fmt == b.fmt
+
+
+def with_extremes(x, rng):
+    """``x`` scaled by 0 / 1 / 50 per sample, and a sample of NaN, infinities and huge values."""
+    x = x * rng.choice([0.0, 1.0, 50.0], (len(x),) + (1,) * (x.ndim - 1)).astype(np.float32)
+    y = x.copy()
+    y[0].reshape(-1)[:] = np.resize(EXTREMES, y[0].size)
+    return y
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits-train")
+
+
+@pytest.mark.parametrize("model", ["rescnn", "mlp", "vit", "silucnn"])
+@pytest.mark.parametrize("preset", ["per-tensor", "per-channel"])
+def test_shipped_models(digits, model, preset):
+    rng = np.random.default_rng(0)
+    calib = Dataset("c", digits.x[:64], None)
+    program = quantize(
+        import_model(api.resolve_model(model)), Scheme.preset(preset), calib, float_run=run_float
+    )
+    for n in (1, 37):
+        x = with_extremes(digits.x[rng.integers(0, len(digits), n)], rng)
+        a, b, fx = both(program, x)
+        assert_same(a, b)
+    if model in ("rescnn", "mlp") and preset == "per-tensor":  # not vacuous: all of it lowers
+        assert not fx.lowering.why, fx.lowering.why
+        assert len(fx.lowering.steps) == 1
+
+
+def test_a_saved_and_loaded_program_lowers_alike(digits, tmp_path):
+    program = quantize(
+        import_model(api.resolve_model("rescnn")),
+        Scheme.preset("per-tensor"),
+        Dataset("c", digits.x[:64], None),
+        float_run=run_float,
+    )
+    from hwsim.quant.store import save
+
+    save(program, tmp_path / "r.onnx")
+    x = digits.x[:50]
+    a, b, _ = both(load(tmp_path / "r.onnx"), x)
+    assert_same(a, b)
+
+
+@pytest.fixture(scope="module")
+def arch_models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lowered_archs")
+    return {
+        (arch, pc): archs.make(arch, d, pc)
+        for arch in ("resnet18", "mobilenetv2")
+        for pc in (False, True)
+    }
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenetv2"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_standard_architectures_quantized_by_onnxruntime(arch_models, arch, per_channel):
+    """torch's ResNet-18 / MobileNetV2 (reduced), quantize_static QDQ files as imported: every
+    layer that lowers gives the node-by-node integers, and most layers lower."""
+    float_path, qdq_path = arch_models[(arch, per_channel)]
+    program = program_from_graph(import_model(qdq_path))
+    x = with_extremes(archs.inputs(5), np.random.default_rng(1))
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    assert len(fx.lowering.lowered) >= 0.9 * len(fx.g.nodes), fx.lowering.why
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenetv2"])
+def test_standard_architectures_quantized_by_hwsim(arch_models, arch):
+    float_path, _ = arch_models[(arch, False)]
+    calib = Dataset("c", archs.calib_data(8), None)
+    program = quantize(
+        import_model(float_path), Scheme.preset("per-tensor"), calib, float_run=run_float
+    )
+    x = with_extremes(archs.inputs(4), np.random.default_rng(2))
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    assert not fx.lowering.why, fx.lowering.why
+
+
+# -- random layers ------------------------------------------------------------------------------
+
+
+def _conv_model(rng, c, f, k, stride, pad, groups, dil, relu, add, dense):
+    """A float model: Conv (or Gemm on the flattened input) [+ Relu] [+ Add of a second conv
+    of the same input]."""
+    inits, nodes = [], []
+
+    def conv(name, x):
+        w = rng.normal(0, 1, (f, c // groups, k, k)).astype(np.float32)
+        b = rng.normal(0, 2, (f,)).astype(np.float32)
+        inits.extend(
+            [numpy_helper.from_array(w, name + "_w"), numpy_helper.from_array(b, name + "_b")]
+        )
+        nodes.append(helper.make_node(
+            "Conv", [x, name + "_w", name + "_b"], [name], strides=[stride, stride],
+            pads=[pad] * 4, group=groups, dilations=[dil, dil], kernel_shape=[k, k],
+        ))  # fmt: skip
+        return name
+
+    if dense:
+        nodes.append(helper.make_node("Flatten", ["x"], ["xf"], axis=1))
+        w = rng.normal(0, 1, (c * 36, f)).astype(np.float32)
+        b = rng.normal(0, 2, (f,)).astype(np.float32)
+        inits.extend([numpy_helper.from_array(w, "gw"), numpy_helper.from_array(b, "gb")])
+        nodes.append(helper.make_node("Gemm", ["xf", "gw", "gb"], ["y"]))
+        y = "y"
+    else:
+        y = conv("c1", "x")
+        if relu:
+            nodes.append(helper.make_node("Relu", [y], ["r1"]))
+            y = "r1"
+        if add:
+            z = conv("c2", "x")
+            nodes.append(helper.make_node("Add", [y, z], ["s"]))
+            y = "s"
+    out_shape = ["N", f] + ([] if dense else ["h", "w"])
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 6, 6])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, out_shape)], inits,
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([(1, 1), (2, 2), (4, 2), (3, 3), (4, 4)]),  # channels, groups
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(0, 1),
+    st.integers(1, 2),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.integers(2, 8),
+    st.integers(2, 8),
+    st.sampled_from([12, 16, 20, 32]),
+    st.sampled_from(["wrap", "saturate"]),
+    st.sampled_from(["ort", "tflite", "pow2"]),
+    st.sampled_from(["per-tensor", "per-channel"]),
+)
+def test_random_layers(tmp_path, seed, cg, k, stride, pad, dil, relu, add, dense, wbits, abits,
+                       acc_bits, overflow, register, preset):  # fmt: skip
+    """Random conv / dense / residual layers at every width the scheme allows: where the
+    accumulator cannot overflow and the register is ``ort`` they lower, elsewhere they run in
+    the executor -- the integers are the node-by-node run's either way."""
+    rng = np.random.default_rng(seed)
+    c, groups = cg
+    f = groups * int(rng.integers(1, 3))
+    model = _conv_model(rng, c, f, k, stride, pad, groups, dil, relu, add, dense)
+    path = tmp_path / f"m{seed}.onnx"
+    onnx.save(model, path)
+    calib = Dataset("c", rng.normal(0, 1, (8, c, 6, 6)).astype(np.float32), None)
+    scheme = Scheme.preset(
+        preset, wbits=wbits, abits=abits, acc_bits=acc_bits, overflow=overflow, register=register
+    )
+    program = quantize(import_model(path), scheme, calib, float_run=run_float)
+    x = rng.normal(0, 1, (int(rng.integers(1, 5)), c, 6, 6)).astype(np.float32)
+    x = with_extremes(x, rng)
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    why = fx.lowering.why
+    mac = [n for n in fx.g.nodes if n.op.value in ("conv", "dense")]
+    if register != "ort":  # the table rule covers other registers' Adds, not their MACs
+        assert all(n.name in why for n in mac)
+    elif acc_bits == 32:  # ort registers, int32 accumulators: every layer lowers
+        assert not why, why
+
+
+def _ones_model(c, f, k):
+    w = np.ones((f, c, k, k), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, k, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", f, 1, 1])],
+        [numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("acc_bits,lowers", [(20, False), (21, True)])
+def test_all_max_operands_lower_only_where_the_sum_fits(tmp_path, acc_bits, lowers):
+    """K = 2 * 4 * 4 = 32 products of 255 * 127 (uint8 input, all-ones weights at 8 bits):
+    at most 1,036,320 < 2^20 = 1,048,576, so 21 bits hold every partial sum and 20 do not."""
+    onnx.save(_ones_model(2, 3, 4), tmp_path / "m.onnx")
+    calib = Dataset("c", np.linspace(0, 1, 2 * 2 * 16, dtype=np.float32).reshape(2, 2, 4, 4), None)
+    scheme = Scheme.preset("per-tensor", acc_bits=acc_bits, overflow="saturate")
+    program = quantize(import_model(tmp_path / "m.onnx"), scheme, calib, float_run=run_float)
+    x = np.full((3, 2, 4, 4), 5.0, np.float32)  # all-max operands after clamping
+    x[1] = 0.5
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    conv = fx.g.nodes[0].name
+    assert (conv in fx.lowering.lowered) is lowers
+    if not lowers:
+        assert fx.lowering.why[conv] == "the accumulator might overflow"
+
+
+def test_statistics_are_not_collected_and_counters_stay_with_the_full_run(digits):
+    """An outputs-only executor does not fill the lowered layers' statistics; a full run does."""
+    program = quantize(
+        import_model(api.resolve_model("rescnn")),
+        Scheme.preset("per-tensor"),
+        Dataset("c", digits.x[:32], None),
+        float_run=run_float,
+    )
+    fx = IntegerExecutor(program, outputs_only=True)
+    fx.run(digits.x[:16], keep_all=False)
+    assert all(st.counters.macs == 0 for st in fx.stats.values())
+    ex = IntegerExecutor(program)
+    ex.run(digits.x[:16], keep_all=False)
+    assert sum(st.counters.macs for st in ex.stats.values()) > 0
+
+
+def test_keep_all_and_visitors_run_node_by_node(digits):
+    program = quantize(
+        import_model(api.resolve_model("rescnn")),
+        Scheme.preset("per-tensor"),
+        Dataset("c", digits.x[:32], None),
+        float_run=run_float,
+    )
+    fx = IntegerExecutor(program, outputs_only=True)
+    env = fx.run(digits.x[:4], keep_all=True)
+    assert fx.lowering is None and len(env) > 3
+
+
+@pytest.mark.parametrize("register", ["ort", "pow2"])
+def test_a_residual_add_lowers_by_its_rule(tmp_path, register):
+    """A ReLU branch (uint8) plus a linear branch (int8): the ``ort`` Add as float32 onnxruntime
+    ops, a ``pow2`` Add as a table of the executor's rule (its convolutions stay in the
+    executor)."""
+    rng = np.random.default_rng(3)
+    onnx.save(_conv_model(rng, 2, 3, 3, 1, 1, 1, 1, True, True, False), tmp_path / "m.onnx")
+    calib = Dataset("c", rng.normal(0, 1, (8, 2, 6, 6)).astype(np.float32), None)
+    scheme = Scheme.preset("per-tensor", register=register)
+    program = quantize(import_model(tmp_path / "m.onnx"), scheme, calib, float_run=run_float)
+    x = with_extremes(rng.normal(0, 1, (6, 2, 6, 6)).astype(np.float32), rng)
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    add = next(n for n in fx.g.nodes if n.op.value == "add")
+    fmts = {fx.p.acts[t].fmt.signed for t in add.inputs}
+    assert fmts == {True, False}  # mixed signedness: not onnxruntime's QLinearAdd
+    assert add.name in fx.lowering.lowered
+    convs = [n.name for n in fx.g.nodes if n.op.value == "conv"]
+    assert all((c in fx.lowering.lowered) is (register == "ort") for c in convs)
