@@ -23,13 +23,16 @@ registers) and saved; that file is a plain QDQ model, so onnxruntime (default se
 QDQ fused into its integer kernels) runs exactly the same network. Same batch, same thread
 count. Times are medians over ``--repeat`` runs after a warm-up run, each run on fresh inputs.
 
-Three figures per model: onnxruntime, hwsim's integer executor alone (what the emulated
-accelerator computes), and ``hwsim run`` (``hwsim.api.run_program``: integer run + float
-reference run + per-layer SQNR and counters, i.e. the whole report). Ratios > 1 mean hwsim is
-faster. Each model runs in a fresh subprocess (this script with ``--case NAME``), which reads
-its peak resident memory (``ru_maxrss``) after quantization, after onnxruntime, after the
-executor and at the end (the case's peak: the largest of all phases, the process is not
-restarted between them).
+Four figures per model: onnxruntime; the outputs-only run (``IntegerExecutor(outputs_only=
+True)``, ``hwsim run --outputs-only``: the emulated accelerator's integers, the layers whose
+contract is an onnxruntime QOperator kernel's lowered to it, :mod:`hwsim.execute.lowered`; its
+outputs are checked equal to the executor's); hwsim's integer executor node by node with its
+per-layer counters; and ``hwsim run`` (``hwsim.api.run_program``: integer run + float reference
+run + per-layer SQNR and counters, i.e. the whole report). Ratios > 1 mean hwsim is faster.
+Each model runs in a fresh subprocess (this script with ``--case NAME``), which reads its peak
+resident memory (``ru_maxrss``) after quantization, after onnxruntime, after each hwsim phase
+and at the end (the case's peak: the largest of all phases, the process is not restarted
+between them).
 
 On a shared machine a neighbour's load slows hwsim's parallel (Numba) kernels by up to 100x:
 each case measures how many cores other processes kept busy during its timings (/proc/stat
@@ -303,6 +306,12 @@ def run_case(name: str, float_path: str | None, batch: int, repeat: int, threads
         sess = None  # its threads and buffers gone before hwsim's phases
         rss["onnxruntime"] = peak_rss_mb()
 
+    fx = IntegerExecutor(program, outputs_only=True)
+    t_fast = timed(lambda x: fx.output(fx.run(x, keep_all=False)), inputs, others, "outputs only")
+    y_fast = fx.output(fx.run(inputs[0], keep_all=False))
+    lowered = (len(fx.lowering.lowered), len(fx.g.nodes))
+    fx = None
+    rss["outputs_only"] = peak_rss_mb()
     ex = IntegerExecutor(program)
     t_int = timed(
         lambda x: ex.output(ex.run(x, keep_all=False)), inputs, others, "integer executor"
@@ -334,6 +343,9 @@ def run_case(name: str, float_path: str | None, batch: int, repeat: int, threads
         dot = None
     return {
         "t_ort": t_ort,
+        "t_fast": t_fast,
+        "fast_equals_executor": bool(np.array_equal(y_fast, y_hw)),
+        "lowered_nodes": lowered,
         "t_int": t_int,
         "t_run": t_run,
         "macs_per_sample": macs,
@@ -494,12 +506,24 @@ def main(argv=None):
                 "attempts": attempts,
                 "cpu": {**cpu, "onnxruntime_dot_product": r["onnxruntime_dot_product"]},
             }
-            for what, ts in (("integer executor", r["t_int"]), ("hwsim run", r["t_run"])):
+            cases = (
+                ("outputs only", r["t_fast"]),
+                ("integer executor", r["t_int"]),
+                ("hwsim run", r["t_run"]),
+            )
+            for what, ts in cases:
                 t = statistics.median(ts)
+                extra = {}
+                if what == "outputs only":
+                    extra = {
+                        "equals_integer_executor": r["fast_equals_executor"],
+                        "lowered_nodes": r["lowered_nodes"],
+                    }
                 rows.append(
                     {
                         "name": f"{m} {what}",
                         **common,
+                        **extra,
                         "hwsim_samples_per_s": batch / t,
                         "hwsim_samples_per_s_best": batch / min(ts),
                         "ratio": t_ort / t,
@@ -533,7 +557,10 @@ def main(argv=None):
         "others: CPU cores other processes kept busy during the hwsim / onnxruntime timings "
         "(a loaded neighbour slows hwsim's parallel kernels most)"
     )
-    for r in rows[::2]:
+    for r in rows:
+        if r.get("equals_integer_executor") is False:
+            print(f"{r['model']}: outputs-only run DIFFERS from the integer executor")
+    for r in rows[::3]:
         if not r["bit_exact_vs_ort"]:
             steps = r["max_diff_output_steps_vs_ort"]
             print(

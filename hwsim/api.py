@@ -46,6 +46,7 @@ from hwsim.report import (
     cost_plot,
     gain_error_note,
     pareto_plot,
+    run_outputs_only,
     run_program,
     run_qoperator,
     write_npz,
@@ -250,8 +251,13 @@ def run(
     tflite_kernels: str | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    outputs_only: bool = False,
 ) -> RunReport:
     """Run a quantized model on ``data`` (name or .npz or Dataset) and report.
+
+    ``outputs_only``: the integer outputs and their accuracy, without the float reference and
+    the per-layer statistics (:func:`hwsim.report.run_outputs_only`: the same integers, at
+    onnxruntime's speed where the layers' contracts are its kernels').
 
     ``tflite_kernels`` (a ``.tflite`` model): the LiteRT CPU kernels whose integer results to
     match, ``xnnpack`` (default: the interpreter's default, XNNPACK delegate), ``optimized``
@@ -277,6 +283,8 @@ def run(
     """
     check_outputs(report=report, save_outputs=save_outputs)
     split = workers is not None or scheduler is not None
+    if outputs_only and split:
+        raise HwsimError("--outputs-only runs in one process (drop --workers / --scheduler)")
     t0 = time.perf_counter()
     if isinstance(model, QuantProgram):
         if split:
@@ -301,7 +309,8 @@ def run(
     if split:  # the shards' runs on Dask workers, merged exactly (hwsim.sweep.split)
         paired = _run_split(path, ds, batch_size, isa, seed, collect, tflite_kernels, workers,
                             scheduler)  # fmt: skip
-    rep, outs = run_program(
+    run_fn = run_outputs_only if outputs_only else functools.partial(run_program, paired=paired)
+    rep, outs = run_fn(
         program,
         ds,
         batch_size,
@@ -309,7 +318,6 @@ def run(
         collect_outputs=collect,
         isa=isa,
         seed=seed,
-        paired=paired,
     )
     if split:  # the whole time, workers included
         rep.seconds = time.perf_counter() - t0

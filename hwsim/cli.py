@@ -590,6 +590,13 @@ _tflite_kernels_option = click.option(
     metavar="ADDRESS",
     help="Split the data by batch across the Dask cluster at ADDRESS (tcp://host:8786).",
 )
+@click.option(
+    "--outputs-only",
+    is_flag=True,
+    help="Integer outputs and accuracy only, at onnxruntime's speed: no float reference and "
+    "no per-layer statistics (the layers whose contract is an onnxruntime QOperator kernel's "
+    "run as that kernel; the same integers).",
+)
 @_guard
 def run_cmd(
     model,
@@ -603,6 +610,7 @@ def run_cmd(
     tflite_kernels,
     workers,
     scheduler,
+    outputs_only,
     **kw,
 ):
     """Run a quantized MODEL (hwsim, QDQ, QOperator, Brevitas QONNX/QCDQ ONNX or int8 .tflite)
@@ -623,6 +631,7 @@ def run_cmd(
         isa=isa,
         seed=seed,
         tflite_kernels=tflite_kernels,
+        outputs_only=outputs_only,
         **_dask_kw(workers, scheduler),
     )
     click.echo(rep.table())

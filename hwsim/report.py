@@ -95,6 +95,8 @@ class RunReport:
     float_reference: str = "float weights"
     cost: dict | None = None
     outputs: dict | None = None  # name -> {"dtype", "shape", "min", "max"} (QOperator runs)
+    outputs_only: bool = False  # integer outputs only: no float reference, no layer rows
+    macs_total: int | None = None  # the run's MACs where there are no layer rows
 
     def as_dict(self) -> dict:
         return {
@@ -105,8 +107,9 @@ class RunReport:
             "int_accuracy": self.int_accuracy,
             "agreement": self.agreement,
             "float_reference": self.float_reference,
+            "outputs_only": self.outputs_only,
             "totals": {
-                "macs": sum(r.macs for r in self.layers),
+                "macs": self.macs,
                 "overflow_events": sum(r.overflow_events for r in self.layers),
                 "bias_overflows": sum(r.bias_overflows for r in self.layers),
                 "outputs_overflowed": sum(r.outputs_overflowed for r in self.layers),
@@ -132,7 +135,12 @@ class RunReport:
     @property
     def macs_per_s(self) -> float:
         """Emulated multiply-accumulates per second (the layers' MACs over the run / seconds)."""
-        return sum(r.macs for r in self.layers) / self.seconds if self.seconds > 0 else 0.0
+        return self.macs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def macs(self) -> int:
+        """The multiply-accumulates of the run (its layers', or ``macs_total``)."""
+        return self.macs_total if self.macs_total is not None else sum(r.macs for r in self.layers)
 
     def table(self) -> str:
         """A human table: headline figures, then one row per layer."""
@@ -145,15 +153,22 @@ class RunReport:
             f"model {self.model}  data {self.data} ({self.samples} samples)  "
             f"scheme {sch.get('name', '?')}",
         ]
-        if (self.float_accuracy, self.int_accuracy, self.agreement) != (None, None, None):
+        if self.outputs_only and self.int_accuracy is not None:
+            lines.append(f"top-1 integer {pct(self.int_accuracy)} (outputs only)")
+        elif (self.float_accuracy, self.int_accuracy, self.agreement) != (None, None, None):
             lines.append(
                 f"top-1 float {pct(self.float_accuracy)}  integer {pct(self.int_accuracy)}  "
                 f"agreement {pct(self.agreement)}"
             )
         if self.seconds > 0:
+            what = (
+                "the integer run, outputs only"
+                if self.outputs_only
+                else "the integer run, float reference and statistics"
+            )
             lines.append(
                 f"speed {self.samples_per_s:,.0f} samples/s, {self.macs_per_s / 1e6:,.1f} M MAC/s "
-                f"({self.seconds:.2f} s for the integer run, float reference and statistics)"
+                f"({self.seconds:.2f} s for {what})"
             )
         for name, o in (self.outputs or {}).items():
             shape = "x".join(str(d) for d in o["shape"])
@@ -470,14 +485,18 @@ def run_program(
     g = program.graph
     isa = resolve(isa)
     bar = _progress(len(ds), "hwsim run", progress and paired is None)
-    res = paired if paired is not None else run_paired(
-        program,
-        ds,
-        batch_size,
-        isa,
-        seed=seed,
-        collect_outputs=collect_outputs,
-        on_batch=None if bar is None else bar.update,
+    res = (
+        paired
+        if paired is not None
+        else run_paired(
+            program,
+            ds,
+            batch_size,
+            isa,
+            seed=seed,
+            collect_outputs=collect_outputs,
+            on_batch=None if bar is None else bar.update,
+        )
     )
     if bar is not None:
         bar.close()
@@ -577,6 +596,80 @@ def run_program(
             )
     rep.seconds = time.perf_counter() - t0
     return rep, res.outputs
+
+
+def program_macs(program) -> int:
+    """Multiply-accumulates of one sample through ``program``'s MAC layers and activation
+    matmuls (output elements times the reduction length, from the graph's shapes)."""
+    from hwsim.graph.ir import MAC_OPS, MATMUL_OPS
+    from hwsim.graph.shapes import infer_shapes
+
+    g = program.graph
+    shapes = infer_shapes(g, 1)
+    total = 0
+    for n in g.nodes:
+        if n.op in MAC_OPS and n.wq is not None:
+            k = int(np.prod(n.wq.q.shape[1:], dtype=np.int64))
+        elif n.op in MATMUL_OPS:
+            k = int(shapes[n.inputs[0]][-1])
+        else:
+            continue
+        total += int(np.prod(shapes[n.output], dtype=np.int64)) * k
+    return total
+
+
+def run_outputs_only(
+    program, ds, batch_size: int = DEFAULT_BATCH, progress: bool = False,
+    collect_outputs: bool = False, isa="exact", seed: int = 0,
+):  # fmt: skip
+    """``hwsim run --outputs-only``: the program's integer outputs on ``ds`` and their top-1
+    accuracy, without the float reference and per-layer statistics
+    (``IntegerExecutor(outputs_only=True)``: the layers whose contract is an onnxruntime
+    QOperator kernel's run as onnxruntime sessions, :mod:`hwsim.execute.lowered`; the same
+    integers as the full run's). Returns (report, outputs)."""
+    from hwsim.datapath.isa import resolve
+    from hwsim.execute import IntegerExecutor
+
+    t0 = time.perf_counter()
+    g = program.graph
+    isa = resolve(isa)
+    ex = IntegerExecutor(program, isa=isa, seed=seed, outputs_only=True)
+    bar = _progress(len(ds), "hwsim run", progress)
+    preds, outs = [], []
+    for _, xb in ds.batches(batch_size):
+        y = ex.output(ex.run(xb, keep_all=False))
+        preds.append(np.argmax(y.reshape(len(y), -1), axis=1))
+        if collect_outputs:
+            outs.append(y)
+        if bar is not None:
+            bar.update(len(xb))
+    if bar is not None:
+        bar.close()
+    rep = RunReport(str(g.source), ds.name, len(ds), program.describe())
+    rep.outputs_only = True
+    rep.macs_total = program_macs(program) * len(ds)
+    rep.settings["isa"] = isa.value
+    if ds.y is not None and preds:
+        rep.int_accuracy = float(np.mean(np.concatenate(preds) == ds.y))
+    elif ds.y is None:
+        rep.notes.append("the data has no labels ('y'): accuracy omitted")
+    low = ex.lowering
+    if low is None:
+        rep.notes.append(
+            f"outputs only, node by node (isa {isa.value}): no float reference, no per-layer "
+            "statistics"
+        )
+    else:
+        rest = [f"{name} ({why})" for name, why in low.why.items()]
+        segs = sum(not isinstance(s, int) for s in low.steps)
+        rep.notes.append(
+            f"outputs only: no float reference, no per-layer statistics; {len(low.lowered)} of "
+            f"{len(g.nodes)} nodes ran as onnxruntime QOperator kernels in {segs} session(s) "
+            "(hwsim.execute.lowered: the same integers)"
+            + (f"; in the executor: {', '.join(rest)}" if rest else "")
+        )
+    rep.seconds = time.perf_counter() - t0
+    return rep, (np.concatenate(outs) if collect_outputs and outs else None)
 
 
 def run_qoperator(
