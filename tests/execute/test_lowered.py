@@ -9,6 +9,7 @@ The reference is the node-by-node executor, itself held to plain-int references
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -305,3 +306,109 @@ def test_a_residual_add_lowers_by_its_rule(tmp_path, register):
     assert add.name in fx.lowering.lowered
     convs = [n.name for n in fx.g.nodes if n.op.value == "conv"]
     assert all((c in fx.lowering.lowered) is (register == "ort") for c in convs)
+
+
+def test_hwsim_run_outputs_only_matches_the_full_run(digits, tmp_path):
+    """``hwsim run --outputs-only``: the full run's integer outputs, accuracy and MAC count
+    (the full run counts its MACs in the datapath, this one from the graph's shapes)."""
+    from click.testing import CliRunner
+
+    from hwsim.cli import main
+    from hwsim.quant.store import save
+
+    program = quantize(
+        import_model(api.resolve_model("rescnn")),
+        Scheme.preset("per-tensor"),
+        Dataset("c", digits.x[:64], None),
+        float_run=run_float,
+    )
+    save(program, tmp_path / "r.onnx")
+    reps, outs = [], []
+    for extra in ([], ["--outputs-only"]):
+        r = CliRunner().invoke(
+            main,
+            ["run", str(tmp_path / "r.onnx"), "--data", "digits", "--batch-size", "100",
+             "--report", str(tmp_path / f"r{len(reps)}.json"),
+             "--save-outputs", str(tmp_path / f"o{len(reps)}.npz"), *extra],
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+        import json
+
+        reps.append(json.loads((tmp_path / f"r{len(reps)}.json").read_text()))
+        with np.load(tmp_path / f"o{len(outs)}.npz") as f:
+            outs.append({k: f[k] for k in f.files})
+    full, fast = reps
+    assert fast["outputs_only"] and not full["outputs_only"]
+    assert fast["int_accuracy"] == full["int_accuracy"]
+    assert fast["float_accuracy"] is None and fast["layers"] == []
+    assert fast["totals"]["macs"] == full["totals"]["macs"] > 0
+    assert outs[0].keys() == outs[1].keys()
+    for k in outs[0]:
+        assert np.array_equal(outs[0][k], outs[1][k])
+    assert "outputs only" in r.output and "12 of 12 nodes" in r.output
+
+
+def test_float32_ties_of_the_ort_register_round_half_even(tmp_path):
+    """The lowered QLinearConv gets the register's multiplier ``m`` as its scale, so it rounds
+    ``f32(f32(acc) * m)`` half to even as the ``ort`` register does (eq. 8), including the
+    products that are float32 ties only after rounding (the exact product is not a tie). Each
+    output channel's bias is chosen so that its sum is such a tie; the expected integers come
+    from the plain-Fraction reference ``ort_requantize``."""
+    from fractions import Fraction
+
+    from hwsim.numerics.reference import ort_requantize
+
+    F = 64
+    w = np.ones((F, 1, 1, 1), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[1, 1])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", F, 2, 2])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(F, np.float32), "b")],
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "m.onnx")
+    calib = Dataset("c", np.linspace(-1, 1, 4 * 4, dtype=np.float32).reshape(4, 1, 2, 2), None)
+    program = quantize(
+        import_model(tmp_path / "m.onnx"), Scheme.preset("per-tensor"), calib, float_run=run_float
+    )
+    node = program.graph.nodes[0]
+    x = np.full((1, 1, 2, 2), 0.0, np.float32)  # quantized to its zero point: sums = biases
+    sx = np.float32(program.acts[program.graph.input].scale)
+    c = np.float32(sx * np.float32(np.asarray(node.wq.scale).reshape(-1)[0]))
+    target = np.float32(0.0010071379)  # 51135 * target = 51.4999984 exactly, 51.5 in float32
+    sy = np.float32(c / target)
+    while np.float32(c / sy) != target:  # the output scale whose register is the target
+        sy = np.nextafter(sy, np.float32(np.inf) if np.float32(c / sy) > target else 0)
+    out = node.output
+    program.acts[out] = dataclasses.replace(program.acts[out], scale=float(sy))
+    probe = IntegerExecutor(program)
+    env = probe.run(x, keep_all=True)
+    xq, yq = env[program.graph.input], env[out]
+    reg = probe._requant_register(
+        program.layer(node.name), np.float32(xq.scale), np.asarray(node.wq.scale, np.float32),
+        np.float32(yq.scale), record=False,
+    )  # fmt: skip
+    mult = np.float32(np.asarray(reg.multiplier).reshape(-1)[0])
+    assert mult == target
+    accs = np.arange(-(1 << 17), 1 << 17)
+    p = (accs.astype(np.float32) * mult).astype(np.float32)
+    cand = accs[(p - np.floor(p) == 0.5) & (np.abs(p) < 100)]
+    ties = [
+        int(a) for a in cand if Fraction(int(a)) * Fraction(float(mult)) != Fraction(
+            int(2 * np.floor(np.float32(a) * mult) + 1), 2)
+    ]  # fmt: skip
+    assert {51135, -51135} <= set(ties), ties
+    near = [t + d for t in ties for d in (-1, 1)] + [0, 1, -1, 2**20, -(2**20)]
+    bias = np.resize(np.array(ties + near, np.int64), F)
+    node.bias_q = bias
+    a, b, fx = both(program, x)
+    assert node.name in fx.lowering.lowered
+    assert_same(a, b)
+    lo, hi = yq.fmt.min, yq.fmt.max
+    want = [
+        min(max(ort_requantize(int(v), Fraction(float(mult))) + yq.zero_point, lo), hi)
+        for v in bias
+    ]
+    assert b.q[0, :, 0, 0].tolist() == want
