@@ -136,9 +136,9 @@ def test_standard_architectures_quantized_by_hwsim(arch_models, arch):
 # -- random layers ------------------------------------------------------------------------------
 
 
-def _conv_model(rng, c, f, k, stride, pad, groups, dil, relu, add, dense):
+def _conv_model(rng, c, f, k, stride, pad, groups, dil, relu, add, dense, pool=None):
     """A float model: Conv (or Gemm on the flattened input) [+ Relu] [+ Add of a second conv
-    of the same input]."""
+    of the same input] [+ a pool: ``gap``, ``avg`` (2x2, stride 1, padded), ``max``]."""
     inits, nodes = [], []
 
     def conv(name, x):
@@ -169,6 +169,18 @@ def _conv_model(rng, c, f, k, stride, pad, groups, dil, relu, add, dense):
             z = conv("c2", "x")
             nodes.append(helper.make_node("Add", [y, z], ["s"]))
             y = "s"
+        if pool == "gap":
+            nodes.append(helper.make_node("GlobalAveragePool", [y], ["p"]))
+        elif pool == "avg":
+            nodes.append(helper.make_node(
+                "AveragePool", [y], ["p"], kernel_shape=[2, 2], pads=[0, 0, 1, 1],
+                count_include_pad=int(rng.integers(0, 2)),
+            ))  # fmt: skip
+        elif pool == "max":
+            nodes.append(helper.make_node(
+                "MaxPool", [y], ["p"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 0, 0]
+            ))  # fmt: skip
+        y = "p" if pool else y
     out_shape = ["N", f] + ([] if dense else ["h", "w"])
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 6, 6])],
@@ -199,16 +211,17 @@ def _conv_model(rng, c, f, k, stride, pad, groups, dil, relu, add, dense):
     st.sampled_from(["wrap", "saturate"]),
     st.sampled_from(["ort", "tflite", "pow2"]),
     st.sampled_from(["per-tensor", "per-channel"]),
+    st.sampled_from([None, "gap", "avg", "max"]),
 )
 def test_random_layers(tmp_path, seed, cg, k, stride, pad, dil, relu, add, dense, wbits, abits,
-                       acc_bits, overflow, register, preset):  # fmt: skip
+                       acc_bits, overflow, register, preset, pool):  # fmt: skip
     """Random conv / dense / residual layers at every width the scheme allows: where the
     accumulator cannot overflow and the register is ``ort`` they lower, elsewhere they run in
     the executor -- the integers are the node-by-node run's either way."""
     rng = np.random.default_rng(seed)
     c, groups = cg
     f = groups * int(rng.integers(1, 3))
-    model = _conv_model(rng, c, f, k, stride, pad, groups, dil, relu, add, dense)
+    model = _conv_model(rng, c, f, k, stride, pad, groups, dil, relu, add, dense, pool)
     path = tmp_path / f"m{seed}.onnx"
     onnx.save(model, path)
     calib = Dataset("c", rng.normal(0, 1, (8, c, 6, 6)).astype(np.float32), None)
