@@ -50,7 +50,6 @@ from hwsim.quant.scheme import ScaleKind
 _OPSET = 18
 _MS = "com.microsoft"
 _INT32_MAX = (1 << 31) - 1
-_PASS = {Op.FLATTEN, Op.RESHAPE, Op.IDENTITY}
 
 
 @dataclass
@@ -179,9 +178,8 @@ class Lowering:
 
     def __init__(self, steps: list, lowered: set[str], why: dict[str, str]):
         self.steps = steps
-        self.float_input = bool(steps) and getattr(steps[0], "float_input", None) is not None
-        """The first segment takes the float input (the executor does not quantize it)."""
-        """Node indices (run by the executor) and :class:`Segment` s, in graph order."""
+        """Node indices (run by the executor) and :class:`Segment` s, in graph order; a first
+        segment with a ``float_input`` quantizes the graph input itself."""
         self.lowered = lowered
         self.why = why
         """Node name -> why it does not lower."""
