@@ -680,7 +680,16 @@ def lower(ex, probe, env: dict, threads: int | None = None) -> Lowering:
         )
         model.ir_version = 8
         seg = Segment(i, j, inputs, outputs, metas, names=names, float_input=float_in)
-        seg.session = cpu_session(model, threads=threads, spin=len(ok) == len(nodes))
+        try:
+            seg.session = cpu_session(model, threads=threads, spin=len(ok) == len(nodes))
+        except Exception as e:  # noqa: BLE001 -- an onnxruntime build without these kernels
+            msg = f"onnxruntime could not load the segment ({type(e).__name__}: {e})"
+            for k in range(i, j):
+                ok.discard(k)
+                why[nodes[k].name] = msg
+            steps.extend(range(i, j))
+            i = j
+            continue
         steps.append(seg)
         i = j
     return Lowering(steps, {n.name for k, n in enumerate(nodes) if k in ok}, why)

@@ -434,3 +434,25 @@ def test_float32_ties_of_the_ort_register_round_half_even(tmp_path):
         for v in bias
     ]
     assert b.q[0, :, 0, 0].tolist() == want
+
+
+def test_a_segment_onnxruntime_refuses_runs_in_the_executor(digits, monkeypatch):
+    """An onnxruntime build that cannot load a segment (kernels missing): its nodes run in the
+    executor, with the reason, and the integers are the same."""
+    import hwsim.runtime
+
+    program = quantize(
+        import_model(api.resolve_model("rescnn")),
+        Scheme.preset("per-tensor"),
+        Dataset("c", digits.x[:32], None),
+        float_run=run_float,
+    )
+
+    def refuse(*a, **k):
+        raise RuntimeError("no QLinearConv kernel here")
+
+    monkeypatch.setattr(hwsim.runtime, "cpu_session", refuse)
+    a, b, fx = both(program, digits.x[:20])
+    assert_same(a, b)
+    assert not fx.lowering.lowered
+    assert all("no QLinearConv kernel here" in w for w in fx.lowering.why.values())
