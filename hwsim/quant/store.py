@@ -39,6 +39,7 @@ atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -576,11 +577,15 @@ def program_from_graph(graph: Graph) -> QuantProgram:
                     f"section {what!r} names {unknown}, which the model does not have "
                     f"(expected {kind} of the model)"
                 )
+        # the metadata, not onnxruntime's plan of the file, gives the semantics: the file runs
+        # as the program it was written from, its layers (weights: the plan's fused layers) and
+        # its activations (scales: the plan's uint8 tensors, whose QLinearAdd / pool / softmax
+        # formulas see zero points + 128; the file's int8 activations are uint8, _file_act)
+        graph.act_quant = {
+            t: dataclasses.replace(q, scale_name=None) for t, q in graph.act_quant.items()
+        }
         for n in graph.nodes:
             if n.wq is not None:
-                # the metadata, not onnxruntime's plan of the file, gives the semantics: the
-                # file runs as the program it was written from (onnxruntime leaves a Conv
-                # unfused where its input and output differ in signedness, say)
                 n.wq.source = None
             w = weights.get(n.name)
             if w is not None and n.wq is not None:
