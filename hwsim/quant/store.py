@@ -598,17 +598,28 @@ def program_from_graph(graph: Graph) -> QuantProgram:
                 n.wq.fmt = IntFormat(int(w["bits"]), bool(w["signed"]))
                 n.wq.fmt.check(n.wq.q, f"{n.name} weights")
                 if "bias" in w:
-                    # the file's int32 bias is the program's rounding of this float bias
-                    b = np.asarray(w["bias"], _F32)
-                    if n.bias is None or b.shape != n.bias.shape:
-                        raise SchemeError(
-                            f"{where}: field 'bias' has shape {b.shape}, the layer's bias "
-                            f"{None if n.bias is None else n.bias.shape}"
-                        )
-                    n.bias, n.bias_q = b, None
+                    n.bias, n.bias_q = _float_bias(w["bias"], n, where), None
     except (KeyError, TypeError, ValueError) as e:
         raise ModelImportError(f"{graph.source}: malformed hwsim metadata: {e}") from e
     return QuantProgram(graph, acts, layers, scheme)
+
+
+def _float_bias(value, n: Node, where: str) -> np.ndarray:
+    """The float bias of layer ``n`` in the metadata (``weights``: its ``bias``, the float32
+    values of the float bias whose program rounding is the file's int32 bias)."""
+    want = None if n.bias is None else np.shape(n.bias)
+    b = None
+    if isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        b = np.asarray(value, np.float64).astype(_F32)
+    if b is None or want is None or b.shape != want:
+        got = f"a list of {len(value)}" if isinstance(value, list) else repr(value)[:40]
+        raise SchemeError(
+            f"{where}: field 'bias' must list the layer's {want[0] if want else 0} float bias "
+            f"values (numbers), got {got}"
+        )
+    return b
 
 
 def load(path: str | os.PathLike) -> QuantProgram:

@@ -248,6 +248,9 @@ MALFORMED = [
     (("acts", "x", "signed"), "yes", "signed"),
     (("acts", "x", "scale"), "big", "scale"),
     (("weights", "conv", "bits"), 2, "conv weights"),  # 3-bit integers do not fit 2 bits
+    (("weights", "conv", "bias"), [0.5], "bias"),  # conv has two output channels
+    (("weights", "conv", "bias"), ["a", "b"], "bias"),
+    (("weights", "conv", "bias"), 0.5, "bias"),
     (("scheme", "default", "wbits"), 1, "wbits"),
     (("scheme", "default", "colour"), "red", "colour"),
     (("format_version",), 2, "format_version"),
