@@ -27,9 +27,13 @@ The expected values come from onnxruntime (the independent reference):
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import NamedTuple
+
 import archs
 import numpy as np
 import onnx
+import onnx.shape_inference
 import onnx.utils
 import onnxruntime as ort
 import pytest
@@ -42,7 +46,7 @@ from hwsim.graph.ir import Graph, Node, Op
 from hwsim.graph.ort_plan import load_plan
 from hwsim.numerics import IntFormat
 from hwsim.qops import ort_quantized_bias
-from hwsim.quant import ActSpec, Scheme, quantize
+from hwsim.quant import ActSpec, QuantProgram, Scheme, quantize
 from hwsim.quant.store import load, save
 
 SHAPE = (3, 32, 32)
@@ -63,10 +67,17 @@ def _float_model(name: str, d) -> str:
     return archs._export(model, torch.zeros(1, *SHAPE), d / f"{name}.onnx", 13)
 
 
+class Case(NamedTuple):
+    path: Path  # the hwsim file
+    back: QuantProgram  # the program loaded back from it
+    x: np.ndarray  # test inputs
+    program: QuantProgram  # the program it was written from
+    env: dict  # the loaded program's integer run on x, every tensor
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """``files(name)``: (path of the hwsim file of network ``name``, the program loaded back
-    from it, test inputs, the program it was written from), made once per module."""
+    """``files(name)``: the :class:`Case` of network ``name``, made once per module."""
     made = {}
 
     def get(name: str):
@@ -87,7 +98,9 @@ def files(tmp_path_factory):
             )
             path = d / f"{name}_w8a8.onnx"
             save(program, path)
-            made[name] = (path, load(path), x, program)
+            back = load(path)
+            env = IntegerExecutor(back).run(x, keep_all=True)
+            made[name] = Case(path, back, x, program, env)
         return made[name]
 
     return get
@@ -99,7 +112,7 @@ def _ops(plan) -> list[str]:
 
 @pytest.mark.parametrize("name", NETWORKS)
 def test_every_mac_layer_and_add_runs_on_onnxruntime_integer_kernels(files, name):
-    path, program, _, _ = files(name)
+    path, program = files(name)[:2]
     plan = load_plan(path)
     macs = [n for n in program.graph.nodes if n.op in MAC]
     adds = [n for n in program.graph.nodes if n.op is Op.ADD]
@@ -117,23 +130,21 @@ def _container(spec) -> int:
 
 
 @pytest.mark.parametrize("name", NETWORKS)
-def test_every_layer_gives_onnxruntime_integers_on_the_same_input(files, name, tmp_path):
+def test_every_layer_gives_onnxruntime_integers_on_the_same_input(files, name):
     """Each non-Add layer between two static tensors, cut out of the file and run by
     onnxruntime on hwsim's input integers, equals hwsim's output integers; every MAC layer is
     among them."""
-    path, program, x, _ = files(name)
-    ex = IntegerExecutor(program)
-    env = ex.run(x, keep_all=True)
+    path, program, _, _, env = files(name)
     acts = program.acts
+    cutter = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(onnx.load(path)))
     checked = []
     for n in program.graph.nodes:
         ins, out = n.inputs, n.output
         if n.op is Op.ADD or not all(t in acts and acts[t].mode == "static" for t in (*ins, out)):
             continue
-        cut = tmp_path / f"{len(checked)}.onnx"
         feeds = [f"{t}_q" for t in ins]
-        onnx.utils.extract_model(str(path), str(cut), feeds, [f"{out}_q"])
-        s = ort.InferenceSession(str(cut), providers=["CPUExecutionProvider"])
+        cut = cutter.extract_model(feeds, [f"{out}_q"]).SerializeToString()
+        s = ort.InferenceSession(cut, providers=["CPUExecutionProvider"])
         feed = {
             f: (env[t].q.astype(np.int16) + _container(acts[t])).astype(
                 np.uint8 if acts[t].fmt.bits == 8 else env[t].q.dtype
@@ -153,9 +164,8 @@ def test_every_layer_gives_onnxruntime_integers_on_the_same_input(files, name, t
 def test_network_output_equals_onnxruntime_bit_for_bit(files, name):
     """Not MobileNetV2: its int8 residual Adds (module docstring); its layers are checked one
     by one above."""
-    path, program, x, _ = files(name)
-    ex = IntegerExecutor(program)
-    want = ex.output(ex.run(x, keep_all=False))
+    path, program, x, _, env = files(name)
+    want = IntegerExecutor(program).output(env)
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = s.run(None, {s.get_inputs()[0].name: x})[0]
     assert got.dtype == want.dtype and np.array_equal(got, want)
@@ -166,9 +176,8 @@ def test_the_loaded_file_runs_as_the_program_it_was_written_from(files, name):
     """Every tensor's integers, the file's int8 activations held as uint8 in it: the metadata,
     not onnxruntime's plan of the file, gives the semantics. The float biases come back
     exactly."""
-    _, back, x, program = files(name)
+    _, back, x, program, got = files(name)
     want = IntegerExecutor(program).run(x, keep_all=True)
-    got = IntegerExecutor(back).run(x, keep_all=True)
     # the file's name of the output tensor: its layer writes '<output>_raw'
     name_of = {program.graph.output: back.graph.output}
     assert back.acts == {name_of.get(t, t): a for t, a in program.acts.items()}
