@@ -8,8 +8,12 @@
   ``MatMul`` by the ``(K, O)`` weight (per channel on axis 1), then, if it has a bias, an
   ``Add`` of the ``(O,)`` bias, which the importer folds back into the dense in a file with
   ``hwsim`` metadata;
+* a bias as a float initializer, except where the layer reads and writes static activations:
+  there the int32 ``round_half_even(b / (sx * sw))`` the program adds, behind a
+  ``DequantizeLinear`` of scale ``f32(sx * sw)``, the float bias in the metadata;
 * every statically quantized activation (``static`` scheme, or ``data-free``) as a
-  ``QuantizeLinear -> DequantizeLinear`` pair when its width is 4, 8 or 16 bits, and as a QONNX
+  ``QuantizeLinear -> DequantizeLinear`` pair when its width is 4, 8 or 16 bits (int8 held as
+  uint8 with zero point + 128: the same values, and the type onnxruntime fuses), and as a QONNX
   ``Quant`` node (domain ``qonnx.custom_op.general``; inputs x, scale, zero point, bit width;
   ``signed``, ``narrow=0``, ``rounding_mode="ROUND"``) for other widths;
 * per-sample and per-token (``dynamic``/``shift``) activations have no ONNX operator; they and
@@ -30,11 +34,11 @@
   resize as a nearest ``Resize`` by its constant float32 ``scales`` (the factors;
   ``asymmetric`` / ``floor``, torch's ``nn.Upsample``).
 
-So a per-tensor 8-bit model is a plain QDQ model that onnxruntime runs; other schemes open in
-Netron/QONNX but only hwsim executes their integer semantics. An op the format cannot hold (an
-unfolded BatchNorm of an imported QDQ model, a dense of onnxruntime's dynamic quantization) is
-an HwsimError naming the node, never a file that runs differently. Files are written
-atomically.
+So a per-tensor 8-bit model is a plain QDQ model that onnxruntime runs, every Conv / Gemm and
+residual Add on its integer kernels; other schemes open in Netron/QONNX but only hwsim executes
+their integer semantics. An op the format cannot hold (an unfolded BatchNorm of an imported QDQ
+model, a dense of onnxruntime's dynamic quantization) is an HwsimError naming the node, never a
+file that runs differently. Files are written atomically.
 """
 
 from __future__ import annotations
