@@ -1,12 +1,13 @@
 """hwsim-written QDQ files of standard architectures run by onnxruntime (default session options,
 this machine's CPU provider) on its integer kernels, layer for layer as hwsim's program.
 
-The programs: ``hwsim.quant.quantize`` per tensor, W8A8, int32 wrapping accumulators, ``ort``
-registers, calibrated on 8 N(0, 1) images, then ``hwsim.quant.store.save``. The networks, at
-small inputs (3x32x32) to keep each case to a few seconds: the MobileNetV2 and ResNet-18 of
-``archs.py`` (random weights and BatchNorm statistics), ResNet-18 at its full widths (64 ... 512,
-1000 classes: the layout of ``benchmarks/network.py``'s ``resnet18_224``), and the shipped
-residual CNN ``models/rescnn.onnx`` on digits (1x8x8).
+The programs: ``hwsim.quant.quantize`` per tensor (and one ResNet-18 with per-channel weights),
+W8A8, int32 wrapping accumulators, ``ort`` registers, calibrated on 8 N(0, 1) images, then
+``hwsim.quant.store.save``. The networks, at small inputs (3x32x32) to keep each case to a few
+seconds: the MobileNetV2 and ResNet-18 of ``archs.py`` (random weights and BatchNorm
+statistics), ResNet-18 at its full widths (64 ... 512, 1000 classes: the layout of
+``benchmarks/network.py``'s ``resnet18_224``), and the shipped residual CNN
+``models/rescnn.onnx`` on digits (1x8x8).
 
 The expected values come from onnxruntime (the independent reference):
 
@@ -50,7 +51,8 @@ from hwsim.quant import ActSpec, QuantProgram, Scheme, quantize
 from hwsim.quant.store import load, save
 
 SHAPE = (3, 32, 32)
-NETWORKS = ("mobilenetv2", "resnet18", "resnet18_full", "rescnn")
+NETWORKS = ("mobilenetv2", "resnet18", "resnet18_full", "rescnn", "resnet18/per-channel")
+"""network[/scheme preset]: per tensor unless named (per-channel weights: a per-channel bias)"""
 MAC = (Op.CONV, Op.DENSE)
 
 
@@ -82,21 +84,22 @@ def files(tmp_path_factory):
 
     def get(name: str):
         if name not in made:
-            d = tmp_path_factory.mktemp(name)
+            net, _, preset = name.partition("/")
+            d = tmp_path_factory.mktemp(net)
             rng = np.random.default_rng(1)
-            if name == "rescnn":
+            if net == "rescnn":
                 digits = load_data("digits")
                 calib, x = Dataset("calib", digits.x[:8], None), digits.x[8:12]
             else:
                 calib = Dataset("calib", rng.normal(0, 1, (8, *SHAPE)).astype(np.float32), None)
                 x = rng.normal(0, 1, (4, *SHAPE)).astype(np.float32)
             program = quantize(
-                import_model(_float_model(name, d)),
-                Scheme.preset("per-tensor"),
+                import_model(_float_model(net, d)),
+                Scheme.preset(preset or "per-tensor"),
                 calib,
                 float_run=run_float,
             )
-            path = d / f"{name}_w8a8.onnx"
+            path = d / f"{net}_w8a8.onnx"
             save(program, path)
             back = load(path)
             env = IntegerExecutor(back).run(x, keep_all=True)
