@@ -35,7 +35,8 @@ bias initializer of a ``DQ -> Conv / Gemm -> Q`` by a float32-computed int32 bia
 own DequantizeLinear (:func:`hwsim.qops.ort_quantized_bias`, docs/numerics.md "onnxruntime's
 bias quantization"): the fused kernel adds those integers, an unfused float Conv adds their
 dequantized values, so such a layer of a file whose bias is float (``hwsim quantize`` writes
-float biases) never runs on ``b`` itself.
+the int32 bias of a layer between static activations, float ones elsewhere) never runs on ``b``
+itself.
 :attr:`OrtPlan.quantized_biases` names the layers it rewrote.
 """
 

@@ -8,8 +8,12 @@
   ``MatMul`` by the ``(K, O)`` weight (per channel on axis 1), then, if it has a bias, an
   ``Add`` of the ``(O,)`` bias, which the importer folds back into the dense in a file with
   ``hwsim`` metadata;
+* a bias as a float initializer, except where the layer reads and writes static activations:
+  there the int32 ``round_half_even(b / (sx * sw))`` the program adds, behind a
+  ``DequantizeLinear`` of scale ``f32(sx * sw)``, the float bias in the metadata;
 * every statically quantized activation (``static`` scheme, or ``data-free``) as a
-  ``QuantizeLinear -> DequantizeLinear`` pair when its width is 4, 8 or 16 bits, and as a QONNX
+  ``QuantizeLinear -> DequantizeLinear`` pair when its width is 4, 8 or 16 bits (int8 held as
+  uint8 with zero point + 128: the same values, and the type onnxruntime fuses), and as a QONNX
   ``Quant`` node (domain ``qonnx.custom_op.general``; inputs x, scale, zero point, bit width;
   ``signed``, ``narrow=0``, ``rounding_mode="ROUND"``) for other widths;
 * per-sample and per-token (``dynamic``/``shift``) activations have no ONNX operator; they and
@@ -30,15 +34,16 @@
   resize as a nearest ``Resize`` by its constant float32 ``scales`` (the factors;
   ``asymmetric`` / ``floor``, torch's ``nn.Upsample``).
 
-So a per-tensor 8-bit model is a plain QDQ model that onnxruntime runs; other schemes open in
-Netron/QONNX but only hwsim executes their integer semantics. An op the format cannot hold (an
-unfolded BatchNorm of an imported QDQ model, a dense of onnxruntime's dynamic quantization) is
-an HwsimError naming the node, never a file that runs differently. Files are written
-atomically.
+So a per-tensor 8-bit model is a plain QDQ model that onnxruntime runs, every Conv / Gemm and
+residual Add on its integer kernels; other schemes open in Netron/QONNX but only hwsim executes
+their integer semantics. An op the format cannot hold (an unfolded BatchNorm of an imported QDQ
+model, a dense of onnxruntime's dynamic quantization) is an HwsimError naming the node, never a
+file that runs differently. Files are written atomically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -78,6 +83,23 @@ def _zp_tensor(name: str, fmt: IntFormat, value) -> TensorProto:
         )
     dt, _ = _container(fmt)
     return numpy_helper.from_array(np.asarray(value).astype(dt), name)
+
+
+def _file_act(fmt: IntFormat, zero_point: int) -> tuple[IntFormat, int]:
+    """The container and zero point a static activation of format ``fmt`` is written with in
+    its QuantizeLinear / DequantizeLinear pair: int8 as uint8 with zero point + 128 (the same
+    dequantized values ``s (q - z)``, the same QuantizeLinear results shifted by 128:
+    ``sat_u8(round_half_even(x / s) + z + 128) = sat_s8(round_half_even(x / s) + z) + 128``),
+    every other format as itself. onnxruntime's x86 QDQ fusions take uint8 activations only
+    (``QDQIsInt8Allowed()`` is false, ``ConvNodeGroupSelector::Check``); its
+    ``QDQS8ToU8Transformer`` converts an int8 pair only where the QuantizeLinear has a single
+    consumer, which ``EnsureUniqueDQForNodeUnit`` has already broken for a tensor read by two
+    nodes (a residual block's input). Such a tensor kept int8 beside uint8 ones: its Conv / Add
+    consumers ran as float ops on dequantized values. The program's format stays in the
+    metadata (``acts``), which is what ``load`` reads."""
+    if fmt.bits == 8 and fmt.signed:
+        return IntFormat(8, False), int(zero_point) + 128
+    return fmt, zero_point
 
 
 def _json_scalar(v):
@@ -133,7 +155,8 @@ class _Writer:
         t = self.tn(t)
         s = self.const(f"{t}_scale", _F32(spec.scale))
         if spec.fmt.bits in (4, 8, 16):
-            self.inits.append(_zp_tensor(f"{t}_zp", spec.fmt, spec.zero_point))
+            fmt, zp = _file_act(spec.fmt, spec.zero_point)
+            self.inits.append(_zp_tensor(f"{t}_zp", fmt, zp))
             self.add("QuantizeLinear", [t, s, f"{t}_zp"], f"{t}_q", f"{t}_Q")
             self.add("DequantizeLinear", [f"{t}_q", s, f"{t}_zp"], dq, f"{t}_DQ")
         else:
@@ -174,6 +197,46 @@ class _Writer:
         )
         self.weights_meta[n.name] = {"bits": wq.fmt.bits, "signed": wq.fmt.signed}
         return w
+
+    def bias(self, n: Node) -> str:
+        """The bias input of MAC node ``n`` (after :meth:`weights`). Where the layer reads a
+        static activation and writes one, the program adds ``B = round_half_even(b / (sx *
+        sw))`` (float64 quotient of the float32 scales: the integer executor's rule) to its
+        accumulator: the file holds ``B`` as int32 behind a DequantizeLinear of scale
+        ``f32(sx * sw)`` (per output channel for per-channel weights), so onnxruntime's fused
+        kernel adds ``B`` itself. A float bias there is rounded again by onnxruntime's
+        ``WeightBiasQuantization`` in float32 (:func:`hwsim.qops.ort_quantized_bias`), one
+        integer off for a few channels in a thousand. The float bias ``b`` goes to the
+        metadata (``weights``), which :func:`load` restores. Elsewhere (a per-sample input,
+        a float output, an integer bias from an imported model, a ``B`` outside the layer's
+        accumulator): the float bias, as before."""
+        b = np.asarray(n.bias, _F32)
+        ints = self.bias_ints(n)
+        if ints is None:
+            return self.const(f"{n.name}_b", b)
+        B, scale = ints
+        q = self.const(f"{n.name}_bq", B.astype(np.int32))
+        s = self.const(f"{n.name}_bscale", scale)
+        self.add("DequantizeLinear", [q, s], f"{n.name}_b", f"{n.name}_bDQ", axis=0)
+        self.weights_meta[n.name]["bias"] = b.tolist()
+        return f"{n.name}_b"
+
+    def bias_ints(self, n: Node) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(B, f32(sx * sw))`` for :meth:`bias`, or None where the file keeps the float bias."""
+        if n.bias_q is not None:
+            return None
+        specs = [self.p.acts.get(t) for t in (n.inputs[0], n.output)]
+        if any(sp is None or sp.mode is not ActMode.STATIC for sp in specs):
+            return None
+        sx = np.float32(specs[0].scale)
+        sw = np.asarray(n.wq.scale, _F32)
+        with np.errstate(all="ignore"):
+            B = np.rint(np.asarray(n.bias, _F32).astype(np.float64) / (np.float64(sx) * sw))
+        acc = self.p.layer(n.name).acc.format
+        lo, hi = max(acc.min, np.iinfo(np.int32).min), min(acc.max, np.iinfo(np.int32).max)
+        if not (np.all(np.isfinite(B)) and np.all((B >= lo) & (B <= hi))):
+            return None
+        return B.astype(np.int64), np.asarray(sx * sw, _F32)
 
     def batch_shape(self, rank: int) -> str:
         """The int64 vector ``[N, 1, ..., 1]`` (``rank`` entries, ``N`` the batch size, from
@@ -266,7 +329,7 @@ def _conv(w: _Writer, n: Node, ins: list, out: str) -> None:
     a = n.attrs
     args = [ins[0], w.weights(n)]
     if n.bias is not None:
-        args.append(w.const(f"{n.name}_b", n.bias.astype(_F32)))
+        args.append(w.bias(n))
     w.add(
         "Conv",
         args,
@@ -281,11 +344,11 @@ def _conv(w: _Writer, n: Node, ins: list, out: str) -> None:
 
 def _dense(w: _Writer, n: Node, ins: list, out: str) -> None:
     """``(N, K)``: Gemm by the ``(O, K)`` weight; N-d: MatMul by ``(K, O)`` [+ Add bias]."""
-    bias = None if n.bias is None else w.const(f"{n.name}_b", n.bias.astype(_F32))
     if not n.attrs.get("nd"):
-        args = [ins[0], w.weights(n)] + ([bias] if bias else [])
+        args = [ins[0], w.weights(n)] + ([w.bias(n)] if n.bias is not None else [])
         w.add("Gemm", args, out, n.name, transB=1)
         return
+    bias = None if n.bias is None else w.const(f"{n.name}_b", n.bias.astype(_F32))
     wt = w.weights(n, transpose=True)
     if bias is None:
         w.add("MatMul", [ins[0], wt], out, n.name)
@@ -518,11 +581,15 @@ def program_from_graph(graph: Graph) -> QuantProgram:
                     f"section {what!r} names {unknown}, which the model does not have "
                     f"(expected {kind} of the model)"
                 )
+        # the metadata, not onnxruntime's plan of the file, gives the semantics: the file runs
+        # as the program it was written from, its layers (weights: the plan's fused layers) and
+        # its activations (scales: the plan's uint8 tensors, whose QLinearAdd / pool / softmax
+        # formulas see zero points + 128; the file's int8 activations are uint8, _file_act)
+        graph.act_quant = {
+            t: dataclasses.replace(q, scale_name=None) for t, q in graph.act_quant.items()
+        }
         for n in graph.nodes:
             if n.wq is not None:
-                # the metadata, not onnxruntime's plan of the file, gives the semantics: the
-                # file runs as the program it was written from (onnxruntime leaves a Conv
-                # unfused where its input and output differ in signedness, say)
                 n.wq.source = None
             w = weights.get(n.name)
             if w is not None and n.wq is not None:
@@ -534,9 +601,29 @@ def program_from_graph(graph: Graph) -> QuantProgram:
                         raise SchemeError(f"{where}: missing field {k!r}")
                 n.wq.fmt = IntFormat(int(w["bits"]), bool(w["signed"]))
                 n.wq.fmt.check(n.wq.q, f"{n.name} weights")
+                if "bias" in w:
+                    n.bias, n.bias_q = _float_bias(w["bias"], n, where), None
     except (KeyError, TypeError, ValueError) as e:
         raise ModelImportError(f"{graph.source}: malformed hwsim metadata: {e}") from e
     return QuantProgram(graph, acts, layers, scheme)
+
+
+def _float_bias(value, n: Node, where: str) -> np.ndarray:
+    """The float bias of layer ``n`` in the metadata (``weights``: its ``bias``, the float32
+    values of the float bias whose program rounding is the file's int32 bias)."""
+    want = None if n.bias is None else np.shape(n.bias)
+    b = None
+    if isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        b = np.asarray(value, np.float64).astype(_F32)
+    if b is None or want is None or b.shape != want:
+        got = f"a list of {len(value)}" if isinstance(value, list) else repr(value)[:40]
+        raise SchemeError(
+            f"{where}: field 'bias' must list the layer's {want[0] if want else 0} float bias "
+            f"values (numbers), got {got}"
+        )
+    return b
 
 
 def load(path: str | os.PathLike) -> QuantProgram:

@@ -3,11 +3,15 @@ run by onnxruntime (default session options): the MobileNetV2 of ``archs.py`` (3
 weights and BatchNorm statistics) quantized per tensor, W8A8, int32 wrapping accumulators,
 ``ort`` registers, calibrated on 32 N(0, 1) images (seed 1).
 
-hwsim writes float biases; onnxruntime's ``WeightBiasQuantization`` turns each into an int32 bias
-before it fuses anything (:func:`hwsim.qops.ort_quantized_bias`), for the fused ``QLinearConv``
-/ ``QGemm`` layers and for the Convs it leaves as float ops on dequantized values alike."""
+hwsim writes the int32 bias its program adds where a layer reads and writes static tensors (the
+float bias in its metadata); a file with float biases instead (the same file with each bias
+DequantizeLinear replaced by the metadata's float bias, as hwsim wrote it before) shows
+onnxruntime's ``WeightBiasQuantization`` turning each into an int32 bias before it fuses anything
+(:func:`hwsim.qops.ort_quantized_bias`)."""
 
 from __future__ import annotations
+
+import json
 
 import archs
 import numpy as np
@@ -41,10 +45,28 @@ def mobilenetv2(tmp_path_factory):
     return path
 
 
+def _with_float_biases(path, out):
+    """The hwsim file at ``path`` with every Conv / Gemm reading its float bias (from the
+    metadata) instead of the int32 bias behind a DequantizeLinear, written to ``out``."""
+    m = onnx.load(path)
+    floats = json.loads({p.key: p.value for p in m.metadata_props}["hwsim"])["weights"]
+    bias_dq = {n.output[0]: n for n in m.graph.node if n.name.endswith("_bDQ")}
+    for n in m.graph.node:
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2] in bias_dq:
+            b = np.asarray(floats[n.name]["bias"], np.float32)
+            m.graph.initializer.append(numpy_helper.from_array(b, f"{n.name}_bf"))
+            n.input[2] = f"{n.name}_bf"
+    for dq in bias_dq.values():
+        m.graph.node.remove(dq)
+    onnx.save(m, out)
+    return out
+
+
 def test_onnxruntime_quantizes_every_float_bias_by_the_contract(mobilenetv2, tmp_path):
-    """Every Conv / Gemm of the file has a float bias; onnxruntime's optimised graph holds an
-    int32 bias for each (fused or not), equal to :func:`ort_quantized_bias` of the file's float
-    bias and scales, and :attr:`OrtPlan.quantized_biases` names all of them."""
+    """Every Conv / Gemm of the float-bias file has a float bias; onnxruntime's optimised graph
+    holds an int32 bias for each, equal to :func:`ort_quantized_bias` of the file's float bias
+    and scales, and :attr:`OrtPlan.quantized_biases` names all of them."""
+    mobilenetv2 = _with_float_biases(mobilenetv2, tmp_path / "float_bias.onnx")
     src = onnx.load(mobilenetv2)
     inits = {t.name: numpy_helper.to_array(t) for t in src.graph.initializer}
     producer = {o: n for n in src.graph.node for o in n.output}

@@ -148,7 +148,10 @@ def test_onnx_operators_by_width(tmp_path):
     assert inits["fc_wq"].data_type == onnx.TensorProto.UINT8
     meta = json.loads({p.key: p.value for p in model.metadata_props}["hwsim"])
     assert meta["format_version"] == 1
-    assert meta["weights"]["conv"] == {"bits": 3, "signed": True}
+    # conv reads and writes static tensors: its bias is the int32 the program adds, the float
+    # bias in the metadata
+    assert meta["weights"]["conv"] == {"bits": 3, "signed": True, "bias": [f32(0.1), f32(-0.1)]}
+    assert inits["conv_bq"].data_type == onnx.TensorProto.INT32
     assert meta["layers"]["fc"] == {
         "acc_bits": 28, "overflow": "saturate", "order": "tiled", "tile_rows": 32,
         "tile_bits": 20, "register": "pow2", "rounding": "half_up",
@@ -245,6 +248,9 @@ MALFORMED = [
     (("acts", "x", "signed"), "yes", "signed"),
     (("acts", "x", "scale"), "big", "scale"),
     (("weights", "conv", "bits"), 2, "conv weights"),  # 3-bit integers do not fit 2 bits
+    (("weights", "conv", "bias"), [0.5], "bias"),  # conv has two output channels
+    (("weights", "conv", "bias"), ["a", "b"], "bias"),
+    (("weights", "conv", "bias"), 0.5, "bias"),
     (("scheme", "default", "wbits"), 1, "wbits"),
     (("scheme", "default", "colour"), "red", "colour"),
     (("format_version",), 2, "format_version"),
