@@ -573,6 +573,24 @@ class IntegerExecutor:
         self.isa_layers.add(node.name)
         return self.isa
 
+    def _ort_add_holding(self, tensors, fmts) -> tuple | None:
+        """How onnxruntime holds an Add's two operands and output, all at most 8 bits: ``(dtype,
+        (da, db, dy))``, an int8 tensor held as uint8 ``q + 128`` where its shift is 128; None
+        where its QLinearAdd does not apply. A hwsim program's file holds every int8
+        activation as uint8 (:func:`hwsim.quant.store.save`, as x86 onnxruntime's
+        QDQS8ToU8Transformer would), so its Adds are uint8 QLinearAdds whatever the
+        operands' signedness; an imported model's are as onnxruntime's plan of it fuses them
+        (one signedness, :meth:`_ort_shift`)."""
+        if any(f.bits > 8 for f in fmts):
+            return None
+        if all(getattr(self.g.act_quant.get(t), "scale_name", None) is None for t in tensors):
+            return np.uint8, tuple(128 if f.signed else 0 for f in fmts)
+        holder = _ort_holder(*fmts)
+        if holder is None:
+            return None
+        d = self._ort_shift(holder, tensors)
+        return (np.uint8 if d else holder), (d, d, d)
+
     def _ort_shift(self, holder, tensors) -> int:
         """128 if onnxruntime runs these int8 tensors of an imported model as uint8 = int8 + 128
         (x86's QDQS8ToU8Transformer; :attr:`hwsim.graph.ort_plan.OrtPlan.uint8_scales`), else
@@ -1019,29 +1037,29 @@ class IntegerExecutor:
         if spec.mode != "static":
             return self._add_per_sample(a, b, spec, layer)
         so = self._out_scale(spec)
-        holder = _ort_holder(a.fmt, b.fmt, spec.fmt)
+        tensors = (*node.inputs[:2], node.output)
+        held_as = self._ort_add_holding(tensors, (a.fmt, b.fmt, spec.fmt))
         if (
             layer.register is ScaleKind.ORT
             and np.ndim(a.scale) == 0
             and np.ndim(b.scale) == 0
             and so.ndim == 0
-            and holder is not None
+            and held_as is not None
         ):
-            d = self._ort_shift(holder, (*node.inputs[:2], node.output))
-            holder = np.uint8 if d else holder
+            holder, (da, db, d) = held_as
 
-            def held(q):  # the operand as onnxruntime holds it (uint8 = int8 + 128 where d)
+            def held(q, dq):  # the operand as onnxruntime holds it (uint8 = int8 + 128 where dq)
                 return (
-                    q if d == 0 and q.dtype == holder else (q.astype(np.int16) + d).astype(holder)
+                    q if dq == 0 and q.dtype == holder else (q.astype(np.int16) + dq).astype(holder)
                 )
 
             y = qops.qlinear_add(
-                held(a.q),
+                held(a.q, da),
                 np.float32(a.scale),
-                holder(a.zero_point + d),
-                held(b.q),
+                holder(a.zero_point + da),
+                held(b.q, db),
                 np.float32(b.scale),
-                holder(b.zero_point + d),
+                holder(b.zero_point + db),
                 np.float32(so),
                 holder(spec.zero_point + d),
             )

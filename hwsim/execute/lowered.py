@@ -347,70 +347,35 @@ class _Lowerer:
         return None
 
     @staticmethod
-    def _grid(b: _Builder, m: Meta) -> list[str]:
-        return [b.const(np.float32(m.scale)), b.const(np.asarray(m.zero_point, m.dtype))]
+    def _grid(b: _Builder, m: Meta, d: int = 0) -> list[str]:
+        """``m``'s scale and zero point constants, held shifted by ``d`` (0 or 128: uint8)."""
+        zp = np.asarray(m.zero_point + d, np.uint8 if d else m.dtype)
+        return [b.const(np.float32(m.scale)), b.const(zp)]
 
     def _emit_add(self, b, node, ins, out):
         if ins[0].shape != ins[1].shape:
             return "broadcasting Add"
-        if self._qlinear_ok(node, ins, out) is not None:  # another rule
-            if self._ort_add(b, node, ins, out) is None:
-                return None
-            return self._table2(b, node, ins, out)
-        nhwc = b.any(node.inputs[0])[1][1]  # elementwise: in the first input's layout
-        args = []
-        for t, m in zip(node.inputs, ins, strict=True):
-            args += [b.get(t, m, False, nhwc), *self._grid(b, m)]
-        y = b.node("QLinearAdd", args + self._grid(b, out), domain=_MS)
-        self._finish(b, node, y, out, (False, nhwc))
-        return None
-
-    def _ort_add(self, b, node, ins, out) -> str | None:
-        """The executor's integer Add with ``ort`` registers (eq. 8; ``add_ort_fused``):
-        ``ta = rint(f32((a - za) << L) * ma)``, ``tb`` likewise, ``y = clamp(rint(f32(ta +
-        tb) * mo) + zo)``, in float32 onnxruntime ops, each exact to that rule:
-        ``DequantizeLinear(a, 2^L ma, za)`` is ``f32((a - za) * 2^L ma)``, the rounded product
-        ``f32(t) * ma`` (``t`` and ``2^L ma`` are exact floats); ``Round`` is half to even;
-        ``ta`` and ``tb`` are integers exact in float32, so their float ``Add`` is ``f32(ta +
-        tb)``; ``Mul`` by ``mo`` is the register's product; ``QuantizeLinear`` with scale 1
-        rounds half to even, adds ``zo`` and saturates to the dtype (then a ``Clip`` to a
-        narrower format)."""
-        from hwsim.execute.integer import IntegerExecutor, _register, add_reals
-        from hwsim.numerics import RoundingMode
-
         layer = self.p.layer(node.name)
         spec = self.p.acts.get(node.output)
-        if spec is None or spec.mode != "static" or layer.register is not ScaleKind.ORT:
-            return "not the ort register"
-        a, c = ins
-        L = IntegerExecutor.add_shift(a.fmt, c.fmt)
-        reals = add_reals(
-            np.float64(np.float32(a.scale)),
-            np.float64(np.float32(c.scale)),
-            np.float64(np.float32(out.scale)),
-            L,
+        held_as = self.probe._ort_add_holding(
+            (*node.inputs, node.output), [m.fmt for m in (*ins, out)]
         )
-        ma, mc, mo = (
-            np.float32(_register(ScaleKind.ORT, r, layer.rounding).multiplier) for r in reals
-        )
-        if not all(np.isfinite(v) and 0 < v < 2.0**100 for v in (ma, mc, mo)):
-            return "register out of float32 range"
-        if layer.rounding is RoundingMode.STOCHASTIC:
-            return "stochastic rounding"
-        nhwc = b.any(node.inputs[0])[1][1]
-        terms = []
-        for t, m, r in ((node.inputs[0], a, ma), (node.inputs[1], c, mc)):
-            held = b.any(t, nhwc)[1][0]  # either holding: DequantizeLinear subtracts its zp
-            q = b.get(t, m, held, nhwc)
-            d = 128 if held and m.dtype == np.int8 else 0
-            zp = b.const(np.asarray(m.zero_point + d, np.uint8 if d else m.dtype))
-            scaled = np.float32(np.ldexp(np.float64(r), L))
-            terms.append(b.node("Round", [b.node("DequantizeLinear", [q, b.const(scaled), zp])]))
-        p = b.node("Mul", [b.node("Add", terms), b.const(np.float32(mo))])
-        d = 128 if out.dtype == np.int8 else 0  # an int8 output held shifted, as convs read it
-        zo = b.const(np.asarray(out.zero_point + d, np.uint8 if d else out.dtype))
-        y = b.node("QuantizeLinear", [p, b.const(np.float32(1.0)), zo])
-        self._finish(b, node, y, out, (True, nhwc))
+        if (
+            spec is None
+            or spec.mode != "static"
+            or layer.register is not ScaleKind.ORT
+            or held_as is None
+        ):  # another rule: a table of it
+            return self._table2(b, node, ins, out)
+        holder, shifts = held_as
+        nhwc = b.any(node.inputs[0])[1][1]  # elementwise: in the first input's layout
+        args = []
+        for t, m, d in zip(node.inputs, ins, shifts, strict=False):
+            if np.dtype(m.dtype) != np.dtype(holder) and not d:
+                return "an operand not in onnxruntime's dtype"
+            args += [b.get(t, m, bool(d), nhwc), *self._grid(b, m, d)]
+        y = b.node("QLinearAdd", args + self._grid(b, out, shifts[2]), domain=_MS)
+        self._finish(b, node, y, out, (bool(shifts[2]), nhwc))
         return None
 
     def _table2(self, b, node, ins, out) -> str | None:

@@ -18,12 +18,10 @@ The expected values come from onnxruntime (the independent reference):
 * every layer of the file run alone by onnxruntime (the file cut from the layer's input
   QuantizeLinear to its output QuantizeLinear, fed hwsim's integers of its input) gives the
   integers hwsim's IntegerExecutor gives for it, bias included (the file carries the program's
-  int32 bias). Residual Adds are the exception, as their integer rule is the executor's: an
-  ``ort`` Add of int8 tensors runs onnxruntime's QLinearAdd formula on int8 in hwsim, which x86
-  onnxruntime never runs (its fused Add takes uint8: zero points + 128 inside float32
-  arithmetic), and one of mixed signedness runs TFLite's integer Add;
-* the whole network's output equals onnxruntime's bit for bit where those Adds happen to agree
-  (the ResNet-18s and the residual CNN on these inputs).
+  int32 bias), residual Adds included (an ``ort`` Add of a hwsim program is the uint8
+  QLinearAdd x86 onnxruntime runs on the file's uint8-held activations, whatever the operands'
+  signedness: docs/networks.md);
+* the whole network's output equals onnxruntime's bit for bit.
 """
 
 from __future__ import annotations
@@ -134,16 +132,16 @@ def _container(spec) -> int:
 
 @pytest.mark.parametrize("name", NETWORKS)
 def test_every_layer_gives_onnxruntime_integers_on_the_same_input(files, name):
-    """Each non-Add layer between two static tensors, cut out of the file and run by
-    onnxruntime on hwsim's input integers, equals hwsim's output integers; every MAC layer is
-    among them."""
+    """Each layer between two static tensors, cut out of the file and run by onnxruntime on
+    hwsim's input integers, equals hwsim's output integers; every MAC layer and Add is among
+    them."""
     path, program, _, _, env = files(name)
     acts = program.acts
     cutter = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(onnx.load(path)))
     checked = []
     for n in program.graph.nodes:
         ins, out = n.inputs, n.output
-        if n.op is Op.ADD or not all(t in acts and acts[t].mode == "static" for t in (*ins, out)):
+        if not all(t in acts and acts[t].mode == "static" for t in (*ins, out)):
             continue
         feeds = [f"{t}_q" for t in ins]
         cut = cutter.extract_model(feeds, [f"{out}_q"]).SerializeToString()
@@ -159,14 +157,12 @@ def test_every_layer_gives_onnxruntime_integers_on_the_same_input(files, name):
         want = env[out].q.astype(np.int64)
         assert got.shape == want.shape and np.array_equal(got, want), (name, n.name)
         checked.append(n)
-    macs = [n.name for n in program.graph.nodes if n.op in MAC]
+    macs = [n.name for n in program.graph.nodes if n.op in (*MAC, Op.ADD)]
     assert set(macs) <= {n.name for n in checked}
 
 
-@pytest.mark.parametrize("name", [n for n in NETWORKS if n != "mobilenetv2"])
+@pytest.mark.parametrize("name", NETWORKS)
 def test_network_output_equals_onnxruntime_bit_for_bit(files, name):
-    """Not MobileNetV2: its int8 residual Adds (module docstring); its layers are checked one
-    by one above."""
     path, program, x, _, env = files(name)
     want = IntegerExecutor(program).output(env)
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
