@@ -154,81 +154,126 @@ def distinct_misses(n: int, reps: int, cnt: int, E: int) -> tuple[int, int]:
     return (E - cnt) + tail, tail
 
 
-def _sweep_misses(sweep: np.ndarray, fold_ends: np.ndarray, reps: int, E: int, horizon: int) -> int:
-    """Fetches of ``reps`` passes over ``sweep`` (addresses >= 0 in demand order, repeats
-    allowed; fold ``f`` ends before ``fold_ends[f]``), starting with an empty epoch
+class _Block:
+    """Whole folds of an ifmap pass as the walk reads them (eq. M5-M7), from the demand
+    addresses ``sweep`` (relative to the block's first sample; -1 outside the ifmap) and the
+    folds' lengths ``sizes``: ``sweep`` the addresses >= 0 in demand order, ``fold_ends`` the
+    positions where its folds end, ``fo`` the positions of each address's first use in the
+    block, ``ffo`` those of its first use in each fold; ``first`` and ``idx`` scratch tables
+    (over the block's addresses, and positions)."""
+
+    def __init__(self, sweep: np.ndarray, sizes: list[int]):
+        fold_ends = np.cumsum(sizes)
+        if int(sweep.min()) < 0:  # SCALE-Sim skips the -1 addresses of windows outside
+            valid = sweep >= 0
+            fold_ends = np.cumsum(
+                np.add.reduceat(valid.astype(np.int64), fold_ends - np.asarray(sizes))
+            )
+            sweep = sweep[valid]
+        L = len(sweep)
+        pos_t = np.int32 if L < _I32 else np.int64  # positions
+        first = np.empty(int(sweep.max()) + 1, dtype=pos_t)
+        idx = np.arange(L, dtype=pos_t)
+        first[sweep[::-1]] = idx[::-1]  # the last assignment wins: each address's first use
+        self.fo = np.flatnonzero(first[sweep] == idx).astype(pos_t)
+        fold_first = np.zeros(L, dtype=bool)
+        lo = 0
+        for hi in fold_ends:
+            a = sweep[lo:hi]
+            first[a[::-1]] = idx[lo:hi][::-1]
+            fold_first[lo:hi] = first[a] == idx[lo:hi]
+            lo = hi
+        self.ffo = np.flatnonzero(fold_first).astype(pos_t)
+        self.sweep, self.fold_ends, self.first, self.idx, self.L = sweep, fold_ends, first, idx, L
+
+
+def _walk_misses(pieces: list[tuple[_Block, int]], reps: int, E: int, horizon: int) -> int:
+    """Fetches of ``reps`` passes over the blocks ``pieces`` (each with the address offset of
+    its first sample; the blocks' address sets are disjoint), starting with an empty epoch
     (eq. M5-M7).
 
     ``horizon`` bounds the distance between two consecutive uses of an address inside a pass.
     A use can be fetched only if no use of its address came since the epoch began. So between
     epoch ends only an address's first use in the pass can be (eq. M6); after an epoch ends at
     position ``i``: every use in the rest of that fold, the first use in each fold up to
-    ``i + horizon``, then the first uses in the pass again (eq. M7)."""
-    L = len(sweep)
+    ``i + horizon``, then the first uses in the pass again (eq. M7). The walk carries its
+    state (fetches in the epoch, the words in it, the fold and horizon of the last epoch end)
+    from block to block. A pass's last epoch end fixes the state the pass ends in, so once a
+    pass ends where an earlier one did the passes repeat and the rest is summed (eq. M7a)."""
+    starts = np.cumsum([0] + [b.L for b, _ in pieces]).tolist()
+    L = starts[-1]
     if L == 0:
         return 0
-    size = int(sweep.max()) + 1
-    pos_t = np.int32 if L < _I32 else np.int64  # positions (the walk's largest arrays)
-    first = np.empty(size, dtype=pos_t)
-    idx = np.arange(L, dtype=pos_t)
-    first[sweep[::-1]] = idx[::-1]  # the last assignment wins: each address's first use
-    fo = np.flatnonzero(first[sweep] == idx)  # first uses in the pass
-    fold_first = np.zeros(L, dtype=bool)  # first uses in each fold
-    lo = 0
-    for hi in fold_ends:
-        a = sweep[lo:hi]
-        first[a[::-1]] = idx[lo:hi][::-1]
-        fold_first[lo:hi] = first[a] == idx[lo:hi]
-        lo = hi
-    ffo = np.flatnonzero(fold_first)
-    in_epoch = np.zeros(size, dtype=bool)
+    in_epoch = np.zeros(max(a0 + len(b.first) for b, a0 in pieces), dtype=bool)
+    marked: list[np.ndarray] = []  # the words put in the epoch since it began
 
-    def first_new(pos_arr, a):  # positions of the uses in pos_arr fetched, in order
-        ia = idx[: len(a)]
-        first[a[::-1]] = ia[::-1]
-        return pos_arr[(first[a] == ia) & ~in_epoch[a]]
+    def first_new(blk, pos_arr, rel, a0):  # positions of the uses in pos_arr fetched, in order
+        ia = blk.idx[: len(rel)]
+        blk.first[rel[::-1]] = ia[::-1]
+        return pos_arr[(blk.first[rel] == ia) & ~in_epoch[rel + a0]]
 
     total, cnt = 0, 0
-    for _ in range(reps):
-        pos, fold_cut, full_until, flushed = 0, 0, 0, False
-        while pos < L:
-            need = E - cnt
-            if pos < fold_cut:  # the rest of the fold where the epoch ended: every use
-                hi = fold_cut
-                a = sweep[pos:hi]
-                new = first_new(idx[pos:hi], a)
-            elif pos < full_until:  # the first use in each fold within the horizon
-                hi = full_until
-                cpos = ffo[np.searchsorted(ffo, pos) : np.searchsorted(ffo, hi)]
-                a = sweep[cpos]
-                new = first_new(cpos, a)
-            else:  # the first uses in the pass (distinct addresses)
-                i0 = int(np.searchsorted(fo, pos))
-                i1 = min(len(fo), i0 + max(4096, 2 * need))
-                cpos = fo[i0:i1]
-                a = sweep[cpos]
-                new = cpos[~in_epoch[a]]
-                hi = int(fo[i1]) if i1 < len(fo) else L
-            if len(new) >= need:  # the epoch ends here
-                end = int(new[need - 1])
-                total += need
-                cnt = 0
-                in_epoch[:] = False
-                flushed = True
-                pos = end + 1
-                fold_cut = int(fold_ends[np.searchsorted(fold_ends, end, side="right")])
-                full_until = min(L, end + 1 + horizon)
-                continue
-            total += len(new)
-            cnt += len(new)
-            in_epoch[a] = True
-            pos = hi
-        if not flushed:  # the epoch holds the whole pass: every later pass hits
+    after: list[int] = []  # fetches after each pass
+    ends: dict[int, int] = {}  # a pass's last epoch end -> the pass
+    for rep in range(reps):
+        fold_cut, full_until, last = 0, 0, -1
+        for (blk, a0), p0 in zip(pieces, starts, strict=False):
+            pos, end = p0, p0 + blk.L
+            while pos < end:
+                need = E - cnt
+                lo = pos - p0
+                if pos < fold_cut:  # the rest of the fold where the epoch ended: every use
+                    hi = fold_cut - p0
+                    rel = blk.sweep[lo:hi]
+                    new = first_new(blk, blk.idx[lo:hi], rel, a0)
+                elif pos < full_until:  # the first use in each fold within the horizon
+                    hi = min(full_until, end) - p0
+                    ffo = blk.ffo
+                    cpos = ffo[np.searchsorted(ffo, lo) : np.searchsorted(ffo, hi)]
+                    rel = blk.sweep[cpos]
+                    new = first_new(blk, cpos, rel, a0)
+                else:  # the first uses in the pass (distinct addresses)
+                    fo = blk.fo
+                    i0 = int(np.searchsorted(fo, lo))
+                    i1 = min(len(fo), i0 + max(4096, 2 * need))
+                    cpos = fo[i0:i1]
+                    rel = blk.sweep[cpos]
+                    new = cpos[~in_epoch[rel + a0]]
+                    hi = int(fo[i1]) if i1 < len(fo) else blk.L
+                if len(new) >= need:  # the epoch ends here
+                    last = p0 + int(new[need - 1])
+                    total += need
+                    cnt = 0
+                    for m in marked:
+                        in_epoch[m] = False
+                    marked.clear()
+                    pos = last + 1
+                    fe = blk.fold_ends
+                    fold_cut = p0 + int(fe[np.searchsorted(fe, last - p0, side="right")])
+                    full_until = min(L, last + 1 + horizon)
+                    continue
+                total += len(new)
+                cnt += len(new)
+                a = rel + a0
+                in_epoch[a] = True
+                marked.append(a)
+                pos = p0 + hi
+        if last < 0:  # the epoch holds the whole pass: every later pass hits
             break
+        after.append(total)
+        if last in ends:  # passes ends[last] + 1 .. rep repeat from here on (eq. M7a)
+            m = ends[last]
+            q, r = divmod(reps - 1 - rep, rep - m)
+            return total + q * (total - after[m]) + (after[m + r] - after[m])
+        ends[last] = rep
     return total
 
 
-def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
+_CHUNK = 1 << 18  # demand addresses built at a time (bounds the temporaries)
+_BLOCK = 1 << 21  # demand addresses per block of the walk, where periods allow (eq. M7b)
+
+
+def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> tuple[np.ndarray, list]:
     """One pass of the OS ifmap demand (eq. M5): row folds of ``R`` pixels, each the
     ``K x R`` block skewed: cycle ``k + j`` reads pixel ``j``'s window element ``k``, pixels in
     order within a cycle. Returns the addresses and the folds' lengths."""
@@ -241,13 +286,16 @@ def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
         order = np.lexsort((j.ravel(), (k + j).ravel()))
         ko, jo = k.ravel()[order], j.ravel()[order]
         pt = np.int32 if p0 + n * R < _I32 else np.int64
-        p = (p0 + np.arange(n, dtype=pt)[:, None] * R + jo[None, :]).astype(pt, copy=False)
-        parts.append(geo.ifmap_addr(p, ko[None, :]).ravel())
+        step = max(1, _CHUNK // (ru * K))  # folds built at a time
+        for f0 in range(0, n, step):
+            f = np.arange(f0, min(n, f0 + step), dtype=pt)
+            p = (p0 + f[:, None] * R + jo[None, :]).astype(pt, copy=False)
+            parts.append(geo.ifmap_addr(p, ko[None, :]).ravel())
         sizes += [ru * K] * n
     return np.concatenate(parts), sizes
 
 
-def _ws_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
+def _ws_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> tuple[np.ndarray, list]:
     """One pass of the WS ifmap demand: K folds of ``R`` window elements, each the ``Np x R``
     block skewed (cycle ``p + kk``)."""
     parts, sizes = [], []
@@ -260,7 +308,7 @@ def _ws_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
     return np.concatenate(parts), sizes
 
 
-def _is_ifmap_stream(geo: ConvGeometry, Np: int, K: int, R: int, C: int) -> np.ndarray:
+def _is_ifmap_stream(geo: ConvGeometry, Np: int, K: int, R: int, C: int) -> tuple[np.ndarray, list]:
     """The whole IS ifmap demand: pixel folds of ``C`` (outer) by K folds of ``R`` (inner),
     each block read once, its window elements last to first (``np.flip`` of the fold)."""
     parts, sizes = [], []
@@ -272,6 +320,59 @@ def _is_ifmap_stream(geo: ConvGeometry, Np: int, K: int, R: int, C: int) -> np.n
             parts.append(geo.ifmap_addr(p0 + j.ravel(), k0 + kk.ravel()))
             sizes.append(pu * ku)
     return np.concatenate(parts), sizes
+
+
+def conv_ifmap_misses(
+    dataflow,
+    R: int,
+    C: int,
+    Np: int,
+    K: int,
+    reps: int,
+    E: int,
+    geo: ConvGeometry,
+    block_px: int | None = None,
+) -> int:
+    """Fetches of a convolution's ifmap (``reps`` passes, epochs of ``E`` fetches) by the walk
+    (eq. M5-M7b). In ``os`` / ``is`` the pass is cut into blocks of ``block_px`` output pixels
+    (a multiple of the period ``lcm(fold, oh * ow)``, ``fold`` = R in ``os``, C in ``is``;
+    default: as many periods as fit in about 2M demand addresses, at least one); the blocks
+    are the same folds on other samples, so one block is built and walked at each sample
+    offset, and the build's time and memory do not grow with the batch. ``ws`` folds span
+    the whole pass: one block, O(Np * K)."""
+    df = as_dataflow(dataflow)
+    per = geo.oh * geo.ow
+    if df is Dataflow.WS:
+        block_px = Np
+    else:
+        period = math.lcm(R if df is Dataflow.OS else C, per)
+        if block_px is None:
+            block_px = period * max(1, _BLOCK // (period * K))
+        elif block_px <= 0 or block_px % period:
+            raise ValueError(f"block_px={block_px} is not a multiple of the period {period}")
+    words = geo.ih * geo.iw * geo.ch  # one sample's ifmap
+
+    def block(n_px):
+        if df is Dataflow.OS:
+            return _Block(*_os_ifmap_sweep(geo, n_px, K, R))
+        if df is Dataflow.WS:
+            return _Block(*_ws_ifmap_sweep(geo, n_px, K, R))
+        return _Block(*_is_ifmap_stream(geo, n_px, K, R, C))
+
+    n_full, tail = divmod(Np, block_px)
+    pieces = []
+    if n_full:
+        b = block(block_px)
+        pieces += [(b, i * block_px // per * words) for i in range(n_full)]
+    if tail:
+        pieces.append((block(tail), n_full * block_px // per * words))
+    if df is Dataflow.OS:
+        horizon = (geo.reuse_gap // R + 2) * R * K
+    elif df is Dataflow.WS:
+        horizon = sum(b.L for b, _ in pieces)
+    else:
+        horizon = (geo.reuse_gap // C + 2) * C * K
+    return _walk_misses(pieces, reps, E, horizon)
 
 
 def dram_reads(
@@ -312,23 +413,7 @@ def dram_reads(
     if geo.fh <= geo.stride and geo.fw <= geo.stride:  # windows share no word: a GEMM's sweep
         ifm, _ = distinct_misses(D, reps, 0, Ei)
         return ifm, fl
-    if df is Dataflow.OS:
-        sweep, sizes = _os_ifmap_sweep(geo, Np, K, R)
-        horizon = (geo.reuse_gap // R + 2) * R * K
-    elif df is Dataflow.WS:
-        sweep, sizes = _ws_ifmap_sweep(geo, Np, K, R)
-        horizon = len(sweep)
-    else:
-        sweep, sizes = _is_ifmap_stream(geo, Np, K, R, C)
-        horizon = (geo.reuse_gap // C + 2) * C * K
-    fold_ends = np.cumsum(sizes)
-    if not geo.all_valid:  # SCALE-Sim skips the -1 addresses of windows outside the ifmap
-        valid = sweep >= 0
-        fold_ends = np.cumsum(
-            np.add.reduceat(valid.astype(np.int64), fold_ends - np.asarray(sizes))
-        )
-        sweep = sweep[valid]
-    return _sweep_misses(sweep, fold_ends, reps, Ei, horizon), fl
+    return conv_ifmap_misses(df, R, C, Np, K, reps, Ei, geo), fl
 
 
 def _fold_types(df: Dataflow, R: int, C: int, Np: int, K: int, Mf: int):
