@@ -206,6 +206,11 @@ def _walk_misses(pieces: list[tuple[_Block, int]], reps: int, E: int, horizon: i
         return 0
     in_epoch = np.zeros(max(a0 + len(b.first) for b, a0 in pieces), dtype=bool)
     marked: list[np.ndarray] = []  # the words put in the epoch since it began
+    # Only a later pass looks up a first use in the pass in ``in_epoch``: the first uses
+    # fetched since the last epoch end are marked when the pass ends (``unmarked``), and
+    # looked up only until the next pass's first epoch end (``carried``).
+    unmarked: list[tuple[_Block, np.ndarray, int]] = []
+    carried = False
 
     def first_new(blk, pos_arr, rel, a0):  # positions of the uses in pos_arr fetched, in order
         ia = blk.idx[: len(rel)]
@@ -219,6 +224,7 @@ def _walk_misses(pieces: list[tuple[_Block, int]], reps: int, E: int, horizon: i
         fold_cut, full_until, last = 0, 0, -1
         for (blk, a0), p0 in zip(pieces, starts, strict=False):
             pos, end = p0, p0 + blk.L
+            pt = blk.idx.dtype.type  # searchsorted on a key of the tables' type: O(log n)
             while pos < end:
                 need = E - cnt
                 lo = pos - p0
@@ -229,17 +235,21 @@ def _walk_misses(pieces: list[tuple[_Block, int]], reps: int, E: int, horizon: i
                 elif pos < full_until:  # the first use in each fold within the horizon
                     hi = min(full_until, end) - p0
                     ffo = blk.ffo
-                    cpos = ffo[np.searchsorted(ffo, lo) : np.searchsorted(ffo, hi)]
+                    cpos = ffo[ffo.searchsorted(pt(lo)) : ffo.searchsorted(pt(hi))]
                     rel = blk.sweep[cpos]
                     new = first_new(blk, cpos, rel, a0)
                 else:  # the first uses in the pass (distinct addresses)
                     fo = blk.fo
-                    i0 = int(np.searchsorted(fo, lo))
-                    i1 = min(len(fo), i0 + max(4096, 2 * need))
-                    cpos = fo[i0:i1]
-                    rel = blk.sweep[cpos]
-                    new = cpos[~in_epoch[rel + a0]]
-                    hi = int(fo[i1]) if i1 < len(fo) else blk.L
+                    i0 = int(fo.searchsorted(pt(lo)))
+                    if carried:  # words of the last pass may be in the epoch: look them up
+                        i1 = min(len(fo), i0 + max(4096, 2 * need))
+                        cpos = fo[i0:i1]
+                        rel = blk.sweep[cpos]
+                        new = cpos[~in_epoch[rel + a0]]
+                        hi = int(fo[i1]) if i1 < len(fo) else blk.L
+                    else:  # none can be: each is fetched (their words are marked at the end)
+                        new = fo[i0 : i0 + need]
+                        rel, hi = None, blk.L
                 if len(new) >= need:  # the epoch ends here
                     last = p0 + int(new[need - 1])
                     total += need
@@ -247,6 +257,8 @@ def _walk_misses(pieces: list[tuple[_Block, int]], reps: int, E: int, horizon: i
                     for m in marked:
                         in_epoch[m] = False
                     marked.clear()
+                    unmarked.clear()
+                    carried = False
                     pos = last + 1
                     fe = blk.fold_ends
                     fold_cut = p0 + int(fe[np.searchsorted(fe, last - p0, side="right")])
@@ -254,10 +266,19 @@ def _walk_misses(pieces: list[tuple[_Block, int]], reps: int, E: int, horizon: i
                     continue
                 total += len(new)
                 cnt += len(new)
-                a = rel + a0
-                in_epoch[a] = True
-                marked.append(a)
+                if rel is None:
+                    unmarked.append((blk, new, a0))
+                else:
+                    a = rel + a0
+                    in_epoch[a] = True
+                    marked.append(a)
                 pos = p0 + hi
+        for blk, new, a0 in unmarked:  # the words the next pass may find in the epoch
+            a = blk.sweep[new] + a0
+            in_epoch[a] = True
+            marked.append(a)
+        unmarked.clear()
+        carried = bool(marked)
         if last < 0:  # the epoch holds the whole pass: every later pass hits
             break
         after.append(total)
@@ -492,9 +513,17 @@ class _WriteSim:
 
     def __init__(self, dataflow, R, C, Np, K, Mf, ofmap_kb, line, scalesim_padding=True):
         df = as_dataflow(dataflow)
-        counts = np.concatenate([np.tile(r, n) for n, r in _fold_types(df, R, C, Np, K, Mf)])
-        self.cum = np.cumsum(counts)
-        self.total, self.nrows = int(self.cum[-1]), len(counts)
+        # the demand rows as runs of equal folds: run i starts at row row0[i] and word
+        # word0[i]; its folds are height[i] rows of fold_words[i] words, cum[i] their prefix
+        # sums (O(runs) memory, not O(rows))
+        runs = _fold_types(df, R, C, Np, K, Mf)
+        self.cum = [np.cumsum(r) for _, r in runs]
+        self.height = [len(r) for _, r in runs]
+        self.fold_words = [int(c[-1]) for c in self.cum]
+        n = [c for c, _ in runs]
+        self.row0 = np.cumsum([0] + [c * h for c, h in zip(n, self.height, strict=True)])
+        self.word0 = np.cumsum([0] + [c * w for c, w in zip(n, self.fold_words, strict=True)])
+        self.total, self.nrows = int(self.word0[-1]), int(self.row0[-1])
         self.T = sram_words(ofmap_kb)
         self.active = math.ceil(self.T * 0.5)
         self.line = line
@@ -505,11 +534,23 @@ class _WriteSim:
         self.pads: dict[int, int] = {}
 
     def row_of(self, k: int) -> int:
-        return int(np.searchsorted(self.cum, k, side="right"))
+        """The demand row that writes word ``k`` (``nrows`` past the last word)."""
+        if k >= self.total:
+            return self.nrows
+        i = int(np.searchsorted(self.word0, k, side="right")) - 1
+        f, w = divmod(k - int(self.word0[i]), self.fold_words[i])
+        q = int(np.searchsorted(self.cum[i], w, side="right"))
+        return int(self.row0[i]) + f * self.height[i] + q
 
     def before_row(self, r: int) -> int:
         """Words written before demand row ``r``."""
-        return 0 if r <= 0 else (self.total if r >= self.nrows else int(self.cum[r - 1]))
+        if r <= 0:
+            return 0
+        if r >= self.nrows:
+            return self.total
+        i = int(np.searchsorted(self.row0, r - 1, side="right")) - 1
+        f, q = divmod(r - 1 - int(self.row0[i]), self.height[i])
+        return int(self.word0[i]) + f * self.fold_words[i] + int(self.cum[i][q])
 
     def _close(self, upto: int) -> None:  # pack words [packed, upto) and close the open line
         n = upto - self.packed
