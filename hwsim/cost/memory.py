@@ -159,8 +159,8 @@ class _Block:
     addresses ``sweep`` (relative to the block's first sample; -1 outside the ifmap) and the
     folds' lengths ``sizes``: ``sweep`` the addresses >= 0 in demand order, ``fold_ends`` the
     positions where its folds end, ``fo`` the positions of each address's first use in the
-    block, ``ffo`` those of its first use in each fold; ``first`` and ``idx`` scratch tables
-    (over the block's addresses, and positions)."""
+    block, ``ffo`` those of its first use in each fold; ``first``, ``seen`` and ``idx``
+    scratch tables (over the block's addresses, and positions)."""
 
     def __init__(self, sweep: np.ndarray, sizes: list[int]):
         fold_ends = np.cumsum(sizes)
@@ -185,6 +185,7 @@ class _Block:
             lo = hi
         self.ffo = np.flatnonzero(fold_first).astype(pos_t)
         self.sweep, self.fold_ends, self.first, self.idx, self.L = sweep, fold_ends, first, idx, L
+        self.seen = np.zeros(len(first), dtype=bool)
 
 
 def _walk_misses(pieces: list[tuple[_Block, int]], reps: int, E: int, horizon: int) -> int:
@@ -204,83 +205,90 @@ def _walk_misses(pieces: list[tuple[_Block, int]], reps: int, E: int, horizon: i
     L = starts[-1]
     if L == 0:
         return 0
-    in_epoch = np.zeros(max(a0 + len(b.first) for b, a0 in pieces), dtype=bool)
-    marked: list[np.ndarray] = []  # the words put in the epoch since it began
-    # Only a later pass looks up a first use in the pass in ``in_epoch``: the first uses
-    # fetched since the last epoch end are marked when the pass ends (``unmarked``), and
-    # looked up only until the next pass's first epoch end (``carried``).
-    unmarked: list[tuple[_Block, np.ndarray, int]] = []
-    carried = False
-
-    def first_new(blk, pos_arr, rel, a0):  # positions of the uses in pos_arr fetched, in order
-        ia = blk.idx[: len(rel)]
-        blk.first[rel[::-1]] = ia[::-1]
-        return pos_arr[(blk.first[rel] == ia) & ~in_epoch[rel + a0]]
-
+    # The words in the epoch are looked up in two places. After an epoch end, the rest of
+    # the fold and the horizon are walked chunk by chunk; a chunk's first occurrences are
+    # fetched unless met in an earlier chunk (``blk.seen``, ``local``; a block shares no word
+    # with the others, so the horizon starts afresh in the next block). The first uses in the
+    # pass are looked up only before a pass's first epoch end, in the words of the last pass's
+    # final epoch (``carried``, sorted); else none can be in the epoch.
+    carried = None
+    since: list[tuple[_Block, np.ndarray, np.int64]] = []  # fetches since the epoch end
+    local: list[np.ndarray] = []  # the words set in blk.seen
     total, cnt = 0, 0
     after: list[int] = []  # fetches after each pass
     ends: dict[int, int] = {}  # a pass's last epoch end -> the pass
     for rep in range(reps):
         fold_cut, full_until, last = 0, 0, -1
         for (blk, a0), p0 in zip(pieces, starts, strict=False):
+            a0 = np.int64(a0)  # global addresses in 64 bits
             pos, end = p0, p0 + blk.L
             pt = blk.idx.dtype.type  # searchsorted on a key of the tables' type: O(log n)
+            fo, ffo, seen = blk.fo, blk.ffo, blk.seen
             while pos < end:
                 need = E - cnt
+                chunk = max(1024, need + need // 4)  # uses looked at a time
                 lo = pos - p0
-                if pos < fold_cut:  # the rest of the fold where the epoch ended: every use
-                    hi = fold_cut - p0
-                    rel = blk.sweep[lo:hi]
-                    new = first_new(blk, blk.idx[lo:hi], rel, a0)
-                elif pos < full_until:  # the first use in each fold within the horizon
-                    hi = min(full_until, end) - p0
-                    ffo = blk.ffo
-                    cpos = ffo[ffo.searchsorted(pt(lo)) : ffo.searchsorted(pt(hi))]
+                if pos < fold_cut or pos < full_until:  # after an epoch end (eq. M7)
+                    if pos < fold_cut:  # the rest of the fold where it ended: every use
+                        hi = min(fold_cut - p0, lo + chunk)
+                        cpos = blk.idx[lo:hi]
+                    else:  # the first use in each fold within the horizon
+                        top = min(full_until, end) - p0
+                        j0, j1 = int(ffo.searchsorted(pt(lo))), int(ffo.searchsorted(pt(top)))
+                        cpos = ffo[j0 : min(j1, j0 + chunk)]
+                        hi = int(ffo[j0 + chunk]) if j0 + chunk < j1 else top
                     rel = blk.sweep[cpos]
-                    new = first_new(blk, cpos, rel, a0)
-                else:  # the first uses in the pass (distinct addresses)
-                    fo = blk.fo
+                    ia = blk.idx[: len(rel)]
+                    blk.first[rel[::-1]] = ia[::-1]  # the last assignment wins: first uses
+                    got = blk.first[rel] == ia
+                    if local:
+                        got &= ~seen[rel]
+                    new = cpos[got]
+                    if len(new) < need:
+                        r = rel[got]
+                        seen[r] = True
+                        local.append(r)
+                        since.append((blk, new, a0))
+                else:  # the first uses in the pass (distinct addresses, eq. M6)
                     i0 = int(fo.searchsorted(pt(lo)))
-                    if carried:  # words of the last pass may be in the epoch: look them up
-                        i1 = min(len(fo), i0 + max(4096, 2 * need))
+                    if carried is not None:  # words of the last pass may be in the epoch
+                        i1 = min(len(fo), i0 + chunk)
                         cpos = fo[i0:i1]
-                        rel = blk.sweep[cpos]
-                        new = cpos[~in_epoch[rel + a0]]
+                        a = blk.sweep[cpos] + a0
+                        k = np.minimum(carried.searchsorted(a), len(carried) - 1)
+                        new = cpos[carried[k] != a]
                         hi = int(fo[i1]) if i1 < len(fo) else blk.L
-                    else:  # none can be: each is fetched (their words are marked at the end)
+                    else:  # none can be: each is fetched
                         new = fo[i0 : i0 + need]
-                        rel, hi = None, blk.L
+                        hi = blk.L
+                        if len(new) < need:
+                            since.append((blk, new, a0))
                 if len(new) >= need:  # the epoch ends here
                     last = p0 + int(new[need - 1])
                     total += need
                     cnt = 0
-                    for m in marked:
-                        in_epoch[m] = False
-                    marked.clear()
-                    unmarked.clear()
-                    carried = False
+                    for m in local:
+                        seen[m] = False
+                    local.clear()
+                    since.clear()
+                    carried = None
                     pos = last + 1
                     fe = blk.fold_ends
-                    fold_cut = p0 + int(fe[np.searchsorted(fe, last - p0, side="right")])
+                    fold_cut = p0 + int(fe[fe.searchsorted(fe.dtype.type(last - p0), "right")])
                     full_until = min(L, last + 1 + horizon)
                     continue
                 total += len(new)
                 cnt += len(new)
-                if rel is None:
-                    unmarked.append((blk, new, a0))
-                else:
-                    a = rel + a0
-                    in_epoch[a] = True
-                    marked.append(a)
                 pos = p0 + hi
-        for blk, new, a0 in unmarked:  # the words the next pass may find in the epoch
-            a = blk.sweep[new] + a0
-            in_epoch[a] = True
-            marked.append(a)
-        unmarked.clear()
-        carried = bool(marked)
+            for m in local:  # the next block starts afresh
+                seen[m] = False
+            local.clear()
         if last < 0:  # the epoch holds the whole pass: every later pass hits
             break
+        # the words of the pass's final epoch, for the next pass
+        if since:
+            carried = np.sort(np.concatenate([b.sweep[p] + a0 for b, p, a0 in since]))
+        since.clear()
         after.append(total)
         if last in ends:  # passes ends[last] + 1 .. rep repeat from here on (eq. M7a)
             m = ends[last]
