@@ -17,8 +17,10 @@ SCALE-Sim's one-byte words: operand elements, whatever their width):
 * operands whose every address is distinct in the order they are streamed (filters, GEMM
   ifmaps) in closed form (:func:`distinct_misses`, eq. M3-M4);
 * convolution ifmaps (addresses repeat inside and across folds) by a vectorised walk over the
-  demand order, chunk by chunk (:func:`_sweep_misses`, eq. M5-M7): numpy over the fold
-  structure, never per cycle, and it stops as soon as a whole sweep hits;
+  demand order, chunk by chunk (:func:`conv_ifmap_misses`, eq. M5-M7b): numpy over the fold
+  structure, never per cycle; it builds one block of whole periods (the same folds on the
+  next samples) and walks it at each sample's offset, carrying the epoch across blocks, and
+  sums the passes once they repeat;
 * the write buffer by its drain events only (:func:`ofmap_writes`, eq. M8-M10);
 * scalesim's "Total Cycles (incl. prefetch)" from the first prefetch and the last drain
   (:func:`memory_cost`, eq. M11-M12).
@@ -198,9 +200,10 @@ def _walk_misses(pieces: list[tuple[_Block, int]], reps: int, E: int, horizon: i
     epoch ends only an address's first use in the pass can be (eq. M6); after an epoch ends at
     position ``i``: every use in the rest of that fold, the first use in each fold up to
     ``i + horizon``, then the first uses in the pass again (eq. M7). The walk carries its
-    state (fetches in the epoch, the words in it, the fold and horizon of the last epoch end)
-    from block to block. A pass's last epoch end fixes the state the pass ends in, so once a
-    pass ends where an earlier one did the passes repeat and the rest is summed (eq. M7a)."""
+    state (fetches in the epoch, the fold and horizon of the last epoch end, the words of the
+    last pass's final epoch) from block to block (eq. M7b). A pass's last epoch end fixes the
+    state the pass ends in, so once a pass ends where an earlier one did the passes repeat and
+    the rest is summed (eq. M7a). Memory: the blocks' tables and O(E) more."""
     starts = np.cumsum([0] + [b.L for b, _ in pieces]).tolist()
     L = starts[-1]
     if L == 0:
@@ -669,7 +672,10 @@ def memory_cost(
     KiB of one-byte words; ``geo``: the convolution behind it (None: a GEMM);
     ``scalesim_padding``: count the padding words scalesim's write buffer drains (eq. M9).
     Cached by arguments (``memory_cost.__wrapped__`` computes afresh). Conv ifmaps larger than
-    an epoch take O(Np * K) time and memory (the walk), the rest O(folds)."""
+    an epoch are walked (eq. M5-M7b): in ``os`` / ``is`` one block of whole periods is built
+    in O(min(Np * K, max(lcm(fold, oh * ow) * K, 2M))) time and memory, which does not grow
+    with the batch, and walked at each sample offset; ``ws``: O(Np * K). The rest O(runs of
+    equal folds)."""
     df = as_dataflow(dataflow)
     check_sram_words(sram_kb)
     ifm, fl = dram_reads(df, R, C, Np, K, Mf, sram_kb[0], sram_kb[1], geo)
