@@ -161,8 +161,8 @@ class _Block:
     addresses ``sweep`` (relative to the block's first sample; -1 outside the ifmap) and the
     folds' lengths ``sizes``: ``sweep`` the addresses >= 0 in demand order, ``fold_ends`` the
     positions where its folds end, ``fo`` the positions of each address's first use in the
-    block, ``ffo`` those of its first use in each fold; ``first``, ``seen`` and ``idx``
-    scratch tables (over the block's addresses, and positions)."""
+    block, ``ffo`` those of its first use in each fold (positions of type ``pos_t``);
+    ``first`` and ``seen`` scratch tables over the block's addresses."""
 
     def __init__(self, sweep: np.ndarray, sizes: list[int]):
         fold_ends = np.cumsum(sizes)
@@ -186,7 +186,8 @@ class _Block:
             fold_first[lo:hi] = first[a] == idx[lo:hi]
             lo = hi
         self.ffo = np.flatnonzero(fold_first).astype(pos_t)
-        self.sweep, self.fold_ends, self.first, self.idx, self.L = sweep, fold_ends, first, idx, L
+        self.sweep, self.fold_ends, self.first, self.L = sweep, fold_ends, first, L
+        self.pos_t = pos_t
         self.seen = np.zeros(len(first), dtype=bool)
 
 
@@ -225,7 +226,7 @@ def _walk_misses(pieces: list[tuple[_Block, int]], reps: int, E: int, horizon: i
         for (blk, a0), p0 in zip(pieces, starts, strict=False):
             a0 = np.int64(a0)  # global addresses in 64 bits
             pos, end = p0, p0 + blk.L
-            pt = blk.idx.dtype.type  # searchsorted on a key of the tables' type: O(log n)
+            pt = blk.pos_t  # searchsorted on a key of the tables' type: O(log n)
             fo, ffo, seen = blk.fo, blk.ffo, blk.seen
             while pos < end:
                 need = E - cnt
@@ -234,14 +235,14 @@ def _walk_misses(pieces: list[tuple[_Block, int]], reps: int, E: int, horizon: i
                 if pos < fold_cut or pos < full_until:  # after an epoch end (eq. M7)
                     if pos < fold_cut:  # the rest of the fold where it ended: every use
                         hi = min(fold_cut - p0, lo + chunk)
-                        cpos = blk.idx[lo:hi]
+                        cpos = np.arange(lo, hi, dtype=pt)
                     else:  # the first use in each fold within the horizon
                         top = min(full_until, end) - p0
                         j0, j1 = int(ffo.searchsorted(pt(lo))), int(ffo.searchsorted(pt(top)))
                         cpos = ffo[j0 : min(j1, j0 + chunk)]
                         hi = int(ffo[j0 + chunk]) if j0 + chunk < j1 else top
                     rel = blk.sweep[cpos]
-                    ia = blk.idx[: len(rel)]
+                    ia = np.arange(len(rel), dtype=pt)
                     blk.first[rel[::-1]] = ia[::-1]  # the last assignment wins: first uses
                     got = blk.first[rel] == ia
                     if local:
@@ -329,13 +330,18 @@ def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> tuple[np.ndar
 
 def _ws_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> tuple[np.ndarray, list]:
     """One pass of the WS ifmap demand: K folds of ``R`` window elements, each the ``Np x R``
-    block skewed (cycle ``p + kk``)."""
+    block skewed: cycle ``t`` reads pixel ``t - kk``'s element ``kk`` of the fold, ``kk``
+    ascending (built a few cycles at a time)."""
     parts, sizes = [], []
+    pt = np.int32 if Np + R < _I32 else np.int64
     for k0 in range(0, K, R):
         ku = min(R, K - k0)
-        p, kk = np.meshgrid(np.arange(Np), np.arange(ku), indexing="ij")
-        order = np.lexsort((kk.ravel(), (p + kk).ravel()))
-        parts.append(geo.ifmap_addr(p.ravel()[order], k0 + kk.ravel()[order]))
+        kk = np.arange(ku, dtype=pt)
+        step = max(1, _CHUNK // ku)  # cycles built at a time
+        for t0 in range(0, Np + ku - 1, step):
+            p = np.arange(t0, min(Np + ku - 1, t0 + step), dtype=pt)[:, None] - kk[None, :]
+            ok = (p >= 0) & (p < Np)
+            parts.append(geo.ifmap_addr(p[ok], k0 + np.broadcast_to(kk, p.shape)[ok]))
         sizes.append(Np * ku)
     return np.concatenate(parts), sizes
 
