@@ -158,37 +158,59 @@ def distinct_misses(n: int, reps: int, cnt: int, E: int) -> tuple[int, int]:
 
 class _Block:
     """Whole folds of an ifmap pass as the walk reads them (eq. M5-M7), from the demand
-    addresses ``sweep`` (relative to the block's first sample; -1 outside the ifmap) and the
-    folds' lengths ``sizes``: ``sweep`` the addresses >= 0 in demand order, ``fold_ends`` the
-    positions where its folds end, ``fo`` the positions of each address's first use in the
-    block, ``ffo`` those of its first use in each fold (positions of type ``pos_t``);
-    ``first`` and ``seen`` scratch tables over the block's addresses."""
+    addresses ``parts`` (an iterable of arrays in demand order, relative to the block's first
+    sample, below ``words``; -1 outside the ifmap) and the folds' lengths ``sizes``:
+    ``sweep`` the addresses >= 0 in demand order, ``fold_ends`` the positions where its folds
+    end, ``fo`` the positions of each address's first use in the block, ``ffo`` those of its
+    first use in each fold (positions of type ``pos_t``); ``first`` and ``seen`` scratch
+    tables over the block's addresses. Built in chunks: beside these, O(chunk) memory."""
 
-    def __init__(self, sweep: np.ndarray, sizes: list[int]):
+    def __init__(self, parts, sizes: list[int], words: int):
+        L = sum(sizes)
+        sweep = np.empty(L, dtype=np.int32 if words <= _I32 else np.int64)
+        o = 0
+        for part in parts:
+            sweep[o : o + len(part)] = part
+            o += len(part)
         fold_ends = np.cumsum(sizes)
-        if int(sweep.min()) < 0:  # SCALE-Sim skips the -1 addresses of windows outside
-            valid = sweep >= 0
-            fold_ends = np.cumsum(
-                np.add.reduceat(valid.astype(np.int64), fold_ends - np.asarray(sizes))
-            )
-            sweep = sweep[valid]
-        L = len(sweep)
+        if int(sweep.min()) < 0:  # SCALE-Sim skips the -1 addresses: compact fold by fold
+            lo = w = 0
+            for f, hi in enumerate(fold_ends.tolist()):
+                seg = sweep[lo:hi]
+                v = seg[seg >= 0]
+                sweep[w : w + len(v)] = v
+                w += len(v)
+                fold_ends[f] = w
+                lo = hi
+            sweep = sweep[:w].copy()
+            L = w
         pos_t = np.int32 if L < _I32 else np.int64  # positions
         first = np.empty(int(sweep.max()) + 1, dtype=pos_t)
-        idx = np.arange(L, dtype=pos_t)
-        first[sweep[::-1]] = idx[::-1]  # the last assignment wins: each address's first use
-        self.fo = np.flatnonzero(first[sweep] == idx).astype(pos_t)
-        fold_first = np.zeros(L, dtype=bool)
-        lo = 0
-        for hi in fold_ends:
-            a = sweep[lo:hi]
-            first[a[::-1]] = idx[lo:hi][::-1]
-            fold_first[lo:hi] = first[a] == idx[lo:hi]
+        in_fold = np.zeros(len(first), dtype=bool)  # words met in the fold so far
+        in_block = np.zeros(len(first), dtype=bool)  # words met in the block so far
+        fo = np.empty(min(L, len(first)), dtype=pos_t)
+        ffo = np.empty(L, dtype=pos_t)
+        nfo = nffo = lo = 0
+        for hi in fold_ends.tolist():
+            for c0 in range(lo, hi, _CHUNK):
+                rel = sweep[c0 : min(hi, c0 + _CHUNK)]
+                ia = np.arange(len(rel), dtype=pos_t)
+                first[rel[::-1]] = ia[::-1]  # the last assignment wins: first in the chunk
+                at = np.flatnonzero((first[rel] == ia) & ~in_fold[rel])
+                in_fold[rel] = True
+                ffo[nffo : nffo + len(at)] = at + c0
+                nffo += len(at)
+                r = rel[at]
+                at = at[~in_block[r]]
+                in_block[r] = True
+                fo[nfo : nfo + len(at)] = at + c0
+                nfo += len(at)
+            in_fold[sweep[lo:hi]] = False
             lo = hi
-        self.ffo = np.flatnonzero(fold_first).astype(pos_t)
+        fo.resize(nfo, refcheck=False)
+        ffo.resize(nffo, refcheck=False)
         self.sweep, self.fold_ends, self.first, self.L = sweep, fold_ends, first, L
-        self.pos_t = pos_t
-        self.seen = np.zeros(len(first), dtype=bool)
+        self.fo, self.ffo, self.pos_t, self.seen = fo, ffo, pos_t, in_fold
 
 
 def _walk_misses(pieces: list[tuple[_Block, int]], reps: int, E: int, horizon: int) -> int:
@@ -306,58 +328,65 @@ _CHUNK = 1 << 18  # demand addresses built at a time (bounds the temporaries)
 _BLOCK = 1 << 21  # demand addresses per block of the walk, where periods allow (eq. M7b)
 
 
-def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> tuple[np.ndarray, list]:
+def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int):
     """One pass of the OS ifmap demand (eq. M5): row folds of ``R`` pixels, each the
     ``K x R`` block skewed: cycle ``k + j`` reads pixel ``j``'s window element ``k``, pixels in
-    order within a cycle. Returns the addresses and the folds' lengths."""
-    parts, sizes = [], []
-    for p0, ru in ((0, R), (Np // R * R, Np % R)):
-        n = Np // R if ru == R else 1
-        if ru == 0 or n == 0:
-            continue
-        k, j = np.meshgrid(np.arange(K), np.arange(ru), indexing="ij")
-        order = np.lexsort((j.ravel(), (k + j).ravel()))
-        ko, jo = k.ravel()[order], j.ravel()[order]
-        pt = np.int32 if p0 + n * R < _I32 else np.int64
-        step = max(1, _CHUNK // (ru * K))  # folds built at a time
-        for f0 in range(0, n, step):
-            f = np.arange(f0, min(n, f0 + step), dtype=pt)
-            p = (p0 + f[:, None] * R + jo[None, :]).astype(pt, copy=False)
-            parts.append(geo.ifmap_addr(p, ko[None, :]).ravel())
-        sizes += [ru * K] * n
-    return np.concatenate(parts), sizes
+    order within a cycle. Returns the addresses (an iterator of arrays, built a few folds at
+    a time) and the folds' lengths."""
+    runs = [(p0, ru) for p0, ru in ((0, R), (Np // R * R, Np % R)) if ru and (ru < R or Np >= R)]
+    sizes = [ru * K for p0, ru in runs for _ in range(Np // R if ru == R else 1)]
+
+    def parts():
+        for p0, ru in runs:
+            n = Np // R if ru == R else 1
+            k, j = np.meshgrid(np.arange(K), np.arange(ru), indexing="ij")
+            order = np.lexsort((j.ravel(), (k + j).ravel()))
+            ko, jo = k.ravel()[order], j.ravel()[order]
+            pt = np.int32 if p0 + n * R < _I32 else np.int64
+            step = max(1, _CHUNK // (ru * K))  # folds built at a time
+            for f0 in range(0, n, step):
+                f = np.arange(f0, min(n, f0 + step), dtype=pt)
+                p = (p0 + f[:, None] * R + jo[None, :]).astype(pt, copy=False)
+                yield geo.ifmap_addr(p, ko[None, :]).ravel()
+
+    return parts(), sizes
 
 
-def _ws_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> tuple[np.ndarray, list]:
+def _ws_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int):
     """One pass of the WS ifmap demand: K folds of ``R`` window elements, each the ``Np x R``
     block skewed: cycle ``t`` reads pixel ``t - kk``'s element ``kk`` of the fold, ``kk``
-    ascending (built a few cycles at a time)."""
-    parts, sizes = [], []
-    pt = np.int32 if Np + R < _I32 else np.int64
-    for k0 in range(0, K, R):
-        ku = min(R, K - k0)
-        kk = np.arange(ku, dtype=pt)
-        step = max(1, _CHUNK // ku)  # cycles built at a time
-        for t0 in range(0, Np + ku - 1, step):
-            p = np.arange(t0, min(Np + ku - 1, t0 + step), dtype=pt)[:, None] - kk[None, :]
-            ok = (p >= 0) & (p < Np)
-            parts.append(geo.ifmap_addr(p[ok], k0 + np.broadcast_to(kk, p.shape)[ok]))
-        sizes.append(Np * ku)
-    return np.concatenate(parts), sizes
+    ascending. Returns the addresses (an iterator, a few cycles at a time) and the folds'
+    lengths."""
+    sizes = [Np * min(R, K - k0) for k0 in range(0, K, R)]
 
-
-def _is_ifmap_stream(geo: ConvGeometry, Np: int, K: int, R: int, C: int) -> tuple[np.ndarray, list]:
-    """The whole IS ifmap demand: pixel folds of ``C`` (outer) by K folds of ``R`` (inner),
-    each block read once, its window elements last to first (``np.flip`` of the fold)."""
-    parts, sizes = [], []
-    for p0 in range(0, Np, C):
-        pu = min(C, Np - p0)
+    def parts():
+        pt = np.int32 if Np + R < _I32 else np.int64
         for k0 in range(0, K, R):
             ku = min(R, K - k0)
+            kk = np.arange(ku, dtype=pt)
+            step = max(1, _CHUNK // ku)  # cycles built at a time
+            for t0 in range(0, Np + ku - 1, step):
+                p = np.arange(t0, min(Np + ku - 1, t0 + step), dtype=pt)[:, None] - kk[None, :]
+                ok = (p >= 0) & (p < Np)
+                yield geo.ifmap_addr(p[ok], k0 + np.broadcast_to(kk, p.shape)[ok])
+
+    return parts(), sizes
+
+
+def _is_ifmap_stream(geo: ConvGeometry, Np: int, K: int, R: int, C: int):
+    """The whole IS ifmap demand: pixel folds of ``C`` (outer) by K folds of ``R`` (inner),
+    each block read once, its window elements last to first (``np.flip`` of the fold).
+    Returns the addresses (an iterator, fold by fold) and the folds' lengths."""
+    folds = [(p0, k0) for p0 in range(0, Np, C) for k0 in range(0, K, R)]
+    sizes = [min(C, Np - p0) * min(R, K - k0) for p0, k0 in folds]
+
+    def parts():
+        for p0, k0 in folds:
+            pu, ku = min(C, Np - p0), min(R, K - k0)
             kk, j = np.meshgrid(np.arange(ku)[::-1], np.arange(pu), indexing="ij")
-            parts.append(geo.ifmap_addr(p0 + j.ravel(), k0 + kk.ravel()))
-            sizes.append(pu * ku)
-    return np.concatenate(parts), sizes
+            yield geo.ifmap_addr(p0 + j.ravel(), k0 + kk.ravel())
+
+    return parts(), sizes
 
 
 def conv_ifmap_misses(
@@ -392,10 +421,12 @@ def conv_ifmap_misses(
 
     def block(n_px):
         if df is Dataflow.OS:
-            return _Block(*_os_ifmap_sweep(geo, n_px, K, R))
-        if df is Dataflow.WS:
-            return _Block(*_ws_ifmap_sweep(geo, n_px, K, R))
-        return _Block(*_is_ifmap_stream(geo, n_px, K, R, C))
+            parts, sizes = _os_ifmap_sweep(geo, n_px, K, R)
+        elif df is Dataflow.WS:
+            parts, sizes = _ws_ifmap_sweep(geo, n_px, K, R)
+        else:
+            parts, sizes = _is_ifmap_stream(geo, n_px, K, R, C)
+        return _Block(parts, sizes, _cdiv(n_px, per) * words)
 
     n_full, tail = divmod(Np, block_px)
     pieces = []
