@@ -17,8 +17,10 @@ SCALE-Sim's one-byte words: operand elements, whatever their width):
 * operands whose every address is distinct in the order they are streamed (filters, GEMM
   ifmaps) in closed form (:func:`distinct_misses`, eq. M3-M4);
 * convolution ifmaps (addresses repeat inside and across folds) by a vectorised walk over the
-  demand order, chunk by chunk (:func:`_sweep_misses`, eq. M5-M7): numpy over the fold
-  structure, never per cycle, and it stops as soon as a whole sweep hits;
+  demand order, chunk by chunk (:func:`conv_ifmap_misses`, eq. M5-M7b): numpy over the fold
+  structure, never per cycle; it builds one block of whole periods (the same folds on the
+  next samples) and walks it at each sample's offset, carrying the epoch across blocks, and
+  sums the passes once they repeat;
 * the write buffer by its drain events only (:func:`ofmap_writes`, eq. M8-M10);
 * scalesim's "Total Cycles (incl. prefetch)" from the first prefetch and the last drain
   (:func:`memory_cost`, eq. M11-M12).
@@ -154,124 +156,292 @@ def distinct_misses(n: int, reps: int, cnt: int, E: int) -> tuple[int, int]:
     return (E - cnt) + tail, tail
 
 
-def _sweep_misses(sweep: np.ndarray, fold_ends: np.ndarray, reps: int, E: int, horizon: int) -> int:
-    """Fetches of ``reps`` passes over ``sweep`` (addresses >= 0 in demand order, repeats
-    allowed; fold ``f`` ends before ``fold_ends[f]``), starting with an empty epoch
+class _Block:
+    """Whole folds of an ifmap pass as the walk reads them (eq. M5-M7), from the demand
+    addresses ``parts`` (an iterable of arrays in demand order, relative to the block's first
+    sample, below ``words``; -1 outside the ifmap) and the folds' lengths ``sizes``:
+    ``sweep`` the addresses >= 0 in demand order, ``fold_ends`` the positions where its folds
+    end, ``fo`` the positions of each address's first use in the block, ``ffo`` those of its
+    first use in each fold (positions of type ``pos_t``); ``first`` and ``seen`` scratch
+    tables over the block's addresses. Built in chunks: beside these, O(chunk) memory."""
+
+    def __init__(self, parts, sizes: list[int], words: int):
+        L = sum(sizes)
+        sweep = np.empty(L, dtype=np.int32 if words <= _I32 else np.int64)
+        o = 0
+        for part in parts:
+            sweep[o : o + len(part)] = part
+            o += len(part)
+        fold_ends = np.cumsum(sizes)
+        if int(sweep.min()) < 0:  # SCALE-Sim skips the -1 addresses: compact fold by fold
+            lo = w = 0
+            for f, hi in enumerate(fold_ends.tolist()):
+                seg = sweep[lo:hi]
+                v = seg[seg >= 0]
+                sweep[w : w + len(v)] = v
+                w += len(v)
+                fold_ends[f] = w
+                lo = hi
+            sweep = sweep[:w].copy()
+            L = w
+        pos_t = np.int32 if L < _I32 else np.int64  # positions
+        first = np.empty(int(sweep.max()) + 1, dtype=pos_t)
+        in_fold = np.zeros(len(first), dtype=bool)  # words met in the fold so far
+        in_block = np.zeros(len(first), dtype=bool)  # words met in the block so far
+        fo = np.empty(min(L, len(first)), dtype=pos_t)
+        ffo = np.empty(L, dtype=pos_t)
+        nfo = nffo = lo = 0
+        for hi in fold_ends.tolist():
+            for c0 in range(lo, hi, _CHUNK):
+                rel = sweep[c0 : min(hi, c0 + _CHUNK)]
+                ia = np.arange(len(rel), dtype=pos_t)
+                first[rel[::-1]] = ia[::-1]  # the last assignment wins: first in the chunk
+                at = np.flatnonzero((first[rel] == ia) & ~in_fold[rel])
+                in_fold[rel] = True
+                ffo[nffo : nffo + len(at)] = at + c0
+                nffo += len(at)
+                r = rel[at]
+                at = at[~in_block[r]]
+                in_block[r] = True
+                fo[nfo : nfo + len(at)] = at + c0
+                nfo += len(at)
+            in_fold[sweep[lo:hi]] = False
+            lo = hi
+        fo.resize(nfo, refcheck=False)
+        ffo.resize(nffo, refcheck=False)
+        self.sweep, self.fold_ends, self.first, self.L = sweep, fold_ends, first, L
+        self.fo, self.ffo, self.pos_t, self.seen = fo, ffo, pos_t, in_fold
+
+
+def _walk_misses(pieces: list[tuple[_Block, int]], reps: int, E: int, horizon: int) -> int:
+    """Fetches of ``reps`` passes over the blocks ``pieces`` (each with the address offset of
+    its first sample; the blocks' address sets are disjoint), starting with an empty epoch
     (eq. M5-M7).
 
     ``horizon`` bounds the distance between two consecutive uses of an address inside a pass.
     A use can be fetched only if no use of its address came since the epoch began. So between
     epoch ends only an address's first use in the pass can be (eq. M6); after an epoch ends at
     position ``i``: every use in the rest of that fold, the first use in each fold up to
-    ``i + horizon``, then the first uses in the pass again (eq. M7)."""
-    L = len(sweep)
+    ``i + horizon``, then the first uses in the pass again (eq. M7). The walk carries its
+    state (fetches in the epoch, the fold and horizon of the last epoch end, the words of the
+    last pass's final epoch) from block to block (eq. M7b). A pass's last epoch end fixes the
+    state the pass ends in, so once a pass ends where an earlier one did the passes repeat and
+    the rest is summed (eq. M7a). Memory: the blocks' tables and O(E) more."""
+    starts = np.cumsum([0] + [b.L for b, _ in pieces]).tolist()
+    L = starts[-1]
     if L == 0:
         return 0
-    size = int(sweep.max()) + 1
-    pos_t = np.int32 if L < _I32 else np.int64  # positions (the walk's largest arrays)
-    first = np.empty(size, dtype=pos_t)
-    idx = np.arange(L, dtype=pos_t)
-    first[sweep[::-1]] = idx[::-1]  # the last assignment wins: each address's first use
-    fo = np.flatnonzero(first[sweep] == idx)  # first uses in the pass
-    fold_first = np.zeros(L, dtype=bool)  # first uses in each fold
-    lo = 0
-    for hi in fold_ends:
-        a = sweep[lo:hi]
-        first[a[::-1]] = idx[lo:hi][::-1]
-        fold_first[lo:hi] = first[a] == idx[lo:hi]
-        lo = hi
-    ffo = np.flatnonzero(fold_first)
-    in_epoch = np.zeros(size, dtype=bool)
-
-    def first_new(pos_arr, a):  # positions of the uses in pos_arr fetched, in order
-        ia = idx[: len(a)]
-        first[a[::-1]] = ia[::-1]
-        return pos_arr[(first[a] == ia) & ~in_epoch[a]]
-
+    # The words in the epoch are looked up in two places. After an epoch end, the rest of
+    # the fold and the horizon are walked chunk by chunk; a chunk's first occurrences are
+    # fetched unless met in an earlier chunk (``blk.seen``, ``local``; a block shares no word
+    # with the others, so the horizon starts afresh in the next block). The first uses in the
+    # pass are looked up only before a pass's first epoch end, in the words of the last pass's
+    # final epoch (``carried``, sorted); else none can be in the epoch.
+    carried = None
+    since: list[tuple[_Block, np.ndarray, np.int64]] = []  # fetches since the epoch end
+    local: list[np.ndarray] = []  # the words set in blk.seen
     total, cnt = 0, 0
-    for _ in range(reps):
-        pos, fold_cut, full_until, flushed = 0, 0, 0, False
-        while pos < L:
-            need = E - cnt
-            if pos < fold_cut:  # the rest of the fold where the epoch ended: every use
-                hi = fold_cut
-                a = sweep[pos:hi]
-                new = first_new(idx[pos:hi], a)
-            elif pos < full_until:  # the first use in each fold within the horizon
-                hi = full_until
-                cpos = ffo[np.searchsorted(ffo, pos) : np.searchsorted(ffo, hi)]
-                a = sweep[cpos]
-                new = first_new(cpos, a)
-            else:  # the first uses in the pass (distinct addresses)
-                i0 = int(np.searchsorted(fo, pos))
-                i1 = min(len(fo), i0 + max(4096, 2 * need))
-                cpos = fo[i0:i1]
-                a = sweep[cpos]
-                new = cpos[~in_epoch[a]]
-                hi = int(fo[i1]) if i1 < len(fo) else L
-            if len(new) >= need:  # the epoch ends here
-                end = int(new[need - 1])
-                total += need
-                cnt = 0
-                in_epoch[:] = False
-                flushed = True
-                pos = end + 1
-                fold_cut = int(fold_ends[np.searchsorted(fold_ends, end, side="right")])
-                full_until = min(L, end + 1 + horizon)
-                continue
-            total += len(new)
-            cnt += len(new)
-            in_epoch[a] = True
-            pos = hi
-        if not flushed:  # the epoch holds the whole pass: every later pass hits
+    after: list[int] = []  # fetches after each pass
+    ends: dict[int, int] = {}  # a pass's last epoch end -> the pass
+    for rep in range(reps):
+        fold_cut, full_until, last = 0, 0, -1
+        for (blk, a0), p0 in zip(pieces, starts, strict=False):
+            a0 = np.int64(a0)  # global addresses in 64 bits
+            pos, end = p0, p0 + blk.L
+            pt = blk.pos_t  # searchsorted on a key of the tables' type: O(log n)
+            fo, ffo, seen = blk.fo, blk.ffo, blk.seen
+            while pos < end:
+                need = E - cnt
+                chunk = max(1024, need + need // 4)  # uses looked at a time
+                lo = pos - p0
+                if pos < fold_cut or pos < full_until:  # after an epoch end (eq. M7)
+                    if pos < fold_cut:  # the rest of the fold where it ended: every use
+                        hi = min(fold_cut - p0, lo + chunk)
+                        cpos = np.arange(lo, hi, dtype=pt)
+                    else:  # the first use in each fold within the horizon
+                        top = min(full_until, end) - p0
+                        j0, j1 = int(ffo.searchsorted(pt(lo))), int(ffo.searchsorted(pt(top)))
+                        cpos = ffo[j0 : min(j1, j0 + chunk)]
+                        hi = int(ffo[j0 + chunk]) if j0 + chunk < j1 else top
+                    rel = blk.sweep[cpos]
+                    ia = np.arange(len(rel), dtype=pt)
+                    blk.first[rel[::-1]] = ia[::-1]  # the last assignment wins: first uses
+                    got = blk.first[rel] == ia
+                    if local:
+                        got &= ~seen[rel]
+                    new = cpos[got]
+                    if len(new) < need:
+                        r = rel[got]
+                        seen[r] = True
+                        local.append(r)
+                        since.append((blk, new, a0))
+                else:  # the first uses in the pass (distinct addresses, eq. M6)
+                    i0 = int(fo.searchsorted(pt(lo)))
+                    if carried is not None:  # words of the last pass may be in the epoch
+                        i1 = min(len(fo), i0 + chunk)
+                        cpos = fo[i0:i1]
+                        a = blk.sweep[cpos] + a0
+                        k = np.minimum(carried.searchsorted(a), len(carried) - 1)
+                        new = cpos[carried[k] != a]
+                        hi = int(fo[i1]) if i1 < len(fo) else blk.L
+                    else:  # none can be: each is fetched
+                        new = fo[i0 : i0 + need]
+                        hi = blk.L
+                        if len(new) < need:
+                            since.append((blk, new, a0))
+                if len(new) >= need:  # the epoch ends here
+                    last = p0 + int(new[need - 1])
+                    total += need
+                    cnt = 0
+                    for m in local:
+                        seen[m] = False
+                    local.clear()
+                    since.clear()
+                    carried = None
+                    pos = last + 1
+                    fe = blk.fold_ends
+                    fold_cut = p0 + int(fe[fe.searchsorted(fe.dtype.type(last - p0), "right")])
+                    full_until = min(L, last + 1 + horizon)
+                    continue
+                total += len(new)
+                cnt += len(new)
+                pos = p0 + hi
+            for m in local:  # the next block starts afresh
+                seen[m] = False
+            local.clear()
+        if last < 0:  # the epoch holds the whole pass: every later pass hits
             break
+        # the words of the pass's final epoch, for the next pass
+        if since:
+            carried = np.sort(np.concatenate([b.sweep[p] + a0 for b, p, a0 in since]))
+        since.clear()
+        after.append(total)
+        if last in ends:  # passes ends[last] + 1 .. rep repeat from here on (eq. M7a)
+            m = ends[last]
+            q, r = divmod(reps - 1 - rep, rep - m)
+            return total + q * (total - after[m]) + (after[m + r] - after[m])
+        ends[last] = rep
     return total
 
 
-def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
+_CHUNK = 1 << 18  # demand addresses built at a time (bounds the temporaries)
+_BLOCK = 1 << 21  # demand addresses per block of the walk, where periods allow (eq. M7b)
+
+
+def _os_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int):
     """One pass of the OS ifmap demand (eq. M5): row folds of ``R`` pixels, each the
     ``K x R`` block skewed: cycle ``k + j`` reads pixel ``j``'s window element ``k``, pixels in
-    order within a cycle. Returns the addresses and the folds' lengths."""
-    parts, sizes = [], []
-    for p0, ru in ((0, R), (Np // R * R, Np % R)):
-        n = Np // R if ru == R else 1
-        if ru == 0 or n == 0:
-            continue
-        k, j = np.meshgrid(np.arange(K), np.arange(ru), indexing="ij")
-        order = np.lexsort((j.ravel(), (k + j).ravel()))
-        ko, jo = k.ravel()[order], j.ravel()[order]
-        pt = np.int32 if p0 + n * R < _I32 else np.int64
-        p = (p0 + np.arange(n, dtype=pt)[:, None] * R + jo[None, :]).astype(pt, copy=False)
-        parts.append(geo.ifmap_addr(p, ko[None, :]).ravel())
-        sizes += [ru * K] * n
-    return np.concatenate(parts), sizes
+    order within a cycle. Returns the addresses (an iterator of arrays, built a few folds at
+    a time) and the folds' lengths."""
+    runs = [(p0, ru) for p0, ru in ((0, R), (Np // R * R, Np % R)) if ru and (ru < R or Np >= R)]
+    sizes = [ru * K for p0, ru in runs for _ in range(Np // R if ru == R else 1)]
+
+    def parts():
+        for p0, ru in runs:
+            n = Np // R if ru == R else 1
+            k, j = np.meshgrid(np.arange(K), np.arange(ru), indexing="ij")
+            order = np.lexsort((j.ravel(), (k + j).ravel()))
+            ko, jo = k.ravel()[order], j.ravel()[order]
+            pt = np.int32 if p0 + n * R < _I32 else np.int64
+            step = max(1, _CHUNK // (ru * K))  # folds built at a time
+            for f0 in range(0, n, step):
+                f = np.arange(f0, min(n, f0 + step), dtype=pt)
+                p = (p0 + f[:, None] * R + jo[None, :]).astype(pt, copy=False)
+                yield geo.ifmap_addr(p, ko[None, :]).ravel()
+
+    return parts(), sizes
 
 
-def _ws_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int) -> np.ndarray:
+def _ws_ifmap_sweep(geo: ConvGeometry, Np: int, K: int, R: int):
     """One pass of the WS ifmap demand: K folds of ``R`` window elements, each the ``Np x R``
-    block skewed (cycle ``p + kk``)."""
-    parts, sizes = [], []
-    for k0 in range(0, K, R):
-        ku = min(R, K - k0)
-        p, kk = np.meshgrid(np.arange(Np), np.arange(ku), indexing="ij")
-        order = np.lexsort((kk.ravel(), (p + kk).ravel()))
-        parts.append(geo.ifmap_addr(p.ravel()[order], k0 + kk.ravel()[order]))
-        sizes.append(Np * ku)
-    return np.concatenate(parts), sizes
+    block skewed: cycle ``t`` reads pixel ``t - kk``'s element ``kk`` of the fold, ``kk``
+    ascending. Returns the addresses (an iterator, a few cycles at a time) and the folds'
+    lengths."""
+    sizes = [Np * min(R, K - k0) for k0 in range(0, K, R)]
 
-
-def _is_ifmap_stream(geo: ConvGeometry, Np: int, K: int, R: int, C: int) -> np.ndarray:
-    """The whole IS ifmap demand: pixel folds of ``C`` (outer) by K folds of ``R`` (inner),
-    each block read once, its window elements last to first (``np.flip`` of the fold)."""
-    parts, sizes = [], []
-    for p0 in range(0, Np, C):
-        pu = min(C, Np - p0)
+    def parts():
+        pt = np.int32 if Np + R < _I32 else np.int64
         for k0 in range(0, K, R):
             ku = min(R, K - k0)
+            kk = np.arange(ku, dtype=pt)
+            step = max(1, _CHUNK // ku)  # cycles built at a time
+            for t0 in range(0, Np + ku - 1, step):
+                p = np.arange(t0, min(Np + ku - 1, t0 + step), dtype=pt)[:, None] - kk[None, :]
+                ok = (p >= 0) & (p < Np)
+                yield geo.ifmap_addr(p[ok], k0 + np.broadcast_to(kk, p.shape)[ok])
+
+    return parts(), sizes
+
+
+def _is_ifmap_stream(geo: ConvGeometry, Np: int, K: int, R: int, C: int):
+    """The whole IS ifmap demand: pixel folds of ``C`` (outer) by K folds of ``R`` (inner),
+    each block read once, its window elements last to first (``np.flip`` of the fold).
+    Returns the addresses (an iterator, fold by fold) and the folds' lengths."""
+    folds = [(p0, k0) for p0 in range(0, Np, C) for k0 in range(0, K, R)]
+    sizes = [min(C, Np - p0) * min(R, K - k0) for p0, k0 in folds]
+
+    def parts():
+        for p0, k0 in folds:
+            pu, ku = min(C, Np - p0), min(R, K - k0)
             kk, j = np.meshgrid(np.arange(ku)[::-1], np.arange(pu), indexing="ij")
-            parts.append(geo.ifmap_addr(p0 + j.ravel(), k0 + kk.ravel()))
-            sizes.append(pu * ku)
-    return np.concatenate(parts), sizes
+            yield geo.ifmap_addr(p0 + j.ravel(), k0 + kk.ravel())
+
+    return parts(), sizes
+
+
+def conv_ifmap_misses(
+    dataflow,
+    R: int,
+    C: int,
+    Np: int,
+    K: int,
+    reps: int,
+    E: int,
+    geo: ConvGeometry,
+    block_px: int | None = None,
+) -> int:
+    """Fetches of a convolution's ifmap (``reps`` passes, epochs of ``E`` fetches) by the walk
+    (eq. M5-M7b). In ``os`` / ``is`` the pass is cut into blocks of ``block_px`` output pixels
+    (a multiple of the period ``lcm(fold, oh * ow)``, ``fold`` = R in ``os``, C in ``is``;
+    default: as many periods as fit in about 2M demand addresses, at least one); the blocks
+    are the same folds on other samples, so one block is built and walked at each sample
+    offset, and the build's time and memory do not grow with the batch. ``ws`` folds span
+    the whole pass: one block, O(Np * K)."""
+    df = as_dataflow(dataflow)
+    per = geo.oh * geo.ow
+    if df is Dataflow.WS:
+        block_px = Np
+    else:
+        period = math.lcm(R if df is Dataflow.OS else C, per)
+        if block_px is None:
+            block_px = period * max(1, _BLOCK // (period * K))
+        elif block_px <= 0 or block_px % period:
+            raise ValueError(f"block_px={block_px} is not a multiple of the period {period}")
+    words = geo.ih * geo.iw * geo.ch  # one sample's ifmap
+
+    def block(n_px):
+        if df is Dataflow.OS:
+            parts, sizes = _os_ifmap_sweep(geo, n_px, K, R)
+        elif df is Dataflow.WS:
+            parts, sizes = _ws_ifmap_sweep(geo, n_px, K, R)
+        else:
+            parts, sizes = _is_ifmap_stream(geo, n_px, K, R, C)
+        return _Block(parts, sizes, _cdiv(n_px, per) * words)
+
+    n_full, tail = divmod(Np, block_px)
+    pieces = []
+    if n_full:
+        b = block(block_px)
+        pieces += [(b, i * block_px // per * words) for i in range(n_full)]
+    if tail:
+        pieces.append((block(tail), n_full * block_px // per * words))
+    if df is Dataflow.OS:
+        horizon = (geo.reuse_gap // R + 2) * R * K
+    elif df is Dataflow.WS:
+        horizon = sum(b.L for b, _ in pieces)
+    else:
+        horizon = (geo.reuse_gap // C + 2) * C * K
+    return _walk_misses(pieces, reps, E, horizon)
 
 
 def dram_reads(
@@ -312,23 +482,7 @@ def dram_reads(
     if geo.fh <= geo.stride and geo.fw <= geo.stride:  # windows share no word: a GEMM's sweep
         ifm, _ = distinct_misses(D, reps, 0, Ei)
         return ifm, fl
-    if df is Dataflow.OS:
-        sweep, sizes = _os_ifmap_sweep(geo, Np, K, R)
-        horizon = (geo.reuse_gap // R + 2) * R * K
-    elif df is Dataflow.WS:
-        sweep, sizes = _ws_ifmap_sweep(geo, Np, K, R)
-        horizon = len(sweep)
-    else:
-        sweep, sizes = _is_ifmap_stream(geo, Np, K, R, C)
-        horizon = (geo.reuse_gap // C + 2) * C * K
-    fold_ends = np.cumsum(sizes)
-    if not geo.all_valid:  # SCALE-Sim skips the -1 addresses of windows outside the ifmap
-        valid = sweep >= 0
-        fold_ends = np.cumsum(
-            np.add.reduceat(valid.astype(np.int64), fold_ends - np.asarray(sizes))
-        )
-        sweep = sweep[valid]
-    return _sweep_misses(sweep, fold_ends, reps, Ei, horizon), fl
+    return conv_ifmap_misses(df, R, C, Np, K, reps, Ei, geo), fl
 
 
 def _fold_types(df: Dataflow, R: int, C: int, Np: int, K: int, Mf: int):
@@ -407,9 +561,17 @@ class _WriteSim:
 
     def __init__(self, dataflow, R, C, Np, K, Mf, ofmap_kb, line, scalesim_padding=True):
         df = as_dataflow(dataflow)
-        counts = np.concatenate([np.tile(r, n) for n, r in _fold_types(df, R, C, Np, K, Mf)])
-        self.cum = np.cumsum(counts)
-        self.total, self.nrows = int(self.cum[-1]), len(counts)
+        # the demand rows as runs of equal folds: run i starts at row row0[i] and word
+        # word0[i]; its folds are height[i] rows of fold_words[i] words, cum[i] their prefix
+        # sums (O(runs) memory, not O(rows))
+        runs = _fold_types(df, R, C, Np, K, Mf)
+        self.cum = [np.cumsum(r) for _, r in runs]
+        self.height = [len(r) for _, r in runs]
+        self.fold_words = [int(c[-1]) for c in self.cum]
+        n = [c for c, _ in runs]
+        self.row0 = np.cumsum([0] + [c * h for c, h in zip(n, self.height, strict=True)])
+        self.word0 = np.cumsum([0] + [c * w for c, w in zip(n, self.fold_words, strict=True)])
+        self.total, self.nrows = int(self.word0[-1]), int(self.row0[-1])
         self.T = sram_words(ofmap_kb)
         self.active = math.ceil(self.T * 0.5)
         self.line = line
@@ -420,11 +582,23 @@ class _WriteSim:
         self.pads: dict[int, int] = {}
 
     def row_of(self, k: int) -> int:
-        return int(np.searchsorted(self.cum, k, side="right"))
+        """The demand row that writes word ``k`` (``nrows`` past the last word)."""
+        if k >= self.total:
+            return self.nrows
+        i = int(np.searchsorted(self.word0, k, side="right")) - 1
+        f, w = divmod(k - int(self.word0[i]), self.fold_words[i])
+        q = int(np.searchsorted(self.cum[i], w, side="right"))
+        return int(self.row0[i]) + f * self.height[i] + q
 
     def before_row(self, r: int) -> int:
         """Words written before demand row ``r``."""
-        return 0 if r <= 0 else (self.total if r >= self.nrows else int(self.cum[r - 1]))
+        if r <= 0:
+            return 0
+        if r >= self.nrows:
+            return self.total
+        i = int(np.searchsorted(self.row0, r - 1, side="right")) - 1
+        f, q = divmod(r - 1 - int(self.row0[i]), self.height[i])
+        return int(self.word0[i]) + f * self.fold_words[i] + int(self.cum[i][q])
 
     def _close(self, upto: int) -> None:  # pack words [packed, upto) and close the open line
         n = upto - self.packed
@@ -535,7 +709,10 @@ def memory_cost(
     KiB of one-byte words; ``geo``: the convolution behind it (None: a GEMM);
     ``scalesim_padding``: count the padding words scalesim's write buffer drains (eq. M9).
     Cached by arguments (``memory_cost.__wrapped__`` computes afresh). Conv ifmaps larger than
-    an epoch take O(Np * K) time and memory (the walk), the rest O(folds)."""
+    an epoch are walked (eq. M5-M7b): in ``os`` / ``is`` one block of whole periods is built
+    in O(min(Np * K, max(lcm(fold, oh * ow) * K, 2M))) time and memory, which does not grow
+    with the batch, and walked at each sample offset; ``ws``: O(Np * K). The rest O(runs of
+    equal folds)."""
     df = as_dataflow(dataflow)
     check_sram_words(sram_kb)
     ifm, fl = dram_reads(df, R, C, Np, K, Mf, sram_kb[0], sram_kb[1], geo)
