@@ -52,6 +52,7 @@ LANES = 64  # outputs scanned together by the bounds pass
 SPAN = 64  # a bounds task scans about SPAN / N runs of LANES outputs (N outputs per row)
 _U8 = IntFormat(8, False)
 DIRECT_LANES = 16  # 1x1 convolutions with this many outputs per group visit every partial sum
+GATHER_WO = 8  # convolutions with shorter output lines unfold by gather_blocks (measured)
 DIRECT_INT32 = 1 << 31  # a direct visit bounded below this runs in int32, else in int64
 _NONE = 1 << 60  # running extremes before any partial sum is known: [2^60, -2^60] is empty
 
@@ -209,12 +210,28 @@ class ConvTracker:
             self._ops = layer_operands(self.weh, self.w_zp, self.tile, self.block)
         run = _Run(x, zx, self._ops, known)
         lay = run.ops.lay
+        gather = wo < GATHER_WO
+        if gather:  # short output lines: each block row gathered from a padded NHWC copy
+            Hp, Wp = H + pt + pb, W + pl + pr
+            xp = np.empty((N, Hp, Wp, C), np.uint8)
+            pad_nhwc(x, pt, pl, np.uint8(zx), 0, xp)
+            flat = xp.reshape(-1)
+            t = np.arange(K)
+            c, i, j = t // (kh * kw), t // kw % kh, t % kw
+            off = ((i * dh * Wp + j * dw) * C + c)[None, :] + (np.arange(G) * Cg)[:, None]
+            off = np.ascontiguousarray(off, dtype=np.int64)
         lines = max(1, CHUNK_BYTES // max(1, wo * G * lay.count * run.sums(F // G) * 4))
         for l0 in range(0, N * ho, lines):
             l1 = min(N * ho, l0 + lines)
             xt = run.scratch((l1 - l0) * wo)
-            conv_blocks(x, np.uint8(zx), l0, l1, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
-                        lay.starts, lay.lens, xt)  # fmt: skip
+            if gather:
+                n, oh = np.divmod(np.arange(l0, l1, dtype=np.int64), ho)
+                base = ((n * Hp + oh * sh) * Wp)[:, None] + (np.arange(wo) * sw)[None, :]
+                gather_blocks(flat, (base * C).reshape(-1), off, np.uint8(zx), lay.starts,
+                              lay.lens, xt)  # fmt: skip
+            else:
+                conv_blocks(x, np.uint8(zx), l0, l1, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
+                            lay.starts, lay.lens, xt)  # fmt: skip
             run.chunk(xt)
         return run.lo, run.hi
 
@@ -493,6 +510,31 @@ def transpose_blocks(x, zx, order, starts, lens, out):
                 o = out[task, u]
                 for m in range(m0, m1):
                     o[m] = x[g, m, k]
+        for u in range(n, R):
+            out[task, u, :] = zx
+
+
+@njit(cache=True, parallel=True)
+def gather_blocks(flat, base, off, zx, starts, lens, out):
+    """:func:`conv_blocks` from a padded NHWC copy of x (:func:`pad_nhwc`, the padding holding
+    ``zx``), flattened to ``flat``: ``out[g*nb + b, u, m] = flat[base[m] + off[g, starts[b] +
+    u]]``, ``base[m]`` the offset of output m's window origin (image n, row oh*sh, column
+    ow*sw, channel 0) and ``off[g, t]`` that of product t of group g, ``((i*dh) * Wp + j*dw)
+    * C + g*Cg + c``; rows past a block's length hold ``zx``. Faster than the line copies of
+    :func:`conv_blocks` where output lines are short (a few outputs: :data:`GATHER_WO`)."""
+    GB, R, Mc = out.shape
+    nb = starts.shape[0]
+    for task in prange(GB):
+        g = task // nb
+        b = task - g * nb
+        n = lens[b]
+        for m0 in range(0, Mc, 512):  # tiles of outputs: their windows stay in cache
+            m1 = min(Mc, m0 + 512)
+            for u in range(n):
+                ot = off[g, starts[b] + u]
+                o = out[task, u]
+                for m in range(m0, m1):
+                    o[m] = flat[base[m] + ot]
         for u in range(n, R):
             out[task, u, :] = zx
 

@@ -129,13 +129,15 @@ def conv_cases(draw):
     st.sampled_from([1, partials.CHUNK_BYTES]),
     st.booleans(),
     st.sampled_from([None, None, "max", "min"]),
+    st.sampled_from([0, 1 << 30]),
     st.data(),
 )
 def test_conv_extremes_equal_the_direct_spec(
-    case, xo, wo, tile, block, chunk, per_channel, extreme, data
+    case, xo, wo, tile, block, chunk, per_channel, extreme, gather_wo, data
 ):
     """Unfolded straight from NCHW (kernel taps at the borders, strides, dilations, groups,
-    lines split across chunks): the partial sums of the direct plain-int convolution."""
+    lines split across chunks), by line copies (``GATHER_WO`` 0) or by gathers from a padded
+    NHWC copy: the partial sums of the direct plain-int convolution."""
     (xf, zx), (wf, zw) = xo, wo
     G, F = case["groups"], case["groups"] * case["fg"]
     x = operand_arrays(data.draw, xf, (case["N"], G * case["cg"], case["H"], case["W"]), extreme)
@@ -146,15 +148,77 @@ def test_conv_extremes_equal_the_direct_spec(
         wz.tolist() if per_channel else wz, _acc(tile), x.shape, w.shape,
     )  # fmt: skip
     wzp = wz.reshape(G, 1, case["fg"]) if per_channel else wz
-    old = partials.CHUNK_BYTES
-    partials.CHUNK_BYTES = chunk
+    old = partials.CHUNK_BYTES, partials.GATHER_WO
+    partials.CHUNK_BYTES, partials.GATHER_WO = chunk, gather_wo
     try:
         got = partials.conv_partial_extremes(
             x, w, zx, wzp, case["stride"], case["pads"], case["dilation"], G, tile, block=block
         )
     finally:
-        partials.CHUNK_BYTES = old
+        partials.CHUNK_BYTES, partials.GATHER_WO = old
     assert got == (want.partial_min, want.partial_max)
+
+
+def _unfolded_by_taps(x, zx, kernel, stride, pads, dilation, groups, starts, lens, width):
+    """The transposed block operand of :func:`hwsim.datapath.partials.conv_blocks` in plain
+    Python: row ``(g*nb + b, u)``, column ``(n, oh, ow)`` holds x at product ``t = starts[b]
+    + u = (c*kh + i)*kw + j`` of group g's window, or ``zx`` outside x and past a block."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = kernel, stride, pads, dilation
+    ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    cg, nb = C // groups, len(starts)
+    out = np.full((groups * nb, width, N * ho * wo), zx, np.uint8)
+    for g in range(groups):
+        for b in range(nb):
+            for u in range(lens[b]):
+                t = starts[b] + u
+                c, i, j = t // (kh * kw), t // kw % kh, t % kw
+                for n in range(N):
+                    for oh in range(ho):
+                        for ow in range(wo):
+                            ih, iw = oh * sh - pt + i * dh, ow * sw - pl + j * dw
+                            if 0 <= ih < H and 0 <= iw < W:
+                                m = (n * ho + oh) * wo + ow
+                                out[g * nb + b, u, m] = x[n, g * cg + c, ih, iw]
+    return out, ho, wo
+
+
+@given(conv_cases(), st.sampled_from([1, 5, partials.BLOCK]), st.integers(0, 255), st.data())
+def test_both_unfoldings_equal_the_plain_layout(case, block, zx, data):
+    """:func:`conv_blocks` (line copies) and :func:`gather_blocks` (gathers from a padded NHWC
+    copy, padding ``zx``) write the same transposed operand, every element (uint8 extremes 0
+    and 255 among the draws, in x and in the padding value)."""
+    G, (kh, kw) = case["groups"], case["kernel"]
+    shape = (case["N"], G * case["cg"], case["H"], case["W"])
+    size = int(np.prod(shape))
+    value = st.sampled_from([0, 1, 127, 128, 254, 255]) | st.integers(0, 255)
+    x = np.array(data.draw(st.lists(value, min_size=size, max_size=size)), np.uint8)
+    x = x.reshape(shape)
+    K = case["cg"] * kh * kw
+    lay = partials.blocks(K, 0, block)
+    want, ho, wo = _unfolded_by_taps(
+        x, zx, case["kernel"], case["stride"], case["pads"], case["dilation"], G, lay.starts,
+        lay.lens, lay.width,
+    )  # fmt: skip
+    (sh, sw), (dh, dw), (pt, pl, pb, pr) = case["stride"], case["dilation"], case["pads"]
+    N, C, H, W = shape
+    got = np.empty_like(want)
+    partials.conv_blocks(x, np.uint8(zx), 0, N * ho, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
+                         lay.starts, lay.lens, got)  # fmt: skip
+    assert np.array_equal(got, want)
+    Hp, Wp = H + pt + pb, W + pl + pr
+    xp = np.empty((N, Hp, Wp, C), np.uint8)
+    partials.pad_nhwc(x, pt, pl, np.uint8(zx), 0, xp)
+    t = np.arange(K)
+    off = ((t // kw % kh * dh * Wp + t % kw * dw) * C + t // (kh * kw))[None, :]
+    off = np.ascontiguousarray(off + (np.arange(G) * case["cg"])[:, None], np.int64)
+    n, oh = np.divmod(np.arange(N * ho, dtype=np.int64), ho)
+    base = (((n * Hp + oh * sh) * Wp)[:, None] + (np.arange(wo) * sw)[None, :]) * C
+    got = np.empty_like(want)
+    partials.gather_blocks(xp.reshape(-1), base.reshape(-1), off, np.uint8(zx), lay.starts,
+                           lay.lens, got)  # fmt: skip
+    assert np.array_equal(got, want)
 
 
 @pytest.mark.parametrize("overflow", list(Overflow))
