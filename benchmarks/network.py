@@ -21,7 +21,8 @@ The torch models are exported by this script (the TorchScript exporter): without
 Each model is quantized by hwsim (per-tensor, W8A8, int32 wrapping accumulators, ``ort``
 registers) and saved; that file is a plain QDQ model, so onnxruntime (default session options:
 QDQ fused into its integer kernels) runs exactly the same network. Same batch, same thread
-count. Times are medians over ``--repeat`` runs after a warm-up run, each run on fresh inputs.
+count. Times are medians over ``--repeat`` runs after warm-up runs (at least 0.3 s of them:
+a freshly built session's threads settle), each run on fresh inputs.
 
 Four figures per model: onnxruntime; the outputs-only run (``IntegerExecutor(outputs_only=
 True)``, ``hwsim run --outputs-only``: the emulated accelerator's integers, the layers whose
@@ -71,6 +72,7 @@ SHAPES = {
 DIGITS = ("rescnn", "vit")
 RSS_TARGET_MB = 4096  # issue 16: < 4 GiB at batch 64
 BUSY_LIMIT = 0.25  # cores other processes may keep busy before a case is run again
+WARM_S = 0.3  # seconds of warm-up calls before the timed ones (threads, caches, arenas settle)
 
 
 def cpu_info() -> dict:
@@ -238,13 +240,15 @@ def _busy_s() -> tuple[float, float] | None:
 
 
 def timed(fn, inputs, load: dict | None = None, key: str = "") -> list[float]:
-    """Seconds of ``fn(x)`` for each of ``inputs[1:]``, after a warm-up on ``inputs[0]`` (JIT,
-    session caches). ``load[key]``: the CPU cores other processes kept busy meanwhile (warm-up
-    included), on average; None if that took under 0.2 s (/proc/stat counts 10 ms ticks). On
-    a shared 2-core machine Numba's parallel kernels wait for a descheduled thread at every
+    """Seconds of ``fn(x)`` for each of ``inputs[1:]``, after warm-up calls on ``inputs[0]``
+    (JIT, session caches; for at least :data:`WARM_S`, one call at least). ``load[key]``: the
+    CPU cores other processes kept busy meanwhile (warm-up included), on average; None if that
+    took under 0.2 s (/proc/stat counts 10 ms ticks). On a shared 2-core machine Numba's parallel kernels wait for a descheduled thread at every
     barrier, so a neighbour's load slows hwsim most."""
     b0, w0 = _busy_s(), time.perf_counter()
-    fn(inputs[0])
+    fn(inputs[0])  # the first call builds (JIT, sessions, plans); then warm for >= WARM_S
+    while time.perf_counter() - w0 < WARM_S:
+        fn(inputs[0])
     ts = []
     for x in inputs[1:]:
         t = time.perf_counter()
