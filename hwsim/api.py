@@ -252,12 +252,14 @@ def run(
     workers: int | None = None,
     scheduler: str | None = None,
     outputs_only: bool = False,
+    partials: bool = True,
 ) -> RunReport:
     """Run a quantized model on ``data`` (name or .npz or Dataset) and report.
 
     ``outputs_only``: the integer outputs and their accuracy, without the float reference and
     the per-layer statistics (:func:`hwsim.report.run_outputs_only`: the same integers, at
-    onnxruntime's speed where the layers' contracts are its kernels').
+    onnxruntime's speed where the layers' contracts are its kernels'). ``partials=False``: the
+    partial sums are not tracked (:func:`hwsim.report.run_program`).
 
     ``tflite_kernels`` (a ``.tflite`` model): the LiteRT CPU kernels whose integer results to
     match, ``xnnpack`` (default: the interpreter's default, XNNPACK delegate), ``optimized``
@@ -285,6 +287,8 @@ def run(
     split = workers is not None or scheduler is not None
     if outputs_only and split:
         raise HwsimError("--outputs-only runs in one process (drop --workers / --scheduler)")
+    if not partials and split:
+        raise HwsimError("--no-partials runs in one process (drop --workers / --scheduler)")
     t0 = time.perf_counter()
     if isinstance(model, QuantProgram):
         if split:
@@ -309,7 +313,11 @@ def run(
     if split:  # the shards' runs on Dask workers, merged exactly (hwsim.sweep.split)
         paired = _run_split(path, ds, batch_size, isa, seed, collect, tflite_kernels, workers,
                             scheduler)  # fmt: skip
-    run_fn = run_outputs_only if outputs_only else functools.partial(run_program, paired=paired)
+    run_fn = (
+        run_outputs_only
+        if outputs_only
+        else functools.partial(run_program, paired=paired, partials=partials)
+    )
     rep, outs = run_fn(
         program,
         ds,

@@ -458,6 +458,7 @@ def run_program(
     isa="exact",
     seed: int = 0,
     paired=None,
+    partials: bool = True,
 ):
     """Run a :class:`~hwsim.quant.QuantProgram` on a :class:`~hwsim.data.Dataset` with the
     float reference (onnxruntime) and the integer executor side by side, in batches, streamed
@@ -476,7 +477,12 @@ def run_program(
 
     ``paired``: a :class:`~hwsim.execute.paired.PairedRun` of ``program`` on ``ds`` computed
     elsewhere (the merged shards of ``hwsim run --workers``, :mod:`hwsim.sweep.split`): the
-    report is built from it instead of running."""
+    report is built from it instead of running.
+
+    ``partials=False`` (``hwsim run --no-partials``): the partial sums are not tracked, so the
+    run is about 1.4-1.9x faster; the "need" column and ``max_abs_acc`` are then the final
+    sums' (a lower bound of what the partial sums need) and the report says so; overflow
+    counts, SQNR and every other figure are the same."""
     from hwsim.datapath.isa import Isa, resolve
     from hwsim.execute.paired import run_paired
     from hwsim.graph.ir import MAC_OPS
@@ -496,6 +502,7 @@ def run_program(
             seed=seed,
             collect_outputs=collect_outputs,
             on_batch=None if bar is None else bar.update,
+            partials=partials,
         )
     )
     if bar is not None:
@@ -566,6 +573,13 @@ def run_program(
     if gain_note:
         rep.notes.append(gain_note)
     rep.settings["isa"] = isa.value
+    if not partials:
+        rep.settings["partials"] = False
+        rep.notes.append(
+            "partial sums not tracked (--no-partials): 'need' and max_abs_acc are the final "
+            "sums' bits and magnitude, a lower bound of what every partial sum needs; overflow "
+            "counts are exact either way"
+        )
     if isa is not Isa.EXACT:
         macs = [n.name for n in g.nodes if n.op in MAC_OPS and n.wq is not None]
         floats = sorted(m for m in macs if m in ex.float_ops)

@@ -18,8 +18,8 @@ def cpu_session(model, *, threads: int | None = None, optimize: bool = True, spi
     ``threads``: None keeps onnxruntime's default thread pools; a number sets the intra-op
     pool to it, one inter-op thread, and no spin-waiting after a run (the Numba kernels that
     follow need those cores; ``spin=True`` keeps onnxruntime's spinning, for sessions that run
-    back to back, :mod:`hwsim.execute.lowered`). ``optimize=False``: graph optimisation off (``ORT_DISABLE_ALL``:
-    the nodes run as written, no fusion)."""
+    back to back, :mod:`hwsim.execute.lowered`). ``optimize=False``: graph optimisation off
+    (``ORT_DISABLE_ALL``: the nodes run as written, no fusion)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()

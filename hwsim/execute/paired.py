@@ -168,6 +168,7 @@ def run_paired(
     on_batch: Callable[[int], None] | None = None,
     budget: int | None = None,
     first_sample: int = 0,
+    partials: bool = True,
 ) -> PairedRun:
     """Run ``program`` (a :class:`~hwsim.quant.QuantProgram`) and its float reference on the
     :class:`~hwsim.data.Dataset` ``ds`` in batches of ``batch_size``, each in sub-batches within
@@ -175,11 +176,13 @@ def run_paired(
     ``isa``: a resolved :class:`~hwsim.datapath.isa.Isa`; other than ``exact``, an exact
     executor runs alongside and ``noise_exact`` holds its SQNR noise. ``on_batch(n)`` is called
     after each ``n`` samples. ``first_sample``: the index of ``ds``'s first sample in a larger
-    data set split across runs (stochastic rounding's draws follow the global sample index)."""
+    data set split across runs (stochastic rounding's draws follow the global sample index).
+    ``partials=False``: the partial sums' extremes are not tracked (the counters' extremes are
+    the final sums'; every other figure is the same)."""
     from hwsim.datapath.isa import Isa
 
     g = program.graph
-    ex = IntegerExecutor(program, track_partials=True, isa=isa, seed=seed)
+    ex = IntegerExecutor(program, track_partials=partials, isa=isa, seed=seed)
     ex_exact = IntegerExecutor(program, isa=Isa.EXACT, seed=seed) if isa is not Isa.EXACT else None
     for e in (ex, ex_exact):
         if e is not None:
