@@ -28,9 +28,9 @@ A node lowers when onnxruntime's kernel computes exactly the executor's contract
   signedness, per-tensor static scales, no uint8 shift of an imported int8 model): the
   executor's rule for them *is* onnxruntime's ``QLinearAdd`` / ``QLinearAveragePool`` /
   ``QLinearGlobalAveragePool`` (:mod:`hwsim.qops`), so those kernels run.
-* ``maxpool``, ``relu``, ``clip`` (per-tensor), ``flatten``, ``reshape``, ``identity`` on 8-bit
-  integers: ``MaxPool`` / ``Clip`` (the integer bounds the executor uses) / ``Flatten`` /
-  ``Reshape`` / ``Identity``.
+* ``maxpool``, ``relu``, ``clip`` (per-tensor), ``flatten``, ``reshape``, ``transpose``,
+  ``identity`` on 8-bit integers: ``MaxPool`` / ``Clip`` (the integer bounds the executor
+  uses) / ``Flatten`` / ``Reshape`` / ``Transpose`` / ``Identity``.
 
 Everything else (per-sample and per-token tensors, other registers, wider operands or
 accumulators that might overflow, float islands, ``isa avx2``) runs in the executor. The
@@ -504,6 +504,9 @@ class _Lowerer:
     def _emit_reshape(self, b, node, ins, out):
         shape = np.array([0] + [int(s) for s in node.attrs["shape"][1:]], np.int64)
         return self._moved(b, node, ins[0], "Reshape", shape)
+
+    def _emit_transpose(self, b, node, ins, out):
+        return self._moved(b, node, ins[0], "Transpose", perm=[int(p) for p in node.attrs["perm"]])
 
     def _emit_identity(self, b, node, ins, out):
         t, key = b.any(node.inputs[0])

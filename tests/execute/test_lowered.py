@@ -460,3 +460,21 @@ def test_a_segment_onnxruntime_refuses_runs_in_the_executor(digits, monkeypatch)
     assert_same(a, b)
     assert not fx.lowering.lowered
     assert all("no QLinearConv kernel here" in w for w in fx.lowering.why.values())
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "data" / "tflite").glob("*.tflite"))
+)
+def test_tflite_models(path):
+    """int8 .tflite models (their own kernels' rules on some nodes, reshapes as transposes):
+    whatever lowers gives the node-by-node integers."""
+    from hwsim.api import load_imported
+
+    program = load_imported(path, None)
+    x = with_extremes(
+        np.random.default_rng(5).normal(0, 2, (6, *program.graph.input_shape)).astype(np.float32),
+        np.random.default_rng(6),
+    )
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    assert fx.lowering.lowered
