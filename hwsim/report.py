@@ -612,26 +612,6 @@ def run_program(
     return rep, res.outputs
 
 
-def program_macs(program) -> int:
-    """Multiply-accumulates of one sample through ``program``'s MAC layers and activation
-    matmuls (output elements times the reduction length, from the graph's shapes)."""
-    from hwsim.graph.ir import MAC_OPS, MATMUL_OPS
-    from hwsim.graph.shapes import infer_shapes
-
-    g = program.graph
-    shapes = infer_shapes(g, 1)
-    total = 0
-    for n in g.nodes:
-        if n.op in MAC_OPS and n.wq is not None:
-            k = int(np.prod(n.wq.q.shape[1:], dtype=np.int64))
-        elif n.op in MATMUL_OPS:
-            k = int(shapes[n.inputs[0]][-1])
-        else:
-            continue
-        total += int(np.prod(shapes[n.output], dtype=np.int64)) * k
-    return total
-
-
 def run_outputs_only(
     program, ds, batch_size: int = DEFAULT_BATCH, progress: bool = False,
     collect_outputs: bool = False, isa="exact", seed: int = 0,
@@ -641,6 +621,7 @@ def run_outputs_only(
     (``IntegerExecutor(outputs_only=True)``: the layers whose contract is an onnxruntime
     QOperator kernel's run as onnxruntime sessions, :mod:`hwsim.execute.lowered`; the same
     integers as the full run's). Returns (report, outputs)."""
+    from hwsim.cost.topology import layers_from_program
     from hwsim.datapath.isa import resolve
     from hwsim.execute import IntegerExecutor
 
@@ -661,7 +642,7 @@ def run_outputs_only(
         bar.close()
     rep = RunReport(str(g.source), ds.name, len(ds), program.describe())
     rep.outputs_only = True
-    rep.macs_total = program_macs(program) * len(ds)
+    rep.macs_total = sum(layer.macs for layer in layers_from_program(program)) * len(ds)
     rep.settings["isa"] = isa.value
     if ds.y is not None and preds:
         rep.int_accuracy = float(np.mean(np.concatenate(preds) == ds.y))

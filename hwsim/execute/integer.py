@@ -1067,7 +1067,7 @@ class IntegerExecutor:
                 return QTensor(y, so, spec.zero_point, spec.fmt)  # already in the format
             y = saturate(np.asarray(y, np.int64) - d, spec.fmt)  # narrower widths: clamp again
             return QTensor(np.asarray(y).astype(spec.fmt.dtype), so, spec.zero_point, spec.fmt)
-        L = self.add_shift(a.fmt, b.fmt)
+        L = min(20, 30 - max(a.fmt.bits, b.fmt.bits))
         nd = a.q.ndim
         sa = a.scale_b().astype(np.float64)
         sb = b.scale_b().astype(np.float64)
@@ -1121,12 +1121,6 @@ class IntegerExecutor:
         return QTensor(
             np.asarray(saturate(y, spec.fmt)).astype(spec.fmt.dtype), so, spec.zero_point, spec.fmt
         )
-
-    @staticmethod
-    def add_shift(a_fmt: IntFormat, b_fmt: IntFormat) -> int:
-        """The left shift ``L`` of the integer Add's operands (TFLite's ``left_shift``,
-        ``min(20, 30 - widest input bits)``)."""
-        return min(20, 30 - max(a_fmt.bits, b_fmt.bits))
 
     def _add_terms(self, a: QTensor, b: QTensor, ra, rb, L: int, layer: LayerSpec):
         """TFLite's integer Add up to the sum: ``R(ra)((qa - za) << L) + R(rb)((qb - zb) <<
