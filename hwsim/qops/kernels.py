@@ -42,3 +42,17 @@ def qlinear_add_rows(P, Q, rp, rq, fixed, lo, hi, out):
             v = np.rint(np.float64(y))
             c = np.int64(v) if -2147483648.0 <= v < 2147483648.0 else np.int64(-2147483648)
             o[e] = min(max(c, lo), hi)
+
+
+@njit(cache=True, parallel=True)
+def lookup_pairs(P, Q, off, table, out):
+    """``out[n, e] = table[(P[n, e] + off) * 256 + (Q[n, e] + off)]``: an elementwise rule of two
+    8-bit operands read from its 65,536-entry table (``off`` = 128 for int8, 0 for uint8).
+    ``P``, ``Q``, ``out`` (N, E) of the 8-bit dtype; ``table`` (65536,) of ``out``'s dtype."""
+    N, E = P.shape
+    for n in prange(N):
+        pr = P[n]
+        qr = Q[n]
+        o = out[n]
+        for e in range(E):
+            o[e] = table[((np.int32(pr[e]) + off) << 8) | (np.int32(qr[e]) + off)]

@@ -1,13 +1,15 @@
 """The one-pass kernels of the onnxruntime contracts against the numpy compositions they
 replace, to the bit: QLinearAdd on equal shapes (FMA emulation, ties, rails)."""
 
+from unittest import mock
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from hwsim.numerics import IntFormat
-from hwsim.qops import qlinear_add
+from hwsim.qops import elementwise, qlinear_add
 from hwsim.qops.common import _saturate, cvtps_epi32, fma_f32
 from hwsim.qops.elementwise import ort_broadcast_mode
 from hwsim.qops.kernels import fma32
@@ -51,6 +53,50 @@ def test_qlinear_add_kernel_is_the_numpy_composition(signed, shape, sa, sb, sc, 
     got = qlinear_add(A, np.float32(sa), za, B, np.float32(sb), zb, np.float32(sc), zc)
     want = qlinear_add_numpy(A, sa, int(za), B, sb, int(zb), sc, int(zc), fmt)
     assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+@given(
+    st.booleans(),
+    st.sampled_from([(1, 1), (3, 1, 1), (2, 5), (4, 3, 2, 2), (2, 0), (1, 7), (2, 300)]),
+    scales,
+    scales,
+    scales,
+    st.data(),
+)
+def test_qlinear_add_table_is_the_numpy_composition(signed, shape, sa, sb, sc, data):
+    """The table path (every pair of values computed once, then looked up), forced on for any
+    size: the numpy composition's values, rails and ties included."""
+    fmt = IntFormat(8, signed)
+    dt = np.int8 if signed else np.uint8
+    edge = st.sampled_from([fmt.min, fmt.min + 1, -1 if signed else 1, 0, fmt.max - 1, fmt.max])
+    vals = st.one_of(edge, ints_in(fmt.min, fmt.max))
+    A = data.draw(hnp.arrays(dt, shape, elements=vals))
+    B = data.draw(hnp.arrays(dt, shape, elements=vals))
+    za, zb, zc = (dt(data.draw(vals)) for _ in range(3))
+    with mock.patch.object(elementwise, "TABLE_MIN", 1):
+        got = qlinear_add(A, np.float32(sa), za, B, np.float32(sb), zb, np.float32(sc), zc)
+    want = qlinear_add_numpy(A, sa, int(za), B, sb, int(zb), sc, int(zc), fmt)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_qlinear_add_table_on_a_large_tensor_is_the_direct_kernel():
+    """A tensor above TABLE_MIN (the table path by default) against the element-by-element
+    kernel on every pair of values, for both signednesses and a tie-prone ratio."""
+    rng = np.random.default_rng(5)
+    for dt in (np.int8, np.uint8):
+        info = np.iinfo(dt)
+        A = rng.integers(info.min, info.max + 1, (4, 3, 64, 96)).astype(dt)
+        B = rng.integers(info.min, info.max + 1, A.shape).astype(dt)
+        A.reshape(-1)[:65536] = np.repeat(np.arange(info.min, info.max + 1), 256)
+        B.reshape(-1)[:65536] = np.tile(np.arange(info.min, info.max + 1), 256)
+        args = (np.float32(0.5), dt(3), B, np.float32(0.25), dt(-5 if dt == np.int8 else 7))
+        got = qlinear_add(A, *args, np.float32(0.5), dt(1))
+        with mock.patch.object(elementwise, "TABLE_MIN", A.size + 1):
+            direct = qlinear_add(A, *args, np.float32(0.5), dt(1))
+        want = qlinear_add_numpy(
+            A, 0.5, 3, B, 0.25, int(args[-1]), 0.5, 1, IntFormat(8, dt == np.int8)
+        )
+        assert np.array_equal(got, direct) and np.array_equal(got, want)
 
 
 @given(
