@@ -29,8 +29,10 @@ A node lowers when onnxruntime's kernel computes exactly the executor's contract
   executor's rule for them *is* onnxruntime's ``QLinearAdd`` / ``QLinearAveragePool`` /
   ``QLinearGlobalAveragePool`` (:mod:`hwsim.qops`), so those kernels run.
 * ``maxpool``, ``relu``, ``clip`` (per-tensor), ``flatten``, ``reshape``, ``transpose``,
-  ``identity`` on 8-bit integers: ``MaxPool`` / ``Clip`` (the integer bounds the executor
-  uses) / ``Flatten`` / ``Reshape`` / ``Transpose`` / ``Identity``.
+  ``identity``, ``slice`` on 8-bit integers: ``MaxPool`` / ``Clip`` (the integer bounds the
+  executor uses) / ``Flatten`` / ``Reshape`` / ``Transpose`` / ``Identity`` / ``Slice``.
+* an ``add`` by another rule, and ``mul_act`` (the product of two activations): a table of the
+  executor's own rule on every pair of 8-bit values (:meth:`_Lowerer._table2`).
 
 Everything else (per-sample and per-token tensors, other registers, wider operands or
 accumulators that might overflow, float islands, ``isa avx2``) runs in the executor. The
@@ -512,6 +514,28 @@ class _Lowerer:
         t, key = b.any(node.inputs[0])
         b.put(node.output, t, key)
         return None
+
+    def _emit_slice(self, b, node, ins, out):
+        """ONNX ``Slice`` of the import's clamped ``(axis, start, stop, step)`` (a ``stop`` of
+        None -- through index 0 under a negative step -- as INT64_MIN, which ONNX clamps to
+        -1): the integers moved, as :func:`hwsim.execute.arrays.slice_axes`."""
+        sl = node.attrs["slices"]
+        if not sl:
+            return self._emit_identity(b, node, ins, out)
+        lo = np.iinfo(np.int64).min
+        cols = [[int(v) if v is not None else lo for v in col] for col in zip(*sl, strict=True)]
+        axes, starts, stops, steps = (np.array(c, np.int64) for c in cols)
+        return self._moved(b, node, ins[0], "Slice", starts, stops, axes, steps)
+
+    def _emit_mul_act(self, b, node, ins, out):
+        """The product of two activations, by its table (:meth:`_table2`): the executor's rule
+        is element by element (``(a - za)(b - zb)`` then one per-tensor register, or
+        onnxruntime's QLinearMul), broadcasting alike; operands of different ranks (a float
+        island in the executor) do not lower."""
+        ranks = {np.ndim(getattr(self.env.get(t), "q", None)) for t in node.inputs}
+        if len(ranks) != 1:
+            return "operands of different ranks"
+        return self._table2(b, node, ins, out)
 
 
 def _input_quantizer(ex, env: dict):

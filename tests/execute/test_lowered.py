@@ -478,3 +478,105 @@ def test_tflite_models(path):
     a, b, fx = both(program, x)
     assert_same(a, b)
     assert fx.lowering.lowered
+
+
+# -- transformers quantized by onnxruntime -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lowered_tiny")
+    out = {}
+    for name in ("tiny_vit", "tiny_bert"):
+        fp = archs.export_tiny(name, d / f"{name}.onnx")
+        for act in ("u8", "s8"):
+            out[(name, act)] = archs.quantize_tiny(name, fp, d / f"{name}_{act}.onnx", False, act)
+    return out
+
+
+@pytest.mark.parametrize("name", ["tiny_vit", "tiny_bert"])
+@pytest.mark.parametrize("act", ["u8", "s8"])
+def test_transformers_quantized_by_onnxruntime(tiny_models, name, act):
+    """torch's tiny ViT (token slices) and BERT (attention-mask products) as onnxruntime's
+    quantize_static QDQ files: the slices and the products of two activations lower, and the
+    outputs are the node-by-node integers -- and onnxruntime's own, where its integer kernels
+    are exact on this CPU."""
+    import onnxruntime as ort
+
+    from hwsim.datapath.engines import ort_exact
+
+    path = tiny_models[(name, act)]
+    program = program_from_graph(import_model(path))
+    x = archs.tiny_inputs(name, 12, seed=7)
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    for op in ("slice", "mul_act"):
+        nodes = [n.name for n in fx.g.nodes if n.op.value == op]
+        assert all(n in fx.lowering.lowered for n in nodes), {
+            n: fx.lowering.why.get(n) for n in nodes
+        }
+    if ort_exact("int8") and ort_exact("uint8"):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        want = sess.run(None, {"input": x})[0]
+        assert np.array_equal(fx.output({fx.g.output: b}), want)
+
+
+def _slice_model(shape, slices):
+    """x -> QuantizeLinear -> DequantizeLinear -> Slice -> QuantizeLinear -> DequantizeLinear."""
+    axes, starts, ends, steps = (np.array(c, np.int64) for c in zip(*slices, strict=True))
+    inits = [
+        numpy_helper.from_array(np.float32(0.05), "s"),
+        numpy_helper.from_array(np.uint8(128), "z"),
+        numpy_helper.from_array(starts, "starts"),
+        numpy_helper.from_array(ends, "ends"),
+        numpy_helper.from_array(axes, "axes"),
+        numpy_helper.from_array(steps, "steps"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("Slice", ["xd", "starts", "ends", "axes", "steps"], ["t"]),
+        helper.make_node("QuantizeLinear", ["t", "s", "z"], ["tq"]),
+        helper.make_node("DequantizeLinear", ["tq", "s", "z"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "slice",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "a", "b", "c"])],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.data())
+def test_random_slices(tmp_path, data):
+    """Slices of every sign of step and of out-of-range bounds (ONNX clamps them) on a 3-D
+    sample: the lowered ``Slice`` moves the integers as the executor does -- and as
+    onnxruntime's float model does (the reference for the import's clamping)."""
+    import onnxruntime as ort
+
+    shape = tuple(data.draw(st.lists(st.integers(1, 5), min_size=3, max_size=3)))
+    axes = data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=3, unique=True))
+    slices = []
+    for ax in axes:
+        dim = shape[ax - 1]
+        step = data.draw(st.sampled_from([1, 2, 3, -1, -2]))
+        bound = st.integers(-dim - 3, dim + 3) | st.sampled_from([2**62, -(2**62)])
+        slices.append((ax, data.draw(bound), data.draw(bound), step))
+    model = _slice_model(shape, slices)
+    onnx.save(model, tmp_path / "s.onnx")
+    x = np.random.default_rng(0).normal(0, 3, (3, *shape)).astype(np.float32)
+    want = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    want = want.run(None, {"x": x})[0]
+    if want.size == 0:  # an empty slice: nothing to run
+        return
+    program = program_from_graph(import_model(tmp_path / "s.onnx"))
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    assert np.array_equal(fx.output({fx.g.output: b}), want)
+    sl = [n.name for n in fx.g.nodes if n.op.value == "slice"]
+    assert sl and all(n in fx.lowering.lowered for n in sl)
