@@ -63,7 +63,7 @@ def _local(typingctx, n, dtype):
 
 
 @njit(cache=True, inline="always")
-def _sat16_run(abuf, weh, g, n0, k0, k1, acc, ev, one):
+def _sat16_run(abuf, weh, order, g, n0, k0, k1, acc, ev, one):
     """Products ``k0 .. k1`` of the order into ``acc`` (ROWS, LANES) int16, saturating after
     every add; ``ev`` counts the adds whose exact sum left int16 (the wrapped and the
     saturated sums then differ: ``|s + p| <= 2^16 - 2``). ``abuf[t, r]`` holds ``x - zx`` of
@@ -71,9 +71,10 @@ def _sat16_run(abuf, weh, g, n0, k0, k1, acc, ev, one):
     keeps the count a select, which x86 turns into one masked add (with a constant 1 it becomes
     ``ev - sext(mask)``: a mask-to-vector move and a subtraction)."""
     for kk in range(k0, k1):
+        k = order[kk]
         wr = weh[g, kk, n0 : n0 + LANES]  # a view: lane indices provably in range
         for r in range(ROWS):
-            a = abuf[kk, r]
+            a = abuf[r, k]
             for n in range(LANES):
                 p = np.int16(a * wr[n])
                 c = _sadd16(acc[r, n], p)
@@ -118,17 +119,20 @@ def ordered_sat16(x, zx, weh, order, exact, lim, tile, one, out, layout, counts)
     nbm = (M + ROWS - 1) // ROWS
     nb = G * nbm
     for task in prange((nb + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
-        abuf = np.empty((K, ROWS), np.int16)
+        abuf = np.empty((ROWS, K), np.int16)
         for b in range(task * BLOCKS_PER_TASK, min(nb, (task + 1) * BLOCKS_PER_TASK)):
             g = b // nbm
             m0 = (b - g * nbm) * ROWS
             nr = min(ROWS, M - m0)
             run = False
-            for r in range(nr):
-                xr = x[g, m0 + r]
+            for r in range(ROWS):  # a short block repeats its last row (stored once)
+                xr = x[g, m0 + min(r, nr - 1)]
+                ar = abuf[r]
                 xabs = 0
                 for k in range(K):
-                    xabs += abs(np.int64(xr[k]) - zx)
+                    a = np.int64(xr[k]) - zx
+                    ar[k] = np.int16(a)
+                    xabs += abs(a)
                 run |= xabs > lim[g]
             lo = np.int64(exact[g, m0, 0])
             hi = lo
@@ -140,14 +144,9 @@ def ordered_sat16(x, zx, weh, order, exact, lim, tile, one, out, layout, counts)
             counts[b, 3] = lo
             counts[b, 4] = hi
             if run:
-                ms = carray(_local(ROWS, np.int64), (ROWS,))
-                for r in range(ROWS):  # a short block repeats its last row (stored once)
-                    ms[r] = m0 + min(r, nr - 1)
-                for kk in range(K):
-                    k = order[kk]
-                    for r in range(ROWS):
-                        abuf[kk, r] = np.int16(np.int64(x[g, ms[r], k]) - zx)
-                _sat16_block(abuf, weh, g, m0, nr, N, npan, tile, one, out, layout, counts[b])
+                _sat16_block(
+                    abuf, weh, order, g, m0, nr, N, npan, tile, one, out, layout, counts[b]
+                )
             else:
                 for r in range(nr):
                     base = _row_base(g, m0 + r, layout)
@@ -163,10 +162,10 @@ def _row_base(g, m, layout):
 
 
 @njit(cache=True, inline="always")
-def _sat16_block(abuf, weh, g, m0, nr, N, npan, tile, one, out, layout, cnt):
+def _sat16_block(abuf, weh, order, g, m0, nr, N, npan, tile, one, out, layout, cnt):
     """One block of :func:`ordered_sat16`, panel by panel: its values to ``out`` and its event
     totals to ``cnt[0:3]``."""
-    K = abuf.shape[0]
+    K = abuf.shape[1]
     events = 0
     hit = 0
     tevents = 0
@@ -179,12 +178,12 @@ def _sat16_block(abuf, weh, g, m0, nr, N, npan, tile, one, out, layout, cnt):
         ev[:] = 0
         tev[:] = 0
         if tile == 0:
-            _sat16_run(abuf, weh, g, n0, 0, K, s, ev, one)
+            _sat16_run(abuf, weh, order, g, n0, 0, K, s, ev, one)
         else:
             t = carray(_local(_BLOCK, np.int16), (ROWS, LANES))
             for k0 in range(0, K, tile):
                 t[:] = 0
-                _sat16_run(abuf, weh, g, n0, k0, min(K, k0 + tile), t, tev, one)
+                _sat16_run(abuf, weh, order, g, n0, k0, min(K, k0 + tile), t, tev, one)
                 for r in range(ROWS):
                     for n in range(LANES):
                         c = _sadd16(s[r, n], t[r, n])
