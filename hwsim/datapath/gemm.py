@@ -107,7 +107,8 @@ def reduce_batched(
     None); it matters only to the ordered kernels, since exact sums are order-free. ``max_x``
     may pass a known ``max |x3 - zx|``. Returns ``(values (G, M, N), Counters)``; values are
     int64, or int32 when every value fits it: the exact engine's int32 when every value is an
-    exact, unchanged sum, and a saturating register run by the lane kernels (:func:`_lanes`).
+    exact, unchanged sum, and a saturating register run by the int32-lane kernel
+    (:func:`_lanes`); None when written to ``out`` (below).
 
     ``isa``: with :attr:`Isa.AVX2` and uint8 x int8 operands (:func:`pairs_saturate`), the sums
     are those of onnxruntime's ``vpmaddubsw`` kernels (eq. 16): adjacent *columns* of ``x3`` /
