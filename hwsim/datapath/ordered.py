@@ -107,9 +107,11 @@ def ordered_sat16(x, zx, weh, order, exact, lim, tile, one, out, layout, counts)
     Rows run in blocks of :data:`ROWS` consecutive rows of one group; a block runs the
     ordered reduction if any of its rows can reach the range, else copies its exact sums (the
     ordered reduction of a row that cannot reach the range is its exact sum with no events,
-    so the choice changes nothing but time). Value ``(g, m, n)`` goes to the flat int64
-    ``out[g*sg + (m // P)*sa + (m % P)*sb + n*sn]`` with ``layout = (sg, sa, sb, sn, P)``
-    (a GEMM's (G, M, N) array, or a convolution's NCHW output). Per block ``counts[b] =
+    so the choice changes nothing but time). A first parallel pass picks the blocks (and
+    copies the others), a second shares the picked ones evenly among the threads. Value
+    ``(g, m, n)`` goes to the flat int64 ``out[g*sg + (m // P)*sa + (m % P)*sb + n*sn]`` with
+    ``layout = (sg, sa, sb, sn, P)`` (a GEMM's (G, M, N) array, or a convolution's NCHW
+    output). Per block ``counts[b] =
     (events, outputs with an event, tile-register events, min exact, max exact)``; events
     count every clamped add, tile-register adds and accumulator adds alike.
     """
@@ -118,40 +120,45 @@ def ordered_sat16(x, zx, weh, order, exact, lim, tile, one, out, layout, counts)
     npan = weh.shape[2] // LANES
     nbm = (M + ROWS - 1) // ROWS
     nb = G * nbm
-    for task in prange((nb + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+    run = np.zeros(nb, np.bool_)
+    for b in prange(nb):  # which blocks run; the others' exact sums; every block's extremes
+        g = b // nbm
+        m0 = (b - g * nbm) * ROWS
+        nr = min(ROWS, M - m0)
+        for r in range(nr):
+            xr = x[g, m0 + r]
+            xabs = 0
+            for k in range(K):
+                xabs += abs(np.int64(xr[k]) - zx)
+            if xabs > lim[g]:
+                run[b] = True
+                break
+        lo = np.int64(exact[g, m0, 0])
+        hi = lo
+        for r in range(nr):
+            base = _row_base(g, m0 + r, layout)
+            for n in range(N):
+                v = np.int64(exact[g, m0 + r, n])
+                lo = min(lo, v)
+                hi = max(hi, v)
+                if not run[b]:
+                    out[base + n * layout[3]] = v
+        counts[b, 3] = lo
+        counts[b, 4] = hi
+    todo = np.flatnonzero(run)  # the blocks that run, shared evenly among the threads
+    for task in prange((todo.size + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
         abuf = np.empty((ROWS, K), np.int16)
-        for b in range(task * BLOCKS_PER_TASK, min(nb, (task + 1) * BLOCKS_PER_TASK)):
+        for i in range(task * BLOCKS_PER_TASK, min(todo.size, (task + 1) * BLOCKS_PER_TASK)):
+            b = todo[i]
             g = b // nbm
             m0 = (b - g * nbm) * ROWS
             nr = min(ROWS, M - m0)
-            run = False
             for r in range(ROWS):  # a short block repeats its last row (stored once)
                 xr = x[g, m0 + min(r, nr - 1)]
                 ar = abuf[r]
-                xabs = 0
                 for k in range(K):
-                    a = np.int64(xr[k]) - zx
-                    ar[k] = np.int16(a)
-                    xabs += abs(a)
-                run |= xabs > lim[g]
-            lo = np.int64(exact[g, m0, 0])
-            hi = lo
-            for r in range(nr):
-                for n in range(N):
-                    v = np.int64(exact[g, m0 + r, n])
-                    lo = min(lo, v)
-                    hi = max(hi, v)
-            counts[b, 3] = lo
-            counts[b, 4] = hi
-            if run:
-                _sat16_block(
-                    abuf, weh, order, g, m0, nr, N, npan, tile, one, out, layout, counts[b]
-                )
-            else:
-                for r in range(nr):
-                    base = _row_base(g, m0 + r, layout)
-                    for n in range(N):
-                        out[base + n * layout[3]] = exact[g, m0 + r, n]
+                    ar[k] = np.int16(np.int64(xr[k]) - zx)
+            _sat16_block(abuf, weh, order, g, m0, nr, N, npan, tile, one, out, layout, counts[b])
 
 
 @njit(cache=True, inline="always")
