@@ -201,11 +201,13 @@ def conv2d(
             order=_hardware_order(g.Cg, g.kh, g.kw),
             max_x=max_x,
             isa=isa,
+            out=out[n0:n1] if out.dtype == np.int64 else None,
         )
         if track:
             known = (part.final_min, part.final_max)
             part.partial_min, part.partial_max = tracker.extremes(x[n0:n1], int(zx), known)
-        gmn_to_nchw(values, n1 - n0, out[n0:n1])
+        if values is not None:  # else written to out
+            gmn_to_nchw(values, n1 - n0, out[n0:n1])
         counters = part if counters is None else counters.merge(part)
     return AccResult(out.reshape(N, g.F, g.ho, g.wo), counters)
 

@@ -98,6 +98,7 @@ def reduce_batched(
     order: np.ndarray | None = None,
     max_x: int | None = None,
     isa: Isa = Isa.EXACT,
+    out: np.ndarray | None = None,
 ):
     """Accumulate ``(x3 - zx) @ (w3 - w_zp)`` per batch on accumulator ``acc``.
 
@@ -106,13 +107,19 @@ def reduce_batched(
     None); it matters only to the ordered kernels, since exact sums are order-free. ``max_x``
     may pass a known ``max |x3 - zx|``. Returns ``(values (G, M, N), Counters)``; values are
     int64, or int32 when every value fits it: the exact engine's int32 when every value is an
-    exact, unchanged sum, and a saturating register run by the lane kernels (:func:`_lanes`).
+    exact, unchanged sum, and a saturating register run by the int32-lane kernel
+    (:func:`_lanes`); None when written to ``out`` (below).
 
     ``isa``: with :attr:`Isa.AVX2` and uint8 x int8 operands (:func:`pairs_saturate`), the sums
     are those of onnxruntime's ``vpmaddubsw`` kernels (eq. 16): adjacent *columns* of ``x3`` /
     rows of ``w3`` (the packed K order, which for a convolution is the window-major unfolding)
     are raw product pairs clamped to int16. That kernel accumulates in a wrapping register, so
     the accumulator must wrap; partial sums are not tracked.
+
+    ``out``: a C-ordered int64 (I, G*N, P) array with ``I*P = M`` (a convolution's NCHW output,
+    row ``m = i*P + p`` of group ``g`` and column ``n`` at ``out[i, g*N + n, p]``). Where the
+    int16-lane kernel runs (:func:`_lanes` 16), it writes the values there and the returned
+    values are None; elsewhere ``out`` is left alone.
     """
     G, M, K = x3.shape
     N = w3.shape[2]
@@ -138,17 +145,23 @@ def reduce_batched(
     counters = Counters(macs=G * M * N * K)
     if pairs and exact.size and K > 1:
         exact = exact.astype(np.int64) + pair_correction(x3, w3, counters)
-    counters.final_min, counters.final_max = _extremes(exact)
     saturating = acc.overflow is Overflow.SATURATE
-    rows = np.zeros(0, np.int64)
+    known = None
     if acc.track_partials and K and partials.applies(xop.format, wop.format):
         # the extremes from block bounds; the ordered kernels then run only where values need
         # them, as without tracking (the exact partial sums do not depend on the overflow rule)
-        known = (counters.final_min, counters.final_max)  # the last partial sums
+        known = _extremes(exact)  # the last partial sums
+        counters.final_min, counters.final_max = known
         counters.partial_min, counters.partial_max = partials.partial_extremes(
             x3, w3, int(xop.zero_point), w_zp, order, acc.tile, known
         )
         acc = replace(acc, track_partials=False)
+    if saturating and exact.size and K and _lanes(x3, xop, w3, w_zp, acc) == 16:
+        # the int16-lane kernel picks its rows itself (and finds the final extremes)
+        return _ordered_lanes16(x3, w3, xop, w_zp, order, acc, exact, counters, out), counters
+    if known is None:
+        counters.final_min, counters.final_max = _extremes(exact)
+    rows = np.zeros(0, np.int64)
     if acc.track_partials and K:
         rows = np.arange(G * M, dtype=np.int64)
     elif (saturating or split) and exact.size and K:
@@ -251,28 +264,69 @@ def _lanes(x3, xop: Operand, w3, w_zp, acc: Accumulator) -> int:
     return 0
 
 
-def _ordered_lanes(x3, w3, xop: Operand, w_zp, rows, order, acc, exact, counters, lanes: int):
-    """The values of a saturating accumulator run by the register-blocked kernel of ``lanes``
-    (:func:`_lanes`): ``rows`` from the kernel, the others the exact sums; records the events
-    in ``counters``."""
+def _ordered_lanes16(x3, w3, xop: Operand, w_zp, order, acc, exact, counters, out):
+    """The values of a 16-bit saturating accumulator run by the int16-lane kernel
+    (:func:`hwsim.datapath.ordered.ordered_sat16`, which runs the rows whose bound can reach
+    the range and copies the exact sums of the others), as int64 (G, M, N), or None when
+    written to ``out`` (see :func:`reduce_batched`); records the events and the final
+    extremes in ``counters``."""
     G, M, K = x3.shape
     N = w3.shape[2]
     order = np.arange(K, dtype=np.int64) if order is None else np.array(order, np.int64)
-    dtype = np.int16 if lanes == 16 else np.int32
-    weh = hardware_weights(_effective_weights(w3, w_zp), order, dtype)
+    we = _effective_weights(w3, w_zp)
+    weh = hardware_weights(we, order, np.int16)
+    wmax = np.abs(we).max(axis=(1, 2))  # (G,)
+    # a row with sum |x - zx| <= lim cannot reach int16 (its bound sum |x - zx| * wmax fits)
+    lim = np.where(wmax > 0, acc.format.max // np.maximum(wmax, 1), np.int64(1) << 62)
+    if out is None:
+        values = np.empty((G, M, N), np.int64)
+        flat, layout = values.reshape(-1), (M * N, 0, N, 1, max(M, 1))
+    else:
+        nimg, F, P = out.shape
+        if out.dtype != np.int64 or not out.flags.c_contiguous or F != G * N or nimg * P != M:
+            raise ValueError(f"out must be a C-ordered int64 (I, {G * N}, P) with I*P = {M}")
+        values, flat, layout = None, out.reshape(-1), (N * P, F * P, 1, P, P)
+    nb = G * -(-M // ROWS)
+    counts = np.zeros((nb, 5), np.int64)
+    ordered_sat16(
+        x3,
+        np.int64(xop.zero_point),
+        weh,
+        order,
+        exact.astype(np.int32, copy=False),
+        lim.astype(np.int64),
+        acc.tile,
+        np.int16(1),
+        flat,
+        np.array(layout, np.int64),
+        counts,
+    )
+    events, hit, tevents = (int(c) for c in counts[:, :3].sum(axis=0))
+    counters.overflow_events = events
+    counters.outputs_overflowed = hit
+    counters.tile_overflow_events = tevents
+    counters.final_min, counters.final_max = int(counts[:, 3].min()), int(counts[:, 4].max())
+    return values
+
+
+def _ordered_lanes(x3, w3, xop: Operand, w_zp, rows, order, acc, exact, counters, lanes: int):
+    """The values of a saturating accumulator run by the register-blocked kernel of ``lanes``
+    (:func:`_lanes`, 32: the int16 lanes run in :func:`_ordered_lanes16`): ``rows`` from the
+    kernel, the others the exact sums; records the events in ``counters``."""
+    G, M, K = x3.shape
+    N = w3.shape[2]
+    order = np.arange(K, dtype=np.int64) if order is None else np.array(order, np.int64)
+    weh = hardware_weights(_effective_weights(w3, w_zp), order, np.int32)
     # int32 values (a register of at most 30 bits; the other rows' exact sums fit it too)
     if rows.size == G * M:
         values = np.empty((G, M, N), np.int32)
     else:
         values = exact.astype(np.int32)  # a copy: the kernel overwrites the ordered rows
-    blocks = row_blocks(rows, M, ROWS if lanes == 16 else ROWS32)
+    blocks = row_blocks(rows, M, ROWS32)
     counts = np.zeros((blocks.shape[0] * (weh.shape[2] // LANES), 3), np.int64)
     zx = np.int64(xop.zero_point)
-    if lanes == 16:
-        ordered_sat16(x3, zx, weh, order, rows, blocks, acc.tile, values, counts)
-    else:
-        lo, hi = np.int32(acc.format.min), np.int32(acc.format.max)
-        ordered_sat32(x3, zx, weh, order, rows, blocks, acc.tile, lo, hi, values, counts)
+    lo, hi = np.int32(acc.format.min), np.int32(acc.format.max)
+    ordered_sat32(x3, zx, weh, order, rows, blocks, acc.tile, lo, hi, values, counts)
     events, hit, tevents = (int(c) for c in counts.sum(axis=0))
     counters.overflow_events = events
     counters.outputs_overflowed = hit

@@ -63,48 +63,121 @@ def _local(typingctx, n, dtype):
 
 
 @njit(cache=True, inline="always")
-def _sat16_run(x, zx, weh, order, g, ms, n0, k0, k1, acc, ev):
+def _sat16_run(abuf, weh, order, g, n0, k0, k1, acc, ev, one):
     """Products ``k0 .. k1`` of the order into ``acc`` (ROWS, LANES) int16, saturating after
     every add; ``ev`` counts the adds whose exact sum left int16 (the wrapped and the
-    saturated sums then differ: ``|s + p| <= 2^16 - 2``)."""
+    saturated sums then differ: ``|s + p| <= 2^16 - 2``). ``abuf[t, r]`` holds ``x - zx`` of
+    product ``t`` of row ``r``. ``one`` is 1, an argument rather than a constant so that LLVM
+    keeps the count a select, which x86 turns into one masked add (with a constant 1 it becomes
+    ``ev - sext(mask)``: a mask-to-vector move and a subtraction)."""
     for kk in range(k0, k1):
         k = order[kk]
         wr = weh[g, kk, n0 : n0 + LANES]  # a view: lane indices provably in range
         for r in range(ROWS):
-            a = np.int16(np.int64(x[g, ms[r], k]) - zx)
+            a = abuf[r, k]
             for n in range(LANES):
                 p = np.int16(a * wr[n])
                 c = _sadd16(acc[r, n], p)
-                ev[r, n] = np.int16(ev[r, n] + (np.int16(acc[r, n] + p) != c))
+                e = ev[r, n]
+                ev[r, n] = np.int16(e + one) if np.int16(acc[r, n] + p) != c else e
                 acc[r, n] = c
 
 
+BLOCKS_PER_TASK = 8  # row blocks per parallel task: one gather buffer per task
+
+
 @njit(cache=True, parallel=True)
-def ordered_sat16(x, zx, weh, order, rows, blocks, tile, vals, counts):
-    """A signed 16-bit saturating accumulator in hardware order, on rows ``rows`` of
-    ``(x - zx) @ we``: ``acc <- clamp16(acc + p_t)`` for ``t = 0 .. K-1`` (``tile`` = 0), or
-    per tile of ``tile`` products a tile register ``t <- clamp16(t + p)`` added at the tile's
-    end, ``acc <- clamp16(acc + t)`` (``Accumulator.tile`` semantics, tile register 16-bit).
+def ordered_sat16(x, zx, weh, order, exact, lim, tile, one, out, layout, counts):
+    """A signed 16-bit saturating accumulator in hardware order on ``(x - zx) @ we``, for every
+    row whose bound can reach the register's range, written straight into ``out``:
+    ``acc <- clamp16(acc + p_t)`` for ``t = 0 .. K-1`` (``tile`` = 0), or per tile of ``tile``
+    products a tile register ``t <- clamp16(t + p)`` added at the tile's end,
+    ``acc <- clamp16(acc + t)`` (``Accumulator.tile`` semantics, tile register 16-bit).
 
     ``x`` (G, M, K) operand in its own dtype, ``zx`` its zero point (int64); ``weh`` (G, K, Np)
     int16 effective weights ``w - zw`` in hardware order (product ``t`` reads column
     ``order[t]`` of ``x`` and row ``t`` of ``weh``), ``Np`` a multiple of :data:`LANES`,
-    columns past N zero. ``rows`` flat indices into G*M; ``blocks`` (nb, 2): the first index
-    into ``rows`` and the count (1 .. :data:`ROWS`) of each block, all of one group.
+    columns past N zero; ``exact`` (G, M, N) int32 the exact sums; ``lim`` (G,) int64: a row of
+    group ``g`` with ``sum_k |x - zx| <= lim[g]`` cannot reach the range (its bound
+    ``sum_k |x - zx| * max|we|`` fits int16: ``lim[g] = 32767 // max|we[g]|``), so its values
+    are its exact sums and it has no events. ``one``: int16 1 (see :func:`_sat16_run`).
     Preconditions (the caller's): ``K < 2^14`` (int16 event counters: at most 2K events per
     output), every ``x - zx`` and every product fits int16.
 
-    Writes ``vals[g, m, :N]`` (int32 or int64) of every row, and per task (block x panel)
-    ``counts[task] = (events, outputs with an event, tile-register events)``; events count
-    every clamped add, tile-register adds and accumulator adds alike.
+    Rows run in blocks of :data:`ROWS` consecutive rows of one group; a block runs the
+    ordered reduction if any of its rows can reach the range, else copies its exact sums (the
+    ordered reduction of a row that cannot reach the range is its exact sum with no events,
+    so the choice changes nothing but time). A first parallel pass picks the blocks (and
+    copies the others), a second shares the picked ones evenly among the threads. Value
+    ``(g, m, n)`` goes to the flat int64 ``out[g*sg + (m // P)*sa + (m % P)*sb + n*sn]`` with
+    ``layout = (sg, sa, sb, sn, P)`` (a GEMM's (G, M, N) array, or a convolution's NCHW
+    output). Per block ``counts[b] =
+    (events, outputs with an event, tile-register events, min exact, max exact)``; events
+    count every clamped add, tile-register adds and accumulator adds alike.
     """
     G, M, K = x.shape
+    N = exact.shape[2]
     npan = weh.shape[2] // LANES
-    for task in prange(blocks.shape[0] * npan):
-        b = task // npan
-        n0 = (task - b * npan) * LANES
-        ms = carray(_local(ROWS, np.int64), (ROWS,))
-        g, nr = _block_rows(rows, blocks, b, M, ms)
+    nbm = (M + ROWS - 1) // ROWS
+    nb = G * nbm
+    run = np.zeros(nb, np.bool_)
+    for b in prange(nb):  # which blocks run; the others' exact sums; every block's extremes
+        g = b // nbm
+        m0 = (b - g * nbm) * ROWS
+        nr = min(ROWS, M - m0)
+        for r in range(nr):
+            xr = x[g, m0 + r]
+            xabs = 0
+            for k in range(K):
+                xabs += abs(np.int64(xr[k]) - zx)
+            if xabs > lim[g]:
+                run[b] = True
+                break
+        lo = np.int64(exact[g, m0, 0])
+        hi = lo
+        for r in range(nr):
+            base = _row_base(g, m0 + r, layout)
+            for n in range(N):
+                v = np.int64(exact[g, m0 + r, n])
+                lo = min(lo, v)
+                hi = max(hi, v)
+                if not run[b]:
+                    out[base + n * layout[3]] = v
+        counts[b, 3] = lo
+        counts[b, 4] = hi
+    todo = np.flatnonzero(run)  # the blocks that run, shared evenly among the threads
+    for task in prange((todo.size + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+        abuf = np.empty((ROWS, K), np.int16)
+        for i in range(task * BLOCKS_PER_TASK, min(todo.size, (task + 1) * BLOCKS_PER_TASK)):
+            b = todo[i]
+            g = b // nbm
+            m0 = (b - g * nbm) * ROWS
+            nr = min(ROWS, M - m0)
+            for r in range(ROWS):  # a short block repeats its last row (stored once)
+                xr = x[g, m0 + min(r, nr - 1)]
+                ar = abuf[r]
+                for k in range(K):
+                    ar[k] = np.int16(np.int64(xr[k]) - zx)
+            _sat16_block(abuf, weh, order, g, m0, nr, N, npan, tile, one, out, layout, counts[b])
+
+
+@njit(cache=True, inline="always")
+def _row_base(g, m, layout):
+    """The flat index in ``out`` of value ``(g, m, 0)`` (see :func:`ordered_sat16`)."""
+    q = m // layout[4]
+    return g * layout[0] + q * layout[1] + (m - q * layout[4]) * layout[2]
+
+
+@njit(cache=True, inline="always")
+def _sat16_block(abuf, weh, order, g, m0, nr, N, npan, tile, one, out, layout, cnt):
+    """One block of :func:`ordered_sat16`, panel by panel: its values to ``out`` and its event
+    totals to ``cnt[0:3]``."""
+    K = abuf.shape[1]
+    events = 0
+    hit = 0
+    tevents = 0
+    for pan in range(npan):
+        n0 = pan * LANES
         s = carray(_local(_BLOCK, np.int16), (ROWS, LANES))
         ev = carray(_local(_BLOCK, np.int16), (ROWS, LANES))
         tev = carray(_local(_BLOCK, np.int16), (ROWS, LANES))
@@ -112,18 +185,29 @@ def ordered_sat16(x, zx, weh, order, rows, blocks, tile, vals, counts):
         ev[:] = 0
         tev[:] = 0
         if tile == 0:
-            _sat16_run(x, zx, weh, order, g, ms, n0, 0, K, s, ev)
+            _sat16_run(abuf, weh, order, g, n0, 0, K, s, ev, one)
         else:
             t = carray(_local(_BLOCK, np.int16), (ROWS, LANES))
             for k0 in range(0, K, tile):
                 t[:] = 0
-                _sat16_run(x, zx, weh, order, g, ms, n0, k0, min(K, k0 + tile), t, tev)
+                _sat16_run(abuf, weh, order, g, n0, k0, min(K, k0 + tile), t, tev, one)
                 for r in range(ROWS):
                     for n in range(LANES):
                         c = _sadd16(s[r, n], t[r, n])
-                        ev[r, n] = np.int16(ev[r, n] + (np.int16(s[r, n] + t[r, n]) != c))
+                        e = ev[r, n]
+                        ev[r, n] = np.int16(e + one) if np.int16(s[r, n] + t[r, n]) != c else e
                         s[r, n] = c
-        _store(vals, counts, task, g, ms, nr, n0, s, ev, tev)
+        for r in range(nr):
+            base = _row_base(g, m0 + r, layout)
+            for n in range(min(LANES, N - n0)):
+                out[base + (n0 + n) * layout[3]] = s[r, n]
+                e = np.int64(ev[r, n]) + np.int64(tev[r, n])
+                events += e
+                hit += e != 0
+                tevents += tev[r, n]
+    cnt[0] = events
+    cnt[1] = hit
+    cnt[2] = tevents
 
 
 @njit(cache=True, inline="always")

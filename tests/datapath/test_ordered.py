@@ -56,47 +56,86 @@ def sat16_cases(draw):
     return x3, zx, we, order, rows, tile
 
 
-def _run_kernel(x3, zx, we, order, rows, tile, acc=None):
-    """The int16-lane kernel, or with ``acc`` the int32-lane one on its range."""
+def _run_sat32(x3, zx, we, order, rows, tile, acc):
+    """The int32-lane kernel on ``acc``'s range, on ``rows``."""
     G, M, K = x3.shape
     N = we.shape[2]
-    weh = hardware_weights(we, order, np.int16 if acc is None else np.int32)
-    blocks = row_blocks(rows, M, ROWS if acc is None else ROWS32)
+    weh = hardware_weights(we, order, np.int32)
+    blocks = row_blocks(rows, M, ROWS32)
     vals = np.full((G, M, N), -(2**40), np.int64)  # rows not run keep this
     counts = np.zeros((blocks.shape[0] * (weh.shape[2] // LANES), 3), np.int64)
-    if acc is None:
-        ordered_sat16(x3, np.int64(zx), weh, order, rows, blocks, tile, vals, counts)
-    else:
-        lo, hi = np.int32(acc.format.min), np.int32(acc.format.max)
-        ordered_sat32(x3, np.int64(zx), weh, order, rows, blocks, tile, lo, hi, vals, counts)
+    lo, hi = np.int32(acc.format.min), np.int32(acc.format.max)
+    ordered_sat32(x3, np.int64(zx), weh, order, rows, blocks, tile, lo, hi, vals, counts)
     return vals, counts.sum(axis=0).tolist()
 
 
-@given(
-    sat16_cases(),
-    st.sampled_from([None, (8, True), (12, False), (16, True), (20, True), (24, False)]),
-)
-def test_sat_kernels_equal_spec_on_any_rows_order_and_tiles(case, width):
-    """The int16-lane kernel (16-bit signed) and the int32-lane kernel on registers of 8 to
-    24 bits, signed or not (every sum of a register and a product fits int32)."""
-    x3, zx, we, order, rows, tile = case
+def _run_sat16(x3, zx, we, order, tile, lim):
+    """The int16-lane kernel into a (G, M, N) array, ``lim`` (G,) or scalar the sums of ``|x -
+    zx|`` up to which a row keeps its exact sums (-1: every row runs). Returns ``(values, [events,
+    outputs with an event, tile events], (min, max) exact)``."""
     G, M, K = x3.shape
     N = we.shape[2]
-    acc = _acc16(tile) if width is None else _acc16(tile, *width)
-    vals, counts = _run_kernel(*case, acc=None if width is None else acc)
+    exact = np.einsum("gmk,gkn->gmn", x3.astype(np.int64) - zx, we)
+    weh = hardware_weights(we, order, np.int16)
+    vals = np.full((G, M, N), -(2**40), np.int64)  # outputs not written keep this
+    layout = np.array((M * N, 0, N, 1, M), np.int64)
+    counts = np.zeros((G * -(-M // ROWS), 5), np.int64)
+    ordered_sat16(
+        x3, np.int64(zx), weh, order, exact.astype(np.int32), np.full(G, lim, np.int64), tile,
+        np.int16(1), vals.reshape(-1), layout, counts,
+    )  # fmt: skip
+    extremes = (int(counts[:, 3].min()), int(counts[:, 4].max()))
+    return vals, counts[:, :3].sum(axis=0).tolist(), extremes
+
+
+def _spec(x3, zx, we, order, acc, rows=None):
+    """The plain-int reference output by output in hardware order: ``(values, [events, outputs
+    with an event, tile events], (min, max) exact)`` on ``rows`` (flat into G*M; None: all)."""
+    G, M, K = x3.shape
+    N = we.shape[2]
     want = np.full((G, M, N), -(2**40), np.int64)
     events = hit = tevents = 0
-    for r in rows.tolist():
+    exacts = []
+    for r in range(G * M) if rows is None else rows.tolist():
         g, m = divmod(r, M)
         for n in range(N):
             prods = [(int(x3[g, m, k]) - zx) * int(we[g, k, n]) for k in order.tolist()]
-            value, ev, _, _, tev = dref.accumulate(prods, acc, detail=True)
+            value, ev, exact, _, tev = dref.accumulate(prods, acc, detail=True)
             want[g, m, n] = value
             events += ev
             hit += ev > 0
             tevents += tev
+            exacts.append(exact)
+    return want, [events, hit, tevents], (min(exacts, default=None), max(exacts, default=None))
+
+
+@given(
+    sat16_cases(), st.sampled_from([(8, True), (12, False), (16, True), (20, True), (24, False)])
+)
+def test_sat32_kernel_equals_spec_on_any_rows_order_and_tiles(case, width):
+    """The int32-lane kernel on registers of 8 to 24 bits, signed or not (every sum of a
+    register and a product fits int32), on any subset of rows."""
+    x3, zx, we, order, rows, tile = case
+    acc = _acc16(tile, *width)
+    vals, counts = _run_sat32(*case, acc=acc)
+    want, want_counts, _ = _spec(x3, zx, we, order, acc, rows)
     assert (vals == want).all()
-    assert counts == [events, hit, tevents]
+    assert counts == want_counts
+
+
+@given(sat16_cases(), st.booleans())
+def test_sat16_kernel_equals_spec_on_any_order_and_tiles(case, run_all):
+    """The int16-lane kernel with every row run (``lim`` -1), or only the blocks with a row
+    whose bound can reach int16 (the others copy their exact sums): values, events and final
+    extremes are the plain-int reference's, output by output."""
+    x3, zx, we, order, _, tile = case
+    wmax = np.abs(we).max(axis=(1, 2), initial=0)
+    lim = np.where(wmax > 0, 32767 // np.maximum(wmax, 1), 2**62)
+    vals, counts, extremes = _run_sat16(x3, zx, we, order, tile, -1 if run_all else lim)
+    want, want_counts, want_extremes = _spec(x3, zx, we, order, _acc16(tile))
+    assert (vals == want).all()
+    assert counts == want_counts
+    assert extremes == want_extremes
 
 
 def test_sat16_kernel_hits_both_rails_with_all_max_operands():
@@ -108,17 +147,11 @@ def test_sat16_kernel_hits_both_rails_with_all_max_operands():
     we[0, :, 1::2] = 127
     we[0, K // 2 :, 0] = 127  # column 0 goes from one rail to the other
     order = np.arange(K, dtype=np.int64)[::-1].copy()
-    rows = np.arange(3, dtype=np.int64)
-    vals, counts = _run_kernel(x3, 0, we, order, rows, 0)
-    acc = _acc16(0)
-    events = 0
-    for m in range(3):
-        for n in range(N):
-            prods = [int(x3[0, m, k]) * int(we[0, k, n]) for k in order.tolist()]
-            value, ev, _, _ = dref.accumulate(prods, acc)
-            assert vals[0, m, n] == value
-            events += ev
-    assert counts[0] == events > 0
+    vals, counts, extremes = _run_sat16(x3, 0, we, order, 0, [32767 // 128])
+    want, want_counts, want_extremes = _spec(x3, 0, we, order, _acc16(0))
+    assert (vals == want).all()
+    assert counts == want_counts and counts[0] > 0
+    assert extremes == want_extremes
     assert vals.min() == -32768 and vals.max() == 32767
 
 
