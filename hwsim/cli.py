@@ -69,11 +69,13 @@ class CliError(click.ClickException):
 
 
 def _first_run_note() -> None:
-    """On a fresh install, say that the kernels compile now (stderr, once per command)."""
-    from hwsim.jitcache import FIRST_RUN_NOTE, kernels_cached
+    """On a fresh install, say that the kernels compile now (stderr, once per command), and
+    compile them in a second process meanwhile (:func:`hwsim.jitcache.start_warming`)."""
+    from hwsim import jitcache
 
-    if not kernels_cached():
-        click.echo(FIRST_RUN_NOTE, err=True)
+    if not jitcache.kernels_cached():
+        click.echo(jitcache.FIRST_RUN_NOTE, err=True)
+        jitcache.start_warming()
 
 
 def _guard(fn):
