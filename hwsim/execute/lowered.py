@@ -291,10 +291,15 @@ class _Lowerer:
             w, wz = wq.q.astype(np.int8), np.int8(zw0)
         else:
             w, wz = wq.q.astype(np.uint8), np.uint8(zw0)
-        if node.op is Op.DENSE:  # (N, K) rows: a 1x1 convolution on (N, 1, 1, K)
+        rows = node.op is Op.DENSE and bool(node.attrs.get("nd")) and len(x.shape) > 1
+        if node.op is Op.DENSE:  # (R, K) rows: a 1x1 convolution on (R, 1, 1, K)
+            if rows and x.shape[-1] != K:
+                return f"input rows of {x.shape[-1]} values, weights of {K}"
             w = w.reshape(n_out, K, 1, 1)
             xin = b.get(node.inputs[0], x, shifted=True)
-            xin = b.node("Reshape", [xin, b.const(np.array([0, 1, 1, -1], np.int64))])
+            # (N, ..., K): the leading axes flattened into rows; else (N, K) flattened
+            shape = [-1, 1, 1, K] if rows else [0, 1, 1, -1]
+            xin = b.node("Reshape", [xin, b.const(np.array(shape, np.int64))])
             attrs = {}
         else:
             xin = b.get(node.inputs[0], x, shifted=True, nhwc=True)
@@ -319,7 +324,10 @@ class _Lowerer:
         if bias is not None:
             ins.append(b.const(bias.astype(np.int32)))
         y = b.node("QLinearConv", ins, domain=_MS, channels_last=1, **attrs)  # NHWC
-        if node.op is Op.DENSE:
+        if rows:  # (R, 1, 1, O) back to (N, ..., O)
+            back = np.array([-1, *x.shape[:-1], n_out], np.int64)
+            y = b.node("Reshape", [y, b.const(back)])
+        elif node.op is Op.DENSE:
             y = b.node("Flatten", [y], axis=1)
         self._finish(b, node, y, out, (True, node.op is not Op.DENSE))
         return None
@@ -328,9 +336,48 @@ class _Lowerer:
         return self._mac(b, node, ins[0], out)
 
     def _emit_dense(self, b, node, ins, out):
-        if len(ins[0].shape) != 1:
-            return "dense on (N, ..., K)"
         return self._mac(b, node, ins[0], out)
+
+    def _emit_matmul(self, b, node, ins, out):
+        """A product of two activations on the executor's ``ort`` path (its rule *is*
+        onnxruntime's ``QLinearMatMul``: ``acc = sum_k (a - za)(b - zb)``, then ``rint(f32(acc)
+        * m) + zy`` saturated, ``m = f32(f32(sa * sb) / sy)``; onnxruntime's
+        ``quantize_linear_matmul.cc`` computes ``a_scale * b_scale / y_scale`` in float and
+        requantizes with ``MlasRequantizeOutput``, as its ``QLinearConv``). Both operands go in
+        as uint8 (int8 held as ``q + 128``, zero point ``+ 128``): the uint8 x uint8 kernels,
+        exact on every x86 CPU (:func:`hwsim.datapath.engines.ort_available`). Lowers where
+        no partial sum can overflow the accumulator in any order: ``K * max|a - za| * max|b -
+        zb| <= min(acc max, tile max, 2^31 - 1)``."""
+        a, bm = ins
+        if len(a.shape) < 2 or len(bm.shape) < 2:
+            return "a product across the sample axis"
+        layer = self.p.layer(node.name)
+        spec = self.p.acts.get(node.output)
+        if spec is None or spec.mode != "static" or "tflite" in node.attrs:
+            return "output not static"
+        if layer.register is not ScaleKind.ORT:
+            return f"register {layer.register.value}, not ort"
+        K = a.shape[-1]
+        if bm.shape[-2] != K:
+            return f"operands of {K} and {bm.shape[-2]} summed values"
+        if K * _max_abs(a.fmt, a.zero_point) * _max_abs(bm.fmt, bm.zero_point) > _acc_limit(
+            layer.acc
+        ):
+            return "the accumulator might overflow"
+        m = np.float32(np.float32(a.scale) * np.float32(bm.scale)) / np.float32(out.scale)
+        if not (np.isfinite(m) and m > 0):
+            return "register multiplier out of QLinearMatMul's range"
+        args = []
+        for t, mt in ((node.inputs[0], a), (node.inputs[1], bm), (None, out)):
+            d = 128 if mt.dtype == np.int8 else 0
+            if not 0 <= mt.zero_point + d <= 255:
+                return "zero point outside the 8-bit range"
+            if t is not None:
+                args.append(b.get(t, mt, shifted=True))
+            args += self._grid(b, mt, d)
+        y = b.node("QLinearMatMul", args)
+        self._finish(b, node, y, out, (True, False))
+        return None
 
     def _qlinear_ok(self, node: Node, ins: list[Meta], out: Meta) -> str | None:
         from hwsim.execute.integer import _ort_holder
