@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hwsim.execute import lowered_tables as tables
 from hwsim.graph.ir import Node, Op
 from hwsim.quant.scheme import ScaleKind
 
@@ -210,6 +211,16 @@ class _Lowerer:
 
     def meta(self, t: str) -> Meta | None:
         return Meta.of(self.env.get(t))
+
+    def rule(self, node: Node, args: list):
+        """The executor's own rule for ``node`` on ``args`` (:class:`QTensor` s), as its
+        node-by-node run applies it (:meth:`IntegerExecutor._node`, on the probe)."""
+        probe = self.probe
+        probe._current = node.name
+        try:
+            return probe._node(node, args)
+        finally:
+            probe._current = None
 
     def emit(self, b: _Builder, node: Node) -> str | None:
         """``node``'s ONNX nodes appended to ``b``; None if it lowers, else why not (then
@@ -522,10 +533,25 @@ class _Lowerer:
         b.put(node.output, t, key)
         return None
 
+    def _emit_elementwise(self, b, node, ins, out):
+        return tables.unary(self, b, node, ins[0], out)
+
+    _emit_gelu = _emit_sigmoid = _emit_silu = _emit_elementwise
+    _emit_hardsigmoid = _emit_hardswish = _emit_tanh = _emit_erf = _emit_elementwise
+    _emit_add_const = _emit_div_const = _emit_mul = _emit_elementwise
+
+    def _emit_concat(self, b, node, ins, out):
+        return tables.concat(self, b, node, ins, out)
+
+    def _emit_mul_act(self, b, node, ins, out):
+        if ins[0].shape != ins[1].shape:
+            return "broadcasting Mul"
+        return self._table2(b, node, ins, out)
+
     def _emit_relu(self, b, node, ins, out):
         x = ins[0]
         if not self._same_grid(x, out):
-            return "output grid differs"
+            return tables.unary(self, b, node, x, out)
         return self._bounded(b, node, x, x.zero_point, int(np.iinfo(x.dtype).max))
 
     def _emit_clip(self, b, node, ins, out):
@@ -533,13 +559,16 @@ class _Lowerer:
 
         x = ins[0]
         if not self._same_grid(x, out):
-            return "output grid differs"
+            return tables.unary(self, b, node, x, out)
         held = QTensor(np.zeros((1,), x.dtype), np.asarray(x.scale), x.zero_point, x.fmt)
         lo, hi = self.probe._clip_bounds(node, held)
         return self._bounded(b, node, x, lo, hi)
 
     def _moved(self, b, node, x: Meta, op: str, *consts, **attrs):
-        """A node that moves integers (a reshape), on the NCHW tensor."""
+        """A node that moves integers (a reshape), on the NCHW tensor, where its output keeps
+        the input's grid (else the executor requantizes: ``Q(op(DQ(x)))``)."""
+        if not self._same_grid(x, self.meta(node.output)):
+            return "output grid differs"
         key = b.any(node.inputs[0], nhwc=False)[1]
         t = b.get(node.inputs[0], x, key[0], nhwc=False)
         b.put(node.output, b.node(op, [t, *(b.const(c) for c in consts)], **attrs), (key[0], False))
@@ -555,7 +584,24 @@ class _Lowerer:
     def _emit_transpose(self, b, node, ins, out):
         return self._moved(b, node, ins[0], "Transpose", perm=[int(p) for p in node.attrs["perm"]])
 
+    def _emit_gather(self, b, node, ins, out):
+        idx = np.asarray(node.attrs["indices"], np.int64)
+        return self._moved(b, node, ins[0], "Gather", idx, axis=int(node.attrs["axis"]))
+
+    def _emit_slice(self, b, node, ins, out):
+        s = np.array(
+            [
+                (ax, st, (np.iinfo(np.int64).min if sp < 0 else np.iinfo(np.int64).max)
+                 if en is None else en, sp)
+                for ax, st, en, sp in node.attrs["slices"]
+            ],
+            np.int64,
+        ).reshape(-1, 4)  # fmt: skip
+        return self._moved(b, node, ins[0], "Slice", s[:, 1], s[:, 2], s[:, 0], s[:, 3])
+
     def _emit_identity(self, b, node, ins, out):
+        if not self._same_grid(ins[0], out):
+            return tables.unary(self, b, node, ins[0], out)
         t, key = b.any(node.inputs[0])
         b.put(node.output, t, key)
         return None
