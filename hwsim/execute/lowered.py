@@ -690,6 +690,9 @@ def lower(ex, probe, env: dict, threads: int | None = None) -> Lowering:
             if nodes[k].output == ex.g.output
             or any(r >= j for r in readers.get(nodes[k].output, ()))
         ]
+        if not outputs:  # nothing reads these nodes' outputs: nothing to run
+            i = j
+            continue
         float_in = (
             g.input
             if qin is not None
