@@ -234,9 +234,7 @@ def concat(low, b, node: Node, ins: list, out) -> str | None:
         else (held(samples[p[1]]) if p[2] is None else p[2][held(samples[p[1]])])
         for p in parts
     ]
-    if not _on_grid(got, out) or not np.array_equal(
-        held(got.q), np.concatenate(want, axis=ax)
-    ):
+    if not _on_grid(got, out) or not np.array_equal(held(got.q), np.concatenate(want, axis=ax)):
         return "the rule is not a table per input"
 
     names = []

@@ -498,7 +498,7 @@ def test_tflite_models(path):
 UNARY = ["Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "SiLU", "Relu", None]
 
 
-def _token_model(rng, T, K, O, unary, F=3):
+def _token_model(rng, T, K, D, unary, F=3):
     """A float model on ``(N, T, K)`` tokens: two dense layers on the tokens (``MatMul`` [+
     ``Add`` of a bias]), an elementwise op on the first, their product ``u @ d2^T`` (a matmul of
     two activations), ``Div`` / ``Mul`` by scalar constants, ``Add`` of a position table
@@ -514,15 +514,15 @@ def _token_model(rng, T, K, O, unary, F=3):
         nodes.append(helper.make_node(op, ins, [out], **attrs))
         return out
 
-    d1 = node("MatMul", ["x", const("w1", rng.normal(0, 1, (K, O)))], "d1")
-    d1 = node("Add", [d1, const("b1", rng.normal(0, 1, (O,)))], "d1b")
+    d1 = node("MatMul", ["x", const("w1", rng.normal(0, 1, (K, D)))], "d1")
+    d1 = node("Add", [d1, const("b1", rng.normal(0, 1, (D,)))], "d1b")
     if unary == "SiLU":
         u = node("Mul", [d1, node("Sigmoid", [d1], "sg")], "u")
     elif unary is not None:
         u = node(unary, [d1], "u")
     else:
         u = d1
-    d2 = node("MatMul", ["x", const("w2", rng.normal(0, 1, (K, O)))], "d2")
+    d2 = node("MatMul", ["x", const("w2", rng.normal(0, 1, (K, D)))], "d2")
     d2t = node("Transpose", [d2], "d2t", perm=[0, 2, 1])
     s = node("MatMul", [u, d2t], "s")  # (N, T, T)
     s = node("Div", [s, const("c", np.float32(rng.uniform(0.5, 3)))], "s2")
@@ -550,9 +550,9 @@ def _token_model(rng, T, K, O, unary, F=3):
     return m
 
 
-def _token_program(tmp_path, rng, T, K, O, unary, scheme, name="t"):
+def _token_program(tmp_path, rng, T, K, D, unary, scheme, name="t"):
     path = tmp_path / f"{name}.onnx"
-    onnx.save(_token_model(rng, T, K, O, unary), path)
+    onnx.save(_token_model(rng, T, K, D, unary), path)
     calib = Dataset("c", rng.normal(0, 1, (8, T, K)).astype(np.float32), None)
     return quantize(import_model(path), scheme, calib, float_run=run_float)
 
@@ -577,7 +577,7 @@ TABLE_OPS = {"gelu", "sigmoid", "hardsigmoid", "hardswish", "silu", "div_const",
     st.sampled_from(["ort", "tflite", "pow2"]),
     st.sampled_from(["per-tensor", "per-channel"]),
 )
-def test_random_token_layers(tmp_path, seed, T, K, O, unary, wbits, abits, acc_bits, overflow,
+def test_random_token_layers(tmp_path, seed, T, K, D, unary, wbits, abits, acc_bits, overflow,
                              register, preset):  # fmt: skip
     """Random token layers at every width: dense on (N, T, K) and the matmul of two activations
     lower where the register is ``ort`` and no partial sum can overflow, the elementwise ops,
@@ -587,7 +587,7 @@ def test_random_token_layers(tmp_path, seed, T, K, O, unary, wbits, abits, acc_b
     scheme = Scheme.preset(
         preset, wbits=wbits, abits=abits, acc_bits=acc_bits, overflow=overflow, register=register
     )
-    program = _token_program(tmp_path, rng, T, K, O, unary, scheme, f"t{seed}")
+    program = _token_program(tmp_path, rng, T, K, D, unary, scheme, f"t{seed}")
     x = with_extremes(rng.normal(0, 2, (int(rng.integers(1, 5)), T, K)).astype(np.float32), rng)
     a, b, fx = both(program, x)
     assert_same(a, b)
