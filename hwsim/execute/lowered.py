@@ -11,7 +11,9 @@ lower run through the executor as always, between segments.
 A node lowers when onnxruntime's kernel computes exactly the executor's contract for it
 (docs/networks.md, "Outputs-only runs"):
 
-* ``conv`` / ``dense`` (2-D rows, as a 1x1 ``QLinearConv``): a static per-tensor uint8 input,
+* ``conv`` / ``dense`` (rows as a 1x1 ``QLinearConv``: ``(N, K)``, or a dense on tokens ``(N,
+  ..., K)``, the executor's one GEMM over the flattened leading axes, reshaped to ``(R, 1, 1,
+  K)`` and back): a static per-tensor uint8 input,
   a static unsigned output of at most 8 bits, an ``ort`` register (eq. 8: ``rint(f32(acc) *
   m)``, half to even, then ``+ zy`` and saturation), weights of at most 8 bits with one zero
   point, a signed accumulator that provably cannot overflow in any order:
@@ -24,16 +26,27 @@ A node lowers when onnxruntime's kernel computes exactly the executor's contract
   this CPU (AVX2 without VNNI, :func:`hwsim.datapath.engines.ort_exact`), int8 weights go in
   as uint8 ``w + 128`` with zero point ``zw + 128`` (the exact uint8 x uint8 kernels). A
   narrower output format is a ``Clip`` after it.
+* ``matmul`` of two activations on the ``ort`` path: ``QLinearMatMul`` on uint8 operands
+  (:meth:`_Lowerer._emit_matmul`), under the same accumulator bound (no bias).
 * ``add``, ``avgpool``, ``gap`` on the ``ort`` path of the executor (8-bit operands of one
   signedness, per-tensor static scales, no uint8 shift of an imported int8 model): the
   executor's rule for them *is* onnxruntime's ``QLinearAdd`` / ``QLinearAveragePool`` /
   ``QLinearGlobalAveragePool`` (:mod:`hwsim.qops`), so those kernels run.
 * ``maxpool``, ``relu``, ``clip`` (per-tensor), ``flatten``, ``reshape``, ``transpose``,
-  ``identity`` on 8-bit integers: ``MaxPool`` / ``Clip`` (the integer bounds the executor
-  uses) / ``Flatten`` / ``Reshape`` / ``Transpose`` / ``Identity``.
+  ``gather``, ``slice``, ``identity`` on 8-bit integers that keep their grid: ``MaxPool`` /
+  ``Clip`` (the integer bounds the executor uses) / ``Flatten`` / ``Reshape`` / ``Transpose``
+  / ``Gather`` / ``Slice`` / ``Identity``.
+* any other deterministic elementwise rule of one or two 8-bit static tensors -- the float
+  islands GELU, Sigmoid, SiLU, HardSigmoid, HardSwish, Tanh, Erf, constant arithmetic (also a
+  constant per position, a position embedding), Add / Mul of two activations on other
+  registers, a requantizing ReLU / Clip / Identity, and Concat -- as tables of the executor's
+  own rule looked up with ``Gather`` (:meth:`_Lowerer._table2`,
+  :mod:`hwsim.execute.lowered_tables`).
 
-Everything else (per-sample and per-token tensors, other registers, wider operands or
-accumulators that might overflow, float islands, ``isa avx2``) runs in the executor. The
+Everything else (per-sample and per-token tensors, other registers on MAC layers, wider
+operands or accumulators that might overflow, the LayerNorm and Softmax float islands, whose
+row reductions onnxruntime does not order as the executor does, ``isa avx2``) runs in the
+executor. The
 equality with the node-by-node run is a test (``tests/execute/test_lowered.py``) on every
 shipped model, standard architectures quantized by onnxruntime and by hwsim, and random layers.
 """
