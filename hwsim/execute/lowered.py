@@ -40,7 +40,7 @@ A node lowers when onnxruntime's kernel computes exactly the executor's contract
   islands GELU, Sigmoid, SiLU, HardSigmoid, HardSwish, Tanh, Erf, constant arithmetic (also a
   constant per position, a position embedding), Add / Mul of two activations on other
   registers, a requantizing ReLU / Clip / Identity, and Concat -- as tables of the executor's
-  own rule looked up with ``Gather`` (:meth:`_Lowerer._table2`,
+  own rule looked up with ``GatherElements`` (:meth:`_Lowerer._table2`,
   :mod:`hwsim.execute.lowered_tables`).
 
 Everything else (per-sample and per-token tensors, other registers on MAC layers, wider
@@ -452,9 +452,9 @@ class _Lowerer:
     def _table2(self, b, node, ins, out) -> str | None:
         """An elementwise node of two 8-bit static tensors as a 65,536-entry table: the
         executor's own rule (:meth:`IntegerExecutor._node`) on every pair of input values,
-        looked up at ``(a + da) * 256 + (b + db)`` (``d = 128`` for int8, held shifted) with
-        ``Gather``. Exact for any deterministic per-tensor rule (no per-sample registers, no
-        stochastic rounding)."""
+        looked up at ``(a + da) * 256 + (b + db)`` (``d = 128`` for int8, held shifted)
+        (:func:`~hwsim.execute.lowered_tables.lookup`). Exact for any deterministic
+        per-tensor rule (no per-sample registers, no stochastic rounding)."""
         from onnx import TensorProto
 
         from hwsim.execute.tensors import QTensor
@@ -489,7 +489,7 @@ class _Lowerer:
         ia = b.node("Cast", [b.get(node.inputs[0], ins[0], True, nhwc)], to=i32)
         ib = b.node("Cast", [b.get(node.inputs[1], ins[1], True, nhwc)], to=i32)
         idx = b.node("Add", [b.node("Mul", [ia, b.const(np.int32(256))]), ib])
-        y = b.node("Gather", [b.const(table), idx], axis=0)
+        y = tables.lookup(b, table, idx)
         b.put(node.output, y, (out.dtype == np.int8, nhwc))
         return None
 
