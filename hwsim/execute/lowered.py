@@ -122,8 +122,8 @@ class _Builder:
     activations takes and gives); ``nhwc``, a 4-D tensor channels-last (onnxruntime's
     ``com.microsoft`` NHWC kernels; the graph's own tensors are NCHW). A uint8 tensor is
     never shifted, a tensor of another rank never NHWC. :meth:`get` converts on demand:
-    ``Transpose``, and ``BitwiseXor`` with 0x80 around a wrapping ``Cast`` (``q + 128`` mod
-    256)."""
+    ``Transpose``, and a uint8 ``Add`` of 128 (wrapping: the XOR with 0x80) around a wrapping
+    ``Cast`` (``q + 128`` mod 256)."""
 
     def __init__(self, inputs=()):
         self.nodes: list = []
@@ -166,12 +166,13 @@ class _Builder:
             h[(k0[0], key[1])] = self.node("Transpose", [h[k0]], perm=perm)
             src = (k0[0], key[1])
         if src != key:
-            mask = self.const(np.uint8(0x80))
+            # + 128 on uint8 wraps mod 256: the XOR with 0x80, in onnxruntime's vectorized Add
+            half = self.const(np.uint8(0x80))
             if key[0]:  # int8 -> uint8 q + 128
                 u = self.node("Cast", [h[src]], to=TensorProto.UINT8)
-                h[key] = self.node("BitwiseXor", [u, mask])
+                h[key] = self.node("Add", [u, half])
             else:  # uint8 q + 128 -> int8
-                x = self.node("BitwiseXor", [h[src], mask])
+                x = self.node("Add", [h[src], half])
                 h[key] = self.node("Cast", [x], to=TensorProto.INT8)
         return h[key]
 
