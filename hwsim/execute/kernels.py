@@ -102,3 +102,20 @@ def clamp_rows(q, lo, hi, out):
         o = out[n]
         for e in range(E):
             o[e] = min(max(qr[e], lo_q), hi_q)
+
+
+@njit(cache=True, parallel=True)
+def row_max(x, out):
+    """``out[r] = max(x[r, :])`` of float rows ``x`` (R, L), L >= 1, scanned left to right.
+    The value is numpy's ``x.max(axis=1)`` whatever the order, except a zero's sign and which
+    NaN (a NaN in a row: ``out`` is NaN)."""
+    R, L = x.shape
+    for r in prange(R):
+        m = x[r, 0]
+        for j in range(1, L):
+            v = x[r, j]
+            if v > m or v != v:
+                m = v
+            if m != m:
+                break
+        out[r] = m

@@ -739,3 +739,33 @@ def test_vit_with_integer_nonlinearities(digits):
     a, b, fx = both(program, x)
     assert_same(a, b)
     assert len(fx.lowering.lowered) > len(fx.g.nodes) // 2
+
+
+SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 3e38, -3e38, 1.0, -1.0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([np.float32, np.float64]),
+    st.lists(st.integers(1, 4), max_size=3),
+    st.integers(1, 40),
+    st.floats(0, 0.5),
+)
+def test_softmax_islands_are_numpys_bit_for_bit(seed, dtype, lead, L, special):
+    """The float islands' Softmax (``hwsim.execute.arrays.softmax``, its row max one Numba
+    pass) equals numpy's ``exp(x - x.max()) / sum`` in every bit, zeros of both signs, NaN,
+    infinities and denormals included."""
+    from hwsim.execute.arrays import softmax
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, rng.choice([1e-3, 1.0, 30.0]), (*lead, L)).astype(dtype)
+    mask = rng.random(x.shape) < special
+    x[mask] = rng.choice(np.array(SPECIAL, dtype), int(mask.sum()))
+    with np.errstate(all="ignore"):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        want = (e / e.sum(axis=-1, keepdims=True)).astype(dtype)
+        got = softmax(x, -1)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    uint = np.uint32 if dtype == np.float32 else np.uint64
+    assert np.array_equal(got.view(uint), want.view(uint))
