@@ -558,8 +558,16 @@ class _Lowerer:
         return tables.concat(self, b, node, ins, out)
 
     def _emit_mul_act(self, b, node, ins, out):
-        if ins[0].shape != ins[1].shape:
-            return "broadcasting Mul"
+        """The executor's product of two activations, ``(a - za)(b - zb)`` element by element
+        (broadcasting: a squeeze-excite gate), then its register: a table of two codes (the
+        index's ``Mul`` / ``Add`` broadcast as numpy does)."""
+        sa, sb = ins[0].shape, ins[1].shape
+        try:
+            bad = len(sa) != len(sb) or np.broadcast_shapes(sa, sb) != tuple(out.shape)
+        except ValueError:
+            bad = True
+        if bad:
+            return "a Mul broadcasting across the sample axis or to another shape"
         return self._table2(b, node, ins, out)
 
     def _emit_relu(self, b, node, ins, out):

@@ -90,6 +90,8 @@ def test_shipped_models(digits, model, preset):
     if model in ("rescnn", "mlp") and preset == "per-tensor":  # not vacuous: all of it lowers
         assert not fx.lowering.why, fx.lowering.why
         assert len(fx.lowering.steps) == 1
+    if model == "silucnn" and preset == "per-tensor":  # SiLU, HardSwish, the SE gate's Mul
+        assert not fx.lowering.why, fx.lowering.why
     if model == "vit":  # all but the LayerNorm / Softmax float islands (row reductions)
         left = {n.op.value for n in fx.g.nodes if n.name in fx.lowering.why}
         assert left == {"layernorm", "softmax"}, fx.lowering.why
@@ -769,3 +771,47 @@ def test_softmax_islands_are_numpys_bit_for_bit(seed, dtype, lead, L, special):
     assert got.dtype == want.dtype and got.shape == want.shape
     uint = np.uint32 if dtype == np.float32 else np.uint64
     assert np.array_equal(got.view(uint), want.view(uint))
+
+
+def _gate_model(rng, c):
+    """A squeeze-excite gate: ``conv(x) * sigmoid(gap(conv(x)))``, a Mul of two activations
+    broadcasting ``(N, C, 1, 1)`` over ``(N, C, 6, 6)``."""
+    w = numpy_helper.from_array(rng.normal(0, 1, (c, c, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["h"], ["p"]),
+        helper.make_node("Sigmoid", ["p"], ["g"]),
+        helper.make_node("Mul", ["h", "g"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c, 6, 6])], [w],
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 4),
+    st.integers(2, 8),
+    st.integers(2, 8),
+    st.sampled_from(["ort", "tflite", "pow2"]),
+)
+def test_a_broadcasting_gate_lowers_as_a_table(tmp_path, seed, c, wbits, abits, register):
+    """The squeeze-excite product ``(a - za)(b - zb)`` broadcasting a gate over its feature
+    map, under every register: a table of two codes, the node-by-node integers."""
+    rng = np.random.default_rng(seed)
+    onnx.save(_gate_model(rng, c), tmp_path / f"g{seed}.onnx")
+    calib = Dataset("c", rng.normal(0, 1, (8, c, 6, 6)).astype(np.float32), None)
+    scheme = Scheme.preset("per-tensor", wbits=wbits, abits=abits, register=register)
+    program = quantize(import_model(tmp_path / f"g{seed}.onnx"), scheme, calib, float_run=run_float)
+    x = with_extremes(rng.normal(0, 2, (int(rng.integers(1, 5)), c, 6, 6)).astype(np.float32), rng)
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    mul = next(n for n in fx.g.nodes if n.op.value == "mul_act")
+    assert mul.name in fx.lowering.lowered, fx.lowering.why
