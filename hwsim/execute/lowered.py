@@ -370,7 +370,8 @@ class _Lowerer:
         ``quantize_linear_matmul.cc`` computes ``a_scale * b_scale / y_scale`` in float and
         requantizes with ``MlasRequantizeOutput``, as its ``QLinearConv``). Both operands go in
         as uint8 (int8 held as ``q + 128``, zero point ``+ 128``): the uint8 x uint8 kernels,
-        exact on every x86 CPU (:func:`hwsim.datapath.engines.ort_available`). Lowers where
+        exact with or without VNNI (nothing lowers where
+        :func:`hwsim.datapath.engines.ort_available` finds them inexact). Lowers where
         no partial sum can overflow the accumulator in any order: ``K * max|a - za| * max|b -
         zb| <= min(acc max, tile max, 2^31 - 1)``."""
         a, bm = ins
