@@ -87,6 +87,7 @@ def test_shipped_models(digits, model, preset):
         x = with_extremes(digits.x[rng.integers(0, len(digits), n)], rng)
         a, b, fx = both(program, x)
         assert_same(a, b)
+    assert_every_tensor(program, x)
     if model in ("rescnn", "mlp") and preset == "per-tensor":  # not vacuous: all of it lowers
         assert not fx.lowering.why, fx.lowering.why
         assert len(fx.lowering.steps) == 1
