@@ -46,9 +46,9 @@ A node lowers when onnxruntime's kernel computes exactly the executor's contract
 Everything else (per-sample and per-token tensors, other registers on MAC layers, wider
 operands or accumulators that might overflow, the LayerNorm and Softmax float islands, whose
 row reductions onnxruntime does not order as the executor does, ``isa avx2``) runs in the
-executor. The
-equality with the node-by-node run is a test (``tests/execute/test_lowered.py``) on every
-shipped model, standard architectures quantized by onnxruntime and by hwsim, and random layers.
+executor. The equality with the node-by-node run is a test (``tests/execute/test_lowered.py``)
+on every shipped model, standard architectures quantized by onnxruntime and by hwsim, and
+random layers.
 """
 
 from __future__ import annotations
@@ -379,8 +379,10 @@ class _Lowerer:
             return "a product across the sample axis"
         layer = self.p.layer(node.name)
         spec = self.p.acts.get(node.output)
-        if spec is None or spec.mode != "static" or "tflite" in node.attrs:
+        if spec is None or spec.mode != "static":
             return "output not static"
+        if "tflite" in node.attrs:
+            return "a TFLite kernel's rule"
         if layer.register is not ScaleKind.ORT:
             return f"register {layer.register.value}, not ort"
         K = a.shape[-1]
