@@ -106,16 +106,15 @@ def clamp_rows(q, lo, hi, out):
 
 @njit(cache=True, parallel=True)
 def row_max(x, out):
-    """``out[r] = max(x[r, :])`` of float rows ``x`` (R, L), L >= 1, scanned left to right.
-    The value is numpy's ``x.max(axis=1)`` whatever the order, except a zero's sign and which
-    NaN (a NaN in a row: ``out`` is NaN)."""
+    """``out[r] = max(x[r, :])`` of float rows ``x`` (R, L), L >= 1: the value of numpy's
+    ``x.max(axis=1)`` whatever the order, but a zero's sign; NaN where the row holds a NaN.
+    Branch-free, so the loop vectorizes."""
     R, L = x.shape
     for r in prange(R):
         m = x[r, 0]
+        nan = m != m
         for j in range(1, L):
             v = x[r, j]
-            if v > m or v != v:
-                m = v
-            if m != m:
-                break
-        out[r] = m
+            nan |= v != v
+            m = v if v > m else m
+        out[r] = np.nan if nan else m
