@@ -557,6 +557,12 @@ class _Lowerer:
     _emit_hardsigmoid = _emit_hardswish = _emit_tanh = _emit_erf = _emit_elementwise
     _emit_add_const = _emit_div_const = _emit_mul = _emit_elementwise
 
+    def _emit_layernorm(self, b, node, ins, out):
+        return "a float island reducing rows (onnxruntime sums in another order)"
+
+    def _emit_softmax(self, b, node, ins, out):
+        return "reduces rows: not lowered (as a float island onnxruntime sums in another order)"
+
     def _emit_concat(self, b, node, ins, out):
         return tables.concat(self, b, node, ins, out)
 
