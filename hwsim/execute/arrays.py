@@ -127,6 +127,27 @@ def _order_free_max(x: np.ndarray, fill) -> bool:
 
 
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """``exp(x - max) / sum(exp(x - max))`` along ``axis``, in ``x``'s float type."""
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype)
+    """``exp(x - max) / sum(exp(x - max))`` along ``axis``, in ``x``'s float type (numpy's
+    ``exp``, ``sum`` and division). The row max of a C-contiguous float32 / float64 ``x``
+    along its last axis is one Numba pass (:func:`hwsim.execute.kernels.row_max`; numpy's
+    reduction over short rows is slow) where it finds no NaN: then its value is numpy's but
+    for a zero's sign, which changes no bit of ``x - max`` but a zero's, and ``exp(+-0) = 1``."""
+    m = None
+    if (
+        axis in (-1, x.ndim - 1)
+        and x.ndim
+        and x.shape[-1]
+        and x.size
+        and x.dtype in (np.float32, np.float64)
+        and x.flags.c_contiguous
+    ):
+        from hwsim.execute.kernels import row_max
+
+        m = np.empty(x.shape[:-1] + (1,), x.dtype)
+        row_max(x.reshape(-1, x.shape[-1]), m.reshape(-1))
+        if np.isnan(m).any():
+            m = None
+    if m is None:
+        m = x.max(axis=axis, keepdims=True)
+    e = np.exp(x - m)
+    return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype, copy=False)

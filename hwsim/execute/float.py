@@ -129,8 +129,9 @@ def layernorm64(node: Node, x: np.ndarray) -> np.ndarray:
     axes = tuple(range(node.attrs["axis"], x.ndim))
     x = np.asarray(x, np.float64)
     mean = x.mean(axis=axes, keepdims=True)
-    var = np.square(x - mean).mean(axis=axes, keepdims=True)
-    y = (x - mean) / np.sqrt(var + np.float64(np.float32(node.attrs["epsilon"])))
+    d = x - mean
+    var = np.square(d).mean(axis=axes, keepdims=True)
+    y = d / np.sqrt(var + np.float64(np.float32(node.attrs["epsilon"])))
     if node.weight is not None:
         y = y * node.weight.astype(np.float64)
     if node.bias is not None:

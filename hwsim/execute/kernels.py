@@ -102,3 +102,20 @@ def clamp_rows(q, lo, hi, out):
         o = out[n]
         for e in range(E):
             o[e] = min(max(qr[e], lo_q), hi_q)
+
+
+@njit(cache=True)
+def row_max(x, out):
+    """``out[r] = max(x[r, :])`` of float rows ``x`` (R, L), L >= 1: the value of numpy's
+    ``x.max(axis=1)`` whatever the order, but a zero's sign; NaN where the row holds a NaN.
+    Branch-free, so the loop vectorizes; one thread (a softmax's rows are few: waking a pool
+    costs more than the pass)."""
+    R, L = x.shape
+    for r in range(R):
+        m = x[r, 0]
+        nan = m != m
+        for j in range(1, L):
+            v = x[r, j]
+            nan |= v != v
+            m = v if v > m else m
+        out[r] = np.nan if nan else m

@@ -11,7 +11,9 @@ lower run through the executor as always, between segments.
 A node lowers when onnxruntime's kernel computes exactly the executor's contract for it
 (docs/networks.md, "Outputs-only runs"):
 
-* ``conv`` / ``dense`` (2-D rows, as a 1x1 ``QLinearConv``): a static per-tensor uint8 input,
+* ``conv`` / ``dense`` (rows as a 1x1 ``QLinearConv``: ``(N, K)``, or a dense on tokens ``(N,
+  ..., K)``, the executor's one GEMM over the flattened leading axes, reshaped to ``(R, 1, 1,
+  K)`` and back): a static per-tensor uint8 input,
   a static unsigned output of at most 8 bits, an ``ort`` register (eq. 8: ``rint(f32(acc) *
   m)``, half to even, then ``+ zy`` and saturation), weights of at most 8 bits with one zero
   point, a signed accumulator that provably cannot overflow in any order:
@@ -24,20 +26,29 @@ A node lowers when onnxruntime's kernel computes exactly the executor's contract
   this CPU (AVX2 without VNNI, :func:`hwsim.datapath.engines.ort_exact`), int8 weights go in
   as uint8 ``w + 128`` with zero point ``zw + 128`` (the exact uint8 x uint8 kernels). A
   narrower output format is a ``Clip`` after it.
+* ``matmul`` of two activations on the ``ort`` path: ``QLinearMatMul`` on uint8 operands
+  (:meth:`_Lowerer._emit_matmul`), under the same accumulator bound (no bias).
 * ``add``, ``avgpool``, ``gap`` on the ``ort`` path of the executor (8-bit operands of one
   signedness, per-tensor static scales, no uint8 shift of an imported int8 model): the
   executor's rule for them *is* onnxruntime's ``QLinearAdd`` / ``QLinearAveragePool`` /
   ``QLinearGlobalAveragePool`` (:mod:`hwsim.qops`), so those kernels run.
 * ``maxpool``, ``relu``, ``clip`` (per-tensor), ``flatten``, ``reshape``, ``transpose``,
-  ``identity``, ``slice`` on 8-bit integers: ``MaxPool`` / ``Clip`` (the integer bounds the
-  executor uses) / ``Flatten`` / ``Reshape`` / ``Transpose`` / ``Identity`` / ``Slice``.
-* an ``add`` by another rule, and ``mul_act`` (the product of two activations): a table of the
-  executor's own rule on every pair of 8-bit values (:meth:`_Lowerer._table2`).
+  ``gather``, ``slice``, ``identity`` on 8-bit integers that keep their grid: ``MaxPool`` /
+  ``Clip`` (the integer bounds the executor uses) / ``Flatten`` / ``Reshape`` / ``Transpose``
+  / ``Gather`` / ``Slice`` / ``Identity``.
+* any other deterministic elementwise rule of one or two 8-bit static tensors -- the float
+  islands GELU, Sigmoid, SiLU, HardSigmoid, HardSwish, Tanh, Erf, constant arithmetic (also a
+  constant per position, a position embedding), Add / Mul of two activations on other
+  registers, a requantizing ReLU / Clip / Identity, and Concat -- as tables of the executor's
+  own rule looked up with ``GatherElements`` (:meth:`_Lowerer._table2`,
+  :mod:`hwsim.execute.lowered_tables`).
 
-Everything else (per-sample and per-token tensors, other registers, wider operands or
-accumulators that might overflow, float islands, ``isa avx2``) runs in the executor. The
-equality with the node-by-node run is a test (``tests/execute/test_lowered.py``) on every
-shipped model, standard architectures quantized by onnxruntime and by hwsim, and random layers.
+Everything else (per-sample and per-token tensors, other registers on MAC layers, wider
+operands or accumulators that might overflow, the LayerNorm and Softmax float islands, whose
+row reductions onnxruntime does not order as the executor does, ``isa avx2``) runs in the
+executor. The equality with the node-by-node run is a test (``tests/execute/test_lowered.py``)
+on every shipped model, standard architectures quantized by onnxruntime and by hwsim, and
+random layers.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hwsim.execute import lowered_tables as tables
 from hwsim.graph.ir import Node, Op
 from hwsim.quant.scheme import ScaleKind
 
@@ -110,8 +122,8 @@ class _Builder:
     activations takes and gives); ``nhwc``, a 4-D tensor channels-last (onnxruntime's
     ``com.microsoft`` NHWC kernels; the graph's own tensors are NCHW). A uint8 tensor is
     never shifted, a tensor of another rank never NHWC. :meth:`get` converts on demand:
-    ``Transpose``, and ``BitwiseXor`` with 0x80 around a wrapping ``Cast`` (``q + 128`` mod
-    256)."""
+    ``Transpose``, and a uint8 ``Add`` of 128 (wrapping: the XOR with 0x80) around a wrapping
+    ``Cast`` (``q + 128`` mod 256)."""
 
     def __init__(self, inputs=()):
         self.nodes: list = []
@@ -154,12 +166,13 @@ class _Builder:
             h[(k0[0], key[1])] = self.node("Transpose", [h[k0]], perm=perm)
             src = (k0[0], key[1])
         if src != key:
-            mask = self.const(np.uint8(0x80))
+            # + 128 on uint8 wraps mod 256: the XOR with 0x80, in onnxruntime's vectorized Add
+            half = self.const(np.uint8(0x80))
             if key[0]:  # int8 -> uint8 q + 128
                 u = self.node("Cast", [h[src]], to=TensorProto.UINT8)
-                h[key] = self.node("BitwiseXor", [u, mask])
+                h[key] = self.node("Add", [u, half])
             else:  # uint8 q + 128 -> int8
-                x = self.node("BitwiseXor", [h[src], mask])
+                x = self.node("Add", [h[src], half])
                 h[key] = self.node("Cast", [x], to=TensorProto.INT8)
         return h[key]
 
@@ -212,6 +225,16 @@ class _Lowerer:
 
     def meta(self, t: str) -> Meta | None:
         return Meta.of(self.env.get(t))
+
+    def rule(self, node: Node, args: list):
+        """The executor's own rule for ``node`` on ``args`` (:class:`QTensor` s), as its
+        node-by-node run applies it (:meth:`IntegerExecutor._node`, on the probe)."""
+        probe = self.probe
+        probe._current = node.name
+        try:
+            return probe._node(node, args)
+        finally:
+            probe._current = None
 
     def emit(self, b: _Builder, node: Node) -> str | None:
         """``node``'s ONNX nodes appended to ``b``; None if it lowers, else why not (then
@@ -293,10 +316,15 @@ class _Lowerer:
             w, wz = wq.q.astype(np.int8), np.int8(zw0)
         else:
             w, wz = wq.q.astype(np.uint8), np.uint8(zw0)
-        if node.op is Op.DENSE:  # (N, K) rows: a 1x1 convolution on (N, 1, 1, K)
+        rows = node.op is Op.DENSE and bool(node.attrs.get("nd")) and len(x.shape) > 1
+        if node.op is Op.DENSE:  # (R, K) rows: a 1x1 convolution on (R, 1, 1, K)
+            if rows and x.shape[-1] != K:
+                return f"input rows of {x.shape[-1]} values, weights of {K}"
             w = w.reshape(n_out, K, 1, 1)
             xin = b.get(node.inputs[0], x, shifted=True)
-            xin = b.node("Reshape", [xin, b.const(np.array([0, 1, 1, -1], np.int64))])
+            # (N, ..., K): the leading axes flattened into rows; else (N, K) flattened
+            shape = [-1, 1, 1, K] if rows else [0, 1, 1, -1]
+            xin = b.node("Reshape", [xin, b.const(np.array(shape, np.int64))])
             attrs = {}
         else:
             xin = b.get(node.inputs[0], x, shifted=True, nhwc=True)
@@ -321,7 +349,10 @@ class _Lowerer:
         if bias is not None:
             ins.append(b.const(bias.astype(np.int32)))
         y = b.node("QLinearConv", ins, domain=_MS, channels_last=1, **attrs)  # NHWC
-        if node.op is Op.DENSE:
+        if rows:  # (R, 1, 1, O) back to (N, ..., O)
+            back = np.array([-1, *x.shape[:-1], n_out], np.int64)
+            y = b.node("Reshape", [y, b.const(back)])
+        elif node.op is Op.DENSE:
             y = b.node("Flatten", [y], axis=1)
         self._finish(b, node, y, out, (True, node.op is not Op.DENSE))
         return None
@@ -330,9 +361,51 @@ class _Lowerer:
         return self._mac(b, node, ins[0], out)
 
     def _emit_dense(self, b, node, ins, out):
-        if len(ins[0].shape) != 1:
-            return "dense on (N, ..., K)"
         return self._mac(b, node, ins[0], out)
+
+    def _emit_matmul(self, b, node, ins, out):
+        """A product of two activations on the executor's ``ort`` path (its rule *is*
+        onnxruntime's ``QLinearMatMul``: ``acc = sum_k (a - za)(b - zb)``, then ``rint(f32(acc)
+        * m) + zy`` saturated, ``m = f32(f32(sa * sb) / sy)``; onnxruntime's
+        ``quantize_linear_matmul.cc`` computes ``a_scale * b_scale / y_scale`` in float and
+        requantizes with ``MlasRequantizeOutput``, as its ``QLinearConv``). Both operands go in
+        as uint8 (int8 held as ``q + 128``, zero point ``+ 128``): the uint8 x uint8 kernels,
+        exact with or without VNNI (nothing lowers where
+        :func:`hwsim.datapath.engines.ort_available` finds them inexact). Lowers where
+        no partial sum can overflow the accumulator in any order: ``K * max|a - za| * max|b -
+        zb| <= min(acc max, tile max, 2^31 - 1)``."""
+        a, bm = ins
+        if len(a.shape) < 2 or len(bm.shape) < 2:
+            return "a product across the sample axis"
+        layer = self.p.layer(node.name)
+        spec = self.p.acts.get(node.output)
+        if spec is None or spec.mode != "static":
+            return "output not static"
+        if "tflite" in node.attrs:
+            return "a TFLite kernel's rule"
+        if layer.register is not ScaleKind.ORT:
+            return f"register {layer.register.value}, not ort"
+        K = a.shape[-1]
+        if bm.shape[-2] != K:
+            return f"operands of {K} and {bm.shape[-2]} summed values"
+        if K * _max_abs(a.fmt, a.zero_point) * _max_abs(bm.fmt, bm.zero_point) > _acc_limit(
+            layer.acc
+        ):
+            return "the accumulator might overflow"
+        m = np.float32(np.float32(a.scale) * np.float32(bm.scale)) / np.float32(out.scale)
+        if not (np.isfinite(m) and m > 0):
+            return "register multiplier out of QLinearMatMul's range"
+        args = []
+        for t, mt in ((node.inputs[0], a), (node.inputs[1], bm), (None, out)):
+            d = 128 if mt.dtype == np.int8 else 0
+            if not 0 <= mt.zero_point + d <= 255:
+                return "zero point outside the 8-bit range"
+            if t is not None:
+                args.append(b.get(t, mt, shifted=True))
+            args += self._grid(b, mt, d)
+        y = b.node("QLinearMatMul", args)
+        self._finish(b, node, y, out, (True, False))
+        return None
 
     def _qlinear_ok(self, node: Node, ins: list[Meta], out: Meta) -> str | None:
         from hwsim.execute.integer import _ort_holder
@@ -383,9 +456,9 @@ class _Lowerer:
     def _table2(self, b, node, ins, out) -> str | None:
         """An elementwise node of two 8-bit static tensors as a 65,536-entry table: the
         executor's own rule (:meth:`IntegerExecutor._node`) on every pair of input values,
-        looked up at ``(a + da) * 256 + (b + db)`` (``d = 128`` for int8, held shifted) with
-        ``Gather``. Exact for any deterministic per-tensor rule (no per-sample registers, no
-        stochastic rounding)."""
+        looked up at ``(a + da) * 256 + (b + db)`` (``d = 128`` for int8, held shifted)
+        (:func:`~hwsim.execute.lowered_tables.lookup`). Exact for any deterministic
+        per-tensor rule (no per-sample registers, no stochastic rounding)."""
         from onnx import TensorProto
 
         from hwsim.execute.tensors import QTensor
@@ -420,7 +493,7 @@ class _Lowerer:
         ia = b.node("Cast", [b.get(node.inputs[0], ins[0], True, nhwc)], to=i32)
         ib = b.node("Cast", [b.get(node.inputs[1], ins[1], True, nhwc)], to=i32)
         idx = b.node("Add", [b.node("Mul", [ia, b.const(np.int32(256))]), ib])
-        y = b.node("Gather", [b.const(table), idx], axis=0)
+        y = tables.lookup(b, table, idx)
         b.put(node.output, y, (out.dtype == np.int8, nhwc))
         return None
 
@@ -477,10 +550,39 @@ class _Lowerer:
         b.put(node.output, t, key)
         return None
 
+    def _emit_elementwise(self, b, node, ins, out):
+        return tables.unary(self, b, node, ins[0], out)
+
+    _emit_gelu = _emit_sigmoid = _emit_silu = _emit_elementwise
+    _emit_hardsigmoid = _emit_hardswish = _emit_tanh = _emit_erf = _emit_elementwise
+    _emit_add_const = _emit_div_const = _emit_mul = _emit_elementwise
+
+    def _emit_layernorm(self, b, node, ins, out):
+        return "a float island reducing rows (onnxruntime sums in another order)"
+
+    def _emit_softmax(self, b, node, ins, out):
+        return "reduces rows: not lowered (as a float island onnxruntime sums in another order)"
+
+    def _emit_concat(self, b, node, ins, out):
+        return tables.concat(self, b, node, ins, out)
+
+    def _emit_mul_act(self, b, node, ins, out):
+        """The executor's product of two activations, ``(a - za)(b - zb)`` element by element
+        (broadcasting: a squeeze-excite gate), then its register: a table of two codes (the
+        index's ``Mul`` / ``Add`` broadcast as numpy does)."""
+        sa, sb = ins[0].shape, ins[1].shape
+        try:
+            bad = len(sa) != len(sb) or np.broadcast_shapes(sa, sb) != tuple(out.shape)
+        except ValueError:
+            bad = True
+        if bad:
+            return "a Mul broadcasting across the sample axis or to another shape"
+        return self._table2(b, node, ins, out)
+
     def _emit_relu(self, b, node, ins, out):
         x = ins[0]
         if not self._same_grid(x, out):
-            return "output grid differs"
+            return tables.unary(self, b, node, x, out)
         return self._bounded(b, node, x, x.zero_point, int(np.iinfo(x.dtype).max))
 
     def _emit_clip(self, b, node, ins, out):
@@ -488,13 +590,16 @@ class _Lowerer:
 
         x = ins[0]
         if not self._same_grid(x, out):
-            return "output grid differs"
+            return tables.unary(self, b, node, x, out)
         held = QTensor(np.zeros((1,), x.dtype), np.asarray(x.scale), x.zero_point, x.fmt)
         lo, hi = self.probe._clip_bounds(node, held)
         return self._bounded(b, node, x, lo, hi)
 
     def _moved(self, b, node, x: Meta, op: str, *consts, **attrs):
-        """A node that moves integers (a reshape), on the NCHW tensor."""
+        """A node that moves integers (a reshape), on the NCHW tensor, where its output keeps
+        the input's grid (else the executor requantizes: ``Q(op(DQ(x)))``)."""
+        if not self._same_grid(x, self.meta(node.output)):
+            return "output grid differs"
         key = b.any(node.inputs[0], nhwc=False)[1]
         t = b.get(node.inputs[0], x, key[0], nhwc=False)
         b.put(node.output, b.node(op, [t, *(b.const(c) for c in consts)], **attrs), (key[0], False))
@@ -510,32 +615,29 @@ class _Lowerer:
     def _emit_transpose(self, b, node, ins, out):
         return self._moved(b, node, ins[0], "Transpose", perm=[int(p) for p in node.attrs["perm"]])
 
+    def _emit_gather(self, b, node, ins, out):
+        idx = np.asarray(node.attrs["indices"], np.int64)
+        return self._moved(b, node, ins[0], "Gather", idx, axis=int(node.attrs["axis"]))
+
+    def _emit_slice(self, b, node, ins, out):
+        if not node.attrs["slices"]:  # only the whole batch was sliced
+            return self._emit_identity(b, node, ins, out)
+        s = np.array(
+            [
+                (ax, st, (np.iinfo(np.int64).min if sp < 0 else np.iinfo(np.int64).max)
+                 if en is None else en, sp)
+                for ax, st, en, sp in node.attrs["slices"]
+            ],
+            np.int64,
+        ).reshape(-1, 4)  # fmt: skip
+        return self._moved(b, node, ins[0], "Slice", s[:, 1], s[:, 2], s[:, 0], s[:, 3])
+
     def _emit_identity(self, b, node, ins, out):
+        if not self._same_grid(ins[0], out):
+            return tables.unary(self, b, node, ins[0], out)
         t, key = b.any(node.inputs[0])
         b.put(node.output, t, key)
         return None
-
-    def _emit_slice(self, b, node, ins, out):
-        """ONNX ``Slice`` of the import's clamped ``(axis, start, stop, step)`` (a ``stop`` of
-        None -- through index 0 under a negative step -- as INT64_MIN, which ONNX clamps to
-        -1): the integers moved, as :func:`hwsim.execute.arrays.slice_axes`."""
-        sl = node.attrs["slices"]
-        if not sl:
-            return self._emit_identity(b, node, ins, out)
-        lo = np.iinfo(np.int64).min
-        cols = [[int(v) if v is not None else lo for v in col] for col in zip(*sl, strict=True)]
-        axes, starts, stops, steps = (np.array(c, np.int64) for c in cols)
-        return self._moved(b, node, ins[0], "Slice", starts, stops, axes, steps)
-
-    def _emit_mul_act(self, b, node, ins, out):
-        """The product of two activations, by its table (:meth:`_table2`): the executor's rule
-        is element by element (``(a - za)(b - zb)`` then one per-tensor register, or
-        onnxruntime's QLinearMul), broadcasting alike; operands of different ranks (a float
-        island in the executor) do not lower."""
-        ranks = {np.ndim(getattr(self.env.get(t), "q", None)) for t in node.inputs}
-        if len(ranks) != 1:
-            return "operands of different ranks"
-        return self._table2(b, node, ins, out)
 
 
 def _input_quantizer(ex, env: dict):
@@ -621,6 +723,9 @@ def lower(ex, probe, env: dict, threads: int | None = None) -> Lowering:
             if nodes[k].output == ex.g.output
             or any(r >= j for r in readers.get(nodes[k].output, ()))
         ]
+        if not outputs:  # nothing reads these nodes' outputs: nothing to run
+            i = j
+            continue
         float_in = (
             g.input
             if qin is not None

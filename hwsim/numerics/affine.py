@@ -60,12 +60,26 @@ def quantize(x, scale, zero_point, fmt: IntFormat, axis: int | None = None) -> n
 
 def dequantize(q, scale, zero_point, axis: int | None = None) -> np.ndarray:
     """ONNX ``DequantizeLinear``: ``f32(q - zp) * f32(scale)``, float32. ``scale`` /
-    ``zero_point`` scalars or vectors along ``axis``."""
+    ``zero_point`` scalars or vectors along ``axis``.
+
+    8- and 16-bit ``q`` with ``|zp| <= 2^23`` take float32 all the way: ``f32(q) - f32(zp)``
+    is ``f32(q - zp)`` exactly (both operands and their difference, ``|q - zp| < 2^24``, are
+    float32 integers, so the subtraction does not round), in two passes instead of four."""
     q = np.asarray(q)
-    d = q.astype(np.int64) - _along(np.asarray(zero_point, np.int64), q.ndim, axis)
-    return (d.astype(np.float32) * _along(np.asarray(scale, np.float32), q.ndim, axis)).astype(
-        np.float32
-    )
+    zp = _along(np.asarray(zero_point, np.int64), q.ndim, axis)
+    s = _along(np.asarray(scale, np.float32), q.ndim, axis)
+    if (
+        q.dtype.kind in "iu"
+        and q.dtype.itemsize <= 2
+        and (zp.size == 0 or int(np.abs(zp).max()) <= 1 << 23)
+        and np.broadcast_shapes(q.shape, zp.shape, s.shape) == q.shape
+    ):
+        d = q.astype(np.float32)
+        d -= zp.astype(np.float32)
+        d *= s
+        return d
+    d = q.astype(np.int64) - zp
+    return (d.astype(np.float32) * s).astype(np.float32)
 
 
 def symmetric_grid(r: float, bits: int) -> tuple[float, int]:

@@ -42,6 +42,16 @@ def both(program, x):
     return a, b, fx
 
 
+def assert_every_tensor(program, x):
+    """Each node's output, made the graph's output in turn: the node-by-node integers and the
+    outputs-only ones (the lowered segments then return it)."""
+    nodes = program.graph.nodes
+    for i, n in enumerate(nodes):
+        graph = dataclasses.replace(program.graph, output=n.output, nodes=nodes[: i + 1])
+        a, b, _ = both(dataclasses.replace(program, graph=graph), x)
+        assert_same(a, b)
+
+
 def assert_same(a, b):
     qa = getattr(a, "q", a)
     qb = getattr(b, "q", b)
@@ -77,9 +87,15 @@ def test_shipped_models(digits, model, preset):
         x = with_extremes(digits.x[rng.integers(0, len(digits), n)], rng)
         a, b, fx = both(program, x)
         assert_same(a, b)
+    assert_every_tensor(program, x)
     if model in ("rescnn", "mlp") and preset == "per-tensor":  # not vacuous: all of it lowers
         assert not fx.lowering.why, fx.lowering.why
         assert len(fx.lowering.steps) == 1
+    if model == "silucnn" and preset == "per-tensor":  # SiLU, HardSwish, the SE gate's Mul
+        assert not fx.lowering.why, fx.lowering.why
+    if model == "vit":  # all but the LayerNorm / Softmax float islands (row reductions)
+        left = {n.op.value for n in fx.g.nodes if n.name in fx.lowering.why}
+        assert left == {"layernorm", "softmax"}, fx.lowering.why
 
 
 def test_a_saved_and_loaded_program_lowers_alike(digits, tmp_path):
@@ -580,3 +596,325 @@ def test_random_slices(tmp_path, data):
     assert np.array_equal(fx.output({fx.g.output: b}), want)
     sl = [n.name for n in fx.g.nodes if n.op.value == "slice"]
     assert sl and all(n in fx.lowering.lowered for n in sl)
+
+
+# -- token layers: dense on (N, T, K), matmul of two activations, tables ------------------------
+
+UNARY = ["Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "SiLU", "Relu", None]
+
+
+def _token_model(rng, T, K, D, unary, F=3):
+    """A float model on ``(N, T, K)`` tokens: two dense layers on the tokens (``MatMul`` [+
+    ``Add`` of a bias]), an elementwise op on the first, their product ``u @ d2^T`` (a matmul of
+    two activations), ``Div`` / ``Mul`` by scalar constants, ``Add`` of a position table
+    ``(1, T, T)``, ``Concat`` after a constant class row, a reversing ``Slice``, ``Gather`` of
+    the last row and the class row, and a ``Gemm`` head."""
+    inits, nodes = [], []
+
+    def const(name, v):
+        inits.append(numpy_helper.from_array(np.asarray(v, np.float32), name))
+        return name
+
+    def node(op, ins, out, **attrs):
+        nodes.append(helper.make_node(op, ins, [out], **attrs))
+        return out
+
+    d1 = node("MatMul", ["x", const("w1", rng.normal(0, 1, (K, D)))], "d1")
+    d1 = node("Add", [d1, const("b1", rng.normal(0, 1, (D,)))], "d1b")
+    if unary == "SiLU":
+        u = node("Mul", [d1, node("Sigmoid", [d1], "sg")], "u")
+    elif unary is not None:
+        u = node(unary, [d1], "u")
+    else:
+        u = d1
+    d2 = node("MatMul", ["x", const("w2", rng.normal(0, 1, (K, D)))], "d2")
+    d2t = node("Transpose", [d2], "d2t", perm=[0, 2, 1])
+    s = node("MatMul", [u, d2t], "s")  # (N, T, T)
+    s = node("Div", [s, const("c", np.float32(rng.uniform(0.5, 3)))], "s2")
+    s = node("Mul", [s, const("m", np.float32(rng.choice([-1.3, 0.7])))], "s3")
+    s = node("Add", [s, const("pos", rng.normal(0, 1, (1, T, T)))], "p")
+    s = node("Concat", [const("cls", rng.normal(0, 1, (1, 1, T))), s], "cat", axis=1)
+    starts = numpy_helper.from_array(np.array([-1], np.int64), "st")
+    ends = numpy_helper.from_array(np.array([-(2**62)], np.int64), "en")
+    axes = numpy_helper.from_array(np.array([2], np.int64), "ax")
+    steps = numpy_helper.from_array(np.array([-1], np.int64), "sp")
+    inits += [starts, ends, axes, steps]
+    s = node("Slice", [s, "st", "en", "ax", "sp"], "rev")
+    inits.append(numpy_helper.from_array(np.array([-1, 0], np.int64), "i0"))
+    g = node("Gather", [s, "i0"], "g", axis=1)  # (N, 2, T): the last row and the class row
+    g = node("Flatten", [g], "gf", axis=1)
+    w3, b3 = const("w3", rng.normal(0, 1, (2 * T, F))), const("b3", rng.normal(0, 1, F))
+    node("Gemm", [g, w3, b3], "y")
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", F])], inits,
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    m.ir_version = 9
+    onnx.checker.check_model(m)
+    return m
+
+
+def _token_program(tmp_path, rng, T, K, D, unary, scheme, name="t"):
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(_token_model(rng, T, K, D, unary), path)
+    calib = Dataset("c", rng.normal(0, 1, (8, T, K)).astype(np.float32), None)
+    return quantize(import_model(path), scheme, calib, float_run=run_float)
+
+
+TABLE_OPS = {"gelu", "sigmoid", "hardsigmoid", "hardswish", "silu", "div_const", "mul",
+             "add_const", "concat", "gather", "slice", "transpose", "flatten"}  # fmt: skip
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 4),
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.sampled_from(UNARY),
+    st.integers(2, 8),
+    st.integers(2, 8),
+    st.sampled_from([12, 16, 20, 32]),
+    st.sampled_from(["wrap", "saturate"]),
+    st.sampled_from(["ort", "tflite", "pow2"]),
+    st.sampled_from(["per-tensor", "per-channel"]),
+)
+def test_random_token_layers(tmp_path, seed, T, K, D, unary, wbits, abits, acc_bits, overflow,
+                             register, preset):  # fmt: skip
+    """Random token layers at every width: dense on (N, T, K) and the matmul of two activations
+    lower where the register is ``ort`` and no partial sum can overflow, the elementwise ops,
+    constant arithmetic, concat, slice and gather as tables / moves under every register -- the
+    integers are the node-by-node run's either way, batches of 1 to 4 with NaN / inf inputs."""
+    rng = np.random.default_rng(seed)
+    scheme = Scheme.preset(
+        preset, wbits=wbits, abits=abits, acc_bits=acc_bits, overflow=overflow, register=register
+    )
+    program = _token_program(tmp_path, rng, T, K, D, unary, scheme, f"t{seed}")
+    x = with_extremes(rng.normal(0, 2, (int(rng.integers(1, 5)), T, K)).astype(np.float32), rng)
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    assert_every_tensor(program, x)
+    why = fx.lowering.why
+    for n in fx.g.nodes:
+        if n.op.value in TABLE_OPS:
+            assert n.name not in why, (n.op.value, why[n.name])
+        elif n.op.value in ("dense", "matmul") and register == "ort" and acc_bits == 32:
+            assert n.name not in why, (n.op.value, why[n.name])
+        elif n.op.value in ("dense", "matmul") and register != "ort":
+            assert why[n.name] == f"register {register}, not ort"
+
+
+def _square_model(T, K):
+    """``(x @ x^T) @ w`` on ``(N, T, K)`` tokens: a matmul whose operands are the input's
+    integers, then a dense layer (something to quantize)."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["x", "xt"], ["s"]),
+        helper.make_node("MatMul", ["s", "w"], ["y"]),
+    ]
+    w = numpy_helper.from_array(np.ones((T, 2), np.float32), "w")
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", T, 2])], [w],
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("overflow", ["wrap", "saturate"])
+def test_a_matmul_lowers_exactly_up_to_its_accumulator_bound(tmp_path, signed, overflow):
+    """``x @ x^T`` with every input at the end of the format farthest from its zero point: each
+    sum is ``K * max|x - zx|^2``, the bound itself. At the narrowest accumulator that holds it
+    the matmul lowers (QLinearMatMul, uint8 x uint8) and gives the node-by-node integers; one
+    bit narrower it overflows and stays in the executor."""
+    T, K = 3, 4
+    onnx.save(_square_model(T, K), tmp_path / "m.onnx")
+    lo = -1.0 if signed else 0.0
+    calib = Dataset("c", np.linspace(lo, 1, 8 * T * K, dtype=np.float32).reshape(8, T, K), None)
+    progs = {}
+    for bits in range(12, 33):
+        scheme = Scheme.preset("per-tensor", acc_bits=bits, overflow=overflow)
+        progs[bits] = quantize(
+            import_model(tmp_path / "m.onnx"), scheme, calib, float_run=run_float
+        )
+    p = progs[32]
+    spec = p.acts[p.graph.input]
+    assert spec.fmt.signed is signed
+    z = spec.zero_point
+    far = spec.fmt.min if abs(spec.fmt.min - z) >= abs(spec.fmt.max - z) else spec.fmt.max
+    bound = K * (far - z) ** 2
+    need = next(b for b in range(12, 33) if (1 << (b - 1)) - 1 >= bound)
+    assert 13 <= need <= 32
+    real = np.float32((far - z) * spec.scale)
+    x = np.full((3, T, K), real, np.float32) * np.float32(4)  # clamps to ``far``
+    x[1] = 0.25
+    mm = next(n.name for n in p.graph.nodes if n.op.value == "matmul")
+    for bits, lowers in ((need, True), (need - 1, False)):
+        ex = IntegerExecutor(progs[bits])
+        env = ex.run(x, keep_all=True)
+        xq = env[p.graph.input].q.astype(np.int64) - z
+        assert np.all(np.abs(xq[0]) == abs(far - z))
+        assert int(np.max(np.abs(xq[0] @ xq[0].T))) == bound
+        a, b, fx = both(progs[bits], x)
+        assert_same(a, b)
+        assert (mm in fx.lowering.lowered) is lowers
+        if not lowers:
+            assert fx.lowering.why[mm] == "the accumulator might overflow"
+
+
+@pytest.mark.parametrize(
+    "preset,kw,why",
+    [
+        ("per-token", {}, "not a static per-tensor integer tensor"),
+        ("per-sample", {}, "not a static per-tensor integer tensor"),
+        ("per-tensor", dict(register="pow2", rounding="stochastic"), "stochastic rounding"),
+    ],
+)
+def test_per_token_dynamic_and_stochastic_rules_do_not_lower(tmp_path, preset, kw, why):
+    """Per-token and per-sample tensors (grids that vary per row or sample) and stochastic
+    rounding (draws per sample) are no table and no fixed kernel: they run in the executor,
+    with the same integers."""
+    rng = np.random.default_rng(7)
+    program = _token_program(tmp_path, rng, 3, 4, 5, "Gelu", Scheme.preset(preset, **kw))
+    x = with_extremes(rng.normal(0, 2, (4, 3, 4)).astype(np.float32), rng)
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    for n in fx.g.nodes:
+        if n.op.value in ("gelu", "div_const", "mul", "add_const", "concat"):
+            assert fx.lowering.why[n.name] == why, (n.op.value, fx.lowering.why[n.name])
+        if n.op.value in ("dense", "matmul") and preset != "per-tensor":
+            assert fx.lowering.why[n.name] == why
+
+
+def test_a_rule_that_is_not_elementwise_does_not_become_a_table(tmp_path, monkeypatch):
+    """The table of a float island is checked against its rule on random samples of the full
+    shape: a Sigmoid whose value depends on its neighbours (here: on the sample's mean) does
+    not lower, and both runs still agree."""
+    from hwsim.execute import float as float_mod
+    from hwsim.graph.ir import Op
+
+    monkeypatch.setitem(
+        float_mod.FLOAT_OPS,
+        Op.SIGMOID,
+        lambda n, xs: (xs[0] + xs[0].mean(axis=(1, 2), keepdims=True)).astype(np.float32),
+    )
+    rng = np.random.default_rng(8)
+    program = _token_program(tmp_path, rng, 3, 4, 5, "Sigmoid", Scheme.preset("per-tensor"))
+    x = rng.normal(0, 2, (5, 3, 4)).astype(np.float32)
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    sig = next(n.name for n in fx.g.nodes if n.op.value == "sigmoid")
+    assert fx.lowering.why[sig] == "the rule is not elementwise"
+
+
+def test_a_table_too_large_does_not_lower(tmp_path, monkeypatch):
+    """A position table of 256 x T x T entries: lowered under the limit, refused above it."""
+    from hwsim.execute import lowered_tables
+
+    rng = np.random.default_rng(9)
+    program = _token_program(tmp_path, rng, 4, 3, 3, None, Scheme.preset("per-tensor"))
+    x = rng.normal(0, 2, (3, 4, 3)).astype(np.float32)
+    add = next(n.name for n in program.graph.nodes if n.op.value == "add_const")
+    for limit, lowers in ((256 * 16, True), (256 * 16 - 1, False)):
+        monkeypatch.setattr(lowered_tables, "TABLE_MAX", limit)
+        a, b, fx = both(program, x)
+        assert_same(a, b)
+        assert (add in fx.lowering.lowered) is lowers
+        if not lowers:
+            assert "more than" in fx.lowering.why[add]
+
+
+def test_vit_with_integer_nonlinearities(digits):
+    """I-BERT's integer GELU on a static input is a table too; its Softmax / LayerNorm and wide
+    hand-offs stay in the executor."""
+    rng = np.random.default_rng(10)
+    calib = Dataset("c", digits.x[:64], None)
+    program = quantize(
+        import_model(api.resolve_model("vit")),
+        Scheme.preset("per-tensor", nonlinear="integer"),
+        calib,
+        float_run=run_float,
+    )
+    x = with_extremes(digits.x[rng.integers(0, len(digits), 9)], rng)
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    assert len(fx.lowering.lowered) > len(fx.g.nodes) // 2
+
+
+SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 3e38, -3e38, 1.0, -1.0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([np.float32, np.float64]),
+    st.lists(st.integers(1, 4), max_size=3),
+    st.integers(1, 40),
+    st.floats(0, 0.5),
+)
+def test_softmax_islands_are_numpys_bit_for_bit(seed, dtype, lead, L, special):
+    """The float islands' Softmax (``hwsim.execute.arrays.softmax``, its row max one Numba
+    pass) equals numpy's ``exp(x - x.max()) / sum`` in every bit, zeros of both signs, NaN,
+    infinities and denormals included."""
+    from hwsim.execute.arrays import softmax
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, rng.choice([1e-3, 1.0, 30.0]), (*lead, L)).astype(dtype)
+    mask = rng.random(x.shape) < special
+    x[mask] = rng.choice(np.array(SPECIAL, dtype), int(mask.sum()))
+    with np.errstate(all="ignore"):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        want = (e / e.sum(axis=-1, keepdims=True)).astype(dtype)
+        got = softmax(x, -1)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    uint = np.uint32 if dtype == np.float32 else np.uint64
+    assert np.array_equal(got.view(uint), want.view(uint))
+
+
+def _gate_model(rng, c):
+    """A squeeze-excite gate: ``conv(x) * sigmoid(gap(conv(x)))``, a Mul of two activations
+    broadcasting ``(N, C, 1, 1)`` over ``(N, C, 6, 6)``."""
+    w = numpy_helper.from_array(rng.normal(0, 1, (c, c, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["h"], ["p"]),
+        helper.make_node("Sigmoid", ["p"], ["g"]),
+        helper.make_node("Mul", ["h", "g"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c, 6, 6])], [w],
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 4),
+    st.integers(2, 8),
+    st.integers(2, 8),
+    st.sampled_from(["ort", "tflite", "pow2"]),
+)
+def test_a_broadcasting_gate_lowers_as_a_table(tmp_path, seed, c, wbits, abits, register):
+    """The squeeze-excite product ``(a - za)(b - zb)`` broadcasting a gate over its feature
+    map, under every register: a table of two codes, the node-by-node integers."""
+    rng = np.random.default_rng(seed)
+    onnx.save(_gate_model(rng, c), tmp_path / f"g{seed}.onnx")
+    calib = Dataset("c", rng.normal(0, 1, (8, c, 6, 6)).astype(np.float32), None)
+    scheme = Scheme.preset("per-tensor", wbits=wbits, abits=abits, register=register)
+    program = quantize(import_model(tmp_path / f"g{seed}.onnx"), scheme, calib, float_run=run_float)
+    x = with_extremes(rng.normal(0, 2, (int(rng.integers(1, 5)), c, 6, 6)).astype(np.float32), rng)
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    mul = next(n for n in fx.g.nodes if n.op.value == "mul_act")
+    assert mul.name in fx.lowering.lowered, fx.lowering.why
