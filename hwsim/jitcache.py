@@ -100,7 +100,6 @@ def warm(entries=None) -> int:
 
 
 _warmer: subprocess.Popen | None = None
-_recording = False  # record() runs the demo here: no warmer beside it
 
 
 def start_warming() -> subprocess.Popen | None:
@@ -108,7 +107,7 @@ def start_warming() -> subprocess.Popen | None:
     same cache), unless one runs already or the kernels are cached; it is stopped when this
     process exits. None when nothing was started."""
     global _warmer
-    if _warmer is not None or _recording or kernels_cached():
+    if _warmer is not None or kernels_cached():
         return None
     try:
         _warmer = subprocess.Popen(
@@ -137,9 +136,10 @@ def stop_warming() -> None:
 
 
 def record(path: Path | None = None) -> list[tuple[str, str, str]]:
-    """Run ``hwsim demo`` in this process and write the kernels it compiled or loaded, in the
-    order of first use, with their argument types, to ``hwsim/jit_signatures.py`` (atomically).
-    Kernels compiled inside another kernel's compilation are left out (they come with it)."""
+    """Run ``hwsim demo`` (:func:`hwsim.api.demo`) in this process and write the kernels it
+    compiled or loaded, in the order of first use, with their argument types, to
+    ``hwsim/jit_signatures.py`` (atomically). Kernels compiled inside another kernel's
+    compilation are left out (they come with it)."""
     from numba.core import dispatcher
 
     from hwsim.io import atomic_write_text
@@ -161,16 +161,13 @@ def record(path: Path | None = None) -> list[tuple[str, str, str]]:
                     if entry not in seen:
                         seen.append(entry)
 
-    global _recording
     dispatcher.Dispatcher.compile = compile_
-    _recording = True
     try:
-        from hwsim.cli import main
+        from hwsim import api
 
-        main(["demo"], standalone_mode=False)
+        api.demo()  # what ``hwsim demo`` runs
     finally:
         dispatcher.Dispatcher.compile = orig
-        _recording = False
     import json
 
     lines = [
