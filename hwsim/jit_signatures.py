@@ -1,7 +1,7 @@
 # ruff: noqa: E501
 """The Numba kernels ``hwsim demo`` uses, with their argument types, in the order of
 first use: what :func:`hwsim.jitcache.warm` compiles on a fresh install. Written by
-``python -m hwsim.jitcache record``; do not edit."""
+``python -m hwsim.jitrecord``; do not edit."""
 
 SIGNATURES = [
     (

@@ -13,7 +13,7 @@ written to the cache the command loads instead of compiling (Numba looks in the 
 it compiles). The two write the cache as Numba always does (each file through a temporary and
 a rename); the warmer stops when the command exits. What the warmer compiles is only ever
 loaded for the argument types it was compiled for, so a stale list costs time, never a
-result. ``python -m hwsim.jitcache record`` rewrites the list from a ``hwsim demo`` run.
+result. ``python -m hwsim.jitrecord`` rewrites the list from a ``hwsim demo`` run.
 """
 
 from __future__ import annotations
@@ -135,61 +135,7 @@ def stop_warming() -> None:
             proc.kill()
 
 
-def record(path: Path | None = None) -> list[tuple[str, str, str]]:
-    """Run ``hwsim demo`` (:func:`hwsim.api.demo`) in this process and write the kernels it
-    compiled or loaded, in the order of first use, with their argument types, to
-    ``hwsim/jit_signatures.py`` (atomically). Kernels compiled inside another kernel's
-    compilation are left out (they come with it)."""
-    from numba.core import dispatcher
-
-    from hwsim.io import atomic_write_text
-
-    seen: list[tuple[str, str, str]] = []
-    depth = [0]
-    orig = dispatcher.Dispatcher.compile
-
-    def compile_(self, sig):
-        depth[0] += 1
-        try:
-            return orig(self, sig)
-        finally:
-            depth[0] -= 1
-            f = self.py_func
-            if depth[0] == 0 and f.__module__.startswith("hwsim."):
-                for s in self.signatures:
-                    entry = (f.__module__, f.__qualname__, repr(tuple(s)))
-                    if entry not in seen:
-                        seen.append(entry)
-
-    dispatcher.Dispatcher.compile = compile_
-    try:
-        from hwsim import api
-
-        api.demo()  # what ``hwsim demo`` runs
-    finally:
-        dispatcher.Dispatcher.compile = orig
-    import json
-
-    lines = [
-        "# ruff: noqa: E501",
-        '"""The Numba kernels ``hwsim demo`` uses, with their argument types, in the order of',
-        "first use: what :func:`hwsim.jitcache.warm` compiles on a fresh install. Written by",
-        '``python -m hwsim.jitcache record``; do not edit."""',
-        "",
-        "SIGNATURES = [",
-        *(f"    (\n{''.join(f'        {json.dumps(v)},{chr(10)}' for v in e)}    )," for e in seen),
-        "]",
-        "",
-    ]
-    atomic_write_text(path or Path(__file__).with_name("jit_signatures.py"), "\n".join(lines))
-    return seen
-
-
-if __name__ == "__main__":  # python -m hwsim.jitcache warm | record
-    what = sys.argv[1] if len(sys.argv) > 1 else ""
-    if what == "warm":
-        warm()
-    elif what == "record":
-        print(f"{len(record())} kernel signatures written")
-    else:
-        sys.exit("usage: python -m hwsim.jitcache warm | record")
+if __name__ == "__main__":  # python -m hwsim.jitcache warm
+    if sys.argv[1:] != ["warm"]:
+        sys.exit("usage: python -m hwsim.jitcache warm (the list: python -m hwsim.jitrecord)")
+    warm()

@@ -61,7 +61,7 @@ def test_run_prints_the_note_only_when_not_cached(monkeypatch):
 def test_every_signature_names_a_kernel_and_fits_its_arguments():
     """The list :func:`hwsim.jitcache.warm` compiles: each entry an hwsim Numba kernel, its
     types parse, one per positional parameter (a kernel whose parameters changed since the
-    list was recorded fails here: re-record with ``python -m hwsim.jitcache record``)."""
+    list was recorded fails here: re-record with ``python -m hwsim.jitrecord``)."""
     import inspect
 
     from numba.core.dispatcher import Dispatcher

@@ -2,9 +2,9 @@
 level or inside a function -- goes to a layer at or below the importer's, and the units form no
 cycle. The layers, bottom to top (docs: README "Architecture"):
 
-    errors, io, data, numerics, jitcache, runtime  <-  datapath  <-  graph, qops, mlas
-      <-  quant, train  <-  execute  <-  report, cost  <-  study, sweep, datapath_demo
-      <-  api  <-  cli
+    errors, io, data, numerics, jitcache, jit_signatures, runtime  <-  datapath  <-  graph,
+      qops, mlas  <-  quant, train  <-  execute  <-  report, cost  <-  study, sweep,
+      datapath_demo  <-  api  <-  cli, jitrecord
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "hwsim"
 
 LAYERS = [
-    {"errors", "io", "data", "numerics", "jitcache", "runtime"},
+    {"errors", "io", "data", "numerics", "jitcache", "jit_signatures", "runtime"},
     {"datapath"},
     {"graph", "qops", "mlas"},
     {"quant", "train"},
@@ -25,7 +25,7 @@ LAYERS = [
     {"report", "cost", "trace"},
     {"study", "datapath_demo", "demo", "sweep"},
     {"api"},
-    {"cli"},
+    {"cli", "jitrecord"},
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 
