@@ -46,7 +46,8 @@ A node lowers when onnxruntime's kernel computes exactly the executor's contract
 Everything else (per-sample and per-token tensors, other registers on MAC layers, wider
 operands or accumulators that might overflow, the LayerNorm and Softmax float islands, whose
 row reductions onnxruntime does not order as the executor does, ``isa avx2``) runs in the
-executor. The equality with the node-by-node run is a test (``tests/execute/test_lowered.py``)
+executor -- except a Softmax of an imported model that onnxruntime fuses into
+``QLinearSoftmax``: the executor's rule for it is that kernel's, so it runs. The equality with the node-by-node run is a test (``tests/execute/test_lowered.py``)
 on every shipped model, standard architectures quantized by onnxruntime and by hwsim, and
 random layers.
 """
@@ -561,7 +562,31 @@ class _Lowerer:
         return "a float island reducing rows (onnxruntime sums in another order)"
 
     def _emit_softmax(self, b, node, ins, out):
-        return "reduces rows: not lowered (as a float island onnxruntime sums in another order)"
+        """A Softmax whose executor rule *is* onnxruntime's ``com.microsoft.QLinearSoftmax`` (an
+        imported QDQ model whose plan fuses it: :meth:`IntegerExecutor._ort_softmax`, emulated
+        by :func:`hwsim.qops.qlinear_softmax`) as that kernel, on the tensors held as the rule
+        holds them (int8 as uint8 ``q + 128`` where x86 onnxruntime shifts them), channels
+        first (its axis is the model's). Any other Softmax is a float island reducing rows."""
+        from hwsim.execute.integer import _ort_holder
+
+        spec = self.p.acts.get(node.output)
+        x = ins[0]
+        if not self.probe._ort_softmax(node, [self.env.get(node.inputs[0])], spec):
+            return "a float island reducing rows (onnxruntime sums in another order)"
+        holder = _ort_holder(x.fmt, out.fmt)
+        d = self.probe._ort_shift(holder, (node.inputs[0], node.output))
+        dt = np.uint8 if d else holder
+        args = [
+            b.get(node.inputs[0], x, bool(d), nhwc=False),
+            b.const(np.float32(x.scale)),
+            b.const(dt(x.zero_point + d)),
+            b.const(np.float32(out.scale)),
+            b.const(dt(out.zero_point + d)),
+        ]
+        axis = int(node.attrs.get("axis", -1))
+        y = b.node("QLinearSoftmax", args, domain=_MS, axis=axis, opset=13)
+        self._finish(b, node, y, out, (bool(d), False))
+        return None
 
     def _emit_concat(self, b, node, ins, out):
         return tables.concat(self, b, node, ins, out)

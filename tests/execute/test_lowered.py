@@ -514,9 +514,9 @@ def tiny_models(tmp_path_factory):
 @pytest.mark.parametrize("act", ["u8", "s8"])
 def test_transformers_quantized_by_onnxruntime(tiny_models, name, act):
     """torch's tiny ViT (token slices) and BERT (attention-mask products) as onnxruntime's
-    quantize_static QDQ files: the slices and the products of two activations lower, and the
-    outputs are the node-by-node integers -- and onnxruntime's own, where its integer kernels
-    are exact on this CPU."""
+    quantize_static QDQ files: the slices, the products of two activations and the softmaxes
+    onnxruntime fuses into QLinearSoftmax lower, and the outputs are the node-by-node integers
+    -- and onnxruntime's own, where its integer kernels are exact on this CPU."""
     import onnxruntime as ort
 
     from hwsim.datapath.engines import ort_exact
@@ -526,7 +526,7 @@ def test_transformers_quantized_by_onnxruntime(tiny_models, name, act):
     x = archs.tiny_inputs(name, 12, seed=7)
     a, b, fx = both(program, x)
     assert_same(a, b)
-    for op in ("slice", "mul_act"):
+    for op in ("slice", "mul_act", "softmax"):
         nodes = [n.name for n in fx.g.nodes if n.op.value == op]
         assert all(n in fx.lowering.lowered for n in nodes), {
             n: fx.lowering.why.get(n) for n in nodes
@@ -918,3 +918,62 @@ def test_a_broadcasting_gate_lowers_as_a_table(tmp_path, seed, c, wbits, abits, 
     assert_same(a, b)
     mul = next(n for n in fx.g.nodes if n.op.value == "mul_act")
     assert mul.name in fx.lowering.lowered, fx.lowering.why
+
+
+def _softmax_model(shape, axis, sx, zx, sy, zy, dtype):
+    """x -> Q -> DQ -> Softmax(axis) -> Q -> DQ: onnxruntime fuses it into QLinearSoftmax."""
+    inits = [
+        numpy_helper.from_array(np.float32(sx), "sx"),
+        numpy_helper.from_array(np.array(zx, dtype), "zx"),
+        numpy_helper.from_array(np.float32(sy), "sy"),
+        numpy_helper.from_array(np.array(zy, dtype), "zy"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"], name="qx"),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"], name="dqx"),
+        helper.make_node("Softmax", ["xd"], ["p"], name="softmax", axis=axis),
+        helper.make_node("QuantizeLinear", ["p", "sy", "zy"], ["pq"], name="qp"),
+        helper.make_node("DequantizeLinear", ["pq", "sy", "zy"], ["y"], name="dqp"),
+    ]
+    dims = ["N", *(f"d{i}" for i in range(len(shape)))]
+    g = helper.make_graph(
+        nodes,
+        "softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize(
+    "shape,axis,sx,sy",
+    [
+        ((3, 7), -1, 0.05, 1 / 256),
+        ((2, 1), -1, 1.3, 1 / 255),  # rows of one
+        ((4, 300), 2, 0.02, 1 / 128),
+        ((5, 3, 4), 1, 0.4, 1 / 256),  # not the last axis
+    ],
+)
+def test_a_softmax_onnxruntime_fuses_lowers_to_qlinear_softmax(
+    tmp_path, dtype, shape, axis, sx, sy
+):
+    """The executor's rule for a Softmax onnxruntime fuses *is* its QLinearSoftmax: lowered to
+    it, the integers are the node-by-node run's and onnxruntime's own (rows of 1 to 300, axes
+    other than the last, the 1/255 output scale whose multiplier is 254), NaN / inf inputs."""
+    import onnxruntime as ort
+
+    info = np.iinfo(dtype)
+    zx, zy = (0, 0) if dtype == np.uint8 else (3, -128)
+    onnx.save(_softmax_model(shape, axis, sx, zx, sy, zy, dtype), tmp_path / "s.onnx")
+    rng = np.random.default_rng(len(shape) + shape[-1])
+    x = with_extremes(rng.normal(0, 40 * sx, (6, *shape)).astype(np.float32), rng)
+    program = program_from_graph(import_model(tmp_path / "s.onnx"))
+    a, b, fx = both(program, x)
+    assert_same(a, b)
+    sm = [n.name for n in fx.g.nodes if n.op.value == "softmax"]
+    assert sm and all(n in fx.lowering.lowered for n in sm), fx.lowering.why
+    sess = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    assert np.array_equal(fx.output({fx.g.output: b}), sess.run(None, {"x": x})[0])
+    assert info.min <= int(b.q.min()) and int(b.q.max()) <= info.max
