@@ -12,6 +12,8 @@ def record(path: Path | None = None) -> list[tuple[str, str, str]]:
     compiled or loaded, in the order of first use, with their argument types, to
     ``hwsim/jit_signatures.py`` (atomically). Kernels compiled inside another kernel's
     compilation are left out (they come with it)."""
+    import json
+
     from numba.core import dispatcher
 
     from hwsim.io import atomic_write_text
@@ -40,8 +42,6 @@ def record(path: Path | None = None) -> list[tuple[str, str, str]]:
         api.demo()  # what ``hwsim demo`` runs
     finally:
         dispatcher.Dispatcher.compile = orig
-    import json
-
     lines = [
         "# ruff: noqa: E501",
         '"""The Numba kernels ``hwsim demo`` uses, with their argument types, in the order of',
