@@ -585,11 +585,21 @@ class IntegerExecutor:
             return None
         if all(getattr(self.g.act_quant.get(t), "scale_name", None) is None for t in tensors):
             return np.uint8, tuple(128 if f.signed else 0 for f in fmts)
+        held = self._ort_holding(tensors, fmts)
+        if held is None:
+            return None
+        return held[0], (held[1],) * 3
+
+    def _ort_holding(self, tensors, fmts) -> tuple | None:
+        """How onnxruntime's 8-bit QLinear kernel of one signedness holds ``tensors`` (of
+        formats ``fmts``): ``(dtype, d)``, ``d`` = 128 where its int8 tensors run as uint8 ``q +
+        128`` (:meth:`_ort_shift`), else 0; None where the formats have no such kernel
+        (:func:`_ort_holder`)."""
         holder = _ort_holder(*fmts)
         if holder is None:
             return None
         d = self._ort_shift(holder, tensors)
-        return (np.uint8 if d else holder), (d, d, d)
+        return (np.uint8 if d else holder), d
 
     def _ort_shift(self, holder, tensors) -> int:
         """128 if onnxruntime runs these int8 tensors of an imported model as uint8 = int8 + 128
@@ -1221,16 +1231,12 @@ class IntegerExecutor:
         if "trunc" in node.attrs:
             return self._trunc(node, x, spec)
         layer = self.p.layer(node.name)
-        holder = _ort_holder(x.fmt, spec.fmt)
-        if (
-            layer.register is ScaleKind.ORT
-            and np.ndim(x.scale) == 0
-            and spec.mode == "static"
-            and holder is not None
-        ):
+        held = None
+        if layer.register is ScaleKind.ORT and np.ndim(x.scale) == 0 and spec.mode == "static":
+            held = self._ort_holding((node.inputs[0], node.output), (x.fmt, spec.fmt))
+        if held is not None:
             # onnxruntime fuses DQ -> (Global)AveragePool -> Q into its QLinear kernels
-            d = self._ort_shift(holder, (node.inputs[0], node.output))
-            holder = np.uint8 if d else holder
+            holder, d = held
             qargs = (
                 (x.q.astype(np.int16) + d).astype(holder),
                 np.float32(x.scale),
@@ -1291,9 +1297,7 @@ class IntegerExecutor:
     def _qlinear_softmax(self, node: Node, x: QTensor, spec: ActSpec) -> QTensor:
         """onnxruntime's QLinearSoftmax (:func:`hwsim.qops.qlinear_softmax`: its exp table,
         float32 row sum and double quotient), on the uint8 = int8 + 128 tensors x86 runs."""
-        holder = _ort_holder(x.fmt, spec.fmt)
-        d = self._ort_shift(holder, (node.inputs[0], node.output))
-        holder = np.uint8 if d else holder
+        holder, d = self._ort_holding((node.inputs[0], node.output), (x.fmt, spec.fmt))
         y = qops.qlinear_softmax(
             (x.q.astype(np.int16) + d).astype(holder),
             np.float32(x.scale),
@@ -1771,15 +1775,11 @@ class IntegerExecutor:
             st.add(None, 0, 0, t.size)
             return self._per_sample(t, spec, layer, ua * ub, common, sigma)
         so = self._out_scale(spec)
-        holder = _ort_holder(a.fmt, b.fmt, spec.fmt)
-        if (
-            layer.register is ScaleKind.ORT
-            and np.ndim(a.scale) == 0
-            and np.ndim(b.scale) == 0
-            and holder is not None
-        ):
-            d = self._ort_shift(holder, (*node.inputs[:2], node.output))
-            holder = np.uint8 if d else holder
+        held = None
+        if layer.register is ScaleKind.ORT and np.ndim(a.scale) == 0 and np.ndim(b.scale) == 0:
+            held = self._ort_holding((*node.inputs[:2], node.output), (a.fmt, b.fmt, spec.fmt))
+        if held is not None:
+            holder, d = held
             y = qops.qlinear_mul(
                 (a.q.astype(np.int16) + d).astype(holder),
                 np.float32(a.scale),

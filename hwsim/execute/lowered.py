@@ -47,9 +47,9 @@ Everything else (per-sample and per-token tensors, other registers on MAC layers
 operands or accumulators that might overflow, the LayerNorm and Softmax float islands, whose
 row reductions onnxruntime does not order as the executor does, ``isa avx2``) runs in the
 executor -- except a Softmax of an imported model that onnxruntime fuses into
-``QLinearSoftmax``: the executor's rule for it is that kernel's, so it runs. The equality with the node-by-node run is a test (``tests/execute/test_lowered.py``)
-on every shipped model, standard architectures quantized by onnxruntime and by hwsim, and
-random layers.
+``QLinearSoftmax``: the executor's rule for it is that kernel's, so it runs. The equality
+with the node-by-node run is a test (``tests/execute/test_lowered.py``) on every shipped
+model, standard architectures quantized by onnxruntime and by hwsim, and random layers.
 """
 
 from __future__ import annotations
@@ -409,17 +409,13 @@ class _Lowerer:
         return None
 
     def _qlinear_ok(self, node: Node, ins: list[Meta], out: Meta) -> str | None:
-        from hwsim.execute.integer import _ort_holder
-
         layer = self.p.layer(node.name)
         spec = self.p.acts.get(node.output)
         if spec is None or spec.mode != "static" or layer.register is not ScaleKind.ORT:
             return "not the executor's ort path"
-        holder = _ort_holder(*(m.fmt for m in ins), out.fmt)
-        if holder is None or any(np.dtype(m.dtype) != np.dtype(holder) for m in (*ins, out)):
-            return "not 8-bit operands of one signedness"
-        if self.probe._ort_shift(holder, (*node.inputs, node.output)):
-            return "onnxruntime holds these int8 tensors as uint8"
+        held = self.probe._ort_holding((*node.inputs, node.output), [m.fmt for m in (*ins, out)])
+        if held is None or any(np.dtype(m.dtype) != np.dtype(held[0]) for m in (*ins, out)):
+            return "not 8-bit operands of one signedness, or held as uint8 by onnxruntime"
         return None
 
     @staticmethod
@@ -567,22 +563,13 @@ class _Lowerer:
         by :func:`hwsim.qops.qlinear_softmax`) as that kernel, on the tensors held as the rule
         holds them (int8 as uint8 ``q + 128`` where x86 onnxruntime shifts them), channels
         first (its axis is the model's). Any other Softmax is a float island reducing rows."""
-        from hwsim.execute.integer import _ort_holder
-
         spec = self.p.acts.get(node.output)
         x = ins[0]
         if not self.probe._ort_softmax(node, [self.env.get(node.inputs[0])], spec):
             return "a float island reducing rows (onnxruntime sums in another order)"
-        holder = _ort_holder(x.fmt, out.fmt)
-        d = self.probe._ort_shift(holder, (node.inputs[0], node.output))
-        dt = np.uint8 if d else holder
-        args = [
-            b.get(node.inputs[0], x, bool(d), nhwc=False),
-            b.const(np.float32(x.scale)),
-            b.const(dt(x.zero_point + d)),
-            b.const(np.float32(out.scale)),
-            b.const(dt(out.zero_point + d)),
-        ]
+        _, d = self.probe._ort_holding((node.inputs[0], node.output), (x.fmt, out.fmt))
+        xt = b.get(node.inputs[0], x, bool(d), nhwc=False)
+        args = [xt, *self._grid(b, x, d), *self._grid(b, out, d)]
         axis = int(node.attrs.get("axis", -1))
         y = b.node("QLinearSoftmax", args, domain=_MS, axis=axis, opset=13)
         self._finish(b, node, y, out, (bool(d), False))
