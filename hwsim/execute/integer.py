@@ -1908,8 +1908,8 @@ class IntegerExecutor:
             if n_batch:
                 steps = self._lowered(x).steps
         # an unquantized input stays float until the first QuantizeLinear (as in QDQ models);
-        # a lowering's first segment quantizes it itself
-        if spec is None or (steps and getattr(steps[0], "float_input", None) is not None):
+        # a lowered segment holding every reader of the input quantizes it itself
+        if spec is None or any(getattr(s, "float_input", None) is not None for s in steps):
             env = {g.input: x}
         else:
             env = {g.input: quantize_input(x, spec, self._token_axes(None, np.ndim(x)))}

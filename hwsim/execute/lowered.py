@@ -86,6 +86,16 @@ class Meta:
             return None
         return cls(np.float32(t.scale), int(t.zero_point), t.fmt, t.q.dtype, tuple(t.q.shape[1:]))
 
+    def same_grid(self, other: Meta) -> bool:
+        """Whether ``other`` holds the same reals for the same integers (dtype, zero point,
+        format, float32 scale)."""
+        return (
+            np.dtype(self.dtype) == np.dtype(other.dtype)
+            and self.zero_point == other.zero_point
+            and self.fmt == other.fmt
+            and np.float32(self.scale) == np.float32(other.scale)
+        )
+
 
 @dataclass
 class Segment:
@@ -361,8 +371,7 @@ class _Lowerer:
     def _emit_conv(self, b, node, ins, out):
         return self._mac(b, node, ins[0], out)
 
-    def _emit_dense(self, b, node, ins, out):
-        return self._mac(b, node, ins[0], out)
+    _emit_dense = _emit_conv
 
     def _emit_matmul(self, b, node, ins, out):
         """A product of two activations on the executor's ``ort`` path (its rule *is*
@@ -458,33 +467,17 @@ class _Lowerer:
         per-tensor rule (no per-sample registers, no stochastic rounding)."""
         from onnx import TensorProto
 
-        from hwsim.execute.tensors import QTensor
-        from hwsim.numerics import RoundingMode
-
-        layer = self.p.layer(node.name)
-        spec = self.p.acts.get(node.output)
-        if spec is None or spec.mode != "static" or layer.rounding is RoundingMode.STOCHASTIC:
-            return "not a static deterministic rule"
-        grids = []
-        for m in ins:
-            info = np.iinfo(m.dtype)
-            grids.append(np.arange(info.min, info.max + 1).astype(m.dtype))
-        av, bv = (g.reshape(1, -1) for g in np.meshgrid(*grids, indexing="ij"))
-        args = [
-            QTensor(np.ascontiguousarray(v), np.asarray(m.scale), m.zero_point, m.fmt)
-            for v, m in ((av, ins[0]), (bv, ins[1]))
-        ]
-        probe = self.probe
-        probe._current = node.name
-        try:
-            y = probe._node(node, args)
-        finally:
-            probe._current = None
-        if Meta.of(y) is None or np.dtype(y.q.dtype) != np.dtype(out.dtype):
+        why = tables.deterministic(self, node)
+        if why:
+            return why
+        av, bv = (
+            g.reshape(1, -1)
+            for g in np.meshgrid(*(tables.codes(m.dtype) for m in ins), indexing="ij")
+        )
+        y = self.rule(node, [tables._qt(av, ins[0]), tables._qt(bv, ins[1])])
+        if not tables._on_grid(y, out):
             return "the rule's output is not the tensor's grid"
-        table = np.asarray(y.q).reshape(-1)
-        if out.dtype == np.int8:  # held shifted: uint8 q + 128
-            table = (table.astype(np.int16) + 128).astype(np.uint8)
+        table = tables.held(np.asarray(y.q).reshape(-1))  # int8 held shifted: uint8 q + 128
         i32 = TensorProto.INT32
         nhwc = b.any(node.inputs[0])[1][1]  # elementwise: in the first input's layout
         ia = b.node("Cast", [b.get(node.inputs[0], ins[0], True, nhwc)], to=i32)
@@ -517,17 +510,8 @@ class _Lowerer:
             count_include_pad=int(a["count_include_pad"]),
         )  # fmt: skip
 
-    @staticmethod
-    def _same_grid(x: Meta, out: Meta) -> bool:
-        return (
-            np.dtype(x.dtype) == np.dtype(out.dtype)
-            and x.zero_point == out.zero_point
-            and x.fmt == out.fmt
-            and np.float32(x.scale) == np.float32(out.scale)
-        )
-
     def _emit_maxpool(self, b, node, ins, out):
-        if not self._same_grid(ins[0], out):
+        if not ins[0].same_grid(out):
             return "output grid differs"
         a = node.attrs
         x, key = b.any(node.inputs[0])  # the max commutes with q + 128
@@ -593,7 +577,7 @@ class _Lowerer:
 
     def _emit_relu(self, b, node, ins, out):
         x = ins[0]
-        if not self._same_grid(x, out):
+        if not x.same_grid(out):
             return tables.unary(self, b, node, x, out)
         return self._bounded(b, node, x, x.zero_point, int(np.iinfo(x.dtype).max))
 
@@ -601,7 +585,7 @@ class _Lowerer:
         from hwsim.execute.tensors import QTensor
 
         x = ins[0]
-        if not self._same_grid(x, out):
+        if not x.same_grid(out):
             return tables.unary(self, b, node, x, out)
         held = QTensor(np.zeros((1,), x.dtype), np.asarray(x.scale), x.zero_point, x.fmt)
         lo, hi = self.probe._clip_bounds(node, held)
@@ -610,7 +594,7 @@ class _Lowerer:
     def _moved(self, b, node, x: Meta, op: str, *consts, **attrs):
         """A node that moves integers (a reshape), on the NCHW tensor, where its output keeps
         the input's grid (else the executor requantizes: ``Q(op(DQ(x)))``)."""
-        if not self._same_grid(x, self.meta(node.output)):
+        if not x.same_grid(self.meta(node.output)):
             return "output grid differs"
         key = b.any(node.inputs[0], nhwc=False)[1]
         t = b.get(node.inputs[0], x, key[0], nhwc=False)
@@ -645,7 +629,7 @@ class _Lowerer:
         return self._moved(b, node, ins[0], "Slice", s[:, 1], s[:, 2], s[:, 0], s[:, 3])
 
     def _emit_identity(self, b, node, ins, out):
-        if not self._same_grid(ins[0], out):
+        if not ins[0].same_grid(out):
             return tables.unary(self, b, node, ins[0], out)
         t, key = b.any(node.inputs[0])
         b.put(node.output, t, key)

@@ -95,16 +95,11 @@ def lookup(b, table: np.ndarray, idx: str) -> str:
 
 
 def _on_grid(y, out) -> bool:
+    """Whether the rule's result ``y`` is on ``out``'s grid."""
     from hwsim.execute.lowered import Meta
 
     m = Meta.of(y)
-    return (
-        m is not None
-        and np.dtype(m.dtype) == np.dtype(out.dtype)
-        and m.zero_point == out.zero_point
-        and m.fmt == out.fmt
-        and np.float32(m.scale) == np.float32(out.scale)
-    )
+    return m is not None and m.same_grid(out)
 
 
 def _qt(q, m):
