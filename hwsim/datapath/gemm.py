@@ -156,9 +156,14 @@ def reduce_batched(
             x3, w3, int(xop.zero_point), w_zp, order, acc.tile, known
         )
         acc = replace(acc, track_partials=False)
-    if saturating and exact.size and K and _lanes(x3, xop, w3, w_zp, acc) == 16:
+    lanes, we, wmax = 0, None, None
+    if (saturating or split) and exact.size and K:
+        we = _effective_weights(w3, w_zp)  # w - zw, int64 (G, K, N), once per call
+        wmax = np.abs(we).max(axis=(1, 2))  # (G,)
+        lanes = _lanes(x3, xop, int(wmax.max()), acc)
+    if saturating and lanes == 16:
         # the int16-lane kernel picks its rows itself (and finds the final extremes)
-        return _ordered_lanes16(x3, w3, xop, w_zp, order, acc, exact, counters, out), counters
+        return _ordered_lanes16(x3, we, wmax, xop, order, acc, exact, counters, out), counters
     if known is None:
         counters.final_min, counters.final_max = _extremes(exact)
     rows = np.zeros(0, np.int64)
@@ -167,7 +172,6 @@ def reduce_batched(
     elif (saturating or split) and exact.size and K:
         xabs = np.empty((G, M), np.int64)
         row_abs_sums(x3, np.int64(xop.zero_point), xabs)
-        wmax = np.abs(w3.astype(np.int64) - np.asarray(w_zp, np.int64)).max(axis=(1, 2))  # (G,)
         bound = xabs * wmax[:, None]  # >= |every partial sum| of the row, in any order
         tfmt = acc.tile_format  # the tile register's range (that of the accumulator by default)
         safe = (bound <= tfmt.max) & (-bound >= tfmt.min)
@@ -175,10 +179,8 @@ def reduce_batched(
             safe &= (bound <= fmt.max) & (-bound >= fmt.min)
         rows = np.flatnonzero(~safe.ravel()).astype(np.int64)
     values = exact
-    lanes = _lanes(x3, xop, w3, w_zp, acc) if rows.size else 0
-    if lanes:
-        values = _ordered_lanes(x3, w3, xop, w_zp, rows, order, acc, exact, counters, lanes)
-        return values, counters
+    if rows.size and lanes:  # 32: the int32-lane kernel
+        return _ordered_lanes(x3, we, xop, rows, order, acc, exact, counters), counters
     if rows.size:
         vals, events, tevents, pmin, pmax = _ordered(x3, w3, xop, w_zp, rows, order, acc)
         if acc.track_partials:
@@ -240,12 +242,12 @@ def _effective_weights(w3, w_zp) -> np.ndarray:
     return np.ascontiguousarray(w3.astype(np.int64) - np.asarray(w_zp, np.int64))
 
 
-def _lanes(x3, xop: Operand, w3, w_zp, acc: Accumulator) -> int:
+def _lanes(x3, xop: Operand, wmax: int, acc: Accumulator) -> int:
     """The lane width (16 or 32; 0: none) of the register-blocked ordered kernel
     (:mod:`hwsim.datapath.ordered`) that runs this saturating accumulator without tracking,
     its tile register of its width: 16 for a signed 16-bit one whose products fit int16 and
     ``K < 2^14`` (int16 event counters); 32 where every sum of the register and a product (or
-    a tile) is an exact int32 before its clamp."""
+    a tile) is an exact int32 before its clamp. ``wmax``: the largest ``|w - zw|``."""
     if not (
         acc.overflow is Overflow.SATURATE
         and acc.tile_bits is None
@@ -253,7 +255,6 @@ def _lanes(x3, xop: Operand, w3, w_zp, acc: Accumulator) -> int:
         and x3.dtype.itemsize <= 2
     ):
         return 0
-    wmax = int(np.abs(w3.astype(np.int64) - np.asarray(w_zp, np.int64)).max()) if w3.size else 0
     pmax = xop.max_abs * wmax
     fmt = acc.format
     if fmt.bits == 16 and fmt.signed and x3.shape[2] < (1 << 14) and pmax <= (1 << 15) - 1:
@@ -264,18 +265,17 @@ def _lanes(x3, xop: Operand, w3, w_zp, acc: Accumulator) -> int:
     return 0
 
 
-def _ordered_lanes16(x3, w3, xop: Operand, w_zp, order, acc, exact, counters, out):
+def _ordered_lanes16(x3, we, wmax, xop: Operand, order, acc, exact, counters, out):
     """The values of a 16-bit saturating accumulator run by the int16-lane kernel
     (:func:`hwsim.datapath.ordered.ordered_sat16`, which runs the rows whose bound can reach
     the range and copies the exact sums of the others), as int64 (G, M, N), or None when
     written to ``out`` (see :func:`reduce_batched`); records the events and the final
-    extremes in ``counters``."""
+    extremes in ``counters``. ``we``: the effective weights ``w - zw`` (G, K, N), ``wmax``
+    their largest magnitude per group (G,)."""
     G, M, K = x3.shape
-    N = w3.shape[2]
+    N = we.shape[2]
     order = np.arange(K, dtype=np.int64) if order is None else np.array(order, np.int64)
-    we = _effective_weights(w3, w_zp)
     weh = hardware_weights(we, order, np.int16)
-    wmax = np.abs(we).max(axis=(1, 2))  # (G,)
     # a row with sum |x - zx| <= lim cannot reach int16 (its bound sum |x - zx| * wmax fits)
     lim = np.where(wmax > 0, acc.format.max // np.maximum(wmax, 1), np.int64(1) << 62)
     if out is None:
@@ -309,14 +309,15 @@ def _ordered_lanes16(x3, w3, xop: Operand, w_zp, order, acc, exact, counters, ou
     return values
 
 
-def _ordered_lanes(x3, w3, xop: Operand, w_zp, rows, order, acc, exact, counters, lanes: int):
-    """The values of a saturating accumulator run by the register-blocked kernel of ``lanes``
-    (:func:`_lanes`, 32: the int16 lanes run in :func:`_ordered_lanes16`): ``rows`` from the
-    kernel, the others the exact sums; records the events in ``counters``."""
+def _ordered_lanes(x3, we, xop: Operand, rows, order, acc, exact, counters):
+    """The values of a saturating accumulator run by the int32-lane register-blocked kernel
+    (:func:`_lanes` 32; the int16 lanes run in :func:`_ordered_lanes16`) on the effective
+    weights ``we`` (G, K, N): ``rows`` from the kernel, the others the exact sums; records the
+    events in ``counters``."""
     G, M, K = x3.shape
-    N = w3.shape[2]
+    N = we.shape[2]
     order = np.arange(K, dtype=np.int64) if order is None else np.array(order, np.int64)
-    weh = hardware_weights(_effective_weights(w3, w_zp), order, np.int32)
+    weh = hardware_weights(we, order, np.int32)
     # int32 values (a register of at most 30 bits; the other rows' exact sums fit it too)
     if rows.size == G * M:
         values = np.empty((G, M, N), np.int32)
