@@ -22,7 +22,8 @@ Each model is quantized by hwsim (per-tensor, W8A8, int32 wrapping accumulators,
 registers) and saved; that file is a plain QDQ model, so onnxruntime (default session options:
 QDQ fused into its integer kernels) runs exactly the same network. Same batch, same thread
 count. Times are medians over ``--repeat`` runs after warm-up runs (at least 0.3 s of them:
-a freshly built session's threads settle), each run on fresh inputs.
+a freshly built session's threads settle), each run on fresh inputs (``hwsim run``: one data set
+of :data:`RUN_BATCHES` distinct batches, the same for each timed call).
 
 Four figures per model: onnxruntime; the outputs-only run (``IntegerExecutor(outputs_only=
 True)``, ``hwsim run --outputs-only``: the emulated accelerator's integers, the layers whose
@@ -247,8 +248,9 @@ def timed(fn, inputs, load: dict | None = None, key: str = "") -> list[float]:
     """Seconds of ``fn(x)`` for each of ``inputs[1:]``, after warm-up calls on ``inputs[0]``
     (JIT, session caches; for at least :data:`WARM_S`, one call at least). ``load[key]``: the
     CPU cores other processes kept busy meanwhile (warm-up included), on average; None if that
-    took under 0.2 s (/proc/stat counts 10 ms ticks). On a shared 2-core machine Numba's parallel kernels wait for a descheduled thread at every
-    barrier, so a neighbour's load slows hwsim most."""
+    took under 0.2 s (/proc/stat counts 10 ms ticks). On a shared 2-core machine Numba's
+    parallel kernels wait for a descheduled thread at every barrier, so a neighbour's load
+    slows hwsim most."""
     b0, w0 = _busy_s(), time.perf_counter()
     fn(inputs[0])  # the first call builds (JIT, sessions, plans); then warm for >= WARM_S
     while time.perf_counter() - w0 < WARM_S:
@@ -576,8 +578,8 @@ def main(argv=None):
     for r in rows:
         if r.get("equals_integer_executor") is False:
             print(f"{r['model']}: outputs-only run DIFFERS from the integer executor")
-    for r in rows[::3]:
-        if not r["bit_exact_vs_ort"]:
+    for r in rows:
+        if r["name"].endswith(" outputs only") and not r["bit_exact_vs_ort"]:  # once a model
             steps = r["max_diff_output_steps_vs_ort"]
             print(
                 f"{r['model']}: not bit-exact vs onnxruntime: "

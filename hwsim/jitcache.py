@@ -11,9 +11,11 @@ holding the GIL, one kernel at a time, so a second process is the way to use a s
 the command compiles from the front, the warmer from the back, and each kernel the warmer has
 written to the cache the command loads instead of compiling (Numba looks in the cache before
 it compiles). The two write the cache as Numba always does (each file through a temporary and
-a rename); the warmer stops when the command exits. What the warmer compiles is only ever
-loaded for the argument types it was compiled for, so a stale list costs time, never a
-result. ``python -m hwsim.jitrecord`` rewrites the list from a ``hwsim demo`` run.
+a rename; where both add to one kernel's index at once, the last writer's index wins and the
+other's entry is compiled again by a later run); the warmer stops when the command exits.
+What the warmer compiles is only ever loaded for the argument types it was compiled for, so
+a stale list costs time, never a result. ``python -m hwsim.jitrecord`` rewrites the list
+from a ``hwsim demo`` run.
 """
 
 from __future__ import annotations

@@ -245,8 +245,9 @@ def _store(vals, counts, task, g, ms, nr, n0, s, ev, tev):
 
 @njit(cache=True, inline="always")
 def _clamp_run(x, zx, weh, order, g, ms, n0, k0, k1, acc, ev, lo, hi):
-    """:func:`_sat16_run` in int32 lanes for a register range ``[lo, hi]`` (int32): every
-    ``acc + p`` is an exact int32 (the caller's precondition), then clamped and counted."""
+    """Products ``k0 .. k1`` of the order into ``acc`` (ROWS32, LANES) int32 for the rows
+    ``ms`` of group ``g``, a register of range ``[lo, hi]`` (int32): every ``acc + p`` is an
+    exact int32 (the caller's precondition), then clamped; ``ev`` counts the clamps."""
     for kk in range(k0, k1):
         k = order[kk]
         wr = weh[g, kk, n0 : n0 + LANES]
@@ -261,8 +262,9 @@ def _clamp_run(x, zx, weh, order, g, ms, n0, k0, k1, acc, ev, lo, hi):
 
 @njit(cache=True, parallel=True)
 def ordered_sat32(x, zx, weh, order, rows, blocks, tile, lo, hi, vals, counts):
-    """:func:`ordered_sat16` for a saturating register of range ``[lo, hi]`` (tile register
-    the same) in int32 lanes, blocks of :data:`ROWS32` rows: ``acc <- clamp(acc + p)``.
+    """A saturating register of range ``[lo, hi]`` (tile register the same) in hardware order,
+    in int32 lanes, for the rows ``rows`` in blocks of :data:`ROWS32` (``blocks``): ``acc <-
+    clamp(acc + p)`` per product; their values to ``vals``, events per task to ``counts``.
 
     ``weh`` (G, K, Np) int32; ``lo`` / ``hi`` int32. Preconditions (the caller's): every
     ``x - zx`` and product fits int32, and ``max(|lo|, |hi|) + max|p|`` and ``2 max(|lo|,
