@@ -303,6 +303,12 @@ def run(
                     raise HwsimError(
                         f"{path}: a QOperator model runs in one process (drop --workers)"
                     )
+                if outputs_only or not partials:
+                    flag = "--outputs-only" if outputs_only else "--no-partials"
+                    raise HwsimError(
+                        f"{path}: a QOperator model runs through hwsim's QOperator interpreter, "
+                        f"which has no {flag} mode (drop {flag})"
+                    )
                 return run_qoperator(
                     onnx_model, str(path), data, batch_size, report, save_outputs, progress, isa
                 )

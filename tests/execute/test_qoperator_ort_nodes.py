@@ -154,3 +154,15 @@ def test_maxpool_on_float_values_is_the_onnx_op(tmp_path):
     (ref,) = sess.run(None, {"input": ds.x.astype(np.float32)})
     assert np.array_equal(ours[ours.files[0]], ref)
     assert rep.samples == len(ds)
+
+
+@pytest.mark.parametrize(
+    "kw,flag", [({"outputs_only": True}, "--outputs-only"), ({"partials": False}, "--no-partials")]
+)
+def test_run_modes_a_qoperator_model_has_not_are_refused(qop_rescnn, kw, flag):
+    """A QOperator model runs through the QOperator interpreter: asking it for an outputs-only
+    or a no-partials run is an error naming the file and the flag, not a flag ignored."""
+    from hwsim.errors import HwsimError
+
+    with pytest.raises(HwsimError, match=rf"{qop_rescnn.name}.*no {flag} mode \(drop {flag}\)"):
+        api.run(str(qop_rescnn), "digits", **kw)
