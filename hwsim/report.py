@@ -99,6 +99,9 @@ class RunReport:
     macs_total: int | None = None  # the run's MACs where there are no layer rows
 
     def as_dict(self) -> dict:
+        def total(field):  # None where nothing was counted (an outputs-only run)
+            return None if self.outputs_only else sum(getattr(r, field) or 0 for r in self.layers)
+
         return {
             "model": self.model,
             "data": self.data,
@@ -110,11 +113,11 @@ class RunReport:
             "outputs_only": self.outputs_only,
             "totals": {
                 "macs": self.macs,
-                "overflow_events": sum(r.overflow_events for r in self.layers),
-                "bias_overflows": sum(r.bias_overflows for r in self.layers),
-                "outputs_overflowed": sum(r.outputs_overflowed for r in self.layers),
-                "pair_saturations": sum(r.pair_saturations or 0 for r in self.layers),
-                "bias_clamped": sum(r.bias_clamped for r in self.layers),
+                "overflow_events": total("overflow_events"),
+                "bias_overflows": total("bias_overflows"),
+                "outputs_overflowed": total("outputs_overflowed"),
+                "pair_saturations": total("pair_saturations"),
+                "bias_clamped": total("bias_clamped"),
             },
             "settings": self.settings,
             "cost": self.cost,

@@ -380,6 +380,8 @@ def test_hwsim_run_outputs_only_matches_the_full_run(digits, tmp_path):
     assert fast["int_accuracy"] == full["int_accuracy"]
     assert fast["float_accuracy"] is None and fast["layers"] == []
     assert fast["totals"]["macs"] == full["totals"]["macs"] > 0
+    # nothing counted: no counter totals (not zeros that would read as "no overflow")
+    assert fast["totals"]["overflow_events"] is None and full["totals"]["overflow_events"] == 0
     assert outs[0].keys() == outs[1].keys()
     for k in outs[0]:
         assert np.array_equal(outs[0][k], outs[1][k])
